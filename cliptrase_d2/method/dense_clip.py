@@ -1,0 +1,184 @@
+"""Dense CLIP features with CLIPtrase's recalibrated last two blocks (SPEC sections 1-4).
+
+Pure tensor functions over an open_clip ``VisionTransformer`` (``model.visual``); nothing here
+knows about Detectron2. Token layout everywhere: index 0 is [CLS], then the h x w patches
+row-major. Blocks run sequence-first through ``F.multi_head_attention_forward`` exactly as
+OpenAI's CLIP (``nn.MultiheadAttention(batch_first=False)``) does, which is what makes the
+features bit-identical to the authors' code.
+"""
+from dataclasses import dataclass
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "DenseFeatures",
+    "patch_grid",
+    "resize_positional_embedding",
+    "embed_tokens",
+    "residual_block",
+    "block_qkv",
+    "self_correlation",
+    "correlative_attention",
+    "correlative_block",
+    "project_tokens",
+    "cliptrase_features",
+]
+
+
+@dataclass
+class DenseFeatures:
+    """Output of the recalibrated vision tower for a batch of B images."""
+
+    tokens: torch.Tensor  # (B, 1 + n, E): [CLS] then patches, L2-normalized
+    correlation: torch.Tensor  # (B, 1 + n, 1 + n): block-11 self-correlation A11 (SPEC section 3)
+    grid: Tuple[int, int]  # (h, w) patch grid, n = h * w
+
+    @property
+    def cls_tokens(self) -> torch.Tensor:
+        return self.tokens[:, 0]  # (B, E)
+
+    @property
+    def patch_tokens(self) -> torch.Tensor:
+        return self.tokens[:, 1:]  # (B, n, E)
+
+
+def patch_grid(visual: nn.Module, height: int, width: int) -> Tuple[int, int]:
+    """(h, w) = (H // p, W // p) for the vision tower's patch size p."""
+    patch_h, patch_w = visual.conv1.kernel_size
+    if height < patch_h or width < patch_w:
+        raise ValueError(
+            f"image of {height}x{width} pixels is smaller than one {patch_h}x{patch_w} CLIP patch; "
+            f"resize it to at least {patch_h}x{patch_w} pixels"
+        )
+    return height // patch_h, width // patch_w
+
+
+def resize_positional_embedding(positional_embedding: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+    """Positional table for an h x w grid (SPEC section 1).
+
+    The stored G x G patch part is resized with bicubic interpolation at scale factor
+    ((h + 0.1) / G, (w + 0.1) / G), which yields exactly h x w; the [CLS] row is kept.
+    positional_embedding: (1 + G*G, C) -> (1 + h*w, C).
+    """
+    h, w = grid
+    num_stored = positional_embedding.shape[0] - 1
+    side = int(round(num_stored**0.5))
+    if side * side != num_stored:
+        raise ValueError(f"positional embedding with {num_stored} patch rows is not a square grid")
+    if (h, w) == (side, side):
+        return positional_embedding
+    cls_row, patch_rows = positional_embedding[:1], positional_embedding[1:]
+    width = patch_rows.shape[1]
+    table = patch_rows.reshape(1, side, side, width).permute(0, 3, 1, 2)  # (1, C, G, G)
+    table = F.interpolate(table, scale_factor=((h + 0.1) / side, (w + 0.1) / side), mode="bicubic")
+    table = table.permute(0, 2, 3, 1).reshape(h * w, width)  # (h*w, C)
+    return torch.cat([cls_row, table], dim=0)
+
+
+def embed_tokens(visual: nn.Module, images: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+    """Patch embedding, [CLS], positional embedding and ln_pre.
+
+    images: (B, 3, H, W) normalized -> tokens (1 + n, B, C) sequence-first, grid (h, w).
+    """
+    grid = patch_grid(visual, images.shape[-2], images.shape[-1])
+    x = visual.conv1(images.to(visual.conv1.weight.dtype))  # (B, C, h, w)
+    x = x.flatten(2).transpose(1, 2)  # (B, n, C)
+    cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+    x = torch.cat([cls, x], dim=1)  # (B, 1 + n, C)
+    x = x + resize_positional_embedding(visual.positional_embedding, grid).to(x.dtype)
+    x = visual.ln_pre(x)
+    return x.transpose(0, 1), grid  # (1 + n, B, C)
+
+
+def residual_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A standard pre-LN CLIP block on sequence-first tokens x: (L, B, C) -> (L, B, C)."""
+    attn = block.attn
+    y = block.ln_1(x)
+    attn_out = F.multi_head_attention_forward(
+        y, y, y, attn.embed_dim, attn.num_heads,
+        attn.in_proj_weight, attn.in_proj_bias, None, None, False, 0.0,
+        attn.out_proj.weight, attn.out_proj.bias,
+        training=False, need_weights=False,
+    )[0]
+    x = x + block.ls_1(attn_out)
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def block_qkv(block: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v of a block's attention from ln_1(x), biases included, NOT pre-scaled.
+
+    x: (L, B, C) -> three (B * heads, L, d) tensors (batch-major, then head).
+    """
+    attn = block.attn
+    length, batch, width = x.shape
+    heads = attn.num_heads
+    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)  # (L, B, 3C)
+    q, k, v = qkv.chunk(3, dim=-1)
+
+    def split_heads(t):
+        return t.contiguous().view(length, batch * heads, width // heads).transpose(0, 1)
+
+    return split_heads(q), split_heads(k), split_heads(v)
+
+
+def self_correlation(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """A11 = mean over heads of (cos(q_i, q_j) + cos(k_i, k_j) + cos(v_i, v_j)) / 3 (SPEC section 3).
+
+    q, k, v: (B * heads, L, d) -> (B, L, L).
+    """
+    total = 0
+    for t in (q, k, v):
+        unit = F.normalize(t, dim=-1)
+        total = total + torch.bmm(unit, unit.transpose(1, 2))  # (B*heads, L, L)
+    total = total / 3
+    return total.view(-1, heads, *total.shape[1:]).mean(dim=1)
+
+
+def correlative_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(softmax(s q q^T) + softmax(s k k^T) + softmax(s v v^T)) @ v per head, s = d ** -0.5.
+
+    q, k, v: (B * heads, L, d) -> (B * heads, L, d).
+    """
+    scale = q.shape[-1] ** -0.5
+    weights = 0
+    for t in (q, k, v):
+        weights = weights + torch.softmax(torch.bmm(t * scale, t.transpose(1, 2)), dim=-1)
+    return torch.bmm(weights, v)
+
+
+def merge_heads(out: torch.Tensor, length: int, batch: int) -> torch.Tensor:
+    """(B * heads, L, d) -> (L, B, C), heads concatenated along channels."""
+    return out.transpose(0, 1).contiguous().view(length, batch, -1)
+
+
+def correlative_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The last block with correlative attention; residual and MLP kept (SPEC section 4)."""
+    length, batch, _ = x.shape
+    q, k, v = block_qkv(block, x)
+    attn_out = F.linear(merge_heads(correlative_attention(q, k, v), length, batch),
+                        block.attn.out_proj.weight, block.attn.out_proj.bias)
+    x = x + block.ls_1(attn_out)
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def project_tokens(visual: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """ln_post, projection and L2 normalization of every token: (L, B, C) -> (B, L, E)."""
+    x = visual.ln_post(x.transpose(0, 1))  # (B, L, C)
+    return F.normalize(x @ visual.proj, dim=-1)
+
+
+def cliptrase_features(visual: nn.Module, images: torch.Tensor) -> DenseFeatures:
+    """Runs the vision tower with CLIPtrase's last two blocks. images: (B, 3, H, W) normalized."""
+    blocks = visual.transformer.resblocks
+    x, grid = embed_tokens(visual, images)
+    for block in blocks[:-2]:
+        x = residual_block(block, x)
+    penultimate = blocks[-2]
+    q, k, v = block_qkv(penultimate, x)
+    correlation = self_correlation(q, k, v, penultimate.attn.num_heads)  # (B, L, L)
+    x = residual_block(penultimate, x)
+    x = correlative_block(blocks[-1], x)
+    return DenseFeatures(tokens=project_tokens(visual, x), correlation=correlation, grid=grid)

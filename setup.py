@@ -1,0 +1,24 @@
+"""cliptrase-d2: training-free open-vocabulary semantic segmentation (CLIPtrase) for Detectron2."""
+from setuptools import find_packages, setup
+
+setup(
+    name="cliptrase-d2",
+    version="0.1.0",
+    description="CLIPtrase (ECCV 2024) as a Detectron2 meta-architecture: training-free "
+    "open-vocabulary semantic segmentation with CLIP",
+    packages=find_packages(include=["cliptrase_d2", "cliptrase_d2.*"]),
+    package_data={"cliptrase_d2": ["data/*.json"]},
+    python_requires=">=3.9",
+    # detectron2 and torch are installed separately (see README): neither has one wheel for everyone.
+    install_requires=[
+        "open-clip-torch>=3.0",
+        "numpy",
+        "pillow",
+        "scipy",
+        "scikit-learn",
+        "pycocotools",
+        "fvcore",
+        "opencv-python-headless",
+        "tqdm",
+    ],
+)

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Creates (or refreshes) the project's virtual environment in .venv with every pinned dependency.
+# Idempotent: a second run with unchanged requirements returns in about a second.
+#   tools/setup_env.sh            # CPU machine (this is what the README commands call)
+# Environment: PYTHON (interpreter, default python3), VENV (default .venv).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+STAMP="$VENV/.cliptrase-setup"
+D2_SHA256=5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29
+want="$(cat requirements/*.txt tools/setup_env.sh | sha256sum | cut -c1-16)"
+
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
+  exit 0
+fi
+echo "[setup] building $VENV (torch, detectron2 0.6 sdist, open_clip; a few minutes the first time)"
+[[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check --quiet)
+"${PIP[@]}" install -r requirements/torch.txt
+if ! "$VENV/bin/python" -c "import detectron2" 2>/dev/null; then
+  work="$(mktemp -d)"
+  trap 'rm -rf "$work"' EXIT
+  "${PIP[@]}" install setuptools wheel
+  # detectron2 is not on PyPI as a wheel; pb1-detectron2 is v0.6's Python sources (its C++ ops unused here).
+  "${PIP[@]}" download pb1-detectron2==0.6 --no-deps --no-binary :all: --no-build-isolation -d "$work"
+  archive="$(ls "$work"/pb1*detectron2-0.6.tar.gz)"
+  echo "$D2_SHA256  $archive" | sha256sum --check --quiet \
+    || { echo "[setup] ERROR: $archive does not match the pinned sha256 $D2_SHA256" >&2; exit 1; }
+  tar -xzf "$archive" -C "$work"
+  src="$(ls -d "$work"/pb1*detectron2-0.6)"
+  "$VENV/bin/python" - "$src/setup.py" <<'PY'
+import re, sys
+path = sys.argv[1]
+text = open(path).read()
+patched, count = re.subn(r"ext_modules\s*=\s*get_extensions\(\)", "ext_modules=[]", text)
+if count != 1:
+    sys.exit(f"[setup] ERROR: could not find 'ext_modules=get_extensions()' in {path}")
+open(path, "w").write(patched)
+PY
+  "${PIP[@]}" install --no-build-isolation -c requirements/runtime.txt "$src"
+fi
+"${PIP[@]}" install -r requirements/runtime.txt -r requirements/test.txt
+"${PIP[@]}" install --no-build-isolation --no-deps -e .
+echo "$want" > "$STAMP"
+echo "[setup] ready: $VENV"
