@@ -1,1 +1,10 @@
+"""cliptrase-d2: CLIPtrase (ECCV 2024) training-free open-vocabulary segmentation for Detectron2.
+
+Importing the package registers the ``CLIPtrase`` meta-architecture and the datasets.
+"""
 from . import compat  # noqa: F401  (must run before detectron2 is imported)
+from .config import add_cliptrase_config
+from .modeling.meta_arch import CLIPtrase
+from .vocabulary import Vocabulary, resolve_vocabulary
+
+__all__ = ["add_cliptrase_config", "CLIPtrase", "Vocabulary", "resolve_vocabulary"]

@@ -7,14 +7,19 @@ OpenAI's CLIP (``nn.MultiheadAttention(batch_first=False)``) does, which is what
 features bit-identical to the authors' code.
 """
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+# A replacement for the last block: (block, x: (L, B, C), grid: (h, w)) -> (L, B, C).
+LastBlock = Callable[[nn.Module, torch.Tensor, Tuple[int, int]], torch.Tensor]
+
 __all__ = [
     "DenseFeatures",
+    "dense_features",
+    "merge_heads",
     "patch_grid",
     "resize_positional_embedding",
     "embed_tokens",
@@ -154,7 +159,7 @@ def merge_heads(out: torch.Tensor, length: int, batch: int) -> torch.Tensor:
     return out.transpose(0, 1).contiguous().view(length, batch, -1)
 
 
-def correlative_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def correlative_block(block: nn.Module, x: torch.Tensor, grid: Tuple[int, int] = None) -> torch.Tensor:
     """The last block with correlative attention; residual and MLP kept (SPEC section 4)."""
     length, batch, _ = x.shape
     q, k, v = block_qkv(block, x)
@@ -170,8 +175,12 @@ def project_tokens(visual: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x @ visual.proj, dim=-1)
 
 
-def cliptrase_features(visual: nn.Module, images: torch.Tensor) -> DenseFeatures:
-    """Runs the vision tower with CLIPtrase's last two blocks. images: (B, 3, H, W) normalized."""
+def dense_features(visual: nn.Module, images: torch.Tensor, last_block: Optional[LastBlock] = None) -> DenseFeatures:
+    """Runs the vision tower, replacing its last block by ``last_block(block, x, grid) -> x``
+    (default: CLIPtrase's correlative block). The block-11 self-correlation is always returned,
+    so region refinement composes with any last block. images: (B, 3, H, W) normalized.
+    """
+    last_block = correlative_block if last_block is None else last_block
     blocks = visual.transformer.resblocks
     x, grid = embed_tokens(visual, images)
     for block in blocks[:-2]:
@@ -180,5 +189,10 @@ def cliptrase_features(visual: nn.Module, images: torch.Tensor) -> DenseFeatures
     q, k, v = block_qkv(penultimate, x)
     correlation = self_correlation(q, k, v, penultimate.attn.num_heads)  # (B, L, L)
     x = residual_block(penultimate, x)
-    x = correlative_block(blocks[-1], x)
+    x = last_block(blocks[-1], x, grid)
     return DenseFeatures(tokens=project_tokens(visual, x), correlation=correlation, grid=grid)
+
+
+def cliptrase_features(visual: nn.Module, images: torch.Tensor) -> DenseFeatures:
+    """The vision tower with CLIPtrase's last two blocks (SPEC sections 2-4)."""
+    return dense_features(visual, images, correlative_block)

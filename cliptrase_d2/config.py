@@ -1,0 +1,49 @@
+"""Config keys of cliptrase-d2, declared once (Detectron2's add_<project>_config convention)."""
+from detectron2.config import CfgNode as CN
+
+
+def add_cliptrase_config(cfg):
+    """Adds MODEL.CLIPTRASE.* and the project's TEST.* keys to a Detectron2 config, in place."""
+    cfg.MODEL.CLIPTRASE = CN()
+    c = cfg.MODEL.CLIPTRASE
+    # open_clip model name (e.g. "ViT-B-16", built with QuickGELU for OpenAI weights) or a path
+    # to an open_clip model-config JSON. MODEL.WEIGHTS names the checkpoint file or tag ("openai").
+    c.CLIP_MODEL = "ViT-B-16"
+    # How dense features are computed: "cliptrase" (default), or a peer method's head.
+    c.HEAD = "cliptrase"
+    # Numeric precision of the CLIP towers: "fp32" (exact, default), "fp16" or "bf16" (GPU speed).
+    c.PRECISION = "fp32"
+    # Benchmark key in vocabularies.json, comma-separated class names, or a text file
+    # (one name per line). Empty: the vocabulary of the first dataset in DATASETS.TEST.
+    c.VOCABULARY = ""
+    # Extra background words for a user vocabulary, merged into one "background" class.
+    c.BACKGROUND_WORDS = []
+    # Prompt template set in vocabularies.json: "imagenet80" (paper) or "vild14".
+    c.TEMPLATES = "imagenet80"
+    # Multiply each class map by that class's image-level ([CLS]) logit (the paper does it for VOC20).
+    c.IMAGE_LOGIT_WEIGHTING = False
+    # Logit scale applied to cosine similarities; 0 = CLIP's learned scale (100 for OpenAI weights).
+    c.LOGIT_SCALE = 0.0
+    # DBSCAN over rows of the suppressed self-correlation: radius (Euclidean) and core-point size.
+    c.DBSCAN_EPS = 0.7
+    c.DBSCAN_MIN_SAMPLES = 3
+    # Region refinement: "vote" (majority label per region, paper), "mean" (mean logits per
+    # region, soft, used inside sliding windows) or "none" (raw dense prediction).
+    c.REFINE = "vote"
+    # Region maps: upsampling factor of the patch grid before the median filter, and filter size (px).
+    c.REGION_UPSAMPLE = 4
+    c.MEDIAN_SIZE = 7
+    # "paper": resize shorter side to PAPER_SIZE (bicubic), center crop PAPER_SIZE x PAPER_SIZE,
+    # predict in that frame. "standard": shorter side STANDARD_SHORT_SIDE, sliding window,
+    # prediction at the original resolution.
+    c.PROTOCOL = "paper"
+    c.PAPER_SIZE = 224
+    c.STANDARD_SHORT_SIDE = 336
+    # Sliding window (standard protocol): window side and stride in pixels, windows per forward.
+    c.WINDOW_SIZE = 224
+    c.WINDOW_STRIDE = 112
+    c.WINDOW_BATCH = 8
+    # Text-embedding cache directory; "" = ~/.cache/cliptrase_d2, "none" disables the cache.
+    c.TEXT_CACHE_DIR = ""
+    # Write OUTPUT_DIR/predictions/<dataset>/<image_id>.png label maps during evaluation.
+    cfg.TEST.SAVE_PREDICTIONS = False

@@ -1,0 +1,33 @@
+"""Reading images for CLIP: any PIL-readable file as 8-bit RGB, with errors that name the file."""
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["to_rgb", "read_rgb"]
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Converts grayscale, palette, RGBA/LA (alpha dropped), CMYK and 16/32-bit images to 8-bit RGB."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        if image.mode in ("I", "F") and array.max() <= 1.0 and image.mode == "F":
+            top = 1.0
+        array = np.clip(np.round(array / top * 255.0), 0, 255).astype(np.uint8)
+        image = Image.fromarray(array, mode="L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def read_rgb(path: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from an image file, EXIF orientation applied."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return np.asarray(to_rgb(image))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file {path} does not exist") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"cannot read image {path}: {error}. Check that the file is a complete "
+                         "image (PNG, JPEG, ...) and not truncated or of another format") from None

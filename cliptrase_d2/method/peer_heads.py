@@ -1,0 +1,1 @@
+"""Peer methods' heads (MaskCLIP, SCLIP, ClearCLIP, NACLIP), registered in heads.HEADS."""

@@ -1,0 +1,86 @@
+"""On-disk cache of text embeddings.
+
+Encoding 80 templates for hundreds of class names takes minutes on a CPU. An entry is keyed by
+the CLIP model, a fingerprint of the weights, the exact templates and the exact class names,
+so a changed name, template or checkpoint never reads a stale entry. Unreadable entries are
+ignored and rewritten; entries are written atomically.
+"""
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from typing import Callable, Optional, Sequence
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TextEmbeddingCache", "default_cache_dir"]
+
+
+def default_cache_dir() -> str:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "cliptrase_d2", "text_embeddings")
+
+
+class TextEmbeddingCache:
+    def __init__(self, directory: str, model: str, weights_id: str):
+        self.directory = directory
+        self.model = model
+        self.weights_id = weights_id
+
+    @classmethod
+    def from_setting(cls, setting: str, model: str, weights: str) -> Optional["TextEmbeddingCache"]:
+        """``setting`` is MODEL.CLIPTRASE.TEXT_CACHE_DIR: "" = default directory, "none" = no cache."""
+        if setting.lower() == "none":
+            return None
+        from .clip_loading import weights_fingerprint
+
+        model_id = model
+        if os.path.isfile(model):  # a model-config JSON: key by its content, not its path
+            with open(model, "rb") as f:
+                model_id = "config-" + hashlib.sha256(f.read()).hexdigest()[:16]
+        return cls(setting or default_cache_dir(), model_id, weights_fingerprint(weights))
+
+    def key(self, names: Sequence[str], templates: Sequence[str]) -> str:
+        payload = json.dumps({"model": self.model, "weights": self.weights_id,
+                              "templates": list(templates), "names": list(names)}, ensure_ascii=False)
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+    def path(self, names: Sequence[str], templates: Sequence[str]) -> str:
+        return os.path.join(self.directory, self.key(names, templates) + ".pt")
+
+    def get_or_compute(self, names: Sequence[str], templates: Sequence[str],
+                       compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        path = self.path(names, templates)
+        cached = self._load(path, len(names))
+        if cached is not None:
+            return cached
+        embeddings = compute()
+        self._store(path, embeddings, names)
+        return embeddings
+
+    @staticmethod
+    def _load(path: str, num_names: int) -> Optional[torch.Tensor]:
+        if not os.path.exists(path):
+            return None
+        try:
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+            embeddings = entry["embeddings"]
+            if not isinstance(embeddings, torch.Tensor) or embeddings.dim() != 2 or embeddings.shape[0] != num_names:
+                raise ValueError(f"unexpected shape {getattr(embeddings, 'shape', None)}")
+            return embeddings
+        except Exception as error:  # any unreadable entry is recomputed, never trusted
+            logger.warning("ignoring unreadable text-embedding cache entry %s (%s); recomputing", path, error)
+            return None
+
+    def _store(self, path: str, embeddings: torch.Tensor, names: Sequence[str]) -> None:
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                torch.save({"embeddings": embeddings.detach().cpu(), "names": list(names)}, f)
+            os.replace(tmp, path)
+        except OSError as error:
+            logger.warning("could not write the text-embedding cache %s (%s); continuing without it", path, error)
