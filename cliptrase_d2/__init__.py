@@ -2,9 +2,16 @@
 
 Importing the package registers the ``CLIPtrase`` meta-architecture and the datasets.
 """
+import warnings
+
 from . import compat  # noqa: F401  (must run before detectron2 is imported)
-from .config import add_cliptrase_config
-from .modeling.meta_arch import CLIPtrase
+
+with warnings.catch_warnings():
+    # detectron2 0.6 scripts a few helpers at import time; torch >= 2.10 deprecates torch.jit.script.
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+    from .config import add_cliptrase_config
+    from .modeling.meta_arch import CLIPtrase
+
 from .vocabulary import Vocabulary, resolve_vocabulary
 
 __all__ = ["add_cliptrase_config", "CLIPtrase", "Vocabulary", "resolve_vocabulary"]

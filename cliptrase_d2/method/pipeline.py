@@ -4,6 +4,7 @@
 evaluated at (paper protocol); ``sliding_window`` in sliding.py wraps it for the standard one.
 """
 from dataclasses import dataclass
+from typing import NamedTuple
 import torch
 from torch import nn
 
@@ -12,7 +13,7 @@ from .refinement import (REFINEMENTS, cluster_patches, dense_logits, mean_refine
                          merge_background_scores, region_map, resize_logits, suppress_global_patch,
                          vote_refine, weight_by_image_logits)
 
-__all__ = ["RefinementSettings", "predict_scores"]
+__all__ = ["RefinementSettings", "Prediction", "predict", "predict_scores", "one_hot"]
 
 
 @dataclass(frozen=True)
@@ -35,33 +36,37 @@ class RefinementSettings:
                              f"min_samples={self.dbscan_min_samples} (MODEL.CLIPTRASE.DBSCAN_EPS/_MIN_SAMPLES)")
 
 
-def _one_hot(labels: torch.Tensor, num_labels: int) -> torch.Tensor:
-    """(H, W) labels -> (num_labels, H, W) float scores whose argmax is ``labels``."""
-    scores = torch.zeros(num_labels, *labels.shape, device=labels.device)
-    return scores.scatter_(0, labels[None], 1.0)
+def one_hot(labels: torch.Tensor, num_labels: int) -> torch.Tensor:
+    """(..., H, W) labels -> (..., num_labels, H, W) float scores whose argmax is ``labels``."""
+    scores = torch.zeros(*labels.shape[:-2], num_labels, *labels.shape[-2:], device=labels.device)
+    return scores.scatter_(-3, labels.unsqueeze(-3), 1.0)
+
+
+class Prediction(NamedTuple):
+    labels: torch.Tensor  # (B, H, W) int64 output class per pixel (background merged to C)
+    scores: torch.Tensor  # (B, C', H, W) float32 soft scores: region-mean logits ("vote", "mean") or raw
 
 
 @torch.no_grad()
-def predict_scores(visual: nn.Module, head: Head, text_embeddings: torch.Tensor, num_classes: int,
-                   images: torch.Tensor, settings: RefinementSettings, logit_scale: float) -> torch.Tensor:
-    """Scores over the output classes for every pixel of each image.
+def predict(visual: nn.Module, head: Head, text_embeddings: torch.Tensor, num_classes: int,
+            images: torch.Tensor, settings: RefinementSettings, logit_scale: float) -> Prediction:
+    """Labels and soft scores over the output classes for every pixel of each image.
 
-    images: (B, 3, H, W) normalized; text_embeddings: (C + B_bg, E) classes then background
-    words; num_classes: C. Returns (B, C', H, W) float32 with C' = C (+1 with background words):
-    one-hot of the voted labels for ``vote``, region-mean logits for ``mean``, raw logits for
-    ``none`` (background channel = max over background words). ``logit_scale`` multiplies the
-    cosine similarities (see ``heads.resolve_logit_scale``).
+    images: (B, 3, H, W) normalized; text_embeddings: (C + B_bg, E), classes then background
+    words; num_classes: C; C' = C (+1 with background words, whose channel is the max over
+    the background words). ``logit_scale`` multiplies the cosine similarities (see
+    ``heads.resolve_logit_scale``). Labels follow ``settings.refine``; scores are the
+    region-mean logits whenever clustering found regions (raw logits otherwise), so they stay
+    soft under ``vote`` too.
     """
     features = head.features(visual, images)
-    scale = logit_scale
     text = text_embeddings.to(features.tokens)
-    logits = dense_logits(features.patch_tokens, text, features.grid, scale).float()
+    logits = dense_logits(features.patch_tokens, text, features.grid, logit_scale).float()
     logits = resize_logits(logits, tuple(images.shape[-2:]))  # (B, K, H, W)
     if settings.image_logit_weighting:
-        logits = weight_by_image_logits(logits, (scale * features.cls_tokens @ text.t()).float())
-    has_background = text.shape[0] > num_classes
-    num_outputs = num_classes + (1 if has_background else 0)
-    outputs = []
+        logits = weight_by_image_logits(logits, (logit_scale * features.cls_tokens @ text.t()).float())
+    num_outputs = num_classes + (1 if text.shape[0] > num_classes else 0)
+    all_labels, all_scores = [], []
     for image_logits, correlation in zip(logits, features.correlation):
         regions = None
         if settings.refine != "none":
@@ -69,13 +74,24 @@ def predict_scores(visual: nn.Module, head: Head, text_embeddings: torch.Tensor,
             cluster_ids = cluster_patches(affinity, settings.dbscan_eps, settings.dbscan_min_samples)
             regions = region_map(affinity, cluster_ids, features.grid, tuple(images.shape[-2:]),
                                  settings.median_size, settings.region_upsample)
+        raw_labels = merge_background_labels(image_logits.argmax(dim=0), num_classes)
+        if regions is not None:
+            image_logits = mean_refine(image_logits, regions)
+        scores = merge_background_scores(image_logits, num_classes)
         if settings.refine == "vote":
-            labels = merge_background_labels(image_logits.argmax(dim=0), num_classes)
-            if regions is not None:
-                labels = merge_background_labels(vote_refine(labels, regions, num_outputs), num_classes)
-            outputs.append(_one_hot(labels, num_outputs))
+            labels = raw_labels if regions is None else vote_refine(raw_labels, regions, num_outputs)
         else:
-            if regions is not None:
-                image_logits = mean_refine(image_logits, regions)
-            outputs.append(merge_background_scores(image_logits, num_classes))
-    return torch.stack(outputs)
+            labels = scores.argmax(dim=0)
+        all_labels.append(labels)
+        all_scores.append(scores)
+    return Prediction(torch.stack(all_labels), torch.stack(all_scores))
+
+
+def predict_scores(visual: nn.Module, head: Head, text_embeddings: torch.Tensor, num_classes: int,
+                   images: torch.Tensor, settings: RefinementSettings, logit_scale: float) -> torch.Tensor:
+    """(B, C', H, W) scores whose argmax is the prediction: one-hot of the voted labels under
+    ``vote``, the soft scores otherwise (Detectron2's ``sem_seg`` contract)."""
+    prediction = predict(visual, head, text_embeddings, num_classes, images, settings, logit_scale)
+    if settings.refine == "vote":
+        return one_hot(prediction.labels, prediction.scores.shape[1])
+    return prediction.scores

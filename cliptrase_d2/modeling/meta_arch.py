@@ -1,6 +1,8 @@
 """The ``CLIPtrase`` meta-architecture: wires the pure method (cliptrase_d2.method) to Detectron2."""
 import logging
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +14,7 @@ from PIL import Image
 from torch import nn
 
 from ..method.heads import get_head, resolve_logit_scale
-from ..method.pipeline import RefinementSettings, predict_scores
+from ..method.pipeline import Prediction, RefinementSettings, one_hot, predict
 from ..method.preprocess import CLIP_MEAN, CLIP_STD, resize_and_center_crop, to_clip_tensor
 from ..method.sliding import sliding_window
 from ..method.text import text_embeddings
@@ -46,7 +48,7 @@ class CLIPtrase(nn.Module):
                  refinement: RefinementSettings = RefinementSettings(), protocol: str = "paper",
                  paper_size: int = 224, standard_short_side: int = 336, window_size: int = 224,
                  window_stride: int = 112, window_batch: int = 8, input_format: str = "RGB",
-                 text_cache=None):
+                 paper_vocabulary_quirks: bool = False, text_cache=None):
         super().__init__()
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r} (MODEL.CLIPTRASE.PROTOCOL); choose one of {PROTOCOLS}")
@@ -64,6 +66,7 @@ class CLIPtrase(nn.Module):
         self.window_size, self.window_stride, self.window_batch = window_size, window_stride, window_batch
         self.input_format = input_format
         self.text_cache = text_cache
+        self.paper_vocabulary_quirks = paper_vocabulary_quirks
         self.register_buffer("pixel_mean", torch.tensor(CLIP_MEAN).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(CLIP_STD).view(3, 1, 1), persistent=False)
         self._text_embeddings: Optional[torch.Tensor] = None
@@ -87,7 +90,7 @@ class CLIPtrase(nn.Module):
         return {
             "clip_model": build_clip(c.CLIP_MODEL, cfg.MODEL.WEIGHTS or "openai", precision=c.PRECISION),
             "tokenizer": get_tokenizer(c.CLIP_MODEL),
-            "vocabulary": resolve_vocabulary(vocabulary_spec, tuple(c.BACKGROUND_WORDS)),
+            "vocabulary": resolve_vocabulary(vocabulary_spec, tuple(c.BACKGROUND_WORDS), c.PAPER_VOCABULARY_QUIRKS),
             "templates": template_set(c.TEMPLATES),
             "head": c.HEAD,
             "logit_scale": c.LOGIT_SCALE,
@@ -102,6 +105,7 @@ class CLIPtrase(nn.Module):
             "window_stride": c.WINDOW_STRIDE,
             "window_batch": c.WINDOW_BATCH,
             "input_format": cfg.INPUT.FORMAT,
+            "paper_vocabulary_quirks": c.PAPER_VOCABULARY_QUIRKS,
             "text_cache": TextEmbeddingCache.from_setting(c.TEXT_CACHE_DIR, c.CLIP_MODEL, cfg.MODEL.WEIGHTS or "openai"),
         }
 
@@ -110,9 +114,11 @@ class CLIPtrase(nn.Module):
         return self.pixel_mean.device
 
     # ---- vocabulary ------------------------------------------------------------------------
-    def set_vocabulary(self, vocabulary) -> None:
-        """Switches the classes (a Vocabulary, benchmark key, comma-separated names or a list)."""
-        self.vocabulary = resolve_vocabulary(vocabulary)
+    def set_vocabulary(self, vocabulary, background: Sequence[str] = ()) -> None:
+        """Switches the classes: a Vocabulary, a benchmark key (with the paper's quirks when the
+        model was configured so), comma-separated names, a file or a list; ``background`` adds
+        background words to a user vocabulary."""
+        self.vocabulary = resolve_vocabulary(vocabulary, tuple(background), self.paper_vocabulary_quirks)
         self._text_embeddings = None
 
     @property
@@ -140,39 +146,69 @@ class CLIPtrase(nn.Module):
         if self.training:
             raise RuntimeError("CLIPtrase is training-free: it has nothing to train. "
                                "Run evaluation (tools/train_net.py --eval-only) or the demo instead.")
-        if self.protocol == "paper":
-            images = torch.stack([self._paper_input(x["image"]) for x in batched_inputs]).to(self.device)
-            scores = retry_if_cuda_oom(self.predict)(images)  # (B, K, S, S)
-            return [{"sem_seg": s} for s in scores]
-        return [{"sem_seg": self._standard_prediction(x)} for x in batched_inputs]
+        images = [self._rgb_uint8(x["image"]) for x in batched_inputs]
+        sizes = [(x.get("height", im.shape[1]), x.get("width", im.shape[2])) for x, im in zip(batched_inputs, images)]
+        outputs = []
+        for prediction in self.inference(images, sizes):
+            if self.refinement.refine == "vote" and self.protocol == "paper":
+                sem_seg = one_hot(prediction.labels, prediction.scores.shape[0])
+            else:
+                sem_seg = prediction.scores
+            outputs.append({"sem_seg": sem_seg})
+        return outputs
 
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) CLIP-normalized images -> (B, K, H, W) scores at the same resolution."""
-        return predict_scores(self.clip_model.visual, self.head, self.text_embeddings,
-                              len(self.vocabulary.classes), images, self.refinement, self.logit_scale)
+    def inference(self, images: List[torch.Tensor], sizes: Optional[List[Tuple[int, int]]] = None) -> List[Prediction]:
+        """Per image: labels (H', W') and soft scores (K, H', W') in the protocol's frame.
+
+        images: (3, H, W) uint8 RGB tensors. Paper protocol: the S x S center crop (``sizes``
+        unused). Standard: (H', W') = ``sizes[i]`` (default: the image's own size).
+        """
+        if self.protocol == "paper":
+            batch = torch.stack([to_clip_tensor(Image.fromarray(self.evaluated_frame(im))) for im in images])
+            prediction = retry_if_cuda_oom(self._predict)(batch.to(self.device))
+            return [Prediction(labels, scores) for labels, scores in zip(*prediction)]
+        sizes = sizes or [tuple(im.shape[-2:]) for im in images]
+        results = []
+        for image, size in zip(images, sizes):
+            scores = self._sliding_window_scores(image, size)
+            results.append(Prediction(scores.argmax(dim=0), scores))
+        return results
+
+    def evaluated_frame(self, image) -> np.ndarray:
+        """The (H', W', 3) uint8 RGB pixels a prediction refers to: the paper protocol's center
+        crop (bicubic), or the image itself under the standard protocol. image: (3, H, W) RGB
+        uint8 tensor or (H, W, 3) array."""
+        if isinstance(image, torch.Tensor):
+            image = image.permute(1, 2, 0).cpu().numpy()
+        if self.protocol != "paper":
+            return np.ascontiguousarray(image)
+        return np.asarray(resize_and_center_crop(Image.fromarray(image), self.paper_size, Image.BICUBIC))
+
+    def _predict(self, images: torch.Tensor) -> Prediction:
+        return predict(self.clip_model.visual, self.head, self.text_embeddings, len(self.vocabulary.classes),
+                       images, self.refinement, self.logit_scale)
+
+    def _window_scores(self, windows: torch.Tensor) -> torch.Tensor:
+        prediction = retry_if_cuda_oom(self._predict)(windows)
+        if self.refinement.refine == "vote":
+            return one_hot(prediction.labels, prediction.scores.shape[1])
+        return prediction.scores
 
     def _rgb_uint8(self, image: torch.Tensor) -> torch.Tensor:
         if image.dim() != 3 or image.shape[0] != 3:
             raise ValueError(f"'image' must be a (3, H, W) tensor, got shape {tuple(image.shape)}")
         return image.flip(0) if self.input_format == "BGR" else image
 
-    def _paper_input(self, image: torch.Tensor) -> torch.Tensor:
-        """Paper protocol: shorter side to S (PIL bicubic), center crop S x S, CLIP normalization."""
-        rgb = self._rgb_uint8(image).permute(1, 2, 0).cpu().numpy()
-        crop = resize_and_center_crop(Image.fromarray(rgb), self.paper_size, Image.BICUBIC)
-        return to_clip_tensor(crop)
-
-    def _standard_prediction(self, record: Dict) -> torch.Tensor:
-        """Standard protocol: shorter side to ``standard_short_side``, sliding window, scores
-        resized to the requested (height, width)."""
-        image = self._rgb_uint8(record["image"]).to(self.device, torch.float32) / 255.0
+    def _sliding_window_scores(self, image: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+        """Standard protocol: shorter side to ``standard_short_side`` (bilinear), sliding window,
+        scores resized to ``size``. image: (3, H, W) uint8 RGB -> (K, *size)."""
+        image = image.to(self.device, torch.float32) / 255.0
         height, width = image.shape[-2:]
-        out_h, out_w = record.get("height", height), record.get("width", width)
         scale = self.standard_short_side / min(height, width)
-        size = (max(1, round(height * scale)), max(1, round(width * scale)))
-        image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+        resized = (max(1, round(height * scale)), max(1, round(width * scale)))
+        image = F.interpolate(image[None], size=resized, mode="bilinear", align_corners=False)[0]
         image = (image - self.pixel_mean) / self.pixel_std
         patch = self.clip_model.visual.conv1.kernel_size[0]
-        scores = sliding_window(image, retry_if_cuda_oom(self.predict), self.window_size, self.window_stride,
+        scores = sliding_window(image, self._window_scores, self.window_size, self.window_stride,
                                 self.window_batch, multiple=patch)  # (K, h, w)
-        return F.interpolate(scores[None], size=(out_h, out_w), mode="bilinear", align_corners=False)[0]
+        return F.interpolate(scores[None], size=tuple(size), mode="bilinear", align_corners=False)[0]

@@ -1,0 +1,90 @@
+"""Python API: segment any image with any vocabulary.
+
+    from cliptrase_d2.api import Segmenter
+    segmenter = Segmenter.from_config("configs/paper/Base-paper-224.yaml", ["MODEL.WEIGHTS", "weights/ViT-B-16.pt"])
+    result = segmenter.segment("photo.jpg", "sky, dog, frisbee")
+    result.labels            # (H, W) int64 class index per pixel
+    result.class_names       # ["sky", "dog", "frisbee"]
+    result.pixel_shares()    # {"sky": 0.41, ...}
+"""
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .data.image_io import read_rgb, to_rgb
+
+__all__ = ["Segmenter", "SegmentationResult", "load_image"]
+
+ImageLike = Union[str, Image.Image, np.ndarray]
+
+
+def load_image(image: ImageLike) -> np.ndarray:
+    """A path, a PIL image or an (H, W, 3) uint8 array -> (H, W, 3) uint8 RGB array."""
+    if isinstance(image, str):
+        return read_rgb(image)
+    if isinstance(image, Image.Image):
+        return np.asarray(to_rgb(image))
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"an image array must be (H, W, 3) uint8 RGB, got shape {image.shape} "
+                             f"dtype {image.dtype}")
+        return np.ascontiguousarray(image)
+    raise TypeError(f"cannot segment a {type(image).__name__}: give a path, a PIL image or an (H, W, 3) uint8 array")
+
+
+@dataclass
+class SegmentationResult:
+    labels: np.ndarray  # (H, W) int64 index into class_names
+    scores: torch.Tensor  # (K, H, W) float32 soft scores (region-mean logits)
+    class_names: List[str]
+    image: np.ndarray  # (H, W, 3) uint8 RGB: the pixels the labels refer to (the crop, under the paper protocol)
+
+    def pixel_shares(self) -> Dict[str, float]:
+        """Fraction of the pixels given to each class present, largest first."""
+        counts = np.bincount(self.labels.ravel(), minlength=len(self.class_names))
+        total = max(int(counts.sum()), 1)
+        order = np.argsort(-counts, kind="stable")
+        return {self.class_names[i]: float(counts[i]) / total for i in order if counts[i] > 0}
+
+
+class Segmenter:
+    """Wraps a CLIPtrase model for single images and small batches (CPU or GPU)."""
+
+    def __init__(self, model):
+        self.model = model.eval()
+
+    @classmethod
+    def from_config(cls, config_file: str = "", opts: Sequence[str] = ()) -> "Segmenter":
+        """Builds the model from a config file (and KEY VALUE overrides), on MODEL.DEVICE."""
+        from detectron2.modeling import build_model
+
+        from .engine.trainer import load_config
+
+        cfg = load_config(config_file, opts)
+        if not cfg.MODEL.CLIPTRASE.VOCABULARY and not cfg.DATASETS.TEST:
+            cfg.MODEL.CLIPTRASE.VOCABULARY = "voc21"  # placeholder until segment() names the classes
+        return cls(build_model(cfg))
+
+    def segment(self, images: Union[ImageLike, Sequence[ImageLike]], vocabulary=None,
+                background: Optional[Sequence[str]] = None):
+        """Segments one image (returns a SegmentationResult) or a list (returns a list).
+
+        vocabulary: a benchmark key, comma-separated names, a file, a list of names or None
+        (keep the current one). background: extra words merged into one "background" class.
+        """
+        single = not isinstance(images, (list, tuple))
+        batch = [images] if single else list(images)
+        if vocabulary is not None or background:
+            spec = vocabulary if vocabulary is not None else list(self.model.vocabulary.classes)
+            self.model.set_vocabulary(spec, tuple(background or ()))
+        arrays = [load_image(image) for image in batch]
+        tensors = [torch.from_numpy(a.transpose(2, 0, 1).copy()) for a in arrays]
+        with torch.no_grad():
+            predictions = self.model.inference(tensors)
+        results = [SegmentationResult(p.labels.cpu().numpy().astype(np.int64), p.scores.cpu(),
+                                      self.model.class_names, self.model.evaluated_frame(a))
+                   for p, a in zip(predictions, arrays)]
+        return results[0] if single else results

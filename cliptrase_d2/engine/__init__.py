@@ -1,0 +1,3 @@
+from .launch import launch, resolve_device
+
+__all__ = ["launch", "resolve_device"]

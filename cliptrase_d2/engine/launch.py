@@ -1,0 +1,82 @@
+"""Multi-process launching on GPUs (NCCL, through detectron2's ``launch``) or CPUs (gloo).
+
+detectron2 0.6's ``launch`` asserts CUDA and hard-codes NCCL, so CPU runs with several
+processes go through ``_gloo_worker`` here, which sets up detectron2's ``comm`` the same way.
+"""
+import logging
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from detectron2.engine import launch as d2_launch
+from detectron2.utils import comm
+
+__all__ = ["launch", "resolve_device"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = timedelta(minutes=30)
+
+
+def resolve_device(cfg) -> str:
+    """Falls back to ``cpu`` (one log line) when cfg.MODEL.DEVICE asks for CUDA and none is present."""
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logging.getLogger("cliptrase_d2").info("MODEL.DEVICE=%s but CUDA is not available: running on cpu",
+                                               cfg.MODEL.DEVICE)
+        was_frozen = cfg.is_frozen()
+        cfg.defrost()
+        cfg.MODEL.DEVICE = "cpu"
+        if was_frozen:
+            cfg.freeze()
+    return cfg.MODEL.DEVICE
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(main_func, num_processes: int, num_machines: int = 1, machine_rank: int = 0,
+           dist_url: str = "auto", args=(), use_cuda: bool = None, timeout=DEFAULT_TIMEOUT):
+    """Runs ``main_func(*args)`` in ``num_processes`` processes per machine.
+
+    With CUDA (``use_cuda`` default: ``torch.cuda.is_available()``) this is detectron2's launch:
+    one process per GPU, NCCL. Without, processes share the CPU cores and talk over gloo.
+    """
+    use_cuda = torch.cuda.is_available() if use_cuda is None else use_cuda
+    if use_cuda:
+        return d2_launch(main_func, num_processes, num_machines=num_machines, machine_rank=machine_rank,
+                         dist_url=dist_url, args=args, timeout=timeout)
+    world_size = num_machines * num_processes
+    if world_size == 1:
+        return main_func(*args)
+    if dist_url == "auto":
+        if num_machines != 1:
+            raise ValueError("--dist-url auto only works on one machine; give tcp://<host>:<port>")
+        dist_url = f"tcp://127.0.0.1:{_free_port()}"
+    mp.spawn(_gloo_worker, nprocs=num_processes, daemon=False,
+             args=(main_func, world_size, num_processes, machine_rank, dist_url, args, timeout))
+
+
+def _gloo_worker(local_rank, main_func, world_size, num_processes, machine_rank, dist_url, args, timeout):
+    global_rank = machine_rank * num_processes + local_rank
+    threads = max(1, (os.cpu_count() or 1) // num_processes)
+    torch.set_num_threads(threads)
+    dist.init_process_group(backend="gloo", init_method=dist_url, world_size=world_size,
+                            rank=global_rank, timeout=timeout)
+    num_machines = world_size // num_processes
+    for i in range(num_machines):
+        group = dist.new_group(list(range(i * num_processes, (i + 1) * num_processes)))
+        if i == machine_rank:
+            comm._LOCAL_PROCESS_GROUP = group
+    comm.synchronize()
+    try:
+        main_func(*args)
+    finally:
+        comm.synchronize()
+        dist.destroy_process_group()

@@ -1,0 +1,150 @@
+#!/usr/bin/env python
+"""Segments your own images with any vocabulary.
+
+    python tools/demo.py --input photo.jpg "photos/*.png" --output out/ --vocabulary "sky, dog, frisbee"
+    python tools/demo.py --config-file configs/paper/voc21_224.yaml --input img/ --output out/ \
+        --opts MODEL.WEIGHTS weights/ViT-B-16.pt
+
+Per input, in --output: <stem>_labels.png (class index per pixel, 16-bit when more than 255
+classes), <stem>.png (colour overlay with a legend of the classes present), <stem>.json
+(class names and each class's pixel share), and with --side-by-side <stem>_panel.png.
+Labels are in the frame the protocol predicts: the S x S center crop under the paper protocol,
+the original image under the standard one.
+"""
+import argparse
+import glob
+import logging
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import cliptrase_d2  # noqa: E402,F401
+import numpy as np  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+from PIL import Image  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from cliptrase_d2.api import Segmenter  # noqa: E402
+from cliptrase_d2.evaluation.results_io import atomic_save_image, atomic_write_json, atomic_write_png  # noqa: E402
+from cliptrase_d2.visualization import legend_entries, overlay, side_by_side, with_legend  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROTOCOL_CONFIGS = {
+    "paper": os.path.join(REPO, "configs", "paper", "Base-paper-224.yaml"),
+    "standard": os.path.join(REPO, "configs", "standard", "Base-standard.yaml"),
+}
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+
+logger = logging.getLogger("cliptrase_d2.demo")
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description="CLIPtrase: segment images with any vocabulary")
+    parser.add_argument("--config-file", default="", metavar="FILE",
+                        help="config file (default: the --protocol's base config)")
+    parser.add_argument("--protocol", choices=sorted(PROTOCOL_CONFIGS), default=None,
+                        help="paper (center crop S x S) or standard (sliding window, full image)")
+    parser.add_argument("--input", nargs="+", required=True,
+                        help="image files, folders or glob patterns (quote globs)")
+    parser.add_argument("--output", required=True, help="folder for the outputs (created if needed)")
+    parser.add_argument("--vocabulary", default=None,
+                        help="benchmark key (voc21, ade150, ...), comma-separated names, or a text file")
+    parser.add_argument("--background", default="", help="comma-separated background words, merged into one class")
+    parser.add_argument("--cache-dir", default=None, help="text-embedding cache folder ('none' to disable)")
+    parser.add_argument("--side-by-side", action="store_true", help="also write <stem>_panel.png: input | overlay")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
+    return parser
+
+
+def expand_inputs(patterns):
+    """Files, folders (their images, sorted) and globs -> list of image paths; errors name the pattern."""
+    paths = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            found = sorted(os.path.join(pattern, f) for f in os.listdir(pattern)
+                           if f.lower().endswith(IMAGE_EXTENSIONS))
+            if not found:
+                raise FileNotFoundError(f"--input folder {pattern} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
+        elif os.path.isfile(pattern):
+            found = [pattern]
+        else:
+            found = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+            if not found:
+                raise FileNotFoundError(f"--input {pattern!r} matches no file")
+        paths.extend(found)
+    stems = {}
+    for path in paths:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if stem in stems and os.path.abspath(stems[stem]) != os.path.abspath(path):
+            raise ValueError(f"two inputs would write the same outputs ({stem}.png): {stems[stem]} and {path}; "
+                             "rename one or run them separately")
+        stems[stem] = path
+    return list(dict.fromkeys(paths))
+
+
+def check_writable(folder: str) -> None:
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise PermissionError(f"cannot write to the --output folder {folder}: {error.strerror}") from None
+
+
+def write_outputs(result, path: str, output: str, panel: bool) -> None:
+    stem = os.path.splitext(os.path.basename(path))[0]
+    labels = result.labels
+    dtype = np.uint16 if len(result.class_names) > 255 else np.uint8
+    entries = legend_entries(labels, result.class_names)
+    shown = with_legend(overlay(result.image, labels), entries)
+    atomic_write_png(os.path.join(output, f"{stem}_labels.png"), labels.astype(dtype))
+    atomic_save_image(os.path.join(output, f"{stem}.png"), shown)
+    if panel:
+        atomic_save_image(os.path.join(output, f"{stem}_panel.png"), side_by_side(Image.fromarray(result.image), shown))
+    atomic_write_json(os.path.join(output, f"{stem}.json"), {
+        "image": path,
+        "class_names": result.class_names,
+        "height": int(labels.shape[0]),
+        "width": int(labels.shape[1]),
+        "pixel_share": {name: share for _, name, share in entries},
+    })
+
+
+def build_opts(args):
+    opts = list(args.opts)
+    if args.protocol:
+        opts += ["MODEL.CLIPTRASE.PROTOCOL", args.protocol]
+    if args.cache_dir is not None:
+        opts += ["MODEL.CLIPTRASE.TEXT_CACHE_DIR", args.cache_dir]
+    return opts
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    setup_logger(name="cliptrase_d2")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    inputs = expand_inputs(args.input)
+    check_writable(args.output)
+    config_file = args.config_file or PROTOCOL_CONFIGS[args.protocol or "paper"]
+    segmenter = Segmenter.from_config(config_file, build_opts(args))
+    background = [w.strip() for w in args.background.split(",") if w.strip()]
+    if args.vocabulary is not None or background:
+        spec = args.vocabulary if args.vocabulary is not None else list(segmenter.model.vocabulary.classes)
+        segmenter.model.set_vocabulary(spec, background)
+    logger.info("segmenting %d image(s) into %d classes -> %s", len(inputs), segmenter.model.vocabulary.num_classes,
+                args.output)
+    with tqdm(total=len(inputs), desc="demo", unit="img") as progress:
+        for start in range(0, len(inputs), args.batch_size):
+            batch = inputs[start:start + args.batch_size]
+            for path, result in zip(batch, segmenter.segment(batch)):
+                write_outputs(result, path, args.output, args.side_by_side)
+            progress.update(len(batch))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
