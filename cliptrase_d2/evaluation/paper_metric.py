@@ -1,0 +1,109 @@
+"""The metric printed by the authors' evaluation script (SPEC section 9, `paper` protocol).
+
+Pure NumPy, so it can be used and tested without Detectron2. Derived from, and checked against,
+every run in ``fixtures/cases/manifest.json`` (``tests/test_evaluation.py``):
+
+- One confusion matrix over the whole dataset (rows: ground truth, columns: prediction) with
+  ``num_classes`` rows, where ``num_classes`` includes the background class on benchmarks with
+  background words (VOC21: 20 classes + background = 21). Statistics are accumulated over all
+  images, not averaged per image.
+- A ground-truth pixel is counted only if its label is in ``[0, num_classes)`` (and is not
+  ``ignore_label``): 255, 65535 read as int16 (-1) and any out-of-range id are ignored.
+  Void-as-background (VOC21, PC60, COCO-Object) is a relabelling done before ``update``.
+- With ``tp_c`` the diagonal, ``gt_c`` the row sums and ``pred_c`` the column sums:
+
+      pAcc  = sum(tp) / sum(gt)
+      mAcc  = mean over ALL num_classes classes of tp_c / (gt_c + 0.01)
+      IoU_c = tp_c / (gt_c + pred_c - tp_c + 0.01)
+      mIoU  = mean of IoU_c over the classes with gt_c > 0
+      fwIoU = sum over classes with gt_c > 0 of (gt_c / sum(gt)) * IoU_c
+
+  all in percent; the script printed each rounded to 2 decimals (``np.round``).
+"""
+from typing import Dict, Optional
+
+import numpy as np
+
+PAPER_METRIC_KEYS = ("pAcc", "mAcc", "fwIoU", "mIoU")
+SMOOTHING = 0.01  # added to the denominators of the per-class accuracy and IoU, in pixels
+
+
+class PaperMetric:
+    """Accumulates the paper's confusion matrix image by image.
+
+    The whole state is ``confusion`` (an integer array), so accumulators filled by different
+    processes are combined by summing them (:meth:`merge`).
+    """
+
+    def __init__(self, num_classes: int, ignore_label: Optional[int] = 255):
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        self.num_classes = int(num_classes)
+        self.ignore_label = ignore_label
+        self.reset()
+
+    def reset(self) -> None:
+        self.confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)  # (gt, pred)
+
+    def update(self, pred: np.ndarray, gt: np.ndarray) -> None:
+        """Add one image: ``pred`` and ``gt`` are integer label maps of the same shape."""
+        pred = np.asarray(pred)
+        gt = np.asarray(gt)
+        if pred.shape != gt.shape:
+            raise ValueError(f"prediction shape {pred.shape} != ground-truth shape {gt.shape}")
+        if not (np.issubdtype(pred.dtype, np.integer) and np.issubdtype(gt.dtype, np.integer)):
+            raise TypeError(f"label maps must be integer arrays, got {pred.dtype} and {gt.dtype}")
+        gt = gt.astype(np.int64).ravel()
+        pred = pred.astype(np.int64).ravel()
+        counted = (gt >= 0) & (gt < self.num_classes)
+        if self.ignore_label is not None:
+            counted &= gt != self.ignore_label
+        gt, pred = gt[counted], pred[counted]
+        if pred.size and (pred.min() < 0 or pred.max() >= self.num_classes):
+            bad = np.unique(pred[(pred < 0) | (pred >= self.num_classes)])
+            raise ValueError(
+                f"predicted labels {bad[:10].tolist()} are outside [0, {self.num_classes}); "
+                "the prediction must use the dataset's contiguous class ids"
+            )
+        self.confusion += np.bincount(
+            gt * self.num_classes + pred, minlength=self.num_classes**2
+        ).reshape(self.num_classes, self.num_classes)
+
+    def merge(self, other: "PaperMetric") -> "PaperMetric":
+        """Add another accumulator's counts (e.g. from another process); returns ``self``."""
+        if other.num_classes != self.num_classes:
+            raise ValueError(f"cannot merge {other.num_classes} classes into {self.num_classes}")
+        self.confusion += other.confusion
+        return self
+
+    def compute(self, decimals: Optional[int] = None) -> Dict[str, object]:
+        """The paper's metric, in percent.
+
+        Returns a dict with ``pAcc``, ``mAcc``, ``fwIoU``, ``mIoU`` (floats, rounded to
+        ``decimals`` when given, as the script printed them with 2), and the unrounded
+        ``per_class_IoU`` (``num_classes`` floats, NaN for classes absent from the ground
+        truth, which mIoU leaves out) and ``class_present`` (bool mask of those counted).
+        ``pAcc`` and ``mIoU`` are NaN when no pixel has been counted.
+        """
+        confusion = self.confusion.astype(np.float64)
+        tp = np.diag(confusion)
+        gt_pixels = confusion.sum(axis=1)
+        pred_pixels = confusion.sum(axis=0)
+        total = gt_pixels.sum()
+        present = gt_pixels > 0
+
+        iou = tp / (gt_pixels + pred_pixels - tp + SMOOTHING)
+        acc = tp / (gt_pixels + SMOOTHING)
+        metrics = {
+            "pAcc": 100.0 * tp.sum() / total if total > 0 else float("nan"),
+            "mAcc": 100.0 * acc.mean(),
+            "fwIoU": 100.0 * (gt_pixels[present] / total * iou[present]).sum() if total > 0 else 0.0,
+            "mIoU": 100.0 * iou[present].mean() if present.any() else float("nan"),
+        }
+        if decimals is not None:
+            metrics = {key: float(np.round(value, decimals)) for key, value in metrics.items()}
+        else:
+            metrics = {key: float(value) for key, value in metrics.items()}
+        metrics["per_class_IoU"] = np.where(present, 100.0 * iou, np.nan)
+        metrics["class_present"] = present
+        return metrics
