@@ -11,6 +11,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
     from .config import add_cliptrase_config
     from .modeling.meta_arch import CLIPtrase
+    from . import data  # noqa: F401  (registers the datasets)
 
 from .vocabulary import Vocabulary, resolve_vocabulary
 

@@ -22,7 +22,23 @@ for _alias, _builtin in (("int", int), ("float", float), ("bool", bool), ("objec
 
 
 class _MissingCppOps(types.ModuleType):
-    """Stands in for detectron2._C when detectron2 was installed without its C++/CUDA extension."""
+    """Stands in for detectron2._C when detectron2 was installed without its C++/CUDA extension.
+
+    The three functions detectron2's environment report calls answer that the ops are absent;
+    any other attribute (an op) raises an ImportError that says what to install.
+    """
+
+    @staticmethod
+    def get_compiler_version():
+        return "not built (detectron2 installed without its C++ ops)"
+
+    @staticmethod
+    def get_cuda_version():
+        return "not built (detectron2 installed without its C++ ops)"
+
+    @staticmethod
+    def has_cuda():
+        return False
 
     def __getattr__(self, name):
         if name.startswith("__"):

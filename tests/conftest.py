@@ -52,3 +52,35 @@ def tiny_tokenizer():
     from cliptrase_d2.clip_loading import get_tokenizer
 
     return get_tokenizer(TINY_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def text_cache_dir(tmp_path_factory):
+    """One text-embedding cache for the whole session (the tiny model's text tower runs once per vocabulary)."""
+    return str(tmp_path_factory.mktemp("text_cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_opts(text_cache_dir):
+    """Config overrides that select the fixtures' tiny CLIP."""
+    require_fixtures()
+    return ["MODEL.CLIPTRASE.CLIP_MODEL", TINY_CONFIG, "MODEL.WEIGHTS", TINY_WEIGHTS,
+            "MODEL.CLIPTRASE.TEXT_CACHE_DIR", text_cache_dir, "MODEL.DEVICE", "cpu"]
+
+
+def run_config(run):
+    """(config file, extra opts) reproducing one manifest run under the paper protocol."""
+    config = os.path.join(REPO, "configs", "paper", f"Base-paper-{run['size']}.yaml")
+    opts = ["MODEL.CLIPTRASE.DBSCAN_EPS", str(run["eps"]), "MODEL.CLIPTRASE.DBSCAN_MIN_SAMPLES", str(run["min_samples"]),
+            "MODEL.CLIPTRASE.IMAGE_LOGIT_WEIGHTING", str(run["dataset"] == "VOC20")]
+    return config, opts
+
+
+def manifest_runs():
+    """pytest params over the manifest's runs (one placeholder that skips when fixtures are absent)."""
+    if not os.path.exists(MANIFEST):
+        return [pytest.param(None, id="fixtures-missing")]
+    with open(MANIFEST) as f:
+        runs = json.load(f)["runs"]
+    return [pytest.param(run, id=f"{run['dataset']}_{run['size']}_eps{run['eps']}_min{run['min_samples']}")
+            for run in runs]

@@ -4,29 +4,19 @@ Given each case's `input` and `text`: patch logits within 1e-4 relative, the sup
 self-correlation, DBSCAN labels identical, final labels equal on >= 99.99 % of pixels
 (bit-identical is what we get), and our text embeddings equal the reference `text`.
 """
-import json
 import os
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import FIXTURES, MANIFEST, require_fixtures
+from conftest import FIXTURES, manifest_runs, require_fixtures
 from cliptrase_d2.method.dense_clip import cliptrase_features
 from cliptrase_d2.method.heads import get_head, resolve_logit_scale
 from cliptrase_d2.method.pipeline import RefinementSettings, predict_scores
 from cliptrase_d2.method.refinement import cluster_patches, dense_logits, suppress_global_patch
 from cliptrase_d2.method.text import text_embeddings
 from cliptrase_d2.vocabulary import resolve_vocabulary, template_set
-
-
-def _runs():
-    if not os.path.exists(MANIFEST):
-        return [pytest.param(None, id="fixtures-missing")]
-    with open(MANIFEST) as f:
-        manifest = json.load(f)
-    return [pytest.param(run, id=f"{run['dataset']}_{run['size']}_eps{run['eps']}_min{run['min_samples']}")
-            for run in manifest["runs"]]
 
 
 def _load_run(run, manifest):
@@ -59,7 +49,7 @@ def run_outputs(tiny_clip, manifest):
     return compute
 
 
-@pytest.mark.parametrize("run", _runs())
+@pytest.mark.parametrize("run", manifest_runs())
 def test_stage_by_stage(run, run_outputs):
     require_fixtures()
     cases, features, scores, scale, text = run_outputs(run)
@@ -79,7 +69,7 @@ def test_stage_by_stage(run, run_outputs):
         assert agreement >= 0.9999, f"final labels agree on only {agreement:.6f} of the pixels"
 
 
-@pytest.mark.parametrize("run", _runs())
+@pytest.mark.parametrize("run", manifest_runs())
 def test_cluster_counts_match_manifest(run, run_outputs):
     require_fixtures()
     cases, features, _, _, _ = run_outputs(run)

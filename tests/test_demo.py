@@ -1,0 +1,115 @@
+"""tools/demo.py end to end: the reference label maps from the photos and class names, its
+output files, and its errors on bad input."""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import FIXTURES, REPO, manifest_runs, require_fixtures, run_config
+
+sys.path.insert(0, os.path.join(REPO, "tools"))
+import demo  # noqa: E402
+
+
+def _run_demo(tmp_path, tiny_opts, *args, config_file=None, opts=()):
+    argv = list(args) + (["--config-file", config_file] if config_file else []) + ["--opts", *tiny_opts, *opts]
+    assert demo.main(argv) == 0
+
+
+@pytest.mark.parametrize("run", manifest_runs())
+def test_demo_reproduces_reference_labels(run, manifest, tiny_opts, tmp_path):
+    """From images/*.png and the benchmark's class names to the authors' `pred`, through the demo."""
+    config, opts = run_config(run)
+    key = manifest["vocabulary_key"][run["dataset"]]
+    output = tmp_path / "out"
+    _run_demo(tmp_path, tiny_opts, "--input", os.path.join(FIXTURES, "images"), "--output", str(output),
+              "--vocabulary", key, config_file=config, opts=opts)
+    for case in run["cases"]:
+        reference = np.load(os.path.join(FIXTURES, "cases", case["file"]))["pred"]
+        stem = os.path.splitext(case["image"])[0]
+        labels = np.array(Image.open(output / f"{stem}_labels.png"))
+        assert labels.shape == reference.shape == (run["size"], run["size"])
+        agreement = (labels == reference).mean()
+        assert agreement >= 0.9999, f"{case['file']}: labels agree on {agreement:.6f} of the pixels"
+
+
+def test_demo_outputs(tiny_opts, tmp_path):
+    require_fixtures()
+    image = os.path.join(FIXTURES, "images", "chelsea.png")
+    output = tmp_path / "out"
+    _run_demo(tmp_path, tiny_opts, "--input", image, "--output", str(output), "--vocabulary", "cat, grass, wall",
+              "--background", "sky, floor", "--side-by-side")
+    labels = np.array(Image.open(output / "chelsea_labels.png"))
+    info = json.loads((output / "chelsea.json").read_text())
+    assert info["class_names"] == ["cat", "grass", "wall", "background"]
+    assert labels.shape == (224, 224) and labels.max() <= 3
+    shares = info["pixel_share"]
+    assert abs(sum(shares.values()) - 1) < 1e-9
+    counts = np.bincount(labels.ravel(), minlength=4) / labels.size
+    for index, name in enumerate(info["class_names"]):
+        assert shares.get(name, 0.0) == pytest.approx(counts[index])
+    overlay = Image.open(output / "chelsea.png")
+    panel = Image.open(output / "chelsea_panel.png")
+    assert overlay.height == 224 and overlay.width > 224  # legend column beside the image
+    assert panel.width == 224 + overlay.width
+
+
+def test_standard_protocol_keeps_original_size(tiny_opts, tmp_path):
+    require_fixtures()
+    output = tmp_path / "out"
+    _run_demo(tmp_path, tiny_opts, "--input", os.path.join(FIXTURES, "images", "coffee.png"), "--output", str(output),
+              "--vocabulary", "cup, table", "--protocol", "standard",
+              opts=["MODEL.CLIPTRASE.STANDARD_SHORT_SIDE", "224"])
+    labels = np.array(Image.open(output / "coffee_labels.png"))
+    assert labels.shape == (400, 600)
+
+
+def test_more_than_255_classes_write_16_bit_labels(tiny_opts, tmp_path):
+    require_fixtures()
+    vocabulary = tmp_path / "names.txt"
+    vocabulary.write_text("\n".join(f"thing number {i}" for i in range(300)))
+    output = tmp_path / "out"
+    _run_demo(tmp_path, tiny_opts, "--input", os.path.join(FIXTURES, "images", "astronaut.png"), "--output",
+              str(output), "--vocabulary", str(vocabulary), opts=["MODEL.CLIPTRASE.TEMPLATES", "vild14"])
+    labels = Image.open(output / "astronaut_labels.png")
+    assert labels.mode == "I;16"
+    info = json.loads((output / "astronaut.json").read_text())
+    assert len(info["class_names"]) == 300
+    values = np.array(labels)
+    assert values.max() < 300 and set(np.unique(values)) <= set(range(300))
+
+
+def test_glob_matching_nothing_is_an_error(tiny_opts, tmp_path):
+    with pytest.raises(FileNotFoundError, match="matches no file"):
+        demo.main(["--input", str(tmp_path / "*.jpg"), "--output", str(tmp_path / "out"), "--opts", *tiny_opts])
+    assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_output_is_an_error(tiny_opts, tmp_path):
+    require_fixtures()
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    with pytest.raises(PermissionError, match="--output folder"):
+        demo.main(["--input", os.path.join(FIXTURES, "images", "coffee.png"), "--output", str(blocker / "out"),
+                   "--opts", *tiny_opts])
+
+
+@pytest.mark.parametrize("vocabulary, message", [(",", "no class names"), ("dog, cat, Dog", "duplicate name")])
+def test_bad_vocabulary_writes_nothing(vocabulary, message, tiny_opts, tmp_path):
+    require_fixtures()
+    output = tmp_path / "out"
+    with pytest.raises(ValueError, match=message):
+        demo.main(["--input", os.path.join(FIXTURES, "images", "coffee.png"), "--output", str(output),
+                   "--vocabulary", vocabulary, "--opts", *tiny_opts])
+    assert not output.exists() or not os.listdir(output)
+
+
+def test_same_stem_twice_is_an_error(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (32, 32)).save(tmp_path / folder / "x.png")
+    with pytest.raises(ValueError, match="same outputs"):
+        demo.expand_inputs([str(tmp_path / "a"), str(tmp_path / "b")])
