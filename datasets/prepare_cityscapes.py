@@ -1,0 +1,66 @@
+"""Cityscapes val (500 images) for Cityscapes19.
+
+Inputs: the extracted leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip
+(``leftImg8bit/val/<city>/<name>_leftImg8bit.png``, ``gtFine/val/<city>/<name>_gtFine_labelIds.png``).
+Output, under the dataset root, next to the labelIds maps as cityscapesScripts'
+createTrainIdLabelImgs names them:
+
+    cityscapes/gtFine/val/<city>/<name>_gtFine_labelTrainIds.png   trainIds 0..18, everything else 255
+
+Existing labelTrainIds files (e.g. from cityscapesScripts) are kept. When the input folder is
+not ``<root>/cityscapes`` itself, the val images are copied there too.
+
+    python datasets/prepare_cityscapes.py [--cityscapes path/to/cityscapes] [--root datasets]
+"""
+import argparse
+from pathlib import Path
+from typing import List, Optional
+
+from tqdm import tqdm
+
+from prepare_common import (add_root_argument, copy_file, read_label_png, remap, report, require, resolve_root, run,
+                            same_folder, save_label_png)
+
+LAYOUT = Path("cityscapes")
+SOURCE = ("leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from https://www.cityscapes-dataset.com/downloads/ "
+          "(free registration; extract both into <root>/cityscapes)")
+
+# Cityscapes labelId -> trainId of the 19 evaluated classes (road, sidewalk, ..., bicycle).
+LABEL_ID_TO_TRAIN_ID = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
+                        25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+IMAGE_SUFFIX = "_leftImg8bit.png"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description="Prepare Cityscapes val for cliptrase_cityscapes19_val.")
+    parser.add_argument("--cityscapes", type=Path, default=None,
+                        help="folder holding leftImg8bit/ and gtFine/ (default: <root>/cityscapes)")
+    add_root_argument(parser)
+    args = parser.parse_args(argv)
+    root = resolve_root(args.root)
+    out = root / LAYOUT
+    source = args.cityscapes or out
+    images_dir = require(source / "leftImg8bit/val", "Cityscapes val images", SOURCE)
+    labels_dir = require(source / "gtFine/val", "Cityscapes val fine annotations", SOURCE)
+    copy_images = not same_folder(source, out)
+
+    images = sorted(images_dir.glob(f"*/*{IMAGE_SUFFIX}"))
+    if not images:
+        raise FileNotFoundError(f"no */*{IMAGE_SUFFIX} images in {images_dir}\n  They come from {SOURCE}.")
+    written = 0
+    for image in tqdm(images, desc="Cityscapes val"):
+        city, name = image.parent.name, image.name[: -len(IMAGE_SUFFIX)]
+        if copy_images:
+            written += copy_file(image, out / "leftImg8bit/val" / city / image.name)
+        target = out / "gtFine/val" / city / f"{name}_gtFine_labelTrainIds.png"
+        if target.exists():
+            continue
+        label_ids = read_label_png(require(labels_dir / city / f"{name}_gtFine_labelIds.png",
+                                           "Cityscapes labelIds map", SOURCE))
+        written += save_label_png(remap(label_ids, LABEL_ID_TO_TRAIN_ID, default=255), target)
+    report("Cityscapes val", written, [out / "gtFine/val"])
+    return written
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,133 @@
+"""What every ``datasets/prepare_<family>.py`` script shares: the dataset root, clear errors for
+missing inputs, atomic writes that make the scripts idempotent, and label remapping.
+
+A script writes each output to a hidden temporary name in the output folder and renames it into
+place (``os.replace``) only once it is complete, so an interrupted run never leaves a file that
+looks done; a second run skips every output that already exists.
+
+The scripts need only NumPy, Pillow and tqdm (plus SciPy / OpenCV for PASCAL Context and
+ADE20K-847), not the cliptrase_d2 package.
+"""
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Callable, List, Mapping, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+logger = logging.getLogger("prepare")
+
+VOCABULARIES_JSON = Path(__file__).resolve().parents[1] / "cliptrase_d2" / "data" / "vocabularies.json"
+
+
+def default_root() -> Path:
+    """``$DETECTRON2_DATASETS``, else ``./datasets`` (as Detectron2 and the dataset registration use)."""
+    return Path(os.getenv("DETECTRON2_DATASETS", "datasets"))
+
+
+def add_root_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", type=Path, default=None,
+                        help="dataset root the layout is written under "
+                             "(default: $DETECTRON2_DATASETS, else ./datasets)")
+
+
+def resolve_root(root: Optional[Path]) -> Path:
+    return default_root() if root is None else Path(root)
+
+
+def require(path: Path, what: str, source: str) -> Path:
+    """``path`` if it exists; FileNotFoundError naming it and where it comes from otherwise."""
+    if not path.exists():
+        raise FileNotFoundError(f"{what} not found: {path}\n  It comes from {source}. See datasets/README.md.")
+    return path
+
+
+def read_ids(split_file: Path) -> List[str]:
+    """Image ids of a split file, one a line."""
+    return [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+
+
+def benchmark_classes(key: str) -> List[str]:
+    """Class names of a benchmark in vocabularies.json order (the label ids the scripts write)."""
+    with open(VOCABULARIES_JSON, encoding="utf-8") as f:
+        return list(json.load(f)["benchmarks"][key]["classes"])
+
+
+def same_folder(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> bool:
+    """Calls ``write(temporary_path)`` and renames the result to ``path``; skips (returns False)
+    when ``path`` already exists."""
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+    return True
+
+
+def save_label_png(labels: np.ndarray, path: Path) -> bool:
+    """Writes an (H, W) label map with values 0..255 as an 8-bit grayscale PNG."""
+    if labels.min() < 0 or labels.max() > 255:
+        raise ValueError(f"label values {labels.min()}..{labels.max()} do not fit an 8-bit PNG ({path})")
+    image = Image.fromarray(labels.astype(np.uint8), mode="L")
+    return write_atomic(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def save_label_tiff16(labels: np.ndarray, path: Path) -> bool:
+    """Writes an (H, W) label map with values 0..65535 as a 16-bit TIFF (more than 255 classes)."""
+    if labels.min() < 0 or labels.max() > 65535:
+        raise ValueError(f"label values {labels.min()}..{labels.max()} do not fit a 16-bit TIFF ({path})")
+    image = Image.fromarray(labels.astype(np.uint16))
+    return write_atomic(path, lambda tmp: image.save(tmp, format="TIFF"))
+
+
+def copy_file(source: Path, destination: Path) -> bool:
+    """Copies a file unchanged (images, split lists) unless the destination exists."""
+    return write_atomic(destination, lambda tmp: shutil.copyfile(source, tmp))
+
+
+def read_label_png(path: Path) -> np.ndarray:
+    """(H, W) int64 values of a single-channel (palette or grayscale) label PNG."""
+    with Image.open(path) as image:
+        if image.mode not in ("P", "L", "I;16", "I"):
+            raise ValueError(f"{path} is a {image.mode} image; expected a single-channel label map "
+                             "(palette or grayscale PNG)")
+        return np.asarray(image, dtype=np.int64)
+
+
+def remap(labels: np.ndarray, mapping: Mapping[int, int], default: int) -> np.ndarray:
+    """Replaces each value by ``mapping[value]``; values not in ``mapping`` become ``default``."""
+    size = max(int(labels.max()), max(mapping)) + 1
+    table = np.full(size, default, dtype=np.int64)
+    table[list(mapping)] = list(mapping.values())
+    return table[labels]
+
+
+def report(name: str, written: int, outputs: Sequence[Path]) -> None:
+    folders = ", ".join(str(p) for p in outputs)
+    if written:
+        logger.info("%s: wrote %d files under %s", name, written, folders)
+    else:
+        logger.info("%s: everything already in place under %s (nothing written)", name, folders)
+
+
+def run(main: Callable[[Optional[List[str]]], int]) -> None:
+    """Runs a script's ``main`` with logging to stderr; a missing input exits with its message."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        main(None)
+    except FileNotFoundError as error:
+        sys.exit(f"error: {error}")

@@ -1,0 +1,42 @@
+"""Images of every kind become 8-bit RGB; unreadable files give errors that name them."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from cliptrase_d2.data.image_io import read_rgb
+
+
+def _save(tmp_path, name, image):
+    path = tmp_path / name
+    image.save(path)
+    return str(path)
+
+
+def test_grayscale_palette_rgba_become_rgb(tmp_path):
+    gray = _save(tmp_path, "gray.png", Image.fromarray(np.full((5, 6), 77, np.uint8), mode="L"))
+    assert read_rgb(gray).shape == (5, 6, 3) and (read_rgb(gray) == 77).all()
+    palette = Image.new("P", (4, 4))
+    palette.putpalette([10, 20, 30] + [0] * 765)
+    assert read_rgb(_save(tmp_path, "p.png", palette))[0, 0].tolist() == [10, 20, 30]
+    rgba = Image.new("RGBA", (3, 3), (200, 100, 50, 0))
+    assert read_rgb(_save(tmp_path, "rgba.png", rgba))[0, 0].tolist() == [200, 100, 50]
+
+
+def test_16_bit_images_are_scaled_not_clipped(tmp_path):
+    values = np.array([[0, 257 * 128, 65535]], dtype=np.uint16)
+    path = _save(tmp_path, "deep.png", Image.fromarray(values))
+    assert read_rgb(path)[0, :, 0].tolist() == [0, 128, 255]
+
+
+def test_missing_and_corrupt_files_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothere.jpg"):
+        read_rgb(str(tmp_path / "nothere.jpg"))
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    with pytest.raises(ValueError, match="corrupt.jpg"):
+        read_rgb(str(corrupt))
+    truncated = tmp_path / "truncated.png"
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    with pytest.raises(ValueError, match="truncated.png"):
+        read_rgb(str(truncated))
