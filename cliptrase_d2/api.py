@@ -81,6 +81,8 @@ class Segmenter:
             spec = vocabulary if vocabulary is not None else list(self.model.vocabulary.classes)
             self.model.set_vocabulary(spec, tuple(background or ()))
         arrays = [load_image(image) for image in batch]
+        for image, array in zip(batch, arrays):
+            self.model.check_image_size(array.shape[:2], image if isinstance(image, str) else "the image")
         tensors = [torch.from_numpy(a.transpose(2, 0, 1).copy()) for a in arrays]
         with torch.no_grad():
             predictions = self.model.inference(tensors)

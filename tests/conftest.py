@@ -9,6 +9,8 @@ warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=Futur
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+import cliptrase_d2  # noqa: E402,F401  (first: detectron2 0.6 shims, registrations)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.environ.get("CLIPTRASE_FIXTURES", os.path.join(REPO, "..", "shared", "fixtures"))
 PEERS = os.path.join(FIXTURES, "..", "peers")

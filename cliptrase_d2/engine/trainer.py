@@ -31,8 +31,10 @@ def _all_keys(node, prefix=""):
 def _merge(cfg, merge, source: str):
     try:
         merge()
-    except KeyError as error:
+    except (KeyError, AssertionError) as error:  # yacs: KeyError from files, AssertionError from lists
         message = str(error).strip("'\"")
+        if "Non-existent" not in message:
+            raise
         unknown = message.split(":")[-1].strip()
         close = difflib.get_close_matches(unknown, list(_all_keys(cfg)), n=3, cutoff=0.6)
         hint = f" Did you mean {' or '.join(close)}?" if close else " See cliptrase_d2/config.py for the keys."

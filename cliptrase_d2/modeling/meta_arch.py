@@ -147,6 +147,8 @@ class CLIPtrase(nn.Module):
             raise RuntimeError("CLIPtrase is training-free: it has nothing to train. "
                                "Run evaluation (tools/train_net.py --eval-only) or the demo instead.")
         images = [self._rgb_uint8(x["image"]) for x in batched_inputs]
+        for record, image in zip(batched_inputs, images):
+            self.check_image_size(image.shape[-2:], record.get("file_name", "an input image"))
         sizes = [(x.get("height", im.shape[1]), x.get("width", im.shape[2])) for x, im in zip(batched_inputs, images)]
         outputs = []
         for prediction in self.inference(images, sizes):
@@ -173,6 +175,13 @@ class CLIPtrase(nn.Module):
             scores = self._sliding_window_scores(image, size)
             results.append(Prediction(scores.argmax(dim=0), scores))
         return results
+
+    def check_image_size(self, size: Tuple[int, int], name: str) -> None:
+        """Rejects images smaller than one CLIP patch (resizing them up would invent the content)."""
+        patch = self.clip_model.visual.conv1.kernel_size
+        if size[0] < patch[0] or size[1] < patch[1]:
+            raise ValueError(f"{name}: an image of {size[0]}x{size[1]} pixels is smaller than one "
+                             f"{patch[0]}x{patch[1]} CLIP patch; use an image of at least that size")
 
     def evaluated_frame(self, image) -> np.ndarray:
         """The (H', W', 3) uint8 RGB pixels a prediction refers to: the paper protocol's center

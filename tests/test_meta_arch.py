@@ -1,0 +1,162 @@
+"""The CLIPtrase meta-architecture through Detectron2's config and build_model."""
+import logging
+
+import numpy as np
+import pytest
+import torch
+from detectron2.modeling import build_model
+
+from conftest import FIXTURES, REPO, require_fixtures
+from cliptrase_d2.data.image_io import read_rgb
+from cliptrase_d2.engine.trainer import load_config
+
+PAPER_224 = f"{REPO}/configs/paper/Base-paper-224.yaml"
+STANDARD = f"{REPO}/configs/standard/Base-standard.yaml"
+
+
+@pytest.fixture(scope="module")
+def photo():
+    require_fixtures()
+    return torch.from_numpy(read_rgb(f"{FIXTURES}/images/coffee.png").transpose(2, 0, 1).copy())  # (3, 400, 600)
+
+
+def _model(tiny_opts, config=PAPER_224, **overrides):
+    opts = list(tiny_opts) + ["MODEL.CLIPTRASE.VOCABULARY", "cup, table, wall, plant"]
+    for key, value in overrides.items():
+        opts += [f"MODEL.CLIPTRASE.{key}", str(value)]
+    return build_model(load_config(config, opts)).eval()
+
+
+def _labels(model, image, **extra):
+    return model([{"image": image, **extra}])[0]["sem_seg"].argmax(dim=0)
+
+
+def test_paper_protocol_predicts_the_center_crop(tiny_opts, photo):
+    model = _model(tiny_opts)
+    output = model([{"image": photo, "height": 400, "width": 600}])[0]["sem_seg"]
+    assert output.shape == (4, 224, 224)
+    assert torch.equal(output.sum(dim=0), torch.ones(224, 224))  # vote: one-hot scores
+
+
+def test_paper_size_336(tiny_opts, photo):
+    model = _model(tiny_opts, PAPER_SIZE=336, DBSCAN_EPS=1.1, DBSCAN_MIN_SAMPLES=7)
+    assert model([{"image": photo}])[0]["sem_seg"].shape == (4, 336, 336)
+
+
+def test_standard_protocol_predicts_at_the_requested_size(tiny_opts, photo):
+    model = _model(tiny_opts, STANDARD, STANDARD_SHORT_SIDE=224, WINDOW_SIZE=224, WINDOW_STRIDE=112)
+    output = model([{"image": photo, "height": 200, "width": 300}])[0]["sem_seg"]
+    assert output.shape == (4, 200, 300)
+    assert model([{"image": photo}])[0]["sem_seg"].shape == (4, 400, 600)
+
+
+def test_window_settings_change_the_windows(tiny_opts, photo):
+    model = _model(tiny_opts, STANDARD, STANDARD_SHORT_SIDE=224, WINDOW_BATCH=1)
+    seen = []
+    original = model._predict
+    model._predict = lambda images: seen.append(images.shape) or original(images)
+    model([{"image": photo}])
+    assert [s[0] for s in seen] == [1, 1] and all(s[-2:] == (224, 224) for s in seen)  # 224 x 336 -> 2 windows
+    seen.clear()
+    model.window_size, model.window_stride, model.window_batch = 160, 160, 8
+    model([{"image": photo}])
+    assert [s[0] for s in seen] == [6] and seen[0][-2:] == (160, 160)  # 2 x 3 windows of 160 (last shifted)
+
+
+def test_bgr_input_format_is_flipped(tiny_opts, photo):
+    rgb = _model(tiny_opts)
+    bgr = _model(tiny_opts + ["INPUT.FORMAT", "BGR"])
+    torch.testing.assert_close(rgb([{"image": photo}])[0]["sem_seg"], bgr([{"image": photo.flip(0)}])[0]["sem_seg"])
+
+
+def test_refinements_differ_and_mean_is_soft(tiny_opts):
+    require_fixtures()
+    image = torch.from_numpy(read_rgb(f"{FIXTURES}/images/astronaut.png").transpose(2, 0, 1).copy())
+    outputs = {r: _model(tiny_opts, REFINE=r, VOCABULARY="pc59")([{"image": image}])[0]["sem_seg"]
+               for r in ("vote", "mean", "none")}
+    labels = {r: o.argmax(0) for r, o in outputs.items()}
+    assert not torch.equal(labels["vote"], labels["none"])
+    assert not torch.equal(outputs["mean"], outputs["none"])
+    assert outputs["mean"].unique().numel() > 2  # soft scores, not one-hot
+
+
+def test_dbscan_and_region_settings_reach_the_clustering(tiny_opts, monkeypatch):
+    require_fixtures()
+    import cliptrase_d2.method.pipeline as pipeline
+
+    calls = []
+    real_cluster, real_region = pipeline.cluster_patches, pipeline.region_map
+    monkeypatch.setattr(pipeline, "cluster_patches", lambda a, eps, m: calls.append(("dbscan", eps, m)) or real_cluster(a, eps, m))
+    monkeypatch.setattr(pipeline, "region_map", lambda a, ids, g, s, med, up: calls.append(("region", med, up)) or real_region(a, ids, g, s, med, up))
+    image = torch.from_numpy(read_rgb(f"{FIXTURES}/images/astronaut.png").transpose(2, 0, 1).copy())
+    _model(tiny_opts, DBSCAN_EPS=0.4, DBSCAN_MIN_SAMPLES=5, MEDIAN_SIZE=5, REGION_UPSAMPLE=2)([{"image": image}])
+    assert calls == [("dbscan", 0.4, 5), ("region", 5, 2)]
+
+
+def test_logit_scale_image_weighting_and_templates(tiny_opts):
+    require_fixtures()
+    assert _model(tiny_opts).logit_scale == pytest.approx(100.0, rel=1e-6)
+    assert _model(tiny_opts, LOGIT_SCALE=40.0).logit_scale == 40.0
+    assert _model(tiny_opts, HEAD="clip").head.name == "clip"
+    assert len(_model(tiny_opts, TEMPLATES="vild14").templates) == 14
+    image = torch.from_numpy(read_rgb(f"{FIXTURES}/images/chelsea.png").transpose(2, 0, 1).copy())
+    plain = _model(tiny_opts, REFINE="none")
+    weighted = _model(tiny_opts, REFINE="none", IMAGE_LOGIT_WEIGHTING=True)
+    a, b = plain([{"image": image}])[0]["sem_seg"], weighted([{"image": image}])[0]["sem_seg"]
+    cls_logits = b[:, 0, 0] / a[:, 0, 0]
+    torch.testing.assert_close(b, a * cls_logits[:, None, None], rtol=1e-4, atol=1e-4)
+
+
+def test_background_words_config(tiny_opts):
+    require_fixtures()
+    model = build_model(load_config(PAPER_224, list(tiny_opts) + [
+        "MODEL.CLIPTRASE.VOCABULARY", "cat, grass", "MODEL.CLIPTRASE.BACKGROUND_WORDS", "['sky', 'wall']"]))
+    assert model.class_names == ["cat", "grass", "background"]
+    assert model.text_embeddings.shape[0] == 4
+
+
+def test_bf16_precision_runs_and_mostly_agrees(tiny_opts, photo):
+    fp32 = _labels(_model(tiny_opts, REFINE="none"), photo)
+    bf16 = _labels(_model(tiny_opts, REFINE="none", PRECISION="bf16"), photo)
+    assert (fp32 == bf16).float().mean() > 0.5
+
+
+def test_training_is_refused(tiny_opts, photo):
+    model = _model(tiny_opts).train()
+    with pytest.raises(RuntimeError, match="training-free"):
+        model([{"image": photo}])
+
+
+def test_device_falls_back_to_cpu_with_one_log_line(tiny_opts, caplog):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available: nothing falls back")
+    opts = [o for o in tiny_opts]
+    opts[opts.index("MODEL.DEVICE") + 1] = "cuda"
+    with caplog.at_level(logging.INFO, logger="cliptrase_d2"):
+        cfg = load_config(PAPER_224, opts)
+    assert cfg.MODEL.DEVICE == "cpu"
+    assert sum("CUDA is not available" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_unknown_config_key_names_it_and_suggests(tiny_opts):
+    with pytest.raises(KeyError, match="MODEL.CLIPTRASE.DBSCAN_EPSILON.*MODEL.CLIPTRASE.DBSCAN_EPS"):
+        load_config(PAPER_224, ["MODEL.CLIPTRASE.DBSCAN_EPSILON", "0.5"])
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("REFINE", "median", "unknown refinement"),
+    ("PROTOCOL", "fancy", "unknown protocol"),
+    ("HEAD", "segformer", "unknown head 'segformer'.*cliptrase"),
+    ("DBSCAN_EPS", "-1.0", "eps > 0"),
+])
+def test_bad_settings_are_named(tiny_opts, key, value, message):
+    with pytest.raises(ValueError, match=message):
+        _model(tiny_opts, **{key: value})
+
+
+def test_vocabulary_switch_and_image_too_small(tiny_opts):
+    model = _model(tiny_opts, REFINE="none")
+    model.set_vocabulary("voc20")
+    assert model([{"image": torch.zeros(3, 64, 64, dtype=torch.uint8)}])[0]["sem_seg"].shape[0] == 20
+    with pytest.raises(ValueError, match="tiny.png.*8x12 pixels is smaller than one 16x16"):
+        model([{"image": torch.zeros(3, 8, 12, dtype=torch.uint8), "file_name": "tiny.png"}])
