@@ -1,0 +1,451 @@
+"""Tests of cliptrase_d2.clip_loading (model building, exact and safe weights loading) and tools/fetch_weights.py."""
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before open_clip / huggingface_hub are imported
+
+import copy  # noqa: E402
+import hashlib  # noqa: E402
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import pickle  # noqa: E402
+import zipfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import open_clip  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+from cliptrase_d2.clip_loading import WeightsError, build_clip, get_tokenizer, weights_fingerprint  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(os.environ.get("CLIPTRASE_FIXTURES", REPO.parent / "shared" / "fixtures"))
+TINY_CONFIG = FIXTURES / "tiny_clip.json"
+TINY_WEIGHTS = FIXTURES / "tiny_clip_openai.pt"
+VIT_B_16_URL = ("https://openaipublic.azureedge.net/clip/models/"
+                "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt")
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.script.*")
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_files():
+    """(config JSON, OpenAI-style state dict) of the shared tiny CLIP; skipped (failed under CI) if absent."""
+    if not (TINY_CONFIG.is_file() and TINY_WEIGHTS.is_file()):
+        message = (f"tiny CLIP fixtures not found in {FIXTURES} "
+                   "(set CLIPTRASE_FIXTURES to the folder holding tiny_clip.json and tiny_clip_openai.pt)")
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return str(TINY_CONFIG), str(TINY_WEIGHTS)
+
+
+@pytest.fixture(scope="module")
+def tiny_state_dict(tiny_files):
+    """The tiny CLIP's weights as stored in the fixture file (OpenAI key names, fp32)."""
+    return torch.load(tiny_files[1], map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_files):
+    return build_clip(*tiny_files)
+
+
+@pytest.fixture(scope="module")
+def tiny_archive(tiny_model, tmp_path_factory):
+    """The tiny CLIP as a TorchScript archive laid out like OpenAI's (fp32)."""
+    return _save_torchscript(tiny_model, tmp_path_factory.mktemp("archive") / "ViT-tiny.pt")
+
+
+@pytest.fixture
+def gelu_config(tiny_files, tmp_path):
+    """The tiny architecture with plain GELU (quick_gelu false), as a model-config JSON."""
+    config = json.loads(Path(tiny_files[0]).read_text())
+    config["quick_gelu"] = False
+    path = tmp_path / "tiny_clip_gelu.json"
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+class _OpenAIStyle(torch.nn.Module):
+    """Laid out like OpenAI's archives: CLIP's modules under the same names, plus the three
+    model-description buffers OpenAI stores (input_resolution, context_length, vocab_size)."""
+
+    def __init__(self, clip: torch.nn.Module):
+        super().__init__()
+        self.visual = clip.visual
+        self.transformer = clip.transformer
+        self.token_embedding = clip.token_embedding
+        self.ln_final = clip.ln_final
+        self.positional_embedding = clip.positional_embedding
+        self.text_projection = clip.text_projection
+        self.logit_scale = clip.logit_scale
+        self.register_buffer("input_resolution", torch.tensor(224))
+        self.register_buffer("context_length", torch.tensor(77))
+        self.register_buffer("vocab_size", torch.tensor(49408))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.visual(image)
+
+
+def _save_torchscript(clip: torch.nn.Module, path: Path, dtype: torch.dtype = torch.float32) -> Path:
+    module = _OpenAIStyle(copy.deepcopy(clip).to(dtype))
+    torch.jit.script(module).save(str(path))
+    with zipfile.ZipFile(path) as archive:  # really a TorchScript archive (what torch.load refuses)
+        assert any(name.endswith("/constants.pkl") for name in archive.namelist())
+    return path
+
+
+def _assert_weights_equal(model: torch.nn.Module, state_dict, dtype: torch.dtype = torch.float32):
+    """Every model tensor equals the file's tensor (cast to ``dtype``) bit for bit."""
+    model_state = model.state_dict()
+    assert set(model_state) == set(state_dict)
+    for key, tensor in model_state.items():
+        assert tensor.dtype == dtype, key
+        assert torch.equal(tensor, state_dict[key].to(dtype)), key
+
+
+class _WritesMarker:
+    """A pickle payload that runs code when unpickled: it creates ``marker``."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: formats and exactness
+# ---------------------------------------------------------------------------------------------
+
+
+def test_tiny_model_from_json_and_openai_state_dict_is_exact(tiny_model, tiny_state_dict):
+    _assert_weights_equal(tiny_model, tiny_state_dict)
+    assert isinstance(tiny_model, open_clip.model.CLIP)
+    assert torch.allclose(tiny_model.logit_scale.exp(), torch.tensor(100.0))
+    assert not tiny_model.training and not any(m.training for m in tiny_model.modules())
+    assert not any(p.requires_grad for p in tiny_model.parameters())
+    assert all(p.device.type == "cpu" for p in tiny_model.parameters())
+    assert isinstance(tiny_model.visual.transformer.resblocks[0].mlp.gelu, open_clip.transformer.QuickGELU)
+    assert "tiny_clip" in open_clip.list_models()
+
+
+def test_model_encodes_images_and_text(tiny_model, tiny_files):
+    tokens = get_tokenizer(tiny_files[0])(["a photo of a cat", "a dog"])  # (2, 77)
+    with torch.no_grad():
+        image_features = tiny_model.encode_image(torch.zeros(1, 3, 224, 224))  # (1, 64)
+        text_features = tiny_model.encode_text(tokens)  # (2, 64)
+    assert image_features.shape == (1, 64) and text_features.shape == (2, 64)
+    assert torch.isfinite(image_features).all() and torch.isfinite(text_features).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16-like-openai"])
+def test_torchscript_archive_is_exact_and_never_jit_loaded(tiny_model, tiny_archive, tiny_files, tiny_state_dict,
+                                                           tmp_path, monkeypatch, dtype):
+    archive = tiny_archive if dtype == torch.float32 else _save_torchscript(tiny_model, tmp_path / "h.pt", dtype)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.jit.load must never be used to read weights")
+
+    monkeypatch.setattr(torch.jit, "load", refuse)
+    model = build_clip(tiny_files[0], str(archive))
+    # OpenAI stores fp16: the fp32 model then holds those values exactly (fp16 -> fp32 is lossless).
+    _assert_weights_equal(model, {k: v.to(dtype) for k, v in tiny_state_dict.items()})
+
+
+def test_torchscript_archive_turns_on_quick_gelu(tiny_archive, gelu_config, tiny_files):
+    plain = build_clip(gelu_config, tiny_files[1])
+    assert isinstance(plain.visual.transformer.resblocks[0].mlp.gelu, torch.nn.GELU)
+    scripted = build_clip(gelu_config, str(tiny_archive))
+    assert isinstance(scripted.visual.transformer.resblocks[0].mlp.gelu, open_clip.transformer.QuickGELU)
+
+
+def test_open_clip_checkpoint_with_module_prefix(tiny_files, tiny_state_dict, tmp_path):
+    path = tmp_path / "open_clip_pytorch_model.bin"
+    torch.save({"epoch": 32, "name": "tiny", "state_dict": {"module." + k: v for k, v in tiny_state_dict.items()}},
+               path)
+    _assert_weights_equal(build_clip(tiny_files[0], str(path)), tiny_state_dict)
+
+
+def test_safetensors_checkpoint(tiny_files, tiny_state_dict, tmp_path):
+    path = tmp_path / "open_clip_model.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_state_dict.items()}, str(path))
+    _assert_weights_equal(build_clip(tiny_files[0], str(path)), tiny_state_dict)
+
+
+@pytest.mark.parametrize("precision,dtype", [("fp16", torch.float16), ("bf16", torch.bfloat16)])
+def test_lower_precision_casts_after_loading(tiny_files, tiny_state_dict, precision, dtype):
+    model = build_clip(*tiny_files, precision=precision)
+    _assert_weights_equal(model, tiny_state_dict, dtype)  # = the fp32 weights rounded once
+
+
+def test_unknown_precision_is_rejected(tiny_files):
+    with pytest.raises(WeightsError, match=r"'fp8'.*fp32"):
+        build_clip(*tiny_files, precision="fp8")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tags and downloads
+# ---------------------------------------------------------------------------------------------
+
+
+def test_openai_tag_offline_says_where_to_put_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("offline: nothing may be downloaded")
+
+    monkeypatch.setattr(open_clip, "download_pretrained", no_network)
+    with pytest.raises(WeightsError) as error:
+        build_clip("ViT-B-16", "openai", cache_dir=str(tmp_path))
+    message = str(error.value)
+    for expected in ("weights/ViT-B-16.pt", "tools/fetch_weights.py", "MODEL.WEIGHTS", "HF_HUB_OFFLINE"):
+        assert expected in message
+
+
+def test_openai_tag_download_failure_says_where_to_put_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+
+    def unreachable(*args, **kwargs):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(open_clip, "download_pretrained", unreachable)
+    with pytest.raises(WeightsError, match=r"Network is unreachable.*weights/ViT-B-16\.pt"):
+        build_clip("ViT-B-16", "openai", cache_dir=str(tmp_path))
+
+
+def test_unknown_tag_lists_the_model_tags():
+    with pytest.raises(WeightsError, match=r"'no_such_tag'.*'openai'"):
+        build_clip("ViT-B-16", "no_such_tag")
+
+
+def test_tag_with_a_json_model_is_rejected(tiny_files):
+    with pytest.raises(WeightsError, match="tags only exist for built-in"):
+        build_clip(tiny_files[0], "openai")
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad models and bad files
+# ---------------------------------------------------------------------------------------------
+
+
+def test_unknown_model_name_suggests_names(tiny_files):
+    with pytest.raises(WeightsError, match=r"'ViT-B-61'.*ViT-B-16"):
+        build_clip("ViT-B-61", tiny_files[1])
+
+
+@pytest.mark.parametrize("content,match", [(None, "not found"), ("{not json", "not valid JSON"),
+                                           ('{"embed_dim": 64}', "not an open_clip model config")])
+def test_bad_model_config_json(tiny_files, tmp_path, content, match):
+    path = tmp_path / "custom_clip.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(WeightsError, match=match) as error:
+        build_clip(str(path), tiny_files[1])
+    assert str(path) in str(error.value)
+    assert "custom_clip" not in open_clip.list_models()  # a bad file is never registered
+
+
+@pytest.mark.parametrize("weights", ["weights/ViT-B-16.pt", "missing.bin", "./ViT-B-16"])
+def test_missing_weights_file_is_named(tiny_files, tmp_path, monkeypatch, weights):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(WeightsError, match="not found") as error:
+        build_clip(tiny_files[0], weights)
+    assert weights in str(error.value)
+    with pytest.raises(WeightsError, match="not found"):
+        weights_fingerprint(weights)
+
+
+def _flip_byte_in_first_tensor(path: Path) -> None:
+    """Corrupts one byte of the first data/<key> record in place (the zip CRC no longer matches)."""
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if "/data/" in i.filename and i.file_size > 0)
+    with open(path, "r+b") as f:
+        f.seek(info.header_offset + 26)
+        name_length = int.from_bytes(f.read(2), "little")
+        extra_length = int.from_bytes(f.read(2), "little")
+        position = info.header_offset + 30 + name_length + extra_length
+        f.seek(position)
+        byte = f.read(1)
+        f.seek(position)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize("corruption", ["empty", "random", "truncated", "truncated-torchscript",
+                                        "bitflip-torchscript", "text"])
+def test_corrupt_file_is_not_a_readable_checkpoint(tiny_archive, tiny_files, tmp_path, corruption):
+    path = tmp_path / "ViT-B-16.pt"
+    if corruption == "empty":
+        path.write_bytes(b"")
+    elif corruption == "random":
+        path.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0),
+                                       dtype=torch.uint8).numpy().tobytes())
+    elif corruption == "truncated":
+        data = Path(tiny_files[1]).read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif corruption == "truncated-torchscript":
+        data = tiny_archive.read_bytes()
+        path.write_bytes(data[: len(data) - 1000])
+    elif corruption == "bitflip-torchscript":
+        path.write_bytes(tiny_archive.read_bytes())
+        _flip_byte_in_first_tensor(path)
+    else:
+        path.write_text("this is not a checkpoint\n")
+    with pytest.raises(WeightsError, match="not a readable checkpoint") as error:
+        build_clip(tiny_files[0], str(path))
+    assert str(path) in str(error.value)
+
+
+def test_weights_of_another_model_are_described(tiny_files):
+    with pytest.raises(WeightsError) as error:
+        build_clip("ViT-B-16", tiny_files[1])
+    message = str(error.value)
+    assert tiny_files[1] in message and "ViT-B-16" in message
+    assert "width 128" in message and "patch 16" in message  # what the file is, read from its shapes
+    assert "visual.conv1.weight" in message or "positional_embedding" in message
+
+
+def test_missing_and_misshapen_keys_are_listed(tiny_files, tiny_state_dict, tmp_path):
+    broken = dict(tiny_state_dict)
+    del broken["visual.ln_post.bias"]
+    broken["text_projection"] = torch.zeros(64, 32)
+    path = tmp_path / "broken.pt"
+    torch.save(broken, path)
+    with pytest.raises(WeightsError) as error:
+        build_clip(tiny_files[0], str(path))
+    message = str(error.value)
+    assert str(path) in message and "visual.ln_post.bias" in message
+    assert "text_projection: file (64, 32) vs model (64, 64)" in message
+
+
+# ---------------------------------------------------------------------------------------------
+# Security: pickled code never runs
+# ---------------------------------------------------------------------------------------------
+
+
+def _write_malicious(kind: str, path: Path, marker: Path) -> None:
+    payload = _WritesMarker(marker)
+    if kind == "torch.save":
+        torch.save({"visual.conv1.weight": torch.zeros(1), "evil": payload}, path)
+    elif kind == "raw-pickle":
+        path.write_bytes(pickle.dumps(payload, protocol=2))
+    else:  # laid out like a TorchScript archive, so it takes the archive reader's path
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("archive/data.pkl", pickle.dumps(payload, protocol=2))
+            archive.writestr("archive/constants.pkl", pickle.dumps((), protocol=2))
+            archive.writestr("archive/version", "3\n")
+
+
+@pytest.mark.parametrize("kind", ["torch.save", "raw-pickle", "torchscript-layout"])
+def test_malicious_pickle_is_refused_without_running(tiny_files, tmp_path, kind):
+    control = tmp_path / "control-marker"
+    pickle.loads(pickle.dumps(_WritesMarker(control)))  # the payload is live when unpickled naively
+    assert control.exists()
+
+    marker = tmp_path / "marker"
+    path = tmp_path / "ViT-B-16.pt"
+    _write_malicious(kind, path, marker)
+    with pytest.raises(WeightsError) as error:
+        build_clip(tiny_files[0], str(path))
+    assert str(path) in str(error.value)
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer and fingerprints
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["json", "ViT-B-16"])
+def test_tokenizer_context_length_is_77(tiny_files, model):
+    tokenizer = get_tokenizer(tiny_files[0] if model == "json" else model)
+    tokens = tokenizer(["a photo of a cat"])
+    assert tokens.shape == (1, 77) and tokens.dtype == torch.long
+    assert tokens[0, 0] == 49406 and (tokens[0] == 49407).sum() == 1  # <start> ... <end>
+
+
+def test_weights_fingerprint(tiny_files, tmp_path):
+    expected = hashlib.sha256(Path(tiny_files[1]).read_bytes()).hexdigest()[:16]
+    assert weights_fingerprint(tiny_files[1]) == expected == weights_fingerprint(tiny_files[1])
+    copy_path = tmp_path / "other.pt"
+    copy_path.write_bytes(b"other content")
+    assert weights_fingerprint(str(copy_path)) == hashlib.sha256(b"other content").hexdigest()[:16]
+    assert weights_fingerprint("openai") == "openai"
+
+
+# ---------------------------------------------------------------------------------------------
+# tools/fetch_weights.py
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fetch():
+    spec = importlib.util.spec_from_file_location("fetch_weights", REPO / "tools" / "fetch_weights.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def source(tmp_path):
+    """(file:// URL, sha256) of a small file standing in for the published archive."""
+    path = tmp_path / "server" / "ViT-B-16.pt"
+    path.parent.mkdir()
+    path.write_bytes(os.urandom(3 * 2**20 + 17))
+    return path.as_uri(), hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_fetch_knows_openai_vit_b_16(fetch):
+    assert fetch.openai_archive("ViT-B-16") == (VIT_B_16_URL, VIT_B_16_URL.split("/")[-2])
+    assert fetch.openai_archive("ViT-B/16") == fetch.openai_archive("ViT-B-16-quickgelu")
+    with pytest.raises(fetch.FetchError, match="ViT-B-16"):
+        fetch.openai_archive("ViT-H-14")
+
+
+def test_fetch_downloads_and_verifies(fetch, source, tmp_path):
+    url, sha256 = source
+    dest = tmp_path / "weights" / "ViT-B-16.pt"
+    assert fetch.download_verified(url, dest, sha256, progress=False) == dest
+    assert fetch.sha256_of(dest) == sha256
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["ViT-B-16.pt"]  # no temporary left
+
+
+def test_fetch_bad_hash_leaves_nothing(fetch, source, tmp_path):
+    url, _ = source
+    dest = tmp_path / "weights" / "ViT-B-16.pt"
+    with pytest.raises(fetch.FetchError, match="sha256"):
+        fetch.download_verified(url, dest, "0" * 64, progress=False)
+    assert list(dest.parent.iterdir()) == []
+
+
+def test_fetch_keeps_existing_files(fetch, source, tmp_path):
+    url, sha256 = source
+    dest = tmp_path / "ViT-B-16.pt"
+    dest.write_bytes(Path(url[len("file://"):]).read_bytes())
+    before = dest.stat().st_mtime_ns
+    # A good file is kept without downloading (the URL is not even readable).
+    assert fetch.download_verified(url + ".gone", dest, sha256, progress=False) == dest
+    assert dest.stat().st_mtime_ns == before
+    # Another file under that name is never overwritten.
+    dest.write_bytes(b"partial")
+    with pytest.raises(fetch.FetchError, match="delete it"):
+        fetch.download_verified(url, dest, sha256, progress=False)
+    assert dest.read_bytes() == b"partial"
+
+
+def test_fetch_unreachable_url_is_a_clear_error(fetch, tmp_path):
+    dest = tmp_path / "ViT-B-16.pt"
+    with pytest.raises(fetch.FetchError, match="offline"):
+        fetch.download_verified((tmp_path / "nowhere.pt").as_uri(), dest, "0" * 64, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fetch_main_rejects_models_without_openai_weights(fetch, tmp_path):
+    assert fetch.main(["--model", "ViT-H-14", "--dest", str(tmp_path), "--no-progress"]) == 1
+    assert list(tmp_path.iterdir()) == []

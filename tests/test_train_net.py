@@ -1,0 +1,98 @@
+"""tools/train_net.py --eval-only: the paper metric on the reference photos, N processes equal one,
+and its errors."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, manifest_runs, require_fixtures, run_config
+from cliptrase_d2.engine.trainer import Trainer, load_config
+
+TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
+SAMPLE_ROOT = os.path.join(REPO, "datasets", "cliptrase_sample_voc21")
+FIXTURE_DATASETS = {"VOC21": "cliptrase_fixtures_voc21", "VOC20": "cliptrase_fixtures_voc20",
+                    "PC59": "cliptrase_fixtures_pc59"}
+
+
+@pytest.mark.parametrize("run", manifest_runs())
+def test_paper_metric_on_reference_photos_equals_manifest(run, manifest, tiny_opts, tmp_path):
+    config, opts = run_config(run)
+    key = manifest["vocabulary_key"][run["dataset"]]
+    cfg = load_config(config, list(tiny_opts) + opts + [
+        "MODEL.CLIPTRASE.VOCABULARY", key, "DATASETS.TEST", f"('{FIXTURE_DATASETS[run['dataset']]}',)",
+        "OUTPUT_DIR", str(tmp_path), "DATALOADER.NUM_WORKERS", "0"])
+    model = Trainer.build_model(cfg)
+    results = Trainer.test(cfg, model)[FIXTURE_DATASETS[run["dataset"]]]["sem_seg"]
+    for name, value in run["metric"].items():
+        assert round(results[name], 2) == pytest.approx(value, abs=0.01), name
+
+
+def _require_sample():
+    if not os.path.isdir(os.path.join(SAMPLE_ROOT, "annotations")):
+        message = f"sample dataset missing at {SAMPLE_ROOT}: run `python datasets/prepare_sample.py`"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def _eval(num_processes, output, tiny_opts, *extra):
+    command = [sys.executable, TRAIN_NET, "--eval-only", "--num-gpus", str(num_processes),
+               "--config-file", os.path.join(REPO, "configs", "sample", "voc21_standard.yaml"),
+               *tiny_opts, "OUTPUT_DIR", str(output), "MODEL.CLIPTRASE.STANDARD_SHORT_SIDE", "224",
+               "DATALOADER.NUM_WORKERS", "0", *extra]
+    env = dict(os.environ, DETECTRON2_DATASETS=os.path.join(REPO, "datasets"), OMP_NUM_THREADS="1")
+    completed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed
+
+
+def test_two_processes_equal_one(tiny_opts, tmp_path):
+    _require_sample()
+    _eval(1, tmp_path / "one", tiny_opts)
+    _eval(2, tmp_path / "two", tiny_opts)
+    results = [json.loads((tmp_path / n / "sem_seg_results_cliptrase_sample_voc21.json").read_text())
+               for n in ("one", "two")]
+    assert results[0] == results[1]
+    assert 0 <= results[0]["mIoU"] <= 100 and len(results[0]["IoU"]) == 21 if "IoU" in results[0] else True
+    one = sorted(os.listdir(tmp_path / "one" / "predictions" / "cliptrase_sample_voc21"))
+    two = sorted(os.listdir(tmp_path / "two" / "predictions" / "cliptrase_sample_voc21"))
+    assert one == two and len(one) == 4
+    for name in one:
+        a = np.array(Image.open(tmp_path / "one" / "predictions" / "cliptrase_sample_voc21" / name))
+        b = np.array(Image.open(tmp_path / "two" / "predictions" / "cliptrase_sample_voc21" / name))
+        gt = np.array(Image.open(os.path.join(SAMPLE_ROOT, "annotations", name)))
+        assert a.shape == gt.shape  # the standard protocol predicts at the original resolution
+        np.testing.assert_array_equal(a, b)
+
+
+def test_training_is_refused():
+    completed = subprocess.run([sys.executable, TRAIN_NET, "--config-file",
+                                os.path.join(REPO, "configs", "sample", "voc21_standard.yaml")],
+                               cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert completed.returncode != 0 and "training-free" in completed.stderr
+
+
+def test_unregistered_dataset_lists_registered_ones(tiny_opts, tmp_path):
+    require_fixtures()
+    cfg = load_config(os.path.join(REPO, "configs", "paper", "Base-paper-224.yaml"), list(tiny_opts) + [
+        "MODEL.CLIPTRASE.VOCABULARY", "voc21", "DATASETS.TEST", "('voc_2012_val_typo',)", "OUTPUT_DIR", str(tmp_path)])
+    with pytest.raises(KeyError, match="voc_2012_val_typo.*cliptrase_ade150_val"):
+        Trainer.test(cfg, Trainer.build_model(cfg))
+
+
+def test_missing_dataset_root_names_path_and_prepare_script(tiny_opts, tmp_path, monkeypatch):
+    require_fixtures()
+    from cliptrase_d2.data.datasets.register_benchmarks import register_benchmark_datasets
+
+    register_benchmark_datasets(str(tmp_path / "nowhere"))
+    try:
+        cfg = load_config(os.path.join(REPO, "configs", "paper", "ade150_224.yaml"), list(tiny_opts) + [
+            "OUTPUT_DIR", str(tmp_path)])
+        with pytest.raises(FileNotFoundError, match=r"nowhere.*ADEChallengeData2016.*prepare_ade20k_150\.py"):
+            Trainer.test(cfg, Trainer.build_model(cfg))
+    finally:
+        register_benchmark_datasets()
