@@ -86,3 +86,14 @@ def manifest_runs():
         runs = json.load(f)["runs"]
     return [pytest.param(run, id=f"{run['dataset']}_{run['size']}_eps{run['eps']}_min{run['min_samples']}")
             for run in runs]
+
+
+@pytest.fixture
+def project_log(caplog):
+    """caplog that also sees the project's loggers after detectron2's setup_logger stopped their propagation."""
+    import logging
+
+    project = logging.getLogger("cliptrase_d2")
+    project.addHandler(caplog.handler)
+    yield caplog
+    project.removeHandler(caplog.handler)

@@ -127,15 +127,15 @@ def test_training_is_refused(tiny_opts, photo):
         model([{"image": photo}])
 
 
-def test_device_falls_back_to_cpu_with_one_log_line(tiny_opts, caplog):
+def test_device_falls_back_to_cpu_with_one_log_line(tiny_opts, project_log):
     if torch.cuda.is_available():
         pytest.skip("CUDA is available: nothing falls back")
     opts = [o for o in tiny_opts]
     opts[opts.index("MODEL.DEVICE") + 1] = "cuda"
-    with caplog.at_level(logging.INFO, logger="cliptrase_d2"):
+    with project_log.at_level(logging.INFO, logger="cliptrase_d2"):
         cfg = load_config(PAPER_224, opts)
     assert cfg.MODEL.DEVICE == "cpu"
-    assert sum("CUDA is not available" in r.getMessage() for r in caplog.records) == 1
+    assert sum("CUDA is not available" in r.getMessage() for r in project_log.records) == 1
 
 
 def test_unknown_config_key_names_it_and_suggests(tiny_opts):

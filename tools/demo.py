@@ -27,6 +27,7 @@ from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from cliptrase_d2.api import Segmenter  # noqa: E402
+from cliptrase_d2.clip_loading import WeightsError  # noqa: E402
 from cliptrase_d2.evaluation.results_io import atomic_save_image, atomic_write_json, atomic_write_png  # noqa: E402
 from cliptrase_d2.visualization import legend_entries, overlay, side_by_side, with_legend  # noqa: E402
 
@@ -147,4 +148,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (WeightsError, FileNotFoundError, PermissionError, KeyError, ValueError) as error:
+        sys.exit(f"error: {error}")

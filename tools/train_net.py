@@ -13,6 +13,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cliptrase_d2  # noqa: E402  (registers the meta-architecture and datasets; detectron2 shims)
+from cliptrase_d2.clip_loading import WeightsError  # noqa: E402
 from cliptrase_d2.engine import launch  # noqa: E402
 from cliptrase_d2.engine.trainer import Trainer, setup  # noqa: E402
 from detectron2.engine import default_argument_parser  # noqa: E402
@@ -28,5 +29,8 @@ if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     if not args.eval_only:
         sys.exit("CLIPtrase is training-free: there is nothing to train. Add --eval-only to evaluate.")
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    try:
+        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(args,))
+    except (WeightsError, FileNotFoundError, KeyError, ValueError) as error:
+        sys.exit(f"error: {error}")

@@ -74,3 +74,9 @@ def atomic_save_image(path: str, image: Image.Image) -> None:
     """Save a PIL image as PNG under ``path`` atomically."""
     with _atomic_open(path) as f:
         image.save(f, format="PNG")
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write UTF-8 text under ``path`` atomically."""
+    with _atomic_open(path) as f:
+        f.write(text.encode("utf-8"))

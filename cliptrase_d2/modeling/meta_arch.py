@@ -24,6 +24,17 @@ __all__ = ["CLIPtrase", "PROTOCOLS"]
 
 logger = logging.getLogger(__name__)
 
+_reported_unused = set()
+
+
+def _report_unused_settings(head: str, refinement: RefinementSettings) -> None:
+    """Says once per (head, refinement) which settings have no effect, instead of ignoring them silently."""
+    if refinement.refine != "none" or (head, refinement.refine) in _reported_unused:
+        return
+    _reported_unused.add((head, refinement.refine))
+    logger.warning("head %r with MODEL.CLIPTRASE.REFINE 'none': DBSCAN_EPS, DBSCAN_MIN_SAMPLES, MEDIAN_SIZE and "
+                   "REGION_UPSAMPLE do not apply (no clustering or region refinement runs)", head)
+
 PROTOCOLS = ("paper", "standard")
 
 
@@ -60,6 +71,7 @@ class CLIPtrase(nn.Module):
         self.head = get_head(head)
         self.logit_scale = resolve_logit_scale(self.head, clip_model, logit_scale)
         self.refinement = refinement
+        _report_unused_settings(head, refinement)
         self.protocol = protocol
         self.paper_size = paper_size
         self.standard_short_side = standard_short_side

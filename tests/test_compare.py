@@ -1,0 +1,57 @@
+"""tools/compare.py: every head on a dataset in one run, one table."""
+import csv
+import os
+import sys
+
+import pytest
+
+from conftest import REPO, require_fixtures
+
+sys.path.insert(0, os.path.join(REPO, "tools"))
+import compare  # noqa: E402
+
+
+def test_table_of_heads_on_reference_photos(tiny_opts, manifest, tmp_path):
+    require_fixtures()
+    run = manifest["runs"][0]  # VOC21, 224, eps 0.7, min 3: the paper defaults
+    args = compare.get_parser().parse_args([
+        "--config-file", os.path.join(REPO, "configs", "paper", "voc21_224.yaml"),
+        "--heads", "cliptrase,clearclip", "--datasets", "cliptrase_fixtures_voc21", "--output", str(tmp_path),
+        *tiny_opts, "DATALOADER.NUM_WORKERS", "0"])
+    cells = compare.main(args)
+    assert cells["cliptrase", "cliptrase_fixtures_voc21"][0] == pytest.approx(run["metric"]["mIoU"], abs=0.01)
+    with open(tmp_path / "compare.csv") as f:
+        rows = list(csv.reader(f))
+    assert [r[0] for r in rows] == ["head", "cliptrase", "clearclip"]
+    assert float(rows[1][1]) == pytest.approx(run["metric"]["mIoU"], abs=0.01)
+    assert float(rows[2][2]) > 0  # seconds per image
+    assert "| clearclip |" in (tmp_path / "compare.md").read_text()
+
+
+def test_unknown_head_lists_available():
+    with pytest.raises(ValueError, match="unknown head nacl.*naclip"):
+        compare.parse_list("cliptrase,nacl", compare.HEADS, "head")
+
+
+def test_peer_heads_run_without_refinement_by_default():
+    assert compare.head_opts("sclip", "default") == ["MODEL.CLIPTRASE.HEAD", "sclip", "MODEL.CLIPTRASE.REFINE", "none"]
+    assert compare.head_opts("cliptrase", "default") == ["MODEL.CLIPTRASE.HEAD", "cliptrase"]
+    assert compare.head_opts("sclip", "vote")[-1] == "vote"
+
+
+def test_unused_settings_reported_once(tiny_opts, project_log):
+    require_fixtures()
+    import logging
+
+    from detectron2.modeling import build_model
+
+    from cliptrase_d2.engine.trainer import load_config
+    from cliptrase_d2.modeling import meta_arch
+
+    meta_arch._reported_unused.clear()
+    opts = list(tiny_opts) + ["MODEL.CLIPTRASE.HEAD", "clearclip", "MODEL.CLIPTRASE.REFINE", "none",
+                              "MODEL.CLIPTRASE.VOCABULARY", "cat, dog"]
+    with project_log.at_level(logging.WARNING):
+        for _ in range(2):
+            build_model(load_config(os.path.join(REPO, "configs", "paper", "Base-paper-224.yaml"), opts))
+    assert sum("do not apply" in r.getMessage() for r in project_log.records) == 1

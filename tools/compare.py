@@ -1,0 +1,122 @@
+#!/usr/bin/env python
+"""Every head on every dataset under one protocol, in one run: a Markdown and a CSV table of
+mIoU and time per image.
+
+    python tools/compare.py --config-file configs/standard/Base-standard.yaml \
+        --heads cliptrase,clip,maskclip,sclip,clearclip,naclip \
+        --datasets cliptrase_voc21_val,cliptrase_ade150_val --num-gpus 4 --output output/compare \
+        MODEL.WEIGHTS weights/ViT-B-16.pt
+
+By default CLIPtrase keeps the config's refinement and the other heads run as their authors
+run them, without refinement; --refine vote|mean|none applies one refinement to every head.
+Time per image is wall-clock inference time (text embeddings computed beforehand) divided by
+the number of images, with all processes working in parallel.
+"""
+import argparse
+import csv
+import io
+import logging
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import cliptrase_d2  # noqa: E402,F401
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+from cliptrase_d2.clip_loading import WeightsError  # noqa: E402
+from cliptrase_d2.engine import launch  # noqa: E402
+from cliptrase_d2.engine.trainer import Trainer, load_config  # noqa: E402
+from cliptrase_d2.evaluation.results_io import atomic_write_text  # noqa: E402
+from cliptrase_d2.method.heads import HEADS  # noqa: E402
+
+logger = logging.getLogger("cliptrase_d2.compare")
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, help="the protocol's config (e.g. configs/standard/Base-standard.yaml)")
+    parser.add_argument("--heads", default="cliptrase,clip,maskclip,sclip,clearclip,naclip")
+    parser.add_argument("--datasets", required=True, help="comma-separated registered dataset names")
+    parser.add_argument("--refine", choices=["default", "vote", "mean", "none"], default="default")
+    parser.add_argument("--output", default="output/compare", help="folder for compare.md and compare.csv")
+    parser.add_argument("--num-gpus", type=int, default=1, help="processes (GPUs, or CPU processes without CUDA)")
+    parser.add_argument("--num-machines", type=int, default=1)
+    parser.add_argument("--machine-rank", type=int, default=0)
+    parser.add_argument("--dist-url", default="auto")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    return parser
+
+
+def parse_list(text: str, allowed, what: str):
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    unknown = [item for item in items if item not in allowed]
+    if not items or unknown:
+        raise ValueError(f"unknown {what} {', '.join(unknown) or '(none given)'}; available: {', '.join(sorted(allowed))}")
+    return items
+
+
+def head_opts(head: str, refine: str):
+    chosen = refine if refine != "default" else (None if head == "cliptrase" else "none")
+    return ["MODEL.CLIPTRASE.HEAD", head] + (["MODEL.CLIPTRASE.REFINE", chosen] if chosen else [])
+
+
+def evaluate(head: str, dataset: str, args):
+    """(mIoU, seconds per image) of one head on one dataset; only the main process gets numbers."""
+    cfg = load_config(args.config_file, list(args.opts) + head_opts(head, args.refine) + [
+        "DATASETS.TEST", f"('{dataset}',)", "OUTPUT_DIR", os.path.join(args.output, head)])
+    model = Trainer.build_model(cfg)
+    metadata = MetadataCatalog.get(dataset)
+    if not cfg.MODEL.CLIPTRASE.VOCABULARY:
+        model.set_vocabulary(metadata.vocabulary)
+    model.text_embeddings  # computed (or read from the cache) before timing
+    comm.synchronize()
+    start = time.perf_counter()
+    results = Trainer.test(cfg, model)
+    comm.synchronize()
+    seconds = time.perf_counter() - start
+    images = len(DatasetCatalog.get(dataset))
+    if not comm.is_main_process():
+        return None
+    return results[dataset]["sem_seg"]["mIoU"], seconds / max(images, 1)
+
+
+def tables(heads, datasets, cells, num_processes):
+    header = ["head"] + [f"{d} mIoU" for d in datasets] + [f"{d} s/img" for d in datasets]
+    rows = [[h] + [f"{cells[h, d][0]:.2f}" for d in datasets] + [f"{cells[h, d][1]:.3f}" for d in datasets]
+            for h in heads]
+    markdown = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                         + ["| " + " | ".join(r) + " |" for r in rows])
+    markdown += f"\n\nTime per image: wall-clock inference of the whole dataset / images, {num_processes} process(es).\n"
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows([header] + rows)
+    return markdown, buffer.getvalue()
+
+
+def main(args):
+    setup_logger(name="cliptrase_d2", distributed_rank=comm.get_rank())
+    heads = parse_list(args.heads, HEADS, "head")
+    datasets = parse_list(args.datasets, DatasetCatalog.list(), "dataset")
+    cells = {}
+    for dataset in datasets:
+        for head in heads:
+            cells[head, dataset] = evaluate(head, dataset, args)
+    if comm.is_main_process():
+        markdown, table = tables(heads, datasets, cells, comm.get_world_size())
+        atomic_write_text(os.path.join(args.output, "compare.md"), markdown)
+        atomic_write_text(os.path.join(args.output, "compare.csv"), table)
+        logger.info("comparison written to %s/compare.{md,csv}:\n%s", args.output, markdown)
+    return cells
+
+
+if __name__ == "__main__":
+    arguments = get_parser().parse_args()
+    try:
+        parse_list(arguments.heads, HEADS, "head")
+        launch(main, arguments.num_gpus, num_machines=arguments.num_machines, machine_rank=arguments.machine_rank,
+               dist_url=arguments.dist_url, args=(arguments,))
+    except (WeightsError, FileNotFoundError, KeyError, ValueError) as error:
+        sys.exit(f"error: {error}")

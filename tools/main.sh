@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The main job in one command: set up .venv, prepare the four-photo VOC sample, and evaluate
+# CLIPtrase (OpenAI ViT-B/16) on it with tools/train_net.py --eval-only.
+#   tools/main.sh                                   # weights: "openai" (downloaded when online)
+#   tools/main.sh MODEL.WEIGHTS weights/ViT-B-16.pt # any config overrides, KEY VALUE ...
+# Environment: NUM_GPUS (processes; default 1), CONFIG (default configs/sample/voc21_standard.yaml).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tools/setup_env.sh
+.venv/bin/python datasets/prepare_sample.py
+exec .venv/bin/python tools/train_net.py --eval-only --num-gpus "${NUM_GPUS:-1}" \
+  --config-file "${CONFIG:-configs/sample/voc21_standard.yaml}" "$@"
