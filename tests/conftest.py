@@ -94,6 +94,9 @@ def project_log(caplog):
     import logging
 
     project = logging.getLogger("cliptrase_d2")
+    propagate = project.propagate
+    project.propagate = False  # each record reaches caplog once, through this handler
     project.addHandler(caplog.handler)
     yield caplog
     project.removeHandler(caplog.handler)
+    project.propagate = propagate
