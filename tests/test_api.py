@@ -1,0 +1,55 @@
+"""The Python API: any image form in, labels, soft scores and names out; batches."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import FIXTURES, REPO, require_fixtures
+from cliptrase_d2.api import Segmenter, load_image
+
+
+@pytest.fixture(scope="module")
+def segmenter(tiny_opts):
+    return Segmenter.from_config(os.path.join(REPO, "configs", "paper", "Base-paper-224.yaml"), tiny_opts)
+
+
+def test_path_pil_and_array_give_the_same_result(segmenter):
+    path = os.path.join(FIXTURES, "images", "astronaut.png")
+    results = [segmenter.segment(x, "person, rocket, flag, sky") for x in
+               (path, Image.open(path), np.asarray(Image.open(path).convert("RGB")))]
+    for other in results[1:]:
+        np.testing.assert_array_equal(results[0].labels, other.labels)
+    result = results[0]
+    assert result.class_names == ["person", "rocket", "flag", "sky"]
+    assert result.labels.shape == (224, 224) and result.image.shape == (224, 224, 3)
+    assert result.scores.shape == (4, 224, 224) and result.scores.unique().numel() > 4  # soft
+    assert sum(result.pixel_shares().values()) == pytest.approx(1.0)
+
+
+def test_batch_equals_single_images(segmenter):
+    require_fixtures()
+    paths = [os.path.join(FIXTURES, "images", n) for n in ("chelsea.png", "coffee.png")]
+    batch = segmenter.segment(paths, "voc21")
+    for path, result in zip(paths, batch):
+        np.testing.assert_array_equal(segmenter.segment(path).labels, result.labels)
+        torch.testing.assert_close(segmenter.segment(path).scores, result.scores)
+
+
+def test_background_words_add_one_class(segmenter):
+    require_fixtures()
+    result = segmenter.segment(os.path.join(FIXTURES, "images", "coffee.png"), "cup, saucer", background=["table", "wall"])
+    assert result.class_names == ["cup", "saucer", "background"]
+    assert result.labels.max() <= 2
+
+
+def test_bad_images(segmenter, tmp_path):
+    with pytest.raises(ValueError, match="uint8"):
+        load_image(np.zeros((10, 10, 3), dtype=np.float32))
+    with pytest.raises(TypeError, match="cannot segment a int"):
+        load_image(3)
+    small = tmp_path / "small.png"
+    Image.new("RGB", (10, 40)).save(small)
+    with pytest.raises(ValueError, match="small.png.*smaller than one 16x16"):
+        segmenter.segment(str(small), "cat")

@@ -1,0 +1,73 @@
+"""The on-disk text-embedding cache: keys, hits, corrupt entries."""
+import os
+
+import torch
+
+from cliptrase_d2.text_cache import TextEmbeddingCache
+
+
+def _counting(value):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return value
+
+    return compute, calls
+
+
+def test_hit_after_miss(tmp_path):
+    cache = TextEmbeddingCache(str(tmp_path), "ViT-B-16", "abc")
+    compute, calls = _counting(torch.randn(2, 4))
+    first = cache.get_or_compute(["dog", "cat"], ["a {}"], compute)
+    second = cache.get_or_compute(["dog", "cat"], ["a {}"], compute)
+    assert len(calls) == 1 and torch.equal(first, second)
+
+
+def test_any_change_misses(tmp_path):
+    base = TextEmbeddingCache(str(tmp_path), "ViT-B-16", "abc")
+    key = base.key(["dog", "cat"], ["a {}"])
+    assert key != base.key(["dog", "cat "], ["a {}"])  # a trailing space is another name
+    assert key != base.key(["cat", "dog"], ["a {}"])
+    assert key != base.key(["dog", "cat"], ["a {}."])
+    assert key != TextEmbeddingCache(str(tmp_path), "ViT-B-32", "abc").key(["dog", "cat"], ["a {}"])
+    assert key != TextEmbeddingCache(str(tmp_path), "ViT-B-16", "abd").key(["dog", "cat"], ["a {}"])
+
+
+def test_corrupt_entry_is_ignored_and_rewritten(tmp_path, project_log):
+    cache = TextEmbeddingCache(str(tmp_path), "m", "w")
+    path = cache.path(["dog"], ["{}"])
+    os.makedirs(tmp_path, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(b"garbage")
+    value = torch.randn(1, 4)
+    compute, calls = _counting(value)
+    assert torch.equal(cache.get_or_compute(["dog"], ["{}"], compute), value)
+    assert len(calls) == 1 and "ignoring unreadable" in project_log.text
+    assert torch.equal(torch.load(path, weights_only=True)["embeddings"], value)  # rewritten
+
+
+def test_wrong_shape_entry_is_recomputed(tmp_path):
+    cache = TextEmbeddingCache(str(tmp_path), "m", "w")
+    torch.save({"embeddings": torch.randn(3, 4)}, cache.path(["dog"], ["{}"]))
+    compute, calls = _counting(torch.randn(1, 4))
+    cache.get_or_compute(["dog"], ["{}"], compute)
+    assert len(calls) == 1
+
+
+def test_setting_none_disables_and_config_json_keyed_by_content(tmp_path):
+    assert TextEmbeddingCache.from_setting("none", "ViT-B-16", "openai") is None
+    config = tmp_path / "tiny.json"
+    config.write_text('{"embed_dim": 64}')
+    first = TextEmbeddingCache.from_setting(str(tmp_path / "c"), str(config), "openai")
+    config.write_text('{"embed_dim": 32}')
+    second = TextEmbeddingCache.from_setting(str(tmp_path / "c"), str(config), "openai")
+    assert first.model != second.model
+
+
+def test_unwritable_cache_still_returns(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cache = TextEmbeddingCache(str(blocker / "sub"), "m", "w")
+    value = torch.randn(1, 2)
+    assert torch.equal(cache.get_or_compute(["a"], ["{}"], lambda: value), value)
