@@ -27,8 +27,10 @@ def add_cliptrase_config(cfg):
     # Logit scale applied to cosine similarities; 0 = CLIP's learned scale (100 for OpenAI weights).
     c.LOGIT_SCALE = 0.0
     # DBSCAN over rows of the suppressed self-correlation: radius (Euclidean) and core-point size.
-    c.DBSCAN_EPS = 0.7
-    c.DBSCAN_MIN_SAMPLES = 3
+    # 0 = automatic: scaled with the side g of the patch grid the model sees (paper: g = 14 ->
+    # (0.7, 3), g = 21 -> (1.1, 7); linear in g between and beyond, eps >= 0.1, min_samples >= 2).
+    c.DBSCAN_EPS = 0.0
+    c.DBSCAN_MIN_SAMPLES = 0
     # Region refinement: "vote" (majority label per region, paper), "mean" (mean logits per
     # region, soft, used inside sliding windows) or "none" (raw dense prediction).
     c.REFINE = "vote"

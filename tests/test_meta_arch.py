@@ -160,3 +160,40 @@ def test_vocabulary_switch_and_image_too_small(tiny_opts):
     assert model([{"image": torch.zeros(3, 64, 64, dtype=torch.uint8)}])[0]["sem_seg"].shape[0] == 20
     with pytest.raises(ValueError, match="tiny.png.*8x12 pixels is smaller than one 16x16"):
         model([{"image": torch.zeros(3, 8, 12, dtype=torch.uint8), "file_name": "tiny.png"}])
+
+
+def test_dbscan_defaults_scale_with_the_patch_grid(tiny_opts):
+    from cliptrase_d2.modeling.meta_arch import dbscan_for_grid
+
+    assert dbscan_for_grid(14) == (0.7, 3) and dbscan_for_grid(21) == (1.1, 7)  # the paper's two settings
+    assert dbscan_for_grid(16) == (pytest.approx(0.8143, abs=1e-4), 4)  # ViT-L/14 at 224
+    assert dbscan_for_grid(7) == (pytest.approx(0.3), 2)  # ViT-B/32 at 224: min_samples floored at 2
+    standard = _model(tiny_opts, STANDARD)  # automatic: 224 windows of 16-pixel patches
+    assert (standard.refinement.dbscan_eps, standard.refinement.dbscan_min_samples) == (0.7, 3)
+    paper = _model(tiny_opts, PAPER_SIZE=336, DBSCAN_EPS=0.0, DBSCAN_MIN_SAMPLES=0)
+    assert (paper.refinement.dbscan_eps, paper.refinement.dbscan_min_samples) == (1.1, 7)
+
+
+def test_other_patch_sizes_work(tmp_path, tiny_tokenizer):
+    """A backbone with 14-pixel patches (as ViT-L/14): grid, positional table and windows follow."""
+    import json
+
+    import open_clip
+
+    from cliptrase_d2.modeling.meta_arch import CLIPtrase
+    from cliptrase_d2.vocabulary import template_set
+
+    config = json.load(open(f"{FIXTURES}/tiny_clip.json"))
+    config["vision_cfg"]["patch_size"] = 14
+    path = tmp_path / "tiny_patch14.json"
+    path.write_text(json.dumps(config))
+    open_clip.add_model_config(str(path))
+    clip = open_clip.create_model("tiny_patch14").eval()
+    for protocol in ("paper", "standard"):
+        model = CLIPtrase(clip_model=clip, tokenizer=tiny_tokenizer, vocabulary="cat, dog, grass",
+                          templates=template_set("vild14"), protocol=protocol, standard_short_side=230,
+                          window_size=224, window_stride=112).eval()
+        image = torch.randint(0, 255, (3, 230, 300), dtype=torch.uint8)
+        output = model([{"image": image}])[0]["sem_seg"]
+        assert output.shape == ((3, 224, 224) if protocol == "paper" else (3, 230, 300))
+        assert torch.isfinite(output).all()

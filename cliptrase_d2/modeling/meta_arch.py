@@ -20,11 +20,19 @@ from ..method.sliding import sliding_window
 from ..method.text import text_embeddings
 from ..vocabulary import Vocabulary, resolve_vocabulary, template_set
 
-__all__ = ["CLIPtrase", "PROTOCOLS"]
+__all__ = ["CLIPtrase", "PROTOCOLS", "dbscan_for_grid"]
 
 logger = logging.getLogger(__name__)
 
 _reported_unused = set()
+
+
+def dbscan_for_grid(grid_side: int) -> Tuple[float, int]:
+    """DBSCAN (eps, min_samples) for a g x g patch grid, linear in g through the paper's two
+    settings: g = 14 (ViT-B/16 at 224) -> (0.7, 3) and g = 21 (at 336) -> (1.1, 7)."""
+    eps = 0.7 + 0.4 * (grid_side - 14) / 7
+    min_samples = round(3 + 4 * (grid_side - 14) / 7)
+    return max(round(eps, 4), 0.1), max(min_samples, 2)
 
 
 def _report_unused_settings(head: str, refinement: RefinementSettings) -> None:
@@ -90,6 +98,10 @@ class CLIPtrase(nn.Module):
         from ..text_cache import TextEmbeddingCache
 
         c = cfg.MODEL.CLIPTRASE
+        clip_model = build_clip(c.CLIP_MODEL, cfg.MODEL.WEIGHTS or "openai", precision=c.PRECISION)
+        patch = clip_model.visual.conv1.kernel_size[0]
+        input_side = c.PAPER_SIZE if c.PROTOCOL == "paper" else c.WINDOW_SIZE
+        auto_eps, auto_min_samples = dbscan_for_grid(input_side // patch)
         vocabulary_spec = c.VOCABULARY
         if not vocabulary_spec:
             if not cfg.DATASETS.TEST:
@@ -100,14 +112,15 @@ class CLIPtrase(nn.Module):
                 raise ValueError(f"dataset {cfg.DATASETS.TEST[0]!r} has no 'vocabulary' in its metadata; "
                                  "set MODEL.CLIPTRASE.VOCABULARY")
         return {
-            "clip_model": build_clip(c.CLIP_MODEL, cfg.MODEL.WEIGHTS or "openai", precision=c.PRECISION),
+            "clip_model": clip_model,
             "tokenizer": get_tokenizer(c.CLIP_MODEL),
             "vocabulary": resolve_vocabulary(vocabulary_spec, tuple(c.BACKGROUND_WORDS), c.PAPER_VOCABULARY_QUIRKS),
             "templates": template_set(c.TEMPLATES),
             "head": c.HEAD,
             "logit_scale": c.LOGIT_SCALE,
             "refinement": RefinementSettings(
-                refine=c.REFINE, dbscan_eps=c.DBSCAN_EPS, dbscan_min_samples=c.DBSCAN_MIN_SAMPLES,
+                refine=c.REFINE, dbscan_eps=c.DBSCAN_EPS if c.DBSCAN_EPS != 0 else auto_eps,
+                dbscan_min_samples=c.DBSCAN_MIN_SAMPLES if c.DBSCAN_MIN_SAMPLES != 0 else auto_min_samples,
                 region_upsample=c.REGION_UPSAMPLE, median_size=c.MEDIAN_SIZE,
                 image_logit_weighting=c.IMAGE_LOGIT_WEIGHTING),
             "protocol": c.PROTOCOL,
