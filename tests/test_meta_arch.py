@@ -54,7 +54,7 @@ def test_window_settings_change_the_windows(tiny_opts, photo):
     model = _model(tiny_opts, STANDARD, STANDARD_SHORT_SIDE=224, WINDOW_BATCH=1)
     seen = []
     original = model._predict
-    model._predict = lambda images: seen.append(images.shape) or original(images)
+    model._predict = lambda images, **kwargs: seen.append(images.shape) or original(images, **kwargs)
     model([{"image": photo}])
     assert [s[0] for s in seen] == [1, 1] and all(s[-2:] == (224, 224) for s in seen)  # 224 x 336 -> 2 windows
     seen.clear()

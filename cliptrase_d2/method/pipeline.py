@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from .heads import Head
-from .refinement import (REFINEMENTS, cluster_patches, dense_logits, mean_refine, merge_background_labels,
-                         merge_background_scores, region_map, resize_logits, suppress_global_patch,
-                         vote_refine, weight_by_image_logits)
+from .refinement import (REFINEMENTS, channel_argmax, cluster_patches, dense_logits, expand_regions,
+                         merge_background_labels, merge_background_scores, region_map, region_means,
+                         resize_logits, suppress_global_patch, vote_refine, weight_by_image_logits)
 
-__all__ = ["RefinementSettings", "Prediction", "predict", "predict_scores", "one_hot"]
+__all__ = ["RefinementSettings", "Prediction", "predict", "predict_scores"]
 
 
 @dataclass(frozen=True)
@@ -36,12 +36,6 @@ class RefinementSettings:
                              f"min_samples={self.dbscan_min_samples} (MODEL.CLIPTRASE.DBSCAN_EPS/_MIN_SAMPLES)")
 
 
-def one_hot(labels: torch.Tensor, num_labels: int) -> torch.Tensor:
-    """(..., H, W) labels -> (..., num_labels, H, W) float scores whose argmax is ``labels``."""
-    scores = torch.zeros(*labels.shape[:-2], num_labels, *labels.shape[-2:], device=labels.device)
-    return scores.scatter_(-3, labels.unsqueeze(-3), 1.0)
-
-
 class Prediction(NamedTuple):
     labels: torch.Tensor  # (B, H, W) int64 output class per pixel (background merged to C)
     scores: torch.Tensor  # (B, C', H, W) float32 soft scores: region-mean logits ("vote", "mean") or raw
@@ -49,7 +43,8 @@ class Prediction(NamedTuple):
 
 @torch.no_grad()
 def predict(visual: nn.Module, head: Head, text_embeddings: torch.Tensor, num_classes: int,
-            images: torch.Tensor, settings: RefinementSettings, logit_scale: float) -> Prediction:
+            images: torch.Tensor, settings: RefinementSettings, logit_scale: float,
+            soft_scores: bool = True) -> Prediction:
     """Labels and soft scores over the output classes for every pixel of each image.
 
     images: (B, 3, H, W) normalized; text_embeddings: (C + B_bg, E), classes then background
@@ -57,41 +52,58 @@ def predict(visual: nn.Module, head: Head, text_embeddings: torch.Tensor, num_cl
     the background words). ``logit_scale`` multiplies the cosine similarities (see
     ``heads.resolve_logit_scale``). Labels follow ``settings.refine``; scores are the
     region-mean logits whenever clustering found regions (raw logits otherwise), so they stay
-    soft under ``vote`` too.
+    soft under ``vote`` too. ``soft_scores=False``: under ``vote`` the scores are the one-hot
+    of the labels instead (Detectron2's ``sem_seg``), and the region means are not computed.
     """
     features = head.features(visual, images)
     text = text_embeddings.to(features.tokens)
-    logits = dense_logits(features.patch_tokens, text, features.grid, logit_scale).float()
-    logits = resize_logits(logits, tuple(images.shape[-2:]))  # (B, K, H, W)
+    logits = dense_logits(features.patch_tokens, text, features.grid, logit_scale).float()  # (B, K, h, w)
     if settings.image_logit_weighting:
-        logits = weight_by_image_logits(logits, (logit_scale * features.cls_tokens @ text.t()).float())
+        image_weights = (logit_scale * features.cls_tokens @ text.t()).float()  # (B, K)
     num_outputs = num_classes + (1 if text.shape[0] > num_classes else 0)
-    all_labels, all_scores = [], []
-    for image_logits, correlation in zip(logits, features.correlation):
+    size = tuple(images.shape[-2:])
+    labels = torch.empty(len(images), *size, dtype=torch.long, device=logits.device)
+    scores = torch.empty(len(images), num_outputs, *size, dtype=logits.dtype, device=logits.device,
+                         memory_format=torch.channels_last)  # filled image by image
+    # Without background words the logits have the output channels: each image's logits are
+    # resized straight into its scores, and then overwritten by them (one buffer, not two).
+    in_place = text.shape[0] == num_outputs
+    for index, correlation in enumerate(features.correlation):
         regions = None
         if settings.refine != "none":
             affinity = suppress_global_patch(correlation.float())
             cluster_ids = cluster_patches(affinity, settings.dbscan_eps, settings.dbscan_min_samples)
-            regions = region_map(affinity, cluster_ids, features.grid, tuple(images.shape[-2:]),
+            regions = region_map(affinity, cluster_ids, features.grid, size,
                                  settings.median_size, settings.region_upsample)
-        raw_labels = merge_background_labels(image_logits.argmax(dim=0), num_classes)
-        if regions is not None:
-            image_logits = mean_refine(image_logits, regions)
-        scores = merge_background_scores(image_logits, num_classes)
-        if settings.refine == "vote":
-            labels = raw_labels if regions is None else vote_refine(raw_labels, regions, num_outputs)
+        image_logits = resize_logits(logits[index:index + 1], size,
+                                     out=scores[index:index + 1] if in_place else None)  # (1, K, H, W)
+        if settings.image_logit_weighting:
+            weight_by_image_logits(image_logits, image_weights[index:index + 1], out=image_logits)
+        image_logits = image_logits[0]
+        if settings.refine == "vote":  # the raw prediction, before the scores may overwrite the logits
+            raw_labels = merge_background_labels(channel_argmax(image_logits), num_classes)
+            if not soft_scores:
+                labels[index] = raw_labels if regions is None else vote_refine(raw_labels, regions, num_outputs)
+                scores[index].zero_().scatter_(0, labels[index][None], 1.0)  # one_hot, in the same buffer
+                continue
+        if regions is None:
+            if not in_place:
+                scores[index] = merge_background_scores(image_logits, num_classes)
+            labels[index] = raw_labels if settings.refine == "vote" else channel_argmax(scores[index])
         else:
-            labels = scores.argmax(dim=0)
-        all_labels.append(labels)
-        all_scores.append(scores)
-    return Prediction(torch.stack(all_labels), torch.stack(all_scores))
+            # Every pixel of a region has the region's mean vector: merge and argmax per region.
+            means = merge_background_scores(region_means(image_logits, regions)[..., None], num_classes)[..., 0]
+            expand_regions(means, regions, out=scores[index])  # (C', H, W)
+            if settings.refine == "vote":
+                labels[index] = vote_refine(raw_labels, regions, num_outputs)
+            else:
+                labels[index] = means.argmax(dim=0)[regions]
+    return Prediction(labels, scores)
 
 
 def predict_scores(visual: nn.Module, head: Head, text_embeddings: torch.Tensor, num_classes: int,
                    images: torch.Tensor, settings: RefinementSettings, logit_scale: float) -> torch.Tensor:
     """(B, C', H, W) scores whose argmax is the prediction: one-hot of the voted labels under
     ``vote``, the soft scores otherwise (Detectron2's ``sem_seg`` contract)."""
-    prediction = predict(visual, head, text_embeddings, num_classes, images, settings, logit_scale)
-    if settings.refine == "vote":
-        return one_hot(prediction.labels, prediction.scores.shape[1])
-    return prediction.scores
+    return predict(visual, head, text_embeddings, num_classes, images, settings, logit_scale,
+                   soft_scores=False).scores

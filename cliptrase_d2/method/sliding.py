@@ -36,7 +36,9 @@ def sliding_window(image: torch.Tensor, predict: Callable[[torch.Tensor], torch.
     window's own resolution. Windows whose sides are not multiples of ``multiple`` (the patch
     size) are zero-padded at the bottom/right and the padding is cut from their scores, so it
     never reaches the output. At most ``batch_size`` windows are in memory at once.
-    Returns (K, H, W).
+    Returns (K, H, W), channels-last in memory (the K scores of a pixel side by side, as the
+    window scores come): accumulating, resizing and the argmax over classes then run along
+    contiguous memory.
     """
     _, height, width = image.shape
     boxes = window_boxes(height, width, window, stride)
@@ -50,8 +52,9 @@ def sliding_window(image: torch.Tensor, predict: Callable[[torch.Tensor], torch.
         batch = torch.stack([F.pad(c, (0, pad_w, 0, pad_h)) for c in crops])  # (N, 3, h', w')
         scores = predict(batch)[:, :, :crop_h, :crop_w]  # (N, K, h, w)
         if total is None:
-            total = torch.zeros(scores.shape[1], height, width, dtype=scores.dtype, device=image.device)
+            total = torch.empty(1, scores.shape[1], height, width, dtype=scores.dtype, device=image.device,
+                                memory_format=torch.channels_last)[0].zero_()
         for (t, l, b, r), window_scores in zip(chunk, scores):
             total[:, t:b, l:r] += window_scores
             counts[:, t:b, l:r] += 1
-    return total / counts
+    return total.div_(counts)

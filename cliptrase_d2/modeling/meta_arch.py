@@ -14,7 +14,7 @@ from PIL import Image
 from torch import nn
 
 from ..method.heads import get_head, resolve_logit_scale
-from ..method.pipeline import Prediction, RefinementSettings, one_hot, predict
+from ..method.pipeline import Prediction, RefinementSettings, predict
 from ..method.preprocess import CLIP_MEAN, CLIP_STD, resize_and_center_crop, to_clip_tensor
 from ..method.sliding import sliding_window
 from ..method.text import text_embeddings
@@ -176,23 +176,23 @@ class CLIPtrase(nn.Module):
             self.check_image_size(image.shape[-2:], record.get("file_name", "an input image"))
         sizes = [(x.get("height", im.shape[1]), x.get("width", im.shape[2])) for x, im in zip(batched_inputs, images)]
         outputs = []
-        for prediction in self.inference(images, sizes):
-            if self.refinement.refine == "vote" and self.protocol == "paper":
-                sem_seg = one_hot(prediction.labels, prediction.scores.shape[0])
-            else:
-                sem_seg = prediction.scores
-            outputs.append({"sem_seg": sem_seg})
-        return outputs
+        # sem_seg: scores whose argmax is the prediction (one-hot of the voted labels under "vote")
+        if self.protocol == "paper":
+            return [{"sem_seg": prediction.scores} for prediction in self.inference(images, soft_scores=False)]
+        return [{"sem_seg": self._sliding_window_scores(image, size)} for image, size in zip(images, sizes)]
 
-    def inference(self, images: List[torch.Tensor], sizes: Optional[List[Tuple[int, int]]] = None) -> List[Prediction]:
+    def inference(self, images: List[torch.Tensor], sizes: Optional[List[Tuple[int, int]]] = None,
+                  soft_scores: bool = True) -> List[Prediction]:
         """Per image: labels (H', W') and soft scores (K, H', W') in the protocol's frame.
 
         images: (3, H, W) uint8 RGB tensors. Paper protocol: the S x S center crop (``sizes``
         unused). Standard: (H', W') = ``sizes[i]`` (default: the image's own size).
+        ``soft_scores=False``: under ``vote`` the paper protocol's scores are the one-hot of the
+        labels (cheaper; ``pipeline.predict``).
         """
         if self.protocol == "paper":
             batch = torch.stack([to_clip_tensor(Image.fromarray(self.evaluated_frame(im))) for im in images])
-            prediction = retry_if_cuda_oom(self._predict)(batch.to(self.device))
+            prediction = retry_if_cuda_oom(self._predict)(batch.to(self.device), soft_scores)
             return [Prediction(labels, scores) for labels, scores in zip(*prediction)]
         sizes = sizes or [tuple(im.shape[-2:]) for im in images]
         results = []
@@ -218,15 +218,13 @@ class CLIPtrase(nn.Module):
             return np.ascontiguousarray(image)
         return np.asarray(resize_and_center_crop(Image.fromarray(image), self.paper_size, Image.BICUBIC))
 
-    def _predict(self, images: torch.Tensor) -> Prediction:
+    def _predict(self, images: torch.Tensor, soft_scores: bool = True) -> Prediction:
         return predict(self.clip_model.visual, self.head, self.text_embeddings, len(self.vocabulary.classes),
-                       images, self.refinement, self.logit_scale)
+                       images, self.refinement, self.logit_scale, soft_scores=soft_scores)
 
     def _window_scores(self, windows: torch.Tensor) -> torch.Tensor:
-        prediction = retry_if_cuda_oom(self._predict)(windows)
-        if self.refinement.refine == "vote":
-            return one_hot(prediction.labels, prediction.scores.shape[1])
-        return prediction.scores
+        # Under "vote" each window votes with the one-hot of its labels.
+        return retry_if_cuda_oom(self._predict)(windows, soft_scores=False).scores
 
     def _rgb_uint8(self, image: torch.Tensor) -> torch.Tensor:
         if image.dim() != 3 or image.shape[0] != 3:
@@ -245,4 +243,7 @@ class CLIPtrase(nn.Module):
         patch = self.clip_model.visual.conv1.kernel_size[0]
         scores = sliding_window(image, self._window_scores, self.window_size, self.window_stride,
                                 self.window_batch, multiple=patch)  # (K, h, w)
-        return F.interpolate(scores[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
+        # A batch of one whose batch stride is the whole tensor: with the stride ``scores[None]``
+        # gives, torch 2.x leaves its channels-last fast path (about 8x slower at 150 classes).
+        batch = scores.as_strided((1, *scores.shape), (scores.numel(), *scores.stride()))
+        return F.interpolate(batch, size=tuple(size), mode="bilinear", align_corners=False)[0]
