@@ -1,0 +1,82 @@
+"""tools/benchmark.py's machinery on the fixtures' tiny CLIP: what it reports, not how fast."""
+import json
+import os
+import sys
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import REPO, TINY_CONFIG, require_fixtures
+from cliptrase_d2.method import dense_clip, refinement
+
+sys.path.insert(0, os.path.join(REPO, "tools"))
+import benchmark  # noqa: E402
+
+CASES = "paper_224,paper_336,standard_512x683"
+
+
+@pytest.fixture(scope="module")
+def report():
+    require_fixtures()
+    argv = ["--model", TINY_CONFIG, "--repeats", "1", "--warmup", "0", "--no-memory", "--stages", "--cases", CASES]
+    return benchmark.run_benchmark(benchmark.get_parser().parse_args(argv))
+
+
+def test_times_and_ratios_of_every_case(report):
+    for name in ("plain_224", "plain_336", *CASES.split(",")):
+        assert report[f"time_ms_{name}"] > 0
+    for size in (224, 336):
+        assert report[f"ratio_paper_{size}"] == pytest.approx(report[f"time_ms_paper_{size}"] / report[f"time_ms_plain_{size}"])
+    assert report["classes_paper_224"] == report["classes_paper_336"] == 59  # PC59
+    assert report["classes_standard_512x683"] == 150  # ADE150
+    assert report["windows_standard_512x683"] == 6  # shorter side 336: 336 x 448 -> 2 x 3 windows
+    assert report["window_ratio_standard_512x683"] == pytest.approx(
+        report["time_ms_standard_512x683"] / (6 * report["time_ms_plain_224"]))
+    assert report["images_per_s_batch4"] > 0 and report["images_per_s_batch1"] > 0
+    assert report["batch4_speedup"] == pytest.approx(report["images_per_s_batch4"] / report["images_per_s_batch1"])
+
+
+def test_stages_cover_the_method_and_are_restored(report):
+    stages = report["stages_ms"]
+    assert set(stages) == set(CASES.split(","))
+    paper = stages["paper_224"]
+    for label in ("backbone (embed, blocks 1..N-2)", "block N-1 + self-correlation", "block N (correlative)",
+                  "upsampling", "clustering (DBSCAN)", "region map: median filter", "refinement (vote, region means)"):
+        assert paper[label] > 0, label
+    assert stages["standard_512x683"]["sliding window"] > 0
+    named = sum(value for label, value in paper.items() if label not in ("total", "other (output, glue)"))
+    assert named <= paper["total"] + 1e-6 and paper["other (output, glue)"] > -1.0
+    assert dense_clip.residual_block.__module__ == dense_clip.__name__  # the wrappers are gone
+    assert refinement.median_filter.__name__ == "median_filter"
+
+
+def test_table_and_json(report):
+    table = benchmark.format_table(report)
+    assert "| paper_336 | 59 |" in table and "| stage (ms) | paper_224 | paper_336 | standard_512x683 |" in table
+    assert json.loads(json.dumps(report)) == report
+
+
+def test_stage_clock_charges_nested_calls_to_their_own_stage():
+    clock = benchmark.StageClock(torch.device("cpu"))
+    inner = clock.wrap(lambda: time.sleep(0.02), "inner")
+    outer = clock.wrap(lambda: inner(), "outer")
+    outer()
+    assert clock.totals["inner"] >= 0.02 and clock.totals["outer"] < clock.totals["inner"]
+
+
+def test_windows_of_the_standard_cases():
+    cityscapes = SimpleNamespace(standard_short_side=560, window_size=224, window_stride=112)
+    ade = SimpleNamespace(standard_short_side=336, window_size=224, window_stride=112)
+    assert benchmark.number_of_windows(cityscapes, (1024, 2048)) == 4 * 9  # 560 x 1120
+    assert benchmark.number_of_windows(ade, (1024, 2048)) == 2 * 5  # 336 x 672
+    assert benchmark.number_of_windows(ade, (512, 683)) == 2 * 3  # 336 x 448
+
+
+def test_peak_memory_is_measured_in_a_fresh_process():
+    require_fixtures()
+    args = benchmark.get_parser().parse_args(["--model", TINY_CONFIG])
+    measured = benchmark.case_memory("plain_224", args)
+    assert measured["case"] == "plain_224"
+    assert measured["peak_mb"] >= measured["setup_mb"] > 50  # the interpreter, torch and the model

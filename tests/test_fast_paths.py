@@ -1,0 +1,170 @@
+"""The faster formulations compute exactly (bit for bit) what the obvious ones compute.
+
+Each fast path in method/ names the plain formula it replaces; these tests hold them to it on
+inputs chosen to break a near miss: ties, NaN, duplicated values, odd and even window sizes,
+both memory layouts, batches of several images.
+"""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from cliptrase_d2.method import dense_clip
+from cliptrase_d2.method.dense_clip import (block_qkv, correlative_attention, dense_features,
+                                            multi_head_attention, resized_positional_embedding,
+                                            residual_block, resize_positional_embedding, self_correlation)
+from cliptrase_d2.method.heads import get_head
+from cliptrase_d2.method.pipeline import RefinementSettings, predict, predict_scores
+from cliptrase_d2.method.refinement import (channel_argmax, expand_regions, mean_refine, median_filter,
+                                            region_means, resize_logits)
+from cliptrase_d2.method.sliding import sliding_window
+
+
+def channels_last(maps: torch.Tensor) -> torch.Tensor:
+    """The same (K, H, W) values stored as (H, W, K)."""
+    return maps.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+
+
+# ---- median filter --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [2, 3, 4, 7])
+def test_median_filter_equals_scipy(size):
+    generator = torch.Generator().manual_seed(size)
+    smooth = F.interpolate(torch.rand(1, 3, 5, 6, generator=generator), size=(20, 23), mode="bilinear",
+                           align_corners=False)[0]
+    coarse = torch.randint(0, 4, (2, 9, 8), generator=generator).float()  # many equal values
+    for maps in (smooth, coarse, torch.rand(1, 3, 2, generator=generator)):  # map smaller than the window too
+        expected = ndimage.median_filter(maps.numpy(), size=(1, size, size))
+        assert np.array_equal(median_filter(maps, size).numpy(), expected)
+
+
+def test_median_filter_in_several_chunks(monkeypatch):
+    from cliptrase_d2.method import refinement
+    maps = torch.rand(5, 12, 10)
+    expected = median_filter(maps, 7)
+    monkeypatch.setattr(refinement, "MEDIAN_WINDOW_ELEMENTS", 12 * 10 * 49 * 2)  # 2 maps per chunk
+    assert torch.equal(median_filter(maps, 7), expected)
+
+
+# ---- argmax, region means --------------------------------------------------------------------
+
+def test_channel_argmax_equals_argmax_with_ties_and_nan():
+    scores = torch.randint(0, 3, (6, 7, 9)).float()  # many ties: the first channel must win
+    scores[2, 0, 0] = float("nan")
+    for maps in (scores, channels_last(scores), scores[:, 1:, 2:]):
+        assert torch.equal(channel_argmax(maps), maps.argmax(dim=0))
+    assert channel_argmax(scores)[0, 0] == 2  # NaN is the maximum, as for argmax
+    single = torch.rand(1, 4, 4)
+    assert torch.equal(channel_argmax(single), torch.zeros(4, 4, dtype=torch.long))
+
+
+def test_region_means_and_expansion_equal_the_index_add_formula():
+    scores = torch.randn(5, 16, 12)
+    regions = torch.randint(0, 4, (16, 12))
+    regions[regions == 2] = 1  # an empty region id in the middle
+    flat = scores.reshape(5, -1)
+    sums = torch.zeros(5, 4).index_add_(1, regions.flatten(), flat)
+    counts = torch.bincount(regions.flatten(), minlength=4).clamp(min=1).float()
+    expected = (sums / counts)[:, regions.flatten()].reshape(scores.shape)
+    for layout in (scores, channels_last(scores)):
+        assert torch.equal(mean_refine(layout, regions), expected)
+    means = region_means(scores, regions)
+    out = channels_last(torch.empty_like(scores))
+    assert expand_regions(means, regions, out=out) is out and torch.equal(out, expected)
+    assert out.stride() == channels_last(scores).stride()  # written in its own layout
+
+
+def test_resize_into_a_buffer_equals_resize():
+    logits = torch.randn(1, 6, 5, 4).permute(0, 1, 2, 3)
+    cl_logits = torch.randn(1, 5, 4, 6).permute(0, 3, 1, 2)  # dense_logits' layout
+    for x in (logits, cl_logits):
+        expected = F.interpolate(x, size=(20, 16), mode="bilinear", align_corners=False)
+        out = torch.empty_like(expected)
+        assert resize_logits(x, (20, 16), out=out) is out and torch.equal(out, expected)
+
+
+# ---- attention, one head at a time -----------------------------------------------------------
+
+def test_per_head_maps_equal_one_batched_call():
+    q, k, v = (torch.randn(2 * 3, 50, 16) for _ in range(3))  # 2 images x 3 heads
+    scale = 16 ** -0.5
+    weights = sum(torch.softmax(torch.bmm(t * scale, t.transpose(1, 2)), dim=-1) for t in (q, k, v))
+    assert torch.equal(correlative_attention(q, k, v), torch.bmm(weights, v))
+    units = [F.normalize(t, dim=-1) for t in (q, k, v)]
+    total = sum(torch.bmm(u, u.transpose(1, 2)) for u in units) / 3
+    assert torch.equal(self_correlation(q, k, v, 3), total.view(2, 3, 50, 50).mean(dim=1))
+
+
+def test_shared_projections_give_the_block_its_own_attention(tiny_clip):
+    block = tiny_clip.visual.transformer.resblocks[-2]
+    x = torch.randn(9, 3, block.attn.embed_dim)
+    with torch.no_grad():
+        expected = residual_block(block, x)
+        y = dense_clip.finish_block(block, x, multi_head_attention(block, *block_qkv(block, x)))
+    assert torch.equal(y, expected)
+
+
+def test_batch_of_images_equals_images_one_by_one(tiny_clip):
+    visual = tiny_clip.visual
+    images = torch.randn(3, 3, 48, 64)
+    with torch.no_grad():
+        batch = dense_features(visual, images)
+        for index in range(3):
+            single = dense_features(visual, images[index:index + 1])
+            torch.testing.assert_close(batch.tokens[index], single.tokens[0], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(batch.correlation[index], single.correlation[0], rtol=1e-5, atol=1e-6)
+
+
+def test_positional_table_is_cached_until_the_weights_change(tiny_clip):
+    visual = tiny_clip.visual
+    grid = (5, 7)
+    with torch.no_grad():
+        first = resized_positional_embedding(visual, grid)
+        assert resized_positional_embedding(visual, grid) is first
+        assert torch.equal(first, resize_positional_embedding(visual.positional_embedding, grid))
+        saved = visual.positional_embedding.clone()
+        visual.positional_embedding.add_(1.0)  # what load_state_dict's copy_ does to the version
+        try:
+            changed = resized_positional_embedding(visual, grid)
+            assert torch.equal(changed, resize_positional_embedding(visual.positional_embedding, grid))
+            assert not torch.equal(changed, first)
+        finally:
+            visual.positional_embedding.copy_(saved)
+    # With gradients on, nothing is cached: the table must stay in the autograd graph.
+    assert resized_positional_embedding(visual, grid).requires_grad == visual.positional_embedding.requires_grad
+
+
+# ---- the pipeline's outputs ------------------------------------------------------------------
+
+@pytest.mark.parametrize("background", [0, 2])
+def test_one_hot_scores_under_vote_are_the_labels(tiny_clip, background):
+    visual = tiny_clip.visual
+    head = get_head("cliptrase")
+    text = F.normalize(torch.randn(4 + background, tiny_clip.text_projection.shape[1]), dim=-1)
+    images = torch.randn(2, 3, 64, 64)
+    settings = RefinementSettings(refine="vote", dbscan_eps=0.9, dbscan_min_samples=2)
+    soft = predict(visual, head, text, 4, images, settings, 100.0)
+    hard = predict(visual, head, text, 4, images, settings, 100.0, soft_scores=False)
+    assert torch.equal(hard.labels, soft.labels)
+    expected = F.one_hot(soft.labels, soft.scores.shape[1]).permute(0, 3, 1, 2).float()
+    assert torch.equal(hard.scores, expected)
+    assert torch.equal(predict_scores(visual, head, text, 4, images, settings, 100.0), expected)
+    assert not torch.equal(soft.scores, expected)  # the soft scores are region-mean logits
+
+
+def test_channels_last_window_sums_equal_planar_sums():
+    image = torch.randn(3, 40, 56)
+    weights = torch.randn(5, 3)
+
+    def predict_windows(batch):  # (N, 3, h, w) -> (N, 5, h, w) in dense_logits' layout
+        return torch.einsum("kc,nchw->nhwk", weights, batch).permute(0, 3, 1, 2)
+
+    scores = sliding_window(image, predict_windows, window=16, stride=8, batch_size=3)
+    assert scores.permute(1, 2, 0).is_contiguous()  # channels-last, as documented
+    total, counts = torch.zeros(5, 40, 56), torch.zeros(1, 40, 56)  # the plain planar sums
+    for top in (0, 8, 16, 24):
+        for left in (0, 8, 16, 24, 32, 40):
+            total[:, top:top + 16, left:left + 16] += predict_windows(image[None, :, top:top + 16, left:left + 16])[0]
+            counts[:, top:top + 16, left:left + 16] += 1
+    assert torch.equal(scores, total / counts)
