@@ -80,23 +80,22 @@ def predict(visual: nn.Module, head: Head, text_embeddings: torch.Tensor, num_cl
         if settings.image_logit_weighting:
             weight_by_image_logits(image_logits, image_weights[index:index + 1], out=image_logits)
         image_logits = image_logits[0]
-        if settings.refine == "vote":  # the raw prediction, before the scores may overwrite the logits
+        if settings.refine == "vote":  # from the raw prediction, before the scores may overwrite the logits
             raw_labels = merge_background_labels(channel_argmax(image_logits), num_classes)
+            labels[index] = raw_labels if regions is None else vote_refine(raw_labels, regions, num_outputs)
             if not soft_scores:
-                labels[index] = raw_labels if regions is None else vote_refine(raw_labels, regions, num_outputs)
                 scores[index].zero_().scatter_(0, labels[index][None], 1.0)  # one_hot, in the same buffer
                 continue
         if regions is None:
             if not in_place:
                 scores[index] = merge_background_scores(image_logits, num_classes)
-            labels[index] = raw_labels if settings.refine == "vote" else channel_argmax(scores[index])
+            if settings.refine != "vote":
+                labels[index] = channel_argmax(scores[index])
         else:
             # Every pixel of a region has the region's mean vector: merge and argmax per region.
             means = merge_background_scores(region_means(image_logits, regions)[..., None], num_classes)[..., 0]
             expand_regions(means, regions, out=scores[index])  # (C', H, W)
-            if settings.refine == "vote":
-                labels[index] = vote_refine(raw_labels, regions, num_outputs)
-            else:
+            if settings.refine != "vote":
                 labels[index] = means.argmax(dim=0)[regions]
     return Prediction(labels, scores)
 
