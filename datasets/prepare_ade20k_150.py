@@ -15,8 +15,8 @@ from typing import List, Optional
 
 from tqdm import tqdm
 
-from prepare_common import (add_root_argument, copy_file, read_label_png, remap, report, require, resolve_root, run,
-                            same_folder, save_label_png)
+from prepare_common import (add_root_argument, copy_file, read_label_png, remap, report, require, require_images,
+                            resolve_root, run, same_folder, save_label_png)
 
 LAYOUT = Path("ADEChallengeData2016")
 SOURCE = ("ADEChallengeData2016.zip, http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip "
@@ -38,9 +38,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     copy_images = not same_folder(source, out)
     out_labels = out / "annotations_detectron2/validation"
 
-    images = sorted(images_dir.glob("*.jpg"))
-    if not images:
-        raise FileNotFoundError(f"no .jpg images in {images_dir}\n  They come from {SOURCE}.")
+    images = require_images(images_dir, "*.jpg", SOURCE)
     written = 0
     for image in tqdm(images, desc="ADE20K-150 val"):
         if copy_images:

@@ -18,8 +18,8 @@ from typing import List, Optional
 
 from tqdm import tqdm
 
-from prepare_common import (add_root_argument, copy_file, read_label_png, remap, report, require, resolve_root, run,
-                            same_folder, save_label_png)
+from prepare_common import (add_root_argument, copy_file, read_label_png, remap, report, require, require_images,
+                            resolve_root, run, same_folder, save_label_png)
 
 LAYOUT = Path("cityscapes")
 SOURCE = ("leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from https://www.cityscapes-dataset.com/downloads/ "
@@ -44,9 +44,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     labels_dir = require(source / "gtFine/val", "Cityscapes val fine annotations", SOURCE)
     copy_images = not same_folder(source, out)
 
-    images = sorted(images_dir.glob(f"*/*{IMAGE_SUFFIX}"))
-    if not images:
-        raise FileNotFoundError(f"no */*{IMAGE_SUFFIX} images in {images_dir}\n  They come from {SOURCE}.")
+    images = require_images(images_dir, f"*/*{IMAGE_SUFFIX}", SOURCE)
     written = 0
     for image in tqdm(images, desc="Cityscapes val"):
         city, name = image.parent.name, image.name[: -len(IMAGE_SUFFIX)]

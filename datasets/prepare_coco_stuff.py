@@ -24,8 +24,8 @@ from typing import Dict, List, Optional
 
 from tqdm import tqdm
 
-from prepare_common import (add_root_argument, copy_file, read_label_png, remap, report, require, resolve_root, run,
-                            same_folder, save_label_png)
+from prepare_common import (add_root_argument, copy_file, read_label_png, remap, report, require, require_images,
+                            resolve_root, run, same_folder, save_label_png)
 
 IMAGES_SOURCE = "COCO's val2017.zip, http://images.cocodataset.org/zips/val2017.zip (extract it into <root>/coco)"
 MAPS_SOURCE = ("COCO-Stuff's stuffthingmaps_trainval2017.zip, "
@@ -65,9 +65,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     folders = {"stuff171": out / "stuffthingmaps_detectron2/val2017", "object80": out / "objectmaps_detectron2/val2017",
                "paper": out / "objectmaps_paper_detectron2/val2017"}
 
-    images = sorted(images_dir.glob("*.jpg"))
-    if not images:
-        raise FileNotFoundError(f"no .jpg images in {images_dir}\n  They come from {IMAGES_SOURCE}.")
+    images = require_images(images_dir, "*.jpg", IMAGES_SOURCE)
     written = 0
     for image in tqdm(images, desc="COCO val2017"):
         if copy_images:

@@ -47,6 +47,14 @@ def require(path: Path, what: str, source: str) -> Path:
     return path
 
 
+def require_images(folder: Path, pattern: str, source: str) -> List[Path]:
+    """The files matching ``pattern`` under ``folder``, sorted; FileNotFoundError when there are none."""
+    images = sorted(folder.glob(pattern))
+    if not images:
+        raise FileNotFoundError(f"no {pattern} images in {folder}\n  They come from {source}.")
+    return images
+
+
 def read_ids(split_file: Path) -> List[str]:
     """Image ids of a split file, one a line."""
     return [line.strip() for line in split_file.read_text().splitlines() if line.strip()]

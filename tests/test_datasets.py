@@ -4,6 +4,7 @@ each prepare script on tiny synthetic inputs (label values, idempotence, missing
 import importlib
 import os
 import pickle
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -318,6 +319,20 @@ def test_prepare_ade20k_150(root, tmp_path_factory):
     assert_idempotent(main, argv, root)
     with pytest.raises(FileNotFoundError, match="ADEChallengeData2016.zip"):
         main(["--root", str(root), "--ade", str(source.parent / "missing")])
+
+
+@pytest.mark.parametrize("script, folders, pattern", [
+    ("prepare_ade20k_150", ["ADEChallengeData2016/images/validation", "ADEChallengeData2016/annotations/validation"],
+     "*.jpg"),
+    ("prepare_coco_stuff", ["coco/val2017", "coco/stuffthingmaps/val2017"], "*.jpg"),
+    ("prepare_cityscapes", ["cityscapes/leftImg8bit/val", "cityscapes/gtFine/val"], "*/*_leftImg8bit.png"),
+])
+def test_prepare_names_an_image_folder_without_images(root, script, folders, pattern):
+    for folder in folders:
+        (root / folder).mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=re.escape(f"no {pattern} images in {root / folders[0]}")):
+        prepare(script).main(["--root", str(root)])
+    assert not any(path.is_file() for path in root.rglob("*"))  # nothing written
 
 
 def encode_ade_classes(class_ids: np.ndarray) -> np.ndarray:
