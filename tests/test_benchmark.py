@@ -36,6 +36,7 @@ def test_times_and_ratios_of_every_case(report):
         report["time_ms_standard_512x683"] / (6 * report["time_ms_plain_224"]))
     assert report["images_per_s_batch4"] > 0 and report["images_per_s_batch1"] > 0
     assert report["batch4_speedup"] == pytest.approx(report["images_per_s_batch4"] / report["images_per_s_batch1"])
+    assert report["plain_batch4_speedup"] > 0
 
 
 def test_stages_cover_the_method_and_are_restored(report):
@@ -54,6 +55,7 @@ def test_stages_cover_the_method_and_are_restored(report):
 
 def test_table_and_json(report):
     table = benchmark.format_table(report)
+    assert "the plain forward gains" in table
     assert "| paper_336 | 59 |" in table and "| stage (ms) | paper_224 | paper_336 | standard_512x683 |" in table
     assert json.loads(json.dumps(report)) == report
 
