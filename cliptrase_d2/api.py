@@ -7,26 +7,28 @@
     result.class_names       # ["sky", "dog", "frisbee"]
     result.pixel_shares()    # {"sky": 0.41, ...}
 """
+import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .data.image_io import read_rgb, to_rgb
 
 __all__ = ["Segmenter", "SegmentationResult", "load_image"]
 
-ImageLike = Union[str, Image.Image, np.ndarray]
+ImageLike = Union[str, "os.PathLike[str]", Image.Image, np.ndarray]
 
 
 def load_image(image: ImageLike) -> np.ndarray:
-    """A path, a PIL image or an (H, W, 3) uint8 array -> (H, W, 3) uint8 RGB array."""
-    if isinstance(image, str):
-        return read_rgb(image)
+    """A path, a PIL image or an (H, W, 3) uint8 array -> (H, W, 3) uint8 RGB array. Paths and
+    PIL images get their EXIF orientation applied, so both give the same pixels."""
+    if isinstance(image, (str, os.PathLike)):
+        return read_rgb(os.fspath(image))
     if isinstance(image, Image.Image):
-        return np.asarray(to_rgb(image))
+        return np.asarray(to_rgb(ImageOps.exif_transpose(image)))
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"an image array must be (H, W, 3) uint8 RGB, got shape {image.shape} "
@@ -73,16 +75,18 @@ class Segmenter:
         """Segments one image (returns a SegmentationResult) or a list (returns a list).
 
         vocabulary: a benchmark key, comma-separated names, a file, a list of names or None
-        (keep the current one). background: extra words merged into one "background" class.
+        (keep the current one). background: extra words merged into one "background" class,
+        added to the words the vocabulary already has.
         """
         single = not isinstance(images, (list, tuple))
         batch = [images] if single else list(images)
         if vocabulary is not None or background:
-            spec = vocabulary if vocabulary is not None else list(self.model.vocabulary.classes)
+            spec = vocabulary if vocabulary is not None else self.model.vocabulary
             self.model.set_vocabulary(spec, tuple(background or ()))
         arrays = [load_image(image) for image in batch]
         for image, array in zip(batch, arrays):
-            self.model.check_image_size(array.shape[:2], image if isinstance(image, str) else "the image")
+            name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else "the image"
+            self.model.check_image_size(array.shape[:2], name)
         tensors = [torch.from_numpy(a.transpose(2, 0, 1).copy()) for a in arrays]
         with torch.no_grad():
             predictions = self.model.inference(tensors)

@@ -1,9 +1,10 @@
 """On-disk cache of text embeddings.
 
 Encoding 80 templates for hundreds of class names takes minutes on a CPU. An entry is keyed by
-the CLIP model, a fingerprint of the weights, the exact templates and the exact class names,
-so a changed name, template or checkpoint never reads a stale entry. Unreadable entries are
-ignored and rewritten; entries are written atomically.
+the CLIP model, a fingerprint of the weights, the precision the text tower runs in, the exact
+templates and the exact class names, so a changed name, template, checkpoint or precision never
+reads a stale entry. Unreadable entries are ignored and rewritten; entries are written
+atomically, and a failed write only costs the cache.
 """
 import hashlib
 import json
@@ -25,13 +26,15 @@ def default_cache_dir() -> str:
 
 
 class TextEmbeddingCache:
-    def __init__(self, directory: str, model: str, weights_id: str):
+    def __init__(self, directory: str, model: str, weights_id: str, precision: str = "fp32"):
         self.directory = directory
         self.model = model
         self.weights_id = weights_id
+        self.precision = precision
 
     @classmethod
-    def from_setting(cls, setting: str, model: str, weights: str) -> Optional["TextEmbeddingCache"]:
+    def from_setting(cls, setting: str, model: str, weights: str,
+                     precision: str = "fp32") -> Optional["TextEmbeddingCache"]:
         """``setting`` is MODEL.CLIPTRASE.TEXT_CACHE_DIR: "" = default directory, "none" = no cache."""
         if setting.lower() == "none":
             return None
@@ -41,10 +44,10 @@ class TextEmbeddingCache:
         if os.path.isfile(model):  # a model-config JSON: key by its content, not its path
             with open(model, "rb") as f:
                 model_id = "config-" + hashlib.sha256(f.read()).hexdigest()[:16]
-        return cls(setting or default_cache_dir(), model_id, weights_fingerprint(weights))
+        return cls(setting or default_cache_dir(), model_id, weights_fingerprint(weights), precision)
 
     def key(self, names: Sequence[str], templates: Sequence[str]) -> str:
-        payload = json.dumps({"model": self.model, "weights": self.weights_id,
+        payload = json.dumps({"model": self.model, "weights": self.weights_id, "precision": self.precision,
                               "templates": list(templates), "names": list(names)}, ensure_ascii=False)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
@@ -76,11 +79,16 @@ class TextEmbeddingCache:
             return None
 
     def _store(self, path: str, embeddings: torch.Tensor, names: Sequence[str]) -> None:
+        tmp = None
         try:
             os.makedirs(self.directory, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
             with os.fdopen(fd, "wb") as f:
                 torch.save({"embeddings": embeddings.detach().cpu(), "names": list(names)}, f)
             os.replace(tmp, path)
-        except OSError as error:
+            tmp = None
+        except Exception as error:  # torch.save reports a full disk as RuntimeError, not OSError
             logger.warning("could not write the text-embedding cache %s (%s); continuing without it", path, error)
+        finally:
+            if tmp is not None and os.path.exists(tmp):
+                os.remove(tmp)

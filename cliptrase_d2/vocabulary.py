@@ -4,8 +4,11 @@ the user's own.
 A vocabulary can be given as a benchmark key (``voc21``), a comma-separated list
 (``"sky, dog, frisbee"``) or a text file with one name per line.
 """
+import difflib
 import json
+import logging
 import os
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Dict, List, Sequence, Tuple
@@ -13,6 +16,8 @@ from typing import Dict, List, Sequence, Tuple
 __all__ = ["Vocabulary", "load_vocabularies", "benchmark_keys", "template_set", "resolve_vocabulary"]
 
 _VOCABULARY_FILE = os.path.join(os.path.dirname(__file__), "data", "vocabularies.json")
+
+logger = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=1)
@@ -50,6 +55,15 @@ class Vocabulary:
             for name in names:
                 if not isinstance(name, str) or not name.strip():
                     raise ValueError(f"empty {kind} in the vocabulary: {list(names)!r}")
+                try:
+                    name.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError(f"{kind} {name!r} is not valid text (undecodable bytes, e.g. from a "
+                                     "terminal in another encoding): write it in UTF-8") from None
+        if self.background and "background" in (name.strip().lower() for name in self.classes):
+            raise ValueError("a class is named 'background' and background words are given too: the "
+                             "background words already form the output class 'background'; drop that "
+                             "class or rename it")
         seen = {}
         for name in self.classes + self.background:
             key = name.strip().lower()
@@ -59,9 +73,13 @@ class Vocabulary:
             seen[key] = name
 
     def _is_benchmark_quirk(self, name: str) -> bool:
-        # The paper's VOC21 background list has 'bed' twice; benchmark vocabularies are kept as published.
-        return any(self.classes == tuple(b["classes"]) and self.background == tuple(b.get("background", ()))
-                   for b in load_vocabularies()["benchmarks"].values())
+        # The paper's VOC21 background list has 'bed' twice; benchmark vocabularies are kept as
+        # published, also when the user adds background words after them.
+        def published(b):
+            own = tuple(b.get("background", ()))
+            return self.classes == tuple(b["classes"]) and self.background[:len(own)] == own and name in own
+
+        return any(published(b) for b in load_vocabularies()["benchmarks"].values())
 
     @property
     def num_classes(self) -> int:
@@ -93,37 +111,76 @@ def _without_quirks(names: Sequence[str]) -> Tuple[str, ...]:
     return tuple(cleaned)
 
 
-def resolve_vocabulary(spec, background: Sequence[str] = (), paper_quirks: bool = False) -> Vocabulary:
-    """A Vocabulary from a benchmark key, a comma-separated string, a file path or a list of names.
+def _with_background(classes: Sequence[str], own: Sequence[str], extra: Sequence[str]) -> Vocabulary:
+    """Classes with their own background words plus ``extra`` ones (those not already there)."""
+    words = tuple(own) + tuple(w for w in extra if w.strip().lower() not in {o.strip().lower() for o in own})
+    return Vocabulary(tuple(classes), words)
 
-    ``background`` adds background words to a user vocabulary (ignored for a benchmark key,
-    which brings its own). Benchmark vocabularies come with the paper's quirks fixed (SPEC
-    'Vocabulary quirks': VOC21's doubled 'bed' and 'beachhill', ADE150's 'bed ') unless
-    ``paper_quirks`` asks for them byte for byte.
+
+def _key_form(text: str) -> str:
+    return re.sub(r"[^0-9a-z]", "", text.lower())
+
+
+def _read_names(path: str) -> List[str]:
+    """One name per line; blank lines and lines starting with '#' skipped; UTF-8 (a BOM is fine)."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            lines = [line.strip() for line in f]
+    except UnicodeDecodeError as error:
+        raise ValueError(f"vocabulary file {path} is not UTF-8 text ({error.reason} at byte {error.start}); "
+                         "save it as UTF-8") from None
+    names = [line for line in lines if line and not line.startswith("#")]
+    if not names:
+        raise ValueError(f"vocabulary file {path} has no class names (one name per line)")
+    return names
+
+
+def _checked(vocabulary: Vocabulary, spec: str) -> Vocabulary:
+    if vocabulary.num_classes == 1:
+        logger.warning("the vocabulary %r has a single class and no background words: every pixel gets "
+                       "that class. Give more class names (comma-separated) or background words.", spec)
+    return vocabulary
+
+
+def resolve_vocabulary(spec, background: Sequence[str] = (), paper_quirks: bool = False) -> Vocabulary:
+    """A Vocabulary from a benchmark key, a comma-separated string, a file path, a list of names
+    or a Vocabulary.
+
+    ``background`` adds background words: to a user's names, and to the words a benchmark key or
+    a Vocabulary already brings (VOC20 plus ``["sky"]`` gets a background class). Benchmark keys
+    are matched ignoring case and surrounding spaces; a single name that looks like a key
+    (``voc-21``) is an error that suggests the key. Benchmark vocabularies come with the paper's
+    quirks fixed (SPEC 'Vocabulary quirks': VOC21's doubled 'bed' and 'beachhill', ADE150's
+    'bed ') unless ``paper_quirks`` asks for them byte for byte.
     """
+    background = tuple(background)
     if isinstance(spec, Vocabulary):
-        return spec
+        return _with_background(spec.classes, spec.background, background) if background else spec
     if isinstance(spec, (list, tuple)):
-        return Vocabulary(tuple(str(n).strip() for n in spec), tuple(background))
+        return _checked(Vocabulary(tuple(str(n).strip() for n in spec), background), str(list(spec)))
     if not isinstance(spec, str):
         raise TypeError(f"vocabulary must be a string or a list of names, got {type(spec).__name__}")
     benchmarks = load_vocabularies()["benchmarks"]
-    if spec in benchmarks:
-        entry = benchmarks[spec]
+    key = spec.strip().lower()
+    if key in benchmarks:
+        entry = benchmarks[key]
         classes, words = tuple(entry["classes"]), tuple(entry.get("background", ()))
         if not paper_quirks:
             classes, words = _without_quirks(classes), _without_quirks(words)
-        return Vocabulary(classes, words)
+        return _with_background(classes, words, background) if background else Vocabulary(classes, words)
     if os.path.isfile(spec):
-        with open(spec, encoding="utf-8") as f:
-            names = [line.strip() for line in f if line.strip() and not line.startswith("#")]
-        if not names:
-            raise ValueError(f"vocabulary file {spec} has no class names (one name per line)")
-        return Vocabulary(tuple(names), tuple(background))
+        return _checked(Vocabulary(tuple(_read_names(spec)), background), spec)
     if "," not in spec and (spec.endswith(".txt") or os.sep in spec):
         raise FileNotFoundError(f"vocabulary file {spec} does not exist")
     names = _split_names(spec)
     if not names:
         raise ValueError(f"vocabulary {spec!r} has no class names; give a benchmark key "
                          f"({', '.join(sorted(benchmarks))}), a comma-separated list or a file")
-    return Vocabulary(tuple(names), tuple(background))
+    if len(names) == 1:
+        near = [k for k in benchmarks if _key_form(k) == _key_form(names[0])]
+        near = near or difflib.get_close_matches(key, list(benchmarks), n=1, cutoff=0.8)
+        if near:
+            raise ValueError(f"vocabulary {spec!r} is not a benchmark key: did you mean {near[0]!r}? "
+                             f"(keys: {', '.join(sorted(benchmarks))}). For one class of that name, "
+                             "pass it as a list")
+    return _checked(Vocabulary(tuple(names), background), spec)

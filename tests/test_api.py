@@ -53,3 +53,28 @@ def test_bad_images(segmenter, tmp_path):
     Image.new("RGB", (10, 40)).save(small)
     with pytest.raises(ValueError, match="small.png.*smaller than one 16x16"):
         segmenter.segment(str(small), "cat")
+
+
+def test_exif_orientation_and_path_objects(tmp_path):
+    """A rotated JPEG gives the same pixels as a path, a pathlib.Path and an opened PIL image."""
+    require_fixtures()
+    image = Image.open(os.path.join(FIXTURES, "images", "chelsea.png")).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    path = tmp_path / "rotated.jpg"
+    image.save(path, exif=exif.tobytes(), quality=95)
+    by_path = load_image(str(path))
+    assert by_path.shape == (image.width, image.height, 3)  # turned upright
+    np.testing.assert_array_equal(load_image(path), by_path)
+    with Image.open(path) as opened:
+        np.testing.assert_array_equal(load_image(opened), by_path)
+
+
+def test_background_words_keep_the_vocabularys_own(segmenter):
+    require_fixtures()
+    path = os.path.join(FIXTURES, "images", "coffee.png")
+    segmenter.segment(path, "voc21")
+    own = segmenter.model.vocabulary.background
+    segmenter.segment(path, background=["tablecloth"])  # no vocabulary: add to the current one
+    assert segmenter.model.vocabulary.background == own + ("tablecloth",)
+    assert len(segmenter.model.vocabulary.classes) == 20 and segmenter.model.class_names[-1] == "background"

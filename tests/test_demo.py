@@ -113,3 +113,30 @@ def test_same_stem_twice_is_an_error(tmp_path):
         Image.new("RGB", (32, 32)).save(tmp_path / folder / "x.png")
     with pytest.raises(ValueError, match="same outputs"):
         demo.expand_inputs([str(tmp_path / "a"), str(tmp_path / "b")])
+
+
+def test_outputs_never_replace_inputs_or_each_other(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (32, 32)).save(photos / "a.png")
+    with pytest.raises(ValueError, match="would overwrite the input .*a.png"):
+        demo.check_outputs([str(photos / "a.png")], str(photos), panel=False, overwrite=True)
+    Image.new("RGB", (32, 32)).save(photos / "a_labels.png")  # its overlay is a_labels.png, a's label map too
+    inputs = demo.expand_inputs([str(photos)])
+    with pytest.raises(ValueError, match="same outputs \\(a_labels.png\\)"):
+        demo.check_outputs(inputs, str(tmp_path / "out"), panel=False, overwrite=True)
+
+
+def test_existing_outputs_need_overwrite(tiny_opts, tmp_path):
+    require_fixtures()
+    output = tmp_path / "out"
+    output.mkdir()
+    mine = output / "coffee.png"
+    mine.write_bytes(b"someone's file")
+    argv = ["--input", os.path.join(FIXTURES, "images", "coffee.png"), "--output", str(output),
+            "--vocabulary", "cup, table", "--opts", *tiny_opts]
+    with pytest.raises(FileExistsError, match="coffee.png.*--overwrite"):
+        demo.main(argv)
+    assert mine.read_bytes() == b"someone's file" and sorted(os.listdir(output)) == ["coffee.png"]
+    assert demo.main(["--overwrite", *argv]) == 0
+    assert Image.open(mine).height == 224 and (output / "coffee_labels.png").exists()

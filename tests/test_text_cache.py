@@ -71,3 +71,21 @@ def test_unwritable_cache_still_returns(tmp_path):
     cache = TextEmbeddingCache(str(blocker / "sub"), "m", "w")
     value = torch.randn(1, 2)
     assert torch.equal(cache.get_or_compute(["a"], ["{}"], lambda: value), value)
+
+
+def test_precision_is_part_of_the_key(tmp_path):
+    fp32 = TextEmbeddingCache(str(tmp_path), "ViT-B-16", "abc")
+    assert fp32.key(["dog"], ["a {}"]) != TextEmbeddingCache(str(tmp_path), "ViT-B-16", "abc", "bf16").key(["dog"], ["a {}"])
+    assert fp32.key(["dog"], ["a {}"]) == TextEmbeddingCache(str(tmp_path), "ViT-B-16", "abc", "fp32").key(["dog"], ["a {}"])
+
+
+def test_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    def full_disk(obj, f):
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc] PytorchStreamWriter failed writing file")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    cache = TextEmbeddingCache(str(tmp_path), "m", "w")
+    value = torch.randn(2, 3)
+    assert torch.equal(cache.get_or_compute(["a", "b"], ["{}"], lambda: value), value)
+    assert os.listdir(tmp_path) == []

@@ -65,3 +65,56 @@ def test_template_sets():
     assert len(template_set("imagenet80")) == 80 and len(template_set("vild14")) == 14
     with pytest.raises(ValueError, match="imagenet80"):
         template_set("imagenet81")
+
+
+def test_benchmark_keys_ignore_case_and_spaces():
+    assert resolve_vocabulary(" VOC21 ") == resolve_vocabulary("voc21")
+    assert resolve_vocabulary("ADE150").num_classes == 150
+
+
+@pytest.mark.parametrize("spec, key", [("voc-21", "voc21"), ("ade_150", "ade150"), ("pc 59", "pc59"), ("ade15", "ade150")])
+def test_a_near_miss_of_a_key_is_an_error_that_names_it(spec, key):
+    with pytest.raises(ValueError, match=f"did you mean '{key}'"):
+        resolve_vocabulary(spec)
+
+
+def test_background_words_add_to_a_keys_own():
+    voc20 = resolve_vocabulary("voc20", background=["sky", "wall"])
+    assert voc20.classes == resolve_vocabulary("voc20").classes and voc20.background == ("sky", "wall")
+    voc21 = resolve_vocabulary("voc21")
+    extended = resolve_vocabulary("voc21", background=["tablecloth", voc21.background[0].upper()])
+    assert extended.background == voc21.background + ("tablecloth",)  # a word it has is not added twice
+    assert resolve_vocabulary(voc21, background=["tablecloth"]).background == extended.background
+    assert resolve_vocabulary(voc21) is voc21
+
+
+def test_a_class_named_background_with_background_words_is_an_error():
+    with pytest.raises(ValueError, match="named 'background'"):
+        resolve_vocabulary("cat, Background", background=["sky"])
+    assert resolve_vocabulary("cat, background").class_names == ["cat", "background"]  # without words it is a class
+
+
+def test_vocabulary_files_bom_comments_and_encoding(tmp_path):
+    names = tmp_path / "names.txt"
+    names.write_text("\ufeffsky\n  # an indented comment\n dog \n", encoding="utf-8")
+    assert resolve_vocabulary(str(names)).classes == ("sky", "dog")
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9\ndog\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="latin.txt is not UTF-8"):
+        resolve_vocabulary(str(latin))
+
+
+def test_undecodable_names_are_an_error():
+    with pytest.raises(ValueError, match="not valid text"):
+        resolve_vocabulary("caf\udce9, dog")
+
+
+def test_a_single_class_warns(caplog):
+    with caplog.at_level("WARNING", logger="cliptrase_d2.vocabulary"):
+        resolve_vocabulary("cat")
+    assert "single class" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cliptrase_d2.vocabulary"):
+        resolve_vocabulary("cat", background=["sky"])
+        resolve_vocabulary("cat, dog")
+    assert caplog.text == ""

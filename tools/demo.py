@@ -8,6 +8,7 @@
 Per input, in --output: <stem>_labels.png (class index per pixel, 16-bit when more than 255
 classes), <stem>.png (colour overlay with a legend of the classes present), <stem>.json
 (class names and each class's pixel share), and with --side-by-side <stem>_panel.png.
+Existing files are never replaced unless --overwrite is given, and an input is never an output.
 Labels are in the frame the protocol predicts: the S x S center crop under the paper protocol,
 the original image under the standard one.
 """
@@ -56,6 +57,8 @@ def get_parser():
     parser.add_argument("--cache-dir", default=None, help="text-embedding cache folder ('none' to disable)")
     parser.add_argument("--side-by-side", action="store_true", help="also write <stem>_panel.png: input | overlay")
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace output files that already exist (e.g. from an earlier run)")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
     return parser
 
@@ -86,6 +89,38 @@ def expand_inputs(patterns):
     return list(dict.fromkeys(paths))
 
 
+def output_paths(path: str, output: str, panel: bool) -> dict:
+    """The files written for input ``path``: kind -> path in ``output``."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    names = {"labels": f"{stem}_labels.png", "overlay": f"{stem}.png", "json": f"{stem}.json"}
+    if panel:
+        names["panel"] = f"{stem}_panel.png"
+    return {kind: os.path.join(output, name) for kind, name in names.items()}
+
+
+def check_outputs(inputs, output: str, panel: bool, overwrite: bool) -> None:
+    """Refuses, before any work, outputs that would replace an input, collide with another
+    input's outputs, or (without --overwrite) replace a file that already exists."""
+    sources = {os.path.realpath(path): path for path in inputs}
+    writers, existing = {}, []
+    for path in inputs:
+        for target in output_paths(path, output, panel).values():
+            real = os.path.realpath(target)
+            if real in sources:
+                raise ValueError(f"the output {target} would overwrite the input {sources[real]}: "
+                                 "choose another --output folder")
+            if real in writers and writers[real] != path:
+                raise ValueError(f"two inputs would write the same outputs ({os.path.basename(target)}): "
+                                 f"{writers[real]} and {path}; rename one or run them separately")
+            writers[real] = path
+            if os.path.lexists(target):
+                existing.append(target)
+    if existing and not overwrite:
+        shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+        raise FileExistsError(f"{len(existing)} output file(s) already exist: {shown}. Pass --overwrite to "
+                              "replace them, or choose another --output folder")
+
+
 def check_writable(folder: str) -> None:
     try:
         os.makedirs(folder, exist_ok=True)
@@ -96,16 +131,16 @@ def check_writable(folder: str) -> None:
 
 
 def write_outputs(result, path: str, output: str, panel: bool) -> None:
-    stem = os.path.splitext(os.path.basename(path))[0]
+    targets = output_paths(path, output, panel)
     labels = result.labels
     dtype = np.uint16 if len(result.class_names) > 255 else np.uint8
     entries = legend_entries(labels, result.class_names)
     shown = with_legend(overlay(result.image, labels), entries)
-    atomic_write_png(os.path.join(output, f"{stem}_labels.png"), labels.astype(dtype))
-    atomic_save_image(os.path.join(output, f"{stem}.png"), shown)
+    atomic_write_png(targets["labels"], labels.astype(dtype))
+    atomic_save_image(targets["overlay"], shown)
     if panel:
-        atomic_save_image(os.path.join(output, f"{stem}_panel.png"), side_by_side(Image.fromarray(result.image), shown))
-    atomic_write_json(os.path.join(output, f"{stem}.json"), {
+        atomic_save_image(targets["panel"], side_by_side(Image.fromarray(result.image), shown))
+    atomic_write_json(targets["json"], {
         "image": path,
         "class_names": result.class_names,
         "height": int(labels.shape[0]),
@@ -129,12 +164,13 @@ def main(argv=None):
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     inputs = expand_inputs(args.input)
+    check_outputs(inputs, args.output, args.side_by_side, args.overwrite)
     check_writable(args.output)
     config_file = args.config_file or PROTOCOL_CONFIGS[args.protocol or "paper"]
     segmenter = Segmenter.from_config(config_file, build_opts(args))
     background = [w.strip() for w in args.background.split(",") if w.strip()]
     if args.vocabulary is not None or background:
-        spec = args.vocabulary if args.vocabulary is not None else list(segmenter.model.vocabulary.classes)
+        spec = args.vocabulary if args.vocabulary is not None else segmenter.model.vocabulary
         segmenter.model.set_vocabulary(spec, background)
     logger.info("segmenting %d image(s) into %d classes -> %s", len(inputs), segmenter.model.vocabulary.num_classes,
                 args.output)
@@ -150,5 +186,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (WeightsError, FileNotFoundError, PermissionError, KeyError, ValueError) as error:
+    except (WeightsError, FileNotFoundError, FileExistsError, PermissionError, KeyError, ValueError) as error:
         sys.exit(f"error: {error}")

@@ -131,7 +131,8 @@ class CLIPtrase(nn.Module):
             "window_batch": c.WINDOW_BATCH,
             "input_format": cfg.INPUT.FORMAT,
             "paper_vocabulary_quirks": c.PAPER_VOCABULARY_QUIRKS,
-            "text_cache": TextEmbeddingCache.from_setting(c.TEXT_CACHE_DIR, c.CLIP_MODEL, cfg.MODEL.WEIGHTS or "openai"),
+            "text_cache": TextEmbeddingCache.from_setting(c.TEXT_CACHE_DIR, c.CLIP_MODEL, cfg.MODEL.WEIGHTS or "openai",
+                                                           c.PRECISION),
         }
 
     @property
