@@ -40,7 +40,7 @@ def load_image(image: ImageLike) -> np.ndarray:
 @dataclass
 class SegmentationResult:
     labels: np.ndarray  # (H, W) int64 index into class_names
-    scores: torch.Tensor  # (K, H, W) float32 soft scores (region-mean logits)
+    scores: Optional[torch.Tensor]  # (K, H, W) float32 soft scores (region-mean logits); None if not asked for
     class_names: List[str]
     image: np.ndarray  # (H, W, 3) uint8 RGB: the pixels the labels refer to (the crop, under the paper protocol)
 
@@ -71,12 +71,14 @@ class Segmenter:
         return cls(build_model(cfg))
 
     def segment(self, images: Union[ImageLike, Sequence[ImageLike]], vocabulary=None,
-                background: Optional[Sequence[str]] = None):
+                background: Optional[Sequence[str]] = None, scores: bool = True):
         """Segments one image (returns a SegmentationResult) or a list (returns a list).
 
         vocabulary: a benchmark key, comma-separated names, a file, a list of names or None
         (keep the current one). background: extra words merged into one "background" class,
-        added to the words the vocabulary already has.
+        added to the words the vocabulary already has. scores=False: the same labels without
+        the (K, H, W) soft scores (``result.scores`` is None), which for large photos under
+        the standard protocol saves gigabytes.
         """
         single = not isinstance(images, (list, tuple))
         batch = [images] if single else list(images)
@@ -89,8 +91,8 @@ class Segmenter:
             self.model.check_image_size(array.shape[:2], name)
         tensors = [torch.from_numpy(a.transpose(2, 0, 1).copy()) for a in arrays]
         with torch.no_grad():
-            predictions = self.model.inference(tensors)
-        results = [SegmentationResult(p.labels.cpu().numpy().astype(np.int64), p.scores.cpu(),
+            predictions = self.model.inference(tensors, scores=scores)
+        results = [SegmentationResult(p.labels.cpu().numpy().astype(np.int64), None if p.scores is None else p.scores.cpu(),
                                       self.model.class_names, self.model.evaluated_frame(a))
                    for p, a in zip(predictions, arrays)]
         return results[0] if single else results

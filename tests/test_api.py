@@ -78,3 +78,19 @@ def test_background_words_keep_the_vocabularys_own(segmenter):
     segmenter.segment(path, background=["tablecloth"])  # no vocabulary: add to the current one
     assert segmenter.model.vocabulary.background == own + ("tablecloth",)
     assert len(segmenter.model.vocabulary.classes) == 20 and segmenter.model.class_names[-1] == "background"
+
+
+@pytest.mark.parametrize("protocol", ["paper", "standard"])
+def test_labels_without_scores_are_the_same(tiny_opts, protocol, monkeypatch):
+    require_fixtures()
+    from cliptrase_d2.method import refinement
+
+    config = os.path.join(REPO, "configs", protocol, f"Base-{protocol}{'-224' if protocol == 'paper' else ''}.yaml")
+    segmenter = Segmenter.from_config(config, [*tiny_opts, "MODEL.CLIPTRASE.STANDARD_SHORT_SIDE", "224"])
+    path = os.path.join(FIXTURES, "images", "coffee.png")
+    full = segmenter.segment(path, "cup, saucer, table, wall")
+    monkeypatch.setattr(refinement, "RESIZE_CHUNK_BYTES", 400 * 600 * 4)  # one class map at a time
+    light = segmenter.segment(path, scores=False)
+    assert light.scores is None and full.scores is not None
+    np.testing.assert_array_equal(light.labels, full.labels)
+    assert light.labels.shape == ((224, 224) if protocol == "paper" else (400, 600))

@@ -135,6 +135,32 @@ def test_positional_table_is_cached_until_the_weights_change(tiny_clip):
     assert resized_positional_embedding(visual, grid).requires_grad == visual.positional_embedding.requires_grad
 
 
+def test_positional_cache_sees_changes_through_data_and_works_in_inference_mode(tiny_clip):
+    visual = tiny_clip.visual
+    grid = (6, 4)
+    saved = visual.positional_embedding.detach().clone()
+    try:
+        with torch.no_grad():
+            first = resized_positional_embedding(visual, grid)
+            visual.positional_embedding.data.mul_(2.0)  # bypasses the version counter
+            changed = resized_positional_embedding(visual, grid)
+            assert torch.equal(changed, resize_positional_embedding(visual.positional_embedding, grid))
+            assert not torch.equal(changed, first)
+        with torch.inference_mode():
+            visual.__dict__.pop("_cliptrase_positional_cache", None)
+            table = torch.nn.Parameter(visual.positional_embedding.detach().clone())  # an inference tensor
+            original, visual.positional_embedding = visual.positional_embedding, table
+            try:
+                assert torch.equal(resized_positional_embedding(visual, grid), changed)
+                assert resized_positional_embedding(visual, grid) is resized_positional_embedding(visual, grid)
+            finally:
+                visual.positional_embedding = original
+    finally:
+        with torch.no_grad():
+            visual.positional_embedding.copy_(saved)
+        visual.__dict__.pop("_cliptrase_positional_cache", None)
+
+
 # ---- the pipeline's outputs ------------------------------------------------------------------
 
 @pytest.mark.parametrize("background", [0, 2])
@@ -168,3 +194,31 @@ def test_channels_last_window_sums_equal_planar_sums():
             total[:, top:top + 16, left:left + 16] += predict_windows(image[None, :, top:top + 16, left:left + 16])[0]
             counts[:, top:top + 16, left:left + 16] += 1
     assert torch.equal(scores, total / counts)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("num_maps, grid, size", [(23, (9, 13), (37, 50)), (59, (21, 28), (512, 683)),
+                                                   (171, (24, 32), (300, 400))])
+def test_resized_argmax_in_channel_groups_equals_the_full_resize(channels_last, num_maps, grid, size):
+    """Labels from groups of resized channels equal the argmax of the whole resize, bit for bit:
+    ties to the first channel, the first NaN wins, both layouts, remainders of 7 and 3 channels."""
+    from cliptrase_d2.method.refinement import resize_maps, resized_argmax
+
+    generator = torch.Generator().manual_seed(num_maps)
+    maps = torch.randn(num_maps, *grid, generator=generator).round(decimals=1)  # rounding makes ties
+    maps[5, 2, 3] = float("nan")
+    maps[17, 2, 3] = float("nan")
+    maps[11, 4, :] = float("nan")
+    if channels_last:
+        maps = maps.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+    resized = resize_maps(maps, size)
+    expected = resized.argmax(dim=0)
+    plane = size[0] * size[1] * 4
+    for max_bytes in (1, plane * 16, plane * 20, 1 << 34):  # groups of 8, 16, 16, everything at once
+        labels = resized_argmax(maps, size, max_bytes)
+        torch.testing.assert_close(labels, expected, rtol=0, atol=0)
+    assert (expected == 5).any() and (expected == 11).any()
+    # The groups' own numbers are the whole resize's (what makes the labels equal, ties included).
+    group = maps[16:num_maps]
+    group = group.permute(1, 2, 0).contiguous().permute(2, 0, 1) if channels_last else group.contiguous()
+    assert torch.allclose(resize_maps(group, size), resized[16:], rtol=0, atol=0, equal_nan=True)

@@ -148,6 +148,12 @@ def test_unknown_config_key_names_it_and_suggests(tiny_opts):
     ("PROTOCOL", "fancy", "unknown protocol"),
     ("HEAD", "segformer", "unknown head 'segformer'.*cliptrase"),
     ("DBSCAN_EPS", "-1.0", "eps > 0"),
+    ("PAPER_SIZE", "8", "PAPER_SIZE must be at least 16 \\(one CLIP patch\\), got 8"),
+    ("STANDARD_SHORT_SIDE", "0", "STANDARD_SHORT_SIDE must be at least 16"),
+    ("WINDOW_BATCH", "0", "WINDOW_BATCH must be at least 1, got 0"),
+    ("WINDOW_STRIDE", "-112", "WINDOW_STRIDE must be at least 1"),
+    ("REGION_UPSAMPLE", "0", "REGION_UPSAMPLE"),
+    ("MEDIAN_SIZE", "0", "MEDIAN_SIZE"),
 ])
 def test_bad_settings_are_named(tiny_opts, key, value, message):
     with pytest.raises(ValueError, match=message):
@@ -197,3 +203,31 @@ def test_other_patch_sizes_work(tmp_path, tiny_tokenizer):
         output = model([{"image": image}])[0]["sem_seg"]
         assert output.shape == ((3, 224, 224) if protocol == "paper" else (3, 230, 300))
         assert torch.isfinite(output).all()
+
+
+def test_out_of_memory_splits_the_batch_and_names_the_fix(caplog):
+    """A batch that does not fit runs in halves with the same per-image results; one image that
+    does not fit is an OutOfMemoryError that says what to change (never a CPU fallback)."""
+    from cliptrase_d2.method.pipeline import Prediction
+    from cliptrase_d2.modeling.meta_arch import predict_within_memory
+
+    calls = []
+
+    def predict_batch(images):  # fits two images at a time
+        calls.append(len(images))
+        if len(images) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return Prediction(images[:, 0].long(), images * 2)
+
+    images = torch.arange(5 * 3 * 4 * 4, dtype=torch.float32).reshape(5, 3, 4, 4)
+    with caplog.at_level(logging.WARNING, logger="cliptrase_d2"):
+        result = predict_within_memory(predict_batch, images)
+    assert calls == [5, 3, 2, 1, 2]
+    assert torch.equal(result.labels, images[:, 0].long()) and torch.equal(result.scores, images * 2)
+    assert "batch of 5 images: running it as 3 + 2" in caplog.text
+
+    def never_fits(images):
+        raise torch.cuda.OutOfMemoryError("out of memory")
+
+    with pytest.raises(torch.cuda.OutOfMemoryError, match="one 4x4 window.*PRECISION fp16"):
+        predict_within_memory(never_fits, images[:1], "window")

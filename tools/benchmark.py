@@ -257,7 +257,7 @@ def stage_map(model: CLIPtrase):
         ("block N-1 + self-correlation", ("self_correlation",)),
         ("block N (correlative)", ("correlative_attention",)),
         ("projection, logits", ("project_tokens", "dense_logits")),
-        ("upsampling", ("resize_logits",)),
+        ("upsampling", ("resize_logits", "resize_maps", "resized_argmax")),
         ("argmax, background merge", ("channel_argmax", "merge_background_labels", "merge_background_scores")),
         ("clustering (DBSCAN)", ("suppress_global_patch", "cluster_patches")),
         ("region map: median filter", ("median_filter",)),

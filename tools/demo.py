@@ -177,7 +177,7 @@ def main(argv=None):
     with tqdm(total=len(inputs), desc="demo", unit="img") as progress:
         for start in range(0, len(inputs), args.batch_size):
             batch = inputs[start:start + args.batch_size]
-            for path, result in zip(batch, segmenter.segment(batch)):
+            for path, result in zip(batch, segmenter.segment(batch, scores=False)):
                 write_outputs(result, path, args.output, args.side_by_side)
             progress.update(len(batch))
     return 0

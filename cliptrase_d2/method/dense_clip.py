@@ -97,16 +97,18 @@ def resized_positional_embedding(visual: nn.Module, grid: Tuple[int, int]) -> to
     """``resize_positional_embedding`` of ``visual``'s table, kept per grid while gradients are off.
 
     Every image of a grid size gets the same table (sliding windows, a benchmark's images), so it
-    is computed once; a change to the stored table (``load_state_dict``, a new device or dtype)
-    is noticed through the parameter's version counter and storage and recomputes it.
+    is computed once. The cache keeps a copy of the stored table it was computed from and is
+    emptied when the table differs from that copy in any way (values, dtype, device), however it
+    was changed: ``load_state_dict``, ``.to()``, in place through ``.data``. It works under
+    ``torch.inference_mode`` too (no version counter is read).
     """
     table = visual.positional_embedding
     if torch.is_grad_enabled():
         return resize_positional_embedding(table, grid)
-    state = (table.data_ptr(), table._version, table.dtype, table.device)
     cache = visual.__dict__.get("_cliptrase_positional_cache")
-    if cache is None or cache[0] != state or len(cache[1]) >= 16:
-        cache = visual.__dict__["_cliptrase_positional_cache"] = (state, {})
+    if (cache is None or len(cache[1]) >= 16 or cache[0].dtype != table.dtype or cache[0].device != table.device
+            or cache[0].shape != table.shape or not torch.equal(cache[0], table)):
+        cache = visual.__dict__["_cliptrase_positional_cache"] = (table.detach().clone(), {})
     tables = cache[1]
     if tuple(grid) not in tables:
         tables[tuple(grid)] = resize_positional_embedding(table, grid)

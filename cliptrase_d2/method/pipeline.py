@@ -31,6 +31,10 @@ class RefinementSettings:
         if self.refine not in REFINEMENTS:
             raise ValueError(f"unknown refinement {self.refine!r} (MODEL.CLIPTRASE.REFINE); "
                              f"choose one of {', '.join(REFINEMENTS)}")
+        if self.region_upsample < 1 or self.median_size < 1:
+            raise ValueError(f"region maps need an upsampling factor and a median size of at least 1, got "
+                             f"region_upsample={self.region_upsample}, median_size={self.median_size} "
+                             "(MODEL.CLIPTRASE.REGION_UPSAMPLE / MEDIAN_SIZE)")
         if self.dbscan_eps <= 0 or self.dbscan_min_samples < 1:
             raise ValueError(f"DBSCAN needs eps > 0 and min_samples >= 1, got eps={self.dbscan_eps}, "
                              f"min_samples={self.dbscan_min_samples} (MODEL.CLIPTRASE.DBSCAN_EPS/_MIN_SAMPLES)")

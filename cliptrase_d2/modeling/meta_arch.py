@@ -1,6 +1,6 @@
 """The ``CLIPtrase`` meta-architecture: wires the pure method (cliptrase_d2.method) to Detectron2."""
 import logging
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -9,12 +9,12 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY
-from detectron2.utils.memory import retry_if_cuda_oom
 from PIL import Image
 from torch import nn
 
 from ..method.heads import get_head, resolve_logit_scale
 from ..method.pipeline import Prediction, RefinementSettings, predict
+from ..method.refinement import resize_maps, resized_argmax
 from ..method.preprocess import CLIP_MEAN, CLIP_STD, resize_and_center_crop, to_clip_tensor
 from ..method.sliding import sliding_window
 from ..method.text import text_embeddings
@@ -25,6 +25,37 @@ __all__ = ["CLIPtrase", "PROTOCOLS", "dbscan_for_grid"]
 logger = logging.getLogger(__name__)
 
 _reported_unused = set()
+
+
+def predict_within_memory(predict_batch: Callable[[torch.Tensor], Prediction], images: torch.Tensor,
+                          what: str = "image") -> Prediction:
+    """``predict_batch(images)``; when the device runs out of memory, it is tried again (on CUDA
+    after freeing the allocator's cached blocks), then the batch is split in halves (each image's
+    prediction does not depend on the others). One image that still does not fit raises an
+    OutOfMemoryError that says what to change. Unlike Detectron2's ``retry_if_cuda_oom``, it
+    never moves the inputs to the CPU: the model stays on the GPU, so that would only change the
+    error into a device mismatch.
+    """
+    for attempt in range(2 if images.is_cuda else 1):
+        out_of_memory = False
+        try:
+            return predict_batch(images)
+        except torch.cuda.OutOfMemoryError:
+            out_of_memory = True  # handled outside the except block, which holds the failed frames
+        if out_of_memory and images.is_cuda:
+            torch.cuda.empty_cache()
+    if len(images) == 1:
+        raise torch.cuda.OutOfMemoryError(
+            f"{images.device.type.upper()} ran out of memory on one {images.shape[-2]}x{images.shape[-1]} {what}"
+            f"{' even with the cache emptied' if images.is_cuda else ''}. Use a smaller input "
+            "(MODEL.CLIPTRASE.PAPER_SIZE, STANDARD_SHORT_SIDE), MODEL.CLIPTRASE.PRECISION fp16 on a GPU, "
+            "or a device with more free memory")
+    half = (len(images) + 1) // 2
+    logger.warning("out of memory on a batch of %d %ss: running it as %d + %d", len(images), what, half,
+                   len(images) - half)
+    first = predict_within_memory(predict_batch, images[:half], what)
+    second = predict_within_memory(predict_batch, images[half:], what)
+    return Prediction(torch.cat([first.labels, second.labels]), torch.cat([first.scores, second.scores]))
 
 
 def dbscan_for_grid(grid_side: int) -> Tuple[float, int]:
@@ -73,6 +104,13 @@ class CLIPtrase(nn.Module):
             raise ValueError(f"unknown protocol {protocol!r} (MODEL.CLIPTRASE.PROTOCOL); choose one of {PROTOCOLS}")
         if input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be RGB or BGR, got {input_format!r}")
+        patch = max(clip_model.visual.conv1.kernel_size)
+        for key, value, least in (("PAPER_SIZE", paper_size, patch), ("STANDARD_SHORT_SIDE", standard_short_side, patch),
+                                  ("WINDOW_SIZE", window_size, patch), ("WINDOW_STRIDE", window_stride, 1),
+                                  ("WINDOW_BATCH", window_batch, 1)):
+            if value < least:
+                raise ValueError(f"MODEL.CLIPTRASE.{key} must be at least {least}"
+                                 f"{' (one CLIP patch)' if least == patch > 1 else ''}, got {value}")
         self.clip_model = clip_model
         self.tokenizer = tokenizer
         self.templates = tuple(templates)
@@ -183,23 +221,30 @@ class CLIPtrase(nn.Module):
         return [{"sem_seg": self._sliding_window_scores(image, size)} for image, size in zip(images, sizes)]
 
     def inference(self, images: List[torch.Tensor], sizes: Optional[List[Tuple[int, int]]] = None,
-                  soft_scores: bool = True) -> List[Prediction]:
+                  soft_scores: bool = True, scores: bool = True) -> List[Prediction]:
         """Per image: labels (H', W') and soft scores (K, H', W') in the protocol's frame.
 
         images: (3, H, W) uint8 RGB tensors. Paper protocol: the S x S center crop (``sizes``
         unused). Standard: (H', W') = ``sizes[i]`` (default: the image's own size).
         ``soft_scores=False``: under ``vote`` the paper protocol's scores are the one-hot of the
-        labels (cheaper; ``pipeline.predict``).
+        labels (cheaper; ``pipeline.predict``). ``scores=False``: the same labels, and the
+        scores are None; the standard protocol then never holds the full-resolution
+        (K, H', W') scores (``refinement.resized_argmax``), which for a 12-megapixel photo and
+        150 classes would be 7 GB.
         """
         if self.protocol == "paper":
+            soft_scores = soft_scores and scores
             batch = torch.stack([to_clip_tensor(Image.fromarray(self.evaluated_frame(im))) for im in images])
-            prediction = retry_if_cuda_oom(self._predict)(batch.to(self.device), soft_scores)
-            return [Prediction(labels, scores) for labels, scores in zip(*prediction)]
+            prediction = predict_within_memory(lambda x: self._predict(x, soft_scores), batch.to(self.device))
+            return [Prediction(labels, image_scores if scores else None) for labels, image_scores in zip(*prediction)]
         sizes = sizes or [tuple(im.shape[-2:]) for im in images]
         results = []
         for image, size in zip(images, sizes):
-            scores = self._sliding_window_scores(image, size)
-            results.append(Prediction(scores.argmax(dim=0), scores))
+            if not scores:
+                results.append(Prediction(resized_argmax(self._window_average(image), size), None))
+                continue
+            image_scores = self._sliding_window_scores(image, size)
+            results.append(Prediction(image_scores.argmax(dim=0), image_scores))
         return results
 
     def check_image_size(self, size: Tuple[int, int], name: str) -> None:
@@ -225,7 +270,7 @@ class CLIPtrase(nn.Module):
 
     def _window_scores(self, windows: torch.Tensor) -> torch.Tensor:
         # Under "vote" each window votes with the one-hot of its labels.
-        return retry_if_cuda_oom(self._predict)(windows, soft_scores=False).scores
+        return predict_within_memory(lambda x: self._predict(x, soft_scores=False), windows, "window").scores
 
     def _rgb_uint8(self, image: torch.Tensor) -> torch.Tensor:
         if image.dim() != 3 or image.shape[0] != 3:
@@ -233,8 +278,12 @@ class CLIPtrase(nn.Module):
         return image.flip(0) if self.input_format == "BGR" else image
 
     def _sliding_window_scores(self, image: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-        """Standard protocol: shorter side to ``standard_short_side`` (bilinear), sliding window,
-        scores resized to ``size``. image: (3, H, W) uint8 RGB -> (K, *size)."""
+        """Standard protocol: the window scores resized to ``size``. image: (3, H, W) uint8 RGB -> (K, *size)."""
+        return resize_maps(self._window_average(image), size)
+
+    def _window_average(self, image: torch.Tensor) -> torch.Tensor:
+        """Standard protocol: shorter side to ``standard_short_side`` (bilinear), sliding window.
+        image: (3, H, W) uint8 RGB -> (K, h, w) scores at the resized image's resolution."""
         image = image.to(self.device, torch.float32) / 255.0
         height, width = image.shape[-2:]
         scale = self.standard_short_side / min(height, width)
@@ -242,9 +291,5 @@ class CLIPtrase(nn.Module):
         image = F.interpolate(image[None], size=resized, mode="bilinear", align_corners=False)[0]
         image = (image - self.pixel_mean) / self.pixel_std
         patch = self.clip_model.visual.conv1.kernel_size[0]
-        scores = sliding_window(image, self._window_scores, self.window_size, self.window_stride,
-                                self.window_batch, multiple=patch)  # (K, h, w)
-        # A batch of one whose batch stride is the whole tensor: with the stride ``scores[None]``
-        # gives, torch 2.x leaves its channels-last fast path (about 8x slower at 150 classes).
-        batch = scores.as_strided((1, *scores.shape), (scores.numel(), *scores.stride()))
-        return F.interpolate(batch, size=tuple(size), mode="bilinear", align_corners=False)[0]
+        return sliding_window(image, self._window_scores, self.window_size, self.window_stride,
+                              self.window_batch, multiple=patch)  # (K, h, w)
