@@ -69,6 +69,30 @@ def test_two_processes_equal_one(tiny_opts, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_failing_process_reports_its_error_without_hanging(tiny_opts, tmp_path):
+    """Process 2 of 2 meets a bad ground truth while process 1 waits in the evaluator's gather:
+    the run ends at once with that error, not after the 30-minute collective timeout."""
+    import shutil
+    import time
+
+    _require_sample()
+    root = tmp_path / "datasets"
+    shutil.copytree(SAMPLE_ROOT, root / "cliptrase_sample_voc21")
+    annotations = sorted(os.listdir(root / "cliptrase_sample_voc21" / "annotations"))
+    Image.new("L", (10, 10)).save(root / "cliptrase_sample_voc21" / "annotations" / annotations[-1])
+    command = [sys.executable, TRAIN_NET, "--eval-only", "--num-gpus", "2",
+               "--config-file", os.path.join(REPO, "configs", "sample", "voc21_standard.yaml"),
+               *tiny_opts, "OUTPUT_DIR", str(tmp_path / "out"), "MODEL.CLIPTRASE.STANDARD_SHORT_SIDE", "224",
+               "DATALOADER.NUM_WORKERS", "0"]
+    env = dict(os.environ, DETECTRON2_DATASETS=str(root), OMP_NUM_THREADS="1")
+    start = time.monotonic()
+    completed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode != 0
+    last = completed.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: (process 1 of 2)") and "10x10" in last and annotations[-1] in last, last
+    assert time.monotonic() - start < 240
+
+
 def test_training_is_refused():
     completed = subprocess.run([sys.executable, TRAIN_NET, "--config-file",
                                 os.path.join(REPO, "configs", "sample", "voc21_standard.yaml")],

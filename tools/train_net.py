@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cliptrase_d2  # noqa: E402  (registers the meta-architecture and datasets; detectron2 shims)
 from cliptrase_d2.clip_loading import WeightsError  # noqa: E402
 from cliptrase_d2.engine import launch  # noqa: E402
+from cliptrase_d2.engine.launch import WorkerError  # noqa: E402
 from cliptrase_d2.engine.trainer import Trainer, setup  # noqa: E402
 from detectron2.engine import default_argument_parser  # noqa: E402
 
@@ -33,4 +34,8 @@ if __name__ == "__main__":
         launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                dist_url=args.dist_url, args=(args,))
     except (WeightsError, FileNotFoundError, KeyError, ValueError) as error:
+        sys.exit(f"error: {error}")
+    except WorkerError as error:  # several CPU processes: the failing one's error, as one process shows it
+        if error.kind not in ("WeightsError", "FileNotFoundError", "KeyError", "ValueError"):
+            sys.stderr.write(error.details + "\n")
         sys.exit(f"error: {error}")

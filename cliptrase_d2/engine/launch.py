@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from detectron2.engine import launch as d2_launch
 from detectron2.utils import comm
 
-__all__ = ["launch", "resolve_device"]
+__all__ = ["launch", "resolve_device", "WorkerError"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,25 @@ def resolve_device(cfg) -> str:
         if was_frozen:
             cfg.freeze()
     return cfg.MODEL.DEVICE
+
+
+class WorkerError(RuntimeError):
+    """A CPU worker process raised. ``kind``: its exception's class name; the message is its
+    text (with the process number); ``details``: the worker's traceback."""
+
+    def __init__(self, message: str, kind: str, details: str):
+        super().__init__(message)
+        self.kind, self.details = kind, details
+
+
+def _worker_error(error: "mp.ProcessRaisedException", world_size: int) -> WorkerError:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    last = lines[-1] if lines else str(error)
+    kind, _, message = last.partition(": ")
+    kind = kind.rsplit(".", 1)[-1]
+    if not message or " " in kind:
+        kind, message = "Exception", last
+    return WorkerError(f"(process {error.error_index} of {world_size}) {message}", kind, str(error))
 
 
 def _free_port() -> int:
@@ -59,8 +78,11 @@ def launch(main_func, num_processes: int, num_machines: int = 1, machine_rank: i
         if num_machines != 1:
             raise ValueError("--dist-url auto only works on one machine; give tcp://<host>:<port>")
         dist_url = f"tcp://127.0.0.1:{_free_port()}"
-    mp.spawn(_gloo_worker, nprocs=num_processes, daemon=False,
-             args=(main_func, world_size, num_processes, machine_rank, dist_url, args, timeout))
+    try:
+        mp.spawn(_gloo_worker, nprocs=num_processes, daemon=False,
+                 args=(main_func, world_size, num_processes, machine_rank, dist_url, args, timeout))
+    except mp.ProcessRaisedException as error:
+        raise _worker_error(error, world_size) from None
 
 
 def _gloo_worker(local_rank, main_func, world_size, num_processes, machine_rank, dist_url, args, timeout):
@@ -75,8 +97,10 @@ def _gloo_worker(local_rank, main_func, world_size, num_processes, machine_rank,
         if i == machine_rank:
             comm._LOCAL_PROCESS_GROUP = group
     comm.synchronize()
-    try:
-        main_func(*args)
-    finally:
-        comm.synchronize()
-        dist.destroy_process_group()
+    # No barrier when main_func raises: the other processes may be waiting in one of its
+    # collectives (the evaluator's gather), where a barrier would hang both until the timeout
+    # and hide this error. Raising ends this process; mp.spawn then stops the others and
+    # reports the error.
+    main_func(*args)
+    comm.synchronize()
+    dist.destroy_process_group()
