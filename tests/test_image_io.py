@@ -40,3 +40,20 @@ def test_missing_and_corrupt_files_name_the_file(tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:60])
     with pytest.raises(ValueError, match="truncated.png"):
         read_rgb(str(truncated))
+
+
+def test_evaluation_reads_pixels_as_stored_and_the_api_upright(tmp_path):
+    """An EXIF orientation tag turns the image for users (API, demo), not for evaluation, whose
+    label maps are aligned with the stored pixels."""
+    from cliptrase_d2.data.dataset_mapper import SemSegTestMapper
+
+    stored = np.zeros((40, 60, 3), dtype=np.uint8)
+    stored[:, :30] = 255  # left half white, as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # display rotated 90 degrees clockwise
+    path = tmp_path / "tagged.png"
+    Image.fromarray(stored).save(path, exif=exif.tobytes())
+    record = SemSegTestMapper(image_format="RGB")({"file_name": str(path), "sem_seg_file_name": "gt.png"})
+    assert (record["height"], record["width"]) == (40, 60)
+    np.testing.assert_array_equal(record["image"].permute(1, 2, 0).numpy(), stored)
+    assert read_rgb(str(path)).shape == (60, 40, 3)

@@ -57,6 +57,7 @@ def test_two_processes_equal_one(tiny_opts, tmp_path):
     results = [json.loads((tmp_path / n / "sem_seg_results_cliptrase_sample_voc21.json").read_text())
                for n in ("one", "two")]
     assert results[0] == results[1]
+    assert results[0]["run"]["head"] == "cliptrase" and results[0]["run"]["short_side"] == 224  # what made them
     assert 0 <= results[0]["mIoU"] <= 100 and len(results[0]["IoU"]) == 21 if "IoU" in results[0] else True
     one = sorted(os.listdir(tmp_path / "one" / "predictions" / "cliptrase_sample_voc21"))
     two = sorted(os.listdir(tmp_path / "two" / "predictions" / "cliptrase_sample_voc21"))
@@ -120,3 +121,9 @@ def test_missing_dataset_root_names_path_and_prepare_script(tiny_opts, tmp_path,
             Trainer.test(cfg, Trainer.build_model(cfg))
     finally:
         register_benchmark_datasets()
+
+
+def test_every_method_config_writes_to_its_own_folder():
+    heads = ["clearclip", "clip", "cliptrase", "maskclip", "maskclip_residual", "naclip", "sclip"]
+    folders = {load_config(os.path.join(REPO, "configs", head, "standard.yaml"), []).OUTPUT_DIR for head in heads}
+    assert len(folders) == len(heads) and "./output" not in folders

@@ -30,7 +30,9 @@ class SemSegTestMapper:
 
     def __call__(self, dataset_dict):
         record = copy.deepcopy(dataset_dict)
-        image = read_rgb(record["file_name"])  # (H, W, 3) RGB
+        # (H, W, 3) RGB as stored: ground-truth label maps are aligned with the stored pixels
+        # (and the authors' code reads them so), whatever an EXIF orientation tag says.
+        image = read_rgb(record["file_name"], exif_orientation=False)
         if self.image_format == "BGR":
             image = image[:, :, ::-1]
         record["image"] = torch.from_numpy(image.transpose(2, 0, 1).copy())

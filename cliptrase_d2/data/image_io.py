@@ -19,12 +19,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def read_rgb(path: str) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from an image file, EXIF orientation applied."""
+def read_rgb(path: str, exif_orientation: bool = True) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from an image file, with its EXIF orientation applied unless
+    ``exif_orientation=False`` (evaluation: label maps are aligned with the stored pixels)."""
     try:
         with Image.open(path) as image:
             image.load()
-            image = ImageOps.exif_transpose(image)
+            if exif_orientation:
+                image = ImageOps.exif_transpose(image)
             return np.asarray(to_rgb(image))
     except FileNotFoundError:
         raise FileNotFoundError(f"image file {path} does not exist") from None

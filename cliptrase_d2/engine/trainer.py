@@ -75,11 +75,17 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_dir = output_folder or cfg.OUTPUT_DIR
-        if cfg.MODEL.CLIPTRASE.PROTOCOL == "paper":
-            return PaperSemSegEvaluator(dataset_name, crop_size=cfg.MODEL.CLIPTRASE.PAPER_SIZE,
-                                        output_dir=output_dir, save_predictions=cfg.TEST.SAVE_PREDICTIONS)
+        c = cfg.MODEL.CLIPTRASE
+        run_info = {"head": c.HEAD, "refine": c.REFINE, "clip_model": c.CLIP_MODEL,
+                    "weights": cfg.MODEL.WEIGHTS or "openai", "precision": c.PRECISION,
+                    "templates": c.TEMPLATES, "vocabulary": c.VOCABULARY or "the dataset's"}
+        run_info.update({"paper_size": c.PAPER_SIZE} if c.PROTOCOL == "paper" else
+                        {"short_side": c.STANDARD_SHORT_SIDE, "window": c.WINDOW_SIZE, "stride": c.WINDOW_STRIDE})
+        if c.PROTOCOL == "paper":
+            return PaperSemSegEvaluator(dataset_name, crop_size=c.PAPER_SIZE, output_dir=output_dir,
+                                        save_predictions=cfg.TEST.SAVE_PREDICTIONS, run_info=run_info)
         return StandardSemSegEvaluator(dataset_name, output_dir=output_dir,
-                                       save_predictions=cfg.TEST.SAVE_PREDICTIONS)
+                                       save_predictions=cfg.TEST.SAVE_PREDICTIONS, run_info=run_info)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

@@ -98,7 +98,8 @@ class _ResultsWriter:
     """What both evaluators add to Detectron2's: prediction PNGs, results JSON, a log table."""
 
     def _init_outputs(self, dataset_name: str, output_dir: Optional[str], save_predictions: bool,
-                      num_classes: int) -> None:
+                      num_classes: int, run_info: Optional[Dict] = None) -> None:
+        self._run_info = dict(run_info or {})  # what produced the numbers, written beside them
         if save_predictions and not output_dir:
             raise ValueError("save_predictions=True needs an output_dir to write the predictions to")
         self._results_dir = output_dir
@@ -125,6 +126,7 @@ class _ResultsWriter:
             atomic_write_json(path, {
                 "dataset": dataset_name,
                 "protocol": protocol,
+                **({"run": self._run_info} if self._run_info else {}),
                 **extra,
                 **summary,
                 "per_class_IoU": per_class,
@@ -160,7 +162,7 @@ class PaperSemSegEvaluator(_ResultsWriter, DatasetEvaluator):
     """
 
     def __init__(self, dataset_name: str, *, crop_size: int, distributed: bool = True,
-                 output_dir: Optional[str] = None, save_predictions: bool = False):
+                 output_dir: Optional[str] = None, save_predictions: bool = False, run_info: Optional[Dict] = None):
         check_registered(dataset_name)
         meta = MetadataCatalog.get(dataset_name)
         if not meta.get("stuff_classes"):
@@ -177,7 +179,7 @@ class PaperSemSegEvaluator(_ResultsWriter, DatasetEvaluator):
             for record in DatasetCatalog.get(dataset_name)
             if "sem_seg_file_name" in record
         }
-        self._init_outputs(dataset_name, output_dir, save_predictions, self._num_classes)
+        self._init_outputs(dataset_name, output_dir, save_predictions, self._num_classes, run_info)
         self.reset()
 
     def reset(self):
@@ -252,7 +254,7 @@ class StandardSemSegEvaluator(_ResultsWriter, SemSegEvaluator):
     """
 
     def __init__(self, dataset_name: str, distributed: bool = True, output_dir: Optional[str] = None,
-                 *, save_predictions: bool = False):
+                 *, save_predictions: bool = False, run_info: Optional[Dict] = None):
         check_registered(dataset_name)
         # output_dir is kept here: Detectron2's own (non-atomic) dumps are not written
         super().__init__(dataset_name, distributed=distributed, output_dir=None)
@@ -261,7 +263,7 @@ class StandardSemSegEvaluator(_ResultsWriter, SemSegEvaluator):
                 f"Dataset '{dataset_name}': ignore_label {self._ignore_label} is also a class id "
                 f"(there are {self._num_classes} classes); use 65535 with more than 255 classes"
             )
-        self._init_outputs(dataset_name, output_dir, save_predictions, self._num_classes)
+        self._init_outputs(dataset_name, output_dir, save_predictions, self._num_classes, run_info)
 
     def reset(self):
         super().reset()
