@@ -90,7 +90,7 @@ def test_a_failing_process_reports_its_error_without_hanging(tiny_opts, tmp_path
     completed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert completed.returncode != 0
     last = completed.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: (process 1 of 2)") and "10x10" in last and annotations[-1] in last, last
+    assert last.startswith("error: (process rank 1 of 2)") and "10x10" in last and annotations[-1] in last, last
     assert time.monotonic() - start < 240
 
 

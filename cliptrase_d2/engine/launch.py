@@ -42,14 +42,14 @@ class WorkerError(RuntimeError):
         self.kind, self.details = kind, details
 
 
-def _worker_error(error: "mp.ProcessRaisedException", world_size: int) -> WorkerError:
+def _worker_error(error: "mp.ProcessRaisedException", world_size: int, first_rank: int = 0) -> WorkerError:
     lines = [line for line in str(error).splitlines() if line.strip()]
     last = lines[-1] if lines else str(error)
     kind, _, message = last.partition(": ")
     kind = kind.rsplit(".", 1)[-1]
     if not message or " " in kind:
         kind, message = "Exception", last
-    return WorkerError(f"(process {error.error_index} of {world_size}) {message}", kind, str(error))
+    return WorkerError(f"(process rank {first_rank + error.error_index} of {world_size}) {message}", kind, str(error))
 
 
 def _free_port() -> int:
@@ -82,7 +82,7 @@ def launch(main_func, num_processes: int, num_machines: int = 1, machine_rank: i
         mp.spawn(_gloo_worker, nprocs=num_processes, daemon=False,
                  args=(main_func, world_size, num_processes, machine_rank, dist_url, args, timeout))
     except mp.ProcessRaisedException as error:
-        raise _worker_error(error, world_size) from None
+        raise _worker_error(error, world_size, machine_rank * num_processes) from None
 
 
 def _gloo_worker(local_rank, main_func, world_size, num_processes, machine_rank, dist_url, args, timeout):
