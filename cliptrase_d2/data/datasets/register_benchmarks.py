@@ -206,7 +206,8 @@ def split_metadata(split: SemSegSplit, root: str) -> dict:
     """MetadataCatalog entries of a split (see datasets/README.md, 'Metadata')."""
     benchmark = load_vocabularies()["benchmarks"][split.vocabulary]
     background_words = list(benchmark.get("background", []))
-    stuff_classes = list(benchmark["classes"]) + (["background"] if background_words else [])
+    # Names as shown in results (stripped: ADE150's published 'bed ' is reported as 'bed').
+    stuff_classes = [name.strip() for name in benchmark["classes"]] + (["background"] if background_words else [])
     return {
         "stuff_classes": stuff_classes,
         "ignore_label": split.ignore_label,
