@@ -168,8 +168,10 @@ def resolve_vocabulary(spec, background: Sequence[str] = (), paper_quirks: bool 
         if not paper_quirks:
             classes, words = _without_quirks(classes), _without_quirks(words)
         return _with_background(classes, words, background) if background else Vocabulary(classes, words)
-    if os.path.isfile(spec):
-        return _checked(Vocabulary(tuple(_read_names(spec)), background), spec)
+    if os.path.isfile(spec):  # said in the log: a one-word spec may be a file in the working directory
+        names = _read_names(spec)
+        logger.info("vocabulary: %d class names from the file %s", len(names), os.path.abspath(spec))
+        return _checked(Vocabulary(tuple(names), background), spec)
     if "," not in spec and (spec.endswith(".txt") or os.sep in spec):
         raise FileNotFoundError(f"vocabulary file {spec} does not exist")
     names = _split_names(spec)
