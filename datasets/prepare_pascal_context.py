@@ -10,7 +10,8 @@ dataset root:
     VOCdevkit/VOC2010/annotations_detectron2/pc60_val/<id>.png   classes 0..58, every other pixel 59
 
 PC59 keeps the 59 most frequent of the 459 classes (their names in vocabularies.json, with
-'diningtable' for 459's 'table'); the rest is background, ignored in PC59 and class 59 in PC60.
+'diningtable' for 459's 'table'); the rest is background, ignored in PC59 and class 59 in PC60,
+unlabelled pixels (LabelMap 0) included.
 When the VOC2010 folder is not ``<root>/VOCdevkit/VOC2010`` itself, the val images and the split
 file are copied there too.
 
@@ -76,7 +77,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     context_dir = require(args.context or source / "trainval", "PASCAL Context label folder", CONTEXT_SOURCE)
     check_labels_txt(context_dir)
     to_pc59 = pc459_to_pc59()
-    to_pc60 = {**to_pc59, VOID_16BIT: 255}
+    # PC60 as mmseg defines it (and SCLIP, ClearCLIP, NACLIP evaluate it): every pixel outside
+    # the 59 classes is background, unlabelled ones (LabelMap 0) included; nothing is ignored.
+    to_pc60 = {**to_pc59, VOID_16BIT: 59}
     copy_images = not same_folder(source, out)
     annotations = out / "annotations_detectron2"
     folders = [annotations / "pc459_val", annotations / "pc59_val", annotations / "pc60_val"]

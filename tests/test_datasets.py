@@ -253,7 +253,8 @@ def test_prepare_pascal_context(root):
     assert rare - 1 > 255  # a class id only a 16-bit map can hold
     diningtable = pc59.index("diningtable")
     np.testing.assert_array_equal(labels_of(out / "pc59_val/2008_000002.png")[0], [0, diningtable, 255, 255, 255])
-    np.testing.assert_array_equal(labels_of(out / "pc60_val/2008_000002.png")[0], [0, diningtable, 59, 59, 255])
+    # PC60 as mmseg has it: everything outside the 59 classes is background, unlabelled pixels too
+    np.testing.assert_array_equal(labels_of(out / "pc60_val/2008_000002.png")[0], [0, diningtable, 59, 59, 59])
     for name in ("cliptrase_pc59_val", "cliptrase_pc60_val", "cliptrase_pc459_val"):
         assert len(DatasetCatalog.get(name)) == 2
     assert_idempotent(main, ["--root", str(root)], root)

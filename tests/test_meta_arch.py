@@ -168,6 +168,18 @@ def test_vocabulary_switch_and_image_too_small(tiny_opts):
         model([{"image": torch.zeros(3, 8, 12, dtype=torch.uint8), "file_name": "tiny.png"}])
 
 
+def test_the_same_vocabulary_again_keeps_its_text_embeddings(tiny_opts):
+    """Trainer.test sets each dataset's vocabulary again: that must not re-encode the prompts
+    (tools/compare.py times the evaluation)."""
+    model = _model(tiny_opts, REFINE="none")
+    model.set_vocabulary("voc20")
+    embeddings = model.text_embeddings
+    model.set_vocabulary("VOC20")
+    assert model.text_embeddings is embeddings
+    model.set_vocabulary("voc20", background=["sky"])
+    assert model.text_embeddings is not embeddings and model.text_embeddings.shape[0] == 21
+
+
 def test_dbscan_defaults_scale_with_the_patch_grid(tiny_opts):
     from cliptrase_d2.modeling.meta_arch import dbscan_for_grid
 

@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup_env.sh
-.venv/bin/python datasets/prepare_sample.py
-exec .venv/bin/python tools/train_net.py --eval-only --num-gpus "${NUM_GPUS:-1}" \
+PY="${VENV:-.venv}/bin/python"
+"$PY" datasets/prepare_sample.py
+exec "$PY" tools/train_net.py --eval-only --num-gpus "${NUM_GPUS:-1}" \
   --config-file "${CONFIG:-configs/sample/voc21_standard.yaml}" "$@"

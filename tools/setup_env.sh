@@ -2,7 +2,10 @@
 # Creates (or refreshes) the project's virtual environment in .venv with every pinned dependency.
 # Idempotent: a second run with unchanged requirements returns in about a second.
 #   tools/setup_env.sh            # CPU machine (this is what the README commands call)
-# Environment: PYTHON (interpreter, default python3), VENV (default .venv).
+# Environment: PYTHON (interpreter, default python3), VENV (default .venv; a relative path is
+# taken from the repository root).
+# A venv that already holds a compiled (official) detectron2, as the README's GPU recipe builds,
+# keeps its torch and detectron2: only the pinned runtime and test packages are added.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -14,9 +17,17 @@ want="$(cat requirements/*.txt tools/setup_env.sh | sha256sum | cut -c1-16)"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
   exit 0
 fi
-echo "[setup] building $VENV (torch, detectron2 0.6 sdist, open_clip; a few minutes the first time)"
 [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check --quiet)
+if "$VENV/bin/python" -c 'import importlib.util as u, sys; sys.exit(not (u.find_spec("detectron2") and u.find_spec("detectron2._C")))' 2>/dev/null; then
+  echo "[setup] $VENV has a compiled detectron2 (an official build): keeping its torch and detectron2"
+  "${PIP[@]}" install -r requirements/runtime.txt -r requirements/test.txt
+  "${PIP[@]}" install --no-build-isolation --no-deps -e .
+  echo "$want" > "$STAMP"
+  echo "[setup] ready: $VENV"
+  exit 0
+fi
+echo "[setup] building $VENV (torch, detectron2 0.6 sdist, open_clip; a few minutes the first time)"
 "${PIP[@]}" install -r requirements/torch.txt
 if ! "$VENV/bin/python" -c "import detectron2" 2>/dev/null; then
   work="$(mktemp -d)"

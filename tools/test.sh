@@ -5,5 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup_env.sh
-.venv/bin/python datasets/prepare_sample.py
-HF_HUB_OFFLINE=1 exec .venv/bin/python -m pytest -q "$@" tests
+PY="${VENV:-.venv}/bin/python"
+"$PY" datasets/prepare_sample.py
+HF_HUB_OFFLINE=1 exec "$PY" -m pytest -q "$@" tests

@@ -181,9 +181,12 @@ class CLIPtrase(nn.Module):
     def set_vocabulary(self, vocabulary, background: Sequence[str] = ()) -> None:
         """Switches the classes: a Vocabulary, a benchmark key (with the paper's quirks when the
         model was configured so), comma-separated names, a file or a list; ``background`` adds
-        background words to a user vocabulary."""
-        self.vocabulary = resolve_vocabulary(vocabulary, tuple(background), self.paper_vocabulary_quirks)
-        self._text_embeddings = None
+        background words (added to the vocabulary's own). The same vocabulary again keeps its
+        text embeddings (nothing is re-encoded, e.g. inside a timed evaluation)."""
+        resolved = resolve_vocabulary(vocabulary, tuple(background), self.paper_vocabulary_quirks)
+        if resolved != getattr(self, "vocabulary", None):
+            self._text_embeddings = None
+        self.vocabulary = resolved
 
     @property
     def class_names(self) -> List[str]:
