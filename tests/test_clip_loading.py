@@ -449,3 +449,35 @@ def test_fetch_unreachable_url_is_a_clear_error(fetch, tmp_path):
 def test_fetch_main_rejects_models_without_openai_weights(fetch, tmp_path):
     assert fetch.main(["--model", "ViT-H-14", "--dest", str(tmp_path), "--no-progress"]) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_fetch_destination_keeps_the_trailing_slash(fetch, tmp_path):
+    url = VIT_B_16_URL
+    assert fetch._destination(str(tmp_path / "clip.v2") + "/", url) == tmp_path / "clip.v2" / "ViT-B-16.pt"
+    assert fetch._destination(str(tmp_path / "mine.pt"), url) == tmp_path / "mine.pt"
+    assert fetch._destination(str(tmp_path / "weights"), url) == tmp_path / "weights" / "ViT-B-16.pt"
+
+
+def test_fetch_full_disk_is_not_called_offline(fetch, source, tmp_path, monkeypatch):
+    url, sha256 = source
+    dest = tmp_path / "weights" / "ViT-B-16.pt"
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def write(self, chunk):
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fetch.os, "fdopen", lambda fd, mode: FullDisk(real_fdopen(fd, mode)))
+    with pytest.raises(fetch.FetchError, match="No space left on device. Free some space") as error:
+        fetch.download_verified(url, dest, sha256, progress=False)
+    assert "offline" not in str(error.value)
+    assert list(dest.parent.iterdir()) == []

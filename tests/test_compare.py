@@ -55,3 +55,21 @@ def test_unused_settings_reported_once(tiny_opts, project_log):
         for _ in range(2):
             build_model(load_config(os.path.join(REPO, "configs", "paper", "Base-paper-224.yaml"), opts))
     assert sum("do not apply" in r.getMessage() for r in project_log.records) == 1
+
+
+def test_a_failing_run_keeps_the_finished_cells(tmp_path, monkeypatch):
+    """The table is written after every run: a dataset that fails to load later keeps the rest."""
+    def evaluate(head, dataset, args):
+        if dataset == "cliptrase_fixtures_pc59":
+            raise FileNotFoundError("pc59 images missing")
+        return 50.0, 0.25
+
+    monkeypatch.setattr(compare, "evaluate", evaluate)
+    args = compare.get_parser().parse_args([
+        "--config-file", os.path.join(REPO, "configs", "paper", "voc21_224.yaml"), "--heads", "cliptrase,clip",
+        "--datasets", "cliptrase_fixtures_voc21,cliptrase_fixtures_pc59", "--output", str(tmp_path)])
+    with pytest.raises(FileNotFoundError):
+        compare.main(args)
+    with open(tmp_path / "compare.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[1] == ["cliptrase", "50.00", "-", "0.250", "-"] and rows[2] == ["clip", "50.00", "-", "0.250", "-"]

@@ -29,6 +29,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from cliptrase_d2.clip_loading import WeightsError  # noqa: E402
 from cliptrase_d2.engine import launch  # noqa: E402
+from cliptrase_d2.engine.launch import WorkerError  # noqa: E402
 from cliptrase_d2.engine.trainer import Trainer, load_config  # noqa: E402
 from cliptrase_d2.evaluation.results_io import atomic_write_text  # noqa: E402
 from cliptrase_d2.method.heads import HEADS  # noqa: E402
@@ -85,8 +86,12 @@ def evaluate(head: str, dataset: str, args):
 
 
 def tables(heads, datasets, cells, num_processes):
+    """Markdown and CSV; a cell not evaluated yet is '-' (the table is rewritten after each run)."""
+    def cell(h, d, index, form):
+        return format(cells[h, d][index], form) if (h, d) in cells else "-"
+
     header = ["head"] + [f"{d} mIoU" for d in datasets] + [f"{d} s/img" for d in datasets]
-    rows = [[h] + [f"{cells[h, d][0]:.2f}" for d in datasets] + [f"{cells[h, d][1]:.3f}" for d in datasets]
+    rows = [[h] + [cell(h, d, 0, ".2f") for d in datasets] + [cell(h, d, 1, ".3f") for d in datasets]
             for h in heads]
     markdown = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
                          + ["| " + " | ".join(r) + " |" for r in rows])
@@ -104,10 +109,11 @@ def main(args):
     for dataset in datasets:
         for head in heads:
             cells[head, dataset] = evaluate(head, dataset, args)
+            if comm.is_main_process():  # after every run: a later failure keeps what is done
+                markdown, table = tables(heads, datasets, cells, comm.get_world_size())
+                atomic_write_text(os.path.join(args.output, "compare.md"), markdown)
+                atomic_write_text(os.path.join(args.output, "compare.csv"), table)
     if comm.is_main_process():
-        markdown, table = tables(heads, datasets, cells, comm.get_world_size())
-        atomic_write_text(os.path.join(args.output, "compare.md"), markdown)
-        atomic_write_text(os.path.join(args.output, "compare.csv"), table)
         logger.info("comparison written to %s/compare.{md,csv}:\n%s", args.output, markdown)
     return cells
 
@@ -120,3 +126,5 @@ if __name__ == "__main__":
                dist_url=arguments.dist_url, args=(arguments,))
     except (WeightsError, FileNotFoundError, KeyError, ValueError) as error:
         sys.exit(f"error: {error}")
+    except WorkerError as error:  # several CPU processes: the failing one's error
+        sys.exit(error.exit_message())

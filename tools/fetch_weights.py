@@ -115,7 +115,11 @@ def download_verified(url: str, dest: Path, sha256: str, *, timeout: float = 60.
                     with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name,
                               disable=not progress) as bar:
                         for chunk in iter(lambda: response.read(CHUNK_BYTES), b""):
-                            out.write(chunk)
+                            try:
+                                out.write(chunk)
+                            except OSError as e:  # the disk, not the network
+                                raise FetchError(f"Could not write {tmp}: {e.strerror}. Free some space in "
+                                                 f"{dest.parent} or choose another --dest.") from e
                             digest.update(chunk)
                             bar.update(len(chunk))
             except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
@@ -137,11 +141,13 @@ def download_verified(url: str, dest: Path, sha256: str, *, timeout: float = 60.
     return dest
 
 
-def _destination(dest: Path, url: str) -> Path:
-    """A folder (existing, or given with a trailing slash) receives the URL's file name."""
-    if dest.is_dir() or str(dest).endswith(("/", os.sep)) or not dest.suffix:
-        return dest / os.path.basename(url)
-    return dest
+def _destination(dest: str, url: str) -> Path:
+    """A folder (existing, given with a trailing slash, or without a file suffix) receives the
+    URL's file name. ``dest`` is the text as given: Path() would drop the trailing slash."""
+    path = Path(dest)
+    if path.is_dir() or dest.endswith(("/", os.sep)) or not path.suffix:
+        return path / os.path.basename(url)
+    return path
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -149,7 +155,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="open_clip model name with OpenAI weights (default: %(default)s)")
-    parser.add_argument("--dest", type=Path, default=DEFAULT_DEST,
+    parser.add_argument("--dest", default=str(DEFAULT_DEST),
                         help="folder (gets the archive's own name, e.g. ViT-B-16.pt) or file path "
                              "(default: the repository's weights/ folder)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

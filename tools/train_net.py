@@ -36,6 +36,4 @@ if __name__ == "__main__":
     except (WeightsError, FileNotFoundError, KeyError, ValueError) as error:
         sys.exit(f"error: {error}")
     except WorkerError as error:  # several CPU processes: the failing one's error, as one process shows it
-        if error.kind not in ("WeightsError", "FileNotFoundError", "KeyError", "ValueError"):
-            sys.stderr.write(error.details + "\n")
-        sys.exit(f"error: {error}")
+        sys.exit(error.exit_message())

@@ -5,6 +5,7 @@ processes go through ``_gloo_worker`` here, which sets up detectron2's ``comm`` 
 """
 import logging
 import os
+import sys
 from datetime import timedelta
 
 import torch
@@ -37,9 +38,19 @@ class WorkerError(RuntimeError):
     """A CPU worker process raised. ``kind``: its exception's class name; the message is its
     text (with the process number); ``details``: the worker's traceback."""
 
+    # Errors that describe bad input (their message says what to fix): no traceback needed.
+    USER_ERRORS = ("WeightsError", "FileNotFoundError", "FileExistsError", "PermissionError", "KeyError", "ValueError")
+
     def __init__(self, message: str, kind: str, details: str):
         super().__init__(message)
         self.kind, self.details = kind, details
+
+    def exit_message(self) -> str:
+        """The command line's last words: 'error: ...', after the worker's traceback when the
+        error is not about the input (a bug needs it)."""
+        if self.kind not in self.USER_ERRORS:
+            sys.stderr.write(self.details + "\n")
+        return f"error: {self}"
 
 
 def _worker_error(error: "mp.ProcessRaisedException", world_size: int, first_rank: int = 0) -> WorkerError:
