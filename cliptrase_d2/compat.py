@@ -47,7 +47,7 @@ class _MissingCppOps(types.ModuleType):
             f"detectron2._C.{name} is not available: this detectron2 was installed without its "
             "compiled C++/CUDA ops (the pb1-detectron2 sdist used on CPU machines). CLIPtrase does "
             "not need them; if your own code does, install the official detectron2 build "
-            "(see README, 'GPU install')."
+            "(see README, 'GPU users: the official detectron2')."
         )
 
 

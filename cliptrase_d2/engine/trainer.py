@@ -8,6 +8,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_tes
 from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.evaluation import print_csv_format
 from detectron2.modeling import build_model
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from ..config import add_cliptrase_config
 from ..data.dataset_mapper import SemSegTestMapper
@@ -41,21 +43,27 @@ def _merge(cfg, merge, source: str):
         raise KeyError(f"{source}: unknown config key {unknown!r}.{hint}") from None
 
 
-def load_config(config_file: str = "", opts=()) -> "CfgNode":
-    """Detectron2 defaults + CLIPtrase keys + ``config_file`` + ``opts``; CUDA falls back to cpu."""
+def load_config(config_file: str = "", opts=(), resolve: bool = True) -> "CfgNode":
+    """Detectron2 defaults + CLIPtrase keys + ``config_file`` + ``opts``; CUDA falls back to cpu
+    (unless ``resolve=False``)."""
     cfg = get_cfg()
     add_cliptrase_config(cfg)
     if config_file:
         _merge(cfg, lambda: cfg.merge_from_file(config_file), f"config file {config_file}")
     if opts:
         _merge(cfg, lambda: cfg.merge_from_list(list(opts)), "command-line options")
-    resolve_device(cfg)
+    if resolve:
+        resolve_device(cfg)
     return cfg
 
 
 def setup(args):
-    """Config from command-line args, frozen; logging and OUTPUT_DIR as detectron2's default_setup does."""
-    cfg = load_config(args.config_file, args.opts)
+    """Config from command-line args, frozen; logging and OUTPUT_DIR as detectron2's default_setup
+    does, and this project's own log lines (device fallback, model, results tables) on the
+    console and in OUTPUT_DIR/log.txt."""
+    cfg = load_config(args.config_file, args.opts, resolve=False)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cliptrase_d2")
+    resolve_device(cfg)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg
