@@ -167,7 +167,7 @@ def resolve_vocabulary(spec, background: Sequence[str] = (), paper_quirks: bool 
         classes, words = tuple(entry["classes"]), tuple(entry.get("background", ()))
         if not paper_quirks:
             classes, words = _without_quirks(classes), _without_quirks(words)
-        return _with_background(classes, words, background) if background else Vocabulary(classes, words)
+        return _with_background(classes, words, background)
     if os.path.isfile(spec):  # said in the log: a one-word spec may be a file in the working directory
         names = _read_names(spec)
         logger.info("vocabulary: %d class names from the file %s", len(names), os.path.abspath(spec))

@@ -111,8 +111,10 @@ def test_same_stem_twice_is_an_error(tmp_path):
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()
         Image.new("RGB", (32, 32)).save(tmp_path / folder / "x.png")
+    inputs = demo.expand_inputs([str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "a" / ".." / "a" / "x.png")])
+    assert len(inputs) == 2  # the same file under another name counts once
     with pytest.raises(ValueError, match="same outputs"):
-        demo.expand_inputs([str(tmp_path / "a"), str(tmp_path / "b")])
+        demo.check_outputs(inputs, str(tmp_path / "out"), panel=False, overwrite=False)
 
 
 def test_outputs_never_replace_inputs_or_each_other(tmp_path):

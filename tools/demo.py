@@ -79,14 +79,10 @@ def expand_inputs(patterns):
             if not found:
                 raise FileNotFoundError(f"--input {pattern!r} matches no file")
         paths.extend(found)
-    stems = {}
+    unique = {}  # one entry per file, however often or under whichever name it was given
     for path in paths:
-        stem = os.path.splitext(os.path.basename(path))[0]
-        if stem in stems and os.path.abspath(stems[stem]) != os.path.abspath(path):
-            raise ValueError(f"two inputs would write the same outputs ({stem}.png): {stems[stem]} and {path}; "
-                             "rename one or run them separately")
-        stems[stem] = path
-    return list(dict.fromkeys(paths))
+        unique.setdefault(os.path.realpath(path), path)
+    return list(unique.values())
 
 
 def output_paths(path: str, output: str, panel: bool) -> dict:
@@ -109,7 +105,7 @@ def check_outputs(inputs, output: str, panel: bool, overwrite: bool) -> None:
             if real in sources:
                 raise ValueError(f"the output {target} would overwrite the input {sources[real]}: "
                                  "choose another --output folder")
-            if real in writers and writers[real] != path:
+            if real in writers and os.path.realpath(writers[real]) != os.path.realpath(path):
                 raise ValueError(f"two inputs would write the same outputs ({os.path.basename(target)}): "
                                  f"{writers[real]} and {path}; rename one or run them separately")
             writers[real] = path

@@ -36,13 +36,12 @@ def predict_within_memory(predict_batch: Callable[[torch.Tensor], Prediction], i
     never moves the inputs to the CPU: the model stays on the GPU, so that would only change the
     error into a device mismatch.
     """
-    for attempt in range(2 if images.is_cuda else 1):
-        out_of_memory = False
+    for _ in range(2 if images.is_cuda else 1):
         try:
             return predict_batch(images)
         except torch.cuda.OutOfMemoryError:
-            out_of_memory = True  # handled outside the except block, which holds the failed frames
-        if out_of_memory and images.is_cuda:
+            pass  # freed below, outside the except block, which holds the failed frames' tensors
+        if images.is_cuda:
             torch.cuda.empty_cache()
     if len(images) == 1:
         raise torch.cuda.OutOfMemoryError(
