@@ -19,17 +19,8 @@ if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
 fi
 [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check --quiet)
-if "$VENV/bin/python" -c 'import importlib.util as u, sys; sys.exit(not (u.find_spec("detectron2") and u.find_spec("detectron2._C")))' 2>/dev/null; then
-  echo "[setup] $VENV has a compiled detectron2 (an official build): keeping its torch and detectron2"
-  "${PIP[@]}" install -r requirements/runtime.txt -r requirements/test.txt
-  "${PIP[@]}" install --no-build-isolation --no-deps -e .
-  echo "$want" > "$STAMP"
-  echo "[setup] ready: $VENV"
-  exit 0
-fi
-echo "[setup] building $VENV (torch, detectron2 0.6 sdist, open_clip; a few minutes the first time)"
-"${PIP[@]}" install -r requirements/torch.txt
-if ! "$VENV/bin/python" -c "import detectron2" 2>/dev/null; then
+
+install_detectron2_sdist() {
   work="$(mktemp -d)"
   trap 'rm -rf "$work"' EXIT
   "${PIP[@]}" install setuptools wheel
@@ -50,6 +41,16 @@ if count != 1:
 open(path, "w").write(patched)
 PY
   "${PIP[@]}" install --no-build-isolation -c requirements/runtime.txt "$src"
+}
+
+if "$VENV/bin/python" -c 'import importlib.util as u, sys; sys.exit(not (u.find_spec("detectron2") and u.find_spec("detectron2._C")))' 2>/dev/null; then
+  echo "[setup] $VENV has a compiled detectron2 (an official build): keeping its torch and detectron2"
+else
+  echo "[setup] building $VENV (torch, detectron2 0.6 sdist, open_clip; a few minutes the first time)"
+  "${PIP[@]}" install -r requirements/torch.txt
+  if ! "$VENV/bin/python" -c "import detectron2" 2>/dev/null; then
+    install_detectron2_sdist
+  fi
 fi
 "${PIP[@]}" install -r requirements/runtime.txt -r requirements/test.txt
 "${PIP[@]}" install --no-build-isolation --no-deps -e .
