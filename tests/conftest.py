@@ -21,15 +21,19 @@ MANIFEST = os.path.join(FIXTURES, "cases", "manifest.json")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+def skip_outside_ci(message: str):
+    """Skips the calling test; under CI (CI=true), which has everything the suite needs, fails it."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def require_fixtures():
     """Skips the calling test when ../shared/fixtures is absent; under CI (CI=true) that is a failure."""
     if os.path.exists(MANIFEST) and os.path.exists(TINY_WEIGHTS):
         return
-    message = (f"reference fixtures not found at {FIXTURES} "
-               "(set CLIPTRASE_FIXTURES to the folder holding tiny_clip.json and cases/)")
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+    skip_outside_ci(f"reference fixtures not found at {FIXTURES} "
+                    "(set CLIPTRASE_FIXTURES to the folder holding tiny_clip.json and cases/)")
 
 
 @pytest.fixture(scope="session")

@@ -87,10 +87,16 @@ def test_labels_without_scores_are_the_same(tiny_opts, protocol, monkeypatch):
 
     config = os.path.join(REPO, "configs", protocol, f"Base-{protocol}{'-224' if protocol == 'paper' else ''}.yaml")
     segmenter = Segmenter.from_config(config, [*tiny_opts, "MODEL.CLIPTRASE.STANDARD_SHORT_SIDE", "224"])
-    path = os.path.join(FIXTURES, "images", "coffee.png")
-    full = segmenter.segment(path, "cup, saucer, table, wall")
-    monkeypatch.setattr(refinement, "RESIZE_CHUNK_BYTES", 400 * 600 * 4)  # one class map at a time
+    path = os.path.join(FIXTURES, "images", "vocsample.png")
+    full = segmenter.segment(path, "voc20")
+    monkeypatch.setattr(refinement, "RESIZE_CHUNK_BYTES", 1)  # groups of 8 class maps: 8 + 12
+    resized_groups = []
+    resize_maps = refinement.resize_maps
+    monkeypatch.setattr(refinement, "resize_maps", lambda maps, size: resized_groups.append(len(maps)) or
+                        resize_maps(maps, size))
     light = segmenter.segment(path, scores=False)
     assert light.scores is None and full.scores is not None
+    assert resized_groups == ([8, 12] if protocol == "standard" else [])
     np.testing.assert_array_equal(light.labels, full.labels)
-    assert light.labels.shape == ((224, 224) if protocol == "paper" else (400, 600))
+    assert np.unique(full.labels).size >= 2
+    assert light.labels.shape == ((224, 224) if protocol == "paper" else load_image(path).shape[:2])

@@ -16,6 +16,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
+from conftest import skip_outside_ci  # noqa: E402
 from cliptrase_d2.clip_loading import WeightsError, build_clip, get_tokenizer, weights_fingerprint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,11 +38,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.script.*")
 def tiny_files():
     """(config JSON, OpenAI-style state dict) of the shared tiny CLIP; skipped (failed under CI) if absent."""
     if not (TINY_CONFIG.is_file() and TINY_WEIGHTS.is_file()):
-        message = (f"tiny CLIP fixtures not found in {FIXTURES} "
-                   "(set CLIPTRASE_FIXTURES to the folder holding tiny_clip.json and tiny_clip_openai.pt)")
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_outside_ci(f"tiny CLIP fixtures not found in {FIXTURES} "
+                        "(set CLIPTRASE_FIXTURES to the folder holding tiny_clip.json and tiny_clip_openai.pt)")
     return str(TINY_CONFIG), str(TINY_WEIGHTS)
 
 

@@ -1,11 +1,13 @@
 """tools/compare.py: every head on a dataset in one run, one table."""
 import csv
+import json
 import os
 import sys
 
 import pytest
 
 from conftest import REPO, require_fixtures
+from cliptrase_d2.engine.trainer import Trainer, load_config
 
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import compare  # noqa: E402
@@ -26,6 +28,16 @@ def test_table_of_heads_on_reference_photos(tiny_opts, manifest, tmp_path):
     assert float(rows[1][1]) == pytest.approx(run["metric"]["mIoU"], abs=0.01)
     assert float(rows[2][2]) > 0  # seconds per image
     assert "| clearclip |" in (tmp_path / "compare.md").read_text()
+    # The clearclip row is clearclip's own evaluation, not the default head's under another name.
+    cfg = load_config(os.path.join(REPO, "configs", "paper", "voc21_224.yaml"), [
+        *tiny_opts, "DATALOADER.NUM_WORKERS", "0", "MODEL.CLIPTRASE.HEAD", "clearclip", "MODEL.CLIPTRASE.REFINE", "none",
+        "DATASETS.TEST", "('cliptrase_fixtures_voc21',)", "OUTPUT_DIR", str(tmp_path / "alone")])
+    alone = Trainer.test(cfg, Trainer.build_model(cfg))["cliptrase_fixtures_voc21"]["sem_seg"]
+    assert cells["clearclip", "cliptrase_fixtures_voc21"][0] == pytest.approx(alone["mIoU"], abs=1e-9)
+    cliptrase = json.loads((tmp_path / "cliptrase" / "sem_seg_results_cliptrase_fixtures_voc21.json").read_text())
+    clearclip = json.loads((tmp_path / "clearclip" / "sem_seg_results_cliptrase_fixtures_voc21.json").read_text())
+    assert (cliptrase["run"]["head"], clearclip["run"]["head"]) == ("cliptrase", "clearclip")
+    assert cliptrase["per_class_IoU"] != clearclip["per_class_IoU"]
 
 
 def test_unknown_head_lists_available():

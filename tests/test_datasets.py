@@ -21,6 +21,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from cliptrase_d2.data.datasets import (BENCHMARK_DATASETS, BENCHMARK_SPLITS, SAMPLE_SPLITS,
                                         register_benchmark_datasets, register_sample_datasets, require_registered)
 from cliptrase_d2.vocabulary import load_vocabularies
+from conftest import require_fixtures, skip_outside_ci
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("CLIPTRASE_FIXTURES", REPO.parent / "shared" / "fixtures"))
@@ -429,11 +430,11 @@ def test_prepare_writes_atomically(tmp_path, monkeypatch):
 def test_prepare_sample(root, monkeypatch):
     sample = prepare("prepare_sample")
     if not sample.INSTALLED.is_dir() and shutil.which("apt-get") is None:
-        pytest.skip("apt-get is not available to download labelme-examples (and the package is not installed)")
+        skip_outside_ci("apt-get is not available to download labelme-examples (and the package is not installed)")
     try:
         assert sample.main(["--root", str(root)]) > 0
     except FileNotFoundError as error:  # no network / apt lists: the script's own message says what to do
-        pytest.skip(f"prepare_sample.py could not obtain labelme-examples: {error}")
+        skip_outside_ci(f"prepare_sample.py could not obtain labelme-examples: {error}")
 
     folder = root / "cliptrase_sample_voc21"
     ids = ["2011_000003", "2011_000006", "2011_000025", "vocsample"]

@@ -23,6 +23,7 @@ from cliptrase_d2.evaluation import (
     atomic_write_json,
     atomic_write_png,
 )
+from conftest import skip_outside_ci
 from cliptrase_d2.evaluation import results_io, sem_seg_evaluation
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,10 +32,7 @@ MANIFEST = FIXTURES / "cases" / "manifest.json"
 
 
 def _require_fixtures():
-    message = f"reference fixtures not found at {FIXTURES} (set CLIPTRASE_FIXTURES)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+    skip_outside_ci(f"reference fixtures not found at {FIXTURES} (set CLIPTRASE_FIXTURES)")
 
 
 def _manifest_runs():

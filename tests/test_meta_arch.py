@@ -4,11 +4,13 @@ import logging
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from detectron2.modeling import build_model
 
 from conftest import FIXTURES, REPO, require_fixtures
 from cliptrase_d2.data.image_io import read_rgb
 from cliptrase_d2.engine.trainer import load_config
+from cliptrase_d2.method.preprocess import CLIP_MEAN, CLIP_STD, to_clip_tensor
 
 PAPER_224 = f"{REPO}/configs/paper/Base-paper-224.yaml"
 STANDARD = f"{REPO}/configs/standard/Base-standard.yaml"
@@ -32,15 +34,43 @@ def _labels(model, image, **extra):
 
 
 def test_paper_protocol_predicts_the_center_crop(tiny_opts, photo):
+    """The 400 x 600 photo: shorter side to 224 (bicubic) gives 224 x 336, the center crop is
+    columns 56..279; the output is the method's one-hot prediction on exactly those pixels."""
     model = _model(tiny_opts)
     output = model([{"image": photo, "height": 400, "width": 600}])[0]["sem_seg"]
     assert output.shape == (4, 224, 224)
     assert torch.equal(output.sum(dim=0), torch.ones(224, 224))  # vote: one-hot scores
+    resized = Image.fromarray(photo.permute(1, 2, 0).numpy()).resize((336, 224), Image.BICUBIC)
+    crop = np.asarray(resized)[:, 56:280]
+    np.testing.assert_array_equal(model.evaluated_frame(photo), crop)
+    with torch.no_grad():
+        expected = model._predict(to_clip_tensor(Image.fromarray(crop))[None], soft_scores=False).scores[0]
+    assert torch.equal(output, expected)
 
 
 def test_paper_size_336(tiny_opts, photo):
     model = _model(tiny_opts, PAPER_SIZE=336, DBSCAN_EPS=1.1, DBSCAN_MIN_SAMPLES=7)
     assert model([{"image": photo}])[0]["sem_seg"].shape == (4, 336, 336)
+
+
+def test_standard_protocol_is_the_average_of_its_windows(tiny_opts, photo):
+    """A 224 x 336 image at shorter side 224: two 224 windows (columns 0 and 112), each predicted
+    from CLIP-normalized pixels, their scores averaged where they overlap."""
+    model = _model(tiny_opts, STANDARD, STANDARD_SHORT_SIDE=224, WINDOW_SIZE=224, WINDOW_STRIDE=112, REFINE="none")
+    image = torch.from_numpy(np.asarray(Image.fromarray(photo.permute(1, 2, 0).numpy()).resize((336, 224))).copy())
+    image = image.permute(2, 0, 1).contiguous()
+    output = model([{"image": image}])[0]["sem_seg"]
+    pixels = (image.float() / 255 - torch.tensor(CLIP_MEAN).view(3, 1, 1)) / torch.tensor(CLIP_STD).view(3, 1, 1)
+    with torch.no_grad():
+        windows = model._predict(torch.stack([pixels[:, :, :224], pixels[:, :, 112:]]), soft_scores=False).scores
+    total = torch.zeros(4, 224, 336)
+    count = torch.zeros(1, 224, 336)
+    for window, left in zip(windows, (0, 112)):
+        total[:, :, left:left + 224] += window
+        count[:, :, left:left + 224] += 1
+    assert count.min() == 1 and count.max() == 2
+    torch.testing.assert_close(output, total / count, rtol=1e-5, atol=1e-5)
+    assert (output.amax(dim=(1, 2)) - output.amin(dim=(1, 2))).min() > 1.0  # not between constant maps
 
 
 def test_standard_protocol_predicts_at_the_requested_size(tiny_opts, photo):
@@ -103,8 +133,12 @@ def test_logit_scale_image_weighting_and_templates(tiny_opts):
     plain = _model(tiny_opts, REFINE="none")
     weighted = _model(tiny_opts, REFINE="none", IMAGE_LOGIT_WEIGHTING=True)
     a, b = plain([{"image": image}])[0]["sem_seg"], weighted([{"image": image}])[0]["sem_seg"]
-    cls_logits = b[:, 0, 0] / a[:, 0, 0]
+    crop = to_clip_tensor(Image.fromarray(weighted.evaluated_frame(image)))[None]
+    with torch.no_grad():  # the image-level logits, from the [CLS] token of the same forward
+        features = weighted.head.features(weighted.clip_model.visual, crop)
+        cls_logits = (weighted.logit_scale * features.cls_tokens @ weighted.text_embeddings.t())[0]
     torch.testing.assert_close(b, a * cls_logits[:, None, None], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(a, b, rtol=1e-2)
 
 
 def test_background_words_config(tiny_opts):
@@ -115,10 +149,19 @@ def test_background_words_config(tiny_opts):
     assert model.text_embeddings.shape[0] == 4
 
 
-def test_bf16_precision_runs_and_mostly_agrees(tiny_opts, photo):
-    fp32 = _labels(_model(tiny_opts, REFINE="none"), photo)
-    bf16 = _labels(_model(tiny_opts, REFINE="none", PRECISION="bf16"), photo)
-    assert (fp32 == bf16).float().mean() > 0.5
+def test_bf16_precision_reaches_the_model_and_mostly_agrees(tiny_opts):
+    require_fixtures()
+    image = torch.from_numpy(read_rgb(f"{FIXTURES}/images/astronaut.png").transpose(2, 0, 1).copy())
+    fp32_model = _model(tiny_opts, REFINE="none", VOCABULARY="voc20")
+    bf16_model = _model(tiny_opts, REFINE="none", VOCABULARY="voc20", PRECISION="bf16")
+    assert bf16_model.clip_model.visual.conv1.weight.dtype == torch.bfloat16
+    assert fp32_model.clip_model.visual.conv1.weight.dtype == torch.float32
+    fp32 = fp32_model([{"image": image}])[0]["sem_seg"]
+    bf16 = bf16_model([{"image": image}])[0]["sem_seg"]
+    assert not torch.equal(fp32, bf16)
+    labels = fp32.argmax(dim=0)
+    assert labels.unique().numel() >= 5  # agreement is measured where it can fail
+    assert (labels == bf16.argmax(dim=0)).float().mean() > 0.95
 
 
 def test_training_is_refused(tiny_opts, photo):

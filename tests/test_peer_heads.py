@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import FIXTURES, MANIFEST, PEERS, require_fixtures
+from conftest import FIXTURES, MANIFEST, PEERS, require_fixtures, skip_outside_ci
 from cliptrase_d2.method.heads import HEADS, get_head, resolve_logit_scale
 from cliptrase_d2.method.peer_heads import neighbourhood_bias
 from cliptrase_d2.method.pipeline import RefinementSettings, predict_scores
@@ -39,10 +39,7 @@ def require_peers():
     require_fixtures()
     if os.path.isdir(PEERS):
         return
-    message = f"peer reference outputs not found at {PEERS} (expected beside CLIPTRASE_FIXTURES={FIXTURES})"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+    skip_outside_ci(f"peer reference outputs not found at {PEERS} (expected beside CLIPTRASE_FIXTURES={FIXTURES})")
 
 
 def reference_files(head_name):

@@ -100,9 +100,9 @@ def resize_maps(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     return F.interpolate(batch, size=tuple(size), mode="bilinear", align_corners=False)[0]
 
 
-def resized_argmax(maps: torch.Tensor, size: Tuple[int, int], max_bytes: int = RESIZE_CHUNK_BYTES) -> torch.Tensor:
+def resized_argmax(maps: torch.Tensor, size: Tuple[int, int], max_bytes: Optional[int] = None) -> torch.Tensor:
     """``resize_maps(maps, size).argmax(dim=0)`` -> (H, W) int64, without holding the (K, H, W)
-    resized maps when they exceed ``max_bytes``: the channels are resized a group at a time and
+    resized maps when they exceed ``max_bytes`` (default ``RESIZE_CHUNK_BYTES``): the channels are resized a group at a time and
     a running maximum keeps the first channel on ties and the first NaN, as ``argmax`` does.
 
     Groups start at multiples of 8 channels and hold a multiple of 8, the remainder joining the
@@ -111,6 +111,7 @@ def resized_argmax(maps: torch.Tensor, size: Tuple[int, int], max_bytes: int = R
     whole resize, so the numbers are the same (``tests/test_fast_paths.py`` checks it bit for bit).
     """
     num_maps = maps.shape[0]
+    max_bytes = RESIZE_CHUNK_BYTES if max_bytes is None else max_bytes
     step = max(8, max_bytes // (size[0] * size[1] * maps.element_size()) // 8 * 8)
     if step >= num_maps:
         return resize_maps(maps, size).argmax(dim=0)
