@@ -92,7 +92,8 @@ class Segmenter:
         tensors = [torch.from_numpy(a.transpose(2, 0, 1).copy()) for a in arrays]
         with torch.no_grad():
             predictions = self.model.inference(tensors, scores=scores)
-        results = [SegmentationResult(p.labels.cpu().numpy().astype(np.int64), None if p.scores is None else p.scores.cpu(),
+        results = [SegmentationResult(p.labels.cpu().numpy().astype(np.int64),
+                                      None if p.scores is None else p.scores.cpu(),
                                       self.model.class_names, self.model.evaluated_frame(a))
                    for p, a in zip(predictions, arrays)]
         return results[0] if single else results

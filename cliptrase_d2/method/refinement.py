@@ -102,8 +102,9 @@ def resize_maps(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
 
 def resized_argmax(maps: torch.Tensor, size: Tuple[int, int], max_bytes: Optional[int] = None) -> torch.Tensor:
     """``resize_maps(maps, size).argmax(dim=0)`` -> (H, W) int64, without holding the (K, H, W)
-    resized maps when they exceed ``max_bytes`` (default ``RESIZE_CHUNK_BYTES``): the channels are resized a group at a time and
-    a running maximum keeps the first channel on ties and the first NaN, as ``argmax`` does.
+    resized maps when they exceed ``max_bytes`` (default ``RESIZE_CHUNK_BYTES``): the channels
+    are resized a group at a time, and a running maximum keeps the first channel on ties and
+    the first NaN, as ``argmax`` does.
 
     Groups start at multiples of 8 channels and hold a multiple of 8, the remainder joining the
     last group: torch's channels-last CPU kernel computes a channel with vector or scalar code

@@ -104,7 +104,8 @@ class CLIPtrase(nn.Module):
         if input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be RGB or BGR, got {input_format!r}")
         patch = max(clip_model.visual.conv1.kernel_size)
-        for key, value, least in (("PAPER_SIZE", paper_size, patch), ("STANDARD_SHORT_SIDE", standard_short_side, patch),
+        for key, value, least in (("PAPER_SIZE", paper_size, patch),
+                                  ("STANDARD_SHORT_SIDE", standard_short_side, patch),
                                   ("WINDOW_SIZE", window_size, patch), ("WINDOW_STRIDE", window_stride, 1),
                                   ("WINDOW_BATCH", window_batch, 1)):
             if value < least:
