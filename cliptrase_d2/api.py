@@ -16,6 +16,7 @@ import torch
 from PIL import Image, ImageOps
 
 from .data.image_io import read_rgb, to_rgb
+from .vocabulary import Vocabulary
 
 __all__ = ["Segmenter", "SegmentationResult", "load_image"]
 
@@ -63,37 +64,43 @@ class Segmenter:
         """Builds the model from a config file (and KEY VALUE overrides), on MODEL.DEVICE."""
         from detectron2.modeling import build_model
 
-        from .engine.trainer import load_config
+        from .config import load_config
 
-        cfg = load_config(config_file, opts)
-        if not cfg.MODEL.CLIPTRASE.VOCABULARY and not cfg.DATASETS.TEST:
-            cfg.MODEL.CLIPTRASE.VOCABULARY = "voc21"  # placeholder until segment() names the classes
-        return cls(build_model(cfg))
+        return cls(build_model(load_config(config_file, opts)))
+
+    def resolve_vocabulary(self, vocabulary=None, background: Optional[Sequence[str]] = None) -> Vocabulary:
+        """The Vocabulary ``segment`` uses: ``vocabulary`` (a benchmark key, comma-separated names,
+        a file, a list of names or a Vocabulary), or when None the model's default
+        (MODEL.CLIPTRASE.VOCABULARY, else the vocabulary of the config's one dataset in
+        DATASETS.TEST); ``background`` adds background words to it."""
+        if vocabulary is None:
+            vocabulary = self.model.vocabulary_for({})
+        return self.model.resolve_vocabulary(vocabulary, tuple(background or ()))
 
     def segment(self, images: Union[ImageLike, Sequence[ImageLike]], vocabulary=None,
                 background: Optional[Sequence[str]] = None, scores: bool = True):
         """Segments one image (returns a SegmentationResult) or a list (returns a list).
 
-        vocabulary: a benchmark key, comma-separated names, a file, a list of names or None
-        (keep the current one). background: extra words merged into one "background" class,
-        added to the words the vocabulary already has. scores=False: the same labels without
-        the (K, H, W) soft scores (``result.scores`` is None), which for large photos under
-        the standard protocol saves gigabytes.
+        vocabulary: a benchmark key, comma-separated names, a file, a list of names, a Vocabulary
+        or None (the config's; see ``resolve_vocabulary``). background: extra words merged into
+        one "background" class, added to the words the vocabulary already has. The vocabulary
+        belongs to this call only: the model keeps no vocabulary between calls (its text
+        embeddings are cached per vocabulary). scores=False: the same labels without the
+        (K, H, W) soft scores (``result.scores`` is None), which for large photos under the
+        standard protocol saves gigabytes.
         """
         single = not isinstance(images, (list, tuple))
         batch = [images] if single else list(images)
-        if vocabulary is not None or background:
-            spec = vocabulary if vocabulary is not None else self.model.vocabulary
-            self.model.set_vocabulary(spec, tuple(background or ()))
+        resolved = self.resolve_vocabulary(vocabulary, background)
         arrays = [load_image(image) for image in batch]
         for image, array in zip(batch, arrays):
             name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else "the image"
             self.model.check_image_size(array.shape[:2], name)
         tensors = [torch.from_numpy(a.transpose(2, 0, 1).copy()) for a in arrays]
         with torch.no_grad():
-            predictions = self.model.inference(tensors, scores=scores)
+            predictions = self.model.inference(tensors, resolved, scores=scores)
         results = [SegmentationResult(p.labels.cpu().numpy().astype(np.int64),
                                       None if p.scores is None else p.scores.cpu(),
-                                      self.model.class_names, self.model.evaluated_frame(a))
+                                      resolved.class_names, self.model.evaluated_frame(a))
                    for p, a in zip(predictions, arrays)]
         return results[0] if single else results

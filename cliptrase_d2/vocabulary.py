@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Dict, List, Sequence, Tuple
 
-__all__ = ["Vocabulary", "load_vocabularies", "benchmark_keys", "template_set", "resolve_vocabulary"]
+from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+__all__ = ["Vocabulary", "load_vocabularies", "benchmark_keys", "template_set", "resolve_vocabulary",
+           "vocabulary_of_dataset"]
 
 _VOCABULARY_FILE = os.path.join(os.path.dirname(__file__), "data", "vocabularies.json")
 
@@ -32,8 +35,10 @@ def benchmark_keys() -> List[str]:
 
 
 def template_set(name: str) -> Tuple[str, ...]:
-    """Prompt templates by name (``imagenet80``, ``vild14``)."""
-    templates = load_vocabularies()["templates"]
+    """Prompt templates by name: ``imagenet80`` (OpenAI's 80 ImageNet templates, as open_clip
+    ships them; the paper's) or ``vild14`` (ViLD's 14, in vocabularies.json)."""
+    templates = dict(load_vocabularies()["templates"])
+    templates["imagenet80"] = [template("{}") for template in OPENAI_IMAGENET_TEMPLATES]
     if name not in templates:
         raise ValueError(f"unknown template set {name!r} (MODEL.CLIPTRASE.TEMPLATES); "
                          f"choose one of {sorted(templates)}")
@@ -186,3 +191,20 @@ def resolve_vocabulary(spec, background: Sequence[str] = (), paper_quirks: bool 
                              f"(keys: {', '.join(sorted(benchmarks))}). For one class of that name, "
                              "pass it as a list")
     return _checked(Vocabulary(tuple(names), background), spec)
+
+
+def vocabulary_of_dataset(name: str, paper_quirks: bool = False) -> Vocabulary:
+    """The vocabulary a registered dataset is segmented with: its metadata's ``vocabulary`` (a
+    benchmark key, names or a file, as this package's datasets have), else its ``stuff_classes``
+    (any Detectron2 semantic-segmentation dataset)."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    if name not in DatasetCatalog.list():
+        raise KeyError(f"Dataset '{name}' is not registered! Available datasets are: "
+                       f"{', '.join(sorted(DatasetCatalog.list()))}")
+    metadata = MetadataCatalog.get(name)
+    spec = metadata.get("vocabulary", None) or metadata.get("stuff_classes", None)
+    if not spec:
+        raise ValueError(f"dataset {name!r} has neither 'vocabulary' nor 'stuff_classes' in its metadata: "
+                         "set MODEL.CLIPTRASE.VOCABULARY, or register the dataset with its class names")
+    return resolve_vocabulary(spec, (), paper_quirks)

@@ -33,8 +33,9 @@ def test_batch_equals_single_images(segmenter):
     paths = [os.path.join(FIXTURES, "images", n) for n in ("chelsea.png", "coffee.png")]
     batch = segmenter.segment(paths, "voc21")
     for path, result in zip(paths, batch):
-        np.testing.assert_array_equal(segmenter.segment(path).labels, result.labels)
-        torch.testing.assert_close(segmenter.segment(path).scores, result.scores)
+        alone = segmenter.segment(path, "voc21")
+        np.testing.assert_array_equal(alone.labels, result.labels)
+        torch.testing.assert_close(alone.scores, result.scores)
 
 
 def test_background_words_add_one_class(segmenter):
@@ -73,11 +74,33 @@ def test_exif_orientation_and_path_objects(tmp_path):
 def test_background_words_keep_the_vocabularys_own(segmenter):
     require_fixtures()
     path = os.path.join(FIXTURES, "images", "coffee.png")
-    segmenter.segment(path, "voc21")
-    own = segmenter.model.vocabulary.background
-    segmenter.segment(path, background=["tablecloth"])  # no vocabulary: add to the current one
-    assert segmenter.model.vocabulary.background == own + ("tablecloth",)
-    assert len(segmenter.model.vocabulary.classes) == 20 and segmenter.model.class_names[-1] == "background"
+    own = segmenter.resolve_vocabulary("voc21").background
+    extended = segmenter.resolve_vocabulary("voc21", background=["tablecloth"])
+    assert extended.background == own + ("tablecloth",) and len(extended.classes) == 20
+    result = segmenter.segment(path, "voc21", background=["tablecloth"])
+    assert result.class_names == extended.class_names and result.class_names[-1] == "background"
+
+
+def test_the_vocabulary_belongs_to_one_call(segmenter):
+    """Nothing of one call's vocabulary stays in the model: a later call without one is an error
+    (the config names none), not the previous caller's classes."""
+    require_fixtures()
+    path = os.path.join(FIXTURES, "images", "coffee.png")
+    first = segmenter.segment(path, "cup, saucer, table")
+    assert first.class_names == ["cup", "saucer", "table"]
+    assert segmenter.model.vocabulary is None
+    with pytest.raises(ValueError, match="no vocabulary for this input.*segment\\(image, vocabulary\\)"):
+        segmenter.segment(path)
+    assert segmenter.segment(path, "voc20").class_names[:2] == ["aeroplane", "bicycle"]
+
+
+def test_a_config_vocabulary_is_the_default(tiny_opts):
+    require_fixtures()
+    config = os.path.join(REPO, "configs", "paper", "Base-paper-224.yaml")
+    segmenter = Segmenter.from_config(config, [*tiny_opts, "MODEL.CLIPTRASE.VOCABULARY", "cat, grass"])
+    path = os.path.join(FIXTURES, "images", "chelsea.png")
+    assert segmenter.segment(path).class_names == ["cat", "grass"]
+    assert segmenter.segment(path, "dog, sky").class_names == ["dog", "sky"]  # a call's own wins
 
 
 @pytest.mark.parametrize("protocol", ["paper", "standard"])
@@ -94,7 +117,7 @@ def test_labels_without_scores_are_the_same(tiny_opts, protocol, monkeypatch):
     resize_maps = refinement.resize_maps
     monkeypatch.setattr(refinement, "resize_maps", lambda maps, size: resized_groups.append(len(maps)) or
                         resize_maps(maps, size))
-    light = segmenter.segment(path, scores=False)
+    light = segmenter.segment(path, "voc20", scores=False)
     assert light.scores is None and full.scores is not None
     assert resized_groups == ([8, 12] if protocol == "standard" else [])
     np.testing.assert_array_equal(light.labels, full.labels)

@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from conftest import REPO, require_fixtures
-from cliptrase_d2.engine.trainer import Trainer, load_config
+from cliptrase_d2.config import load_config
+from cliptrase_d2.engine.trainer import Trainer
 
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import compare  # noqa: E402
@@ -32,7 +33,7 @@ def test_table_of_heads_on_reference_photos(tiny_opts, manifest, tmp_path):
     cfg = load_config(os.path.join(REPO, "configs", "paper", "voc21_224.yaml"), [
         *tiny_opts, "DATALOADER.NUM_WORKERS", "0", "MODEL.CLIPTRASE.HEAD", "clearclip", "MODEL.CLIPTRASE.REFINE", "none",
         "DATASETS.TEST", "('cliptrase_fixtures_voc21',)", "OUTPUT_DIR", str(tmp_path / "alone")])
-    alone = Trainer.test(cfg, Trainer.build_model(cfg))["cliptrase_fixtures_voc21"]["sem_seg"]
+    alone = Trainer.test(cfg, Trainer.build_model(cfg))["sem_seg"]
     assert cells["clearclip", "cliptrase_fixtures_voc21"][0] == pytest.approx(alone["mIoU"], abs=1e-9)
     cliptrase = json.loads((tmp_path / "cliptrase" / "sem_seg_results_cliptrase_fixtures_voc21.json").read_text())
     clearclip = json.loads((tmp_path / "clearclip" / "sem_seg_results_cliptrase_fixtures_voc21.json").read_text())
@@ -57,10 +58,10 @@ def test_unused_settings_reported_once(tiny_opts, project_log):
 
     from detectron2.modeling import build_model
 
-    from cliptrase_d2.engine.trainer import load_config
-    from cliptrase_d2.modeling import meta_arch
+    from cliptrase_d2.config import load_config
+    from detectron2.utils import logger as d2_logger
 
-    meta_arch._reported_unused.clear()
+    d2_logger._LOG_COUNTER.clear()  # detectron2's log_first_n counts per message
     opts = list(tiny_opts) + ["MODEL.CLIPTRASE.HEAD", "clearclip", "MODEL.CLIPTRASE.REFINE", "none",
                               "MODEL.CLIPTRASE.VOCABULARY", "cat, dog"]
     with project_log.at_level(logging.WARNING):

@@ -9,7 +9,7 @@ from detectron2.modeling import build_model
 
 from conftest import FIXTURES, REPO, require_fixtures
 from cliptrase_d2.data.image_io import read_rgb
-from cliptrase_d2.engine.trainer import load_config
+from cliptrase_d2.config import load_config
 from cliptrase_d2.method.preprocess import CLIP_MEAN, CLIP_STD, to_clip_tensor
 
 PAPER_224 = f"{REPO}/configs/paper/Base-paper-224.yaml"
@@ -44,7 +44,8 @@ def test_paper_protocol_predicts_the_center_crop(tiny_opts, photo):
     crop = np.asarray(resized)[:, 56:280]
     np.testing.assert_array_equal(model.evaluated_frame(photo), crop)
     with torch.no_grad():
-        expected = model._predict(to_clip_tensor(Image.fromarray(crop))[None], soft_scores=False).scores[0]
+        expected = model._predict(to_clip_tensor(Image.fromarray(crop))[None], model.vocabulary,
+                                  soft_scores=False).scores[0]
     assert torch.equal(output, expected)
 
 
@@ -62,7 +63,8 @@ def test_standard_protocol_is_the_average_of_its_windows(tiny_opts, photo):
     output = model([{"image": image}])[0]["sem_seg"]
     pixels = (image.float() / 255 - torch.tensor(CLIP_MEAN).view(3, 1, 1)) / torch.tensor(CLIP_STD).view(3, 1, 1)
     with torch.no_grad():
-        windows = model._predict(torch.stack([pixels[:, :, :224], pixels[:, :, 112:]]), soft_scores=False).scores
+        windows = model._predict(torch.stack([pixels[:, :, :224], pixels[:, :, 112:]]), model.vocabulary,
+                                 soft_scores=False).scores
     total = torch.zeros(4, 224, 336)
     count = torch.zeros(1, 224, 336)
     for window, left in zip(windows, (0, 112)):
@@ -84,7 +86,7 @@ def test_window_settings_change_the_windows(tiny_opts, photo):
     model = _model(tiny_opts, STANDARD, STANDARD_SHORT_SIDE=224, WINDOW_BATCH=1)
     seen = []
     original = model._predict
-    model._predict = lambda images, **kwargs: seen.append(images.shape) or original(images, **kwargs)
+    model._predict = lambda images, *args, **kwargs: seen.append(images.shape) or original(images, *args, **kwargs)
     model([{"image": photo}])
     assert [s[0] for s in seen] == [1, 1] and all(s[-2:] == (224, 224) for s in seen)  # 224 x 336 -> 2 windows
     seen.clear()
@@ -136,7 +138,8 @@ def test_logit_scale_image_weighting_and_templates(tiny_opts):
     crop = to_clip_tensor(Image.fromarray(weighted.evaluated_frame(image)))[None]
     with torch.no_grad():  # the image-level logits, from the [CLS] token of the same forward
         features = weighted.head.features(weighted.clip_model.visual, crop)
-        cls_logits = (weighted.logit_scale * features.cls_tokens @ weighted.text_embeddings.t())[0]
+        text = weighted.text_embeddings(weighted.vocabulary)
+        cls_logits = (weighted.logit_scale * features.cls_tokens @ text.t())[0]
     torch.testing.assert_close(b, a * cls_logits[:, None, None], rtol=1e-4, atol=1e-4)
     assert not torch.allclose(a, b, rtol=1e-2)
 
@@ -145,8 +148,8 @@ def test_background_words_config(tiny_opts):
     require_fixtures()
     model = build_model(load_config(PAPER_224, list(tiny_opts) + [
         "MODEL.CLIPTRASE.VOCABULARY", "cat, grass", "MODEL.CLIPTRASE.BACKGROUND_WORDS", "['sky', 'wall']"]))
-    assert model.class_names == ["cat", "grass", "background"]
-    assert model.text_embeddings.shape[0] == 4
+    assert model.vocabulary.class_names == ["cat", "grass", "background"]
+    assert model.text_embeddings(model.vocabulary).shape[0] == 4
 
 
 def test_bf16_precision_reaches_the_model_and_mostly_agrees(tiny_opts):
@@ -203,24 +206,66 @@ def test_bad_settings_are_named(tiny_opts, key, value, message):
         _model(tiny_opts, **{key: value})
 
 
-def test_vocabulary_switch_and_image_too_small(tiny_opts):
+def test_each_record_brings_its_vocabulary_and_image_too_small(tiny_opts):
     model = _model(tiny_opts, REFINE="none")
-    model.set_vocabulary("voc20")
-    assert model([{"image": torch.zeros(3, 64, 64, dtype=torch.uint8)}])[0]["sem_seg"].shape[0] == 20
+    image = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    assert model([{"image": image, "vocabulary": "voc20"}])[0]["sem_seg"].shape[0] == 20
+    assert model([{"image": image}])[0]["sem_seg"].shape[0] == 4  # MODEL.CLIPTRASE.VOCABULARY
     with pytest.raises(ValueError, match="tiny.png.*8x12 pixels is smaller than one 16x16"):
         model([{"image": torch.zeros(3, 8, 12, dtype=torch.uint8), "file_name": "tiny.png"}])
 
 
-def test_the_same_vocabulary_again_keeps_its_text_embeddings(tiny_opts):
-    """Trainer.test sets each dataset's vocabulary again: that must not re-encode the prompts
-    (tools/compare.py times the evaluation)."""
-    model = _model(tiny_opts, REFINE="none")
-    model.set_vocabulary("voc20")
-    embeddings = model.text_embeddings
-    model.set_vocabulary("VOC20")
-    assert model.text_embeddings is embeddings
-    model.set_vocabulary("voc20", background=["sky"])
-    assert model.text_embeddings is not embeddings and model.text_embeddings.shape[0] == 21
+@pytest.mark.parametrize("config", [PAPER_224, STANDARD])
+def test_a_batch_may_mix_vocabularies(tiny_opts, photo, config):
+    """Each image of a batch gets its own vocabulary's classes, exactly as when it runs alone."""
+    model = _model(tiny_opts, config, STANDARD_SHORT_SIDE=224)
+    other = torch.from_numpy(read_rgb(f"{FIXTURES}/images/chelsea.png").transpose(2, 0, 1).copy())
+    records = [{"image": photo}, {"image": other, "vocabulary": "cat, grass, wall"},
+               {"image": other}, {"image": photo, "vocabulary": "voc20"}]
+    outputs = model(records)
+    assert [o["sem_seg"].shape[0] for o in outputs] == [4, 3, 4, 20]
+    for record, output in zip(records, outputs):
+        alone = model([record])[0]["sem_seg"]
+        assert torch.equal(alone, output["sem_seg"])
+
+
+def test_records_of_a_dataset_use_its_vocabulary(tiny_opts, photo):
+    """Without MODEL.CLIPTRASE.VOCABULARY a record's ``dataset_name`` picks the vocabulary from the
+    dataset's metadata; with it, a dataset whose class count differs is a named error."""
+    require_fixtures()
+    model = build_model(load_config(PAPER_224, list(tiny_opts) + ["MODEL.CLIPTRASE.REFINE", "none"])).eval()
+    assert model.vocabulary is None
+    out = model([{"image": photo, "dataset_name": "cliptrase_fixtures_pc59"},
+                 {"image": photo, "dataset_name": "cliptrase_fixtures_voc21"}])
+    assert [o["sem_seg"].shape[0] for o in out] == [59, 21]
+    with pytest.raises(ValueError, match="no vocabulary for this input"):
+        model([{"image": photo}])
+    with pytest.raises(KeyError, match="'no_such_dataset' is not registered"):
+        model([{"image": photo, "dataset_name": "no_such_dataset"}])
+    with pytest.raises(ValueError, match="VOCABULARY has 4 output classes but dataset 'cliptrase_fixtures_pc59' has 59"):
+        _model(tiny_opts)([{"image": photo, "dataset_name": "cliptrase_fixtures_pc59"}])
+
+
+def test_text_embeddings_are_kept_per_vocabulary(tiny_opts, monkeypatch):
+    """The same vocabulary again (an evaluation's next batch, the next API call) is not
+    re-encoded; the cache holds the last ``cached_vocabularies`` vocabularies."""
+    from cliptrase_d2.modeling import meta_arch
+    from cliptrase_d2.vocabulary import resolve_vocabulary
+
+    model = _model(tiny_opts, REFINE="none", TEXT_CACHE_DIR="none")
+    encoded = []
+    encode = meta_arch.text_embeddings
+    monkeypatch.setattr(meta_arch, "text_embeddings", lambda m, t, names, templates: encoded.append(names)
+                        or encode(m, t, names, templates))
+    voc20 = resolve_vocabulary("voc20")
+    embeddings = model.text_embeddings(voc20)
+    assert model.text_embeddings(resolve_vocabulary("VOC20")) is embeddings and len(encoded) == 1
+    with_sky = model.text_embeddings(resolve_vocabulary("voc20", ["sky"]))
+    assert with_sky.shape[0] == 21 and len(encoded) == 2
+    for index in range(model.cached_vocabularies):
+        model.text_embeddings(resolve_vocabulary(f"cat, dog{index}"))
+    assert len(model._text_embeddings) == model.cached_vocabularies
+    assert model.text_embeddings(voc20) is not embeddings and len(encoded) == 3 + model.cached_vocabularies
 
 
 def test_dbscan_defaults_scale_with_the_patch_grid(tiny_opts):

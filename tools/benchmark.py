@@ -53,23 +53,21 @@ from collections import defaultdict
 from contextlib import contextmanager
 from typing import Callable, Dict, List, Optional
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cliptrase_d2  # noqa: F401  (first: detectron2 0.6 shims, registrations)
+import numpy as np
+import open_clip
+import torch
+from PIL import Image
 
-import cliptrase_d2  # noqa: E402,F401
-import numpy as np  # noqa: E402
-import open_clip  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from cliptrase_d2 import clip_loading  # noqa: E402
-from cliptrase_d2.clip_loading import PRECISIONS  # noqa: E402
-from cliptrase_d2.data.image_io import read_rgb  # noqa: E402
-from cliptrase_d2.engine.trainer import load_config  # noqa: E402
-from cliptrase_d2.method import dense_clip, pipeline, refinement, sliding  # noqa: E402
-from cliptrase_d2.method.preprocess import resize_and_center_crop, to_clip_tensor  # noqa: E402
-from cliptrase_d2.method.sliding import window_boxes  # noqa: E402
-from cliptrase_d2.modeling import meta_arch  # noqa: E402
-from cliptrase_d2.modeling.meta_arch import CLIPtrase  # noqa: E402
+from cliptrase_d2 import clip_loading
+from cliptrase_d2.clip_loading import PRECISIONS
+from cliptrase_d2.data.image_io import read_rgb
+from cliptrase_d2.config import load_config
+from cliptrase_d2.method import dense_clip, pipeline, refinement, sliding
+from cliptrase_d2.method.preprocess import resize_and_center_crop, to_clip_tensor
+from cliptrase_d2.method.sliding import window_boxes
+from cliptrase_d2.modeling import meta_arch
+from cliptrase_d2.modeling.meta_arch import CLIPtrase
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHOTOS = os.path.join(os.environ.get("CLIPTRASE_FIXTURES", os.path.join(REPO, "..", "shared", "fixtures")), "images")
@@ -161,7 +159,7 @@ def build_case_model(case: str, clip, args) -> CLIPtrase:
     kwargs["templates"] = ("a photo of a {}.",)
     model = CLIPtrase(**kwargs).to(clip.logit_scale.device).eval()
     with torch.no_grad():
-        model.text_embeddings  # computed once, as evaluation caches them
+        model.text_embeddings(model.vocabulary_for({}))  # computed once, as evaluation caches them
     return model
 
 
@@ -401,7 +399,7 @@ def run_benchmark(args) -> Dict:
     for case in cases:
         model = models[case] = build_case_model(case, clip, args)
         runs[case] = functools.partial(model, [as_input(resized(photos[0], CASES[case][1]), device)])
-        result[f"classes_{case}"] = model.text_embeddings.shape[0]
+        result[f"classes_{case}"] = model.text_embeddings(model.vocabulary_for({})).shape[0]
     if "paper_224" in models:
         batch = [as_input(p, device) for p in (photos * 4)[:4]]
         runs["batch1"] = functools.partial(lambda model, inputs: [model([x]) for x in inputs], models["paper_224"], batch)

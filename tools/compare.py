@@ -20,19 +20,18 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cliptrase_d2  # noqa: F401  (first: detectron2 0.6 shims, registrations)
+from detectron2.data import DatasetCatalog
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
-import cliptrase_d2  # noqa: E402,F401
-from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from detectron2.utils import comm  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
-
-from cliptrase_d2.clip_loading import WeightsError  # noqa: E402
-from cliptrase_d2.engine import launch  # noqa: E402
-from cliptrase_d2.engine.launch import WorkerError  # noqa: E402
-from cliptrase_d2.engine.trainer import Trainer, load_config  # noqa: E402
-from cliptrase_d2.evaluation.results_io import atomic_write_text  # noqa: E402
-from cliptrase_d2.method.heads import HEADS  # noqa: E402
+from cliptrase_d2.clip_loading import WeightsError
+from cliptrase_d2.engine import launch
+from cliptrase_d2.engine.launch import WorkerError
+from cliptrase_d2.config import load_config
+from cliptrase_d2.engine.trainer import Trainer
+from cliptrase_d2.evaluation.results_io import atomic_write_text
+from cliptrase_d2.method.heads import HEADS
 
 logger = logging.getLogger("cliptrase_d2.compare")
 
@@ -70,10 +69,7 @@ def evaluate(head: str, dataset: str, args):
     cfg = load_config(args.config_file, list(args.opts) + head_opts(head, args.refine) + [
         "DATASETS.TEST", f"('{dataset}',)", "OUTPUT_DIR", os.path.join(args.output, head)])
     model = Trainer.build_model(cfg)
-    metadata = MetadataCatalog.get(dataset)
-    if not cfg.MODEL.CLIPTRASE.VOCABULARY:
-        model.set_vocabulary(metadata.vocabulary)
-    model.text_embeddings  # computed (or read from the cache) before timing
+    model.text_embeddings(model.vocabulary_for({"dataset_name": dataset}))  # encoded before timing
     comm.synchronize()
     start = time.perf_counter()
     results = Trainer.test(cfg, model)
@@ -82,7 +78,7 @@ def evaluate(head: str, dataset: str, args):
     images = len(DatasetCatalog.get(dataset))
     if not comm.is_main_process():
         return None
-    return results[dataset]["sem_seg"]["mIoU"], seconds / max(images, 1)
+    return results["sem_seg"]["mIoU"], seconds / max(images, 1)  # one dataset: not keyed by name
 
 
 def tables(heads, datasets, cells, num_processes):

@@ -19,18 +19,16 @@ import os
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cliptrase_d2  # noqa: F401  (first: detectron2 0.6 shims, registrations)
+import numpy as np
+from detectron2.utils.logger import setup_logger
+from PIL import Image
+from tqdm import tqdm
 
-import cliptrase_d2  # noqa: E402,F401
-import numpy as np  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
-from PIL import Image  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from cliptrase_d2.api import Segmenter  # noqa: E402
-from cliptrase_d2.clip_loading import WeightsError  # noqa: E402
-from cliptrase_d2.evaluation.results_io import atomic_save_image, atomic_write_json, atomic_write_png  # noqa: E402
-from cliptrase_d2.visualization import legend_entries, overlay, side_by_side, with_legend  # noqa: E402
+from cliptrase_d2.api import Segmenter
+from cliptrase_d2.clip_loading import WeightsError
+from cliptrase_d2.evaluation.results_io import atomic_save_image, atomic_write_json, atomic_write_png
+from cliptrase_d2.visualization import legend_entries, overlay, side_by_side, with_legend
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROTOCOL_CONFIGS = {
@@ -165,15 +163,12 @@ def main(argv=None):
     config_file = args.config_file or PROTOCOL_CONFIGS[args.protocol or "paper"]
     segmenter = Segmenter.from_config(config_file, build_opts(args))
     background = [w.strip() for w in args.background.split(",") if w.strip()]
-    if args.vocabulary is not None or background:
-        spec = args.vocabulary if args.vocabulary is not None else segmenter.model.vocabulary
-        segmenter.model.set_vocabulary(spec, background)
-    logger.info("segmenting %d image(s) into %d classes -> %s", len(inputs), segmenter.model.vocabulary.num_classes,
-                args.output)
+    vocabulary = segmenter.resolve_vocabulary(args.vocabulary, background)
+    logger.info("segmenting %d image(s) into %d classes -> %s", len(inputs), vocabulary.num_classes, args.output)
     with tqdm(total=len(inputs), desc="demo", unit="img") as progress:
         for start in range(0, len(inputs), args.batch_size):
             batch = inputs[start:start + args.batch_size]
-            for path, result in zip(batch, segmenter.segment(batch, scores=False)):
+            for path, result in zip(batch, segmenter.segment(batch, vocabulary, scores=False)):
                 write_outputs(result, path, args.output, args.side_by_side)
             progress.update(len(batch))
     return 0

@@ -1,5 +1,6 @@
 """The ``CLIPtrase`` meta-architecture: wires the pure method (cliptrase_d2.method) to Detectron2."""
 import logging
+from collections import OrderedDict
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.utils.logger import log_first_n
 from PIL import Image
 from torch import nn
 
@@ -18,13 +20,11 @@ from ..method.refinement import resize_maps, resized_argmax
 from ..method.preprocess import CLIP_MEAN, CLIP_STD, resize_and_center_crop, to_clip_tensor
 from ..method.sliding import sliding_window
 from ..method.text import text_embeddings
-from ..vocabulary import Vocabulary, resolve_vocabulary, template_set
+from ..vocabulary import Vocabulary, resolve_vocabulary, template_set, vocabulary_of_dataset
 
 __all__ = ["CLIPtrase", "PROTOCOLS", "dbscan_for_grid"]
 
 logger = logging.getLogger(__name__)
-
-_reported_unused = set()
 
 
 def predict_within_memory(predict_batch: Callable[[torch.Tensor], Prediction], images: torch.Tensor,
@@ -66,12 +66,12 @@ def dbscan_for_grid(grid_side: int) -> Tuple[float, int]:
 
 
 def _report_unused_settings(head: str, refinement: RefinementSettings) -> None:
-    """Says once per (head, refinement) which settings have no effect, instead of ignoring them silently."""
-    if refinement.refine != "none" or (head, refinement.refine) in _reported_unused:
-        return
-    _reported_unused.add((head, refinement.refine))
-    logger.warning("head %r with MODEL.CLIPTRASE.REFINE 'none': DBSCAN_EPS, DBSCAN_MIN_SAMPLES, MEDIAN_SIZE and "
-                   "REGION_UPSAMPLE do not apply (no clustering or region refinement runs)", head)
+    """Says once per head which settings have no effect, instead of ignoring them silently."""
+    if refinement.refine == "none":
+        log_first_n(logging.WARNING, f"head {head!r} with MODEL.CLIPTRASE.REFINE 'none': DBSCAN_EPS, "
+                    "DBSCAN_MIN_SAMPLES, MEDIAN_SIZE and REGION_UPSAMPLE do not apply (no clustering or "
+                    "region refinement runs)", name=__name__, key="message")
+
 
 PROTOCOLS = ("paper", "standard")
 
@@ -84,20 +84,30 @@ class CLIPtrase(nn.Module):
       - ``image``: (3, H, W) uint8 tensor in ``input_format`` channel order;
       - ``height``, ``width`` (optional): the size the prediction is wanted at (standard
         protocol; default the image's own size);
+      - the vocabulary to segment with, the first found of: ``vocabulary`` (a Vocabulary, a
+        benchmark key, comma-separated names, a file or a list of names); the model's
+        ``vocabulary`` (MODEL.CLIPTRASE.VOCABULARY, an explicit override); the ``vocabulary``
+        (or ``stuff_classes``) in the metadata of ``dataset_name`` (set on every record of
+        this package's datasets); the metadata of ``default_dataset`` (DATASETS.TEST when it
+        names one dataset). A batch may mix vocabularies;
     and returns one dict per image with
-      - ``sem_seg``: (K, H', W') float scores over the K output classes (``class_names``;
-        background last when the vocabulary has background words). Under the ``paper``
-        protocol H' = W' = ``paper_size`` (the center crop the paper evaluates); under the
-        ``standard`` protocol (H', W') = (height, width).
+      - ``sem_seg``: (K, H', W') float scores over the K output classes of the image's
+        vocabulary (``Vocabulary.class_names``: background last when it has background words).
+        Under the ``paper`` protocol H' = W' = ``paper_size`` (the center crop the paper
+        evaluates); under the ``standard`` protocol (H', W') = (height, width).
+
+    Text embeddings are kept per vocabulary (the last ``cached_vocabularies`` used), so a
+    vocabulary is encoded once however many batches use it.
     """
 
     @configurable
-    def __init__(self, *, clip_model: nn.Module, tokenizer, vocabulary: Vocabulary,
-                 templates: Sequence[str], head: str = "cliptrase", logit_scale: float = 0.0,
+    def __init__(self, *, clip_model: nn.Module, tokenizer, templates: Sequence[str],
+                 vocabulary=None, default_dataset: Optional[str] = None,
+                 head: str = "cliptrase", logit_scale: float = 0.0,
                  refinement: RefinementSettings = RefinementSettings(), protocol: str = "paper",
                  paper_size: int = 224, standard_short_side: int = 336, window_size: int = 224,
                  window_stride: int = 112, window_batch: int = 8, input_format: str = "RGB",
-                 paper_vocabulary_quirks: bool = False, text_cache=None):
+                 paper_vocabulary_quirks: bool = False, text_cache=None, cached_vocabularies: int = 8):
         super().__init__()
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r} (MODEL.CLIPTRASE.PROTOCOL); choose one of {PROTOCOLS}")
@@ -125,10 +135,15 @@ class CLIPtrase(nn.Module):
         self.input_format = input_format
         self.text_cache = text_cache
         self.paper_vocabulary_quirks = paper_vocabulary_quirks
+        # an explicit vocabulary (MODEL.CLIPTRASE.VOCABULARY): any form resolve_vocabulary takes
+        self.vocabulary = None if vocabulary is None else self.resolve_vocabulary(vocabulary)
+        self.default_dataset = default_dataset
+        self.cached_vocabularies = max(1, cached_vocabularies)
         self.register_buffer("pixel_mean", torch.tensor(CLIP_MEAN).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(CLIP_STD).view(3, 1, 1), persistent=False)
-        self._text_embeddings: Optional[torch.Tensor] = None
-        self.set_vocabulary(vocabulary)
+        self._text_embeddings: "OrderedDict[Tuple, torch.Tensor]" = OrderedDict()
+        self._checked_datasets: Dict[str, None] = {}
+        self._dataset_vocabularies: Dict[str, Vocabulary] = {}
 
     @classmethod
     def from_config(cls, cfg):
@@ -140,19 +155,12 @@ class CLIPtrase(nn.Module):
         patch = clip_model.visual.conv1.kernel_size[0]
         input_side = c.PAPER_SIZE if c.PROTOCOL == "paper" else c.WINDOW_SIZE
         auto_eps, auto_min_samples = dbscan_for_grid(input_side // patch)
-        vocabulary_spec = c.VOCABULARY
-        if not vocabulary_spec:
-            if not cfg.DATASETS.TEST:
-                raise ValueError("no vocabulary: set MODEL.CLIPTRASE.VOCABULARY (a benchmark key, "
-                                 "comma-separated names or a file) or DATASETS.TEST")
-            vocabulary_spec = MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("vocabulary", None)
-            if vocabulary_spec is None:
-                raise ValueError(f"dataset {cfg.DATASETS.TEST[0]!r} has no 'vocabulary' in its metadata; "
-                                 "set MODEL.CLIPTRASE.VOCABULARY")
         return {
             "clip_model": clip_model,
             "tokenizer": get_tokenizer(c.CLIP_MODEL),
-            "vocabulary": resolve_vocabulary(vocabulary_spec, tuple(c.BACKGROUND_WORDS), c.PAPER_VOCABULARY_QUIRKS),
+            "vocabulary": (resolve_vocabulary(c.VOCABULARY, tuple(c.BACKGROUND_WORDS), c.PAPER_VOCABULARY_QUIRKS)
+                           if c.VOCABULARY else None),
+            "default_dataset": cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) == 1 else None,
             "templates": template_set(c.TEMPLATES),
             "head": c.HEAD,
             "logit_scale": c.LOGIT_SCALE,
@@ -178,35 +186,61 @@ class CLIPtrase(nn.Module):
         return self.pixel_mean.device
 
     # ---- vocabulary ------------------------------------------------------------------------
-    def set_vocabulary(self, vocabulary, background: Sequence[str] = ()) -> None:
-        """Switches the classes: a Vocabulary, a benchmark key (with the paper's quirks when the
-        model was configured so), comma-separated names, a file or a list; ``background`` adds
-        background words (added to the vocabulary's own). The same vocabulary again keeps its
-        text embeddings (nothing is re-encoded, e.g. inside a timed evaluation)."""
-        resolved = resolve_vocabulary(vocabulary, tuple(background), self.paper_vocabulary_quirks)
-        if resolved != getattr(self, "vocabulary", None):
-            self._text_embeddings = None
-        self.vocabulary = resolved
+    def resolve_vocabulary(self, spec, background: Sequence[str] = ()) -> Vocabulary:
+        """A Vocabulary from a benchmark key (with the paper's quirks when the model was configured
+        so), comma-separated names, a file, a list or a Vocabulary; ``background`` adds
+        background words (to the vocabulary's own)."""
+        return resolve_vocabulary(spec, tuple(background), self.paper_vocabulary_quirks)
 
-    @property
-    def class_names(self) -> List[str]:
-        return self.vocabulary.class_names
+    def vocabulary_for(self, record: Dict) -> Vocabulary:
+        """The vocabulary one input is segmented with (see the class docstring for the order)."""
+        if record.get("vocabulary") is not None:
+            return self.resolve_vocabulary(record["vocabulary"])
+        dataset = record.get("dataset_name") or self.default_dataset
+        if self.vocabulary is not None:
+            if dataset is not None:
+                self._check_dataset_classes(dataset)
+            return self.vocabulary
+        if dataset is None:
+            raise ValueError(
+                "no vocabulary for this input: give it a 'vocabulary' (the API's segment(image, "
+                "vocabulary)), set MODEL.CLIPTRASE.VOCABULARY, or evaluate a registered dataset "
+                "(DATASETS.TEST)")
+        if dataset not in self._dataset_vocabularies:
+            self._dataset_vocabularies[dataset] = vocabulary_of_dataset(dataset, self.paper_vocabulary_quirks)
+        return self._dataset_vocabularies[dataset]
 
-    @property
-    def text_embeddings(self) -> torch.Tensor:
-        """(C + B, E) unit-norm text embeddings of classes then background words (cached)."""
-        if self._text_embeddings is None or self._text_embeddings.device != self.device:
-            names = self.vocabulary.text_rows
+    def _check_dataset_classes(self, dataset: str) -> None:
+        """MODEL.CLIPTRASE.VOCABULARY must give a dataset's own number of classes (once per dataset)."""
+        if dataset in self._checked_datasets:
+            return
+        expected = len(MetadataCatalog.get(dataset).get("stuff_classes", None) or [])
+        if expected and expected != self.vocabulary.num_classes:
+            raise ValueError(f"MODEL.CLIPTRASE.VOCABULARY has {self.vocabulary.num_classes} output classes but "
+                             f"dataset {dataset!r} has {expected}: leave VOCABULARY empty to use the "
+                             "dataset's own, or give one with the same classes")
+        self._checked_datasets[dataset] = None
 
-            def compute():
-                return text_embeddings(self.clip_model, self.tokenizer, names, self.templates)
+    def text_embeddings(self, vocabulary: Vocabulary) -> torch.Tensor:
+        """(C + B, E) unit-norm text embeddings of a vocabulary's classes then background words,
+        kept for the last ``cached_vocabularies`` vocabularies (and on disk by ``text_cache``)."""
+        key = (vocabulary.text_rows, str(self.device))
+        if key in self._text_embeddings:
+            self._text_embeddings.move_to_end(key)
+            return self._text_embeddings[key]
+        names = vocabulary.text_rows
 
-            if self.text_cache is not None:
-                embeddings = self.text_cache.get_or_compute(names, self.templates, compute)
-            else:
-                embeddings = compute()
-            self._text_embeddings = embeddings.to(self.device, torch.float32)
-        return self._text_embeddings
+        def compute():
+            return text_embeddings(self.clip_model, self.tokenizer, names, self.templates)
+
+        if self.text_cache is not None:
+            embeddings = self.text_cache.get_or_compute(names, self.templates, compute)
+        else:
+            embeddings = compute()
+        self._text_embeddings[key] = embeddings.to(self.device, torch.float32)
+        while len(self._text_embeddings) > self.cached_vocabularies:
+            self._text_embeddings.popitem(last=False)
+        return self._text_embeddings[key]
 
     # ---- inference -------------------------------------------------------------------------
     def forward(self, batched_inputs: List[Dict]) -> List[Dict]:
@@ -217,15 +251,26 @@ class CLIPtrase(nn.Module):
         for record, image in zip(batched_inputs, images):
             self.check_image_size(image.shape[-2:], record.get("file_name", "an input image"))
         sizes = [(x.get("height", im.shape[1]), x.get("width", im.shape[2])) for x, im in zip(batched_inputs, images)]
-        outputs = []
-        # sem_seg: scores whose argmax is the prediction (one-hot of the voted labels under "vote")
-        if self.protocol == "paper":
-            return [{"sem_seg": prediction.scores} for prediction in self.inference(images, soft_scores=False)]
-        return [{"sem_seg": self._sliding_window_scores(image, size)} for image, size in zip(images, sizes)]
+        groups: Dict[Vocabulary, List[int]] = {}  # images segmented with the same vocabulary run together
+        for index, record in enumerate(batched_inputs):
+            groups.setdefault(self.vocabulary_for(record), []).append(index)
+        outputs: List[Dict] = [{} for _ in batched_inputs]
+        for vocabulary, indices in groups.items():
+            group = [images[i] for i in indices]
+            if self.protocol == "paper":
+                # sem_seg: scores whose argmax is the prediction (one-hot of the voted labels under "vote")
+                results = [p.scores for p in self.inference(group, vocabulary, soft_scores=False)]
+            else:
+                results = [self._sliding_window_scores(images[i], sizes[i], vocabulary) for i in indices]
+            for index, scores in zip(indices, results):
+                outputs[index]["sem_seg"] = scores
+        return outputs
 
-    def inference(self, images: List[torch.Tensor], sizes: Optional[List[Tuple[int, int]]] = None,
-                  soft_scores: bool = True, scores: bool = True) -> List[Prediction]:
-        """Per image: labels (H', W') and soft scores (K, H', W') in the protocol's frame.
+    def inference(self, images: List[torch.Tensor], vocabulary: Vocabulary,
+                  sizes: Optional[List[Tuple[int, int]]] = None, soft_scores: bool = True,
+                  scores: bool = True) -> List[Prediction]:
+        """Per image: labels (H', W') and soft scores (K, H', W') in the protocol's frame, over
+        ``vocabulary.class_names``.
 
         images: (3, H, W) uint8 RGB tensors. Paper protocol: the S x S center crop (``sizes``
         unused). Standard: (H', W') = ``sizes[i]`` (default: the image's own size).
@@ -238,15 +283,16 @@ class CLIPtrase(nn.Module):
         if self.protocol == "paper":
             soft_scores = soft_scores and scores
             batch = torch.stack([to_clip_tensor(Image.fromarray(self.evaluated_frame(im))) for im in images])
-            prediction = predict_within_memory(lambda x: self._predict(x, soft_scores), batch.to(self.device))
+            prediction = predict_within_memory(lambda x: self._predict(x, vocabulary, soft_scores),
+                                               batch.to(self.device))
             return [Prediction(labels, image_scores if scores else None) for labels, image_scores in zip(*prediction)]
         sizes = sizes or [tuple(im.shape[-2:]) for im in images]
         results = []
         for image, size in zip(images, sizes):
             if not scores:
-                results.append(Prediction(resized_argmax(self._window_average(image), size), None))
+                results.append(Prediction(resized_argmax(self._window_average(image, vocabulary), size), None))
                 continue
-            image_scores = self._sliding_window_scores(image, size)
+            image_scores = self._sliding_window_scores(image, size, vocabulary)
             results.append(Prediction(image_scores.argmax(dim=0), image_scores))
         return results
 
@@ -267,24 +313,26 @@ class CLIPtrase(nn.Module):
             return np.ascontiguousarray(image)
         return np.asarray(resize_and_center_crop(Image.fromarray(image), self.paper_size, Image.BICUBIC))
 
-    def _predict(self, images: torch.Tensor, soft_scores: bool = True) -> Prediction:
-        return predict(self.clip_model.visual, self.head, self.text_embeddings, len(self.vocabulary.classes),
+    def _predict(self, images: torch.Tensor, vocabulary: Vocabulary, soft_scores: bool = True) -> Prediction:
+        return predict(self.clip_model.visual, self.head, self.text_embeddings(vocabulary), len(vocabulary.classes),
                        images, self.refinement, self.logit_scale, soft_scores=soft_scores)
 
-    def _window_scores(self, windows: torch.Tensor) -> torch.Tensor:
+    def _window_scores(self, windows: torch.Tensor, vocabulary: Vocabulary) -> torch.Tensor:
         # Under "vote" each window votes with the one-hot of its labels.
-        return predict_within_memory(lambda x: self._predict(x, soft_scores=False), windows, "window").scores
+        return predict_within_memory(lambda x: self._predict(x, vocabulary, soft_scores=False), windows,
+                                     "window").scores
 
     def _rgb_uint8(self, image: torch.Tensor) -> torch.Tensor:
         if image.dim() != 3 or image.shape[0] != 3:
             raise ValueError(f"'image' must be a (3, H, W) tensor, got shape {tuple(image.shape)}")
         return image.flip(0) if self.input_format == "BGR" else image
 
-    def _sliding_window_scores(self, image: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    def _sliding_window_scores(self, image: torch.Tensor, size: Tuple[int, int],
+                               vocabulary: Vocabulary) -> torch.Tensor:
         """Standard protocol: the window scores resized to ``size``. image: (3, H, W) uint8 RGB -> (K, *size)."""
-        return resize_maps(self._window_average(image), size)
+        return resize_maps(self._window_average(image, vocabulary), size)
 
-    def _window_average(self, image: torch.Tensor) -> torch.Tensor:
+    def _window_average(self, image: torch.Tensor, vocabulary: Vocabulary) -> torch.Tensor:
         """Standard protocol: shorter side to ``standard_short_side`` (bilinear), sliding window.
         image: (3, H, W) uint8 RGB -> (K, h, w) scores at the resized image's resolution."""
         image = image.to(self.device, torch.float32) / 255.0
@@ -294,5 +342,6 @@ class CLIPtrase(nn.Module):
         image = F.interpolate(image[None], size=resized, mode="bilinear", align_corners=False)[0]
         image = (image - self.pixel_mean) / self.pixel_std
         patch = self.clip_model.visual.conv1.kernel_size[0]
-        return sliding_window(image, self._window_scores, self.window_size, self.window_stride,
+        return sliding_window(image, lambda windows: self._window_scores(windows, vocabulary),
+                              self.window_size, self.window_stride,
                               self.window_batch, multiple=patch)  # (K, h, w)

@@ -159,7 +159,8 @@ def _listed_image_files(split: SemSegSplit, image_dir: str, split_file: str) -> 
 
 def load_sem_seg_split(split: SemSegSplit, root: str) -> List[dict]:
     """Detectron2 dataset dicts of a split under ``root``: ``file_name``, ``sem_seg_file_name``,
-    ``height``, ``width`` (read from the image header) and ``image_id`` (the image's file stem)."""
+    ``height``, ``width`` (read from the image header), ``image_id`` (the image's file stem) and
+    ``dataset_name`` (``split.name``)."""
     image_dir = os.path.join(root, split.image_dir)
     gt_dir = os.path.join(root, split.gt_dir)
     for folder in (image_dir, gt_dir):
@@ -197,6 +198,7 @@ def load_sem_seg_split(split: SemSegSplit, root: str) -> List[dict]:
             "height": height,
             "width": width,
             "image_id": os.path.splitext(os.path.basename(image_path))[0],
+            "dataset_name": split.name,  # the model segments each record with its dataset's vocabulary
         })
     logger.info("Loaded %d images of %s from %s", len(dataset_dicts), split.name, image_dir)
     return dataset_dicts
