@@ -1,5 +1,13 @@
-"""Config keys of cliptrase-d2, declared once (Detectron2's add_<project>_config convention)."""
+"""Config keys of cliptrase-d2, declared once (Detectron2's add_<project>_config convention), and
+``load_config``: Detectron2's defaults plus these keys, a file and overrides, with named errors."""
+import difflib
+import logging
+
+import torch
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+__all__ = ["add_cliptrase_config", "load_config", "resolve_device"]
 
 
 def add_cliptrase_config(cfg):
@@ -51,3 +59,52 @@ def add_cliptrase_config(cfg):
     c.TEXT_CACHE_DIR = ""
     # Write OUTPUT_DIR/predictions/<dataset>/<image_id>.png label maps during evaluation.
     cfg.TEST.SAVE_PREDICTIONS = False
+
+
+def _all_keys(node, prefix=""):
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if hasattr(value, "items"):
+            yield from _all_keys(value, name + ".")
+        else:
+            yield name
+
+
+def _merge(cfg, merge, source: str):
+    try:
+        merge()
+    except (KeyError, AssertionError) as error:  # yacs: KeyError from files, AssertionError from lists
+        message = str(error).strip("'\"")
+        if "Non-existent" not in message:
+            raise
+        unknown = message.split(":")[-1].strip()
+        close = difflib.get_close_matches(unknown, list(_all_keys(cfg)), n=3, cutoff=0.6)
+        hint = f" Did you mean {' or '.join(close)}?" if close else " See cliptrase_d2/config.py for the keys."
+        raise KeyError(f"{source}: unknown config key {unknown!r}.{hint}") from None
+
+
+def load_config(config_file: str = "", opts=(), resolve: bool = True) -> CN:
+    """Detectron2 defaults + CLIPtrase keys + ``config_file`` + ``opts``; CUDA falls back to cpu
+    (unless ``resolve=False``)."""
+    cfg = get_cfg()
+    add_cliptrase_config(cfg)
+    if config_file:
+        _merge(cfg, lambda: cfg.merge_from_file(config_file), f"config file {config_file}")
+    if opts:
+        _merge(cfg, lambda: cfg.merge_from_list(list(opts)), "command-line options")
+    if resolve:
+        resolve_device(cfg)
+    return cfg
+
+
+def resolve_device(cfg) -> str:
+    """Falls back to ``cpu`` (one log line) when cfg.MODEL.DEVICE asks for CUDA and none is present."""
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logging.getLogger("cliptrase_d2").info("MODEL.DEVICE=%s but CUDA is not available: running on cpu",
+                                               cfg.MODEL.DEVICE)
+        was_frozen = cfg.is_frozen()
+        cfg.defrost()
+        cfg.MODEL.DEVICE = "cpu"
+        if was_frozen:
+            cfg.freeze()
+    return cfg.MODEL.DEVICE

@@ -1,3 +1,3 @@
-from .launch import launch, resolve_device
+from .launch import launch
 
-__all__ = ["launch", "resolve_device"]
+__all__ = ["launch"]

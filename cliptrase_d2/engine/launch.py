@@ -14,24 +14,11 @@ import torch.multiprocessing as mp
 from detectron2.engine import launch as d2_launch
 from detectron2.utils import comm
 
-__all__ = ["launch", "resolve_device", "WorkerError"]
+__all__ = ["launch", "WorkerError"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)
-
-
-def resolve_device(cfg) -> str:
-    """Falls back to ``cpu`` (one log line) when cfg.MODEL.DEVICE asks for CUDA and none is present."""
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logging.getLogger("cliptrase_d2").info("MODEL.DEVICE=%s but CUDA is not available: running on cpu",
-                                               cfg.MODEL.DEVICE)
-        was_frozen = cfg.is_frozen()
-        cfg.defrost()
-        cfg.MODEL.DEVICE = "cpu"
-        if was_frozen:
-            cfg.freeze()
-    return cfg.MODEL.DEVICE
 
 
 class WorkerError(RuntimeError):
