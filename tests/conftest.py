@@ -10,6 +10,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import cliptrase_d2  # noqa: E402,F401  (first: detectron2 0.6 shims, registrations)
+from cliptrase_d2.data.datasets import SemSegSplit, register_split  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.environ.get("CLIPTRASE_FIXTURES", os.path.join(REPO, "..", "shared", "fixtures"))
@@ -19,6 +20,20 @@ TINY_WEIGHTS = os.path.join(FIXTURES, "tiny_clip_openai.pt")
 MANIFEST = os.path.join(FIXTURES, "cases", "manifest.json")
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+# The reference photos as datasets (registered by the tests, not by the package), with their
+# ground truth as the authors' code read it: 0..19, 255 for background and void alike. Under the
+# paper protocol VOC21 counts 255 as background, as the authors' code did; the three photos
+# without VOC labels carry a constant class 1 (the ground truth only affects the metric).
+_FIXTURES_HINT = "Set $CLIPTRASE_FIXTURES to the reference fixtures folder (the one holding images/ and gt/)."
+FIXTURE_SPLITS = (
+    SemSegSplit("cliptrase_fixtures_voc21", "voc21", "images", "gt", _FIXTURES_HINT,
+                image_suffixes=(".png",), paper_void_as_background=True),
+    SemSegSplit("cliptrase_fixtures_voc20", "voc20", "images", "gt", _FIXTURES_HINT, image_suffixes=(".png",)),
+    SemSegSplit("cliptrase_fixtures_pc59", "pc59", "images", "gt", _FIXTURES_HINT, image_suffixes=(".png",)),
+)
+for _split in FIXTURE_SPLITS:
+    register_split(_split, FIXTURES)
 
 
 def skip_outside_ci(message: str):

@@ -1,4 +1,4 @@
-"""Detectron2 dataset registrations: the benchmarks, the VOC sample and the reference fixtures.
+"""Detectron2 dataset registrations: the benchmarks and the VOC sample.
 
 Importing this package registers them all (see datasets/README.md for the folder layouts).
 """
@@ -12,16 +12,14 @@ from .register_benchmarks import (
     register_split,
     require_registered,
 )
-from .register_sample import FIXTURE_SPLITS, SAMPLE_SPLITS, fixtures_root, register_sample_datasets
+from .register_sample import SAMPLE_SPLITS, register_sample_datasets
 
 __all__ = [
     "BENCHMARK_DATASETS",
     "BENCHMARK_SPLITS",
-    "FIXTURE_SPLITS",
     "SAMPLE_SPLITS",
     "SemSegSplit",
     "datasets_root",
-    "fixtures_root",
     "load_sem_seg_split",
     "register_benchmark_datasets",
     "register_sample_datasets",
