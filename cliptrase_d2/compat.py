@@ -37,7 +37,8 @@ def _detectron2_source(relative_path: str) -> Optional[str]:
 def uses_removed_names(transform_source: Optional[str]) -> bool:
     """Whether a detectron2 still names what Pillow 10 and NumPy 1.24 removed, told by its
     ``data/transforms/transform.py``: its ``Image.LINEAR`` default (needed at import) was the
-    last of those uses to go (July 2023, after ``np.int``, ``np.float``, ``np.bool``, ``np.str``)."""
+    last of those uses to go (July 2023, after ``np.int``, ``np.float``, ``np.bool``,
+    ``np.str``)."""
     return transform_source is not None and "Image.LINEAR" in transform_source
 
 

@@ -384,7 +384,20 @@ def test_standard_evaluator_on_detectron2_0_6_has_no_boundary_iou(make_dataset, 
                    records, [gt], 2)["sem_seg"]
     assert list(results) == ["mIoU", "fwIoU", "IoU-a", "IoU-b", "mACC", "pACC", "ACC-a", "ACC-b"]
     assert results["mIoU"] == pytest.approx(100.0)
-    assert "per_class_BoundaryIoU" not in json.loads((out / f"sem_seg_results_{name}.json").read_text())
+    saved = json.loads((out / f"sem_seg_results_{name}.json").read_text())
+    assert "per_class_BoundaryIoU" not in saved
+
+
+def test_standard_miou_follows_the_installed_detectron2(make_dataset):
+    """Class c2 is predicted once and is in no ground truth. Detectron2 0.6 counts it as 0 in the
+    mean; later versions (July 2022, with Boundary IoU) average over the ground truth's classes."""
+    gt = np.array([[1, 1], [0, 0]])
+    pred = np.array([[1, 1], [0, 2]])
+    name, records = make_dataset([gt], ["c0", "c1", "c2"])
+    results = _run(StandardSemSegEvaluator(name, distributed=False), records, [pred], 3)["sem_seg"]
+    assert results["IoU-c0"] == pytest.approx(50.0) and results["IoU-c1"] == pytest.approx(100.0)
+    assert math.isnan(results["IoU-c2"])
+    assert results["mIoU"] == pytest.approx(150 / 2 if LIBRARY_BOUNDARY_IOU else 150 / 3)
 
 
 def test_standard_evaluator_does_not_build_rle_predictions(make_dataset):

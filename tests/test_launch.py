@@ -15,7 +15,8 @@ from cliptrase_d2 import compat
 from cliptrase_d2.engine.launch import LIBRARY_LAUNCHES_ON_CPU, WorkerError, launch
 from detectron2.utils import comm
 
-launch_module = importlib.import_module("cliptrase_d2.engine.launch")  # the package exports launch()
+# the module (cliptrase_d2.engine exports the function under the same name)
+launch_module = importlib.import_module("cliptrase_d2.engine.launch")
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="tests the CPU (gloo) path")
 
@@ -53,7 +54,8 @@ def test_two_cpu_processes_form_a_gloo_group(tmp_path):
 
 
 def test_a_failing_cpu_process_raises_its_error(tmp_path):
-    with pytest.raises(WorkerError, match=r"^\(process rank 1 of 2\) no such file: x\.png$") as caught:
+    expected = r"^\(process rank 1 of 2\) no such file: x\.png$"
+    with pytest.raises(WorkerError, match=expected) as caught:
         launch(_fail_on_rank_one, 2, dist_url="auto", args=("no such file: x.png",))
     assert caught.value.kind == "ValueError"
 
@@ -75,7 +77,8 @@ def test_library_launch_on_cpu_is_detected_from_detectron2():
     import inspect
 
     d2_launch_module = importlib.import_module("detectron2.engine.launch")
-    asserts_cuda = "cuda is not available" in inspect.getsource(d2_launch_module._distributed_worker)
+    worker = inspect.getsource(d2_launch_module._distributed_worker)
+    asserts_cuda = "cuda is not available" in worker
     assert LIBRARY_LAUNCHES_ON_CPU is not asserts_cuda
 
 

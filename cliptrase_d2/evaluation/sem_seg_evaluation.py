@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 SUMMARY_KEYS = ("mIoU", "fwIoU", "mAcc", "pAcc")
 
 # detectron2 after 0.6 (March 2022 on) reads ground truth through a `sem_seg_loading_fn` hook.
-LIBRARY_LOADING_HOOK = "sem_seg_loading_fn" in inspect.signature(SemSegEvaluator.__init__).parameters
+LIBRARY_LOADING_HOOK = "sem_seg_loading_fn" in inspect.signature(SemSegEvaluator).parameters
 
 
 def check_registered(dataset_name: str) -> None:
@@ -309,7 +309,8 @@ class StandardSemSegEvaluator(_ResultsWriter, SemSegEvaluator):
     def process(self, inputs, outputs):
         for dataset_dict, output in zip(inputs, outputs):
             file_name = dataset_dict["file_name"]
-            height, width = checked_scores(output["sem_seg"], self._num_classes, file_name).shape[1:]
+            scores = checked_scores(output["sem_seg"], self._num_classes, file_name)
+            height, width = scores.shape[1:]
             path = dataset_dict.get("sem_seg_file_name") or self.input_file_to_gt_file.get(file_name)
             if path is None:
                 raise KeyError(f"no ground truth (sem_seg_file_name) for '{file_name}' in '{self._dataset_name}'")
@@ -326,8 +327,7 @@ class StandardSemSegEvaluator(_ResultsWriter, SemSegEvaluator):
             super().process([dataset_dict], [output])
             self._num_images += 1
             if self._save_predictions:
-                self._save_prediction(dataset_dict, predicted_labels(output["sem_seg"], self._num_classes,
-                                                                     file_name))
+                self._save_prediction(dataset_dict, scores.argmax(dim=0).cpu().numpy())
 
     def encode_json_sem_seg(self, sem_seg, input_file_name):
         """Nothing: Detectron2 writes these COCO-format RLEs only to its output_dir, which it is
