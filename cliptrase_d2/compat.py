@@ -1,24 +1,54 @@
 """Lets detectron2 0.6 run on today's Pillow, NumPy and a build without its C++ ops.
 
-Imported first by the package. Each shim only fills in what is missing, so a current official
-detectron2 build (with a compiled ``detectron2._C``) and old library versions are left untouched.
+Imported first by the package. Each shim only fills in what the installed detectron2 needs and
+its environment lacks; with a current official detectron2 (main: a compiled ``detectron2._C``,
+no removed Pillow or NumPy names) nothing is patched. docs/detectron2_versions.md lists them.
 """
 import importlib.machinery
 import importlib.util
+import os
 import sys
 import types
+from typing import Optional
 
 import numpy as np
 from PIL import Image
 
-# Pillow 10 removed Image.LINEAR (detectron2 0.6's ResizeTransform default uses it).
-if not hasattr(Image, "LINEAR"):
-    Image.LINEAR = Image.BILINEAR
+# The NumPy aliases of builtins that NumPy 1.24 removed and detectron2 0.6 still uses.
+NUMPY_ALIASES = (("int", int), ("float", float), ("bool", bool), ("str", str))
 
-# NumPy 1.24 removed these aliases of the builtins; detectron2 0.6 still uses np.int, np.float, np.bool.
-for _alias, _builtin in (("int", int), ("float", float), ("bool", bool), ("object", object), ("str", str)):
-    if _alias not in np.__dict__:
-        setattr(np, _alias, _builtin)
+
+def _detectron2_source(relative_path: str) -> Optional[str]:
+    """The text of one of detectron2's modules, read without importing it; None when absent."""
+    try:
+        spec = importlib.util.find_spec("detectron2")
+    except ImportError:
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(list(spec.submodule_search_locations)[0], relative_path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def uses_removed_names(transform_source: Optional[str]) -> bool:
+    """Whether a detectron2 still names what Pillow 10 and NumPy 1.24 removed, told by its
+    ``data/transforms/transform.py``: its ``Image.LINEAR`` default (needed at import) was the
+    last of those uses to go (July 2023, after ``np.int``, ``np.float``, ``np.bool``,
+    ``np.str``)."""
+    return transform_source is not None and "Image.LINEAR" in transform_source
+
+
+def add_removed_names() -> None:
+    """Pillow's ``Image.LINEAR`` and NumPy's builtin aliases, where missing."""
+    if not hasattr(Image, "LINEAR"):
+        Image.LINEAR = Image.BILINEAR
+    for alias, builtin in NUMPY_ALIASES:
+        if alias not in np.__dict__:
+            setattr(np, alias, builtin)
 
 
 class _MissingCppOps(types.ModuleType):
@@ -64,4 +94,6 @@ def _install_cpp_stub():
         sys.modules["detectron2._C"] = stub
 
 
+if uses_removed_names(_detectron2_source(os.path.join("data", "transforms", "transform.py"))):
+    add_removed_names()
 _install_cpp_stub()

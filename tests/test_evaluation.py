@@ -346,6 +346,80 @@ def test_standard_evaluator_equals_detectron2(make_dataset, tmp_path):
     assert saved["per_class_IoU"]["c5"] is None  # NaN: not in the ground truth
 
 
+LIBRARY_BOUNDARY_IOU = hasattr(SemSegEvaluator, "_mask_to_boundary")  # detectron2 after 0.6
+
+
+@pytest.mark.skipif(not LIBRARY_BOUNDARY_IOU, reason="detectron2 0.6 computes no Boundary IoU")
+def test_standard_evaluator_boundary_iou_by_hand(make_dataset, tmp_path):
+    """8 x 8, class 1 a 4 x 4 square, predicted one column to the right. Boundaries (erosion by
+    one pixel at this size): the squares' 12-pixel rings, which share 6 pixels (rows 2 and 5,
+    columns 3-5); class 0's boundary is the rest of the image outside both rings."""
+    gt = np.zeros((8, 8), np.int64)
+    gt[2:6, 2:6] = 1
+    pred = np.zeros((8, 8), np.int64)
+    pred[2:6, 3:7] = 1
+    name, records = make_dataset([gt], ["a", "b"])
+    out = tmp_path / "out"
+    results = _run(StandardSemSegEvaluator(name, distributed=False, output_dir=str(out)),
+                   records, [pred], 2)["sem_seg"]
+
+    boundary = {"a": 100 * 46 / (52 + 52 - 46), "b": 100 * 6 / (12 + 12 - 6)}
+    iou = {"a": 100 * 44 / (48 + 48 - 44), "b": 100 * 12 / (16 + 16 - 12)}
+    for cls in "ab":
+        assert math.isfinite(results[f"BoundaryIoU-{cls}"]), cls
+        assert results[f"BoundaryIoU-{cls}"] == pytest.approx(boundary[cls]), cls
+        assert results[f"IoU-{cls}"] == pytest.approx(iou[cls]), cls
+        assert results[f"min(IoU, B-Iou)-{cls}"] == pytest.approx(min(iou[cls], boundary[cls]))
+    saved = json.loads((out / f"sem_seg_results_{name}.json").read_text())
+    assert saved["per_class_BoundaryIoU"] == pytest.approx(boundary)
+
+
+@pytest.mark.skipif(LIBRARY_BOUNDARY_IOU, reason="detectron2 after 0.6 adds Boundary IoU")
+def test_standard_evaluator_on_detectron2_0_6_has_no_boundary_iou(make_dataset, tmp_path):
+    gt = np.zeros((8, 8), np.int64)
+    gt[2:6, 2:6] = 1
+    name, records = make_dataset([gt], ["a", "b"])
+    out = tmp_path / "out"
+    results = _run(StandardSemSegEvaluator(name, distributed=False, output_dir=str(out)),
+                   records, [gt], 2)["sem_seg"]
+    assert list(results) == ["mIoU", "fwIoU", "IoU-a", "IoU-b", "mACC", "pACC", "ACC-a", "ACC-b"]
+    assert results["mIoU"] == pytest.approx(100.0)
+    saved = json.loads((out / f"sem_seg_results_{name}.json").read_text())
+    assert "per_class_BoundaryIoU" not in saved
+
+
+def test_standard_miou_follows_the_installed_detectron2(make_dataset):
+    """Class c2 is predicted once and is in no ground truth. Detectron2 0.6 counts it as 0 in the
+    mean; later versions (July 2022, with Boundary IoU) average over the ground truth's classes."""
+    gt = np.array([[1, 1], [0, 0]])
+    pred = np.array([[1, 1], [0, 2]])
+    name, records = make_dataset([gt], ["c0", "c1", "c2"])
+    results = _run(StandardSemSegEvaluator(name, distributed=False), records, [pred], 3)["sem_seg"]
+    assert results["IoU-c0"] == pytest.approx(50.0) and results["IoU-c1"] == pytest.approx(100.0)
+    assert math.isnan(results["IoU-c2"])
+    assert results["mIoU"] == pytest.approx(150 / 2 if LIBRARY_BOUNDARY_IOU else 150 / 3)
+
+
+def test_standard_evaluator_does_not_build_rle_predictions(make_dataset):
+    name, records = make_dataset([np.zeros((3, 3), np.int64)], ["a", "b"])
+    evaluator = StandardSemSegEvaluator(name, distributed=False)
+    evaluator.reset()
+    evaluator.process([records[0]], [{"sem_seg": _scores(np.ones((3, 3), np.int64), 2)}])
+    assert evaluator._predictions == [] and evaluator._conf_matrix[1, 0] == 9
+
+
+def test_standard_evaluator_reads_the_records_ground_truth(make_dataset, tmp_path):
+    """A record's own sem_seg_file_name wins over the catalog's (and need not be in it)."""
+    name, records = make_dataset([np.zeros((2, 2), np.int64)], ["a", "b"])
+    _write_label_png(tmp_path / "other.png", np.ones((2, 2), np.int64))
+    record = {"file_name": str(tmp_path / "not_in_catalog.jpg"),
+              "sem_seg_file_name": str(tmp_path / "other.png")}
+    evaluator = StandardSemSegEvaluator(name, distributed=False)
+    evaluator.reset()
+    evaluator.process([record], [{"sem_seg": _scores(np.ones((2, 2), np.int64), 2)}])
+    assert evaluator.evaluate()["sem_seg"]["IoU-b"] == pytest.approx(100.0)
+
+
 def test_standard_evaluator_size_mismatch_names_the_file(make_dataset):
     name, records = make_dataset([np.zeros((5, 7), np.int64)], ["a", "b"])
     evaluator = StandardSemSegEvaluator(name, distributed=False)

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The test suite in one command: set up .venv, prepare the VOC sample, run pytest offline.
+# The test suite in one command: set up .venv, prepare the VOC sample, run pytest offline; then
+# the tests that exercise detectron2 itself again on detectron2 main (an official build in
+# .venv-official, made once from ../shared/deps, about 2 minutes; OFFICIAL=0 skips this part).
 # Expects the reference fixtures at ../shared/fixtures (or $CLIPTRASE_FIXTURES).
 #   tools/test.sh [pytest args ...]
 set -euo pipefail
@@ -7,4 +9,16 @@ cd "$(dirname "$0")/.."
 tools/setup_env.sh
 PY="${VENV:-.venv}/bin/python"
 "$PY" datasets/prepare_sample.py
-HF_HUB_OFFLINE=1 exec "$PY" -m pytest -q "$@" tests
+status=0
+HF_HUB_OFFLINE=1 "$PY" -m pytest -q "$@" tests || status=$?
+
+# detectron2 main: its evaluator (Boundary IoU), launch (gloo on CPU), data pipeline, visualizer
+if [[ "${OFFICIAL:-1}" != 0 ]]; then
+  OFFICIAL_VENV=.venv-official
+  D2=official VENV="$OFFICIAL_VENV" tools/setup_env.sh
+  echo "[test] detectron2 main ($OFFICIAL_VENV)"
+  HF_HUB_OFFLINE=1 "$OFFICIAL_VENV/bin/python" -m pytest -q "$@" tests/test_evaluation.py \
+    tests/test_launch.py tests/test_meta_arch.py tests/test_demo.py tests/test_train_net.py \
+    tests/test_api.py tests/test_datasets.py || status=$?
+fi
+exit "$status"

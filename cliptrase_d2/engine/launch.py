@@ -1,8 +1,10 @@
-"""Multi-process launching on GPUs (NCCL, through detectron2's ``launch``) or CPUs (gloo).
+"""Multi-process launching on GPUs (NCCL) or CPUs (gloo), through detectron2's ``launch``.
 
-detectron2 0.6's ``launch`` asserts CUDA and hard-codes NCCL, so CPU runs with several
-processes go through ``_gloo_worker`` here, which sets up detectron2's ``comm`` the same way.
+detectron2's ``launch`` runs on CPUs with gloo since January 2023. detectron2 0.6's asserts CUDA
+and hard-codes NCCL, so there CPU runs with several processes go through ``_gloo_worker`` here,
+which sets up detectron2's ``comm`` the same way.
 """
+import functools
 import logging
 import os
 import sys
@@ -19,6 +21,10 @@ __all__ = ["launch", "WorkerError"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)
+
+# Whether detectron2's launch runs on CPUs (gloo). Told by comm.create_local_process_group, which
+# detectron2 added twelve days after that (January 2023); 0.6 has neither.
+LIBRARY_LAUNCHES_ON_CPU = hasattr(comm, "create_local_process_group")
 
 
 class WorkerError(RuntimeError):
@@ -63,7 +69,8 @@ def launch(main_func, num_processes: int, num_machines: int = 1, machine_rank: i
     """Runs ``main_func(*args)`` in ``num_processes`` processes per machine.
 
     With CUDA (``use_cuda`` default: ``torch.cuda.is_available()``) this is detectron2's launch:
-    one process per GPU, NCCL. Without, processes share the CPU cores and talk over gloo.
+    one process per GPU, NCCL. Without, processes share the CPU cores and talk over gloo,
+    through detectron2's launch where it can (``LIBRARY_LAUNCHES_ON_CPU``), else ``_gloo_worker``.
     """
     use_cuda = torch.cuda.is_available() if use_cuda is None else use_cuda
     if use_cuda:
@@ -72,21 +79,35 @@ def launch(main_func, num_processes: int, num_machines: int = 1, machine_rank: i
     world_size = num_machines * num_processes
     if world_size == 1:
         return main_func(*args)
-    if dist_url == "auto":
-        if num_machines != 1:
-            raise ValueError("--dist-url auto only works on one machine; give tcp://<host>:<port>")
-        dist_url = f"tcp://127.0.0.1:{_free_port()}"
+    if dist_url == "auto" and num_machines != 1:
+        raise ValueError("--dist-url auto only works on one machine; give tcp://<host>:<port>")
     try:
+        if LIBRARY_LAUNCHES_ON_CPU and not torch.cuda.is_available():
+            d2_launch(functools.partial(_on_shared_cores, main_func, num_processes), num_processes,
+                      num_machines=num_machines, machine_rank=machine_rank, dist_url=dist_url,
+                      args=args, timeout=timeout)
+            return None
+        if dist_url == "auto":
+            dist_url = f"tcp://127.0.0.1:{_free_port()}"
         mp.spawn(_gloo_worker, nprocs=num_processes, daemon=False,
                  args=(main_func, world_size, num_processes, machine_rank, dist_url, args, timeout))
     except mp.ProcessRaisedException as error:
         raise _worker_error(error, world_size, machine_rank * num_processes) from None
 
 
+def _share_cores(num_processes: int) -> None:
+    """Each of ``num_processes`` processes on this machine takes its share of the CPU cores."""
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // num_processes))
+
+
+def _on_shared_cores(main_func, num_processes, *args):
+    _share_cores(num_processes)
+    return main_func(*args)
+
+
 def _gloo_worker(local_rank, main_func, world_size, num_processes, machine_rank, dist_url, args, timeout):
     global_rank = machine_rank * num_processes + local_rank
-    threads = max(1, (os.cpu_count() or 1) // num_processes)
-    torch.set_num_threads(threads)
+    _share_cores(num_processes)
     dist.init_process_group(backend="gloo", init_method=dist_url, world_size=world_size,
                             rank=global_rank, timeout=timeout)
     num_machines = world_size // num_processes

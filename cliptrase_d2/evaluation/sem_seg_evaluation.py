@@ -9,11 +9,12 @@
 
 Both can save the predicted label maps and write their results as JSON, atomically.
 """
+import inspect
 import itertools
 import logging
 import os
 from collections import OrderedDict
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -33,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 SUMMARY_KEYS = ("mIoU", "fwIoU", "mAcc", "pAcc")
 
+# detectron2 after 0.6 (March 2022 on) reads ground truth through a `sem_seg_loading_fn` hook.
+LIBRARY_LOADING_HOOK = "sem_seg_loading_fn" in inspect.signature(SemSegEvaluator).parameters
+
 
 def check_registered(dataset_name: str) -> None:
     """KeyError listing the registered datasets when ``dataset_name`` is not one of them."""
@@ -51,15 +55,27 @@ def image_id_of(dataset_dict: dict) -> str:
     return os.path.splitext(os.path.basename(dataset_dict["file_name"]))[0]
 
 
-def open_label_map(path: str, dataset_name: str) -> Image.Image:
-    """Open a ground-truth PNG, fully loaded; FileNotFoundError naming it when it is missing."""
+def _open_ground_truth(path: str, dataset_name: str):
+    """The file object of a ground truth; FileNotFoundError naming it when it is missing."""
     try:
-        with PathManager.open(path, "rb") as f:
-            image = Image.open(f)
-            image.load()
+        return PathManager.open(path, "rb")
     except FileNotFoundError as e:
         raise FileNotFoundError(f"ground truth '{path}' of dataset '{dataset_name}' not found") from e
+
+
+def open_label_map(path: str, dataset_name: str) -> Image.Image:
+    """Open a ground-truth PNG, fully loaded; FileNotFoundError naming it when it is missing."""
+    with _open_ground_truth(path, dataset_name) as f:
+        image = Image.open(f)
+        image.load()
     return image
+
+
+def label_map_size(path: str, dataset_name: str) -> Tuple[int, int]:
+    """(width, height) of a ground-truth image, read from its header only."""
+    with _open_ground_truth(path, dataset_name) as f:
+        with Image.open(f) as image:
+            return image.size
 
 
 def label_map_to_array(image: Image.Image, path: str) -> np.ndarray:
@@ -73,8 +89,8 @@ def label_map_to_array(image: Image.Image, path: str) -> np.ndarray:
     return labels
 
 
-def predicted_labels(scores, num_classes: int, file_name: str) -> np.ndarray:
-    """(K, H, W) class scores -> (H, W) int64 argmax, checking K against the dataset's classes."""
+def checked_scores(scores, num_classes: int, file_name: str) -> torch.Tensor:
+    """(K, H, W) class scores as a tensor, K checked against the dataset's classes."""
     scores = torch.as_tensor(scores)
     if scores.dim() != 3:
         raise ValueError(f"{file_name}: expected 'sem_seg' scores of shape (K, H, W), got {tuple(scores.shape)}")
@@ -82,6 +98,12 @@ def predicted_labels(scores, num_classes: int, file_name: str) -> np.ndarray:
         raise ValueError(
             f"{file_name}: the model scored {scores.shape[0]} classes but the dataset has {num_classes}"
         )
+    return scores
+
+
+def predicted_labels(scores, num_classes: int, file_name: str) -> np.ndarray:
+    """(K, H, W) class scores -> (H, W) int64 argmax, checking K against the dataset's classes."""
+    scores = checked_scores(scores, num_classes, file_name)
     return scores.argmax(dim=0).cpu().numpy().astype(np.int64)
 
 
@@ -246,18 +268,21 @@ class PaperSemSegEvaluator(_ResultsWriter, DatasetEvaluator):
 class StandardSemSegEvaluator(_ResultsWriter, SemSegEvaluator):
     """The `standard` protocol: Detectron2's ``SemSegEvaluator`` (predictions at the original
     resolution, ``ignore_label`` ignored, its metric and result keys: mIoU, fwIoU, mACC, pACC,
-    IoU-<class>, ACC-<class>), plus prediction PNGs, a results JSON and a log table.
+    IoU-<class>, ACC-<class>, and on detectron2 versions that compute it BoundaryIoU-<class> and
+    min(IoU, B-Iou)-<class>), plus prediction PNGs, a results JSON and a log table.
 
-    Unlike Detectron2's, it fails with a message naming the file when a ground truth is missing,
-    has another size than the prediction or holds ids outside the classes, and it does not
-    build the COCO-format RLE ``sem_seg_predictions.json``.
+    Detectron2 accumulates the metric. Before it reads a ground truth, this evaluator fails
+    with a message naming the file when the ground truth is missing, has another size than the
+    prediction or holds ids outside the classes; it does not build the COCO-format RLE
+    ``sem_seg_predictions.json``.
     """
 
     def __init__(self, dataset_name: str, distributed: bool = True, output_dir: Optional[str] = None,
                  *, save_predictions: bool = False, run_info: Optional[Dict] = None):
         check_registered(dataset_name)
+        loading = {"sem_seg_loading_fn": self._load_ground_truth} if LIBRARY_LOADING_HOOK else {}
         # output_dir is kept here: Detectron2's own (non-atomic) dumps are not written
-        super().__init__(dataset_name, distributed=distributed, output_dir=None)
+        super().__init__(dataset_name, distributed=distributed, output_dir=None, **loading)
         if 0 <= self._ignore_label < self._num_classes:
             raise ValueError(
                 f"Dataset '{dataset_name}': ignore_label {self._ignore_label} is also a class id "
@@ -269,35 +294,45 @@ class StandardSemSegEvaluator(_ResultsWriter, SemSegEvaluator):
         super().reset()
         self._num_images = 0
 
+    def _load_ground_truth(self, path: str, dtype=np.int64) -> np.ndarray:
+        """(H, W) label ids of one ground truth, checked: one channel, ids are classes or
+        ``ignore_label``. Detectron2 loads ground truth through it where it has the hook."""
+        gt = label_map_to_array(open_label_map(path, self._dataset_name), path)
+        unknown = (gt != self._ignore_label) & ((gt < 0) | (gt >= self._num_classes))
+        if unknown.any():
+            raise ValueError(
+                f"ground truth '{path}' holds ids {np.unique(gt[unknown])[:10].tolist()} outside "
+                f"[0, {self._num_classes}) that are not ignore_label {self._ignore_label}"
+            )
+        return gt.astype(dtype, copy=False)
+
     def process(self, inputs, outputs):
         for dataset_dict, output in zip(inputs, outputs):
             file_name = dataset_dict["file_name"]
-            pred = predicted_labels(output["sem_seg"], self._num_classes, file_name)
+            scores = checked_scores(output["sem_seg"], self._num_classes, file_name)
+            height, width = scores.shape[1:]
             path = dataset_dict.get("sem_seg_file_name") or self.input_file_to_gt_file.get(file_name)
             if path is None:
                 raise KeyError(f"no ground truth (sem_seg_file_name) for '{file_name}' in '{self._dataset_name}'")
-            gt = label_map_to_array(open_label_map(path, self._dataset_name), path)
-            if gt.shape != pred.shape:
+            gt_width, gt_height = label_map_size(path, self._dataset_name)
+            if (gt_height, gt_width) != (height, width):
                 raise ValueError(
-                    f"ground truth '{path}' is {gt.shape[0]}x{gt.shape[1]} but the prediction for "
-                    f"'{file_name}' is {pred.shape[0]}x{pred.shape[1]}; the standard protocol "
+                    f"ground truth '{path}' is {gt_height}x{gt_width} but the prediction for "
+                    f"'{file_name}' is {height}x{width}; the standard protocol "
                     "evaluates at the original resolution"
                 )
-            void = gt == self._ignore_label
-            unknown = ~void & ((gt < 0) | (gt >= self._num_classes))
-            if unknown.any():
-                raise ValueError(
-                    f"ground truth '{path}' holds ids {np.unique(gt[unknown])[:10].tolist()} outside "
-                    f"[0, {self._num_classes}) that are not ignore_label {self._ignore_label}"
-                )
-            gt[void] = self._num_classes
-            # Detectron2's layout: rows = prediction, columns = ground truth, last = void
-            self._conf_matrix += np.bincount(
-                (self._num_classes + 1) * pred.reshape(-1) + gt.reshape(-1),
-                minlength=self._conf_matrix.size,
-            ).reshape(self._conf_matrix.shape)
+            if not LIBRARY_LOADING_HOOK:  # detectron2 0.6 reads the PNG itself, unchecked
+                self._load_ground_truth(path)
+            self.input_file_to_gt_file[file_name] = path  # the library reads the file checked here
+            super().process([dataset_dict], [output])
             self._num_images += 1
-            self._save_prediction(dataset_dict, pred)
+            if self._save_predictions:
+                self._save_prediction(dataset_dict, scores.argmax(dim=0).cpu().numpy())
+
+    def encode_json_sem_seg(self, sem_seg, input_file_name):
+        """Nothing: Detectron2 writes these COCO-format RLEs only to its output_dir, which it is
+        not given (they would cost time and memory, gathered from every process, for nothing)."""
+        return []
 
     def evaluate(self):
         """Only the main process returns the results (None elsewhere), like Detectron2's."""
@@ -310,6 +345,11 @@ class StandardSemSegEvaluator(_ResultsWriter, SemSegEvaluator):
             (("mIoU", res["mIoU"]), ("fwIoU", res["fwIoU"]), ("mAcc", res["mACC"]), ("pAcc", res["pACC"]))
         )
         per_class_iou = np.array([res[f"IoU-{name}"] for name in self._class_names], dtype=np.float64)
+        extra = {}
+        if f"BoundaryIoU-{self._class_names[0]}" in res:
+            extra["per_class_BoundaryIoU"] = OrderedDict(
+                (name, float(res[f"BoundaryIoU-{name}"])) for name in self._class_names
+            )
         self._write_results("standard", self._dataset_name, list(self._class_names), summary,
-                            per_class_iou, num_images=sum(counts))
+                            per_class_iou, num_images=sum(counts), **extra)
         return results
