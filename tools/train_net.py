@@ -7,17 +7,14 @@
 
 Without CUDA, --num-gpus N starts N CPU processes (gloo).
 """
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import cliptrase_d2  # noqa: E402  (registers the meta-architecture and datasets; detectron2 shims)
-from cliptrase_d2.clip_loading import WeightsError  # noqa: E402
-from cliptrase_d2.engine import launch  # noqa: E402
-from cliptrase_d2.engine.launch import WorkerError  # noqa: E402
-from cliptrase_d2.engine.trainer import Trainer, setup  # noqa: E402
-from detectron2.engine import default_argument_parser  # noqa: E402
+import cliptrase_d2  # noqa: F401  (registers the meta-architecture and datasets; detectron2 shims)
+from cliptrase_d2.clip_loading import WeightsError
+from cliptrase_d2.engine import launch
+from cliptrase_d2.engine.launch import WorkerError
+from cliptrase_d2.engine.trainer import Trainer, setup
+from detectron2.engine import default_argument_parser
 
 
 def main(args):
