@@ -18,8 +18,8 @@ from typing import List, Optional
 
 from tqdm import tqdm
 
-from prepare_common import (add_root_argument, copy_file, read_ids, read_label_png, remap, report, require,
-                            resolve_root, run, same_folder, save_label_png)
+from prepare_common import (Summary, add_root_argument, copy_file, read_ids, read_label_png, remap, require,
+                            resolve_root, run, same_folder)
 
 LAYOUT = Path("VOCdevkit/VOC2012")
 SOURCE = ("VOCtrainval_11-May-2012.tar, "
@@ -47,20 +47,29 @@ def main(argv: Optional[List[str]] = None) -> int:
     outputs = {"voc20": (out / "annotations_detectron2/val", VOC20_LABELS),
                "voc21": (out / "annotations_detectron2_bg/val", VOC21_LABELS)}
 
-    written = copy_file(split_file, out / "ImageSets/Segmentation/val.txt") if copy_images else 0
-    for image_id in tqdm(read_ids(split_file), desc="VOC2012 val"):
+    image_ids = read_ids(split_file)
+    summary = Summary("VOC2012 val", "voc2012")
+    summary.images = len(image_ids)
+    if copy_images:
+        summary.write(copy_file(split_file, out / "ImageSets/Segmentation/val.txt"))
+    for image_id in tqdm(image_ids, desc="VOC2012 val"):
         if copy_images:
-            image = require(images_dir / f"{image_id}.jpg", "VOC2012 image", SOURCE)
-            written += copy_file(image, out / "JPEGImages" / f"{image_id}.jpg")
+            image = images_dir / f"{image_id}.jpg"
+            if image.is_file():
+                summary.write(copy_file(image, out / "JPEGImages" / f"{image_id}.jpg"))
+            else:
+                summary.missing_file(image, "VOC2012 image", SOURCE)
         targets = [(folder / f"{image_id}.png", mapping) for folder, mapping in outputs.values()]
         if all(path.exists() for path, _ in targets):
             continue
-        labels = read_label_png(require(labels_dir / f"{image_id}.png", "VOC2012 label map", SOURCE))
+        label_file = labels_dir / f"{image_id}.png"
+        if not label_file.is_file():
+            summary.missing_file(label_file, "VOC2012 label map", SOURCE)
+            continue
+        labels = read_label_png(label_file)
         for path, mapping in targets:
-            written += save_label_png(remap(labels, mapping, default=255), path)
-    report("VOC2012 val", written, [folder for folder, _ in outputs.values()])
-    return written
-
+            summary.save(remap(labels, mapping, default=255), path, 255)
+    return summary.finish({outputs["voc20"][0]: 20, outputs["voc21"][0]: 21})
 
 if __name__ == "__main__":
     run(main)
