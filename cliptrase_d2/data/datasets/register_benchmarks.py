@@ -93,8 +93,9 @@ BENCHMARK_SPLITS: Tuple[SemSegSplit, ...] = (
     # Also read from the CLIPtrase authors' and SAN's VOC2012/ folders.
     _benchmark("cliptrase_voc20_val", "voc20", f"{_VOC}/JPEGImages", f"{_VOC}/annotations_detectron2/val",
                "prepare_voc.py", split_file=f"{_VOC}/ImageSets/Segmentation/val.txt",
-               alternatives=(("VOC2012/images_detectron2/val", "VOC2012/annotations_detectron2/val"),
-                             ("VOC2012/JPEGImages", "VOC2012/annotations_detectron2/val"))),
+               alternatives=(
+                   ("VOC2012/images_detectron2/val", "VOC2012/annotations_detectron2/val"),
+                   ("VOC2012/JPEGImages", "VOC2012/annotations_detectron2/val"))),
     # VOC21: background is class 20, void stays 255.
     _benchmark("cliptrase_voc21_val", "voc21", f"{_VOC}/JPEGImages", f"{_VOC}/annotations_detectron2_bg/val",
                "prepare_voc.py", split_file=f"{_VOC}/ImageSets/Segmentation/val.txt",
@@ -110,12 +111,14 @@ BENCHMARK_SPLITS: Tuple[SemSegSplit, ...] = (
     _benchmark("cliptrase_pc459_val", "pc459", f"{_CONTEXT}/JPEGImages",
                f"{_CONTEXT}/annotations_detectron2/pc459_val", "prepare_pascal_context.py",
                split_file=f"{_CONTEXT}/ImageSets/Main/val.txt",
-               alternatives=(("pcontext_full/val/image", "pcontext_full/val/label"),), **_16BIT_TIFF),
+               alternatives=(("pcontext_full/val/image", "pcontext_full/val/label"),),
+               **_16BIT_TIFF),
     # COCO: 171 stuff+thing classes (also from CAT-Seg's coco-stuff/); COCO-Object maps every
     # stuff and unlabelled pixel to background 80.
     _benchmark("cliptrase_coco_stuff171_val", "coco_stuff171", "coco/val2017",
                "coco/stuffthingmaps_detectron2/val2017", "prepare_coco_stuff.py",
-               alternatives=(("coco-stuff/images/val2017", "coco-stuff/annotations_detectron2/val2017"),)),
+               alternatives=(
+                   ("coco-stuff/images/val2017", "coco-stuff/annotations_detectron2/val2017"),)),
     _benchmark("cliptrase_coco_object80_val", "coco_object80", "coco/val2017",
                "coco/objectmaps_detectron2/val2017", "prepare_coco_stuff.py", paper_void_as_background=True),
     # The paper's COCO-Object quirk, baked into the labels: stuff class 80 ('banner') and void are background
@@ -181,7 +184,8 @@ def _labelled_image_files(split: SemSegSplit, image_dir: str, gt_dir: str) -> Li
         path = next((p for p in candidates if os.path.isfile(p)), None)
         if path is None:
             raise FileNotFoundError(
-                f"Dataset '{split.name}': label map {os.path.join(gt_dir, file_name)} has no image; "
+                f"Dataset '{split.name}': label map {os.path.join(gt_dir, file_name)} has no "
+                f"image; "
                 f"expected {candidates[0]}. {split.how_to_create}"
             )
         found.append((path, stem))
@@ -216,7 +220,8 @@ def load_sem_seg_split(split: SemSegSplit, root: str) -> List[dict]:
             also = "".join(f" (or {os.path.join(root, g)} with {os.path.join(root, i)})"
                            for i, g in split.alternatives)
             raise FileNotFoundError(
-                f"Dataset '{split.name}': folder {folder} does not exist{also}. {split.how_to_create}"
+                f"Dataset '{split.name}': folder {folder} does not exist{also}. "
+                f"{split.how_to_create}"
             )
     if split.split_file is not None:
         split_file = os.path.join(root, split.split_file)
