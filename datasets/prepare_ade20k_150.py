@@ -15,8 +15,8 @@ from typing import List, Optional
 
 from tqdm import tqdm
 
-from prepare_common import (Summary, add_root_argument, copy_file, read_label_png, remap, require, require_images,
-                            resolve_root, run, same_folder)
+from prepare_common import (Summary, add_root_argument, copy_file, read_label_png, remap, require,
+                            require_images, resolve_root, run, same_folder)
 
 LAYOUT = Path("ADEChallengeData2016")
 SOURCE = ("ADEChallengeData2016.zip, http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip "

@@ -6,12 +6,11 @@ Input: the extracted ADE20K_2021_17_01.zip: ``index_ade20k.pkl`` (lists ``folder
 1-based index into ``objectnames`` (0 unlabelled). Output, under the dataset root, in the
 layout MaskFormer, SAN and CAT-Seg use (shorter side at most 512 pixels):
 
-    ADE20K_2021_17_01/images_detectron2/validation/<name>.jpg       every image decoded and saved again
-                                                                    as JPEG (Pillow's default quality),
-                                                                    resized to a shorter side of 512
-                                                                    (bilinear) when it is longer
-    ADE20K_2021_17_01/annotations_detectron2/validation/<name>.tif  16-bit: the 847 classes of
-                                                                    vocabularies.json 0..846, everything else 65535
+    ADE20K_2021_17_01/images_detectron2/validation/<name>.jpg
+        every image decoded and saved again as JPEG (Pillow's defaults), resized to a shorter
+        side of 512 (bilinear) when it is longer
+    ADE20K_2021_17_01/annotations_detectron2/validation/<name>.tif
+        16-bit: the 847 classes of vocabularies.json 0..846, everything else 65535
 
 The 847 classes are mapped by id, as MaskFormer's script does: ``ade847_ids.json`` (next to this
 script) gives the ADE object class of each ADE847 class. Before converting, the script checks
@@ -34,8 +33,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from prepare_common import (Summary, add_root_argument, benchmark_classes, remap, require, resolve_root, run,
-                            save_label_tiff16, write_atomic)
+from prepare_common import (Summary, add_root_argument, benchmark_classes, remap, require,
+                            resolve_root, run, save_label_tiff16, write_atomic)
 
 LAYOUT = Path("ADE20K_2021_17_01")
 SOURCE = ("ADE20K_2021_17_01.zip from https://groups.csail.mit.edu/vision/datasets/ADE20K/ "
@@ -59,8 +58,10 @@ def ade_id_to_class(objectnames: List[str], index_file: Path) -> Dict[int, int]:
                 for k, (name, ade_id) in enumerate(zip(classes, ade_ids))
                 if ade_id > len(objectnames) or objectnames[ade_id - 1] != name]
     if disagree:
-        raise ValueError(f"{len(disagree)} ADE847 classes are named differently in {index_file}'s objectnames "
-                         f"(another ADE20K release? this script needs ADE20K_2021_17_01): {disagree[:5]}")
+        raise ValueError(f"{len(disagree)} ADE847 classes are named differently in {index_file}'s "
+                         "objectnames (another ADE20K release? this script needs "
+                         "ADE20K_2021_17_01): "
+                         f"{disagree[:5]}")
     return {ade_id: class_id for class_id, ade_id in enumerate(ade_ids)}
 
 
@@ -118,7 +119,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         jpg = image_path(source, folder, filename)
         seg = jpg.with_name(f"{stem}_seg.png")
         if not (jpg.is_file() and seg.is_file()):
-            summary.missing_file(seg if jpg.is_file() else jpg, "ADE20K image or segmentation", SOURCE)
+            missing = seg if jpg.is_file() else jpg
+            summary.missing_file(missing, "ADE20K image or segmentation", SOURCE)
             continue
         labels = remap(decode_classes(seg), to_class, default=VOID_16BIT)
         with Image.open(jpg) as image:
@@ -128,7 +130,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             height, width = size
             pixels = cv2.resize(pixels, (width, height), interpolation=cv2.INTER_LINEAR)
             labels = cv2.resize(labels.astype(np.uint16), (width, height), interpolation=cv2.INTER_NEAREST)
-        summary.write(write_atomic(image_out, lambda tmp: Image.fromarray(pixels).save(tmp, format="JPEG")))
+        save_jpeg = lambda tmp: Image.fromarray(pixels).save(tmp, format="JPEG")  # noqa: E731
+        summary.write(write_atomic(image_out, save_jpeg))
         summary.save(labels, label_out, VOID_16BIT, save_label_tiff16)
     return summary.finish({out_labels: NUM_CLASSES}, "*.tif")
 

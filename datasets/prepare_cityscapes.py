@@ -18,8 +18,8 @@ from typing import List, Optional
 
 from tqdm import tqdm
 
-from prepare_common import (Summary, add_root_argument, copy_file, read_label_png, remap, require, require_images,
-                            resolve_root, run, same_folder)
+from prepare_common import (Summary, add_root_argument, copy_file, read_label_png, remap, require,
+                            require_images, resolve_root, run, same_folder)
 
 LAYOUT = Path("cityscapes")
 SOURCE = ("leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from https://www.cityscapes-dataset.com/downloads/ "
@@ -58,7 +58,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not label_file.is_file():
             summary.missing_file(label_file, "Cityscapes labelIds map", SOURCE)
             continue
-        summary.save(remap(read_label_png(label_file), LABEL_ID_TO_TRAIN_ID, default=255), target, 255)
+        train_ids = remap(read_label_png(label_file), LABEL_ID_TO_TRAIN_ID, default=255)
+        summary.save(train_ids, target, 255)
     return summary.finish({out / "gtFine/val": 19}, "*/*_gtFine_labelTrainIds.png")
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ Inputs: val2017.zip (``coco/val2017/*.jpg``) and COCO-Stuff's stuffthingmaps_tra
 unused ids left out; 255 unlabelled). Output, under the dataset root:
 
     coco/stuffthingmaps_detectron2/val2017/<id>.png     COCO-Stuff171: classes 0..170 (things 0..79), void 255
-    coco/objectmaps_detectron2/val2017/<id>.png         COCO-Object80: things 0..79; every stuff and every
-                                                        unlabelled pixel is background 80
+    coco/objectmaps_detectron2/val2017/<id>.png         COCO-Object80: things 0..79; every stuff
+                                                        and every unlabelled pixel background 80
     coco/objectmaps_paper_detectron2/val2017/<id>.png   the paper's quirk: things 0..79; stuff class 80
                                                         ('banner') and void 80; stuff classes 81..170 255
 
@@ -43,7 +43,8 @@ IMAGES_SOURCE = "COCO's val2017.zip, http://images.cocodataset.org/zips/val2017.
 MAPS_SOURCE = ("COCO-Stuff's stuffthingmaps_trainval2017.zip, "
                "http://calvin.inf.ed.ac.uk/wp-content/uploads/data/cocostuffdataset/stuffthingmaps_trainval2017.zip "
                "(extract it into <root>/coco/stuffthingmaps)")
-STUFF171_SOURCE = "an earlier run of this script, or SAN's / CAT-Seg's COCO-Stuff preparation (--stuff171)"
+STUFF171_SOURCE = ("an earlier run of this script, or SAN's / CAT-Seg's COCO-Stuff preparation "
+                   "(--stuff171)")
 
 # COCO category ids 1..182 that no annotation uses: 11 thing ids of the 2014 paper's 91.
 UNUSED_CATEGORY_IDS = (12, 26, 29, 30, 45, 66, 68, 69, 71, 83, 91)
@@ -60,8 +61,10 @@ def stuffthing_to_171() -> Dict[int, int]:
 
 # The peers' COCO-Object: stuff (80..170) and unlabelled (255) pixels are background.
 STANDARD_OBJECT80 = {**{i: i for i in range(NUM_THINGS)},
-                     **{i: NUM_THINGS for i in range(NUM_THINGS, NUM_STUFF_AND_THINGS)}, VOID: NUM_THINGS}
-PAPER_OBJECT80 = {**{i: i for i in range(NUM_THINGS)}, NUM_THINGS: NUM_THINGS, VOID: NUM_THINGS}  # 81..170 -> 255
+                     **{i: NUM_THINGS for i in range(NUM_THINGS, NUM_STUFF_AND_THINGS)},
+                     VOID: NUM_THINGS}
+# The paper's: 'banner' (80) and void are background; stuff 81..170 -> 255.
+PAPER_OBJECT80 = {**{i: i for i in range(NUM_THINGS)}, NUM_THINGS: NUM_THINGS, VOID: NUM_THINGS}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -70,10 +73,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--val2017", type=Path, default=None, help="COCO val2017 images (default: <root>/coco/val2017)")
     maps = parser.add_mutually_exclusive_group()
     maps.add_argument("--stuffthingmaps", type=Path, default=None,
-                      help="COCO-Stuff's val2017 stuffthingmaps (default: <root>/coco/stuffthingmaps/val2017)")
+                      help="COCO-Stuff's val2017 stuffthingmaps "
+                           "(default: <root>/coco/stuffthingmaps/val2017)")
     maps.add_argument("--stuff171", type=Path, default=None,
                       help="existing COCO-Stuff171 maps (0..170, void 255), e.g. CAT-Seg's "
-                           "coco-stuff/annotations_detectron2/val2017: derive the COCO-Object maps from them")
+                           "coco-stuff/annotations_detectron2/val2017: derive the COCO-Object "
+                           "maps from them")
     add_root_argument(parser)
     args = parser.parse_args(argv)
     root = resolve_root(args.root)
@@ -83,7 +88,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                "paper": out / "objectmaps_paper_detectron2/val2017"}
     raw_maps = args.stuffthingmaps or out / "stuffthingmaps/val2017"
     stuff171_dir = args.stuff171
-    if stuff171_dir is None and args.stuffthingmaps is None and not raw_maps.is_dir() and folders["stuff171"].is_dir():
+    no_raw_maps = args.stuffthingmaps is None and not raw_maps.is_dir()
+    if stuff171_dir is None and no_raw_maps and folders["stuff171"].is_dir():
         stuff171_dir = folders["stuff171"]
         logger.info("COCO: no %s; deriving the COCO-Object maps from the COCO-Stuff171 maps in %s",
                     raw_maps, stuff171_dir)
@@ -107,15 +113,18 @@ def main(argv: Optional[List[str]] = None) -> int:
             continue
         map_file = maps_dir / f"{image.stem}.png"
         if not map_file.is_file():
-            summary.missing_file(map_file, "COCO-Stuff map", STUFF171_SOURCE if stuff171_dir else MAPS_SOURCE)
+            source = STUFF171_SOURCE if stuff171_dir else MAPS_SOURCE
+            summary.missing_file(map_file, "COCO-Stuff map", source)
             continue
         labels = read_label_png(map_file)
         stuff171 = labels if stuff171_dir is not None else remap(labels, to_171, default=VOID)
         if "stuff171" in targets:
             summary.save(stuff171, targets["stuff171"], VOID)
-        summary.save(remap(stuff171, STANDARD_OBJECT80, default=NUM_THINGS), targets["object80"], -1)
+        object80 = remap(stuff171, STANDARD_OBJECT80, default=NUM_THINGS)
+        summary.save(object80, targets["object80"], -1)
         summary.save(remap(stuff171, PAPER_OBJECT80, default=VOID), targets["paper"], VOID)
-    classes = {"stuff171": NUM_STUFF_AND_THINGS, "object80": NUM_THINGS + 1, "paper": NUM_THINGS + 1}
+    classes = {"stuff171": NUM_STUFF_AND_THINGS, "object80": NUM_THINGS + 1,
+               "paper": NUM_THINGS + 1}
     return summary.finish({folder: classes[key] for key, folder in folders.items()}, "*.png")
 
 

@@ -163,7 +163,8 @@ class Summary:
         """Warns about one missing input file (the first few by name) and counts it."""
         self.missing.append(path)
         if len(self.missing) <= MISSING_SHOWN:
-            logger.warning("warning: %s not found: %s (it comes from %s); skipped", what, path, source)
+            logger.warning("warning: %s not found: %s (it comes from %s); skipped", what, path,
+                           source)
 
     def finish(self, outputs: Mapping[Path, int], pattern: str = "*") -> int:
         """Logs the summary; ``outputs`` maps each output folder to its number of classes.

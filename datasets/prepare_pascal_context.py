@@ -38,8 +38,9 @@ import scipy.io
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from prepare_common import (Summary, add_root_argument, benchmark_classes, copy_file, read_ids, read_label_png,
-                            remap, require, resolve_root, run, same_folder, save_label_tiff16)
+from prepare_common import (Summary, add_root_argument, benchmark_classes, copy_file, read_ids,
+                            read_label_png, remap, require, resolve_root, run, same_folder,
+                            save_label_tiff16)
 
 logger = logging.getLogger("prepare")
 
@@ -48,8 +49,9 @@ VOC2010_SOURCE = ("VOCtrainval_03-May-2010.tar, http://host.robots.ox.ac.uk/pasc
                   "VOCtrainval_03-May-2010.tar (extract it under the root)")
 CONTEXT_SOURCE = ("PASCAL Context's trainval.tar.gz, https://cs.stanford.edu/~roozbeh/pascal-context/trainval.tar.gz "
                   "(extract it into VOCdevkit/VOC2010, or pass --context)")
-DETAIL_SOURCE = ("the PASCAL in Detail annotations, https://codalabuser.blob.core.windows.net/public/"
-                 "trainval_merged.json (put it into VOCdevkit/VOC2010, or pass --detail-json)")
+DETAIL_SOURCE = ("the PASCAL in Detail annotations, "
+                 "https://codalabuser.blob.core.windows.net/public/trainval_merged.json "
+                 "(put it into VOCdevkit/VOC2010, or pass --detail-json)")
 PC59_ALIASES = {"diningtable": "table"}  # PC59 name -> PC459 name, where they differ
 VOID_16BIT = 65535
 VOID = 255
@@ -74,8 +76,9 @@ def check_labels_txt(context_dir: Path) -> None:
             expected = benchmark_classes("pc459")
             squash = [n.replace(" ", "").lower() for n in names]
             if squash != [n.replace(" ", "").lower() for n in expected]:
-                raise ValueError(f"{candidate} does not list the 459 classes of vocabularies.json in order "
-                                 f"(it lists {len(names)}); is it PASCAL Context's labels.txt?")
+                raise ValueError(f"{candidate} does not list the 459 classes of vocabularies.json "
+                                 f"in order (it lists {len(names)}); is it PASCAL Context's "
+                                 "labels.txt?")
             return
 
 
@@ -114,13 +117,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--context", type=Path, default=None,
                         help="folder of PASCAL Context's 459-class <id>.mat files (default: <voc2010>/trainval)")
     parser.add_argument("--detail-json", type=Path, default=None,
-                        help="PASCAL in Detail's trainval_merged.json (default: <voc2010>/trainval_merged.json)")
+                        help="PASCAL in Detail's trainval_merged.json "
+                             "(default: <voc2010>/trainval_merged.json)")
     parser.add_argument("--labels", choices=("detail", "mat"), default="detail",
-                        help="source of PC59 and PC60: the Detail annotations (default, as mmseg, SAN and "
-                             "CAT-Seg) or the .mat files")
+                        help="source of PC59 and PC60: the Detail annotations (default, as "
+                             "mmseg, SAN and CAT-Seg) or the .mat files")
     parser.add_argument("--from-pc59", type=Path, default=None,
-                        help="existing PC59 maps made from the Detail annotations (SAN's pcontext/val/label, "
-                             "CAT-Seg's pc59_val): copied as PC59, and PC60 derived from them")
+                        help="existing PC59 maps made from the Detail annotations (SAN's "
+                             "pcontext/val/label, CAT-Seg's pc59_val): copied as PC59, and PC60 "
+                             "derived from them")
     add_root_argument(parser)
     args = parser.parse_args(argv)
     root = resolve_root(args.root)
@@ -131,28 +136,30 @@ def main(argv: Optional[List[str]] = None) -> int:
     images_dir = require(source / "JPEGImages", "VOC2010 images", VOC2010_SOURCE)
     context_dir = args.context or source / "trainval"
     detail_json = args.detail_json or source / "trainval_merged.json"
-    pc59_maps = require(args.from_pc59, "PC59 maps", "SAN's or CAT-Seg's PASCAL Context preparation") \
-        if args.from_pc59 else None
+    pc59_maps = None
+    if args.from_pc59:
+        pc59_maps = require(args.from_pc59, "PC59 maps", "SAN's or CAT-Seg's PASCAL Context script")
     have_mat, have_detail = context_dir.is_dir(), detail_json.is_file()
     if not have_mat and (args.labels == "mat" or not have_detail) and pc59_maps is None:
         require(context_dir, "PASCAL Context label folder", CONTEXT_SOURCE)
     if not have_mat:
-        logger.warning("warning: PASCAL Context label folder not found: %s (it comes from %s); PC459 is "
-                       "not written", context_dir, CONTEXT_SOURCE)
+        logger.warning("warning: PASCAL Context label folder not found: %s (it comes from %s); "
+                       "PC459 is not written", context_dir, CONTEXT_SOURCE)
     else:
         check_labels_txt(context_dir)
     pc59_source = "maps" if pc59_maps else args.labels
     if pc59_source == "detail" and not have_detail:
         logger.warning("warning: %s not found (it comes from %s); PC59 and PC60 are not written. "
-                       "Pass --labels mat to make them from the .mat files instead (not what the published "
-                       "numbers used).", detail_json, DETAIL_SOURCE)
+                       "Pass --labels mat to make them from the .mat files instead (not what the "
+                       "published numbers used).", detail_json, DETAIL_SOURCE)
         pc59_source = None
-    detail = DetailAnnotations(detail_json) if have_detail and pc59_source in ("detail", "mat") else None
+    use_detail = have_detail and pc59_source in ("detail", "mat")
+    detail = DetailAnnotations(detail_json) if use_detail else None
     to_pc59 = pc459_to_pc59()
     detail_to_pc59 = {id_459 + 1: id_59 for id_459, id_59 in to_pc59.items()}
     copy_images = not same_folder(source, out)
     annotations = out / "annotations_detectron2"
-    folders = {"pc459": annotations / "pc459_val", "pc59": annotations / "pc59_val", "pc60": annotations / "pc60_val"}
+    folders = {key: annotations / f"{key}_val" for key in ("pc459", "pc59", "pc60")}
     if not have_mat:
         del folders["pc459"]
     if pc59_source is None:
@@ -160,8 +167,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     image_ids = read_ids(split_file)
     if detail is not None and set(detail.images) != set(image_ids):
+        common = len(set(detail.images) & set(image_ids))
         logger.warning("warning: %s has %d val images, %s lists %d (%d in common)", detail_json,
-                       len(detail.images), split_file, len(image_ids), len(set(detail.images) & set(image_ids)))
+                       len(detail.images), split_file, len(image_ids), common)
     summary = Summary("PASCAL Context val", "pascal_context")
     summary.images = len(image_ids)
     differing_pixels = differing_images = compared_pixels = 0
@@ -182,7 +190,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if have_mat:
             mat = context_dir / f"{image_id}.mat"
             if mat.is_file():
-                label_map = scipy.io.loadmat(str(mat))["LabelMap"].astype(np.int64)  # 1..459, 0 unlabelled
+                # 1..459, 0 unlabelled
+                label_map = scipy.io.loadmat(str(mat))["LabelMap"].astype(np.int64)
                 pc459 = np.where(label_map > 0, label_map - 1, VOID_16BIT)
                 if "pc459" in targets:
                     summary.save(pc459, targets["pc459"], VOID_16BIT, save_label_tiff16)
@@ -194,7 +203,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if detail is not None and image_id in detail.images:
             from_detail = remap(detail.label_map(image_id), detail_to_pc59, default=VOID)
         elif detail is not None and pc59_source == "detail":
-            summary.missing_file(detail_json, f"image {image_id} in the Detail annotations", DETAIL_SOURCE)
+            what = f"image {image_id} in the Detail annotations"
+            summary.missing_file(detail_json, what, DETAIL_SOURCE)
         from_mat = remap(pc459, to_pc59, default=VOID) if pc459 is not None else None
         if from_detail is not None and from_mat is not None:
             same_shape = from_detail.shape == from_mat.shape
@@ -217,8 +227,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         # the 59 classes is background, unlabelled ones included; nothing is ignored.
         summary.save(np.where(pc59 == VOID, PC60_BACKGROUND, pc59), targets["pc60"], -1)
     if compared_pixels:
-        logger.info("PC59 from %s and from the .mat files: %d of %d pixels differ (%.3f%%), in %d images",
-                    detail_json.name, differing_pixels, compared_pixels,
+        logger.info("PC59 from %s and from the .mat files: %d of %d pixels differ (%.3f%%), "
+                    "in %d images", detail_json.name, differing_pixels, compared_pixels,
                     100.0 * differing_pixels / compared_pixels, differing_images)
     classes = {"pc459": 459, "pc59": 59, "pc60": 60}
     return summary.finish({folder: classes[key] for key, folder in folders.items()})

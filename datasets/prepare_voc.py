@@ -18,8 +18,8 @@ from typing import List, Optional
 
 from tqdm import tqdm
 
-from prepare_common import (Summary, add_root_argument, copy_file, read_ids, read_label_png, remap, require,
-                            resolve_root, run, same_folder)
+from prepare_common import (Summary, add_root_argument, copy_file, read_ids, read_label_png, remap,
+                            require, resolve_root, run, same_folder)
 
 LAYOUT = Path("VOCdevkit/VOC2012")
 SOURCE = ("VOCtrainval_11-May-2012.tar, "
