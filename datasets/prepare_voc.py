@@ -8,7 +8,9 @@ SegmentationClass/ and ImageSets/Segmentation/val.txt). SegmentationClass holds 
     VOCdevkit/VOC2012/annotations_detectron2_bg/val/<id>.png  VOC21: classes 0..19, background 20, void 255
 
 When the input folder is not ``<root>/VOCdevkit/VOC2012`` itself, the val images and the split
-file are copied there too.
+file are copied there too. The ``VOC2012`` folder SAN's and the CLIPtrase authors' instructions
+make (JPEGImages/, DeepLab's SegmentationClassAug/ and val.txt; the 1,449 val maps there are the
+official ones as grayscale PNGs) is read the same way: ``--voc2012 <root>/VOC2012``.
 
     python datasets/prepare_voc.py [--voc2012 path/to/VOCdevkit/VOC2012] [--root datasets]
 """
@@ -40,8 +42,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     out = root / LAYOUT
     source = args.voc2012 or out
     require(source, "VOC2012 folder", SOURCE)
-    split_file = require(source / "ImageSets/Segmentation/val.txt", "VOC2012 segmentation split", SOURCE)
-    labels_dir = require(source / "SegmentationClass", "VOC2012 class labels", SOURCE)
+    split_file = source / "ImageSets/Segmentation/val.txt"
+    labels_dir = source / "SegmentationClass"
+    if not split_file.is_file() and (source / "val.txt").is_file():  # SAN's VOC2012/ folder
+        split_file = source / "val.txt"
+    if not labels_dir.is_dir() and (source / "SegmentationClassAug").is_dir():
+        labels_dir = source / "SegmentationClassAug"
+    require(split_file, "VOC2012 segmentation split", SOURCE)
+    require(labels_dir, "VOC2012 class labels", SOURCE)
     images_dir = require(source / "JPEGImages", "VOC2012 images", SOURCE)
     copy_images = not same_folder(source, out)
     outputs = {"voc20": (out / "annotations_detectron2/val", VOC20_LABELS),

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import scipy.io
 from detectron2.data import DatasetCatalog
+from PIL import Image
 from pycocotools import mask as mask_utils
 
 from cliptrase_d2.vocabulary import load_vocabularies
@@ -158,6 +159,23 @@ def test_coco_object_derived_from_existing_stuff171_maps(root, tmp_path_factory)
     assert main(["--root", str(root)]) == 2
     np.testing.assert_array_equal(labels_of(coco / "objectmaps_detectron2/val2017/000000000139.png")[0],
                                   [0, 79, 80, 80, 80])
+
+
+def test_voc_from_san_s_voc2012_folder(root):
+    """SAN's VOC2012/: JPEGImages, SegmentationClassAug (grayscale) and val.txt at its top."""
+    san = root / "VOC2012"
+    write_image(san / "JPEGImages/2007_000033.jpg", 1, 4)
+    write_image(san / "JPEGImages/2008_000001.jpg", 1, 4)  # a train image
+    (san / "SegmentationClassAug").mkdir(parents=True)
+    Image.fromarray(np.array([[0, 20, 255, 1]], dtype=np.uint8), mode="L").save(
+        san / "SegmentationClassAug/2007_000033.png"
+    )
+    (san / "val.txt").write_text("2007_000033\n")
+    assert prepare("prepare_voc").main(["--root", str(root), "--voc2012", str(san)]) == 4
+    voc = root / "VOCdevkit/VOC2012"
+    np.testing.assert_array_equal(labels_of(voc / "annotations_detectron2_bg/val/2007_000033.png")[0],
+                                  [20, 19, 255, 0])
+    assert [r["image_id"] for r in DatasetCatalog.get("cliptrase_voc21_val")] == ["2007_000033"]
 
 
 def test_cityscapes_edges_and_summary(root, caplog):
