@@ -15,8 +15,8 @@ from typing import List, Optional
 
 from tqdm import tqdm
 
-from prepare_common import (add_root_argument, copy_file, read_label_png, remap, report, require, require_images,
-                            resolve_root, run, same_folder, save_label_png)
+from prepare_common import (Summary, add_root_argument, copy_file, read_label_png, remap, require,
+                            require_images, resolve_root, run, same_folder)
 
 LAYOUT = Path("ADEChallengeData2016")
 SOURCE = ("ADEChallengeData2016.zip, http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip "
@@ -39,18 +39,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     out_labels = out / "annotations_detectron2/validation"
 
     images = require_images(images_dir, "*.jpg", SOURCE)
-    written = 0
+    summary = Summary("ADE20K-150 val", "ade150")
+    summary.images = len(images)
     for image in tqdm(images, desc="ADE20K-150 val"):
         if copy_images:
-            written += copy_file(image, out / "images/validation" / image.name)
+            summary.write(copy_file(image, out / "images/validation" / image.name))
         target = out_labels / f"{image.stem}.png"
         if target.exists():
             continue
-        labels = read_label_png(require(labels_dir / f"{image.stem}.png", "ADE20K-150 annotation", SOURCE))
-        written += save_label_png(remap(labels, ADE150_LABELS, default=255), target)
-    report("ADE20K-150 val", written, [out_labels])
-    return written
-
+        label_file = labels_dir / f"{image.stem}.png"
+        if not label_file.is_file():
+            summary.missing_file(label_file, "ADE20K-150 annotation", SOURCE)
+            continue
+        summary.save(remap(read_label_png(label_file), ADE150_LABELS, default=255), target, 255)
+    return summary.finish({out_labels: 150}, "*.png")
 
 if __name__ == "__main__":
     run(main)

@@ -4,22 +4,26 @@ Input: the extracted ADE20K_2021_17_01.zip: ``index_ade20k.pkl`` (lists ``folder
 ``filename`` and ``objectnames``) and ``images/ADE/validation/.../ADE_val_<n>.jpg`` with their
 ``_seg.png``, whose red and green channels encode the object class: R // 10 * 256 + G is the
 1-based index into ``objectnames`` (0 unlabelled). Output, under the dataset root, in the
-layout Mask2Former, SAN and CAT-Seg use (shorter side at most 512 pixels):
+layout MaskFormer, SAN and CAT-Seg use (shorter side at most 512 pixels):
 
-    ADE20K_2021_17_01/images_detectron2/validation/<name>.jpg       images with a shorter side above
-                                                                    512 resized to 512 (bilinear), others copied
-    ADE20K_2021_17_01/annotations_detectron2/validation/<name>.tif  16-bit: the 847 classes of
-                                                                    vocabularies.json 0..846, everything else 65535
+    ADE20K_2021_17_01/images_detectron2/validation/<name>.jpg
+        every image decoded and saved again as JPEG (Pillow's defaults), resized to a shorter
+        side of 512 (bilinear) when it is longer
+    ADE20K_2021_17_01/annotations_detectron2/validation/<name>.tif
+        16-bit: the 847 classes of vocabularies.json 0..846, everything else 65535
 
-The 847 classes are found in ``objectnames`` by their full names (vocabularies.json keeps them
-as the index spells them, e.g. 'building, edifice').
+The 847 classes are mapped by id, as MaskFormer's script does: ``ade847_ids.json`` (next to this
+script) gives the ADE object class of each ADE847 class. Before converting, the script checks
+that ``objectnames`` names each of those ids as vocabularies.json does (a different release
+stops it with the list of disagreeing ids). The images are written exactly as MaskFormer's script
+writes them, so the folder equals one made by MaskFormer, SAN or CAT-Seg.
 
     python datasets/prepare_ade20k_847.py [--ade-full path/to/ADE20K_2021_17_01] [--root datasets]
 
 (The index is a pickle: load only the official file.)
 """
 import argparse
-import logging
+import json
 import pickle
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -29,35 +33,36 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from prepare_common import (add_root_argument, benchmark_classes, copy_file, remap, report, require, resolve_root,
-                            run, save_label_tiff16, write_atomic)
-
-logger = logging.getLogger("prepare")
+from prepare_common import (Summary, add_root_argument, benchmark_classes, remap, require,
+                            resolve_root, run, save_label_tiff16, write_atomic)
 
 LAYOUT = Path("ADE20K_2021_17_01")
 SOURCE = ("ADE20K_2021_17_01.zip from https://groups.csail.mit.edu/vision/datasets/ADE20K/ "
           "(free registration; extract it under the root)")
+IDS_FILE = Path(__file__).resolve().with_name("ade847_ids.json")
 MAX_SHORTER_SIDE = 512
 VOID_16BIT = 65535
+NUM_CLASSES = 847
 
 
-def ade_id_to_class(objectnames: List[str]) -> Dict[int, int]:
-    """ADE object class (1-based index into ``objectnames``) -> ADE847 class id."""
-    ids_by_name: Dict[str, List[int]] = {}
-    for index, name in enumerate(objectnames):
-        ids_by_name.setdefault(name, []).append(index + 1)
+def ade_id_to_class(objectnames: List[str], index_file: Path) -> Dict[int, int]:
+    """ADE object class (1-based index into ``objectnames``) -> ADE847 class id, from
+    ade847_ids.json; ValueError listing the ids whose name in ``objectnames`` disagrees."""
+    with open(IDS_FILE, encoding="utf-8") as f:
+        ade_ids = json.load(f)["ade_ids"]
     classes = benchmark_classes("ade847")
-    missing = [name for name in classes if name not in ids_by_name]
-    if missing:
-        raise ValueError(f"{len(missing)} ADE847 classes are not in index_ade20k.pkl's objectnames "
-                         f"(another ADE20K release?): {missing[:10]}")
-    mapping = {}
-    for class_id, name in enumerate(classes):
-        if len(ids_by_name[name]) > 1:
-            logger.warning("'%s' names %d ADE objects %s; all of them become class %d",
-                           name, len(ids_by_name[name]), ids_by_name[name], class_id)
-        mapping.update({ade_id: class_id for ade_id in ids_by_name[name]})
-    return mapping
+    if len(ade_ids) != len(classes) or len(set(ade_ids)) != len(ade_ids):
+        raise ValueError(f"{IDS_FILE} must list {len(classes)} distinct ids, one per ADE847 class")
+    disagree = [f"class {k} '{name}': id {ade_id} is "
+                + (f"'{objectnames[ade_id - 1]}'" if ade_id <= len(objectnames) else "missing")
+                for k, (name, ade_id) in enumerate(zip(classes, ade_ids))
+                if ade_id > len(objectnames) or objectnames[ade_id - 1] != name]
+    if disagree:
+        raise ValueError(f"{len(disagree)} ADE847 classes are named differently in {index_file}'s "
+                         "objectnames (another ADE20K release? this script needs "
+                         "ADE20K_2021_17_01): "
+                         f"{disagree[:5]}")
+    return {ade_id: class_id for class_id, ade_id in enumerate(ade_ids)}
 
 
 def decode_classes(seg_png: Path) -> np.ndarray:
@@ -68,14 +73,13 @@ def decode_classes(seg_png: Path) -> np.ndarray:
 
 
 def resized_shape(height: int, width: int) -> Optional[Tuple[int, int]]:
-    """(height, width) with the shorter side at MAX_SHORTER_SIDE, or None when it already fits."""
-    shorter = min(height, width)
-    if shorter <= MAX_SHORTER_SIDE:
-        return None
-    scale = MAX_SHORTER_SIDE / shorter
-    if height <= width:
-        return MAX_SHORTER_SIDE, round(width * scale)
-    return round(height * scale), MAX_SHORTER_SIDE
+    """(height, width) with the shorter side at MAX_SHORTER_SIDE (MaskFormer's rounding), or
+    None when it already fits."""
+    if width >= height > MAX_SHORTER_SIDE:
+        return MAX_SHORTER_SIDE, round(width / float(height) * MAX_SHORTER_SIDE)
+    if height >= width > MAX_SHORTER_SIDE:
+        return round(height / float(width) * MAX_SHORTER_SIDE), MAX_SHORTER_SIDE
+    return None
 
 
 def image_path(source: Path, folder: str, filename: str) -> Path:
@@ -98,35 +102,38 @@ def main(argv: Optional[List[str]] = None) -> int:
     index_file = require(source / "index_ade20k.pkl", "ADE20K index", SOURCE)
     with open(index_file, "rb") as f:
         index = pickle.load(f)
-    to_class = ade_id_to_class(list(index["objectnames"]))
+    to_class = ade_id_to_class(list(index["objectnames"]), index_file)
     out_images = out / "images_detectron2/validation"
     out_labels = out / "annotations_detectron2/validation"
 
     val = [(folder, name) for folder, name in zip(index["folder"], index["filename"]) if name.startswith("ADE_val_")]
     if not val:
         raise FileNotFoundError(f"{index_file} lists no validation images (ADE_val_*.jpg)\n  It comes from {SOURCE}.")
-    written = 0
+    summary = Summary("ADE20K-847 val", "ade847")
+    summary.images = len(val)
     for folder, filename in tqdm(val, desc="ADE20K-847 val"):
         stem = Path(filename).stem
         image_out, label_out = out_images / f"{stem}.jpg", out_labels / f"{stem}.tif"
         if image_out.exists() and label_out.exists():
             continue
-        jpg = require(image_path(source, folder, filename), "ADE20K image", SOURCE)
-        classes = decode_classes(require(jpg.with_name(f"{stem}_seg.png"), "ADE20K segmentation", SOURCE))
-        labels = remap(classes, to_class, default=VOID_16BIT)
-        size = resized_shape(*labels.shape)
-        if size is None:
-            written += copy_file(jpg, image_out)
-        else:
+        jpg = image_path(source, folder, filename)
+        seg = jpg.with_name(f"{stem}_seg.png")
+        if not (jpg.is_file() and seg.is_file()):
+            missing = seg if jpg.is_file() else jpg
+            summary.missing_file(missing, "ADE20K image or segmentation", SOURCE)
+            continue
+        labels = remap(decode_classes(seg), to_class, default=VOID_16BIT)
+        with Image.open(jpg) as image:
+            pixels = np.asarray(image)
+        size = resized_shape(*pixels.shape[:2])
+        if size is not None:
             height, width = size
-            with Image.open(jpg) as image:
-                rgb = np.asarray(image.convert("RGB"))
-            resized = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_LINEAR)
-            written += write_atomic(image_out, lambda tmp: Image.fromarray(resized).save(tmp, format="JPEG"))
+            pixels = cv2.resize(pixels, (width, height), interpolation=cv2.INTER_LINEAR)
             labels = cv2.resize(labels.astype(np.uint16), (width, height), interpolation=cv2.INTER_NEAREST)
-        written += save_label_tiff16(labels, label_out)
-    report("ADE20K-847 val", written, [out_images, out_labels])
-    return written
+        save_jpeg = lambda tmp: Image.fromarray(pixels).save(tmp, format="JPEG")  # noqa: E731
+        summary.write(write_atomic(image_out, save_jpeg))
+        summary.save(labels, label_out, VOID_16BIT, save_label_tiff16)
+    return summary.finish({out_labels: NUM_CLASSES}, "*.tif")
 
 
 if __name__ == "__main__":

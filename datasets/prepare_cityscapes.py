@@ -18,8 +18,8 @@ from typing import List, Optional
 
 from tqdm import tqdm
 
-from prepare_common import (add_root_argument, copy_file, read_label_png, remap, report, require, require_images,
-                            resolve_root, run, same_folder, save_label_png)
+from prepare_common import (Summary, add_root_argument, copy_file, read_label_png, remap, require,
+                            require_images, resolve_root, run, same_folder)
 
 LAYOUT = Path("cityscapes")
 SOURCE = ("leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from https://www.cityscapes-dataset.com/downloads/ "
@@ -45,20 +45,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     copy_images = not same_folder(source, out)
 
     images = require_images(images_dir, f"*/*{IMAGE_SUFFIX}", SOURCE)
-    written = 0
+    summary = Summary("Cityscapes val", "cityscapes")
+    summary.images = len(images)
     for image in tqdm(images, desc="Cityscapes val"):
         city, name = image.parent.name, image.name[: -len(IMAGE_SUFFIX)]
         if copy_images:
-            written += copy_file(image, out / "leftImg8bit/val" / city / image.name)
+            summary.write(copy_file(image, out / "leftImg8bit/val" / city / image.name))
         target = out / "gtFine/val" / city / f"{name}_gtFine_labelTrainIds.png"
         if target.exists():
             continue
-        label_ids = read_label_png(require(labels_dir / city / f"{name}_gtFine_labelIds.png",
-                                           "Cityscapes labelIds map", SOURCE))
-        written += save_label_png(remap(label_ids, LABEL_ID_TO_TRAIN_ID, default=255), target)
-    report("Cityscapes val", written, [out / "gtFine/val"])
-    return written
-
+        label_file = labels_dir / city / f"{name}_gtFine_labelIds.png"
+        if not label_file.is_file():
+            summary.missing_file(label_file, "Cityscapes labelIds map", SOURCE)
+            continue
+        train_ids = remap(read_label_png(label_file), LABEL_ID_TO_TRAIN_ID, default=255)
+        summary.save(train_ids, target, 255)
+    return summary.finish({out / "gtFine/val": 19}, "*/*_gtFine_labelTrainIds.png")
 
 if __name__ == "__main__":
     run(main)

@@ -1,12 +1,16 @@
 """What every ``datasets/prepare_<family>.py`` script shares: the dataset root, clear errors for
-missing inputs, atomic writes that make the scripts idempotent, and label remapping.
+missing inputs, atomic writes that make the scripts idempotent, label remapping, and the summary
+each script ends with (images per output folder, classes seen, the official validation counts).
 
 A script writes each output to a hidden temporary name in the output folder and renames it into
 place (``os.replace``) only once it is complete, so an interrupted run never leaves a file that
 looks done; a second run skips every output that already exists.
 
-The scripts need only NumPy, Pillow and tqdm (plus SciPy / OpenCV for PASCAL Context and
-ADE20K-847), not the cliptrase_d2 package.
+A missing input folder stops a script with a message naming it and where it comes from; a single
+missing file is reported as a warning, skipped, and counted in the summary.
+
+The scripts need only NumPy, Pillow and tqdm (plus SciPy / OpenCV / pycocotools for PASCAL
+Context and ADE20K-847), not the cliptrase_d2 package.
 """
 import argparse
 import json
@@ -15,7 +19,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Callable, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set
 
 import numpy as np
 from PIL import Image
@@ -124,6 +128,72 @@ def remap(labels: np.ndarray, mapping: Mapping[int, int], default: int) -> np.nd
     return table[labels]
 
 
+# Images of each official validation split (the counts every published number was computed on).
+OFFICIAL_VAL_IMAGES = {"voc2012": 1449, "pascal_context": 5105, "coco": 5000, "ade150": 2000,
+                       "ade847": 2000, "cityscapes": 500}
+MISSING_SHOWN = 5  # missing files named one by one in the log; the rest are only counted
+
+
+class Summary:
+    """Counts what a run did and logs it at the end: files written, label maps per output
+    folder, the classes seen in the maps written now, missing inputs, and the number of
+    validation images against the official count (a warning when they differ)."""
+
+    def __init__(self, name: str, split: str):
+        self.name = name
+        self.expected = OFFICIAL_VAL_IMAGES[split]
+        self.written = 0
+        self.images = 0
+        self.missing: List[Path] = []
+        self.classes: Dict[Path, Set[int]] = {}
+
+    def write(self, written: bool) -> None:
+        self.written += int(written)
+
+    def save(self, labels: np.ndarray, path: Path, void: int,
+             save: Optional[Callable[[np.ndarray, Path], bool]] = None) -> None:
+        """Saves a label map (8-bit PNG unless ``save`` says otherwise) and notes its classes."""
+        save = save or save_label_png
+        if save(labels, path):
+            self.written += 1
+            values = np.unique(labels)
+            self.classes.setdefault(path.parent, set()).update(int(v) for v in values if v != void)
+
+    def missing_file(self, path: Path, what: str, source: str) -> None:
+        """Warns about one missing input file (the first few by name) and counts it."""
+        self.missing.append(path)
+        if len(self.missing) <= MISSING_SHOWN:
+            logger.warning("warning: %s not found: %s (it comes from %s); skipped", what, path,
+                           source)
+
+    def finish(self, outputs: Mapping[Path, int], pattern: str = "*") -> int:
+        """Logs the summary; ``outputs`` maps each output folder to its number of classes.
+        Returns the number of files written."""
+        if self.missing:
+            logger.warning("warning: %d input files were missing (%s%s); their outputs were not "
+                           "written. Rerun once they are in place.", len(self.missing),
+                           ", ".join(str(p) for p in self.missing[:MISSING_SHOWN]),
+                           ", ..." if len(self.missing) > MISSING_SHOWN else "")
+        if self.images != self.expected:
+            logger.warning("warning: %s: %d validation images, the official split has %d; "
+                           "results will not be comparable with published numbers.",
+                           self.name, self.images, self.expected)
+        logger.info("%s: %d files written, %d validation images", self.name, self.written,
+                    self.images)
+        for folder, num_classes in outputs.items():
+            maps = sum(1 for p in folder.glob(pattern) if not p.name.startswith(".")) \
+                if folder.is_dir() else 0
+            subfolders = [f for f in self.classes if f == folder or folder in f.parents]
+            seen = set().union(*(self.classes[f] for f in subfolders)) if subfolders else None
+            classes = f"; classes seen in the maps written now: {len(seen)} of {num_classes}" \
+                if seen is not None else ""
+            logger.info("  %s: %d label maps%s", folder, maps, classes)
+            if maps != self.images:
+                logger.warning("warning: %s holds %d label maps for %d validation images",
+                               folder, maps, self.images)
+        return self.written
+
+
 def report(name: str, written: int, outputs: Sequence[Path]) -> None:
     folders = ", ".join(str(p) for p in outputs)
     if written:
@@ -133,9 +203,10 @@ def report(name: str, written: int, outputs: Sequence[Path]) -> None:
 
 
 def run(main: Callable[[Optional[List[str]]], int]) -> None:
-    """Runs a script's ``main`` with logging to stderr; a missing input exits with its message."""
+    """Runs a script's ``main`` with logging to stderr; a missing input folder or an input that
+    does not match what the script expects exits with its message (no traceback)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         main(None)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:
         sys.exit(f"error: {error}")

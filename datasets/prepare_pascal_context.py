@@ -1,41 +1,61 @@
 """PASCAL Context val (the 5,105 images of VOC2010's ImageSets/Main/val.txt) for PC59, PC60 and PC459.
 
 Inputs: the extracted VOCtrainval_03-May-2010.tar (``VOCdevkit/VOC2010`` with JPEGImages/ and
-ImageSets/Main/val.txt) and PASCAL Context's trainval.tar.gz (``trainval/<id>.mat``, each with
-a ``LabelMap`` of the 459 classes numbered 1..459 in labels.txt order). Output, under the
-dataset root:
+ImageSets/Main/val.txt), the PASCAL in Detail annotations ``trainval_merged.json`` (for PC59 and
+PC60) and PASCAL Context's trainval.tar.gz (``trainval/<id>.mat``, each with a ``LabelMap`` of
+the 459 classes numbered 1..459 in labels.txt order, for PC459). Output, under the dataset root:
 
     VOCdevkit/VOC2010/annotations_detectron2/pc459_val/<id>.tif  16-bit: classes 0..458 (void 65535)
     VOCdevkit/VOC2010/annotations_detectron2/pc59_val/<id>.png   classes 0..58, every other pixel 255
     VOCdevkit/VOC2010/annotations_detectron2/pc60_val/<id>.png   classes 0..58, every other pixel 59
 
+PC59 and PC60 come, by default, from ``trainval_merged.json`` as mmseg, SAN, CAT-Seg and ODISE
+make them (and so the numbers of the peers and of the CLIPtrase authors, who use SAN's folders):
+each segment of a val image is decoded with pycocotools and painted in the file's order with
+its category id (1-based PC459 ids), everything unpainted is background. ``--labels mat``
+makes them from the ``.mat`` files instead. The two differ; when both are present the script
+counts the val pixels whose PC59 label differs and logs the count.
 PC59 keeps the 59 most frequent of the 459 classes (their names in vocabularies.json, with
-'diningtable' for 459's 'table'); the rest is background, ignored in PC59 and class 59 in PC60,
-unlabelled pixels (LabelMap 0) included.
+'diningtable' for 459's 'table'); the rest is background, ignored in PC59 and class 59 in PC60.
+``--from-pc59 DIR`` takes existing PC59 maps made from the Detail annotations (SAN's
+``pcontext/val/label``, CAT-Seg's ``pc59_val``) instead and derives PC60 from them.
 When the VOC2010 folder is not ``<root>/VOCdevkit/VOC2010`` itself, the val images and the split
 file are copied there too.
 
     python datasets/prepare_pascal_context.py [--voc2010 path/to/VOCdevkit/VOC2010]
-        [--context path/to/trainval] [--root datasets]
+        [--detail-json path/to/trainval_merged.json] [--context path/to/trainval]
+        [--labels detail|mat] [--from-pc59 DIR] [--root datasets]
 """
 import argparse
+import json
+import logging
+from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
 import scipy.io
+from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from prepare_common import (add_root_argument, benchmark_classes, copy_file, read_ids, remap, report, require,
-                            resolve_root, run, same_folder, save_label_png, save_label_tiff16)
+from prepare_common import (Summary, add_root_argument, benchmark_classes, copy_file, read_ids,
+                            read_label_png, remap, require, resolve_root, run, same_folder,
+                            save_label_tiff16)
+
+logger = logging.getLogger("prepare")
 
 LAYOUT = Path("VOCdevkit/VOC2010")
 VOC2010_SOURCE = ("VOCtrainval_03-May-2010.tar, http://host.robots.ox.ac.uk/pascal/VOC/voc2010/"
                   "VOCtrainval_03-May-2010.tar (extract it under the root)")
 CONTEXT_SOURCE = ("PASCAL Context's trainval.tar.gz, https://cs.stanford.edu/~roozbeh/pascal-context/trainval.tar.gz "
                   "(extract it into VOCdevkit/VOC2010, or pass --context)")
+DETAIL_SOURCE = ("the PASCAL in Detail annotations, "
+                 "https://codalabuser.blob.core.windows.net/public/trainval_merged.json "
+                 "(put it into VOCdevkit/VOC2010, or pass --detail-json)")
 PC59_ALIASES = {"diningtable": "table"}  # PC59 name -> PC459 name, where they differ
 VOID_16BIT = 65535
+VOID = 255
+PC60_BACKGROUND = 59
 
 
 def pc459_to_pc59() -> Dict[int, int]:
@@ -56,8 +76,38 @@ def check_labels_txt(context_dir: Path) -> None:
             expected = benchmark_classes("pc459")
             squash = [n.replace(" ", "").lower() for n in names]
             if squash != [n.replace(" ", "").lower() for n in expected]:
-                raise ValueError(f"{candidate} does not list the 459 classes of vocabularies.json in order")
+                raise ValueError(f"{candidate} does not list the 459 classes of vocabularies.json "
+                                 f"in order (it lists {len(names)}); is it PASCAL Context's "
+                                 "labels.txt?")
             return
+
+
+class DetailAnnotations:
+    """The val images of trainval_merged.json and their segments, decoded into label maps of
+    1-based PC459 ids (0 where no segment is)."""
+
+    def __init__(self, path: Path):
+        logger.info("reading %s ...", path)
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        self.images = {Path(image["file_name"]).stem: image for image in data["images"]
+                       if image.get("phase") == "val"}
+        val_ids = {image["image_id"] for image in self.images.values()}
+        self.segments = defaultdict(list)
+        for segment in data["annos_segmentation"]:
+            if segment["image_id"] in val_ids:
+                self.segments[segment["image_id"]].append(segment)
+
+    def label_map(self, stem: str) -> np.ndarray:
+        image = self.images[stem]
+        height, width = image["height"], image["width"]
+        labels = np.zeros((height, width), dtype=np.int64)
+        for segment in self.segments[image["image_id"]]:
+            rle = segment["segmentation"]
+            if isinstance(rle.get("counts"), list):
+                rle = mask_utils.frPyObjects(rle, height, width)
+            labels[mask_utils.decode(rle) > 0] = segment["category_id"]
+        return labels
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -66,6 +116,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="extracted VOC2010 folder (default: <root>/VOCdevkit/VOC2010)")
     parser.add_argument("--context", type=Path, default=None,
                         help="folder of PASCAL Context's 459-class <id>.mat files (default: <voc2010>/trainval)")
+    parser.add_argument("--detail-json", type=Path, default=None,
+                        help="PASCAL in Detail's trainval_merged.json "
+                             "(default: <voc2010>/trainval_merged.json)")
+    parser.add_argument("--labels", choices=("detail", "mat"), default="detail",
+                        help="source of PC59 and PC60: the Detail annotations (default, as "
+                             "mmseg, SAN and CAT-Seg) or the .mat files")
+    parser.add_argument("--from-pc59", type=Path, default=None,
+                        help="existing PC59 maps made from the Detail annotations (SAN's "
+                             "pcontext/val/label, CAT-Seg's pc59_val): copied as PC59, and PC60 "
+                             "derived from them")
     add_root_argument(parser)
     args = parser.parse_args(argv)
     root = resolve_root(args.root)
@@ -74,33 +134,104 @@ def main(argv: Optional[List[str]] = None) -> int:
     require(source, "VOC2010 folder", VOC2010_SOURCE)
     split_file = require(source / "ImageSets/Main/val.txt", "VOC2010 val split", VOC2010_SOURCE)
     images_dir = require(source / "JPEGImages", "VOC2010 images", VOC2010_SOURCE)
-    context_dir = require(args.context or source / "trainval", "PASCAL Context label folder", CONTEXT_SOURCE)
-    check_labels_txt(context_dir)
+    context_dir = args.context or source / "trainval"
+    detail_json = args.detail_json or source / "trainval_merged.json"
+    pc59_maps = None
+    if args.from_pc59:
+        pc59_maps = require(args.from_pc59, "PC59 maps", "SAN's or CAT-Seg's PASCAL Context script")
+    have_mat, have_detail = context_dir.is_dir(), detail_json.is_file()
+    if not have_mat and (args.labels == "mat" or not have_detail) and pc59_maps is None:
+        require(context_dir, "PASCAL Context label folder", CONTEXT_SOURCE)
+    if not have_mat:
+        logger.warning("warning: PASCAL Context label folder not found: %s (it comes from %s); "
+                       "PC459 is not written", context_dir, CONTEXT_SOURCE)
+    else:
+        check_labels_txt(context_dir)
+    pc59_source = "maps" if pc59_maps else args.labels
+    if pc59_source == "detail" and not have_detail:
+        logger.warning("warning: %s not found (it comes from %s); PC59 and PC60 are not written. "
+                       "Pass --labels mat to make them from the .mat files instead (not what the "
+                       "published numbers used).", detail_json, DETAIL_SOURCE)
+        pc59_source = None
+    use_detail = have_detail and pc59_source in ("detail", "mat")
+    detail = DetailAnnotations(detail_json) if use_detail else None
     to_pc59 = pc459_to_pc59()
-    # PC60 as mmseg defines it (and SCLIP, ClearCLIP, NACLIP evaluate it): every pixel outside
-    # the 59 classes is background, unlabelled ones (LabelMap 0) included; nothing is ignored.
-    to_pc60 = {**to_pc59, VOID_16BIT: 59}
+    detail_to_pc59 = {id_459 + 1: id_59 for id_459, id_59 in to_pc59.items()}
     copy_images = not same_folder(source, out)
     annotations = out / "annotations_detectron2"
-    folders = [annotations / "pc459_val", annotations / "pc59_val", annotations / "pc60_val"]
+    folders = {key: annotations / f"{key}_val" for key in ("pc459", "pc59", "pc60")}
+    if not have_mat:
+        del folders["pc459"]
+    if pc59_source is None:
+        del folders["pc59"], folders["pc60"]
 
-    written = copy_file(split_file, out / "ImageSets/Main/val.txt") if copy_images else 0
-    for image_id in tqdm(read_ids(split_file), desc="PASCAL Context val"):
+    image_ids = read_ids(split_file)
+    if detail is not None and set(detail.images) != set(image_ids):
+        common = len(set(detail.images) & set(image_ids))
+        logger.warning("warning: %s has %d val images, %s lists %d (%d in common)", detail_json,
+                       len(detail.images), split_file, len(image_ids), common)
+    summary = Summary("PASCAL Context val", "pascal_context")
+    summary.images = len(image_ids)
+    differing_pixels = differing_images = compared_pixels = 0
+    if copy_images:
+        summary.write(copy_file(split_file, out / "ImageSets/Main/val.txt"))
+    for image_id in tqdm(image_ids, desc="PASCAL Context val"):
         if copy_images:
-            image = require(images_dir / f"{image_id}.jpg", "VOC2010 image", VOC2010_SOURCE)
-            written += copy_file(image, out / "JPEGImages" / f"{image_id}.jpg")
-        pc459_path, pc59_path, pc60_path = (folders[0] / f"{image_id}.tif", folders[1] / f"{image_id}.png",
-                                            folders[2] / f"{image_id}.png")
-        if pc459_path.exists() and pc59_path.exists() and pc60_path.exists():
+            image = images_dir / f"{image_id}.jpg"
+            if image.is_file():
+                summary.write(copy_file(image, out / "JPEGImages" / f"{image_id}.jpg"))
+            else:
+                summary.missing_file(image, "VOC2010 image", VOC2010_SOURCE)
+        targets = {key: folder / f"{image_id}{'.tif' if key == 'pc459' else '.png'}"
+                   for key, folder in folders.items()}
+        if all(path.exists() for path in targets.values()):
             continue
-        mat = require(context_dir / f"{image_id}.mat", "PASCAL Context label map", CONTEXT_SOURCE)
-        label_map = scipy.io.loadmat(str(mat))["LabelMap"].astype(np.int64)  # 1..459, 0 unlabelled
-        pc459 = np.where(label_map > 0, label_map - 1, VOID_16BIT)
-        written += save_label_tiff16(pc459, pc459_path)
-        written += save_label_png(remap(pc459, to_pc59, default=255), pc59_path)
-        written += save_label_png(remap(pc459, to_pc60, default=59), pc60_path)
-    report("PASCAL Context val", written, folders)
-    return written
+        pc459 = None
+        if have_mat:
+            mat = context_dir / f"{image_id}.mat"
+            if mat.is_file():
+                # 1..459, 0 unlabelled
+                label_map = scipy.io.loadmat(str(mat))["LabelMap"].astype(np.int64)
+                pc459 = np.where(label_map > 0, label_map - 1, VOID_16BIT)
+                if "pc459" in targets:
+                    summary.save(pc459, targets["pc459"], VOID_16BIT, save_label_tiff16)
+            else:
+                summary.missing_file(mat, "PASCAL Context label map", CONTEXT_SOURCE)
+        if pc59_source is None or (targets["pc59"].exists() and targets["pc60"].exists()):
+            continue
+        from_detail = None
+        if detail is not None and image_id in detail.images:
+            from_detail = remap(detail.label_map(image_id), detail_to_pc59, default=VOID)
+        elif detail is not None and pc59_source == "detail":
+            what = f"image {image_id} in the Detail annotations"
+            summary.missing_file(detail_json, what, DETAIL_SOURCE)
+        from_mat = remap(pc459, to_pc59, default=VOID) if pc459 is not None else None
+        if from_detail is not None and from_mat is not None:
+            same_shape = from_detail.shape == from_mat.shape
+            differing = int((from_detail != from_mat).sum()) if same_shape else from_detail.size
+            differing_pixels += differing
+            differing_images += int(differing > 0)
+            compared_pixels += from_detail.size
+        if pc59_source == "maps":
+            pc59_file = pc59_maps / f"{image_id}.png"
+            if not pc59_file.is_file():
+                summary.missing_file(pc59_file, "PC59 map", "--from-pc59")
+                continue
+            pc59 = read_label_png(pc59_file)
+        else:
+            pc59 = from_detail if pc59_source == "detail" else from_mat
+        if pc59 is None:
+            continue
+        summary.save(pc59, targets["pc59"], VOID)
+        # PC60 as mmseg defines it (and SCLIP, ClearCLIP, NACLIP evaluate it): every pixel outside
+        # the 59 classes is background, unlabelled ones included; nothing is ignored.
+        summary.save(np.where(pc59 == VOID, PC60_BACKGROUND, pc59), targets["pc60"], -1)
+    if compared_pixels:
+        logger.info("PC59 from %s and from the .mat files: %d of %d pixels differ (%.3f%%), "
+                    "in %d images", detail_json.name, differing_pixels, compared_pixels,
+                    100.0 * differing_pixels / compared_pixels, differing_images)
+    classes = {"pc459": 459, "pc59": 59, "pc60": 60}
+    return summary.finish({folder: classes[key] for key, folder in folders.items()})
 
 
 if __name__ == "__main__":

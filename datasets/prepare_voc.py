@@ -8,7 +8,9 @@ SegmentationClass/ and ImageSets/Segmentation/val.txt). SegmentationClass holds 
     VOCdevkit/VOC2012/annotations_detectron2_bg/val/<id>.png  VOC21: classes 0..19, background 20, void 255
 
 When the input folder is not ``<root>/VOCdevkit/VOC2012`` itself, the val images and the split
-file are copied there too.
+file are copied there too. The ``VOC2012`` folder SAN's and the CLIPtrase authors' instructions
+make (JPEGImages/, DeepLab's SegmentationClassAug/ and val.txt; the 1,449 val maps there are the
+official ones as grayscale PNGs) is read the same way: ``--voc2012 <root>/VOC2012``.
 
     python datasets/prepare_voc.py [--voc2012 path/to/VOCdevkit/VOC2012] [--root datasets]
 """
@@ -18,8 +20,8 @@ from typing import List, Optional
 
 from tqdm import tqdm
 
-from prepare_common import (add_root_argument, copy_file, read_ids, read_label_png, remap, report, require,
-                            resolve_root, run, same_folder, save_label_png)
+from prepare_common import (Summary, add_root_argument, copy_file, read_ids, read_label_png, remap,
+                            require, resolve_root, run, same_folder)
 
 LAYOUT = Path("VOCdevkit/VOC2012")
 SOURCE = ("VOCtrainval_11-May-2012.tar, "
@@ -40,27 +42,42 @@ def main(argv: Optional[List[str]] = None) -> int:
     out = root / LAYOUT
     source = args.voc2012 or out
     require(source, "VOC2012 folder", SOURCE)
-    split_file = require(source / "ImageSets/Segmentation/val.txt", "VOC2012 segmentation split", SOURCE)
-    labels_dir = require(source / "SegmentationClass", "VOC2012 class labels", SOURCE)
+    split_file = source / "ImageSets/Segmentation/val.txt"
+    labels_dir = source / "SegmentationClass"
+    if not split_file.is_file() and (source / "val.txt").is_file():  # SAN's VOC2012/ folder
+        split_file = source / "val.txt"
+    if not labels_dir.is_dir() and (source / "SegmentationClassAug").is_dir():
+        labels_dir = source / "SegmentationClassAug"
+    require(split_file, "VOC2012 segmentation split", SOURCE)
+    require(labels_dir, "VOC2012 class labels", SOURCE)
     images_dir = require(source / "JPEGImages", "VOC2012 images", SOURCE)
     copy_images = not same_folder(source, out)
     outputs = {"voc20": (out / "annotations_detectron2/val", VOC20_LABELS),
                "voc21": (out / "annotations_detectron2_bg/val", VOC21_LABELS)}
 
-    written = copy_file(split_file, out / "ImageSets/Segmentation/val.txt") if copy_images else 0
-    for image_id in tqdm(read_ids(split_file), desc="VOC2012 val"):
+    image_ids = read_ids(split_file)
+    summary = Summary("VOC2012 val", "voc2012")
+    summary.images = len(image_ids)
+    if copy_images:
+        summary.write(copy_file(split_file, out / "ImageSets/Segmentation/val.txt"))
+    for image_id in tqdm(image_ids, desc="VOC2012 val"):
         if copy_images:
-            image = require(images_dir / f"{image_id}.jpg", "VOC2012 image", SOURCE)
-            written += copy_file(image, out / "JPEGImages" / f"{image_id}.jpg")
+            image = images_dir / f"{image_id}.jpg"
+            if image.is_file():
+                summary.write(copy_file(image, out / "JPEGImages" / f"{image_id}.jpg"))
+            else:
+                summary.missing_file(image, "VOC2012 image", SOURCE)
         targets = [(folder / f"{image_id}.png", mapping) for folder, mapping in outputs.values()]
         if all(path.exists() for path, _ in targets):
             continue
-        labels = read_label_png(require(labels_dir / f"{image_id}.png", "VOC2012 label map", SOURCE))
+        label_file = labels_dir / f"{image_id}.png"
+        if not label_file.is_file():
+            summary.missing_file(label_file, "VOC2012 label map", SOURCE)
+            continue
+        labels = read_label_png(label_file)
         for path, mapping in targets:
-            written += save_label_png(remap(labels, mapping, default=255), path)
-    report("VOC2012 val", written, [folder for folder, _ in outputs.values()])
-    return written
-
+            summary.save(remap(labels, mapping, default=255), path, 255)
+    return summary.finish({outputs["voc20"][0]: 20, outputs["voc21"][0]: 21})
 
 if __name__ == "__main__":
     run(main)

@@ -2,6 +2,8 @@
 metadata, lazy loading with errors that name the missing file and the script that creates it, and
 each prepare script on tiny synthetic inputs (label values, idempotence, missing inputs)."""
 import importlib
+import io
+import json
 import os
 import pickle
 import re
@@ -11,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.io
 from PIL import Image
 
 import cliptrase_d2  # noqa: F401  (detectron2 0.6 shims, before detectron2)
@@ -231,36 +232,6 @@ def test_prepare_voc_names_a_missing_input(tmp_path):
     assert "VOCtrainval_11-May-2012.tar" in str(error.value)
 
 
-def test_prepare_pascal_context(root):
-    voc = root / "VOCdevkit/VOC2010"
-    pc459 = load_vocabularies()["benchmarks"]["pc459"]["classes"]
-    pc59 = load_vocabularies()["benchmarks"]["pc59"]["classes"]
-    # LabelMap values are 1-based PC459 ids; 0 would be unlabelled.
-    aeroplane, table, accordion, rare = (pc459.index(n) + 1 for n in ("aeroplane", "table", "accordion", "tong"))
-    label_map = np.array([[aeroplane, table, accordion, rare, 0]] * 3, dtype=np.uint16)
-    for image_id in ("2008_000002", "2008_000003"):
-        write_image(voc / f"JPEGImages/{image_id}.jpg", 3, 5)
-        (voc / "trainval").mkdir(parents=True, exist_ok=True)
-        scipy.io.savemat(str(voc / f"trainval/{image_id}.mat"), {"LabelMap": label_map})
-    (voc / "ImageSets/Main").mkdir(parents=True)
-    (voc / "ImageSets/Main/val.txt").write_text("2008_000002\n2008_000003\n")
-    main = prepare("prepare_pascal_context").main
-    assert main(["--root", str(root)]) > 0
-
-    out = voc / "annotations_detectron2"
-    tif = Image.open(out / "pc459_val/2008_000002.tif")
-    assert tif.mode == "I;16"
-    np.testing.assert_array_equal(np.asarray(tif)[0], [aeroplane - 1, table - 1, 0, rare - 1, 65535])
-    assert rare - 1 > 255  # a class id only a 16-bit map can hold
-    diningtable = pc59.index("diningtable")
-    np.testing.assert_array_equal(labels_of(out / "pc59_val/2008_000002.png")[0], [0, diningtable, 255, 255, 255])
-    # PC60 as mmseg has it: everything outside the 59 classes is background, unlabelled pixels too
-    np.testing.assert_array_equal(labels_of(out / "pc60_val/2008_000002.png")[0], [0, diningtable, 59, 59, 59])
-    for name in ("cliptrase_pc59_val", "cliptrase_pc60_val", "cliptrase_pc459_val"):
-        assert len(DatasetCatalog.get(name)) == 2
-    assert_idempotent(main, ["--root", str(root)], root)
-
-
 def test_prepare_pascal_context_checks_labels_txt(root):
     voc = root / "VOCdevkit/VOC2010"
     for folder in ("JPEGImages", "ImageSets/Main", "trainval"):
@@ -293,8 +264,9 @@ def test_prepare_coco_stuff(root):
     assert main(["--root", str(root)]) > 0
     np.testing.assert_array_equal(labels_of(coco / "stuffthingmaps_detectron2/val2017/000000000139.png")[0],
                                   [0, 11, 255, 80, 81, 170, 255])
+    # the peers' COCO-Object: stuff and unlabelled pixels are background (80), nothing is void
     np.testing.assert_array_equal(labels_of(coco / "objectmaps_detectron2/val2017/000000000139.png")[0],
-                                  [0, 11, 255, 80, 80, 80, 255])
+                                  [0, 11, 80, 80, 80, 80, 80])
     np.testing.assert_array_equal(labels_of(coco / "objectmaps_paper_detectron2/val2017/000000000139.png")[0],
                                   [0, 11, 80, 80, 255, 255, 80])
     for name in ("cliptrase_coco_stuff171_val", "cliptrase_coco_object80_val", "cliptrase_coco_object80_paper_val"):
@@ -350,8 +322,10 @@ def encode_ade_classes(class_ids: np.ndarray) -> np.ndarray:
 def test_prepare_ade20k_847(root):
     ade = root / "ADE20K_2021_17_01"
     classes = load_vocabularies()["benchmarks"]["ade847"]["classes"]
-    objectnames = [f"object {i}" for i in range(1000)]
-    objectnames[100:100 + len(classes)] = classes  # class k has ADE id k + 101
+    ade_ids = json.loads((REPO / "datasets/ade847_ids.json").read_text())["ade_ids"]
+    objectnames = [f"object {i}" for i in range(max(ade_ids) + 5)]
+    for name, ade_id in zip(classes, ade_ids):
+        objectnames[ade_id - 1] = name  # a _seg.png value is a 1-based index into objectnames
     folder = "ADE20K_2021_17_01/images/ADE/validation/urban/street"
     index = {"folder": [folder, folder, "ADE20K_2021_17_01/images/ADE/training/urban/street"],
              "filename": ["ADE_val_00000001.jpg", "ADE_val_00000002.jpg", "ADE_train_00000001.jpg"],
@@ -360,11 +334,13 @@ def test_prepare_ade20k_847(root):
     with open(ade / "index_ade20k.pkl", "wb") as f:
         pickle.dump(index, f)
     images = ade / "images/ADE/validation/urban/street"
-    small = np.array([[101, 101 + 846, 5, 0, 101 + 299]] * 4)  # wall, last class, not in ADE847, unlabelled
+    unused = next(i for i in range(1, 3000) if i not in ade_ids)
+    # wall, the last class, an object outside ADE847, unlabelled, class 299
+    small = np.array([[ade_ids[0], ade_ids[846], unused, 0, ade_ids[299]]] * 4)
     write_image(images / "ADE_val_00000001.jpg", 4, 5)
     Image.fromarray(encode_ade_classes(small)).save(images / "ADE_val_00000001_seg.png")
-    large = np.full((600, 1000), 101 + 7)
-    large[:, 500:] = 101 + 300
+    large = np.full((600, 1000), ade_ids[7])
+    large[:, 500:] = ade_ids[300]
     write_image(images / "ADE_val_00000002.jpg", 600, 1000)
     Image.fromarray(encode_ade_classes(large)).save(images / "ADE_val_00000002_seg.png")
     main = prepare("prepare_ade20k_847").main
@@ -375,8 +351,12 @@ def test_prepare_ade20k_847(root):
     resized = labels_of(labels / "ADE_val_00000002.tif")
     assert resized.shape == (512, 853) and set(np.unique(resized)) == {7, 300}
     assert Image.open(ade / "images_detectron2/validation/ADE_val_00000002.jpg").size == (853, 512)
-    assert (ade / "images_detectron2/validation/ADE_val_00000001.jpg").read_bytes() == \
-        (images / "ADE_val_00000001.jpg").read_bytes()  # small enough: copied unchanged
+    # small enough: not resized, but decoded and saved again as MaskFormer's script does
+    small_out = ade / "images_detectron2/validation/ADE_val_00000001.jpg"
+    with Image.open(images / "ADE_val_00000001.jpg") as original:
+        buffer = io.BytesIO()
+        Image.fromarray(np.asarray(original)).save(buffer, format="JPEG")
+    assert small_out.read_bytes() == buffer.getvalue()
     assert not (ade / "images_detectron2/validation/ADE_train_00000001.jpg").exists()
     assert [r["image_id"] for r in DatasetCatalog.get("cliptrase_ade847_val")] == ["ADE_val_00000001",
                                                                                   "ADE_val_00000002"]
@@ -384,12 +364,16 @@ def test_prepare_ade20k_847(root):
 
 
 def test_prepare_ade20k_847_rejects_another_release(root):
+    """Classes are mapped by id; an index whose objectnames name those ids differently stops the script."""
     ade = root / "ADE20K_2021_17_01"
     ade.mkdir(parents=True)
+    ade_ids = json.loads((REPO / "datasets/ade847_ids.json").read_text())["ade_ids"]
+    objectnames = ["wall"] * max(ade_ids)
     with open(ade / "index_ade20k.pkl", "wb") as f:
-        pickle.dump({"folder": [], "filename": [], "objectnames": ["wall"]}, f)
-    with pytest.raises(ValueError, match="not in index_ade20k.pkl"):
+        pickle.dump({"folder": [], "filename": [], "objectnames": objectnames}, f)
+    with pytest.raises(ValueError, match="846 ADE847 classes are named differently") as error:
         prepare("prepare_ade20k_847").main(["--root", str(root)])
+    assert "class 1 'building, edifice': id 312 is 'wall'" in str(error.value)
 
 
 def test_prepare_cityscapes(root):

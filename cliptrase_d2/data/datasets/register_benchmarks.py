@@ -10,7 +10,9 @@ pass 255).
 
 Registration runs at import time and never touches the disk: a split's folders are only looked
 at when its dataset is loaded, and a missing folder or ground-truth file then raises
-FileNotFoundError naming the path and the script that creates it.
+FileNotFoundError naming the path and the script that creates it. When a split's own folders are
+missing, the folders SAN's, CAT-Seg's or the CLIPtrase authors' scripts make with the same content
+are used instead (``SemSegSplit.alternatives``; datasets/README.md, "Folders you already have").
 """
 import functools
 import logging
@@ -69,6 +71,9 @@ class SemSegSplit:
     recursive: bool = False  # images in sub-folders (Cityscapes: one per city)
     ignore_label: int = IGNORE_LABEL
     paper_void_as_background: bool = False  # SPEC section 9: paper protocol counts void as class C
+    # (image_dir, gt_dir) of other projects' layouts holding the same label maps, tried in order
+    # when image_dir or gt_dir is missing; their images are those that have a label map.
+    alternatives: Tuple[Tuple[str, str], ...] = ()
 
 
 def _created_by(script: str) -> str:
@@ -85,24 +90,35 @@ _16BIT_TIFF = dict(gt_suffix=".tif", ignore_label=IGNORE_LABEL_16BIT)
 
 BENCHMARK_SPLITS: Tuple[SemSegSplit, ...] = (
     # VOC20: classes 0..19; background and void both 255 (the authors' layout).
+    # Also read from the CLIPtrase authors' and SAN's VOC2012/ folders.
     _benchmark("cliptrase_voc20_val", "voc20", f"{_VOC}/JPEGImages", f"{_VOC}/annotations_detectron2/val",
-               "prepare_voc.py", split_file=f"{_VOC}/ImageSets/Segmentation/val.txt"),
+               "prepare_voc.py", split_file=f"{_VOC}/ImageSets/Segmentation/val.txt",
+               alternatives=(
+                   ("VOC2012/images_detectron2/val", "VOC2012/annotations_detectron2/val"),
+                   ("VOC2012/JPEGImages", "VOC2012/annotations_detectron2/val"))),
     # VOC21: background is class 20, void stays 255.
     _benchmark("cliptrase_voc21_val", "voc21", f"{_VOC}/JPEGImages", f"{_VOC}/annotations_detectron2_bg/val",
                "prepare_voc.py", split_file=f"{_VOC}/ImageSets/Segmentation/val.txt",
                paper_void_as_background=True),
-    # PASCAL Context: 59 classes with background 255, 60 with background 59, 459 as 16-bit TIFF.
+    # PASCAL Context: 59 classes with background 255, 60 with background 59, 459 as 16-bit TIFF
+    # (PC59 and PC459 also from SAN's and the CLIPtrase authors' pcontext/ and pcontext_full/).
     _benchmark("cliptrase_pc59_val", "pc59", f"{_CONTEXT}/JPEGImages", f"{_CONTEXT}/annotations_detectron2/pc59_val",
-               "prepare_pascal_context.py", split_file=f"{_CONTEXT}/ImageSets/Main/val.txt"),
+               "prepare_pascal_context.py", split_file=f"{_CONTEXT}/ImageSets/Main/val.txt",
+               alternatives=(("pcontext/val/image", "pcontext/val/label"),)),
     _benchmark("cliptrase_pc60_val", "pc60", f"{_CONTEXT}/JPEGImages", f"{_CONTEXT}/annotations_detectron2/pc60_val",
                "prepare_pascal_context.py", split_file=f"{_CONTEXT}/ImageSets/Main/val.txt",
                paper_void_as_background=True),
     _benchmark("cliptrase_pc459_val", "pc459", f"{_CONTEXT}/JPEGImages",
                f"{_CONTEXT}/annotations_detectron2/pc459_val", "prepare_pascal_context.py",
-               split_file=f"{_CONTEXT}/ImageSets/Main/val.txt", **_16BIT_TIFF),
-    # COCO: 171 stuff+thing classes; COCO-Object maps every stuff pixel to background 80.
+               split_file=f"{_CONTEXT}/ImageSets/Main/val.txt",
+               alternatives=(("pcontext_full/val/image", "pcontext_full/val/label"),),
+               **_16BIT_TIFF),
+    # COCO: 171 stuff+thing classes (also from CAT-Seg's coco-stuff/); COCO-Object maps every
+    # stuff and unlabelled pixel to background 80.
     _benchmark("cliptrase_coco_stuff171_val", "coco_stuff171", "coco/val2017",
-               "coco/stuffthingmaps_detectron2/val2017", "prepare_coco_stuff.py"),
+               "coco/stuffthingmaps_detectron2/val2017", "prepare_coco_stuff.py",
+               alternatives=(
+                   ("coco-stuff/images/val2017", "coco-stuff/annotations_detectron2/val2017"),)),
     _benchmark("cliptrase_coco_object80_val", "coco_object80", "coco/val2017",
                "coco/objectmaps_detectron2/val2017", "prepare_coco_stuff.py", paper_void_as_background=True),
     # The paper's COCO-Object quirk, baked into the labels: stuff class 80 ('banner') and void are background
@@ -157,16 +173,56 @@ def _listed_image_files(split: SemSegSplit, image_dir: str, split_file: str) -> 
     return found
 
 
+def _labelled_image_files(split: SemSegSplit, image_dir: str, gt_dir: str) -> List[Tuple[str, str]]:
+    """(image path, image id) of every label map in gt_dir (another project's layout)."""
+    found = []
+    for file_name in sorted(os.listdir(gt_dir)):
+        if not file_name.endswith(split.gt_suffix) or file_name.startswith("."):
+            continue
+        stem = file_name[: -len(split.gt_suffix)]
+        candidates = [os.path.join(image_dir, stem + suffix) for suffix in split.image_suffixes]
+        path = next((p for p in candidates if os.path.isfile(p)), None)
+        if path is None:
+            raise FileNotFoundError(
+                f"Dataset '{split.name}': label map {os.path.join(gt_dir, file_name)} has no "
+                f"image; "
+                f"expected {candidates[0]}. {split.how_to_create}"
+            )
+        found.append((path, stem))
+    return found
+
+
+def _alternative_layout(split: SemSegSplit, root: str) -> Optional[Tuple[str, str]]:
+    """The first of ``split.alternatives`` whose two folders exist under ``root``, else None."""
+    for image_dir, gt_dir in split.alternatives:
+        folders = (os.path.join(root, image_dir), os.path.join(root, gt_dir))
+        if all(os.path.isdir(folder) for folder in folders):
+            return folders
+    return None
+
+
 def load_sem_seg_split(split: SemSegSplit, root: str) -> List[dict]:
     """Detectron2 dataset dicts of a split under ``root``: ``file_name``, ``sem_seg_file_name``,
     ``height``, ``width`` (read from the image header), ``image_id`` (the image's file stem) and
     ``dataset_name`` (``split.name``)."""
     image_dir = os.path.join(root, split.image_dir)
     gt_dir = os.path.join(root, split.gt_dir)
+    alternative = None
+    if not (os.path.isdir(image_dir) and os.path.isdir(gt_dir)):
+        alternative = _alternative_layout(split, root)
+    if alternative is not None:
+        image_dir, gt_dir = alternative
+        logger.info("Dataset '%s': %s not found; reading the same label maps from %s", split.name,
+                    os.path.join(root, split.gt_dir), gt_dir)
+        images = _labelled_image_files(split, image_dir, gt_dir)
+        return _dataset_dicts(split, images, image_dir, gt_dir)
     for folder in (image_dir, gt_dir):
         if not os.path.isdir(folder):
+            also = "".join(f" (or {os.path.join(root, g)} with {os.path.join(root, i)})"
+                           for i, g in split.alternatives)
             raise FileNotFoundError(
-                f"Dataset '{split.name}': folder {folder} does not exist. {split.how_to_create}"
+                f"Dataset '{split.name}': folder {folder} does not exist{also}. "
+                f"{split.how_to_create}"
             )
     if split.split_file is not None:
         split_file = os.path.join(root, split.split_file)
@@ -177,6 +233,11 @@ def load_sem_seg_split(split: SemSegSplit, root: str) -> List[dict]:
         images = _listed_image_files(split, image_dir, split_file)
     else:
         images = _image_files(split, image_dir)
+    return _dataset_dicts(split, images, image_dir, gt_dir)
+
+
+def _dataset_dicts(split: SemSegSplit, images: List[Tuple[str, str]], image_dir: str,
+                   gt_dir: str) -> List[dict]:
     if not images:
         raise FileNotFoundError(
             f"Dataset '{split.name}': no images ({', '.join(split.image_suffixes)}) in {image_dir}. "
