@@ -525,6 +525,21 @@ def test_pickled_code_is_reported_as_refused_code(tiny_files, tmp_path, protocol
     assert not marker.exists()
 
 
+def test_torchscript_archive_with_code_is_reported_as_refused_code(tiny_files, tmp_path):
+    marker, path = tmp_path / "marker", tmp_path / "evil.pt"
+    _write_malicious("torchscript-layout", path, marker)
+    with pytest.raises(WeightsError, match=r"evil\.pt: this file contains pickled code "
+                                           r"\(__builtin__\.exec\).*refused"):
+        build_clip(tiny_files[0], str(path))
+    assert not marker.exists()
+
+
+def test_forced_full_unpickling_is_refused(tiny_files, monkeypatch):
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(WeightsError, match=r"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set.*unset it"):
+        build_clip(*tiny_files)
+
+
 def _no_network(monkeypatch):
     """Every new TCP connection fails as on a machine without network; returns the attempts."""
     attempts = []
