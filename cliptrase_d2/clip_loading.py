@@ -1,30 +1,39 @@
-"""Builds the open_clip CLIP model and loads its weights: safely (no pickled code) and exactly (fp32).
+"""Builds the open_clip CLIP model and loads its weights safely (no pickled code) and exactly.
 
-    model = build_clip("ViT-B-16", "weights/ViT-B-16.pt")          # OpenAI's TorchScript archive
-    model = build_clip("ViT-B-16", "openai")                         # open_clip download / HF cache
+    model = build_clip("ViT-B-16", "weights/ViT-B-16.pt")    # OpenAI's TorchScript archive
+    model = build_clip("ViT-B-16", "openai")                   # open_clip download / HF cache
     model = build_clip("path/to/tiny_clip.json", "tiny_clip_openai.pt")
     tokenizer = get_tokenizer("ViT-B-16")
 
-The architecture always comes from an open_clip model config (a built-in name or a JSON file) and is
-instantiated in fp32; the checkpoint is then copied into it with ``load_state_dict``. We never use
-open_clip's ``build_model_from_openai_state_dict``, which rounds every weight to fp16, so after loading
-an fp32 checkpoint every parameter equals the file's tensor bit for bit.
+open_clip does the work wherever it gives the same guarantees: ``create_model`` builds the fp32
+architecture, ``get_pretrained_cfg``/``download_pretrained`` resolve and fetch pretrained tags
+(and find them in the Hugging Face cache), ``load_state_dict`` reads ``.safetensors`` and
+``torch.load(weights_only=True)`` checkpoints and unwraps ``{"state_dict": ...}`` and ``module.``.
+What stays ours, each in a small named function:
 
-Accepted weights (``MODEL.WEIGHTS``):
-  - OpenAI's TorchScript archive (``ViT-B-16.pt`` from OpenAI's CLIP release), read with a restricted
-    unpickler (see "Reading TorchScript archives" below), never with ``torch.jit.load``;
-  - a plain state dict with OpenAI/open_clip key names, or an open_clip checkpoint (``.pt``/``.bin``,
-    possibly under ``"state_dict"``, possibly with ``module.`` prefixes), read with
-    ``torch.load(..., weights_only=True)``;
-  - a ``.safetensors`` file;
-  - an open_clip pretrained tag valid for the model (``openai``, ``laion2b_s34b_b88k``, ...), fetched
-    through open_clip (Hugging Face hub cache); offline, only the local cache is consulted.
+- ``read_torchscript`` (module ``torchscript_archive``): OpenAI's TorchScript archive
+  (``ViT-B-16.pt``). open_clip reads it with ``torch.jit.load``, which runs the archive's code;
+  we read its zip records with a restricted unpickler instead (that module says why).
+- ``_load_exact``: copies the tensors into the model after checking that every key and shape
+  fits, so every parameter equals the file's tensor bit for bit or a ``WeightsError`` says what
+  does not fit. open_clip's ``load_checkpoint`` would instead interpolate a positional embedding
+  of another size, and its ``build_model_from_openai_state_dict`` rounds every weight to fp16.
+- ``_verify_zip``/``_check_release``: integrity. Zip-format checkpoints are refused when a stored
+  CRC-32 disagrees with the bytes (torch.load does not check them); an archive named like
+  OpenAI's release of the model must have the sha256 OpenAI published in its URL.
+- ``_network_problem``: a pretrained tag without network fails in seconds instead of waiting
+  out huggingface_hub's retries (about a minute); ``HF_HUB_OFFLINE=1`` is honoured even when
+  set after huggingface_hub was imported.
 
-QuickGELU: OpenAI's weights were trained with QuickGELU, open_clip's plain ``ViT-B-16`` config uses
-GELU. The model is built with QuickGELU when its config asks for it (``*-quickgelu`` names, the
-fixtures' ``tiny_clip.json``), when the tag's open_clip entry says so (``openai``), or when the weights
-are a TorchScript archive (only OpenAI distributes CLIP that way). An open_clip ``.bin`` holding OpenAI
-weights carries no such marker: name the model ``ViT-B-16-quickgelu`` for it (see weights/README.md).
+Accepted weights (``MODEL.WEIGHTS``): OpenAI's TorchScript archive; a state dict with
+OpenAI/open_clip key names or an open_clip checkpoint (``.pt``/``.pth``/``.bin``); a
+``.safetensors`` file; an open_clip pretrained tag valid for the model (``openai``, ...).
+
+QuickGELU: OpenAI's weights were trained with QuickGELU, open_clip's plain ``ViT-B-16`` config
+uses GELU. The model is built with QuickGELU when its config asks for it (``*-quickgelu`` names,
+the fixtures' ``tiny_clip.json``), when the tag's open_clip entry says so (``openai``), or when
+the weights are a TorchScript archive (only OpenAI distributes CLIP that way). An open_clip
+``.bin`` holding OpenAI weights carries no such marker: name the model ``ViT-B-16-quickgelu``.
 """
 from __future__ import annotations
 
@@ -35,35 +44,40 @@ import json
 import logging
 import os
 import pickle
-import sys
+import socket
+import threading
+import urllib.parse
+import urllib.request
 import zipfile
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import open_clip
 import torch
+from open_clip.factory import load_state_dict
+
+from .torchscript_archive import ArchiveError, pickled_code, read_torchscript, torchscript_root
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["WeightsError", "PRECISIONS", "build_clip", "get_tokenizer", "weights_fingerprint"]
 
 # precision name -> dtype every parameter and buffer is cast to after loading.
-PRECISIONS: Dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# A weights value ending in one of these (or containing a path separator) is a file path, never a tag.
+PRECISIONS: Dict[str, torch.dtype] = {
+    "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# A weights value ending in one of these (or containing a path separator) is a file path.
 WEIGHTS_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 # Tensors OpenAI's archives store beside the weights; they describe the model and are not loaded.
 OPENAI_EXTRA_KEYS = frozenset({"input_resolution", "context_length", "vocab_size"})
-# Where the docs and error messages tell users to put downloaded weights (relative to the repo root).
+# Where the docs and error messages tell users to put downloaded weights (relative to the repo).
 WEIGHTS_DIR = "weights"
 FETCH_TOOL = "tools/fetch_weights.py"
-
-_MAX_PICKLE_BYTES = 256 * 2**20  # a TorchScript data.pkl holds structure only (tens of KB for CLIP)
-_MAX_MODULE_DEPTH = 64  # CLIP's module tree is 6 levels deep
+# Seconds to wait for a TCP connection to the download host before calling the machine offline.
+NETWORK_PROBE_SECONDS = 3.0
 
 
 class WeightsError(RuntimeError):
-    """A model or weights value that cannot be used; the message names the value and how to fix it."""
+    """A model or weights value that cannot be used; the message names it and how to fix it."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,8 +98,8 @@ def build_clip(
     Args:
         model: open_clip model name (``"ViT-B-16"``) or path to an open_clip model-config JSON
             (registered with ``open_clip.add_model_config`` under its file stem).
-        weights: checkpoint file (OpenAI TorchScript archive, state dict ``.pt``/``.pth``/``.bin``,
-            ``.safetensors``) or an open_clip pretrained tag such as ``"openai"``.
+        weights: checkpoint file (OpenAI TorchScript archive, state dict ``.pt``/``.pth``/
+            ``.bin``, ``.safetensors``) or an open_clip pretrained tag such as ``"openai"``.
         precision: ``"fp32"`` (default, exact), ``"fp16"`` or ``"bf16"``: every floating-point
             parameter and buffer is cast after loading.
         device: where the returned model lives.
@@ -95,16 +109,18 @@ def build_clip(
         The model in eval mode on ``device``, with ``requires_grad=False`` on every parameter.
 
     Raises:
-        WeightsError: unknown model or precision, missing/corrupt/unsafe file, weights that do not
-            fit the model, or a tag that cannot be downloaded (offline).
+        WeightsError: unknown model or precision, missing/corrupt/unsafe file, weights that do
+            not fit the model, or a tag that cannot be downloaded (offline).
     """
     dtype = _precision_dtype(precision)
     spec = _resolve_model(model)
     checkpoint, tag_quick_gelu = _resolve_weights(spec, weights, cache_dir)
-    state_dict, file_format = _read_checkpoint(checkpoint)
+    state_dict, torchscript = _read_checkpoint(checkpoint)
+    if torchscript:
+        _check_release(checkpoint, spec)
 
     quick_gelu = _needs_quick_gelu(spec, weights, checkpoint, tag_quick_gelu=tag_quick_gelu,
-                                   torchscript=file_format == "torchscript")
+                                   torchscript=torchscript)
     clip = _instantiate(spec, quick_gelu)
     _load_exact(clip, state_dict, checkpoint=checkpoint, spec=spec)
     if dtype != torch.float32:
@@ -136,19 +152,23 @@ def weights_fingerprint(weights: str) -> str:
     weights = str(weights)
     if not _is_path(weights):
         return weights
-    path = _existing_file(weights)
+    return _sha256(_existing_file(weights))[:16]
+
+
+def _sha256(path: Path) -> str:
+    """Hex sha256 of a file's content, computed once per file version in this process."""
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _FINGERPRINTS:
+    if key not in _SHA256:
         digest = hashlib.sha256()
         with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 24), b""):
                 digest.update(chunk)
-        _FINGERPRINTS[key] = digest.hexdigest()[:16]
-    return _FINGERPRINTS[key]
+        _SHA256[key] = digest.hexdigest()
+    return _SHA256[key]
 
 
-_FINGERPRINTS: Dict[Tuple[str, int, int], str] = {}
+_SHA256: Dict[Tuple[str, int, int], str] = {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,22 +268,19 @@ def _instantiate(spec: _ModelSpec, quick_gelu: bool) -> torch.nn.Module:
         raise WeightsError(f"open_clip could not build {spec.label}: {type(e).__name__}: {e}") from e
 
 
-class _DropRandomInitWarning(logging.Filter):
-    """Hides open_clip's 'initialized randomly' warning: build_clip loads the weights itself."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("No pretrained weights loaded")
-
 
 @contextlib.contextmanager
 def _without_random_init_warning() -> Iterator[None]:
+    """Hides open_clip's 'initialized randomly' warning: build_clip loads the weights itself."""
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded")
+
     root = logging.getLogger()  # open_clip logs through the root logger
-    log_filter = _DropRandomInitWarning()
-    root.addFilter(log_filter)
+    root.addFilter(keep)
     try:
         yield
     finally:
-        root.removeFilter(log_filter)
+        root.removeFilter(keep)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,40 +337,76 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _download_tag(spec: _ModelSpec, tag: str, tag_config: Mapping[str, Any], cache_dir: Optional[str]) -> Path:
-    """The tag's checkpoint from the download cache, downloading it through open_clip when online."""
-    if _hub_offline():
-        cached = _cached_tag_file(tag_config, cache_dir)
-        if cached is None:
-            raise _tag_unavailable(spec, tag, tag_config,
-                                   "HF_HUB_OFFLINE=1 is set and the file is not in the download cache")
-        return cached
+
+def _download_tag(spec: _ModelSpec, tag: str, tag_config: Mapping[str, Any],
+                  cache_dir: Optional[str]) -> Path:
+    """The tag's checkpoint through open_clip: downloaded (or revalidated) when online; when
+    offline (HF_HUB_OFFLINE=1, or the download host does not answer) only the cache is read."""
+    offline = ("HF_HUB_OFFLINE=1 is set" if _hub_offline()
+               else _network_problem(_download_url(tag_config)))
     try:
-        path = open_clip.download_pretrained(dict(tag_config), cache_dir=cache_dir)
-    except Exception as e:  # network down, hub unreachable, no disk space, ...
-        raise _tag_unavailable(spec, tag, tag_config, f"the download failed ({type(e).__name__}: {e})") from e
+        with _hub_offline_mode(offline is not None):
+            path = open_clip.download_pretrained(dict(tag_config), cache_dir=cache_dir)
+    except Exception as e:  # network down, not in the cache, hub error, no disk space, ...
+        reason = (f"{offline} and the file is not in the download cache" if offline
+                  else "the download failed")
+        raise _tag_unavailable(spec, tag, tag_config,
+                               f"{reason} ({type(e).__name__}: {_first_line(e)})") from e
     if not path or not os.path.isfile(path):
         raise _tag_unavailable(spec, tag, tag_config, "open_clip returned no file")
     return Path(path)
 
 
-def _cached_tag_file(tag_config: Mapping[str, Any], cache_dir: Optional[str]) -> Optional[Path]:
-    """The tag's file in the Hugging Face cache (same file names open_clip downloads), or None."""
-    hub = tag_config.get("hf_hub", "")
-    if not hub:
-        return None
-    from huggingface_hub import try_to_load_from_cache
-    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+def _download_url(tag_config: Mapping[str, Any]) -> str:
+    """Where open_clip.download_pretrained will fetch the tag from (it prefers the HF hub)."""
+    if tag_config.get("hf_hub") and open_clip.pretrained.has_hf_hub():
+        from huggingface_hub import constants
 
-    repo_id, filename = os.path.split(hub)  # "timm/vit_base_patch16_clip_224.openai/" -> (repo, "")
-    candidates = [filename] if filename else [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]
-    if filename.endswith((".bin", ".pth")):
-        candidates.insert(0, filename[:-4] + ".safetensors")
-    for candidate in candidates:
-        hit = try_to_load_from_cache(repo_id=repo_id, filename=candidate, cache_dir=cache_dir)
-        if isinstance(hit, str) and os.path.isfile(hit):
-            return Path(hit)
-    return None
+        return constants.ENDPOINT
+    return tag_config.get("url", "")
+
+
+def _network_problem(url: str) -> Optional[str]:
+    """Why ``url``'s host (or the proxy for it) cannot be reached, or None when a TCP connection
+    opens within NETWORK_PROBE_SECONDS. A thread bounds a hanging DNS lookup as well."""
+    parts = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+        parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    address = (parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+    outcome: List[Optional[OSError]] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection(address, timeout=NETWORK_PROBE_SECONDS).close()
+            outcome.append(None)
+        except OSError as e:
+            outcome.append(e)
+
+    probe = threading.Thread(target=connect, name="clip-weights-network-probe", daemon=True)
+    probe.start()
+    probe.join(NETWORK_PROBE_SECONDS)
+    where = f"{address[0]}:{address[1]}"
+    if not outcome:
+        return f"no network ({where} did not answer within {NETWORK_PROBE_SECONDS:g} s)"
+    return None if outcome[0] is None else f"no network (cannot reach {where}: {outcome[0]})"
+
+
+@contextlib.contextmanager
+def _hub_offline_mode(active: bool) -> Iterator[None]:
+    """huggingface_hub reads HF_HUB_OFFLINE once, at import: set its flag for this download only,
+    so that it answers from its cache at once instead of retrying for about a minute."""
+    if not active:
+        yield
+        return
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
 
 
 def _tag_unavailable(spec: _ModelSpec, tag: str, tag_config: Mapping[str, Any], reason: str) -> WeightsError:
@@ -374,50 +427,85 @@ def _tag_unavailable(spec: _ModelSpec, tag: str, tag_config: Mapping[str, Any], 
         f"MODEL.WEIGHTS {target} (see {WEIGHTS_DIR}/README.md).")
 
 
+
 # ---------------------------------------------------------------------------------------------
 # Reading checkpoint files
 # ---------------------------------------------------------------------------------------------
 
 
-def _read_checkpoint(path: Path) -> Tuple[Dict[str, torch.Tensor], str]:
-    """Reads a checkpoint without running pickled code.
+def _read_checkpoint(path: Path) -> Tuple[Dict[str, torch.Tensor], bool]:
+    """Reads a checkpoint without running pickled code, after checking its zip CRCs.
 
     Returns:
-        (state dict name -> tensor on CPU, format: "torchscript" | "safetensors" | "state_dict").
+        (state dict name -> tensor on CPU, whether the file is a TorchScript archive).
     """
     if path.stat().st_size == 0:
-        raise WeightsError(f"Weights file {path} is empty: it is not a readable checkpoint; download it again.")
-    if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path), device="cpu"), "safetensors"
-        except Exception as e:
-            raise _unreadable(path, f"{type(e).__name__}: {e}") from e
-    torchscript_root = _torchscript_root(path)
-    if torchscript_root is not None:
-        return _read_torchscript(path, torchscript_root), "torchscript"
+        raise WeightsError(f"Weights file {path} is empty: it is not a readable checkpoint; "
+                           "download it again.")
+    _verify_zip(path)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise _refused_pickle(path, e) from e
+        root = torchscript_root(path)
+        if root is not None:
+            return read_torchscript(path, root), True
+    except ArchiveError as e:
+        raise (_refused_code(path, e.code) if e.code else _unreadable(path, str(e))) from e
+    return _read_state_dict(path), False
+
+
+def _verify_zip(path: Path) -> None:
+    """Refuses a zip-format file (torch.save's format, TorchScript) whose stored CRC-32s disagree
+    with its bytes: torch.load does not check them, so a damaged tensor would load silently."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()  # reads every record in chunks, compares its CRC-32
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise _unreadable(path, f"broken zip archive: {e}") from e
+    if damaged is not None:
+        raise _unreadable(path, f"the bytes of record {damaged} disagree with its stored CRC-32, "
+                                "so the file is damaged")
+
+
+def _read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
+    """A ``.safetensors`` or ``torch.load(weights_only=True)`` checkpoint, read and unwrapped
+    (``{"state_dict": ...}``, ``module.`` prefixes) by open_clip's ``load_state_dict``."""
+    if os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "").lower() in {"1", "y", "yes", "true"}:
+        # open_clip retries a torch.load that raised TypeError without weights_only=, which this
+        # variable turns into a full unpickle: refuse rather than risk running a file's code.
+        raise WeightsError("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set, so reading weights file "
+                           f"{path} could run pickled code: unset it to load CLIP weights.")
+    try:
+        state_dict = load_state_dict(str(path), device="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # torch's weights-only reader refused or failed
+        code = pickled_code(path)
+        raise (_refused_code(path, code) if code else
+               _unreadable(path, f"torch's weights-only reader stopped at: {_wo_detail(e)}")) from e
+    except (AttributeError, StopIteration) as e:  # not a mapping, or an empty one
+        raise WeightsError(f"Weights file {path} holds no state dict of CLIP tensors ({e!r}); give "
+                           "an OpenAI or open_clip checkpoint.") from e
     except Exception as e:  # truncated zip, random bytes, not a torch file at all
         raise _unreadable(path, f"{type(e).__name__}: {_first_line(e)}") from e
-    return _unwrap_state_dict(checkpoint, path), "state_dict"
-
-
-def _unwrap_state_dict(checkpoint: Any, path: Path) -> Dict[str, torch.Tensor]:
-    """The tensors of a state dict, unwrapped from {"state_dict": ...} and stripped of "module."."""
-    if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("state_dict"), Mapping):
-        checkpoint = checkpoint["state_dict"]
-    if not isinstance(checkpoint, Mapping):
-        raise WeightsError(f"Weights file {path} holds a {type(checkpoint).__name__}, not a state dict of "
-                           "CLIP weights; give an OpenAI or open_clip checkpoint.")
-    tensors = {str(k): v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+    tensors = {str(k): v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise WeightsError(f"Weights file {path} contains no tensors (top-level keys: "
-                           f"{list(checkpoint)[:10]}); give an OpenAI or open_clip checkpoint.")
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in tensors.items()}
+                           f"{list(state_dict)[:10]}); give an OpenAI or open_clip checkpoint.")
+    return tensors
+
+
+def _check_release(path: Path, spec: _ModelSpec) -> None:
+    """An archive named like OpenAI's release of the model must have the published sha256 (the
+    second-to-last segment of OpenAI's download URL, as in open_clip's registry)."""
+    base = spec.name[: -len("-quickgelu")] if spec.name.endswith("-quickgelu") else spec.name
+    url = open_clip.get_pretrained_url(base, "openai") if spec.builtin else ""
+    if "openaipublic" not in url or path.name != os.path.basename(url):
+        return
+    expected, actual = url.split("/")[-2], _sha256(path)
+    if actual != expected:
+        raise WeightsError(
+            f"Weights file {path} is named like OpenAI's {base} release, but its sha256 is "
+            f"{actual}, not the published {expected}: it is damaged or another file. Download it again "
+            f"(`python {FETCH_TOOL} --model {base}` checks it), or rename your own archive.")
 
 
 def _first_line(error: BaseException) -> str:
@@ -425,219 +513,29 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else "no details"
 
 
+def _wo_detail(error: pickle.UnpicklingError) -> str:
+    """The reason in torch's weights-only error, without its advice to set weights_only=False."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    detail = next((line.split("WeightsUnpickler error:", 1)[1].strip() for line in lines
+                   if "WeightsUnpickler error:" in line), "")
+    return detail or next((line for line in lines if line.startswith("Unsupported")),
+                          _first_line(error))
+
+
 def _unreadable(path: Path, detail: str) -> WeightsError:
     return WeightsError(
         f"Weights file {path} is not a readable checkpoint ({detail}). It is probably truncated or "
-        "corrupt, or not a PyTorch/safetensors checkpoint at all: download it again (for OpenAI's ViT-B/16, "
-        f"`python {FETCH_TOOL}` verifies the sha256).")
+        "corrupt, or not a PyTorch/safetensors checkpoint at all: download it again (for OpenAI's "
+        f"ViT-B/16, `python {FETCH_TOOL}` verifies the sha256).")
 
 
-def _refused_pickle(path: Path, error: pickle.UnpicklingError) -> WeightsError:
-    """Turns torch's weights_only refusal into a message that does not suggest weights_only=False."""
-    detail = next((line.split("WeightsUnpickler error:", 1)[1].strip() for line in str(error).splitlines()
-                   if "WeightsUnpickler error:" in line), "")
-    if not detail:
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        detail = next((line for line in lines if line.startswith("Unsupported")), _first_line(error))
-    if "Unsupported global" in detail or "GLOBAL" in detail:
-        return WeightsError(
-            f"Refusing to load weights file {path}: besides tensors it contains pickled Python objects or "
-            f"code ({detail.split(' was not an allowed')[0]}), and checkpoints are only read with "
-            "torch.load(weights_only=True). Use the official checkpoint (re-download it) or convert the "
-            "weights to .safetensors with a trusted tool.")
-    return _unreadable(path, f"torch's weights-only reader stopped at: {detail}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading TorchScript archives
-#
-# OpenAI distributes CLIP as TorchScript archives (a zip: <name>/data.pkl, <name>/data/<key>,
-# <name>/code/..., <name>/constants.pkl). torch.load(weights_only=True) refuses them ("Cannot use
-# weights_only=True with TorchScript archives"), and torch.jit.load is not safe for files from the
-# internet: PyTorch's security policy treats TorchScript models as executable code (the archive's code
-# is compiled and its scripted __setstate__ methods run while loading), and crashes of its C++
-# deserializer on crafted files are closed as "torch::jit::load should only be used with trusted
-# inputs" (pytorch/pytorch#77573, #179581). So we read the zip records ourselves: data.pkl goes
-# through a pickle.Unpickler whose find_class (every callable a pickle uses comes from it) returns
-# inert placeholders for the few names such an archive uses and refuses every other global, so no
-# pickled code can run; tensor storages are raw bytes in data/<key>, turned into tensors only after
-# unpickling, with their byte counts, sizes, strides and offsets checked. Nothing in code/ is read.
-# ---------------------------------------------------------------------------------------------
-
-_STORAGE_DTYPES: Dict[str, torch.dtype] = {
-    "FloatStorage": torch.float32, "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,
-    "DoubleStorage": torch.float64, "LongStorage": torch.int64, "IntStorage": torch.int32,
-    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
-    "BoolStorage": torch.bool,
-}
-# TorchScript's typed-list helpers: they only rebuild a list from a list.
-_LIST_BUILDERS = frozenset({"build_intlist", "build_doublelist", "build_boollist", "build_tensorlist"})
-
-
-class _ScriptObject:
-    """Inert stand-in for a TorchScript object (a ``__torch__.*`` class): records its attributes."""
-
-    __slots__ = ("attributes",)
-
-    def __init__(self, *_args: Any) -> None:
-        self.attributes: Dict[Any, Any] = {}
-
-    def __setstate__(self, state: Any) -> None:
-        self.attributes = dict(state) if isinstance(state, Mapping) else {}
-
-
-class _StorageType(NamedTuple):
-    dtype: torch.dtype
-
-
-class _StorageRef(NamedTuple):
-    dtype: torch.dtype
-    key: str  # record data/<key> in the archive
-    numel: int
-
-
-class _TensorRef(NamedTuple):
-    storage: _StorageRef
-    offset: int
-    size: Tuple[int, ...]
-    stride: Tuple[int, ...]
-
-
-def _tensor_ref(storage: Any, offset: Any, size: Any, stride: Any, *_unused: Any) -> _TensorRef:
-    """Stands in for torch._utils._rebuild_tensor_v2: records the view, builds nothing yet."""
-    if not (isinstance(storage, _StorageRef) and isinstance(offset, int) and isinstance(size, tuple)
-            and isinstance(stride, tuple) and all(isinstance(v, int) for v in size + stride)):
-        raise pickle.UnpicklingError("malformed tensor record")
-    return _TensorRef(storage, offset, size, stride)
-
-
-def _restore_type_tag(value: Any, _type_str: Any) -> Any:
-    return value
-
-
-class _RestrictedTorchScriptUnpickler(pickle.Unpickler):
-    """Unpickles a TorchScript data.pkl into inert objects; any other global is an error."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "__torch__" or module.startswith("__torch__."):
-            return _ScriptObject
-        if module == "torch._utils" and name == "_rebuild_tensor_v2":
-            return _tensor_ref
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(_STORAGE_DTYPES[name])
-        if module == "collections" and name == "OrderedDict":
-            return OrderedDict
-        if module == "torch.jit._pickle" and name in _LIST_BUILDERS:
-            return list
-        if module == "torch.jit._pickle" and name == "restore_type_tag":
-            return _restore_type_tag
-        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a weights archive")
-
-    def persistent_load(self, pid: Any) -> _StorageRef:
-        # ('storage', <storage type>, key, location, numel); the location (e.g. 'cuda:0') is ignored.
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
-                and isinstance(pid[1], _StorageType) and isinstance(pid[2], str) and isinstance(pid[4], int)):
-            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r:.80}")
-        return _StorageRef(pid[1].dtype, pid[2], pid[4])
-
-
-def _torchscript_root(path: Path) -> Optional[str]:
-    """The record prefix ('<name>/') of a TorchScript archive, or None for any other file."""
-    if not zipfile.is_zipfile(path):
-        return None
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
-    except (zipfile.BadZipFile, OSError) as e:
-        raise _unreadable(path, f"broken zip archive: {e}") from e
-    for name in sorted(names):
-        if name.endswith("constants.pkl") and name.count("/") <= 1:
-            root = name[: -len("constants.pkl")]
-            if root + "data.pkl" in names:
-                return root
-    return None
-
-
-def _read_torchscript(path: Path, root: str) -> Dict[str, torch.Tensor]:
-    """The tensors of a TorchScript archive's module tree, as a state dict (dotted attribute names)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            byteorder = root + "byteorder"
-            if byteorder in archive.namelist():
-                order = archive.read(byteorder).decode("ascii", "replace").strip()
-                if order != sys.byteorder:
-                    raise WeightsError(f"Weights file {path} was written on a {order}-endian machine; "
-                                       f"this one is {sys.byteorder}-endian. Convert it to .safetensors first.")
-            info = archive.getinfo(root + "data.pkl")
-            _check_stored(info, path)
-            if info.file_size > _MAX_PICKLE_BYTES:
-                raise _unreadable(path, f"its data.pkl is {info.file_size} bytes, far too large")
-            unpickler = _RestrictedTorchScriptUnpickler(archive.open(info), encoding="utf-8")
-            try:
-                module = unpickler.load()
-            except pickle.UnpicklingError as e:
-                if "is not allowed" in str(e):
-                    raise WeightsError(
-                        f"Refusing to load weights file {path}: its TorchScript data.pkl references "
-                        f"Python code ({e}). OpenAI's archives contain only modules and tensors; use the "
-                        "official file (re-download it).") from e
-                raise _unreadable(path, f"data.pkl: {e}") from e
-            except Exception as e:  # truncated pickle, wrong opcodes, odd argument types
-                raise _unreadable(path, f"data.pkl: {type(e).__name__}: {e}") from e
-            if not isinstance(module, _ScriptObject):
-                raise _unreadable(path, "its data.pkl does not hold a TorchScript module")
-            refs: Dict[str, _TensorRef] = {}
-            _collect_tensor_refs(module, "", refs, seen=set(), path=path)
-            storages: Dict[str, torch.Tensor] = {}
-            return {name: _materialize(ref, archive, root, storages, path) for name, ref in refs.items()}
-    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as e:  # bad CRC, truncated record, ...
-        raise _unreadable(path, f"{type(e).__name__}: {e}") from e
-
-
-def _check_stored(info: zipfile.ZipInfo, path: Path) -> None:
-    """PyTorch stores records uncompressed; a compressed one could inflate far beyond the file size."""
-    if info.compress_type != zipfile.ZIP_STORED:
-        raise _unreadable(path, f"record {info.filename} is compressed, which PyTorch never writes")
-
-
-def _collect_tensor_refs(obj: _ScriptObject, prefix: str, out: Dict[str, _TensorRef], seen: set, path: Path,
-                         depth: int = 0) -> None:
-    """Walks the module tree: tensors become 'a.b.c' entries, submodules are visited once each."""
-    if depth > _MAX_MODULE_DEPTH:
-        raise _unreadable(path, f"its modules nest more than {_MAX_MODULE_DEPTH} levels deep")
-    seen.add(id(obj))
-    for name, value in getattr(obj, "attributes", {}).items():  # unset when the pickle had no BUILD
-        if not isinstance(name, str):
-            continue
-        if isinstance(value, _TensorRef):
-            out[prefix + name] = value
-        elif isinstance(value, _ScriptObject) and id(value) not in seen:
-            _collect_tensor_refs(value, f"{prefix}{name}.", out, seen, path, depth + 1)
-
-
-def _materialize(ref: _TensorRef, archive: zipfile.ZipFile, root: str, storages: Dict[str, torch.Tensor],
-                 path: Path) -> torch.Tensor:
-    """Builds one tensor from its storage record, after checking the view stays inside the bytes read."""
-    storage = ref.storage
-    if storage.key not in storages:
-        info = archive.getinfo(f"{root}data/{storage.key}")
-        _check_stored(info, path)
-        expected = storage.numel * storage.dtype.itemsize
-        if storage.numel < 0 or info.file_size != expected:
-            raise _unreadable(path, f"storage data/{storage.key} has {info.file_size} bytes, "
-                                    f"expected {expected}")
-        raw = bytearray(archive.read(info))  # (numel * itemsize,) bytes
-        storages[storage.key] = (torch.frombuffer(raw, dtype=storage.dtype) if raw
-                                 else torch.empty(0, dtype=storage.dtype))
-    flat = storages[storage.key]  # (numel,)
-    size, stride, offset = ref.size, ref.stride, ref.offset
-    if len(size) != len(stride) or offset < 0 or any(v < 0 for v in size + stride):
-        raise _unreadable(path, f"invalid tensor view {size}/{stride}/{offset} on data/{storage.key}")
-    if all(size):
-        last = offset + sum((s - 1) * st for s, st in zip(size, stride))
-        if last >= storage.numel:
-            raise _unreadable(path, f"tensor view {size} at offset {offset} exceeds data/{storage.key}")
-    return flat.as_strided(size, stride, offset)
+def _refused_code(path: Path, names: List[str]) -> WeightsError:
+    return WeightsError(
+        f"Refusing to load weights file {path}: this file contains pickled code "
+        f"({', '.join(names[:3])}) that would run when loaded, so it was refused and nothing in it was executed. Weights are "
+        "only read as data (torch.load(weights_only=True), or the restricted reader for OpenAI's "
+        "archives). Use the official checkpoint (re-download it) or convert the weights to "
+        ".safetensors with a trusted tool.")
 
 
 # ---------------------------------------------------------------------------------------------

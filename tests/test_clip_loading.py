@@ -6,8 +6,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before open_clip / huggingface_hub are imp
 import copy  # noqa: E402
 import hashlib  # noqa: E402
 import importlib.util  # noqa: E402
+import io  # noqa: E402
 import json  # noqa: E402
 import pickle  # noqa: E402
+import socket  # noqa: E402
+import time  # noqa: E402
 import zipfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -17,6 +20,7 @@ import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from conftest import skip_outside_ci  # noqa: E402
+from cliptrase_d2 import clip_loading  # noqa: E402
 from cliptrase_d2.clip_loading import WeightsError, build_clip, get_tokenizer, weights_fingerprint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -479,3 +483,140 @@ def test_fetch_full_disk_is_not_called_offline(fetch, source, tmp_path, monkeypa
         fetch.download_verified(url, dest, sha256, progress=False)
     assert "offline" not in str(error.value)
     assert list(dest.parent.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Integrity, refused code, fast offline failure, fetch_weights paths (issues 15, 16)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_zip_checkpoint_with_a_damaged_tensor_is_refused(tiny_files, tmp_path):
+    path = tmp_path / "tiny_clip_openai.pt"  # torch.save's zip format, as the fixture
+    path.write_bytes(Path(tiny_files[1]).read_bytes())
+    _flip_byte_in_first_tensor(path)
+    with pytest.raises(WeightsError, match=r"not a readable checkpoint.*CRC-32.*damaged") as error:
+        build_clip(tiny_files[0], str(path))
+    assert str(path) in str(error.value)
+
+
+def test_openai_archive_with_a_wrong_sha256_is_refused(tiny_archive, tmp_path):
+    path = tmp_path / "ViT-B-16.pt"  # named like OpenAI's release, but another archive
+    path.write_bytes(tiny_archive.read_bytes())
+    with pytest.raises(WeightsError) as error:
+        build_clip("ViT-B-16", str(path))
+    message = str(error.value)
+    assert str(path) in message and VIT_B_16_URL.split("/")[-2] in message
+    assert hashlib.sha256(path.read_bytes()).hexdigest() in message
+    assert "tools/fetch_weights.py" in message
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4, 5])
+def test_pickled_code_is_reported_as_refused_code(tiny_files, tmp_path, protocol):
+    marker = tmp_path / "marker"
+    path = tmp_path / "evil.pt"
+    buffer = io.BytesIO()
+    torch.save({"visual.conv1.weight": torch.zeros(1), "evil": _WritesMarker(marker)}, buffer,
+               pickle_protocol=protocol)
+    path.write_bytes(buffer.getvalue())
+    with pytest.raises(WeightsError, match=r"this file contains pickled code \((__)?builtins?(__)?\.exec\)"
+                                           r".*refused") as error:
+        build_clip(tiny_files[0], str(path))
+    assert str(path) in str(error.value) and "truncated" not in str(error.value)
+    assert not marker.exists()
+
+
+def test_torchscript_archive_with_code_is_reported_as_refused_code(tiny_files, tmp_path):
+    marker, path = tmp_path / "marker", tmp_path / "evil.pt"
+    _write_malicious("torchscript-layout", path, marker)
+    with pytest.raises(WeightsError, match=r"evil\.pt: this file contains pickled code "
+                                           r"\(__builtin__\.exec\).*refused"):
+        build_clip(tiny_files[0], str(path))
+    assert not marker.exists()
+
+
+def test_forced_full_unpickling_is_refused(tiny_files, monkeypatch):
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(WeightsError, match=r"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set.*unset it"):
+        build_clip(*tiny_files)
+
+
+def _no_network(monkeypatch):
+    """Every new TCP connection fails as on a machine without network; returns the attempts."""
+    attempts = []
+
+    def unreachable(address, *args, **kwargs):
+        attempts.append(address)
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setattr(socket.socket, "connect", lambda self, address: unreachable(address))
+    return attempts
+
+
+@pytest.mark.parametrize("hf_offline", ["0", "1"])
+def test_openai_tag_without_network_fails_within_10_s(tmp_path, monkeypatch, hf_offline):
+    monkeypatch.setenv("HF_HUB_OFFLINE", hf_offline)
+    attempts = _no_network(monkeypatch)
+    start = time.monotonic()
+    with pytest.raises(WeightsError) as error:  # open_clip's real download_pretrained
+        build_clip("ViT-B-16", "openai", cache_dir=str(tmp_path))
+    assert time.monotonic() - start < 10.0
+    message = str(error.value)
+    for expected in ("not in the download cache", "tools/fetch_weights.py", "on a machine with "
+                     "internet", "MODEL.WEIGHTS weights/ViT-B-16.pt"):
+        assert expected in message
+    assert ("HF_HUB_OFFLINE=1" in message) == (hf_offline == "1")
+    assert len(attempts) == (0 if hf_offline == "1" else 1)  # only the probe, never retries
+
+
+def test_unanswering_download_host_is_offline_after_the_probe_timeout(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(clip_loading, "NETWORK_PROBE_SECONDS", 0.5)
+    # A DNS lookup or SYN that never gets an answer (a firewall dropping packets).
+    monkeypatch.setattr(socket, "create_connection", lambda *args, **kwargs: time.sleep(5))
+    start = time.monotonic()
+    with pytest.raises(WeightsError, match=r"no network \(huggingface\.co:443 did not answer "
+                                           r"within 0\.5 s\).*weights/ViT-B-16"):
+        build_clip("ViT-B-16", "openai", cache_dir=str(tmp_path))
+    assert time.monotonic() - start < 3.0
+
+
+def test_online_download_is_unchanged(tmp_path, tiny_state_dict, monkeypatch):
+    from huggingface_hub import constants
+
+    server = socket.create_server(("127.0.0.1", 0))  # a reachable "hub"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # as imported without the variable
+    calls = []
+
+    def download(cfg, cache_dir=None):
+        calls.append(constants.HF_HUB_OFFLINE)
+        raise OSError("HTTP 503 from the hub")
+
+    monkeypatch.setattr(open_clip, "download_pretrained", download)
+    with server, pytest.raises(WeightsError, match=r"the download failed \(OSError: HTTP 503"):
+        build_clip("ViT-B-16", "openai", cache_dir=str(tmp_path))
+    assert calls == [False]  # downloaded as open_clip does, not from the cache only
+
+
+@pytest.mark.parametrize("case", ["file-as-folder", "unwritable-folder"])
+def test_fetch_bad_destination_is_one_line(fetch, source, tmp_path, case, monkeypatch):
+    url, sha256 = source
+    blocker = tmp_path / "blocker"
+    if case == "file-as-folder":
+        blocker.write_text("a file")
+        dest = blocker / "weights" / "ViT-B-16.pt"
+    else:
+        blocker.mkdir(mode=0o500)
+        if os.geteuid() == 0:  # root writes anyway: refuse as the kernel would for a user
+
+            def denied(*args, **kwargs):
+                raise PermissionError(13, "Permission denied", str(blocker))
+
+            monkeypatch.setattr(fetch.tempfile, "mkstemp", denied)
+        dest = blocker / "ViT-B-16.pt"
+    with pytest.raises(fetch.FetchError, match=r"Cannot write into the folder .*--dest") as error:
+        fetch.download_verified(url, dest, sha256, progress=False)
+    assert "\n" not in str(error.value) and str(dest.parent) in str(error.value)
+    assert fetch.main(["--dest", str(dest), "--no-progress"]) == 1

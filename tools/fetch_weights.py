@@ -8,8 +8,9 @@
 Then point the config at the file: MODEL.WEIGHTS weights/ViT-B-16.pt (see weights/README.md).
 The URL comes from open_clip's registry of OpenAI weights; OpenAI publishes each file's sha256 as the
 second-to-last segment of its URL, and the download is checked against it. The file is written to a
-temporary name beside the destination and renamed only once its sha256 matches, so an interrupted or
-corrupted download never leaves a file under the final name. A destination that already holds the
+temporary name beside the destination and renamed only once its sha256 matches, so an interrupted
+(Ctrl-C, kill) or corrupted download never leaves a file under the final name. A destination folder
+that cannot be created or written is a one-line error. A destination that already holds the
 right file is left alone; one that holds anything else is never overwritten.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ import http.client
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
 import urllib.error
@@ -96,15 +98,17 @@ def download_verified(url: str, dest: Path, sha256: str, *, timeout: float = 60.
     if dest.exists():
         if not dest.is_file():
             raise FetchError(f"{dest} exists and is not a file; choose another --dest.")
-        actual = sha256_of(dest)
+        try:
+            actual = sha256_of(dest)
+        except OSError as e:
+            raise FetchError(f"Cannot read the existing {dest} ({e.strerror or e}); choose another "
+                             "--dest or fix its permissions.") from e
         if actual == expected:
             logger.info("%s is already present and its sha256 matches; nothing to do.", dest)
             return dest
         raise FetchError(f"{dest} already exists but its sha256 is {actual}, not {expected} (an interrupted "
                          "download or another file). It was left untouched: delete it and run again.")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
+    fd, tmp = _temporary_beside(dest)
     try:
         digest = hashlib.sha256()
         with os.fdopen(fd, "wb") as out:
@@ -141,6 +145,20 @@ def download_verified(url: str, dest: Path, sha256: str, *, timeout: float = 60.
     return dest
 
 
+def _temporary_beside(dest: Path) -> Tuple[int, Path]:
+    """(open descriptor, path) of a new hidden ``.part`` file in ``dest``'s folder, which is
+    created if missing; a folder that cannot be created or written is a FetchError."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    except OSError as e:  # a file where a folder should be, no permission, read-only disk
+        reason = e.strerror or str(e)
+        where = e.filename or dest.parent
+        raise FetchError(f"Cannot write into the folder {dest.parent} ({where}: {reason}); "
+                         "choose another --dest.") from e
+    return fd, Path(name)
+
+
 def _destination(dest: str, url: str) -> Path:
     """A folder (existing, given with a trailing slash, or without a file suffix) receives the
     URL's file name. ``dest`` is the text as given: Path() would drop the trailing slash."""
@@ -161,6 +179,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[fetch_weights] %(message)s")
+    # A kill (SIGTERM) unwinds like Ctrl-C, so the partial download is removed.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     try:
         url, sha256 = openai_archive(args.model)
         path = download_verified(url, _destination(args.dest, url), sha256, progress=not args.no_progress)
