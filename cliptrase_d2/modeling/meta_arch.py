@@ -67,11 +67,11 @@ def dbscan_for_grid(grid_side: int) -> Tuple[float, int]:
 
 def _report_unused_settings(head: str, refinement: RefinementSettings) -> None:
     """Says once per (head, refinement) which settings have no effect, instead of ignoring them silently."""
-    if refinement.refine != "none" or (head, refinement.refine) in _reported_unused:
+    if refinement.refine not in ("none", "tlp") or (head, refinement.refine) in _reported_unused:
         return
     _reported_unused.add((head, refinement.refine))
-    logger.warning("head %r with MODEL.CLIPTRASE.REFINE 'none': DBSCAN_EPS, DBSCAN_MIN_SAMPLES, MEDIAN_SIZE and "
-                   "REGION_UPSAMPLE do not apply (no clustering or region refinement runs)", head)
+    logger.warning("head %r with MODEL.CLIPTRASE.REFINE %r: DBSCAN_EPS, DBSCAN_MIN_SAMPLES, MEDIAN_SIZE and "
+                   "REGION_UPSAMPLE do not apply (no clustering or region refinement runs)", head, refinement.refine)
 
 PROTOCOLS = ("paper", "standard")
 
