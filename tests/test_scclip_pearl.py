@@ -7,6 +7,7 @@ largest magnitude, unit-norm features within 1e-5, index arrays equal, and label
 each image the result it gets alone, SC-CLIP rejects patch grids too small for its statistics,
 and TLP keeps the quirks of the authors' code (diagonal-only text similarity, re-normalised text).
 """
+
 import json
 import logging
 import os
@@ -22,8 +23,12 @@ from cliptrase_d2.method import peer_heads
 from cliptrase_d2.method.dense_clip import dense_features, plain_class_token, residual_block
 from cliptrase_d2.method.heads import Head, get_head, resolve_logit_scale
 from cliptrase_d2.method.pipeline import RefinementSettings, predict_scores
-from cliptrase_d2.method.propagation import (class_agreement, propagation_on_grid, propagation_stride,
-                                             text_similarity)
+from cliptrase_d2.method.propagation import (
+    class_agreement,
+    propagation_on_grid,
+    propagation_stride,
+    text_similarity,
+)
 from cliptrase_d2.method.refinement import dense_logits
 
 METHODS = ("scclip", "pearl")
@@ -41,12 +46,16 @@ def assert_close_relative(ours, reference, what):
 
 
 def assert_labels_match(labels, reference_labels, reference_margin, tie_tolerance, what):
-    """Equal except at near-ties of the reference (its top1 - top2 margin within ``tie_tolerance``)."""
+    """Equal except at near-ties of the reference (top1 - top2 margin within ``tie_tolerance``)."""
     differ = labels != reference_labels
-    assert 1 - differ.mean() >= MIN_PIXEL_AGREEMENT, f"{what}: labels agree on only {1 - differ.mean():.6f}"
+    assert 1 - differ.mean() >= MIN_PIXEL_AGREEMENT, (
+        f"{what}: labels agree on only {1 - differ.mean():.6f}"
+    )
     margins = reference_margin.astype(np.float32)[differ]
     assert (margins <= tie_tolerance).all(), (
-        f"{what}: {differ.sum()} differing pixels, reference margins up to {margins.max():.2e} > {tie_tolerance:.1e}")
+        f"{what}: {differ.sum()} differing pixels, reference margins up to {margins.max():.2e} "
+        f"> {tie_tolerance:.1e}"
+    )
 
 
 def top2_margin(maps: torch.Tensor) -> np.ndarray:
@@ -62,13 +71,20 @@ def cases(method):
     out = []
     for name, entry in files.items():
         case = np.load(os.path.join(FIXTURES, "cases", entry["case"]))
-        out.append((name, dict(np.load(os.path.join(PEERS, method, name))), torch.from_numpy(case["input"]),
-                    torch.from_numpy(case["text"])))
+        out.append(
+            (
+                name,
+                dict(np.load(os.path.join(PEERS, method, name))),
+                torch.from_numpy(case["input"]),
+                torch.from_numpy(case["text"]),
+            )
+        )
     return out
 
 
 def capture_hidden(head: Head, store: list):
-    """``head`` whose last block also records what it was given (SC-CLIP: the earlier blocks' outputs)."""
+    """``head`` whose last block also records its arguments (SC-CLIP: earlier blocks' outputs)."""
+
     def last_block(block, x, grid, *hidden):
         store.append((block, grid, hidden[0] if hidden else None, x))
         output = head.last_block(block, x, grid, *hidden)
@@ -100,9 +116,18 @@ def outputs(tiny_clip):
                 (block, grid, hidden, _), last_output = store
                 raw = tiny_clip.visual.ln_post(last_output.transpose(0, 1)) @ tiny_clip.visual.proj
                 logits = dense_logits(features.patch_tokens, text, features.grid, scale)
-                labels = {refine: predict_scores(tiny_clip.visual, head, text, len(text), images,
-                                                 RefinementSettings(refine=refine), scale).argmax(dim=1)
-                          for refine in (("none", "tlp") if method == "pearl" else ("none",))}
+                labels = {
+                    refine: predict_scores(
+                        tiny_clip.visual,
+                        head,
+                        text,
+                        len(text),
+                        images,
+                        RefinementSettings(refine=refine),
+                        scale,
+                    ).argmax(dim=1)
+                    for refine in (("none", "tlp") if method == "pearl" else ("none",))
+                }
                 extra = {}
                 if method == "scclip":
                     final_patches = hidden[-1][1:].transpose(0, 1)
@@ -110,14 +135,25 @@ def outputs(tiny_clip):
                     extra["anomalies"] = peer_heads.anomalous_tokens(extra["lof_scores"])
                     extra["main"], extra["multi"] = peer_heads.scclip_branches(block, hidden, grid)
                 else:
-                    cosine = F.interpolate(logits / scale, size=(size, size), mode="bilinear", align_corners=False)
+                    cosine = F.interpolate(
+                        logits / scale, size=(size, size), mode="bilinear", align_corners=False
+                    )
                     extra["tlp_grid"] = propagation_on_grid(cosine, images, text)
                     extra["tlp_S"] = text_similarity(text)
             for i, (name, reference, _, _) in enumerate(items):
-                results.append(dict(
-                    name=name, size=size, reference=reference, scale=scale, features=features.patch_tokens[i],
-                    raw=raw[i, 1:], logits=logits[i], labels={k: v[i].numpy() for k, v in labels.items()},
-                    **{k: v if k == "tlp_S" else v[i] for k, v in extra.items()}))
+                results.append(
+                    dict(
+                        name=name,
+                        size=size,
+                        reference=reference,
+                        scale=scale,
+                        features=features.patch_tokens[i],
+                        raw=raw[i, 1:],
+                        logits=logits[i],
+                        labels={k: v[i].numpy() for k, v in labels.items()},
+                        **{k: v if k == "tlp_S" else v[i] for k, v in extra.items()},
+                    )
+                )
         cache[method] = results
         return results
 
@@ -136,18 +172,34 @@ def test_matches_authors_code(method, outputs):
     for result in results:
         name, reference, scale = result["name"], result["reference"], result["scale"]
         assert_close_relative(result["logits"], reference["patch_logits"], f"{name}: patch logits")
-        assert_close_relative(result["logits"] / scale, reference["patch_cosine"], f"{name}: patch cosines")
-        assert_close_relative(result["raw"], reference["patch_features_raw"], f"{name}: raw patch features")
-        torch.testing.assert_close(result["features"], torch.from_numpy(reference["patch_features"]), rtol=0,
-                                   atol=FEATURE_ATOL, msg=lambda m: f"{name}: patch features: {m}")
-        upsampled = F.interpolate(result["logits"][None], size=(result["size"],) * 2, mode="bilinear",
-                                  align_corners=False)[0]
+        assert_close_relative(
+            result["logits"] / scale, reference["patch_cosine"], f"{name}: patch cosines"
+        )
+        assert_close_relative(
+            result["raw"], reference["patch_features_raw"], f"{name}: raw patch features"
+        )
+        torch.testing.assert_close(
+            result["features"],
+            torch.from_numpy(reference["patch_features"]),
+            rtol=0,
+            atol=FEATURE_ATOL,
+            msg=lambda m: f"{name}: patch features: {m}",
+        )
+        upsampled = F.interpolate(
+            result["logits"][None], size=(result["size"],) * 2, mode="bilinear", align_corners=False
+        )[0]
         tie_tolerance = 2 * LOGIT_RTOL * np.abs(reference["patch_logits"]).max()
         margin = top2_margin(upsampled)
-        assert np.abs(margin - reference["pred_margin"]).max() <= tie_tolerance + 1e-3 * margin.max(), (
-            f"{name}: label margins differ from the reference's")  # the reference is float16
-        assert_labels_match(result["labels"]["none"], reference["pred"], reference["pred_margin"], tie_tolerance,
-                            name)
+        assert (
+            np.abs(margin - reference["pred_margin"]).max() <= tie_tolerance + 1e-3 * margin.max()
+        ), f"{name}: label margins differ from the reference's"  # the reference is float16
+        assert_labels_match(
+            result["labels"]["none"],
+            reference["pred"],
+            reference["pred_margin"],
+            tie_tolerance,
+            name,
+        )
 
 
 def test_scclip_anomalies_and_branches_match(outputs):
@@ -156,55 +208,89 @@ def test_scclip_anomalies_and_branches_match(outputs):
         name, reference = result["name"], result["reference"]
         assert_close_relative(result["lof_scores"], reference["lof_scores"], f"{name}: LOF scores")
         outliers = result["anomalies"].nonzero()[:, 0].numpy()
-        np.testing.assert_array_equal(outliers, reference["lof_outlier_idx"], err_msg=f"{name}: anomalous tokens")
+        np.testing.assert_array_equal(
+            outliers, reference["lof_outlier_idx"], err_msg=f"{name}: anomalous tokens"
+        )
         assert 0.04 * len(result["lof_scores"]) <= len(outliers) <= 0.06 * len(result["lof_scores"])
         if "tokens_main_branch" in reference:  # 224-px files only
-            assert_close_relative(result["main"], reference["tokens_main_branch"], f"{name}: main branch")
-            assert_close_relative(result["multi"], reference["tokens_multi_branch"], f"{name}: multi-level branch")
+            assert_close_relative(
+                result["main"], reference["tokens_main_branch"], f"{name}: main branch"
+            )
+            assert_close_relative(
+                result["multi"], reference["tokens_multi_branch"], f"{name}: multi-level branch"
+            )
 
 
 def test_tlp_matches_authors_code(outputs):
     require_peers()
     for result in outputs("pearl"):
-        name, reference, scale = result["name"], result["reference"], result["scale"]
+        name, reference = result["name"], result["reference"]
         assert_close_relative(result["tlp_S"], reference["tlp_S"], f"{name}: TLP text similarity")
         grid = result["tlp_grid"]  # (K, Hs, Ws)
         assert tuple(grid.shape[-2:]) == reference["tlp_grid_top2_val"].shape[-2:]
         top3 = grid.topk(3, dim=0)
-        assert_close_relative(top3.values[:2], reference["tlp_grid_top2_val"], f"{name}: TLP grid top-2")
+        assert_close_relative(
+            top3.values[:2], reference["tlp_grid_top2_val"], f"{name}: TLP grid top-2"
+        )
         gaps = torch.stack([top3.values[0] - top3.values[1], top3.values[1] - top3.values[2]])
         decided = (gaps > 2 * LOGIT_RTOL * grid.abs().max()).numpy()  # a near-tie may swap classes
-        np.testing.assert_array_equal(top3.indices[:2].numpy()[decided], reference["tlp_grid_top2_idx"][decided],
-                                      err_msg=f"{name}: TLP grid top-2 classes")
+        np.testing.assert_array_equal(
+            top3.indices[:2].numpy()[decided],
+            reference["tlp_grid_top2_idx"][decided],
+            err_msg=f"{name}: TLP grid top-2 classes",
+        )
         assert decided.mean(axis=(1, 2)).min() > 0.95  # the check is not vacuous
         tie_tolerance = 2 * LOGIT_RTOL * np.abs(reference["patch_logits"]).max()
-        assert_labels_match(result["labels"]["tlp"], reference["pred_tlp"], reference["pred_tlp_margin"],
-                            tie_tolerance, f"{name} (TLP)")
-        assert (result["labels"]["tlp"] != result["labels"]["none"]).mean() > 0.01  # TLP does change labels
+        assert_labels_match(
+            result["labels"]["tlp"],
+            reference["pred_tlp"],
+            reference["pred_tlp_margin"],
+            tie_tolerance,
+            f"{name} (TLP)",
+        )
+        assert (
+            result["labels"]["tlp"] != result["labels"]["none"]
+        ).mean() > 0.01  # TLP does change labels
 
 
 @pytest.mark.parametrize("method", _ids())
 def test_a_batch_gives_each_image_its_own_result(method, tiny_clip, outputs):
-    """Each image alone gives what it got inside the batch of 4 (SC-CLIP's anomalies differ per image)."""
+    """Each image alone gets what it got in the batch of 4 (SC-CLIP's anomalies are per image)."""
     require_peers()
     head = get_head(method)
     refine = "tlp" if method == "pearl" else "none"
     for result, (name, _, image, text) in list(zip(outputs(method), cases(method)))[:2]:
         with torch.no_grad():
             alone = head.features(tiny_clip.visual, image[None])
-            labels = predict_scores(tiny_clip.visual, head, text, len(text), image[None],
-                                    RefinementSettings(refine=refine), result["scale"]).argmax(dim=1)[0]
-        torch.testing.assert_close(alone.patch_tokens[0], result["features"], rtol=0, atol=1e-6,
-                                   msg=lambda m: f"{name}: {m}")
+            labels = predict_scores(
+                tiny_clip.visual,
+                head,
+                text,
+                len(text),
+                image[None],
+                RefinementSettings(refine=refine),
+                result["scale"],
+            ).argmax(dim=1)[0]
+        torch.testing.assert_close(
+            alone.patch_tokens[0],
+            result["features"],
+            rtol=0,
+            atol=1e-6,
+            msg=lambda m: f"{name}: {m}",
+        )
         assert (labels.numpy() == result["labels"][refine]).mean() >= MIN_PIXEL_AGREEMENT, name
 
 
 def test_scclip_rejects_a_patch_grid_too_small_for_its_statistics(tiny_clip):
     require_fixtures()
-    with pytest.raises(ValueError, match=r"more than 30 patches; got 25\. Use a larger image or window"):
+    with pytest.raises(
+        ValueError, match=r"more than 30 patches; got 25\. Use a larger image or window"
+    ):
         get_head("scclip").features(tiny_clip.visual, torch.zeros(1, 3, 80, 80))  # 5 x 5 patches
     with torch.no_grad():
-        features = get_head("scclip").features(tiny_clip.visual, torch.zeros(1, 3, 96, 96))  # 36 patches
+        features = get_head("scclip").features(
+            tiny_clip.visual, torch.zeros(1, 3, 96, 96)
+        )  # 36 patches
     assert torch.isfinite(features.tokens).all()  # a uniform image: equal tokens, no NaN
 
 
@@ -235,7 +321,7 @@ def test_anomaly_repair_averages_the_normal_neighbours():
     anomalies = torch.zeros(1, 12, dtype=torch.bool)
     anomalies[0, [0, 1, 5]] = True
     repaired = peer_heads.repair_anomalies(tokens, anomalies, (3, 4))
-    # token 0's normal neighbours: 4 (1 and 5 are anomalous); token 5's: 2, 4, 6, 8, 9, 10 (0, 1 are not)
+    # token 0's normal neighbours: 4 (1 and 5 are anomalous); token 5's: 2, 4, 6, 8, 9, 10
     assert repaired[0, 0, 0] == 4 and repaired[0, 5, 0] == (2 + 4 + 6 + 8 + 9 + 10) / 6
     assert repaired[0, 1, 0] == (2 + 4 + 6) / 3
     assert torch.equal(repaired[0, ~anomalies[0]], tokens[0, ~anomalies[0]])
@@ -251,10 +337,14 @@ def test_tlp_uses_only_the_diagonal_of_renormalised_text_similarities():
     assert torch.allclose(similarity.sum(dim=1), torch.ones(5), atol=1e-5)
     probabilities = torch.softmax(torch.randn(1, 5, 4, 6), dim=1)
     diagonal_only = class_agreement(probabilities, probabilities, similarity.diagonal())
-    expected = (probabilities ** 2 * similarity.diagonal()[:, None, None]).sum(dim=1, keepdim=True)
+    expected = (probabilities**2 * similarity.diagonal()[:, None, None]).sum(dim=1, keepdim=True)
     torch.testing.assert_close(diagonal_only, expected)
-    matrix_product = (probabilities * torch.einsum("cd,bdij->bcij", similarity, probabilities)).sum(1, keepdim=True)
-    assert (diagonal_only - matrix_product).abs().max() > 1e-3  # what the authors' einsum does NOT compute
+    matrix_product = (probabilities * torch.einsum("cd,bdij->bcij", similarity, probabilities)).sum(
+        1, keepdim=True
+    )
+    assert (
+        diagonal_only - matrix_product
+    ).abs().max() > 1e-3  # what the authors' einsum does NOT compute
     assert propagation_stride((224, 224)) == (3, 3) and propagation_stride((336, 500)) == (4, 6)
     assert propagation_stride((100, 40)) == (1, 1)  # round(1.25) = 1, round(0.5) = 0 -> at least 1
 
@@ -277,4 +367,7 @@ def test_method_configs(tiny_opts):
     for method, refine in (("scclip", "none"), ("pearl", "tlp")):
         cfg = load_config(os.path.join(REPO, "configs", method, "standard.yaml"), [])
         assert (cfg.MODEL.CLIPTRASE.HEAD, cfg.MODEL.CLIPTRASE.REFINE) == (method, refine)
-        assert cfg.MODEL.CLIPTRASE.PROTOCOL == "standard" and cfg.OUTPUT_DIR == f"./output/{method}/standard"
+        assert (
+            cfg.MODEL.CLIPTRASE.PROTOCOL == "standard"
+            and cfg.OUTPUT_DIR == f"./output/{method}/standard"
+        )

@@ -23,7 +23,8 @@ from torch import nn
 # A replacement for the last block: (block, x: (L, B, C), grid: (h, w)) -> (L, B, C).
 LastBlock = Callable[[nn.Module, torch.Tensor, Tuple[int, int]], torch.Tensor]
 # One that also reads every earlier block's output (``dense_features(hidden_states=True)``):
-# (block, x: (L, B, C), grid: (h, w), hidden: outputs of blocks 0 .. N-2, each (L, B, C)) -> (L, B, C).
+# (block, x: (L, B, C), grid: (h, w), hidden: outputs of blocks 0 .. N-2, each (L, B, C))
+# -> (L, B, C).
 LastBlockWithHidden = Callable[[nn.Module, torch.Tensor, Tuple[int, int], Sequence[torch.Tensor]],
                                torch.Tensor]
 

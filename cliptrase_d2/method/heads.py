@@ -13,8 +13,8 @@ from typing import Dict, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .dense_clip import (DenseFeatures, LastBlock, LastBlockWithHidden, correlative_block, dense_features,
-                         residual_block)
+from .dense_clip import (DenseFeatures, LastBlock, LastBlockWithHidden, correlative_block,
+                         dense_features, residual_block)
 
 __all__ = ["Head", "HEADS", "get_head", "register_head", "resolve_logit_scale"]
 
@@ -22,10 +22,10 @@ __all__ = ["Head", "HEADS", "get_head", "register_head", "resolve_logit_scale"]
 @dataclass(frozen=True)
 class Head:
     name: str
-    last_block: Union[LastBlock, LastBlockWithHidden]  # (block, x: (L, B, C), grid: (h, w)) -> (L, B, C)
+    last_block: Union[LastBlock, LastBlockWithHidden]  # (block, x: (L, B, C), grid) -> (L, B, C)
     logit_scale: Optional[float] = None  # None: CLIP's learned logit_scale.exp()
     description: str = ""
-    hidden_states: bool = False  # last_block also takes the outputs of blocks 0 .. N-2 (LastBlockWithHidden)
+    hidden_states: bool = False  # last_block is a LastBlockWithHidden (reads blocks 0 .. N-2)
 
     def features(self, visual: nn.Module, images: torch.Tensor) -> DenseFeatures:
         return dense_features(visual, images, self.last_block, self.hidden_states)

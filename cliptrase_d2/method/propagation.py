@@ -12,6 +12,7 @@ agreement uses only the DIAGONAL of the text-similarity matrix (their einsum ``'
 takes the diagonal, it is not a matrix product), and that matrix is built from re-normalised
 text embeddings.
 """
+
 from typing import Tuple
 
 import torch
@@ -29,7 +30,9 @@ __all__ = [
     "text_aware_propagation",
 ]
 
-TLP_GRID = 80  # target side of the propagation grid: the maps are average-pooled by round(side / 80)
+TLP_GRID = (
+    80  # target side of the propagation grid: the maps are average-pooled by round(side / 80)
+)
 TLP_ITERATIONS = 25  # conjugate-gradient steps
 TLP_TEXT_TEMPERATURE = 0.5
 TLP_DIAGONAL_BOOST = 10.0
@@ -39,14 +42,15 @@ TLP_EPS = 1e-6
 
 
 def text_similarity(text_embeddings: torch.Tensor) -> torch.Tensor:
-    """PEARL's class-similarity matrix S: row-softmax of cosines / 0.5, plus 10 I, rows renormalised.
+    """PEARL's class-similarity matrix S: row-softmax of cosines / 0.5, + 10 I, rows renormalised.
 
     text_embeddings: (K, E), re-normalised here -> (K, K).
     """
     units = F.normalize(text_embeddings, dim=-1)
     similarity = torch.softmax(units @ units.t() / TLP_TEXT_TEMPERATURE, dim=1)
-    similarity = similarity + TLP_DIAGONAL_BOOST * torch.eye(len(similarity), dtype=similarity.dtype,
-                                                              device=similarity.device)
+    similarity = similarity + TLP_DIAGONAL_BOOST * torch.eye(
+        len(similarity), dtype=similarity.dtype, device=similarity.device
+    )
     return similarity / (similarity.sum(dim=1, keepdim=True) + TLP_EPS)
 
 
@@ -55,14 +59,17 @@ def propagation_stride(size: Tuple[int, int], grid: int = TLP_GRID) -> Tuple[int
     return tuple(int(max(1, round(side / float(grid)))) for side in size)
 
 
-def class_agreement(first: torch.Tensor, second: torch.Tensor, self_similarity: torch.Tensor) -> torch.Tensor:
+def class_agreement(
+    first: torch.Tensor, second: torch.Tensor, self_similarity: torch.Tensor
+) -> torch.Tensor:
     """sum_c first_c * S_cc * second_c over classes: (B, K, H, W) twice, (K,) -> (B, 1, H, W)."""
     return (first * (self_similarity[:, None, None] * second)).sum(dim=1, keepdim=True)
 
 
-def edge_weights(gray: torch.Tensor, probabilities: torch.Tensor,
-                 self_similarity: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Weights of the horizontal (B, 1, H, W-1) and vertical (B, 1, H-1, W) edges between neighbours:
+def edge_weights(
+    gray: torch.Tensor, probabilities: torch.Tensor, self_similarity: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Weights of the horizontal (B, 1, H, W-1) and vertical (B, 1, H-1, W) neighbour edges:
     exp(-5 |gradient| / mean |gradient|) * (1 + agreement), clamped to [0, 1].
     gray: (B, 1, H, W), probabilities: (B, K, H, W), self_similarity: (K,)."""
     weights = []
@@ -73,11 +80,15 @@ def edge_weights(gray: torch.Tensor, probabilities: torch.Tensor,
         gradient = (current[0] - previous[0]).abs()
         gradient = gradient / (gradient.mean(dim=(1, 2, 3), keepdim=True) + TLP_EPS)
         agreement = class_agreement(current[1], previous[1], self_similarity).clamp(0.0, 1.0)
-        weights.append((torch.exp(-TLP_EDGE_SHARPNESS * gradient) * (1.0 + agreement)).clamp(0.0, 1.0))
+        weights.append(
+            (torch.exp(-TLP_EDGE_SHARPNESS * gradient) * (1.0 + agreement)).clamp(0.0, 1.0)
+        )
     return weights[0], weights[1]
 
 
-def graph_laplacian(maps: torch.Tensor, horizontal: torch.Tensor, vertical: torch.Tensor) -> torch.Tensor:
+def graph_laplacian(
+    maps: torch.Tensor, horizontal: torch.Tensor, vertical: torch.Tensor
+) -> torch.Tensor:
     """L X: for every edge (i, j) of weight w, w (X_i - X_j) added at i and w (X_j - X_i) at j.
 
     maps: (B, K, H, W); horizontal: (B, 1, H, W-1); vertical: (B, 1, H-1, W) -> (B, K, H, W).
@@ -91,9 +102,12 @@ def graph_laplacian(maps: torch.Tensor, horizontal: torch.Tensor, vertical: torc
     return out
 
 
-def conjugate_gradient(apply, rhs: torch.Tensor, start: torch.Tensor, iterations: int) -> torch.Tensor:
+def conjugate_gradient(
+    apply, rhs: torch.Tensor, start: torch.Tensor, iterations: int
+) -> torch.Tensor:
     """``iterations`` conjugate-gradient steps for apply(X) = rhs from ``start``, each image of the
     batch on its own (inner products over (K, H, W)). rhs, start: (B, K, H, W)."""
+
     def inner(a, b):
         return (a * b).sum(dim=(1, 2, 3), keepdim=True)
 
@@ -117,13 +131,20 @@ def _gray(images: torch.Tensor) -> torch.Tensor:
     return 0.299 * images[:, 0:1] + 0.587 * images[:, 1:2] + 0.114 * images[:, 2:3]
 
 
-def propagation_on_grid(cosine: torch.Tensor, images: torch.Tensor, text_embeddings: torch.Tensor,
-                        grid: int = TLP_GRID, iterations: int = TLP_ITERATIONS) -> torch.Tensor:
-    """TLP's solution on its coarse grid: cosine (B, K, H, W), images (B, 3, H, W) -> (B, K, H/s, W/s)
+def propagation_on_grid(
+    cosine: torch.Tensor,
+    images: torch.Tensor,
+    text_embeddings: torch.Tensor,
+    grid: int = TLP_GRID,
+    iterations: int = TLP_ITERATIONS,
+) -> torch.Tensor:
+    """TLP's solution on its coarse grid: (B, K, H, W), (B, 3, H, W) -> (B, K, H // s, W // s)
     for the stride s = ``propagation_stride``; the arguments as for ``text_aware_propagation``."""
     size = tuple(cosine.shape[-2:])
     if tuple(images.shape[-2:]) != size:
-        raise ValueError(f"TLP needs the image at the maps' resolution {size}, got {tuple(images.shape[-2:])}")
+        raise ValueError(
+            f"TLP needs the image at the maps' resolution {size}, got {tuple(images.shape[-2:])}"
+        )
     stride = propagation_stride(size, grid)
     maps, images = cosine.float(), images.float()
     if stride != (1, 1):
@@ -141,8 +162,13 @@ def propagation_on_grid(cosine: torch.Tensor, images: torch.Tensor, text_embeddi
     return conjugate_gradient(apply, confidence * maps, maps, iterations)
 
 
-def text_aware_propagation(cosine: torch.Tensor, images: torch.Tensor, text_embeddings: torch.Tensor,
-                           grid: int = TLP_GRID, iterations: int = TLP_ITERATIONS) -> torch.Tensor:
+def text_aware_propagation(
+    cosine: torch.Tensor,
+    images: torch.Tensor,
+    text_embeddings: torch.Tensor,
+    grid: int = TLP_GRID,
+    iterations: int = TLP_ITERATIONS,
+) -> torch.Tensor:
     """TLP of cosine maps at the images' resolution (SPEC section 5).
 
     cosine: (B, K, H, W) cosine similarities (not scaled by a logit scale); images: (B, 3, H, W)
@@ -150,5 +176,7 @@ def text_aware_propagation(cosine: torch.Tensor, images: torch.Tensor, text_embe
     """
     solution = propagation_on_grid(cosine, images, text_embeddings, grid, iterations)
     if solution.shape[-2:] != cosine.shape[-2:]:
-        solution = F.interpolate(solution, size=cosine.shape[-2:], mode="bilinear", align_corners=False)
+        solution = F.interpolate(
+            solution, size=cosine.shape[-2:], mode="bilinear", align_corners=False
+        )
     return solution.to(cosine.dtype)

@@ -70,8 +70,9 @@ def _report_unused_settings(head: str, refinement: RefinementSettings) -> None:
     if refinement.refine not in ("none", "tlp") or (head, refinement.refine) in _reported_unused:
         return
     _reported_unused.add((head, refinement.refine))
-    logger.warning("head %r with MODEL.CLIPTRASE.REFINE %r: DBSCAN_EPS, DBSCAN_MIN_SAMPLES, MEDIAN_SIZE and "
-                   "REGION_UPSAMPLE do not apply (no clustering or region refinement runs)", head, refinement.refine)
+    logger.warning("head %r with MODEL.CLIPTRASE.REFINE %r: DBSCAN_EPS, DBSCAN_MIN_SAMPLES, "
+                   "MEDIAN_SIZE and REGION_UPSAMPLE do not apply (no clustering or region "
+                   "refinement runs)", head, refinement.refine)
 
 PROTOCOLS = ("paper", "standard")
 
