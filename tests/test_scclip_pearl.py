@@ -371,3 +371,21 @@ def test_method_configs(tiny_opts):
             cfg.MODEL.CLIPTRASE.PROTOCOL == "standard"
             and cfg.OUTPUT_DIR == f"./output/{method}/standard"
         )
+
+
+def test_reduced_precision_runs_the_fp32_steps_in_fp32():
+    """bf16 towers: SC-CLIP's outlier statistics (torch.quantile needs fp32) and PEARL's polar
+    iteration run in fp32; the patch features stay within a cosine of 0.99 of fp32's."""
+    require_fixtures()
+    from conftest import TINY_CONFIG, TINY_WEIGHTS
+    from cliptrase_d2.clip_loading import build_clip
+
+    case = np.load(os.path.join(FIXTURES, "cases", "pc59_224_eps0.7_min3_vocsample.npz"))
+    images = torch.from_numpy(case["input"])[None]
+    fp32, bf16 = (build_clip(TINY_CONFIG, TINY_WEIGHTS, precision=p) for p in ("fp32", "bf16"))
+    for method in METHODS:
+        with torch.no_grad():
+            exact = get_head(method).features(fp32.visual, images).patch_tokens
+            reduced = get_head(method).features(bf16.visual, images).patch_tokens
+        assert reduced.dtype == torch.bfloat16
+        assert (exact * reduced.float()).sum(dim=-1).min() > 0.99, method

@@ -184,8 +184,10 @@ def local_outlier_factor(tokens: torch.Tensor,
     Squared Euclidean distances as ``torch.norm(a - b) ** 2`` (the authors' formula: the outlier
     set is discrete, another formula can flip one), computed in blocks of rows. The reachability
     distance of a neighbour is the larger of its distance and the token's OWN k-distance, as in
-    their code (not the neighbour's k-distance of textbook LOF). tokens: (B, n, C) -> (B, n).
+    their code (not the neighbour's k-distance of textbook LOF). Computed in fp32 whatever the
+    tokens' precision. tokens: (B, n, C) -> (B, n).
     """
+    tokens = tokens.float()
     batch, count, width = tokens.shape
     if count <= neighbours:
         raise ValueError(
@@ -320,8 +322,10 @@ def procrustes_attention(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """PEARL's attention weights: softmax(s q (k R)^T + 0.08 s k_c k_c^T) per head, R rotating
     the centred keys onto the centred queries (query-norm weighted centres, [CLS] weight 0).
 
-    q, k: (B*heads, L, d) -> (B*heads, L, L).
+    q, k: (B*heads, L, d) -> (B*heads, L, L), computed in fp32 (as the authors do) and returned
+    in q's precision.
     """
+    dtype, q, k = q.dtype, q.float(), k.float()
     scale = q.shape[-1] ** -0.5
     weights = torch.linalg.vector_norm(q, dim=-1)  # (N, L)
     weights[:, 0] = 0
@@ -331,7 +335,7 @@ def procrustes_attention(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     rotation = polar_factor_rotation(k_centred.transpose(1, 2) @ q_centred)  # (N, d, d)
     logits = torch.bmm(q * scale, (k @ rotation).transpose(1, 2))
     key_key = torch.bmm(k_centred, k_centred.transpose(1, 2)) * scale
-    return torch.softmax(logits + PEARL_KEY_KEY_WEIGHT * key_key, dim=-1)
+    return torch.softmax(logits + PEARL_KEY_KEY_WEIGHT * key_key, dim=-1).to(dtype)
 
 
 def pearl_block(block: nn.Module, x: torch.Tensor, grid: Tuple[int, int] = None) -> torch.Tensor:
