@@ -40,7 +40,8 @@ def add_cliptrase_config(cfg):
     c.DBSCAN_EPS = 0.0
     c.DBSCAN_MIN_SAMPLES = 0
     # Region refinement: "vote" (majority label per region, paper), "mean" (mean logits per
-    # region, soft, used inside sliding windows) or "none" (raw dense prediction).
+    # region, soft, used inside sliding windows), "none" (raw dense prediction) or "tlp" (PEARL's
+    # text-aware Laplacian propagation of each predicted frame, no regions).
     c.REFINE = "vote"
     # Region maps: upsampling factor of the patch grid before the median filter, and filter size (px).
     c.REGION_UPSAMPLE = 4

@@ -3,7 +3,7 @@
 mIoU and time per image.
 
     python tools/compare.py --config-file configs/standard/Base-standard.yaml \
-        --heads cliptrase,clip,maskclip,sclip,clearclip,naclip \
+        --heads cliptrase,clip,maskclip,sclip,clearclip,naclip,scclip,pearl \
         --datasets cliptrase_voc21_val,cliptrase_ade150_val --num-gpus 4 --output output/compare \
         MODEL.WEIGHTS weights/ViT-B-16.pt
 
@@ -39,9 +39,11 @@ logger = logging.getLogger("cliptrase_d2.compare")
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True, help="the protocol's config (e.g. configs/standard/Base-standard.yaml)")
-    parser.add_argument("--heads", default="cliptrase,clip,maskclip,sclip,clearclip,naclip")
+    parser.add_argument("--heads",
+                        default="cliptrase,clip,maskclip,sclip,clearclip,naclip,scclip,pearl")
     parser.add_argument("--datasets", required=True, help="comma-separated registered dataset names")
-    parser.add_argument("--refine", choices=["default", "vote", "mean", "none"], default="default")
+    parser.add_argument("--refine", choices=["default", "vote", "mean", "none", "tlp"],
+                        default="default")
     parser.add_argument("--output", default="output/compare", help="folder for compare.md and compare.csv")
     parser.add_argument("--num-gpus", type=int, default=1, help="processes (GPUs, or CPU processes without CUDA)")
     parser.add_argument("--num-machines", type=int, default=1)

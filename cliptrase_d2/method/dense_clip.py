@@ -14,7 +14,7 @@ one batched call (per-head matrix products do not depend on which heads share a 
 temporaries that stay in a CPU's cache; about twice as fast on CPU for block N.
 """
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,11 @@ from torch import nn
 
 # A replacement for the last block: (block, x: (L, B, C), grid: (h, w)) -> (L, B, C).
 LastBlock = Callable[[nn.Module, torch.Tensor, Tuple[int, int]], torch.Tensor]
+# One that also reads every earlier block's output (``dense_features(hidden_states=True)``):
+# (block, x: (L, B, C), grid: (h, w), hidden: outputs of blocks 0 .. N-2, each (L, B, C))
+# -> (L, B, C).
+LastBlockWithHidden = Callable[[nn.Module, torch.Tensor, Tuple[int, int], Sequence[torch.Tensor]],
+                               torch.Tensor]
 
 __all__ = [
     "DenseFeatures",
@@ -32,6 +37,7 @@ __all__ = [
     "resized_positional_embedding",
     "embed_tokens",
     "residual_block",
+    "plain_class_token",
     "block_qkv",
     "multi_head_attention",
     "finish_block",
@@ -143,6 +149,22 @@ def residual_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return finish_block(block, x, attn_out)
 
 
+def plain_class_token(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The [CLS] row of ``residual_block(block, x)``, with [CLS] as the only query.
+
+    x: (L, B, C) -> (1, B, C).
+    """
+    attn = block.attn
+    y = block.ln_1(x)
+    attn_out = F.multi_head_attention_forward(
+        y[:1], y, y, attn.embed_dim, attn.num_heads,
+        attn.in_proj_weight, attn.in_proj_bias, None, None, False, 0.0,
+        attn.out_proj.weight, attn.out_proj.bias,
+        training=False, need_weights=False,
+    )[0]
+    return finish_block(block, x[:1], attn_out)
+
+
 def block_qkv(block: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q, k, v of a block's attention from ln_1(x), biases included, NOT pre-scaled.
 
@@ -234,21 +256,30 @@ def project_tokens(visual: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x @ visual.proj, dim=-1)
 
 
-def dense_features(visual: nn.Module, images: torch.Tensor, last_block: Optional[LastBlock] = None) -> DenseFeatures:
+def dense_features(visual: nn.Module, images: torch.Tensor, last_block: Optional[LastBlock] = None,
+                   hidden_states: bool = False) -> DenseFeatures:
     """Runs the vision tower, replacing its last block by ``last_block(block, x, grid) -> x``
     (default: CLIPtrase's correlative block). The block-11 self-correlation is always returned,
     so region refinement composes with any last block. images: (B, 3, H, W) normalized.
+    ``hidden_states``: ``last_block`` is a ``LastBlockWithHidden``, called with the outputs of
+    every block before it as a fourth argument (for heads that combine several blocks).
     """
     last_block = correlative_block if last_block is None else last_block
     blocks = visual.transformer.resblocks
     x, grid = embed_tokens(visual, images)
+    hidden = []  # kept only for a LastBlockWithHidden
     for block in blocks[:-2]:
         x = residual_block(block, x)
+        if hidden_states:
+            hidden.append(x)
     penultimate = blocks[-2]
     q, k, v = block_qkv(penultimate, x)  # shared by the self-correlation and the block's own attention
     correlation = self_correlation(q, k, v, penultimate.attn.num_heads)  # (B, L, L)
     x = finish_block(penultimate, x, multi_head_attention(penultimate, q, k, v))
-    x = last_block(blocks[-1], x, grid)
+    if hidden_states:
+        x = last_block(blocks[-1], x, grid, tuple(hidden) + (x,))
+    else:
+        x = last_block(blocks[-1], x, grid)
     return DenseFeatures(tokens=project_tokens(visual, x), correlation=correlation, grid=grid)
 
 

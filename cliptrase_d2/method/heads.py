@@ -3,15 +3,18 @@
 A head is only a replacement for the vision tower's last block, plus the logit scale its
 authors apply to cosine similarities. Everything else (loading, text, protocols, refinement,
 evaluation) is shared. To add a method, write its last block as a function
-``(block, x: (L, B, C), grid: (h, w)) -> (L, B, C)`` and register a ``Head``.
+``(block, x: (L, B, C), grid: (h, w)) -> (L, B, C)`` and register a ``Head``. A method that
+combines several blocks (SC-CLIP) sets ``hidden_states=True``: its function then also receives
+the outputs of every earlier block, ``(block, x, grid, hidden) -> (L, B, C)``.
 """
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
-from .dense_clip import DenseFeatures, LastBlock, correlative_block, dense_features, residual_block
+from .dense_clip import (DenseFeatures, LastBlock, LastBlockWithHidden, correlative_block,
+                         dense_features, residual_block)
 
 __all__ = ["Head", "HEADS", "get_head", "register_head", "resolve_logit_scale"]
 
@@ -19,12 +22,13 @@ __all__ = ["Head", "HEADS", "get_head", "register_head", "resolve_logit_scale"]
 @dataclass(frozen=True)
 class Head:
     name: str
-    last_block: LastBlock  # (block, x: (L, B, C), grid: (h, w)) -> (L, B, C)
+    last_block: Union[LastBlock, LastBlockWithHidden]  # (block, x: (L, B, C), grid) -> (L, B, C)
     logit_scale: Optional[float] = None  # None: CLIP's learned logit_scale.exp()
     description: str = ""
+    hidden_states: bool = False  # last_block is a LastBlockWithHidden (reads blocks 0 .. N-2)
 
     def features(self, visual: nn.Module, images: torch.Tensor) -> DenseFeatures:
-        return dense_features(visual, images, self.last_block)
+        return dense_features(visual, images, self.last_block, self.hidden_states)
 
 
 HEADS: Dict[str, Head] = {}

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .heads import Head
+from .propagation import text_aware_propagation
 from .refinement import (REFINEMENTS, channel_argmax, cluster_patches, dense_logits, expand_regions,
                          merge_background_labels, merge_background_scores, region_map, region_means,
                          resize_logits, suppress_global_patch, vote_refine, weight_by_image_logits)
@@ -20,7 +21,7 @@ __all__ = ["RefinementSettings", "Prediction", "predict", "predict_scores"]
 class RefinementSettings:
     """How dense logits become a prediction (SPEC sections 6-8)."""
 
-    refine: str = "vote"  # "vote", "mean" or "none"
+    refine: str = "vote"  # "vote", "mean", "none" or "tlp"
     dbscan_eps: float = 0.7
     dbscan_min_samples: int = 3
     region_upsample: int = 4
@@ -62,6 +63,9 @@ def predict(visual: nn.Module, head: Head, text_embeddings: torch.Tensor, num_cl
     features = head.features(visual, images)
     text = text_embeddings.to(features.tokens)
     logits = dense_logits(features.patch_tokens, text, features.grid, logit_scale).float()  # (B, K, h, w)
+    if settings.refine == "tlp":  # PEARL's propagation of the cosine maps at the image's resolution
+        cosine = resize_logits(logits, tuple(images.shape[-2:])) / logit_scale
+        logits = logit_scale * text_aware_propagation(cosine, images, text)  # (B, K, H, W)
     if settings.image_logit_weighting:
         image_weights = (logit_scale * features.cls_tokens @ text.t()).float()  # (B, K)
     num_outputs = num_classes + (1 if text.shape[0] > num_classes else 0)
@@ -74,7 +78,7 @@ def predict(visual: nn.Module, head: Head, text_embeddings: torch.Tensor, num_cl
     in_place = text.shape[0] == num_outputs
     for index, correlation in enumerate(features.correlation):
         regions = None
-        if settings.refine != "none":
+        if settings.refine in ("vote", "mean"):
             affinity = suppress_global_patch(correlation.float())
             cluster_ids = cluster_patches(affinity, settings.dbscan_eps, settings.dbscan_min_samples)
             regions = region_map(affinity, cluster_ids, features.grid, size,

@@ -36,7 +36,7 @@ MEDIAN_WINDOW_ELEMENTS = 1 << 22
 # Most bytes of resized class maps ``resized_argmax`` holds at once.
 RESIZE_CHUNK_BYTES = 1 << 28
 
-REFINEMENTS = ("vote", "mean", "none")
+REFINEMENTS = ("vote", "mean", "none", "tlp")  # tlp: PEARL's propagation (propagation.py)
 
 
 def dense_logits(patch_tokens: torch.Tensor, text_embeddings: torch.Tensor, grid: Tuple[int, int],

@@ -66,11 +66,12 @@ def dbscan_for_grid(grid_side: int) -> Tuple[float, int]:
 
 
 def _report_unused_settings(head: str, refinement: RefinementSettings) -> None:
-    """Says once per head which settings have no effect, instead of ignoring them silently."""
-    if refinement.refine == "none":
-        log_first_n(logging.WARNING, f"head {head!r} with MODEL.CLIPTRASE.REFINE 'none': DBSCAN_EPS, "
-                    "DBSCAN_MIN_SAMPLES, MEDIAN_SIZE and REGION_UPSAMPLE do not apply (no clustering or "
-                    "region refinement runs)", name=__name__, key="message")
+    """Says once per (head, refinement) which settings have no effect, instead of ignoring them
+    silently."""
+    if refinement.refine in ("none", "tlp"):
+        log_first_n(logging.WARNING, f"head {head!r} with MODEL.CLIPTRASE.REFINE {refinement.refine!r}: "
+                    "DBSCAN_EPS, DBSCAN_MIN_SAMPLES, MEDIAN_SIZE and REGION_UPSAMPLE do not apply (no "
+                    "clustering or region refinement runs)", name=__name__, key="message")
 
 
 PROTOCOLS = ("paper", "standard")

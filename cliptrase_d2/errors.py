@@ -1,0 +1,40 @@
+"""The one error family for bad input.
+
+A ``UserError`` says what is wrong with something the user gave (a setting, a file, an image, a
+vocabulary, a dataset) and how to fix it. Entry points (train_net, demo, web demo, compare,
+prepare scripts, fetch_weights) catch only this family and print its message as one line; any
+other exception is a bug and keeps its traceback.
+
+Each concrete error also derives from the builtin a caller would expect (``ValueError``,
+``KeyError``, ``FileNotFoundError`` ...), so ``except ValueError`` keeps working.
+"""
+
+__all__ = ["UserError", "ConfigError", "InputError", "MissingFileError", "OutputError",
+           "UnknownNameError"]
+
+
+class UserError(Exception):
+    """Bad input: the message names the file, setting or value and says how to fix it."""
+
+    def __str__(self) -> str:  # KeyError's str() would add quotes around the message
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
+
+class ConfigError(UserError, ValueError):
+    """A config key, a command-line option or a setting has a value that cannot be used."""
+
+
+class InputError(UserError, ValueError):
+    """An image, a vocabulary, a ground truth or a dataset record cannot be used as given."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or folder the run needs does not exist (the message says how to create it)."""
+
+
+class OutputError(UserError, OSError):
+    """An output cannot be written where asked (exists, not writable, disk full)."""
+
+
+class UnknownNameError(UserError, KeyError):
+    """A name that is not known: a config key, a dataset, a head (the message lists the known ones)."""
