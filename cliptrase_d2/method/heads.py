@@ -43,7 +43,7 @@ def register_head(head: Head) -> Head:
 
 def get_head(name: str) -> Head:
     if name not in HEADS:
-        raise ValueError(f"unknown head {name!r} (MODEL.CLIPTRASE.HEAD); available: {', '.join(sorted(HEADS))}")
+        raise ValueError(f"unknown head {name!r}; available: {', '.join(sorted(HEADS))}")
     return HEADS[name]
 
 
@@ -65,5 +65,3 @@ register_head(Head("cliptrase", correlative_block, None,
                    "CLIPtrase (Shao et al., ECCV 2024): q-q, k-k and v-v attention in the last block, "
                    "residual and MLP kept"))
 register_head(Head("clip", plain_last_block, None, "plain CLIP: the unmodified last block's patch tokens"))
-
-from . import peer_heads  # noqa: E402,F401  (registers the peer methods' heads)

@@ -20,6 +20,7 @@ from ..method.refinement import resize_maps, resized_argmax
 from ..method.preprocess import CLIP_MEAN, CLIP_STD, resize_and_center_crop, to_clip_tensor
 from ..method.sliding import sliding_window
 from ..method.text import text_embeddings
+from ..errors import ConfigError
 from ..vocabulary import Vocabulary, resolve_vocabulary, template_set, vocabulary_of_dataset
 
 __all__ = ["CLIPtrase", "PROTOCOLS", "dbscan_for_grid"]
@@ -125,7 +126,10 @@ class CLIPtrase(nn.Module):
         self.clip_model = clip_model
         self.tokenizer = tokenizer
         self.templates = tuple(templates)
-        self.head = get_head(head)
+        try:
+            self.head = get_head(head)
+        except ValueError as error:
+            raise ConfigError(f"MODEL.CLIPTRASE.HEAD: {error}") from None
         self.logit_scale = resolve_logit_scale(self.head, clip_model, logit_scale)
         self.refinement = refinement
         _report_unused_settings(head, refinement)
