@@ -125,6 +125,8 @@ def build_clip(
     _load_exact(clip, state_dict, checkpoint=checkpoint, spec=spec)
     if dtype != torch.float32:
         clip.to(dtype=dtype)
+    if dtype == torch.float16:
+        _normalize_in_fp32(clip)
     clip.to(device)
     clip.eval()
     clip.requires_grad_(False)
@@ -181,6 +183,24 @@ class _ModelSpec(NamedTuple):
     config: Dict[str, Any]  # the open_clip model config
     label: str  # how messages refer to the model
     builtin: bool  # a built-in open_clip name (pretrained tags apply), not a JSON file
+
+
+class _Fp32LayerNorm(torch.nn.LayerNorm):
+    """OpenAI CLIP's fp16 LayerNorm: normalizes in fp32 (its fp16 parameters widened exactly)
+    and casts the result back to the input's dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return torch.nn.functional.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
+
+
+def _normalize_in_fp32(clip: torch.nn.Module) -> None:
+    """fp16 as OpenAI runs CLIP (and as the paper's table was computed): fp16 weights and
+    activations, every LayerNorm computed in fp32 and cast back."""
+    for module in clip.modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            module.__class__ = _Fp32LayerNorm
 
 
 def _precision_dtype(precision: str) -> torch.dtype:

@@ -20,7 +20,8 @@ CASES = "paper_224,paper_336,standard_512x683"
 @pytest.fixture(scope="module")
 def report():
     require_fixtures()
-    argv = ["--model", TINY_CONFIG, "--repeats", "1", "--warmup", "0", "--no-memory", "--stages", "--cases", CASES]
+    argv = ["--model", TINY_CONFIG, "--repeats", "1", "--warmup", "0", "--no-memory", "--stages", "--cases", CASES,
+            "--batch-sizes", "1,3"]
     return benchmark.run_benchmark(benchmark.get_parser().parse_args(argv))
 
 
@@ -82,3 +83,37 @@ def test_peak_memory_is_measured_in_a_fresh_process():
     measured = benchmark.case_memory("plain_224", args)
     assert measured["case"] == "plain_224"
     assert measured["peak_mb"] >= measured["setup_mb"] > 50  # the interpreter, torch and the model
+
+
+def test_overhead_after_the_backbone_and_batch_throughput(report):
+    for case in CASES.split(","):
+        assert 0 < report[f"overhead_ms_{case}"] < report[f"time_ms_{case}"]
+    for size in (224, 336):
+        assert report[f"overhead_share_paper_{size}"] == pytest.approx(
+            report[f"overhead_ms_paper_{size}"] / report[f"time_ms_plain_{size}"])
+    for size in (1, 3):
+        assert report[f"throughput_ratio_batch{size}"] == pytest.approx(
+            report[f"throughput_batch{size}"] / report[f"plain_throughput_batch{size}"])
+    assert "throughput_ratio_batch8" not in report  # a CPU measures only the sizes asked for
+    assert "batch 3: " in benchmark.format_table(report)
+
+
+def test_backbone_clock_charges_only_the_time_after_the_backbone():
+    """A model whose backbone sleeps 30 ms and whose post-processing sleeps 20 ms."""
+    class Head:
+        name = "sleepy"
+
+        def features(self, visual, images):
+            time.sleep(0.03)
+
+    class Model:
+        head = Head()
+
+        def __call__(self, inputs):
+            time.sleep(0.01)  # before the backbone: not charged
+            self.head.features(None, None)
+            time.sleep(0.02)
+
+    model = Model()
+    overhead = benchmark.overhead_ms(model, [], torch.device("cpu"), repeats=3)
+    assert 19 <= overhead < 29 and isinstance(model.head, Head)  # the head is restored

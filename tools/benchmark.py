@@ -26,6 +26,14 @@ work is synchronized (``torch.cuda.synchronize``) before each clock reading. Wha
   K = 19, shorter side 560), output (19, 1024, 2048); ``standard_1024x2048_k150`` is the stress
   case of a 1024 x 2048 image with ADE's 150 classes at shorter side 336.
   ``window_ratio_<case>`` = its time / (number of windows x ``plain_224``).
+- ``overhead_ms_<case>``: the time after the backbone, i.e. the forward's time minus the time
+  before the first backbone call (decoding, resizing) and minus the backbone calls themselves
+  (``head.features``: the recalibrated tower, each call synchronized); for the paper cases
+  ``overhead_share_<case>`` = that time / ``plain_<S>``. Median over --repeats extra forwards.
+- ``throughput_batch<N>`` / ``plain_throughput_batch<N>`` for each N of --batch-sizes
+  (default 1,8,32 on CUDA, none on a CPU): paper protocol at 224 with N images per forward,
+  and the plain forward on their N crops as one tensor; ``throughput_ratio_batch<N>`` =
+  CLIPtrase's images per second / the plain forward's.
 - ``batch1`` / ``batch4``: paper protocol at 224, images per second when the same 4 photos go
   through ``forward`` one at a time or as one batch of 4. ``plain_batch4_speedup``: the same for
   the plain forward on their 224 crops, in the same rounds: the gain batching gives CLIP itself
@@ -100,6 +108,8 @@ def get_parser():
     parser.add_argument("--stages", action="store_true", help="also print the per-stage cost table")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--batch-sizes", default=None,
+                        help="comma-separated batch sizes for the throughput rows (default 1,8,32 on CUDA, none on CPU)")
     parser.add_argument("--memory-case", default="", help=argparse.SUPPRESS)  # internal: one case's peak
     return parser
 
@@ -309,6 +319,47 @@ def stage_table(model: CLIPtrase, inputs: List[Dict], device, repeats: int) -> D
     return {label: 1000 * statistics.median(run.get(label, 0.0) for run in runs) for label in labels}
 
 
+class BackboneClock:
+    """Stands in for a model's head and records when each backbone call (``features``) starts
+    and ends, the device synchronized on both sides."""
+
+    def __init__(self, head, device: torch.device):
+        self.head, self.device, self.spans = head, device, []
+
+    def __getattr__(self, name):
+        return getattr(self.head, name)
+
+    def features(self, visual, images):
+        synchronize(self.device)
+        start = time.perf_counter()
+        try:
+            return self.head.features(visual, images)
+        finally:
+            synchronize(self.device)
+            self.spans.append((start, time.perf_counter()))
+
+
+def overhead_ms(model: CLIPtrase, inputs: List[Dict], device, repeats: int) -> float:
+    """Median milliseconds of a forward spent after the backbone: the whole forward minus the
+    time before the first backbone call and minus the backbone calls (see the module docstring)."""
+    values = []
+    head = model.head
+    with torch.no_grad():
+        model(inputs)
+        try:
+            for _ in range(max(1, repeats)):
+                model.head = clock = BackboneClock(head, device)
+                synchronize(device)
+                model(inputs)
+                synchronize(device)
+                end = time.perf_counter()
+                backbone = sum(stop - start for start, stop in clock.spans)
+                values.append(end - clock.spans[0][0] - backbone)
+        finally:
+            model.head = head
+    return 1000 * statistics.median(values)
+
+
 # ---- memory ----------------------------------------------------------------------------------
 
 def resident_mb(field: str) -> Optional[float]:
@@ -410,6 +461,15 @@ def run_benchmark(args) -> Dict:
         plain = plain_forward(clip.visual)
         runs["plain_batch1"] = functools.partial(lambda inputs: [plain(inputs[i:i + 1]) for i in range(4)], crops)
         runs["plain_batch4"] = functools.partial(plain, crops)
+    sizes = args.batch_sizes if args.batch_sizes is not None else ("1,8,32" if device.type == "cuda" else "")
+    batch_sizes = [int(n) for n in sizes.split(",") if n]
+    if batch_sizes and "paper_224" not in models:
+        raise ValueError("--batch-sizes needs the paper_224 case (--cases)")
+    for size in batch_sizes:
+        chosen = (photos * size)[:size]
+        crops = torch.cat([paper_tensor(p, 224, device, dtype) for p in chosen])
+        runs[f"batch{size}_n"] = functools.partial(models["paper_224"], [as_input(p, device) for p in chosen])
+        runs[f"plain_batch{size}_n"] = functools.partial(plain_forward(clip.visual), crops)
     logger.info("timing %s: %d rounds after %d warm-up rounds", ", ".join(runs), args.repeats, args.warmup)
     times = median_times(runs, device, args.repeats, args.warmup)
 
@@ -423,6 +483,15 @@ def run_benchmark(args) -> Dict:
             windows = number_of_windows(model, CASES[case][1])
             result[f"windows_{case}"] = windows
             result[f"window_ratio_{case}"] = times[case] / (windows * times["plain_224"])
+    for size in batch_sizes:
+        result[f"throughput_batch{size}"] = 1000 * size / times[f"batch{size}_n"]
+        result[f"plain_throughput_batch{size}"] = 1000 * size / times[f"plain_batch{size}_n"]
+        result[f"throughput_ratio_batch{size}"] = times[f"plain_batch{size}_n"] / times[f"batch{size}_n"]
+    for case, model in models.items():
+        result[f"overhead_ms_{case}"] = overhead_ms(model, [as_input(resized(photos[0], CASES[case][1]), device)],
+                                                    device, args.repeats)
+        if case.startswith("paper_"):
+            result[f"overhead_share_{case}"] = result[f"overhead_ms_{case}"] / times[f"plain_{model.paper_size}"]
     if "batch4" in times:
         result["images_per_s_batch1"] = 4000 / times["batch1"]
         result["images_per_s_batch4"] = 4000 / times["batch4"]
@@ -465,6 +534,7 @@ def label_agreement(model: CLIPtrase, reference: CLIPtrase, inputs: List[Dict]) 
 
 
 def format_table(result: Dict) -> str:
+    throughput = sorted(int(k[len("throughput_ratio_batch"):]) for k in result if k.startswith("throughput_ratio_batch"))
     lines = [f"device {result['device']}, {result['threads']} threads, torch {result['torch']}, {result['model']} "
              f"({result['precision']}, random weights), median of {result['repeats']}",
              "", "| case | classes | time (ms) | ratio | windows | peak memory (MB) | before the runs (MB) |",
@@ -479,6 +549,12 @@ def format_table(result: Dict) -> str:
         lines += ["", f"paper 224 throughput: batch 1 {result['images_per_s_batch1']:.2f} images/s, batch 4 "
                       f"{result['images_per_s_batch4']:.2f} images/s ({result['batch4_speedup']:.2f}x); "
                       f"the plain forward gains {result['plain_batch4_speedup']:.2f}x from the same batch"]
+    overheads = [f"{c} {result[f'overhead_ms_{c}']:.1f}" for c in CASES if f"overhead_ms_{c}" in result]
+    if overheads:
+        lines += ["", f"time after the backbone (ms): {', '.join(overheads)}"]
+    for size in throughput:
+        lines.append(f"batch {size}: {result[f'throughput_batch{size}']:.1f} images/s, plain "
+                     f"{result[f'plain_throughput_batch{size}']:.1f} ({result[f'throughput_ratio_batch{size}']:.3f}x)")
     agreements = [f"{case} {result[f'agreement_{case}']:.4f}" for case in CASES if f"agreement_{case}" in result]
     if agreements:
         lines += ["", f"labels equal to fp32's (share of pixels, same weights): {', '.join(agreements)}"]

@@ -66,45 +66,49 @@ def predict(visual: nn.Module, head: Head, text_embeddings: torch.Tensor, num_cl
     if settings.refine == "tlp":  # PEARL's propagation of the cosine maps at the image's resolution
         cosine = resize_logits(logits, tuple(images.shape[-2:])) / logit_scale
         logits = logit_scale * text_aware_propagation(cosine, images, text)  # (B, K, H, W)
-    if settings.image_logit_weighting:
-        image_weights = (logit_scale * features.cls_tokens @ text.t()).float()  # (B, K)
     num_outputs = num_classes + (1 if text.shape[0] > num_classes else 0)
     size = tuple(images.shape[-2:])
-    labels = torch.empty(len(images), *size, dtype=torch.long, device=logits.device)
+    regions = None  # (B, H, W) region ids, -1 for an image whose patches are all noise
+    if settings.refine in ("vote", "mean"):
+        affinity = suppress_global_patch(features.correlation.float())  # (B, n, n)
+        cluster_ids = cluster_patches(affinity, settings.dbscan_eps, settings.dbscan_min_samples)  # (B, n)
+        regions = region_map(affinity, cluster_ids, features.grid, size, settings.median_size,
+                             settings.region_upsample)
+        # Images whose patches are all noise keep their raw scores (one host sync per batch).
+        unrefined = (regions[:, 0, 0] < 0).nonzero().flatten().tolist()
+        if len(unrefined) == len(images):
+            regions = None
     scores = torch.empty(len(images), num_outputs, *size, dtype=logits.dtype, device=logits.device,
-                         memory_format=torch.channels_last)  # filled image by image
-    # Without background words the logits have the output channels: each image's logits are
-    # resized straight into its scores, and then overwritten by them (one buffer, not two).
+                         memory_format=torch.channels_last)
+    # Without background words the logits have the output channels: they are resized straight
+    # into the scores, and then overwritten by them (one buffer, not two).
     in_place = text.shape[0] == num_outputs
-    for index, correlation in enumerate(features.correlation):
-        regions = None
-        if settings.refine in ("vote", "mean"):
-            affinity = suppress_global_patch(correlation.float())
-            cluster_ids = cluster_patches(affinity, settings.dbscan_eps, settings.dbscan_min_samples)
-            regions = region_map(affinity, cluster_ids, features.grid, size,
-                                 settings.median_size, settings.region_upsample)
-        image_logits = resize_logits(logits[index:index + 1], size,
-                                     out=scores[index:index + 1] if in_place else None)  # (1, K, H, W)
-        if settings.image_logit_weighting:
-            weight_by_image_logits(image_logits, image_weights[index:index + 1], out=image_logits)
-        image_logits = image_logits[0]
-        if settings.refine == "vote":  # from the raw prediction, before the scores may overwrite the logits
-            raw_labels = merge_background_labels(channel_argmax(image_logits), num_classes)
-            labels[index] = raw_labels if regions is None else vote_refine(raw_labels, regions, num_outputs)
-            if not soft_scores:
-                scores[index].zero_().scatter_(0, labels[index][None], 1.0)  # one_hot, in the same buffer
-                continue
-        if regions is None:
-            if not in_place:
-                scores[index] = merge_background_scores(image_logits, num_classes)
-            if settings.refine != "vote":
-                labels[index] = channel_argmax(scores[index])
-        else:
-            # Every pixel of a region has the region's mean vector: merge and argmax per region.
-            means = merge_background_scores(region_means(image_logits, regions)[..., None], num_classes)[..., 0]
-            expand_regions(means, regions, out=scores[index])  # (C', H, W)
-            if settings.refine != "vote":
-                labels[index] = means.argmax(dim=0)[regions]
+    logits = resize_logits(logits, size, out=scores if in_place else None)  # (B, K, H, W)
+    if settings.image_logit_weighting:
+        image_weights = (logit_scale * features.cls_tokens @ text.t()).float()  # (B, K)
+        weight_by_image_logits(logits, image_weights, out=logits)
+    if settings.refine == "vote":  # from the raw prediction, before the scores may overwrite the logits
+        labels = merge_background_labels(channel_argmax(logits), num_classes)  # (B, H, W)
+        if regions is not None:
+            labels = vote_refine(labels, regions, num_outputs)
+        if not soft_scores:
+            return Prediction(labels, scores.zero_().scatter_(1, labels[:, None], 1.0))  # one-hot in place
+    if regions is None:
+        if not in_place:
+            scores.copy_(merge_background_scores(logits, num_classes))
+        if settings.refine != "vote":
+            labels = channel_argmax(scores)
+        return Prediction(labels, scores)
+    raw_scores = {index: merge_background_scores(logits[index], num_classes).clone() for index in unrefined}
+    # Every pixel of a region has the region's mean vector: merge and argmax per region.
+    means = merge_background_scores(region_means(logits, regions)[..., None], num_classes)[..., 0]  # (B, C', m)
+    expand_regions(means, regions, out=scores)  # (B, C', H, W)
+    if settings.refine != "vote":
+        labels = means.argmax(dim=1).gather(1, regions.clamp(min=0).flatten(1)).view(regions.shape)
+    for index, image_scores in raw_scores.items():
+        scores[index] = image_scores
+        if settings.refine != "vote":
+            labels[index] = channel_argmax(image_scores)
     return Prediction(labels, scores)
 
 

@@ -9,7 +9,6 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.cluster import DBSCAN
 
 __all__ = [
     "REFINEMENTS",
@@ -64,29 +63,31 @@ def resize_logits(logits: torch.Tensor, size: Tuple[int, int], out: Optional[tor
 
 
 def _channels_last(maps: torch.Tensor) -> bool:
-    """Whether (K, H, W) maps are stored as (H, W, K): the K values of a pixel side by side."""
-    return maps.stride(0) == 1 and maps.permute(1, 2, 0).is_contiguous()
+    """Whether (..., K, H, W) maps are stored as (..., H, W, K): the K values of a pixel side by side."""
+    return maps.stride(-3) == 1 and maps.movedim(-3, -1).is_contiguous()
 
 
 def channel_argmax(scores: torch.Tensor) -> torch.Tensor:
-    """``scores.argmax(dim=0)`` for (K, H, W) scores -> (H, W) int64, ties to the first channel.
+    """``scores.argmax(dim=-3)`` for (..., K, H, W) scores -> (..., H, W) int64, ties to the first
+    channel.
 
     When the K channels are (H, W) planes in memory, a CPU keeps a running maximum plane by
     plane, several times faster than the strided reduction and with the same result, NaN
     included (it falls back to ``argmax``, which takes NaN for the maximum). Channels-last
     scores (``dense_logits`` resized) reduce along contiguous memory: ``argmax`` itself.
     """
-    if scores.device.type != "cpu" or scores.shape[0] == 1 or _channels_last(scores):
-        return scores.argmax(dim=0)
-    best = scores[0].clone()
-    labels = torch.zeros(scores.shape[1:], dtype=torch.long)
-    better = torch.empty(scores.shape[1:], dtype=torch.bool)
-    for index in range(1, scores.shape[0]):
-        torch.gt(scores[index], best, out=better)  # strictly greater: ties keep the earlier channel
-        torch.maximum(best, scores[index], out=best)  # NaN propagates into best
+    if scores.device.type != "cpu" or scores.shape[-3] == 1 or _channels_last(scores):
+        return scores.argmax(dim=-3)
+    best = scores.select(-3, 0).clone()
+    labels = torch.zeros(best.shape, dtype=torch.long)
+    better = torch.empty(best.shape, dtype=torch.bool)
+    for index in range(1, scores.shape[-3]):
+        channel = scores.select(-3, index)
+        torch.gt(channel, best, out=better)  # strictly greater: ties keep the earlier channel
+        torch.maximum(best, channel, out=best)  # NaN propagates into best
         labels.masked_fill_(better, index)
     if torch.isnan(best).any():
-        return scores.argmax(dim=0)
+        return scores.argmax(dim=-3)
     return labels
 
 
@@ -167,15 +168,50 @@ def suppress_global_patch(correlation: torch.Tensor) -> torch.Tensor:
     return (correlation[..., 1:, 1:] - correlation[..., :1, 1:]).clamp(min=0)
 
 
-def cluster_patches(affinity: torch.Tensor, eps: float, min_samples: int) -> np.ndarray:
-    """DBSCAN (Euclidean distance between rows of the (n, n) affinity). Returns (n,) int64
-    cluster ids, -1 for noise, numbered as scikit-learn numbers them."""
-    rows = affinity.detach().to("cpu", torch.float32).numpy()
-    return DBSCAN(eps=eps, min_samples=min_samples).fit(rows).labels_.astype(np.int64)
+def cluster_patches(affinity: torch.Tensor, eps: float, min_samples: int) -> torch.Tensor:
+    """DBSCAN (Euclidean distance between rows) of each image's affinity, on its device:
+    (n, n) -> (n,) or (B, n, n) -> (B, n) int64 cluster ids, -1 for noise.
+
+    The labels are scikit-learn's ``DBSCAN(eps, min_samples).fit(rows).labels_`` for the float32
+    rows, which these rules determine: a point's neighbourhood is every row at squared distance
+    <= eps^2 (itself included), the distance computed in float64 as scikit-learn computes it
+    (|a|^2 + |b|^2 - 2 a.b); core points have at least ``min_samples`` neighbours; clusters are
+    the connected components of core points, numbered in the order of their lowest-index core
+    point; any other point joins the first cluster one of its neighbours belongs to, or is noise.
+    Components are found by propagating the lowest core index to neighbours and following
+    labels to their label (pointer jumping) until nothing changes: one host sync per step for
+    the whole batch, a few steps (about log2 of a component's diameter).
+    """
+    batched = affinity.dim() == 3
+    rows = (affinity if batched else affinity[None]).detach().float().double()  # (B, n, d)
+    num_points = rows.shape[1]
+    squares = (rows * rows).sum(dim=-1)  # (B, n)
+    products = rows @ rows.mT
+    products = products.triu() + products.triu(1).mT  # exactly symmetric: an undirected graph
+    distances = (squares[:, :, None] + squares[:, None, :]) - 2 * products  # squared, (B, n, n)
+    neighbours = distances <= eps * eps
+    neighbours.diagonal(dim1=1, dim2=2).fill_(True)
+    core = neighbours.sum(dim=-1) >= min_samples  # (B, n)
+    links = neighbours & core[:, :, None] & core[:, None, :]  # core to core
+    index = torch.arange(num_points, device=rows.device)
+    none = num_points  # "no core point": larger than every index
+    roots = torch.where(core, index, none)  # (B, n) lowest core index known so far
+    while True:
+        lowest = torch.where(links, roots[:, None, :], none).amin(dim=-1)  # (B, n)
+        jumped = F.pad(lowest, (0, 1), value=none).gather(1, lowest)  # the label's own label
+        if torch.equal(jumped, roots):
+            break
+        roots = jumped
+    first = core & (roots == index)  # the lowest core point of each cluster
+    numbers = first.cumsum(dim=1) - 1  # (B, n) cluster number of each first point
+    core_ids = torch.where(core, numbers.gather(1, roots.clamp(max=none - 1)), none)
+    border = torch.where(neighbours & core[:, None, :], core_ids[:, None, :], none).amin(dim=-1)
+    labels = torch.where(border == none, -1, border)  # core points: their own cluster
+    return labels if batched else labels[0]
 
 
 def median_filter(maps: torch.Tensor, size: int) -> torch.Tensor:
-    """``size`` x ``size`` median of each (H, W) map: (m, H, W) -> (m, H, W).
+    """``size`` x ``size`` median of each (H, W) map: (..., H, W) -> (..., H, W).
 
     Equal to ``scipy.ndimage.median_filter(maps, size=(1, size, size))`` (default 'reflect'
     border, d c b a | a b c d | d c b a; window starting ``size // 2`` before its pixel; rank
@@ -184,6 +220,8 @@ def median_filter(maps: torch.Tensor, size: int) -> torch.Tensor:
     """
     if size <= 1:
         return maps
+    shape = maps.shape
+    maps = maps.reshape(-1, *shape[-2:])  # (m, H, W)
     num_maps, height, width = maps.shape
     before, after = size // 2, size - 1 - size // 2
     rows = torch.from_numpy(np.pad(np.arange(height), (before, after), mode="symmetric")).to(maps.device)
@@ -200,79 +238,113 @@ def median_filter(maps: torch.Tensor, size: int) -> torch.Tensor:
         else:
             values = windows.kthvalue(rank + 1, dim=-1).values
         filtered.append(values)
-    return torch.cat(filtered)
+    return torch.cat(filtered).view(shape)
 
 
-def region_map(affinity: torch.Tensor, cluster_ids: np.ndarray, grid: Tuple[int, int],
-               size: Tuple[int, int], median_size: int = 7, upsample: int = 4) -> Optional[torch.Tensor]:
-    """Assigns every output pixel to a region (SPEC section 8).
+def region_map(affinity: torch.Tensor, cluster_ids, grid: Tuple[int, int], size: Tuple[int, int],
+               median_size: int = 7, upsample: int = 4) -> Optional[torch.Tensor]:
+    """Assigns every output pixel to a region (SPEC section 8), for a batch of images at once.
 
     Each cluster's map is the mean affinity row of its members, reshaped to the grid; the maps
     are upsampled x``upsample``, median filtered (``median_size`` square, reflect border),
-    resized to ``size`` and the region of a pixel is the argmax over maps.
-    affinity: (n, n), cluster_ids: (n,) -> (H, W) int64 region ids, or None when every patch is noise.
+    resized to ``size`` and the region of a pixel is the argmax over its image's maps.
+    affinity: (B, n, n), cluster_ids: (B, n) (tensor or array) -> (B, H, W) int64 region ids,
+    all -1 for an image whose patches are all noise. Unbatched, (n, n), (n,) -> (H, W) or None
+    when every patch is noise. Images with fewer clusters than the batch's most get empty maps
+    that never win; the mean sums a cluster's rows in index order (``index_add_``).
     """
-    num_regions = int(cluster_ids.max()) + 1 if cluster_ids.size else 0
-    if num_regions <= 0:
-        return None
-    h, w = grid
+    batched = affinity.dim() == 3
     ids = torch.as_tensor(cluster_ids, device=affinity.device)
-    maps = torch.stack([affinity[ids == r].mean(dim=0) for r in range(num_regions)])  # (m, n)
-    maps = maps.reshape(1, num_regions, h, w)
+    if not batched:
+        affinity, ids = affinity[None], ids[None]
+    num_images, num_patches = ids.shape
+    clusters = ids.amax(dim=1) + 1 if num_patches else ids.new_zeros(num_images)  # (B,)
+    num_maps = int(clusters.max())  # one host sync for the whole batch
+    if num_maps <= 0:
+        return None if not batched else ids.new_full((num_images, *size), -1)
+    spare = num_images * num_maps  # noise patches are summed into a row nobody reads
+    slots = torch.where(ids >= 0, ids + num_maps * torch.arange(num_images, device=ids.device)[:, None], spare)
+    sums = affinity.new_zeros(spare + 1, num_patches).index_add_(0, slots.flatten(), affinity.reshape(-1, num_patches))
+    members = torch.bincount(slots.flatten(), minlength=spare + 1).clamp(min=1).to(sums.dtype)
+    maps = (sums / members[:, None])[:spare].view(num_images, num_maps, *grid)  # (B, m, h, w)
+    h, w = grid
     maps = F.interpolate(maps, size=(upsample * h, upsample * w), mode="bilinear", align_corners=False)
-    maps = median_filter(maps[0], median_size)[None]  # (1, m, 4h, 4w)
-    maps = F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)
-    return channel_argmax(maps[0])
+    maps = median_filter(maps, median_size)  # (B, m, 4h, 4w)
+    maps = F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)  # (B, m, H, W)
+    empty = torch.arange(num_maps, device=maps.device) >= clusters[:, None]  # (B, m)
+    maps.masked_fill_(empty[:, :, None, None], float("-inf"))
+    regions = torch.where(clusters[:, None, None] > 0, channel_argmax(maps), -1)  # (B, H, W)
+    return regions if batched else regions[0]
+
+
+def _region_slots(regions: torch.Tensor) -> Tuple[torch.Tensor, int]:
+    """One index per (image, region) for (..., H, W) region ids numbered from 0 in each image:
+    (slots: image * m + region, of the same shape; m, the most regions of an image). The pixels
+    of region -1 go to slot B * m, after every image's."""
+    num_regions = max(0, int(regions.max()) + 1)  # one host sync for the whole batch
+    images = regions.reshape(-1, regions.shape[-2] * regions.shape[-1])  # (B, H*W)
+    offsets = num_regions * torch.arange(len(images), device=regions.device)[:, None]
+    slots = torch.where(images >= 0, images + offsets, len(images) * num_regions)
+    return slots.view(regions.shape), num_regions
 
 
 def vote_refine(labels: torch.Tensor, regions: torch.Tensor, num_labels: int) -> torch.Tensor:
     """Every pixel takes the most frequent label of its region (ties: the smallest label).
 
-    labels, regions: (H, W) int64 -> (H, W) int64.
+    labels, regions: (..., H, W) int64, regions numbered from 0 in each image -> (..., H, W)
+    int64. Pixels of region -1 (an image without regions) keep their label.
     """
-    num_regions = int(regions.max()) + 1
-    counts = torch.bincount((regions * num_labels + labels).flatten(),
-                            minlength=num_regions * num_labels).view(num_regions, num_labels)
-    return counts.argmax(dim=1)[regions]
+    slots, num_regions = _region_slots(regions)
+    num_slots = slots[..., 0, 0].numel() * num_regions + 1
+    counts = torch.bincount((slots * num_labels + labels).flatten(),
+                            minlength=num_slots * num_labels).view(num_slots, num_labels)
+    return torch.where(regions >= 0, counts.argmax(dim=1)[slots], labels)
 
 
 def region_means(scores: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
-    """Mean score vector of each region: (K, H, W), (H, W) -> (K, m).
+    """Mean score vector of each region: (..., K, H, W), (..., H, W) -> (..., K, m), m the most
+    regions of an image (an image with fewer has zeros for the others; region -1 is left out).
 
     Each sum runs over the region's pixels in raster order, one addition after another, as
-    ``index_add_`` over the pixels adds them: channels-last scores (rows of K values) go through
-    it without a copy; for (H, W) planes ``scatter_add_`` adds in the same order without a call
-    per pixel.
+    ``index_add_`` over the pixels adds them (on a CPU; CUDA adds in any order unless
+    ``torch.use_deterministic_algorithms`` is on): channels-last scores (rows of K values) go
+    through it without a copy; (H, W) planes are first copied to rows.
     """
-    num_labels = scores.shape[0]
-    num_regions = int(regions.max()) + 1
-    index = regions.flatten()
-    counts = torch.bincount(index, minlength=num_regions).clamp(min=1).to(scores.dtype)
-    if _channels_last(scores):
-        pixels = scores.permute(1, 2, 0).reshape(-1, num_labels)  # (H*W, K), a view
-        sums = torch.zeros(num_regions, num_labels, dtype=scores.dtype, device=scores.device)
-        sums.index_add_(0, index, pixels)
-        return (sums / counts[:, None]).t()
-    sums = torch.zeros(num_labels, num_regions, dtype=scores.dtype, device=scores.device)
-    sums.scatter_add_(1, index.expand(num_labels, -1), scores.reshape(num_labels, -1))
-    return sums / counts
+    num_labels = scores.shape[-3]
+    slots, num_regions = _region_slots(regions)
+    num_slots = slots[..., 0, 0].numel() * num_regions + 1
+    index = slots.flatten()
+    counts = torch.bincount(index, minlength=num_slots).clamp(min=1).to(scores.dtype)
+    pixels = scores.movedim(-3, -1).reshape(-1, num_labels)  # (B*H*W, K): a view when channels-last
+    sums = torch.zeros(num_slots, num_labels, dtype=scores.dtype, device=scores.device)
+    sums.index_add_(0, index, pixels)
+    means = (sums / counts[:, None])[:-1]  # (B*m, K)
+    return means.view(*regions.shape[:-2], num_regions, num_labels).transpose(-1, -2)
 
 
 def expand_regions(values: torch.Tensor, regions: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Every pixel takes its region's column: (K, m), (H, W) -> (K, H, W).
+    """Every pixel takes its region's column: (..., K, m), (..., H, W) -> (..., K, H, W).
 
     Written to ``out`` if given, in its own memory layout (contiguous or channels-last).
+    Pixels of region -1 take region 0's column.
     """
-    index = regions.flatten()
+    num_labels, num_regions = values.shape[-2:]
+    images = regions.reshape(-1, regions.shape[-2] * regions.shape[-1])  # (B, H*W)
+    offsets = num_regions * torch.arange(len(images), device=regions.device)[:, None]
+    index = (images.clamp(min=0) + offsets).flatten()
+    columns = values.reshape(-1, num_labels, num_regions)  # (B, K, m)
     if out is None:
-        out = values.new_empty(values.shape[0], *regions.shape)
-    if _channels_last(out):  # (H, W, K) rows
-        torch.index_select(values.t(), 0, index, out=out.permute(1, 2, 0).view(-1, values.shape[0]))
+        out = values.new_empty(*regions.shape[:-2], num_labels, *regions.shape[-2:])
+    if _channels_last(out):  # (..., H, W, K) rows
+        rows = columns.transpose(1, 2).reshape(-1, num_labels)  # (B*m, K)
+        torch.index_select(rows, 0, index, out=out.movedim(-3, -1).view(-1, num_labels))
     else:
-        torch.index_select(values, 1, index, out=out.view(values.shape[0], -1))
+        flat = columns.transpose(0, 1).reshape(num_labels, -1)  # (K, B*m)
+        planes = out.view(-1, num_labels, *regions.shape[-2:]).transpose(0, 1)  # (K, B, H, W)
+        planes.copy_(torch.index_select(flat, 1, index).view(planes.shape))
     return out
 
 
 def mean_refine(scores: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
-    """Every pixel's score vector becomes its region's mean: (K, H, W), (H, W) -> (K, H, W)."""
+    """Every pixel's score vector becomes its region's mean: (..., K, H, W), (..., H, W) -> same."""
     return expand_regions(region_means(scores, regions), regions)

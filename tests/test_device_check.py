@@ -1,0 +1,50 @@
+"""tools/device_check.sh --dry-run on a CPU: what the GPU check would run, and that it would parse."""
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+from conftest import FIXTURES, REPO, require_fixtures
+
+sys.path.insert(0, os.path.join(REPO, "tools"))
+import benchmark  # noqa: E402
+
+SCRIPT = os.path.join(REPO, "tools", "device_check.sh")
+SAMPLE = os.path.join(REPO, "datasets")
+
+
+def _run(tmp_path, **env):
+    environment = dict(os.environ, PYTHON=sys.executable, CLIPTRASE_FIXTURES=FIXTURES, DETECTRON2_DATASETS=SAMPLE,
+                       **env)
+    return subprocess.run(["bash", SCRIPT, "--dry-run", str(tmp_path / "check.json")], env=environment,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_dry_run_lists_every_step_and_writes_the_json(tmp_path):
+    require_fixtures()
+    if not os.path.isdir(os.path.join(SAMPLE, "cliptrase_sample_voc21")):
+        import pytest
+        pytest.skip("the VOC sample is not linked into datasets/")
+    done = _run(tmp_path)
+    assert done.returncode == 0, done.stderr
+    with open(tmp_path / "check.json") as f:
+        report = json.load(f)
+    assert report["dry_run"] is True
+    steps = report["steps"]
+    assert list(steps) == ["tests", "benchmark_fp32", "benchmark_fp16", "train_net"]
+    assert all(step["status"] == "skipped" for step in steps.values())
+    assert "tests/test_cuda.py" in steps["tests"]["command"]
+    for precision in ("fp32", "fp16"):
+        argv = shlex.split(steps[f"benchmark_{precision}"]["command"])
+        args = benchmark.get_parser().parse_args(argv[argv.index("tools/benchmark.py") + 1:])
+        assert (args.device, args.precision, args.batch_sizes) == ("cuda", precision, "1,32")
+    train = shlex.split(steps["train_net"]["command"])
+    assert train[train.index("--num-gpus") + 1] == "1" and train[train.index("MODEL.DEVICE") + 1] == "cuda"
+    assert "[dry-run] train_net" in done.stdout
+
+
+def test_missing_fixtures_are_named(tmp_path):
+    done = _run(tmp_path, CLIPTRASE_FIXTURES=str(tmp_path / "nowhere"))
+    assert done.returncode == 2 and "nowhere/tiny_clip.json is missing" in done.stderr
+    assert not (tmp_path / "check.json").exists()
