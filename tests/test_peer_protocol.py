@@ -269,3 +269,72 @@ def test_bad_published_settings_name_the_key(tiny_opts):
             (["MODEL.CLIPTRASE.AREA_THD", "-0.1"], r"MODEL.CLIPTRASE.AREA_THD must be a fraction in \[0, 1\]")):
         with pytest.raises(ValueError, match=message):
             build_model(load_config(config, [*tiny_opts, *opts]))
+
+
+# ---------------------------------------------------------------- through the model
+
+@pytest.fixture(scope="module")
+def photo():
+    from conftest import FIXTURES, require_fixtures
+    from cliptrase_d2.data.image_io import read_rgb
+
+    require_fixtures()
+    return torch.from_numpy(read_rgb(f"{FIXTURES}/images/coffee.png").transpose(2, 0, 1).copy())  # (3, 400, 600)
+
+
+def _standard_model(tiny_opts, **overrides):
+    from detectron2.modeling import build_model
+
+    opts = [*tiny_opts, "MODEL.CLIPTRASE.VOCABULARY", "cup, table, wall", "MODEL.CLIPTRASE.STANDARD_SHORT_SIDE", "200",
+            "MODEL.CLIPTRASE.REFINE", "none"]
+    for key, value in overrides.items():
+        opts += [f"MODEL.CLIPTRASE.{key}", str(value)]
+    return build_model(load_config(os.path.join(REPO, "configs", "standard", "Base-standard.yaml"), opts)).eval()
+
+
+def test_standard_protocol_in_the_peers_order(tiny_opts, photo):
+    """400 x 600 -> 200 x 300 (OpenCV linear on uint8); 200 x 224 windows at columns 0 and 76,
+    unpadded; the scores of every name averaged, resized to 400 x 600, then the maximum over each
+    class's names (background words last)."""
+    from cliptrase_d2.method.preprocess import CLIP_MEAN, CLIP_STD
+    from cliptrase_d2.method.refinement import resize_maps
+
+    model = _standard_model(tiny_opts, WINDOW_PADDING="none")
+    model.set_vocabulary(Vocabulary(("cup", "table"), ("wall", "floor"), (("mug",), ())))
+    output = model([{"image": photo}])[0]["sem_seg"]
+    assert output.shape == (3, 400, 600)
+    pixels = resize_linear_uint8(photo.permute(1, 2, 0).numpy(), (200, 300))
+    frame = (torch.from_numpy(pixels).permute(2, 0, 1).float() / 255 - torch.tensor(CLIP_MEAN).view(3, 1, 1)) \
+        / torch.tensor(CLIP_STD).view(3, 1, 1)
+    with torch.no_grad():
+        rows = model._predict(torch.stack([frame[:, :, :224], frame[:, :, 76:]]), soft_scores=False,
+                              num_classes=5).scores  # (2, 5 rows, 200, 224)
+    total = torch.zeros(5, 200, 300)
+    total[:, :, :224] += rows[0]
+    total[:, :, 76:] += rows[1]
+    total[:, :, 76:224] /= 2
+    expected = merge_names(resize_maps(total, (400, 600)), (0, 0, 1, 2, 2), num_classes=2)
+    torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-4)
+    light = model.inference([photo], scores=False)[0].labels
+    assert (light == expected.argmax(dim=0)).float().mean() > 0.999
+
+
+def test_thresholds_and_pamr_through_the_model(tiny_opts, photo):
+    plain = _standard_model(tiny_opts, BACKGROUND_WORDS="['floor']")
+    rows = plain.inference([photo])[0].scores
+    everything = _standard_model(tiny_opts, BACKGROUND_WORDS="['floor']", PROB_THD=1.0)
+    assert (everything([{"image": photo}])[0]["sem_seg"].argmax(dim=0) == 3).all()  # no probability reaches 1
+    refined = _standard_model(tiny_opts, BACKGROUND_WORDS="['floor']", REFINE="pamr", PAMR_STEPS=2)
+    output = refined([{"image": photo}])[0]["sem_seg"]
+    assert not torch.allclose(output, rows)
+    with pytest.raises(ValueError, match="no background words"):
+        _standard_model(tiny_opts, PROB_THD=0.1)([{"image": photo}])
+
+
+def test_published_config_brings_its_vocabulary(tiny_opts):
+    from cliptrase_d2.api import Segmenter
+
+    segmenter = Segmenter.from_config(os.path.join(REPO, "configs", "naclip", "published", "voc21.yaml"), tiny_opts)
+    assert segmenter.model.vocabulary == resolve_vocabulary("naclip/voc21")
+    assert (segmenter.model.window_size, segmenter.model.pamr_steps, segmenter.model.prob_thd) == (0, 10, 0.1)
+    assert segmenter.model.refinement.refine == "none" and segmenter.model.logit_scale == 40.0
