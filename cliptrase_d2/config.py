@@ -52,16 +52,16 @@ def add_cliptrase_config(cfg):
     # ---- Peer protocols (standard protocol only; docs/peer_protocols.md) ----
     # Keep-ratio resize cap: the longer side never exceeds it (mmseg's scale (2048, short side)).
     c.STANDARD_LONG_SIDE = 2048
-    # Windows not a multiple of the patch: zero-pad "end" (bottom/right), "even" (ClearCLIP), "none" (SCLIP, NACLIP).
+    # Windows not a multiple of the patch: zero-pad "end" (bottom/right), "even" (ClearCLIP), "none"
     c.WINDOW_PADDING = "end"
-    # Pixels whose highest class probability (softmax of the scaled logits) is below it become background; 0 = off.
+    # Pixels whose top class probability (softmax of scaled logits) is below it: background; 0 off.
     c.PROB_THD = 0.0
-    # SCLIP: classes predicted on at most this fraction of the non-background pixels are dropped; 0 = off.
+    # SCLIP: classes predicted on at most this fraction of non-background pixels dropped; 0 = off.
     c.AREA_THD = 0.0
     # REFINE "pamr": propagation steps and neighbour dilations of PAMR (NACLIP's defaults).
     c.PAMR_STEPS = 10
     c.PAMR_DILATIONS = [8, 16]
-    # "<head>/<benchmark>" a configs/<head>/published/ config reproduces; checked against what the peer reported.
+    # "<head>/<benchmark>" a configs/<head>/published/ config reproduces (a benchmark it reported).
     c.PUBLISHED = ""
     # Text-embedding cache directory; "" = ~/.cache/cliptrase_d2, "none" disables the cache.
     c.TEXT_CACHE_DIR = ""

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Dict, List, Sequence, Tuple
 
-__all__ = ["Vocabulary", "load_vocabularies", "benchmark_keys", "peer_vocabulary_keys", "template_set",
-           "resolve_vocabulary"]
+__all__ = ["Vocabulary", "load_vocabularies", "benchmark_keys", "peer_vocabulary_keys",
+           "template_set", "resolve_vocabulary"]
 
 _VOCABULARY_FILE = os.path.join(os.path.dirname(__file__), "data", "vocabularies.json")
 
@@ -35,7 +35,7 @@ def benchmark_keys() -> List[str]:
 
 
 def peer_vocabulary_keys() -> List[str]:
-    """``<peer>/<benchmark>`` for every class list a peer method published (SCLIP, NACLIP, ClearCLIP)."""
+    """``<peer>/<benchmark>`` of every class list a peer method published (vocabularies.json)."""
     peers = load_vocabularies()["peer_vocabularies"]
     return sorted(f"{peer}/{key}" for peer, entries in peers.items() if not peer.startswith("_")
                   for key in entries)
@@ -64,13 +64,15 @@ class Vocabulary:
 
     def __post_init__(self):
         if self.extra_names and len(self.extra_names) != len(self.classes):
-            raise ValueError(f"extra_names has {len(self.extra_names)} entries for {len(self.classes)} classes: "
-                             "give one tuple of names per class (empty for a single-name class)")
+            raise ValueError(f"extra_names has {len(self.extra_names)} entries for "
+                             f"{len(self.classes)} classes: give one tuple of names per class "
+                             "(empty for a single-name class)")
         if not self.classes:
             raise ValueError("the vocabulary is empty: give at least one class name "
                              "(a benchmark key, a comma-separated list or a file with one name per line)")
         extra = tuple(name for names in self.extra_names for name in names)
-        for kind, names in (("class name", self.classes + extra), ("background word", self.background)):
+        for kind, names in (("class name", self.classes + extra),
+                            ("background word", self.background)):
             for name in names:
                 if not isinstance(name, str) or not name.strip():
                     raise ValueError(f"empty {kind} in the vocabulary: {list(names)!r}")
@@ -117,10 +119,12 @@ class Vocabulary:
 
     @property
     def text_rows(self) -> Tuple[str, ...]:
-        """Names that get a text embedding: each class's names (class name first), then background words."""
+        """Names that get a text embedding: each class's names (class name first), then
+        background words."""
         if not self.extra_names:
             return self.classes + self.background
-        return tuple(n for name, extra in zip(self.classes, self.extra_names) for n in (name,) + extra) + self.background
+        names = (n for name, extra in zip(self.classes, self.extra_names) for n in (name,) + extra)
+        return tuple(names) + self.background
 
     @property
     def row_classes(self) -> Tuple[int, ...]:
@@ -142,8 +146,8 @@ def _class_names(entry: Dict, where: str = "") -> Tuple[List[str], Tuple[Tuple[s
     for index, item in enumerate(entry["classes"]):
         names = [item] if isinstance(item, str) else list(item)
         if not names or any(not isinstance(n, str) or not n.strip() for n in names):
-            raise ValueError(f"{_VOCABULARY_FILE}: {where or 'an entry'}, class {index}: empty name in "
-                             f"{item!r}; every class needs one or more non-empty names")
+            raise ValueError(f"{_VOCABULARY_FILE}: {where or 'an entry'}, class {index}: empty "
+                             f"name in {item!r}; every class needs one or more non-empty names")
         classes.append(names[0])
         extra.append(tuple(names[1:]))
     return classes, tuple(extra) if any(extra) else ()
@@ -189,8 +193,9 @@ def _read_names(path: str) -> Tuple[List[str], Tuple[Tuple[str, ...], ...]]:
             continue
         names = [name.strip() for name in line.split(",")]
         if not all(names):
-            raise ValueError(f"vocabulary file {path}, line {number}: empty name in {line!r}; separate "
-                             "a class's names by single commas, e.g. 'person, person in shirt'")
+            raise ValueError(f"vocabulary file {path}, line {number}: empty name in {line!r}; "
+                             "separate a class's names by single commas, e.g. "
+                             "'person, person in shirt'")
         classes.append(names[0])
         extra.append(tuple(names[1:]))
     if not classes:

@@ -88,7 +88,7 @@ def test_a_failing_run_keeps_the_finished_cells(tmp_path, monkeypatch):
 
 
 def test_second_table_runs_each_peer_under_its_published_setting(tmp_path, monkeypatch):
-    """Peers only, on the benchmarks they reported, each with its own configs/<head>/published file."""
+    """Peers only, on the benchmarks they reported, each with its configs/<head>/published file."""
     seen = []
 
     def evaluate(head, dataset, args):
@@ -102,16 +102,19 @@ def test_second_table_runs_each_peer_under_its_published_setting(tmp_path, monke
     monkeypatch.setattr(compare, "evaluate_published", evaluate_published)
     args = compare.get_parser().parse_args([
         "--config-file", os.path.join(REPO, "configs", "standard", "Base-standard.yaml"),
-        "--heads", "cliptrase,sclip,naclip", "--datasets", "cliptrase_fixtures_voc21", "--output", str(tmp_path)])
+        "--heads", "cliptrase,sclip,naclip", "--datasets", "cliptrase_fixtures_voc21",
+        "--output", str(tmp_path)])
     cells = compare.main(args)
-    assert seen == [(h, "cliptrase_fixtures_voc21", os.path.join(REPO, "configs", h, "published", "voc21.yaml"))
+    published = os.path.join(REPO, "configs", "{}", "published", "voc21.yaml")
+    assert seen == [(h, "cliptrase_fixtures_voc21", published.format(h))
                     for h in ("sclip", "naclip")]
     assert cells["published", "sclip", "cliptrase_fixtures_voc21"] == (61.5, 1.0)
     with open(tmp_path / "compare_published.csv") as f:
         rows = list(csv.reader(f))
     assert rows == [["head", "cliptrase_fixtures_voc21 mIoU", "cliptrase_fixtures_voc21 s/img"],
                     ["sclip", "61.50", "1.000"], ["naclip", "58.25", "1.000"]]
-    assert (tmp_path / "compare_published.md").read_text().startswith("Each peer under its authors' published")
+    markdown = (tmp_path / "compare_published.md").read_text()
+    assert markdown.startswith("Each peer under its authors' published")
     with open(tmp_path / "compare.csv") as f:
         assert [r[0] for r in csv.reader(f)] == ["head", "cliptrase", "sclip", "naclip"]
     assert compare.published_config("cliptrase", "cliptrase_fixtures_voc21") is None

@@ -92,9 +92,10 @@ def published_config(head: str, dataset: str):
 
 
 def evaluate_published(head: str, dataset: str, args):
-    """(mIoU, seconds per image) of a peer head under its published setting for the dataset's benchmark."""
+    """(mIoU, seconds per image) of a peer head under its published setting for the dataset."""
+    output = os.path.join(args.output, "published", head)
     cfg = load_config(published_config(head, dataset), list(args.opts) + [
-        "DATASETS.TEST", f"('{dataset}',)", "OUTPUT_DIR", os.path.join(args.output, "published", head)])
+        "DATASETS.TEST", f"('{dataset}',)", "OUTPUT_DIR", output])
     return timed_test(cfg, dataset)
 
 
@@ -123,7 +124,8 @@ def tables(heads, datasets, cells, num_processes, title: str = ""):
     header = ["head"] + [f"{d} mIoU" for d in datasets] + [f"{d} s/img" for d in datasets]
     rows = [[h] + [cell(h, d, 0, ".2f") for d in datasets] + [cell(h, d, 1, ".3f") for d in datasets]
             for h in heads]
-    markdown = "\n".join(([title, ""] if title else []) + ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    markdown = "\n".join(([title, ""] if title else [])
+                         + ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
                          + ["| " + " | ".join(r) + " |" for r in rows])
     markdown += f"\n\nTime per image: wall-clock inference of the whole dataset / images, {num_processes} process(es).\n"
     buffer = io.StringIO()
@@ -167,7 +169,8 @@ def run_published(heads, datasets, args):
                 atomic_write_text(os.path.join(args.output, "compare_published.md"), markdown)
                 atomic_write_text(os.path.join(args.output, "compare_published.csv"), table)
     if cells and comm.is_main_process():
-        logger.info("published settings written to %s/compare_published.{md,csv}:\n%s", args.output, markdown)
+        logger.info("published settings written to %s/compare_published.{md,csv}:\n%s",
+                    args.output, markdown)
     return cells
 
 

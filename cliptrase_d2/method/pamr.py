@@ -10,6 +10,7 @@ counted once per dilation); the affinities are averaged over channels and turned
 by a softmax over all 8 x len(dilations) neighbours. Each step replaces every map value by the
 weighted sum of its neighbours' values (the pixel itself not included).
 """
+
 from typing import List, Sequence
 
 import torch
@@ -24,38 +25,58 @@ PAMR_DILATIONS = (8, 16)  # NACLIP's default
 _OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
 
-def neighbour_shifts(maps: torch.Tensor, dilation: int, with_centre: bool = False) -> List[torch.Tensor]:
+def neighbour_shifts(
+    maps: torch.Tensor, dilation: int, with_centre: bool = False
+) -> List[torch.Tensor]:
     """The maps as seen from each neighbour at ``dilation``, border replicated: (B, K, H, W) ->
     8 (or 9 with the centre, in row-major order) tensors of (B, K, H, W); shift j at (y, x) is
     the value at (y + dy_j * d, x + dx_j * d), clamped to the image."""
     height, width = maps.shape[-2:]
     padded = F.pad(maps, [dilation] * 4, mode="replicate")
     offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)] if with_centre else _OFFSETS
-    return [padded[..., dilation + dy * dilation:dilation + dy * dilation + height,
-                   dilation + dx * dilation:dilation + dx * dilation + width] for dy, dx in offsets]
+    return [
+        padded[
+            ...,
+            dilation + dy * dilation : dilation + dy * dilation + height,
+            dilation + dx * dilation : dilation + dx * dilation + width,
+        ]
+        for dy, dx in offsets
+    ]
 
 
 def pamr_weights(image: torch.Tensor, dilations: Sequence[int] = PAMR_DILATIONS) -> torch.Tensor:
     """Propagation weights (B, 1, 8 * len(dilations), H, W) from an image (B, 3, H, W): they sum
     to 1 over the neighbours of each pixel (see the module docstring)."""
     image = image.float()
-    around = torch.stack([s for d in dilations for s in neighbour_shifts(image, d, with_centre=True)], dim=2)
+    around = torch.stack(
+        [s for d in dilations for s in neighbour_shifts(image, d, with_centre=True)], dim=2
+    )
     spread = around.std(dim=2, keepdim=True)  # (B, 3, 1, H, W)
-    difference = torch.stack([(image - s).abs() for d in dilations for s in neighbour_shifts(image, d)], dim=2)
+    difference = torch.stack(
+        [(image - s).abs() for d in dilations for s in neighbour_shifts(image, d)], dim=2
+    )
     affinity = (-difference / (1e-8 + 0.1 * spread)).mean(dim=1, keepdim=True)  # (B, 1, P, H, W)
     return affinity.softmax(dim=2)
 
 
-def pamr(image: torch.Tensor, maps: torch.Tensor, steps: int = PAMR_STEPS,
-         dilations: Sequence[int] = PAMR_DILATIONS) -> torch.Tensor:
+def pamr(
+    image: torch.Tensor,
+    maps: torch.Tensor,
+    steps: int = PAMR_STEPS,
+    dilations: Sequence[int] = PAMR_DILATIONS,
+) -> torch.Tensor:
     """Refines (B, K, H, W) maps (e.g. logits) with the colours of (B, 3, H, W) ``image`` (the
     normalized image at the maps' size): ``steps`` propagation rounds. Returns (B, K, H, W) float32.
     PAMR is linear in the maps: scaling the logits before or after gives the same result."""
     if image.shape[0] != maps.shape[0] or image.shape[-2:] != maps.shape[-2:]:
-        raise ValueError(f"PAMR needs the image and the maps at one size, got {tuple(image.shape)} "
-                         f"and {tuple(maps.shape)}")
+        raise ValueError(
+            f"PAMR needs the image and the maps at one size, got {tuple(image.shape)} "
+            f"and {tuple(maps.shape)}"
+        )
     if steps < 0 or not dilations or min(dilations) < 1:
-        raise ValueError(f"PAMR needs steps >= 0 and dilations >= 1, got steps={steps}, dilations={dilations}")
+        raise ValueError(
+            f"PAMR needs steps >= 0 and dilations >= 1, got steps={steps}, dilations={dilations}"
+        )
     weights = pamr_weights(image, dilations)
     maps = maps.float()
     for _ in range(steps):  # sum over neighbours j of shift_j * weight_j, one neighbour at a time

@@ -36,7 +36,8 @@ def window_boxes(height: int, width: int, window: int, stride: int) -> List[Box]
             for top in _starts(height, window, stride) for left in _starts(width, window, stride)]
 
 
-def window_padding(height: int, width: int, multiple: int, padding: str = "end") -> Tuple[int, int, int, int]:
+def window_padding(height: int, width: int, multiple: int,
+                   padding: str = "end") -> Tuple[int, int, int, int]:
     """(left, right, top, bottom) zeros that make an h x w window a multiple of ``multiple``
     under ``padding`` (see ``PADDINGS``); "even" puts the smaller half first."""
     if padding not in PADDINGS:
@@ -50,13 +51,15 @@ def window_padding(height: int, width: int, multiple: int, padding: str = "end")
 
 
 def sliding_window(image: torch.Tensor, predict: Callable[[torch.Tensor], torch.Tensor], window: int,
-                   stride: int, batch_size: int, multiple: int = 1, padding: str = "end") -> torch.Tensor:
+                   stride: int, batch_size: int, multiple: int = 1,
+                   padding: str = "end") -> torch.Tensor:
     """Averages ``predict`` over overlapping windows of one image (``window`` 0: the whole image).
 
     image: (3, H, W). ``predict`` maps a batch (N, 3, h, w) to scores (N, K, h, w) at the
     window's own resolution. Windows whose sides are not multiples of ``multiple`` (the patch
     size) are zero-padded as ``padding`` says (``window_padding``) and the padding is cut from
-    their scores, so it never reaches the output. At most ``batch_size`` windows are in memory at once.
+    their scores, so it never reaches the output. At most ``batch_size`` windows are in memory
+    at once.
     Returns (K, H, W), channels-last in memory (the K scores of a pixel side by side, as the
     window scores come): accumulating, resizing and the argmax over classes then run along
     contiguous memory.
@@ -71,7 +74,8 @@ def sliding_window(image: torch.Tensor, predict: Callable[[torch.Tensor], torch.
         crop_h, crop_w = crops[0].shape[-2:]
         pad = window_padding(crop_h, crop_w, multiple, padding)
         batch = torch.stack([F.pad(c, pad) for c in crops])  # (N, 3, h', w')
-        scores = predict(batch)[:, :, pad[2]:pad[2] + crop_h, pad[0]:pad[0] + crop_w]  # (N, K, h, w)
+        top, left = pad[2], pad[0]
+        scores = predict(batch)[:, :, top:top + crop_h, left:left + crop_w]  # (N, K, h, w)
         if total is None:
             total = torch.empty(1, scores.shape[1], height, width, dtype=scores.dtype, device=image.device,
                                 memory_format=torch.channels_last)[0].zero_()

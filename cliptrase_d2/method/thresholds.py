@@ -6,12 +6,20 @@ Rows are text rows (a class's names, then background words); ``row_classes`` giv
 output class, C for the background words. The peers' background is their class 0, so it wins
 exact ties; here it is the last channel, and the functions below keep the peers' tie rule.
 """
+
 from typing import Sequence
 
 import torch
 
-__all__ = ["check_threshold", "merge_names", "label_order", "class_probabilities", "area_threshold",
-           "probability_threshold", "threshold_scores"]
+__all__ = [
+    "check_threshold",
+    "merge_names",
+    "label_order",
+    "class_probabilities",
+    "area_threshold",
+    "probability_threshold",
+    "threshold_scores",
+]
 
 
 def check_threshold(value: float, what: str) -> float:
@@ -28,7 +36,9 @@ def _class_max(rows: torch.Tensor, row_classes: Sequence[int], num_outputs: int)
         first.setdefault(cls, row)
     if sorted(first) != list(range(num_outputs)):
         raise ValueError(f"row_classes {list(row_classes)} leave a class without rows")
-    out = rows[torch.as_tensor([first[c] for c in range(num_outputs)], device=rows.device)]  # a copy
+    out = rows[
+        torch.as_tensor([first[c] for c in range(num_outputs)], device=rows.device)
+    ]  # a copy
     for row, cls in enumerate(row_classes):
         if row != first[cls]:
             torch.maximum(out[cls], rows[row], out=out[cls])
@@ -40,8 +50,11 @@ def _background_wins_ties(scores: torch.Tensor) -> torch.Tensor:
     raised by one unit in the last place, so ``argmax`` picks it as the peers' class 0 is picked."""
     best_class = scores[:-1].amax(dim=0)
     background = scores[-1]
-    scores[-1] = torch.where(background == best_class, torch.nextafter(background, best_class.new_tensor(torch.inf)),
-                             background)
+    scores[-1] = torch.where(
+        background == best_class,
+        torch.nextafter(background, best_class.new_tensor(torch.inf)),
+        background,
+    )
     return scores
 
 
@@ -57,13 +70,16 @@ def merge_names(rows: torch.Tensor, row_classes: Sequence[int], num_classes: int
 
 
 def label_order(row_classes: Sequence[int], num_classes: int) -> torch.Tensor:
-    """Row indices with the background rows first: the first-index ``argmax`` over rows taken in
-    this order, mapped back with ``row_classes``, is the argmax of ``merge_names`` (ties included)."""
+    """Row indices with the background rows first: the first-index ``argmax`` over rows taken
+    in this order, mapped back with ``row_classes``, is the argmax of ``merge_names`` (ties
+    included)."""
     background = [i for i, c in enumerate(row_classes) if c >= num_classes]
     return torch.as_tensor(background + [i for i, c in enumerate(row_classes) if c < num_classes])
 
 
-def class_probabilities(rows: torch.Tensor, row_classes: Sequence[int], num_classes: int) -> torch.Tensor:
+def class_probabilities(
+    rows: torch.Tensor, row_classes: Sequence[int], num_classes: int
+) -> torch.Tensor:
     """(R, H, W) scaled logits -> (C', H, W): softmax over all R names, then per class the maximum
     over its names' probabilities (the peers' query-to-class grouping)."""
     return merge_names(rows.float().softmax(dim=0), row_classes, num_classes)
@@ -74,7 +90,9 @@ def area_threshold(probabilities: torch.Tensor, area_thd: float) -> torch.Tensor
     on at most ``area_thd`` times the pixels predicted as any non-background class gets
     probability 0 everywhere. (C + 1, H, W) -> (C + 1, H, W), new tensor."""
     labels = probabilities.argmax(dim=0)  # background already wins ties (merge_names)
-    areas = torch.bincount(labels.flatten(), minlength=probabilities.shape[0])[:-1].to(probabilities.dtype)
+    areas = torch.bincount(labels.flatten(), minlength=probabilities.shape[0])[:-1].to(
+        probabilities.dtype
+    )
     keep = (areas > area_thd * areas.sum()).to(probabilities.dtype)
     out = probabilities.clone()
     out[:-1] *= keep[:, None, None]
@@ -92,14 +110,21 @@ def probability_threshold(probabilities: torch.Tensor, prob_thd: float) -> torch
     return out
 
 
-def threshold_scores(rows: torch.Tensor, row_classes: Sequence[int], num_classes: int, prob_thd: float = 0.0,
-                     area_thd: float = 0.0) -> torch.Tensor:
+def threshold_scores(
+    rows: torch.Tensor,
+    row_classes: Sequence[int],
+    num_classes: int,
+    prob_thd: float = 0.0,
+    area_thd: float = 0.0,
+) -> torch.Tensor:
     """The peers' post-processing of per-name scaled logits (R, H, W) -> (C + 1, H, W) scores:
     class probabilities, then ``area_thd`` (if > 0), then ``prob_thd`` (if > 0). Needs a
     background class (rows with class ``num_classes``): thresholded pixels become background."""
     if max(row_classes) < num_classes:
-        raise ValueError("a probability or area threshold turns pixels into background, and this "
-                         "vocabulary has no background words: add background words or set the thresholds to 0")
+        raise ValueError(
+            "a probability or area threshold turns pixels into background, and this "
+            "vocabulary has no background words: add background words or set the thresholds to 0"
+        )
     probabilities = class_probabilities(rows, row_classes, num_classes)
     if area_thd > 0:
         probabilities = area_threshold(probabilities, area_thd)

@@ -16,8 +16,8 @@ from ..method.heads import get_head, resolve_logit_scale
 from ..method.pamr import pamr
 from ..method.pipeline import Prediction, RefinementSettings, predict
 from ..method.refinement import resize_maps, resized_argmax
-from ..method.preprocess import (CLIP_MEAN, CLIP_STD, keep_ratio_size, resize_and_center_crop, resize_linear_uint8,
-                                 to_clip_tensor)
+from ..method.preprocess import (CLIP_MEAN, CLIP_STD, keep_ratio_size, resize_and_center_crop,
+                                 resize_linear_uint8, to_clip_tensor)
 from ..method.sliding import PADDINGS, sliding_window
 from ..method.text import text_embeddings
 from ..method.thresholds import check_threshold, label_order, merge_names, threshold_scores
@@ -86,8 +86,9 @@ def _published_setting(cfg) -> str:
         return ""
     reported = [key for key in peer_vocabulary_keys() if key.startswith(f"{head}/")]
     if published not in reported:
-        raise ValueError(f"MODEL.CLIPTRASE.PUBLISHED {published!r}: head {head!r} has no published setting "
-                         f"for that benchmark; its published settings are {', '.join(reported) or 'none'} "
+        raise ValueError(f"MODEL.CLIPTRASE.PUBLISHED {published!r}: head {head!r} has no published "
+                         f"setting for that benchmark; its published settings are "
+                         f"{', '.join(reported) or 'none'} "
                          "(configs/<head>/published/<benchmark>.yaml)")
     return published
 
@@ -113,9 +114,10 @@ class CLIPtrase(nn.Module):
                  refinement: RefinementSettings = RefinementSettings(), protocol: str = "paper",
                  paper_size: int = 224, standard_short_side: int = 336, window_size: int = 224,
                  window_stride: int = 112, window_batch: int = 8, input_format: str = "RGB",
-                 paper_vocabulary_quirks: bool = False, text_cache=None, standard_long_side: int = 2048,
-                 window_padding: str = "end", prob_thd: float = 0.0, area_thd: float = 0.0,
-                 pamr_steps: int = 0, pamr_dilations: Sequence[int] = (8, 16)):
+                 paper_vocabulary_quirks: bool = False, text_cache=None,
+                 standard_long_side: int = 2048, window_padding: str = "end",
+                 prob_thd: float = 0.0, area_thd: float = 0.0, pamr_steps: int = 0,
+                 pamr_dilations: Sequence[int] = (8, 16)):
         super().__init__()
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r} (MODEL.CLIPTRASE.PROTOCOL); choose one of {PROTOCOLS}")
@@ -124,14 +126,14 @@ class CLIPtrase(nn.Module):
         patch = max(clip_model.visual.conv1.kernel_size)
         for key, value, least in (("PAPER_SIZE", paper_size, patch),
                                   ("STANDARD_SHORT_SIDE", standard_short_side, patch),
-                                  ("WINDOW_SIZE", window_size or patch, patch),  # 0: the whole image
+                                  ("WINDOW_SIZE", window_size or patch, patch),  # 0: whole image
                                   ("WINDOW_STRIDE", window_stride, 1),
                                   ("WINDOW_BATCH", window_batch, 1)):
             if value < least:
                 raise ValueError(f"MODEL.CLIPTRASE.{key} must be at least {least}"
                                  f"{' (one CLIP patch)' if least == patch > 1 else ''}, got {value}")
-        self._check_standard_settings(protocol, standard_long_side, window_padding, prob_thd, area_thd,
-                                      pamr_steps, pamr_dilations, refinement)
+        self._check_standard_settings(protocol, standard_long_side, window_padding, prob_thd,
+                                      area_thd, pamr_steps, pamr_dilations, refinement)
         self.standard_long_side, self.window_padding = standard_long_side, window_padding
         self.prob_thd, self.area_thd = prob_thd, area_thd
         self.pamr_steps, self.pamr_dilations = pamr_steps, tuple(pamr_dilations)
@@ -182,7 +184,8 @@ class CLIPtrase(nn.Module):
             "head": c.HEAD,
             "logit_scale": c.LOGIT_SCALE,
             "refinement": RefinementSettings(
-                refine="none" if c.REFINE == "pamr" else c.REFINE, dbscan_eps=c.DBSCAN_EPS if c.DBSCAN_EPS != 0 else auto_eps,
+                refine="none" if c.REFINE == "pamr" else c.REFINE,
+                dbscan_eps=c.DBSCAN_EPS if c.DBSCAN_EPS != 0 else auto_eps,
                 dbscan_min_samples=c.DBSCAN_MIN_SAMPLES if c.DBSCAN_MIN_SAMPLES != 0 else auto_min_samples,
                 region_upsample=c.REGION_UPSAMPLE, median_size=c.MEDIAN_SIZE,
                 image_logit_weighting=c.IMAGE_LOGIT_WEIGHTING),
@@ -205,25 +208,28 @@ class CLIPtrase(nn.Module):
         }
 
     @staticmethod
-    def _check_standard_settings(protocol, long_side, padding, prob_thd, area_thd, pamr_steps, pamr_dilations,
-                                 refinement) -> None:
-        """Rejects standard-protocol settings that are out of range or that the protocol cannot honour."""
+    def _check_standard_settings(protocol, long_side, padding, prob_thd, area_thd, pamr_steps,
+                                 pamr_dilations, refinement) -> None:
+        """Rejects standard-protocol settings out of range or that the protocol cannot honour."""
         check_threshold(prob_thd, "MODEL.CLIPTRASE.PROB_THD")
         check_threshold(area_thd, "MODEL.CLIPTRASE.AREA_THD")
         if padding not in PADDINGS:
-            raise ValueError(f"MODEL.CLIPTRASE.WINDOW_PADDING {padding!r}: choose one of {', '.join(PADDINGS)}")
+            raise ValueError(f"MODEL.CLIPTRASE.WINDOW_PADDING {padding!r}: choose one of "
+                             f"{', '.join(PADDINGS)}")
         if long_side < 1:
-            raise ValueError(f"MODEL.CLIPTRASE.STANDARD_LONG_SIDE must be at least 1, got {long_side}")
+            raise ValueError(f"MODEL.CLIPTRASE.STANDARD_LONG_SIDE must be at least 1, "
+                             f"got {long_side}")
         if pamr_steps < 0 or not pamr_dilations or min(pamr_dilations) < 1:
-            raise ValueError(f"MODEL.CLIPTRASE.PAMR_STEPS must be >= 0 and PAMR_DILATIONS >= 1, got "
-                             f"{pamr_steps} and {list(pamr_dilations)}")
+            raise ValueError(f"MODEL.CLIPTRASE.PAMR_STEPS must be >= 0 and PAMR_DILATIONS >= 1, "
+                             f"got {pamr_steps} and {list(pamr_dilations)}")
         uses_peer_steps = prob_thd > 0 or area_thd > 0 or pamr_steps > 0
         if protocol == "paper" and uses_peer_steps:
-            raise ValueError("MODEL.CLIPTRASE.PROB_THD, AREA_THD and REFINE 'pamr' apply to the standard "
-                             "protocol only: set MODEL.CLIPTRASE.PROTOCOL standard or turn them off")
+            raise ValueError("MODEL.CLIPTRASE.PROB_THD, AREA_THD and REFINE 'pamr' apply to the "
+                             "standard protocol only: set MODEL.CLIPTRASE.PROTOCOL standard or "
+                             "turn them off")
         if refinement.refine == "vote" and uses_peer_steps:
-            raise ValueError("MODEL.CLIPTRASE.PROB_THD / AREA_THD need soft scores: use REFINE 'mean', "
-                             "'none' or 'pamr' instead of 'vote'")
+            raise ValueError("MODEL.CLIPTRASE.PROB_THD / AREA_THD need soft scores: use REFINE "
+                             "'mean', 'none' or 'pamr' instead of 'vote'")
 
     @property
     def device(self) -> torch.device:
@@ -297,7 +303,8 @@ class CLIPtrase(nn.Module):
         results = []
         for image, size in zip(images, sizes):
             if not scores and self._labels_from_rows:
-                results.append(Prediction(self._resized_labels(self._window_average(image), size), None))
+                labels = self._resized_labels(self._window_average(image), size)
+                results.append(Prediction(labels, None))
                 continue
             image_scores = self._sliding_window_scores(image, size)
             results.append(Prediction(image_scores.argmax(dim=0), image_scores))
@@ -322,7 +329,8 @@ class CLIPtrase(nn.Module):
             return np.ascontiguousarray(image)
         return np.asarray(resize_and_center_crop(Image.fromarray(image), self.paper_size, Image.BICUBIC))
 
-    def _predict(self, images: torch.Tensor, soft_scores: bool = True, num_classes: Optional[int] = None) -> Prediction:
+    def _predict(self, images: torch.Tensor, soft_scores: bool = True,
+                 num_classes: Optional[int] = None) -> Prediction:
         """``num_classes``: rows below it are classes, the rest background words merged into one
         (default: the vocabulary's C); the number of text rows keeps every row's scores."""
         num_classes = len(self.vocabulary.classes) if num_classes is None else num_classes
@@ -335,19 +343,23 @@ class CLIPtrase(nn.Module):
         with the one-hot of its merged labels."""
         if self.refinement.refine == "vote":
             self._check_single_names("REFINE 'vote' under the standard protocol")
-            return predict_within_memory(lambda x: self._predict(x, soft_scores=False), windows, "window").scores
+            return predict_within_memory(lambda x: self._predict(x, soft_scores=False), windows,
+                                         "window").scores
         rows = len(self.vocabulary.text_rows)
-        return predict_within_memory(lambda x: self._predict(x, soft_scores=False, num_classes=rows), windows,
-                                     "window").scores
+        def predict_rows(x):
+            return self._predict(x, soft_scores=False, num_classes=rows)
+
+        return predict_within_memory(predict_rows, windows, "window").scores
 
     def _check_single_names(self, where: str) -> None:
         if self.vocabulary.has_multiple_names:
-            raise ValueError(f"classes with several names are supported under the standard protocol with "
-                             f"REFINE 'mean', 'none' or 'pamr', not under {where}: give one name per class")
+            raise ValueError("classes with several names are supported under the standard "
+                             f"protocol with REFINE 'mean', 'none' or 'pamr', not under {where}: "
+                             "give one name per class")
 
     @property
     def _labels_from_rows(self) -> bool:
-        """Whether the labels are the argmax of the resized window scores (no PAMR, no thresholds)."""
+        """Whether the labels are the resized window scores' argmax (no PAMR, no thresholds)."""
         return self.pamr_steps == 0 and self.prob_thd == 0 and self.area_thd == 0
 
     def _rgb_uint8(self, image: torch.Tensor) -> torch.Tensor:
@@ -365,7 +377,8 @@ class CLIPtrase(nn.Module):
         if self.refinement.refine == "vote":
             return rows  # already the output classes
         if self.pamr_steps > 0:
-            guide = F.interpolate(frame[None], size=tuple(size), mode="bilinear", align_corners=False)
+            guide = F.interpolate(frame[None], size=tuple(size), mode="bilinear",
+                                  align_corners=False)
             rows = pamr(guide, rows[None], self.pamr_steps, self.pamr_dilations)[0]
         num_classes, row_classes = len(self.vocabulary.classes), self.vocabulary.row_classes
         if self.prob_thd > 0 or self.area_thd > 0:
@@ -373,12 +386,13 @@ class CLIPtrase(nn.Module):
         return merge_names(rows, row_classes, num_classes)
 
     def _resized_labels(self, rows: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-        """``_sliding_window_scores(...).argmax(0)`` without the (K, *size) scores (``resized_argmax``):
-        the rows taken background first, so that ties go where ``merge_names`` sends them."""
+        """``_sliding_window_scores(...).argmax(0)`` without the (K, *size) scores
+        (``resized_argmax``): the rows taken background first, so that ties go where
+        ``merge_names`` sends them."""
         if self.refinement.refine == "vote":
             return resized_argmax(rows, size)
         row_classes = self.vocabulary.row_classes
-        if row_classes[-1] < len(self.vocabulary.classes):  # no background words: rows in class order
+        if row_classes[-1] < len(self.vocabulary.classes):  # no background words: class order
             return torch.as_tensor(row_classes, device=rows.device)[resized_argmax(rows, size)]
         order = label_order(row_classes, len(self.vocabulary.classes))
         labels = resized_argmax(rows[order.to(rows.device)], size)
@@ -387,13 +401,16 @@ class CLIPtrase(nn.Module):
     def _standard_frame(self, image: torch.Tensor) -> torch.Tensor:
         """The image the standard protocol's windows see: mmseg's keep-ratio resize to
         (STANDARD_LONG_SIDE, STANDARD_SHORT_SIDE) with OpenCV bilinear on the uint8 pixels, then
-        CLIP's normalization. image: (3, H, W) uint8 RGB -> (3, h, w) float32 on the model's device."""
+        CLIP's normalization. image: (3, H, W) uint8 RGB -> (3, h, w) float32 on the model's
+        device."""
         size = keep_ratio_size(*image.shape[-2:], self.standard_short_side, self.standard_long_side)
         pixels = resize_linear_uint8(image.permute(1, 2, 0).cpu().numpy(), size)  # (h, w, 3)
-        frame = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device).permute(2, 0, 1).float() / 255.0
+        frame = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device)
+        frame = frame.permute(2, 0, 1).float() / 255.0
         return (frame - self.pixel_mean) / self.pixel_std
 
-    def _window_average(self, image: torch.Tensor, frame: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def _window_average(self, image: torch.Tensor,
+                        frame: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Standard protocol: the sliding-window average over ``_standard_frame(image)`` (given as
         ``frame`` when already computed). image: (3, H, W) uint8 RGB -> (R, h, w) scores of every
         text row (under "vote": (C', h, w) votes) at the resized image's resolution."""
