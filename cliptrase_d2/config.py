@@ -40,8 +40,9 @@ def add_cliptrase_config(cfg):
     c.DBSCAN_EPS = 0.0
     c.DBSCAN_MIN_SAMPLES = 0
     # Region refinement: "vote" (majority label per region, paper), "mean" (mean logits per
-    # region, soft, used inside sliding windows), "none" (raw dense prediction) or "tlp" (PEARL's
-    # text-aware Laplacian propagation of each predicted frame, no regions).
+    # region, soft, used inside sliding windows), "none" (raw dense prediction), "tlp" (PEARL's
+    # text-aware Laplacian propagation of each predicted frame, no regions) or "pamr" (none, then
+    # PAMR on the resized logits, standard protocol; PAMR_STEPS below).
     c.REFINE = "vote"
     # Region maps: upsampling factor of the patch grid before the median filter, and filter size (px).
     c.REGION_UPSAMPLE = 4
@@ -52,10 +53,25 @@ def add_cliptrase_config(cfg):
     c.PROTOCOL = "paper"
     c.PAPER_SIZE = 224
     c.STANDARD_SHORT_SIDE = 336
-    # Sliding window (standard protocol): window side and stride in pixels, windows per forward.
+    # Sliding window (standard protocol): window side (0 = the whole image) and stride in pixels,
+    # windows per forward.
     c.WINDOW_SIZE = 224
     c.WINDOW_STRIDE = 112
     c.WINDOW_BATCH = 8
+    # ---- Peer protocols (standard protocol only; docs/peer_protocols.md) ----
+    # Keep-ratio resize cap: the longer side never exceeds it (mmseg's scale (2048, short side)).
+    c.STANDARD_LONG_SIDE = 2048
+    # Windows not a multiple of the patch: zero-pad "end" (bottom/right), "even" (ClearCLIP), "none"
+    c.WINDOW_PADDING = "end"
+    # Pixels whose top class probability (softmax of scaled logits) is below it: background; 0 off.
+    c.PROB_THD = 0.0
+    # SCLIP: classes predicted on at most this fraction of non-background pixels dropped; 0 = off.
+    c.AREA_THD = 0.0
+    # REFINE "pamr": propagation steps and neighbour dilations of PAMR (NACLIP's defaults).
+    c.PAMR_STEPS = 10
+    c.PAMR_DILATIONS = [8, 16]
+    # "<head>/<benchmark>" a configs/<head>/published/ config reproduces (a benchmark it reported).
+    c.PUBLISHED = ""
     # Text-embedding cache directory; "" = ~/.cache/cliptrase_d2, "none" disables the cache.
     c.TEXT_CACHE_DIR = ""
     # Write OUTPUT_DIR/predictions/<dataset>/<image_id>.png label maps during evaluation.

@@ -1,8 +1,10 @@
 """Class names, background words and prompt templates: the benchmarks' (vocabularies.json) or
 the user's own.
 
-A vocabulary can be given as a benchmark key (``voc21``), a comma-separated list
-(``"sky, dog, frisbee"``) or a text file with one name per line.
+A vocabulary can be given as a benchmark key (``voc21``), a peer method's published list
+(``sclip/voc21``), a comma-separated list (``"sky, dog, frisbee"``) or a text file with one
+class per line. A class may have several names (``person, person in shirt``: a file line, or a
+list in vocabularies.json); its score is the maximum over its names.
 """
 import difflib
 import json
@@ -15,8 +17,8 @@ from typing import Dict, List, Sequence, Tuple
 
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
-__all__ = ["Vocabulary", "load_vocabularies", "benchmark_keys", "template_set", "resolve_vocabulary",
-           "vocabulary_of_dataset"]
+__all__ = ["Vocabulary", "load_vocabularies", "benchmark_keys", "peer_vocabulary_keys",
+           "template_set", "resolve_vocabulary", "vocabulary_of_dataset"]
 
 _VOCABULARY_FILE = os.path.join(os.path.dirname(__file__), "data", "vocabularies.json")
 
@@ -34,6 +36,13 @@ def benchmark_keys() -> List[str]:
     return sorted(load_vocabularies()["benchmarks"])
 
 
+def peer_vocabulary_keys() -> List[str]:
+    """``<peer>/<benchmark>`` of every class list a peer method published (vocabularies.json)."""
+    peers = load_vocabularies()["peer_vocabularies"]
+    return sorted(f"{peer}/{key}" for peer, entries in peers.items() if not peer.startswith("_")
+                  for key in entries)
+
+
 def template_set(name: str) -> Tuple[str, ...]:
     """Prompt templates by name: ``imagenet80`` (OpenAI's 80 ImageNet templates, as open_clip
     ships them; the paper's) or ``vild14`` (ViLD's 14, in vocabularies.json)."""
@@ -47,16 +56,27 @@ def template_set(name: str) -> Tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Vocabulary:
-    """C class names plus B background words, all merged into one background class C."""
+    """C class names plus B background words, all merged into one background class C.
+
+    ``extra_names``: empty, or per class the names it has besides its class name (a class's
+    score is the maximum over all its names, as the peer methods' multi-name class lists do).
+    """
 
     classes: Tuple[str, ...]
     background: Tuple[str, ...] = field(default=())
+    extra_names: Tuple[Tuple[str, ...], ...] = field(default=())
 
     def __post_init__(self):
+        if self.extra_names and len(self.extra_names) != len(self.classes):
+            raise ValueError(f"extra_names has {len(self.extra_names)} entries for "
+                             f"{len(self.classes)} classes: give one tuple of names per class "
+                             "(empty for a single-name class)")
         if not self.classes:
             raise ValueError("the vocabulary is empty: give at least one class name "
                              "(a benchmark key, a comma-separated list or a file with one name per line)")
-        for kind, names in (("class name", self.classes), ("background word", self.background)):
+        extra = tuple(name for names in self.extra_names for name in names)
+        for kind, names in (("class name", self.classes + extra),
+                            ("background word", self.background)):
             for name in names:
                 if not isinstance(name, str) or not name.strip():
                     raise ValueError(f"empty {kind} in the vocabulary: {list(names)!r}")
@@ -70,7 +90,7 @@ class Vocabulary:
                              "background words already form the output class 'background'; drop that "
                              "class or rename it")
         seen = {}
-        for name in self.classes + self.background:
+        for name in self.classes + extra + self.background:
             key = name.strip().lower()
             if key in seen and not self._is_benchmark_quirk(name):
                 raise ValueError(f"duplicate name {name!r} in the vocabulary (also given as {seen[key]!r}); "
@@ -80,11 +100,16 @@ class Vocabulary:
     def _is_benchmark_quirk(self, name: str) -> bool:
         # The paper's VOC21 background list has 'bed' twice; benchmark vocabularies are kept as
         # published, also when the user adds background words after them.
+        # The SCLIP/NACLIP COCO-Object lists have 'bed' as a class and as a background word.
         def published(b):
             own = tuple(b.get("background", ()))
-            return self.classes == tuple(b["classes"]) and self.background[:len(own)] == own and name in own
+            return (self.classes == tuple(_class_names(b)[0]) and self.background[:len(own)] == own
+                    and name in own)
 
-        return any(published(b) for b in load_vocabularies()["benchmarks"].values())
+        vocabularies = load_vocabularies()
+        peers = [entry for peer, entries in vocabularies["peer_vocabularies"].items()
+                 if not peer.startswith("_") for entry in entries.values()]
+        return any(published(b) for b in list(vocabularies["benchmarks"].values()) + peers)
 
     @property
     def num_classes(self) -> int:
@@ -98,8 +123,38 @@ class Vocabulary:
 
     @property
     def text_rows(self) -> Tuple[str, ...]:
-        """Names that get a text embedding: classes then background words."""
-        return self.classes + self.background
+        """Names that get a text embedding: each class's names (class name first), then
+        background words."""
+        if not self.extra_names:
+            return self.classes + self.background
+        names = (n for name, extra in zip(self.classes, self.extra_names) for n in (name,) + extra)
+        return tuple(names) + self.background
+
+    @property
+    def row_classes(self) -> Tuple[int, ...]:
+        """The output class of each text row: its class index, C for the background words."""
+        extra = self.extra_names or ((),) * len(self.classes)
+        rows = tuple(index for index, names in enumerate(extra) for _ in range(1 + len(names)))
+        return rows + (len(self.classes),) * len(self.background)
+
+    @property
+    def has_multiple_names(self) -> bool:
+        """Whether some class has more than one name."""
+        return any(self.extra_names)
+
+
+def _class_names(entry: Dict, where: str = "") -> Tuple[List[str], Tuple[Tuple[str, ...], ...]]:
+    """A vocabularies.json entry's class names and extra names: each class is a name or a list
+    of names (first the class name). ``where`` names the entry in errors."""
+    classes, extra = [], []
+    for index, item in enumerate(entry["classes"]):
+        names = [item] if isinstance(item, str) else list(item)
+        if not names or any(not isinstance(n, str) or not n.strip() for n in names):
+            raise ValueError(f"{_VOCABULARY_FILE}: {where or 'an entry'}, class {index}: empty "
+                             f"name in {item!r}; every class needs one or more non-empty names")
+        classes.append(names[0])
+        extra.append(tuple(names[1:]))
+    return classes, tuple(extra) if any(extra) else ()
 
 
 def _split_names(text: str) -> List[str]:
@@ -116,28 +171,40 @@ def _without_quirks(names: Sequence[str]) -> Tuple[str, ...]:
     return tuple(cleaned)
 
 
-def _with_background(classes: Sequence[str], own: Sequence[str], extra: Sequence[str]) -> Vocabulary:
+def _with_background(classes: Sequence[str], own: Sequence[str], extra: Sequence[str],
+                     extra_names: Tuple[Tuple[str, ...], ...] = ()) -> Vocabulary:
     """Classes with their own background words plus ``extra`` ones (those not already there)."""
     words = tuple(own) + tuple(w for w in extra if w.strip().lower() not in {o.strip().lower() for o in own})
-    return Vocabulary(tuple(classes), words)
+    return Vocabulary(tuple(classes), words, extra_names)
 
 
 def _key_form(text: str) -> str:
     return re.sub(r"[^0-9a-z]", "", text.lower())
 
 
-def _read_names(path: str) -> List[str]:
-    """One name per line; blank lines and lines starting with '#' skipped; UTF-8 (a BOM is fine)."""
+def _read_names(path: str) -> Tuple[List[str], Tuple[Tuple[str, ...], ...]]:
+    """One class per line, its names separated by commas (first the class name); blank lines
+    and lines starting with '#' skipped; UTF-8 (a BOM is fine). -> (class names, extra names)."""
     try:
         with open(path, encoding="utf-8-sig") as f:
             lines = [line.strip() for line in f]
     except UnicodeDecodeError as error:
         raise ValueError(f"vocabulary file {path} is not UTF-8 text ({error.reason} at byte {error.start}); "
                          "save it as UTF-8") from None
-    names = [line for line in lines if line and not line.startswith("#")]
-    if not names:
-        raise ValueError(f"vocabulary file {path} has no class names (one name per line)")
-    return names
+    classes, extra = [], []
+    for number, line in enumerate(lines, start=1):
+        if not line or line.startswith("#"):
+            continue
+        names = [name.strip() for name in line.split(",")]
+        if not all(names):
+            raise ValueError(f"vocabulary file {path}, line {number}: empty name in {line!r}; "
+                             "separate a class's names by single commas, e.g. "
+                             "'person, person in shirt'")
+        classes.append(names[0])
+        extra.append(tuple(names[1:]))
+    if not classes:
+        raise ValueError(f"vocabulary file {path} has no class names (one class per line)")
+    return classes, tuple(extra) if any(extra) else ()
 
 
 def _checked(vocabulary: Vocabulary, spec: str) -> Vocabulary:
@@ -160,13 +227,17 @@ def resolve_vocabulary(spec, background: Sequence[str] = (), paper_quirks: bool 
     """
     background = tuple(background)
     if isinstance(spec, Vocabulary):
-        return _with_background(spec.classes, spec.background, background) if background else spec
+        if not background:
+            return spec
+        return _with_background(spec.classes, spec.background, background, spec.extra_names)
     if isinstance(spec, (list, tuple)):
         return _checked(Vocabulary(tuple(str(n).strip() for n in spec), background), str(list(spec)))
     if not isinstance(spec, str):
         raise TypeError(f"vocabulary must be a string or a list of names, got {type(spec).__name__}")
     benchmarks = load_vocabularies()["benchmarks"]
     key = spec.strip().lower()
+    if "/" in key and not os.path.exists(spec):
+        return _peer_vocabulary(key, background)
     if key in benchmarks:
         entry = benchmarks[key]
         classes, words = tuple(entry["classes"]), tuple(entry.get("background", ()))
@@ -174,9 +245,9 @@ def resolve_vocabulary(spec, background: Sequence[str] = (), paper_quirks: bool 
             classes, words = _without_quirks(classes), _without_quirks(words)
         return _with_background(classes, words, background)
     if os.path.isfile(spec):  # said in the log: a one-word spec may be a file in the working directory
-        names = _read_names(spec)
-        logger.info("vocabulary: %d class names from the file %s", len(names), os.path.abspath(spec))
-        return _checked(Vocabulary(tuple(names), background), spec)
+        names, extra_names = _read_names(spec)
+        logger.info("vocabulary: %d classes from the file %s", len(names), os.path.abspath(spec))
+        return _checked(Vocabulary(tuple(names), background, extra_names), spec)
     if "," not in spec and (spec.endswith(".txt") or os.sep in spec):
         raise FileNotFoundError(f"vocabulary file {spec} does not exist")
     names = _split_names(spec)
@@ -208,3 +279,16 @@ def vocabulary_of_dataset(name: str, paper_quirks: bool = False) -> Vocabulary:
         raise ValueError(f"dataset {name!r} has neither 'vocabulary' nor 'stuff_classes' in its metadata: "
                          "set MODEL.CLIPTRASE.VOCABULARY, or register the dataset with its class names")
     return resolve_vocabulary(spec, (), paper_quirks)
+
+
+def _peer_vocabulary(key: str, background: Sequence[str]) -> Vocabulary:
+    """``<peer>/<benchmark>``: the class names (several per class) and background words the
+    peer's released code uses on that benchmark (vocabularies.json, 'peer_vocabularies')."""
+    peers = load_vocabularies()["peer_vocabularies"]
+    peer, _, benchmark = key.partition("/")
+    if peer not in peers or peer.startswith("_") or benchmark not in peers[peer]:
+        raise ValueError(f"no published vocabulary {key!r}: the peer methods' lists are "
+                         f"{', '.join(peer_vocabulary_keys())}")
+    entry = peers[peer][benchmark]
+    classes, extra_names = _class_names(entry, f"peer_vocabularies/{key}")
+    return _with_background(classes, entry.get("background", ()), background, extra_names)

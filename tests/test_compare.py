@@ -86,3 +86,37 @@ def test_a_failing_run_keeps_the_finished_cells(tmp_path, monkeypatch):
     with open(tmp_path / "compare.csv") as f:
         rows = list(csv.reader(f))
     assert rows[1] == ["cliptrase", "50.00", "-", "0.250", "-"] and rows[2] == ["clip", "50.00", "-", "0.250", "-"]
+
+
+def test_second_table_runs_each_peer_under_its_published_setting(tmp_path, monkeypatch):
+    """Peers only, on the benchmarks they reported, each with its configs/<head>/published file."""
+    seen = []
+
+    def evaluate(head, dataset, args):
+        return 40.0, 0.5
+
+    def evaluate_published(head, dataset, args):
+        seen.append((head, dataset, compare.published_config(head, dataset)))
+        return {"sclip": 61.5, "naclip": 58.25}[head], 1.0
+
+    monkeypatch.setattr(compare, "evaluate", evaluate)
+    monkeypatch.setattr(compare, "evaluate_published", evaluate_published)
+    args = compare.get_parser().parse_args([
+        "--config-file", os.path.join(REPO, "configs", "standard", "Base-standard.yaml"),
+        "--heads", "cliptrase,sclip,naclip", "--datasets", "cliptrase_fixtures_voc21",
+        "--output", str(tmp_path)])
+    cells = compare.main(args)
+    published = os.path.join(REPO, "configs", "{}", "published", "voc21.yaml")
+    assert seen == [(h, "cliptrase_fixtures_voc21", published.format(h))
+                    for h in ("sclip", "naclip")]
+    assert cells["published", "sclip", "cliptrase_fixtures_voc21"] == (61.5, 1.0)
+    with open(tmp_path / "compare_published.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows == [["head", "cliptrase_fixtures_voc21 mIoU", "cliptrase_fixtures_voc21 s/img"],
+                    ["sclip", "61.50", "1.000"], ["naclip", "58.25", "1.000"]]
+    markdown = (tmp_path / "compare_published.md").read_text()
+    assert markdown.startswith("Each peer under its authors' published")
+    with open(tmp_path / "compare.csv") as f:
+        assert [r[0] for r in csv.reader(f)] == ["head", "cliptrase", "sclip", "naclip"]
+    assert compare.published_config("cliptrase", "cliptrase_fixtures_voc21") is None
+    assert compare.published_config("sclip", "cliptrase_fixtures_pc59") is not None

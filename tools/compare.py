@@ -11,6 +11,12 @@ By default CLIPtrase keeps the config's refinement and the other heads run as th
 run them, without refinement; --refine vote|mean|none applies one refinement to every head.
 Time per image is wall-clock inference time (text embeddings computed beforehand) divided by
 the number of images, with all processes working in parallel.
+
+Two tables: compare.{md,csv} holds every head under the config's protocol (with
+configs/standard/Base-standard.yaml: the peers' common protocol, apples to apples), and
+compare_published.{md,csv} each peer head under its authors' published setting
+(configs/<head>/published/<benchmark>.yaml, to hold against its paper) on the datasets whose
+benchmark it reported; --no-published skips the second.
 """
 import argparse
 import csv
@@ -21,17 +27,20 @@ import sys
 import time
 
 import cliptrase_d2  # noqa: F401  (first: detectron2 0.6 shims, registrations)
-from detectron2.data import DatasetCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from cliptrase_d2.clip_loading import WeightsError
+from cliptrase_d2.config import load_config
 from cliptrase_d2.engine import launch
 from cliptrase_d2.engine.launch import WorkerError
-from cliptrase_d2.config import load_config
 from cliptrase_d2.engine.trainer import Trainer
 from cliptrase_d2.evaluation.results_io import atomic_write_text
 from cliptrase_d2.method.heads import HEADS
+from cliptrase_d2.vocabulary import peer_vocabulary_keys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 logger = logging.getLogger("cliptrase_d2.compare")
 
@@ -45,6 +54,8 @@ def get_parser():
     parser.add_argument("--refine", choices=["default", "vote", "mean", "none", "tlp"],
                         default="default")
     parser.add_argument("--output", default="output/compare", help="folder for compare.md and compare.csv")
+    parser.add_argument("--no-published", action="store_true",
+                        help="skip the second table (peer heads under their published settings)")
     parser.add_argument("--num-gpus", type=int, default=1, help="processes (GPUs, or CPU processes without CUDA)")
     parser.add_argument("--num-machines", type=int, default=1)
     parser.add_argument("--machine-rank", type=int, default=0)
@@ -70,6 +81,27 @@ def evaluate(head: str, dataset: str, args):
     """(mIoU, seconds per image) of one head on one dataset; only the main process gets numbers."""
     cfg = load_config(args.config_file, list(args.opts) + head_opts(head, args.refine) + [
         "DATASETS.TEST", f"('{dataset}',)", "OUTPUT_DIR", os.path.join(args.output, head)])
+    return timed_test(cfg, dataset)
+
+
+def published_config(head: str, dataset: str):
+    """configs/<head>/published/<benchmark>.yaml for the dataset's benchmark, or None when the
+    head's authors did not report that benchmark (or the head is not a peer's)."""
+    benchmark = MetadataCatalog.get(dataset).get("vocabulary", None)
+    if not isinstance(benchmark, str) or f"{head}/{benchmark}" not in peer_vocabulary_keys():
+        return None
+    return os.path.join(REPO, "configs", head, "published", f"{benchmark}.yaml")
+
+
+def evaluate_published(head: str, dataset: str, args):
+    """(mIoU, seconds per image) of a peer head under its published setting for the dataset."""
+    output = os.path.join(args.output, "published", head)
+    cfg = load_config(published_config(head, dataset), list(args.opts) + [
+        "DATASETS.TEST", f"('{dataset}',)", "OUTPUT_DIR", output])
+    return timed_test(cfg, dataset)
+
+
+def timed_test(cfg, dataset: str):
     model = Trainer.build_model(cfg)
     model.text_embeddings(model.vocabulary_for({"dataset_name": dataset}))  # encoded before timing
     comm.synchronize()
@@ -83,7 +115,7 @@ def evaluate(head: str, dataset: str, args):
     return results["sem_seg"]["mIoU"], seconds / max(images, 1)  # one dataset: not keyed by name
 
 
-def tables(heads, datasets, cells, num_processes):
+def tables(heads, datasets, cells, num_processes, title: str = ""):
     """Markdown and CSV; a cell not evaluated yet is '-' (the table is rewritten after each run)."""
     def cell(h, d, index, form):
         return format(cells[h, d][index], form) if (h, d) in cells else "-"
@@ -91,7 +123,8 @@ def tables(heads, datasets, cells, num_processes):
     header = ["head"] + [f"{d} mIoU" for d in datasets] + [f"{d} s/img" for d in datasets]
     rows = [[h] + [cell(h, d, 0, ".2f") for d in datasets] + [cell(h, d, 1, ".3f") for d in datasets]
             for h in heads]
-    markdown = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    markdown = "\n".join(([title, ""] if title else [])
+                         + ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
                          + ["| " + " | ".join(r) + " |" for r in rows])
     markdown += f"\n\nTime per image: wall-clock inference of the whole dataset / images, {num_processes} process(es).\n"
     buffer = io.StringIO()
@@ -113,6 +146,30 @@ def main(args):
                 atomic_write_text(os.path.join(args.output, "compare.csv"), table)
     if comm.is_main_process():
         logger.info("comparison written to %s/compare.{md,csv}:\n%s", args.output, markdown)
+    if not args.no_published:
+        published = run_published(heads, datasets, args)
+        return {**cells, **{("published", *key): value for key, value in published.items()}}
+    return cells
+
+
+def run_published(heads, datasets, args):
+    """The second table: every peer head under its published setting, on the datasets of the
+    benchmarks it reported ('-' elsewhere); compare_published.{md,csv}."""
+    peers = [h for h in heads if any(published_config(h, d) for d in datasets)]
+    cells = {}
+    title = "Each peer under its authors' published setting (configs/<head>/published/)"
+    for dataset in datasets:
+        for head in peers:
+            if published_config(head, dataset) is None:
+                continue
+            cells[head, dataset] = evaluate_published(head, dataset, args)
+            if comm.is_main_process():
+                markdown, table = tables(peers, datasets, cells, comm.get_world_size(), title)
+                atomic_write_text(os.path.join(args.output, "compare_published.md"), markdown)
+                atomic_write_text(os.path.join(args.output, "compare_published.csv"), table)
+    if cells and comm.is_main_process():
+        logger.info("published settings written to %s/compare_published.{md,csv}:\n%s",
+                    args.output, markdown)
     return cells
 
 

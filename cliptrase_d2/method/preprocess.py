@@ -1,10 +1,12 @@
-"""Paper-protocol image preparation (SPEC section 9): resize the shorter side, center-crop a square.
+"""Image preparation: the paper protocol's resize and center crop (SPEC section 9), and the
+standard protocol's keep-ratio resize (mmseg's, as the peer methods evaluate).
 
 The same geometry is applied to an image (bicubic) and to its ground truth (nearest), so the
 evaluated frame of a prediction and of its label map always agree.
 """
 from typing import Tuple
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -44,3 +46,24 @@ def to_clip_tensor(image: Image.Image) -> torch.Tensor:
     mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
     std = torch.tensor(CLIP_STD).view(3, 1, 1)
     return (tensor - mean) / std
+
+
+def keep_ratio_size(height: int, width: int, short_side: int,
+                    long_side: int = 2048) -> Tuple[int, int]:
+    """(new_height, new_width) of mmseg's keep-ratio ``Resize`` to scale (long_side, short_side):
+    factor min(long_side / longer side, short_side / shorter side), each side
+    ``int(x * factor + 0.5)`` (half rounds up). E.g. 448 x 454 -> 336 x 341 and
+    200 x 1300 -> 315 x 2048."""
+    factor = min(long_side / max(height, width), short_side / min(height, width))
+    return int(height * factor + 0.5), int(width * factor + 0.5)
+
+
+def resize_linear_uint8(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """OpenCV ``INTER_LINEAR`` resize of an (H, W, C) uint8 image to ``size`` = (h, w), as mmcv's
+    ``imresize`` does (rounded back to uint8)."""
+    if image.dtype != np.uint8:
+        raise ValueError(f"resize_linear_uint8 expects a uint8 image, got {image.dtype}")
+    if tuple(image.shape[:2]) == tuple(size):
+        return image
+    return cv2.resize(np.ascontiguousarray(image), (size[1], size[0]),
+                      interpolation=cv2.INTER_LINEAR)

@@ -15,13 +15,17 @@ from PIL import Image
 from torch import nn
 
 from ..method.heads import get_head, resolve_logit_scale
+from ..method.pamr import pamr
 from ..method.pipeline import Prediction, RefinementSettings, predict
 from ..method.refinement import resize_maps, resized_argmax
-from ..method.preprocess import CLIP_MEAN, CLIP_STD, resize_and_center_crop, to_clip_tensor
-from ..method.sliding import sliding_window
+from ..method.preprocess import (CLIP_MEAN, CLIP_STD, keep_ratio_size, resize_and_center_crop,
+                                 resize_linear_uint8, to_clip_tensor)
+from ..method.sliding import PADDINGS, sliding_window
 from ..method.text import text_embeddings
+from ..method.thresholds import check_threshold, label_order, merge_names, threshold_scores
 from ..errors import ConfigError
-from ..vocabulary import Vocabulary, resolve_vocabulary, template_set, vocabulary_of_dataset
+from ..vocabulary import (Vocabulary, peer_vocabulary_keys, resolve_vocabulary, template_set,
+                          vocabulary_of_dataset)
 
 __all__ = ["CLIPtrase", "PROTOCOLS", "dbscan_for_grid"]
 
@@ -78,6 +82,20 @@ def _report_unused_settings(head: str, refinement: RefinementSettings) -> None:
 PROTOCOLS = ("paper", "standard")
 
 
+def _published_setting(cfg) -> str:
+    """MODEL.CLIPTRASE.PUBLISHED checked: a benchmark the configured peer head reported."""
+    published, head = cfg.MODEL.CLIPTRASE.PUBLISHED, cfg.MODEL.CLIPTRASE.HEAD
+    if not published:
+        return ""
+    reported = [key for key in peer_vocabulary_keys() if key.startswith(f"{head}/")]
+    if published not in reported:
+        raise ValueError(f"MODEL.CLIPTRASE.PUBLISHED {published!r}: head {head!r} has no published "
+                         f"setting for that benchmark; its published settings are "
+                         f"{', '.join(reported) or 'none'} "
+                         "(configs/<head>/published/<benchmark>.yaml)")
+    return published
+
+
 @META_ARCH_REGISTRY.register()
 class CLIPtrase(nn.Module):
     """Training-free open-vocabulary semantic segmentation with a recalibrated CLIP.
@@ -109,7 +127,10 @@ class CLIPtrase(nn.Module):
                  refinement: RefinementSettings = RefinementSettings(), protocol: str = "paper",
                  paper_size: int = 224, standard_short_side: int = 336, window_size: int = 224,
                  window_stride: int = 112, window_batch: int = 8, input_format: str = "RGB",
-                 paper_vocabulary_quirks: bool = False, text_cache=None, cached_vocabularies: int = 8):
+                 paper_vocabulary_quirks: bool = False, text_cache=None, cached_vocabularies: int = 8,
+                 standard_long_side: int = 2048, window_padding: str = "end",
+                 prob_thd: float = 0.0, area_thd: float = 0.0, pamr_steps: int = 0,
+                 pamr_dilations: Sequence[int] = (8, 16)):
         super().__init__()
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r} (MODEL.CLIPTRASE.PROTOCOL); choose one of {PROTOCOLS}")
@@ -118,11 +139,17 @@ class CLIPtrase(nn.Module):
         patch = max(clip_model.visual.conv1.kernel_size)
         for key, value, least in (("PAPER_SIZE", paper_size, patch),
                                   ("STANDARD_SHORT_SIDE", standard_short_side, patch),
-                                  ("WINDOW_SIZE", window_size, patch), ("WINDOW_STRIDE", window_stride, 1),
+                                  ("WINDOW_SIZE", window_size or patch, patch),  # 0: whole image
+                                  ("WINDOW_STRIDE", window_stride, 1),
                                   ("WINDOW_BATCH", window_batch, 1)):
             if value < least:
                 raise ValueError(f"MODEL.CLIPTRASE.{key} must be at least {least}"
                                  f"{' (one CLIP patch)' if least == patch > 1 else ''}, got {value}")
+        self._check_standard_settings(protocol, standard_long_side, window_padding, prob_thd,
+                                      area_thd, pamr_steps, pamr_dilations, refinement)
+        self.standard_long_side, self.window_padding = standard_long_side, window_padding
+        self.prob_thd, self.area_thd = prob_thd, area_thd
+        self.pamr_steps, self.pamr_dilations = pamr_steps, tuple(pamr_dilations)
         self.clip_model = clip_model
         self.tokenizer = tokenizer
         self.templates = tuple(templates)
@@ -156,6 +183,7 @@ class CLIPtrase(nn.Module):
         from ..text_cache import TextEmbeddingCache
 
         c = cfg.MODEL.CLIPTRASE
+        _published_setting(cfg)
         clip_model = build_clip(c.CLIP_MODEL, cfg.MODEL.WEIGHTS or "openai", precision=c.PRECISION)
         patch = clip_model.visual.conv1.kernel_size[0]
         input_side = c.PAPER_SIZE if c.PROTOCOL == "paper" else c.WINDOW_SIZE
@@ -170,7 +198,8 @@ class CLIPtrase(nn.Module):
             "head": c.HEAD,
             "logit_scale": c.LOGIT_SCALE,
             "refinement": RefinementSettings(
-                refine=c.REFINE, dbscan_eps=c.DBSCAN_EPS if c.DBSCAN_EPS != 0 else auto_eps,
+                refine="none" if c.REFINE == "pamr" else c.REFINE,
+                dbscan_eps=c.DBSCAN_EPS if c.DBSCAN_EPS != 0 else auto_eps,
                 dbscan_min_samples=c.DBSCAN_MIN_SAMPLES if c.DBSCAN_MIN_SAMPLES != 0 else auto_min_samples,
                 region_upsample=c.REGION_UPSAMPLE, median_size=c.MEDIAN_SIZE,
                 image_logit_weighting=c.IMAGE_LOGIT_WEIGHTING),
@@ -184,7 +213,37 @@ class CLIPtrase(nn.Module):
             "paper_vocabulary_quirks": c.PAPER_VOCABULARY_QUIRKS,
             "text_cache": TextEmbeddingCache.from_setting(c.TEXT_CACHE_DIR, c.CLIP_MODEL, cfg.MODEL.WEIGHTS or "openai",
                                                            c.PRECISION),
+            "standard_long_side": c.STANDARD_LONG_SIDE,
+            "window_padding": c.WINDOW_PADDING,
+            "prob_thd": c.PROB_THD,
+            "area_thd": c.AREA_THD,
+            "pamr_steps": c.PAMR_STEPS if c.REFINE == "pamr" else 0,
+            "pamr_dilations": tuple(c.PAMR_DILATIONS),
         }
+
+    @staticmethod
+    def _check_standard_settings(protocol, long_side, padding, prob_thd, area_thd, pamr_steps,
+                                 pamr_dilations, refinement) -> None:
+        """Rejects standard-protocol settings out of range or that the protocol cannot honour."""
+        check_threshold(prob_thd, "MODEL.CLIPTRASE.PROB_THD")
+        check_threshold(area_thd, "MODEL.CLIPTRASE.AREA_THD")
+        if padding not in PADDINGS:
+            raise ValueError(f"MODEL.CLIPTRASE.WINDOW_PADDING {padding!r}: choose one of "
+                             f"{', '.join(PADDINGS)}")
+        if long_side < 1:
+            raise ValueError(f"MODEL.CLIPTRASE.STANDARD_LONG_SIDE must be at least 1, "
+                             f"got {long_side}")
+        if pamr_steps < 0 or not pamr_dilations or min(pamr_dilations) < 1:
+            raise ValueError(f"MODEL.CLIPTRASE.PAMR_STEPS must be >= 0 and PAMR_DILATIONS >= 1, "
+                             f"got {pamr_steps} and {list(pamr_dilations)}")
+        uses_peer_steps = prob_thd > 0 or area_thd > 0 or pamr_steps > 0
+        if protocol == "paper" and uses_peer_steps:
+            raise ValueError("MODEL.CLIPTRASE.PROB_THD, AREA_THD and REFINE 'pamr' apply to the "
+                             "standard protocol only: set MODEL.CLIPTRASE.PROTOCOL standard or "
+                             "turn them off")
+        if refinement.refine == "vote" and uses_peer_steps:
+            raise ValueError("MODEL.CLIPTRASE.PROB_THD / AREA_THD need soft scores: use REFINE "
+                             "'mean', 'none' or 'pamr' instead of 'vote'")
 
     @property
     def device(self) -> torch.device:
@@ -286,6 +345,7 @@ class CLIPtrase(nn.Module):
         150 classes would be 7 GB.
         """
         if self.protocol == "paper":
+            self._check_single_names(vocabulary, "the paper protocol")
             soft_scores = soft_scores and scores
             batch = torch.stack([to_clip_tensor(Image.fromarray(self.evaluated_frame(im))) for im in images])
             prediction = predict_within_memory(lambda x: self._predict(x, vocabulary, soft_scores),
@@ -294,11 +354,14 @@ class CLIPtrase(nn.Module):
         sizes = sizes or [tuple(im.shape[-2:]) for im in images]
         results = []
         for image, size in zip(images, sizes):
-            if not scores:
-                results.append(Prediction(resized_argmax(self._window_average(image, vocabulary), size), None))
+            if not scores and self._labels_from_rows:
+                labels = self._resized_labels(self._window_average(image, vocabulary), size, vocabulary)
+                results.append(Prediction(labels, None))
                 continue
             image_scores = self._sliding_window_scores(image, size, vocabulary)
             results.append(Prediction(image_scores.argmax(dim=0), image_scores))
+        if not scores:
+            results = [Prediction(result.labels, None) for result in results]
         return results
 
     def check_image_size(self, size: Tuple[int, int], name: str) -> None:
@@ -318,14 +381,40 @@ class CLIPtrase(nn.Module):
             return np.ascontiguousarray(image)
         return np.asarray(resize_and_center_crop(Image.fromarray(image), self.paper_size, Image.BICUBIC))
 
-    def _predict(self, images: torch.Tensor, vocabulary: Vocabulary, soft_scores: bool = True) -> Prediction:
-        return predict(self.clip_model.visual, self.head, self.text_embeddings(vocabulary), len(vocabulary.classes),
+    def _predict(self, images: torch.Tensor, vocabulary: Vocabulary, soft_scores: bool = True,
+                 num_classes: Optional[int] = None) -> Prediction:
+        """``num_classes``: rows below it are classes, the rest background words merged into one
+        (default: the vocabulary's C); the number of text rows keeps every row's scores."""
+        num_classes = len(vocabulary.classes) if num_classes is None else num_classes
+        return predict(self.clip_model.visual, self.head, self.text_embeddings(vocabulary), num_classes,
                        images, self.refinement, self.logit_scale, soft_scores=soft_scores)
 
     def _window_scores(self, windows: torch.Tensor, vocabulary: Vocabulary) -> torch.Tensor:
-        # Under "vote" each window votes with the one-hot of its labels.
-        return predict_within_memory(lambda x: self._predict(x, vocabulary, soft_scores=False), windows,
-                                     "window").scores
+        """(N, 3, h, w) -> (N, R, h, w) scores of every text row (names and background words,
+        merged after averaging and resizing); under "vote" (N, C', h, w), each window voting
+        with the one-hot of its merged labels."""
+        if self.refinement.refine == "vote":
+            self._check_single_names(vocabulary, "REFINE 'vote' under the standard protocol")
+            return predict_within_memory(lambda x: self._predict(x, vocabulary, soft_scores=False), windows,
+                                         "window").scores
+        rows = len(vocabulary.text_rows)
+
+        def predict_rows(x):
+            return self._predict(x, vocabulary, soft_scores=False, num_classes=rows)
+
+        return predict_within_memory(predict_rows, windows, "window").scores
+
+    @staticmethod
+    def _check_single_names(vocabulary: Vocabulary, where: str) -> None:
+        if vocabulary.has_multiple_names:
+            raise ValueError("classes with several names are supported under the standard "
+                             f"protocol with REFINE 'mean', 'none' or 'pamr', not under {where}: "
+                             "give one name per class")
+
+    @property
+    def _labels_from_rows(self) -> bool:
+        """Whether the labels are the resized window scores' argmax (no PAMR, no thresholds)."""
+        return self.pamr_steps == 0 and self.prob_thd == 0 and self.area_thd == 0
 
     def _rgb_uint8(self, image: torch.Tensor) -> torch.Tensor:
         if image.dim() != 3 or image.shape[0] != 3:
@@ -334,19 +423,55 @@ class CLIPtrase(nn.Module):
 
     def _sliding_window_scores(self, image: torch.Tensor, size: Tuple[int, int],
                                vocabulary: Vocabulary) -> torch.Tensor:
-        """Standard protocol: the window scores resized to ``size``. image: (3, H, W) uint8 RGB -> (K, *size)."""
-        return resize_maps(self._window_average(image, vocabulary), size)
+        """Standard protocol (the peers' order): the window scores of every name, averaged,
+        resized to ``size``, refined by PAMR (REFINE 'pamr'), then the maximum over each class's
+        names, or the peers' thresholds on the class probabilities when PROB_THD / AREA_THD > 0.
+        image: (3, H, W) uint8 RGB -> (K, *size)."""
+        frame = self._standard_frame(image)
+        rows = resize_maps(self._window_average(image, vocabulary, frame), size)  # (R, *size)
+        if self.refinement.refine == "vote":
+            return rows  # already the output classes
+        if self.pamr_steps > 0:
+            guide = F.interpolate(frame[None], size=tuple(size), mode="bilinear",
+                                  align_corners=False)
+            rows = pamr(guide, rows[None], self.pamr_steps, self.pamr_dilations)[0]
+        num_classes, row_classes = len(vocabulary.classes), vocabulary.row_classes
+        if self.prob_thd > 0 or self.area_thd > 0:
+            return threshold_scores(rows, row_classes, num_classes, self.prob_thd, self.area_thd)
+        return merge_names(rows, row_classes, num_classes)
 
-    def _window_average(self, image: torch.Tensor, vocabulary: Vocabulary) -> torch.Tensor:
-        """Standard protocol: shorter side to ``standard_short_side`` (bilinear), sliding window.
-        image: (3, H, W) uint8 RGB -> (K, h, w) scores at the resized image's resolution."""
-        image = image.to(self.device, torch.float32) / 255.0
-        height, width = image.shape[-2:]
-        scale = self.standard_short_side / min(height, width)
-        resized = (max(1, round(height * scale)), max(1, round(width * scale)))
-        image = F.interpolate(image[None], size=resized, mode="bilinear", align_corners=False)[0]
-        image = (image - self.pixel_mean) / self.pixel_std
+    def _resized_labels(self, rows: torch.Tensor, size: Tuple[int, int],
+                        vocabulary: Vocabulary) -> torch.Tensor:
+        """``_sliding_window_scores(...).argmax(0)`` without the (K, *size) scores
+        (``resized_argmax``): the rows taken background first, so that ties go where
+        ``merge_names`` sends them."""
+        if self.refinement.refine == "vote":
+            return resized_argmax(rows, size)
+        row_classes = vocabulary.row_classes
+        if row_classes[-1] < len(vocabulary.classes):  # no background words: class order
+            return torch.as_tensor(row_classes, device=rows.device)[resized_argmax(rows, size)]
+        order = label_order(row_classes, len(vocabulary.classes))
+        labels = resized_argmax(rows[order.to(rows.device)], size)
+        return torch.as_tensor(row_classes, device=rows.device)[order.to(rows.device)][labels]
+
+    def _standard_frame(self, image: torch.Tensor) -> torch.Tensor:
+        """The image the standard protocol's windows see: mmseg's keep-ratio resize to
+        (STANDARD_LONG_SIDE, STANDARD_SHORT_SIDE) with OpenCV bilinear on the uint8 pixels, then
+        CLIP's normalization. image: (3, H, W) uint8 RGB -> (3, h, w) float32 on the model's
+        device."""
+        size = keep_ratio_size(*image.shape[-2:], self.standard_short_side, self.standard_long_side)
+        pixels = resize_linear_uint8(image.permute(1, 2, 0).cpu().numpy(), size)  # (h, w, 3)
+        frame = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device)
+        frame = frame.permute(2, 0, 1).float() / 255.0
+        return (frame - self.pixel_mean) / self.pixel_std
+
+    def _window_average(self, image: torch.Tensor, vocabulary: Vocabulary,
+                        frame: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Standard protocol: the sliding-window average over ``_standard_frame(image)`` (given as
+        ``frame`` when already computed). image: (3, H, W) uint8 RGB -> (R, h, w) scores of every
+        text row (under "vote": (C', h, w) votes) at the resized image's resolution."""
+        frame = self._standard_frame(image) if frame is None else frame
         patch = self.clip_model.visual.conv1.kernel_size[0]
-        return sliding_window(image, lambda windows: self._window_scores(windows, vocabulary),
+        return sliding_window(frame, lambda windows: self._window_scores(windows, vocabulary),
                               self.window_size, self.window_stride,
-                              self.window_batch, multiple=patch)  # (K, h, w)
+                              self.window_batch, multiple=patch, padding=self.window_padding)
