@@ -17,6 +17,7 @@ from PIL import Image, ImageOps
 
 from .data.image_io import read_rgb, to_rgb
 from .vocabulary import Vocabulary
+from .errors import InputError
 
 __all__ = ["Segmenter", "SegmentationResult", "load_image"]
 
@@ -32,7 +33,7 @@ def load_image(image: ImageLike) -> np.ndarray:
         return np.asarray(to_rgb(ImageOps.exif_transpose(image)))
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"an image array must be (H, W, 3) uint8 RGB, got shape {image.shape} "
+            raise InputError(f"an image array must be (H, W, 3) uint8 RGB, got shape {image.shape} "
                              f"dtype {image.dtype}")
         return np.ascontiguousarray(image)
     raise TypeError(f"cannot segment a {type(image).__name__}: give a path, a PIL image or an (H, W, 3) uint8 array")

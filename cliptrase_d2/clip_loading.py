@@ -54,6 +54,8 @@ from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Tup
 
 import open_clip
 import torch
+
+from .errors import UserError
 from open_clip.factory import load_state_dict
 
 from .torchscript_archive import ArchiveError, pickled_code, read_torchscript, torchscript_root
@@ -76,7 +78,7 @@ FETCH_TOOL = "tools/fetch_weights.py"
 NETWORK_PROBE_SECONDS = 3.0
 
 
-class WeightsError(RuntimeError):
+class WeightsError(UserError, RuntimeError):
     """A model or weights value that cannot be used; the message names it and how to fix it."""
 
 

@@ -6,6 +6,7 @@ import logging
 import torch
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
+from .errors import UnknownNameError
 
 __all__ = ["add_cliptrase_config", "load_config", "resolve_device"]
 
@@ -97,7 +98,7 @@ def _merge(cfg, merge, source: str):
         unknown = message.split(":")[-1].strip()
         close = difflib.get_close_matches(unknown, list(_all_keys(cfg)), n=3, cutoff=0.6)
         hint = f" Did you mean {' or '.join(close)}?" if close else " See cliptrase_d2/config.py for the keys."
-        raise KeyError(f"{source}: unknown config key {unknown!r}.{hint}") from None
+        raise UnknownNameError(f"{source}: unknown config key {unknown!r}.{hint}") from None
 
 
 def load_config(config_file: str = "", opts=(), resolve: bool = True) -> CN:

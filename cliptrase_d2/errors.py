@@ -10,7 +10,7 @@ Each concrete error also derives from the builtin a caller would expect (``Value
 """
 
 __all__ = ["UserError", "ConfigError", "InputError", "MissingFileError", "OutputError",
-           "UnknownNameError"]
+           "UnknownNameError", "OutputExistsError", "OutputNotWritableError"]
 
 
 class UserError(Exception):
@@ -38,3 +38,11 @@ class OutputError(UserError, OSError):
 
 class UnknownNameError(UserError, KeyError):
     """A name that is not known: a config key, a dataset, a head (the message lists the known ones)."""
+
+
+class OutputExistsError(OutputError, FileExistsError):
+    """An output file already exists (or would replace an input) and replacing it was not asked for."""
+
+
+class OutputNotWritableError(OutputError, PermissionError):
+    """An output folder cannot be created or written."""

@@ -14,6 +14,7 @@ import tempfile
 from typing import Callable, Optional, Sequence
 
 import torch
+from .errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class TextEmbeddingCache:
             entry = torch.load(path, map_location="cpu", weights_only=True)
             embeddings = entry["embeddings"]
             if not isinstance(embeddings, torch.Tensor) or embeddings.dim() != 2 or embeddings.shape[0] != num_names:
-                raise ValueError(f"unexpected shape {getattr(embeddings, 'shape', None)}")
+                raise InputError(f"unexpected shape {getattr(embeddings, 'shape', None)}")
             return embeddings
         except Exception as error:  # any unreadable entry is recomputed, never trusted
             logger.warning("ignoring unreadable text-embedding cache entry %s (%s); recomputing", path, error)

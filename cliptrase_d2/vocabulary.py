@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import Dict, List, Sequence, Tuple
 
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+from .errors import InputError, MissingFileError, UnknownNameError
 
 __all__ = ["Vocabulary", "load_vocabularies", "benchmark_keys", "peer_vocabulary_keys",
            "template_set", "resolve_vocabulary", "vocabulary_of_dataset"]
@@ -49,7 +50,7 @@ def template_set(name: str) -> Tuple[str, ...]:
     templates = dict(load_vocabularies()["templates"])
     templates["imagenet80"] = [template("{}") for template in OPENAI_IMAGENET_TEMPLATES]
     if name not in templates:
-        raise ValueError(f"unknown template set {name!r} (MODEL.CLIPTRASE.TEMPLATES); "
+        raise InputError(f"unknown template set {name!r} (MODEL.CLIPTRASE.TEMPLATES); "
                          f"choose one of {sorted(templates)}")
     return tuple(templates[name])
 
@@ -68,32 +69,32 @@ class Vocabulary:
 
     def __post_init__(self):
         if self.extra_names and len(self.extra_names) != len(self.classes):
-            raise ValueError(f"extra_names has {len(self.extra_names)} entries for "
+            raise InputError(f"extra_names has {len(self.extra_names)} entries for "
                              f"{len(self.classes)} classes: give one tuple of names per class "
                              "(empty for a single-name class)")
         if not self.classes:
-            raise ValueError("the vocabulary is empty: give at least one class name "
+            raise InputError("the vocabulary is empty: give at least one class name "
                              "(a benchmark key, a comma-separated list or a file with one name per line)")
         extra = tuple(name for names in self.extra_names for name in names)
         for kind, names in (("class name", self.classes + extra),
                             ("background word", self.background)):
             for name in names:
                 if not isinstance(name, str) or not name.strip():
-                    raise ValueError(f"empty {kind} in the vocabulary: {list(names)!r}")
+                    raise InputError(f"empty {kind} in the vocabulary: {list(names)!r}")
                 try:
                     name.encode("utf-8")
                 except UnicodeEncodeError:
-                    raise ValueError(f"{kind} {name!r} is not valid text (undecodable bytes, e.g. from a "
+                    raise InputError(f"{kind} {name!r} is not valid text (undecodable bytes, e.g. from a "
                                      "terminal in another encoding): write it in UTF-8") from None
         if self.background and "background" in (name.strip().lower() for name in self.classes):
-            raise ValueError("a class is named 'background' and background words are given too: the "
+            raise InputError("a class is named 'background' and background words are given too: the "
                              "background words already form the output class 'background'; drop that "
                              "class or rename it")
         seen = {}
         for name in self.classes + extra + self.background:
             key = name.strip().lower()
             if key in seen and not self._is_benchmark_quirk(name):
-                raise ValueError(f"duplicate name {name!r} in the vocabulary (also given as {seen[key]!r}); "
+                raise InputError(f"duplicate name {name!r} in the vocabulary (also given as {seen[key]!r}); "
                                  "each class must appear once: remove or rename one of them")
             seen[key] = name
 
@@ -150,7 +151,7 @@ def _class_names(entry: Dict, where: str = "") -> Tuple[List[str], Tuple[Tuple[s
     for index, item in enumerate(entry["classes"]):
         names = [item] if isinstance(item, str) else list(item)
         if not names or any(not isinstance(n, str) or not n.strip() for n in names):
-            raise ValueError(f"{_VOCABULARY_FILE}: {where or 'an entry'}, class {index}: empty "
+            raise InputError(f"{_VOCABULARY_FILE}: {where or 'an entry'}, class {index}: empty "
                              f"name in {item!r}; every class needs one or more non-empty names")
         classes.append(names[0])
         extra.append(tuple(names[1:]))
@@ -189,7 +190,7 @@ def _read_names(path: str) -> Tuple[List[str], Tuple[Tuple[str, ...], ...]]:
         with open(path, encoding="utf-8-sig") as f:
             lines = [line.strip() for line in f]
     except UnicodeDecodeError as error:
-        raise ValueError(f"vocabulary file {path} is not UTF-8 text ({error.reason} at byte {error.start}); "
+        raise InputError(f"vocabulary file {path} is not UTF-8 text ({error.reason} at byte {error.start}); "
                          "save it as UTF-8") from None
     classes, extra = [], []
     for number, line in enumerate(lines, start=1):
@@ -197,13 +198,13 @@ def _read_names(path: str) -> Tuple[List[str], Tuple[Tuple[str, ...], ...]]:
             continue
         names = [name.strip() for name in line.split(",")]
         if not all(names):
-            raise ValueError(f"vocabulary file {path}, line {number}: empty name in {line!r}; "
+            raise InputError(f"vocabulary file {path}, line {number}: empty name in {line!r}; "
                              "separate a class's names by single commas, e.g. "
                              "'person, person in shirt'")
         classes.append(names[0])
         extra.append(tuple(names[1:]))
     if not classes:
-        raise ValueError(f"vocabulary file {path} has no class names (one class per line)")
+        raise InputError(f"vocabulary file {path} has no class names (one class per line)")
     return classes, tuple(extra) if any(extra) else ()
 
 
@@ -249,16 +250,16 @@ def resolve_vocabulary(spec, background: Sequence[str] = (), paper_quirks: bool 
         logger.info("vocabulary: %d classes from the file %s", len(names), os.path.abspath(spec))
         return _checked(Vocabulary(tuple(names), background, extra_names), spec)
     if "," not in spec and (spec.endswith(".txt") or os.sep in spec):
-        raise FileNotFoundError(f"vocabulary file {spec} does not exist")
+        raise MissingFileError(f"vocabulary file {spec} does not exist")
     names = _split_names(spec)
     if not names:
-        raise ValueError(f"vocabulary {spec!r} has no class names; give a benchmark key "
+        raise InputError(f"vocabulary {spec!r} has no class names; give a benchmark key "
                          f"({', '.join(sorted(benchmarks))}), a comma-separated list or a file")
     if len(names) == 1:
         near = [k for k in benchmarks if _key_form(k) == _key_form(names[0])]
         near = near or difflib.get_close_matches(key, list(benchmarks), n=1, cutoff=0.8)
         if near:
-            raise ValueError(f"vocabulary {spec!r} is not a benchmark key: did you mean {near[0]!r}? "
+            raise InputError(f"vocabulary {spec!r} is not a benchmark key: did you mean {near[0]!r}? "
                              f"(keys: {', '.join(sorted(benchmarks))}). For one class of that name, "
                              "pass it as a list")
     return _checked(Vocabulary(tuple(names), background), spec)
@@ -271,12 +272,12 @@ def vocabulary_of_dataset(name: str, paper_quirks: bool = False) -> Vocabulary:
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     if name not in DatasetCatalog.list():
-        raise KeyError(f"Dataset '{name}' is not registered! Available datasets are: "
+        raise UnknownNameError(f"Dataset '{name}' is not registered! Available datasets are: "
                        f"{', '.join(sorted(DatasetCatalog.list()))}")
     metadata = MetadataCatalog.get(name)
     spec = metadata.get("vocabulary", None) or metadata.get("stuff_classes", None)
     if not spec:
-        raise ValueError(f"dataset {name!r} has neither 'vocabulary' nor 'stuff_classes' in its metadata: "
+        raise InputError(f"dataset {name!r} has neither 'vocabulary' nor 'stuff_classes' in its metadata: "
                          "set MODEL.CLIPTRASE.VOCABULARY, or register the dataset with its class names")
     return resolve_vocabulary(spec, (), paper_quirks)
 
@@ -287,7 +288,7 @@ def _peer_vocabulary(key: str, background: Sequence[str]) -> Vocabulary:
     peers = load_vocabularies()["peer_vocabularies"]
     peer, _, benchmark = key.partition("/")
     if peer not in peers or peer.startswith("_") or benchmark not in peers[peer]:
-        raise ValueError(f"no published vocabulary {key!r}: the peer methods' lists are "
+        raise InputError(f"no published vocabulary {key!r}: the peer methods' lists are "
                          f"{', '.join(peer_vocabulary_keys())}")
     entry = peers[peer][benchmark]
     classes, extra_names = _class_names(entry, f"peer_vocabularies/{key}")

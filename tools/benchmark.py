@@ -76,6 +76,7 @@ from cliptrase_d2.method.preprocess import resize_and_center_crop, to_clip_tenso
 from cliptrase_d2.method.sliding import window_boxes
 from cliptrase_d2.modeling import meta_arch
 from cliptrase_d2.modeling.meta_arch import CLIPtrase
+from cliptrase_d2.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHOTOS = os.path.join(os.environ.get("CLIPTRASE_FIXTURES", os.path.join(REPO, "..", "shared", "fixtures")), "images")
@@ -435,7 +436,7 @@ def run_benchmark(args) -> Dict:
     cases = [c for c in args.cases.split(",") if c]
     unknown = [c for c in cases if c not in CASES]
     if unknown:
-        raise ValueError(f"unknown case(s) {unknown}; choose from {list(CASES)}")
+        raise ConfigError(f"unknown case(s) {unknown}; choose from {list(CASES)}")
     photos = load_photos(args.image)
     clip = create_clip(args.model, device, args.precision)
     dtype = clip.visual.conv1.weight.dtype
@@ -464,7 +465,7 @@ def run_benchmark(args) -> Dict:
     sizes = args.batch_sizes if args.batch_sizes is not None else ("1,8,32" if device.type == "cuda" else "")
     batch_sizes = [int(n) for n in sizes.split(",") if n]
     if batch_sizes and "paper_224" not in models:
-        raise ValueError("--batch-sizes needs the paper_224 case (--cases)")
+        raise ConfigError("--batch-sizes needs the paper_224 case (--cases)")
     for size in batch_sizes:
         chosen = (photos * size)[:size]
         crops = torch.cat([paper_tensor(p, 224, device, dtype) for p in chosen])

@@ -31,7 +31,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from cliptrase_d2.clip_loading import WeightsError
+from cliptrase_d2.errors import UserError
 from cliptrase_d2.config import load_config
 from cliptrase_d2.engine import launch
 from cliptrase_d2.engine.launch import WorkerError
@@ -39,6 +39,7 @@ from cliptrase_d2.engine.trainer import Trainer
 from cliptrase_d2.evaluation.results_io import atomic_write_text
 from cliptrase_d2.method.heads import HEADS
 from cliptrase_d2.vocabulary import peer_vocabulary_keys
+from cliptrase_d2.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,7 +69,7 @@ def parse_list(text: str, allowed, what: str):
     items = [item.strip() for item in text.split(",") if item.strip()]
     unknown = [item for item in items if item not in allowed]
     if not items or unknown:
-        raise ValueError(f"unknown {what} {', '.join(unknown) or '(none given)'}; available: {', '.join(sorted(allowed))}")
+        raise ConfigError(f"unknown {what} {', '.join(unknown) or '(none given)'}; available: {', '.join(sorted(allowed))}")
     return items
 
 
@@ -179,7 +180,7 @@ if __name__ == "__main__":
         parse_list(arguments.heads, HEADS, "head")
         launch(main, arguments.num_gpus, num_machines=arguments.num_machines, machine_rank=arguments.machine_rank,
                dist_url=arguments.dist_url, args=(arguments,))
-    except (WeightsError, FileNotFoundError, KeyError, ValueError) as error:
+    except UserError as error:  # bad input: one line; anything else is a bug and keeps its traceback
         sys.exit(f"error: {error}")
     except WorkerError as error:  # several CPU processes: the failing one's error
         sys.exit(error.exit_message())

@@ -26,7 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from cliptrase_d2.api import Segmenter
-from cliptrase_d2.clip_loading import WeightsError
+from cliptrase_d2.errors import UserError
 from cliptrase_d2.evaluation.results_io import atomic_save_image, atomic_write_json, atomic_write_png
 from cliptrase_d2.visualization import legend_entries, overlay, side_by_side, with_legend
 
@@ -177,5 +177,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (WeightsError, FileNotFoundError, FileExistsError, PermissionError, KeyError, ValueError) as error:
+    except UserError as error:  # bad input: one line; anything else is a bug and keeps its traceback
         sys.exit(f"error: {error}")

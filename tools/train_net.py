@@ -10,7 +10,7 @@ Without CUDA, --num-gpus N starts N CPU processes (gloo).
 import sys
 
 import cliptrase_d2  # noqa: F401  (registers the meta-architecture and datasets; detectron2 shims)
-from cliptrase_d2.clip_loading import WeightsError
+from cliptrase_d2.errors import UserError
 from cliptrase_d2.engine import launch
 from cliptrase_d2.engine.launch import WorkerError
 from cliptrase_d2.engine.trainer import Trainer, setup
@@ -30,7 +30,7 @@ if __name__ == "__main__":
     try:
         launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                dist_url=args.dist_url, args=(args,))
-    except (WeightsError, FileNotFoundError, KeyError, ValueError) as error:
+    except UserError as error:  # bad input: one line; anything else is a bug and keeps its traceback
         sys.exit(f"error: {error}")
     except WorkerError as error:  # several CPU processes: the failing one's error, as one process shows it
         sys.exit(error.exit_message())

@@ -10,6 +10,7 @@ import torch
 from detectron2.config import configurable
 
 from .image_io import read_rgb
+from ..errors import InputError
 
 __all__ = ["SemSegTestMapper"]
 
@@ -21,7 +22,7 @@ class SemSegTestMapper:
     @configurable
     def __init__(self, *, image_format: str = "RGB"):
         if image_format not in ("RGB", "BGR"):
-            raise ValueError(f"INPUT.FORMAT must be RGB or BGR for CLIPtrase, got {image_format!r}")
+            raise InputError(f"INPUT.FORMAT must be RGB or BGR for CLIPtrase, got {image_format!r}")
         self.image_format = image_format
 
     @classmethod

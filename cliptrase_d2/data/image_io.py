@@ -1,6 +1,7 @@
 """Reading images for CLIP: any PIL-readable file as 8-bit RGB, with errors that name the file."""
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from ..errors import InputError, MissingFileError
 
 __all__ = ["to_rgb", "read_rgb"]
 
@@ -29,7 +30,7 @@ def read_rgb(path: str, exif_orientation: bool = True) -> np.ndarray:
                 image = ImageOps.exif_transpose(image)
             return np.asarray(to_rgb(image))
     except FileNotFoundError:
-        raise FileNotFoundError(f"image file {path} does not exist") from None
+        raise MissingFileError(f"image file {path} does not exist") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ValueError(f"cannot read image {path}: {error}. Check that the file is a complete "
+        raise InputError(f"cannot read image {path}: {error}. Check that the file is a complete "
                          "image (PNG, JPEG, ...) and not truncated or of another format") from None

@@ -15,6 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from detectron2.engine import launch as d2_launch
 from detectron2.utils import comm
+from ..errors import ConfigError, UserError
 
 __all__ = ["launch", "WorkerError"]
 
@@ -32,7 +33,15 @@ class WorkerError(RuntimeError):
     text (with the process number); ``details``: the worker's traceback."""
 
     # Errors that describe bad input (their message says what to fix): no traceback needed.
-    USER_ERRORS = ("WeightsError", "FileNotFoundError", "FileExistsError", "PermissionError", "KeyError", "ValueError")
+    @staticmethod
+    def user_error_names() -> set:
+        """Class names of the UserError family (errors whose message says what to fix)."""
+        names, classes = set(), [UserError]
+        while classes:
+            cls = classes.pop()
+            names.add(cls.__name__)
+            classes.extend(cls.__subclasses__())
+        return names
 
     def __init__(self, message: str, kind: str, details: str):
         super().__init__(message)
@@ -41,7 +50,7 @@ class WorkerError(RuntimeError):
     def exit_message(self) -> str:
         """The command line's last words: 'error: ...', after the worker's traceback when the
         error is not about the input (a bug needs it)."""
-        if self.kind not in self.USER_ERRORS:
+        if self.kind not in self.user_error_names():
             sys.stderr.write(self.details + "\n")
         return f"error: {self}"
 
@@ -80,7 +89,7 @@ def launch(main_func, num_processes: int, num_machines: int = 1, machine_rank: i
     if world_size == 1:
         return main_func(*args)
     if dist_url == "auto" and num_machines != 1:
-        raise ValueError("--dist-url auto only works on one machine; give tcp://<host>:<port>")
+        raise ConfigError("--dist-url auto only works on one machine; give tcp://<host>:<port>")
     try:
         if LIBRARY_LAUNCHES_ON_CPU and not torch.cuda.is_available():
             d2_launch(functools.partial(_on_shared_cores, main_func, num_processes), num_processes,

@@ -10,6 +10,7 @@ from detectron2.utils.logger import setup_logger
 from ..config import load_config, resolve_device
 from ..data.dataset_mapper import SemSegTestMapper
 from ..evaluation import PaperSemSegEvaluator, StandardSemSegEvaluator
+from ..errors import ConfigError, UnknownNameError
 
 __all__ = ["Trainer", "setup"]
 
@@ -22,11 +23,11 @@ def setup(args):
     console and in OUTPUT_DIR/log.txt."""
     cfg = load_config(args.config_file, args.opts, resolve=False)
     if not cfg.DATASETS.TEST:
-        raise ValueError("DATASETS.TEST is empty: name the dataset(s) to evaluate, e.g. "
+        raise ConfigError("DATASETS.TEST is empty: name the dataset(s) to evaluate, e.g. "
                          "DATASETS.TEST \"('cliptrase_voc21_val',)\"")
     for name in cfg.DATASETS.TEST:
         if name not in DatasetCatalog.list():
-            raise KeyError(f"Dataset '{name}' (DATASETS.TEST) is not registered! Available datasets are: "
+            raise UnknownNameError(f"Dataset '{name}' (DATASETS.TEST) is not registered! Available datasets are: "
                            f"{', '.join(sorted(DatasetCatalog.list()))}")
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cliptrase_d2")
     resolve_device(cfg)

@@ -23,6 +23,7 @@ every run in ``fixtures/cases/manifest.json`` (``tests/test_evaluation.py``):
 from typing import Dict, Optional
 
 import numpy as np
+from ..errors import InputError
 
 PAPER_METRIC_KEYS = ("pAcc", "mAcc", "fwIoU", "mIoU")
 SMOOTHING = 0.01  # added to the denominators of the per-class accuracy and IoU, in pixels
@@ -37,7 +38,7 @@ class PaperMetric:
 
     def __init__(self, num_classes: int, ignore_label: Optional[int] = 255):
         if num_classes < 1:
-            raise ValueError(f"num_classes must be positive, got {num_classes}")
+            raise InputError(f"num_classes must be positive, got {num_classes}")
         self.num_classes = int(num_classes)
         self.ignore_label = ignore_label
         self.reset()
@@ -50,7 +51,7 @@ class PaperMetric:
         pred = np.asarray(pred)
         gt = np.asarray(gt)
         if pred.shape != gt.shape:
-            raise ValueError(f"prediction shape {pred.shape} != ground-truth shape {gt.shape}")
+            raise InputError(f"prediction shape {pred.shape} != ground-truth shape {gt.shape}")
         if not (np.issubdtype(pred.dtype, np.integer) and np.issubdtype(gt.dtype, np.integer)):
             raise TypeError(f"label maps must be integer arrays, got {pred.dtype} and {gt.dtype}")
         gt = gt.astype(np.int64).ravel()
@@ -61,7 +62,7 @@ class PaperMetric:
         gt, pred = gt[counted], pred[counted]
         if pred.size and (pred.min() < 0 or pred.max() >= self.num_classes):
             bad = np.unique(pred[(pred < 0) | (pred >= self.num_classes)])
-            raise ValueError(
+            raise InputError(
                 f"predicted labels {bad[:10].tolist()} are outside [0, {self.num_classes}); "
                 "the prediction must use the dataset's contiguous class ids"
             )
@@ -72,7 +73,7 @@ class PaperMetric:
     def merge(self, other: "PaperMetric") -> "PaperMetric":
         """Add another accumulator's counts (e.g. from another process); returns ``self``."""
         if other.num_classes != self.num_classes:
-            raise ValueError(f"cannot merge {other.num_classes} classes into {self.num_classes}")
+            raise InputError(f"cannot merge {other.num_classes} classes into {self.num_classes}")
         self.confusion += other.confusion
         return self
 

@@ -13,6 +13,7 @@ from typing import IO, Iterator
 
 import numpy as np
 from PIL import Image
+from ..errors import InputError
 
 
 @contextmanager
@@ -61,7 +62,7 @@ def atomic_write_png(path: str, label_map: np.ndarray) -> None:
     ``I;16``) for ``uint16``. Read it back with ``np.array(Image.open(path))``."""
     label_map = np.asarray(label_map)
     if label_map.ndim != 2:
-        raise ValueError(f"label map must be (H, W), got shape {label_map.shape}")
+        raise InputError(f"label map must be (H, W), got shape {label_map.shape}")
     if label_map.dtype not in (np.uint8, np.uint16):
         raise TypeError(f"label map must be uint8 or uint16, got {label_map.dtype}")
     # native byte order, C-contiguous: PIL then maps uint8 to mode 'L' and uint16 to 'I;16'

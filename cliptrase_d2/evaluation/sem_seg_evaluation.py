@@ -29,6 +29,7 @@ from detectron2.utils.file_io import PathManager
 from ..method.preprocess import resize_and_center_crop
 from .paper_metric import PaperMetric
 from .results_io import atomic_write_json, atomic_write_png
+from ..errors import InputError, MissingFileError, UnknownNameError
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def check_registered(dataset_name: str) -> None:
     """KeyError listing the registered datasets when ``dataset_name`` is not one of them."""
     registered = DatasetCatalog.list()
     if dataset_name not in registered:
-        raise KeyError(
+        raise UnknownNameError(
             f"Dataset '{dataset_name}' is not registered. Registered datasets: "
             f"{', '.join(sorted(registered)) or '(none)'}"
         )
@@ -60,7 +61,7 @@ def _open_ground_truth(path: str, dataset_name: str):
     try:
         return PathManager.open(path, "rb")
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"ground truth '{path}' of dataset '{dataset_name}' not found") from e
+        raise MissingFileError(f"ground truth '{path}' of dataset '{dataset_name}' not found") from e
 
 
 def open_label_map(path: str, dataset_name: str) -> Image.Image:
@@ -82,7 +83,7 @@ def label_map_to_array(image: Image.Image, path: str) -> np.ndarray:
     """(H, W) int64 label ids of a single-channel label PNG (8-bit, palette or 16-bit)."""
     labels = np.asarray(image, dtype=np.int64)
     if labels.ndim != 2:
-        raise ValueError(
+        raise InputError(
             f"ground truth '{path}' has shape {labels.shape} (PIL mode {image.mode}); "
             "expected a single-channel label map"
         )
@@ -93,9 +94,9 @@ def checked_scores(scores, num_classes: int, file_name: str) -> torch.Tensor:
     """(K, H, W) class scores as a tensor, K checked against the dataset's classes."""
     scores = torch.as_tensor(scores)
     if scores.dim() != 3:
-        raise ValueError(f"{file_name}: expected 'sem_seg' scores of shape (K, H, W), got {tuple(scores.shape)}")
+        raise InputError(f"{file_name}: expected 'sem_seg' scores of shape (K, H, W), got {tuple(scores.shape)}")
     if scores.shape[0] != num_classes:
-        raise ValueError(
+        raise InputError(
             f"{file_name}: the model scored {scores.shape[0]} classes but the dataset has {num_classes}"
         )
     return scores
@@ -113,7 +114,7 @@ def prediction_png_dtype(num_classes: int) -> np.dtype:
         return np.dtype(np.uint8)
     if num_classes <= 65535:
         return np.dtype(np.uint16)
-    raise ValueError(f"{num_classes} classes do not fit in a 16-bit PNG")
+    raise InputError(f"{num_classes} classes do not fit in a 16-bit PNG")
 
 
 class _ResultsWriter:
@@ -123,7 +124,7 @@ class _ResultsWriter:
                       num_classes: int, run_info: Optional[Dict] = None) -> None:
         self._run_info = dict(run_info or {})  # what produced the numbers, written beside them
         if save_predictions and not output_dir:
-            raise ValueError("save_predictions=True needs an output_dir to write the predictions to")
+            raise InputError("save_predictions=True needs an output_dir to write the predictions to")
         self._results_dir = output_dir
         self._save_predictions = save_predictions
         self._prediction_dtype = prediction_png_dtype(num_classes)
@@ -188,7 +189,7 @@ class PaperSemSegEvaluator(_ResultsWriter, DatasetEvaluator):
         check_registered(dataset_name)
         meta = MetadataCatalog.get(dataset_name)
         if not meta.get("stuff_classes"):
-            raise KeyError(f"Dataset '{dataset_name}' has no 'stuff_classes' in its metadata")
+            raise UnknownNameError(f"Dataset '{dataset_name}' has no 'stuff_classes' in its metadata")
         self._dataset_name = dataset_name
         self._class_names = list(meta.stuff_classes)
         self._num_classes = len(self._class_names)
@@ -213,7 +214,7 @@ class PaperSemSegEvaluator(_ResultsWriter, DatasetEvaluator):
         file_name = dataset_dict["file_name"]
         path = dataset_dict.get("sem_seg_file_name") or self._gt_files.get(file_name)
         if path is None:
-            raise KeyError(f"no ground truth (sem_seg_file_name) for '{file_name}' in '{self._dataset_name}'")
+            raise UnknownNameError(f"no ground truth (sem_seg_file_name) for '{file_name}' in '{self._dataset_name}'")
         image = open_label_map(path, self._dataset_name)
         gt = label_map_to_array(resize_and_center_crop(image, self._crop_size, Image.NEAREST), path)
         if self._void_as_background:
@@ -226,7 +227,7 @@ class PaperSemSegEvaluator(_ResultsWriter, DatasetEvaluator):
             file_name = dataset_dict["file_name"]
             pred = predicted_labels(output["sem_seg"], self._num_classes, file_name)
             if pred.shape != (size, size):
-                raise ValueError(
+                raise InputError(
                     f"{file_name}: the prediction is {pred.shape[0]}x{pred.shape[1]} but the paper "
                     f"evaluator of '{self._dataset_name}' expects crop_size {size}x{size}; the "
                     "model's protocol/input size does not match the evaluator's crop_size"
@@ -284,7 +285,7 @@ class StandardSemSegEvaluator(_ResultsWriter, SemSegEvaluator):
         # output_dir is kept here: Detectron2's own (non-atomic) dumps are not written
         super().__init__(dataset_name, distributed=distributed, output_dir=None, **loading)
         if 0 <= self._ignore_label < self._num_classes:
-            raise ValueError(
+            raise InputError(
                 f"Dataset '{dataset_name}': ignore_label {self._ignore_label} is also a class id "
                 f"(there are {self._num_classes} classes); use 65535 with more than 255 classes"
             )
@@ -300,7 +301,7 @@ class StandardSemSegEvaluator(_ResultsWriter, SemSegEvaluator):
         gt = label_map_to_array(open_label_map(path, self._dataset_name), path)
         unknown = (gt != self._ignore_label) & ((gt < 0) | (gt >= self._num_classes))
         if unknown.any():
-            raise ValueError(
+            raise InputError(
                 f"ground truth '{path}' holds ids {np.unique(gt[unknown])[:10].tolist()} outside "
                 f"[0, {self._num_classes}) that are not ignore_label {self._ignore_label}"
             )
@@ -313,10 +314,10 @@ class StandardSemSegEvaluator(_ResultsWriter, SemSegEvaluator):
             height, width = scores.shape[1:]
             path = dataset_dict.get("sem_seg_file_name") or self.input_file_to_gt_file.get(file_name)
             if path is None:
-                raise KeyError(f"no ground truth (sem_seg_file_name) for '{file_name}' in '{self._dataset_name}'")
+                raise UnknownNameError(f"no ground truth (sem_seg_file_name) for '{file_name}' in '{self._dataset_name}'")
             gt_width, gt_height = label_map_size(path, self._dataset_name)
             if (gt_height, gt_width) != (height, width):
-                raise ValueError(
+                raise InputError(
                     f"ground truth '{path}' is {gt_height}x{gt_width} but the prediction for "
                     f"'{file_name}' is {height}x{width}; the standard protocol "
                     "evaluates at the original resolution"

@@ -4,7 +4,7 @@
 evaluated at (paper protocol); ``sliding_window`` in sliding.py wraps it for the standard one.
 """
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Tuple
 import torch
 from torch import nn
 
@@ -14,7 +14,7 @@ from .refinement import (REFINEMENTS, channel_argmax, cluster_patches, dense_log
                          merge_background_labels, merge_background_scores, region_map, region_means,
                          resize_logits, suppress_global_patch, vote_refine, weight_by_image_logits)
 
-__all__ = ["RefinementSettings", "Prediction", "predict", "predict_scores"]
+__all__ = ["RefinementSettings", "Prediction", "dbscan_for_grid", "predict", "predict_scores"]
 
 
 @dataclass(frozen=True)
@@ -30,15 +30,22 @@ class RefinementSettings:
 
     def __post_init__(self):
         if self.refine not in REFINEMENTS:
-            raise ValueError(f"unknown refinement {self.refine!r} (MODEL.CLIPTRASE.REFINE); "
-                             f"choose one of {', '.join(REFINEMENTS)}")
+            raise ValueError(f"unknown refinement {self.refine!r} (refine); choose one of "
+                             f"{', '.join(REFINEMENTS)}")
         if self.region_upsample < 1 or self.median_size < 1:
             raise ValueError(f"region maps need an upsampling factor and a median size of at least 1, got "
-                             f"region_upsample={self.region_upsample}, median_size={self.median_size} "
-                             "(MODEL.CLIPTRASE.REGION_UPSAMPLE / MEDIAN_SIZE)")
+                             f"region_upsample={self.region_upsample}, median_size={self.median_size}")
         if self.dbscan_eps <= 0 or self.dbscan_min_samples < 1:
-            raise ValueError(f"DBSCAN needs eps > 0 and min_samples >= 1, got eps={self.dbscan_eps}, "
-                             f"min_samples={self.dbscan_min_samples} (MODEL.CLIPTRASE.DBSCAN_EPS/_MIN_SAMPLES)")
+            raise ValueError(f"DBSCAN needs eps > 0 and min_samples >= 1, got dbscan_eps={self.dbscan_eps}, "
+                             f"dbscan_min_samples={self.dbscan_min_samples}")
+
+
+def dbscan_for_grid(grid_side: int) -> Tuple[float, int]:
+    """DBSCAN (eps, min_samples) for a g x g patch grid, linear in g through the paper's two
+    settings: g = 14 (ViT-B/16 at 224) -> (0.7, 3) and g = 21 (at 336) -> (1.1, 7)."""
+    eps = 0.7 + 0.4 * (grid_side - 14) / 7
+    min_samples = round(3 + 4 * (grid_side - 14) / 7)
+    return max(round(eps, 4), 0.1), max(min_samples, 2)
 
 
 class Prediction(NamedTuple):

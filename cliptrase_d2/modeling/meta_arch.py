@@ -1,5 +1,6 @@
 """The ``CLIPtrase`` meta-architecture: wires the pure method (cliptrase_d2.method) to Detectron2."""
 import logging
+import re
 from collections import OrderedDict
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -16,16 +17,16 @@ from torch import nn
 
 from ..method.heads import get_head, resolve_logit_scale
 from ..method.pamr import pamr
-from ..method.pipeline import Prediction, RefinementSettings, predict
+from ..method.pipeline import Prediction, RefinementSettings, dbscan_for_grid, predict
 from ..method.refinement import resize_maps, resized_argmax
 from ..method.preprocess import (CLIP_MEAN, CLIP_STD, keep_ratio_size, resize_and_center_crop,
                                  resize_linear_uint8, to_clip_tensor)
 from ..method.sliding import PADDINGS, sliding_window
 from ..method.text import text_embeddings
 from ..method.thresholds import check_threshold, label_order, merge_names, threshold_scores
-from ..errors import ConfigError
 from ..vocabulary import (Vocabulary, peer_vocabulary_keys, resolve_vocabulary, template_set,
                           vocabulary_of_dataset)
+from ..errors import ConfigError, InputError
 
 __all__ = ["CLIPtrase", "PROTOCOLS", "dbscan_for_grid"]
 
@@ -62,12 +63,26 @@ def predict_within_memory(predict_batch: Callable[[torch.Tensor], Prediction], i
     return Prediction(torch.cat([first.labels, second.labels]), torch.cat([first.scores, second.scores]))
 
 
-def dbscan_for_grid(grid_side: int) -> Tuple[float, int]:
-    """DBSCAN (eps, min_samples) for a g x g patch grid, linear in g through the paper's two
-    settings: g = 14 (ViT-B/16 at 224) -> (0.7, 3) and g = 21 (at 336) -> (1.1, 7)."""
-    eps = 0.7 + 0.4 * (grid_side - 14) / 7
-    min_samples = round(3 + 4 * (grid_side - 14) / 7)
-    return max(round(eps, 4), 0.1), max(min_samples, 2)
+# RefinementSettings' fields -> their config keys (the method layer names no config keys)
+_REFINEMENT_KEYS = {"refine": "REFINE", "dbscan_eps": "DBSCAN_EPS", "dbscan_min_samples": "DBSCAN_MIN_SAMPLES",
+                    "region_upsample": "REGION_UPSAMPLE", "median_size": "MEDIAN_SIZE"}
+
+
+def _refinement_settings(c, auto_eps: float, auto_min_samples: int) -> RefinementSettings:
+    """MODEL.CLIPTRASE's refinement keys as RefinementSettings (0 = automatic DBSCAN settings;
+    'pamr' runs no region refinement inside the windows); bad values named by their keys."""
+    try:
+        return RefinementSettings(
+            refine="none" if c.REFINE == "pamr" else c.REFINE,
+            dbscan_eps=c.DBSCAN_EPS if c.DBSCAN_EPS != 0 else auto_eps,
+            dbscan_min_samples=c.DBSCAN_MIN_SAMPLES if c.DBSCAN_MIN_SAMPLES != 0 else auto_min_samples,
+            region_upsample=c.REGION_UPSAMPLE, median_size=c.MEDIAN_SIZE,
+            image_logit_weighting=c.IMAGE_LOGIT_WEIGHTING)
+    except ValueError as error:
+        message = str(error)
+        for field in sorted(_REFINEMENT_KEYS, key=len, reverse=True):
+            message = re.sub(rf"\b{field}\b", f"MODEL.CLIPTRASE.{_REFINEMENT_KEYS[field]}", message)
+        raise ConfigError(message.replace(", tlp", ", tlp, pamr")) from None
 
 
 def _report_unused_settings(head: str, refinement: RefinementSettings) -> None:
@@ -89,7 +104,7 @@ def _published_setting(cfg) -> str:
         return ""
     reported = [key for key in peer_vocabulary_keys() if key.startswith(f"{head}/")]
     if published not in reported:
-        raise ValueError(f"MODEL.CLIPTRASE.PUBLISHED {published!r}: head {head!r} has no published "
+        raise ConfigError(f"MODEL.CLIPTRASE.PUBLISHED {published!r}: head {head!r} has no published "
                          f"setting for that benchmark; its published settings are "
                          f"{', '.join(reported) or 'none'} "
                          "(configs/<head>/published/<benchmark>.yaml)")
@@ -133,9 +148,9 @@ class CLIPtrase(nn.Module):
                  pamr_dilations: Sequence[int] = (8, 16)):
         super().__init__()
         if protocol not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {protocol!r} (MODEL.CLIPTRASE.PROTOCOL); choose one of {PROTOCOLS}")
+            raise ConfigError(f"unknown protocol {protocol!r} (MODEL.CLIPTRASE.PROTOCOL); choose one of {PROTOCOLS}")
         if input_format not in ("RGB", "BGR"):
-            raise ValueError(f"INPUT.FORMAT must be RGB or BGR, got {input_format!r}")
+            raise ConfigError(f"INPUT.FORMAT must be RGB or BGR, got {input_format!r}")
         patch = max(clip_model.visual.conv1.kernel_size)
         for key, value, least in (("PAPER_SIZE", paper_size, patch),
                                   ("STANDARD_SHORT_SIDE", standard_short_side, patch),
@@ -143,7 +158,7 @@ class CLIPtrase(nn.Module):
                                   ("WINDOW_STRIDE", window_stride, 1),
                                   ("WINDOW_BATCH", window_batch, 1)):
             if value < least:
-                raise ValueError(f"MODEL.CLIPTRASE.{key} must be at least {least}"
+                raise ConfigError(f"MODEL.CLIPTRASE.{key} must be at least {least}"
                                  f"{' (one CLIP patch)' if least == patch > 1 else ''}, got {value}")
         self._check_standard_settings(protocol, standard_long_side, window_padding, prob_thd,
                                       area_thd, pamr_steps, pamr_dilations, refinement)
@@ -197,12 +212,7 @@ class CLIPtrase(nn.Module):
             "templates": template_set(c.TEMPLATES),
             "head": c.HEAD,
             "logit_scale": c.LOGIT_SCALE,
-            "refinement": RefinementSettings(
-                refine="none" if c.REFINE == "pamr" else c.REFINE,
-                dbscan_eps=c.DBSCAN_EPS if c.DBSCAN_EPS != 0 else auto_eps,
-                dbscan_min_samples=c.DBSCAN_MIN_SAMPLES if c.DBSCAN_MIN_SAMPLES != 0 else auto_min_samples,
-                region_upsample=c.REGION_UPSAMPLE, median_size=c.MEDIAN_SIZE,
-                image_logit_weighting=c.IMAGE_LOGIT_WEIGHTING),
+            "refinement": _refinement_settings(c, auto_eps, auto_min_samples),
             "protocol": c.PROTOCOL,
             "paper_size": c.PAPER_SIZE,
             "standard_short_side": c.STANDARD_SHORT_SIDE,
@@ -228,21 +238,21 @@ class CLIPtrase(nn.Module):
         check_threshold(prob_thd, "MODEL.CLIPTRASE.PROB_THD")
         check_threshold(area_thd, "MODEL.CLIPTRASE.AREA_THD")
         if padding not in PADDINGS:
-            raise ValueError(f"MODEL.CLIPTRASE.WINDOW_PADDING {padding!r}: choose one of "
+            raise ConfigError(f"MODEL.CLIPTRASE.WINDOW_PADDING {padding!r}: choose one of "
                              f"{', '.join(PADDINGS)}")
         if long_side < 1:
-            raise ValueError(f"MODEL.CLIPTRASE.STANDARD_LONG_SIDE must be at least 1, "
+            raise ConfigError(f"MODEL.CLIPTRASE.STANDARD_LONG_SIDE must be at least 1, "
                              f"got {long_side}")
         if pamr_steps < 0 or not pamr_dilations or min(pamr_dilations) < 1:
-            raise ValueError(f"MODEL.CLIPTRASE.PAMR_STEPS must be >= 0 and PAMR_DILATIONS >= 1, "
+            raise ConfigError(f"MODEL.CLIPTRASE.PAMR_STEPS must be >= 0 and PAMR_DILATIONS >= 1, "
                              f"got {pamr_steps} and {list(pamr_dilations)}")
         uses_peer_steps = prob_thd > 0 or area_thd > 0 or pamr_steps > 0
         if protocol == "paper" and uses_peer_steps:
-            raise ValueError("MODEL.CLIPTRASE.PROB_THD, AREA_THD and REFINE 'pamr' apply to the "
+            raise ConfigError("MODEL.CLIPTRASE.PROB_THD, AREA_THD and REFINE 'pamr' apply to the "
                              "standard protocol only: set MODEL.CLIPTRASE.PROTOCOL standard or "
                              "turn them off")
         if refinement.refine == "vote" and uses_peer_steps:
-            raise ValueError("MODEL.CLIPTRASE.PROB_THD / AREA_THD need soft scores: use REFINE "
+            raise ConfigError("MODEL.CLIPTRASE.PROB_THD / AREA_THD need soft scores: use REFINE "
                              "'mean', 'none' or 'pamr' instead of 'vote'")
 
     @property
@@ -266,7 +276,7 @@ class CLIPtrase(nn.Module):
                 self._check_dataset_classes(dataset)
             return self.vocabulary
         if dataset is None:
-            raise ValueError(
+            raise InputError(
                 "no vocabulary for this input: give it a 'vocabulary' (the API's segment(image, "
                 "vocabulary)), set MODEL.CLIPTRASE.VOCABULARY, or evaluate a registered dataset "
                 "(DATASETS.TEST)")
@@ -280,7 +290,7 @@ class CLIPtrase(nn.Module):
             return
         expected = len(MetadataCatalog.get(dataset).get("stuff_classes", None) or [])
         if expected and expected != self.vocabulary.num_classes:
-            raise ValueError(f"MODEL.CLIPTRASE.VOCABULARY has {self.vocabulary.num_classes} output classes but "
+            raise ConfigError(f"MODEL.CLIPTRASE.VOCABULARY has {self.vocabulary.num_classes} output classes but "
                              f"dataset {dataset!r} has {expected}: leave VOCABULARY empty to use the "
                              "dataset's own, or give one with the same classes")
         self._checked_datasets[dataset] = None
@@ -368,7 +378,7 @@ class CLIPtrase(nn.Module):
         """Rejects images smaller than one CLIP patch (resizing them up would invent the content)."""
         patch = self.clip_model.visual.conv1.kernel_size
         if size[0] < patch[0] or size[1] < patch[1]:
-            raise ValueError(f"{name}: an image of {size[0]}x{size[1]} pixels is smaller than one "
+            raise InputError(f"{name}: an image of {size[0]}x{size[1]} pixels is smaller than one "
                              f"{patch[0]}x{patch[1]} CLIP patch; use an image of at least that size")
 
     def evaluated_frame(self, image) -> np.ndarray:
@@ -386,8 +396,12 @@ class CLIPtrase(nn.Module):
         """``num_classes``: rows below it are classes, the rest background words merged into one
         (default: the vocabulary's C); the number of text rows keeps every row's scores."""
         num_classes = len(vocabulary.classes) if num_classes is None else num_classes
-        return predict(self.clip_model.visual, self.head, self.text_embeddings(vocabulary), num_classes,
-                       images, self.refinement, self.logit_scale, soft_scores=soft_scores)
+        text = self.text_embeddings(vocabulary)
+        try:
+            return predict(self.clip_model.visual, self.head, text, num_classes, images, self.refinement,
+                           self.logit_scale, soft_scores=soft_scores)
+        except ValueError as error:  # the method's checks of its input (a grid too small for a head)
+            raise InputError(str(error)) from error
 
     def _window_scores(self, windows: torch.Tensor, vocabulary: Vocabulary) -> torch.Tensor:
         """(N, 3, h, w) -> (N, R, h, w) scores of every text row (names and background words,
@@ -407,7 +421,7 @@ class CLIPtrase(nn.Module):
     @staticmethod
     def _check_single_names(vocabulary: Vocabulary, where: str) -> None:
         if vocabulary.has_multiple_names:
-            raise ValueError("classes with several names are supported under the standard "
+            raise ConfigError("classes with several names are supported under the standard "
                              f"protocol with REFINE 'mean', 'none' or 'pamr', not under {where}: "
                              "give one name per class")
 
@@ -418,7 +432,7 @@ class CLIPtrase(nn.Module):
 
     def _rgb_uint8(self, image: torch.Tensor) -> torch.Tensor:
         if image.dim() != 3 or image.shape[0] != 3:
-            raise ValueError(f"'image' must be a (3, H, W) tensor, got shape {tuple(image.shape)}")
+            raise InputError(f"'image' must be a (3, H, W) tensor, got shape {tuple(image.shape)}")
         return image.flip(0) if self.input_format == "BGR" else image
 
     def _sliding_window_scores(self, image: torch.Tensor, size: Tuple[int, int],

@@ -25,6 +25,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
 from cliptrase_d2.vocabulary import load_vocabularies
+from ...errors import MissingFileError, UnknownNameError
 
 __all__ = [
     "BENCHMARK_DATASETS",
@@ -165,7 +166,7 @@ def _listed_image_files(split: SemSegSplit, image_dir: str, split_file: str) -> 
         candidates = [os.path.join(image_dir, image_id + suffix) for suffix in split.image_suffixes]
         path = next((p for p in candidates if os.path.isfile(p)), None)
         if path is None:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"Dataset '{split.name}': image {candidates[0]} (listed in {split_file}) does not exist. "
                 f"{split.how_to_create}"
             )
@@ -183,7 +184,7 @@ def _labelled_image_files(split: SemSegSplit, image_dir: str, gt_dir: str) -> Li
         candidates = [os.path.join(image_dir, stem + suffix) for suffix in split.image_suffixes]
         path = next((p for p in candidates if os.path.isfile(p)), None)
         if path is None:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"Dataset '{split.name}': label map {os.path.join(gt_dir, file_name)} has no "
                 f"image; "
                 f"expected {candidates[0]}. {split.how_to_create}"
@@ -220,14 +221,14 @@ def load_sem_seg_split(split: SemSegSplit, root: str) -> List[dict]:
         if not os.path.isdir(folder):
             also = "".join(f" (or {os.path.join(root, g)} with {os.path.join(root, i)})"
                            for i, g in split.alternatives)
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"Dataset '{split.name}': folder {folder} does not exist{also}. "
                 f"{split.how_to_create}"
             )
     if split.split_file is not None:
         split_file = os.path.join(root, split.split_file)
         if not os.path.isfile(split_file):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"Dataset '{split.name}': split file {split_file} does not exist. {split.how_to_create}"
             )
         images = _listed_image_files(split, image_dir, split_file)
@@ -239,7 +240,7 @@ def load_sem_seg_split(split: SemSegSplit, root: str) -> List[dict]:
 def _dataset_dicts(split: SemSegSplit, images: List[Tuple[str, str]], image_dir: str,
                    gt_dir: str) -> List[dict]:
     if not images:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"Dataset '{split.name}': no images ({', '.join(split.image_suffixes)}) in {image_dir}. "
             f"{split.how_to_create}"
         )
@@ -247,7 +248,7 @@ def _dataset_dicts(split: SemSegSplit, images: List[Tuple[str, str]], image_dir:
     for image_path, relative_stem in images:
         gt_path = os.path.join(gt_dir, relative_stem + split.gt_suffix)
         if not os.path.isfile(gt_path):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"Dataset '{split.name}': image {image_path} has no ground truth; expected {gt_path}. "
                 f"{split.how_to_create}"
             )
@@ -304,7 +305,7 @@ def register_benchmark_datasets(root: Optional[str] = None) -> None:
 def require_registered(name: str):
     """The Metadata of a registered dataset; KeyError listing this package's datasets otherwise."""
     if name not in DatasetCatalog.list():
-        raise KeyError(
+        raise UnknownNameError(
             f"Dataset '{name}' is not registered. CLIPtrase datasets: {', '.join(sorted(_registered_names))} "
             "(Detectron2's own are in DatasetCatalog.list()). Import cliptrase_d2 before using them."
         )
