@@ -55,7 +55,7 @@ from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Tup
 import open_clip
 import torch
 
-from .errors import UserError
+from .errors import WeightsError
 from open_clip.factory import load_state_dict
 
 from .torchscript_archive import ArchiveError, pickled_code, read_torchscript, torchscript_root
@@ -76,10 +76,6 @@ WEIGHTS_DIR = "weights"
 FETCH_TOOL = "tools/fetch_weights.py"
 # Seconds to wait for a TCP connection to the download host before calling the machine offline.
 NETWORK_PROBE_SECONDS = 3.0
-
-
-class WeightsError(UserError, RuntimeError):
-    """A model or weights value that cannot be used; the message names it and how to fix it."""
 
 
 # ---------------------------------------------------------------------------------------------

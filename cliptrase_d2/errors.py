@@ -10,7 +10,7 @@ Each concrete error also derives from the builtin a caller would expect (``Value
 """
 
 __all__ = ["UserError", "ConfigError", "InputError", "MissingFileError", "OutputError",
-           "UnknownNameError", "OutputExistsError", "OutputNotWritableError"]
+           "UnknownNameError", "OutputExistsError", "OutputNotWritableError", "WeightsError"]
 
 
 class UserError(Exception):
@@ -46,3 +46,7 @@ class OutputExistsError(OutputError, FileExistsError):
 
 class OutputNotWritableError(OutputError, PermissionError):
     """An output folder cannot be created or written."""
+
+
+class WeightsError(UserError, RuntimeError):
+    """A model or weights value that cannot be used; the message names it and how to fix it."""
