@@ -10,10 +10,11 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from typing import Callable, Optional, Sequence
 
 import torch
+
+from .atomic import atomic_open
 from .errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -80,16 +81,8 @@ class TextEmbeddingCache:
             return None
 
     def _store(self, path: str, embeddings: torch.Tensor, names: Sequence[str]) -> None:
-        tmp = None
         try:
-            os.makedirs(self.directory, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-            with os.fdopen(fd, "wb") as f:
+            with atomic_open(path) as f:
                 torch.save({"embeddings": embeddings.detach().cpu(), "names": list(names)}, f)
-            os.replace(tmp, path)
-            tmp = None
         except Exception as error:  # torch.save reports a full disk as RuntimeError, not OSError
             logger.warning("could not write the text-embedding cache %s (%s); continuing without it", path, error)
-        finally:
-            if tmp is not None and os.path.exists(tmp):
-                os.remove(tmp)

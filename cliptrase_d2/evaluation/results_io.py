@@ -1,38 +1,15 @@
-"""Atomic writing of evaluation outputs.
-
-Every file is written to a temporary file in its destination folder and then moved into place
-with ``os.replace``, so an interrupted evaluation never leaves a half-written file under the
+"""Evaluation outputs (JSON, label PNGs, images, text), each written atomically
+(``cliptrase_d2.atomic``): an interrupted evaluation never leaves a half-written file under the
 final name.
 """
 import json
 import math
-import os
-import uuid
-from contextlib import contextmanager
-from typing import IO, Iterator
 
 import numpy as np
 from PIL import Image
+
+from ..atomic import atomic_open
 from ..errors import InputError
-
-
-@contextmanager
-def _atomic_open(path: str) -> Iterator[IO[bytes]]:
-    """Yield a binary file that becomes ``path`` only if the block completes."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    # unique hidden name in the same folder (so os.replace is atomic); "x" mode keeps the umask
-    temp_path = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(temp_path, "xb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp_path, path)
-    except BaseException:
-        if os.path.exists(temp_path):
-            os.remove(temp_path)
-        raise
 
 
 def _json_ready(obj):
@@ -53,7 +30,7 @@ def _json_ready(obj):
 def atomic_write_json(path: str, obj) -> None:
     """Write ``obj`` as indented JSON; NaN and infinities become ``null``."""
     text = json.dumps(_json_ready(obj), indent=2, allow_nan=False)
-    with _atomic_open(path) as f:
+    with atomic_open(path) as f:
         f.write(text.encode("utf-8"))
 
 
@@ -67,17 +44,17 @@ def atomic_write_png(path: str, label_map: np.ndarray) -> None:
         raise TypeError(f"label map must be uint8 or uint16, got {label_map.dtype}")
     # native byte order, C-contiguous: PIL then maps uint8 to mode 'L' and uint16 to 'I;16'
     image = Image.fromarray(np.ascontiguousarray(label_map.astype(label_map.dtype.newbyteorder("="))))
-    with _atomic_open(path) as f:
+    with atomic_open(path) as f:
         image.save(f, format="PNG")
 
 
 def atomic_save_image(path: str, image: Image.Image) -> None:
     """Save a PIL image as PNG under ``path`` atomically."""
-    with _atomic_open(path) as f:
+    with atomic_open(path) as f:
         image.save(f, format="PNG")
 
 
 def atomic_write_text(path: str, text: str) -> None:
     """Write UTF-8 text under ``path`` atomically."""
-    with _atomic_open(path) as f:
+    with atomic_open(path) as f:
         f.write(text.encode("utf-8"))
