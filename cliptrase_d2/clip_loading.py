@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import pickle
+import socket
 import sys
 import zipfile
 from collections import OrderedDict
@@ -328,6 +329,12 @@ def _download_tag(spec: _ModelSpec, tag: str, tag_config: Mapping[str, Any], cac
             raise _tag_unavailable(spec, tag, tag_config,
                                    "HF_HUB_OFFLINE=1 is set and the file is not in the download cache")
         return cached
+    unreachable = _unreachable_source(tag_config)
+    if unreachable:  # fail (or use the cache) now, not after huggingface_hub's ~50 s of retries
+        cached = _cached_tag_file(tag_config, cache_dir)
+        if cached is None:
+            raise _tag_unavailable(spec, tag, tag_config, unreachable)
+        return cached
     try:
         path = open_clip.download_pretrained(dict(tag_config), cache_dir=cache_dir)
     except Exception as e:  # network down, hub unreachable, no disk space, ...
@@ -335,6 +342,28 @@ def _download_tag(spec: _ModelSpec, tag: str, tag_config: Mapping[str, Any], cac
     if not path or not os.path.isfile(path):
         raise _tag_unavailable(spec, tag, tag_config, "open_clip returned no file")
     return Path(path)
+
+
+def _unreachable_source(tag_config: Mapping[str, Any], timeout: float = 3.0) -> Optional[str]:
+    """Why the tag's download server cannot be reached (one TCP connection attempt, through the
+    HTTPS proxy when one is set), or None when it can."""
+    from urllib.parse import urlsplit
+    from urllib.request import getproxies
+
+    from huggingface_hub import constants
+
+    url = constants.ENDPOINT if tag_config.get("hf_hub") else tag_config.get("url", "")
+    server = urlsplit(url)
+    proxy = getproxies().get(server.scheme)
+    target = urlsplit(proxy) if proxy else server
+    if not target.hostname:
+        return None
+    port = target.port or (443 if target.scheme == "https" else 80)
+    try:
+        socket.create_connection((target.hostname, port), timeout=timeout).close()
+    except OSError as error:
+        return f"{target.hostname}:{port} cannot be reached, no network? ({error})"
+    return None
 
 
 def _cached_tag_file(tag_config: Mapping[str, Any], cache_dir: Optional[str]) -> Optional[Path]:
