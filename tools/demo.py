@@ -39,8 +39,8 @@ from tqdm import tqdm  # noqa: E402
 from cliptrase_d2.api import Segmenter  # noqa: E402
 from cliptrase_d2.clip_loading import WeightsError  # noqa: E402
 from cliptrase_d2.evaluation.results_io import atomic_save_image, atomic_write_json, atomic_write_png  # noqa: E402
-from cliptrase_d2.visualization import (legend_entries, overlay, palette, side_by_side,  # noqa: E402
-                                        with_legend)
+from cliptrase_d2.visualization import (  # noqa: E402
+    legend_entries, overlay, palette, side_by_side, with_legend)
 from cliptrase_d2.vocabulary import benchmark_keys, resolve_vocabulary  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,7 +62,8 @@ def get_parser():
                         help="standard (the whole image at its own size; the default without "
                              "--config-file) or paper (the S x S center crop)")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", nargs="+", help="image files, folders or glob patterns (quote globs)")
+    source.add_argument("--input", nargs="+",
+                        help="image files, folders or glob patterns (quote globs)")
     source.add_argument("--video-input", metavar="FILE",
                         help="a video file, segmented frame by frame into an mp4 with the overlay")
     parser.add_argument("--output", required=True,
@@ -73,7 +74,8 @@ def get_parser():
     parser.add_argument("--background", default="", help="comma-separated background words, merged into one class")
     parser.add_argument("--cache-dir", default=None, help="text-embedding cache folder ('none' to disable)")
     parser.add_argument("--side-by-side", action="store_true", help="also write <stem>_panel.png: input | overlay")
-    parser.add_argument("--batch-size", type=int, default=1, help="images (or frames) per forward pass")
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="images (or frames) per forward pass")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace output files that already exist (e.g. from an earlier run)")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
@@ -176,7 +178,7 @@ def checked_vocabulary(spec, background):
     file is read once here (not per image or frame). None keeps the config's vocabulary."""
     if spec is None:
         return None, background
-    resolved = resolve_vocabulary(spec, background)  # raises on an empty, duplicate, missing ... spec
+    resolved = resolve_vocabulary(spec, background)  # raises on empty, duplicate, missing ... specs
     if spec.strip().lower() in benchmark_keys():
         return spec, background  # the model applies the config's paper quirks to benchmark keys
     return list(resolved.classes), list(resolved.background)
@@ -192,10 +194,11 @@ def check_video_output(video: str, target: str, overwrite: bool) -> None:
     if not os.path.isfile(video):
         raise FileNotFoundError(f"--video-input {video} does not exist")
     if os.path.realpath(target) == os.path.realpath(video):
-        raise ValueError(f"the output {target} would overwrite the input video: choose another --output")
+        raise ValueError(f"the output {target} would overwrite the input video: "
+                         "choose another --output")
     if os.path.lexists(target) and not overwrite:
-        raise FileExistsError(f"the output {target} already exists. Pass --overwrite to replace it, "
-                              "or choose another --output")
+        raise FileExistsError(f"the output {target} already exists. Pass --overwrite to replace "
+                              "it, or choose another --output")
 
 
 def class_legend(class_names, height: int, row_height: int = 20) -> np.ndarray:
@@ -203,12 +206,13 @@ def class_legend(class_names, height: int, row_height: int = 20) -> np.ndarray:
     same for every frame, unlike the per-image legend of the classes present)."""
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     width = row_height + 12 + max(int(probe.textlength(name)) for name in class_names)
-    canvas = Image.new("RGB", (width, max(height, row_height * len(class_names) + 8)), (255, 255, 255))
+    rows = row_height * len(class_names) + 8
+    canvas = Image.new("RGB", (width, max(height, rows)), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     for index, (name, color) in enumerate(zip(class_names, palette(len(class_names)))):
         top = 4 + index * row_height
-        draw.rectangle([6, top, 6 + row_height - 4, top + row_height - 4], fill=tuple(int(c) for c in color),
-                       outline=(0, 0, 0))
+        draw.rectangle([6, top, 6 + row_height - 4, top + row_height - 4],
+                       fill=tuple(int(c) for c in color), outline=(0, 0, 0))
         draw.text((row_height + 8, top + 4), name, fill=(0, 0, 0))
     return np.asarray(canvas)
 
@@ -228,8 +232,10 @@ def read_frames(capture, batch_size: int):
         yield batch
 
 
-def segment_video(segmenter, video: str, target: str, vocabulary, background, batch_size: int) -> int:
-    """Writes ``target`` (mp4): every frame's overlay beside the class legend. Returns the frame count."""
+def segment_video(segmenter, video: str, target: str, vocabulary, background,
+                  batch_size: int) -> int:
+    """Writes ``target`` (mp4): every frame's overlay beside the class legend. Returns the
+    number of frames."""
     capture = cv2.VideoCapture(video)
     if not capture.isOpened():
         raise ValueError(f"cannot read the video {video}: OpenCV could not open it (a video file "
@@ -251,7 +257,8 @@ def segment_video(segmenter, video: str, target: str, vocabulary, background, ba
                         legend = class_legend(result.class_names, height)
                         size = (width + legend.shape[1], max(height, legend.shape[0]))
                         size = tuple(side + side % 2 for side in size)  # codecs want even sides
-                        writer = cv2.VideoWriter(partial, cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+                        fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+                        writer = cv2.VideoWriter(partial, fourcc, fps, size)
                     frame = np.full((size[1], size[0], 3), 255, dtype=np.uint8)
                     frame[:height, :width] = overlay(result.image, result.labels)
                     frame[:legend.shape[0], width:width + legend.shape[1]] = legend
@@ -286,7 +293,8 @@ def main(argv=None):
     config_file = args.config_file or PROTOCOL_CONFIGS[args.protocol or DEFAULT_PROTOCOL]
     segmenter = Segmenter.from_config(config_file, build_opts(args))
     if args.video_input:
-        frames = segment_video(segmenter, args.video_input, target, vocabulary, background, args.batch_size)
+        frames = segment_video(segmenter, args.video_input, target, vocabulary, background,
+                               args.batch_size)
         logger.info("segmented %d frames of %s -> %s", frames, args.video_input, target)
         return 0
     logger.info("segmenting %d image(s) -> %s", len(inputs), args.output)

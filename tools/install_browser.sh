@@ -9,7 +9,10 @@ if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
 fi
 SUDO=()
 if [[ "$(id -u)" != 0 ]]; then
-  command -v sudo >/dev/null || { echo "[browser] ERROR: run as root (apt-get install chromium chromium-driver)" >&2; exit 1; }
+  if ! command -v sudo >/dev/null; then
+    echo "[browser] ERROR: run as root: apt-get install chromium chromium-driver" >&2
+    exit 1
+  fi
   SUDO=(sudo)
 fi
 export DEBIAN_FRONTEND=noninteractive

@@ -11,6 +11,7 @@ and ``train`` (output_dir, device); overrides are ``key=value``.
 Training-free: --eval-only is the only mode. Without CUDA, train.device falls back to cpu and
 --num-gpus N starts N CPU processes (gloo), as tools/train_net.py does.
 """
+
 import logging
 import os
 import sys
@@ -35,14 +36,18 @@ logger = logging.getLogger("cliptrase_d2")
 def load(config_file: str, overrides):
     """The LazyConfig with ``key=value`` overrides applied; errors name the file or the override."""
     if not config_file.endswith(".py"):
-        raise ValueError(f"--config-file {config_file}: a LazyConfig is a .py file (configs/lazy/); "
-                         "YAML configs run with tools/train_net.py")
+        raise ValueError(
+            f"--config-file {config_file}: a LazyConfig is a .py file (configs/lazy/); "
+            "YAML configs run with tools/train_net.py"
+        )
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"config file {config_file} does not exist")
     cfg = LazyConfig.load(config_file)
     for key in ("model", "dataloader", "train"):
         if key not in cfg:
-            raise KeyError(f"config file {config_file} defines no '{key}' (see configs/lazy/common.py)")
+            raise KeyError(
+                f"config file {config_file} defines no '{key}' (see configs/lazy/common.py)"
+            )
     try:
         return LazyConfig.apply_overrides(cfg, overrides)
     except Exception as error:  # omegaconf's errors name the key but not that it came from here
@@ -74,20 +79,36 @@ def main(args):
     device = resolve_device(cfg)
     default_setup(cfg, args)
     model = instantiate(cfg.model).to(device).eval()
-    logger.info("CLIPtrase: head=%s, protocol=%s, %d classes, CLIP=%s, weights=%s, device=%s", cfg.model.head,
-                cfg.model.protocol, model.vocabulary.num_classes, cfg.model.clip_model.model,
-                cfg.model.clip_model.weights, device)
+    logger.info(
+        "CLIPtrase: head=%s, protocol=%s, %d classes, CLIP=%s, weights=%s, device=%s",
+        cfg.model.head,
+        cfg.model.protocol,
+        model.vocabulary.num_classes,
+        cfg.model.clip_model.model,
+        cfg.model.clip_model.weights,
+        device,
+    )
     return do_test(cfg, model)
 
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     if not args.eval_only:
-        sys.exit("CLIPtrase is training-free: there is nothing to train. Add --eval-only to evaluate.")
+        sys.exit(
+            "CLIPtrase is training-free: there is nothing to train. Add --eval-only to evaluate."
+        )
     try:
-        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-               dist_url=args.dist_url, args=(args,))
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
     except (WeightsError, FileNotFoundError, KeyError, ValueError) as error:
         sys.exit(f"error: {error}")
-    except WorkerError as error:  # several CPU processes: the failing one's error, as one process shows it
+    except (
+        WorkerError
+    ) as error:  # several CPU processes: the failing one's error, as one process shows it
         sys.exit(error.exit_message())

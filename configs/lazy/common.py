@@ -7,6 +7,7 @@ written out). Change any of them on the command line, e.g.
 ``model.clip_model.weights=weights/ViT-B-16.pt train.device=cpu``; the tokenizer and the text
 cache follow ``model.clip_model`` by interpolation.
 """
+
 from detectron2.config import LazyCall as L
 from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
 
@@ -21,12 +22,20 @@ from cliptrase_d2.vocabulary import resolve_vocabulary, template_set
 model = L(CLIPtrase)(
     clip_model=L(build_clip)(model="ViT-B-16", weights="openai", precision="fp32"),
     tokenizer=L(get_tokenizer)(model="${..clip_model.model}"),
-    vocabulary=L(resolve_vocabulary)(spec="voc21", background=[], paper_quirks="${..paper_vocabulary_quirks}"),
+    vocabulary=L(resolve_vocabulary)(
+        spec="voc21", background=[], paper_quirks="${..paper_vocabulary_quirks}"
+    ),
     templates=L(template_set)(name="imagenet80"),
     head="cliptrase",
     logit_scale=0.0,
-    refinement=L(RefinementSettings)(refine="mean", dbscan_eps=0.7, dbscan_min_samples=3, region_upsample=4,
-                                     median_size=7, image_logit_weighting=False),
+    refinement=L(RefinementSettings)(
+        refine="mean",
+        dbscan_eps=0.7,
+        dbscan_min_samples=3,
+        region_upsample=4,
+        median_size=7,
+        image_logit_weighting=False,
+    ),
     protocol="standard",
     paper_size=224,
     standard_short_side=336,
@@ -35,9 +44,12 @@ model = L(CLIPtrase)(
     window_batch=8,
     input_format="RGB",
     paper_vocabulary_quirks=False,
-    text_cache=L(TextEmbeddingCache.from_setting)(setting="", model="${..clip_model.model}",
-                                                  weights="${..clip_model.weights}",
-                                                  precision="${..clip_model.precision}"),
+    text_cache=L(TextEmbeddingCache.from_setting)(
+        setting="",
+        model="${..clip_model.model}",
+        weights="${..clip_model.weights}",
+        precision="${..clip_model.precision}",
+    ),
 )
 
 dataloader = dict(
@@ -50,11 +62,18 @@ dataloader = dict(
         dataset_name="${..test.dataset.names}",
         output_dir="${train.output_dir}",
         save_predictions=False,
-        run_info=dict(head="${model.head}", refine="${model.refinement.refine}",
-                      clip_model="${model.clip_model.model}", weights="${model.clip_model.weights}",
-                      precision="${model.clip_model.precision}", templates="${model.templates.name}",
-                      vocabulary="${model.vocabulary.spec}", short_side="${model.standard_short_side}",
-                      window="${model.window_size}", stride="${model.window_stride}"),
+        run_info=dict(
+            head="${model.head}",
+            refine="${model.refinement.refine}",
+            clip_model="${model.clip_model.model}",
+            weights="${model.clip_model.weights}",
+            precision="${model.clip_model.precision}",
+            templates="${model.templates.name}",
+            vocabulary="${model.vocabulary.spec}",
+            short_side="${model.standard_short_side}",
+            window="${model.window_size}",
+            stride="${model.window_stride}",
+        ),
     ),
 )
 
