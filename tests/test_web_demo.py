@@ -231,7 +231,8 @@ def test_browser_upload_segment_and_compare_with_the_api(server, browser, tiny_o
     assert len(shares) >= 2, "the check needs a photo the tiny CLIP splits into several classes"
     browser.get(server)
     assert "test-sized CLIP" in _wait(browser, "#weights").text  # says which weights it runs
-    _wait(browser, "#photo input[type=file]").send_keys(VOC_PHOTO)
+    # Chromium takes canonical paths only
+    _wait(browser, "#photo input[type=file]").send_keys(os.path.realpath(VOC_PHOTO))
     _text_box(browser, "vocabulary").send_keys(VOCABULARY)
     _text_box(browser, "background").send_keys(BACKGROUND)
     _wait(browser, "#photo img")  # the upload arrived
@@ -252,7 +253,7 @@ def test_browser_empty_vocabulary_shows_the_error(server, browser):
     from selenium.webdriver.common.keys import Keys
 
     browser.get(server)
-    _wait(browser, "#photo input[type=file]").send_keys(PHOTO)
+    _wait(browser, "#photo input[type=file]").send_keys(os.path.realpath(PHOTO))
     _wait(browser, "#photo img")
     box = _text_box(browser, "vocabulary")
     box.send_keys(" , ")
