@@ -241,11 +241,16 @@ def test_browser_upload_segment_and_compare_with_the_api(server, browser, tiny_o
     np.testing.assert_array_equal(np.array(_fetch(link)), result.labels)
     rendered = _wait(browser, "#overlay img").get_attribute("src")
     np.testing.assert_array_equal(np.asarray(_fetch(rendered).convert("RGB")), shown)
-    rows = [
-        [cell.text for cell in row.find_elements(By.CSS_SELECTOR, "td")]
-        for row in browser.find_elements(By.CSS_SELECTOR, "#shares tbody tr")
-    ]
-    assert [row[:2] for row in rows if row] == shares
+    deadline = time.monotonic() + 60
+    while True:  # the table's rows may render a moment after the image
+        texts = [cell.get_attribute("textContent").strip()
+                 for cell in browser.find_elements(By.CSS_SELECTOR, "#shares td")]
+        texts = [text for text in texts if text]
+        rows = [texts[i:i + 2] for i in range(0, len(texts), 2)]
+        if rows == shares or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert rows == shares
 
 
 def test_browser_empty_vocabulary_shows_the_error(server, browser):
