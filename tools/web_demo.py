@@ -15,6 +15,7 @@ so nothing of one user's request reaches another's. See docs/web_demo.md.
 """
 
 import argparse
+import html
 import importlib.util
 import logging
 import os
@@ -253,6 +254,15 @@ def segment_request(
     return shown, shares, label_path
 
 
+def shares_table(rows) -> str:
+    """[[class, share %], ...] as an HTML table (names escaped: they are user input)."""
+    body = "".join(f"<tr><td>{html.escape(name)}</td><td>{share}</td></tr>" for name, share in rows)
+    return (
+        "<table><thead><tr><th>class</th><th>pixel share (%)</th></tr></thead>"
+        f"<tbody>{body}</tbody></table>"
+    )
+
+
 def describe_weights(models: Models, segmenter: Segmenter) -> str:
     """The page's line on which CLIP runs, with a warning for test-sized models."""
     from cliptrase_d2.engine.trainer import load_config
@@ -290,7 +300,7 @@ def build_page(
 
     def run(image_path, vocabulary_text, background_text, head, protocol):
         try:
-            return segment_request(
+            shown, shares, label_path = segment_request(
                 models,
                 limits,
                 outputs,
@@ -300,6 +310,7 @@ def build_page(
                 head,
                 protocol,
             )
+            return shown, shares_table(shares), label_path
         except (ValueError, FileNotFoundError, WeightsError, MemoryError) as error:
             raise gr.Error(str(error), duration=None, print_exception=False) from None
         except KeyError as error:
@@ -350,13 +361,7 @@ def build_page(
                     elem_id="overlay",
                     interactive=False,
                 )
-                shares = gr.Dataframe(
-                    headers=["class", "pixel share (%)"],
-                    datatype=["str", "str"],
-                    label="Pixel shares",
-                    elem_id="shares",
-                    interactive=False,
-                )
+                shares = gr.HTML(label="Pixel shares", elem_id="shares")
                 labels = gr.File(label="Label map (PNG, class index per pixel)", elem_id="labels")
         photos = sample_photos()
         if photos:
