@@ -264,6 +264,13 @@ def test_browser_empty_vocabulary_shows_the_error(server, browser):
     box.send_keys(" , ")
     box.send_keys(Keys.TAB)
     browser.find_element(By.CSS_SELECTOR, "#run").click()
-    message = _wait(browser, ".toast-body", timeout=120)
-    assert "Type at least one class name" in message.text
+    _wait(browser, ".toast-body", timeout=120)
+    deadline = time.monotonic() + 60
+    while True:  # the toast's text may fill in a moment after the toast appears
+        shown = " ".join(toast.get_attribute("textContent")
+                         for toast in browser.find_elements(By.CSS_SELECTOR, ".toast-body"))
+        if "Type at least one class name" in shown or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert "Type at least one class name" in shown
     assert not browser.find_elements(By.CSS_SELECTOR, "#labels a[download]")  # no result came
