@@ -218,6 +218,8 @@ def test_openai_tag_download_failure_says_where_to_put_the_file(tmp_path, monkey
         raise OSError("Network is unreachable")
 
     monkeypatch.setattr(open_clip, "download_pretrained", unreachable)
+    # the server answers the connection check, then the download fails
+    monkeypatch.setattr("cliptrase_d2.clip_loading._network_problem", lambda url: None)
     with pytest.raises(WeightsError, match=r"Network is unreachable.*weights/ViT-B-16\.pt"):
         build_clip("ViT-B-16", "openai", cache_dir=str(tmp_path))
 

@@ -1,14 +1,17 @@
 """tools/demo.py end to end: the reference label maps from the photos and class names, its
-output files, and its errors on bad input."""
+output files, the whole image by default, videos frame by frame, and its errors on bad input."""
 import json
 import os
 import sys
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import FIXTURES, REPO, manifest_runs, require_fixtures, run_config
+from cliptrase_d2.api import Segmenter
+from cliptrase_d2.visualization import overlay
 
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import demo  # noqa: E402
@@ -41,7 +44,7 @@ def test_demo_outputs(tiny_opts, tmp_path):
     image = os.path.join(FIXTURES, "images", "chelsea.png")
     output = tmp_path / "out"
     _run_demo(tmp_path, tiny_opts, "--input", image, "--output", str(output), "--vocabulary", "cat, grass, wall",
-              "--background", "sky, floor", "--side-by-side")
+              "--background", "sky, floor", "--side-by-side", "--protocol", "paper")
     labels = np.array(Image.open(output / "chelsea_labels.png"))
     info = json.loads((output / "chelsea.json").read_text())
     assert info["class_names"] == ["cat", "grass", "wall", "background"]
@@ -57,14 +60,20 @@ def test_demo_outputs(tiny_opts, tmp_path):
     assert panel.width == 224 + overlay.width
 
 
-def test_standard_protocol_keeps_original_size(tiny_opts, tmp_path):
+@pytest.mark.parametrize("protocol_args, shape", [
+    ((), (400, 600)),  # the default: the whole photo at its own size (standard protocol)
+    (("--protocol", "standard"), (400, 600)),
+    (("--protocol", "paper"), (224, 224)),
+    (("--config-file", os.path.join(REPO, "configs", "paper", "Base-paper-224.yaml")), (224, 224)),
+])
+def test_whole_image_by_default_crop_only_under_paper(protocol_args, shape, tiny_opts, tmp_path):
     require_fixtures()
     output = tmp_path / "out"
     _run_demo(tmp_path, tiny_opts, "--input", os.path.join(FIXTURES, "images", "coffee.png"), "--output", str(output),
-              "--vocabulary", "cup, table", "--protocol", "standard",
-              opts=["MODEL.CLIPTRASE.STANDARD_SHORT_SIDE", "224"])
+              "--vocabulary", "cup, table", *protocol_args, opts=["MODEL.CLIPTRASE.STANDARD_SHORT_SIDE", "224"])
     labels = np.array(Image.open(output / "coffee_labels.png"))
-    assert labels.shape == (400, 600)
+    assert labels.shape == shape
+    assert Image.open(output / "coffee.png").height == shape[0]
 
 
 def test_more_than_255_classes_write_16_bit_labels(tiny_opts, tmp_path):
@@ -73,7 +82,8 @@ def test_more_than_255_classes_write_16_bit_labels(tiny_opts, tmp_path):
     vocabulary.write_text("\n".join(f"thing number {i}" for i in range(300)))
     output = tmp_path / "out"
     _run_demo(tmp_path, tiny_opts, "--input", os.path.join(FIXTURES, "images", "astronaut.png"), "--output",
-              str(output), "--vocabulary", str(vocabulary), opts=["MODEL.CLIPTRASE.TEMPLATES", "vild14"])
+              str(output), "--vocabulary", str(vocabulary), "--protocol", "paper",
+              opts=["MODEL.CLIPTRASE.TEMPLATES", "vild14"])
     labels = Image.open(output / "astronaut_labels.png")
     assert labels.mode == "I;16"
     info = json.loads((output / "astronaut.json").read_text())
@@ -141,4 +151,101 @@ def test_existing_outputs_need_overwrite(tiny_opts, tmp_path):
         demo.main(argv)
     assert mine.read_bytes() == b"someone's file" and sorted(os.listdir(output)) == ["coffee.png"]
     assert demo.main(["--overwrite", *argv]) == 0
-    assert Image.open(mine).height == 224 and (output / "coffee_labels.png").exists()
+    assert Image.open(mine).height == 400 and (output / "coffee_labels.png").exists()
+
+
+def _write_video(path, frames, fps=5.0):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (frames[0].shape[1], frames[0].shape[0]))
+    for frame in frames:
+        writer.write(np.ascontiguousarray(frame[:, :, ::-1]))
+    writer.release()
+
+
+def _read_video(path):
+    capture = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame[:, :, ::-1])
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    capture.release()
+    return frames, fps
+
+
+@pytest.fixture
+def tiny_video(tmp_path):
+    """Three 160 x 240 RGB frames panning across coffee.png, as an mp4."""
+    require_fixtures()
+    photo = np.array(Image.open(os.path.join(FIXTURES, "images", "coffee.png")).convert("RGB"))
+    frames = [np.ascontiguousarray(photo[100:260, 80 * i:80 * i + 240]) for i in range(3)]
+    path = tmp_path / "pan.mp4"
+    _write_video(path, frames)
+    return path
+
+
+@pytest.fixture
+def encode_text_calls(monkeypatch):
+    """Counts the CLIP text tower's forward passes (the text embeddings' cost)."""
+    import open_clip
+
+    calls = []
+    original = open_clip.model.CLIP.encode_text
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(open_clip.model.CLIP, "encode_text", counting)
+    return calls
+
+
+def test_video_frame_by_frame_equals_the_api(tiny_video, tiny_opts, tmp_path, encode_text_calls):
+    vocabulary, background = "cup, table, saucer", "wall"
+    opts = [*tiny_opts, "MODEL.CLIPTRASE.STANDARD_SHORT_SIDE", "224"]
+    output = tmp_path / "out"
+    argv = ["--video-input", str(tiny_video), "--output", str(output), "--vocabulary", vocabulary,
+            "--background", background, "--cache-dir", "none", "--batch-size", "2", "--opts", *opts]
+    assert demo.main(argv) == 0
+    video_calls = len(encode_text_calls)
+    written, fps = _read_video(output / "pan.mp4")
+    inputs, _ = _read_video(tiny_video)  # the frames as decoded, which is what the demo segmented
+    assert len(written) == len(inputs) == 3 and fps == pytest.approx(5.0)
+    segmenter = Segmenter.from_config(demo.PROTOCOL_CONFIGS["standard"],
+                                      [*opts, "MODEL.CLIPTRASE.TEXT_CACHE_DIR", "none"])
+    encode_text_calls.clear()
+    results = [segmenter.segment(inputs[0].copy(), vocabulary, background=[background], scores=False)]
+    # three frames cost the demo the text passes of one image: the vocabulary was encoded once
+    assert video_calls == len(encode_text_calls) > 0
+    results += [segmenter.segment(frame.copy(), vocabulary, background=[background], scores=False)
+                for frame in inputs[1:]]
+    legend = demo.class_legend(results[0].class_names, 160)
+    for frame, result in zip(written, results):
+        assert result.labels.shape == (160, 240)  # the whole frame, at its own size
+        width = 240 + legend.shape[1]
+        assert frame.shape == (max(160, legend.shape[0]), width + width % 2, 3)
+        expected = overlay(result.image, result.labels).astype(np.int16)
+        wrong = overlay(result.image, (result.labels + 1) % len(result.class_names)).astype(np.int16)
+        error = np.abs(frame[:160, :240].astype(np.int16) - expected).mean()
+        assert error < 4, f"the video frame differs from the API's overlay by {error:.2f} grey levels"
+        assert np.abs(frame[:160, :240].astype(np.int16) - wrong).mean() > 4 * error + 5
+        assert np.abs(frame[:legend.shape[0], 240:240 + legend.shape[1]].astype(np.int16) - legend).mean() < 4
+
+
+def test_video_errors(tiny_video, tiny_opts, tmp_path):
+    with pytest.raises(FileNotFoundError, match="--video-input .*missing.mp4 does not exist"):
+        demo.main(["--video-input", str(tmp_path / "missing.mp4"), "--output", str(tmp_path), "--opts", *tiny_opts])
+    not_video = tmp_path / "notes.mp4"
+    not_video.write_text("not a video")
+    with pytest.raises(ValueError, match="notes.mp4"):
+        demo.main(["--video-input", str(not_video), "--output", str(tmp_path / "out"), "--vocabulary", "cup",
+                   "--opts", *tiny_opts])
+    assert not (tmp_path / "out" / "notes.mp4").exists()
+    taken = tmp_path / "taken.mp4"
+    taken.write_bytes(b"mine")
+    with pytest.raises(FileExistsError, match="taken.mp4.*--overwrite"):
+        demo.main(["--video-input", str(tiny_video), "--output", str(taken), "--opts", *tiny_opts])
+    assert taken.read_bytes() == b"mine"
+    with pytest.raises(SystemExit):  # argparse: --input and --video-input exclude each other
+        demo.main(["--video-input", str(tiny_video), "--input", str(tiny_video), "--output", str(tmp_path)])

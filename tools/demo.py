@@ -1,9 +1,13 @@
 #!/usr/bin/env python
-"""Segments your own images with any vocabulary.
+"""Segments your own images or videos with any vocabulary.
 
     python tools/demo.py --input photo.jpg "photos/*.png" --output out/ --vocabulary "sky, dog, frisbee"
+    python tools/demo.py --video-input clip.mp4 --output out/ --vocabulary "road, car, tree, sky"
     python tools/demo.py --config-file configs/paper/voc21_224.yaml --input img/ --output out/ \
         --opts MODEL.WEIGHTS weights/ViT-B-16.pt
+
+Without --config-file the whole image is segmented at its own size (the standard protocol);
+--protocol paper, or a paper config, segments the S x S center crop the paper evaluates.
 
 Per input, in --output: <stem>_labels.png (class index per pixel, 16-bit when more than 255
 classes), <stem>.png (colour overlay with a legend of the classes present), <stem>.json
@@ -11,6 +15,10 @@ classes), <stem>.png (colour overlay with a legend of the classes present), <ste
 Existing files are never replaced unless --overwrite is given, and an input is never an output.
 Labels are in the frame the protocol predicts: the S x S center crop under the paper protocol,
 the original image under the standard one.
+
+--video-input segments a video frame by frame (the text embeddings are computed once) and writes
+<stem>.mp4 in --output (or --output itself when it ends in .mp4): each frame's overlay beside a
+legend of the vocabulary's colours.
 """
 import argparse
 import glob
@@ -20,15 +28,17 @@ import sys
 import tempfile
 
 import cliptrase_d2  # noqa: F401  (first: detectron2 0.6 shims, registrations)
+import cv2
 import numpy as np
 from detectron2.utils.logger import setup_logger
-from PIL import Image
+from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from cliptrase_d2.api import Segmenter
-from cliptrase_d2.errors import UserError
+from cliptrase_d2.errors import InputError, MissingFileError, OutputExistsError, OutputNotWritableError, UserError
 from cliptrase_d2.evaluation.results_io import atomic_save_image, atomic_write_json, atomic_write_png
-from cliptrase_d2.visualization import legend_entries, overlay, side_by_side, with_legend
+from cliptrase_d2.visualization import legend_entries, overlay, palette, side_by_side, with_legend
+from cliptrase_d2.vocabulary import benchmark_keys, resolve_vocabulary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROTOCOL_CONFIGS = {
@@ -36,6 +46,7 @@ PROTOCOL_CONFIGS = {
     "standard": os.path.join(REPO, "configs", "standard", "Base-standard.yaml"),
 }
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+DEFAULT_PROTOCOL = "standard"  # a user's photo is segmented whole, at its own size
 
 logger = logging.getLogger("cliptrase_d2.demo")
 
@@ -45,16 +56,23 @@ def get_parser():
     parser.add_argument("--config-file", default="", metavar="FILE",
                         help="config file (default: the --protocol's base config)")
     parser.add_argument("--protocol", choices=sorted(PROTOCOL_CONFIGS), default=None,
-                        help="paper (center crop S x S) or standard (sliding window, full image)")
-    parser.add_argument("--input", nargs="+", required=True,
+                        help="standard (the whole image at its own size; the default without "
+                             "--config-file) or paper (the S x S center crop)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", nargs="+",
                         help="image files, folders or glob patterns (quote globs)")
-    parser.add_argument("--output", required=True, help="folder for the outputs (created if needed)")
+    source.add_argument("--video-input", metavar="FILE",
+                        help="a video file, segmented frame by frame into an mp4 with the overlay")
+    parser.add_argument("--output", required=True,
+                        help="folder for the outputs (created if needed); with --video-input "
+                             "also a file name ending in .mp4")
     parser.add_argument("--vocabulary", default=None,
                         help="benchmark key (voc21, ade150, ...), comma-separated names, or a text file")
     parser.add_argument("--background", default="", help="comma-separated background words, merged into one class")
     parser.add_argument("--cache-dir", default=None, help="text-embedding cache folder ('none' to disable)")
     parser.add_argument("--side-by-side", action="store_true", help="also write <stem>_panel.png: input | overlay")
-    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="images (or frames) per forward pass")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace output files that already exist (e.g. from an earlier run)")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
@@ -69,13 +87,13 @@ def expand_inputs(patterns):
             found = sorted(os.path.join(pattern, f) for f in os.listdir(pattern)
                            if f.lower().endswith(IMAGE_EXTENSIONS))
             if not found:
-                raise FileNotFoundError(f"--input folder {pattern} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
+                raise MissingFileError(f"--input folder {pattern} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
         elif os.path.isfile(pattern):
             found = [pattern]
         else:
             found = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
             if not found:
-                raise FileNotFoundError(f"--input {pattern!r} matches no file")
+                raise MissingFileError(f"--input {pattern!r} matches no file")
         paths.extend(found)
     unique = {}  # one entry per file, however often or under whichever name it was given
     for path in paths:
@@ -101,17 +119,17 @@ def check_outputs(inputs, output: str, panel: bool, overwrite: bool) -> None:
         for target in output_paths(path, output, panel).values():
             real = os.path.realpath(target)
             if real in sources:
-                raise ValueError(f"the output {target} would overwrite the input {sources[real]}: "
+                raise InputError(f"the output {target} would overwrite the input {sources[real]}: "
                                  "choose another --output folder")
             if real in writers and os.path.realpath(writers[real]) != os.path.realpath(path):
-                raise ValueError(f"two inputs would write the same outputs ({os.path.basename(target)}): "
+                raise InputError(f"two inputs would write the same outputs ({os.path.basename(target)}): "
                                  f"{writers[real]} and {path}; rename one or run them separately")
             writers[real] = path
             if os.path.lexists(target):
                 existing.append(target)
     if existing and not overwrite:
         shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
-        raise FileExistsError(f"{len(existing)} output file(s) already exist: {shown}. Pass --overwrite to "
+        raise OutputExistsError(f"{len(existing)} output file(s) already exist: {shown}. Pass --overwrite to "
                               "replace them, or choose another --output folder")
 
 
@@ -121,7 +139,7 @@ def check_writable(folder: str) -> None:
         with tempfile.NamedTemporaryFile(dir=folder):
             pass
     except OSError as error:
-        raise PermissionError(f"cannot write to the --output folder {folder}: {error.strerror}") from None
+        raise OutputNotWritableError(f"cannot write to the --output folder {folder}: {error.strerror}") from None
 
 
 def write_outputs(result, path: str, output: str, panel: bool) -> None:
@@ -152,23 +170,136 @@ def build_opts(args):
     return opts
 
 
+def checked_vocabulary(spec, background):
+    """(vocabulary, background) for ``Segmenter.segment``, checked before the model loads; a
+    file is read once here (not per image or frame). None keeps the config's vocabulary."""
+    if spec is None:
+        return None, background
+    resolved = resolve_vocabulary(spec, background)  # raises on empty, duplicate, missing ... specs
+    if spec.strip().lower() in benchmark_keys():
+        return spec, background  # the model applies the config's paper quirks to benchmark keys
+    return list(resolved.classes), list(resolved.background)
+
+
+def video_output_path(video: str, output: str) -> str:
+    if output.lower().endswith(".mp4"):
+        return output
+    return os.path.join(output, os.path.splitext(os.path.basename(video))[0] + ".mp4")
+
+
+def check_video_output(video: str, target: str, overwrite: bool) -> None:
+    if not os.path.isfile(video):
+        raise MissingFileError(f"--video-input {video} does not exist")
+    if os.path.realpath(target) == os.path.realpath(video):
+        raise InputError(f"the output {target} would overwrite the input video: "
+                         "choose another --output")
+    if os.path.lexists(target) and not overwrite:
+        raise OutputExistsError(f"the output {target} already exists. Pass --overwrite to replace "
+                              "it, or choose another --output")
+
+
+def class_legend(class_names, height: int, row_height: int = 20) -> np.ndarray:
+    """(max(height, rows), W, 3) uint8 legend of every class's colour, for video frames (the
+    same for every frame, unlike the per-image legend of the classes present)."""
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    width = row_height + 12 + max(int(probe.textlength(name)) for name in class_names)
+    rows = row_height * len(class_names) + 8
+    canvas = Image.new("RGB", (width, max(height, rows)), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for index, (name, color) in enumerate(zip(class_names, palette(len(class_names)))):
+        top = 4 + index * row_height
+        draw.rectangle([6, top, 6 + row_height - 4, top + row_height - 4],
+                       fill=tuple(int(c) for c in color), outline=(0, 0, 0))
+        draw.text((row_height + 8, top + 4), name, fill=(0, 0, 0))
+    return np.asarray(canvas)
+
+
+def read_frames(capture, batch_size: int):
+    """Batches of (H, W, 3) uint8 RGB frames from an open cv2.VideoCapture."""
+    batch = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        batch.append(np.ascontiguousarray(frame[:, :, ::-1]))
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def segment_video(segmenter, video: str, target: str, vocabulary, background,
+                  batch_size: int) -> int:
+    """Writes ``target`` (mp4): every frame's overlay beside the class legend. Returns the
+    number of frames."""
+    capture = cv2.VideoCapture(video)
+    if not capture.isOpened():
+        raise InputError(f"cannot read the video {video}: OpenCV could not open it (a video file "
+                         "such as .mp4, .avi or .mov is needed)")
+    fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    folder = os.path.dirname(os.path.abspath(target))
+    check_writable(folder)
+    handle, partial = tempfile.mkstemp(suffix=".mp4", dir=folder)  # replaces target once complete
+    os.close(handle)
+    writer, legend, frames = None, None, 0
+    try:
+        with tqdm(total=total, desc="video", unit="frame") as progress:
+            for batch in read_frames(capture, batch_size):
+                results = segmenter.segment(batch, vocabulary, background=background, scores=False)
+                for result in results:
+                    if writer is None:
+                        height, width = result.image.shape[:2]
+                        legend = class_legend(result.class_names, height)
+                        size = (width + legend.shape[1], max(height, legend.shape[0]))
+                        size = tuple(side + side % 2 for side in size)  # codecs want even sides
+                        fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+                        writer = cv2.VideoWriter(partial, fourcc, fps, size)
+                    frame = np.full((size[1], size[0], 3), 255, dtype=np.uint8)
+                    frame[:height, :width] = overlay(result.image, result.labels)
+                    frame[:legend.shape[0], width:width + legend.shape[1]] = legend
+                    writer.write(np.ascontiguousarray(frame[:, :, ::-1]))
+                frames += len(batch)
+                progress.update(len(batch))
+        if frames == 0:
+            raise InputError(f"the video {video} has no readable frames")
+        writer.release()
+        os.replace(partial, target)
+    finally:
+        capture.release()
+        if os.path.exists(partial):
+            os.remove(partial)
+    return frames
+
+
 def main(argv=None):
     args = get_parser().parse_args(argv)
     setup_logger(name="cliptrase_d2")
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    inputs = expand_inputs(args.input)
-    check_outputs(inputs, args.output, args.side_by_side, args.overwrite)
-    check_writable(args.output)
-    config_file = args.config_file or PROTOCOL_CONFIGS[args.protocol or "paper"]
-    segmenter = Segmenter.from_config(config_file, build_opts(args))
+        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.video_input:
+        target = video_output_path(args.video_input, args.output)
+        check_video_output(args.video_input, target, args.overwrite)
+    else:
+        inputs = expand_inputs(args.input)
+        check_outputs(inputs, args.output, args.side_by_side, args.overwrite)
+        check_writable(args.output)
     background = [w.strip() for w in args.background.split(",") if w.strip()]
-    vocabulary = segmenter.resolve_vocabulary(args.vocabulary, background)
-    logger.info("segmenting %d image(s) into %d classes -> %s", len(inputs), vocabulary.num_classes, args.output)
+    vocabulary, background = checked_vocabulary(args.vocabulary, background)
+    config_file = args.config_file or PROTOCOL_CONFIGS[args.protocol or DEFAULT_PROTOCOL]
+    segmenter = Segmenter.from_config(config_file, build_opts(args))
+    if args.video_input:
+        frames = segment_video(segmenter, args.video_input, target, vocabulary, background,
+                               args.batch_size)
+        logger.info("segmented %d frames of %s -> %s", frames, args.video_input, target)
+        return 0
+    logger.info("segmenting %d image(s) -> %s", len(inputs), args.output)
     with tqdm(total=len(inputs), desc="demo", unit="img") as progress:
         for start in range(0, len(inputs), args.batch_size):
             batch = inputs[start:start + args.batch_size]
-            for path, result in zip(batch, segmenter.segment(batch, vocabulary, scores=False)):
+            results = segmenter.segment(batch, vocabulary, background=background, scores=False)
+            for path, result in zip(batch, results):
                 write_outputs(result, path, args.output, args.side_by_side)
             progress.update(len(batch))
     return 0

@@ -84,6 +84,8 @@ else
   fi
 fi
 "${PIP[@]}" install -r requirements/runtime.txt -r requirements/test.txt
+# the web demo (Gradio) and its browser test (Selenium): --no-deps, see requirements/web.txt
+"${PIP[@]}" install --no-deps -r requirements/web.txt
 "${PIP[@]}" install --no-build-isolation --no-deps -e .
 echo "$want" > "$STAMP"
 echo "[setup] ready: $VENV"

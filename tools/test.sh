@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 tools/setup_env.sh
 PY="${VENV:-.venv}/bin/python"
 "$PY" datasets/prepare_sample.py
+# Debian's Chromium for the web demo's browser test (root or sudo; without them that test is
+# skipped outside CI and fails under CI)
+tools/install_browser.sh || echo "[test] Chromium could not be installed: the browser test will not run"
 status=0
 HF_HUB_OFFLINE=1 "$PY" -m pytest -q "$@" tests || status=$?
 

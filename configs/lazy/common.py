@@ -1,0 +1,78 @@
+"""The parts every LazyConfig here shares: CLIPtrase (OpenAI CLIP ViT-B/16 through open_clip, fp32,
+the standard protocol) built with LazyCall, the test loader and the evaluator.
+
+The values are those of configs/Base-CLIPtrase.yaml + configs/standard/Base-standard.yaml as
+CLIPtrase.from_config resolves them (DBSCAN's automatic (0.7, 3) for 14 x 14 patch windows
+written out). Change any of them on the command line, e.g.
+``model.clip_model.weights=weights/ViT-B-16.pt train.device=cpu``; the tokenizer and the text
+cache follow ``model.clip_model`` by interpolation.
+"""
+
+from detectron2.config import LazyCall as L
+from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
+
+from cliptrase_d2.clip_loading import build_clip, get_tokenizer
+from cliptrase_d2.data.dataset_mapper import SemSegTestMapper
+from cliptrase_d2.evaluation import StandardSemSegEvaluator
+from cliptrase_d2.method.pipeline import RefinementSettings
+from cliptrase_d2.modeling.meta_arch import CLIPtrase
+from cliptrase_d2.text_cache import TextEmbeddingCache
+from cliptrase_d2.vocabulary import template_set
+
+model = L(CLIPtrase)(
+    clip_model=L(build_clip)(model="ViT-B-16", weights="openai", precision="fp32"),
+    tokenizer=L(get_tokenizer)(model="${..clip_model.model}"),
+    vocabulary=None,  # each record's dataset brings its own (MODEL.CLIPTRASE.VOCABULARY: an override)
+    templates=L(template_set)(name="imagenet80"),
+    head="cliptrase",
+    logit_scale=0.0,
+    refinement=L(RefinementSettings)(
+        refine="mean",
+        dbscan_eps=0.7,
+        dbscan_min_samples=3,
+        region_upsample=4,
+        median_size=7,
+        image_logit_weighting=False,
+    ),
+    protocol="standard",
+    paper_size=224,
+    standard_short_side=336,
+    window_size=224,
+    window_stride=112,
+    window_batch=8,
+    input_format="RGB",
+    paper_vocabulary_quirks=False,
+    text_cache=L(TextEmbeddingCache.from_setting)(
+        setting="",
+        model="${..clip_model.model}",
+        weights="${..clip_model.weights}",
+        precision="${..clip_model.precision}",
+    ),
+)
+
+dataloader = dict(
+    test=L(build_detection_test_loader)(
+        dataset=L(get_detection_dataset_dicts)(names="cliptrase_sample_voc21", filter_empty=False),
+        mapper=L(SemSegTestMapper)(image_format="${model.input_format}"),
+        num_workers=2,
+    ),
+    evaluator=L(StandardSemSegEvaluator)(
+        dataset_name="${..test.dataset.names}",
+        output_dir="${train.output_dir}",
+        save_predictions=False,
+        run_info=dict(
+            head="${model.head}",
+            refine="${model.refinement.refine}",
+            clip_model="${model.clip_model.model}",
+            weights="${model.clip_model.weights}",
+            precision="${model.clip_model.precision}",
+            templates="${model.templates.name}",
+            vocabulary="the dataset's",
+            short_side="${model.standard_short_side}",
+            window="${model.window_size}",
+            stride="${model.window_stride}",
+        ),
+    ),
+)
+
+train = dict(output_dir="./output/lazy", device="cuda")

@@ -1,0 +1,104 @@
+"""configs/lazy/*.py with tools/lazyconfig_train_net.py --eval-only: the same label maps and metrics
+as the YAML configs they mirror, on the VOC sample; and their errors."""
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, TINY_CONFIG, TINY_WEIGHTS, skip_outside_ci
+from cliptrase_d2.engine.trainer import Trainer, load_config
+
+sys.path.insert(0, os.path.join(REPO, "tools"))
+import lazyconfig_train_net  # noqa: E402
+
+SAMPLE_ROOT = os.path.join(REPO, "datasets", "cliptrase_sample_voc21")
+DATASET = "cliptrase_sample_voc21"
+TWINS = [
+    ("sample_voc21_standard.py", "voc21_standard.yaml"),
+    ("sample_voc21_paper_224.py", "voc21_paper_224.yaml"),
+]
+
+
+def _require_sample(monkeypatch):
+    if not os.path.isdir(os.path.join(SAMPLE_ROOT, "annotations")):
+        skip_outside_ci(
+            f"sample dataset missing at {SAMPLE_ROOT}: run `python datasets/prepare_sample.py`"
+        )
+    monkeypatch.setenv("DETECTRON2_DATASETS", os.path.join(REPO, "datasets"))
+
+
+def _predictions(folder):
+    files = sorted(os.listdir(folder))
+    return {name: np.array(Image.open(os.path.join(folder, name))) for name in files}
+
+
+@pytest.mark.parametrize("lazy, yaml", TWINS)
+def test_lazy_config_predicts_exactly_what_the_yaml_config_does(
+    lazy, yaml, tiny_opts, text_cache_dir, monkeypatch, tmp_path
+):
+    _require_sample(monkeypatch)
+    cfg = load_config(
+        os.path.join(REPO, "configs", "sample", yaml),
+        [
+            *tiny_opts,
+            "OUTPUT_DIR",
+            str(tmp_path / "yaml"),
+            "DATALOADER.NUM_WORKERS",
+            "0",
+            "MODEL.CLIPTRASE.STANDARD_SHORT_SIDE",
+            "224",
+        ],
+    )
+    expected = Trainer.test(cfg, Trainer.build_model(cfg))[DATASET]["sem_seg"]
+
+    args = argparse.Namespace(
+        config_file=os.path.join(REPO, "configs", "lazy", lazy),
+        eval_only=True,
+        num_gpus=1,
+        resume=False,
+        opts=[
+            f"model.clip_model.model={TINY_CONFIG}",
+            f"model.clip_model.weights={TINY_WEIGHTS}",
+            f"model.text_cache.setting={text_cache_dir}",
+            "model.standard_short_side=224",
+            f"train.output_dir={tmp_path / 'lazy'}",
+            "train.device=cpu",
+            "dataloader.test.num_workers=0",
+        ],
+    )
+    results = lazyconfig_train_net.main(args)["sem_seg"]
+
+    assert results.keys() == expected.keys()
+    for key, value in expected.items():  # every metric, exactly (NaN for classes absent from both)
+        assert results[key] == value or (np.isnan(value) and np.isnan(results[key])), key
+    yaml_maps = _predictions(tmp_path / "yaml" / "predictions" / DATASET)
+    lazy_maps = _predictions(tmp_path / "lazy" / "predictions" / DATASET)
+    assert sorted(lazy_maps) == sorted(yaml_maps) and len(yaml_maps) == 4
+    for name, labels in yaml_maps.items():
+        np.testing.assert_array_equal(lazy_maps[name], labels, err_msg=name)
+    assert len({labels.tobytes() for labels in yaml_maps.values()}) >= 2  # not one map four times
+
+
+def test_lazy_config_errors(tmp_path):
+    with pytest.raises(ValueError, match="voc21_standard.yaml.*tools/train_net.py"):
+        lazyconfig_train_net.load(
+            os.path.join(REPO, "configs", "sample", "voc21_standard.yaml"), []
+        )
+    with pytest.raises(FileNotFoundError, match="nothere.py does not exist"):
+        lazyconfig_train_net.load(str(tmp_path / "nothere.py"), [])
+    empty = tmp_path / "empty.py"
+    empty.write_text("x = 1\n")
+    with pytest.raises(KeyError, match="defines no 'model'"):
+        lazyconfig_train_net.load(str(empty), [])
+    cfg = lazyconfig_train_net.load(
+        os.path.join(REPO, "configs", "lazy", "sample_voc21_standard.py"),
+        ["model.clip_model.model=tiny.json"],
+    )
+    # the tokenizer and the text cache follow the CLIP model (interpolation), as in the YAML configs
+    assert cfg.model.tokenizer.model == cfg.model.text_cache.model == "tiny.json"
+    assert json.loads(json.dumps(dict(cfg.dataloader.evaluator.run_info)))["vocabulary"] == "the dataset's"

@@ -1,0 +1,110 @@
+#!/usr/bin/env python
+"""Evaluates CLIPtrase from a LazyConfig (configs/lazy/*.py), as Detectron2's ViTDet, MViTv2 and
+detrex pipelines do: the config holds ``model``, ``dataloader.test``, ``dataloader.evaluator``
+and ``train`` (output_dir, device); overrides are ``key=value``.
+
+    python tools/lazyconfig_train_net.py --config-file configs/lazy/sample_voc21_standard.py \
+        --eval-only model.clip_model.weights=weights/ViT-B-16.pt
+    python tools/lazyconfig_train_net.py --config-file configs/lazy/sample_voc21_standard.py \
+        --eval-only --num-gpus 2 train.device=cpu
+
+Training-free: --eval-only is the only mode. Without CUDA, train.device falls back to cpu and
+--num-gpus N starts N CPU processes (gloo), as tools/train_net.py does.
+"""
+
+import logging
+import os
+import sys
+
+import cliptrase_d2  # noqa: E402,F401  (registers the datasets; detectron2 shims)
+import torch  # noqa: E402
+from detectron2.config import LazyConfig, instantiate  # noqa: E402
+from detectron2.engine import default_argument_parser, default_setup  # noqa: E402
+from detectron2.evaluation import inference_on_dataset, print_csv_format  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+from cliptrase_d2.errors import InputError, MissingFileError, UnknownNameError, UserError
+from cliptrase_d2.engine import launch  # noqa: E402
+from cliptrase_d2.engine.launch import WorkerError  # noqa: E402
+
+logger = logging.getLogger("cliptrase_d2")
+
+
+def load(config_file: str, overrides):
+    """The LazyConfig with ``key=value`` overrides applied; errors name the file or the override."""
+    if not config_file.endswith(".py"):
+        raise InputError(
+            f"--config-file {config_file}: a LazyConfig is a .py file (configs/lazy/); "
+            "YAML configs run with tools/train_net.py"
+        )
+    if not os.path.isfile(config_file):
+        raise MissingFileError(f"config file {config_file} does not exist")
+    cfg = LazyConfig.load(config_file)
+    for key in ("model", "dataloader", "train"):
+        if key not in cfg:
+            raise UnknownNameError(
+                f"config file {config_file} defines no '{key}' (see configs/lazy/common.py)"
+            )
+    try:
+        return LazyConfig.apply_overrides(cfg, overrides)
+    except Exception as error:  # omegaconf's errors name the key but not that it came from here
+        raise UnknownNameError(f"command-line override: {error}") from None
+
+
+def resolve_device(cfg) -> str:
+    """cfg.train.device, or cpu (one log line) when it asks for CUDA and none is present."""
+    device = cfg.train.get("device", "cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        logger.info("train.device=%s but CUDA is not available: running on cpu", device)
+        device = cfg.train.device = "cpu"
+    return device
+
+
+def do_test(cfg, model):
+    loader = instantiate(cfg.dataloader.test)
+    evaluator = instantiate(cfg.dataloader.evaluator)
+    results = inference_on_dataset(model, loader, evaluator)
+    if results and comm.is_main_process():
+        logger.info("Evaluation results in csv format:")
+        print_csv_format(results)
+    return results
+
+
+def main(args):
+    cfg = load(args.config_file, args.opts)
+    setup_logger(output=cfg.train.output_dir, distributed_rank=comm.get_rank(), name="cliptrase_d2")
+    device = resolve_device(cfg)
+    default_setup(cfg, args)
+    model = instantiate(cfg.model).to(device).eval()
+    logger.info(
+        "CLIPtrase: head=%s, protocol=%s, %d classes, CLIP=%s, weights=%s, device=%s",
+        cfg.model.head,
+        cfg.model.protocol,
+        model.vocabulary.num_classes,
+        cfg.model.clip_model.model,
+        cfg.model.clip_model.weights,
+        device,
+    )
+    return do_test(cfg, model)
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    if not args.eval_only:
+        sys.exit(
+            "CLIPtrase is training-free: there is nothing to train. Add --eval-only to evaluate."
+        )
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except UserError as error:  # bad input: one line; anything else is a bug and keeps its traceback
+        sys.exit(f"error: {error}")
+    except WorkerError as error:  # several CPU processes: the failing one's error, as one process shows it
+        sys.exit(error.exit_message())

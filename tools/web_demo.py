@@ -1,0 +1,417 @@
+#!/usr/bin/env python
+"""A web page for trying CLIPtrase in the browser: upload a photo (or pick a sample), type class
+names, see the segmentation.
+
+    python -m pip install --no-deps -r requirements/web.txt     # once: Gradio
+    python tools/web_demo.py --opts MODEL.WEIGHTS weights/ViT-B-16.pt
+    # then open http://127.0.0.1:7860
+
+The page gives the overlay with a legend, each class's pixel share and the label map as a PNG
+(class index per pixel, in the order the classes were typed; "background" last when background
+words are given). The server binds to 127.0.0.1 (this machine only) unless --host says
+otherwise; it loads each (head, protocol) model once, keeps text embeddings in the on-disk cache,
+and serves several users through a queue: every request carries its own image and vocabulary,
+so nothing of one user's request reaches another's. See docs/web_demo.md.
+"""
+
+import argparse
+import html
+import importlib.util
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from an offline box
+
+import cliptrase_d2  # noqa: E402,F401
+import numpy as np  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from cliptrase_d2.errors import InputError, UserError
+from cliptrase_d2.api import Segmenter  # noqa: E402
+from cliptrase_d2.evaluation.results_io import atomic_write_png  # noqa: E402
+from cliptrase_d2.method.heads import HEADS  # noqa: E402
+from cliptrase_d2.visualization import legend_entries, overlay, with_legend  # noqa: E402
+from cliptrase_d2.vocabulary import benchmark_keys, resolve_vocabulary  # noqa: E402
+from demo import PROTOCOL_CONFIGS  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE_IMAGES = os.path.join(
+    os.environ.get("DETECTRON2_DATASETS", os.path.join(REPO, "datasets")),
+    "cliptrase_sample_voc21",
+    "images",
+)
+SAMPLE_VOCABULARY = "person, dog, cat, horse, sofa, chair, table, car, bicycle, bottle, plant"
+SAMPLE_BACKGROUND = "sky, wall, floor, grass, road, building, tree"
+MAX_NAME_LENGTH = 100  # characters per class name (CLIP reads 77 tokens anyway)
+TEST_SIZED_PARAMETERS = 20_000_000  # fewer than this: a test CLIP (ViT-B/16 has 150 M)
+
+logger = logging.getLogger("cliptrase_d2.web_demo")
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description="CLIPtrase web demo (Gradio)")
+    parser.add_argument(
+        "--config-file",
+        default="",
+        metavar="FILE",
+        help="base config (default: the protocol's base config)",
+    )
+    parser.add_argument(
+        "--head", default="cliptrase", choices=sorted(HEADS), help="head selected at start"
+    )
+    parser.add_argument(
+        "--protocol",
+        default="standard",
+        choices=sorted(PROTOCOL_CONFIGS),
+        help="protocol selected at start: standard (whole image) or paper (center crop)",
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes "
+        "the page to the network)",
+    )
+    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    parser.add_argument(
+        "--max-upload-mb", type=float, default=10.0, help="largest upload accepted, in MB"
+    )
+    parser.add_argument(
+        "--max-megapixels", type=float, default=16.0, help="largest image accepted, in megapixels"
+    )
+    parser.add_argument(
+        "--max-classes", type=int, default=300, help="most classes one request may name"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=2, help="requests processed at the same time"
+    )
+    parser.add_argument(
+        "--queue-size", type=int, default=32, help="requests waiting at most; more are refused"
+    )
+    parser.add_argument(
+        "--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ..."
+    )
+    return parser
+
+
+class Limits:
+    """What one request may ask for."""
+
+    def __init__(
+        self, max_upload_mb: float = 10.0, max_megapixels: float = 16.0, max_classes: int = 300
+    ):
+        self.max_upload_bytes = int(max_upload_mb * 2**20)
+        self.max_pixels = int(max_megapixels * 1e6)
+        self.max_classes = max_classes
+
+
+class Models:
+    """One Segmenter per (head, protocol), built on first use and kept; each has its own lock, so
+    requests to one model run one at a time while requests to different models may overlap."""
+
+    def __init__(self, config_file: str = "", opts: Sequence[str] = ()):
+        self.config_file = config_file
+        self.opts = list(opts)
+        self._models: Dict[Tuple[str, str], Tuple[Segmenter, threading.Lock]] = {}
+        self._building = threading.Lock()
+
+    def options(self, head: str, protocol: str) -> List[str]:
+        if head not in HEADS:
+            raise InputError(f"unknown head {head!r}; choose one of {', '.join(sorted(HEADS))}")
+        if protocol not in PROTOCOL_CONFIGS:
+            raise InputError(
+                f"unknown protocol {protocol!r}; "
+                f"choose one of {', '.join(sorted(PROTOCOL_CONFIGS))}"
+            )
+        # the peer heads' own configs (configs/<head>/standard.yaml) turn region refinement off
+        refine = [] if head == "cliptrase" else ["MODEL.CLIPTRASE.REFINE", "none"]
+        return self.opts + [
+            "MODEL.CLIPTRASE.HEAD",
+            head,
+            "MODEL.CLIPTRASE.PROTOCOL",
+            protocol,
+            *refine,
+        ]
+
+    def get(self, head: str, protocol: str) -> Tuple[Segmenter, threading.Lock]:
+        key = (head, protocol)
+        with self._building:
+            if key not in self._models:
+                config = self.config_file or PROTOCOL_CONFIGS[protocol]
+                logger.info("loading the %s head under the %s protocol", head, protocol)
+                self._models[key] = (
+                    Segmenter.from_config(config, self.options(head, protocol)),
+                    threading.Lock(),
+                )
+            return self._models[key]
+
+
+def parse_vocabulary(
+    text: Optional[str], background_text: Optional[str], max_classes: int
+) -> Tuple[object, List[str]]:
+    """(vocabulary, background words) for ``Segmenter.segment`` from the page's two text boxes.
+    A benchmark key or comma- (or line-) separated names; never a file on the server."""
+    background = _names(background_text or "")
+    text = (text or "").strip()
+    if not _names(text):
+        raise InputError(
+            "Type at least one class name, e.g. 'cat, sofa, floor' (or a benchmark key "
+            f"such as voc21; keys: {', '.join(benchmark_keys())})."
+        )
+    spec = text.lower() if text.lower() in benchmark_keys() else _names(text)
+    for name in ([] if isinstance(spec, str) else spec) + background:
+        if len(name) > MAX_NAME_LENGTH:
+            raise InputError(
+                f"The name {name[:40]!r}... is {len(name)} characters long; "
+                f"use at most {MAX_NAME_LENGTH}."
+            )
+    vocabulary = resolve_vocabulary(spec, background)  # empty, duplicate, 'background' clashes
+    if vocabulary.num_classes > max_classes:
+        raise InputError(
+            f"{vocabulary.num_classes} classes: this server accepts at most {max_classes} "
+            "per request (--max-classes)."
+        )
+    return spec, background
+
+
+def _names(text: str) -> List[str]:
+    return [name.strip() for line in text.splitlines() for name in line.split(",") if name.strip()]
+
+
+def check_image(path: Optional[str], limits: Limits) -> Tuple[int, int]:
+    """(width, height) of an uploaded image file, or a ValueError saying what to upload instead."""
+    if not path:
+        raise InputError("Upload a photo (or pick one of the samples below) first.")
+    size = os.path.getsize(path)
+    if size > limits.max_upload_bytes:
+        raise InputError(
+            f"The file is {size / 2**20:.1f} MB; this server accepts up to "
+            f"{limits.max_upload_bytes / 2**20:.0f} MB: upload a smaller one."
+        )
+    try:
+        with Image.open(path) as image:  # reads the header only
+            width, height = image.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise InputError(f"The upload is not an image this server can read ({error}).") from None
+    if width * height > limits.max_pixels:
+        raise InputError(
+            f"The image is {width} x {height} pixels ({width * height / 1e6:.1f} megapixels); "
+            f"this server accepts up to {limits.max_pixels / 1e6:.0f}: upload a smaller one."
+        )
+    return width, height
+
+
+class Outputs:
+    """Per-request folders for the label PNGs, removed after an hour (Gradio serves copies)."""
+
+    def __init__(self, max_age_s: float = 3600.0):
+        self._root = tempfile.TemporaryDirectory(prefix="cliptrase_web_")
+        self.max_age_s = max_age_s
+
+    def new_folder(self) -> str:
+        now = time.time()
+        for name in os.listdir(self._root.name):
+            folder = os.path.join(self._root.name, name)
+            if now - os.path.getmtime(folder) > self.max_age_s:
+                for file in os.listdir(folder):
+                    os.remove(os.path.join(folder, file))
+                os.rmdir(folder)
+        return tempfile.mkdtemp(dir=self._root.name)
+
+
+def segment_request(
+    models: Models,
+    limits: Limits,
+    outputs: Outputs,
+    image_path: Optional[str],
+    vocabulary_text: str,
+    background_text: str,
+    head: str,
+    protocol: str,
+):
+    """One page request -> (overlay with legend, [[class, share %], ...], label PNG path).
+    Everything it uses comes in as arguments; the model sees the vocabulary only through
+    ``Segmenter.segment``."""
+    check_image(image_path, limits)
+    vocabulary, background = parse_vocabulary(vocabulary_text, background_text, limits.max_classes)
+    segmenter, lock = models.get(head, protocol)
+    with lock:
+        result = segmenter.segment(image_path, vocabulary, background=background, scores=False)
+    entries = legend_entries(result.labels, result.class_names)
+    shown = with_legend(overlay(result.image, result.labels), entries)
+    shares = [[name, f"{share * 100:.2f}"] for _, name, share in entries]
+    stem = os.path.splitext(os.path.basename(image_path))[0]
+    label_path = os.path.join(outputs.new_folder(), f"{stem}_labels.png")
+    dtype = np.uint16 if len(result.class_names) > 255 else np.uint8
+    atomic_write_png(label_path, result.labels.astype(dtype))
+    return shown, shares, label_path
+
+
+def shares_table(rows) -> str:
+    """[[class, share %], ...] as an HTML table (names escaped: they are user input)."""
+    body = "".join(f"<tr><td>{html.escape(name)}</td><td>{share}</td></tr>" for name, share in rows)
+    return (
+        "<table><thead><tr><th>class</th><th>pixel share (%)</th></tr></thead>"
+        f"<tbody>{body}</tbody></table>"
+    )
+
+
+def describe_weights(models: Models, segmenter: Segmenter) -> str:
+    """The page's line on which CLIP runs, with a warning for test-sized models."""
+    from cliptrase_d2.engine.trainer import load_config
+
+    cfg = load_config(models.config_file or PROTOCOL_CONFIGS["standard"], models.opts)
+    parameters = sum(p.numel() for p in segmenter.model.clip_model.parameters())
+    line = (
+        f"Model: CLIP `{cfg.MODEL.CLIPTRASE.CLIP_MODEL}` "
+        f"with weights `{cfg.MODEL.WEIGHTS or 'openai'}` "
+        f"({parameters / 1e6:.1f} M parameters), on {cfg.MODEL.DEVICE}."
+    )
+    if parameters < TEST_SIZED_PARAMETERS:
+        line += (
+            "\n\n**This is a test-sized CLIP, not trained weights: the segments and their colours "
+            "mean nothing.** For real results start the server with "
+            "`--opts MODEL.WEIGHTS weights/ViT-B-16.pt` (see weights/README.md)."
+        )
+    return line
+
+
+def sample_photos() -> List[str]:
+    if not os.path.isdir(SAMPLE_IMAGES):
+        return []
+    return sorted(
+        os.path.join(SAMPLE_IMAGES, name)
+        for name in os.listdir(SAMPLE_IMAGES)
+        if name.lower().endswith((".jpg", ".jpeg", ".png"))
+    )
+
+
+def build_page(
+    models: Models, limits: Limits, outputs: Outputs, head: str, protocol: str, weights_line: str
+):
+    import gradio as gr
+
+    def run(image_path, vocabulary_text, background_text, head, protocol):
+        try:
+            shown, shares, label_path = segment_request(
+                models,
+                limits,
+                outputs,
+                image_path,
+                vocabulary_text,
+                background_text,
+                head,
+                protocol,
+            )
+            return shown, shares_table(shares), label_path
+        except (UserError, MemoryError) as error:  # bad input: shown on the page; others are bugs
+            raise gr.Error(str(error), duration=None, print_exception=False) from None
+
+    with gr.Blocks(title="CLIPtrase web demo") as page:
+        gr.Markdown(
+            "## CLIPtrase: training-free open-vocabulary segmentation\n"
+            "Upload a photo (or pick a sample), name the classes to look for, press **Segment**."
+        )
+        gr.Markdown(weights_line, elem_id="weights")
+        with gr.Row():
+            with gr.Column():
+                photo = gr.Image(
+                    type="filepath",
+                    image_mode=None,
+                    sources=["upload"],
+                    label="Photo",
+                    elem_id="photo",
+                )
+                vocabulary = gr.Textbox(
+                    label="Class names (comma-separated) or a benchmark key (voc21, ...)",
+                    placeholder="cat, sofa, floor",
+                    elem_id="vocabulary",
+                )
+                background = gr.Textbox(
+                    label="Background words (optional, comma-separated; merged into "
+                    "one class 'background')",
+                    placeholder="sky, wall",
+                    elem_id="background",
+                )
+                with gr.Row():
+                    head_choice = gr.Dropdown(
+                        sorted(HEADS), value=head, label="Head", elem_id="head"
+                    )
+                    protocol_choice = gr.Radio(
+                        sorted(PROTOCOL_CONFIGS),
+                        value=protocol,
+                        elem_id="protocol",
+                        label="Protocol (standard: whole image; paper: center crop)",
+                    )
+                submit = gr.Button("Segment", variant="primary", elem_id="run")
+            with gr.Column():
+                shown = gr.Image(
+                    type="pil",
+                    format="png",
+                    label="Segmentation",
+                    elem_id="overlay",
+                    interactive=False,
+                )
+                shares = gr.HTML(label="Pixel shares", elem_id="shares")
+                labels = gr.File(label="Label map (PNG, class index per pixel)", elem_id="labels")
+        photos = sample_photos()
+        if photos:
+            gr.Examples(
+                [[path, SAMPLE_VOCABULARY, SAMPLE_BACKGROUND] for path in photos],
+                inputs=[photo, vocabulary, background],
+                label="Sample photos (PASCAL VOC)",
+            )
+        submit.click(
+            run,
+            inputs=[photo, vocabulary, background, head_choice, protocol_choice],
+            outputs=[shown, shares, labels],
+            concurrency_id="segment",
+        )
+    return page
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    setup_logger(name="cliptrase_d2")
+    if importlib.util.find_spec("gradio") is None:
+        raise ImportError(
+            "the web demo needs Gradio: python -m pip install --no-deps -r requirements/web.txt"
+        )
+    limits = Limits(args.max_upload_mb, args.max_megapixels, args.max_classes)
+    models = Models(args.config_file, args.opts)
+    # first the model (weights problems stop the server here, in seconds), then Gradio's import
+    segmenter, _ = models.get(args.head, args.protocol)
+    import gradio as gr
+    page = build_page(
+        models, limits, Outputs(), args.head, args.protocol, describe_weights(models, segmenter)
+    )
+    page.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning(
+            "binding to %s: anyone who can reach this machine can use the page", args.host
+        )
+    theme = gr.themes.Default(
+        font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
+    )  # no web fonts: works offline
+    page.launch(
+        server_name=args.host,
+        server_port=args.port,
+        max_file_size=limits.max_upload_bytes,
+        allowed_paths=[SAMPLE_IMAGES],
+        ssr_mode=False,
+        theme=theme,
+        show_error=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (UserError, ImportError) as error:  # bad input, or the web extra not installed
+        sys.exit(f"error: {error}")
