@@ -1,4 +1,5 @@
 """cliptrase-d2: training-free open-vocabulary semantic segmentation (CLIPtrase) for Detectron2."""
+
 from setuptools import find_packages, setup
 
 setup(

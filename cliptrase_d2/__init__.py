@@ -2,6 +2,7 @@
 
 Importing the package registers the ``CLIPtrase`` meta-architecture and the datasets.
 """
+
 import warnings
 
 from . import compat  # noqa: F401  (must run before detectron2 is imported)

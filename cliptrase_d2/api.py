@@ -1,12 +1,13 @@
 """Python API: segment any image with any vocabulary.
 
-    from cliptrase_d2.api import Segmenter
-    segmenter = Segmenter.from_config("configs/paper/Base-paper-224.yaml", ["MODEL.WEIGHTS", "weights/ViT-B-16.pt"])
-    result = segmenter.segment("photo.jpg", "sky, dog, frisbee")
-    result.labels            # (H, W) int64 class index per pixel
-    result.class_names       # ["sky", "dog", "frisbee"]
-    result.pixel_shares()    # {"sky": 0.41, ...}
+from cliptrase_d2.api import Segmenter
+segmenter = Segmenter.from_config("configs/paper/Base-paper-224.yaml", ["MODEL.WEIGHTS", "weights/ViT-B-16.pt"])
+result = segmenter.segment("photo.jpg", "sky, dog, frisbee")
+result.labels            # (H, W) int64 class index per pixel
+result.class_names       # ["sky", "dog", "frisbee"]
+result.pixel_shares()    # {"sky": 0.41, ...}
 """
+
 import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Union
@@ -33,18 +34,26 @@ def load_image(image: ImageLike) -> np.ndarray:
         return np.asarray(to_rgb(ImageOps.exif_transpose(image)))
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise InputError(f"an image array must be (H, W, 3) uint8 RGB, got shape {image.shape} "
-                             f"dtype {image.dtype}")
+            raise InputError(
+                f"an image array must be (H, W, 3) uint8 RGB, got shape {image.shape} "
+                f"dtype {image.dtype}"
+            )
         return np.ascontiguousarray(image)
-    raise TypeError(f"cannot segment a {type(image).__name__}: give a path, a PIL image or an (H, W, 3) uint8 array")
+    raise TypeError(
+        f"cannot segment a {type(image).__name__}: give a path, a PIL image or an (H, W, 3) uint8 array"
+    )
 
 
 @dataclass
 class SegmentationResult:
     labels: np.ndarray  # (H, W) int64 index into class_names
-    scores: Optional[torch.Tensor]  # (K, H, W) float32 soft scores (region-mean logits); None if not asked for
+    scores: Optional[
+        torch.Tensor
+    ]  # (K, H, W) float32 soft scores (region-mean logits); None if not asked for
     class_names: List[str]
-    image: np.ndarray  # (H, W, 3) uint8 RGB: the pixels the labels refer to (the crop, under the paper protocol)
+    image: (
+        np.ndarray
+    )  # (H, W, 3) uint8 RGB: the pixels the labels refer to (the crop, under the paper protocol)
 
     def pixel_shares(self) -> Dict[str, float]:
         """Fraction of the pixels given to each class present, largest first."""
@@ -69,7 +78,9 @@ class Segmenter:
 
         return cls(build_model(load_config(config_file, opts)))
 
-    def resolve_vocabulary(self, vocabulary=None, background: Optional[Sequence[str]] = None) -> Vocabulary:
+    def resolve_vocabulary(
+        self, vocabulary=None, background: Optional[Sequence[str]] = None
+    ) -> Vocabulary:
         """The Vocabulary ``segment`` uses: ``vocabulary`` (a benchmark key, comma-separated names,
         a file, a list of names or a Vocabulary), or when None the model's default
         (MODEL.CLIPTRASE.VOCABULARY, else the vocabulary of the config's one dataset in
@@ -78,8 +89,13 @@ class Segmenter:
             vocabulary = self.model.vocabulary_for({})
         return self.model.resolve_vocabulary(vocabulary, tuple(background or ()))
 
-    def segment(self, images: Union[ImageLike, Sequence[ImageLike]], vocabulary=None,
-                background: Optional[Sequence[str]] = None, scores: bool = True):
+    def segment(
+        self,
+        images: Union[ImageLike, Sequence[ImageLike]],
+        vocabulary=None,
+        background: Optional[Sequence[str]] = None,
+        scores: bool = True,
+    ):
         """Segments one image (returns a SegmentationResult) or a list (returns a list).
 
         vocabulary: a benchmark key, comma-separated names, a file, a list of names, a Vocabulary
@@ -100,8 +116,13 @@ class Segmenter:
         tensors = [torch.from_numpy(a.transpose(2, 0, 1).copy()) for a in arrays]
         with torch.no_grad():
             predictions = self.model.inference(tensors, resolved, scores=scores)
-        results = [SegmentationResult(p.labels.cpu().numpy().astype(np.int64),
-                                      None if p.scores is None else p.scores.cpu(),
-                                      resolved.class_names, self.model.evaluated_frame(a))
-                   for p, a in zip(predictions, arrays)]
+        results = [
+            SegmentationResult(
+                p.labels.cpu().numpy().astype(np.int64),
+                None if p.scores is None else p.scores.cpu(),
+                resolved.class_names,
+                self.model.evaluated_frame(a),
+            )
+            for p, a in zip(predictions, arrays)
+        ]
         return results[0] if single else results

@@ -4,6 +4,7 @@ A file is written under a unique hidden name in its destination folder and moved
 ``os.replace`` only once complete, so an interrupted run never leaves a half-written file under
 the final name, and a failure leaves nothing behind.
 """
+
 import os
 import uuid
 from contextlib import contextmanager
@@ -19,7 +20,9 @@ def atomic_path(path: "os.PathLike[str] | str") -> Iterator[str]:
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    temporary = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    temporary = os.path.join(
+        folder, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+    )
     try:
         yield temporary
         os.replace(temporary, path)

@@ -35,6 +35,7 @@ the fixtures' ``tiny_clip.json``), when the tag's open_clip entry says so (``ope
 the weights are a TorchScript archive (only OpenAI distributes CLIP that way). An open_clip
 ``.bin`` holding OpenAI weights carries no such marker: name the model ``ViT-B-16-quickgelu``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -66,7 +67,10 @@ __all__ = ["WeightsError", "PRECISIONS", "build_clip", "get_tokenizer", "weights
 
 # precision name -> dtype every parameter and buffer is cast to after loading.
 PRECISIONS: Dict[str, torch.dtype] = {
-    "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+}
 # A weights value ending in one of these (or containing a path separator) is a file path.
 WEIGHTS_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 # Tensors OpenAI's archives store beside the weights; they describe the model and are not loaded.
@@ -117,8 +121,9 @@ def build_clip(
     if torchscript:
         _check_release(checkpoint, spec)
 
-    quick_gelu = _needs_quick_gelu(spec, weights, checkpoint, tag_quick_gelu=tag_quick_gelu,
-                                   torchscript=torchscript)
+    quick_gelu = _needs_quick_gelu(
+        spec, weights, checkpoint, tag_quick_gelu=tag_quick_gelu, torchscript=torchscript
+    )
     clip = _instantiate(spec, quick_gelu)
     _load_exact(clip, state_dict, checkpoint=checkpoint, spec=spec)
     if dtype != torch.float32:
@@ -128,8 +133,13 @@ def build_clip(
     clip.to(device)
     clip.eval()
     clip.requires_grad_(False)
-    logger.info("Loaded %s (%s, %s) from %s", spec.label, "QuickGELU" if quick_gelu else "GELU",
-                precision, checkpoint)
+    logger.info(
+        "Loaded %s (%s, %s) from %s",
+        spec.label,
+        "QuickGELU" if quick_gelu else "GELU",
+        precision,
+        checkpoint,
+    )
     return clip
 
 
@@ -190,7 +200,9 @@ class _Fp32LayerNorm(torch.nn.LayerNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = None if self.weight is None else self.weight.float()
         bias = None if self.bias is None else self.bias.float()
-        return torch.nn.functional.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
+        return torch.nn.functional.layer_norm(
+            x.float(), self.normalized_shape, weight, bias, self.eps
+        ).to(x.dtype)
 
 
 def _normalize_in_fp32(clip: torch.nn.Module) -> None:
@@ -204,22 +216,27 @@ def _normalize_in_fp32(clip: torch.nn.Module) -> None:
 def _precision_dtype(precision: str) -> torch.dtype:
     if precision not in PRECISIONS:
         raise WeightsError(
-            f"Unknown precision {precision!r} (MODEL.CLIPTRASE.PRECISION): use one of {sorted(PRECISIONS)}.")
+            f"Unknown precision {precision!r} (MODEL.CLIPTRASE.PRECISION): use one of {sorted(PRECISIONS)}."
+        )
     return PRECISIONS[precision]
 
 
 def _resolve_model(model: str) -> _ModelSpec:
     """Maps a model name or model-config JSON path to the config open_clip will build."""
     if not isinstance(model, (str, os.PathLike)) or not str(model):
-        raise WeightsError(f"Invalid CLIP model {model!r}: give an open_clip model name such as 'ViT-B-16' "
-                           "or the path of an open_clip model-config JSON.")
+        raise WeightsError(
+            f"Invalid CLIP model {model!r}: give an open_clip model name such as 'ViT-B-16' "
+            "or the path of an open_clip model-config JSON."
+        )
     model = str(model)
     if model.lower().endswith(".json") or os.path.isfile(model):
         return _register_config_json(model)
     if model.startswith(("hf-hub:", "local-dir:")):
-        raise WeightsError(f"CLIP model {model!r}: 'hf-hub:'/'local-dir:' names are not supported; give a "
-                           "built-in open_clip name (e.g. 'ViT-B-16') or a model-config JSON, and the "
-                           "checkpoint file as the weights.")
+        raise WeightsError(
+            f"CLIP model {model!r}: 'hf-hub:'/'local-dir:' names are not supported; give a "
+            "built-in open_clip name (e.g. 'ViT-B-16') or a model-config JSON, and the "
+            "checkpoint file as the weights."
+        )
     name = model.replace("/", "-")  # OpenAI spells it "ViT-B/16"
     config = open_clip.get_model_config(name)
     if config is None:
@@ -228,7 +245,8 @@ def _resolve_model(model: str) -> _ModelSpec:
         raise WeightsError(
             f"Unknown open_clip model {model!r} (MODEL.CLIPTRASE.CLIP_MODEL). Did you mean one of "
             f"{close}? open_clip.list_models() lists all {len(available)} names; a custom "
-            "architecture can be given as the path of an open_clip model-config JSON (*.json).")
+            "architecture can be given as the path of an open_clip model-config JSON (*.json)."
+        )
     return _ModelSpec(name, config, name, builtin=True)
 
 
@@ -236,31 +254,41 @@ def _register_config_json(path: str) -> _ModelSpec:
     """Validates an open_clip model-config JSON and registers it with open_clip under its stem."""
     file = Path(path).expanduser()
     if file.suffix.lower() != ".json":
-        raise WeightsError(f"Model config {path} must be a .json file (open_clip only registers *.json); "
-                           "rename it, or give a built-in name such as 'ViT-B-16'.")
+        raise WeightsError(
+            f"Model config {path} must be a .json file (open_clip only registers *.json); "
+            "rename it, or give a built-in name such as 'ViT-B-16'."
+        )
     if not file.is_file():
-        raise WeightsError(f"Model config {path} not found (resolved to {file.resolve()}): give an existing "
-                           "open_clip model-config JSON or a built-in name such as 'ViT-B-16'.")
+        raise WeightsError(
+            f"Model config {path} not found (resolved to {file.resolve()}): give an existing "
+            "open_clip model-config JSON or a built-in name such as 'ViT-B-16'."
+        )
     try:
         config = json.loads(file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WeightsError(f"Model config {path} is not valid JSON ({e}); fix or replace the file.") from e
+        raise WeightsError(
+            f"Model config {path} is not valid JSON ({e}); fix or replace the file."
+        ) from e
     required = ("embed_dim", "vision_cfg", "text_cfg")
     if not isinstance(config, dict) or any(key not in config for key in required):
         raise WeightsError(
             f"Model config {path} is not an open_clip model config: it needs the keys {list(required)} "
-            "(see open_clip's model_configs/*.json for examples).")
+            "(see open_clip's model_configs/*.json for examples)."
+        )
     name = file.stem
     if open_clip.get_model_config(name) != config:
         if name in open_clip.list_models():
-            logger.warning("Model config %s replaces open_clip's config named %r for this process", path, name)
+            logger.warning(
+                "Model config %s replaces open_clip's config named %r for this process", path, name
+            )
         # Validated above: a bad file would stay in open_clip's search path and break every rescan.
         open_clip.add_model_config(file)
     return _ModelSpec(name, config, f"{name} (model config {path})", builtin=False)
 
 
-def _needs_quick_gelu(spec: _ModelSpec, weights: str, checkpoint: Path, *, tag_quick_gelu: bool,
-                      torchscript: bool) -> bool:
+def _needs_quick_gelu(
+    spec: _ModelSpec, weights: str, checkpoint: Path, *, tag_quick_gelu: bool, torchscript: bool
+) -> bool:
     """QuickGELU if the config asks for it or the weights are OpenAI's (see the module docstring)."""
     if spec.config.get("quick_gelu", False):
         return True
@@ -269,10 +297,18 @@ def _needs_quick_gelu(spec: _ModelSpec, weights: str, checkpoint: Path, *, tag_q
         logger.info("Building %s with QuickGELU (%s)", spec.label, reason)
         return True
     if "openai" in str(checkpoint).lower():  # only a hint: the file name proves nothing
-        fix = (f"use the model name {spec.name}-quickgelu" if f"{spec.name}-quickgelu" in open_clip.list_models()
-               else 'set "quick_gelu": true in its model config')
-        logger.warning("%s is built with GELU, but %s looks like OpenAI's weights, which need QuickGELU: if so, "
-                       "%s (MODEL.CLIPTRASE.CLIP_MODEL).", spec.label, checkpoint, fix)
+        fix = (
+            f"use the model name {spec.name}-quickgelu"
+            if f"{spec.name}-quickgelu" in open_clip.list_models()
+            else 'set "quick_gelu": true in its model config'
+        )
+        logger.warning(
+            "%s is built with GELU, but %s looks like OpenAI's weights, which need QuickGELU: if so, "
+            "%s (MODEL.CLIPTRASE.CLIP_MODEL).",
+            spec.label,
+            checkpoint,
+            fix,
+        )
     return False
 
 
@@ -280,16 +316,23 @@ def _instantiate(spec: _ModelSpec, quick_gelu: bool) -> torch.nn.Module:
     """Builds the randomly initialised fp32 model on the CPU (weights are loaded right after)."""
     try:
         with _without_random_init_warning():
-            return open_clip.create_model(spec.name, pretrained=None, precision="fp32", device="cpu",
-                                          force_quick_gelu=quick_gelu)
+            return open_clip.create_model(
+                spec.name,
+                pretrained=None,
+                precision="fp32",
+                device="cpu",
+                force_quick_gelu=quick_gelu,
+            )
     except Exception as e:  # a config open_clip rejects: unknown keys, bad sizes
-        raise WeightsError(f"open_clip could not build {spec.label}: {type(e).__name__}: {e}") from e
-
+        raise WeightsError(
+            f"open_clip could not build {spec.label}: {type(e).__name__}: {e}"
+        ) from e
 
 
 @contextlib.contextmanager
 def _without_random_init_warning() -> Iterator[None]:
     """Hides open_clip's 'initialized randomly' warning: build_clip loads the weights itself."""
+
     def keep(record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith("No pretrained weights loaded")
 
@@ -308,8 +351,13 @@ def _without_random_init_warning() -> Iterator[None]:
 
 def _is_path(weights: str) -> bool:
     """A value with a path separator or a checkpoint suffix, or an existing file, is a path; else a tag."""
-    return ("/" in weights or os.sep in weights or weights.lower().endswith(WEIGHTS_SUFFIXES)
-            or weights.startswith(("~", ".")) or os.path.isfile(weights))
+    return (
+        "/" in weights
+        or os.sep in weights
+        or weights.lower().endswith(WEIGHTS_SUFFIXES)
+        or weights.startswith(("~", "."))
+        or os.path.isfile(weights)
+    )
 
 
 def _existing_file(weights: str) -> Path:
@@ -318,36 +366,49 @@ def _existing_file(weights: str) -> Path:
         return path
     hint = ""
     if weights.startswith("hf-hub:"):
-        hint = " ('hf-hub:' names are not supported: download the checkpoint file and give its path.)"
+        hint = (
+            " ('hf-hub:' names are not supported: download the checkpoint file and give its path.)"
+        )
     elif path.is_dir():
         hint = " It is a directory: give the checkpoint file inside it."
-    where = "" if path.is_absolute() else f" (relative paths start from the current directory {os.getcwd()})"
+    where = (
+        ""
+        if path.is_absolute()
+        else f" (relative paths start from the current directory {os.getcwd()})"
+    )
     raise WeightsError(
         f"Weights file {weights} not found{where}.{hint} For OpenAI's ViT-B/16 run `python {FETCH_TOOL} --model "
         f"ViT-B-16 --dest {WEIGHTS_DIR}/` and set MODEL.WEIGHTS {WEIGHTS_DIR}/ViT-B-16.pt; see "
-        f"{WEIGHTS_DIR}/README.md.")
+        f"{WEIGHTS_DIR}/README.md."
+    )
 
 
 def _resolve_weights(spec: _ModelSpec, weights: str, cache_dir: Optional[str]) -> Tuple[Path, bool]:
     """Returns (checkpoint file, whether the tag's open_clip entry asks for QuickGELU)."""
     if not isinstance(weights, (str, os.PathLike)) or not str(weights):
-        raise WeightsError(f"No CLIP weights given ({weights!r}): set MODEL.WEIGHTS to a checkpoint file "
-                           f"(e.g. {WEIGHTS_DIR}/ViT-B-16.pt) or an open_clip tag such as 'openai'.")
+        raise WeightsError(
+            f"No CLIP weights given ({weights!r}): set MODEL.WEIGHTS to a checkpoint file "
+            f"(e.g. {WEIGHTS_DIR}/ViT-B-16.pt) or an open_clip tag such as 'openai'."
+        )
     weights = str(weights)
     if _is_path(weights):
         return _existing_file(weights), False
     if not spec.builtin:
         raise WeightsError(
             f"Weights {weights!r} look like an open_clip pretrained tag, but tags only exist for built-in "
-            f"model names, not for {spec.label}: set MODEL.WEIGHTS to a checkpoint file.")
+            f"model names, not for {spec.label}: set MODEL.WEIGHTS to a checkpoint file."
+        )
     tag_config = open_clip.get_pretrained_cfg(spec.name, weights)
     if not tag_config:
         tags = open_clip.list_pretrained_tags_by_model(spec.name)
         raise WeightsError(
             f"Weights {weights!r} are neither an existing file nor an open_clip pretrained tag of "
             f"{spec.name} (its tags: {tags}). A file path needs a '/' or a {'/'.join(WEIGHTS_SUFFIXES)} "
-            "suffix.")
-    return _download_tag(spec, weights, tag_config, cache_dir), bool(tag_config.get("quick_gelu", False))
+            "suffix."
+        )
+    return _download_tag(spec, weights, tag_config, cache_dir), bool(
+        tag_config.get("quick_gelu", False)
+    )
 
 
 def _hub_offline() -> bool:
@@ -355,21 +416,26 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-
-def _download_tag(spec: _ModelSpec, tag: str, tag_config: Mapping[str, Any],
-                  cache_dir: Optional[str]) -> Path:
+def _download_tag(
+    spec: _ModelSpec, tag: str, tag_config: Mapping[str, Any], cache_dir: Optional[str]
+) -> Path:
     """The tag's checkpoint through open_clip: downloaded (or revalidated) when online; when
     offline (HF_HUB_OFFLINE=1, or the download host does not answer) only the cache is read."""
-    offline = ("HF_HUB_OFFLINE=1 is set" if _hub_offline()
-               else _network_problem(_download_url(tag_config)))
+    offline = (
+        "HF_HUB_OFFLINE=1 is set" if _hub_offline() else _network_problem(_download_url(tag_config))
+    )
     try:
         with _hub_offline_mode(offline is not None):
             path = open_clip.download_pretrained(dict(tag_config), cache_dir=cache_dir)
     except Exception as e:  # network down, not in the cache, hub error, no disk space, ...
-        reason = (f"{offline} and the file is not in the download cache" if offline
-                  else "the download failed")
-        raise _tag_unavailable(spec, tag, tag_config,
-                               f"{reason} ({type(e).__name__}: {_first_line(e)})") from e
+        reason = (
+            f"{offline} and the file is not in the download cache"
+            if offline
+            else "the download failed"
+        )
+        raise _tag_unavailable(
+            spec, tag, tag_config, f"{reason} ({type(e).__name__}: {_first_line(e)})"
+        ) from e
     if not path or not os.path.isfile(path):
         raise _tag_unavailable(spec, tag, tag_config, "open_clip returned no file")
     return Path(path)
@@ -427,14 +493,20 @@ def _hub_offline_mode(active: bool) -> Iterator[None]:
         constants.HF_HUB_OFFLINE = saved
 
 
-def _tag_unavailable(spec: _ModelSpec, tag: str, tag_config: Mapping[str, Any], reason: str) -> WeightsError:
+def _tag_unavailable(
+    spec: _ModelSpec, tag: str, tag_config: Mapping[str, Any], reason: str
+) -> WeightsError:
     url = tag_config.get("url", "")
     if "openaipublic" in url:  # OpenAI's archive; its sha256 is the URL's second-to-last segment
         target = f"{WEIGHTS_DIR}/{os.path.basename(url)}"
-        base_model = spec.name[: -len("-quickgelu")] if spec.name.endswith("-quickgelu") else spec.name
-        how = (f"run `python {FETCH_TOOL} --model {base_model} --dest {WEIGHTS_DIR}/` on a machine with "
-               f"internet (or download {url} and check its sha256 {url.split('/')[-2]}), so that the file is "
-               f"{target}")
+        base_model = (
+            spec.name[: -len("-quickgelu")] if spec.name.endswith("-quickgelu") else spec.name
+        )
+        how = (
+            f"run `python {FETCH_TOOL} --model {base_model} --dest {WEIGHTS_DIR}/` on a machine with "
+            f"internet (or download {url} and check its sha256 {url.split('/')[-2]}), so that the file is "
+            f"{target}"
+        )
     else:
         repo = tag_config.get("hf_hub", "").rstrip("/")
         target = f"{WEIGHTS_DIR}/{spec.name}-{tag}.bin"
@@ -442,8 +514,8 @@ def _tag_unavailable(spec: _ModelSpec, tag: str, tag_config: Mapping[str, Any], 
         how = f"download the checkpoint from {source} on a machine with internet and save it as {target}"
     return WeightsError(
         f"Cannot get the '{tag}' weights of {spec.name}: {reason}. To run offline, {how}, then set "
-        f"MODEL.WEIGHTS {target} (see {WEIGHTS_DIR}/README.md).")
-
+        f"MODEL.WEIGHTS {target} (see {WEIGHTS_DIR}/README.md)."
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -458,8 +530,9 @@ def _read_checkpoint(path: Path) -> Tuple[Dict[str, torch.Tensor], bool]:
         (state dict name -> tensor on CPU, whether the file is a TorchScript archive).
     """
     if path.stat().st_size == 0:
-        raise WeightsError(f"Weights file {path} is empty: it is not a readable checkpoint; "
-                           "download it again.")
+        raise WeightsError(
+            f"Weights file {path} is empty: it is not a readable checkpoint; download it again."
+        )
     _verify_zip(path)
     try:
         root = torchscript_root(path)
@@ -481,8 +554,11 @@ def _verify_zip(path: Path) -> None:
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         raise _unreadable(path, f"broken zip archive: {e}") from e
     if damaged is not None:
-        raise _unreadable(path, f"the bytes of record {damaged} disagree with its stored CRC-32, "
-                                "so the file is damaged")
+        raise _unreadable(
+            path,
+            f"the bytes of record {damaged} disagree with its stored CRC-32, "
+            "so the file is damaged",
+        )
 
 
 def _read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
@@ -491,23 +567,32 @@ def _read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
     if os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "").lower() in {"1", "y", "yes", "true"}:
         # open_clip retries a torch.load that raised TypeError without weights_only=, which this
         # variable turns into a full unpickle: refuse rather than risk running a file's code.
-        raise WeightsError("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set, so reading weights file "
-                           f"{path} could run pickled code: unset it to load CLIP weights.")
+        raise WeightsError(
+            "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set, so reading weights file "
+            f"{path} could run pickled code: unset it to load CLIP weights."
+        )
     try:
         state_dict = load_state_dict(str(path), device="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # torch's weights-only reader refused or failed
         code = pickled_code(path)
-        raise (_refused_code(path, code) if code else
-               _unreadable(path, f"torch's weights-only reader stopped at: {_wo_detail(e)}")) from e
+        raise (
+            _refused_code(path, code)
+            if code
+            else _unreadable(path, f"torch's weights-only reader stopped at: {_wo_detail(e)}")
+        ) from e
     except (AttributeError, StopIteration) as e:  # not a mapping, or an empty one
-        raise WeightsError(f"Weights file {path} holds no state dict of CLIP tensors ({e!r}); give "
-                           "an OpenAI or open_clip checkpoint.") from e
+        raise WeightsError(
+            f"Weights file {path} holds no state dict of CLIP tensors ({e!r}); give "
+            "an OpenAI or open_clip checkpoint."
+        ) from e
     except Exception as e:  # truncated zip, random bytes, not a torch file at all
         raise _unreadable(path, f"{type(e).__name__}: {_first_line(e)}") from e
     tensors = {str(k): v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
     if not tensors:
-        raise WeightsError(f"Weights file {path} contains no tensors (top-level keys: "
-                           f"{list(state_dict)[:10]}); give an OpenAI or open_clip checkpoint.")
+        raise WeightsError(
+            f"Weights file {path} contains no tensors (top-level keys: "
+            f"{list(state_dict)[:10]}); give an OpenAI or open_clip checkpoint."
+        )
     return tensors
 
 
@@ -523,7 +608,8 @@ def _check_release(path: Path, spec: _ModelSpec) -> None:
         raise WeightsError(
             f"Weights file {path} is named like OpenAI's {base} release, but its sha256 is "
             f"{actual}, not the published {expected}: it is damaged or another file. Download it again "
-            f"(`python {FETCH_TOOL} --model {base}` checks it), or rename your own archive.")
+            f"(`python {FETCH_TOOL} --model {base}` checks it), or rename your own archive."
+        )
 
 
 def _first_line(error: BaseException) -> str:
@@ -534,17 +620,25 @@ def _first_line(error: BaseException) -> str:
 def _wo_detail(error: pickle.UnpicklingError) -> str:
     """The reason in torch's weights-only error, without its advice to set weights_only=False."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    detail = next((line.split("WeightsUnpickler error:", 1)[1].strip() for line in lines
-                   if "WeightsUnpickler error:" in line), "")
-    return detail or next((line for line in lines if line.startswith("Unsupported")),
-                          _first_line(error))
+    detail = next(
+        (
+            line.split("WeightsUnpickler error:", 1)[1].strip()
+            for line in lines
+            if "WeightsUnpickler error:" in line
+        ),
+        "",
+    )
+    return detail or next(
+        (line for line in lines if line.startswith("Unsupported")), _first_line(error)
+    )
 
 
 def _unreadable(path: Path, detail: str) -> WeightsError:
     return WeightsError(
         f"Weights file {path} is not a readable checkpoint ({detail}). It is probably truncated or "
         "corrupt, or not a PyTorch/safetensors checkpoint at all: download it again (for OpenAI's "
-        f"ViT-B/16, `python {FETCH_TOOL}` verifies the sha256).")
+        f"ViT-B/16, `python {FETCH_TOOL}` verifies the sha256)."
+    )
 
 
 def _refused_code(path: Path, names: List[str]) -> WeightsError:
@@ -553,7 +647,8 @@ def _refused_code(path: Path, names: List[str]) -> WeightsError:
         f"({', '.join(names[:3])}) that would run when loaded, so it was refused and nothing in it was executed. Weights are "
         "only read as data (torch.load(weights_only=True), or the restricted reader for OpenAI's "
         "archives). Use the official checkpoint (re-download it) or convert the weights to "
-        ".safetensors with a trusted tool.")
+        ".safetensors with a trusted tool."
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -561,13 +656,20 @@ def _refused_code(path: Path, names: List[str]) -> WeightsError:
 # ---------------------------------------------------------------------------------------------
 
 
-def _load_exact(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], *, checkpoint: Path,
-                spec: _ModelSpec) -> None:
+def _load_exact(
+    model: torch.nn.Module,
+    state_dict: Dict[str, torch.Tensor],
+    *,
+    checkpoint: Path,
+    spec: _ModelSpec,
+) -> None:
     """Copies every model tensor from ``state_dict`` (strict: all keys, same shapes) or explains why not."""
     expected = model.state_dict()
     # OpenAI's model-description tensors and the model's own non-persistent buffers (attention masks)
     # may be present in a file but are never weights.
-    ignorable = OPENAI_EXTRA_KEYS | {name for name, _ in model.named_buffers() if name not in expected}
+    ignorable = OPENAI_EXTRA_KEYS | {
+        name for name, _ in model.named_buffers() if name not in expected
+    }
     matched: Dict[str, torch.Tensor] = {}
     unexpected: List[str] = []
     for key, tensor in state_dict.items():
@@ -587,7 +689,9 @@ def _load_exact(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], *, 
     if missing or unexpected or wrong_shape:
         problems = []
         if wrong_shape:
-            problems.append(f"{len(wrong_shape)} tensors of another shape ({'; '.join(wrong_shape[:3])})")
+            problems.append(
+                f"{len(wrong_shape)} tensors of another shape ({'; '.join(wrong_shape[:3])})"
+            )
         if missing:
             problems.append(f"{len(missing)} model keys missing from the file (e.g. {missing[:4]})")
         if unexpected:
@@ -596,7 +700,8 @@ def _load_exact(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], *, 
             f"Weights file {checkpoint} does not fit the model {spec.label}: {'; '.join(problems)}. "
             f"{_describe_checkpoint(state_dict)} Set MODEL.CLIPTRASE.CLIP_MODEL to the model these weights "
             "were trained as (a built-in open_clip name or a model-config JSON), or MODEL.WEIGHTS to weights "
-            f"of {spec.name}.")
+            f"of {spec.name}."
+        )
     model.load_state_dict(matched, strict=True)
 
 
@@ -608,7 +713,9 @@ def _describe_checkpoint(state_dict: Mapping[str, torch.Tensor]) -> str:
             return "The file looks like a ResNet CLIP (e.g. RN50)."
         return "The file does not look like a CLIP ViT checkpoint (no visual.conv1.weight)."
     width, patch = int(conv1.shape[0]), int(conv1.shape[-1])  # (width, 3, patch, patch)
-    layers = len({key.split(".")[3] for key in state_dict if key.startswith("visual.transformer.resblocks.")})
+    layers = len(
+        {key.split(".")[3] for key in state_dict if key.startswith("visual.transformer.resblocks.")}
+    )
     facts = {"width": width, "patch_size": patch, "layers": layers}
     pos = state_dict.get("visual.positional_embedding")  # (1 + grid^2, width)
     if pos is not None and pos.ndim == 2:
@@ -617,9 +724,11 @@ def _describe_checkpoint(state_dict: Mapping[str, torch.Tensor]) -> str:
     proj = state_dict.get("text_projection", state_dict.get("visual.proj"))  # (width, embed_dim)
     embed_dim = int(proj.shape[-1]) if proj is not None and proj.ndim == 2 else None
     matches = [name for name in open_clip.list_models() if _config_matches(name, facts, embed_dim)]
-    shape = (f"a ViT of width {width}, {layers} blocks, patch {patch}"
-             + (f", {facts['image_size']} px" if "image_size" in facts else "")
-             + (f", embedding {embed_dim}" if embed_dim else ""))
+    shape = (
+        f"a ViT of width {width}, {layers} blocks, patch {patch}"
+        + (f", {facts['image_size']} px" if "image_size" in facts else "")
+        + (f", embedding {embed_dim}" if embed_dim else "")
+    )
     if matches:
         return f"The file looks like {shape}, like open_clip's {matches[:4]}."
     return f"The file looks like {shape}; no built-in open_clip model matches, so pass its model-config JSON."
@@ -628,6 +737,8 @@ def _describe_checkpoint(state_dict: Mapping[str, torch.Tensor]) -> str:
 def _config_matches(name: str, facts: Mapping[str, int], embed_dim: Optional[int]) -> bool:
     config = open_clip.get_model_config(name) or {}
     vision = config.get("vision_cfg", {})
-    if "timm_model_name" in vision or (embed_dim is not None and config.get("embed_dim") != embed_dim):
+    if "timm_model_name" in vision or (
+        embed_dim is not None and config.get("embed_dim") != embed_dim
+    ):
         return False
     return all(vision.get(key) == value for key, value in facts.items())

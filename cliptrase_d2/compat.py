@@ -4,6 +4,7 @@ Imported first by the package. Each shim only fills in what the installed detect
 its environment lacks; with a current official detectron2 (main: a compiled ``detectron2._C``,
 no removed Pillow or NumPy names) nothing is patched. docs/detectron2_versions.md lists them.
 """
+
 import importlib.machinery
 import importlib.util
 import os
@@ -86,7 +87,9 @@ def _install_cpp_stub():
         return
     try:
         has_ops = importlib.util.find_spec("detectron2._C") is not None
-    except ImportError:  # detectron2 itself missing: nothing to patch, the real import error comes later
+    except (
+        ImportError
+    ):  # detectron2 itself missing: nothing to patch, the real import error comes later
         return
     if not has_ops:
         stub = _MissingCppOps("detectron2._C")

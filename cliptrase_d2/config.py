@@ -1,5 +1,6 @@
 """Config keys of cliptrase-d2, declared once (Detectron2's add_<project>_config convention), and
 ``load_config``: Detectron2's defaults plus these keys, a file and overrides, with named errors."""
+
 import difflib
 import logging
 
@@ -91,13 +92,20 @@ def _all_keys(node, prefix=""):
 def _merge(cfg, merge, source: str):
     try:
         merge()
-    except (KeyError, AssertionError) as error:  # yacs: KeyError from files, AssertionError from lists
+    except (
+        KeyError,
+        AssertionError,
+    ) as error:  # yacs: KeyError from files, AssertionError from lists
         message = str(error).strip("'\"")
         if "Non-existent" not in message:
             raise
         unknown = message.split(":")[-1].strip()
         close = difflib.get_close_matches(unknown, list(_all_keys(cfg)), n=3, cutoff=0.6)
-        hint = f" Did you mean {' or '.join(close)}?" if close else " See cliptrase_d2/config.py for the keys."
+        hint = (
+            f" Did you mean {' or '.join(close)}?"
+            if close
+            else " See cliptrase_d2/config.py for the keys."
+        )
         raise UnknownNameError(f"{source}: unknown config key {unknown!r}.{hint}") from None
 
 
@@ -118,8 +126,9 @@ def load_config(config_file: str = "", opts=(), resolve: bool = True) -> CN:
 def resolve_device(cfg) -> str:
     """Falls back to ``cpu`` (one log line) when cfg.MODEL.DEVICE asks for CUDA and none is present."""
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logging.getLogger("cliptrase_d2").info("MODEL.DEVICE=%s but CUDA is not available: running on cpu",
-                                               cfg.MODEL.DEVICE)
+        logging.getLogger("cliptrase_d2").info(
+            "MODEL.DEVICE=%s but CUDA is not available: running on cpu", cfg.MODEL.DEVICE
+        )
         was_frozen = cfg.is_frozen()
         cfg.defrost()
         cfg.MODEL.DEVICE = "cpu"

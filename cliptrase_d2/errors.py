@@ -9,8 +9,17 @@ Each concrete error also derives from the builtin a caller would expect (``Value
 ``KeyError``, ``FileNotFoundError`` ...), so ``except ValueError`` keeps working.
 """
 
-__all__ = ["UserError", "ConfigError", "InputError", "MissingFileError", "OutputError",
-           "UnknownNameError", "OutputExistsError", "OutputNotWritableError", "WeightsError"]
+__all__ = [
+    "UserError",
+    "ConfigError",
+    "InputError",
+    "MissingFileError",
+    "OutputError",
+    "UnknownNameError",
+    "OutputExistsError",
+    "OutputNotWritableError",
+    "WeightsError",
+]
 
 
 class UserError(Exception):

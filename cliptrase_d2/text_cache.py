@@ -6,6 +6,7 @@ templates and the exact class names, so a changed name, template, checkpoint or 
 reads a stale entry. Unreadable entries are ignored and rewritten; entries are written
 atomically, and a failed write only costs the cache.
 """
+
 import hashlib
 import json
 import logging
@@ -35,8 +36,9 @@ class TextEmbeddingCache:
         self.precision = precision
 
     @classmethod
-    def from_setting(cls, setting: str, model: str, weights: str,
-                     precision: str = "fp32") -> Optional["TextEmbeddingCache"]:
+    def from_setting(
+        cls, setting: str, model: str, weights: str, precision: str = "fp32"
+    ) -> Optional["TextEmbeddingCache"]:
         """``setting`` is MODEL.CLIPTRASE.TEXT_CACHE_DIR: "" = default directory, "none" = no cache."""
         if setting.lower() == "none":
             return None
@@ -46,18 +48,29 @@ class TextEmbeddingCache:
         if os.path.isfile(model):  # a model-config JSON: key by its content, not its path
             with open(model, "rb") as f:
                 model_id = "config-" + hashlib.sha256(f.read()).hexdigest()[:16]
-        return cls(setting or default_cache_dir(), model_id, weights_fingerprint(weights), precision)
+        return cls(
+            setting or default_cache_dir(), model_id, weights_fingerprint(weights), precision
+        )
 
     def key(self, names: Sequence[str], templates: Sequence[str]) -> str:
-        payload = json.dumps({"model": self.model, "weights": self.weights_id, "precision": self.precision,
-                              "templates": list(templates), "names": list(names)}, ensure_ascii=False)
+        payload = json.dumps(
+            {
+                "model": self.model,
+                "weights": self.weights_id,
+                "precision": self.precision,
+                "templates": list(templates),
+                "names": list(names),
+            },
+            ensure_ascii=False,
+        )
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
     def path(self, names: Sequence[str], templates: Sequence[str]) -> str:
         return os.path.join(self.directory, self.key(names, templates) + ".pt")
 
-    def get_or_compute(self, names: Sequence[str], templates: Sequence[str],
-                       compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def get_or_compute(
+        self, names: Sequence[str], templates: Sequence[str], compute: Callable[[], torch.Tensor]
+    ) -> torch.Tensor:
         path = self.path(names, templates)
         cached = self._load(path, len(names))
         if cached is not None:
@@ -73,11 +86,17 @@ class TextEmbeddingCache:
         try:
             entry = torch.load(path, map_location="cpu", weights_only=True)
             embeddings = entry["embeddings"]
-            if not isinstance(embeddings, torch.Tensor) or embeddings.dim() != 2 or embeddings.shape[0] != num_names:
+            if (
+                not isinstance(embeddings, torch.Tensor)
+                or embeddings.dim() != 2
+                or embeddings.shape[0] != num_names
+            ):
                 raise InputError(f"unexpected shape {getattr(embeddings, 'shape', None)}")
             return embeddings
         except Exception as error:  # any unreadable entry is recomputed, never trusted
-            logger.warning("ignoring unreadable text-embedding cache entry %s (%s); recomputing", path, error)
+            logger.warning(
+                "ignoring unreadable text-embedding cache entry %s (%s); recomputing", path, error
+            )
             return None
 
     def _store(self, path: str, embeddings: torch.Tensor, names: Sequence[str]) -> None:
@@ -85,4 +104,8 @@ class TextEmbeddingCache:
             with atomic_open(path) as f:
                 torch.save({"embeddings": embeddings.detach().cpu(), "names": list(names)}, f)
         except Exception as error:  # torch.save reports a full disk as RuntimeError, not OSError
-            logger.warning("could not write the text-embedding cache %s (%s); continuing without it", path, error)
+            logger.warning(
+                "could not write the text-embedding cache %s (%s); continuing without it",
+                path,
+                error,
+            )

@@ -17,6 +17,7 @@ Nothing in code/ is read.
     root = torchscript_root(path)             # None for any other file
     state_dict = read_torchscript(path, root)  # {"visual.conv1.weight": tensor, ...}
 """
+
 from __future__ import annotations
 
 import io
@@ -35,8 +36,14 @@ __all__ = ["ArchiveError", "pickled_code", "read_torchscript", "torchscript_root
 _MAX_PICKLE_BYTES = 256 * 2**20  # a data.pkl holds structure only (tens of KB for CLIP)
 _MAX_MODULE_DEPTH = 64  # CLIP's module tree is 6 levels deep
 # Globals a weights pickle may name (torch's tensor types and containers); anything else is code.
-_DATA_GLOBALS = ("torch.", "collections.OrderedDict", "builtins.set", "builtins.frozenset",
-                 "builtins.bytearray", "_codecs.encode")
+_DATA_GLOBALS = (
+    "torch.",
+    "collections.OrderedDict",
+    "builtins.set",
+    "builtins.frozenset",
+    "builtins.bytearray",
+    "_codecs.encode",
+)
 
 
 class ArchiveError(ValueError):
@@ -49,13 +56,21 @@ class ArchiveError(ValueError):
 
 
 _STORAGE_DTYPES: Dict[str, torch.dtype] = {
-    "FloatStorage": torch.float32, "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,
-    "DoubleStorage": torch.float64, "LongStorage": torch.int64, "IntStorage": torch.int32,
-    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
+    "FloatStorage": torch.float32,
+    "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16,
+    "DoubleStorage": torch.float64,
+    "LongStorage": torch.int64,
+    "IntStorage": torch.int32,
+    "ShortStorage": torch.int16,
+    "CharStorage": torch.int8,
+    "ByteStorage": torch.uint8,
     "BoolStorage": torch.bool,
 }
 # TorchScript's typed-list helpers: they only rebuild a list from a list.
-_LIST_BUILDERS = frozenset({"build_intlist", "build_doublelist", "build_boollist", "build_tensorlist"})
+_LIST_BUILDERS = frozenset(
+    {"build_intlist", "build_doublelist", "build_boollist", "build_tensorlist"}
+)
 
 
 class _ScriptObject:
@@ -89,8 +104,13 @@ class _TensorRef(NamedTuple):
 
 def _tensor_ref(storage: Any, offset: Any, size: Any, stride: Any, *_unused: Any) -> _TensorRef:
     """Stands in for torch._utils._rebuild_tensor_v2: records the view, builds nothing yet."""
-    if not (isinstance(storage, _StorageRef) and isinstance(offset, int) and isinstance(size, tuple)
-            and isinstance(stride, tuple) and all(isinstance(v, int) for v in size + stride)):
+    if not (
+        isinstance(storage, _StorageRef)
+        and isinstance(offset, int)
+        and isinstance(size, tuple)
+        and isinstance(stride, tuple)
+        and all(isinstance(v, int) for v in size + stride)
+    ):
         raise pickle.UnpicklingError("malformed tensor record")
     return _TensorRef(storage, offset, size, stride)
 
@@ -123,8 +143,14 @@ class _RestrictedTorchScriptUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> _StorageRef:
         # ('storage', <storage type>, key, location, numel); the location (e.g. 'cuda:0') is ignored.
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
-                and isinstance(pid[1], _StorageType) and isinstance(pid[2], str) and isinstance(pid[4], int)):
+        if not (
+            isinstance(pid, tuple)
+            and len(pid) == 5
+            and pid[0] == "storage"
+            and isinstance(pid[1], _StorageType)
+            and isinstance(pid[2], str)
+            and isinstance(pid[4], int)
+        ):
             raise pickle.UnpicklingError(f"unsupported persistent id {pid!r:.80}")
         return _StorageRef(pid[1].dtype, pid[2], pid[4])
 
@@ -158,8 +184,10 @@ def read_torchscript(path: Path, root: str) -> Dict[str, torch.Tensor]:
             if byteorder in archive.namelist():
                 order = archive.read(byteorder).decode("ascii", "replace").strip()
                 if order != sys.byteorder:
-                    raise ArchiveError(f"it was written on a {order}-endian machine and this one is "
-                                       f"{sys.byteorder}-endian; convert it to .safetensors first")
+                    raise ArchiveError(
+                        f"it was written on a {order}-endian machine and this one is "
+                        f"{sys.byteorder}-endian; convert it to .safetensors first"
+                    )
             info = archive.getinfo(root + "data.pkl")
             _check_stored(info)
             if info.file_size > _MAX_PICKLE_BYTES:
@@ -189,8 +217,9 @@ def _check_stored(info: zipfile.ZipInfo) -> None:
         raise ArchiveError(f"record {info.filename} is compressed, which PyTorch never writes")
 
 
-def _collect_tensor_refs(obj: _ScriptObject, prefix: str, out: Dict[str, _TensorRef], seen: set,
-                         depth: int = 0) -> None:
+def _collect_tensor_refs(
+    obj: _ScriptObject, prefix: str, out: Dict[str, _TensorRef], seen: set, depth: int = 0
+) -> None:
     """Walks the module tree: tensors become 'a.b.c' entries, submodules are visited once each."""
     if depth > _MAX_MODULE_DEPTH:
         raise ArchiveError(f"its modules nest more than {_MAX_MODULE_DEPTH} levels deep")
@@ -204,8 +233,9 @@ def _collect_tensor_refs(obj: _ScriptObject, prefix: str, out: Dict[str, _Tensor
             _collect_tensor_refs(value, f"{prefix}{name}.", out, seen, depth + 1)
 
 
-def _materialize(ref: _TensorRef, archive: zipfile.ZipFile, root: str,
-                 storages: Dict[str, torch.Tensor]) -> torch.Tensor:
+def _materialize(
+    ref: _TensorRef, archive: zipfile.ZipFile, root: str, storages: Dict[str, torch.Tensor]
+) -> torch.Tensor:
     """Builds one tensor from its storage record, after checking the view stays inside the bytes read."""
     storage = ref.storage
     if storage.key not in storages:
@@ -213,11 +243,15 @@ def _materialize(ref: _TensorRef, archive: zipfile.ZipFile, root: str,
         _check_stored(info)
         expected = storage.numel * storage.dtype.itemsize
         if storage.numel < 0 or info.file_size != expected:
-            raise ArchiveError(f"storage data/{storage.key} has {info.file_size} bytes, "
-                                    f"expected {expected}")
+            raise ArchiveError(
+                f"storage data/{storage.key} has {info.file_size} bytes, expected {expected}"
+            )
         raw = bytearray(archive.read(info))  # (numel * itemsize,) bytes
-        storages[storage.key] = (torch.frombuffer(raw, dtype=storage.dtype) if raw
-                                 else torch.empty(0, dtype=storage.dtype))
+        storages[storage.key] = (
+            torch.frombuffer(raw, dtype=storage.dtype)
+            if raw
+            else torch.empty(0, dtype=storage.dtype)
+        )
     flat = storages[storage.key]  # (numel,)
     size, stride, offset = ref.size, ref.stride, ref.offset
     if len(size) != len(stride) or offset < 0 or any(v < 0 for v in size + stride):
@@ -235,8 +269,11 @@ def pickled_code(path: Path) -> List[str]:
     pickles at the start of a raw/legacy torch file."""
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
-            streams = [archive.read(info) for info in archive.infolist()
-                       if info.filename.endswith(".pkl") and info.file_size <= _MAX_PICKLE_BYTES]
+            streams = [
+                archive.read(info)
+                for info in archive.infolist()
+                if info.filename.endswith(".pkl") and info.file_size <= _MAX_PICKLE_BYTES
+            ]
     else:
         with open(path, "rb") as f:
             streams = [f.read(_MAX_PICKLE_BYTES)]

@@ -1,4 +1,5 @@
 """Colour overlays with a legend of the classes present."""
+
 from typing import List, Sequence, Tuple
 
 import numpy as np
@@ -25,7 +26,11 @@ def palette(num_colors: int) -> np.ndarray:
 def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.55) -> np.ndarray:
     """Blends class colours over an (H, W, 3) uint8 image: (H, W, 3) uint8."""
     colors = palette(int(labels.max()) + 1)[labels]
-    return (image.astype(np.float32) * (1 - alpha) + colors.astype(np.float32) * alpha).round().astype(np.uint8)
+    return (
+        (image.astype(np.float32) * (1 - alpha) + colors.astype(np.float32) * alpha)
+        .round()
+        .astype(np.uint8)
+    )
 
 
 def _font(size: int):
@@ -35,7 +40,9 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def with_legend(image: np.ndarray, entries: Sequence[Tuple[int, str, float]], row_height: int = 20) -> Image.Image:
+def with_legend(
+    image: np.ndarray, entries: Sequence[Tuple[int, str, float]], row_height: int = 20
+) -> Image.Image:
     """Appends a legend column: one swatch, name and pixel share per (class index, name, share)."""
     font = _font(row_height - 6)
     lines = [f"{name} ({share * 100:.1f}%)" for _, name, share in entries]
@@ -50,14 +57,19 @@ def with_legend(image: np.ndarray, entries: Sequence[Tuple[int, str, float]], ro
     for row, ((index, _, _), line) in enumerate(zip(entries, lines)):
         top = 4 + row * row_height
         left = image.shape[1] + 6
-        draw.rectangle([left, top, left + row_height - 4, top + row_height - 4], fill=tuple(int(c) for c in colors[index]),
-                       outline=(0, 0, 0))
+        draw.rectangle(
+            [left, top, left + row_height - 4, top + row_height - 4],
+            fill=tuple(int(c) for c in colors[index]),
+            outline=(0, 0, 0),
+        )
         draw.text((left + row_height + 2, top), line, fill=(0, 0, 0), font=font)
     return canvas
 
 
 def side_by_side(left: Image.Image, right: Image.Image) -> Image.Image:
-    canvas = Image.new("RGB", (left.width + right.width, max(left.height, right.height)), (255, 255, 255))
+    canvas = Image.new(
+        "RGB", (left.width + right.width, max(left.height, right.height)), (255, 255, 255)
+    )
     canvas.paste(left, (0, 0))
     canvas.paste(right, (left.width, 0))
     return canvas
@@ -67,4 +79,8 @@ def legend_entries(labels: np.ndarray, class_names: List[str]) -> List[Tuple[int
     """(index, name, share) of the classes present, largest share first."""
     counts = np.bincount(labels.ravel(), minlength=len(class_names))
     total = max(int(counts.sum()), 1)
-    return [(int(i), class_names[i], counts[i] / total) for i in np.argsort(-counts, kind="stable") if counts[i] > 0]
+    return [
+        (int(i), class_names[i], counts[i] / total)
+        for i in np.argsort(-counts, kind="stable")
+        if counts[i] > 0
+    ]

@@ -6,6 +6,7 @@ A vocabulary can be given as a benchmark key (``voc21``), a peer method's publis
 class per line. A class may have several names (``person, person in shirt``: a file line, or a
 list in vocabularies.json); its score is the maximum over its names.
 """
+
 import difflib
 import json
 import logging
@@ -18,8 +19,15 @@ from typing import Dict, List, Sequence, Tuple
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from .errors import InputError, MissingFileError, UnknownNameError
 
-__all__ = ["Vocabulary", "load_vocabularies", "benchmark_keys", "peer_vocabulary_keys",
-           "template_set", "resolve_vocabulary", "vocabulary_of_dataset"]
+__all__ = [
+    "Vocabulary",
+    "load_vocabularies",
+    "benchmark_keys",
+    "peer_vocabulary_keys",
+    "template_set",
+    "resolve_vocabulary",
+    "vocabulary_of_dataset",
+]
 
 _VOCABULARY_FILE = os.path.join(os.path.dirname(__file__), "data", "vocabularies.json")
 
@@ -40,8 +48,12 @@ def benchmark_keys() -> List[str]:
 def peer_vocabulary_keys() -> List[str]:
     """``<peer>/<benchmark>`` of every class list a peer method published (vocabularies.json)."""
     peers = load_vocabularies()["peer_vocabularies"]
-    return sorted(f"{peer}/{key}" for peer, entries in peers.items() if not peer.startswith("_")
-                  for key in entries)
+    return sorted(
+        f"{peer}/{key}"
+        for peer, entries in peers.items()
+        if not peer.startswith("_")
+        for key in entries
+    )
 
 
 def template_set(name: str) -> Tuple[str, ...]:
@@ -50,8 +62,10 @@ def template_set(name: str) -> Tuple[str, ...]:
     templates = dict(load_vocabularies()["templates"])
     templates["imagenet80"] = [template("{}") for template in OPENAI_IMAGENET_TEMPLATES]
     if name not in templates:
-        raise InputError(f"unknown template set {name!r} (MODEL.CLIPTRASE.TEMPLATES); "
-                         f"choose one of {sorted(templates)}")
+        raise InputError(
+            f"unknown template set {name!r} (MODEL.CLIPTRASE.TEMPLATES); "
+            f"choose one of {sorted(templates)}"
+        )
     return tuple(templates[name])
 
 
@@ -69,33 +83,45 @@ class Vocabulary:
 
     def __post_init__(self):
         if self.extra_names and len(self.extra_names) != len(self.classes):
-            raise InputError(f"extra_names has {len(self.extra_names)} entries for "
-                             f"{len(self.classes)} classes: give one tuple of names per class "
-                             "(empty for a single-name class)")
+            raise InputError(
+                f"extra_names has {len(self.extra_names)} entries for "
+                f"{len(self.classes)} classes: give one tuple of names per class "
+                "(empty for a single-name class)"
+            )
         if not self.classes:
-            raise InputError("the vocabulary is empty: give at least one class name "
-                             "(a benchmark key, a comma-separated list or a file with one name per line)")
+            raise InputError(
+                "the vocabulary is empty: give at least one class name "
+                "(a benchmark key, a comma-separated list or a file with one name per line)"
+            )
         extra = tuple(name for names in self.extra_names for name in names)
-        for kind, names in (("class name", self.classes + extra),
-                            ("background word", self.background)):
+        for kind, names in (
+            ("class name", self.classes + extra),
+            ("background word", self.background),
+        ):
             for name in names:
                 if not isinstance(name, str) or not name.strip():
                     raise InputError(f"empty {kind} in the vocabulary: {list(names)!r}")
                 try:
                     name.encode("utf-8")
                 except UnicodeEncodeError:
-                    raise InputError(f"{kind} {name!r} is not valid text (undecodable bytes, e.g. from a "
-                                     "terminal in another encoding): write it in UTF-8") from None
+                    raise InputError(
+                        f"{kind} {name!r} is not valid text (undecodable bytes, e.g. from a "
+                        "terminal in another encoding): write it in UTF-8"
+                    ) from None
         if self.background and "background" in (name.strip().lower() for name in self.classes):
-            raise InputError("a class is named 'background' and background words are given too: the "
-                             "background words already form the output class 'background'; drop that "
-                             "class or rename it")
+            raise InputError(
+                "a class is named 'background' and background words are given too: the "
+                "background words already form the output class 'background'; drop that "
+                "class or rename it"
+            )
         seen = {}
         for name in self.classes + extra + self.background:
             key = name.strip().lower()
             if key in seen and not self._is_benchmark_quirk(name):
-                raise InputError(f"duplicate name {name!r} in the vocabulary (also given as {seen[key]!r}); "
-                                 "each class must appear once: remove or rename one of them")
+                raise InputError(
+                    f"duplicate name {name!r} in the vocabulary (also given as {seen[key]!r}); "
+                    "each class must appear once: remove or rename one of them"
+                )
             seen[key] = name
 
     def _is_benchmark_quirk(self, name: str) -> bool:
@@ -104,12 +130,19 @@ class Vocabulary:
         # The SCLIP/NACLIP COCO-Object lists have 'bed' as a class and as a background word.
         def published(b):
             own = tuple(b.get("background", ()))
-            return (self.classes == tuple(_class_names(b)[0]) and self.background[:len(own)] == own
-                    and name in own)
+            return (
+                self.classes == tuple(_class_names(b)[0])
+                and self.background[: len(own)] == own
+                and name in own
+            )
 
         vocabularies = load_vocabularies()
-        peers = [entry for peer, entries in vocabularies["peer_vocabularies"].items()
-                 if not peer.startswith("_") for entry in entries.values()]
+        peers = [
+            entry
+            for peer, entries in vocabularies["peer_vocabularies"].items()
+            if not peer.startswith("_")
+            for entry in entries.values()
+        ]
         return any(published(b) for b in list(vocabularies["benchmarks"].values()) + peers)
 
     @property
@@ -151,8 +184,10 @@ def _class_names(entry: Dict, where: str = "") -> Tuple[List[str], Tuple[Tuple[s
     for index, item in enumerate(entry["classes"]):
         names = [item] if isinstance(item, str) else list(item)
         if not names or any(not isinstance(n, str) or not n.strip() for n in names):
-            raise InputError(f"{_VOCABULARY_FILE}: {where or 'an entry'}, class {index}: empty "
-                             f"name in {item!r}; every class needs one or more non-empty names")
+            raise InputError(
+                f"{_VOCABULARY_FILE}: {where or 'an entry'}, class {index}: empty "
+                f"name in {item!r}; every class needs one or more non-empty names"
+            )
         classes.append(names[0])
         extra.append(tuple(names[1:]))
     return classes, tuple(extra) if any(extra) else ()
@@ -166,16 +201,22 @@ def _without_quirks(names: Sequence[str]) -> Tuple[str, ...]:
     """The paper's vocabulary quirks fixed: names stripped, 'beachhill' split, duplicates dropped."""
     cleaned = []
     for name in names:
-        for part in (["beach", "hill"] if name.strip() == "beachhill" else [name.strip()]):
+        for part in ["beach", "hill"] if name.strip() == "beachhill" else [name.strip()]:
             if part not in cleaned:
                 cleaned.append(part)
     return tuple(cleaned)
 
 
-def _with_background(classes: Sequence[str], own: Sequence[str], extra: Sequence[str],
-                     extra_names: Tuple[Tuple[str, ...], ...] = ()) -> Vocabulary:
+def _with_background(
+    classes: Sequence[str],
+    own: Sequence[str],
+    extra: Sequence[str],
+    extra_names: Tuple[Tuple[str, ...], ...] = (),
+) -> Vocabulary:
     """Classes with their own background words plus ``extra`` ones (those not already there)."""
-    words = tuple(own) + tuple(w for w in extra if w.strip().lower() not in {o.strip().lower() for o in own})
+    words = tuple(own) + tuple(
+        w for w in extra if w.strip().lower() not in {o.strip().lower() for o in own}
+    )
     return Vocabulary(tuple(classes), words, extra_names)
 
 
@@ -190,17 +231,21 @@ def _read_names(path: str) -> Tuple[List[str], Tuple[Tuple[str, ...], ...]]:
         with open(path, encoding="utf-8-sig") as f:
             lines = [line.strip() for line in f]
     except UnicodeDecodeError as error:
-        raise InputError(f"vocabulary file {path} is not UTF-8 text ({error.reason} at byte {error.start}); "
-                         "save it as UTF-8") from None
+        raise InputError(
+            f"vocabulary file {path} is not UTF-8 text ({error.reason} at byte {error.start}); "
+            "save it as UTF-8"
+        ) from None
     classes, extra = [], []
     for number, line in enumerate(lines, start=1):
         if not line or line.startswith("#"):
             continue
         names = [name.strip() for name in line.split(",")]
         if not all(names):
-            raise InputError(f"vocabulary file {path}, line {number}: empty name in {line!r}; "
-                             "separate a class's names by single commas, e.g. "
-                             "'person, person in shirt'")
+            raise InputError(
+                f"vocabulary file {path}, line {number}: empty name in {line!r}; "
+                "separate a class's names by single commas, e.g. "
+                "'person, person in shirt'"
+            )
         classes.append(names[0])
         extra.append(tuple(names[1:]))
     if not classes:
@@ -210,12 +255,17 @@ def _read_names(path: str) -> Tuple[List[str], Tuple[Tuple[str, ...], ...]]:
 
 def _checked(vocabulary: Vocabulary, spec: str) -> Vocabulary:
     if vocabulary.num_classes == 1:
-        logger.warning("the vocabulary %r has a single class and no background words: every pixel gets "
-                       "that class. Give more class names (comma-separated) or background words.", spec)
+        logger.warning(
+            "the vocabulary %r has a single class and no background words: every pixel gets "
+            "that class. Give more class names (comma-separated) or background words.",
+            spec,
+        )
     return vocabulary
 
 
-def resolve_vocabulary(spec, background: Sequence[str] = (), paper_quirks: bool = False) -> Vocabulary:
+def resolve_vocabulary(
+    spec, background: Sequence[str] = (), paper_quirks: bool = False
+) -> Vocabulary:
     """A Vocabulary from a benchmark key, a comma-separated string, a file path, a list of names
     or a Vocabulary.
 
@@ -232,9 +282,13 @@ def resolve_vocabulary(spec, background: Sequence[str] = (), paper_quirks: bool 
             return spec
         return _with_background(spec.classes, spec.background, background, spec.extra_names)
     if isinstance(spec, (list, tuple)):
-        return _checked(Vocabulary(tuple(str(n).strip() for n in spec), background), str(list(spec)))
+        return _checked(
+            Vocabulary(tuple(str(n).strip() for n in spec), background), str(list(spec))
+        )
     if not isinstance(spec, str):
-        raise TypeError(f"vocabulary must be a string or a list of names, got {type(spec).__name__}")
+        raise TypeError(
+            f"vocabulary must be a string or a list of names, got {type(spec).__name__}"
+        )
     benchmarks = load_vocabularies()["benchmarks"]
     key = spec.strip().lower()
     if "/" in key and not os.path.exists(spec):
@@ -245,7 +299,9 @@ def resolve_vocabulary(spec, background: Sequence[str] = (), paper_quirks: bool 
         if not paper_quirks:
             classes, words = _without_quirks(classes), _without_quirks(words)
         return _with_background(classes, words, background)
-    if os.path.isfile(spec):  # said in the log: a one-word spec may be a file in the working directory
+    if os.path.isfile(
+        spec
+    ):  # said in the log: a one-word spec may be a file in the working directory
         names, extra_names = _read_names(spec)
         logger.info("vocabulary: %d classes from the file %s", len(names), os.path.abspath(spec))
         return _checked(Vocabulary(tuple(names), background, extra_names), spec)
@@ -253,15 +309,19 @@ def resolve_vocabulary(spec, background: Sequence[str] = (), paper_quirks: bool 
         raise MissingFileError(f"vocabulary file {spec} does not exist")
     names = _split_names(spec)
     if not names:
-        raise InputError(f"vocabulary {spec!r} has no class names; give a benchmark key "
-                         f"({', '.join(sorted(benchmarks))}), a comma-separated list or a file")
+        raise InputError(
+            f"vocabulary {spec!r} has no class names; give a benchmark key "
+            f"({', '.join(sorted(benchmarks))}), a comma-separated list or a file"
+        )
     if len(names) == 1:
         near = [k for k in benchmarks if _key_form(k) == _key_form(names[0])]
         near = near or difflib.get_close_matches(key, list(benchmarks), n=1, cutoff=0.8)
         if near:
-            raise InputError(f"vocabulary {spec!r} is not a benchmark key: did you mean {near[0]!r}? "
-                             f"(keys: {', '.join(sorted(benchmarks))}). For one class of that name, "
-                             "pass it as a list")
+            raise InputError(
+                f"vocabulary {spec!r} is not a benchmark key: did you mean {near[0]!r}? "
+                f"(keys: {', '.join(sorted(benchmarks))}). For one class of that name, "
+                "pass it as a list"
+            )
     return _checked(Vocabulary(tuple(names), background), spec)
 
 
@@ -272,13 +332,17 @@ def vocabulary_of_dataset(name: str, paper_quirks: bool = False) -> Vocabulary:
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     if name not in DatasetCatalog.list():
-        raise UnknownNameError(f"Dataset '{name}' is not registered! Available datasets are: "
-                       f"{', '.join(sorted(DatasetCatalog.list()))}")
+        raise UnknownNameError(
+            f"Dataset '{name}' is not registered! Available datasets are: "
+            f"{', '.join(sorted(DatasetCatalog.list()))}"
+        )
     metadata = MetadataCatalog.get(name)
     spec = metadata.get("vocabulary", None) or metadata.get("stuff_classes", None)
     if not spec:
-        raise InputError(f"dataset {name!r} has neither 'vocabulary' nor 'stuff_classes' in its metadata: "
-                         "set MODEL.CLIPTRASE.VOCABULARY, or register the dataset with its class names")
+        raise InputError(
+            f"dataset {name!r} has neither 'vocabulary' nor 'stuff_classes' in its metadata: "
+            "set MODEL.CLIPTRASE.VOCABULARY, or register the dataset with its class names"
+        )
     return resolve_vocabulary(spec, (), paper_quirks)
 
 
@@ -288,8 +352,10 @@ def _peer_vocabulary(key: str, background: Sequence[str]) -> Vocabulary:
     peers = load_vocabularies()["peer_vocabularies"]
     peer, _, benchmark = key.partition("/")
     if peer not in peers or peer.startswith("_") or benchmark not in peers[peer]:
-        raise InputError(f"no published vocabulary {key!r}: the peer methods' lists are "
-                         f"{', '.join(peer_vocabulary_keys())}")
+        raise InputError(
+            f"no published vocabulary {key!r}: the peer methods' lists are "
+            f"{', '.join(peer_vocabulary_keys())}"
+        )
     entry = peers[peer][benchmark]
     classes, extra_names = _class_names(entry, f"peer_vocabularies/{key}")
     return _with_background(classes, entry.get("background", ()), background, extra_names)

@@ -9,25 +9,42 @@ When the input folder is not ``<root>/ADEChallengeData2016`` itself, the val ima
 
     python datasets/prepare_ade20k_150.py [--ade path/to/ADEChallengeData2016] [--root datasets]
 """
+
 import argparse
 from pathlib import Path
 from typing import List, Optional
 
 from tqdm import tqdm
 
-from prepare_common import (Summary, add_root_argument, copy_file, read_label_png, remap, require,
-                            require_images, resolve_root, run, same_folder)
+from prepare_common import (
+    Summary,
+    add_root_argument,
+    copy_file,
+    read_label_png,
+    remap,
+    require,
+    require_images,
+    resolve_root,
+    run,
+    same_folder,
+)
 
 LAYOUT = Path("ADEChallengeData2016")
-SOURCE = ("ADEChallengeData2016.zip, http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip "
-          "(extract it under the root)")
+SOURCE = (
+    "ADEChallengeData2016.zip, http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip "
+    "(extract it under the root)"
+)
 ADE150_LABELS = {k: k - 1 for k in range(1, 151)}  # 0 ('other') and anything else -> 255
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Prepare ADE20K-150 val for cliptrase_ade150_val.")
-    parser.add_argument("--ade", type=Path, default=None,
-                        help="extracted ADEChallengeData2016 folder (default: <root>/ADEChallengeData2016)")
+    parser.add_argument(
+        "--ade",
+        type=Path,
+        default=None,
+        help="extracted ADEChallengeData2016 folder (default: <root>/ADEChallengeData2016)",
+    )
     add_root_argument(parser)
     args = parser.parse_args(argv)
     root = resolve_root(args.root)
@@ -53,6 +70,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             continue
         summary.save(remap(read_label_png(label_file), ADE150_LABELS, default=255), target, 255)
     return summary.finish({out_labels: 150}, "*.png")
+
 
 if __name__ == "__main__":
     run(main)

@@ -22,6 +22,7 @@ writes them, so the folder equals one made by MaskFormer, SAN or CAT-Seg.
 
 (The index is a pickle: load only the official file.)
 """
+
 import argparse
 import json
 import pickle
@@ -33,12 +34,23 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from prepare_common import (Summary, add_root_argument, benchmark_classes, remap, require,
-                            resolve_root, run, save_label_tiff16, write_atomic)
+from prepare_common import (
+    Summary,
+    add_root_argument,
+    benchmark_classes,
+    remap,
+    require,
+    resolve_root,
+    run,
+    save_label_tiff16,
+    write_atomic,
+)
 
 LAYOUT = Path("ADE20K_2021_17_01")
-SOURCE = ("ADE20K_2021_17_01.zip from https://groups.csail.mit.edu/vision/datasets/ADE20K/ "
-          "(free registration; extract it under the root)")
+SOURCE = (
+    "ADE20K_2021_17_01.zip from https://groups.csail.mit.edu/vision/datasets/ADE20K/ "
+    "(free registration; extract it under the root)"
+)
 IDS_FILE = Path(__file__).resolve().with_name("ade847_ids.json")
 MAX_SHORTER_SIDE = 512
 VOID_16BIT = 65535
@@ -53,15 +65,19 @@ def ade_id_to_class(objectnames: List[str], index_file: Path) -> Dict[int, int]:
     classes = benchmark_classes("ade847")
     if len(ade_ids) != len(classes) or len(set(ade_ids)) != len(ade_ids):
         raise ValueError(f"{IDS_FILE} must list {len(classes)} distinct ids, one per ADE847 class")
-    disagree = [f"class {k} '{name}': id {ade_id} is "
-                + (f"'{objectnames[ade_id - 1]}'" if ade_id <= len(objectnames) else "missing")
-                for k, (name, ade_id) in enumerate(zip(classes, ade_ids))
-                if ade_id > len(objectnames) or objectnames[ade_id - 1] != name]
+    disagree = [
+        f"class {k} '{name}': id {ade_id} is "
+        + (f"'{objectnames[ade_id - 1]}'" if ade_id <= len(objectnames) else "missing")
+        for k, (name, ade_id) in enumerate(zip(classes, ade_ids))
+        if ade_id > len(objectnames) or objectnames[ade_id - 1] != name
+    ]
     if disagree:
-        raise ValueError(f"{len(disagree)} ADE847 classes are named differently in {index_file}'s "
-                         "objectnames (another ADE20K release? this script needs "
-                         "ADE20K_2021_17_01): "
-                         f"{disagree[:5]}")
+        raise ValueError(
+            f"{len(disagree)} ADE847 classes are named differently in {index_file}'s "
+            "objectnames (another ADE20K release? this script needs "
+            "ADE20K_2021_17_01): "
+            f"{disagree[:5]}"
+        )
     return {ade_id: class_id for class_id, ade_id in enumerate(ade_ids)}
 
 
@@ -92,8 +108,12 @@ def image_path(source: Path, folder: str, filename: str) -> Path:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Prepare ADE20K-847 val for cliptrase_ade847_val.")
-    parser.add_argument("--ade-full", type=Path, default=None,
-                        help="extracted ADE20K_2021_17_01 folder (default: <root>/ADE20K_2021_17_01)")
+    parser.add_argument(
+        "--ade-full",
+        type=Path,
+        default=None,
+        help="extracted ADE20K_2021_17_01 folder (default: <root>/ADE20K_2021_17_01)",
+    )
     add_root_argument(parser)
     args = parser.parse_args(argv)
     root = resolve_root(args.root)
@@ -106,9 +126,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     out_images = out / "images_detectron2/validation"
     out_labels = out / "annotations_detectron2/validation"
 
-    val = [(folder, name) for folder, name in zip(index["folder"], index["filename"]) if name.startswith("ADE_val_")]
+    val = [
+        (folder, name)
+        for folder, name in zip(index["folder"], index["filename"])
+        if name.startswith("ADE_val_")
+    ]
     if not val:
-        raise FileNotFoundError(f"{index_file} lists no validation images (ADE_val_*.jpg)\n  It comes from {SOURCE}.")
+        raise FileNotFoundError(
+            f"{index_file} lists no validation images (ADE_val_*.jpg)\n  It comes from {SOURCE}."
+        )
     summary = Summary("ADE20K-847 val", "ade847")
     summary.images = len(val)
     for folder, filename in tqdm(val, desc="ADE20K-847 val"):
@@ -129,7 +155,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if size is not None:
             height, width = size
             pixels = cv2.resize(pixels, (width, height), interpolation=cv2.INTER_LINEAR)
-            labels = cv2.resize(labels.astype(np.uint16), (width, height), interpolation=cv2.INTER_NEAREST)
+            labels = cv2.resize(
+                labels.astype(np.uint16), (width, height), interpolation=cv2.INTER_NEAREST
+            )
         save_jpeg = lambda tmp: Image.fromarray(pixels).save(tmp, format="JPEG")  # noqa: E731
         summary.write(write_atomic(image_out, save_jpeg))
         summary.save(labels, label_out, VOID_16BIT, save_label_tiff16)

@@ -12,29 +12,67 @@ not ``<root>/cityscapes`` itself, the val images are copied there too.
 
     python datasets/prepare_cityscapes.py [--cityscapes path/to/cityscapes] [--root datasets]
 """
+
 import argparse
 from pathlib import Path
 from typing import List, Optional
 
 from tqdm import tqdm
 
-from prepare_common import (Summary, add_root_argument, copy_file, read_label_png, remap, require,
-                            require_images, resolve_root, run, same_folder)
+from prepare_common import (
+    Summary,
+    add_root_argument,
+    copy_file,
+    read_label_png,
+    remap,
+    require,
+    require_images,
+    resolve_root,
+    run,
+    same_folder,
+)
 
 LAYOUT = Path("cityscapes")
-SOURCE = ("leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from https://www.cityscapes-dataset.com/downloads/ "
-          "(free registration; extract both into <root>/cityscapes)")
+SOURCE = (
+    "leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from https://www.cityscapes-dataset.com/downloads/ "
+    "(free registration; extract both into <root>/cityscapes)"
+)
 
 # Cityscapes labelId -> trainId of the 19 evaluated classes (road, sidewalk, ..., bicycle).
-LABEL_ID_TO_TRAIN_ID = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
-                        25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+LABEL_ID_TO_TRAIN_ID = {
+    7: 0,
+    8: 1,
+    11: 2,
+    12: 3,
+    13: 4,
+    17: 5,
+    19: 6,
+    20: 7,
+    21: 8,
+    22: 9,
+    23: 10,
+    24: 11,
+    25: 12,
+    26: 13,
+    27: 14,
+    28: 15,
+    31: 16,
+    32: 17,
+    33: 18,
+}
 IMAGE_SUFFIX = "_leftImg8bit.png"
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description="Prepare Cityscapes val for cliptrase_cityscapes19_val.")
-    parser.add_argument("--cityscapes", type=Path, default=None,
-                        help="folder holding leftImg8bit/ and gtFine/ (default: <root>/cityscapes)")
+    parser = argparse.ArgumentParser(
+        description="Prepare Cityscapes val for cliptrase_cityscapes19_val."
+    )
+    parser.add_argument(
+        "--cityscapes",
+        type=Path,
+        default=None,
+        help="folder holding leftImg8bit/ and gtFine/ (default: <root>/cityscapes)",
+    )
     add_root_argument(parser)
     args = parser.parse_args(argv)
     root = resolve_root(args.root)
@@ -61,6 +99,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         train_ids = remap(read_label_png(label_file), LABEL_ID_TO_TRAIN_ID, default=255)
         summary.save(train_ids, target, 255)
     return summary.finish({out / "gtFine/val": 19}, "*/*_gtFine_labelTrainIds.png")
+
 
 if __name__ == "__main__":
     run(main)

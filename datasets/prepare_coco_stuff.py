@@ -27,6 +27,7 @@ When the images are not in ``<root>/coco/val2017`` they are copied there.
         [--stuffthingmaps path/to/stuffthingmaps/val2017 | --stuff171 path/to/171-class/val2017]
         [--root datasets]
 """
+
 import argparse
 import logging
 from pathlib import Path
@@ -34,17 +35,30 @@ from typing import Dict, List, Optional
 
 from tqdm import tqdm
 
-from prepare_common import (Summary, add_root_argument, copy_file, read_label_png, remap, require,
-                            require_images, resolve_root, run, same_folder)
+from prepare_common import (
+    Summary,
+    add_root_argument,
+    copy_file,
+    read_label_png,
+    remap,
+    require,
+    require_images,
+    resolve_root,
+    run,
+    same_folder,
+)
 
 logger = logging.getLogger("prepare")
 
 IMAGES_SOURCE = "COCO's val2017.zip, http://images.cocodataset.org/zips/val2017.zip (extract it into <root>/coco)"
-MAPS_SOURCE = ("COCO-Stuff's stuffthingmaps_trainval2017.zip, "
-               "http://calvin.inf.ed.ac.uk/wp-content/uploads/data/cocostuffdataset/stuffthingmaps_trainval2017.zip "
-               "(extract it into <root>/coco/stuffthingmaps)")
-STUFF171_SOURCE = ("an earlier run of this script, or SAN's / CAT-Seg's COCO-Stuff preparation "
-                   "(--stuff171)")
+MAPS_SOURCE = (
+    "COCO-Stuff's stuffthingmaps_trainval2017.zip, "
+    "http://calvin.inf.ed.ac.uk/wp-content/uploads/data/cocostuffdataset/stuffthingmaps_trainval2017.zip "
+    "(extract it into <root>/coco/stuffthingmaps)"
+)
+STUFF171_SOURCE = (
+    "an earlier run of this script, or SAN's / CAT-Seg's COCO-Stuff preparation (--stuff171)"
+)
 
 # COCO category ids 1..182 that no annotation uses: 11 thing ids of the 2014 paper's 91.
 UNUSED_CATEGORY_IDS = (12, 26, 29, 30, 45, 66, 68, 69, 71, 83, 91)
@@ -60,39 +74,61 @@ def stuffthing_to_171() -> Dict[int, int]:
 
 
 # The peers' COCO-Object: stuff (80..170) and unlabelled (255) pixels are background.
-STANDARD_OBJECT80 = {**{i: i for i in range(NUM_THINGS)},
-                     **{i: NUM_THINGS for i in range(NUM_THINGS, NUM_STUFF_AND_THINGS)},
-                     VOID: NUM_THINGS}
+STANDARD_OBJECT80 = {
+    **{i: i for i in range(NUM_THINGS)},
+    **{i: NUM_THINGS for i in range(NUM_THINGS, NUM_STUFF_AND_THINGS)},
+    VOID: NUM_THINGS,
+}
 # The paper's: 'banner' (80) and void are background; stuff 81..170 -> 255.
 PAPER_OBJECT80 = {**{i: i for i in range(NUM_THINGS)}, NUM_THINGS: NUM_THINGS, VOID: NUM_THINGS}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description="Prepare COCO val2017 for cliptrase_coco_stuff171_val and "
-                                                 "cliptrase_coco_object80_(paper_)val.")
-    parser.add_argument("--val2017", type=Path, default=None, help="COCO val2017 images (default: <root>/coco/val2017)")
+    parser = argparse.ArgumentParser(
+        description="Prepare COCO val2017 for cliptrase_coco_stuff171_val and "
+        "cliptrase_coco_object80_(paper_)val."
+    )
+    parser.add_argument(
+        "--val2017",
+        type=Path,
+        default=None,
+        help="COCO val2017 images (default: <root>/coco/val2017)",
+    )
     maps = parser.add_mutually_exclusive_group()
-    maps.add_argument("--stuffthingmaps", type=Path, default=None,
-                      help="COCO-Stuff's val2017 stuffthingmaps "
-                           "(default: <root>/coco/stuffthingmaps/val2017)")
-    maps.add_argument("--stuff171", type=Path, default=None,
-                      help="existing COCO-Stuff171 maps (0..170, void 255), e.g. CAT-Seg's "
-                           "coco-stuff/annotations_detectron2/val2017: derive the COCO-Object "
-                           "maps from them")
+    maps.add_argument(
+        "--stuffthingmaps",
+        type=Path,
+        default=None,
+        help="COCO-Stuff's val2017 stuffthingmaps (default: <root>/coco/stuffthingmaps/val2017)",
+    )
+    maps.add_argument(
+        "--stuff171",
+        type=Path,
+        default=None,
+        help="existing COCO-Stuff171 maps (0..170, void 255), e.g. CAT-Seg's "
+        "coco-stuff/annotations_detectron2/val2017: derive the COCO-Object "
+        "maps from them",
+    )
     add_root_argument(parser)
     args = parser.parse_args(argv)
     root = resolve_root(args.root)
     out = root / "coco"
     images_dir = require(args.val2017 or out / "val2017", "COCO val2017 images", IMAGES_SOURCE)
-    folders = {"stuff171": out / "stuffthingmaps_detectron2/val2017", "object80": out / "objectmaps_detectron2/val2017",
-               "paper": out / "objectmaps_paper_detectron2/val2017"}
+    folders = {
+        "stuff171": out / "stuffthingmaps_detectron2/val2017",
+        "object80": out / "objectmaps_detectron2/val2017",
+        "paper": out / "objectmaps_paper_detectron2/val2017",
+    }
     raw_maps = args.stuffthingmaps or out / "stuffthingmaps/val2017"
     stuff171_dir = args.stuff171
     no_raw_maps = args.stuffthingmaps is None and not raw_maps.is_dir()
     if stuff171_dir is None and no_raw_maps and folders["stuff171"].is_dir():
         stuff171_dir = folders["stuff171"]
-        logger.info("COCO: no %s; deriving the COCO-Object maps from the COCO-Stuff171 maps in %s",
-                    raw_maps, stuff171_dir)
+        logger.info(
+            "COCO: no %s; deriving the COCO-Object maps from the COCO-Stuff171 maps in %s",
+            raw_maps,
+            stuff171_dir,
+        )
     if stuff171_dir is not None:
         maps_dir = require(stuff171_dir, "COCO-Stuff171 maps", STUFF171_SOURCE)
         if same_folder(stuff171_dir, folders["stuff171"]):
@@ -123,8 +159,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         object80 = remap(stuff171, STANDARD_OBJECT80, default=NUM_THINGS)
         summary.save(object80, targets["object80"], -1)
         summary.save(remap(stuff171, PAPER_OBJECT80, default=VOID), targets["paper"], VOID)
-    classes = {"stuff171": NUM_STUFF_AND_THINGS, "object80": NUM_THINGS + 1,
-               "paper": NUM_THINGS + 1}
+    classes = {
+        "stuff171": NUM_STUFF_AND_THINGS,
+        "object80": NUM_THINGS + 1,
+        "paper": NUM_THINGS + 1,
+    }
     return summary.finish({folder: classes[key] for key, folder in folders.items()}, "*.png")
 
 

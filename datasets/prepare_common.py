@@ -12,6 +12,7 @@ missing file is reported as a warning, skipped, and counted in the summary.
 The scripts need only NumPy, Pillow and tqdm (plus SciPy / OpenCV / pycocotools for PASCAL
 Context and ADE20K-847), not the cliptrase_d2 package.
 """
+
 import argparse
 import json
 import logging
@@ -26,7 +27,9 @@ from PIL import Image
 
 logger = logging.getLogger("prepare")
 
-VOCABULARIES_JSON = Path(__file__).resolve().parents[1] / "cliptrase_d2" / "data" / "vocabularies.json"
+VOCABULARIES_JSON = (
+    Path(__file__).resolve().parents[1] / "cliptrase_d2" / "data" / "vocabularies.json"
+)
 
 
 def default_root() -> Path:
@@ -35,9 +38,13 @@ def default_root() -> Path:
 
 
 def add_root_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--root", type=Path, default=None,
-                        help="dataset root the layout is written under "
-                             "(default: $DETECTRON2_DATASETS, else ./datasets)")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help="dataset root the layout is written under "
+        "(default: $DETECTRON2_DATASETS, else ./datasets)",
+    )
 
 
 def resolve_root(root: Optional[Path]) -> Path:
@@ -47,7 +54,9 @@ def resolve_root(root: Optional[Path]) -> Path:
 def require(path: Path, what: str, source: str) -> Path:
     """``path`` if it exists; FileNotFoundError naming it and where it comes from otherwise."""
     if not path.exists():
-        raise FileNotFoundError(f"{what} not found: {path}\n  It comes from {source}. See datasets/README.md.")
+        raise FileNotFoundError(
+            f"{what} not found: {path}\n  It comes from {source}. See datasets/README.md."
+        )
     return path
 
 
@@ -93,7 +102,9 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> bool:
 def save_label_png(labels: np.ndarray, path: Path) -> bool:
     """Writes an (H, W) label map with values 0..255 as an 8-bit grayscale PNG."""
     if labels.min() < 0 or labels.max() > 255:
-        raise ValueError(f"label values {labels.min()}..{labels.max()} do not fit an 8-bit PNG ({path})")
+        raise ValueError(
+            f"label values {labels.min()}..{labels.max()} do not fit an 8-bit PNG ({path})"
+        )
     image = Image.fromarray(labels.astype(np.uint8), mode="L")
     return write_atomic(path, lambda tmp: image.save(tmp, format="PNG"))
 
@@ -101,7 +112,9 @@ def save_label_png(labels: np.ndarray, path: Path) -> bool:
 def save_label_tiff16(labels: np.ndarray, path: Path) -> bool:
     """Writes an (H, W) label map with values 0..65535 as a 16-bit TIFF (more than 255 classes)."""
     if labels.min() < 0 or labels.max() > 65535:
-        raise ValueError(f"label values {labels.min()}..{labels.max()} do not fit a 16-bit TIFF ({path})")
+        raise ValueError(
+            f"label values {labels.min()}..{labels.max()} do not fit a 16-bit TIFF ({path})"
+        )
     image = Image.fromarray(labels.astype(np.uint16))
     return write_atomic(path, lambda tmp: image.save(tmp, format="TIFF"))
 
@@ -115,8 +128,10 @@ def read_label_png(path: Path) -> np.ndarray:
     """(H, W) int64 values of a single-channel (palette or grayscale) label PNG."""
     with Image.open(path) as image:
         if image.mode not in ("P", "L", "I;16", "I"):
-            raise ValueError(f"{path} is a {image.mode} image; expected a single-channel label map "
-                             "(palette or grayscale PNG)")
+            raise ValueError(
+                f"{path} is a {image.mode} image; expected a single-channel label map "
+                "(palette or grayscale PNG)"
+            )
         return np.asarray(image, dtype=np.int64)
 
 
@@ -129,8 +144,14 @@ def remap(labels: np.ndarray, mapping: Mapping[int, int], default: int) -> np.nd
 
 
 # Images of each official validation split (the counts every published number was computed on).
-OFFICIAL_VAL_IMAGES = {"voc2012": 1449, "pascal_context": 5105, "coco": 5000, "ade150": 2000,
-                       "ade847": 2000, "cityscapes": 500}
+OFFICIAL_VAL_IMAGES = {
+    "voc2012": 1449,
+    "pascal_context": 5105,
+    "coco": 5000,
+    "ade150": 2000,
+    "ade847": 2000,
+    "cityscapes": 500,
+}
 MISSING_SHOWN = 5  # missing files named one by one in the log; the rest are only counted
 
 
@@ -150,8 +171,13 @@ class Summary:
     def write(self, written: bool) -> None:
         self.written += int(written)
 
-    def save(self, labels: np.ndarray, path: Path, void: int,
-             save: Optional[Callable[[np.ndarray, Path], bool]] = None) -> None:
+    def save(
+        self,
+        labels: np.ndarray,
+        path: Path,
+        void: int,
+        save: Optional[Callable[[np.ndarray, Path], bool]] = None,
+    ) -> None:
         """Saves a label map (8-bit PNG unless ``save`` says otherwise) and notes its classes."""
         save = save or save_label_png
         if save(labels, path):
@@ -163,34 +189,53 @@ class Summary:
         """Warns about one missing input file (the first few by name) and counts it."""
         self.missing.append(path)
         if len(self.missing) <= MISSING_SHOWN:
-            logger.warning("warning: %s not found: %s (it comes from %s); skipped", what, path,
-                           source)
+            logger.warning(
+                "warning: %s not found: %s (it comes from %s); skipped", what, path, source
+            )
 
     def finish(self, outputs: Mapping[Path, int], pattern: str = "*") -> int:
         """Logs the summary; ``outputs`` maps each output folder to its number of classes.
         Returns the number of files written."""
         if self.missing:
-            logger.warning("warning: %d input files were missing (%s%s); their outputs were not "
-                           "written. Rerun once they are in place.", len(self.missing),
-                           ", ".join(str(p) for p in self.missing[:MISSING_SHOWN]),
-                           ", ..." if len(self.missing) > MISSING_SHOWN else "")
+            logger.warning(
+                "warning: %d input files were missing (%s%s); their outputs were not "
+                "written. Rerun once they are in place.",
+                len(self.missing),
+                ", ".join(str(p) for p in self.missing[:MISSING_SHOWN]),
+                ", ..." if len(self.missing) > MISSING_SHOWN else "",
+            )
         if self.images != self.expected:
-            logger.warning("warning: %s: %d validation images, the official split has %d; "
-                           "results will not be comparable with published numbers.",
-                           self.name, self.images, self.expected)
-        logger.info("%s: %d files written, %d validation images", self.name, self.written,
-                    self.images)
+            logger.warning(
+                "warning: %s: %d validation images, the official split has %d; "
+                "results will not be comparable with published numbers.",
+                self.name,
+                self.images,
+                self.expected,
+            )
+        logger.info(
+            "%s: %d files written, %d validation images", self.name, self.written, self.images
+        )
         for folder, num_classes in outputs.items():
-            maps = sum(1 for p in folder.glob(pattern) if not p.name.startswith(".")) \
-                if folder.is_dir() else 0
+            maps = (
+                sum(1 for p in folder.glob(pattern) if not p.name.startswith("."))
+                if folder.is_dir()
+                else 0
+            )
             subfolders = [f for f in self.classes if f == folder or folder in f.parents]
             seen = set().union(*(self.classes[f] for f in subfolders)) if subfolders else None
-            classes = f"; classes seen in the maps written now: {len(seen)} of {num_classes}" \
-                if seen is not None else ""
+            classes = (
+                f"; classes seen in the maps written now: {len(seen)} of {num_classes}"
+                if seen is not None
+                else ""
+            )
             logger.info("  %s: %d label maps%s", folder, maps, classes)
             if maps != self.images:
-                logger.warning("warning: %s holds %d label maps for %d validation images",
-                               folder, maps, self.images)
+                logger.warning(
+                    "warning: %s holds %d label maps for %d validation images",
+                    folder,
+                    maps,
+                    self.images,
+                )
         return self.written
 
 

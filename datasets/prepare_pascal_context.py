@@ -26,6 +26,7 @@ file are copied there too.
         [--detail-json path/to/trainval_merged.json] [--context path/to/trainval]
         [--labels detail|mat] [--from-pc59 DIR] [--root datasets]
 """
+
 import argparse
 import json
 import logging
@@ -38,20 +39,37 @@ import scipy.io
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from prepare_common import (Summary, add_root_argument, benchmark_classes, copy_file, read_ids,
-                            read_label_png, remap, require, resolve_root, run, same_folder,
-                            save_label_tiff16)
+from prepare_common import (
+    Summary,
+    add_root_argument,
+    benchmark_classes,
+    copy_file,
+    read_ids,
+    read_label_png,
+    remap,
+    require,
+    resolve_root,
+    run,
+    same_folder,
+    save_label_tiff16,
+)
 
 logger = logging.getLogger("prepare")
 
 LAYOUT = Path("VOCdevkit/VOC2010")
-VOC2010_SOURCE = ("VOCtrainval_03-May-2010.tar, http://host.robots.ox.ac.uk/pascal/VOC/voc2010/"
-                  "VOCtrainval_03-May-2010.tar (extract it under the root)")
-CONTEXT_SOURCE = ("PASCAL Context's trainval.tar.gz, https://cs.stanford.edu/~roozbeh/pascal-context/trainval.tar.gz "
-                  "(extract it into VOCdevkit/VOC2010, or pass --context)")
-DETAIL_SOURCE = ("the PASCAL in Detail annotations, "
-                 "https://codalabuser.blob.core.windows.net/public/trainval_merged.json "
-                 "(put it into VOCdevkit/VOC2010, or pass --detail-json)")
+VOC2010_SOURCE = (
+    "VOCtrainval_03-May-2010.tar, http://host.robots.ox.ac.uk/pascal/VOC/voc2010/"
+    "VOCtrainval_03-May-2010.tar (extract it under the root)"
+)
+CONTEXT_SOURCE = (
+    "PASCAL Context's trainval.tar.gz, https://cs.stanford.edu/~roozbeh/pascal-context/trainval.tar.gz "
+    "(extract it into VOCdevkit/VOC2010, or pass --context)"
+)
+DETAIL_SOURCE = (
+    "the PASCAL in Detail annotations, "
+    "https://codalabuser.blob.core.windows.net/public/trainval_merged.json "
+    "(put it into VOCdevkit/VOC2010, or pass --detail-json)"
+)
 PC59_ALIASES = {"diningtable": "table"}  # PC59 name -> PC459 name, where they differ
 VOID_16BIT = 65535
 VOID = 255
@@ -72,13 +90,19 @@ def check_labels_txt(context_dir: Path) -> None:
     """Compares the archive's labels.txt (when present) with the PC459 vocabulary order."""
     for candidate in (context_dir / "labels.txt", context_dir.parent / "labels.txt"):
         if candidate.is_file():
-            names = [line.split(":", 1)[1].strip() for line in candidate.read_text().splitlines() if ":" in line]
+            names = [
+                line.split(":", 1)[1].strip()
+                for line in candidate.read_text().splitlines()
+                if ":" in line
+            ]
             expected = benchmark_classes("pc459")
             squash = [n.replace(" ", "").lower() for n in names]
             if squash != [n.replace(" ", "").lower() for n in expected]:
-                raise ValueError(f"{candidate} does not list the 459 classes of vocabularies.json "
-                                 f"in order (it lists {len(names)}); is it PASCAL Context's "
-                                 "labels.txt?")
+                raise ValueError(
+                    f"{candidate} does not list the 459 classes of vocabularies.json "
+                    f"in order (it lists {len(names)}); is it PASCAL Context's "
+                    "labels.txt?"
+                )
             return
 
 
@@ -90,8 +114,11 @@ class DetailAnnotations:
         logger.info("reading %s ...", path)
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-        self.images = {Path(image["file_name"]).stem: image for image in data["images"]
-                       if image.get("phase") == "val"}
+        self.images = {
+            Path(image["file_name"]).stem: image
+            for image in data["images"]
+            if image.get("phase") == "val"
+        }
         val_ids = {image["image_id"] for image in self.images.values()}
         self.segments = defaultdict(list)
         for segment in data["annos_segmentation"]:
@@ -111,21 +138,42 @@ class DetailAnnotations:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description="Prepare PASCAL Context val for cliptrase_pc59/pc60/pc459_val.")
-    parser.add_argument("--voc2010", type=Path, default=None,
-                        help="extracted VOC2010 folder (default: <root>/VOCdevkit/VOC2010)")
-    parser.add_argument("--context", type=Path, default=None,
-                        help="folder of PASCAL Context's 459-class <id>.mat files (default: <voc2010>/trainval)")
-    parser.add_argument("--detail-json", type=Path, default=None,
-                        help="PASCAL in Detail's trainval_merged.json "
-                             "(default: <voc2010>/trainval_merged.json)")
-    parser.add_argument("--labels", choices=("detail", "mat"), default="detail",
-                        help="source of PC59 and PC60: the Detail annotations (default, as "
-                             "mmseg, SAN and CAT-Seg) or the .mat files")
-    parser.add_argument("--from-pc59", type=Path, default=None,
-                        help="existing PC59 maps made from the Detail annotations (SAN's "
-                             "pcontext/val/label, CAT-Seg's pc59_val): copied as PC59, and PC60 "
-                             "derived from them")
+    parser = argparse.ArgumentParser(
+        description="Prepare PASCAL Context val for cliptrase_pc59/pc60/pc459_val."
+    )
+    parser.add_argument(
+        "--voc2010",
+        type=Path,
+        default=None,
+        help="extracted VOC2010 folder (default: <root>/VOCdevkit/VOC2010)",
+    )
+    parser.add_argument(
+        "--context",
+        type=Path,
+        default=None,
+        help="folder of PASCAL Context's 459-class <id>.mat files (default: <voc2010>/trainval)",
+    )
+    parser.add_argument(
+        "--detail-json",
+        type=Path,
+        default=None,
+        help="PASCAL in Detail's trainval_merged.json (default: <voc2010>/trainval_merged.json)",
+    )
+    parser.add_argument(
+        "--labels",
+        choices=("detail", "mat"),
+        default="detail",
+        help="source of PC59 and PC60: the Detail annotations (default, as "
+        "mmseg, SAN and CAT-Seg) or the .mat files",
+    )
+    parser.add_argument(
+        "--from-pc59",
+        type=Path,
+        default=None,
+        help="existing PC59 maps made from the Detail annotations (SAN's "
+        "pcontext/val/label, CAT-Seg's pc59_val): copied as PC59, and PC60 "
+        "derived from them",
+    )
     add_root_argument(parser)
     args = parser.parse_args(argv)
     root = resolve_root(args.root)
@@ -143,15 +191,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not have_mat and (args.labels == "mat" or not have_detail) and pc59_maps is None:
         require(context_dir, "PASCAL Context label folder", CONTEXT_SOURCE)
     if not have_mat:
-        logger.warning("warning: PASCAL Context label folder not found: %s (it comes from %s); "
-                       "PC459 is not written", context_dir, CONTEXT_SOURCE)
+        logger.warning(
+            "warning: PASCAL Context label folder not found: %s (it comes from %s); "
+            "PC459 is not written",
+            context_dir,
+            CONTEXT_SOURCE,
+        )
     else:
         check_labels_txt(context_dir)
     pc59_source = "maps" if pc59_maps else args.labels
     if pc59_source == "detail" and not have_detail:
-        logger.warning("warning: %s not found (it comes from %s); PC59 and PC60 are not written. "
-                       "Pass --labels mat to make them from the .mat files instead (not what the "
-                       "published numbers used).", detail_json, DETAIL_SOURCE)
+        logger.warning(
+            "warning: %s not found (it comes from %s); PC59 and PC60 are not written. "
+            "Pass --labels mat to make them from the .mat files instead (not what the "
+            "published numbers used).",
+            detail_json,
+            DETAIL_SOURCE,
+        )
         pc59_source = None
     use_detail = have_detail and pc59_source in ("detail", "mat")
     detail = DetailAnnotations(detail_json) if use_detail else None
@@ -168,8 +224,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     image_ids = read_ids(split_file)
     if detail is not None and set(detail.images) != set(image_ids):
         common = len(set(detail.images) & set(image_ids))
-        logger.warning("warning: %s has %d val images, %s lists %d (%d in common)", detail_json,
-                       len(detail.images), split_file, len(image_ids), common)
+        logger.warning(
+            "warning: %s has %d val images, %s lists %d (%d in common)",
+            detail_json,
+            len(detail.images),
+            split_file,
+            len(image_ids),
+            common,
+        )
     summary = Summary("PASCAL Context val", "pascal_context")
     summary.images = len(image_ids)
     differing_pixels = differing_images = compared_pixels = 0
@@ -182,8 +244,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                 summary.write(copy_file(image, out / "JPEGImages" / f"{image_id}.jpg"))
             else:
                 summary.missing_file(image, "VOC2010 image", VOC2010_SOURCE)
-        targets = {key: folder / f"{image_id}{'.tif' if key == 'pc459' else '.png'}"
-                   for key, folder in folders.items()}
+        targets = {
+            key: folder / f"{image_id}{'.tif' if key == 'pc459' else '.png'}"
+            for key, folder in folders.items()
+        }
         if all(path.exists() for path in targets.values()):
             continue
         pc459 = None
@@ -227,9 +291,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         # the 59 classes is background, unlabelled ones included; nothing is ignored.
         summary.save(np.where(pc59 == VOID, PC60_BACKGROUND, pc59), targets["pc60"], -1)
     if compared_pixels:
-        logger.info("PC59 from %s and from the .mat files: %d of %d pixels differ (%.3f%%), "
-                    "in %d images", detail_json.name, differing_pixels, compared_pixels,
-                    100.0 * differing_pixels / compared_pixels, differing_images)
+        logger.info(
+            "PC59 from %s and from the .mat files: %d of %d pixels differ (%.3f%%), in %d images",
+            detail_json.name,
+            differing_pixels,
+            compared_pixels,
+            100.0 * differing_pixels / compared_pixels,
+            differing_images,
+        )
     classes = {"pc459": 459, "pc59": 59, "pc60": 60}
     return summary.finish({folder: classes[key] for key, folder in folders.items()})
 

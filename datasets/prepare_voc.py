@@ -14,18 +14,31 @@ official ones as grayscale PNGs) is read the same way: ``--voc2012 <root>/VOC201
 
     python datasets/prepare_voc.py [--voc2012 path/to/VOCdevkit/VOC2012] [--root datasets]
 """
+
 import argparse
 from pathlib import Path
 from typing import List, Optional
 
 from tqdm import tqdm
 
-from prepare_common import (Summary, add_root_argument, copy_file, read_ids, read_label_png, remap,
-                            require, resolve_root, run, same_folder)
+from prepare_common import (
+    Summary,
+    add_root_argument,
+    copy_file,
+    read_ids,
+    read_label_png,
+    remap,
+    require,
+    resolve_root,
+    run,
+    same_folder,
+)
 
 LAYOUT = Path("VOCdevkit/VOC2012")
-SOURCE = ("VOCtrainval_11-May-2012.tar, "
-          "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar (extract it under the root)")
+SOURCE = (
+    "VOCtrainval_11-May-2012.tar, "
+    "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar (extract it under the root)"
+)
 
 VOC_CLASSES = {k: k - 1 for k in range(1, 21)}  # official 1..20 -> 0..19
 VOC20_LABELS = {**VOC_CLASSES, 0: 255, 255: 255}  # background joins void
@@ -33,9 +46,15 @@ VOC21_LABELS = {**VOC_CLASSES, 0: 20, 255: 255}  # background is class 20
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description="Prepare PASCAL VOC 2012 val for cliptrase_voc20_val / _voc21_val.")
-    parser.add_argument("--voc2012", type=Path, default=None,
-                        help="extracted VOC2012 folder (default: <root>/VOCdevkit/VOC2012)")
+    parser = argparse.ArgumentParser(
+        description="Prepare PASCAL VOC 2012 val for cliptrase_voc20_val / _voc21_val."
+    )
+    parser.add_argument(
+        "--voc2012",
+        type=Path,
+        default=None,
+        help="extracted VOC2012 folder (default: <root>/VOCdevkit/VOC2012)",
+    )
     add_root_argument(parser)
     args = parser.parse_args(argv)
     root = resolve_root(args.root)
@@ -52,8 +71,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     require(labels_dir, "VOC2012 class labels", SOURCE)
     images_dir = require(source / "JPEGImages", "VOC2012 images", SOURCE)
     copy_images = not same_folder(source, out)
-    outputs = {"voc20": (out / "annotations_detectron2/val", VOC20_LABELS),
-               "voc21": (out / "annotations_detectron2_bg/val", VOC21_LABELS)}
+    outputs = {
+        "voc20": (out / "annotations_detectron2/val", VOC20_LABELS),
+        "voc21": (out / "annotations_detectron2_bg/val", VOC21_LABELS),
+    }
 
     image_ids = read_ids(split_file)
     summary = Summary("VOC2012 val", "voc2012")
@@ -78,6 +99,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         for path, mapping in targets:
             summary.save(remap(labels, mapping, default=255), path, 255)
     return summary.finish({outputs["voc20"][0]: 20, outputs["voc21"][0]: 21})
+
 
 if __name__ == "__main__":
     run(main)

@@ -1,4 +1,5 @@
 """Shared test fixtures: the authors' reference outputs and the tiny CLIP in ../shared/fixtures."""
+
 import json
 import os
 import warnings
@@ -25,12 +26,30 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 # ground truth as the authors' code read it: 0..19, 255 for background and void alike. Under the
 # paper protocol VOC21 counts 255 as background, as the authors' code did; the three photos
 # without VOC labels carry a constant class 1 (the ground truth only affects the metric).
-_FIXTURES_HINT = "Set $CLIPTRASE_FIXTURES to the reference fixtures folder (the one holding images/ and gt/)."
+_FIXTURES_HINT = (
+    "Set $CLIPTRASE_FIXTURES to the reference fixtures folder (the one holding images/ and gt/)."
+)
 FIXTURE_SPLITS = (
-    SemSegSplit("cliptrase_fixtures_voc21", "voc21", "images", "gt", _FIXTURES_HINT,
-                image_suffixes=(".png",), paper_void_as_background=True),
-    SemSegSplit("cliptrase_fixtures_voc20", "voc20", "images", "gt", _FIXTURES_HINT, image_suffixes=(".png",)),
-    SemSegSplit("cliptrase_fixtures_pc59", "pc59", "images", "gt", _FIXTURES_HINT, image_suffixes=(".png",)),
+    SemSegSplit(
+        "cliptrase_fixtures_voc21",
+        "voc21",
+        "images",
+        "gt",
+        _FIXTURES_HINT,
+        image_suffixes=(".png",),
+        paper_void_as_background=True,
+    ),
+    SemSegSplit(
+        "cliptrase_fixtures_voc20",
+        "voc20",
+        "images",
+        "gt",
+        _FIXTURES_HINT,
+        image_suffixes=(".png",),
+    ),
+    SemSegSplit(
+        "cliptrase_fixtures_pc59", "pc59", "images", "gt", _FIXTURES_HINT, image_suffixes=(".png",)
+    ),
 )
 for _split in FIXTURE_SPLITS:
     register_split(_split, FIXTURES)
@@ -47,8 +66,10 @@ def require_fixtures():
     """Skips the calling test when ../shared/fixtures is absent; under CI (CI=true) that is a failure."""
     if os.path.exists(MANIFEST) and os.path.exists(TINY_WEIGHTS):
         return
-    skip_outside_ci(f"reference fixtures not found at {FIXTURES} "
-                    "(set CLIPTRASE_FIXTURES to the folder holding tiny_clip.json and cases/)")
+    skip_outside_ci(
+        f"reference fixtures not found at {FIXTURES} "
+        "(set CLIPTRASE_FIXTURES to the folder holding tiny_clip.json and cases/)"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -85,15 +106,29 @@ def text_cache_dir(tmp_path_factory):
 def tiny_opts(text_cache_dir):
     """Config overrides that select the fixtures' tiny CLIP."""
     require_fixtures()
-    return ["MODEL.CLIPTRASE.CLIP_MODEL", TINY_CONFIG, "MODEL.WEIGHTS", TINY_WEIGHTS,
-            "MODEL.CLIPTRASE.TEXT_CACHE_DIR", text_cache_dir, "MODEL.DEVICE", "cpu"]
+    return [
+        "MODEL.CLIPTRASE.CLIP_MODEL",
+        TINY_CONFIG,
+        "MODEL.WEIGHTS",
+        TINY_WEIGHTS,
+        "MODEL.CLIPTRASE.TEXT_CACHE_DIR",
+        text_cache_dir,
+        "MODEL.DEVICE",
+        "cpu",
+    ]
 
 
 def run_config(run):
     """(config file, extra opts) reproducing one manifest run under the paper protocol."""
     config = os.path.join(REPO, "configs", "paper", f"Base-paper-{run['size']}.yaml")
-    opts = ["MODEL.CLIPTRASE.DBSCAN_EPS", str(run["eps"]), "MODEL.CLIPTRASE.DBSCAN_MIN_SAMPLES", str(run["min_samples"]),
-            "MODEL.CLIPTRASE.IMAGE_LOGIT_WEIGHTING", str(run["dataset"] == "VOC20")]
+    opts = [
+        "MODEL.CLIPTRASE.DBSCAN_EPS",
+        str(run["eps"]),
+        "MODEL.CLIPTRASE.DBSCAN_MIN_SAMPLES",
+        str(run["min_samples"]),
+        "MODEL.CLIPTRASE.IMAGE_LOGIT_WEIGHTING",
+        str(run["dataset"] == "VOC20"),
+    ]
     return config, opts
 
 
@@ -103,8 +138,12 @@ def manifest_runs():
         return [pytest.param(None, id="fixtures-missing")]
     with open(MANIFEST) as f:
         runs = json.load(f)["runs"]
-    return [pytest.param(run, id=f"{run['dataset']}_{run['size']}_eps{run['eps']}_min{run['min_samples']}")
-            for run in runs]
+    return [
+        pytest.param(
+            run, id=f"{run['dataset']}_{run['size']}_eps{run['eps']}_min{run['min_samples']}"
+        )
+        for run in runs
+    ]
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
 """The Python API: any image form in, labels, soft scores and names out; batches."""
+
 import os
 
 import numpy as np
@@ -12,13 +13,17 @@ from cliptrase_d2.api import Segmenter, load_image
 
 @pytest.fixture(scope="module")
 def segmenter(tiny_opts):
-    return Segmenter.from_config(os.path.join(REPO, "configs", "paper", "Base-paper-224.yaml"), tiny_opts)
+    return Segmenter.from_config(
+        os.path.join(REPO, "configs", "paper", "Base-paper-224.yaml"), tiny_opts
+    )
 
 
 def test_path_pil_and_array_give_the_same_result(segmenter):
     path = os.path.join(FIXTURES, "images", "astronaut.png")
-    results = [segmenter.segment(x, "person, rocket, flag, sky") for x in
-               (path, Image.open(path), np.asarray(Image.open(path).convert("RGB")))]
+    results = [
+        segmenter.segment(x, "person, rocket, flag, sky")
+        for x in (path, Image.open(path), np.asarray(Image.open(path).convert("RGB")))
+    ]
     for other in results[1:]:
         np.testing.assert_array_equal(results[0].labels, other.labels)
     result = results[0]
@@ -40,7 +45,9 @@ def test_batch_equals_single_images(segmenter):
 
 def test_background_words_add_one_class(segmenter):
     require_fixtures()
-    result = segmenter.segment(os.path.join(FIXTURES, "images", "coffee.png"), "cup, saucer", background=["table", "wall"])
+    result = segmenter.segment(
+        os.path.join(FIXTURES, "images", "coffee.png"), "cup, saucer", background=["table", "wall"]
+    )
     assert result.class_names == ["cup", "saucer", "background"]
     assert result.labels.max() <= 2
 
@@ -89,7 +96,9 @@ def test_the_vocabulary_belongs_to_one_call(segmenter):
     first = segmenter.segment(path, "cup, saucer, table")
     assert first.class_names == ["cup", "saucer", "table"]
     assert segmenter.model.vocabulary is None
-    with pytest.raises(ValueError, match="no vocabulary for this input.*segment\\(image, vocabulary\\)"):
+    with pytest.raises(
+        ValueError, match="no vocabulary for this input.*segment\\(image, vocabulary\\)"
+    ):
         segmenter.segment(path)
     assert segmenter.segment(path, "voc20").class_names[:2] == ["aeroplane", "bicycle"]
 
@@ -97,7 +106,9 @@ def test_the_vocabulary_belongs_to_one_call(segmenter):
 def test_a_config_vocabulary_is_the_default(tiny_opts):
     require_fixtures()
     config = os.path.join(REPO, "configs", "paper", "Base-paper-224.yaml")
-    segmenter = Segmenter.from_config(config, [*tiny_opts, "MODEL.CLIPTRASE.VOCABULARY", "cat, grass"])
+    segmenter = Segmenter.from_config(
+        config, [*tiny_opts, "MODEL.CLIPTRASE.VOCABULARY", "cat, grass"]
+    )
     path = os.path.join(FIXTURES, "images", "chelsea.png")
     assert segmenter.segment(path).class_names == ["cat", "grass"]
     assert segmenter.segment(path, "dog, sky").class_names == ["dog", "sky"]  # a call's own wins
@@ -108,15 +119,22 @@ def test_labels_without_scores_are_the_same(tiny_opts, protocol, monkeypatch):
     require_fixtures()
     from cliptrase_d2.method import refinement
 
-    config = os.path.join(REPO, "configs", protocol, f"Base-{protocol}{'-224' if protocol == 'paper' else ''}.yaml")
-    segmenter = Segmenter.from_config(config, [*tiny_opts, "MODEL.CLIPTRASE.STANDARD_SHORT_SIDE", "224"])
+    config = os.path.join(
+        REPO, "configs", protocol, f"Base-{protocol}{'-224' if protocol == 'paper' else ''}.yaml"
+    )
+    segmenter = Segmenter.from_config(
+        config, [*tiny_opts, "MODEL.CLIPTRASE.STANDARD_SHORT_SIDE", "224"]
+    )
     path = os.path.join(FIXTURES, "images", "vocsample.png")
     full = segmenter.segment(path, "voc20")
     monkeypatch.setattr(refinement, "RESIZE_CHUNK_BYTES", 1)  # groups of 8 class maps: 8 + 12
     resized_groups = []
     resize_maps = refinement.resize_maps
-    monkeypatch.setattr(refinement, "resize_maps", lambda maps, size: resized_groups.append(len(maps)) or
-                        resize_maps(maps, size))
+    monkeypatch.setattr(
+        refinement,
+        "resize_maps",
+        lambda maps, size: resized_groups.append(len(maps)) or resize_maps(maps, size),
+    )
     light = segmenter.segment(path, "voc20", scores=False)
     assert light.scores is None and full.scores is not None
     assert resized_groups == ([8, 12] if protocol == "standard" else [])

@@ -1,4 +1,5 @@
 """tools/benchmark.py's machinery on the fixtures' tiny CLIP: what it reports, not how fast."""
+
 import json
 import os
 import sys
@@ -20,8 +21,20 @@ CASES = "paper_224,paper_336,standard_512x683"
 @pytest.fixture(scope="module")
 def report():
     require_fixtures()
-    argv = ["--model", TINY_CONFIG, "--repeats", "1", "--warmup", "0", "--no-memory", "--stages", "--cases", CASES,
-            "--batch-sizes", "1,3"]
+    argv = [
+        "--model",
+        TINY_CONFIG,
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--no-memory",
+        "--stages",
+        "--cases",
+        CASES,
+        "--batch-sizes",
+        "1,3",
+    ]
     return benchmark.run_benchmark(benchmark.get_parser().parse_args(argv))
 
 
@@ -29,14 +42,19 @@ def test_times_and_ratios_of_every_case(report):
     for name in ("plain_224", "plain_336", *CASES.split(",")):
         assert report[f"time_ms_{name}"] > 0
     for size in (224, 336):
-        assert report[f"ratio_paper_{size}"] == pytest.approx(report[f"time_ms_paper_{size}"] / report[f"time_ms_plain_{size}"])
+        assert report[f"ratio_paper_{size}"] == pytest.approx(
+            report[f"time_ms_paper_{size}"] / report[f"time_ms_plain_{size}"]
+        )
     assert report["classes_paper_224"] == report["classes_paper_336"] == 59  # PC59
     assert report["classes_standard_512x683"] == 150  # ADE150
     assert report["windows_standard_512x683"] == 6  # shorter side 336: 336 x 448 -> 2 x 3 windows
     assert report["window_ratio_standard_512x683"] == pytest.approx(
-        report["time_ms_standard_512x683"] / (6 * report["time_ms_plain_224"]))
+        report["time_ms_standard_512x683"] / (6 * report["time_ms_plain_224"])
+    )
     assert report["images_per_s_batch4"] > 0 and report["images_per_s_batch1"] > 0
-    assert report["batch4_speedup"] == pytest.approx(report["images_per_s_batch4"] / report["images_per_s_batch1"])
+    assert report["batch4_speedup"] == pytest.approx(
+        report["images_per_s_batch4"] / report["images_per_s_batch1"]
+    )
     assert report["plain_batch4_speedup"] > 0
 
 
@@ -44,11 +62,20 @@ def test_stages_cover_the_method_and_are_restored(report):
     stages = report["stages_ms"]
     assert set(stages) == set(CASES.split(","))
     paper = stages["paper_224"]
-    for label in ("backbone (embed, blocks 1..N-2)", "block N-1 + self-correlation", "block N (correlative)",
-                  "upsampling", "clustering (DBSCAN)", "region map: median filter", "refinement (vote, region means)"):
+    for label in (
+        "backbone (embed, blocks 1..N-2)",
+        "block N-1 + self-correlation",
+        "block N (correlative)",
+        "upsampling",
+        "clustering (DBSCAN)",
+        "region map: median filter",
+        "refinement (vote, region means)",
+    ):
         assert paper[label] > 0, label
     assert stages["standard_512x683"]["sliding window"] > 0
-    named = sum(value for label, value in paper.items() if label not in ("total", "other (output, glue)"))
+    named = sum(
+        value for label, value in paper.items() if label not in ("total", "other (output, glue)")
+    )
     assert named <= paper["total"] + 1e-6 and paper["other (output, glue)"] > -1.0
     assert dense_clip.residual_block.__module__ == dense_clip.__name__  # the wrappers are gone
     assert refinement.median_filter.__name__ == "median_filter"
@@ -57,7 +84,10 @@ def test_stages_cover_the_method_and_are_restored(report):
 def test_table_and_json(report):
     table = benchmark.format_table(report)
     assert "the plain forward gains" in table
-    assert "| paper_336 | 59 |" in table and "| stage (ms) | paper_224 | paper_336 | standard_512x683 |" in table
+    assert (
+        "| paper_336 | 59 |" in table
+        and "| stage (ms) | paper_224 | paper_336 | standard_512x683 |" in table
+    )
     assert json.loads(json.dumps(report)) == report
 
 
@@ -90,16 +120,19 @@ def test_overhead_after_the_backbone_and_batch_throughput(report):
         assert 0 < report[f"overhead_ms_{case}"] < report[f"time_ms_{case}"]
     for size in (224, 336):
         assert report[f"overhead_share_paper_{size}"] == pytest.approx(
-            report[f"overhead_ms_paper_{size}"] / report[f"time_ms_plain_{size}"])
+            report[f"overhead_ms_paper_{size}"] / report[f"time_ms_plain_{size}"]
+        )
     for size in (1, 3):
         assert report[f"throughput_ratio_batch{size}"] == pytest.approx(
-            report[f"throughput_batch{size}"] / report[f"plain_throughput_batch{size}"])
+            report[f"throughput_batch{size}"] / report[f"plain_throughput_batch{size}"]
+        )
     assert "throughput_ratio_batch8" not in report  # a CPU measures only the sizes asked for
     assert "batch 3: " in benchmark.format_table(report)
 
 
 def test_backbone_clock_charges_only_the_time_after_the_backbone():
     """A model whose backbone sleeps 30 ms and whose post-processing sleeps 20 ms."""
+
     class Head:
         name = "sleepy"
 

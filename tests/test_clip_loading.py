@@ -1,4 +1,5 @@
 """Tests of cliptrase_d2.clip_loading (model building, exact and safe weights loading) and tools/fetch_weights.py."""
+
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before open_clip / huggingface_hub are imported
@@ -27,8 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("CLIPTRASE_FIXTURES", REPO.parent / "shared" / "fixtures"))
 TINY_CONFIG = FIXTURES / "tiny_clip.json"
 TINY_WEIGHTS = FIXTURES / "tiny_clip_openai.pt"
-VIT_B_16_URL = ("https://openaipublic.azureedge.net/clip/models/"
-                "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt")
+VIT_B_16_URL = (
+    "https://openaipublic.azureedge.net/clip/models/"
+    "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt"
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.script.*")
 
@@ -42,8 +45,10 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.script.*")
 def tiny_files():
     """(config JSON, OpenAI-style state dict) of the shared tiny CLIP; skipped (failed under CI) if absent."""
     if not (TINY_CONFIG.is_file() and TINY_WEIGHTS.is_file()):
-        skip_outside_ci(f"tiny CLIP fixtures not found in {FIXTURES} "
-                        "(set CLIPTRASE_FIXTURES to the folder holding tiny_clip.json and tiny_clip_openai.pt)")
+        skip_outside_ci(
+            f"tiny CLIP fixtures not found in {FIXTURES} "
+            "(set CLIPTRASE_FIXTURES to the folder holding tiny_clip.json and tiny_clip_openai.pt)"
+        )
     return str(TINY_CONFIG), str(TINY_WEIGHTS)
 
 
@@ -95,7 +100,9 @@ class _OpenAIStyle(torch.nn.Module):
         return self.visual(image)
 
 
-def _save_torchscript(clip: torch.nn.Module, path: Path, dtype: torch.dtype = torch.float32) -> Path:
+def _save_torchscript(
+    clip: torch.nn.Module, path: Path, dtype: torch.dtype = torch.float32
+) -> Path:
     module = _OpenAIStyle(copy.deepcopy(clip).to(dtype))
     torch.jit.script(module).save(str(path))
     with zipfile.ZipFile(path) as archive:  # really a TorchScript archive (what torch.load refuses)
@@ -134,7 +141,9 @@ def test_tiny_model_from_json_and_openai_state_dict_is_exact(tiny_model, tiny_st
     assert not tiny_model.training and not any(m.training for m in tiny_model.modules())
     assert not any(p.requires_grad for p in tiny_model.parameters())
     assert all(p.device.type == "cpu" for p in tiny_model.parameters())
-    assert isinstance(tiny_model.visual.transformer.resblocks[0].mlp.gelu, open_clip.transformer.QuickGELU)
+    assert isinstance(
+        tiny_model.visual.transformer.resblocks[0].mlp.gelu, open_clip.transformer.QuickGELU
+    )
     assert "tiny_clip" in open_clip.list_models()
 
 
@@ -148,9 +157,14 @@ def test_model_encodes_images_and_text(tiny_model, tiny_files):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16-like-openai"])
-def test_torchscript_archive_is_exact_and_never_jit_loaded(tiny_model, tiny_archive, tiny_files, tiny_state_dict,
-                                                           tmp_path, monkeypatch, dtype):
-    archive = tiny_archive if dtype == torch.float32 else _save_torchscript(tiny_model, tmp_path / "h.pt", dtype)
+def test_torchscript_archive_is_exact_and_never_jit_loaded(
+    tiny_model, tiny_archive, tiny_files, tiny_state_dict, tmp_path, monkeypatch, dtype
+):
+    archive = (
+        tiny_archive
+        if dtype == torch.float32
+        else _save_torchscript(tiny_model, tmp_path / "h.pt", dtype)
+    )
 
     def refuse(*args, **kwargs):
         raise AssertionError("torch.jit.load must never be used to read weights")
@@ -165,13 +179,21 @@ def test_torchscript_archive_turns_on_quick_gelu(tiny_archive, gelu_config, tiny
     plain = build_clip(gelu_config, tiny_files[1])
     assert isinstance(plain.visual.transformer.resblocks[0].mlp.gelu, torch.nn.GELU)
     scripted = build_clip(gelu_config, str(tiny_archive))
-    assert isinstance(scripted.visual.transformer.resblocks[0].mlp.gelu, open_clip.transformer.QuickGELU)
+    assert isinstance(
+        scripted.visual.transformer.resblocks[0].mlp.gelu, open_clip.transformer.QuickGELU
+    )
 
 
 def test_open_clip_checkpoint_with_module_prefix(tiny_files, tiny_state_dict, tmp_path):
     path = tmp_path / "open_clip_pytorch_model.bin"
-    torch.save({"epoch": 32, "name": "tiny", "state_dict": {"module." + k: v for k, v in tiny_state_dict.items()}},
-               path)
+    torch.save(
+        {
+            "epoch": 32,
+            "name": "tiny",
+            "state_dict": {"module." + k: v for k, v in tiny_state_dict.items()},
+        },
+        path,
+    )
     _assert_weights_equal(build_clip(tiny_files[0], str(path)), tiny_state_dict)
 
 
@@ -207,7 +229,12 @@ def test_openai_tag_offline_says_where_to_put_the_file(tmp_path, monkeypatch):
     with pytest.raises(WeightsError) as error:
         build_clip("ViT-B-16", "openai", cache_dir=str(tmp_path))
     message = str(error.value)
-    for expected in ("weights/ViT-B-16.pt", "tools/fetch_weights.py", "MODEL.WEIGHTS", "HF_HUB_OFFLINE"):
+    for expected in (
+        "weights/ViT-B-16.pt",
+        "tools/fetch_weights.py",
+        "MODEL.WEIGHTS",
+        "HF_HUB_OFFLINE",
+    ):
         assert expected in message
 
 
@@ -244,8 +271,14 @@ def test_unknown_model_name_suggests_names(tiny_files):
         build_clip("ViT-B-61", tiny_files[1])
 
 
-@pytest.mark.parametrize("content,match", [(None, "not found"), ("{not json", "not valid JSON"),
-                                           ('{"embed_dim": 64}', "not an open_clip model config")])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        (None, "not found"),
+        ("{not json", "not valid JSON"),
+        ('{"embed_dim": 64}', "not an open_clip model config"),
+    ],
+)
 def test_bad_model_config_json(tiny_files, tmp_path, content, match):
     path = tmp_path / "custom_clip.json"
     if content is not None:
@@ -281,15 +314,22 @@ def _flip_byte_in_first_tensor(path: Path) -> None:
         f.write(bytes([byte[0] ^ 0xFF]))
 
 
-@pytest.mark.parametrize("corruption", ["empty", "random", "truncated", "truncated-torchscript",
-                                        "bitflip-torchscript", "text"])
+@pytest.mark.parametrize(
+    "corruption",
+    ["empty", "random", "truncated", "truncated-torchscript", "bitflip-torchscript", "text"],
+)
 def test_corrupt_file_is_not_a_readable_checkpoint(tiny_archive, tiny_files, tmp_path, corruption):
     path = tmp_path / "ViT-B-16.pt"
     if corruption == "empty":
         path.write_bytes(b"")
     elif corruption == "random":
-        path.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0),
-                                       dtype=torch.uint8).numpy().tobytes())
+        path.write_bytes(
+            torch.randint(
+                0, 256, (4096,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8
+            )
+            .numpy()
+            .tobytes()
+        )
     elif corruption == "truncated":
         data = Path(tiny_files[1]).read_bytes()
         path.write_bytes(data[: len(data) // 2])
@@ -311,7 +351,9 @@ def test_weights_of_another_model_are_described(tiny_files):
         build_clip("ViT-B-16", tiny_files[1])
     message = str(error.value)
     assert tiny_files[1] in message and "ViT-B-16" in message
-    assert "width 128" in message and "patch 16" in message  # what the file is, read from its shapes
+    assert (
+        "width 128" in message and "patch 16" in message
+    )  # what the file is, read from its shapes
     assert "visual.conv1.weight" in message or "positional_embedding" in message
 
 
@@ -390,7 +432,9 @@ def test_weights_fingerprint(tiny_files, tmp_path):
 
 @pytest.fixture(scope="module")
 def fetch():
-    spec = importlib.util.spec_from_file_location("fetch_weights", REPO / "tools" / "fetch_weights.py")
+    spec = importlib.util.spec_from_file_location(
+        "fetch_weights", REPO / "tools" / "fetch_weights.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -431,7 +475,7 @@ def test_fetch_bad_hash_leaves_nothing(fetch, source, tmp_path):
 def test_fetch_keeps_existing_files(fetch, source, tmp_path):
     url, sha256 = source
     dest = tmp_path / "ViT-B-16.pt"
-    dest.write_bytes(Path(url[len("file://"):]).read_bytes())
+    dest.write_bytes(Path(url[len("file://") :]).read_bytes())
     before = dest.stat().st_mtime_ns
     # A good file is kept without downloading (the URL is not even readable).
     assert fetch.download_verified(url + ".gone", dest, sha256, progress=False) == dest
@@ -457,9 +501,14 @@ def test_fetch_main_rejects_models_without_openai_weights(fetch, tmp_path):
 
 def test_fetch_destination_keeps_the_trailing_slash(fetch, tmp_path):
     url = VIT_B_16_URL
-    assert fetch._destination(str(tmp_path / "clip.v2") + "/", url) == tmp_path / "clip.v2" / "ViT-B-16.pt"
+    assert (
+        fetch._destination(str(tmp_path / "clip.v2") + "/", url)
+        == tmp_path / "clip.v2" / "ViT-B-16.pt"
+    )
     assert fetch._destination(str(tmp_path / "mine.pt"), url) == tmp_path / "mine.pt"
-    assert fetch._destination(str(tmp_path / "weights"), url) == tmp_path / "weights" / "ViT-B-16.pt"
+    assert (
+        fetch._destination(str(tmp_path / "weights"), url) == tmp_path / "weights" / "ViT-B-16.pt"
+    )
 
 
 def test_fetch_full_disk_is_not_called_offline(fetch, source, tmp_path, monkeypatch):
@@ -517,11 +566,17 @@ def test_pickled_code_is_reported_as_refused_code(tiny_files, tmp_path, protocol
     marker = tmp_path / "marker"
     path = tmp_path / "evil.pt"
     buffer = io.BytesIO()
-    torch.save({"visual.conv1.weight": torch.zeros(1), "evil": _WritesMarker(marker)}, buffer,
-               pickle_protocol=protocol)
+    torch.save(
+        {"visual.conv1.weight": torch.zeros(1), "evil": _WritesMarker(marker)},
+        buffer,
+        pickle_protocol=protocol,
+    )
     path.write_bytes(buffer.getvalue())
-    with pytest.raises(WeightsError, match=r"this file contains pickled code \((__)?builtins?(__)?\.exec\)"
-                                           r".*refused") as error:
+    with pytest.raises(
+        WeightsError,
+        match=r"this file contains pickled code \((__)?builtins?(__)?\.exec\)"
+        r".*refused",
+    ) as error:
         build_clip(tiny_files[0], str(path))
     assert str(path) in str(error.value) and "truncated" not in str(error.value)
     assert not marker.exists()
@@ -530,8 +585,11 @@ def test_pickled_code_is_reported_as_refused_code(tiny_files, tmp_path, protocol
 def test_torchscript_archive_with_code_is_reported_as_refused_code(tiny_files, tmp_path):
     marker, path = tmp_path / "marker", tmp_path / "evil.pt"
     _write_malicious("torchscript-layout", path, marker)
-    with pytest.raises(WeightsError, match=r"evil\.pt: this file contains pickled code "
-                                           r"\(__builtin__\.exec\).*refused"):
+    with pytest.raises(
+        WeightsError,
+        match=r"evil\.pt: this file contains pickled code "
+        r"\(__builtin__\.exec\).*refused",
+    ):
         build_clip(tiny_files[0], str(path))
     assert not marker.exists()
 
@@ -564,8 +622,12 @@ def test_openai_tag_without_network_fails_within_10_s(tmp_path, monkeypatch, hf_
         build_clip("ViT-B-16", "openai", cache_dir=str(tmp_path))
     assert time.monotonic() - start < 10.0
     message = str(error.value)
-    for expected in ("not in the download cache", "tools/fetch_weights.py", "on a machine with "
-                     "internet", "MODEL.WEIGHTS weights/ViT-B-16.pt"):
+    for expected in (
+        "not in the download cache",
+        "tools/fetch_weights.py",
+        "on a machine with internet",
+        "MODEL.WEIGHTS weights/ViT-B-16.pt",
+    ):
         assert expected in message
     assert ("HF_HUB_OFFLINE=1" in message) == (hf_offline == "1")
     assert len(attempts) == (0 if hf_offline == "1" else 1)  # only the probe, never retries
@@ -577,8 +639,11 @@ def test_unanswering_download_host_is_offline_after_the_probe_timeout(tmp_path, 
     # A DNS lookup or SYN that never gets an answer (a firewall dropping packets).
     monkeypatch.setattr(socket, "create_connection", lambda *args, **kwargs: time.sleep(5))
     start = time.monotonic()
-    with pytest.raises(WeightsError, match=r"no network \(huggingface\.co:443 did not answer "
-                                           r"within 0\.5 s\).*weights/ViT-B-16"):
+    with pytest.raises(
+        WeightsError,
+        match=r"no network \(huggingface\.co:443 did not answer "
+        r"within 0\.5 s\).*weights/ViT-B-16",
+    ):
         build_clip("ViT-B-16", "openai", cache_dir=str(tmp_path))
     assert time.monotonic() - start < 3.0
 

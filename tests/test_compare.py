@@ -1,4 +1,5 @@
 """tools/compare.py: every head on a dataset in one run, one table."""
+
 import csv
 import json
 import os
@@ -17,12 +18,25 @@ import compare  # noqa: E402
 def test_table_of_heads_on_reference_photos(tiny_opts, manifest, tmp_path):
     require_fixtures()
     run = manifest["runs"][0]  # VOC21, 224, eps 0.7, min 3: the paper defaults
-    args = compare.get_parser().parse_args([
-        "--config-file", os.path.join(REPO, "configs", "paper", "voc21_224.yaml"),
-        "--heads", "cliptrase,clearclip", "--datasets", "cliptrase_fixtures_voc21", "--output", str(tmp_path),
-        *tiny_opts, "DATALOADER.NUM_WORKERS", "0"])
+    args = compare.get_parser().parse_args(
+        [
+            "--config-file",
+            os.path.join(REPO, "configs", "paper", "voc21_224.yaml"),
+            "--heads",
+            "cliptrase,clearclip",
+            "--datasets",
+            "cliptrase_fixtures_voc21",
+            "--output",
+            str(tmp_path),
+            *tiny_opts,
+            "DATALOADER.NUM_WORKERS",
+            "0",
+        ]
+    )
     cells = compare.main(args)
-    assert cells["cliptrase", "cliptrase_fixtures_voc21"][0] == pytest.approx(run["metric"]["mIoU"], abs=0.01)
+    assert cells["cliptrase", "cliptrase_fixtures_voc21"][0] == pytest.approx(
+        run["metric"]["mIoU"], abs=0.01
+    )
     with open(tmp_path / "compare.csv") as f:
         rows = list(csv.reader(f))
     assert [r[0] for r in rows] == ["head", "cliptrase", "clearclip"]
@@ -30,13 +44,32 @@ def test_table_of_heads_on_reference_photos(tiny_opts, manifest, tmp_path):
     assert float(rows[2][2]) > 0  # seconds per image
     assert "| clearclip |" in (tmp_path / "compare.md").read_text()
     # The clearclip row is clearclip's own evaluation, not the default head's under another name.
-    cfg = load_config(os.path.join(REPO, "configs", "paper", "voc21_224.yaml"), [
-        *tiny_opts, "DATALOADER.NUM_WORKERS", "0", "MODEL.CLIPTRASE.HEAD", "clearclip", "MODEL.CLIPTRASE.REFINE", "none",
-        "DATASETS.TEST", "('cliptrase_fixtures_voc21',)", "OUTPUT_DIR", str(tmp_path / "alone")])
+    cfg = load_config(
+        os.path.join(REPO, "configs", "paper", "voc21_224.yaml"),
+        [
+            *tiny_opts,
+            "DATALOADER.NUM_WORKERS",
+            "0",
+            "MODEL.CLIPTRASE.HEAD",
+            "clearclip",
+            "MODEL.CLIPTRASE.REFINE",
+            "none",
+            "DATASETS.TEST",
+            "('cliptrase_fixtures_voc21',)",
+            "OUTPUT_DIR",
+            str(tmp_path / "alone"),
+        ],
+    )
     alone = Trainer.test(cfg, Trainer.build_model(cfg))["sem_seg"]
-    assert cells["clearclip", "cliptrase_fixtures_voc21"][0] == pytest.approx(alone["mIoU"], abs=1e-9)
-    cliptrase = json.loads((tmp_path / "cliptrase" / "sem_seg_results_cliptrase_fixtures_voc21.json").read_text())
-    clearclip = json.loads((tmp_path / "clearclip" / "sem_seg_results_cliptrase_fixtures_voc21.json").read_text())
+    assert cells["clearclip", "cliptrase_fixtures_voc21"][0] == pytest.approx(
+        alone["mIoU"], abs=1e-9
+    )
+    cliptrase = json.loads(
+        (tmp_path / "cliptrase" / "sem_seg_results_cliptrase_fixtures_voc21.json").read_text()
+    )
+    clearclip = json.loads(
+        (tmp_path / "clearclip" / "sem_seg_results_cliptrase_fixtures_voc21.json").read_text()
+    )
     assert (cliptrase["run"]["head"], clearclip["run"]["head"]) == ("cliptrase", "clearclip")
     assert cliptrase["per_class_IoU"] != clearclip["per_class_IoU"]
 
@@ -47,7 +80,12 @@ def test_unknown_head_lists_available():
 
 
 def test_peer_heads_run_without_refinement_by_default():
-    assert compare.head_opts("sclip", "default") == ["MODEL.CLIPTRASE.HEAD", "sclip", "MODEL.CLIPTRASE.REFINE", "none"]
+    assert compare.head_opts("sclip", "default") == [
+        "MODEL.CLIPTRASE.HEAD",
+        "sclip",
+        "MODEL.CLIPTRASE.REFINE",
+        "none",
+    ]
     assert compare.head_opts("cliptrase", "default") == ["MODEL.CLIPTRASE.HEAD", "cliptrase"]
     assert compare.head_opts("sclip", "vote")[-1] == "vote"
 
@@ -62,30 +100,54 @@ def test_unused_settings_reported_once(tiny_opts, project_log):
     from detectron2.utils import logger as d2_logger
 
     d2_logger._LOG_COUNTER.clear()  # detectron2's log_first_n counts per message
-    opts = list(tiny_opts) + ["MODEL.CLIPTRASE.HEAD", "clearclip", "MODEL.CLIPTRASE.REFINE", "none",
-                              "MODEL.CLIPTRASE.VOCABULARY", "cat, dog"]
+    opts = list(tiny_opts) + [
+        "MODEL.CLIPTRASE.HEAD",
+        "clearclip",
+        "MODEL.CLIPTRASE.REFINE",
+        "none",
+        "MODEL.CLIPTRASE.VOCABULARY",
+        "cat, dog",
+    ]
     with project_log.at_level(logging.WARNING):
         for _ in range(2):
-            build_model(load_config(os.path.join(REPO, "configs", "paper", "Base-paper-224.yaml"), opts))
+            build_model(
+                load_config(os.path.join(REPO, "configs", "paper", "Base-paper-224.yaml"), opts)
+            )
     assert sum("do not apply" in r.getMessage() for r in project_log.records) == 1
 
 
 def test_a_failing_run_keeps_the_finished_cells(tmp_path, monkeypatch):
     """The table is written after every run: a dataset that fails to load later keeps the rest."""
+
     def evaluate(head, dataset, args):
         if dataset == "cliptrase_fixtures_pc59":
             raise FileNotFoundError("pc59 images missing")
         return 50.0, 0.25
 
     monkeypatch.setattr(compare, "evaluate", evaluate)
-    args = compare.get_parser().parse_args([
-        "--config-file", os.path.join(REPO, "configs", "paper", "voc21_224.yaml"), "--heads", "cliptrase,clip",
-        "--datasets", "cliptrase_fixtures_voc21,cliptrase_fixtures_pc59", "--output", str(tmp_path)])
+    args = compare.get_parser().parse_args(
+        [
+            "--config-file",
+            os.path.join(REPO, "configs", "paper", "voc21_224.yaml"),
+            "--heads",
+            "cliptrase,clip",
+            "--datasets",
+            "cliptrase_fixtures_voc21,cliptrase_fixtures_pc59",
+            "--output",
+            str(tmp_path),
+        ]
+    )
     with pytest.raises(FileNotFoundError):
         compare.main(args)
     with open(tmp_path / "compare.csv") as f:
         rows = list(csv.reader(f))
-    assert rows[1] == ["cliptrase", "50.00", "-", "0.250", "-"] and rows[2] == ["clip", "50.00", "-", "0.250", "-"]
+    assert rows[1] == ["cliptrase", "50.00", "-", "0.250", "-"] and rows[2] == [
+        "clip",
+        "50.00",
+        "-",
+        "0.250",
+        "-",
+    ]
 
 
 def test_second_table_runs_each_peer_under_its_published_setting(tmp_path, monkeypatch):
@@ -101,19 +163,31 @@ def test_second_table_runs_each_peer_under_its_published_setting(tmp_path, monke
 
     monkeypatch.setattr(compare, "evaluate", evaluate)
     monkeypatch.setattr(compare, "evaluate_published", evaluate_published)
-    args = compare.get_parser().parse_args([
-        "--config-file", os.path.join(REPO, "configs", "standard", "Base-standard.yaml"),
-        "--heads", "cliptrase,sclip,naclip", "--datasets", "cliptrase_fixtures_voc21",
-        "--output", str(tmp_path)])
+    args = compare.get_parser().parse_args(
+        [
+            "--config-file",
+            os.path.join(REPO, "configs", "standard", "Base-standard.yaml"),
+            "--heads",
+            "cliptrase,sclip,naclip",
+            "--datasets",
+            "cliptrase_fixtures_voc21",
+            "--output",
+            str(tmp_path),
+        ]
+    )
     cells = compare.main(args)
     published = os.path.join(REPO, "configs", "{}", "published", "voc21.yaml")
-    assert seen == [(h, "cliptrase_fixtures_voc21", published.format(h))
-                    for h in ("sclip", "naclip")]
+    assert seen == [
+        (h, "cliptrase_fixtures_voc21", published.format(h)) for h in ("sclip", "naclip")
+    ]
     assert cells["published", "sclip", "cliptrase_fixtures_voc21"] == (61.5, 1.0)
     with open(tmp_path / "compare_published.csv") as f:
         rows = list(csv.reader(f))
-    assert rows == [["head", "cliptrase_fixtures_voc21 mIoU", "cliptrase_fixtures_voc21 s/img"],
-                    ["sclip", "61.50", "1.000"], ["naclip", "58.25", "1.000"]]
+    assert rows == [
+        ["head", "cliptrase_fixtures_voc21 mIoU", "cliptrase_fixtures_voc21 s/img"],
+        ["sclip", "61.50", "1.000"],
+        ["naclip", "58.25", "1.000"],
+    ]
     markdown = (tmp_path / "compare_published.md").read_text()
     assert markdown.startswith("Each peer under its authors' published")
     with open(tmp_path / "compare.csv") as f:

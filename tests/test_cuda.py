@@ -4,6 +4,7 @@ Tolerances: DBSCAN labels exact (float64 distances on both devices); fp32 final 
 >= 99.9 % of the pixels of every reference case (TF32 off: a GPU sums in another order, so a
 near-tie pixel may flip); fp16 LayerNorm outputs exactly the fp32 computation cast back.
 """
+
 import os
 
 import numpy as np
@@ -39,13 +40,27 @@ def test_reference_cases_on_the_gpu(run, cuda_clip, manifest):
     images = torch.stack([torch.from_numpy(a["input"]) for a in arrays]).cuda()
     text = torch.from_numpy(arrays[0]["text"]).cuda()
     head = get_head("cliptrase")
-    settings = RefinementSettings("vote", run["eps"], run["min_samples"], image_logit_weighting=run["dataset"] == "VOC20")
-    num_classes = len(resolve_vocabulary(manifest["vocabulary_key"][run["dataset"]], paper_quirks=True).classes)
-    prediction = predict(cuda_clip.visual, head, text, num_classes, images, settings,
-                         resolve_logit_scale(head, cuda_clip), soft_scores=False)
+    settings = RefinementSettings(
+        "vote", run["eps"], run["min_samples"], image_logit_weighting=run["dataset"] == "VOC20"
+    )
+    num_classes = len(
+        resolve_vocabulary(manifest["vocabulary_key"][run["dataset"]], paper_quirks=True).classes
+    )
+    prediction = predict(
+        cuda_clip.visual,
+        head,
+        text,
+        num_classes,
+        images,
+        settings,
+        resolve_logit_scale(head, cuda_clip),
+        soft_scores=False,
+    )
     for a, image_labels in zip(arrays, prediction.labels.cpu()):
         agreement = (image_labels.numpy() == a["pred"]).mean()
-        assert agreement >= 0.999, f"{run['dataset']} {run['size']}: labels agree on {agreement:.5f}"
+        assert agreement >= 0.999, (
+            f"{run['dataset']} {run['size']}: labels agree on {agreement:.5f}"
+        )
 
 
 def test_batch_equals_single_images_on_the_gpu(cuda_clip):
@@ -55,7 +70,9 @@ def test_batch_equals_single_images_on_the_gpu(cuda_clip):
     settings = RefinementSettings("mean", 0.9, 2)
     batch = predict(cuda_clip.visual, head, text, 6, images, settings, 100.0)
     for index in range(4):
-        single = predict(cuda_clip.visual, head, text, 6, images[index:index + 1], settings, 100.0)
+        single = predict(
+            cuda_clip.visual, head, text, 6, images[index : index + 1], settings, 100.0
+        )
         assert (single.labels[0] == batch.labels[index]).float().mean() >= 0.999
 
 
@@ -64,5 +81,7 @@ def test_fp16_layer_norm_is_fp32_cast_back_on_the_gpu():
     model = build_clip(TINY_CONFIG, TINY_WEIGHTS, precision="fp16", device="cuda")
     x = (torch.randn(5, 3, 128, device="cuda") * 30).half()
     norm = model.visual.ln_pre
-    expected = F.layer_norm(x.float(), (128,), norm.weight.float(), norm.bias.float(), norm.eps).half()
+    expected = F.layer_norm(
+        x.float(), (128,), norm.weight.float(), norm.bias.float(), norm.eps
+    ).half()
     assert torch.equal(norm(x), expected)

@@ -1,6 +1,7 @@
 """Tests of cliptrase_d2.data.datasets and datasets/prepare_*.py: every benchmark registered with its
 metadata, lazy loading with errors that name the missing file and the script that creates it, and
 each prepare script on tiny synthetic inputs (label values, idempotence, missing inputs)."""
+
 import importlib
 import io
 import json
@@ -19,8 +20,14 @@ import cliptrase_d2  # noqa: F401  (detectron2 0.6 shims, before detectron2)
 import cliptrase_d2.data  # noqa: F401  (registers the datasets)
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from cliptrase_d2.data.datasets import (BENCHMARK_DATASETS, BENCHMARK_SPLITS, SAMPLE_SPLITS,
-                                        register_benchmark_datasets, register_sample_datasets, require_registered)
+from cliptrase_d2.data.datasets import (
+    BENCHMARK_DATASETS,
+    BENCHMARK_SPLITS,
+    SAMPLE_SPLITS,
+    register_benchmark_datasets,
+    register_sample_datasets,
+    require_registered,
+)
 from cliptrase_d2.vocabulary import load_vocabularies
 from conftest import require_fixtures, skip_outside_ci
 
@@ -29,19 +36,30 @@ FIXTURES = Path(os.environ.get("CLIPTRASE_FIXTURES", REPO.parent / "shared" / "f
 sys.path.insert(0, str(REPO / "datasets"))  # the prepare scripts import prepare_common from there
 
 EXPECTED_NAMES = {
-    "voc20": "cliptrase_voc20_val", "voc21": "cliptrase_voc21_val", "pc59": "cliptrase_pc59_val",
-    "pc60": "cliptrase_pc60_val", "pc459": "cliptrase_pc459_val", "coco_stuff171": "cliptrase_coco_stuff171_val",
-    "coco_object80": "cliptrase_coco_object80_val", "ade150": "cliptrase_ade150_val",
-    "ade847": "cliptrase_ade847_val", "cityscapes19": "cliptrase_cityscapes19_val",
+    "voc20": "cliptrase_voc20_val",
+    "voc21": "cliptrase_voc21_val",
+    "pc59": "cliptrase_pc59_val",
+    "pc60": "cliptrase_pc60_val",
+    "pc459": "cliptrase_pc459_val",
+    "coco_stuff171": "cliptrase_coco_stuff171_val",
+    "coco_object80": "cliptrase_coco_object80_val",
+    "ade150": "cliptrase_ade150_val",
+    "ade847": "cliptrase_ade847_val",
+    "cityscapes19": "cliptrase_cityscapes19_val",
 }
 PREPARE_SCRIPT = {
-    "cliptrase_voc20_val": "prepare_voc.py", "cliptrase_voc21_val": "prepare_voc.py",
-    "cliptrase_pc59_val": "prepare_pascal_context.py", "cliptrase_pc60_val": "prepare_pascal_context.py",
-    "cliptrase_pc459_val": "prepare_pascal_context.py", "cliptrase_coco_stuff171_val": "prepare_coco_stuff.py",
+    "cliptrase_voc20_val": "prepare_voc.py",
+    "cliptrase_voc21_val": "prepare_voc.py",
+    "cliptrase_pc59_val": "prepare_pascal_context.py",
+    "cliptrase_pc60_val": "prepare_pascal_context.py",
+    "cliptrase_pc459_val": "prepare_pascal_context.py",
+    "cliptrase_coco_stuff171_val": "prepare_coco_stuff.py",
     "cliptrase_coco_object80_val": "prepare_coco_stuff.py",
     "cliptrase_coco_object80_paper_val": "prepare_coco_stuff.py",
-    "cliptrase_ade150_val": "prepare_ade20k_150.py", "cliptrase_ade847_val": "prepare_ade20k_847.py",
-    "cliptrase_cityscapes19_val": "prepare_cityscapes.py", "cliptrase_sample_voc21": "prepare_sample.py",
+    "cliptrase_ade150_val": "prepare_ade20k_150.py",
+    "cliptrase_ade847_val": "prepare_ade20k_847.py",
+    "cliptrase_cityscapes19_val": "prepare_cityscapes.py",
+    "cliptrase_sample_voc21": "prepare_sample.py",
     "cliptrase_sample_voc20": "prepare_sample.py",
 }
 VOID_AS_BACKGROUND = {"voc21", "pc60", "coco_object80"}  # SPEC section 9, paper protocol
@@ -74,7 +92,9 @@ def labels_of(path: Path) -> np.ndarray:
 def write_image(path: Path, height: int, width: int, suffix_format: str = "JPEG") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path, format=suffix_format)
+    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(
+        path, format=suffix_format
+    )
 
 
 def write_palette_png(path: Path, labels) -> None:
@@ -104,7 +124,9 @@ def test_every_benchmark_is_registered_with_its_metadata(vocabulary):
     meta = MetadataCatalog.get(name)
     benchmark = load_vocabularies()["benchmarks"][vocabulary]
     background = benchmark.get("background", [])
-    expected_classes = [c.strip() for c in benchmark["classes"]] + (["background"] if background else [])
+    expected_classes = [c.strip() for c in benchmark["classes"]] + (
+        ["background"] if background else []
+    )
     assert meta.stuff_classes == expected_classes  # ADE150's published 'bed ' reported as 'bed'
     assert all(c == c.strip() for c in meta.stuff_classes)
     assert len(meta.stuff_classes) == len(benchmark["classes"]) + (1 if background else 0)
@@ -122,16 +144,23 @@ def test_paper_coco_object_variant_bakes_void_into_its_labels():
     standard = MetadataCatalog.get("cliptrase_coco_object80_val")
     assert meta.stuff_classes == standard.stuff_classes and len(meta.stuff_classes) == 81
     assert meta.vocabulary == "coco_object80"
-    assert meta.paper_void_as_background is False  # void is already background (80) in its label maps
+    assert (
+        meta.paper_void_as_background is False
+    )  # void is already background (80) in its label maps
     assert meta.sem_seg_root != standard.sem_seg_root and meta.image_root == standard.image_root
 
 
 def test_sample_and_fixture_datasets_are_registered():
-    voc21, voc20 = MetadataCatalog.get("cliptrase_sample_voc21"), MetadataCatalog.get("cliptrase_sample_voc20")
+    voc21, voc20 = (
+        MetadataCatalog.get("cliptrase_sample_voc21"),
+        MetadataCatalog.get("cliptrase_sample_voc20"),
+    )
     assert len(voc21.stuff_classes) == 21 and voc21.paper_void_as_background is True
     assert len(voc20.stuff_classes) == 20 and voc20.paper_void_as_background is False
     assert voc21.image_root == voc20.image_root and voc21.sem_seg_root != voc20.sem_seg_root
-    fixtures = {n: MetadataCatalog.get(f"cliptrase_fixtures_{n}") for n in ("voc21", "voc20", "pc59")}
+    fixtures = {
+        n: MetadataCatalog.get(f"cliptrase_fixtures_{n}") for n in ("voc21", "voc20", "pc59")
+    }
     assert [len(m.stuff_classes) for m in fixtures.values()] == [21, 20, 59]
     assert fixtures["voc21"].paper_void_as_background is True
 
@@ -140,8 +169,11 @@ def test_require_registered(root):
     assert require_registered("cliptrase_voc21_val").vocabulary == "voc21"
     with pytest.raises(KeyError) as error:
         require_registered("cliptrase_voc22_val")
-    ours = sorted(set(EXPECTED_NAMES.values()) | set(PREPARE_SCRIPT) | {f"cliptrase_fixtures_{n}" for n in
-                                                                         ("voc21", "voc20", "pc59")})
+    ours = sorted(
+        set(EXPECTED_NAMES.values())
+        | set(PREPARE_SCRIPT)
+        | {f"cliptrase_fixtures_{n}" for n in ("voc21", "voc20", "pc59")}
+    )
     assert "cliptrase_voc22_val" in str(error.value)
     assert ", ".join(ours) in str(error.value)
 
@@ -204,23 +236,30 @@ def make_voc2012(folder: Path) -> None:
 
 @pytest.mark.parametrize("in_place", [True, False], ids=["in-root", "elsewhere"])
 def test_prepare_voc(root, tmp_path_factory, in_place):
-    source = root / "VOCdevkit/VOC2012" if in_place else tmp_path_factory.mktemp("download") / "VOC2012"
+    source = (
+        root / "VOCdevkit/VOC2012" if in_place else tmp_path_factory.mktemp("download") / "VOC2012"
+    )
     make_voc2012(source)
     main = prepare("prepare_voc").main
     argv = ["--root", str(root)] + ([] if in_place else ["--voc2012", str(source)])
     assert main(argv) > 0
     voc = root / "VOCdevkit/VOC2012"
-    np.testing.assert_array_equal(labels_of(voc / "annotations_detectron2_bg/val/2007_000033.png")[0],
-                                  [20, 14, 255, 0, 19])
-    np.testing.assert_array_equal(labels_of(voc / "annotations_detectron2/val/2007_000033.png")[0],
-                                  [255, 14, 255, 0, 19])
+    np.testing.assert_array_equal(
+        labels_of(voc / "annotations_detectron2_bg/val/2007_000033.png")[0], [20, 14, 255, 0, 19]
+    )
+    np.testing.assert_array_equal(
+        labels_of(voc / "annotations_detectron2/val/2007_000033.png")[0], [255, 14, 255, 0, 19]
+    )
     assert set(np.unique(labels_of(voc / "annotations_detectron2/val/2007_000042.png"))) == {255}
 
     for name in ("cliptrase_voc20_val", "cliptrase_voc21_val"):
         records = DatasetCatalog.get(name)
         assert [r["image_id"] for r in records] == ["2007_000033", "2007_000042"]
         assert (records[0]["height"], records[0]["width"]) == (6, 5)
-        assert all(Path(r["file_name"]).is_file() and Path(r["sem_seg_file_name"]).is_file() for r in records)
+        assert all(
+            Path(r["file_name"]).is_file() and Path(r["sem_seg_file_name"]).is_file()
+            for r in records
+        )
     assert not (voc / "JPEGImages/2008_000001.jpg").exists() or in_place
     assert_idempotent(main, argv, root)
 
@@ -255,21 +294,38 @@ def test_prepare_pascal_context_names_the_missing_context_labels(root):
 def test_prepare_coco_stuff(root):
     coco = root / "coco"
     classes = load_vocabularies()["benchmarks"]["coco_stuff171"]["classes"]
-    assert (classes[11], classes[80], classes[81], classes[170]) == ("stop sign", "banner", "blanket", "wood")
+    assert (classes[11], classes[80], classes[81], classes[170]) == (
+        "stop sign",
+        "banner",
+        "blanket",
+        "wood",
+    )
     # stuffthingmaps hold COCO category id - 1: person 0, stop sign (13) 12, unused id 91 -> 90,
     # banner (92) 91, blanket (93) 92, wood (182) 181, unlabelled 255.
     write_image(coco / "val2017/000000000139.jpg", 2, 7)
-    write_palette_png(coco / "stuffthingmaps/val2017/000000000139.png", [[0, 12, 90, 91, 92, 181, 255]] * 2)
+    write_palette_png(
+        coco / "stuffthingmaps/val2017/000000000139.png", [[0, 12, 90, 91, 92, 181, 255]] * 2
+    )
     main = prepare("prepare_coco_stuff").main
     assert main(["--root", str(root)]) > 0
-    np.testing.assert_array_equal(labels_of(coco / "stuffthingmaps_detectron2/val2017/000000000139.png")[0],
-                                  [0, 11, 255, 80, 81, 170, 255])
+    np.testing.assert_array_equal(
+        labels_of(coco / "stuffthingmaps_detectron2/val2017/000000000139.png")[0],
+        [0, 11, 255, 80, 81, 170, 255],
+    )
     # the peers' COCO-Object: stuff and unlabelled pixels are background (80), nothing is void
-    np.testing.assert_array_equal(labels_of(coco / "objectmaps_detectron2/val2017/000000000139.png")[0],
-                                  [0, 11, 80, 80, 80, 80, 80])
-    np.testing.assert_array_equal(labels_of(coco / "objectmaps_paper_detectron2/val2017/000000000139.png")[0],
-                                  [0, 11, 80, 80, 255, 255, 80])
-    for name in ("cliptrase_coco_stuff171_val", "cliptrase_coco_object80_val", "cliptrase_coco_object80_paper_val"):
+    np.testing.assert_array_equal(
+        labels_of(coco / "objectmaps_detectron2/val2017/000000000139.png")[0],
+        [0, 11, 80, 80, 80, 80, 80],
+    )
+    np.testing.assert_array_equal(
+        labels_of(coco / "objectmaps_paper_detectron2/val2017/000000000139.png")[0],
+        [0, 11, 80, 80, 255, 255, 80],
+    )
+    for name in (
+        "cliptrase_coco_stuff171_val",
+        "cliptrase_coco_object80_val",
+        "cliptrase_coco_object80_paper_val",
+    ):
         assert [r["image_id"] for r in DatasetCatalog.get(name)] == ["000000000139"]
     assert_idempotent(main, ["--root", str(root)], root)
 
@@ -288,24 +344,43 @@ def test_prepare_ade20k_150(root, tmp_path_factory):
     argv = ["--root", str(root), "--ade", str(source)]
     assert main(argv) > 0
     ade = root / "ADEChallengeData2016"
-    np.testing.assert_array_equal(labels_of(ade / "annotations_detectron2/validation/ADE_val_00000001.png")[0],
-                                  [255, 0, 36, 149])
-    assert [r["image_id"] for r in DatasetCatalog.get("cliptrase_ade150_val")] == ["ADE_val_00000001"]
+    np.testing.assert_array_equal(
+        labels_of(ade / "annotations_detectron2/validation/ADE_val_00000001.png")[0],
+        [255, 0, 36, 149],
+    )
+    assert [r["image_id"] for r in DatasetCatalog.get("cliptrase_ade150_val")] == [
+        "ADE_val_00000001"
+    ]
     assert_idempotent(main, argv, root)
     with pytest.raises(FileNotFoundError, match="ADEChallengeData2016.zip"):
         main(["--root", str(root), "--ade", str(source.parent / "missing")])
 
 
-@pytest.mark.parametrize("script, folders, pattern", [
-    ("prepare_ade20k_150", ["ADEChallengeData2016/images/validation", "ADEChallengeData2016/annotations/validation"],
-     "*.jpg"),
-    ("prepare_coco_stuff", ["coco/val2017", "coco/stuffthingmaps/val2017"], "*.jpg"),
-    ("prepare_cityscapes", ["cityscapes/leftImg8bit/val", "cityscapes/gtFine/val"], "*/*_leftImg8bit.png"),
-])
+@pytest.mark.parametrize(
+    "script, folders, pattern",
+    [
+        (
+            "prepare_ade20k_150",
+            [
+                "ADEChallengeData2016/images/validation",
+                "ADEChallengeData2016/annotations/validation",
+            ],
+            "*.jpg",
+        ),
+        ("prepare_coco_stuff", ["coco/val2017", "coco/stuffthingmaps/val2017"], "*.jpg"),
+        (
+            "prepare_cityscapes",
+            ["cityscapes/leftImg8bit/val", "cityscapes/gtFine/val"],
+            "*/*_leftImg8bit.png",
+        ),
+    ],
+)
 def test_prepare_names_an_image_folder_without_images(root, script, folders, pattern):
     for folder in folders:
         (root / folder).mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match=re.escape(f"no {pattern} images in {root / folders[0]}")):
+    with pytest.raises(
+        FileNotFoundError, match=re.escape(f"no {pattern} images in {root / folders[0]}")
+    ):
         prepare(script).main(["--root", str(root)])
     assert not any(path.is_file() for path in root.rglob("*"))  # nothing written
 
@@ -327,9 +402,11 @@ def test_prepare_ade20k_847(root):
     for name, ade_id in zip(classes, ade_ids):
         objectnames[ade_id - 1] = name  # a _seg.png value is a 1-based index into objectnames
     folder = "ADE20K_2021_17_01/images/ADE/validation/urban/street"
-    index = {"folder": [folder, folder, "ADE20K_2021_17_01/images/ADE/training/urban/street"],
-             "filename": ["ADE_val_00000001.jpg", "ADE_val_00000002.jpg", "ADE_train_00000001.jpg"],
-             "objectnames": objectnames}
+    index = {
+        "folder": [folder, folder, "ADE20K_2021_17_01/images/ADE/training/urban/street"],
+        "filename": ["ADE_val_00000001.jpg", "ADE_val_00000002.jpg", "ADE_train_00000001.jpg"],
+        "objectnames": objectnames,
+    }
     ade.mkdir(parents=True)
     with open(ade / "index_ade20k.pkl", "wb") as f:
         pickle.dump(index, f)
@@ -347,7 +424,9 @@ def test_prepare_ade20k_847(root):
     assert main(["--root", str(root)]) > 0
 
     labels = ade / "annotations_detectron2/validation"
-    np.testing.assert_array_equal(labels_of(labels / "ADE_val_00000001.tif")[0], [0, 846, 65535, 65535, 299])
+    np.testing.assert_array_equal(
+        labels_of(labels / "ADE_val_00000001.tif")[0], [0, 846, 65535, 65535, 299]
+    )
     resized = labels_of(labels / "ADE_val_00000002.tif")
     assert resized.shape == (512, 853) and set(np.unique(resized)) == {7, 300}
     assert Image.open(ade / "images_detectron2/validation/ADE_val_00000002.jpg").size == (853, 512)
@@ -358,8 +437,10 @@ def test_prepare_ade20k_847(root):
         Image.fromarray(np.asarray(original)).save(buffer, format="JPEG")
     assert small_out.read_bytes() == buffer.getvalue()
     assert not (ade / "images_detectron2/validation/ADE_train_00000001.jpg").exists()
-    assert [r["image_id"] for r in DatasetCatalog.get("cliptrase_ade847_val")] == ["ADE_val_00000001",
-                                                                                  "ADE_val_00000002"]
+    assert [r["image_id"] for r in DatasetCatalog.get("cliptrase_ade847_val")] == [
+        "ADE_val_00000001",
+        "ADE_val_00000002",
+    ]
     assert_idempotent(main, ["--root", str(root)], root)
 
 
@@ -378,15 +459,25 @@ def test_prepare_ade20k_847_rejects_another_release(root):
 
 def test_prepare_cityscapes(root):
     cityscapes = root / "cityscapes"
-    write_image(cityscapes / "leftImg8bit/val/frankfurt/frankfurt_000000_000294_leftImg8bit.png", 2, 5, "PNG")
-    write_palette_png(cityscapes / "gtFine/val/frankfurt/frankfurt_000000_000294_gtFine_labelIds.png",
-                      [[7, 26, 33, 0, 1]] * 2)
+    write_image(
+        cityscapes / "leftImg8bit/val/frankfurt/frankfurt_000000_000294_leftImg8bit.png",
+        2,
+        5,
+        "PNG",
+    )
+    write_palette_png(
+        cityscapes / "gtFine/val/frankfurt/frankfurt_000000_000294_gtFine_labelIds.png",
+        [[7, 26, 33, 0, 1]] * 2,
+    )
     main = prepare("prepare_cityscapes").main
     assert main(["--root", str(root)]) > 0
     target = cityscapes / "gtFine/val/frankfurt/frankfurt_000000_000294_gtFine_labelTrainIds.png"
     np.testing.assert_array_equal(labels_of(target)[0], [0, 13, 18, 255, 255])
     (record,) = DatasetCatalog.get("cliptrase_cityscapes19_val")
-    assert record["sem_seg_file_name"] == str(target) and (record["height"], record["width"]) == (2, 5)
+    assert record["sem_seg_file_name"] == str(target) and (record["height"], record["width"]) == (
+        2,
+        5,
+    )
     assert_idempotent(main, ["--root", str(root)], root)
     with pytest.raises(FileNotFoundError, match="gtFine_trainvaltest.zip"):
         main(["--root", str(root / "elsewhere")])
@@ -414,16 +505,22 @@ def test_prepare_writes_atomically(tmp_path, monkeypatch):
 def test_prepare_sample(root, monkeypatch):
     sample = prepare("prepare_sample")
     if not sample.INSTALLED.is_dir() and shutil.which("apt-get") is None:
-        skip_outside_ci("apt-get is not available to download labelme-examples (and the package is not installed)")
+        skip_outside_ci(
+            "apt-get is not available to download labelme-examples (and the package is not installed)"
+        )
     try:
         assert sample.main(["--root", str(root)]) > 0
-    except FileNotFoundError as error:  # no network / apt lists: the script's own message says what to do
+    except (
+        FileNotFoundError
+    ) as error:  # no network / apt lists: the script's own message says what to do
         skip_outside_ci(f"prepare_sample.py could not obtain labelme-examples: {error}")
 
     folder = root / "cliptrase_sample_voc21"
     ids = ["2011_000003", "2011_000006", "2011_000025", "vocsample"]
-    for name, allowed in (("cliptrase_sample_voc21", set(range(21)) | {255}),
-                          ("cliptrase_sample_voc20", set(range(20)) | {255})):
+    for name, allowed in (
+        ("cliptrase_sample_voc21", set(range(21)) | {255}),
+        ("cliptrase_sample_voc20", set(range(20)) | {255}),
+    ):
         records = DatasetCatalog.get(name)
         assert [r["image_id"] for r in records] == ids
         for record in records:
@@ -434,9 +531,13 @@ def test_prepare_sample(root, monkeypatch):
     voc20 = labels_of(folder / "annotations_voc20/2011_000003.png")
     assert 20 in voc21 and 14 in voc21  # background and person
     np.testing.assert_array_equal(voc20, np.where(voc21 == 20, 255, voc21))
-    if (FIXTURES / "gt/vocsample.png").is_file():  # the fixtures' VOC photo, in the authors' label layout
-        np.testing.assert_array_equal(labels_of(folder / "annotations_voc20/vocsample.png"),
-                                      labels_of(FIXTURES / "gt/vocsample.png"))
+    if (
+        FIXTURES / "gt/vocsample.png"
+    ).is_file():  # the fixtures' VOC photo, in the authors' label layout
+        np.testing.assert_array_equal(
+            labels_of(folder / "annotations_voc20/vocsample.png"),
+            labels_of(FIXTURES / "gt/vocsample.png"),
+        )
     assert_idempotent(sample.main, ["--root", str(root)], folder)
 
     # The same files from a given .deb read with Python's own ar/tar handling (no dpkg-deb).
@@ -448,4 +549,6 @@ def test_prepare_sample(root, monkeypatch):
     assert sample.main(["--root", str(other), "--deb", str(deb)]) > 0
     for path in folder.rglob("*"):
         if path.is_file():
-            assert (other / "cliptrase_sample_voc21" / path.relative_to(folder)).read_bytes() == path.read_bytes()
+            assert (
+                other / "cliptrase_sample_voc21" / path.relative_to(folder)
+            ).read_bytes() == path.read_bytes()

@@ -1,5 +1,6 @@
 """The torch DBSCAN gives scikit-learn's labels, and the batched refinement steps give, image by
 image, what they give one image at a time (scikit-learn and scipy only as references here)."""
+
 import json
 import os
 
@@ -9,8 +10,13 @@ import torch
 from sklearn.cluster import DBSCAN
 
 from conftest import FIXTURES, require_fixtures
-from cliptrase_d2.method.refinement import (cluster_patches, mean_refine, region_map, region_means,
-                                            vote_refine)
+from cliptrase_d2.method.refinement import (
+    cluster_patches,
+    mean_refine,
+    region_map,
+    region_means,
+    vote_refine,
+)
 
 
 def sklearn_labels(rows: torch.Tensor, eps: float, min_samples: int) -> np.ndarray:
@@ -25,11 +31,15 @@ def test_every_fixture_case_equals_the_authors_dbscan():
     for run in manifest["runs"]:
         arrays = [np.load(os.path.join(FIXTURES, "cases", case["file"])) for case in run["cases"]]
         affinity = torch.stack([torch.from_numpy(a["affinity"]) for a in arrays])  # (4, n, n)
-        labels = cluster_patches(affinity, run["eps"], run["min_samples"])  # the whole run as one batch
+        labels = cluster_patches(
+            affinity, run["eps"], run["min_samples"]
+        )  # the whole run as one batch
         for a, image_labels in zip(arrays, labels):
             np.testing.assert_array_equal(image_labels.numpy(), a["dbscan"])
-            np.testing.assert_array_equal(image_labels.numpy(), sklearn_labels(torch.from_numpy(a["affinity"]),
-                                                                                run["eps"], run["min_samples"]))
+            np.testing.assert_array_equal(
+                image_labels.numpy(),
+                sklearn_labels(torch.from_numpy(a["affinity"]), run["eps"], run["min_samples"]),
+            )
             checked += 1
     assert checked == sum(len(run["cases"]) for run in manifest["runs"]) >= 40
 
@@ -42,12 +52,17 @@ def test_random_points_with_ties_and_duplicates(seed):
     n = [5, 40, 300][seed % 3]
     dims = [2, 3, 20][seed % 3]
     rows = torch.randint(0, [4, 6, 3][seed % 3], (n, dims), generator=generator).float()
-    rows[n // 2:] = rows[: n - n // 2][torch.randperm(n - n // 2, generator=generator)]  # duplicates
+    rows[n // 2 :] = rows[: n - n // 2][
+        torch.randperm(n - n // 2, generator=generator)
+    ]  # duplicates
     for eps in (0.5, 1.0, 2.0, 3.0):
         for min_samples in (1, 2, 3, 5, 9):
             expected = sklearn_labels(rows, eps, min_samples)
-            np.testing.assert_array_equal(cluster_patches(rows, eps, min_samples).numpy(), expected,
-                                          err_msg=f"eps={eps} min_samples={min_samples}")
+            np.testing.assert_array_equal(
+                cluster_patches(rows, eps, min_samples).numpy(),
+                expected,
+                err_msg=f"eps={eps} min_samples={min_samples}",
+            )
 
 
 def test_borders_join_the_first_cluster_and_the_noise_stays_out():
@@ -59,9 +74,24 @@ def test_borders_join_the_first_cluster_and_the_noise_stays_out():
     labels = cluster_patches(rows, eps=1.0, min_samples=4)
     assert labels.tolist() == [0, 0, 0, 0, 0, -1, 1, 1, 1, 1]
     np.testing.assert_array_equal(labels.numpy(), sklearn_labels(rows, 1.0, 4))
-    swapped = torch.cat([rows[:1], rows[6:], rows[5:6], rows[1:5]])  # left group first: it takes the border
-    assert cluster_patches(swapped, eps=1.0, min_samples=4).tolist() == [0, 0, 0, 0, 0, -1, 1, 1, 1, 1]
-    assert cluster_patches(rows, eps=1.0, min_samples=3).tolist() == [0] * 5 + [-1] + [0] * 4  # now core: one cluster
+    swapped = torch.cat(
+        [rows[:1], rows[6:], rows[5:6], rows[1:5]]
+    )  # left group first: it takes the border
+    assert cluster_patches(swapped, eps=1.0, min_samples=4).tolist() == [
+        0,
+        0,
+        0,
+        0,
+        0,
+        -1,
+        1,
+        1,
+        1,
+        1,
+    ]
+    assert (
+        cluster_patches(rows, eps=1.0, min_samples=3).tolist() == [0] * 5 + [-1] + [0] * 4
+    )  # now core: one cluster
 
 
 def test_all_noise_one_cluster_and_long_chains():
@@ -70,15 +100,21 @@ def test_all_noise_one_cluster_and_long_chains():
     for rows in (line, line.flip(0), shuffled):
         assert cluster_patches(rows, 1.0, 2).tolist() == [0] * 64  # one cluster
         assert cluster_patches(rows, 0.5, 2).tolist() == [-1] * 64  # all noise
-        assert cluster_patches(rows, 0.5, 1).tolist() == sklearn_labels(rows, 0.5, 1).tolist()  # n clusters
+        assert (
+            cluster_patches(rows, 0.5, 1).tolist() == sklearn_labels(rows, 0.5, 1).tolist()
+        )  # n clusters
 
 
 def test_large_random_problems_in_one_batch():
     """n up to 4096 points, and a batch whose images have different cluster counts."""
     generator = torch.Generator().manual_seed(7)
     centres = torch.randn(12, 8, generator=generator) * 4
-    rows = centres[torch.randint(0, 12, (4096,), generator=generator)] + 0.3 * torch.randn(4096, 8, generator=generator)
-    np.testing.assert_array_equal(cluster_patches(rows, 0.9, 6).numpy(), sklearn_labels(rows, 0.9, 6))
+    rows = centres[torch.randint(0, 12, (4096,), generator=generator)] + 0.3 * torch.randn(
+        4096, 8, generator=generator
+    )
+    np.testing.assert_array_equal(
+        cluster_patches(rows, 0.9, 6).numpy(), sklearn_labels(rows, 0.9, 6)
+    )
     batch = torch.stack([rows[:500], rows[500:1000] * 3, rows[1000:1500] * 100])
     labels = cluster_patches(batch, 0.9, 6)
     assert labels.shape == (3, 500) and labels[2].tolist() == [-1] * 500
@@ -90,27 +126,39 @@ def test_affinity_rows_of_a_clip_like_size():
     """(n, n) rows as the method feeds them: 196 patches, non-negative, clustered."""
     generator = torch.Generator().manual_seed(11)
     groups = torch.randint(0, 5, (196,), generator=generator)
-    affinity = (torch.rand(5, 196, generator=generator)[groups] + 0.05 * torch.rand(196, 196, generator=generator))
+    affinity = torch.rand(5, 196, generator=generator)[groups] + 0.05 * torch.rand(
+        196, 196, generator=generator
+    )
     for eps, min_samples in ((0.3, 3), (0.5, 7), (0.05, 3)):
-        np.testing.assert_array_equal(cluster_patches(affinity, eps, min_samples).numpy(),
-                                      sklearn_labels(affinity, eps, min_samples))
+        np.testing.assert_array_equal(
+            cluster_patches(affinity, eps, min_samples).numpy(),
+            sklearn_labels(affinity, eps, min_samples),
+        )
 
 
 # ---- batched region steps equal the one-image steps ---------------------------------------------
+
 
 def test_batched_region_map_vote_and_means_equal_one_image_at_a_time():
     generator = torch.Generator().manual_seed(5)
     grid, size = (6, 5), (37, 29)
     affinity = torch.rand(3, 30, 30, generator=generator)
-    ids = torch.stack([torch.randint(-1, 4, (30,), generator=generator), torch.randint(-1, 2, (30,), generator=generator),
-                       torch.full((30,), -1)])  # 4 clusters, 2 clusters, all noise
+    ids = torch.stack(
+        [
+            torch.randint(-1, 4, (30,), generator=generator),
+            torch.randint(-1, 2, (30,), generator=generator),
+            torch.full((30,), -1),
+        ]
+    )  # 4 clusters, 2 clusters, all noise
     ids[0, :4] = torch.arange(4)
     ids[1, :2] = torch.arange(2)
     regions = region_map(affinity, ids, grid, size, median_size=3, upsample=2)
     assert regions.shape == (3, *size) and regions[2].tolist() == [[-1] * size[1]] * size[0]
     assert region_map(affinity[2], ids[2], grid, size) is None
     for index in range(2):
-        single = region_map(affinity[index], ids[index].numpy(), grid, size, median_size=3, upsample=2)
+        single = region_map(
+            affinity[index], ids[index].numpy(), grid, size, median_size=3, upsample=2
+        )
         assert torch.equal(regions[index], single)
     assert set(regions[1].unique().tolist()) <= {0, 1}  # the second image's empty maps never win
 
@@ -126,7 +174,13 @@ def test_batched_region_map_vote_and_means_equal_one_image_at_a_time():
     refined = mean_refine(scores[:2], regions[:2])
     for index in range(2):
         assert torch.equal(refined[index], mean_refine(scores[index], regions[index]))
-        expected = torch.stack([scores[index][:, regions[index] == r].mean(dim=1) for r in range(4)
-                                if (regions[index] == r).any()], dim=1)
+        expected = torch.stack(
+            [
+                scores[index][:, regions[index] == r].mean(dim=1)
+                for r in range(4)
+                if (regions[index] == r).any()
+            ],
+            dim=1,
+        )
         present = [r for r in range(4) if (regions[index] == r).any()]
         torch.testing.assert_close(means[index][:, present], expected, rtol=1e-6, atol=1e-6)

@@ -1,5 +1,6 @@
 """tools/demo.py end to end: the reference label maps from the photos and class names, its
 output files, the whole image by default, videos frame by frame, and its errors on bad input."""
+
 import json
 import os
 import sys
@@ -18,7 +19,11 @@ import demo  # noqa: E402
 
 
 def _run_demo(tmp_path, tiny_opts, *args, config_file=None, opts=()):
-    argv = list(args) + (["--config-file", config_file] if config_file else []) + ["--opts", *tiny_opts, *opts]
+    argv = (
+        list(args)
+        + (["--config-file", config_file] if config_file else [])
+        + ["--opts", *tiny_opts, *opts]
+    )
     assert demo.main(argv) == 0
 
 
@@ -28,8 +33,18 @@ def test_demo_reproduces_reference_labels(run, manifest, tiny_opts, tmp_path):
     config, opts = run_config(run)
     key = manifest["vocabulary_key"][run["dataset"]]
     output = tmp_path / "out"
-    _run_demo(tmp_path, tiny_opts, "--input", os.path.join(FIXTURES, "images"), "--output", str(output),
-              "--vocabulary", key, config_file=config, opts=opts)
+    _run_demo(
+        tmp_path,
+        tiny_opts,
+        "--input",
+        os.path.join(FIXTURES, "images"),
+        "--output",
+        str(output),
+        "--vocabulary",
+        key,
+        config_file=config,
+        opts=opts,
+    )
     for case in run["cases"]:
         reference = np.load(os.path.join(FIXTURES, "cases", case["file"]))["pred"]
         stem = os.path.splitext(case["image"])[0]
@@ -43,8 +58,21 @@ def test_demo_outputs(tiny_opts, tmp_path):
     require_fixtures()
     image = os.path.join(FIXTURES, "images", "chelsea.png")
     output = tmp_path / "out"
-    _run_demo(tmp_path, tiny_opts, "--input", image, "--output", str(output), "--vocabulary", "cat, grass, wall",
-              "--background", "sky, floor", "--side-by-side", "--protocol", "paper")
+    _run_demo(
+        tmp_path,
+        tiny_opts,
+        "--input",
+        image,
+        "--output",
+        str(output),
+        "--vocabulary",
+        "cat, grass, wall",
+        "--background",
+        "sky, floor",
+        "--side-by-side",
+        "--protocol",
+        "paper",
+    )
     labels = np.array(Image.open(output / "chelsea_labels.png"))
     info = json.loads((output / "chelsea.json").read_text())
     assert info["class_names"] == ["cat", "grass", "wall", "background"]
@@ -60,17 +88,33 @@ def test_demo_outputs(tiny_opts, tmp_path):
     assert panel.width == 224 + overlay.width
 
 
-@pytest.mark.parametrize("protocol_args, shape", [
-    ((), (400, 600)),  # the default: the whole photo at its own size (standard protocol)
-    (("--protocol", "standard"), (400, 600)),
-    (("--protocol", "paper"), (224, 224)),
-    (("--config-file", os.path.join(REPO, "configs", "paper", "Base-paper-224.yaml")), (224, 224)),
-])
+@pytest.mark.parametrize(
+    "protocol_args, shape",
+    [
+        ((), (400, 600)),  # the default: the whole photo at its own size (standard protocol)
+        (("--protocol", "standard"), (400, 600)),
+        (("--protocol", "paper"), (224, 224)),
+        (
+            ("--config-file", os.path.join(REPO, "configs", "paper", "Base-paper-224.yaml")),
+            (224, 224),
+        ),
+    ],
+)
 def test_whole_image_by_default_crop_only_under_paper(protocol_args, shape, tiny_opts, tmp_path):
     require_fixtures()
     output = tmp_path / "out"
-    _run_demo(tmp_path, tiny_opts, "--input", os.path.join(FIXTURES, "images", "coffee.png"), "--output", str(output),
-              "--vocabulary", "cup, table", *protocol_args, opts=["MODEL.CLIPTRASE.STANDARD_SHORT_SIDE", "224"])
+    _run_demo(
+        tmp_path,
+        tiny_opts,
+        "--input",
+        os.path.join(FIXTURES, "images", "coffee.png"),
+        "--output",
+        str(output),
+        "--vocabulary",
+        "cup, table",
+        *protocol_args,
+        opts=["MODEL.CLIPTRASE.STANDARD_SHORT_SIDE", "224"],
+    )
     labels = np.array(Image.open(output / "coffee_labels.png"))
     assert labels.shape == shape
     assert Image.open(output / "coffee.png").height == shape[0]
@@ -81,9 +125,19 @@ def test_more_than_255_classes_write_16_bit_labels(tiny_opts, tmp_path):
     vocabulary = tmp_path / "names.txt"
     vocabulary.write_text("\n".join(f"thing number {i}" for i in range(300)))
     output = tmp_path / "out"
-    _run_demo(tmp_path, tiny_opts, "--input", os.path.join(FIXTURES, "images", "astronaut.png"), "--output",
-              str(output), "--vocabulary", str(vocabulary), "--protocol", "paper",
-              opts=["MODEL.CLIPTRASE.TEMPLATES", "vild14"])
+    _run_demo(
+        tmp_path,
+        tiny_opts,
+        "--input",
+        os.path.join(FIXTURES, "images", "astronaut.png"),
+        "--output",
+        str(output),
+        "--vocabulary",
+        str(vocabulary),
+        "--protocol",
+        "paper",
+        opts=["MODEL.CLIPTRASE.TEMPLATES", "vild14"],
+    )
     labels = Image.open(output / "astronaut_labels.png")
     assert labels.mode == "I;16"
     info = json.loads((output / "astronaut.json").read_text())
@@ -94,7 +148,16 @@ def test_more_than_255_classes_write_16_bit_labels(tiny_opts, tmp_path):
 
 def test_glob_matching_nothing_is_an_error(tiny_opts, tmp_path):
     with pytest.raises(FileNotFoundError, match="matches no file"):
-        demo.main(["--input", str(tmp_path / "*.jpg"), "--output", str(tmp_path / "out"), "--opts", *tiny_opts])
+        demo.main(
+            [
+                "--input",
+                str(tmp_path / "*.jpg"),
+                "--output",
+                str(tmp_path / "out"),
+                "--opts",
+                *tiny_opts,
+            ]
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -103,17 +166,37 @@ def test_unwritable_output_is_an_error(tiny_opts, tmp_path):
     blocker = tmp_path / "file.txt"
     blocker.write_text("not a folder")
     with pytest.raises(PermissionError, match="--output folder"):
-        demo.main(["--input", os.path.join(FIXTURES, "images", "coffee.png"), "--output", str(blocker / "out"),
-                   "--opts", *tiny_opts])
+        demo.main(
+            [
+                "--input",
+                os.path.join(FIXTURES, "images", "coffee.png"),
+                "--output",
+                str(blocker / "out"),
+                "--opts",
+                *tiny_opts,
+            ]
+        )
 
 
-@pytest.mark.parametrize("vocabulary, message", [(",", "no class names"), ("dog, cat, Dog", "duplicate name")])
+@pytest.mark.parametrize(
+    "vocabulary, message", [(",", "no class names"), ("dog, cat, Dog", "duplicate name")]
+)
 def test_bad_vocabulary_writes_nothing(vocabulary, message, tiny_opts, tmp_path):
     require_fixtures()
     output = tmp_path / "out"
     with pytest.raises(ValueError, match=message):
-        demo.main(["--input", os.path.join(FIXTURES, "images", "coffee.png"), "--output", str(output),
-                   "--vocabulary", vocabulary, "--opts", *tiny_opts])
+        demo.main(
+            [
+                "--input",
+                os.path.join(FIXTURES, "images", "coffee.png"),
+                "--output",
+                str(output),
+                "--vocabulary",
+                vocabulary,
+                "--opts",
+                *tiny_opts,
+            ]
+        )
     assert not output.exists() or not os.listdir(output)
 
 
@@ -121,7 +204,9 @@ def test_same_stem_twice_is_an_error(tmp_path):
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()
         Image.new("RGB", (32, 32)).save(tmp_path / folder / "x.png")
-    inputs = demo.expand_inputs([str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "a" / ".." / "a" / "x.png")])
+    inputs = demo.expand_inputs(
+        [str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "a" / ".." / "a" / "x.png")]
+    )
     assert len(inputs) == 2  # the same file under another name counts once
     with pytest.raises(ValueError, match="same outputs"):
         demo.check_outputs(inputs, str(tmp_path / "out"), panel=False, overwrite=False)
@@ -133,7 +218,9 @@ def test_outputs_never_replace_inputs_or_each_other(tmp_path):
     Image.new("RGB", (32, 32)).save(photos / "a.png")
     with pytest.raises(ValueError, match="would overwrite the input .*a.png"):
         demo.check_outputs([str(photos / "a.png")], str(photos), panel=False, overwrite=True)
-    Image.new("RGB", (32, 32)).save(photos / "a_labels.png")  # its overlay is a_labels.png, a's label map too
+    Image.new("RGB", (32, 32)).save(
+        photos / "a_labels.png"
+    )  # its overlay is a_labels.png, a's label map too
     inputs = demo.expand_inputs([str(photos)])
     with pytest.raises(ValueError, match="same outputs \\(a_labels.png\\)"):
         demo.check_outputs(inputs, str(tmp_path / "out"), panel=False, overwrite=True)
@@ -145,8 +232,16 @@ def test_existing_outputs_need_overwrite(tiny_opts, tmp_path):
     output.mkdir()
     mine = output / "coffee.png"
     mine.write_bytes(b"someone's file")
-    argv = ["--input", os.path.join(FIXTURES, "images", "coffee.png"), "--output", str(output),
-            "--vocabulary", "cup, table", "--opts", *tiny_opts]
+    argv = [
+        "--input",
+        os.path.join(FIXTURES, "images", "coffee.png"),
+        "--output",
+        str(output),
+        "--vocabulary",
+        "cup, table",
+        "--opts",
+        *tiny_opts,
+    ]
     with pytest.raises(FileExistsError, match="coffee.png.*--overwrite"):
         demo.main(argv)
     assert mine.read_bytes() == b"someone's file" and sorted(os.listdir(output)) == ["coffee.png"]
@@ -155,7 +250,9 @@ def test_existing_outputs_need_overwrite(tiny_opts, tmp_path):
 
 
 def _write_video(path, frames, fps=5.0):
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (frames[0].shape[1], frames[0].shape[0]))
+    writer = cv2.VideoWriter(
+        str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (frames[0].shape[1], frames[0].shape[0])
+    )
     for frame in frames:
         writer.write(np.ascontiguousarray(frame[:, :, ::-1]))
     writer.release()
@@ -179,7 +276,7 @@ def tiny_video(tmp_path):
     """Three 160 x 240 RGB frames panning across coffee.png, as an mp4."""
     require_fixtures()
     photo = np.array(Image.open(os.path.join(FIXTURES, "images", "coffee.png")).convert("RGB"))
-    frames = [np.ascontiguousarray(photo[100:260, 80 * i:80 * i + 240]) for i in range(3)]
+    frames = [np.ascontiguousarray(photo[100:260, 80 * i : 80 * i + 240]) for i in range(3)]
     path = tmp_path / "pan.mp4"
     _write_video(path, frames)
     return path
@@ -205,42 +302,89 @@ def test_video_frame_by_frame_equals_the_api(tiny_video, tiny_opts, tmp_path, en
     vocabulary, background = "cup, table, saucer", "wall"
     opts = [*tiny_opts, "MODEL.CLIPTRASE.STANDARD_SHORT_SIDE", "224"]
     output = tmp_path / "out"
-    argv = ["--video-input", str(tiny_video), "--output", str(output), "--vocabulary", vocabulary,
-            "--background", background, "--cache-dir", "none", "--batch-size", "2", "--opts", *opts]
+    argv = [
+        "--video-input",
+        str(tiny_video),
+        "--output",
+        str(output),
+        "--vocabulary",
+        vocabulary,
+        "--background",
+        background,
+        "--cache-dir",
+        "none",
+        "--batch-size",
+        "2",
+        "--opts",
+        *opts,
+    ]
     assert demo.main(argv) == 0
     video_calls = len(encode_text_calls)
     written, fps = _read_video(output / "pan.mp4")
     inputs, _ = _read_video(tiny_video)  # the frames as decoded, which is what the demo segmented
     assert len(written) == len(inputs) == 3 and fps == pytest.approx(5.0)
-    segmenter = Segmenter.from_config(demo.PROTOCOL_CONFIGS["standard"],
-                                      [*opts, "MODEL.CLIPTRASE.TEXT_CACHE_DIR", "none"])
+    segmenter = Segmenter.from_config(
+        demo.PROTOCOL_CONFIGS["standard"], [*opts, "MODEL.CLIPTRASE.TEXT_CACHE_DIR", "none"]
+    )
     encode_text_calls.clear()
-    results = [segmenter.segment(inputs[0].copy(), vocabulary, background=[background], scores=False)]
+    results = [
+        segmenter.segment(inputs[0].copy(), vocabulary, background=[background], scores=False)
+    ]
     # three frames cost the demo the text passes of one image: the vocabulary was encoded once
     assert video_calls == len(encode_text_calls) > 0
-    results += [segmenter.segment(frame.copy(), vocabulary, background=[background], scores=False)
-                for frame in inputs[1:]]
+    results += [
+        segmenter.segment(frame.copy(), vocabulary, background=[background], scores=False)
+        for frame in inputs[1:]
+    ]
     legend = demo.class_legend(results[0].class_names, 160)
     for frame, result in zip(written, results):
         assert result.labels.shape == (160, 240)  # the whole frame, at its own size
         width = 240 + legend.shape[1]
         assert frame.shape == (max(160, legend.shape[0]), width + width % 2, 3)
         expected = overlay(result.image, result.labels).astype(np.int16)
-        wrong = overlay(result.image, (result.labels + 1) % len(result.class_names)).astype(np.int16)
+        wrong = overlay(result.image, (result.labels + 1) % len(result.class_names)).astype(
+            np.int16
+        )
         error = np.abs(frame[:160, :240].astype(np.int16) - expected).mean()
-        assert error < 4, f"the video frame differs from the API's overlay by {error:.2f} grey levels"
+        assert error < 4, (
+            f"the video frame differs from the API's overlay by {error:.2f} grey levels"
+        )
         assert np.abs(frame[:160, :240].astype(np.int16) - wrong).mean() > 4 * error + 5
-        assert np.abs(frame[:legend.shape[0], 240:240 + legend.shape[1]].astype(np.int16) - legend).mean() < 4
+        assert (
+            np.abs(
+                frame[: legend.shape[0], 240 : 240 + legend.shape[1]].astype(np.int16) - legend
+            ).mean()
+            < 4
+        )
 
 
 def test_video_errors(tiny_video, tiny_opts, tmp_path):
     with pytest.raises(FileNotFoundError, match="--video-input .*missing.mp4 does not exist"):
-        demo.main(["--video-input", str(tmp_path / "missing.mp4"), "--output", str(tmp_path), "--opts", *tiny_opts])
+        demo.main(
+            [
+                "--video-input",
+                str(tmp_path / "missing.mp4"),
+                "--output",
+                str(tmp_path),
+                "--opts",
+                *tiny_opts,
+            ]
+        )
     not_video = tmp_path / "notes.mp4"
     not_video.write_text("not a video")
     with pytest.raises(ValueError, match="notes.mp4"):
-        demo.main(["--video-input", str(not_video), "--output", str(tmp_path / "out"), "--vocabulary", "cup",
-                   "--opts", *tiny_opts])
+        demo.main(
+            [
+                "--video-input",
+                str(not_video),
+                "--output",
+                str(tmp_path / "out"),
+                "--vocabulary",
+                "cup",
+                "--opts",
+                *tiny_opts,
+            ]
+        )
     assert not (tmp_path / "out" / "notes.mp4").exists()
     taken = tmp_path / "taken.mp4"
     taken.write_bytes(b"mine")
@@ -248,4 +392,13 @@ def test_video_errors(tiny_video, tiny_opts, tmp_path):
         demo.main(["--video-input", str(tiny_video), "--output", str(taken), "--opts", *tiny_opts])
     assert taken.read_bytes() == b"mine"
     with pytest.raises(SystemExit):  # argparse: --input and --video-input exclude each other
-        demo.main(["--video-input", str(tiny_video), "--input", str(tiny_video), "--output", str(tmp_path)])
+        demo.main(
+            [
+                "--video-input",
+                str(tiny_video),
+                "--input",
+                str(tiny_video),
+                "--output",
+                str(tmp_path),
+            ]
+        )

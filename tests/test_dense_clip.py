@@ -1,11 +1,19 @@
 """The recalibrated blocks against direct (slow) transcriptions of SPEC sections 1-4."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from cliptrase_d2.method.dense_clip import (block_qkv, correlative_attention, correlative_block, embed_tokens,
-                                            patch_grid, residual_block, resize_positional_embedding,
-                                            self_correlation)
+from cliptrase_d2.method.dense_clip import (
+    block_qkv,
+    correlative_attention,
+    correlative_block,
+    embed_tokens,
+    patch_grid,
+    residual_block,
+    resize_positional_embedding,
+    self_correlation,
+)
 
 
 def test_positional_embedding_kept_at_native_grid():
@@ -20,9 +28,13 @@ def test_positional_embedding_uses_the_point_one_scale_factor():
     torch.testing.assert_close(resized[0], table[0])
     grid = table[1:].reshape(1, 14, 14, 8).permute(0, 3, 1, 2)
     expected = F.interpolate(grid, scale_factor=(21.1 / 14, 17.1 / 14), mode="bicubic")
-    torch.testing.assert_close(resized[1:], expected.permute(0, 2, 3, 1).reshape(-1, 8), rtol=0, atol=0)
+    torch.testing.assert_close(
+        resized[1:], expected.permute(0, 2, 3, 1).reshape(-1, 8), rtol=0, atol=0
+    )
     plain = F.interpolate(grid, size=(21, 17), mode="bicubic").permute(0, 2, 3, 1).reshape(-1, 8)
-    assert (resized[1:] - plain).abs().max() > 1e-3  # a plain resize to 21 x 17 is NOT what the paper does
+    assert (
+        resized[1:] - plain
+    ).abs().max() > 1e-3  # a plain resize to 21 x 17 is NOT what the paper does
 
 
 def test_self_correlation_matches_pairwise_cosines():
@@ -38,7 +50,7 @@ def test_self_correlation_matches_pairwise_cosines():
 
 def test_correlative_attention_sums_three_softmaxes():
     q, k, v = (torch.randn(3, 6, 8) for _ in range(3))
-    s = 8 ** -0.5
+    s = 8**-0.5
     weights = sum(torch.softmax(s * t @ t.transpose(1, 2), dim=-1) for t in (q, k, v))
     torch.testing.assert_close(weights.sum(-1), torch.full((3, 6), 3.0))
     torch.testing.assert_close(correlative_attention(q, k, v), weights @ v, rtol=1e-5, atol=1e-6)

@@ -1,4 +1,5 @@
 """tools/device_check.sh --dry-run on a CPU: what the GPU check would run, and that it would parse."""
+
 import json
 import os
 import shlex
@@ -15,16 +16,27 @@ SAMPLE = os.path.join(REPO, "datasets")
 
 
 def _run(tmp_path, **env):
-    environment = dict(os.environ, PYTHON=sys.executable, CLIPTRASE_FIXTURES=FIXTURES, DETECTRON2_DATASETS=SAMPLE,
-                       **env)
-    return subprocess.run(["bash", SCRIPT, "--dry-run", str(tmp_path / "check.json")], env=environment,
-                          capture_output=True, text=True, timeout=600)
+    environment = dict(
+        os.environ,
+        PYTHON=sys.executable,
+        CLIPTRASE_FIXTURES=FIXTURES,
+        DETECTRON2_DATASETS=SAMPLE,
+        **env,
+    )
+    return subprocess.run(
+        ["bash", SCRIPT, "--dry-run", str(tmp_path / "check.json")],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_dry_run_lists_every_step_and_writes_the_json(tmp_path):
     require_fixtures()
     if not os.path.isdir(os.path.join(SAMPLE, "cliptrase_sample_voc21")):
         import pytest
+
         pytest.skip("the VOC sample is not linked into datasets/")
     done = _run(tmp_path)
     assert done.returncode == 0, done.stderr
@@ -37,10 +49,13 @@ def test_dry_run_lists_every_step_and_writes_the_json(tmp_path):
     assert "tests/test_cuda.py" in steps["tests"]["command"]
     for precision in ("fp32", "fp16"):
         argv = shlex.split(steps[f"benchmark_{precision}"]["command"])
-        args = benchmark.get_parser().parse_args(argv[argv.index("tools/benchmark.py") + 1:])
+        args = benchmark.get_parser().parse_args(argv[argv.index("tools/benchmark.py") + 1 :])
         assert (args.device, args.precision, args.batch_sizes) == ("cuda", precision, "1,32")
     train = shlex.split(steps["train_net"]["command"])
-    assert train[train.index("--num-gpus") + 1] == "1" and train[train.index("MODEL.DEVICE") + 1] == "cuda"
+    assert (
+        train[train.index("--num-gpus") + 1] == "1"
+        and train[train.index("MODEL.DEVICE") + 1] == "cuda"
+    )
     assert "[dry-run] train_net" in done.stdout
 
 

@@ -1,5 +1,6 @@
 """Tests of cliptrase_d2.evaluation: the paper's metric against the authors' printed numbers,
 both Detectron2 evaluators on tiny synthetic datasets, and the atomic result writing."""
+
 import json
 import logging
 import math
@@ -49,6 +50,7 @@ def _run_id(run):
 
 # ---------------------------------------------------------------- paper metric vs the authors
 
+
 @pytest.mark.parametrize("run", _manifest_runs(), ids=_run_id)
 def test_paper_metric_matches_authors_script(run):
     """Every run's printed metric, from its cases' pred/gt. The classes counted are the label
@@ -75,6 +77,7 @@ def test_manifest_has_all_runs():
 
 
 # ---------------------------------------------------------------- paper metric by hand
+
 
 def _hand_example():
     """Two 4x4 images, 3 classes, 255 = void."""
@@ -141,7 +144,9 @@ def test_paper_metric_rejects_bad_predictions():
 
 def test_paper_metric_merge_equals_single_pass():
     rng = np.random.default_rng(0)
-    pairs = [(rng.integers(0, 5, (6, 7)), rng.choice([0, 1, 2, 3, 4, 255], (6, 7))) for _ in range(6)]
+    pairs = [
+        (rng.integers(0, 5, (6, 7)), rng.choice([0, 1, 2, 3, 4, 255], (6, 7))) for _ in range(6)
+    ]
     whole, first, second = PaperMetric(5), PaperMetric(5), PaperMetric(5)
     for index, (pred, gt) in enumerate(pairs):
         whole.update(pred, gt)
@@ -152,6 +157,7 @@ def test_paper_metric_merge_equals_single_pass():
 
 
 # ---------------------------------------------------------------- synthetic datasets
+
 
 def _write_label_png(path, labels):
     labels = np.asarray(labels)
@@ -171,13 +177,17 @@ def make_dataset(tmp_path):
             gt_path = tmp_path / f"{name}_gt_{index}.png"
             if gt is not None:
                 _write_label_png(gt_path, gt)
-            records.append({
-                "file_name": str(tmp_path / f"img_{index}.jpg"),
-                "sem_seg_file_name": str(gt_path),
-                "image_id": f"img_{index}",
-            })
+            records.append(
+                {
+                    "file_name": str(tmp_path / f"img_{index}.jpg"),
+                    "sem_seg_file_name": str(gt_path),
+                    "image_id": f"img_{index}",
+                }
+            )
         DatasetCatalog.register(name, lambda: records)
-        MetadataCatalog.get(name).set(stuff_classes=list(classes), ignore_label=ignore_label, **metadata)
+        MetadataCatalog.get(name).set(
+            stuff_classes=list(classes), ignore_label=ignore_label, **metadata
+        )
         names.append(name)
         return name, records
 
@@ -203,7 +213,9 @@ def _run(evaluator, records, preds, num_classes):
 def test_paper_evaluator_by_hand(make_dataset, tmp_path, caplog):
     example = _hand_example()
     name, records = make_dataset([gt for _, gt in example], ["a", "b", "c"])
-    evaluator = PaperSemSegEvaluator(name, crop_size=4, distributed=False, output_dir=str(tmp_path / "out"))
+    evaluator = PaperSemSegEvaluator(
+        name, crop_size=4, distributed=False, output_dir=str(tmp_path / "out")
+    )
     with caplog.at_level(logging.INFO, logger="cliptrase_d2.evaluation"):
         results = _run(evaluator, records, [pred for pred, _ in example], 3)["sem_seg"]
 
@@ -248,14 +260,19 @@ def test_paper_evaluator_void_as_background(make_dataset):
     classes = ["cat", "dog", "background"]
 
     ignored_name, ignored_records = make_dataset([gt], classes)
-    ignored = _run(PaperSemSegEvaluator(ignored_name, crop_size=4, distributed=False),
-                   ignored_records, [pred], 3)["sem_seg"]
+    ignored = _run(
+        PaperSemSegEvaluator(ignored_name, crop_size=4, distributed=False),
+        ignored_records,
+        [pred],
+        3,
+    )["sem_seg"]
     assert math.isnan(ignored["IoU-background"])  # void ignored: background never in the gt
     assert ignored["pAcc"] == pytest.approx(100.0)
 
     void_name, void_records = make_dataset([gt], classes, paper_void_as_background=True)
-    counted = _run(PaperSemSegEvaluator(void_name, crop_size=4, distributed=False),
-                   void_records, [pred], 3)["sem_seg"]
+    counted = _run(
+        PaperSemSegEvaluator(void_name, crop_size=4, distributed=False), void_records, [pred], 3
+    )["sem_seg"]
     assert counted["IoU-background"] == pytest.approx(100 * 8 / 8.01)
     assert counted["pAcc"] == pytest.approx(100.0)
     assert counted["mIoU"] == pytest.approx(100 * 8 / 8.01)
@@ -307,8 +324,9 @@ def test_paper_evaluator_saves_predictions(make_dataset, tmp_path):
     name, records = make_dataset([gt for _, gt in example], ["a", "b", "c"])
     del records[1]["image_id"]  # falls back to the file stem
     out = tmp_path / "out"
-    evaluator = PaperSemSegEvaluator(name, crop_size=4, distributed=False, output_dir=str(out),
-                                     save_predictions=True)
+    evaluator = PaperSemSegEvaluator(
+        name, crop_size=4, distributed=False, output_dir=str(out), save_predictions=True
+    )
     _run(evaluator, records, [pred for pred, _ in example], 3)
     folder = out / "predictions" / name
     assert sorted(os.listdir(folder)) == ["img_0.png", "img_1.png"]
@@ -320,6 +338,7 @@ def test_paper_evaluator_saves_predictions(make_dataset, tmp_path):
 
 # ---------------------------------------------------------------- standard protocol
 
+
 def test_standard_evaluator_equals_detectron2(make_dataset, tmp_path):
     rng = np.random.default_rng(1)
     shapes = [(5, 7), (6, 4), (9, 3)]
@@ -328,8 +347,12 @@ def test_standard_evaluator_equals_detectron2(make_dataset, tmp_path):
     preds = [rng.integers(0, 6, shape) for shape in shapes]
     name, records = make_dataset(gts, ["c0", "c1", "c2", "c3", "c4", "c5"])
 
-    ours = _run(StandardSemSegEvaluator(name, distributed=False, output_dir=str(tmp_path / "out")),
-                records, preds, 6)["sem_seg"]
+    ours = _run(
+        StandardSemSegEvaluator(name, distributed=False, output_dir=str(tmp_path / "out")),
+        records,
+        preds,
+        6,
+    )["sem_seg"]
     reference = _run(SemSegEvaluator(name, distributed=False), records, preds, 6)["sem_seg"]
     assert list(ours) == list(reference)
     for key, value in reference.items():
@@ -360,8 +383,9 @@ def test_standard_evaluator_boundary_iou_by_hand(make_dataset, tmp_path):
     pred[2:6, 3:7] = 1
     name, records = make_dataset([gt], ["a", "b"])
     out = tmp_path / "out"
-    results = _run(StandardSemSegEvaluator(name, distributed=False, output_dir=str(out)),
-                   records, [pred], 2)["sem_seg"]
+    results = _run(
+        StandardSemSegEvaluator(name, distributed=False, output_dir=str(out)), records, [pred], 2
+    )["sem_seg"]
 
     boundary = {"a": 100 * 46 / (52 + 52 - 46), "b": 100 * 6 / (12 + 12 - 6)}
     iou = {"a": 100 * 44 / (48 + 48 - 44), "b": 100 * 12 / (16 + 16 - 12)}
@@ -380,8 +404,9 @@ def test_standard_evaluator_on_detectron2_0_6_has_no_boundary_iou(make_dataset, 
     gt[2:6, 2:6] = 1
     name, records = make_dataset([gt], ["a", "b"])
     out = tmp_path / "out"
-    results = _run(StandardSemSegEvaluator(name, distributed=False, output_dir=str(out)),
-                   records, [gt], 2)["sem_seg"]
+    results = _run(
+        StandardSemSegEvaluator(name, distributed=False, output_dir=str(out)), records, [gt], 2
+    )["sem_seg"]
     assert list(results) == ["mIoU", "fwIoU", "IoU-a", "IoU-b", "mACC", "pACC", "ACC-a", "ACC-b"]
     assert results["mIoU"] == pytest.approx(100.0)
     saved = json.loads((out / f"sem_seg_results_{name}.json").read_text())
@@ -412,8 +437,10 @@ def test_standard_evaluator_reads_the_records_ground_truth(make_dataset, tmp_pat
     """A record's own sem_seg_file_name wins over the catalog's (and need not be in it)."""
     name, records = make_dataset([np.zeros((2, 2), np.int64)], ["a", "b"])
     _write_label_png(tmp_path / "other.png", np.ones((2, 2), np.int64))
-    record = {"file_name": str(tmp_path / "not_in_catalog.jpg"),
-              "sem_seg_file_name": str(tmp_path / "other.png")}
+    record = {
+        "file_name": str(tmp_path / "not_in_catalog.jpg"),
+        "sem_seg_file_name": str(tmp_path / "other.png"),
+    }
     evaluator = StandardSemSegEvaluator(name, distributed=False)
     evaluator.reset()
     evaluator.process([record], [{"sem_seg": _scores(np.ones((2, 2), np.int64), 2)}])
@@ -437,7 +464,9 @@ def test_standard_evaluator_rejects_unknown_ground_truth_ids(make_dataset):
 
 
 def test_standard_evaluator_rejects_ignore_label_that_is_a_class(make_dataset):
-    name, _ = make_dataset([np.zeros((2, 2), np.int64)], [f"c{i}" for i in range(300)], ignore_label=255)
+    name, _ = make_dataset(
+        [np.zeros((2, 2), np.int64)], [f"c{i}" for i in range(300)], ignore_label=255
+    )
     with pytest.raises(ValueError, match="65535"):
         StandardSemSegEvaluator(name, distributed=False)
 
@@ -448,7 +477,9 @@ def test_standard_evaluator_300_classes_16_bit(make_dataset, tmp_path):
     pred = np.array([[0, 255, 256, 299], [299, 298, 1, 2]])
     name, records = make_dataset([gt], classes, ignore_label=65535)
     out = tmp_path / "out"
-    evaluator = StandardSemSegEvaluator(name, distributed=False, output_dir=str(out), save_predictions=True)
+    evaluator = StandardSemSegEvaluator(
+        name, distributed=False, output_dir=str(out), save_predictions=True
+    )
     results = _run(evaluator, records, [pred], 300)["sem_seg"]
     for cls in (0, 255, 256, 299):
         assert results[f"IoU-c{cls}"] == pytest.approx(100.0), cls
@@ -462,11 +493,16 @@ def test_standard_evaluator_300_classes_16_bit(make_dataset, tmp_path):
 
 # ---------------------------------------------------------------- distributed evaluation
 
+
 def test_paper_evaluator_gathers_all_processes(make_dataset, monkeypatch):
     example = _hand_example()
     name, records = make_dataset([gt for _, gt in example], ["a", "b", "c"])
-    single = _run(PaperSemSegEvaluator(name, crop_size=4, distributed=False), records,
-                  [pred for pred, _ in example], 3)
+    single = _run(
+        PaperSemSegEvaluator(name, crop_size=4, distributed=False),
+        records,
+        [pred for pred, _ in example],
+        3,
+    )
 
     # two "processes", each evaluating one image; gather hands rank 0 both states
     ranks = [PaperSemSegEvaluator(name, crop_size=4) for _ in range(2)]
@@ -481,6 +517,7 @@ def test_paper_evaluator_gathers_all_processes(make_dataset, monkeypatch):
 
 
 # ---------------------------------------------------------------- atomic writing
+
 
 def test_atomic_write_png_round_trips_uint8_and_uint16(tmp_path):
     small = np.array([[0, 1], [254, 255]], np.uint8)

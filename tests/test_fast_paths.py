@@ -4,6 +4,7 @@ Each fast path in method/ names the plain formula it replaces; these tests hold 
 inputs chosen to break a near miss: ties, NaN, duplicated values, odd and even window sizes,
 both memory layouts, batches of several images.
 """
+
 import numpy as np
 import pytest
 import torch
@@ -11,13 +12,26 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from cliptrase_d2.method import dense_clip
-from cliptrase_d2.method.dense_clip import (block_qkv, correlative_attention, dense_features,
-                                            multi_head_attention, resized_positional_embedding,
-                                            residual_block, resize_positional_embedding, self_correlation)
+from cliptrase_d2.method.dense_clip import (
+    block_qkv,
+    correlative_attention,
+    dense_features,
+    multi_head_attention,
+    resized_positional_embedding,
+    residual_block,
+    resize_positional_embedding,
+    self_correlation,
+)
 from cliptrase_d2.method.heads import get_head
 from cliptrase_d2.method.pipeline import RefinementSettings, predict, predict_scores
-from cliptrase_d2.method.refinement import (channel_argmax, expand_regions, mean_refine, median_filter,
-                                            region_means, resize_logits)
+from cliptrase_d2.method.refinement import (
+    channel_argmax,
+    expand_regions,
+    mean_refine,
+    median_filter,
+    region_means,
+    resize_logits,
+)
 from cliptrase_d2.method.sliding import sliding_window
 
 
@@ -28,19 +42,29 @@ def channels_last(maps: torch.Tensor) -> torch.Tensor:
 
 # ---- median filter --------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("size", [2, 3, 4, 7])
 def test_median_filter_equals_scipy(size):
     generator = torch.Generator().manual_seed(size)
-    smooth = F.interpolate(torch.rand(1, 3, 5, 6, generator=generator), size=(20, 23), mode="bilinear",
-                           align_corners=False)[0]
+    smooth = F.interpolate(
+        torch.rand(1, 3, 5, 6, generator=generator),
+        size=(20, 23),
+        mode="bilinear",
+        align_corners=False,
+    )[0]
     coarse = torch.randint(0, 4, (2, 9, 8), generator=generator).float()  # many equal values
-    for maps in (smooth, coarse, torch.rand(1, 3, 2, generator=generator)):  # map smaller than the window too
+    for maps in (
+        smooth,
+        coarse,
+        torch.rand(1, 3, 2, generator=generator),
+    ):  # map smaller than the window too
         expected = ndimage.median_filter(maps.numpy(), size=(1, size, size))
         assert np.array_equal(median_filter(maps, size).numpy(), expected)
 
 
 def test_median_filter_in_several_chunks(monkeypatch):
     from cliptrase_d2.method import refinement
+
     maps = torch.rand(5, 12, 10)
     expected = median_filter(maps, 7)
     monkeypatch.setattr(refinement, "MEDIAN_WINDOW_ELEMENTS", 12 * 10 * 49 * 2)  # 2 maps per chunk
@@ -48,6 +72,7 @@ def test_median_filter_in_several_chunks(monkeypatch):
 
 
 # ---- argmax, region means --------------------------------------------------------------------
+
 
 def test_channel_argmax_equals_argmax_with_ties_and_nan():
     scores = torch.randint(0, 3, (6, 7, 9)).float()  # many ties: the first channel must win
@@ -86,9 +111,10 @@ def test_resize_into_a_buffer_equals_resize():
 
 # ---- attention, one head at a time -----------------------------------------------------------
 
+
 def test_per_head_maps_equal_one_batched_call():
     q, k, v = (torch.randn(2 * 3, 50, 16) for _ in range(3))  # 2 images x 3 heads
-    scale = 16 ** -0.5
+    scale = 16**-0.5
     weights = sum(torch.softmax(torch.bmm(t * scale, t.transpose(1, 2)), dim=-1) for t in (q, k, v))
     assert torch.equal(correlative_attention(q, k, v), torch.bmm(weights, v))
     units = [F.normalize(t, dim=-1) for t in (q, k, v)]
@@ -111,9 +137,11 @@ def test_batch_of_images_equals_images_one_by_one(tiny_clip):
     with torch.no_grad():
         batch = dense_features(visual, images)
         for index in range(3):
-            single = dense_features(visual, images[index:index + 1])
+            single = dense_features(visual, images[index : index + 1])
             torch.testing.assert_close(batch.tokens[index], single.tokens[0], rtol=1e-5, atol=1e-6)
-            torch.testing.assert_close(batch.correlation[index], single.correlation[0], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(
+                batch.correlation[index], single.correlation[0], rtol=1e-5, atol=1e-6
+            )
 
 
 def test_positional_table_is_cached_until_the_weights_change(tiny_clip):
@@ -127,12 +155,17 @@ def test_positional_table_is_cached_until_the_weights_change(tiny_clip):
         visual.positional_embedding.add_(1.0)  # what load_state_dict's copy_ does to the version
         try:
             changed = resized_positional_embedding(visual, grid)
-            assert torch.equal(changed, resize_positional_embedding(visual.positional_embedding, grid))
+            assert torch.equal(
+                changed, resize_positional_embedding(visual.positional_embedding, grid)
+            )
             assert not torch.equal(changed, first)
         finally:
             visual.positional_embedding.copy_(saved)
     # With gradients on, nothing is cached: the table must stay in the autograd graph.
-    assert resized_positional_embedding(visual, grid).requires_grad == visual.positional_embedding.requires_grad
+    assert (
+        resized_positional_embedding(visual, grid).requires_grad
+        == visual.positional_embedding.requires_grad
+    )
 
 
 def test_positional_cache_sees_changes_through_data_and_works_in_inference_mode(tiny_clip):
@@ -144,15 +177,21 @@ def test_positional_cache_sees_changes_through_data_and_works_in_inference_mode(
             first = resized_positional_embedding(visual, grid)
             visual.positional_embedding.data.mul_(2.0)  # bypasses the version counter
             changed = resized_positional_embedding(visual, grid)
-            assert torch.equal(changed, resize_positional_embedding(visual.positional_embedding, grid))
+            assert torch.equal(
+                changed, resize_positional_embedding(visual.positional_embedding, grid)
+            )
             assert not torch.equal(changed, first)
         with torch.inference_mode():
             visual.__dict__.pop("_cliptrase_positional_cache", None)
-            table = torch.nn.Parameter(visual.positional_embedding.detach().clone())  # an inference tensor
+            table = torch.nn.Parameter(
+                visual.positional_embedding.detach().clone()
+            )  # an inference tensor
             original, visual.positional_embedding = visual.positional_embedding, table
             try:
                 assert torch.equal(resized_positional_embedding(visual, grid), changed)
-                assert resized_positional_embedding(visual, grid) is resized_positional_embedding(visual, grid)
+                assert resized_positional_embedding(visual, grid) is resized_positional_embedding(
+                    visual, grid
+                )
             finally:
                 visual.positional_embedding = original
     finally:
@@ -162,6 +201,7 @@ def test_positional_cache_sees_changes_through_data_and_works_in_inference_mode(
 
 
 # ---- the pipeline's outputs ------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("background", [0, 2])
 def test_one_hot_scores_under_vote_are_the_labels(tiny_clip, background):
@@ -191,21 +231,29 @@ def test_channels_last_window_sums_equal_planar_sums():
     total, counts = torch.zeros(5, 40, 56), torch.zeros(1, 40, 56)  # the plain planar sums
     for top in (0, 8, 16, 24):
         for left in (0, 8, 16, 24, 32, 40):
-            total[:, top:top + 16, left:left + 16] += predict_windows(image[None, :, top:top + 16, left:left + 16])[0]
-            counts[:, top:top + 16, left:left + 16] += 1
+            total[:, top : top + 16, left : left + 16] += predict_windows(
+                image[None, :, top : top + 16, left : left + 16]
+            )[0]
+            counts[:, top : top + 16, left : left + 16] += 1
     assert torch.equal(scores, total / counts)
 
 
 @pytest.mark.parametrize("channels_last", [True, False])
-@pytest.mark.parametrize("num_maps, grid, size", [(23, (9, 13), (37, 50)), (59, (21, 28), (512, 683)),
-                                                   (171, (24, 32), (300, 400))])
-def test_resized_argmax_in_channel_groups_equals_the_full_resize(channels_last, num_maps, grid, size):
+@pytest.mark.parametrize(
+    "num_maps, grid, size",
+    [(23, (9, 13), (37, 50)), (59, (21, 28), (512, 683)), (171, (24, 32), (300, 400))],
+)
+def test_resized_argmax_in_channel_groups_equals_the_full_resize(
+    channels_last, num_maps, grid, size
+):
     """Labels from groups of resized channels equal the argmax of the whole resize, bit for bit:
     ties to the first channel, the first NaN wins, both layouts, remainders of 7 and 3 channels."""
     from cliptrase_d2.method.refinement import resize_maps, resized_argmax
 
     generator = torch.Generator().manual_seed(num_maps)
-    maps = torch.randn(num_maps, *grid, generator=generator).round(decimals=1)  # rounding makes ties
+    maps = torch.randn(num_maps, *grid, generator=generator).round(
+        decimals=1
+    )  # rounding makes ties
     maps[5, 2, 3] = float("nan")
     maps[17, 2, 3] = float("nan")
     maps[11, 4, :] = float("nan")
@@ -214,11 +262,20 @@ def test_resized_argmax_in_channel_groups_equals_the_full_resize(channels_last, 
     resized = resize_maps(maps, size)
     expected = resized.argmax(dim=0)
     plane = size[0] * size[1] * 4
-    for max_bytes in (1, plane * 16, plane * 20, 1 << 34):  # groups of 8, 16, 16, everything at once
+    for max_bytes in (
+        1,
+        plane * 16,
+        plane * 20,
+        1 << 34,
+    ):  # groups of 8, 16, 16, everything at once
         labels = resized_argmax(maps, size, max_bytes)
         torch.testing.assert_close(labels, expected, rtol=0, atol=0)
     assert (expected == 5).any() and (expected == 11).any()
     # The groups' own numbers are the whole resize's (what makes the labels equal, ties included).
     group = maps[16:num_maps]
-    group = group.permute(1, 2, 0).contiguous().permute(2, 0, 1) if channels_last else group.contiguous()
+    group = (
+        group.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+        if channels_last
+        else group.contiguous()
+    )
     assert torch.allclose(resize_maps(group, size), resized[16:], rtol=0, atol=0, equal_nan=True)

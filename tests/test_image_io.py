@@ -1,4 +1,5 @@
 """Images of every kind become 8-bit RGB; unreadable files give errors that name them."""
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -53,7 +54,9 @@ def test_evaluation_reads_pixels_as_stored_and_the_api_upright(tmp_path):
     exif[0x0112] = 6  # display rotated 90 degrees clockwise
     path = tmp_path / "tagged.png"
     Image.fromarray(stored).save(path, exif=exif.tobytes())
-    record = SemSegTestMapper(image_format="RGB")({"file_name": str(path), "sem_seg_file_name": "gt.png"})
+    record = SemSegTestMapper(image_format="RGB")(
+        {"file_name": str(path), "sem_seg_file_name": "gt.png"}
+    )
     assert (record["height"], record["width"]) == (40, 60)
     np.testing.assert_array_equal(record["image"].permute(1, 2, 0).numpy(), stored)
     assert read_rgb(str(path)).shape == (60, 40, 3)

@@ -1,6 +1,7 @@
 """cliptrase_d2.engine.launch and cliptrase_d2.compat on the installed detectron2 (0.6 or main):
 CPU processes through detectron2's launch where it supports them, through ours on 0.6; the
 compatibility shims applied only where detectron2 needs them."""
+
 import importlib
 import json
 import os
@@ -49,8 +50,15 @@ def test_two_cpu_processes_form_a_gloo_group(tmp_path):
     records = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1)]
     threads = max(1, (os.cpu_count() or 1) // 2)
     for rank, record in enumerate(records):
-        assert record == {"rank": rank, "world_size": 2, "local_rank": rank, "local_size": 2,
-                          "backend": "gloo", "threads": threads, "gathered": [0, 10]}
+        assert record == {
+            "rank": rank,
+            "world_size": 2,
+            "local_rank": rank,
+            "local_size": 2,
+            "backend": "gloo",
+            "threads": threads,
+            "gathered": [0, 10],
+        }
 
 
 def test_a_failing_cpu_process_raises_its_error(tmp_path):
@@ -67,7 +75,7 @@ def test_cpu_processes_go_through_detectron2_launch_where_it_supports_them(monke
     monkeypatch.setattr(launch_module.mp, "spawn", lambda *a, **k: calls.append("ours"))
     launch(print, 2, dist_url="auto")
     if LIBRARY_LAUNCHES_ON_CPU:
-        (args, kwargs), = calls
+        ((args, kwargs),) = calls
         assert args[1] == 2 and kwargs["dist_url"] == "auto"
     else:
         assert calls == ["ours"]
@@ -89,8 +97,8 @@ def test_auto_url_needs_one_machine():
 
 # ---------------------------------------------------------------- compat shims
 
-MAIN_TRANSFORM = 'def __init__(self, src_rect, output_size, interp=Image.BILINEAR, fill=0):\n'
-RELEASE_TRANSFORM = 'def __init__(self, src_rect, output_size, interp=Image.LINEAR, fill=0):\n'
+MAIN_TRANSFORM = "def __init__(self, src_rect, output_size, interp=Image.BILINEAR, fill=0):\n"
+RELEASE_TRANSFORM = "def __init__(self, src_rect, output_size, interp=Image.LINEAR, fill=0):\n"
 
 
 def test_removed_names_are_told_by_detectron2s_transform_module():
@@ -104,8 +112,9 @@ def test_shims_match_the_installed_detectron2():
     source = compat._detectron2_source(os.path.join("data", "transforms", "transform.py"))
     assert source is not None and "class ResizeTransform" in source
     needed = compat.uses_removed_names(source)
-    assert needed == ("np.int)" in compat._detectron2_source(
-        os.path.join("evaluation", "sem_seg_evaluation.py")))
+    assert needed == (
+        "np.int)" in compat._detectron2_source(os.path.join("evaluation", "sem_seg_evaluation.py"))
+    )
     assert hasattr(Image, "LINEAR") == needed  # Pillow >= 10 (pinned) has no LINEAR of its own
     for alias, builtin in compat.NUMPY_ALIASES:
         if needed:  # NumPy 2 has its own np.bool (np.bool_), which 0.6's .astype(np.bool) accepts

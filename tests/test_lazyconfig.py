@@ -101,4 +101,7 @@ def test_lazy_config_errors(tmp_path):
     )
     # the tokenizer and the text cache follow the CLIP model (interpolation), as in the YAML configs
     assert cfg.model.tokenizer.model == cfg.model.text_cache.model == "tiny.json"
-    assert json.loads(json.dumps(dict(cfg.dataloader.evaluator.run_info)))["vocabulary"] == "the dataset's"
+    assert (
+        json.loads(json.dumps(dict(cfg.dataloader.evaluator.run_info)))["vocabulary"]
+        == "the dataset's"
+    )

@@ -1,4 +1,5 @@
 """The CLIPtrase meta-architecture through Detectron2's config and build_model."""
+
 import logging
 
 import numpy as np
@@ -19,7 +20,9 @@ STANDARD = f"{REPO}/configs/standard/Base-standard.yaml"
 @pytest.fixture(scope="module")
 def photo():
     require_fixtures()
-    return torch.from_numpy(read_rgb(f"{FIXTURES}/images/coffee.png").transpose(2, 0, 1).copy())  # (3, 400, 600)
+    return torch.from_numpy(
+        read_rgb(f"{FIXTURES}/images/coffee.png").transpose(2, 0, 1).copy()
+    )  # (3, 400, 600)
 
 
 def _model(tiny_opts, config=PAPER_224, **overrides):
@@ -44,8 +47,9 @@ def test_paper_protocol_predicts_the_center_crop(tiny_opts, photo):
     crop = np.asarray(resized)[:, 56:280]
     np.testing.assert_array_equal(model.evaluated_frame(photo), crop)
     with torch.no_grad():
-        expected = model._predict(to_clip_tensor(Image.fromarray(crop))[None], model.vocabulary,
-                                  soft_scores=False).scores[0]
+        expected = model._predict(
+            to_clip_tensor(Image.fromarray(crop))[None], model.vocabulary, soft_scores=False
+        ).scores[0]
     assert torch.equal(output, expected)
 
 
@@ -57,22 +61,38 @@ def test_paper_size_336(tiny_opts, photo):
 def test_standard_protocol_is_the_average_of_its_windows(tiny_opts, photo):
     """A 224 x 336 image at shorter side 224: two 224 windows (columns 0 and 112), each predicted
     from CLIP-normalized pixels, their scores averaged where they overlap."""
-    model = _model(tiny_opts, STANDARD, STANDARD_SHORT_SIDE=224, WINDOW_SIZE=224, WINDOW_STRIDE=112, REFINE="none")
-    image = torch.from_numpy(np.asarray(Image.fromarray(photo.permute(1, 2, 0).numpy()).resize((336, 224))).copy())
+    model = _model(
+        tiny_opts,
+        STANDARD,
+        STANDARD_SHORT_SIDE=224,
+        WINDOW_SIZE=224,
+        WINDOW_STRIDE=112,
+        REFINE="none",
+    )
+    image = torch.from_numpy(
+        np.asarray(Image.fromarray(photo.permute(1, 2, 0).numpy()).resize((336, 224))).copy()
+    )
     image = image.permute(2, 0, 1).contiguous()
     output = model([{"image": image}])[0]["sem_seg"]
-    pixels = (image.float() / 255 - torch.tensor(CLIP_MEAN).view(3, 1, 1)) / torch.tensor(CLIP_STD).view(3, 1, 1)
+    pixels = (image.float() / 255 - torch.tensor(CLIP_MEAN).view(3, 1, 1)) / torch.tensor(
+        CLIP_STD
+    ).view(3, 1, 1)
     with torch.no_grad():
-        windows = model._predict(torch.stack([pixels[:, :, :224], pixels[:, :, 112:]]), model.vocabulary,
-                                 soft_scores=False).scores
+        windows = model._predict(
+            torch.stack([pixels[:, :, :224], pixels[:, :, 112:]]),
+            model.vocabulary,
+            soft_scores=False,
+        ).scores
     total = torch.zeros(4, 224, 336)
     count = torch.zeros(1, 224, 336)
     for window, left in zip(windows, (0, 112)):
-        total[:, :, left:left + 224] += window
-        count[:, :, left:left + 224] += 1
+        total[:, :, left : left + 224] += window
+        count[:, :, left : left + 224] += 1
     assert count.min() == 1 and count.max() == 2
     torch.testing.assert_close(output, total / count, rtol=1e-5, atol=1e-5)
-    assert (output.amax(dim=(1, 2)) - output.amin(dim=(1, 2))).min() > 1.0  # not between constant maps
+    assert (
+        output.amax(dim=(1, 2)) - output.amin(dim=(1, 2))
+    ).min() > 1.0  # not between constant maps
 
 
 def test_standard_protocol_predicts_at_the_requested_size(tiny_opts, photo):
@@ -86,26 +106,37 @@ def test_window_settings_change_the_windows(tiny_opts, photo):
     model = _model(tiny_opts, STANDARD, STANDARD_SHORT_SIDE=224, WINDOW_BATCH=1)
     seen = []
     original = model._predict
-    model._predict = lambda images, *args, **kwargs: seen.append(images.shape) or original(images, *args, **kwargs)
+    model._predict = lambda images, *args, **kwargs: (
+        seen.append(images.shape) or original(images, *args, **kwargs)
+    )
     model([{"image": photo}])
-    assert [s[0] for s in seen] == [1, 1] and all(s[-2:] == (224, 224) for s in seen)  # 224 x 336 -> 2 windows
+    assert [s[0] for s in seen] == [1, 1] and all(
+        s[-2:] == (224, 224) for s in seen
+    )  # 224 x 336 -> 2 windows
     seen.clear()
     model.window_size, model.window_stride, model.window_batch = 160, 160, 8
     model([{"image": photo}])
-    assert [s[0] for s in seen] == [6] and seen[0][-2:] == (160, 160)  # 2 x 3 windows of 160 (last shifted)
+    assert [s[0] for s in seen] == [6] and seen[0][-2:] == (
+        160,
+        160,
+    )  # 2 x 3 windows of 160 (last shifted)
 
 
 def test_bgr_input_format_is_flipped(tiny_opts, photo):
     rgb = _model(tiny_opts)
     bgr = _model(tiny_opts + ["INPUT.FORMAT", "BGR"])
-    torch.testing.assert_close(rgb([{"image": photo}])[0]["sem_seg"], bgr([{"image": photo.flip(0)}])[0]["sem_seg"])
+    torch.testing.assert_close(
+        rgb([{"image": photo}])[0]["sem_seg"], bgr([{"image": photo.flip(0)}])[0]["sem_seg"]
+    )
 
 
 def test_refinements_differ_and_mean_is_soft(tiny_opts):
     require_fixtures()
     image = torch.from_numpy(read_rgb(f"{FIXTURES}/images/astronaut.png").transpose(2, 0, 1).copy())
-    outputs = {r: _model(tiny_opts, REFINE=r, VOCABULARY="pc59")([{"image": image}])[0]["sem_seg"]
-               for r in ("vote", "mean", "none")}
+    outputs = {
+        r: _model(tiny_opts, REFINE=r, VOCABULARY="pc59")([{"image": image}])[0]["sem_seg"]
+        for r in ("vote", "mean", "none")
+    }
     labels = {r: o.argmax(0) for r, o in outputs.items()}
     assert not torch.equal(labels["vote"], labels["none"])
     assert not torch.equal(outputs["mean"], outputs["none"])
@@ -118,10 +149,22 @@ def test_dbscan_and_region_settings_reach_the_clustering(tiny_opts, monkeypatch)
 
     calls = []
     real_cluster, real_region = pipeline.cluster_patches, pipeline.region_map
-    monkeypatch.setattr(pipeline, "cluster_patches", lambda a, eps, m: calls.append(("dbscan", eps, m)) or real_cluster(a, eps, m))
-    monkeypatch.setattr(pipeline, "region_map", lambda a, ids, g, s, med, up: calls.append(("region", med, up)) or real_region(a, ids, g, s, med, up))
+    monkeypatch.setattr(
+        pipeline,
+        "cluster_patches",
+        lambda a, eps, m: calls.append(("dbscan", eps, m)) or real_cluster(a, eps, m),
+    )
+    monkeypatch.setattr(
+        pipeline,
+        "region_map",
+        lambda a, ids, g, s, med, up: (
+            calls.append(("region", med, up)) or real_region(a, ids, g, s, med, up)
+        ),
+    )
     image = torch.from_numpy(read_rgb(f"{FIXTURES}/images/astronaut.png").transpose(2, 0, 1).copy())
-    _model(tiny_opts, DBSCAN_EPS=0.4, DBSCAN_MIN_SAMPLES=5, MEDIAN_SIZE=5, REGION_UPSAMPLE=2)([{"image": image}])
+    _model(tiny_opts, DBSCAN_EPS=0.4, DBSCAN_MIN_SAMPLES=5, MEDIAN_SIZE=5, REGION_UPSAMPLE=2)(
+        [{"image": image}]
+    )
     assert calls == [("dbscan", 0.4, 5), ("region", 5, 2)]
 
 
@@ -146,8 +189,18 @@ def test_logit_scale_image_weighting_and_templates(tiny_opts):
 
 def test_background_words_config(tiny_opts):
     require_fixtures()
-    model = build_model(load_config(PAPER_224, list(tiny_opts) + [
-        "MODEL.CLIPTRASE.VOCABULARY", "cat, grass", "MODEL.CLIPTRASE.BACKGROUND_WORDS", "['sky', 'wall']"]))
+    model = build_model(
+        load_config(
+            PAPER_224,
+            list(tiny_opts)
+            + [
+                "MODEL.CLIPTRASE.VOCABULARY",
+                "cat, grass",
+                "MODEL.CLIPTRASE.BACKGROUND_WORDS",
+                "['sky', 'wall']",
+            ],
+        )
+    )
     assert model.vocabulary.class_names == ["cat", "grass", "background"]
     assert model.text_embeddings(model.vocabulary).shape[0] == 4
 
@@ -185,22 +238,27 @@ def test_device_falls_back_to_cpu_with_one_log_line(tiny_opts, project_log):
 
 
 def test_unknown_config_key_names_it_and_suggests(tiny_opts):
-    with pytest.raises(KeyError, match="MODEL.CLIPTRASE.DBSCAN_EPSILON.*MODEL.CLIPTRASE.DBSCAN_EPS"):
+    with pytest.raises(
+        KeyError, match="MODEL.CLIPTRASE.DBSCAN_EPSILON.*MODEL.CLIPTRASE.DBSCAN_EPS"
+    ):
         load_config(PAPER_224, ["MODEL.CLIPTRASE.DBSCAN_EPSILON", "0.5"])
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("REFINE", "median", "unknown refinement"),
-    ("PROTOCOL", "fancy", "unknown protocol"),
-    ("HEAD", "segformer", "unknown head 'segformer'.*cliptrase"),
-    ("DBSCAN_EPS", "-1.0", "eps > 0"),
-    ("PAPER_SIZE", "8", "PAPER_SIZE must be at least 16 \\(one CLIP patch\\), got 8"),
-    ("STANDARD_SHORT_SIDE", "0", "STANDARD_SHORT_SIDE must be at least 16"),
-    ("WINDOW_BATCH", "0", "WINDOW_BATCH must be at least 1, got 0"),
-    ("WINDOW_STRIDE", "-112", "WINDOW_STRIDE must be at least 1"),
-    ("REGION_UPSAMPLE", "0", "REGION_UPSAMPLE"),
-    ("MEDIAN_SIZE", "0", "MEDIAN_SIZE"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("REFINE", "median", "unknown refinement"),
+        ("PROTOCOL", "fancy", "unknown protocol"),
+        ("HEAD", "segformer", "unknown head 'segformer'.*cliptrase"),
+        ("DBSCAN_EPS", "-1.0", "eps > 0"),
+        ("PAPER_SIZE", "8", "PAPER_SIZE must be at least 16 \\(one CLIP patch\\), got 8"),
+        ("STANDARD_SHORT_SIDE", "0", "STANDARD_SHORT_SIDE must be at least 16"),
+        ("WINDOW_BATCH", "0", "WINDOW_BATCH must be at least 1, got 0"),
+        ("WINDOW_STRIDE", "-112", "WINDOW_STRIDE must be at least 1"),
+        ("REGION_UPSAMPLE", "0", "REGION_UPSAMPLE"),
+        ("MEDIAN_SIZE", "0", "MEDIAN_SIZE"),
+    ],
+)
 def test_bad_settings_are_named(tiny_opts, key, value, message):
     with pytest.raises(ValueError, match=message):
         _model(tiny_opts, **{key: value})
@@ -220,8 +278,12 @@ def test_a_batch_may_mix_vocabularies(tiny_opts, photo, config):
     """Each image of a batch gets its own vocabulary's classes, exactly as when it runs alone."""
     model = _model(tiny_opts, config, STANDARD_SHORT_SIDE=224)
     other = torch.from_numpy(read_rgb(f"{FIXTURES}/images/chelsea.png").transpose(2, 0, 1).copy())
-    records = [{"image": photo}, {"image": other, "vocabulary": "cat, grass, wall"},
-               {"image": other}, {"image": photo, "vocabulary": "voc20"}]
+    records = [
+        {"image": photo},
+        {"image": other, "vocabulary": "cat, grass, wall"},
+        {"image": other},
+        {"image": photo, "vocabulary": "voc20"},
+    ]
     outputs = model(records)
     assert [o["sem_seg"].shape[0] for o in outputs] == [4, 3, 4, 20]
     for record, output in zip(records, outputs):
@@ -233,16 +295,25 @@ def test_records_of_a_dataset_use_its_vocabulary(tiny_opts, photo):
     """Without MODEL.CLIPTRASE.VOCABULARY a record's ``dataset_name`` picks the vocabulary from the
     dataset's metadata; with it, a dataset whose class count differs is a named error."""
     require_fixtures()
-    model = build_model(load_config(PAPER_224, list(tiny_opts) + ["MODEL.CLIPTRASE.REFINE", "none"])).eval()
+    model = build_model(
+        load_config(PAPER_224, list(tiny_opts) + ["MODEL.CLIPTRASE.REFINE", "none"])
+    ).eval()
     assert model.vocabulary is None
-    out = model([{"image": photo, "dataset_name": "cliptrase_fixtures_pc59"},
-                 {"image": photo, "dataset_name": "cliptrase_fixtures_voc21"}])
+    out = model(
+        [
+            {"image": photo, "dataset_name": "cliptrase_fixtures_pc59"},
+            {"image": photo, "dataset_name": "cliptrase_fixtures_voc21"},
+        ]
+    )
     assert [o["sem_seg"].shape[0] for o in out] == [59, 21]
     with pytest.raises(ValueError, match="no vocabulary for this input"):
         model([{"image": photo}])
     with pytest.raises(KeyError, match="'no_such_dataset' is not registered"):
         model([{"image": photo, "dataset_name": "no_such_dataset"}])
-    with pytest.raises(ValueError, match="VOCABULARY has 4 output classes but dataset 'cliptrase_fixtures_pc59' has 59"):
+    with pytest.raises(
+        ValueError,
+        match="VOCABULARY has 4 output classes but dataset 'cliptrase_fixtures_pc59' has 59",
+    ):
         _model(tiny_opts)([{"image": photo, "dataset_name": "cliptrase_fixtures_pc59"}])
 
 
@@ -255,8 +326,11 @@ def test_text_embeddings_are_kept_per_vocabulary(tiny_opts, monkeypatch):
     model = _model(tiny_opts, REFINE="none", TEXT_CACHE_DIR="none")
     encoded = []
     encode = meta_arch.text_embeddings
-    monkeypatch.setattr(meta_arch, "text_embeddings", lambda m, t, names, templates: encoded.append(names)
-                        or encode(m, t, names, templates))
+    monkeypatch.setattr(
+        meta_arch,
+        "text_embeddings",
+        lambda m, t, names, templates: encoded.append(names) or encode(m, t, names, templates),
+    )
     voc20 = resolve_vocabulary("voc20")
     embeddings = model.text_embeddings(voc20)
     assert model.text_embeddings(resolve_vocabulary("VOC20")) is embeddings and len(encoded) == 1
@@ -265,15 +339,24 @@ def test_text_embeddings_are_kept_per_vocabulary(tiny_opts, monkeypatch):
     for index in range(model.cached_vocabularies):
         model.text_embeddings(resolve_vocabulary(f"cat, dog{index}"))
     assert len(model._text_embeddings) == model.cached_vocabularies
-    assert model.text_embeddings(voc20) is not embeddings and len(encoded) == 3 + model.cached_vocabularies
+    assert (
+        model.text_embeddings(voc20) is not embeddings
+        and len(encoded) == 3 + model.cached_vocabularies
+    )
 
 
 def test_dbscan_defaults_scale_with_the_patch_grid(tiny_opts):
     from cliptrase_d2.modeling.meta_arch import dbscan_for_grid
 
-    assert dbscan_for_grid(14) == (0.7, 3) and dbscan_for_grid(21) == (1.1, 7)  # the paper's two settings
+    assert dbscan_for_grid(14) == (0.7, 3) and dbscan_for_grid(21) == (
+        1.1,
+        7,
+    )  # the paper's two settings
     assert dbscan_for_grid(16) == (pytest.approx(0.8143, abs=1e-4), 4)  # ViT-L/14 at 224
-    assert dbscan_for_grid(7) == (pytest.approx(0.3), 2)  # ViT-B/32 at 224: min_samples floored at 2
+    assert dbscan_for_grid(7) == (
+        pytest.approx(0.3),
+        2,
+    )  # ViT-B/32 at 224: min_samples floored at 2
     standard = _model(tiny_opts, STANDARD)  # automatic: 224 windows of 16-pixel patches
     assert (standard.refinement.dbscan_eps, standard.refinement.dbscan_min_samples) == (0.7, 3)
     paper = _model(tiny_opts, PAPER_SIZE=336, DBSCAN_EPS=0.0, DBSCAN_MIN_SAMPLES=0)
@@ -296,9 +379,16 @@ def test_other_patch_sizes_work(tmp_path, tiny_tokenizer):
     open_clip.add_model_config(str(path))
     clip = open_clip.create_model("tiny_patch14").eval()
     for protocol in ("paper", "standard"):
-        model = CLIPtrase(clip_model=clip, tokenizer=tiny_tokenizer, vocabulary="cat, dog, grass",
-                          templates=template_set("vild14"), protocol=protocol, standard_short_side=230,
-                          window_size=224, window_stride=112).eval()
+        model = CLIPtrase(
+            clip_model=clip,
+            tokenizer=tiny_tokenizer,
+            vocabulary="cat, dog, grass",
+            templates=template_set("vild14"),
+            protocol=protocol,
+            standard_short_side=230,
+            window_size=224,
+            window_stride=112,
+        ).eval()
         image = torch.randint(0, 255, (3, 230, 300), dtype=torch.uint8)
         output = model([{"image": image}])[0]["sem_seg"]
         assert output.shape == ((3, 224, 224) if protocol == "paper" else (3, 230, 300))
@@ -323,7 +413,9 @@ def test_out_of_memory_splits_the_batch_and_names_the_fix(caplog):
     with caplog.at_level(logging.WARNING, logger="cliptrase_d2"):
         result = predict_within_memory(predict_batch, images)
     assert calls == [5, 3, 2, 1, 2]
-    assert torch.equal(result.labels, images[:, 0].long()) and torch.equal(result.scores, images * 2)
+    assert torch.equal(result.labels, images[:, 0].long()) and torch.equal(
+        result.scores, images * 2
+    )
     assert "batch of 5 images: running it as 3 + 2" in caplog.text
 
     def never_fits(images):

@@ -4,6 +4,7 @@ Given each case's `input` and `text`: patch logits within 1e-4 relative, the sup
 self-correlation, DBSCAN labels identical, final labels equal on >= 99.99 % of pixels
 (bit-identical is what we get), and our text embeddings equal the reference `text`.
 """
+
 import os
 
 import numpy as np
@@ -40,9 +41,15 @@ def run_outputs(tiny_clip, manifest):
             scale = resolve_logit_scale(head, tiny_clip)
             with torch.no_grad():
                 features = cliptrase_features(tiny_clip.visual, images)
-                settings = RefinementSettings("vote", run["eps"], run["min_samples"],
-                                              image_logit_weighting=run["dataset"] == "VOC20")
-                scores = predict_scores(tiny_clip.visual, head, text, len(vocabulary.classes), images, settings, scale)
+                settings = RefinementSettings(
+                    "vote",
+                    run["eps"],
+                    run["min_samples"],
+                    image_logit_weighting=run["dataset"] == "VOC20",
+                )
+                scores = predict_scores(
+                    tiny_clip.visual, head, text, len(vocabulary.classes), images, settings, scale
+                )
             cache[key] = (cases, features, scores, scale, text)
         return cache[key]
 
@@ -59,7 +66,9 @@ def test_stage_by_stage(run, run_outputs):
         relative = ((logits[i] - reference).abs().max() / reference.abs().max()).item()
         assert relative <= 1e-4, f"patch logits of case {i} differ by {relative:.2e} relative"
         cls_logits = scale * features.cls_tokens[i] @ text.t()
-        torch.testing.assert_close(cls_logits, torch.from_numpy(case["cls_logits"]), rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(
+            cls_logits, torch.from_numpy(case["cls_logits"]), rtol=1e-5, atol=1e-4
+        )
         affinity = suppress_global_patch(features.correlation[i])
         torch.testing.assert_close(affinity, torch.from_numpy(case["affinity"]), rtol=0, atol=1e-5)
         labels = cluster_patches(affinity, run["eps"], run["min_samples"])
@@ -74,7 +83,9 @@ def test_cluster_counts_match_manifest(run, run_outputs):
     require_fixtures()
     cases, features, _, _, _ = run_outputs(run)
     for case_info, i in zip(run["cases"], range(len(cases))):
-        labels = cluster_patches(suppress_global_patch(features.correlation[i]), run["eps"], run["min_samples"])
+        labels = cluster_patches(
+            suppress_global_patch(features.correlation[i]), run["eps"], run["min_samples"]
+        )
         assert labels.max() + 1 == case_info["clusters"]
         assert (labels == -1).sum() == case_info["noise"]
 
@@ -84,7 +95,9 @@ def test_text_embeddings_match_reference(key, tiny_clip, tiny_tokenizer, manifes
     run = next(r for r in manifest["runs"] if manifest["vocabulary_key"][r["dataset"]] == key)
     reference = np.load(os.path.join(FIXTURES, "cases", run["cases"][0]["file"]))["text"]
     vocabulary = resolve_vocabulary(key, paper_quirks=True)
-    ours = text_embeddings(tiny_clip, tiny_tokenizer, vocabulary.text_rows, template_set(manifest["templates"]))
+    ours = text_embeddings(
+        tiny_clip, tiny_tokenizer, vocabulary.text_rows, template_set(manifest["templates"])
+    )
     assert ours.shape == reference.shape
     np.testing.assert_allclose(ours.numpy(), reference, rtol=0, atol=1e-6)
 
@@ -96,5 +109,7 @@ def test_batch_equals_single_images(run_outputs, manifest, tiny_clip):
     head = get_head("cliptrase")
     settings = RefinementSettings("vote", run["eps"], run["min_samples"])
     for i, case in enumerate(cases):
-        single = predict_scores(tiny_clip.visual, head, text, 20, torch.from_numpy(case["input"])[None], settings, scale)
+        single = predict_scores(
+            tiny_clip.visual, head, text, 20, torch.from_numpy(case["input"])[None], settings, scale
+        )
         torch.testing.assert_close(single[0], batch_scores[i], rtol=0, atol=0)

@@ -6,6 +6,7 @@ within 1e-5, and ``predict_scores`` with refine='none' gives the reference label
 >= 99.99 % of the pixels, every differing pixel being a near-tie of the reference logits.
 The model is conftest's ``tiny_clip`` (``clip_loading.build_clip`` on the fixtures' tiny CLIP).
 """
+
 import json
 import os
 
@@ -39,7 +40,9 @@ def require_peers():
     require_fixtures()
     if os.path.isdir(PEERS):
         return
-    skip_outside_ci(f"peer reference outputs not found at {PEERS} (expected beside CLIPTRASE_FIXTURES={FIXTURES})")
+    skip_outside_ci(
+        f"peer reference outputs not found at {PEERS} (expected beside CLIPTRASE_FIXTURES={FIXTURES})"
+    )
 
 
 def reference_files(head_name):
@@ -55,7 +58,12 @@ def reference_files(head_name):
         for entry in entries:
             if entry["variant"] == variant:
                 case = entry.get("case", entry.get("source_case"))
-                files.append((os.path.join(PEERS, method, entry["path"]), os.path.join(FIXTURES, "cases", case)))
+                files.append(
+                    (
+                        os.path.join(PEERS, method, entry["path"]),
+                        os.path.join(FIXTURES, "cases", case),
+                    )
+                )
     return files
 
 
@@ -76,19 +84,42 @@ def head_outputs(tiny_clip):
         for peer_path, case_path in reference_files(head_name):
             case = np.load(case_path)
             size = case["input"].shape[-1]
-            by_size.setdefault(size, []).append((os.path.relpath(peer_path, PEERS), dict(np.load(peer_path)),
-                                                 case["input"], case["text"]))
+            by_size.setdefault(size, []).append(
+                (
+                    os.path.relpath(peer_path, PEERS),
+                    dict(np.load(peer_path)),
+                    case["input"],
+                    case["text"],
+                )
+            )
         groups = []
         for size, items in sorted(by_size.items()):
             images = torch.stack([torch.from_numpy(item[2]) for item in items])
             text = torch.from_numpy(items[0][3])
             with torch.no_grad():
                 features = head.features(tiny_clip.visual, images)
-                logits = dense_logits(features.patch_tokens, text, features.grid, scale)  # (B, K, h, w)
-                scores = predict_scores(tiny_clip.visual, head, text, text.shape[0], images,
-                                        RefinementSettings(refine="none"), logit_scale=scale)
-            groups.append(dict(size=size, names=[item[0] for item in items], references=[item[1] for item in items],
-                               features=features.patch_tokens, logits=logits, labels=scores.argmax(dim=1)))
+                logits = dense_logits(
+                    features.patch_tokens, text, features.grid, scale
+                )  # (B, K, h, w)
+                scores = predict_scores(
+                    tiny_clip.visual,
+                    head,
+                    text,
+                    text.shape[0],
+                    images,
+                    RefinementSettings(refine="none"),
+                    logit_scale=scale,
+                )
+            groups.append(
+                dict(
+                    size=size,
+                    names=[item[0] for item in items],
+                    references=[item[1] for item in items],
+                    features=features.patch_tokens,
+                    logits=logits,
+                    labels=scores.argmax(dim=1),
+                )
+            )
         cache[head_name] = groups
         return groups
 
@@ -101,8 +132,12 @@ def _parity_ids():
 
 def _reference_margin(reference_logits, size):
     """top1 - top2 of the reference patch logits upsampled to (size, size): (S, S)."""
-    upsampled = F.interpolate(torch.from_numpy(reference_logits)[None], size=(size, size), mode="bilinear",
-                              align_corners=False)[0]
+    upsampled = F.interpolate(
+        torch.from_numpy(reference_logits)[None],
+        size=(size, size),
+        mode="bilinear",
+        align_corners=False,
+    )[0]
     top2 = upsampled.topk(2, dim=0).values
     return (top2[0] - top2[1]).numpy()
 
@@ -115,20 +150,32 @@ def test_matches_authors_code(head_name, head_outputs):
     for group in groups:
         for i, (name, reference) in enumerate(zip(group["names"], group["references"])):
             reference_logits = torch.from_numpy(reference["patch_logits"])
-            logit_error = (group["logits"][i] - reference_logits).abs().max() / reference_logits.abs().max()
-            assert logit_error <= LOGIT_RTOL, f"{name}: patch logits differ by {logit_error:.2e} relative"
-            torch.testing.assert_close(group["features"][i], torch.from_numpy(reference["patch_features"]),
-                                       rtol=0, atol=FEATURE_ATOL, msg=lambda m: f"{name}: patch features: {m}")
+            logit_error = (
+                group["logits"][i] - reference_logits
+            ).abs().max() / reference_logits.abs().max()
+            assert logit_error <= LOGIT_RTOL, (
+                f"{name}: patch logits differ by {logit_error:.2e} relative"
+            )
+            torch.testing.assert_close(
+                group["features"][i],
+                torch.from_numpy(reference["patch_features"]),
+                rtol=0,
+                atol=FEATURE_ATOL,
+                msg=lambda m: f"{name}: patch features: {m}",
+            )
             labels = group["labels"][i].numpy()
             differ = labels != reference["pred"]
             agreement = 1 - differ.mean()
-            assert agreement >= MIN_PIXEL_AGREEMENT, f"{name}: labels agree on only {agreement:.6f} of the pixels"
+            assert agreement >= MIN_PIXEL_AGREEMENT, (
+                f"{name}: labels agree on only {agreement:.6f} of the pixels"
+            )
             if differ.any():  # each differing pixel must be a near-tie of the reference logits
                 margins = _reference_margin(reference["patch_logits"], group["size"])[differ]
                 tie_tolerance = 2 * LOGIT_RTOL * reference_logits.abs().max().item()
                 assert (margins <= tie_tolerance).all(), (
                     f"{name}: {differ.sum()} differing pixels, top1 - top2 margins up to {margins.max():.2e} "
-                    f"> {tie_tolerance:.1e}")
+                    f"> {tie_tolerance:.1e}"
+                )
 
 
 @pytest.mark.parametrize("head_name", _parity_ids())
@@ -173,16 +220,35 @@ def test_refinement_composes_with_a_peer_head(tiny_clip):
     require_fixtures()
     with open(MANIFEST) as f:
         runs = json.load(f)["runs"]
-    run, case_info = next((run, case) for run in runs if run["dataset"] == "PC59"
-                          for case in run["cases"] if case["clusters"] > 1)
+    run, case_info = next(
+        (run, case)
+        for run in runs
+        if run["dataset"] == "PC59"
+        for case in run["cases"]
+        if case["clusters"] > 1
+    )
     case = np.load(os.path.join(FIXTURES, "cases", case_info["file"]))
     images, text = torch.from_numpy(case["input"])[None], torch.from_numpy(case["text"])
     head = get_head("maskclip")
     scale = resolve_logit_scale(head, tiny_clip)
-    voted = predict_scores(tiny_clip.visual, head, text, text.shape[0], images,
-                           RefinementSettings("vote", run["eps"], run["min_samples"]), logit_scale=scale)
-    raw = predict_scores(tiny_clip.visual, head, text, text.shape[0], images,
-                         RefinementSettings(refine="none"), logit_scale=scale)
+    voted = predict_scores(
+        tiny_clip.visual,
+        head,
+        text,
+        text.shape[0],
+        images,
+        RefinementSettings("vote", run["eps"], run["min_samples"]),
+        logit_scale=scale,
+    )
+    raw = predict_scores(
+        tiny_clip.visual,
+        head,
+        text,
+        text.shape[0],
+        images,
+        RefinementSettings(refine="none"),
+        logit_scale=scale,
+    )
     assert voted.shape == raw.shape == (1, text.shape[0], *images.shape[-2:])
     assert ((voted == 0) | (voted == 1)).all() and (voted.sum(dim=1) == 1).all()
     voted_labels, raw_labels = voted[0].argmax(dim=0), raw[0].argmax(dim=0)

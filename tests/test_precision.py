@@ -1,5 +1,6 @@
 """PRECISION fp16 computes as OpenAI's CLIP does: fp16 weights and activations, every LayerNorm
 in fp32 and cast back; fp32 (the default) is left exactly as loaded."""
+
 import torch
 import torch.nn.functional as F
 
@@ -16,7 +17,9 @@ def test_fp16_layer_norms_compute_in_fp32_and_cast_back():
     x = (torch.randn(5, 3, 128) * 30).half()
     for norm in (model.visual.ln_pre, model.visual.transformer.resblocks[3].ln_2):
         assert norm.weight.dtype == torch.float16  # the parameters stay fp16 (their values are)
-        expected = F.layer_norm(x.float(), (128,), norm.weight.float(), norm.bias.float(), norm.eps).half()
+        expected = F.layer_norm(
+            x.float(), (128,), norm.weight.float(), norm.bias.float(), norm.eps
+        ).half()
         assert torch.equal(norm(x), expected) and norm(x).dtype == torch.float16
 
 
@@ -27,7 +30,11 @@ def test_every_fp16_layer_norm_receives_fp32(monkeypatch):
     model = build_clip(TINY_CONFIG, TINY_WEIGHTS, precision="fp16")
     seen = []
     layer_norm = F.layer_norm
-    monkeypatch.setattr(F, "layer_norm", lambda x, *a, **k: seen.append((x.dtype, a[1].dtype)) or layer_norm(x, *a, **k))
+    monkeypatch.setattr(
+        F,
+        "layer_norm",
+        lambda x, *a, **k: seen.append((x.dtype, a[1].dtype)) or layer_norm(x, *a, **k),
+    )
     with torch.no_grad():
         model.encode_image(torch.randn(1, 3, 224, 224).half())
     assert len(seen) == 2 * 12 + 2 and set(seen) == {(torch.float32, torch.float32)}
@@ -38,12 +45,18 @@ def test_fp32_is_untouched_and_fp16_features_stay_close():
     exact = build_clip(TINY_CONFIG, TINY_WEIGHTS)
     half = build_clip(TINY_CONFIG, TINY_WEIGHTS, precision="fp16")
     x = torch.randn(5, 3, 128)
-    assert torch.equal(exact.visual.ln_pre(x), F.layer_norm(x, (128,), exact.visual.ln_pre.weight,
-                                                            exact.visual.ln_pre.bias, exact.visual.ln_pre.eps))
+    assert torch.equal(
+        exact.visual.ln_pre(x),
+        F.layer_norm(
+            x, (128,), exact.visual.ln_pre.weight, exact.visual.ln_pre.bias, exact.visual.ln_pre.eps
+        ),
+    )
     images = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         reference = dense_features(exact.visual, images)
         features = dense_features(half.visual, images.half())
     assert features.tokens.dtype == torch.float16
     torch.testing.assert_close(features.tokens.float(), reference.tokens, rtol=0, atol=2e-2)
-    torch.testing.assert_close(features.correlation.float(), reference.correlation, rtol=0, atol=2e-2)
+    torch.testing.assert_close(
+        features.correlation.float(), reference.correlation, rtol=0, atol=2e-2
+    )

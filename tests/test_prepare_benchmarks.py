@@ -3,6 +3,7 @@ annotations and from the .mat files (label values at the edges, the count of dif
 missing files as warnings), COCO-Object derived from existing COCO-Stuff171 maps, the summary
 and its official validation counts, and the folders SAN, CAT-Seg and the CLIPtrase authors'
 code use, read by the registered datasets."""
+
 import json
 import logging
 
@@ -28,16 +29,31 @@ def detail_id(name):
 
 def segment(image_id, category_id, mask):
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"image_id": image_id, "category_id": category_id,
-            "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")}}
+    return {
+        "image_id": image_id,
+        "category_id": category_id,
+        "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
+    }
 
 
 def make_pascal_context(voc, with_mat=True, with_json=True, missing_mat=()):
     """Two 4 x 6 val images. .mat LabelMap per row: aeroplane, table, accordion (not in PC59),
     wool (PC459's last class), unlabelled, wood (PC59's last class). The Detail annotations agree,
     except that 'wood' covers only rows 0-1 and a later 'person' segment overwrites (3, 1)."""
-    label_map = np.array([[detail_id("aeroplane"), detail_id("table"), detail_id("accordion"), 459, 0,
-                           detail_id("wood")]] * 4, dtype=np.uint16)
+    label_map = np.array(
+        [
+            [
+                detail_id("aeroplane"),
+                detail_id("table"),
+                detail_id("accordion"),
+                459,
+                0,
+                detail_id("wood"),
+            ]
+        ]
+        * 4,
+        dtype=np.uint16,
+    )
     (voc / "ImageSets/Main").mkdir(parents=True)
     (voc / "ImageSets/Main/val.txt").write_text("".join(f"{i}\n" for i in IDS))
     (voc / "trainval").mkdir(parents=True)
@@ -46,8 +62,15 @@ def make_pascal_context(voc, with_mat=True, with_json=True, missing_mat=()):
         write_image(voc / f"JPEGImages/{image_id}.jpg", 4, 6)
         if with_mat and image_id not in missing_mat:
             scipy.io.savemat(str(voc / f"trainval/{image_id}.mat"), {"LabelMap": label_map})
-        images.append({"file_name": f"{image_id}.jpg", "image_id": number, "height": 4, "width": 6,
-                       "phase": "val"})
+        images.append(
+            {
+                "file_name": f"{image_id}.jpg",
+                "image_id": number,
+                "height": 4,
+                "width": 6,
+                "phase": "val",
+            }
+        )
         column = np.zeros((4, 6), dtype=bool)
         for col, name in enumerate(("aeroplane", "table", "accordion")):
             mask = column.copy()
@@ -57,10 +80,17 @@ def make_pascal_context(voc, with_mat=True, with_json=True, missing_mat=()):
         wood[:2, 5] = True
         person = column.copy()
         person[3, 1] = True
-        segments += [segment(number, detail_id("wood"), wood), segment(number, detail_id("person"), person)]
-    images.append({"file_name": "2008_000004.jpg", "image_id": 9, "height": 4, "width": 6, "phase": "train"})
+        segments += [
+            segment(number, detail_id("wood"), wood),
+            segment(number, detail_id("person"), person),
+        ]
+    images.append(
+        {"file_name": "2008_000004.jpg", "image_id": 9, "height": 4, "width": 6, "phase": "train"}
+    )
     if with_json:
-        (voc / "trainval_merged.json").write_text(json.dumps({"images": images, "annos_segmentation": segments}))
+        (voc / "trainval_merged.json").write_text(
+            json.dumps({"images": images, "annos_segmentation": segments})
+        )
 
 
 def test_pascal_context_from_the_detail_annotations_by_default(root, caplog):
@@ -71,16 +101,27 @@ def test_pascal_context_from_the_detail_annotations_by_default(root, caplog):
         assert main(["--root", str(root)]) == 2 * 3
 
     out = voc / "annotations_detectron2"
-    aeroplane, diningtable, person, wood = (PC59.index(n) for n in ("aeroplane", "diningtable", "person", "wood"))
+    aeroplane, diningtable, person, wood = (
+        PC59.index(n) for n in ("aeroplane", "diningtable", "person", "wood")
+    )
     assert (aeroplane, wood) == (0, 58)
     pc59 = labels_of(out / "pc59_val/2008_000002.png")
     np.testing.assert_array_equal(pc59[0], [0, diningtable, 255, 255, 255, 58])
-    np.testing.assert_array_equal(pc59[3], [0, person, 255, 255, 255, 255])  # later segment wins; no wood
-    np.testing.assert_array_equal(labels_of(out / "pc60_val/2008_000002.png"), np.where(pc59 == 255, 59, pc59))
+    np.testing.assert_array_equal(
+        pc59[3], [0, person, 255, 255, 255, 255]
+    )  # later segment wins; no wood
+    np.testing.assert_array_equal(
+        labels_of(out / "pc60_val/2008_000002.png"), np.where(pc59 == 255, 59, pc59)
+    )
     pc459 = labels_of(out / "pc459_val/2008_000002.tif")  # always from the .mat files
-    np.testing.assert_array_equal(pc459[0], [1, PC459.index("table"), 0, 458, 65535, PC459.index("wood")])
+    np.testing.assert_array_equal(
+        pc459[0], [1, PC459.index("table"), 0, 458, 65535, PC459.index("wood")]
+    )
     # per image: (2, 5) and (3, 5) wood only in the .mat file, (3, 1) person instead of table
-    assert "PC59 from trainval_merged.json and from the .mat files: 6 of 48 pixels differ" in caplog.text
+    assert (
+        "PC59 from trainval_merged.json and from the .mat files: 6 of 48 pixels differ"
+        in caplog.text
+    )
     assert "in 2 images" in caplog.text
     assert "2 validation images, the official split has 5105" in caplog.text
     assert not (out / "pc59_val/2008_000004.png").exists()  # a train image of the annotations
@@ -95,8 +136,12 @@ def test_pascal_context_from_the_mat_files_by_option(root):
     assert prepare("prepare_pascal_context").main(["--root", str(root), "--labels", "mat"]) == 6
     diningtable = PC59.index("diningtable")
     out = voc / "annotations_detectron2"
-    np.testing.assert_array_equal(labels_of(out / "pc59_val/2008_000003.png")[3], [0, diningtable, 255, 255, 255, 58])
-    np.testing.assert_array_equal(labels_of(out / "pc60_val/2008_000003.png")[3], [0, diningtable, 59, 59, 59, 58])
+    np.testing.assert_array_equal(
+        labels_of(out / "pc59_val/2008_000003.png")[3], [0, diningtable, 255, 255, 255, 58]
+    )
+    np.testing.assert_array_equal(
+        labels_of(out / "pc60_val/2008_000003.png")[3], [0, diningtable, 59, 59, 59, 58]
+    )
 
 
 def test_pascal_context_missing_files_are_warnings(root, caplog):
@@ -106,7 +151,9 @@ def test_pascal_context_missing_files_are_warnings(root, caplog):
     with caplog.at_level(logging.WARNING, logger="prepare"):
         assert prepare("prepare_pascal_context").main(["--root", str(root)]) == 1
     out = voc / "annotations_detectron2"
-    assert (out / "pc459_val/2008_000003.tif").is_file() and not (out / "pc459_val/2008_000002.tif").exists()
+    assert (out / "pc459_val/2008_000003.tif").is_file() and not (
+        out / "pc459_val/2008_000002.tif"
+    ).exists()
     assert not (out / "pc59_val").exists()
     assert "trainval_merged.json not found" in caplog.text and "--labels mat" in caplog.text
     assert f"PASCAL Context label map not found: {voc / 'trainval/2008_000002.mat'}" in caplog.text
@@ -136,7 +183,9 @@ def test_a_wrong_labels_txt_is_a_message_not_a_traceback(root, monkeypatch):
     monkeypatch.setattr("sys.argv", ["prepare_pascal_context.py", "--root", str(root)])
     with pytest.raises(SystemExit) as error:
         script.run(script.main)
-    assert str(error.value.code).startswith(f"error: {voc / 'labels.txt'} does not list the 459 classes")
+    assert str(error.value.code).startswith(
+        f"error: {voc / 'labels.txt'} does not list the 459 classes"
+    )
 
 
 def test_coco_object_derived_from_existing_stuff171_maps(root, tmp_path_factory):
@@ -147,18 +196,24 @@ def test_coco_object_derived_from_existing_stuff171_maps(root, tmp_path_factory)
     main = prepare("prepare_coco_stuff").main
     assert main(["--root", str(root), "--stuff171", str(catseg)]) == 3
     coco = root / "coco"
-    np.testing.assert_array_equal(labels_of(coco / "stuffthingmaps_detectron2/val2017/000000000139.png")[0],
-                                  [0, 79, 80, 170, 255])
-    np.testing.assert_array_equal(labels_of(coco / "objectmaps_detectron2/val2017/000000000139.png")[0],
-                                  [0, 79, 80, 80, 80])
-    np.testing.assert_array_equal(labels_of(coco / "objectmaps_paper_detectron2/val2017/000000000139.png")[0],
-                                  [0, 79, 80, 255, 80])
+    np.testing.assert_array_equal(
+        labels_of(coco / "stuffthingmaps_detectron2/val2017/000000000139.png")[0],
+        [0, 79, 80, 170, 255],
+    )
+    np.testing.assert_array_equal(
+        labels_of(coco / "objectmaps_detectron2/val2017/000000000139.png")[0], [0, 79, 80, 80, 80]
+    )
+    np.testing.assert_array_equal(
+        labels_of(coco / "objectmaps_paper_detectron2/val2017/000000000139.png")[0],
+        [0, 79, 80, 255, 80],
+    )
     # SAN's / the authors' coco/ has the 171-class maps but not the raw stuffthingmaps
     for folder in ("objectmaps_detectron2", "objectmaps_paper_detectron2"):
         (coco / folder / "val2017/000000000139.png").unlink()
     assert main(["--root", str(root)]) == 2
-    np.testing.assert_array_equal(labels_of(coco / "objectmaps_detectron2/val2017/000000000139.png")[0],
-                                  [0, 79, 80, 80, 80])
+    np.testing.assert_array_equal(
+        labels_of(coco / "objectmaps_detectron2/val2017/000000000139.png")[0], [0, 79, 80, 80, 80]
+    )
 
 
 def test_voc_from_san_s_voc2012_folder(root):
@@ -173,16 +228,24 @@ def test_voc_from_san_s_voc2012_folder(root):
     (san / "val.txt").write_text("2007_000033\n")
     assert prepare("prepare_voc").main(["--root", str(root), "--voc2012", str(san)]) == 4
     voc = root / "VOCdevkit/VOC2012"
-    np.testing.assert_array_equal(labels_of(voc / "annotations_detectron2_bg/val/2007_000033.png")[0],
-                                  [20, 19, 255, 0])
+    np.testing.assert_array_equal(
+        labels_of(voc / "annotations_detectron2_bg/val/2007_000033.png")[0], [20, 19, 255, 0]
+    )
     assert [r["image_id"] for r in DatasetCatalog.get("cliptrase_voc21_val")] == ["2007_000033"]
 
 
 def test_cityscapes_edges_and_summary(root, caplog):
     cityscapes = root / "cityscapes"
-    write_image(cityscapes / "leftImg8bit/val/lindau/lindau_000000_000019_leftImg8bit.png", 1, 5, "PNG")
-    write_image(cityscapes / "leftImg8bit/val/lindau/lindau_000001_000019_leftImg8bit.png", 1, 5, "PNG")
-    write_palette_png(cityscapes / "gtFine/val/lindau/lindau_000000_000019_gtFine_labelIds.png", [[0, 7, 33, 34, 255]])
+    write_image(
+        cityscapes / "leftImg8bit/val/lindau/lindau_000000_000019_leftImg8bit.png", 1, 5, "PNG"
+    )
+    write_image(
+        cityscapes / "leftImg8bit/val/lindau/lindau_000001_000019_leftImg8bit.png", 1, 5, "PNG"
+    )
+    write_palette_png(
+        cityscapes / "gtFine/val/lindau/lindau_000000_000019_gtFine_labelIds.png",
+        [[0, 7, 33, 34, 255]],
+    )
     with caplog.at_level(logging.INFO, logger="prepare"):
         assert prepare("prepare_cityscapes").main(["--root", str(root)]) == 1
     target = cityscapes / "gtFine/val/lindau/lindau_000000_000019_gtFine_labelTrainIds.png"
@@ -200,9 +263,14 @@ def test_the_official_counts_raise_no_warning(root, caplog, monkeypatch):
     write_palette_png(source / "annotations/validation/ADE_val_00000001.png", [[0, 1, 150]])
     with caplog.at_level(logging.INFO, logger="prepare"):
         assert prepare("prepare_ade20k_150").main(["--root", str(root)]) == 1
-    np.testing.assert_array_equal(labels_of(source / "annotations_detectron2/validation/ADE_val_00000001.png")[0],
-                                  [255, 0, 149])
-    assert "warning" not in caplog.text and "1 label maps; classes seen in the maps written now: 2 of 150" in caplog.text
+    np.testing.assert_array_equal(
+        labels_of(source / "annotations_detectron2/validation/ADE_val_00000001.png")[0],
+        [255, 0, 149],
+    )
+    assert (
+        "warning" not in caplog.text
+        and "1 label maps; classes seen in the maps written now: 2 of 150" in caplog.text
+    )
 
 
 # ---------------------------------------------------------------- folders prepared for other projects
@@ -214,32 +282,45 @@ def test_san_and_authors_pascal_context_folders_are_read(root):
         write_image(root / folder / "val/image/2008_000003.jpg", 2, 3)  # no label map: not listed
         (root / folder / "val/label").mkdir(parents=True)
         (root / folder / "val/label" / f"2008_000002{suffix}").write_bytes(b"")
-    for name, folder, suffix in (("cliptrase_pc59_val", "pcontext", ".png"),
-                                 ("cliptrase_pc459_val", "pcontext_full", ".tif")):
+    for name, folder, suffix in (
+        ("cliptrase_pc59_val", "pcontext", ".png"),
+        ("cliptrase_pc459_val", "pcontext_full", ".tif"),
+    ):
         (record,) = DatasetCatalog.get(name)
         assert record["file_name"] == str(root / folder / "val/image/2008_000002.jpg")
-        assert record["sem_seg_file_name"] == str(root / folder / "val/label" / f"2008_000002{suffix}")
+        assert record["sem_seg_file_name"] == str(
+            root / folder / "val/label" / f"2008_000002{suffix}"
+        )
     with pytest.raises(FileNotFoundError) as error:  # no other project has PC60 maps
         DatasetCatalog.get("cliptrase_pc60_val")
     assert "pcontext" not in str(error.value) and "prepare_pascal_context.py" in str(error.value)
 
 
-@pytest.mark.parametrize("image_dir", ["VOC2012/images_detectron2/val", "VOC2012/JPEGImages"],
-                         ids=["authors", "san"])
+@pytest.mark.parametrize(
+    "image_dir", ["VOC2012/images_detectron2/val", "VOC2012/JPEGImages"], ids=["authors", "san"]
+)
 def test_authors_and_san_voc_folders_are_read(root, image_dir):
     write_image(root / image_dir / "2007_000033.jpg", 2, 3)
-    write_palette_png(root / "VOC2012/annotations_detectron2/val/2007_000033.png", [[0, 255, 19]] * 2)
+    write_palette_png(
+        root / "VOC2012/annotations_detectron2/val/2007_000033.png", [[0, 255, 19]] * 2
+    )
     (record,) = DatasetCatalog.get("cliptrase_voc20_val")
-    assert record["file_name"] == str(root / image_dir / "2007_000033.jpg") and record["height"] == 2
+    assert (
+        record["file_name"] == str(root / image_dir / "2007_000033.jpg") and record["height"] == 2
+    )
 
 
 def test_catseg_coco_stuff_folder_is_read_and_ours_comes_first(root):
     write_image(root / "coco-stuff/images/val2017/000000000139.jpg", 2, 3)
-    write_palette_png(root / "coco-stuff/annotations_detectron2/val2017/000000000139.png", [[0, 1, 2]] * 2)
+    write_palette_png(
+        root / "coco-stuff/annotations_detectron2/val2017/000000000139.png", [[0, 1, 2]] * 2
+    )
     (record,) = DatasetCatalog.get("cliptrase_coco_stuff171_val")
     assert record["sem_seg_file_name"].startswith(str(root / "coco-stuff"))
     write_image(root / "coco/val2017/000000000139.jpg", 2, 3)
-    write_palette_png(root / "coco/stuffthingmaps_detectron2/val2017/000000000139.png", [[0, 1, 2]] * 2)
+    write_palette_png(
+        root / "coco/stuffthingmaps_detectron2/val2017/000000000139.png", [[0, 1, 2]] * 2
+    )
     (record,) = DatasetCatalog.get("cliptrase_coco_stuff171_val")
     assert record["sem_seg_file_name"].startswith(str(root / "coco/"))
 
@@ -247,5 +328,7 @@ def test_catseg_coco_stuff_folder_is_read_and_ours_comes_first(root):
 def test_an_alternative_label_map_without_image_is_named(root):
     (root / "pcontext/val/image").mkdir(parents=True)
     write_palette_png(root / "pcontext/val/label/2008_000002.png", [[0]])
-    with pytest.raises(FileNotFoundError, match="2008_000002.png has no image; expected .*2008_000002.jpg"):
+    with pytest.raises(
+        FileNotFoundError, match="2008_000002.png has no image; expected .*2008_000002.jpg"
+    ):
         DatasetCatalog.get("cliptrase_pc59_val")

@@ -1,11 +1,21 @@
 """Unit tests of the refinement steps (SPEC sections 6-8) on small hand-made tensors."""
+
 import numpy as np
 import pytest
 import torch
 
-from cliptrase_d2.method.refinement import (cluster_patches, dense_logits, mean_refine, merge_background_labels,
-                                            merge_background_scores, region_map, resize_logits,
-                                            suppress_global_patch, vote_refine, weight_by_image_logits)
+from cliptrase_d2.method.refinement import (
+    cluster_patches,
+    dense_logits,
+    mean_refine,
+    merge_background_labels,
+    merge_background_scores,
+    region_map,
+    resize_logits,
+    suppress_global_patch,
+    vote_refine,
+    weight_by_image_logits,
+)
 
 
 def test_dense_logits_layout():
@@ -39,15 +49,15 @@ def test_background_merging():
 
 
 def test_global_patch_suppression_subtracts_cls_row_and_clamps():
-    correlation = torch.tensor([[1.0, 0.5, 0.2],
-                                [0.5, 1.0, 0.1],
-                                [0.2, 0.1, 1.0]])
+    correlation = torch.tensor([[1.0, 0.5, 0.2], [0.5, 1.0, 0.1], [0.2, 0.1, 1.0]])
     affinity = suppress_global_patch(correlation)
     torch.testing.assert_close(affinity, torch.tensor([[0.5, 0.0], [0.0, 0.8]]))
 
 
 def test_dbscan_finds_two_groups_and_noise():
-    rows = torch.tensor([[0.0, 0.0], [0.1, 0.0], [0.0, 0.1], [5.0, 5.0], [5.1, 5.0], [5.0, 5.1], [20.0, 20.0]])
+    rows = torch.tensor(
+        [[0.0, 0.0], [0.1, 0.0], [0.0, 0.1], [5.0, 5.0], [5.1, 5.0], [5.0, 5.1], [20.0, 20.0]]
+    )
     labels = cluster_patches(rows, eps=0.5, min_samples=3)
     assert labels.tolist() == [0, 0, 0, 1, 1, 1, -1]
 
@@ -59,14 +69,15 @@ def test_region_map_is_none_when_everything_is_noise():
 
 def test_region_map_assigns_every_pixel_including_noise_patches():
     # 2 x 2 grid; patches 0,1 form cluster 0, patch 2 cluster 1, patch 3 is noise.
-    affinity = torch.tensor([[1.0, 1.0, 0.0, 0.2],
-                             [1.0, 1.0, 0.0, 0.2],
-                             [0.0, 0.0, 1.0, 0.9],
-                             [0.2, 0.2, 0.9, 1.0]])
+    affinity = torch.tensor(
+        [[1.0, 1.0, 0.0, 0.2], [1.0, 1.0, 0.0, 0.2], [0.0, 0.0, 1.0, 0.9], [0.2, 0.2, 0.9, 1.0]]
+    )
     regions = region_map(affinity, np.array([0, 0, 1, -1]), (2, 2), (16, 16), median_size=1)
     assert regions.shape == (16, 16)
     assert set(regions.unique().tolist()) == {0, 1}
-    assert regions[0, 0] == 0 and regions[-1, -1] == 1  # the noise patch joins the region it resembles
+    assert (
+        regions[0, 0] == 0 and regions[-1, -1] == 1
+    )  # the noise patch joins the region it resembles
 
 
 def test_median_filter_removes_isolated_pixels():

@@ -1,4 +1,5 @@
 """Sliding-window placement and averaging; padding never reaches the output."""
+
 import pytest
 import torch
 

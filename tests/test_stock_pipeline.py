@@ -1,6 +1,7 @@
 """The meta-architecture in a stock Detectron2 pipeline: only add_cliptrase_config and a config,
 then Detectron2's own DatasetMapper, build_detection_test_loader, SemSegEvaluator and
 inference_on_dataset (the README's "use it in your own pipeline")."""
+
 import json
 import os
 
@@ -27,8 +28,15 @@ def test_stock_pipeline_equals_train_net(tiny_opts, tmp_path):
     from cliptrase_d2.engine.trainer import Trainer
 
     config = os.path.join(REPO, "configs", "standard", "Base-standard.yaml")
-    overrides = [*tiny_opts, "DATASETS.TEST", f"('{DATASET}',)", "DATALOADER.NUM_WORKERS", "0",
-                 "MODEL.CLIPTRASE.STANDARD_SHORT_SIDE", "224"]
+    overrides = [
+        *tiny_opts,
+        "DATASETS.TEST",
+        f"('{DATASET}',)",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "MODEL.CLIPTRASE.STANDARD_SHORT_SIDE",
+        "224",
+    ]
 
     # --- what a user writes in their own pipeline ---
     cfg = get_cfg()
@@ -41,8 +49,9 @@ def test_stock_pipeline_equals_train_net(tiny_opts, tmp_path):
     stock = inference_on_dataset(model, loader, evaluator)["sem_seg"]
     # ---
 
-    ours_cfg = load_config(config, overrides + ["OUTPUT_DIR", str(tmp_path / "ours"),
-                                                "TEST.SAVE_PREDICTIONS", "True"])
+    ours_cfg = load_config(
+        config, overrides + ["OUTPUT_DIR", str(tmp_path / "ours"), "TEST.SAVE_PREDICTIONS", "True"]
+    )
     ours = Trainer.test(ours_cfg, Trainer.build_model(ours_cfg))["sem_seg"]
     assert model.vocabulary is None and len(evaluator._class_names) == 59
     for key in ("mIoU", "fwIoU", "mACC", "pACC"):
@@ -54,8 +63,9 @@ def test_stock_pipeline_equals_train_net(tiny_opts, tmp_path):
     assert {m["file_name"] for m in masks} == {r["file_name"] for r in records}
     classes_seen = set()
     for record in records:
-        ours_labels = np.asarray(Image.open(tmp_path / "ours" / "predictions" / DATASET /
-                                            f"{record['image_id']}.png"))
+        ours_labels = np.asarray(
+            Image.open(tmp_path / "ours" / "predictions" / DATASET / f"{record['image_id']}.png")
+        )
         stock_labels = np.full(ours_labels.shape, -1)
         for mask in (m for m in masks if m["file_name"] == record["file_name"]):
             stock_labels[mask_utils.decode(mask["segmentation"]).astype(bool)] = mask["category_id"]

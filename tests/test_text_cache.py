@@ -1,4 +1,5 @@
 """The on-disk text-embedding cache: keys, hits, corrupt entries."""
+
 import os
 
 import torch
@@ -75,14 +76,20 @@ def test_unwritable_cache_still_returns(tmp_path):
 
 def test_precision_is_part_of_the_key(tmp_path):
     fp32 = TextEmbeddingCache(str(tmp_path), "ViT-B-16", "abc")
-    assert fp32.key(["dog"], ["a {}"]) != TextEmbeddingCache(str(tmp_path), "ViT-B-16", "abc", "bf16").key(["dog"], ["a {}"])
-    assert fp32.key(["dog"], ["a {}"]) == TextEmbeddingCache(str(tmp_path), "ViT-B-16", "abc", "fp32").key(["dog"], ["a {}"])
+    assert fp32.key(["dog"], ["a {}"]) != TextEmbeddingCache(
+        str(tmp_path), "ViT-B-16", "abc", "bf16"
+    ).key(["dog"], ["a {}"])
+    assert fp32.key(["dog"], ["a {}"]) == TextEmbeddingCache(
+        str(tmp_path), "ViT-B-16", "abc", "fp32"
+    ).key(["dog"], ["a {}"])
 
 
 def test_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
     def full_disk(obj, f):
         f.write(b"partial")
-        raise RuntimeError("[enforce fail at inline_container.cc] PytorchStreamWriter failed writing file")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc] PytorchStreamWriter failed writing file"
+        )
 
     monkeypatch.setattr(torch, "save", full_disk)
     cache = TextEmbeddingCache(str(tmp_path), "m", "w")

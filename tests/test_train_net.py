@@ -1,5 +1,6 @@
 """tools/train_net.py --eval-only: the paper metric on the reference photos, N processes equal one,
 and its errors."""
+
 import json
 import os
 import subprocess
@@ -15,8 +16,11 @@ from cliptrase_d2.engine.trainer import Trainer
 
 TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
 SAMPLE_ROOT = os.path.join(REPO, "datasets", "cliptrase_sample_voc21")
-FIXTURE_DATASETS = {"VOC21": "cliptrase_fixtures_voc21", "VOC20": "cliptrase_fixtures_voc20",
-                    "PC59": "cliptrase_fixtures_pc59"}
+FIXTURE_DATASETS = {
+    "VOC21": "cliptrase_fixtures_voc21",
+    "VOC20": "cliptrase_fixtures_voc20",
+    "PC59": "cliptrase_fixtures_pc59",
+}
 
 
 @pytest.mark.parametrize("run", manifest_runs())
@@ -24,9 +28,23 @@ def test_paper_metric_on_reference_photos_equals_manifest(run, manifest, tiny_op
     config, opts = run_config(run)
     key = manifest["vocabulary_key"][run["dataset"]]
     dataset = FIXTURE_DATASETS[run["dataset"]]
-    cfg = load_config(config, list(tiny_opts) + opts + [
-        "MODEL.CLIPTRASE.VOCABULARY", key, "DATASETS.TEST", f"('{dataset}',)",
-        "OUTPUT_DIR", str(tmp_path), "DATALOADER.NUM_WORKERS", "0", "TEST.SAVE_PREDICTIONS", "True"])
+    cfg = load_config(
+        config,
+        list(tiny_opts)
+        + opts
+        + [
+            "MODEL.CLIPTRASE.VOCABULARY",
+            key,
+            "DATASETS.TEST",
+            f"('{dataset}',)",
+            "OUTPUT_DIR",
+            str(tmp_path),
+            "DATALOADER.NUM_WORKERS",
+            "0",
+            "TEST.SAVE_PREDICTIONS",
+            "True",
+        ],
+    )
     model = Trainer.build_model(cfg)
     results = Trainer.test(cfg, model)["sem_seg"]
     for name, value in run["metric"].items():
@@ -42,16 +60,33 @@ def test_paper_metric_on_reference_photos_equals_manifest(run, manifest, tiny_op
 
 def _require_sample():
     if not os.path.isdir(os.path.join(SAMPLE_ROOT, "annotations")):
-        skip_outside_ci(f"sample dataset missing at {SAMPLE_ROOT}: run `python datasets/prepare_sample.py`")
+        skip_outside_ci(
+            f"sample dataset missing at {SAMPLE_ROOT}: run `python datasets/prepare_sample.py`"
+        )
 
 
 def _eval(num_processes, output, tiny_opts, *extra):
-    command = [sys.executable, TRAIN_NET, "--eval-only", "--num-gpus", str(num_processes),
-               "--config-file", os.path.join(REPO, "configs", "sample", "voc21_standard.yaml"),
-               *tiny_opts, "OUTPUT_DIR", str(output), "MODEL.CLIPTRASE.STANDARD_SHORT_SIDE", "224",
-               "DATALOADER.NUM_WORKERS", "0", *extra]
+    command = [
+        sys.executable,
+        TRAIN_NET,
+        "--eval-only",
+        "--num-gpus",
+        str(num_processes),
+        "--config-file",
+        os.path.join(REPO, "configs", "sample", "voc21_standard.yaml"),
+        *tiny_opts,
+        "OUTPUT_DIR",
+        str(output),
+        "MODEL.CLIPTRASE.STANDARD_SHORT_SIDE",
+        "224",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        *extra,
+    ]
     env = dict(os.environ, DETECTRON2_DATASETS=os.path.join(REPO, "datasets"), OMP_NUM_THREADS="1")
-    completed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    completed = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     return completed
 
@@ -60,12 +95,20 @@ def test_two_processes_equal_one(tiny_opts, tmp_path):
     _require_sample()
     _eval(1, tmp_path / "one", tiny_opts)
     _eval(2, tmp_path / "two", tiny_opts)
-    results = [json.loads((tmp_path / n / "sem_seg_results_cliptrase_sample_voc21.json").read_text())
-               for n in ("one", "two")]
+    results = [
+        json.loads((tmp_path / n / "sem_seg_results_cliptrase_sample_voc21.json").read_text())
+        for n in ("one", "two")
+    ]
     assert results[0] == results[1]
-    assert results[0]["run"]["head"] == "cliptrase" and results[0]["run"]["short_side"] == 224  # what made them
+    assert (
+        results[0]["run"]["head"] == "cliptrase" and results[0]["run"]["short_side"] == 224
+    )  # what made them
     log = (tmp_path / "two" / "log.txt").read_text()
-    for line in ("CLIPtrase: head=cliptrase", "Semantic segmentation results on cliptrase_sample_voc21", "Wrote "):
+    for line in (
+        "CLIPtrase: head=cliptrase",
+        "Semantic segmentation results on cliptrase_sample_voc21",
+        "Wrote ",
+    ):
         assert line in log, line
     assert 0 <= results[0]["mIoU"] <= 100 and len(results[0]["per_class_IoU"]) == 21
     one = sorted(os.listdir(tmp_path / "one" / "predictions" / "cliptrase_sample_voc21"))
@@ -90,30 +133,67 @@ def test_a_failing_process_reports_its_error_without_hanging(tiny_opts, tmp_path
     shutil.copytree(SAMPLE_ROOT, root / "cliptrase_sample_voc21")
     annotations = sorted(os.listdir(root / "cliptrase_sample_voc21" / "annotations"))
     Image.new("L", (10, 10)).save(root / "cliptrase_sample_voc21" / "annotations" / annotations[-1])
-    command = [sys.executable, TRAIN_NET, "--eval-only", "--num-gpus", "2",
-               "--config-file", os.path.join(REPO, "configs", "sample", "voc21_standard.yaml"),
-               *tiny_opts, "OUTPUT_DIR", str(tmp_path / "out"), "MODEL.CLIPTRASE.STANDARD_SHORT_SIDE", "224",
-               "DATALOADER.NUM_WORKERS", "0"]
+    command = [
+        sys.executable,
+        TRAIN_NET,
+        "--eval-only",
+        "--num-gpus",
+        "2",
+        "--config-file",
+        os.path.join(REPO, "configs", "sample", "voc21_standard.yaml"),
+        *tiny_opts,
+        "OUTPUT_DIR",
+        str(tmp_path / "out"),
+        "MODEL.CLIPTRASE.STANDARD_SHORT_SIDE",
+        "224",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+    ]
     env = dict(os.environ, DETECTRON2_DATASETS=str(root), OMP_NUM_THREADS="1")
     start = time.monotonic()
-    completed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    completed = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert completed.returncode != 0
     last = completed.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: (process rank 1 of 2)") and "10x10" in last and annotations[-1] in last, last
+    assert (
+        last.startswith("error: (process rank 1 of 2)")
+        and "10x10" in last
+        and annotations[-1] in last
+    ), last
     assert time.monotonic() - start < 240
 
 
 def test_training_is_refused():
-    completed = subprocess.run([sys.executable, TRAIN_NET, "--config-file",
-                                os.path.join(REPO, "configs", "sample", "voc21_standard.yaml")],
-                               cwd=REPO, capture_output=True, text=True, timeout=300)
+    completed = subprocess.run(
+        [
+            sys.executable,
+            TRAIN_NET,
+            "--config-file",
+            os.path.join(REPO, "configs", "sample", "voc21_standard.yaml"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert completed.returncode != 0 and "training-free" in completed.stderr
 
 
 def test_unregistered_dataset_lists_registered_ones(tiny_opts, tmp_path):
     require_fixtures()
-    cfg = load_config(os.path.join(REPO, "configs", "paper", "Base-paper-224.yaml"), list(tiny_opts) + [
-        "MODEL.CLIPTRASE.VOCABULARY", "voc21", "DATASETS.TEST", "('voc_2012_val_typo',)", "OUTPUT_DIR", str(tmp_path)])
+    cfg = load_config(
+        os.path.join(REPO, "configs", "paper", "Base-paper-224.yaml"),
+        list(tiny_opts)
+        + [
+            "MODEL.CLIPTRASE.VOCABULARY",
+            "voc21",
+            "DATASETS.TEST",
+            "('voc_2012_val_typo',)",
+            "OUTPUT_DIR",
+            str(tmp_path),
+        ],
+    )
     with pytest.raises(KeyError, match="voc_2012_val_typo.*cliptrase_ade150_val"):
         Trainer.test(cfg, Trainer.build_model(cfg))
 
@@ -124,9 +204,13 @@ def test_missing_dataset_root_names_path_and_prepare_script(tiny_opts, tmp_path,
 
     register_benchmark_datasets(str(tmp_path / "nowhere"))
     try:
-        cfg = load_config(os.path.join(REPO, "configs", "paper", "ade150_224.yaml"), list(tiny_opts) + [
-            "OUTPUT_DIR", str(tmp_path)])
-        with pytest.raises(FileNotFoundError, match=r"nowhere.*ADEChallengeData2016.*prepare_ade20k_150\.py"):
+        cfg = load_config(
+            os.path.join(REPO, "configs", "paper", "ade150_224.yaml"),
+            list(tiny_opts) + ["OUTPUT_DIR", str(tmp_path)],
+        )
+        with pytest.raises(
+            FileNotFoundError, match=r"nowhere.*ADEChallengeData2016.*prepare_ade20k_150\.py"
+        ):
             Trainer.test(cfg, Trainer.build_model(cfg))
     finally:
         register_benchmark_datasets()
@@ -134,5 +218,8 @@ def test_missing_dataset_root_names_path_and_prepare_script(tiny_opts, tmp_path,
 
 def test_every_method_config_writes_to_its_own_folder():
     heads = ["clearclip", "clip", "cliptrase", "maskclip", "maskclip_residual", "naclip", "sclip"]
-    folders = {load_config(os.path.join(REPO, "configs", head, "standard.yaml"), []).OUTPUT_DIR for head in heads}
+    folders = {
+        load_config(os.path.join(REPO, "configs", head, "standard.yaml"), []).OUTPUT_DIR
+        for head in heads
+    }
     assert len(folders) == len(heads) and "./output" not in folders

@@ -1,12 +1,23 @@
 """Vocabularies: benchmark keys, user lists and files, the paper's quirks, bad input."""
+
 import pytest
 
 from cliptrase_d2.vocabulary import Vocabulary, benchmark_keys, resolve_vocabulary, template_set
 
 
 def test_every_benchmark_resolves_with_its_class_count():
-    expected = {"voc20": 20, "voc21": 21, "pc59": 59, "pc60": 60, "pc459": 459, "coco_stuff171": 171,
-                "coco_object80": 81, "ade150": 150, "ade847": 847, "cityscapes19": 19}
+    expected = {
+        "voc20": 20,
+        "voc21": 21,
+        "pc59": 59,
+        "pc60": 60,
+        "pc459": 459,
+        "coco_stuff171": 171,
+        "coco_object80": 81,
+        "ade150": 150,
+        "ade847": 847,
+        "cityscapes19": 19,
+    }
     assert sorted(expected) == benchmark_keys()
     for key, count in expected.items():
         assert resolve_vocabulary(key).num_classes == count
@@ -33,17 +44,24 @@ def test_user_lists_files_and_background(tmp_path):
     names = tmp_path / "names.txt"
     names.write_text("# my classes\nsky\n\ndog\n", encoding="utf-8")
     vocabulary = resolve_vocabulary(str(names), background=["wall"])
-    assert vocabulary.classes == ("sky", "dog") and vocabulary.class_names == ["sky", "dog", "background"]
+    assert vocabulary.classes == ("sky", "dog") and vocabulary.class_names == [
+        "sky",
+        "dog",
+        "background",
+    ]
     assert resolve_vocabulary(["chat", "café", "犬"]).classes == ("chat", "café", "犬")
 
 
-@pytest.mark.parametrize("spec, error, message", [
-    ("", ValueError, "no class names"),
-    ([], ValueError, "vocabulary is empty"),
-    ("dog, cat, dog", ValueError, "duplicate name 'dog'"),
-    ("Dog, dog", ValueError, "duplicate name"),
-    ("missing_file.txt", FileNotFoundError, "missing_file.txt"),
-])
+@pytest.mark.parametrize(
+    "spec, error, message",
+    [
+        ("", ValueError, "no class names"),
+        ([], ValueError, "vocabulary is empty"),
+        ("dog, cat, dog", ValueError, "duplicate name 'dog'"),
+        ("Dog, dog", ValueError, "duplicate name"),
+        ("missing_file.txt", FileNotFoundError, "missing_file.txt"),
+    ],
+)
 def test_bad_vocabularies(spec, error, message):
     with pytest.raises(error, match=message):
         resolve_vocabulary(spec)
@@ -72,7 +90,10 @@ def test_benchmark_keys_ignore_case_and_spaces():
     assert resolve_vocabulary("ADE150").num_classes == 150
 
 
-@pytest.mark.parametrize("spec, key", [("voc-21", "voc21"), ("ade_150", "ade150"), ("pc 59", "pc59"), ("ade15", "ade150")])
+@pytest.mark.parametrize(
+    "spec, key",
+    [("voc-21", "voc21"), ("ade_150", "ade150"), ("pc 59", "pc59"), ("ade15", "ade150")],
+)
 def test_a_near_miss_of_a_key_is_an_error_that_names_it(spec, key):
     with pytest.raises(ValueError, match=f"did you mean '{key}'"):
         resolve_vocabulary(spec)
@@ -80,10 +101,15 @@ def test_a_near_miss_of_a_key_is_an_error_that_names_it(spec, key):
 
 def test_background_words_add_to_a_keys_own():
     voc20 = resolve_vocabulary("voc20", background=["sky", "wall"])
-    assert voc20.classes == resolve_vocabulary("voc20").classes and voc20.background == ("sky", "wall")
+    assert voc20.classes == resolve_vocabulary("voc20").classes and voc20.background == (
+        "sky",
+        "wall",
+    )
     voc21 = resolve_vocabulary("voc21")
     extended = resolve_vocabulary("voc21", background=["tablecloth", voc21.background[0].upper()])
-    assert extended.background == voc21.background + ("tablecloth",)  # a word it has is not added twice
+    assert extended.background == voc21.background + (
+        "tablecloth",
+    )  # a word it has is not added twice
     assert resolve_vocabulary(voc21, background=["tablecloth"]).background == extended.background
     assert resolve_vocabulary(voc21) is voc21
 
@@ -91,7 +117,10 @@ def test_background_words_add_to_a_keys_own():
 def test_a_class_named_background_with_background_words_is_an_error():
     with pytest.raises(ValueError, match="named 'background'"):
         resolve_vocabulary("cat, Background", background=["sky"])
-    assert resolve_vocabulary("cat, background").class_names == ["cat", "background"]  # without words it is a class
+    assert resolve_vocabulary("cat, background").class_names == [
+        "cat",
+        "background",
+    ]  # without words it is a class
 
 
 def test_vocabulary_files_bom_comments_and_encoding(tmp_path):

@@ -243,10 +243,12 @@ def test_browser_upload_segment_and_compare_with_the_api(server, browser, tiny_o
     np.testing.assert_array_equal(np.asarray(_fetch(rendered).convert("RGB")), shown)
     deadline = time.monotonic() + 60
     while True:  # the table's rows may render a moment after the image
-        texts = [cell.get_attribute("textContent").strip()
-                 for cell in browser.find_elements(By.CSS_SELECTOR, "#shares td")]
+        texts = [
+            cell.get_attribute("textContent").strip()
+            for cell in browser.find_elements(By.CSS_SELECTOR, "#shares td")
+        ]
         texts = [text for text in texts if text]
-        rows = [texts[i:i + 2] for i in range(0, len(texts), 2)]
+        rows = [texts[i : i + 2] for i in range(0, len(texts), 2)]
         if rows == shares or time.monotonic() > deadline:
             break
         time.sleep(1)
@@ -267,8 +269,10 @@ def test_browser_empty_vocabulary_shows_the_error(server, browser):
     _wait(browser, ".toast-body", timeout=120)
     deadline = time.monotonic() + 60
     while True:  # the toast's text may fill in a moment after the toast appears
-        shown = " ".join(toast.get_attribute("textContent")
-                         for toast in browser.find_elements(By.CSS_SELECTOR, ".toast-body"))
+        shown = " ".join(
+            toast.get_attribute("textContent")
+            for toast in browser.find_elements(By.CSS_SELECTOR, ".toast-body")
+        )
         if "Type at least one class name" in shown or time.monotonic() > deadline:
             break
         time.sleep(1)

@@ -47,6 +47,7 @@ model and libraries are included), on CUDA ``torch.cuda.max_memory_allocated`` (
 included). ``--stages`` charges each step of paper_224, paper_336 and standard_512x683 to a
 stage (exclusive time of the method's functions, median over the repeats).
 """
+
 import argparse
 import dataclasses
 import functools
@@ -79,7 +80,9 @@ from cliptrase_d2.modeling.meta_arch import CLIPtrase
 from cliptrase_d2.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PHOTOS = os.path.join(os.environ.get("CLIPTRASE_FIXTURES", os.path.join(REPO, "..", "shared", "fixtures")), "images")
+PHOTOS = os.path.join(
+    os.environ.get("CLIPTRASE_FIXTURES", os.path.join(REPO, "..", "shared", "fixtures")), "images"
+)
 # case -> (config file, image size (H, W) or None for the paper's photo, config overrides)
 CASES = {
     "paper_224": ("configs/paper/pc59_224.yaml", None, ()),
@@ -95,27 +98,52 @@ logger = logging.getLogger("cliptrase_d2.benchmark")
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
-    parser.add_argument("--model", default="ViT-B-16-quickgelu",
-                        help="open_clip model name or model-config JSON (random weights)")
-    parser.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS),
-                        help="dtype of the CLIP towers (MODEL.CLIPTRASE.PRECISION)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per case (median reported)")
+    parser.add_argument(
+        "--model",
+        default="ViT-B-16-quickgelu",
+        help="open_clip model name or model-config JSON (random weights)",
+    )
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=sorted(PRECISIONS),
+        help="dtype of the CLIP towers (MODEL.CLIPTRASE.PRECISION)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed runs per case (median reported)"
+    )
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per case first")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--image", default="", help="photo for every case (default: the fixtures' astronaut)")
-    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of: " + ", ".join(CASES))
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
+    )
+    parser.add_argument(
+        "--image", default="", help="photo for every case (default: the fixtures' astronaut)"
+    )
+    parser.add_argument(
+        "--cases", default=",".join(CASES), help="comma-separated subset of: " + ", ".join(CASES)
+    )
     parser.add_argument("--stages", action="store_true", help="also print the per-stage cost table")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    parser.add_argument("--batch-sizes", default=None,
-                        help="comma-separated batch sizes for the throughput rows (default 1,8,32 on CUDA, none on CPU)")
-    parser.add_argument("--memory-case", default="", help=argparse.SUPPRESS)  # internal: one case's peak
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of the table"
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        default=None,
+        help="comma-separated batch sizes for the throughput rows (default 1,8,32 on CUDA, none on CPU)",
+    )
+    parser.add_argument(
+        "--memory-case", default="", help=argparse.SUPPRESS
+    )  # internal: one case's peak
     return parser
 
 
 # ---- models and inputs -----------------------------------------------------------------------
+
 
 def create_clip(model: str, device: torch.device, precision: str, image_size: Optional[int] = None):
     """A randomly initialised open_clip model (fp32 master copy cast to ``precision``), eval mode."""
@@ -124,7 +152,9 @@ def create_clip(model: str, device: torch.device, precision: str, image_size: Op
         open_clip.add_model_config(model)
         name = os.path.splitext(os.path.basename(model))[0]
     kwargs = {"force_image_size": image_size} if image_size else {}
-    root = logging.getLogger()  # open_clip warns through it that the weights are random: they are meant to be
+    root = (
+        logging.getLogger()
+    )  # open_clip warns through it that the weights are random: they are meant to be
     level = root.level
     root.setLevel(logging.ERROR)
     try:
@@ -142,12 +172,18 @@ def load_photos(path: str) -> List[np.ndarray]:
     if all(os.path.exists(os.path.join(PHOTOS, n)) for n in names):
         return [read_rgb(os.path.join(PHOTOS, n)) for n in names]
     rows, cols = np.mgrid[0:480, 0:640]
-    scene = np.stack([(rows * 255 // 480), (cols * 255 // 640), ((rows // 60 + cols // 80) % 2) * 255], -1)
+    scene = np.stack(
+        [(rows * 255 // 480), (cols * 255 // 640), ((rows // 60 + cols // 80) % 2) * 255], -1
+    )
     return [scene.astype(np.uint8)]
 
 
 def resized(photo: np.ndarray, size) -> np.ndarray:
-    return photo if size is None else np.asarray(Image.fromarray(photo).resize((size[1], size[0]), Image.BICUBIC))
+    return (
+        photo
+        if size is None
+        else np.asarray(Image.fromarray(photo).resize((size[1], size[0]), Image.BICUBIC))
+    )
 
 
 def as_input(photo: np.ndarray, device: torch.device) -> Dict:
@@ -159,8 +195,18 @@ def build_case_model(case: str, clip, args) -> CLIPtrase:
     """CLIPtrase configured by the case's config file (through ``CLIPtrase.from_config``, so every
     setting is the project's own mapping), around the already built ``clip``; text embeddings cached."""
     config, _, opts = CASES[case]
-    cfg = load_config(os.path.join(REPO, config), ["MODEL.CLIPTRASE.CLIP_MODEL", args.model,
-                                                   "MODEL.CLIPTRASE.TEXT_CACHE_DIR", "none", "MODEL.DEVICE", args.device, *opts])
+    cfg = load_config(
+        os.path.join(REPO, config),
+        [
+            "MODEL.CLIPTRASE.CLIP_MODEL",
+            args.model,
+            "MODEL.CLIPTRASE.TEXT_CACHE_DIR",
+            "none",
+            "MODEL.DEVICE",
+            args.device,
+            *opts,
+        ],
+    )
     original = clip_loading.build_clip
     clip_loading.build_clip = lambda *_, **__: clip  # from_config looks it up when called
     try:
@@ -193,17 +239,22 @@ def plain_forward(visual):
 
 def paper_tensor(photo: np.ndarray, size: int, device, dtype) -> torch.Tensor:
     """The normalized (1, 3, S, S) center crop the paper protocol feeds CLIP."""
-    return to_clip_tensor(resize_and_center_crop(Image.fromarray(photo), size, Image.BICUBIC))[None].to(device, dtype)
+    return to_clip_tensor(resize_and_center_crop(Image.fromarray(photo), size, Image.BICUBIC))[
+        None
+    ].to(device, dtype)
 
 
 # ---- clocks ----------------------------------------------------------------------------------
+
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def median_times(runs: Dict[str, Callable[[], object]], device, repeats: int, warmup: int) -> Dict[str, float]:
+def median_times(
+    runs: Dict[str, Callable[[], object]], device, repeats: int, warmup: int
+) -> Dict[str, float]:
     """Median wall time in milliseconds of each run, CUDA work included. The runs take turns
     (one of each per round), so a change in the machine's load reaches all of them alike."""
     times = defaultdict(list)
@@ -232,6 +283,7 @@ class StageClock:
 
     def wrap(self, function: Callable, stage) -> Callable:
         """``stage``: a label, or a function of the call's arguments returning one."""
+
         def timed(*args, **kwargs):
             label = stage(*args) if callable(stage) else stage
             synchronize(self.device)
@@ -267,11 +319,17 @@ def stage_map(model: CLIPtrase):
         ("block N (correlative)", ("correlative_attention",)),
         ("projection, logits", ("project_tokens", "dense_logits")),
         ("upsampling", ("resize_logits", "resize_maps", "resized_argmax")),
-        ("argmax, background merge", ("channel_argmax", "merge_background_labels", "merge_background_scores")),
+        (
+            "argmax, background merge",
+            ("channel_argmax", "merge_background_labels", "merge_background_scores"),
+        ),
         ("clustering (DBSCAN)", ("suppress_global_patch", "cluster_patches")),
         ("region map: median filter", ("median_filter",)),
         ("region map: other", ("region_map",)),
-        ("refinement (vote, region means)", ("vote_refine", "mean_refine", "region_means", "expand_regions")),
+        (
+            "refinement (vote, region means)",
+            ("vote_refine", "mean_refine", "region_means", "expand_regions"),
+        ),
         ("sliding window", ("sliding_window",)),
     ]
 
@@ -281,7 +339,9 @@ def stage_clock(model: CLIPtrase, clock: StageClock):
     """Wraps the method's functions wherever they are looked up (module globals, the head's last block)."""
     modules = [dense_clip, refinement, pipeline, sliding, meta_arch]
     if hasattr(refinement, "ndimage"):
-        modules.append(refinement.ndimage)  # scipy's median filter, where refinement calls it through scipy
+        modules.append(
+            refinement.ndimage
+        )  # scipy's median filter, where refinement calls it through scipy
     saved = []
     for stage, names in stage_map(model):
         for name in names:
@@ -291,7 +351,9 @@ def stage_clock(model: CLIPtrase, clock: StageClock):
                     saved.append((module, name, original))
                     setattr(module, name, clock.wrap(original, stage))
     head = model.head
-    model.head = dataclasses.replace(head, last_block=clock.wrap(head.last_block, "block N (correlative)"))
+    model.head = dataclasses.replace(
+        head, last_block=clock.wrap(head.last_block, "block N (correlative)")
+    )
     try:
         yield clock
     finally:
@@ -317,7 +379,9 @@ def stage_table(model: CLIPtrase, inputs: List[Dict], device, repeats: int) -> D
             clock.totals["total"] = total
             runs.append(dict(clock.totals))
     labels = list(dict.fromkeys(label for run in runs for label in run))
-    return {label: 1000 * statistics.median(run.get(label, 0.0) for run in runs) for label in labels}
+    return {
+        label: 1000 * statistics.median(run.get(label, 0.0) for run in runs) for label in labels
+    }
 
 
 class BackboneClock:
@@ -363,6 +427,7 @@ def overhead_ms(model: CLIPtrase, inputs: List[Dict], device, repeats: int) -> f
 
 # ---- memory ----------------------------------------------------------------------------------
 
+
 def resident_mb(field: str) -> Optional[float]:
     try:
         with open("/proc/self/status") as f:
@@ -402,25 +467,49 @@ def measure_case_memory(case: str, args) -> Dict:
         if case.startswith("plain_"):
             size = int(case.split("_")[1])
             visual = create_clip(args.model, device, args.precision, size).visual
-            run, images = plain_forward(visual), paper_tensor(photos[0], size, device, visual.conv1.weight.dtype)
+            run, images = (
+                plain_forward(visual),
+                paper_tensor(photos[0], size, device, visual.conv1.weight.dtype),
+            )
             work = lambda: run(images)  # noqa: E731
         else:
             model = build_case_model(case, create_clip(args.model, device, args.precision), args)
             inputs = [as_input(resized(photos[0], CASES[case][1]), device)]
             work = lambda: model(inputs)  # noqa: E731
         synchronize(device)
-        setup = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else resident_mb("VmRSS")
+        setup = (
+            torch.cuda.memory_allocated(device) / 2**20
+            if device.type == "cuda"
+            else resident_mb("VmRSS")
+        )
         exact = reset_peak(device)
         for _ in range(2):  # a first (cold) run and a warm one
             work()
         synchronize(device)
-    return {"case": case, "peak_mb": peak_mb(device), "setup_mb": setup, "peak_covers_setup": not exact}
+    return {
+        "case": case,
+        "peak_mb": peak_mb(device),
+        "setup_mb": setup,
+        "peak_covers_setup": not exact,
+    }
 
 
 def case_memory(case: str, args) -> Dict:
     """Runs ``measure_case_memory`` in a fresh interpreter (no other model resident)."""
-    command = [sys.executable, os.path.abspath(__file__), "--memory-case", case, "--device", args.device,
-               "--model", args.model, "--precision", args.precision, "--threads", str(args.threads)]
+    command = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--memory-case",
+        case,
+        "--device",
+        args.device,
+        "--model",
+        args.model,
+        "--precision",
+        args.precision,
+        "--threads",
+        str(args.threads),
+    ]
     if args.image:
         command += ["--image", args.image]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -431,6 +520,7 @@ def case_memory(case: str, args) -> Dict:
 
 # ---- the benchmark ---------------------------------------------------------------------------
 
+
 def run_benchmark(args) -> Dict:
     device = torch.device(args.device)
     cases = [c for c in args.cases.split(",") if c]
@@ -440,38 +530,64 @@ def run_benchmark(args) -> Dict:
     photos = load_photos(args.image)
     clip = create_clip(args.model, device, args.precision)
     dtype = clip.visual.conv1.weight.dtype
-    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "threads": torch.get_num_threads(), "torch": torch.__version__, "model": args.model,
-              "precision": args.precision, "repeats": args.repeats, "photos": len(photos)}
+    result = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "model": args.model,
+        "precision": args.precision,
+        "repeats": args.repeats,
+        "photos": len(photos),
+    }
 
     runs, models = {}, {}
     for size in PLAIN_SIZES:
-        visual = clip.visual if size == clip.visual.image_size[0] else create_clip(args.model, device, args.precision, size).visual
-        runs[f"plain_{size}"] = functools.partial(plain_forward(visual), paper_tensor(photos[0], size, device, dtype))
+        visual = (
+            clip.visual
+            if size == clip.visual.image_size[0]
+            else create_clip(args.model, device, args.precision, size).visual
+        )
+        runs[f"plain_{size}"] = functools.partial(
+            plain_forward(visual), paper_tensor(photos[0], size, device, dtype)
+        )
     for case in cases:
         model = models[case] = build_case_model(case, clip, args)
-        runs[case] = functools.partial(model, [as_input(resized(photos[0], CASES[case][1]), device)])
+        runs[case] = functools.partial(
+            model, [as_input(resized(photos[0], CASES[case][1]), device)]
+        )
         result[f"classes_{case}"] = model.text_embeddings(model.vocabulary_for({})).shape[0]
     if "paper_224" in models:
         batch = [as_input(p, device) for p in (photos * 4)[:4]]
-        runs["batch1"] = functools.partial(lambda model, inputs: [model([x]) for x in inputs], models["paper_224"], batch)
+        runs["batch1"] = functools.partial(
+            lambda model, inputs: [model([x]) for x in inputs], models["paper_224"], batch
+        )
         runs["batch4"] = functools.partial(models["paper_224"], batch)
         # The same 4 photos through the plain forward: the gain batching gives CLIP itself on this
         # device, which bounds what it can give CLIPtrase (whose cost is mostly that forward).
         crops = torch.cat([paper_tensor(p, 224, device, dtype) for p in (photos * 4)[:4]])
         plain = plain_forward(clip.visual)
-        runs["plain_batch1"] = functools.partial(lambda inputs: [plain(inputs[i:i + 1]) for i in range(4)], crops)
+        runs["plain_batch1"] = functools.partial(
+            lambda inputs: [plain(inputs[i : i + 1]) for i in range(4)], crops
+        )
         runs["plain_batch4"] = functools.partial(plain, crops)
-    sizes = args.batch_sizes if args.batch_sizes is not None else ("1,8,32" if device.type == "cuda" else "")
+    sizes = (
+        args.batch_sizes
+        if args.batch_sizes is not None
+        else ("1,8,32" if device.type == "cuda" else "")
+    )
     batch_sizes = [int(n) for n in sizes.split(",") if n]
     if batch_sizes and "paper_224" not in models:
         raise ConfigError("--batch-sizes needs the paper_224 case (--cases)")
     for size in batch_sizes:
         chosen = (photos * size)[:size]
         crops = torch.cat([paper_tensor(p, 224, device, dtype) for p in chosen])
-        runs[f"batch{size}_n"] = functools.partial(models["paper_224"], [as_input(p, device) for p in chosen])
+        runs[f"batch{size}_n"] = functools.partial(
+            models["paper_224"], [as_input(p, device) for p in chosen]
+        )
         runs[f"plain_batch{size}_n"] = functools.partial(plain_forward(clip.visual), crops)
-    logger.info("timing %s: %d rounds after %d warm-up rounds", ", ".join(runs), args.repeats, args.warmup)
+    logger.info(
+        "timing %s: %d rounds after %d warm-up rounds", ", ".join(runs), args.repeats, args.warmup
+    )
     times = median_times(runs, device, args.repeats, args.warmup)
 
     for size in PLAIN_SIZES:
@@ -487,12 +603,17 @@ def run_benchmark(args) -> Dict:
     for size in batch_sizes:
         result[f"throughput_batch{size}"] = 1000 * size / times[f"batch{size}_n"]
         result[f"plain_throughput_batch{size}"] = 1000 * size / times[f"plain_batch{size}_n"]
-        result[f"throughput_ratio_batch{size}"] = times[f"plain_batch{size}_n"] / times[f"batch{size}_n"]
+        result[f"throughput_ratio_batch{size}"] = (
+            times[f"plain_batch{size}_n"] / times[f"batch{size}_n"]
+        )
     for case, model in models.items():
-        result[f"overhead_ms_{case}"] = overhead_ms(model, [as_input(resized(photos[0], CASES[case][1]), device)],
-                                                    device, args.repeats)
+        result[f"overhead_ms_{case}"] = overhead_ms(
+            model, [as_input(resized(photos[0], CASES[case][1]), device)], device, args.repeats
+        )
         if case.startswith("paper_"):
-            result[f"overhead_share_{case}"] = result[f"overhead_ms_{case}"] / times[f"plain_{model.paper_size}"]
+            result[f"overhead_share_{case}"] = (
+                result[f"overhead_ms_{case}"] / times[f"plain_{model.paper_size}"]
+            )
     if "batch4" in times:
         result["images_per_s_batch1"] = 4000 / times["batch1"]
         result["images_per_s_batch4"] = 4000 / times["batch4"]
@@ -501,10 +622,17 @@ def run_benchmark(args) -> Dict:
 
     if args.precision != "fp32":
         reference = create_clip(args.model, device, "fp32")
-        reference.load_state_dict({k: v.float() for k, v in clip.state_dict().items()})  # the same weights
+        reference.load_state_dict(
+            {k: v.float() for k, v in clip.state_dict().items()}
+        )  # the same weights
         for case, model in models.items():
-            inputs = [as_input(resized(p, CASES[case][1]), device) for p in photos[:1 if case.startswith("standard") else 4]]
-            result[f"agreement_{case}"] = label_agreement(model, build_case_model(case, reference, args), inputs)
+            inputs = [
+                as_input(resized(p, CASES[case][1]), device)
+                for p in photos[: 1 if case.startswith("standard") else 4]
+            ]
+            result[f"agreement_{case}"] = label_agreement(
+                model, build_case_model(case, reference, args), inputs
+            )
         del reference
 
     if not args.no_memory:
@@ -535,31 +663,59 @@ def label_agreement(model: CLIPtrase, reference: CLIPtrase, inputs: List[Dict]) 
 
 
 def format_table(result: Dict) -> str:
-    throughput = sorted(int(k[len("throughput_ratio_batch"):]) for k in result if k.startswith("throughput_ratio_batch"))
-    lines = [f"device {result['device']}, {result['threads']} threads, torch {result['torch']}, {result['model']} "
-             f"({result['precision']}, random weights), median of {result['repeats']}",
-             "", "| case | classes | time (ms) | ratio | windows | peak memory (MB) | before the runs (MB) |",
-             "|---|---|---|---|---|---|---|"]
-    for case in [f"plain_{s}" for s in PLAIN_SIZES] + [c for c in CASES if f"time_ms_{c}" in result]:
+    throughput = sorted(
+        int(k[len("throughput_ratio_batch") :])
+        for k in result
+        if k.startswith("throughput_ratio_batch")
+    )
+    lines = [
+        f"device {result['device']}, {result['threads']} threads, torch {result['torch']}, {result['model']} "
+        f"({result['precision']}, random weights), median of {result['repeats']}",
+        "",
+        "| case | classes | time (ms) | ratio | windows | peak memory (MB) | before the runs (MB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for case in [f"plain_{s}" for s in PLAIN_SIZES] + [
+        c for c in CASES if f"time_ms_{c}" in result
+    ]:
         ratio = result.get(f"ratio_{case}", result.get(f"window_ratio_{case}"))
         peak, setup = result.get(f"peak_mb_{case}"), result.get(f"setup_mb_{case}")
-        lines.append(f"| {case} | {result.get(f'classes_{case}', '')} | {result[f'time_ms_{case}']:.1f} | "
-                     f"{'' if ratio is None else f'{ratio:.3f}'} | {result.get(f'windows_{case}', '')} | "
-                     f"{'' if peak is None else f'{peak:.0f}'} | {'' if setup is None else f'{setup:.0f}'} |")
+        lines.append(
+            f"| {case} | {result.get(f'classes_{case}', '')} | {result[f'time_ms_{case}']:.1f} | "
+            f"{'' if ratio is None else f'{ratio:.3f}'} | {result.get(f'windows_{case}', '')} | "
+            f"{'' if peak is None else f'{peak:.0f}'} | {'' if setup is None else f'{setup:.0f}'} |"
+        )
     if "images_per_s_batch1" in result:
-        lines += ["", f"paper 224 throughput: batch 1 {result['images_per_s_batch1']:.2f} images/s, batch 4 "
-                      f"{result['images_per_s_batch4']:.2f} images/s ({result['batch4_speedup']:.2f}x); "
-                      f"the plain forward gains {result['plain_batch4_speedup']:.2f}x from the same batch"]
-    overheads = [f"{c} {result[f'overhead_ms_{c}']:.1f}" for c in CASES if f"overhead_ms_{c}" in result]
+        lines += [
+            "",
+            f"paper 224 throughput: batch 1 {result['images_per_s_batch1']:.2f} images/s, batch 4 "
+            f"{result['images_per_s_batch4']:.2f} images/s ({result['batch4_speedup']:.2f}x); "
+            f"the plain forward gains {result['plain_batch4_speedup']:.2f}x from the same batch",
+        ]
+    overheads = [
+        f"{c} {result[f'overhead_ms_{c}']:.1f}" for c in CASES if f"overhead_ms_{c}" in result
+    ]
     if overheads:
         lines += ["", f"time after the backbone (ms): {', '.join(overheads)}"]
     for size in throughput:
-        lines.append(f"batch {size}: {result[f'throughput_batch{size}']:.1f} images/s, plain "
-                     f"{result[f'plain_throughput_batch{size}']:.1f} ({result[f'throughput_ratio_batch{size}']:.3f}x)")
-    agreements = [f"{case} {result[f'agreement_{case}']:.4f}" for case in CASES if f"agreement_{case}" in result]
+        lines.append(
+            f"batch {size}: {result[f'throughput_batch{size}']:.1f} images/s, plain "
+            f"{result[f'plain_throughput_batch{size}']:.1f} ({result[f'throughput_ratio_batch{size}']:.3f}x)"
+        )
+    agreements = [
+        f"{case} {result[f'agreement_{case}']:.4f}"
+        for case in CASES
+        if f"agreement_{case}" in result
+    ]
     if agreements:
-        lines += ["", f"labels equal to fp32's (share of pixels, same weights): {', '.join(agreements)}"]
-    lines += ["", "ratio: time / plain forward at the same S (paper); time / (windows x plain_224) (standard)."]
+        lines += [
+            "",
+            f"labels equal to fp32's (share of pixels, same weights): {', '.join(agreements)}",
+        ]
+    lines += [
+        "",
+        "ratio: time / plain forward at the same S (paper); time / (windows x plain_224) (standard).",
+    ]
     stages = result.get("stages_ms")
     if stages:
         cases = list(stages)
@@ -567,7 +723,11 @@ def format_table(result: Dict) -> str:
         labels = [label for label in labels if label != "total"] + ["total"]
         lines += ["", "| stage (ms) | " + " | ".join(cases) + " |", "|---" * (len(cases) + 1) + "|"]
         for label in labels:
-            lines.append(f"| {label} | " + " | ".join(f"{stages[c].get(label, 0.0):.1f}" for c in cases) + " |")
+            lines.append(
+                f"| {label} | "
+                + " | ".join(f"{stages[c].get(label, 0.0):.1f}" for c in cases)
+                + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -578,7 +738,9 @@ def main(argv=None) -> Dict:
     if args.memory_case:
         sys.stdout.write(json.dumps(measure_case_memory(args.memory_case, args)) + "\n")
         return {}
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s: %(message)s"
+    )
     result = run_benchmark(args)
     sys.stdout.write(json.dumps(result) + "\n" if args.json else format_table(result))
     return result

@@ -18,6 +18,7 @@ compare_published.{md,csv} each peer head under its authors' published setting
 (configs/<head>/published/<benchmark>.yaml, to hold against its paper) on the datasets whose
 benchmark it reported; --no-published skips the second.
 """
+
 import argparse
 import csv
 import io
@@ -47,17 +48,34 @@ logger = logging.getLogger("cliptrase_d2.compare")
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True, help="the protocol's config (e.g. configs/standard/Base-standard.yaml)")
-    parser.add_argument("--heads",
-                        default="cliptrase,clip,maskclip,sclip,clearclip,naclip,scclip,pearl")
-    parser.add_argument("--datasets", required=True, help="comma-separated registered dataset names")
-    parser.add_argument("--refine", choices=["default", "vote", "mean", "none", "tlp"],
-                        default="default")
-    parser.add_argument("--output", default="output/compare", help="folder for compare.md and compare.csv")
-    parser.add_argument("--no-published", action="store_true",
-                        help="skip the second table (peer heads under their published settings)")
-    parser.add_argument("--num-gpus", type=int, default=1, help="processes (GPUs, or CPU processes without CUDA)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config-file",
+        required=True,
+        help="the protocol's config (e.g. configs/standard/Base-standard.yaml)",
+    )
+    parser.add_argument(
+        "--heads", default="cliptrase,clip,maskclip,sclip,clearclip,naclip,scclip,pearl"
+    )
+    parser.add_argument(
+        "--datasets", required=True, help="comma-separated registered dataset names"
+    )
+    parser.add_argument(
+        "--refine", choices=["default", "vote", "mean", "none", "tlp"], default="default"
+    )
+    parser.add_argument(
+        "--output", default="output/compare", help="folder for compare.md and compare.csv"
+    )
+    parser.add_argument(
+        "--no-published",
+        action="store_true",
+        help="skip the second table (peer heads under their published settings)",
+    )
+    parser.add_argument(
+        "--num-gpus", type=int, default=1, help="processes (GPUs, or CPU processes without CUDA)"
+    )
     parser.add_argument("--num-machines", type=int, default=1)
     parser.add_argument("--machine-rank", type=int, default=0)
     parser.add_argument("--dist-url", default="auto")
@@ -69,7 +87,9 @@ def parse_list(text: str, allowed, what: str):
     items = [item.strip() for item in text.split(",") if item.strip()]
     unknown = [item for item in items if item not in allowed]
     if not items or unknown:
-        raise ConfigError(f"unknown {what} {', '.join(unknown) or '(none given)'}; available: {', '.join(sorted(allowed))}")
+        raise ConfigError(
+            f"unknown {what} {', '.join(unknown) or '(none given)'}; available: {', '.join(sorted(allowed))}"
+        )
     return items
 
 
@@ -80,8 +100,12 @@ def head_opts(head: str, refine: str):
 
 def evaluate(head: str, dataset: str, args):
     """(mIoU, seconds per image) of one head on one dataset; only the main process gets numbers."""
-    cfg = load_config(args.config_file, list(args.opts) + head_opts(head, args.refine) + [
-        "DATASETS.TEST", f"('{dataset}',)", "OUTPUT_DIR", os.path.join(args.output, head)])
+    cfg = load_config(
+        args.config_file,
+        list(args.opts)
+        + head_opts(head, args.refine)
+        + ["DATASETS.TEST", f"('{dataset}',)", "OUTPUT_DIR", os.path.join(args.output, head)],
+    )
     return timed_test(cfg, dataset)
 
 
@@ -97,8 +121,10 @@ def published_config(head: str, dataset: str):
 def evaluate_published(head: str, dataset: str, args):
     """(mIoU, seconds per image) of a peer head under its published setting for the dataset."""
     output = os.path.join(args.output, "published", head)
-    cfg = load_config(published_config(head, dataset), list(args.opts) + [
-        "DATASETS.TEST", f"('{dataset}',)", "OUTPUT_DIR", output])
+    cfg = load_config(
+        published_config(head, dataset),
+        list(args.opts) + ["DATASETS.TEST", f"('{dataset}',)", "OUTPUT_DIR", output],
+    )
     return timed_test(cfg, dataset)
 
 
@@ -118,15 +144,20 @@ def timed_test(cfg, dataset: str):
 
 def tables(heads, datasets, cells, num_processes, title: str = ""):
     """Markdown and CSV; a cell not evaluated yet is '-' (the table is rewritten after each run)."""
+
     def cell(h, d, index, form):
         return format(cells[h, d][index], form) if (h, d) in cells else "-"
 
     header = ["head"] + [f"{d} mIoU" for d in datasets] + [f"{d} s/img" for d in datasets]
-    rows = [[h] + [cell(h, d, 0, ".2f") for d in datasets] + [cell(h, d, 1, ".3f") for d in datasets]
-            for h in heads]
-    markdown = "\n".join(([title, ""] if title else [])
-                         + ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                         + ["| " + " | ".join(r) + " |" for r in rows])
+    rows = [
+        [h] + [cell(h, d, 0, ".2f") for d in datasets] + [cell(h, d, 1, ".3f") for d in datasets]
+        for h in heads
+    ]
+    markdown = "\n".join(
+        ([title, ""] if title else [])
+        + ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        + ["| " + " | ".join(r) + " |" for r in rows]
+    )
     markdown += f"\n\nTime per image: wall-clock inference of the whole dataset / images, {num_processes} process(es).\n"
     buffer = io.StringIO()
     csv.writer(buffer).writerows([header] + rows)
@@ -169,8 +200,11 @@ def run_published(heads, datasets, args):
                 atomic_write_text(os.path.join(args.output, "compare_published.md"), markdown)
                 atomic_write_text(os.path.join(args.output, "compare_published.csv"), table)
     if cells and comm.is_main_process():
-        logger.info("published settings written to %s/compare_published.{md,csv}:\n%s",
-                    args.output, markdown)
+        logger.info(
+            "published settings written to %s/compare_published.{md,csv}:\n%s",
+            args.output,
+            markdown,
+        )
     return cells
 
 
@@ -178,9 +212,17 @@ if __name__ == "__main__":
     arguments = get_parser().parse_args()
     try:
         parse_list(arguments.heads, HEADS, "head")
-        launch(main, arguments.num_gpus, num_machines=arguments.num_machines, machine_rank=arguments.machine_rank,
-               dist_url=arguments.dist_url, args=(arguments,))
-    except UserError as error:  # bad input: one line; anything else is a bug and keeps its traceback
+        launch(
+            main,
+            arguments.num_gpus,
+            num_machines=arguments.num_machines,
+            machine_rank=arguments.machine_rank,
+            dist_url=arguments.dist_url,
+            args=(arguments,),
+        )
+    except (
+        UserError
+    ) as error:  # bad input: one line; anything else is a bug and keeps its traceback
         sys.exit(f"error: {error}")
     except WorkerError as error:  # several CPU processes: the failing one's error
         sys.exit(error.exit_message())

@@ -20,6 +20,7 @@ the original image under the standard one.
 <stem>.mp4 in --output (or --output itself when it ends in .mp4): each frame's overlay beside a
 legend of the vocabulary's colours.
 """
+
 import argparse
 import glob
 import logging
@@ -35,8 +36,18 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from cliptrase_d2.api import Segmenter
-from cliptrase_d2.errors import InputError, MissingFileError, OutputExistsError, OutputNotWritableError, UserError
-from cliptrase_d2.evaluation.results_io import atomic_save_image, atomic_write_json, atomic_write_png
+from cliptrase_d2.errors import (
+    InputError,
+    MissingFileError,
+    OutputExistsError,
+    OutputNotWritableError,
+    UserError,
+)
+from cliptrase_d2.evaluation.results_io import (
+    atomic_save_image,
+    atomic_write_json,
+    atomic_write_png,
+)
 from cliptrase_d2.visualization import legend_entries, overlay, palette, side_by_side, with_legend
 from cliptrase_d2.vocabulary import benchmark_keys, resolve_vocabulary
 
@@ -53,29 +64,59 @@ logger = logging.getLogger("cliptrase_d2.demo")
 
 def get_parser():
     parser = argparse.ArgumentParser(description="CLIPtrase: segment images with any vocabulary")
-    parser.add_argument("--config-file", default="", metavar="FILE",
-                        help="config file (default: the --protocol's base config)")
-    parser.add_argument("--protocol", choices=sorted(PROTOCOL_CONFIGS), default=None,
-                        help="standard (the whole image at its own size; the default without "
-                             "--config-file) or paper (the S x S center crop)")
+    parser.add_argument(
+        "--config-file",
+        default="",
+        metavar="FILE",
+        help="config file (default: the --protocol's base config)",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=sorted(PROTOCOL_CONFIGS),
+        default=None,
+        help="standard (the whole image at its own size; the default without "
+        "--config-file) or paper (the S x S center crop)",
+    )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", nargs="+",
-                        help="image files, folders or glob patterns (quote globs)")
-    source.add_argument("--video-input", metavar="FILE",
-                        help="a video file, segmented frame by frame into an mp4 with the overlay")
-    parser.add_argument("--output", required=True,
-                        help="folder for the outputs (created if needed); with --video-input "
-                             "also a file name ending in .mp4")
-    parser.add_argument("--vocabulary", default=None,
-                        help="benchmark key (voc21, ade150, ...), comma-separated names, or a text file")
-    parser.add_argument("--background", default="", help="comma-separated background words, merged into one class")
-    parser.add_argument("--cache-dir", default=None, help="text-embedding cache folder ('none' to disable)")
-    parser.add_argument("--side-by-side", action="store_true", help="also write <stem>_panel.png: input | overlay")
-    parser.add_argument("--batch-size", type=int, default=1,
-                        help="images (or frames) per forward pass")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace output files that already exist (e.g. from an earlier run)")
-    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
+    source.add_argument(
+        "--input", nargs="+", help="image files, folders or glob patterns (quote globs)"
+    )
+    source.add_argument(
+        "--video-input",
+        metavar="FILE",
+        help="a video file, segmented frame by frame into an mp4 with the overlay",
+    )
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="folder for the outputs (created if needed); with --video-input "
+        "also a file name ending in .mp4",
+    )
+    parser.add_argument(
+        "--vocabulary",
+        default=None,
+        help="benchmark key (voc21, ade150, ...), comma-separated names, or a text file",
+    )
+    parser.add_argument(
+        "--background", default="", help="comma-separated background words, merged into one class"
+    )
+    parser.add_argument(
+        "--cache-dir", default=None, help="text-embedding cache folder ('none' to disable)"
+    )
+    parser.add_argument(
+        "--side-by-side", action="store_true", help="also write <stem>_panel.png: input | overlay"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=1, help="images (or frames) per forward pass"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace output files that already exist (e.g. from an earlier run)",
+    )
+    parser.add_argument(
+        "--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ..."
+    )
     return parser
 
 
@@ -84,10 +125,15 @@ def expand_inputs(patterns):
     paths = []
     for pattern in patterns:
         if os.path.isdir(pattern):
-            found = sorted(os.path.join(pattern, f) for f in os.listdir(pattern)
-                           if f.lower().endswith(IMAGE_EXTENSIONS))
+            found = sorted(
+                os.path.join(pattern, f)
+                for f in os.listdir(pattern)
+                if f.lower().endswith(IMAGE_EXTENSIONS)
+            )
             if not found:
-                raise MissingFileError(f"--input folder {pattern} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
+                raise MissingFileError(
+                    f"--input folder {pattern} contains no images ({', '.join(IMAGE_EXTENSIONS)})"
+                )
         elif os.path.isfile(pattern):
             found = [pattern]
         else:
@@ -119,18 +165,26 @@ def check_outputs(inputs, output: str, panel: bool, overwrite: bool) -> None:
         for target in output_paths(path, output, panel).values():
             real = os.path.realpath(target)
             if real in sources:
-                raise InputError(f"the output {target} would overwrite the input {sources[real]}: "
-                                 "choose another --output folder")
+                raise InputError(
+                    f"the output {target} would overwrite the input {sources[real]}: "
+                    "choose another --output folder"
+                )
             if real in writers and os.path.realpath(writers[real]) != os.path.realpath(path):
-                raise InputError(f"two inputs would write the same outputs ({os.path.basename(target)}): "
-                                 f"{writers[real]} and {path}; rename one or run them separately")
+                raise InputError(
+                    f"two inputs would write the same outputs ({os.path.basename(target)}): "
+                    f"{writers[real]} and {path}; rename one or run them separately"
+                )
             writers[real] = path
             if os.path.lexists(target):
                 existing.append(target)
     if existing and not overwrite:
-        shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
-        raise OutputExistsError(f"{len(existing)} output file(s) already exist: {shown}. Pass --overwrite to "
-                              "replace them, or choose another --output folder")
+        shown = ", ".join(existing[:3]) + (
+            f" and {len(existing) - 3} more" if len(existing) > 3 else ""
+        )
+        raise OutputExistsError(
+            f"{len(existing)} output file(s) already exist: {shown}. Pass --overwrite to "
+            "replace them, or choose another --output folder"
+        )
 
 
 def check_writable(folder: str) -> None:
@@ -139,7 +193,9 @@ def check_writable(folder: str) -> None:
         with tempfile.NamedTemporaryFile(dir=folder):
             pass
     except OSError as error:
-        raise OutputNotWritableError(f"cannot write to the --output folder {folder}: {error.strerror}") from None
+        raise OutputNotWritableError(
+            f"cannot write to the --output folder {folder}: {error.strerror}"
+        ) from None
 
 
 def write_outputs(result, path: str, output: str, panel: bool) -> None:
@@ -152,13 +208,16 @@ def write_outputs(result, path: str, output: str, panel: bool) -> None:
     atomic_save_image(targets["overlay"], shown)
     if panel:
         atomic_save_image(targets["panel"], side_by_side(Image.fromarray(result.image), shown))
-    atomic_write_json(targets["json"], {
-        "image": path,
-        "class_names": result.class_names,
-        "height": int(labels.shape[0]),
-        "width": int(labels.shape[1]),
-        "pixel_share": {name: share for _, name, share in entries},
-    })
+    atomic_write_json(
+        targets["json"],
+        {
+            "image": path,
+            "class_names": result.class_names,
+            "height": int(labels.shape[0]),
+            "width": int(labels.shape[1]),
+            "pixel_share": {name: share for _, name, share in entries},
+        },
+    )
 
 
 def build_opts(args):
@@ -191,11 +250,14 @@ def check_video_output(video: str, target: str, overwrite: bool) -> None:
     if not os.path.isfile(video):
         raise MissingFileError(f"--video-input {video} does not exist")
     if os.path.realpath(target) == os.path.realpath(video):
-        raise InputError(f"the output {target} would overwrite the input video: "
-                         "choose another --output")
+        raise InputError(
+            f"the output {target} would overwrite the input video: choose another --output"
+        )
     if os.path.lexists(target) and not overwrite:
-        raise OutputExistsError(f"the output {target} already exists. Pass --overwrite to replace "
-                              "it, or choose another --output")
+        raise OutputExistsError(
+            f"the output {target} already exists. Pass --overwrite to replace "
+            "it, or choose another --output"
+        )
 
 
 def class_legend(class_names, height: int, row_height: int = 20) -> np.ndarray:
@@ -208,8 +270,11 @@ def class_legend(class_names, height: int, row_height: int = 20) -> np.ndarray:
     draw = ImageDraw.Draw(canvas)
     for index, (name, color) in enumerate(zip(class_names, palette(len(class_names)))):
         top = 4 + index * row_height
-        draw.rectangle([6, top, 6 + row_height - 4, top + row_height - 4],
-                       fill=tuple(int(c) for c in color), outline=(0, 0, 0))
+        draw.rectangle(
+            [6, top, 6 + row_height - 4, top + row_height - 4],
+            fill=tuple(int(c) for c in color),
+            outline=(0, 0, 0),
+        )
         draw.text((row_height + 8, top + 4), name, fill=(0, 0, 0))
     return np.asarray(canvas)
 
@@ -229,14 +294,17 @@ def read_frames(capture, batch_size: int):
         yield batch
 
 
-def segment_video(segmenter, video: str, target: str, vocabulary, background,
-                  batch_size: int) -> int:
+def segment_video(
+    segmenter, video: str, target: str, vocabulary, background, batch_size: int
+) -> int:
     """Writes ``target`` (mp4): every frame's overlay beside the class legend. Returns the
     number of frames."""
     capture = cv2.VideoCapture(video)
     if not capture.isOpened():
-        raise InputError(f"cannot read the video {video}: OpenCV could not open it (a video file "
-                         "such as .mp4, .avi or .mov is needed)")
+        raise InputError(
+            f"cannot read the video {video}: OpenCV could not open it (a video file "
+            "such as .mp4, .avi or .mov is needed)"
+        )
     fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     folder = os.path.dirname(os.path.abspath(target))
@@ -258,7 +326,7 @@ def segment_video(segmenter, video: str, target: str, vocabulary, background,
                         writer = cv2.VideoWriter(partial, fourcc, fps, size)
                     frame = np.full((size[1], size[0], 3), 255, dtype=np.uint8)
                     frame[:height, :width] = overlay(result.image, result.labels)
-                    frame[:legend.shape[0], width:width + legend.shape[1]] = legend
+                    frame[: legend.shape[0], width : width + legend.shape[1]] = legend
                     writer.write(np.ascontiguousarray(frame[:, :, ::-1]))
                 frames += len(batch)
                 progress.update(len(batch))
@@ -290,14 +358,15 @@ def main(argv=None):
     config_file = args.config_file or PROTOCOL_CONFIGS[args.protocol or DEFAULT_PROTOCOL]
     segmenter = Segmenter.from_config(config_file, build_opts(args))
     if args.video_input:
-        frames = segment_video(segmenter, args.video_input, target, vocabulary, background,
-                               args.batch_size)
+        frames = segment_video(
+            segmenter, args.video_input, target, vocabulary, background, args.batch_size
+        )
         logger.info("segmented %d frames of %s -> %s", frames, args.video_input, target)
         return 0
     logger.info("segmenting %d image(s) -> %s", len(inputs), args.output)
     with tqdm(total=len(inputs), desc="demo", unit="img") as progress:
         for start in range(0, len(inputs), args.batch_size):
-            batch = inputs[start:start + args.batch_size]
+            batch = inputs[start : start + args.batch_size]
             results = segmenter.segment(batch, vocabulary, background=background, scores=False)
             for path, result in zip(batch, results):
                 write_outputs(result, path, args.output, args.side_by_side)
@@ -308,5 +377,7 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except UserError as error:  # bad input: one line; anything else is a bug and keeps its traceback
+    except (
+        UserError
+    ) as error:  # bad input: one line; anything else is a bug and keeps its traceback
         sys.exit(f"error: {error}")

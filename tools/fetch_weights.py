@@ -13,6 +13,7 @@ temporary name beside the destination and renamed only once its sha256 matches, 
 that cannot be created or written is a one-line error. A destination that already holds the
 right file is left alone; one that holds anything else is never overwritten.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,7 +59,9 @@ def openai_archive(model: str) -> Tuple[str, str]:
     url = open_clip.get_pretrained_url(name, "openai")
     sha256 = url.rstrip("/").split("/")[-2] if url else ""
     if "openaipublic" not in url or not re.fullmatch(r"[0-9a-f]{64}", sha256):
-        models = sorted(m for m in open_clip.list_pretrained_models_by_tag("openai") if "quickgelu" not in m)
+        models = sorted(
+            m for m in open_clip.list_pretrained_models_by_tag("openai") if "quickgelu" not in m
+        )
         raise FetchError(f"No OpenAI archive for model {model!r}; OpenAI released: {models}.")
     return url, sha256
 
@@ -72,8 +75,9 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download_verified(url: str, dest: Path, sha256: str, *, timeout: float = 60.0,
-                      progress: bool = True) -> Path:
+def download_verified(
+    url: str, dest: Path, sha256: str, *, timeout: float = 60.0, progress: bool = True
+) -> Path:
     """Downloads ``url`` to ``dest`` unless ``dest`` already has content with this sha256.
 
     The bytes go to a temporary file in ``dest``'s folder, hashed on the way, and are renamed to
@@ -101,13 +105,17 @@ def download_verified(url: str, dest: Path, sha256: str, *, timeout: float = 60.
         try:
             actual = sha256_of(dest)
         except OSError as e:
-            raise FetchError(f"Cannot read the existing {dest} ({e.strerror or e}); choose another "
-                             "--dest or fix its permissions.") from e
+            raise FetchError(
+                f"Cannot read the existing {dest} ({e.strerror or e}); choose another "
+                "--dest or fix its permissions."
+            ) from e
         if actual == expected:
             logger.info("%s is already present and its sha256 matches; nothing to do.", dest)
             return dest
-        raise FetchError(f"{dest} already exists but its sha256 is {actual}, not {expected} (an interrupted "
-                         "download or another file). It was left untouched: delete it and run again.")
+        raise FetchError(
+            f"{dest} already exists but its sha256 is {actual}, not {expected} (an interrupted "
+            "download or another file). It was left untouched: delete it and run again."
+        )
     fd, tmp = _temporary_beside(dest)
     try:
         digest = hashlib.sha256()
@@ -116,25 +124,31 @@ def download_verified(url: str, dest: Path, sha256: str, *, timeout: float = 60.
                 with urllib.request.urlopen(url, timeout=timeout) as response:
                     length = response.headers.get("Content-Length")
                     total = int(length) if length and length.isdigit() else None
-                    with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name,
-                              disable=not progress) as bar:
+                    with tqdm(
+                        total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress
+                    ) as bar:
                         for chunk in iter(lambda: response.read(CHUNK_BYTES), b""):
                             try:
                                 out.write(chunk)
                             except OSError as e:  # the disk, not the network
-                                raise FetchError(f"Could not write {tmp}: {e.strerror}. Free some space in "
-                                                 f"{dest.parent} or choose another --dest.") from e
+                                raise FetchError(
+                                    f"Could not write {tmp}: {e.strerror}. Free some space in "
+                                    f"{dest.parent} or choose another --dest."
+                                ) from e
                             digest.update(chunk)
                             bar.update(len(chunk))
             except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
                 reason = getattr(e, "reason", e)
                 raise FetchError(
                     f"Could not download {url}: {reason}. Are you offline? Download the file on a machine "
-                    f"with internet and copy it to {dest} (expected sha256 {expected}).") from e
+                    f"with internet and copy it to {dest} (expected sha256 {expected})."
+                ) from e
         actual = digest.hexdigest()
         if actual != expected:
-            raise FetchError(f"The file downloaded from {url} has sha256 {actual}, not {expected}: it is "
-                             "corrupt or not the published file, and was discarded. Try again later.")
+            raise FetchError(
+                f"The file downloaded from {url} has sha256 {actual}, not {expected}: it is "
+                "corrupt or not the published file, and was discarded. Try again later."
+            )
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; weights are not secret
         os.replace(tmp, dest)
     except BaseException:
@@ -154,8 +168,10 @@ def _temporary_beside(dest: Path) -> Tuple[int, Path]:
     except OSError as e:  # a file where a folder should be, no permission, read-only disk
         reason = e.strerror or str(e)
         where = e.filename or dest.parent
-        raise FetchError(f"Cannot write into the folder {dest.parent} ({where}: {reason}); "
-                         "choose another --dest.") from e
+        raise FetchError(
+            f"Cannot write into the folder {dest.parent} ({where}: {reason}); "
+            "choose another --dest."
+        ) from e
     return fd, Path(name)
 
 
@@ -171,11 +187,17 @@ def _destination(dest: str, url: str) -> Path:
 def main(argv: Optional[List[str]] = None) -> int:
     """Command-line entry point; returns the process exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help="open_clip model name with OpenAI weights (default: %(default)s)")
-    parser.add_argument("--dest", default=str(DEFAULT_DEST),
-                        help="folder (gets the archive's own name, e.g. ViT-B-16.pt) or file path "
-                             "(default: the repository's weights/ folder)")
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="open_clip model name with OpenAI weights (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--dest",
+        default=str(DEFAULT_DEST),
+        help="folder (gets the archive's own name, e.g. ViT-B-16.pt) or file path "
+        "(default: the repository's weights/ folder)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[fetch_weights] %(message)s")
@@ -183,7 +205,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     try:
         url, sha256 = openai_archive(args.model)
-        path = download_verified(url, _destination(args.dest, url), sha256, progress=not args.no_progress)
+        path = download_verified(
+            url, _destination(args.dest, url), sha256, progress=not args.no_progress
+        )
     except FetchError as e:
         logger.error("%s", e)
         return 1

@@ -104,7 +104,11 @@ if __name__ == "__main__":
             dist_url=args.dist_url,
             args=(args,),
         )
-    except UserError as error:  # bad input: one line; anything else is a bug and keeps its traceback
+    except (
+        UserError
+    ) as error:  # bad input: one line; anything else is a bug and keeps its traceback
         sys.exit(f"error: {error}")
-    except WorkerError as error:  # several CPU processes: the failing one's error, as one process shows it
+    except (
+        WorkerError
+    ) as error:  # several CPU processes: the failing one's error, as one process shows it
         sys.exit(error.exit_message())

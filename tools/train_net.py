@@ -7,6 +7,7 @@
 
 Without CUDA, --num-gpus N starts N CPU processes (gloo).
 """
+
 import sys
 
 import cliptrase_d2  # noqa: F401  (registers the meta-architecture and datasets; detectron2 shims)
@@ -26,11 +27,23 @@ def main(args):
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     if not args.eval_only:
-        sys.exit("CLIPtrase is training-free: there is nothing to train. Add --eval-only to evaluate.")
+        sys.exit(
+            "CLIPtrase is training-free: there is nothing to train. Add --eval-only to evaluate."
+        )
     try:
-        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-               dist_url=args.dist_url, args=(args,))
-    except UserError as error:  # bad input: one line; anything else is a bug and keeps its traceback
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except (
+        UserError
+    ) as error:  # bad input: one line; anything else is a bug and keeps its traceback
         sys.exit(f"error: {error}")
-    except WorkerError as error:  # several CPU processes: the failing one's error, as one process shows it
+    except (
+        WorkerError
+    ) as error:  # several CPU processes: the failing one's error, as one process shows it
         sys.exit(error.exit_message())

@@ -387,6 +387,7 @@ def main(argv=None):
     # first the model (weights problems stop the server here, in seconds), then Gradio's import
     segmenter, _ = models.get(args.head, args.protocol)
     import gradio as gr
+
     page = build_page(
         models, limits, Outputs(), args.head, args.protocol, describe_weights(models, segmenter)
     )

@@ -4,6 +4,7 @@ Detectron2's DatasetMapper drops ``sem_seg_file_name`` at test time and converts
 lossily; CLIPtrase resizes inside the model (the protocols need the original pixels), so the
 mapper only decodes.
 """
+
 import copy
 
 import torch

@@ -1,4 +1,5 @@
 """Reading images for CLIP: any PIL-readable file as 8-bit RGB, with errors that name the file."""
+
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from ..errors import InputError, MissingFileError
@@ -32,5 +33,7 @@ def read_rgb(path: str, exif_orientation: bool = True) -> np.ndarray:
     except FileNotFoundError:
         raise MissingFileError(f"image file {path} does not exist") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise InputError(f"cannot read image {path}: {error}. Check that the file is a complete "
-                         "image (PNG, JPEG, ...) and not truncated or of another format") from None
+        raise InputError(
+            f"cannot read image {path}: {error}. Check that the file is a complete "
+            "image (PNG, JPEG, ...) and not truncated or of another format"
+        ) from None

@@ -4,6 +4,7 @@ detectron2's ``launch`` runs on CPUs with gloo since January 2023. detectron2 0.
 and hard-codes NCCL, so there CPU runs with several processes go through ``_gloo_worker`` here,
 which sets up detectron2's ``comm`` the same way.
 """
+
 import functools
 import logging
 import os
@@ -55,14 +56,20 @@ class WorkerError(RuntimeError):
         return f"error: {self}"
 
 
-def _worker_error(error: "mp.ProcessRaisedException", world_size: int, first_rank: int = 0) -> WorkerError:
+def _worker_error(
+    error: "mp.ProcessRaisedException", world_size: int, first_rank: int = 0
+) -> WorkerError:
     lines = [line for line in str(error).splitlines() if line.strip()]
     last = lines[-1] if lines else str(error)
     kind, _, message = last.partition(": ")
     kind = kind.rsplit(".", 1)[-1]
     if not message or " " in kind:
         kind, message = "Exception", last
-    return WorkerError(f"(process rank {first_rank + error.error_index} of {world_size}) {message}", kind, str(error))
+    return WorkerError(
+        f"(process rank {first_rank + error.error_index} of {world_size}) {message}",
+        kind,
+        str(error),
+    )
 
 
 def _free_port() -> int:
@@ -73,8 +80,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch(main_func, num_processes: int, num_machines: int = 1, machine_rank: int = 0,
-           dist_url: str = "auto", args=(), use_cuda: bool = None, timeout=DEFAULT_TIMEOUT):
+def launch(
+    main_func,
+    num_processes: int,
+    num_machines: int = 1,
+    machine_rank: int = 0,
+    dist_url: str = "auto",
+    args=(),
+    use_cuda: bool = None,
+    timeout=DEFAULT_TIMEOUT,
+):
     """Runs ``main_func(*args)`` in ``num_processes`` processes per machine.
 
     With CUDA (``use_cuda`` default: ``torch.cuda.is_available()``) this is detectron2's launch:
@@ -83,8 +98,15 @@ def launch(main_func, num_processes: int, num_machines: int = 1, machine_rank: i
     """
     use_cuda = torch.cuda.is_available() if use_cuda is None else use_cuda
     if use_cuda:
-        return d2_launch(main_func, num_processes, num_machines=num_machines, machine_rank=machine_rank,
-                         dist_url=dist_url, args=args, timeout=timeout)
+        return d2_launch(
+            main_func,
+            num_processes,
+            num_machines=num_machines,
+            machine_rank=machine_rank,
+            dist_url=dist_url,
+            args=args,
+            timeout=timeout,
+        )
     world_size = num_machines * num_processes
     if world_size == 1:
         return main_func(*args)
@@ -92,14 +114,24 @@ def launch(main_func, num_processes: int, num_machines: int = 1, machine_rank: i
         raise ConfigError("--dist-url auto only works on one machine; give tcp://<host>:<port>")
     try:
         if LIBRARY_LAUNCHES_ON_CPU and not torch.cuda.is_available():
-            d2_launch(functools.partial(_on_shared_cores, main_func, num_processes), num_processes,
-                      num_machines=num_machines, machine_rank=machine_rank, dist_url=dist_url,
-                      args=args, timeout=timeout)
+            d2_launch(
+                functools.partial(_on_shared_cores, main_func, num_processes),
+                num_processes,
+                num_machines=num_machines,
+                machine_rank=machine_rank,
+                dist_url=dist_url,
+                args=args,
+                timeout=timeout,
+            )
             return None
         if dist_url == "auto":
             dist_url = f"tcp://127.0.0.1:{_free_port()}"
-        mp.spawn(_gloo_worker, nprocs=num_processes, daemon=False,
-                 args=(main_func, world_size, num_processes, machine_rank, dist_url, args, timeout))
+        mp.spawn(
+            _gloo_worker,
+            nprocs=num_processes,
+            daemon=False,
+            args=(main_func, world_size, num_processes, machine_rank, dist_url, args, timeout),
+        )
     except mp.ProcessRaisedException as error:
         raise _worker_error(error, world_size, machine_rank * num_processes) from None
 
@@ -114,11 +146,18 @@ def _on_shared_cores(main_func, num_processes, *args):
     return main_func(*args)
 
 
-def _gloo_worker(local_rank, main_func, world_size, num_processes, machine_rank, dist_url, args, timeout):
+def _gloo_worker(
+    local_rank, main_func, world_size, num_processes, machine_rank, dist_url, args, timeout
+):
     global_rank = machine_rank * num_processes + local_rank
     _share_cores(num_processes)
-    dist.init_process_group(backend="gloo", init_method=dist_url, world_size=world_size,
-                            rank=global_rank, timeout=timeout)
+    dist.init_process_group(
+        backend="gloo",
+        init_method=dist_url,
+        world_size=world_size,
+        rank=global_rank,
+        timeout=timeout,
+    )
     num_machines = world_size // num_processes
     for i in range(num_machines):
         group = dist.new_group(list(range(i * num_processes, (i + 1) * num_processes)))

@@ -1,4 +1,5 @@
 """Evaluation with Detectron2's DefaultTrainer machinery: evaluators and test loaders per protocol."""
+
 import logging
 
 from detectron2.data import DatasetCatalog, build_detection_test_loader
@@ -23,12 +24,16 @@ def setup(args):
     console and in OUTPUT_DIR/log.txt."""
     cfg = load_config(args.config_file, args.opts, resolve=False)
     if not cfg.DATASETS.TEST:
-        raise ConfigError("DATASETS.TEST is empty: name the dataset(s) to evaluate, e.g. "
-                         "DATASETS.TEST \"('cliptrase_voc21_val',)\"")
+        raise ConfigError(
+            "DATASETS.TEST is empty: name the dataset(s) to evaluate, e.g. "
+            "DATASETS.TEST \"('cliptrase_voc21_val',)\""
+        )
     for name in cfg.DATASETS.TEST:
         if name not in DatasetCatalog.list():
-            raise UnknownNameError(f"Dataset '{name}' (DATASETS.TEST) is not registered! Available datasets are: "
-                           f"{', '.join(sorted(DatasetCatalog.list()))}")
+            raise UnknownNameError(
+                f"Dataset '{name}' (DATASETS.TEST) is not registered! Available datasets are: "
+                f"{', '.join(sorted(DatasetCatalog.list()))}"
+            )
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cliptrase_d2")
     resolve_device(cfg)
     cfg.freeze()
@@ -42,27 +47,58 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_model(cls, cfg):
         model = build_model(cfg)
-        vocabulary = (f"{model.vocabulary.num_classes} classes (MODEL.CLIPTRASE.VOCABULARY)" if model.vocabulary
-                      else "each dataset's own")
-        logger.info("CLIPtrase: head=%s, protocol=%s, vocabulary: %s, CLIP=%s, weights=%s, device=%s",
-                    cfg.MODEL.CLIPTRASE.HEAD, cfg.MODEL.CLIPTRASE.PROTOCOL, vocabulary,
-                    cfg.MODEL.CLIPTRASE.CLIP_MODEL, cfg.MODEL.WEIGHTS, cfg.MODEL.DEVICE)
+        vocabulary = (
+            f"{model.vocabulary.num_classes} classes (MODEL.CLIPTRASE.VOCABULARY)"
+            if model.vocabulary
+            else "each dataset's own"
+        )
+        logger.info(
+            "CLIPtrase: head=%s, protocol=%s, vocabulary: %s, CLIP=%s, weights=%s, device=%s",
+            cfg.MODEL.CLIPTRASE.HEAD,
+            cfg.MODEL.CLIPTRASE.PROTOCOL,
+            vocabulary,
+            cfg.MODEL.CLIPTRASE.CLIP_MODEL,
+            cfg.MODEL.WEIGHTS,
+            cfg.MODEL.DEVICE,
+        )
         return model
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_dir = output_folder or cfg.OUTPUT_DIR
         c = cfg.MODEL.CLIPTRASE
-        run_info = {"head": c.HEAD, "refine": c.REFINE, "clip_model": c.CLIP_MODEL,
-                    "weights": cfg.MODEL.WEIGHTS or "openai", "precision": c.PRECISION,
-                    "templates": c.TEMPLATES, "vocabulary": c.VOCABULARY or "the dataset's"}
-        run_info.update({"paper_size": c.PAPER_SIZE} if c.PROTOCOL == "paper" else
-                        {"short_side": c.STANDARD_SHORT_SIDE, "window": c.WINDOW_SIZE, "stride": c.WINDOW_STRIDE})
+        run_info = {
+            "head": c.HEAD,
+            "refine": c.REFINE,
+            "clip_model": c.CLIP_MODEL,
+            "weights": cfg.MODEL.WEIGHTS or "openai",
+            "precision": c.PRECISION,
+            "templates": c.TEMPLATES,
+            "vocabulary": c.VOCABULARY or "the dataset's",
+        }
+        run_info.update(
+            {"paper_size": c.PAPER_SIZE}
+            if c.PROTOCOL == "paper"
+            else {
+                "short_side": c.STANDARD_SHORT_SIDE,
+                "window": c.WINDOW_SIZE,
+                "stride": c.WINDOW_STRIDE,
+            }
+        )
         if c.PROTOCOL == "paper":
-            return PaperSemSegEvaluator(dataset_name, crop_size=c.PAPER_SIZE, output_dir=output_dir,
-                                        save_predictions=cfg.TEST.SAVE_PREDICTIONS, run_info=run_info)
-        return StandardSemSegEvaluator(dataset_name, output_dir=output_dir,
-                                       save_predictions=cfg.TEST.SAVE_PREDICTIONS, run_info=run_info)
+            return PaperSemSegEvaluator(
+                dataset_name,
+                crop_size=c.PAPER_SIZE,
+                output_dir=output_dir,
+                save_predictions=cfg.TEST.SAVE_PREDICTIONS,
+                run_info=run_info,
+            )
+        return StandardSemSegEvaluator(
+            dataset_name,
+            output_dir=output_dir,
+            save_predictions=cfg.TEST.SAVE_PREDICTIONS,
+            run_info=run_info,
+        )
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

@@ -20,6 +20,7 @@ every run in ``fixtures/cases/manifest.json`` (``tests/test_evaluation.py``):
 
   all in percent; the script printed each rounded to 2 decimals (``np.round``).
 """
+
 from typing import Dict, Optional
 
 import numpy as np
@@ -44,7 +45,9 @@ class PaperMetric:
         self.reset()
 
     def reset(self) -> None:
-        self.confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)  # (gt, pred)
+        self.confusion = np.zeros(
+            (self.num_classes, self.num_classes), dtype=np.int64
+        )  # (gt, pred)
 
     def update(self, pred: np.ndarray, gt: np.ndarray) -> None:
         """Add one image: ``pred`` and ``gt`` are integer label maps of the same shape."""
@@ -98,7 +101,9 @@ class PaperMetric:
         metrics = {
             "pAcc": 100.0 * tp.sum() / total if total > 0 else float("nan"),
             "mAcc": 100.0 * acc.mean(),
-            "fwIoU": 100.0 * (gt_pixels[present] / total * iou[present]).sum() if total > 0 else 0.0,
+            "fwIoU": 100.0 * (gt_pixels[present] / total * iou[present]).sum()
+            if total > 0
+            else 0.0,
             "mIoU": 100.0 * iou[present].mean() if present.any() else float("nan"),
         }
         if decimals is not None:

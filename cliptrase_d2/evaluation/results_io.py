@@ -2,6 +2,7 @@
 (``cliptrase_d2.atomic``): an interrupted evaluation never leaves a half-written file under the
 final name.
 """
+
 import json
 import math
 
@@ -43,7 +44,9 @@ def atomic_write_png(path: str, label_map: np.ndarray) -> None:
     if label_map.dtype not in (np.uint8, np.uint16):
         raise TypeError(f"label map must be uint8 or uint16, got {label_map.dtype}")
     # native byte order, C-contiguous: PIL then maps uint8 to mode 'L' and uint16 to 'I;16'
-    image = Image.fromarray(np.ascontiguousarray(label_map.astype(label_map.dtype.newbyteorder("="))))
+    image = Image.fromarray(
+        np.ascontiguousarray(label_map.astype(label_map.dtype.newbyteorder("=")))
+    )
     with atomic_open(path) as f:
         image.save(f, format="PNG")
 

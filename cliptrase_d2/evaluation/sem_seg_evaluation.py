@@ -9,6 +9,7 @@
 
 Both can save the predicted label maps and write their results as JSON, atomically.
 """
+
 import inspect
 import itertools
 import logging
@@ -61,7 +62,9 @@ def _open_ground_truth(path: str, dataset_name: str):
     try:
         return PathManager.open(path, "rb")
     except FileNotFoundError as e:
-        raise MissingFileError(f"ground truth '{path}' of dataset '{dataset_name}' not found") from e
+        raise MissingFileError(
+            f"ground truth '{path}' of dataset '{dataset_name}' not found"
+        ) from e
 
 
 def open_label_map(path: str, dataset_name: str) -> Image.Image:
@@ -94,7 +97,9 @@ def checked_scores(scores, num_classes: int, file_name: str) -> torch.Tensor:
     """(K, H, W) class scores as a tensor, K checked against the dataset's classes."""
     scores = torch.as_tensor(scores)
     if scores.dim() != 3:
-        raise InputError(f"{file_name}: expected 'sem_seg' scores of shape (K, H, W), got {tuple(scores.shape)}")
+        raise InputError(
+            f"{file_name}: expected 'sem_seg' scores of shape (K, H, W), got {tuple(scores.shape)}"
+        )
     if scores.shape[0] != num_classes:
         raise InputError(
             f"{file_name}: the model scored {scores.shape[0]} classes but the dataset has {num_classes}"
@@ -120,11 +125,19 @@ def prediction_png_dtype(num_classes: int) -> np.dtype:
 class _ResultsWriter:
     """What both evaluators add to Detectron2's: prediction PNGs, results JSON, a log table."""
 
-    def _init_outputs(self, dataset_name: str, output_dir: Optional[str], save_predictions: bool,
-                      num_classes: int, run_info: Optional[Dict] = None) -> None:
+    def _init_outputs(
+        self,
+        dataset_name: str,
+        output_dir: Optional[str],
+        save_predictions: bool,
+        num_classes: int,
+        run_info: Optional[Dict] = None,
+    ) -> None:
         self._run_info = dict(run_info or {})  # what produced the numbers, written beside them
         if save_predictions and not output_dir:
-            raise InputError("save_predictions=True needs an output_dir to write the predictions to")
+            raise InputError(
+                "save_predictions=True needs an output_dir to write the predictions to"
+            )
         self._results_dir = output_dir
         self._save_predictions = save_predictions
         self._prediction_dtype = prediction_png_dtype(num_classes)
@@ -137,37 +150,60 @@ class _ResultsWriter:
             path = os.path.join(self._predictions_dir, image_id_of(dataset_dict) + ".png")
             atomic_write_png(path, pred.astype(self._prediction_dtype))
 
-    def _write_results(self, protocol: str, dataset_name: str, class_names: List[str],
-                       summary: Dict[str, float], per_class_iou: np.ndarray, **extra) -> None:
+    def _write_results(
+        self,
+        protocol: str,
+        dataset_name: str,
+        class_names: List[str],
+        summary: Dict[str, float],
+        per_class_iou: np.ndarray,
+        **extra,
+    ) -> None:
         per_class = OrderedDict(zip(class_names, (float(v) for v in per_class_iou)))
         logger.info(
             "Semantic segmentation results on %s (%s protocol):\n%s\nPer-class IoU:\n%s",
-            dataset_name, protocol, _summary_table(summary), _per_class_table(per_class),
+            dataset_name,
+            protocol,
+            _summary_table(summary),
+            _per_class_table(per_class),
         )
         if self._results_dir:
             path = os.path.join(self._results_dir, f"sem_seg_results_{dataset_name}.json")
-            atomic_write_json(path, {
-                "dataset": dataset_name,
-                "protocol": protocol,
-                **({"run": self._run_info} if self._run_info else {}),
-                **extra,
-                **summary,
-                "per_class_IoU": per_class,
-            })
+            atomic_write_json(
+                path,
+                {
+                    "dataset": dataset_name,
+                    "protocol": protocol,
+                    **({"run": self._run_info} if self._run_info else {}),
+                    **extra,
+                    **summary,
+                    "per_class_IoU": per_class,
+                },
+            )
             logger.info("Wrote %s", path)
 
 
 def _summary_table(summary: Dict[str, float]) -> str:
-    return tabulate([list(summary.values())], headers=list(summary.keys()), tablefmt="pipe",
-                    floatfmt=".2f", numalign="center")
+    return tabulate(
+        [list(summary.values())],
+        headers=list(summary.keys()),
+        tablefmt="pipe",
+        floatfmt=".2f",
+        numalign="center",
+    )
 
 
 def _per_class_table(per_class: Dict[str, float], columns: int = 3) -> str:
     cells = [(name, "n/a" if np.isnan(iou) else f"{iou:.2f}") for name, iou in per_class.items()]
     flat = list(itertools.chain(*cells))
-    rows = itertools.zip_longest(*[flat[i::columns * 2] for i in range(columns * 2)])
-    return tabulate(rows, headers=["class", "IoU"] * columns, tablefmt="pipe", stralign="left",
-                    disable_numparse=True)
+    rows = itertools.zip_longest(*[flat[i :: columns * 2] for i in range(columns * 2)])
+    return tabulate(
+        rows,
+        headers=["class", "IoU"] * columns,
+        tablefmt="pipe",
+        stralign="left",
+        disable_numparse=True,
+    )
 
 
 class PaperSemSegEvaluator(_ResultsWriter, DatasetEvaluator):
@@ -184,12 +220,22 @@ class PaperSemSegEvaluator(_ResultsWriter, DatasetEvaluator):
     pixels count as background, the last class (VOC21, PC60, COCO-Object in the paper).
     """
 
-    def __init__(self, dataset_name: str, *, crop_size: int, distributed: bool = True,
-                 output_dir: Optional[str] = None, save_predictions: bool = False, run_info: Optional[Dict] = None):
+    def __init__(
+        self,
+        dataset_name: str,
+        *,
+        crop_size: int,
+        distributed: bool = True,
+        output_dir: Optional[str] = None,
+        save_predictions: bool = False,
+        run_info: Optional[Dict] = None,
+    ):
         check_registered(dataset_name)
         meta = MetadataCatalog.get(dataset_name)
         if not meta.get("stuff_classes"):
-            raise UnknownNameError(f"Dataset '{dataset_name}' has no 'stuff_classes' in its metadata")
+            raise UnknownNameError(
+                f"Dataset '{dataset_name}' has no 'stuff_classes' in its metadata"
+            )
         self._dataset_name = dataset_name
         self._class_names = list(meta.stuff_classes)
         self._num_classes = len(self._class_names)
@@ -214,7 +260,9 @@ class PaperSemSegEvaluator(_ResultsWriter, DatasetEvaluator):
         file_name = dataset_dict["file_name"]
         path = dataset_dict.get("sem_seg_file_name") or self._gt_files.get(file_name)
         if path is None:
-            raise UnknownNameError(f"no ground truth (sem_seg_file_name) for '{file_name}' in '{self._dataset_name}'")
+            raise UnknownNameError(
+                f"no ground truth (sem_seg_file_name) for '{file_name}' in '{self._dataset_name}'"
+            )
         image = open_label_map(path, self._dataset_name)
         gt = label_map_to_array(resize_and_center_crop(image, self._crop_size, Image.NEAREST), path)
         if self._void_as_background:
@@ -259,8 +307,13 @@ class PaperSemSegEvaluator(_ResultsWriter, DatasetEvaluator):
         for name, iou in zip(self._class_names, scores["per_class_IoU"]):
             results[f"IoU-{name}"] = float(iou)
         self._write_results(
-            "paper", self._dataset_name, self._class_names, summary, scores["per_class_IoU"],
-            crop_size=self._crop_size, num_images=num_images,
+            "paper",
+            self._dataset_name,
+            self._class_names,
+            summary,
+            scores["per_class_IoU"],
+            crop_size=self._crop_size,
+            num_images=num_images,
             void_as_background=self._void_as_background,
         )
         return OrderedDict({"sem_seg": results})
@@ -278,8 +331,15 @@ class StandardSemSegEvaluator(_ResultsWriter, SemSegEvaluator):
     ``sem_seg_predictions.json``.
     """
 
-    def __init__(self, dataset_name: str, distributed: bool = True, output_dir: Optional[str] = None,
-                 *, save_predictions: bool = False, run_info: Optional[Dict] = None):
+    def __init__(
+        self,
+        dataset_name: str,
+        distributed: bool = True,
+        output_dir: Optional[str] = None,
+        *,
+        save_predictions: bool = False,
+        run_info: Optional[Dict] = None,
+    ):
         check_registered(dataset_name)
         loading = {"sem_seg_loading_fn": self._load_ground_truth} if LIBRARY_LOADING_HOOK else {}
         # output_dir is kept here: Detectron2's own (non-atomic) dumps are not written
@@ -312,9 +372,13 @@ class StandardSemSegEvaluator(_ResultsWriter, SemSegEvaluator):
             file_name = dataset_dict["file_name"]
             scores = checked_scores(output["sem_seg"], self._num_classes, file_name)
             height, width = scores.shape[1:]
-            path = dataset_dict.get("sem_seg_file_name") or self.input_file_to_gt_file.get(file_name)
+            path = dataset_dict.get("sem_seg_file_name") or self.input_file_to_gt_file.get(
+                file_name
+            )
             if path is None:
-                raise UnknownNameError(f"no ground truth (sem_seg_file_name) for '{file_name}' in '{self._dataset_name}'")
+                raise UnknownNameError(
+                    f"no ground truth (sem_seg_file_name) for '{file_name}' in '{self._dataset_name}'"
+                )
             gt_width, gt_height = label_map_size(path, self._dataset_name)
             if (gt_height, gt_width) != (height, width):
                 raise InputError(
@@ -343,14 +407,28 @@ class StandardSemSegEvaluator(_ResultsWriter, SemSegEvaluator):
             return None
         res = results["sem_seg"]
         summary = OrderedDict(
-            (("mIoU", res["mIoU"]), ("fwIoU", res["fwIoU"]), ("mAcc", res["mACC"]), ("pAcc", res["pACC"]))
+            (
+                ("mIoU", res["mIoU"]),
+                ("fwIoU", res["fwIoU"]),
+                ("mAcc", res["mACC"]),
+                ("pAcc", res["pACC"]),
+            )
         )
-        per_class_iou = np.array([res[f"IoU-{name}"] for name in self._class_names], dtype=np.float64)
+        per_class_iou = np.array(
+            [res[f"IoU-{name}"] for name in self._class_names], dtype=np.float64
+        )
         extra = {}
         if f"BoundaryIoU-{self._class_names[0]}" in res:
             extra["per_class_BoundaryIoU"] = OrderedDict(
                 (name, float(res[f"BoundaryIoU-{name}"])) for name in self._class_names
             )
-        self._write_results("standard", self._dataset_name, list(self._class_names), summary,
-                            per_class_iou, num_images=sum(counts), **extra)
+        self._write_results(
+            "standard",
+            self._dataset_name,
+            list(self._class_names),
+            summary,
+            per_class_iou,
+            num_images=sum(counts),
+            **extra,
+        )
         return results

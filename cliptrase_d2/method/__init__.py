@@ -2,4 +2,5 @@
 
 Importing the package registers every head in ``heads.HEADS`` (registration by import).
 """
+
 from . import heads, peer_heads  # noqa: F401

@@ -13,6 +13,7 @@ The L x L maps of the last two blocks are computed one head at a time: the same 
 one batched call (per-head matrix products do not depend on which heads share a call), with
 temporaries that stay in a CPU's cache; about twice as fast on CPU for block N.
 """
+
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Tuple
 
@@ -25,8 +26,9 @@ LastBlock = Callable[[nn.Module, torch.Tensor, Tuple[int, int]], torch.Tensor]
 # One that also reads every earlier block's output (``dense_features(hidden_states=True)``):
 # (block, x: (L, B, C), grid: (h, w), hidden: outputs of blocks 0 .. N-2, each (L, B, C))
 # -> (L, B, C).
-LastBlockWithHidden = Callable[[nn.Module, torch.Tensor, Tuple[int, int], Sequence[torch.Tensor]],
-                               torch.Tensor]
+LastBlockWithHidden = Callable[
+    [nn.Module, torch.Tensor, Tuple[int, int], Sequence[torch.Tensor]], torch.Tensor
+]
 
 __all__ = [
     "DenseFeatures",
@@ -77,7 +79,9 @@ def patch_grid(visual: nn.Module, height: int, width: int) -> Tuple[int, int]:
     return height // patch_h, width // patch_w
 
 
-def resize_positional_embedding(positional_embedding: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+def resize_positional_embedding(
+    positional_embedding: torch.Tensor, grid: Tuple[int, int]
+) -> torch.Tensor:
     """Positional table for an h x w grid (SPEC section 1).
 
     The stored G x G patch part is resized with bicubic interpolation at scale factor
@@ -112,8 +116,14 @@ def resized_positional_embedding(visual: nn.Module, grid: Tuple[int, int]) -> to
     if torch.is_grad_enabled():
         return resize_positional_embedding(table, grid)
     cache = visual.__dict__.get("_cliptrase_positional_cache")
-    if (cache is None or len(cache[1]) >= 16 or cache[0].dtype != table.dtype or cache[0].device != table.device
-            or cache[0].shape != table.shape or not torch.equal(cache[0], table)):
+    if (
+        cache is None
+        or len(cache[1]) >= 16
+        or cache[0].dtype != table.dtype
+        or cache[0].device != table.device
+        or cache[0].shape != table.shape
+        or not torch.equal(cache[0], table)
+    ):
         cache = visual.__dict__["_cliptrase_positional_cache"] = (table.detach().clone(), {})
     tables = cache[1]
     if tuple(grid) not in tables:
@@ -141,10 +151,21 @@ def residual_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     attn = block.attn
     y = block.ln_1(x)
     attn_out = F.multi_head_attention_forward(
-        y, y, y, attn.embed_dim, attn.num_heads,
-        attn.in_proj_weight, attn.in_proj_bias, None, None, False, 0.0,
-        attn.out_proj.weight, attn.out_proj.bias,
-        training=False, need_weights=False,
+        y,
+        y,
+        y,
+        attn.embed_dim,
+        attn.num_heads,
+        attn.in_proj_weight,
+        attn.in_proj_bias,
+        None,
+        None,
+        False,
+        0.0,
+        attn.out_proj.weight,
+        attn.out_proj.bias,
+        training=False,
+        need_weights=False,
     )[0]
     return finish_block(block, x, attn_out)
 
@@ -157,10 +178,21 @@ def plain_class_token(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     attn = block.attn
     y = block.ln_1(x)
     attn_out = F.multi_head_attention_forward(
-        y[:1], y, y, attn.embed_dim, attn.num_heads,
-        attn.in_proj_weight, attn.in_proj_bias, None, None, False, 0.0,
-        attn.out_proj.weight, attn.out_proj.bias,
-        training=False, need_weights=False,
+        y[:1],
+        y,
+        y,
+        attn.embed_dim,
+        attn.num_heads,
+        attn.in_proj_weight,
+        attn.in_proj_bias,
+        None,
+        None,
+        False,
+        0.0,
+        attn.out_proj.weight,
+        attn.out_proj.bias,
+        training=False,
+        need_weights=False,
     )[0]
     return finish_block(block, x[:1], attn_out)
 
@@ -182,7 +214,9 @@ def block_qkv(block: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Te
     return split_heads(q), split_heads(k), split_heads(v)
 
 
-def multi_head_attention(block: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def multi_head_attention(
+    block: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> torch.Tensor:
     """The block's standard attention from its split heads (``block_qkv``), out-projection included.
 
     The same ``scaled_dot_product_attention`` call on the same views as
@@ -241,12 +275,17 @@ def merge_heads(out: torch.Tensor, length: int, batch: int) -> torch.Tensor:
     return out.transpose(0, 1).contiguous().view(length, batch, -1)
 
 
-def correlative_block(block: nn.Module, x: torch.Tensor, grid: Tuple[int, int] = None) -> torch.Tensor:
+def correlative_block(
+    block: nn.Module, x: torch.Tensor, grid: Tuple[int, int] = None
+) -> torch.Tensor:
     """The last block with correlative attention; residual and MLP kept (SPEC section 4)."""
     length, batch, _ = x.shape
     q, k, v = block_qkv(block, x)
-    attn_out = F.linear(merge_heads(correlative_attention(q, k, v), length, batch),
-                        block.attn.out_proj.weight, block.attn.out_proj.bias)
+    attn_out = F.linear(
+        merge_heads(correlative_attention(q, k, v), length, batch),
+        block.attn.out_proj.weight,
+        block.attn.out_proj.bias,
+    )
     return finish_block(block, x, attn_out)
 
 
@@ -256,8 +295,12 @@ def project_tokens(visual: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x @ visual.proj, dim=-1)
 
 
-def dense_features(visual: nn.Module, images: torch.Tensor, last_block: Optional[LastBlock] = None,
-                   hidden_states: bool = False) -> DenseFeatures:
+def dense_features(
+    visual: nn.Module,
+    images: torch.Tensor,
+    last_block: Optional[LastBlock] = None,
+    hidden_states: bool = False,
+) -> DenseFeatures:
     """Runs the vision tower, replacing its last block by ``last_block(block, x, grid) -> x``
     (default: CLIPtrase's correlative block). The block-11 self-correlation is always returned,
     so region refinement composes with any last block. images: (B, 3, H, W) normalized.
@@ -273,7 +316,9 @@ def dense_features(visual: nn.Module, images: torch.Tensor, last_block: Optional
         if hidden_states:
             hidden.append(x)
     penultimate = blocks[-2]
-    q, k, v = block_qkv(penultimate, x)  # shared by the self-correlation and the block's own attention
+    q, k, v = block_qkv(
+        penultimate, x
+    )  # shared by the self-correlation and the block's own attention
     correlation = self_correlation(q, k, v, penultimate.attn.num_heads)  # (B, L, L)
     x = finish_block(penultimate, x, multi_head_attention(penultimate, q, k, v))
     if hidden_states:

@@ -7,14 +7,21 @@ evaluation) is shared. To add a method, write its last block as a function
 combines several blocks (SC-CLIP) sets ``hidden_states=True``: its function then also receives
 the outputs of every earlier block, ``(block, x, grid, hidden) -> (L, B, C)``.
 """
+
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
-from .dense_clip import (DenseFeatures, LastBlock, LastBlockWithHidden, correlative_block,
-                         dense_features, residual_block)
+from .dense_clip import (
+    DenseFeatures,
+    LastBlock,
+    LastBlockWithHidden,
+    correlative_block,
+    dense_features,
+    residual_block,
+)
 
 __all__ = ["Head", "HEADS", "get_head", "register_head", "resolve_logit_scale"]
 
@@ -61,7 +68,15 @@ def plain_last_block(block: nn.Module, x: torch.Tensor, grid: Tuple[int, int]) -
     return residual_block(block, x)
 
 
-register_head(Head("cliptrase", correlative_block, None,
-                   "CLIPtrase (Shao et al., ECCV 2024): q-q, k-k and v-v attention in the last block, "
-                   "residual and MLP kept"))
-register_head(Head("clip", plain_last_block, None, "plain CLIP: the unmodified last block's patch tokens"))
+register_head(
+    Head(
+        "cliptrase",
+        correlative_block,
+        None,
+        "CLIPtrase (Shao et al., ECCV 2024): q-q, k-k and v-v attention in the last block, "
+        "residual and MLP kept",
+    )
+)
+register_head(
+    Head("clip", plain_last_block, None, "plain CLIP: the unmodified last block's patch tokens")
+)

@@ -13,6 +13,7 @@ Not part of a head, so not reproduced here: NACLIP's PAMR post-processing, PEARL
 (``prob_thd``, 0 for Context59) and SCLIP's ``area_thd`` and per-dataset logit scales (use the
 logit-scale override for those).
 """
+
 import math
 from typing import Sequence, Tuple
 
@@ -82,7 +83,9 @@ def self_self_attention(t: torch.Tensor) -> torch.Tensor:
     return torch.softmax(torch.bmm(t, t.transpose(1, 2)) * t.shape[-1] ** -0.5, dim=-1)
 
 
-def _attend(block: nn.Module, weights: torch.Tensor, v: torch.Tensor, length: int, batch: int) -> torch.Tensor:
+def _attend(
+    block: nn.Module, weights: torch.Tensor, v: torch.Tensor, length: int, batch: int
+) -> torch.Tensor:
     """Per-head weights @ v, heads concatenated, then out_proj: (B*heads, L, L), (B*heads, L, d) -> (L, B, C)."""
     merged = merge_heads(torch.bmm(weights, v), length, batch)  # (L, B, C)
     return F.linear(merged, block.attn.out_proj.weight, block.attn.out_proj.bias)
@@ -98,7 +101,9 @@ def _value_path(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """out_proj(v): every token attends only to itself (MaskCLIP SPEC section 3)."""
     length, batch, _ = x.shape
     _, _, v = block_qkv(block, x)
-    return F.linear(merge_heads(v, length, batch), block.attn.out_proj.weight, block.attn.out_proj.bias)
+    return F.linear(
+        merge_heads(v, length, batch), block.attn.out_proj.weight, block.attn.out_proj.bias
+    )
 
 
 def maskclip_block(block: nn.Module, x: torch.Tensor, grid: Tuple[int, int] = None) -> torch.Tensor:
@@ -106,7 +111,9 @@ def maskclip_block(block: nn.Module, x: torch.Tensor, grid: Tuple[int, int] = No
     return _value_path(block, x)
 
 
-def maskclip_residual_block(block: nn.Module, x: torch.Tensor, grid: Tuple[int, int] = None) -> torch.Tensor:
+def maskclip_residual_block(
+    block: nn.Module, x: torch.Tensor, grid: Tuple[int, int] = None
+) -> torch.Tensor:
     """MaskCLIP as its own release runs it: x + out_proj(v), then the FFN with its residual."""
     return _residual_and_ffn(block, x, _value_path(block, x))
 
@@ -119,7 +126,9 @@ def sclip_block(block: nn.Module, x: torch.Tensor, grid: Tuple[int, int] = None)
     return _residual_and_ffn(block, x, _attend(block, weights, v, length, batch))
 
 
-def clearclip_block(block: nn.Module, x: torch.Tensor, grid: Tuple[int, int] = None) -> torch.Tensor:
+def clearclip_block(
+    block: nn.Module, x: torch.Tensor, grid: Tuple[int, int] = None
+) -> torch.Tensor:
     """ClearCLIP: softmax(s q q^T) v then out_proj; no residual, no FFN."""
     length, batch, _ = x.shape
     q, _, v = block_qkv(block, x)
@@ -132,7 +141,10 @@ def gaussian_window(grid: Tuple[int, int], std: float) -> torch.Tensor:
     Built as NACLIP's code builds it (bit-exact): per axis a linspace of offsets / (std * sqrt 2).
     """
     step = 1 / (std * math.sqrt(2))
-    rows, cols = (torch.linspace(-(g - 1) * step, (g - 1) * step, 2 * g - 1, dtype=torch.float32) for g in grid)
+    rows, cols = (
+        torch.linspace(-(g - 1) * step, (g - 1) * step, 2 * g - 1, dtype=torch.float32)
+        for g in grid
+    )
     return torch.exp(-(rows[:, None] ** 2 + cols[None, :] ** 2))
 
 
@@ -145,7 +157,9 @@ def neighbourhood_bias(grid: Tuple[int, int], std: float) -> torch.Tensor:
     window = gaussian_window(grid, std)  # (2h - 1, 2w - 1)
     rows = torch.arange(h).repeat_interleave(w)  # (n,) patch row, row-major
     cols = torch.arange(w).repeat(h)  # (n,) patch column
-    patch_bias = window[rows[:, None] - rows[None, :] + h - 1, cols[:, None] - cols[None, :] + w - 1]  # (n, n)
+    patch_bias = window[
+        rows[:, None] - rows[None, :] + h - 1, cols[:, None] - cols[None, :] + w - 1
+    ]  # (n, n)
     return F.pad(patch_bias, (1, 0, 1, 0))
 
 
@@ -158,27 +172,59 @@ def naclip_block(block: nn.Module, x: torch.Tensor, grid: Tuple[int, int]) -> to
     return _attend(block, weights, v, length, batch)
 
 
-register_head(Head("maskclip", maskclip_block, MASKCLIP_LOGIT_SCALE,
-                   "MaskCLIP (Zhou et al., ECCV 2022) as ClearCLIP's code runs it: last block = out_proj(value) "
-                   "of ln_1(x), no residual, no FFN; logit scale 50"))
-register_head(Head("maskclip_residual", maskclip_residual_block, MASKCLIP_LOGIT_SCALE,
-                   "MaskCLIP as its own release runs it: value path plus the residual, then the last block's FFN "
-                   "with its residual (ClearCLIP's ignore_residual=False); logit scale 50"))
-register_head(Head("sclip", sclip_block, SCLIP_LOGIT_SCALE,
-                   "SCLIP (Wang et al., ECCV 2024): correlative self-attention softmax(qq^T)+softmax(kk^T) in the "
-                   "last block, residual and FFN kept; logit scale 40 (Context59 default)"))
-register_head(Head("clearclip", clearclip_block, CLEARCLIP_LOGIT_SCALE,
-                   "ClearCLIP (Lan et al., ECCV 2024): q-q self-attention in the last block, no residual, no FFN; "
-                   "logit scale 50"))
-register_head(Head("naclip", naclip_block, NACLIP_LOGIT_SCALE,
-                   "NACLIP (Hajimiri et al., WACV 2025) without PAMR: k-k attention plus a Gaussian neighbourhood "
-                   "bias (std 5 patches), no residual, no FFN; logit scale 40"))
+register_head(
+    Head(
+        "maskclip",
+        maskclip_block,
+        MASKCLIP_LOGIT_SCALE,
+        "MaskCLIP (Zhou et al., ECCV 2022) as ClearCLIP's code runs it: last block = out_proj(value) "
+        "of ln_1(x), no residual, no FFN; logit scale 50",
+    )
+)
+register_head(
+    Head(
+        "maskclip_residual",
+        maskclip_residual_block,
+        MASKCLIP_LOGIT_SCALE,
+        "MaskCLIP as its own release runs it: value path plus the residual, then the last block's FFN "
+        "with its residual (ClearCLIP's ignore_residual=False); logit scale 50",
+    )
+)
+register_head(
+    Head(
+        "sclip",
+        sclip_block,
+        SCLIP_LOGIT_SCALE,
+        "SCLIP (Wang et al., ECCV 2024): correlative self-attention softmax(qq^T)+softmax(kk^T) in the "
+        "last block, residual and FFN kept; logit scale 40 (Context59 default)",
+    )
+)
+register_head(
+    Head(
+        "clearclip",
+        clearclip_block,
+        CLEARCLIP_LOGIT_SCALE,
+        "ClearCLIP (Lan et al., ECCV 2024): q-q self-attention in the last block, no residual, no FFN; "
+        "logit scale 50",
+    )
+)
+register_head(
+    Head(
+        "naclip",
+        naclip_block,
+        NACLIP_LOGIT_SCALE,
+        "NACLIP (Hajimiri et al., WACV 2025) without PAMR: k-k attention plus a Gaussian neighbourhood "
+        "bias (std 5 patches), no residual, no FFN; logit scale 40",
+    )
+)
 
 
 # ---- SC-CLIP (../shared/peers/scclip/SPEC.md) ----------------------------------------------
 
-def local_outlier_factor(tokens: torch.Tensor,
-                         neighbours: int = SCCLIP_LOF_NEIGHBOURS) -> torch.Tensor:
+
+def local_outlier_factor(
+    tokens: torch.Tensor, neighbours: int = SCCLIP_LOF_NEIGHBOURS
+) -> torch.Tensor:
     """SC-CLIP's local outlier factor of each token among its ``neighbours`` nearest tokens.
 
     Squared Euclidean distances as ``torch.norm(a - b) ** 2`` (the authors' formula: the outlier
@@ -193,11 +239,16 @@ def local_outlier_factor(tokens: torch.Tensor,
         raise ValueError(
             f"SC-CLIP's anomaly detection compares each patch with its {neighbours} nearest "
             f"patches, which needs a patch grid of more than {neighbours} patches; got {count}. "
-            "Use a larger image or window")
+            "Use a larger image or window"
+        )
     rows = max(1, SCCLIP_DISTANCE_ELEMENTS // (batch * count * width))
-    distances = torch.cat([
-        torch.norm(tokens[:, start:start + rows, None] - tokens[:, None], dim=-1, p=2) ** 2
-        for start in range(0, count, rows)], dim=1)  # (B, n, n)
+    distances = torch.cat(
+        [
+            torch.norm(tokens[:, start : start + rows, None] - tokens[:, None], dim=-1, p=2) ** 2
+            for start in range(0, count, rows)
+        ],
+        dim=1,
+    )  # (B, n, n)
     nearest, indices = torch.topk(distances, k=neighbours + 1, dim=-1, largest=False)
     nearest, indices = nearest[..., 1:], indices[..., 1:]  # column 0 is the token itself
     reach = torch.maximum(nearest, nearest[..., -1:])  # (B, n, k)
@@ -206,14 +257,16 @@ def local_outlier_factor(tokens: torch.Tensor,
     return (neighbour_density / density[..., None]).mean(dim=-1)
 
 
-def anomalous_tokens(scores: torch.Tensor,
-                     contamination: float = SCCLIP_LOF_CONTAMINATION) -> torch.Tensor:
+def anomalous_tokens(
+    scores: torch.Tensor, contamination: float = SCCLIP_LOF_CONTAMINATION
+) -> torch.Tensor:
     """Tokens whose outlier factor exceeds the (1 - contamination) quantile: (B, n) -> bool."""
     return scores > torch.quantile(scores, 1 - contamination, dim=-1, keepdim=True)
 
 
-def repair_anomalies(tokens: torch.Tensor, anomalies: torch.Tensor,
-                     grid: Tuple[int, int]) -> torch.Tensor:
+def repair_anomalies(
+    tokens: torch.Tensor, anomalies: torch.Tensor, grid: Tuple[int, int]
+) -> torch.Tensor:
     """Each anomalous token becomes the mean of its non-anomalous 3 x 3 neighbours (left as it is
     when it has none); the others are unchanged.
 
@@ -237,8 +290,9 @@ def token_similarity(tokens: torch.Tensor) -> torch.Tensor:
     return torch.bmm(units, units.transpose(1, 2))
 
 
-def drop_weak(similarity: torch.Tensor,
-              threshold: float = SCCLIP_SIMILARITY_THRESHOLD) -> torch.Tensor:
+def drop_weak(
+    similarity: torch.Tensor, threshold: float = SCCLIP_SIMILARITY_THRESHOLD
+) -> torch.Tensor:
     """Similarities below ``threshold`` set to 0 (the others kept): (B, n, n) -> (B, n, n)."""
     return similarity.masked_fill(similarity < threshold, 0)
 
@@ -248,8 +302,9 @@ def aggregate_tokens(tokens: torch.Tensor, affinity: torch.Tensor) -> torch.Tens
     return torch.bmm(affinity / (affinity.sum(dim=-1, keepdim=True) + 1e-6), tokens)
 
 
-def similarity_guided_attention(block: nn.Module, x: torch.Tensor,
-                                similarity: torch.Tensor) -> torch.Tensor:
+def similarity_guided_attention(
+    block: nn.Module, x: torch.Tensor, similarity: torch.Tensor
+) -> torch.Tensor:
     """SC-CLIP's last-block attention, no residual, no FFN: per head
     (softmax(M) + softmax(s k k^T)) / 2 @ v, then out_proj. M = 3 (sim - mean(sim)) with its
     negative entries masked out, the same for every head.
@@ -265,12 +320,14 @@ def similarity_guided_attention(block: nn.Module, x: torch.Tensor,
     return _attend(block, weights, v, length, batch)
 
 
-def scclip_branches(block: nn.Module, hidden: Sequence[torch.Tensor],
-                    grid: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
+def scclip_branches(
+    block: nn.Module, hidden: Sequence[torch.Tensor], grid: Tuple[int, int]
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """SC-CLIP's main and multi-level branches (SPEC sections 3-5), each (B, n, C), no [CLS].
 
     hidden: the outputs F_0 .. F_10 of blocks 0 .. 10, each (1 + n, B, C).
     """
+
     def patches(t):  # (1 + n, B, C) -> (B, n, C)
         return t[1:].transpose(0, 1)
 
@@ -292,8 +349,9 @@ def scclip_branches(block: nn.Module, hidden: Sequence[torch.Tensor],
     return main, branch(patches(fused), fused[0])
 
 
-def scclip_block(block: nn.Module, x: torch.Tensor, grid: Tuple[int, int],
-                 hidden: Sequence[torch.Tensor]) -> torch.Tensor:
+def scclip_block(
+    block: nn.Module, x: torch.Tensor, grid: Tuple[int, int], hidden: Sequence[torch.Tensor]
+) -> torch.Tensor:
     """SC-CLIP's last block: the sum of its two branches for the patches. SC-CLIP has no [CLS]
     output, so the [CLS] row is plain CLIP's (for image-level weighting). -> (1 + n, B, C)."""
     main, multi = scclip_branches(block, hidden, grid)
@@ -302,8 +360,10 @@ def scclip_block(block: nn.Module, x: torch.Tensor, grid: Tuple[int, int],
 
 # ---- PEARL (../shared/peers/pearl/SPEC.md) ------------------------------------------------
 
-def polar_factor_rotation(cross: torch.Tensor,
-                          iterations: int = PEARL_POLAR_ITERATIONS) -> torch.Tensor:
+
+def polar_factor_rotation(
+    cross: torch.Tensor, iterations: int = PEARL_POLAR_ITERATIONS
+) -> torch.Tensor:
     """R = M (M^T M)^(-1/2) by Newton-Schulz iterations, as PEARL computes it.
 
     cross: (N, d, d) -> (N, d, d).
@@ -345,12 +405,25 @@ def pearl_block(block: nn.Module, x: torch.Tensor, grid: Tuple[int, int] = None)
     return _attend(block, procrustes_attention(q, k), v, length, batch)
 
 
-register_head(Head("scclip", scclip_block, SCCLIP_LOGIT_SCALE,
-                   "SC-CLIP (Bai et al., arXiv 2411.15869): anomaly tokens (LOF after block 11) "
-                   "repaired from their neighbours, the last block's attention guided by block-9 "
-                   "similarities and aggregated by block-4 ones, plus a multi-level branch; no "
-                   "residual, no FFN; logit scale 40", hidden_states=True))
-register_head(Head("pearl", pearl_block, PEARL_LOGIT_SCALE,
-                   "PEARL (Pei et al., CVPR 2026): last-block attention with keys rotated onto "
-                   "the queries (Procrustes) plus a small k-k term, no residual, no FFN; logit "
-                   "scale 40 (its TLP is REFINE tlp)"))
+register_head(
+    Head(
+        "scclip",
+        scclip_block,
+        SCCLIP_LOGIT_SCALE,
+        "SC-CLIP (Bai et al., arXiv 2411.15869): anomaly tokens (LOF after block 11) "
+        "repaired from their neighbours, the last block's attention guided by block-9 "
+        "similarities and aggregated by block-4 ones, plus a multi-level branch; no "
+        "residual, no FFN; logit scale 40",
+        hidden_states=True,
+    )
+)
+register_head(
+    Head(
+        "pearl",
+        pearl_block,
+        PEARL_LOGIT_SCALE,
+        "PEARL (Pei et al., CVPR 2026): last-block attention with keys rotated onto "
+        "the queries (Procrustes) plus a small k-k term, no residual, no FFN; logit "
+        "scale 40 (its TLP is REFINE tlp)",
+    )
+)

@@ -3,6 +3,7 @@
 ``predict_scores`` is the whole method for images already at the resolution they are
 evaluated at (paper protocol); ``sliding_window`` in sliding.py wraps it for the standard one.
 """
+
 from dataclasses import dataclass
 from typing import NamedTuple, Tuple
 import torch
@@ -10,9 +11,21 @@ from torch import nn
 
 from .heads import Head
 from .propagation import text_aware_propagation
-from .refinement import (REFINEMENTS, channel_argmax, cluster_patches, dense_logits, expand_regions,
-                         merge_background_labels, merge_background_scores, region_map, region_means,
-                         resize_logits, suppress_global_patch, vote_refine, weight_by_image_logits)
+from .refinement import (
+    REFINEMENTS,
+    channel_argmax,
+    cluster_patches,
+    dense_logits,
+    expand_regions,
+    merge_background_labels,
+    merge_background_scores,
+    region_map,
+    region_means,
+    resize_logits,
+    suppress_global_patch,
+    vote_refine,
+    weight_by_image_logits,
+)
 
 __all__ = ["RefinementSettings", "Prediction", "dbscan_for_grid", "predict", "predict_scores"]
 
@@ -30,14 +43,20 @@ class RefinementSettings:
 
     def __post_init__(self):
         if self.refine not in REFINEMENTS:
-            raise ValueError(f"unknown refinement {self.refine!r} (refine); choose one of "
-                             f"{', '.join(REFINEMENTS)}")
+            raise ValueError(
+                f"unknown refinement {self.refine!r} (refine); choose one of "
+                f"{', '.join(REFINEMENTS)}"
+            )
         if self.region_upsample < 1 or self.median_size < 1:
-            raise ValueError(f"region maps need an upsampling factor and a median size of at least 1, got "
-                             f"region_upsample={self.region_upsample}, median_size={self.median_size}")
+            raise ValueError(
+                f"region maps need an upsampling factor and a median size of at least 1, got "
+                f"region_upsample={self.region_upsample}, median_size={self.median_size}"
+            )
         if self.dbscan_eps <= 0 or self.dbscan_min_samples < 1:
-            raise ValueError(f"DBSCAN needs eps > 0 and min_samples >= 1, got dbscan_eps={self.dbscan_eps}, "
-                             f"dbscan_min_samples={self.dbscan_min_samples}")
+            raise ValueError(
+                f"DBSCAN needs eps > 0 and min_samples >= 1, got dbscan_eps={self.dbscan_eps}, "
+                f"dbscan_min_samples={self.dbscan_min_samples}"
+            )
 
 
 def dbscan_for_grid(grid_side: int) -> Tuple[float, int]:
@@ -50,13 +69,22 @@ def dbscan_for_grid(grid_side: int) -> Tuple[float, int]:
 
 class Prediction(NamedTuple):
     labels: torch.Tensor  # (B, H, W) int64 output class per pixel (background merged to C)
-    scores: torch.Tensor  # (B, C', H, W) float32 soft scores: region-mean logits ("vote", "mean") or raw
+    scores: (
+        torch.Tensor
+    )  # (B, C', H, W) float32 soft scores: region-mean logits ("vote", "mean") or raw
 
 
 @torch.no_grad()
-def predict(visual: nn.Module, head: Head, text_embeddings: torch.Tensor, num_classes: int,
-            images: torch.Tensor, settings: RefinementSettings, logit_scale: float,
-            soft_scores: bool = True) -> Prediction:
+def predict(
+    visual: nn.Module,
+    head: Head,
+    text_embeddings: torch.Tensor,
+    num_classes: int,
+    images: torch.Tensor,
+    settings: RefinementSettings,
+    logit_scale: float,
+    soft_scores: bool = True,
+) -> Prediction:
     """Labels and soft scores over the output classes for every pixel of each image.
 
     images: (B, 3, H, W) normalized; text_embeddings: (C + B_bg, E), classes then background
@@ -69,7 +97,9 @@ def predict(visual: nn.Module, head: Head, text_embeddings: torch.Tensor, num_cl
     """
     features = head.features(visual, images)
     text = text_embeddings.to(features.tokens)
-    logits = dense_logits(features.patch_tokens, text, features.grid, logit_scale).float()  # (B, K, h, w)
+    logits = dense_logits(
+        features.patch_tokens, text, features.grid, logit_scale
+    ).float()  # (B, K, h, w)
     if settings.refine == "tlp":  # PEARL's propagation of the cosine maps at the image's resolution
         cosine = resize_logits(logits, tuple(images.shape[-2:])) / logit_scale
         logits = logit_scale * text_aware_propagation(cosine, images, text)  # (B, K, H, W)
@@ -78,15 +108,29 @@ def predict(visual: nn.Module, head: Head, text_embeddings: torch.Tensor, num_cl
     regions = None  # (B, H, W) region ids, -1 for an image whose patches are all noise
     if settings.refine in ("vote", "mean"):
         affinity = suppress_global_patch(features.correlation.float())  # (B, n, n)
-        cluster_ids = cluster_patches(affinity, settings.dbscan_eps, settings.dbscan_min_samples)  # (B, n)
-        regions = region_map(affinity, cluster_ids, features.grid, size, settings.median_size,
-                             settings.region_upsample)
+        cluster_ids = cluster_patches(
+            affinity, settings.dbscan_eps, settings.dbscan_min_samples
+        )  # (B, n)
+        regions = region_map(
+            affinity,
+            cluster_ids,
+            features.grid,
+            size,
+            settings.median_size,
+            settings.region_upsample,
+        )
         # Images whose patches are all noise keep their raw scores (one host sync per batch).
         unrefined = (regions[:, 0, 0] < 0).nonzero().flatten().tolist()
         if len(unrefined) == len(images):
             regions = None
-    scores = torch.empty(len(images), num_outputs, *size, dtype=logits.dtype, device=logits.device,
-                         memory_format=torch.channels_last)
+    scores = torch.empty(
+        len(images),
+        num_outputs,
+        *size,
+        dtype=logits.dtype,
+        device=logits.device,
+        memory_format=torch.channels_last,
+    )
     # Without background words the logits have the output channels: they are resized straight
     # into the scores, and then overwritten by them (one buffer, not two).
     in_place = text.shape[0] == num_outputs
@@ -94,21 +138,29 @@ def predict(visual: nn.Module, head: Head, text_embeddings: torch.Tensor, num_cl
     if settings.image_logit_weighting:
         image_weights = (logit_scale * features.cls_tokens @ text.t()).float()  # (B, K)
         weight_by_image_logits(logits, image_weights, out=logits)
-    if settings.refine == "vote":  # from the raw prediction, before the scores may overwrite the logits
+    if (
+        settings.refine == "vote"
+    ):  # from the raw prediction, before the scores may overwrite the logits
         labels = merge_background_labels(channel_argmax(logits), num_classes)  # (B, H, W)
         if regions is not None:
             labels = vote_refine(labels, regions, num_outputs)
         if not soft_scores:
-            return Prediction(labels, scores.zero_().scatter_(1, labels[:, None], 1.0))  # one-hot in place
+            return Prediction(
+                labels, scores.zero_().scatter_(1, labels[:, None], 1.0)
+            )  # one-hot in place
     if regions is None:
         if not in_place:
             scores.copy_(merge_background_scores(logits, num_classes))
         if settings.refine != "vote":
             labels = channel_argmax(scores)
         return Prediction(labels, scores)
-    raw_scores = {index: merge_background_scores(logits[index], num_classes).clone() for index in unrefined}
+    raw_scores = {
+        index: merge_background_scores(logits[index], num_classes).clone() for index in unrefined
+    }
     # Every pixel of a region has the region's mean vector: merge and argmax per region.
-    means = merge_background_scores(region_means(logits, regions)[..., None], num_classes)[..., 0]  # (B, C', m)
+    means = merge_background_scores(region_means(logits, regions)[..., None], num_classes)[
+        ..., 0
+    ]  # (B, C', m)
     expand_regions(means, regions, out=scores)  # (B, C', H, W)
     if settings.refine != "vote":
         labels = means.argmax(dim=1).gather(1, regions.clamp(min=0).flatten(1)).view(regions.shape)
@@ -119,9 +171,17 @@ def predict(visual: nn.Module, head: Head, text_embeddings: torch.Tensor, num_cl
     return Prediction(labels, scores)
 
 
-def predict_scores(visual: nn.Module, head: Head, text_embeddings: torch.Tensor, num_classes: int,
-                   images: torch.Tensor, settings: RefinementSettings, logit_scale: float) -> torch.Tensor:
+def predict_scores(
+    visual: nn.Module,
+    head: Head,
+    text_embeddings: torch.Tensor,
+    num_classes: int,
+    images: torch.Tensor,
+    settings: RefinementSettings,
+    logit_scale: float,
+) -> torch.Tensor:
     """(B, C', H, W) scores whose argmax is the prediction: one-hot of the voted labels under
     ``vote``, the soft scores otherwise (Detectron2's ``sem_seg`` contract)."""
-    return predict(visual, head, text_embeddings, num_classes, images, settings, logit_scale,
-                   soft_scores=False).scores
+    return predict(
+        visual, head, text_embeddings, num_classes, images, settings, logit_scale, soft_scores=False
+    ).scores

@@ -4,6 +4,7 @@ standard protocol's keep-ratio resize (mmseg's, as the peer methods evaluate).
 The same geometry is applied to an image (bicubic) and to its ground truth (nearest), so the
 evaluated frame of a prediction and of its label map always agree.
 """
+
 from typing import Tuple
 
 import cv2
@@ -48,8 +49,9 @@ def to_clip_tensor(image: Image.Image) -> torch.Tensor:
     return (tensor - mean) / std
 
 
-def keep_ratio_size(height: int, width: int, short_side: int,
-                    long_side: int = 2048) -> Tuple[int, int]:
+def keep_ratio_size(
+    height: int, width: int, short_side: int, long_side: int = 2048
+) -> Tuple[int, int]:
     """(new_height, new_width) of mmseg's keep-ratio ``Resize`` to scale (long_side, short_side):
     factor min(long_side / longer side, short_side / shorter side), each side
     ``int(x * factor + 0.5)`` (half rounds up). E.g. 448 x 454 -> 336 x 341 and
@@ -65,5 +67,6 @@ def resize_linear_uint8(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
         raise ValueError(f"resize_linear_uint8 expects a uint8 image, got {image.dtype}")
     if tuple(image.shape[:2]) == tuple(size):
         return image
-    return cv2.resize(np.ascontiguousarray(image), (size[1], size[0]),
-                      interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(
+        np.ascontiguousarray(image), (size[1], size[0]), interpolation=cv2.INTER_LINEAR
+    )

@@ -4,7 +4,8 @@ refinement (SPEC sections 6-8). Pure functions on tensors; one image at a time u
 Where a faster formulation is used (``channel_argmax``, ``median_filter``, ``region_means``),
 it computes exactly the same numbers as the obvious one (named in its docstring).
 """
-from typing import Optional, Sequence, Tuple
+
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -38,8 +39,12 @@ RESIZE_CHUNK_BYTES = 1 << 28
 REFINEMENTS = ("vote", "mean", "none", "tlp")  # tlp: PEARL's propagation (propagation.py)
 
 
-def dense_logits(patch_tokens: torch.Tensor, text_embeddings: torch.Tensor, grid: Tuple[int, int],
-                 logit_scale: float) -> torch.Tensor:
+def dense_logits(
+    patch_tokens: torch.Tensor,
+    text_embeddings: torch.Tensor,
+    grid: Tuple[int, int],
+    logit_scale: float,
+) -> torch.Tensor:
     """logit_scale * patch . text for every patch: (B, n, E), (K, E) -> (B, K, h, w).
 
     A view of the (B, h, w, K) product, i.e. in channels-last memory layout: bilinear resizing
@@ -49,7 +54,9 @@ def dense_logits(patch_tokens: torch.Tensor, text_embeddings: torch.Tensor, grid
     return logits.view(logits.shape[0], *grid, -1).permute(0, 3, 1, 2)
 
 
-def resize_logits(logits: torch.Tensor, size: Tuple[int, int], out: Optional[torch.Tensor] = None) -> torch.Tensor:
+def resize_logits(
+    logits: torch.Tensor, size: Tuple[int, int], out: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """Bilinear (align_corners=False) resize of (B, K, h, w) maps to (B, K, H, W).
 
     ``out``: a buffer to write into, in the memory layout the resize gives itself (channels-last
@@ -101,7 +108,9 @@ def resize_maps(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     return F.interpolate(batch, size=tuple(size), mode="bilinear", align_corners=False)[0]
 
 
-def resized_argmax(maps: torch.Tensor, size: Tuple[int, int], max_bytes: Optional[int] = None) -> torch.Tensor:
+def resized_argmax(
+    maps: torch.Tensor, size: Tuple[int, int], max_bytes: Optional[int] = None
+) -> torch.Tensor:
     """``resize_maps(maps, size).argmax(dim=0)`` -> (H, W) int64, without holding the (K, H, W)
     resized maps when they exceed ``max_bytes`` (default ``RESIZE_CHUNK_BYTES``): the channels
     are resized a group at a time, and a running maximum keeps the first channel on ties and
@@ -122,7 +131,9 @@ def resized_argmax(maps: torch.Tensor, size: Tuple[int, int], max_bytes: Optiona
     labels = best = None
     for start, stop in zip(starts, starts[1:] + [num_maps]):
         group = maps[start:stop]
-        group = group.permute(1, 2, 0).contiguous().permute(2, 0, 1) if layout else group.contiguous()
+        group = (
+            group.permute(1, 2, 0).contiguous().permute(2, 0, 1) if layout else group.contiguous()
+        )
         resized = resize_maps(group, size)
         indices = resized.argmax(dim=0)
         values = resized.gather(0, indices[None])[0]
@@ -130,14 +141,17 @@ def resized_argmax(maps: torch.Tensor, size: Tuple[int, int], max_bytes: Optiona
         if labels is None:
             labels, best = indices, values
             continue
-        better = (values > best) | (values.isnan() & ~best.isnan())  # strictly: ties keep the earlier channel
+        better = (values > best) | (
+            values.isnan() & ~best.isnan()
+        )  # strictly: ties keep the earlier channel
         best = torch.where(better, values, best)
         labels = torch.where(better, indices + start, labels)
     return labels
 
 
-def weight_by_image_logits(logits: torch.Tensor, image_logits: torch.Tensor,
-                           out: Optional[torch.Tensor] = None) -> torch.Tensor:
+def weight_by_image_logits(
+    logits: torch.Tensor, image_logits: torch.Tensor, out: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """VOC20's image-level weighting: each class map times that class's [CLS] logit.
 
     logits: (B, K, H, W), image_logits: (B, K) -> (B, K, H, W), written to ``out`` if given
@@ -224,16 +238,24 @@ def median_filter(maps: torch.Tensor, size: int) -> torch.Tensor:
     maps = maps.reshape(-1, *shape[-2:])  # (m, H, W)
     num_maps, height, width = maps.shape
     before, after = size // 2, size - 1 - size // 2
-    rows = torch.from_numpy(np.pad(np.arange(height), (before, after), mode="symmetric")).to(maps.device)
-    cols = torch.from_numpy(np.pad(np.arange(width), (before, after), mode="symmetric")).to(maps.device)
+    rows = torch.from_numpy(np.pad(np.arange(height), (before, after), mode="symmetric")).to(
+        maps.device
+    )
+    cols = torch.from_numpy(np.pad(np.arange(width), (before, after), mode="symmetric")).to(
+        maps.device
+    )
     padded = maps[:, rows][:, :, cols]  # (m, H + size - 1, W + size - 1)
     rank = size * size // 2  # 0-based
     step = max(1, MEDIAN_WINDOW_ELEMENTS // (height * width * size * size))
     filtered = []
     for start in range(0, num_maps, step):
-        windows = padded[start:start + step].unfold(1, size, 1).unfold(2, size, 1)  # (g, H, W, size, size)
+        windows = (
+            padded[start : start + step].unfold(1, size, 1).unfold(2, size, 1)
+        )  # (g, H, W, size, size)
         windows = windows.reshape(*windows.shape[:3], size * size)
-        if windows.device.type == "cpu":  # numpy's SIMD selection: several times faster than kthvalue
+        if (
+            windows.device.type == "cpu"
+        ):  # numpy's SIMD selection: several times faster than kthvalue
             values = torch.from_numpy(np.partition(windows.numpy(), rank, axis=-1)[..., rank])
         else:
             values = windows.kthvalue(rank + 1, dim=-1).values
@@ -241,8 +263,14 @@ def median_filter(maps: torch.Tensor, size: int) -> torch.Tensor:
     return torch.cat(filtered).view(shape)
 
 
-def region_map(affinity: torch.Tensor, cluster_ids, grid: Tuple[int, int], size: Tuple[int, int],
-               median_size: int = 7, upsample: int = 4) -> Optional[torch.Tensor]:
+def region_map(
+    affinity: torch.Tensor,
+    cluster_ids,
+    grid: Tuple[int, int],
+    size: Tuple[int, int],
+    median_size: int = 7,
+    upsample: int = 4,
+) -> Optional[torch.Tensor]:
     """Assigns every output pixel to a region (SPEC section 8), for a batch of images at once.
 
     Each cluster's map is the mean affinity row of its members, reshaped to the grid; the maps
@@ -263,14 +291,22 @@ def region_map(affinity: torch.Tensor, cluster_ids, grid: Tuple[int, int], size:
     if num_maps <= 0:
         return None if not batched else ids.new_full((num_images, *size), -1)
     spare = num_images * num_maps  # noise patches are summed into a row nobody reads
-    slots = torch.where(ids >= 0, ids + num_maps * torch.arange(num_images, device=ids.device)[:, None], spare)
-    sums = affinity.new_zeros(spare + 1, num_patches).index_add_(0, slots.flatten(), affinity.reshape(-1, num_patches))
+    slots = torch.where(
+        ids >= 0, ids + num_maps * torch.arange(num_images, device=ids.device)[:, None], spare
+    )
+    sums = affinity.new_zeros(spare + 1, num_patches).index_add_(
+        0, slots.flatten(), affinity.reshape(-1, num_patches)
+    )
     members = torch.bincount(slots.flatten(), minlength=spare + 1).clamp(min=1).to(sums.dtype)
     maps = (sums / members[:, None])[:spare].view(num_images, num_maps, *grid)  # (B, m, h, w)
     h, w = grid
-    maps = F.interpolate(maps, size=(upsample * h, upsample * w), mode="bilinear", align_corners=False)
+    maps = F.interpolate(
+        maps, size=(upsample * h, upsample * w), mode="bilinear", align_corners=False
+    )
     maps = median_filter(maps, median_size)  # (B, m, 4h, 4w)
-    maps = F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)  # (B, m, H, W)
+    maps = F.interpolate(
+        maps, size=tuple(size), mode="bilinear", align_corners=False
+    )  # (B, m, H, W)
     empty = torch.arange(num_maps, device=maps.device) >= clusters[:, None]  # (B, m)
     maps.masked_fill_(empty[:, :, None, None], float("-inf"))
     regions = torch.where(clusters[:, None, None] > 0, channel_argmax(maps), -1)  # (B, H, W)
@@ -296,8 +332,9 @@ def vote_refine(labels: torch.Tensor, regions: torch.Tensor, num_labels: int) ->
     """
     slots, num_regions = _region_slots(regions)
     num_slots = slots[..., 0, 0].numel() * num_regions + 1
-    counts = torch.bincount((slots * num_labels + labels).flatten(),
-                            minlength=num_slots * num_labels).view(num_slots, num_labels)
+    counts = torch.bincount(
+        (slots * num_labels + labels).flatten(), minlength=num_slots * num_labels
+    ).view(num_slots, num_labels)
     return torch.where(regions >= 0, counts.argmax(dim=1)[slots], labels)
 
 
@@ -322,7 +359,9 @@ def region_means(scores: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
     return means.view(*regions.shape[:-2], num_regions, num_labels).transpose(-1, -2)
 
 
-def expand_regions(values: torch.Tensor, regions: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+def expand_regions(
+    values: torch.Tensor, regions: torch.Tensor, out: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """Every pixel takes its region's column: (..., K, m), (..., H, W) -> (..., K, H, W).
 
     Written to ``out`` if given, in its own memory layout (contiguous or channels-last).

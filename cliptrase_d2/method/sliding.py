@@ -1,4 +1,5 @@
 """Sliding-window inference: window placement and averaging of overlapping window scores."""
+
 from typing import Callable, List, Tuple
 
 import torch
@@ -31,13 +32,19 @@ def window_boxes(height: int, width: int, window: int, stride: int) -> List[Box]
     if stride <= 0 or window <= 0:
         raise ValueError(f"window ({window}) and stride ({stride}) must be positive")
     if stride > window:
-        raise ValueError(f"stride {stride} is larger than the window {window}: pixels would be skipped")
-    return [(top, left, min(top + window, height), min(left + window, width))
-            for top in _starts(height, window, stride) for left in _starts(width, window, stride)]
+        raise ValueError(
+            f"stride {stride} is larger than the window {window}: pixels would be skipped"
+        )
+    return [
+        (top, left, min(top + window, height), min(left + window, width))
+        for top in _starts(height, window, stride)
+        for left in _starts(width, window, stride)
+    ]
 
 
-def window_padding(height: int, width: int, multiple: int,
-                   padding: str = "end") -> Tuple[int, int, int, int]:
+def window_padding(
+    height: int, width: int, multiple: int, padding: str = "end"
+) -> Tuple[int, int, int, int]:
     """(left, right, top, bottom) zeros that make an h x w window a multiple of ``multiple``
     under ``padding`` (see ``PADDINGS``); "even" puts the smaller half first."""
     if padding not in PADDINGS:
@@ -50,9 +57,15 @@ def window_padding(height: int, width: int, multiple: int,
     return pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2
 
 
-def sliding_window(image: torch.Tensor, predict: Callable[[torch.Tensor], torch.Tensor], window: int,
-                   stride: int, batch_size: int, multiple: int = 1,
-                   padding: str = "end") -> torch.Tensor:
+def sliding_window(
+    image: torch.Tensor,
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    window: int,
+    stride: int,
+    batch_size: int,
+    multiple: int = 1,
+    padding: str = "end",
+) -> torch.Tensor:
     """Averages ``predict`` over overlapping windows of one image (``window`` 0: the whole image).
 
     image: (3, H, W). ``predict`` maps a batch (N, 3, h, w) to scores (N, K, h, w) at the
@@ -69,16 +82,23 @@ def sliding_window(image: torch.Tensor, predict: Callable[[torch.Tensor], torch.
     total = None
     counts = torch.zeros(1, height, width, device=image.device)
     for start in range(0, len(boxes), batch_size):
-        chunk = boxes[start:start + batch_size]
+        chunk = boxes[start : start + batch_size]
         crops = [image[:, t:b, l:r] for t, l, b, r in chunk]
         crop_h, crop_w = crops[0].shape[-2:]
         pad = window_padding(crop_h, crop_w, multiple, padding)
         batch = torch.stack([F.pad(c, pad) for c in crops])  # (N, 3, h', w')
         top, left = pad[2], pad[0]
-        scores = predict(batch)[:, :, top:top + crop_h, left:left + crop_w]  # (N, K, h, w)
+        scores = predict(batch)[:, :, top : top + crop_h, left : left + crop_w]  # (N, K, h, w)
         if total is None:
-            total = torch.empty(1, scores.shape[1], height, width, dtype=scores.dtype, device=image.device,
-                                memory_format=torch.channels_last)[0].zero_()
+            total = torch.empty(
+                1,
+                scores.shape[1],
+                height,
+                width,
+                dtype=scores.dtype,
+                device=image.device,
+                memory_format=torch.channels_last,
+            )[0].zero_()
         for (t, l, b, r), window_scores in zip(chunk, scores):
             total[:, t:b, l:r] += window_scores
             counts[:, t:b, l:r] += 1

@@ -1,4 +1,5 @@
 """Text classifier from class names and prompt templates (SPEC section 5)."""
+
 import logging
 from typing import Callable, Sequence
 
@@ -20,8 +21,13 @@ def count_tokens(tokenizer: Callable, text: str) -> int:
 
 
 @torch.no_grad()
-def text_embeddings(model: nn.Module, tokenizer: Callable, class_names: Sequence[str],
-                    templates: Sequence[str], classes_per_batch: int = 10) -> torch.Tensor:
+def text_embeddings(
+    model: nn.Module,
+    tokenizer: Callable,
+    class_names: Sequence[str],
+    templates: Sequence[str],
+    classes_per_batch: int = 10,
+) -> torch.Tensor:
     """One unit-norm embedding per class name: encode every ``template.format(name)``,
     L2-normalize, average over templates, L2-normalize again (open_clip's zero-shot classifier,
     which computes exactly this). -> (K, E) float32 on the model's device.
@@ -30,12 +36,28 @@ def text_embeddings(model: nn.Module, tokenizer: Callable, class_names: Sequence
     """
     device = next(model.parameters()).device
     context = getattr(tokenizer, "context_length", 77)
-    too_long = sorted({name for name in class_names for template in templates
-                       if count_tokens(tokenizer, template.format(name)) > context})
+    too_long = sorted(
+        {
+            name
+            for name in class_names
+            for template in templates
+            if count_tokens(tokenizer, template.format(name)) > context
+        }
+    )
     for name in too_long:
-        logger.warning("class name %r does not fit CLIP's %d-token context in some templates; "
-                       "its prompts are truncated", name[:80], context)
-    classifier = build_zero_shot_classifier(model, tokenizer, list(class_names), list(templates),
-                                            num_classes_per_batch=classes_per_batch, device=device,
-                                            use_tqdm=len(class_names) >= 100)  # progress for long lists
+        logger.warning(
+            "class name %r does not fit CLIP's %d-token context in some templates; "
+            "its prompts are truncated",
+            name[:80],
+            context,
+        )
+    classifier = build_zero_shot_classifier(
+        model,
+        tokenizer,
+        list(class_names),
+        list(templates),
+        num_classes_per_batch=classes_per_batch,
+        device=device,
+        use_tqdm=len(class_names) >= 100,
+    )  # progress for long lists
     return classifier.t().float().contiguous()  # (E, K) -> (K, E)

@@ -1,4 +1,5 @@
 """The ``CLIPtrase`` meta-architecture: wires the pure method (cliptrase_d2.method) to Detectron2."""
+
 import logging
 import re
 from collections import OrderedDict
@@ -19,13 +20,24 @@ from ..method.heads import get_head, resolve_logit_scale
 from ..method.pamr import pamr
 from ..method.pipeline import Prediction, RefinementSettings, dbscan_for_grid, predict
 from ..method.refinement import resize_maps, resized_argmax
-from ..method.preprocess import (CLIP_MEAN, CLIP_STD, keep_ratio_size, resize_and_center_crop,
-                                 resize_linear_uint8, to_clip_tensor)
+from ..method.preprocess import (
+    CLIP_MEAN,
+    CLIP_STD,
+    keep_ratio_size,
+    resize_and_center_crop,
+    resize_linear_uint8,
+    to_clip_tensor,
+)
 from ..method.sliding import PADDINGS, sliding_window
 from ..method.text import text_embeddings
 from ..method.thresholds import check_threshold, label_order, merge_names, threshold_scores
-from ..vocabulary import (Vocabulary, peer_vocabulary_keys, resolve_vocabulary, template_set,
-                          vocabulary_of_dataset)
+from ..vocabulary import (
+    Vocabulary,
+    peer_vocabulary_keys,
+    resolve_vocabulary,
+    template_set,
+    vocabulary_of_dataset,
+)
 from ..errors import ConfigError, InputError
 
 __all__ = ["CLIPtrase", "PROTOCOLS", "dbscan_for_grid"]
@@ -33,8 +45,9 @@ __all__ = ["CLIPtrase", "PROTOCOLS", "dbscan_for_grid"]
 logger = logging.getLogger(__name__)
 
 
-def predict_within_memory(predict_batch: Callable[[torch.Tensor], Prediction], images: torch.Tensor,
-                          what: str = "image") -> Prediction:
+def predict_within_memory(
+    predict_batch: Callable[[torch.Tensor], Prediction], images: torch.Tensor, what: str = "image"
+) -> Prediction:
     """``predict_batch(images)``; when the device runs out of memory, it is tried again (on CUDA
     after freeing the allocator's cached blocks), then the batch is split in halves (each image's
     prediction does not depend on the others). One image that still does not fit raises an
@@ -54,18 +67,31 @@ def predict_within_memory(predict_batch: Callable[[torch.Tensor], Prediction], i
             f"{images.device.type.upper()} ran out of memory on one {images.shape[-2]}x{images.shape[-1]} {what}"
             f"{' even with the cache emptied' if images.is_cuda else ''}. Use a smaller input "
             "(MODEL.CLIPTRASE.PAPER_SIZE, STANDARD_SHORT_SIDE), MODEL.CLIPTRASE.PRECISION fp16 on a GPU, "
-            "or a device with more free memory")
+            "or a device with more free memory"
+        )
     half = (len(images) + 1) // 2
-    logger.warning("out of memory on a batch of %d %ss: running it as %d + %d", len(images), what, half,
-                   len(images) - half)
+    logger.warning(
+        "out of memory on a batch of %d %ss: running it as %d + %d",
+        len(images),
+        what,
+        half,
+        len(images) - half,
+    )
     first = predict_within_memory(predict_batch, images[:half], what)
     second = predict_within_memory(predict_batch, images[half:], what)
-    return Prediction(torch.cat([first.labels, second.labels]), torch.cat([first.scores, second.scores]))
+    return Prediction(
+        torch.cat([first.labels, second.labels]), torch.cat([first.scores, second.scores])
+    )
 
 
 # RefinementSettings' fields -> their config keys (the method layer names no config keys)
-_REFINEMENT_KEYS = {"refine": "REFINE", "dbscan_eps": "DBSCAN_EPS", "dbscan_min_samples": "DBSCAN_MIN_SAMPLES",
-                    "region_upsample": "REGION_UPSAMPLE", "median_size": "MEDIAN_SIZE"}
+_REFINEMENT_KEYS = {
+    "refine": "REFINE",
+    "dbscan_eps": "DBSCAN_EPS",
+    "dbscan_min_samples": "DBSCAN_MIN_SAMPLES",
+    "region_upsample": "REGION_UPSAMPLE",
+    "median_size": "MEDIAN_SIZE",
+}
 
 
 def _refinement_settings(c, auto_eps: float, auto_min_samples: int) -> RefinementSettings:
@@ -75,9 +101,13 @@ def _refinement_settings(c, auto_eps: float, auto_min_samples: int) -> Refinemen
         return RefinementSettings(
             refine="none" if c.REFINE == "pamr" else c.REFINE,
             dbscan_eps=c.DBSCAN_EPS if c.DBSCAN_EPS != 0 else auto_eps,
-            dbscan_min_samples=c.DBSCAN_MIN_SAMPLES if c.DBSCAN_MIN_SAMPLES != 0 else auto_min_samples,
-            region_upsample=c.REGION_UPSAMPLE, median_size=c.MEDIAN_SIZE,
-            image_logit_weighting=c.IMAGE_LOGIT_WEIGHTING)
+            dbscan_min_samples=c.DBSCAN_MIN_SAMPLES
+            if c.DBSCAN_MIN_SAMPLES != 0
+            else auto_min_samples,
+            region_upsample=c.REGION_UPSAMPLE,
+            median_size=c.MEDIAN_SIZE,
+            image_logit_weighting=c.IMAGE_LOGIT_WEIGHTING,
+        )
     except ValueError as error:
         message = str(error)
         for field in sorted(_REFINEMENT_KEYS, key=len, reverse=True):
@@ -89,9 +119,14 @@ def _report_unused_settings(head: str, refinement: RefinementSettings) -> None:
     """Says once per (head, refinement) which settings have no effect, instead of ignoring them
     silently."""
     if refinement.refine in ("none", "tlp"):
-        log_first_n(logging.WARNING, f"head {head!r} with MODEL.CLIPTRASE.REFINE {refinement.refine!r}: "
-                    "DBSCAN_EPS, DBSCAN_MIN_SAMPLES, MEDIAN_SIZE and REGION_UPSAMPLE do not apply (no "
-                    "clustering or region refinement runs)", name=__name__, key="message")
+        log_first_n(
+            logging.WARNING,
+            f"head {head!r} with MODEL.CLIPTRASE.REFINE {refinement.refine!r}: "
+            "DBSCAN_EPS, DBSCAN_MIN_SAMPLES, MEDIAN_SIZE and REGION_UPSAMPLE do not apply (no "
+            "clustering or region refinement runs)",
+            name=__name__,
+            key="message",
+        )
 
 
 PROTOCOLS = ("paper", "standard")
@@ -104,10 +139,12 @@ def _published_setting(cfg) -> str:
         return ""
     reported = [key for key in peer_vocabulary_keys() if key.startswith(f"{head}/")]
     if published not in reported:
-        raise ConfigError(f"MODEL.CLIPTRASE.PUBLISHED {published!r}: head {head!r} has no published "
-                         f"setting for that benchmark; its published settings are "
-                         f"{', '.join(reported) or 'none'} "
-                         "(configs/<head>/published/<benchmark>.yaml)")
+        raise ConfigError(
+            f"MODEL.CLIPTRASE.PUBLISHED {published!r}: head {head!r} has no published "
+            f"setting for that benchmark; its published settings are "
+            f"{', '.join(reported) or 'none'} "
+            "(configs/<head>/published/<benchmark>.yaml)"
+        )
     return published
 
 
@@ -136,32 +173,64 @@ class CLIPtrase(nn.Module):
     """
 
     @configurable
-    def __init__(self, *, clip_model: nn.Module, tokenizer, templates: Sequence[str],
-                 vocabulary=None, default_dataset: Optional[str] = None,
-                 head: str = "cliptrase", logit_scale: float = 0.0,
-                 refinement: RefinementSettings = RefinementSettings(), protocol: str = "paper",
-                 paper_size: int = 224, standard_short_side: int = 336, window_size: int = 224,
-                 window_stride: int = 112, window_batch: int = 8, input_format: str = "RGB",
-                 paper_vocabulary_quirks: bool = False, text_cache=None, cached_vocabularies: int = 8,
-                 standard_long_side: int = 2048, window_padding: str = "end",
-                 prob_thd: float = 0.0, area_thd: float = 0.0, pamr_steps: int = 0,
-                 pamr_dilations: Sequence[int] = (8, 16)):
+    def __init__(
+        self,
+        *,
+        clip_model: nn.Module,
+        tokenizer,
+        templates: Sequence[str],
+        vocabulary=None,
+        default_dataset: Optional[str] = None,
+        head: str = "cliptrase",
+        logit_scale: float = 0.0,
+        refinement: RefinementSettings = RefinementSettings(),
+        protocol: str = "paper",
+        paper_size: int = 224,
+        standard_short_side: int = 336,
+        window_size: int = 224,
+        window_stride: int = 112,
+        window_batch: int = 8,
+        input_format: str = "RGB",
+        paper_vocabulary_quirks: bool = False,
+        text_cache=None,
+        cached_vocabularies: int = 8,
+        standard_long_side: int = 2048,
+        window_padding: str = "end",
+        prob_thd: float = 0.0,
+        area_thd: float = 0.0,
+        pamr_steps: int = 0,
+        pamr_dilations: Sequence[int] = (8, 16),
+    ):
         super().__init__()
         if protocol not in PROTOCOLS:
-            raise ConfigError(f"unknown protocol {protocol!r} (MODEL.CLIPTRASE.PROTOCOL); choose one of {PROTOCOLS}")
+            raise ConfigError(
+                f"unknown protocol {protocol!r} (MODEL.CLIPTRASE.PROTOCOL); choose one of {PROTOCOLS}"
+            )
         if input_format not in ("RGB", "BGR"):
             raise ConfigError(f"INPUT.FORMAT must be RGB or BGR, got {input_format!r}")
         patch = max(clip_model.visual.conv1.kernel_size)
-        for key, value, least in (("PAPER_SIZE", paper_size, patch),
-                                  ("STANDARD_SHORT_SIDE", standard_short_side, patch),
-                                  ("WINDOW_SIZE", window_size or patch, patch),  # 0: whole image
-                                  ("WINDOW_STRIDE", window_stride, 1),
-                                  ("WINDOW_BATCH", window_batch, 1)):
+        for key, value, least in (
+            ("PAPER_SIZE", paper_size, patch),
+            ("STANDARD_SHORT_SIDE", standard_short_side, patch),
+            ("WINDOW_SIZE", window_size or patch, patch),  # 0: whole image
+            ("WINDOW_STRIDE", window_stride, 1),
+            ("WINDOW_BATCH", window_batch, 1),
+        ):
             if value < least:
-                raise ConfigError(f"MODEL.CLIPTRASE.{key} must be at least {least}"
-                                 f"{' (one CLIP patch)' if least == patch > 1 else ''}, got {value}")
-        self._check_standard_settings(protocol, standard_long_side, window_padding, prob_thd,
-                                      area_thd, pamr_steps, pamr_dilations, refinement)
+                raise ConfigError(
+                    f"MODEL.CLIPTRASE.{key} must be at least {least}"
+                    f"{' (one CLIP patch)' if least == patch > 1 else ''}, got {value}"
+                )
+        self._check_standard_settings(
+            protocol,
+            standard_long_side,
+            window_padding,
+            prob_thd,
+            area_thd,
+            pamr_steps,
+            pamr_dilations,
+            refinement,
+        )
         self.standard_long_side, self.window_padding = standard_long_side, window_padding
         self.prob_thd, self.area_thd = prob_thd, area_thd
         self.pamr_steps, self.pamr_dilations = pamr_steps, tuple(pamr_dilations)
@@ -178,7 +247,11 @@ class CLIPtrase(nn.Module):
         self.protocol = protocol
         self.paper_size = paper_size
         self.standard_short_side = standard_short_side
-        self.window_size, self.window_stride, self.window_batch = window_size, window_stride, window_batch
+        self.window_size, self.window_stride, self.window_batch = (
+            window_size,
+            window_stride,
+            window_batch,
+        )
         self.input_format = input_format
         self.text_cache = text_cache
         self.paper_vocabulary_quirks = paper_vocabulary_quirks
@@ -206,8 +279,13 @@ class CLIPtrase(nn.Module):
         return {
             "clip_model": clip_model,
             "tokenizer": get_tokenizer(c.CLIP_MODEL),
-            "vocabulary": (resolve_vocabulary(c.VOCABULARY, tuple(c.BACKGROUND_WORDS), c.PAPER_VOCABULARY_QUIRKS)
-                           if c.VOCABULARY else None),
+            "vocabulary": (
+                resolve_vocabulary(
+                    c.VOCABULARY, tuple(c.BACKGROUND_WORDS), c.PAPER_VOCABULARY_QUIRKS
+                )
+                if c.VOCABULARY
+                else None
+            ),
             "default_dataset": cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) == 1 else None,
             "templates": template_set(c.TEMPLATES),
             "head": c.HEAD,
@@ -221,8 +299,9 @@ class CLIPtrase(nn.Module):
             "window_batch": c.WINDOW_BATCH,
             "input_format": cfg.INPUT.FORMAT,
             "paper_vocabulary_quirks": c.PAPER_VOCABULARY_QUIRKS,
-            "text_cache": TextEmbeddingCache.from_setting(c.TEXT_CACHE_DIR, c.CLIP_MODEL, cfg.MODEL.WEIGHTS or "openai",
-                                                           c.PRECISION),
+            "text_cache": TextEmbeddingCache.from_setting(
+                c.TEXT_CACHE_DIR, c.CLIP_MODEL, cfg.MODEL.WEIGHTS or "openai", c.PRECISION
+            ),
             "standard_long_side": c.STANDARD_LONG_SIDE,
             "window_padding": c.WINDOW_PADDING,
             "prob_thd": c.PROB_THD,
@@ -232,28 +311,37 @@ class CLIPtrase(nn.Module):
         }
 
     @staticmethod
-    def _check_standard_settings(protocol, long_side, padding, prob_thd, area_thd, pamr_steps,
-                                 pamr_dilations, refinement) -> None:
+    def _check_standard_settings(
+        protocol, long_side, padding, prob_thd, area_thd, pamr_steps, pamr_dilations, refinement
+    ) -> None:
         """Rejects standard-protocol settings out of range or that the protocol cannot honour."""
         check_threshold(prob_thd, "MODEL.CLIPTRASE.PROB_THD")
         check_threshold(area_thd, "MODEL.CLIPTRASE.AREA_THD")
         if padding not in PADDINGS:
-            raise ConfigError(f"MODEL.CLIPTRASE.WINDOW_PADDING {padding!r}: choose one of "
-                             f"{', '.join(PADDINGS)}")
+            raise ConfigError(
+                f"MODEL.CLIPTRASE.WINDOW_PADDING {padding!r}: choose one of {', '.join(PADDINGS)}"
+            )
         if long_side < 1:
-            raise ConfigError(f"MODEL.CLIPTRASE.STANDARD_LONG_SIDE must be at least 1, "
-                             f"got {long_side}")
+            raise ConfigError(
+                f"MODEL.CLIPTRASE.STANDARD_LONG_SIDE must be at least 1, got {long_side}"
+            )
         if pamr_steps < 0 or not pamr_dilations or min(pamr_dilations) < 1:
-            raise ConfigError(f"MODEL.CLIPTRASE.PAMR_STEPS must be >= 0 and PAMR_DILATIONS >= 1, "
-                             f"got {pamr_steps} and {list(pamr_dilations)}")
+            raise ConfigError(
+                f"MODEL.CLIPTRASE.PAMR_STEPS must be >= 0 and PAMR_DILATIONS >= 1, "
+                f"got {pamr_steps} and {list(pamr_dilations)}"
+            )
         uses_peer_steps = prob_thd > 0 or area_thd > 0 or pamr_steps > 0
         if protocol == "paper" and uses_peer_steps:
-            raise ConfigError("MODEL.CLIPTRASE.PROB_THD, AREA_THD and REFINE 'pamr' apply to the "
-                             "standard protocol only: set MODEL.CLIPTRASE.PROTOCOL standard or "
-                             "turn them off")
+            raise ConfigError(
+                "MODEL.CLIPTRASE.PROB_THD, AREA_THD and REFINE 'pamr' apply to the "
+                "standard protocol only: set MODEL.CLIPTRASE.PROTOCOL standard or "
+                "turn them off"
+            )
         if refinement.refine == "vote" and uses_peer_steps:
-            raise ConfigError("MODEL.CLIPTRASE.PROB_THD / AREA_THD need soft scores: use REFINE "
-                             "'mean', 'none' or 'pamr' instead of 'vote'")
+            raise ConfigError(
+                "MODEL.CLIPTRASE.PROB_THD / AREA_THD need soft scores: use REFINE "
+                "'mean', 'none' or 'pamr' instead of 'vote'"
+            )
 
     @property
     def device(self) -> torch.device:
@@ -279,9 +367,12 @@ class CLIPtrase(nn.Module):
             raise InputError(
                 "no vocabulary for this input: give it a 'vocabulary' (the API's segment(image, "
                 "vocabulary)), set MODEL.CLIPTRASE.VOCABULARY, or evaluate a registered dataset "
-                "(DATASETS.TEST)")
+                "(DATASETS.TEST)"
+            )
         if dataset not in self._dataset_vocabularies:
-            self._dataset_vocabularies[dataset] = vocabulary_of_dataset(dataset, self.paper_vocabulary_quirks)
+            self._dataset_vocabularies[dataset] = vocabulary_of_dataset(
+                dataset, self.paper_vocabulary_quirks
+            )
         return self._dataset_vocabularies[dataset]
 
     def _check_dataset_classes(self, dataset: str) -> None:
@@ -290,9 +381,11 @@ class CLIPtrase(nn.Module):
             return
         expected = len(MetadataCatalog.get(dataset).get("stuff_classes", None) or [])
         if expected and expected != self.vocabulary.num_classes:
-            raise ConfigError(f"MODEL.CLIPTRASE.VOCABULARY has {self.vocabulary.num_classes} output classes but "
-                             f"dataset {dataset!r} has {expected}: leave VOCABULARY empty to use the "
-                             "dataset's own, or give one with the same classes")
+            raise ConfigError(
+                f"MODEL.CLIPTRASE.VOCABULARY has {self.vocabulary.num_classes} output classes but "
+                f"dataset {dataset!r} has {expected}: leave VOCABULARY empty to use the "
+                "dataset's own, or give one with the same classes"
+            )
         self._checked_datasets[dataset] = None
 
     def text_embeddings(self, vocabulary: Vocabulary) -> torch.Tensor:
@@ -319,13 +412,20 @@ class CLIPtrase(nn.Module):
     # ---- inference -------------------------------------------------------------------------
     def forward(self, batched_inputs: List[Dict]) -> List[Dict]:
         if self.training:
-            raise RuntimeError("CLIPtrase is training-free: it has nothing to train. "
-                               "Run evaluation (tools/train_net.py --eval-only) or the demo instead.")
+            raise RuntimeError(
+                "CLIPtrase is training-free: it has nothing to train. "
+                "Run evaluation (tools/train_net.py --eval-only) or the demo instead."
+            )
         images = [self._rgb_uint8(x["image"]) for x in batched_inputs]
         for record, image in zip(batched_inputs, images):
             self.check_image_size(image.shape[-2:], record.get("file_name", "an input image"))
-        sizes = [(x.get("height", im.shape[1]), x.get("width", im.shape[2])) for x, im in zip(batched_inputs, images)]
-        groups: Dict[Vocabulary, List[int]] = {}  # images segmented with the same vocabulary run together
+        sizes = [
+            (x.get("height", im.shape[1]), x.get("width", im.shape[2]))
+            for x, im in zip(batched_inputs, images)
+        ]
+        groups: Dict[
+            Vocabulary, List[int]
+        ] = {}  # images segmented with the same vocabulary run together
         for index, record in enumerate(batched_inputs):
             groups.setdefault(self.vocabulary_for(record), []).append(index)
         outputs: List[Dict] = [{} for _ in batched_inputs]
@@ -335,14 +435,21 @@ class CLIPtrase(nn.Module):
                 # sem_seg: scores whose argmax is the prediction (one-hot of the voted labels under "vote")
                 results = [p.scores for p in self.inference(group, vocabulary, soft_scores=False)]
             else:
-                results = [self._sliding_window_scores(images[i], sizes[i], vocabulary) for i in indices]
+                results = [
+                    self._sliding_window_scores(images[i], sizes[i], vocabulary) for i in indices
+                ]
             for index, scores in zip(indices, results):
                 outputs[index]["sem_seg"] = scores
         return outputs
 
-    def inference(self, images: List[torch.Tensor], vocabulary: Vocabulary,
-                  sizes: Optional[List[Tuple[int, int]]] = None, soft_scores: bool = True,
-                  scores: bool = True) -> List[Prediction]:
+    def inference(
+        self,
+        images: List[torch.Tensor],
+        vocabulary: Vocabulary,
+        sizes: Optional[List[Tuple[int, int]]] = None,
+        soft_scores: bool = True,
+        scores: bool = True,
+    ) -> List[Prediction]:
         """Per image: labels (H', W') and soft scores (K, H', W') in the protocol's frame, over
         ``vocabulary.class_names``.
 
@@ -357,15 +464,23 @@ class CLIPtrase(nn.Module):
         if self.protocol == "paper":
             self._check_single_names(vocabulary, "the paper protocol")
             soft_scores = soft_scores and scores
-            batch = torch.stack([to_clip_tensor(Image.fromarray(self.evaluated_frame(im))) for im in images])
-            prediction = predict_within_memory(lambda x: self._predict(x, vocabulary, soft_scores),
-                                               batch.to(self.device))
-            return [Prediction(labels, image_scores if scores else None) for labels, image_scores in zip(*prediction)]
+            batch = torch.stack(
+                [to_clip_tensor(Image.fromarray(self.evaluated_frame(im))) for im in images]
+            )
+            prediction = predict_within_memory(
+                lambda x: self._predict(x, vocabulary, soft_scores), batch.to(self.device)
+            )
+            return [
+                Prediction(labels, image_scores if scores else None)
+                for labels, image_scores in zip(*prediction)
+            ]
         sizes = sizes or [tuple(im.shape[-2:]) for im in images]
         results = []
         for image, size in zip(images, sizes):
             if not scores and self._labels_from_rows:
-                labels = self._resized_labels(self._window_average(image, vocabulary), size, vocabulary)
+                labels = self._resized_labels(
+                    self._window_average(image, vocabulary), size, vocabulary
+                )
                 results.append(Prediction(labels, None))
                 continue
             image_scores = self._sliding_window_scores(image, size, vocabulary)
@@ -378,8 +493,10 @@ class CLIPtrase(nn.Module):
         """Rejects images smaller than one CLIP patch (resizing them up would invent the content)."""
         patch = self.clip_model.visual.conv1.kernel_size
         if size[0] < patch[0] or size[1] < patch[1]:
-            raise InputError(f"{name}: an image of {size[0]}x{size[1]} pixels is smaller than one "
-                             f"{patch[0]}x{patch[1]} CLIP patch; use an image of at least that size")
+            raise InputError(
+                f"{name}: an image of {size[0]}x{size[1]} pixels is smaller than one "
+                f"{patch[0]}x{patch[1]} CLIP patch; use an image of at least that size"
+            )
 
     def evaluated_frame(self, image) -> np.ndarray:
         """The (H', W', 3) uint8 RGB pixels a prediction refers to: the paper protocol's center
@@ -389,18 +506,35 @@ class CLIPtrase(nn.Module):
             image = image.permute(1, 2, 0).cpu().numpy()
         if self.protocol != "paper":
             return np.ascontiguousarray(image)
-        return np.asarray(resize_and_center_crop(Image.fromarray(image), self.paper_size, Image.BICUBIC))
+        return np.asarray(
+            resize_and_center_crop(Image.fromarray(image), self.paper_size, Image.BICUBIC)
+        )
 
-    def _predict(self, images: torch.Tensor, vocabulary: Vocabulary, soft_scores: bool = True,
-                 num_classes: Optional[int] = None) -> Prediction:
+    def _predict(
+        self,
+        images: torch.Tensor,
+        vocabulary: Vocabulary,
+        soft_scores: bool = True,
+        num_classes: Optional[int] = None,
+    ) -> Prediction:
         """``num_classes``: rows below it are classes, the rest background words merged into one
         (default: the vocabulary's C); the number of text rows keeps every row's scores."""
         num_classes = len(vocabulary.classes) if num_classes is None else num_classes
         text = self.text_embeddings(vocabulary)
         try:
-            return predict(self.clip_model.visual, self.head, text, num_classes, images, self.refinement,
-                           self.logit_scale, soft_scores=soft_scores)
-        except ValueError as error:  # the method's checks of its input (a grid too small for a head)
+            return predict(
+                self.clip_model.visual,
+                self.head,
+                text,
+                num_classes,
+                images,
+                self.refinement,
+                self.logit_scale,
+                soft_scores=soft_scores,
+            )
+        except (
+            ValueError
+        ) as error:  # the method's checks of its input (a grid too small for a head)
             raise InputError(str(error)) from error
 
     def _window_scores(self, windows: torch.Tensor, vocabulary: Vocabulary) -> torch.Tensor:
@@ -409,8 +543,9 @@ class CLIPtrase(nn.Module):
         with the one-hot of its merged labels."""
         if self.refinement.refine == "vote":
             self._check_single_names(vocabulary, "REFINE 'vote' under the standard protocol")
-            return predict_within_memory(lambda x: self._predict(x, vocabulary, soft_scores=False), windows,
-                                         "window").scores
+            return predict_within_memory(
+                lambda x: self._predict(x, vocabulary, soft_scores=False), windows, "window"
+            ).scores
         rows = len(vocabulary.text_rows)
 
         def predict_rows(x):
@@ -421,9 +556,11 @@ class CLIPtrase(nn.Module):
     @staticmethod
     def _check_single_names(vocabulary: Vocabulary, where: str) -> None:
         if vocabulary.has_multiple_names:
-            raise ConfigError("classes with several names are supported under the standard "
-                             f"protocol with REFINE 'mean', 'none' or 'pamr', not under {where}: "
-                             "give one name per class")
+            raise ConfigError(
+                "classes with several names are supported under the standard "
+                f"protocol with REFINE 'mean', 'none' or 'pamr', not under {where}: "
+                "give one name per class"
+            )
 
     @property
     def _labels_from_rows(self) -> bool:
@@ -435,8 +572,9 @@ class CLIPtrase(nn.Module):
             raise InputError(f"'image' must be a (3, H, W) tensor, got shape {tuple(image.shape)}")
         return image.flip(0) if self.input_format == "BGR" else image
 
-    def _sliding_window_scores(self, image: torch.Tensor, size: Tuple[int, int],
-                               vocabulary: Vocabulary) -> torch.Tensor:
+    def _sliding_window_scores(
+        self, image: torch.Tensor, size: Tuple[int, int], vocabulary: Vocabulary
+    ) -> torch.Tensor:
         """Standard protocol (the peers' order): the window scores of every name, averaged,
         resized to ``size``, refined by PAMR (REFINE 'pamr'), then the maximum over each class's
         names, or the peers' thresholds on the class probabilities when PROB_THD / AREA_THD > 0.
@@ -446,16 +584,18 @@ class CLIPtrase(nn.Module):
         if self.refinement.refine == "vote":
             return rows  # already the output classes
         if self.pamr_steps > 0:
-            guide = F.interpolate(frame[None], size=tuple(size), mode="bilinear",
-                                  align_corners=False)
+            guide = F.interpolate(
+                frame[None], size=tuple(size), mode="bilinear", align_corners=False
+            )
             rows = pamr(guide, rows[None], self.pamr_steps, self.pamr_dilations)[0]
         num_classes, row_classes = len(vocabulary.classes), vocabulary.row_classes
         if self.prob_thd > 0 or self.area_thd > 0:
             return threshold_scores(rows, row_classes, num_classes, self.prob_thd, self.area_thd)
         return merge_names(rows, row_classes, num_classes)
 
-    def _resized_labels(self, rows: torch.Tensor, size: Tuple[int, int],
-                        vocabulary: Vocabulary) -> torch.Tensor:
+    def _resized_labels(
+        self, rows: torch.Tensor, size: Tuple[int, int], vocabulary: Vocabulary
+    ) -> torch.Tensor:
         """``_sliding_window_scores(...).argmax(0)`` without the (K, *size) scores
         (``resized_argmax``): the rows taken background first, so that ties go where
         ``merge_names`` sends them."""
@@ -479,13 +619,20 @@ class CLIPtrase(nn.Module):
         frame = frame.permute(2, 0, 1).float() / 255.0
         return (frame - self.pixel_mean) / self.pixel_std
 
-    def _window_average(self, image: torch.Tensor, vocabulary: Vocabulary,
-                        frame: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def _window_average(
+        self, image: torch.Tensor, vocabulary: Vocabulary, frame: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """Standard protocol: the sliding-window average over ``_standard_frame(image)`` (given as
         ``frame`` when already computed). image: (3, H, W) uint8 RGB -> (R, h, w) scores of every
         text row (under "vote": (C', h, w) votes) at the resized image's resolution."""
         frame = self._standard_frame(image) if frame is None else frame
         patch = self.clip_model.visual.conv1.kernel_size[0]
-        return sliding_window(frame, lambda windows: self._window_scores(windows, vocabulary),
-                              self.window_size, self.window_stride,
-                              self.window_batch, multiple=patch, padding=self.window_padding)
+        return sliding_window(
+            frame,
+            lambda windows: self._window_scores(windows, vocabulary),
+            self.window_size,
+            self.window_stride,
+            self.window_batch,
+            multiple=patch,
+            padding=self.window_padding,
+        )

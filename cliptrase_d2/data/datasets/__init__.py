@@ -2,6 +2,7 @@
 
 Importing this package registers them all (see datasets/README.md for the folder layouts).
 """
+
 from .register_benchmarks import (
     BENCHMARK_DATASETS,
     BENCHMARK_SPLITS,

@@ -14,6 +14,7 @@ FileNotFoundError naming the path and the script that creates it. When a split's
 missing, the folders SAN's, CAT-Seg's or the CLIPtrase authors' scripts make with the same content
 are used instead (``SemSegSplit.alternatives``; datasets/README.md, "Folders you already have").
 """
+
 import functools
 import logging
 import os
@@ -92,52 +93,117 @@ _16BIT_TIFF = dict(gt_suffix=".tif", ignore_label=IGNORE_LABEL_16BIT)
 BENCHMARK_SPLITS: Tuple[SemSegSplit, ...] = (
     # VOC20: classes 0..19; background and void both 255 (the authors' layout).
     # Also read from the CLIPtrase authors' and SAN's VOC2012/ folders.
-    _benchmark("cliptrase_voc20_val", "voc20", f"{_VOC}/JPEGImages", f"{_VOC}/annotations_detectron2/val",
-               "prepare_voc.py", split_file=f"{_VOC}/ImageSets/Segmentation/val.txt",
-               alternatives=(
-                   ("VOC2012/images_detectron2/val", "VOC2012/annotations_detectron2/val"),
-                   ("VOC2012/JPEGImages", "VOC2012/annotations_detectron2/val"))),
+    _benchmark(
+        "cliptrase_voc20_val",
+        "voc20",
+        f"{_VOC}/JPEGImages",
+        f"{_VOC}/annotations_detectron2/val",
+        "prepare_voc.py",
+        split_file=f"{_VOC}/ImageSets/Segmentation/val.txt",
+        alternatives=(
+            ("VOC2012/images_detectron2/val", "VOC2012/annotations_detectron2/val"),
+            ("VOC2012/JPEGImages", "VOC2012/annotations_detectron2/val"),
+        ),
+    ),
     # VOC21: background is class 20, void stays 255.
-    _benchmark("cliptrase_voc21_val", "voc21", f"{_VOC}/JPEGImages", f"{_VOC}/annotations_detectron2_bg/val",
-               "prepare_voc.py", split_file=f"{_VOC}/ImageSets/Segmentation/val.txt",
-               paper_void_as_background=True),
+    _benchmark(
+        "cliptrase_voc21_val",
+        "voc21",
+        f"{_VOC}/JPEGImages",
+        f"{_VOC}/annotations_detectron2_bg/val",
+        "prepare_voc.py",
+        split_file=f"{_VOC}/ImageSets/Segmentation/val.txt",
+        paper_void_as_background=True,
+    ),
     # PASCAL Context: 59 classes with background 255, 60 with background 59, 459 as 16-bit TIFF
     # (PC59 and PC459 also from SAN's and the CLIPtrase authors' pcontext/ and pcontext_full/).
-    _benchmark("cliptrase_pc59_val", "pc59", f"{_CONTEXT}/JPEGImages", f"{_CONTEXT}/annotations_detectron2/pc59_val",
-               "prepare_pascal_context.py", split_file=f"{_CONTEXT}/ImageSets/Main/val.txt",
-               alternatives=(("pcontext/val/image", "pcontext/val/label"),)),
-    _benchmark("cliptrase_pc60_val", "pc60", f"{_CONTEXT}/JPEGImages", f"{_CONTEXT}/annotations_detectron2/pc60_val",
-               "prepare_pascal_context.py", split_file=f"{_CONTEXT}/ImageSets/Main/val.txt",
-               paper_void_as_background=True),
-    _benchmark("cliptrase_pc459_val", "pc459", f"{_CONTEXT}/JPEGImages",
-               f"{_CONTEXT}/annotations_detectron2/pc459_val", "prepare_pascal_context.py",
-               split_file=f"{_CONTEXT}/ImageSets/Main/val.txt",
-               alternatives=(("pcontext_full/val/image", "pcontext_full/val/label"),),
-               **_16BIT_TIFF),
+    _benchmark(
+        "cliptrase_pc59_val",
+        "pc59",
+        f"{_CONTEXT}/JPEGImages",
+        f"{_CONTEXT}/annotations_detectron2/pc59_val",
+        "prepare_pascal_context.py",
+        split_file=f"{_CONTEXT}/ImageSets/Main/val.txt",
+        alternatives=(("pcontext/val/image", "pcontext/val/label"),),
+    ),
+    _benchmark(
+        "cliptrase_pc60_val",
+        "pc60",
+        f"{_CONTEXT}/JPEGImages",
+        f"{_CONTEXT}/annotations_detectron2/pc60_val",
+        "prepare_pascal_context.py",
+        split_file=f"{_CONTEXT}/ImageSets/Main/val.txt",
+        paper_void_as_background=True,
+    ),
+    _benchmark(
+        "cliptrase_pc459_val",
+        "pc459",
+        f"{_CONTEXT}/JPEGImages",
+        f"{_CONTEXT}/annotations_detectron2/pc459_val",
+        "prepare_pascal_context.py",
+        split_file=f"{_CONTEXT}/ImageSets/Main/val.txt",
+        alternatives=(("pcontext_full/val/image", "pcontext_full/val/label"),),
+        **_16BIT_TIFF,
+    ),
     # COCO: 171 stuff+thing classes (also from CAT-Seg's coco-stuff/); COCO-Object maps every
     # stuff and unlabelled pixel to background 80.
-    _benchmark("cliptrase_coco_stuff171_val", "coco_stuff171", "coco/val2017",
-               "coco/stuffthingmaps_detectron2/val2017", "prepare_coco_stuff.py",
-               alternatives=(
-                   ("coco-stuff/images/val2017", "coco-stuff/annotations_detectron2/val2017"),)),
-    _benchmark("cliptrase_coco_object80_val", "coco_object80", "coco/val2017",
-               "coco/objectmaps_detectron2/val2017", "prepare_coco_stuff.py", paper_void_as_background=True),
+    _benchmark(
+        "cliptrase_coco_stuff171_val",
+        "coco_stuff171",
+        "coco/val2017",
+        "coco/stuffthingmaps_detectron2/val2017",
+        "prepare_coco_stuff.py",
+        alternatives=(("coco-stuff/images/val2017", "coco-stuff/annotations_detectron2/val2017"),),
+    ),
+    _benchmark(
+        "cliptrase_coco_object80_val",
+        "coco_object80",
+        "coco/val2017",
+        "coco/objectmaps_detectron2/val2017",
+        "prepare_coco_stuff.py",
+        paper_void_as_background=True,
+    ),
     # The paper's COCO-Object quirk, baked into the labels: stuff class 80 ('banner') and void are background
     # (80), stuff ids 81-170 are dropped (255). Only meaningful under the paper protocol.
-    _benchmark("cliptrase_coco_object80_paper_val", "coco_object80", "coco/val2017",
-               "coco/objectmaps_paper_detectron2/val2017", "prepare_coco_stuff.py"),
-    _benchmark("cliptrase_ade150_val", "ade150", "ADEChallengeData2016/images/validation",
-               "ADEChallengeData2016/annotations_detectron2/validation", "prepare_ade20k_150.py"),
-    _benchmark("cliptrase_ade847_val", "ade847", "ADE20K_2021_17_01/images_detectron2/validation",
-               "ADE20K_2021_17_01/annotations_detectron2/validation", "prepare_ade20k_847.py", **_16BIT_TIFF),
-    _benchmark("cliptrase_cityscapes19_val", "cityscapes19", "cityscapes/leftImg8bit/val", "cityscapes/gtFine/val",
-               "prepare_cityscapes.py", image_suffixes=("_leftImg8bit.png",),
-               gt_suffix="_gtFine_labelTrainIds.png", recursive=True),
+    _benchmark(
+        "cliptrase_coco_object80_paper_val",
+        "coco_object80",
+        "coco/val2017",
+        "coco/objectmaps_paper_detectron2/val2017",
+        "prepare_coco_stuff.py",
+    ),
+    _benchmark(
+        "cliptrase_ade150_val",
+        "ade150",
+        "ADEChallengeData2016/images/validation",
+        "ADEChallengeData2016/annotations_detectron2/validation",
+        "prepare_ade20k_150.py",
+    ),
+    _benchmark(
+        "cliptrase_ade847_val",
+        "ade847",
+        "ADE20K_2021_17_01/images_detectron2/validation",
+        "ADE20K_2021_17_01/annotations_detectron2/validation",
+        "prepare_ade20k_847.py",
+        **_16BIT_TIFF,
+    ),
+    _benchmark(
+        "cliptrase_cityscapes19_val",
+        "cityscapes19",
+        "cityscapes/leftImg8bit/val",
+        "cityscapes/gtFine/val",
+        "prepare_cityscapes.py",
+        image_suffixes=("_leftImg8bit.png",),
+        gt_suffix="_gtFine_labelTrainIds.png",
+        recursive=True,
+    ),
 )
 
 # vocabulary key -> the dataset evaluated with it (the standard-layout split of each benchmark)
 BENCHMARK_DATASETS: Dict[str, str] = {
-    split.vocabulary: split.name for split in BENCHMARK_SPLITS if not split.name.endswith("_paper_val")
+    split.vocabulary: split.name
+    for split in BENCHMARK_SPLITS
+    if not split.name.endswith("_paper_val")
 }
 
 
@@ -157,7 +223,9 @@ def _image_files(split: SemSegSplit, image_dir: str) -> List[Tuple[str, str]]:
     return found
 
 
-def _listed_image_files(split: SemSegSplit, image_dir: str, split_file: str) -> List[Tuple[str, str]]:
+def _listed_image_files(
+    split: SemSegSplit, image_dir: str, split_file: str
+) -> List[Tuple[str, str]]:
     """(image path, image id) of every image listed in the split file."""
     with open(split_file) as f:
         image_ids = [line.strip() for line in f if line.strip()]
@@ -213,14 +281,20 @@ def load_sem_seg_split(split: SemSegSplit, root: str) -> List[dict]:
         alternative = _alternative_layout(split, root)
     if alternative is not None:
         image_dir, gt_dir = alternative
-        logger.info("Dataset '%s': %s not found; reading the same label maps from %s", split.name,
-                    os.path.join(root, split.gt_dir), gt_dir)
+        logger.info(
+            "Dataset '%s': %s not found; reading the same label maps from %s",
+            split.name,
+            os.path.join(root, split.gt_dir),
+            gt_dir,
+        )
         images = _labelled_image_files(split, image_dir, gt_dir)
         return _dataset_dicts(split, images, image_dir, gt_dir)
     for folder in (image_dir, gt_dir):
         if not os.path.isdir(folder):
-            also = "".join(f" (or {os.path.join(root, g)} with {os.path.join(root, i)})"
-                           for i, g in split.alternatives)
+            also = "".join(
+                f" (or {os.path.join(root, g)} with {os.path.join(root, i)})"
+                for i, g in split.alternatives
+            )
             raise MissingFileError(
                 f"Dataset '{split.name}': folder {folder} does not exist{also}. "
                 f"{split.how_to_create}"
@@ -237,8 +311,9 @@ def load_sem_seg_split(split: SemSegSplit, root: str) -> List[dict]:
     return _dataset_dicts(split, images, image_dir, gt_dir)
 
 
-def _dataset_dicts(split: SemSegSplit, images: List[Tuple[str, str]], image_dir: str,
-                   gt_dir: str) -> List[dict]:
+def _dataset_dicts(
+    split: SemSegSplit, images: List[Tuple[str, str]], image_dir: str, gt_dir: str
+) -> List[dict]:
     if not images:
         raise MissingFileError(
             f"Dataset '{split.name}': no images ({', '.join(split.image_suffixes)}) in {image_dir}. "
@@ -254,14 +329,16 @@ def _dataset_dicts(split: SemSegSplit, images: List[Tuple[str, str]], image_dir:
             )
         with Image.open(image_path) as image:  # reads the header only
             width, height = image.size
-        dataset_dicts.append({
-            "file_name": image_path,
-            "sem_seg_file_name": gt_path,
-            "height": height,
-            "width": width,
-            "image_id": os.path.splitext(os.path.basename(image_path))[0],
-            "dataset_name": split.name,  # the model segments each record with its dataset's vocabulary
-        })
+        dataset_dicts.append(
+            {
+                "file_name": image_path,
+                "sem_seg_file_name": gt_path,
+                "height": height,
+                "width": width,
+                "image_id": os.path.splitext(os.path.basename(image_path))[0],
+                "dataset_name": split.name,  # the model segments each record with its dataset's vocabulary
+            }
+        )
     logger.info("Loaded %d images of %s from %s", len(dataset_dicts), split.name, image_dir)
     return dataset_dicts
 
@@ -271,7 +348,9 @@ def split_metadata(split: SemSegSplit, root: str) -> dict:
     benchmark = load_vocabularies()["benchmarks"][split.vocabulary]
     background_words = list(benchmark.get("background", []))
     # Names as shown in results (stripped: ADE150's published 'bed ' is reported as 'bed').
-    stuff_classes = [name.strip() for name in benchmark["classes"]] + (["background"] if background_words else [])
+    stuff_classes = [name.strip() for name in benchmark["classes"]] + (
+        ["background"] if background_words else []
+    )
     return {
         "stuff_classes": stuff_classes,
         "ignore_label": split.ignore_label,

@@ -8,6 +8,7 @@
 
 Like the benchmarks, it is registered without touching the disk and checked when loaded.
 """
+
 from typing import Optional, Tuple
 
 from .register_benchmarks import SemSegSplit, datasets_root, register_split
@@ -18,11 +19,25 @@ SAMPLE_DIR = "cliptrase_sample_voc21"
 _SAMPLE_HINT = "Create it with `python datasets/prepare_sample.py` (see datasets/README.md)."
 
 SAMPLE_SPLITS: Tuple[SemSegSplit, ...] = (
-    SemSegSplit("cliptrase_sample_voc21", "voc21", f"{SAMPLE_DIR}/images", f"{SAMPLE_DIR}/annotations",
-                _SAMPLE_HINT, image_suffixes=(".jpg", ".png"), paper_void_as_background=True),
-    SemSegSplit("cliptrase_sample_voc20", "voc20", f"{SAMPLE_DIR}/images", f"{SAMPLE_DIR}/annotations_voc20",
-                _SAMPLE_HINT, image_suffixes=(".jpg", ".png")),
+    SemSegSplit(
+        "cliptrase_sample_voc21",
+        "voc21",
+        f"{SAMPLE_DIR}/images",
+        f"{SAMPLE_DIR}/annotations",
+        _SAMPLE_HINT,
+        image_suffixes=(".jpg", ".png"),
+        paper_void_as_background=True,
+    ),
+    SemSegSplit(
+        "cliptrase_sample_voc20",
+        "voc20",
+        f"{SAMPLE_DIR}/images",
+        f"{SAMPLE_DIR}/annotations_voc20",
+        _SAMPLE_HINT,
+        image_suffixes=(".jpg", ".png"),
+    ),
 )
+
 
 def register_sample_datasets(root: Optional[str] = None) -> None:
     """Registers the sample under ``root`` (default: the dataset root)."""
