@@ -10,7 +10,8 @@ setup(
     packages=find_packages(include=["cliptrase_d2", "cliptrase_d2.*"]),
     package_data={"cliptrase_d2": ["data/*.json"]},
     python_requires=">=3.11",  # as the README says; numpy 2.4 needs it too
-    # detectron2 and torch are installed separately (see README): neither has one wheel for everyone.
+    # detectron2 and torch are installed separately (see README): neither has one wheel for
+    # everyone.
     install_requires=[
         "open-clip-torch>=3.0",
         "numpy",

@@ -8,7 +8,8 @@ import warnings
 from . import compat  # noqa: F401  (must run before detectron2 is imported)
 
 with warnings.catch_warnings():
-    # detectron2 0.6 scripts a few helpers at import time; torch >= 2.10 deprecates torch.jit.script.
+    # detectron2 0.6 scripts a few helpers at import time; torch >= 2.10 deprecates
+    # torch.jit.script.
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
     from .config import add_cliptrase_config
     from .modeling.meta_arch import CLIPtrase

@@ -1,7 +1,8 @@
 """Python API: segment any image with any vocabulary.
 
 from cliptrase_d2.api import Segmenter
-segmenter = Segmenter.from_config("configs/paper/Base-paper-224.yaml", ["MODEL.WEIGHTS", "weights/ViT-B-16.pt"])
+segmenter = Segmenter.from_config("configs/paper/Base-paper-224.yaml", ["MODEL.WEIGHTS",
+"weights/ViT-B-16.pt"])
 result = segmenter.segment("photo.jpg", "sky, dog, frisbee")
 result.labels            # (H, W) int64 class index per pixel
 result.class_names       # ["sky", "dog", "frisbee"]
@@ -40,7 +41,8 @@ def load_image(image: ImageLike) -> np.ndarray:
             )
         return np.ascontiguousarray(image)
     raise TypeError(
-        f"cannot segment a {type(image).__name__}: give a path, a PIL image or an (H, W, 3) uint8 array"
+        f"cannot segment a {type(image).__name__}: give a path, a PIL image or an (H, W, 3) uint8 "
+        "array"
     )
 
 

@@ -216,7 +216,8 @@ def _normalize_in_fp32(clip: torch.nn.Module) -> None:
 def _precision_dtype(precision: str) -> torch.dtype:
     if precision not in PRECISIONS:
         raise WeightsError(
-            f"Unknown precision {precision!r} (MODEL.CLIPTRASE.PRECISION): use one of {sorted(PRECISIONS)}."
+            f"Unknown precision {precision!r} (MODEL.CLIPTRASE.PRECISION): use one of "
+            f"{sorted(PRECISIONS)}."
         )
     return PRECISIONS[precision]
 
@@ -272,7 +273,8 @@ def _register_config_json(path: str) -> _ModelSpec:
     required = ("embed_dim", "vision_cfg", "text_cfg")
     if not isinstance(config, dict) or any(key not in config for key in required):
         raise WeightsError(
-            f"Model config {path} is not an open_clip model config: it needs the keys {list(required)} "
+            f"Model config {path} is not an open_clip model config: it needs the keys "
+            f"{list(required)} "
             "(see open_clip's model_configs/*.json for examples)."
         )
     name = file.stem
@@ -289,7 +291,8 @@ def _register_config_json(path: str) -> _ModelSpec:
 def _needs_quick_gelu(
     spec: _ModelSpec, weights: str, checkpoint: Path, *, tag_quick_gelu: bool, torchscript: bool
 ) -> bool:
-    """QuickGELU if the config asks for it or the weights are OpenAI's (see the module docstring)."""
+    """QuickGELU if the config asks for it or the weights are OpenAI's (see the module
+    docstring)."""
     if spec.config.get("quick_gelu", False):
         return True
     if tag_quick_gelu or torchscript:
@@ -303,7 +306,8 @@ def _needs_quick_gelu(
             else 'set "quick_gelu": true in its model config'
         )
         logger.warning(
-            "%s is built with GELU, but %s looks like OpenAI's weights, which need QuickGELU: if so, "
+            "%s is built with GELU, but %s looks like OpenAI's weights, which need QuickGELU: if "
+            "so, "
             "%s (MODEL.CLIPTRASE.CLIP_MODEL).",
             spec.label,
             checkpoint,
@@ -350,7 +354,8 @@ def _without_random_init_warning() -> Iterator[None]:
 
 
 def _is_path(weights: str) -> bool:
-    """A value with a path separator or a checkpoint suffix, or an existing file, is a path; else a tag."""
+    """A value with a path separator or a checkpoint suffix, or an existing file, is a path; else a
+    tag."""
     return (
         "/" in weights
         or os.sep in weights
@@ -377,7 +382,8 @@ def _existing_file(weights: str) -> Path:
         else f" (relative paths start from the current directory {os.getcwd()})"
     )
     raise WeightsError(
-        f"Weights file {weights} not found{where}.{hint} For OpenAI's ViT-B/16 run `python {FETCH_TOOL} --model "
+        f"Weights file {weights} not found{where}.{hint} For OpenAI's ViT-B/16 run `python "
+        f"{FETCH_TOOL} --model "
         f"ViT-B-16 --dest {WEIGHTS_DIR}/` and set MODEL.WEIGHTS {WEIGHTS_DIR}/ViT-B-16.pt; see "
         f"{WEIGHTS_DIR}/README.md."
     )
@@ -395,7 +401,8 @@ def _resolve_weights(spec: _ModelSpec, weights: str, cache_dir: Optional[str]) -
         return _existing_file(weights), False
     if not spec.builtin:
         raise WeightsError(
-            f"Weights {weights!r} look like an open_clip pretrained tag, but tags only exist for built-in "
+            f"Weights {weights!r} look like an open_clip pretrained tag, but tags only exist for "
+            "built-in "
             f"model names, not for {spec.label}: set MODEL.WEIGHTS to a checkpoint file."
         )
     tag_config = open_clip.get_pretrained_cfg(spec.name, weights)
@@ -403,7 +410,8 @@ def _resolve_weights(spec: _ModelSpec, weights: str, cache_dir: Optional[str]) -
         tags = open_clip.list_pretrained_tags_by_model(spec.name)
         raise WeightsError(
             f"Weights {weights!r} are neither an existing file nor an open_clip pretrained tag of "
-            f"{spec.name} (its tags: {tags}). A file path needs a '/' or a {'/'.join(WEIGHTS_SUFFIXES)} "
+            f"{spec.name} (its tags: {tags}). A file path needs a '/' or a "
+            f"{'/'.join(WEIGHTS_SUFFIXES)} "
             "suffix."
         )
     return _download_tag(spec, weights, tag_config, cache_dir), bool(
@@ -503,15 +511,20 @@ def _tag_unavailable(
             spec.name[: -len("-quickgelu")] if spec.name.endswith("-quickgelu") else spec.name
         )
         how = (
-            f"run `python {FETCH_TOOL} --model {base_model} --dest {WEIGHTS_DIR}/` on a machine with "
-            f"internet (or download {url} and check its sha256 {url.split('/')[-2]}), so that the file is "
+            f"run `python {FETCH_TOOL} --model {base_model} --dest {WEIGHTS_DIR}/` on a machine "
+            "with "
+            f"internet (or download {url} and check its sha256 {url.split('/')[-2]}), so that the "
+            "file is "
             f"{target}"
         )
     else:
         repo = tag_config.get("hf_hub", "").rstrip("/")
         target = f"{WEIGHTS_DIR}/{spec.name}-{tag}.bin"
         source = f"https://huggingface.co/{repo}" if repo else (url or "the open_clip release")
-        how = f"download the checkpoint from {source} on a machine with internet and save it as {target}"
+        how = (
+            f"download the checkpoint from {source} on a machine with internet and save it as "
+            f"{target}"
+        )
     return WeightsError(
         f"Cannot get the '{tag}' weights of {spec.name}: {reason}. To run offline, {how}, then set "
         f"MODEL.WEIGHTS {target} (see {WEIGHTS_DIR}/README.md)."
@@ -607,7 +620,8 @@ def _check_release(path: Path, spec: _ModelSpec) -> None:
     if actual != expected:
         raise WeightsError(
             f"Weights file {path} is named like OpenAI's {base} release, but its sha256 is "
-            f"{actual}, not the published {expected}: it is damaged or another file. Download it again "
+            f"{actual}, not the published {expected}: it is damaged or another file. Download it "
+            "again "
             f"(`python {FETCH_TOOL} --model {base}` checks it), or rename your own archive."
         )
 
@@ -644,7 +658,8 @@ def _unreadable(path: Path, detail: str) -> WeightsError:
 def _refused_code(path: Path, names: List[str]) -> WeightsError:
     return WeightsError(
         f"Refusing to load weights file {path}: this file contains pickled code "
-        f"({', '.join(names[:3])}) that would run when loaded, so it was refused and nothing in it was executed. Weights are "
+        f"({', '.join(names[:3])}) that would run when loaded, so it was refused and nothing in it "
+        "was executed. Weights are "
         "only read as data (torch.load(weights_only=True), or the restricted reader for OpenAI's "
         "archives). Use the official checkpoint (re-download it) or convert the weights to "
         ".safetensors with a trusted tool."
@@ -663,9 +678,11 @@ def _load_exact(
     checkpoint: Path,
     spec: _ModelSpec,
 ) -> None:
-    """Copies every model tensor from ``state_dict`` (strict: all keys, same shapes) or explains why not."""
+    """Copies every model tensor from ``state_dict`` (strict: all keys, same shapes) or explains
+    why not."""
     expected = model.state_dict()
-    # OpenAI's model-description tensors and the model's own non-persistent buffers (attention masks)
+    # OpenAI's model-description tensors and the model's own non-persistent buffers (attention
+    # masks)
     # may be present in a file but are never weights.
     ignorable = OPENAI_EXTRA_KEYS | {
         name for name, _ in model.named_buffers() if name not in expected
@@ -697,9 +714,12 @@ def _load_exact(
         if unexpected:
             problems.append(f"{len(unexpected)} file keys the model lacks (e.g. {unexpected[:4]})")
         raise WeightsError(
-            f"Weights file {checkpoint} does not fit the model {spec.label}: {'; '.join(problems)}. "
-            f"{_describe_checkpoint(state_dict)} Set MODEL.CLIPTRASE.CLIP_MODEL to the model these weights "
-            "were trained as (a built-in open_clip name or a model-config JSON), or MODEL.WEIGHTS to weights "
+            f"Weights file {checkpoint} does not fit the model {spec.label}: "
+            f"{'; '.join(problems)}. "
+            f"{_describe_checkpoint(state_dict)} Set MODEL.CLIPTRASE.CLIP_MODEL to the model these "
+            "weights "
+            "were trained as (a built-in open_clip name or a model-config JSON), or MODEL.WEIGHTS "
+            "to weights "
             f"of {spec.name}."
         )
     model.load_state_dict(matched, strict=True)
@@ -731,7 +751,10 @@ def _describe_checkpoint(state_dict: Mapping[str, torch.Tensor]) -> str:
     )
     if matches:
         return f"The file looks like {shape}, like open_clip's {matches[:4]}."
-    return f"The file looks like {shape}; no built-in open_clip model matches, so pass its model-config JSON."
+    return (
+        f"The file looks like {shape}; no built-in open_clip model matches, so pass its "
+        "model-config JSON."
+    )
 
 
 def _config_matches(name: str, facts: Mapping[str, int], embed_dim: Optional[int]) -> bool:

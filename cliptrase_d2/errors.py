@@ -46,11 +46,13 @@ class OutputError(UserError, OSError):
 
 
 class UnknownNameError(UserError, KeyError):
-    """A name that is not known: a config key, a dataset, a head (the message lists the known ones)."""
+    """A name that is not known: a config key, a dataset, a head (the message lists the known
+    ones)."""
 
 
 class OutputExistsError(OutputError, FileExistsError):
-    """An output file already exists (or would replace an input) and replacing it was not asked for."""
+    """An output file already exists (or would replace an input) and replacing it was not asked
+    for."""
 
 
 class OutputNotWritableError(OutputError, PermissionError):

@@ -142,7 +142,8 @@ class _RestrictedTorchScriptUnpickler(pickle.Unpickler):
         raise _RefusedGlobal(f"{module}.{name}")
 
     def persistent_load(self, pid: Any) -> _StorageRef:
-        # ('storage', <storage type>, key, location, numel); the location (e.g. 'cuda:0') is ignored.
+        # ('storage', <storage type>, key, location, numel); the location (e.g. 'cuda:0') is
+        # ignored.
         if not (
             isinstance(pid, tuple)
             and len(pid) == 5
@@ -212,7 +213,8 @@ def read_torchscript(path: Path, root: str) -> Dict[str, torch.Tensor]:
 
 
 def _check_stored(info: zipfile.ZipInfo) -> None:
-    """PyTorch stores records uncompressed; a compressed one could inflate far beyond the file size."""
+    """PyTorch stores records uncompressed; a compressed one could inflate far beyond the file
+    size."""
     if info.compress_type != zipfile.ZIP_STORED:
         raise ArchiveError(f"record {info.filename} is compressed, which PyTorch never writes")
 
@@ -236,7 +238,8 @@ def _collect_tensor_refs(
 def _materialize(
     ref: _TensorRef, archive: zipfile.ZipFile, root: str, storages: Dict[str, torch.Tensor]
 ) -> torch.Tensor:
-    """Builds one tensor from its storage record, after checking the view stays inside the bytes read."""
+    """Builds one tensor from its storage record, after checking the view stays inside the bytes
+    read."""
     storage = ref.storage
     if storage.key not in storages:
         info = archive.getinfo(f"{root}data/{storage.key}")

@@ -56,14 +56,16 @@ for _split in FIXTURE_SPLITS:
 
 
 def skip_outside_ci(message: str):
-    """Skips the calling test; under CI (CI=true), which has everything the suite needs, fails it."""
+    """Skips the calling test; under CI (CI=true), which has everything the suite needs, fails
+    it."""
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message)
     pytest.skip(message)
 
 
 def require_fixtures():
-    """Skips the calling test when ../shared/fixtures is absent; under CI (CI=true) that is a failure."""
+    """Skips the calling test when ../shared/fixtures is absent; under CI (CI=true) that is a
+    failure."""
     if os.path.exists(MANIFEST) and os.path.exists(TINY_WEIGHTS):
         return
     skip_outside_ci(
@@ -98,7 +100,8 @@ def tiny_tokenizer():
 
 @pytest.fixture(scope="session")
 def text_cache_dir(tmp_path_factory):
-    """One text-embedding cache for the whole session (the tiny model's text tower runs once per vocabulary)."""
+    """One text-embedding cache for the whole session (the tiny model's text tower runs once per
+    vocabulary)."""
     return str(tmp_path_factory.mktemp("text_cache"))
 
 
@@ -133,7 +136,8 @@ def run_config(run):
 
 
 def manifest_runs():
-    """pytest params over the manifest's runs (one placeholder that skips when fixtures are absent)."""
+    """pytest params over the manifest's runs (one placeholder that skips when fixtures are
+    absent)."""
     if not os.path.exists(MANIFEST):
         return [pytest.param(None, id="fixtures-missing")]
     with open(MANIFEST) as f:
@@ -148,7 +152,8 @@ def manifest_runs():
 
 @pytest.fixture
 def project_log(caplog):
-    """caplog that also sees the project's loggers after detectron2's setup_logger stopped their propagation."""
+    """caplog that also sees the project's loggers after detectron2's setup_logger stopped their
+    propagation."""
     import logging
 
     project = logging.getLogger("cliptrase_d2")

@@ -1,4 +1,5 @@
-"""Tests of cliptrase_d2.clip_loading (model building, exact and safe weights loading) and tools/fetch_weights.py."""
+"""Tests of cliptrase_d2.clip_loading (model building, exact and safe weights loading) and
+tools/fetch_weights.py."""
 
 import os
 
@@ -22,7 +23,9 @@ from safetensors.torch import save_file  # noqa: E402
 
 from conftest import skip_outside_ci  # noqa: E402
 from cliptrase_d2 import clip_loading  # noqa: E402
-from cliptrase_d2.clip_loading import WeightsError, build_clip, get_tokenizer, weights_fingerprint  # noqa: E402
+
+# noqa: E402
+from cliptrase_d2.clip_loading import WeightsError, build_clip, get_tokenizer, weights_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("CLIPTRASE_FIXTURES", REPO.parent / "shared" / "fixtures"))
@@ -43,7 +46,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.script.*")
 
 @pytest.fixture(scope="module")
 def tiny_files():
-    """(config JSON, OpenAI-style state dict) of the shared tiny CLIP; skipped (failed under CI) if absent."""
+    """(config JSON, OpenAI-style state dict) of the shared tiny CLIP; skipped (failed under CI) if
+    absent."""
     if not (TINY_CONFIG.is_file() and TINY_WEIGHTS.is_file()):
         skip_outside_ci(
             f"tiny CLIP fixtures not found in {FIXTURES} "

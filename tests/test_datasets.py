@@ -1,4 +1,5 @@
-"""Tests of cliptrase_d2.data.datasets and datasets/prepare_*.py: every benchmark registered with its
+"""Tests of cliptrase_d2.data.datasets and datasets/prepare_*.py: every benchmark registered with
+its
 metadata, lazy loading with errors that name the missing file and the script that creates it, and
 each prepare script on tiny synthetic inputs (label values, idempotence, missing inputs)."""
 
@@ -71,7 +72,8 @@ def prepare(script):
 
 @pytest.fixture
 def root(tmp_path, monkeypatch):
-    """An empty dataset root: $DETECTRON2_DATASETS points at it and the datasets are registered under it."""
+    """An empty dataset root: $DETECTRON2_DATASETS points at it and the datasets are registered
+    under it."""
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
     register_benchmark_datasets()
     register_sample_datasets()
@@ -445,7 +447,8 @@ def test_prepare_ade20k_847(root):
 
 
 def test_prepare_ade20k_847_rejects_another_release(root):
-    """Classes are mapped by id; an index whose objectnames name those ids differently stops the script."""
+    """Classes are mapped by id; an index whose objectnames name those ids differently stops the
+    script."""
     ade = root / "ADE20K_2021_17_01"
     ade.mkdir(parents=True)
     ade_ids = json.loads((REPO / "datasets/ade847_ids.json").read_text())["ade_ids"]
@@ -506,7 +509,8 @@ def test_prepare_sample(root, monkeypatch):
     sample = prepare("prepare_sample")
     if not sample.INSTALLED.is_dir() and shutil.which("apt-get") is None:
         skip_outside_ci(
-            "apt-get is not available to download labelme-examples (and the package is not installed)"
+            "apt-get is not available to download labelme-examples (and the package is not "
+            "installed)"
         )
     try:
         assert sample.main(["--root", str(root)]) > 0

@@ -1,4 +1,5 @@
-"""tools/device_check.sh --dry-run on a CPU: what the GPU check would run, and that it would parse."""
+"""tools/device_check.sh --dry-run on a CPU: what the GPU check would run, and that it would
+parse."""
 
 import json
 import os

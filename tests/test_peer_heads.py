@@ -41,7 +41,8 @@ def require_peers():
     if os.path.isdir(PEERS):
         return
     skip_outside_ci(
-        f"peer reference outputs not found at {PEERS} (expected beside CLIPTRASE_FIXTURES={FIXTURES})"
+        f"peer reference outputs not found at {PEERS} (expected beside "
+        f"CLIPTRASE_FIXTURES={FIXTURES})"
     )
 
 
@@ -173,7 +174,8 @@ def test_matches_authors_code(head_name, head_outputs):
                 margins = _reference_margin(reference["patch_logits"], group["size"])[differ]
                 tie_tolerance = 2 * LOGIT_RTOL * reference_logits.abs().max().item()
                 assert (margins <= tie_tolerance).all(), (
-                    f"{name}: {differ.sum()} differing pixels, top1 - top2 margins up to {margins.max():.2e} "
+                    f"{name}: {differ.sum()} differing pixels, top1 - top2 margins up to "
+                    f"{margins.max():.2e} "
                     f"> {tie_tolerance:.1e}"
                 )
 

@@ -134,7 +134,8 @@ def get_parser():
     parser.add_argument(
         "--batch-sizes",
         default=None,
-        help="comma-separated batch sizes for the throughput rows (default 1,8,32 on CUDA, none on CPU)",
+        help="comma-separated batch sizes for the throughput rows "
+        "(default 1,8,32 on CUDA, none on CPU)",
     )
     parser.add_argument(
         "--memory-case", default="", help=argparse.SUPPRESS
@@ -146,7 +147,8 @@ def get_parser():
 
 
 def create_clip(model: str, device: torch.device, precision: str, image_size: Optional[int] = None):
-    """A randomly initialised open_clip model (fp32 master copy cast to ``precision``), eval mode."""
+    """A randomly initialised open_clip model (fp32 master copy cast to ``precision``), eval
+    mode."""
     name = model
     if model.lower().endswith(".json"):
         open_clip.add_model_config(model)
@@ -193,7 +195,8 @@ def as_input(photo: np.ndarray, device: torch.device) -> Dict:
 
 def build_case_model(case: str, clip, args) -> CLIPtrase:
     """CLIPtrase configured by the case's config file (through ``CLIPtrase.from_config``, so every
-    setting is the project's own mapping), around the already built ``clip``; text embeddings cached."""
+    setting is the project's own mapping), around the already built ``clip``; text embeddings
+    cached."""
     config, _, opts = CASES[case]
     cfg = load_config(
         os.path.join(REPO, config),
@@ -336,7 +339,8 @@ def stage_map(model: CLIPtrase):
 
 @contextmanager
 def stage_clock(model: CLIPtrase, clock: StageClock):
-    """Wraps the method's functions wherever they are looked up (module globals, the head's last block)."""
+    """Wraps the method's functions wherever they are looked up (module globals, the head's last
+    block)."""
     modules = [dense_clip, refinement, pipeline, sliding, meta_arch]
     if hasattr(refinement, "ndimage"):
         modules.append(
@@ -440,7 +444,8 @@ def resident_mb(field: str) -> Optional[float]:
 
 
 def reset_peak(device: torch.device) -> bool:
-    """Starts a new peak-memory window; False when the platform cannot (the peak then covers the setup)."""
+    """Starts a new peak-memory window; False when the platform cannot (the peak then covers the
+    setup)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return True
@@ -651,7 +656,8 @@ def run_benchmark(args) -> Dict:
 
 
 def label_agreement(model: CLIPtrase, reference: CLIPtrase, inputs: List[Dict]) -> float:
-    """Fraction of output pixels where ``model`` predicts the class ``reference`` (fp32) predicts."""
+    """Fraction of output pixels where ``model`` predicts the class ``reference`` (fp32)
+    predicts."""
     same = total = 0
     with torch.no_grad():
         for x in inputs:
@@ -669,10 +675,12 @@ def format_table(result: Dict) -> str:
         if k.startswith("throughput_ratio_batch")
     )
     lines = [
-        f"device {result['device']}, {result['threads']} threads, torch {result['torch']}, {result['model']} "
+        f"device {result['device']}, {result['threads']} threads, torch {result['torch']}, "
+        f"{result['model']} "
         f"({result['precision']}, random weights), median of {result['repeats']}",
         "",
-        "| case | classes | time (ms) | ratio | windows | peak memory (MB) | before the runs (MB) |",
+        "| case | classes | time (ms) | ratio | windows | peak memory (MB) | before the runs (MB) "
+        "|",
         "|---|---|---|---|---|---|---|",
     ]
     for case in [f"plain_{s}" for s in PLAIN_SIZES] + [
@@ -700,7 +708,8 @@ def format_table(result: Dict) -> str:
     for size in throughput:
         lines.append(
             f"batch {size}: {result[f'throughput_batch{size}']:.1f} images/s, plain "
-            f"{result[f'plain_throughput_batch{size}']:.1f} ({result[f'throughput_ratio_batch{size}']:.3f}x)"
+            f"{result[f'plain_throughput_batch{size}']:.1f} "
+            f"({result[f'throughput_ratio_batch{size}']:.3f}x)"
         )
     agreements = [
         f"{case} {result[f'agreement_{case}']:.4f}"
@@ -714,7 +723,8 @@ def format_table(result: Dict) -> str:
         ]
     lines += [
         "",
-        "ratio: time / plain forward at the same S (paper); time / (windows x plain_224) (standard).",
+        "ratio: time / plain forward at the same S (paper); time / (windows x plain_224) "
+        "(standard).",
     ]
     stages = result.get("stages_ms")
     if stages:

@@ -1,12 +1,14 @@
 #!/usr/bin/env python
-"""Downloads OpenAI's CLIP weights (the TorchScript archive of OpenAI's CLIP release) and checks them.
+"""Downloads OpenAI's CLIP weights (the TorchScript archive of OpenAI's CLIP release) and checks
+them.
 
     python tools/fetch_weights.py                              # weights/ViT-B-16.pt
     python tools/fetch_weights.py --model ViT-B-16 --dest weights/
     python tools/fetch_weights.py --model ViT-L-14 --dest /data/clip/ViT-L-14.pt
 
 Then point the config at the file: MODEL.WEIGHTS weights/ViT-B-16.pt (see weights/README.md).
-The URL comes from open_clip's registry of OpenAI weights; OpenAI publishes each file's sha256 as the
+The URL comes from open_clip's registry of OpenAI weights; OpenAI publishes each file's sha256 as
+the
 second-to-last segment of its URL, and the download is checked against it. The file is written to a
 temporary name beside the destination and renamed only once its sha256 matches, so an interrupted
 (Ctrl-C, kill) or corrupted download never leaves a file under the final name. A destination folder
@@ -140,7 +142,8 @@ def download_verified(
             except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
                 reason = getattr(e, "reason", e)
                 raise FetchError(
-                    f"Could not download {url}: {reason}. Are you offline? Download the file on a machine "
+                    f"Could not download {url}: {reason}. Are you offline? Download the file on a "
+                    "machine "
                     f"with internet and copy it to {dest} (expected sha256 {expected})."
                 ) from e
         actual = digest.hexdigest()

@@ -238,7 +238,8 @@ def finish_block(block: nn.Module, x: torch.Tensor, attn_out: torch.Tensor) -> t
 
 
 def self_correlation(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """A11 = mean over heads of (cos(q_i, q_j) + cos(k_i, k_j) + cos(v_i, v_j)) / 3 (SPEC section 3).
+    """A11 = mean over heads of (cos(q_i, q_j) + cos(k_i, k_j) + cos(v_i, v_j)) / 3 (SPEC section
+    3).
 
     q, k, v: (B * heads, L, d) -> (B, L, L).
     """

@@ -55,7 +55,8 @@ def get_head(name: str) -> Head:
 
 
 def resolve_logit_scale(head: Head, clip_model: nn.Module, override: float = 0.0) -> float:
-    """The scale for cosine logits: ``override`` when > 0, else the head's own, else CLIP's learned one."""
+    """The scale for cosine logits: ``override`` when > 0, else the head's own, else CLIP's learned
+    one."""
     if override > 0:
         return float(override)
     if head.logit_scale is not None:

@@ -79,14 +79,16 @@ PEARL_POLAR_ITERATIONS = 5
 
 
 def self_self_attention(t: torch.Tensor) -> torch.Tensor:
-    """softmax(s t t^T) over keys, s = d ** -0.5 applied to the Gram matrix: (B*heads, L, d) -> (B*heads, L, L)."""
+    """softmax(s t t^T) over keys, s = d ** -0.5 applied to the Gram matrix: (B*heads, L, d) ->
+    (B*heads, L, L)."""
     return torch.softmax(torch.bmm(t, t.transpose(1, 2)) * t.shape[-1] ** -0.5, dim=-1)
 
 
 def _attend(
     block: nn.Module, weights: torch.Tensor, v: torch.Tensor, length: int, batch: int
 ) -> torch.Tensor:
-    """Per-head weights @ v, heads concatenated, then out_proj: (B*heads, L, L), (B*heads, L, d) -> (L, B, C)."""
+    """Per-head weights @ v, heads concatenated, then out_proj: (B*heads, L, L), (B*heads, L, d) ->
+    (L, B, C)."""
     merged = merge_heads(torch.bmm(weights, v), length, batch)  # (L, B, C)
     return F.linear(merged, block.attn.out_proj.weight, block.attn.out_proj.bias)
 
@@ -119,7 +121,8 @@ def maskclip_residual_block(
 
 
 def sclip_block(block: nn.Module, x: torch.Tensor, grid: Tuple[int, int] = None) -> torch.Tensor:
-    """SCLIP's correlative self-attention: (softmax(s q q^T) + softmax(s k k^T)) v; residual and FFN kept."""
+    """SCLIP's correlative self-attention: (softmax(s q q^T) + softmax(s k k^T)) v; residual and
+    FFN kept."""
     length, batch, _ = x.shape
     q, k, v = block_qkv(block, x)  # (B*heads, L, d) each
     weights = self_self_attention(q) + self_self_attention(k)  # rows sum to 2, not renormalized
@@ -136,7 +139,8 @@ def clearclip_block(
 
 
 def gaussian_window(grid: Tuple[int, int], std: float) -> torch.Tensor:
-    """exp(-(dr^2 + dc^2) / (2 std^2)) for every offset (dr, dc) on an h x w grid: (2h - 1, 2w - 1), fp32.
+    """exp(-(dr^2 + dc^2) / (2 std^2)) for every offset (dr, dc) on an h x w grid: (2h - 1, 2w -
+    1), fp32.
 
     Built as NACLIP's code builds it (bit-exact): per axis a linspace of offsets / (std * sqrt 2).
     """
@@ -149,7 +153,8 @@ def gaussian_window(grid: Tuple[int, int], std: float) -> torch.Tensor:
 
 
 def neighbourhood_bias(grid: Tuple[int, int], std: float) -> torch.Tensor:
-    """NACLIP's additive attention bias Omega: (1 + n, 1 + n), fp32, zero on the [CLS] row and column.
+    """NACLIP's additive attention bias Omega: (1 + n, 1 + n), fp32, zero on the [CLS] row and
+    column.
 
     Omega[(r, c), (r', c')] = exp(-((r - r')^2 + (c - c')^2) / (2 std^2)), untruncated.
     """
@@ -164,7 +169,8 @@ def neighbourhood_bias(grid: Tuple[int, int], std: float) -> torch.Tensor:
 
 
 def naclip_block(block: nn.Module, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
-    """NACLIP's reduced last block: softmax(s k k^T + Omega) v then out_proj; no residual, no FFN."""
+    """NACLIP's reduced last block: softmax(s k k^T + Omega) v then out_proj; no residual, no
+    FFN."""
     length, batch, _ = x.shape
     _, k, v = block_qkv(block, x)
     bias = neighbourhood_bias(grid, NACLIP_GAUSSIAN_STD).to(k)  # (L, L)
@@ -177,7 +183,8 @@ register_head(
         "maskclip",
         maskclip_block,
         MASKCLIP_LOGIT_SCALE,
-        "MaskCLIP (Zhou et al., ECCV 2022) as ClearCLIP's code runs it: last block = out_proj(value) "
+        "MaskCLIP (Zhou et al., ECCV 2022) as ClearCLIP's code runs it: last block = "
+        "out_proj(value) "
         "of ln_1(x), no residual, no FFN; logit scale 50",
     )
 )
@@ -186,7 +193,8 @@ register_head(
         "maskclip_residual",
         maskclip_residual_block,
         MASKCLIP_LOGIT_SCALE,
-        "MaskCLIP as its own release runs it: value path plus the residual, then the last block's FFN "
+        "MaskCLIP as its own release runs it: value path plus the residual, then the last block's "
+        "FFN "
         "with its residual (ClearCLIP's ignore_residual=False); logit scale 50",
     )
 )
@@ -195,7 +203,8 @@ register_head(
         "sclip",
         sclip_block,
         SCLIP_LOGIT_SCALE,
-        "SCLIP (Wang et al., ECCV 2024): correlative self-attention softmax(qq^T)+softmax(kk^T) in the "
+        "SCLIP (Wang et al., ECCV 2024): correlative self-attention softmax(qq^T)+softmax(kk^T) in "
+        "the "
         "last block, residual and FFN kept; logit scale 40 (Context59 default)",
     )
 )
@@ -204,7 +213,8 @@ register_head(
         "clearclip",
         clearclip_block,
         CLEARCLIP_LOGIT_SCALE,
-        "ClearCLIP (Lan et al., ECCV 2024): q-q self-attention in the last block, no residual, no FFN; "
+        "ClearCLIP (Lan et al., ECCV 2024): q-q self-attention in the last block, no residual, no "
+        "FFN; "
         "logit scale 50",
     )
 )
@@ -213,7 +223,8 @@ register_head(
         "naclip",
         naclip_block,
         NACLIP_LOGIT_SCALE,
-        "NACLIP (Hajimiri et al., WACV 2025) without PAMR: k-k attention plus a Gaussian neighbourhood "
+        "NACLIP (Hajimiri et al., WACV 2025) without PAMR: k-k attention plus a Gaussian "
+        "neighbourhood "
         "bias (std 5 patches), no residual, no FFN; logit scale 40",
     )
 )

@@ -25,7 +25,8 @@ def shorter_side_size(height: int, width: int, size: int) -> Tuple[int, int]:
 
 
 def center_crop_box(height: int, width: int, size: int) -> Tuple[int, int, int, int]:
-    """(top, left, bottom, right) of the centered ``size`` x ``size`` crop (torchvision rounding)."""
+    """(top, left, bottom, right) of the centered ``size`` x ``size`` crop (torchvision
+    rounding)."""
     top = int(round((height - size) / 2.0))
     left = int(round((width - size) / 2.0))
     return top, left, top + size, left + size

@@ -70,7 +70,8 @@ def resize_logits(
 
 
 def _channels_last(maps: torch.Tensor) -> bool:
-    """Whether (..., K, H, W) maps are stored as (..., H, W, K): the K values of a pixel side by side."""
+    """Whether (..., K, H, W) maps are stored as (..., H, W, K): the K values of a pixel side by
+    side."""
     return maps.stride(-3) == 1 and maps.movedim(-3, -1).is_contiguous()
 
 

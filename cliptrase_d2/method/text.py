@@ -32,7 +32,8 @@ def text_embeddings(
     L2-normalize, average over templates, L2-normalize again (open_clip's zero-shot classifier,
     which computes exactly this). -> (K, E) float32 on the model's device.
 
-    Prompts longer than the tokenizer's context are truncated by the tokenizer (a warning is logged).
+    Prompts longer than the tokenizer's context are truncated by the tokenizer (a warning is
+    logged).
     """
     device = next(model.parameters()).device
     context = getattr(tokenizer, "context_length", 77)

@@ -19,12 +19,11 @@ from cliptrase_d2.modeling.meta_arch import CLIPtrase
 from cliptrase_d2.text_cache import TextEmbeddingCache
 from cliptrase_d2.vocabulary import template_set
 
-model = L(
-    CLIPtrase
-)(
+model = L(CLIPtrase)(
     clip_model=L(build_clip)(model="ViT-B-16", weights="openai", precision="fp32"),
     tokenizer=L(get_tokenizer)(model="${..clip_model.model}"),
-    vocabulary=None,  # each record's dataset brings its own (MODEL.CLIPTRASE.VOCABULARY: an override)
+    # each record's dataset brings its own (MODEL.CLIPTRASE.VOCABULARY: an override)
+    vocabulary=None,
     templates=L(template_set)(name="imagenet80"),
     head="cliptrase",
     logit_scale=0.0,

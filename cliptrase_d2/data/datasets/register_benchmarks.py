@@ -49,7 +49,8 @@ _registered_names = set()  # every dataset name this package registered
 
 
 def datasets_root() -> str:
-    """Detectron2's dataset root: ``$DETECTRON2_DATASETS``, else ``datasets`` (relative to the cwd)."""
+    """Detectron2's dataset root: ``$DETECTRON2_DATASETS``, else ``datasets`` (relative to the
+    cwd)."""
     return os.getenv("DETECTRON2_DATASETS", "datasets")
 
 
@@ -163,7 +164,8 @@ BENCHMARK_SPLITS: Tuple[SemSegSplit, ...] = (
         "prepare_coco_stuff.py",
         paper_void_as_background=True,
     ),
-    # The paper's COCO-Object quirk, baked into the labels: stuff class 80 ('banner') and void are background
+    # The paper's COCO-Object quirk, baked into the labels: stuff class 80 ('banner') and void are
+    # background
     # (80), stuff ids 81-170 are dropped (255). Only meaningful under the paper protocol.
     _benchmark(
         "cliptrase_coco_object80_paper_val",
@@ -235,7 +237,8 @@ def _listed_image_files(
         path = next((p for p in candidates if os.path.isfile(p)), None)
         if path is None:
             raise MissingFileError(
-                f"Dataset '{split.name}': image {candidates[0]} (listed in {split_file}) does not exist. "
+                f"Dataset '{split.name}': image {candidates[0]} (listed in {split_file}) does not "
+                "exist. "
                 f"{split.how_to_create}"
             )
         found.append((path, image_id))
@@ -303,7 +306,8 @@ def load_sem_seg_split(split: SemSegSplit, root: str) -> List[dict]:
         split_file = os.path.join(root, split.split_file)
         if not os.path.isfile(split_file):
             raise MissingFileError(
-                f"Dataset '{split.name}': split file {split_file} does not exist. {split.how_to_create}"
+                f"Dataset '{split.name}': split file {split_file} does not exist. "
+                f"{split.how_to_create}"
             )
         images = _listed_image_files(split, image_dir, split_file)
     else:
@@ -316,7 +320,8 @@ def _dataset_dicts(
 ) -> List[dict]:
     if not images:
         raise MissingFileError(
-            f"Dataset '{split.name}': no images ({', '.join(split.image_suffixes)}) in {image_dir}. "
+            f"Dataset '{split.name}': no images ({', '.join(split.image_suffixes)}) in "
+            f"{image_dir}. "
             f"{split.how_to_create}"
         )
     dataset_dicts = []
@@ -324,7 +329,8 @@ def _dataset_dicts(
         gt_path = os.path.join(gt_dir, relative_stem + split.gt_suffix)
         if not os.path.isfile(gt_path):
             raise MissingFileError(
-                f"Dataset '{split.name}': image {image_path} has no ground truth; expected {gt_path}. "
+                f"Dataset '{split.name}': image {image_path} has no ground truth; expected "
+                f"{gt_path}. "
                 f"{split.how_to_create}"
             )
         with Image.open(image_path) as image:  # reads the header only
@@ -336,7 +342,8 @@ def _dataset_dicts(
                 "height": height,
                 "width": width,
                 "image_id": os.path.splitext(os.path.basename(image_path))[0],
-                "dataset_name": split.name,  # the model segments each record with its dataset's vocabulary
+                # the model segments each record with its dataset's vocabulary
+                "dataset_name": split.name,
             }
         )
     logger.info("Loaded %d images of %s from %s", len(dataset_dicts), split.name, image_dir)
@@ -385,8 +392,10 @@ def require_registered(name: str):
     """The Metadata of a registered dataset; KeyError listing this package's datasets otherwise."""
     if name not in DatasetCatalog.list():
         raise UnknownNameError(
-            f"Dataset '{name}' is not registered. CLIPtrase datasets: {', '.join(sorted(_registered_names))} "
-            "(Detectron2's own are in DatasetCatalog.list()). Import cliptrase_d2 before using them."
+            f"Dataset '{name}' is not registered. CLIPtrase datasets: "
+            f"{', '.join(sorted(_registered_names))} "
+            "(Detectron2's own are in DatasetCatalog.list()). Import cliptrase_d2 before using "
+            "them."
         )
     return MetadataCatalog.get(name)
 
