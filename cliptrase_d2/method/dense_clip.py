@@ -1,7 +1,10 @@
 """Dense CLIP features with CLIPtrase's recalibrated last two blocks (SPEC sections 1-4).
 
 Pure tensor functions over an open_clip ``VisionTransformer`` (``model.visual``); nothing here
-knows about Detectron2. Token layout everywhere: index 0 is [CLS], then the h x w patches
+knows about Detectron2. This module is also the one adapter to open_clip's internals (the
+attention's projections and layout, LayerNorms, patch embedding): the heads and the glue go
+through ``embed_tokens``, ``block_qkv``, ``output_projection``, ``finish_block``,
+``project_tokens`` and ``patch_size``, so an open_clip upgrade changes this file only. Token layout everywhere: index 0 is [CLS], then the h x w patches
 row-major. Blocks run sequence-first through ``F.multi_head_attention_forward`` exactly as
 OpenAI's CLIP (``nn.MultiheadAttention(batch_first=False)``) does, which is what makes the
 features bit-identical to the authors' code. Block N-1 projects q, k, v once and shares them
@@ -70,7 +73,7 @@ class DenseFeatures:
 
 def patch_grid(visual: nn.Module, height: int, width: int) -> Tuple[int, int]:
     """(h, w) = (H // p, W // p) for the vision tower's patch size p."""
-    patch_h, patch_w = visual.conv1.kernel_size
+    patch_h, patch_w = patch_size(visual)
     if height < patch_h or width < patch_w:
         raise ValueError(
             f"image of {height}x{width} pixels is smaller than one {patch_h}x{patch_w} CLIP patch; "
@@ -228,7 +231,17 @@ def multi_head_attention(
     shape = (batch_heads // attn.num_heads, attn.num_heads, length, head_dim)  # (B, heads, L, d)
     out = F.scaled_dot_product_attention(q.view(shape), k.view(shape), v.view(shape))
     out = out.permute(2, 0, 1, 3).reshape(length * shape[0], attn.embed_dim)  # (L * B, C)
-    return F.linear(out, attn.out_proj.weight, attn.out_proj.bias).view(length, shape[0], -1)
+    return output_projection(block, out).view(length, shape[0], -1)
+
+
+def output_projection(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The attention's output projection of merged heads: (..., C) -> (..., C)."""
+    return F.linear(x, block.attn.out_proj.weight, block.attn.out_proj.bias)
+
+
+def patch_size(visual: nn.Module) -> Tuple[int, int]:
+    """(p_h, p_w) of the vision tower's patch embedding."""
+    return tuple(visual.conv1.kernel_size)
 
 
 def finish_block(block: nn.Module, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dense_clip import block_qkv, merge_heads, plain_class_token
+from .dense_clip import (
+    block_qkv,
+    finish_block,
+    merge_heads,
+    output_projection,
+    plain_class_token,
+)
 from .heads import Head, register_head
 
 __all__ = [
@@ -90,22 +96,14 @@ def _attend(
     """Per-head weights @ v, heads concatenated, then out_proj: (B*heads, L, L), (B*heads, L, d) ->
     (L, B, C)."""
     merged = merge_heads(torch.bmm(weights, v), length, batch)  # (L, B, C)
-    return F.linear(merged, block.attn.out_proj.weight, block.attn.out_proj.bias)
-
-
-def _residual_and_ffn(block: nn.Module, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
-    """x + attn_out, then the block's own MLP with its residual: (L, B, C) -> (L, B, C)."""
-    x = x + block.ls_1(attn_out)
-    return x + block.ls_2(block.mlp(block.ln_2(x)))
+    return output_projection(block, merged)
 
 
 def _value_path(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """out_proj(v): every token attends only to itself (MaskCLIP SPEC section 3)."""
     length, batch, _ = x.shape
     _, _, v = block_qkv(block, x)
-    return F.linear(
-        merge_heads(v, length, batch), block.attn.out_proj.weight, block.attn.out_proj.bias
-    )
+    return output_projection(block, merge_heads(v, length, batch))
 
 
 def maskclip_block(block: nn.Module, x: torch.Tensor, grid: Tuple[int, int] = None) -> torch.Tensor:
@@ -117,7 +115,7 @@ def maskclip_residual_block(
     block: nn.Module, x: torch.Tensor, grid: Tuple[int, int] = None
 ) -> torch.Tensor:
     """MaskCLIP as its own release runs it: x + out_proj(v), then the FFN with its residual."""
-    return _residual_and_ffn(block, x, _value_path(block, x))
+    return finish_block(block, x, _value_path(block, x))
 
 
 def sclip_block(block: nn.Module, x: torch.Tensor, grid: Tuple[int, int] = None) -> torch.Tensor:
@@ -126,7 +124,7 @@ def sclip_block(block: nn.Module, x: torch.Tensor, grid: Tuple[int, int] = None)
     length, batch, _ = x.shape
     q, k, v = block_qkv(block, x)  # (B*heads, L, d) each
     weights = self_self_attention(q) + self_self_attention(k)  # rows sum to 2, not renormalized
-    return _residual_and_ffn(block, x, _attend(block, weights, v, length, batch))
+    return finish_block(block, x, _attend(block, weights, v, length, batch))
 
 
 def clearclip_block(

@@ -16,6 +16,7 @@ from detectron2.utils.logger import log_first_n
 from PIL import Image
 from torch import nn
 
+from ..method.dense_clip import patch_size
 from ..method.heads import get_head, resolve_logit_scale
 from ..method.pamr import pamr
 from ..method.pipeline import Prediction, RefinementSettings, dbscan_for_grid, predict
@@ -208,7 +209,7 @@ class CLIPtrase(nn.Module):
             )
         if input_format not in ("RGB", "BGR"):
             raise ConfigError(f"INPUT.FORMAT must be RGB or BGR, got {input_format!r}")
-        patch = max(clip_model.visual.conv1.kernel_size)
+        patch = max(patch_size(clip_model.visual))
         for key, value, least in (
             ("PAPER_SIZE", paper_size, patch),
             ("STANDARD_SHORT_SIDE", standard_short_side, patch),
@@ -273,7 +274,7 @@ class CLIPtrase(nn.Module):
         c = cfg.MODEL.CLIPTRASE
         _published_setting(cfg)
         clip_model = build_clip(c.CLIP_MODEL, cfg.MODEL.WEIGHTS or "openai", precision=c.PRECISION)
-        patch = clip_model.visual.conv1.kernel_size[0]
+        patch = patch_size(clip_model.visual)[0]
         input_side = c.PAPER_SIZE if c.PROTOCOL == "paper" else c.WINDOW_SIZE
         auto_eps, auto_min_samples = dbscan_for_grid(input_side // patch)
         return {
@@ -491,7 +492,7 @@ class CLIPtrase(nn.Module):
 
     def check_image_size(self, size: Tuple[int, int], name: str) -> None:
         """Rejects images smaller than one CLIP patch (resizing them up would invent the content)."""
-        patch = self.clip_model.visual.conv1.kernel_size
+        patch = patch_size(self.clip_model.visual)
         if size[0] < patch[0] or size[1] < patch[1]:
             raise InputError(
                 f"{name}: an image of {size[0]}x{size[1]} pixels is smaller than one "
@@ -626,7 +627,7 @@ class CLIPtrase(nn.Module):
         ``frame`` when already computed). image: (3, H, W) uint8 RGB -> (R, h, w) scores of every
         text row (under "vote": (C', h, w) votes) at the resized image's resolution."""
         frame = self._standard_frame(image) if frame is None else frame
-        patch = self.clip_model.visual.conv1.kernel_size[0]
+        patch = patch_size(self.clip_model.visual)[0]
         return sliding_window(
             frame,
             lambda windows: self._window_scores(windows, vocabulary),
