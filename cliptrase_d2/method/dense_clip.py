@@ -149,12 +149,12 @@ def embed_tokens(visual: nn.Module, images: torch.Tensor) -> Tuple[torch.Tensor,
     return x.transpose(0, 1), grid  # (1 + n, B, C)
 
 
-def residual_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A standard pre-LN CLIP block on sequence-first tokens x: (L, B, C) -> (L, B, C)."""
+def _attention(block: nn.Module, queries: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The block's attention of ``queries`` over ``y`` (both after ln_1), exactly as OpenAI's
+    ``nn.MultiheadAttention`` computes it: (Lq, B, C), (L, B, C) -> (Lq, B, C)."""
     attn = block.attn
-    y = block.ln_1(x)
-    attn_out = F.multi_head_attention_forward(
-        y,
+    return F.multi_head_attention_forward(
+        queries,
         y,
         y,
         attn.embed_dim,
@@ -170,7 +170,12 @@ def residual_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         training=False,
         need_weights=False,
     )[0]
-    return finish_block(block, x, attn_out)
+
+
+def residual_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A standard pre-LN CLIP block on sequence-first tokens x: (L, B, C) -> (L, B, C)."""
+    y = block.ln_1(x)
+    return finish_block(block, x, _attention(block, y, y))
 
 
 def plain_class_token(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -178,26 +183,8 @@ def plain_class_token(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
     x: (L, B, C) -> (1, B, C).
     """
-    attn = block.attn
     y = block.ln_1(x)
-    attn_out = F.multi_head_attention_forward(
-        y[:1],
-        y,
-        y,
-        attn.embed_dim,
-        attn.num_heads,
-        attn.in_proj_weight,
-        attn.in_proj_bias,
-        None,
-        None,
-        False,
-        0.0,
-        attn.out_proj.weight,
-        attn.out_proj.bias,
-        training=False,
-        need_weights=False,
-    )[0]
-    return finish_block(block, x[:1], attn_out)
+    return finish_block(block, x[:1], _attention(block, y[:1], y))
 
 
 def block_qkv(block: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
