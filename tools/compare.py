@@ -35,6 +35,7 @@ from detectron2.utils.logger import setup_logger
 from cliptrase_d2.errors import UserError
 from cliptrase_d2.config import load_config
 from cliptrase_d2.engine import launch
+from cliptrase_d2.engine.checks import check_num_processes, claim_output_dir
 from cliptrase_d2.engine.launch import WorkerError
 from cliptrase_d2.engine.trainer import Trainer
 from cliptrase_d2.evaluation.results_io import atomic_write_text
@@ -88,7 +89,8 @@ def parse_list(text: str, allowed, what: str):
     unknown = [item for item in items if item not in allowed]
     if not items or unknown:
         raise ConfigError(
-            f"unknown {what} {', '.join(unknown) or '(none given)'}; available: {', '.join(sorted(allowed))}"
+            f"unknown {what} {', '.join(unknown) or '(none given)'}; "
+            f"available: {', '.join(sorted(allowed))}"
         )
     return items
 
@@ -158,7 +160,10 @@ def tables(heads, datasets, cells, num_processes, title: str = ""):
         + ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         + ["| " + " | ".join(r) + " |" for r in rows]
     )
-    markdown += f"\n\nTime per image: wall-clock inference of the whole dataset / images, {num_processes} process(es).\n"
+    markdown += (
+        "\n\nTime per image: wall-clock inference of the whole dataset / images, "
+        f"{num_processes} process(es).\n"
+    )
     buffer = io.StringIO()
     csv.writer(buffer).writerows([header] + rows)
     return markdown, buffer.getvalue()
@@ -212,6 +217,10 @@ if __name__ == "__main__":
     arguments = get_parser().parse_args()
     try:
         parse_list(arguments.heads, HEADS, "head")
+        check_num_processes(arguments.num_gpus, arguments.num_machines, arguments.machine_rank)
+        load_config(arguments.config_file, arguments.opts)  # file, keys, values and device
+        earlier = ("compare*.md", "compare*.csv", "published", *HEADS)  # tables, per-head runs
+        claim_output_dir(arguments.output, "--output", results=earlier)
         launch(
             main,
             arguments.num_gpus,
