@@ -23,11 +23,14 @@ __all__ = ["atomic_path", "atomic_open", "atomic_paths"]
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
+_final_paths = {}  # temporary -> the path it becomes: errors name that one, even when nested
+
 
 def _output_error(error: OSError, path: str) -> OSError:
     """The UserError for ``error`` met while writing ``path``, or ``error`` itself (a bug)."""
     if isinstance(error, OutputError):
         return error
+    path = _final_paths.get(path, path)
     if error.errno in _NO_SPACE:
         return OutputError(
             f"cannot write {path}: {os.strerror(error.errno)}. Free some space or choose "
@@ -50,7 +53,11 @@ def _temporary_beside(path: str) -> str:
         os.makedirs(folder, exist_ok=True)
     except OSError as error:
         raise _output_error(error, folder) from None
-    return os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    temporary = os.path.join(
+        folder, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+    )
+    _final_paths[temporary] = _final_paths.get(path, path)
+    return temporary
 
 
 def _remove(path: str) -> None:
@@ -92,6 +99,7 @@ def atomic_paths(paths: Sequence["os.PathLike[str] | str"]) -> Iterator[List[str
     finally:
         for temporary in temporaries:
             _remove(temporary)
+            _final_paths.pop(temporary, None)
 
 
 @contextmanager

@@ -213,14 +213,23 @@ def run_published(heads, datasets, args):
     return cells
 
 
+def validate(args):
+    """The checks before any work (in the launching process): heads, datasets, process count,
+    the config file, its keys and values and the device; then claims --output (a lock against a
+    concurrent comparison into it; earlier tables and per-head results moved to its previous/
+    folder)."""
+    parse_list(args.heads, HEADS, "head")
+    parse_list(args.datasets, DatasetCatalog.list(), "dataset")
+    check_num_processes(args.num_gpus, args.num_machines, args.machine_rank)
+    load_config(args.config_file, args.opts)
+    earlier = ("compare*.md", "compare*.csv", "published", *HEADS)
+    claim_output_dir(args.output, "--output", results=earlier)
+
+
 if __name__ == "__main__":
     arguments = get_parser().parse_args()
     try:
-        parse_list(arguments.heads, HEADS, "head")
-        check_num_processes(arguments.num_gpus, arguments.num_machines, arguments.machine_rank)
-        load_config(arguments.config_file, arguments.opts)  # file, keys, values and device
-        earlier = ("compare*.md", "compare*.csv", "published", *HEADS)  # tables, per-head runs
-        claim_output_dir(arguments.output, "--output", results=earlier)
+        validate(arguments)
         launch(
             main,
             arguments.num_gpus,
