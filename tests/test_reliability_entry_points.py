@@ -469,3 +469,24 @@ def test_a_second_evaluation_into_the_same_folder_is_refused(tmp_path):
         holder.communicate("\n", timeout=60)
     # the lock ends with its process, however it ends: the folder can be claimed again
     claim_output_dir(str(folder))
+
+
+def test_web_demo_on_a_full_disk_is_an_error_shown_on_the_page(tiny_opts, tmp_path, monkeypatch):
+    """A UserError: the page shows it as one line (build_page turns the family into gr.Error)."""
+    models = web_demo.Models("", [*tiny_opts, "MODEL.CLIPTRASE.STANDARD_SHORT_SIDE", "224"])
+    outputs = web_demo.Outputs()
+    folder = tmp_path / "disk"
+    monkeypatch.setattr(outputs, "new_folder", lambda: str(folder))
+    with full_disk(folder, free_bytes=0):
+        with pytest.raises(OutputError, match=r"coffee_labels\.png: No space left on device"):
+            web_demo.segment_request(
+                models,
+                web_demo.Limits(),
+                outputs,
+                COFFEE,
+                "cup, table",
+                "",
+                "cliptrase",
+                "standard",
+            )
+        assert [name for name in os.listdir(folder) if name != ".ballast"] == []
