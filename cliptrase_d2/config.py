@@ -3,13 +3,15 @@
 
 import difflib
 import logging
+import os
 
 import torch
+import yaml
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
-from .errors import UnknownNameError
+from .errors import ConfigError, MissingFileError, UnknownNameError
 
-__all__ = ["add_cliptrase_config", "load_config", "resolve_device"]
+__all__ = ["add_cliptrase_config", "load_config", "resolve_device", "check_device"]
 
 
 def add_cliptrase_config(cfg):
@@ -32,7 +34,8 @@ def add_cliptrase_config(cfg):
     c.BACKGROUND_WORDS = []
     # Prompt template set in vocabularies.json: "imagenet80" (paper) or "vild14".
     c.TEMPLATES = "imagenet80"
-    # Multiply each class map by that class's image-level ([CLS]) logit (the paper does it for VOC20).
+    # Multiply each class map by that class's image-level ([CLS]) logit (the paper does it for
+    # VOC20).
     c.IMAGE_LOGIT_WEIGHTING = False
     # Logit scale applied to cosine similarities; 0 = CLIP's learned scale (100 for OpenAI weights).
     c.LOGIT_SCALE = 0.0
@@ -46,7 +49,8 @@ def add_cliptrase_config(cfg):
     # text-aware Laplacian propagation of each predicted frame, no regions) or "pamr" (none, then
     # PAMR on the resized logits, standard protocol; PAMR_STEPS below).
     c.REFINE = "vote"
-    # Region maps: upsampling factor of the patch grid before the median filter, and filter size (px).
+    # Region maps: upsampling factor of the patch grid before the median filter, and filter size
+    # (px).
     c.REGION_UPSAMPLE = 4
     c.MEDIAN_SIZE = 7
     # "paper": resize shorter side to PAPER_SIZE (bicubic), center crop PAPER_SIZE x PAPER_SIZE,
@@ -89,9 +93,52 @@ def _all_keys(node, prefix=""):
             yield name
 
 
+def _yaml_problem(error: "yaml.YAMLError") -> str:
+    mark = getattr(error, "problem_mark", None)
+    where = f"{mark.name}, line {mark.line + 1}: " if mark else ""
+    return f"{where}{getattr(error, 'problem', None) or error}"
+
+
+def check_config_file(config_file: str) -> None:
+    """Raises a named error when ``config_file`` is missing, unreadable, not YAML or not a
+    mapping of config keys."""
+    if not os.path.isfile(config_file):
+        raise MissingFileError(
+            f"config file {config_file} does not exist: check the path (configs/ holds the "
+            "project's configs)"
+        )
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            loaded = yaml.safe_load(f)
+    except yaml.constructor.ConstructorError:
+        return  # Python tags: Detectron2 reads those with its unsafe loader
+    except yaml.YAMLError as error:
+        raise ConfigError(
+            f"config file {config_file} is not valid YAML ({_yaml_problem(error)}): fix the file"
+        ) from None
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or error
+        raise ConfigError(f"cannot read config file {config_file}: {reason}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(
+            f"config file {config_file} holds a {type(loaded).__name__}, not config keys "
+            "(KEY: value lines, as in configs/)"
+        )
+
+
 def _merge(cfg, merge, source: str):
     try:
         merge()
+    except yaml.YAMLError as error:  # a _BASE_ file
+        raise ConfigError(f"{source}: not valid YAML ({_yaml_problem(error)})") from None
+    except FileNotFoundError as error:  # a _BASE_ file
+        raise MissingFileError(
+            f"{source}: the file {error.filename} it names (_BASE_) does not exist"
+        ) from None
+    except ValueError as error:  # yacs: a value of another type than the key's default
+        if "Type mismatch" not in str(error):
+            raise
+        raise ConfigError(f"{source}: {error}") from None
     except (
         KeyError,
         AssertionError,
@@ -115,6 +162,7 @@ def load_config(config_file: str = "", opts=(), resolve: bool = True) -> CN:
     cfg = get_cfg()
     add_cliptrase_config(cfg)
     if config_file:
+        check_config_file(config_file)
         _merge(cfg, lambda: cfg.merge_from_file(config_file), f"config file {config_file}")
     if opts:
         _merge(cfg, lambda: cfg.merge_from_list(list(opts)), "command-line options")
@@ -123,8 +171,30 @@ def load_config(config_file: str = "", opts=(), resolve: bool = True) -> CN:
     return cfg
 
 
+def check_device(device: str, key: str = "MODEL.DEVICE") -> None:
+    """Raises ConfigError naming ``key`` for a device this project cannot run on: anything but
+    cpu, cuda, cuda:N (N below the number of GPUs, when there are GPUs) and mps (where present)."""
+    hint = f"set {key} to cpu or cuda (cuda:N for GPU N)"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"{key}={device!r} is not a device: {hint}") from None
+    if parsed.type == "mps" and torch.backends.mps.is_available():
+        return
+    if parsed.type not in ("cpu", "cuda"):
+        raise ConfigError(f"{key}={device!r} is not supported: {hint}")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if parsed.type == "cuda" and parsed.index is not None and count and parsed.index >= count:
+        raise ConfigError(
+            f"{key}={device!r} but this machine has {count} GPU(s) (cuda:0 to cuda:{count - 1}): "
+            f"{hint}"
+        )
+
+
 def resolve_device(cfg) -> str:
-    """Falls back to ``cpu`` (one log line) when cfg.MODEL.DEVICE asks for CUDA and none is present."""
+    """Checks cfg.MODEL.DEVICE (``check_device``); falls back to ``cpu`` (one log line) when it
+    asks for CUDA and none is present."""
+    check_device(cfg.MODEL.DEVICE)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logging.getLogger("cliptrase_d2").info(
             "MODEL.DEVICE=%s but CUDA is not available: running on cpu", cfg.MODEL.DEVICE

@@ -35,6 +35,7 @@ from detectron2.utils.logger import setup_logger
 from cliptrase_d2.errors import UserError
 from cliptrase_d2.config import load_config
 from cliptrase_d2.engine import launch
+from cliptrase_d2.engine.checks import check_num_processes, claim_output_dir
 from cliptrase_d2.engine.launch import WorkerError
 from cliptrase_d2.engine.trainer import Trainer
 from cliptrase_d2.evaluation.results_io import atomic_write_text
@@ -88,7 +89,8 @@ def parse_list(text: str, allowed, what: str):
     unknown = [item for item in items if item not in allowed]
     if not items or unknown:
         raise ConfigError(
-            f"unknown {what} {', '.join(unknown) or '(none given)'}; available: {', '.join(sorted(allowed))}"
+            f"unknown {what} {', '.join(unknown) or '(none given)'}; "
+            f"available: {', '.join(sorted(allowed))}"
         )
     return items
 
@@ -158,7 +160,10 @@ def tables(heads, datasets, cells, num_processes, title: str = ""):
         + ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         + ["| " + " | ".join(r) + " |" for r in rows]
     )
-    markdown += f"\n\nTime per image: wall-clock inference of the whole dataset / images, {num_processes} process(es).\n"
+    markdown += (
+        "\n\nTime per image: wall-clock inference of the whole dataset / images, "
+        f"{num_processes} process(es).\n"
+    )
     buffer = io.StringIO()
     csv.writer(buffer).writerows([header] + rows)
     return markdown, buffer.getvalue()
@@ -208,10 +213,23 @@ def run_published(heads, datasets, args):
     return cells
 
 
+def validate(args):
+    """The checks before any work (in the launching process): heads, datasets, process count,
+    the config file, its keys and values and the device; then claims --output (a lock against a
+    concurrent comparison into it; earlier tables and per-head results moved to its previous/
+    folder)."""
+    parse_list(args.heads, HEADS, "head")
+    parse_list(args.datasets, DatasetCatalog.list(), "dataset")
+    check_num_processes(args.num_gpus, args.num_machines, args.machine_rank)
+    load_config(args.config_file, args.opts)
+    earlier = ("compare*.md", "compare*.csv", "published", *HEADS)
+    claim_output_dir(args.output, "--output", results=earlier)
+
+
 if __name__ == "__main__":
     arguments = get_parser().parse_args()
     try:
-        parse_list(arguments.heads, HEADS, "head")
+        validate(arguments)
         launch(
             main,
             arguments.num_gpus,

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Segments your own images or videos with any vocabulary.
 
-    python tools/demo.py --input photo.jpg "photos/*.png" --output out/ --vocabulary "sky, dog, frisbee"
+    python tools/demo.py --input photo.jpg "photos/*.png" --output out/ \
+        --vocabulary "sky, dog, frisbee"
     python tools/demo.py --video-input clip.mp4 --output out/ --vocabulary "road, car, tree, sky"
     python tools/demo.py --config-file configs/paper/voc21_224.yaml --input img/ --output out/ \
         --opts MODEL.WEIGHTS weights/ViT-B-16.pt
@@ -13,6 +14,8 @@ Per input, in --output: <stem>_labels.png (class index per pixel, 16-bit when mo
 classes), <stem>.png (colour overlay with a legend of the classes present), <stem>.json
 (class names and each class's pixel share), and with --side-by-side <stem>_panel.png.
 Existing files are never replaced unless --overwrite is given, and an input is never an output.
+An input's files appear together or not at all (a full disk leaves none of them). An unreadable
+input stops the run before any work, unless --skip-bad-inputs reports and skips it.
 Labels are in the frame the protocol predicts: the S x S center crop under the paper protocol,
 the original image under the standard one.
 
@@ -35,12 +38,14 @@ from detectron2.utils.logger import setup_logger
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from cliptrase_d2.api import Segmenter
+from cliptrase_d2.api import Segmenter, load_image
+from cliptrase_d2.atomic import atomic_paths
+from cliptrase_d2.config import load_config
+from cliptrase_d2.engine.checks import check_writable_folder
 from cliptrase_d2.errors import (
     InputError,
     MissingFileError,
     OutputExistsError,
-    OutputNotWritableError,
     UserError,
 )
 from cliptrase_d2.evaluation.results_io import (
@@ -115,13 +120,19 @@ def get_parser():
         help="replace output files that already exist (e.g. from an earlier run)",
     )
     parser.add_argument(
+        "--skip-bad-inputs",
+        action="store_true",
+        help="report and skip input images that cannot be read (default: stop before any work)",
+    )
+    parser.add_argument(
         "--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ..."
     )
     return parser
 
 
 def expand_inputs(patterns):
-    """Files, folders (their images, sorted) and globs -> list of image paths; errors name the pattern."""
+    """Files, folders (their images, sorted) and globs -> list of image paths; errors name the
+    pattern."""
     paths = []
     for pattern in patterns:
         if os.path.isdir(pattern):
@@ -175,6 +186,11 @@ def check_outputs(inputs, output: str, panel: bool, overwrite: bool) -> None:
                     f"{writers[real]} and {path}; rename one or run them separately"
                 )
             writers[real] = path
+            if os.path.isdir(target):
+                raise OutputExistsError(
+                    f"a folder stands where the output file {target} goes: remove it or "
+                    "choose another --output folder"
+                )
             if os.path.lexists(target):
                 existing.append(target)
     if existing and not overwrite:
@@ -187,37 +203,67 @@ def check_outputs(inputs, output: str, panel: bool, overwrite: bool) -> None:
         )
 
 
-def check_writable(folder: str) -> None:
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder):
-            pass
-    except OSError as error:
-        raise OutputNotWritableError(
-            f"cannot write to the --output folder {folder}: {error.strerror}"
-        ) from None
+def readable_inputs(paths, skip: bool):
+    """The inputs whose image header can be read. An unreadable one raises InputError naming it,
+    or with ``skip`` is reported (a warning) and left out."""
+    kept = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except (OSError, SyntaxError, ValueError) as error:
+            if not skip:
+                raise InputError(
+                    f"cannot read the input image {path} ({error}): fix or remove it, or pass "
+                    "--skip-bad-inputs to skip unreadable images"
+                ) from None
+            logger.warning("skipped %s: cannot read it (%s)", path, error)
+            continue
+        kept.append(path)
+    return kept
+
+
+def load_inputs(paths, skip: bool):
+    """[(path, (H, W, 3) uint8 image)] of ``paths``; with ``skip``, one that cannot be decoded
+    (e.g. truncated after its header) is reported and left out."""
+    loaded = []
+    for path in paths:
+        try:
+            loaded.append((path, load_image(path)))
+        except InputError as error:
+            if not skip:
+                raise
+            logger.warning("skipped %s: %s", path, error)
+    return loaded
 
 
 def write_outputs(result, path: str, output: str, panel: bool) -> None:
+    """Writes the input's files together: all of them appear, or (on any failure, e.g. a full
+    disk) none."""
     targets = output_paths(path, output, panel)
     labels = result.labels
     dtype = np.uint16 if len(result.class_names) > 255 else np.uint8
     entries = legend_entries(labels, result.class_names)
     shown = with_legend(overlay(result.image, labels), entries)
-    atomic_write_png(targets["labels"], labels.astype(dtype))
-    atomic_save_image(targets["overlay"], shown)
-    if panel:
-        atomic_save_image(targets["panel"], side_by_side(Image.fromarray(result.image), shown))
-    atomic_write_json(
-        targets["json"],
-        {
-            "image": path,
-            "class_names": result.class_names,
-            "height": int(labels.shape[0]),
-            "width": int(labels.shape[1]),
-            "pixel_share": {name: share for _, name, share in entries},
-        },
-    )
+    with atomic_paths(list(targets.values())) as temporaries:
+        written = dict(zip(targets, temporaries))
+        atomic_write_png(written["labels"], labels.astype(dtype))
+        atomic_save_image(written["overlay"], shown)
+        if panel:
+            panel_image = side_by_side(Image.fromarray(result.image), shown)
+            atomic_save_image(written["panel"], panel_image)
+        atomic_write_json(written["json"], _description(result, path, labels, entries))
+
+
+def _description(result, path: str, labels, entries) -> dict:
+    """<stem>.json: class names, size and each present class's pixel share."""
+    return {
+        "image": path,
+        "class_names": result.class_names,
+        "height": int(labels.shape[0]),
+        "width": int(labels.shape[1]),
+        "pixel_share": {name: share for _, name, share in entries},
+    }
 
 
 def build_opts(args):
@@ -308,7 +354,7 @@ def segment_video(
     fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     folder = os.path.dirname(os.path.abspath(target))
-    check_writable(folder)
+    check_writable_folder(folder, "--output")
     handle, partial = tempfile.mkstemp(suffix=".mp4", dir=folder)  # replaces target once complete
     os.close(handle)
     writer, legend, frames = None, None, 0
@@ -346,16 +392,18 @@ def main(argv=None):
     setup_logger(name="cliptrase_d2")
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    config_file = args.config_file or PROTOCOL_CONFIGS[args.protocol or DEFAULT_PROTOCOL]
+    load_config(config_file, build_opts(args))  # before any work: file, keys, values, device
     if args.video_input:
         target = video_output_path(args.video_input, args.output)
         check_video_output(args.video_input, target, args.overwrite)
     else:
-        inputs = expand_inputs(args.input)
+        found = expand_inputs(args.input)
+        inputs = readable_inputs(found, args.skip_bad_inputs)
         check_outputs(inputs, args.output, args.side_by_side, args.overwrite)
-        check_writable(args.output)
+        check_writable_folder(args.output, "--output")
     background = [w.strip() for w in args.background.split(",") if w.strip()]
     vocabulary, background = checked_vocabulary(args.vocabulary, background)
-    config_file = args.config_file or PROTOCOL_CONFIGS[args.protocol or DEFAULT_PROTOCOL]
     segmenter = Segmenter.from_config(config_file, build_opts(args))
     if args.video_input:
         frames = segment_video(
@@ -364,13 +412,26 @@ def main(argv=None):
         logger.info("segmented %d frames of %s -> %s", frames, args.video_input, target)
         return 0
     logger.info("segmenting %d image(s) -> %s", len(inputs), args.output)
+    written = 0
     with tqdm(total=len(inputs), desc="demo", unit="img") as progress:
         for start in range(0, len(inputs), args.batch_size):
-            batch = inputs[start : start + args.batch_size]
-            results = segmenter.segment(batch, vocabulary, background=background, scores=False)
-            for path, result in zip(batch, results):
-                write_outputs(result, path, args.output, args.side_by_side)
-            progress.update(len(batch))
+            paths = inputs[start : start + args.batch_size]
+            batch = load_inputs(paths, args.skip_bad_inputs)
+            if batch:
+                images = [image for _, image in batch]
+                results = segmenter.segment(images, vocabulary, background=background, scores=False)
+                for (path, _), result in zip(batch, results):
+                    write_outputs(result, path, args.output, args.side_by_side)
+            written += len(batch)
+            progress.update(len(paths))
+    if written < len(found):
+        logger.warning(
+            "skipped %d unreadable input(s) of %d (--skip-bad-inputs); the others' outputs "
+            "are in %s",
+            len(found) - written,
+            len(found),
+            args.output,
+        )
     return 0
 
 

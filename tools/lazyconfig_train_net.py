@@ -24,8 +24,16 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format  # noqa
 from detectron2.utils import comm  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from cliptrase_d2.errors import InputError, MissingFileError, UnknownNameError, UserError
+from cliptrase_d2.config import check_device
+from cliptrase_d2.errors import (
+    ConfigError,
+    InputError,
+    MissingFileError,
+    UnknownNameError,
+    UserError,
+)
 from cliptrase_d2.engine import launch  # noqa: E402
+from cliptrase_d2.engine.checks import check_num_processes, claim_output_dir
 from cliptrase_d2.engine.launch import WorkerError  # noqa: E402
 
 logger = logging.getLogger("cliptrase_d2")
@@ -40,7 +48,12 @@ def load(config_file: str, overrides):
         )
     if not os.path.isfile(config_file):
         raise MissingFileError(f"config file {config_file} does not exist")
-    cfg = LazyConfig.load(config_file)
+    try:
+        cfg = LazyConfig.load(config_file)
+    except SyntaxError as error:
+        raise ConfigError(
+            f"config file {config_file} is not valid Python (line {error.lineno}: {error.msg})"
+        ) from None
     for key in ("model", "dataloader", "train"):
         if key not in cfg:
             raise UnknownNameError(
@@ -55,6 +68,7 @@ def load(config_file: str, overrides):
 def resolve_device(cfg) -> str:
     """cfg.train.device, or cpu (one log line) when it asks for CUDA and none is present."""
     device = cfg.train.get("device", "cuda")
+    check_device(device, "train.device")
     if device.startswith("cuda") and not torch.cuda.is_available():
         logger.info("train.device=%s but CUDA is not available: running on cpu", device)
         device = cfg.train.device = "cpu"
@@ -69,6 +83,17 @@ def do_test(cfg, model):
         logger.info("Evaluation results in csv format:")
         print_csv_format(results)
     return results
+
+
+def validate(args):
+    """The checks before any work (in the launching process): process count, config file and
+    overrides, device; then claims train.output_dir (a lock against a concurrent evaluation into
+    it; earlier results moved to its previous/ folder)."""
+    check_num_processes(args.num_gpus, args.num_machines, args.machine_rank)
+    cfg = load(args.config_file, args.opts)
+    check_device(cfg.train.get("device", "cuda"), "train.device")
+    claim_output_dir(cfg.train.get("output_dir", ""), "train.output_dir")
+    return cfg
 
 
 def main(args):
@@ -96,6 +121,7 @@ if __name__ == "__main__":
             "CLIPtrase is training-free: there is nothing to train. Add --eval-only to evaluate."
         )
     try:
+        validate(args)
         launch(
             main,
             args.num_gpus,

@@ -14,7 +14,7 @@ import cliptrase_d2  # noqa: F401  (registers the meta-architecture and datasets
 from cliptrase_d2.errors import UserError
 from cliptrase_d2.engine import launch
 from cliptrase_d2.engine.launch import WorkerError
-from cliptrase_d2.engine.trainer import Trainer, setup
+from cliptrase_d2.engine.trainer import Trainer, setup, validate
 from detectron2.engine import default_argument_parser
 
 
@@ -31,6 +31,7 @@ if __name__ == "__main__":
             "CLIPtrase is training-free: there is nothing to train. Add --eval-only to evaluate."
         )
     try:
+        validate(args)  # before any work: config, device, process count, OUTPUT_DIR
         launch(
             main,
             args.num_gpus,

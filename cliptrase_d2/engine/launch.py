@@ -17,6 +17,7 @@ import torch.multiprocessing as mp
 from detectron2.engine import launch as d2_launch
 from detectron2.utils import comm
 from ..errors import ConfigError, UserError
+from .checks import check_num_processes
 
 __all__ = ["launch", "WorkerError"]
 
@@ -96,6 +97,7 @@ def launch(
     one process per GPU, NCCL. Without, processes share the CPU cores and talk over gloo,
     through detectron2's launch where it can (``LIBRARY_LAUNCHES_ON_CPU``), else ``_gloo_worker``.
     """
+    check_num_processes(num_processes, num_machines, machine_rank)
     use_cuda = torch.cuda.is_available() if use_cuda is None else use_cuda
     if use_cuda:
         return d2_launch(

@@ -1,4 +1,5 @@
-"""Evaluation with Detectron2's DefaultTrainer machinery: evaluators and test loaders per protocol."""
+"""Evaluation with Detectron2's DefaultTrainer machinery: evaluators and test loaders per
+protocol, and the checks before an evaluation starts (``validate``)."""
 
 import logging
 
@@ -8,20 +9,18 @@ from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..config import load_config, resolve_device
+from ..config import check_device, load_config, resolve_device
 from ..data.dataset_mapper import SemSegTestMapper
 from ..evaluation import PaperSemSegEvaluator, StandardSemSegEvaluator
 from ..errors import ConfigError, UnknownNameError
+from .checks import check_num_processes, claim_output_dir
 
-__all__ = ["Trainer", "setup"]
+__all__ = ["Trainer", "setup", "validate"]
 
 logger = logging.getLogger("cliptrase_d2")
 
 
-def setup(args):
-    """Config from command-line args, frozen; logging and OUTPUT_DIR as detectron2's default_setup
-    does, and this project's own log lines (device fallback, model, results tables) on the
-    console and in OUTPUT_DIR/log.txt."""
+def _checked_config(args):
     cfg = load_config(args.config_file, args.opts, resolve=False)
     if not cfg.DATASETS.TEST:
         raise ConfigError(
@@ -34,6 +33,25 @@ def setup(args):
                 f"Dataset '{name}' (DATASETS.TEST) is not registered! Available datasets are: "
                 f"{', '.join(sorted(DatasetCatalog.list()))}"
             )
+    return cfg
+
+
+def validate(args):
+    """The checks before any work (in the launching process, before workers start): the config
+    file and its values, the device, the process count; then claims OUTPUT_DIR (a lock against
+    a concurrent evaluation into it, earlier results moved to OUTPUT_DIR/previous/)."""
+    check_num_processes(args.num_gpus, args.num_machines, args.machine_rank)
+    cfg = _checked_config(args)
+    check_device(cfg.MODEL.DEVICE)
+    claim_output_dir(cfg.OUTPUT_DIR)
+    return cfg
+
+
+def setup(args):
+    """Config from command-line args, frozen; logging and OUTPUT_DIR as detectron2's default_setup
+    does, and this project's own log lines (device fallback, model, results tables) on the
+    console and in OUTPUT_DIR/log.txt."""
+    cfg = _checked_config(args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cliptrase_d2")
     resolve_device(cfg)
     cfg.freeze()
