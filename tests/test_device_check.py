@@ -17,13 +17,13 @@ SAMPLE = os.path.join(REPO, "datasets")
 
 
 def _run(tmp_path, **env):
-    environment = dict(
-        os.environ,
-        PYTHON=sys.executable,
-        CLIPTRASE_FIXTURES=FIXTURES,
-        DETECTRON2_DATASETS=SAMPLE,
-        **env,
-    )
+    environment = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "CLIPTRASE_FIXTURES": FIXTURES,
+        "DETECTRON2_DATASETS": SAMPLE,
+        **env,  # a test's own values win
+    }
     return subprocess.run(
         ["bash", SCRIPT, "--dry-run", str(tmp_path / "check.json")],
         env=environment,

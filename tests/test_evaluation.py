@@ -25,6 +25,7 @@ from cliptrase_d2.evaluation import (
     atomic_write_png,
 )
 from conftest import skip_outside_ci
+from cliptrase_d2 import atomic
 from cliptrase_d2.evaluation import results_io, sem_seg_evaluation
 
 REPO = Path(__file__).resolve().parents[1]
@@ -553,7 +554,7 @@ def test_atomic_write_json_interrupted_keeps_previous_file(tmp_path, monkeypatch
     def fail(fd):
         raise OSError("disk full")
 
-    monkeypatch.setattr(results_io.os, "fsync", fail)  # after the bytes went out, before the rename
+    monkeypatch.setattr(atomic.os, "fsync", fail)  # after the bytes went out, before the rename
     with pytest.raises(OSError, match="disk full"):
         atomic_write_json(path, {"mIoU": 2.0})
     assert json.loads(path.read_text())["mIoU"] == 1.0

@@ -54,7 +54,7 @@ def test_lazy_config_predicts_exactly_what_the_yaml_config_does(
             "224",
         ],
     )
-    expected = Trainer.test(cfg, Trainer.build_model(cfg))[DATASET]["sem_seg"]
+    expected = Trainer.test(cfg, Trainer.build_model(cfg))["sem_seg"]  # one dataset: not keyed by name
 
     args = argparse.Namespace(
         config_file=os.path.join(REPO, "configs", "lazy", lazy),
