@@ -14,15 +14,14 @@ Training-free: --eval-only is the only mode. Without CUDA, train.device falls ba
 
 import logging
 import os
-import sys
 
-import cliptrase_d2  # noqa: E402,F401  (registers the datasets; detectron2 shims)
-import torch  # noqa: E402
-from detectron2.config import LazyConfig, instantiate  # noqa: E402
-from detectron2.engine import default_argument_parser, default_setup  # noqa: E402
-from detectron2.evaluation import inference_on_dataset, print_csv_format  # noqa: E402
-from detectron2.utils import comm  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
+import cliptrase_d2  # noqa: F401  (registers the datasets; detectron2 shims)
+import torch
+from detectron2.config import LazyConfig, instantiate
+from detectron2.engine import default_argument_parser, default_setup
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from cliptrase_d2.config import check_device
 from cliptrase_d2.errors import (
@@ -30,11 +29,9 @@ from cliptrase_d2.errors import (
     InputError,
     MissingFileError,
     UnknownNameError,
-    UserError,
 )
-from cliptrase_d2.engine import launch  # noqa: E402
 from cliptrase_d2.engine.checks import check_num_processes, claim_output_dir
-from cliptrase_d2.engine.launch import WorkerError  # noqa: E402
+from cliptrase_d2.engine.launch import run_eval_only
 
 logger = logging.getLogger("cliptrase_d2")
 
@@ -115,26 +112,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
-    if not args.eval_only:
-        sys.exit(
-            "CLIPtrase is training-free: there is nothing to train. Add --eval-only to evaluate."
-        )
-    try:
-        validate(args)
-        launch(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
-    except (
-        UserError
-    ) as error:  # bad input: one line; anything else is a bug and keeps its traceback
-        sys.exit(f"error: {error}")
-    except (
-        WorkerError
-    ) as error:  # several CPU processes: the failing one's error, as one process shows it
-        sys.exit(error.exit_message())
+    run_eval_only(main, default_argument_parser().parse_args(), validate)

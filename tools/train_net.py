@@ -8,12 +8,8 @@
 Without CUDA, --num-gpus N starts N CPU processes (gloo).
 """
 
-import sys
-
 import cliptrase_d2  # noqa: F401  (registers the meta-architecture and datasets; detectron2 shims)
-from cliptrase_d2.errors import UserError
-from cliptrase_d2.engine import launch
-from cliptrase_d2.engine.launch import WorkerError
+from cliptrase_d2.engine.launch import run_eval_only
 from cliptrase_d2.engine.trainer import Trainer, setup, validate
 from detectron2.engine import default_argument_parser
 
@@ -25,26 +21,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
-    if not args.eval_only:
-        sys.exit(
-            "CLIPtrase is training-free: there is nothing to train. Add --eval-only to evaluate."
-        )
-    try:
-        validate(args)  # before any work: config, device, process count, OUTPUT_DIR
-        launch(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
-    except (
-        UserError
-    ) as error:  # bad input: one line; anything else is a bug and keeps its traceback
-        sys.exit(f"error: {error}")
-    except (
-        WorkerError
-    ) as error:  # several CPU processes: the failing one's error, as one process shows it
-        sys.exit(error.exit_message())
+    run_eval_only(main, default_argument_parser().parse_args(), validate)

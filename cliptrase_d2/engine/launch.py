@@ -19,7 +19,7 @@ from detectron2.utils import comm
 from ..errors import ConfigError, UserError
 from .checks import check_num_processes
 
-__all__ = ["launch", "WorkerError"]
+__all__ = ["launch", "run_eval_only", "WorkerError"]
 
 logger = logging.getLogger(__name__)
 
@@ -173,3 +173,27 @@ def _gloo_worker(
     main_func(*args)
     comm.synchronize()
     dist.destroy_process_group()
+
+
+def run_eval_only(main, args, validate) -> None:
+    """The command line of an evaluation tool (train_net, lazyconfig_train_net): refuses
+    training, runs ``validate(args)`` before any work, launches ``main(args)`` on
+    ``args.num_gpus`` processes, and ends with one line for a user error."""
+    if not args.eval_only:
+        sys.exit(
+            "CLIPtrase is training-free: there is nothing to train. Add --eval-only to evaluate."
+        )
+    try:
+        validate(args)  # before any work: config, device, process count, OUTPUT_DIR
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except UserError as error:
+        sys.exit(f"error: {error}")  # bad input: one line; anything else keeps its traceback
+    except WorkerError as error:
+        sys.exit(error.exit_message())  # several CPU processes: the failing one's error
