@@ -87,9 +87,8 @@ def _install_cpp_stub():
         return
     try:
         has_ops = importlib.util.find_spec("detectron2._C") is not None
-    except (
-        ImportError
-    ):  # detectron2 itself missing: nothing to patch, the real import error comes later
+    except ImportError:
+        # detectron2 itself missing: nothing to patch, the real import error comes later
         return
     if not has_ops:
         stub = _MissingCppOps("detectron2._C")

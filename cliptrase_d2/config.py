@@ -139,10 +139,8 @@ def _merge(cfg, merge, source: str):
         if "Type mismatch" not in str(error):
             raise
         raise ConfigError(f"{source}: {error}") from None
-    except (
-        KeyError,
-        AssertionError,
-    ) as error:  # yacs: KeyError from files, AssertionError from lists
+    except (KeyError, AssertionError) as error:
+        # yacs: KeyError from files, AssertionError from lists
         message = str(error).strip("'\"")
         if "Non-existent" not in message:
             raise

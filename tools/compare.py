@@ -238,9 +238,8 @@ if __name__ == "__main__":
             dist_url=arguments.dist_url,
             args=(arguments,),
         )
-    except (
-        UserError
-    ) as error:  # bad input: one line; anything else is a bug and keeps its traceback
+    except UserError as error:
+        # bad input: one line; anything else is a bug and keeps its traceback
         sys.exit(f"error: {error}")
     except WorkerError as error:  # several CPU processes: the failing one's error
         sys.exit(error.exit_message())

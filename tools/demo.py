@@ -438,7 +438,6 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (
-        UserError
-    ) as error:  # bad input: one line; anything else is a bug and keeps its traceback
+    except UserError as error:
+        # bad input: one line; anything else is a bug and keeps its traceback
         sys.exit(f"error: {error}")

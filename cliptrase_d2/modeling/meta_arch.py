@@ -533,9 +533,8 @@ class CLIPtrase(nn.Module):
                 self.logit_scale,
                 soft_scores=soft_scores,
             )
-        except (
-            ValueError
-        ) as error:  # the method's checks of its input (a grid too small for a head)
+        except ValueError as error:
+            # the method's checks of its input (a grid too small for a head)
             raise InputError(str(error)) from error
 
     def _window_scores(self, windows: torch.Tensor, vocabulary: Vocabulary) -> torch.Tensor:
