@@ -100,10 +100,10 @@ def main(args):
     default_setup(cfg, args)
     model = instantiate(cfg.model).to(device).eval()
     logger.info(
-        "CLIPtrase: head=%s, protocol=%s, %d classes, CLIP=%s, weights=%s, device=%s",
+        "CLIPtrase: head=%s, protocol=%s, vocabulary: %s, CLIP=%s, weights=%s, device=%s",
         cfg.model.head,
         cfg.model.protocol,
-        model.vocabulary.num_classes,
+        f"{model.vocabulary.num_classes} classes" if model.vocabulary else "each dataset's own",
         cfg.model.clip_model.model,
         cfg.model.clip_model.weights,
         device,
