@@ -323,7 +323,8 @@ EXPECTED = {  # (short side, window, stride, padding, refine, logit scale, prob_
 def test_every_published_config_is_the_peers_setting():
     files = sorted(glob.glob(os.path.join(REPO, "configs", "*", "published", "*.yaml")))
     names = {(f.split(os.sep)[-3], os.path.basename(f)[:-5]) for f in files if "Base-" not in f}
-    assert names == {(p, b) for p in ("clearclip", "naclip", "sclip") for b in BENCHMARKS}
+    peers = ("clearclip", "naclip", "sclip", "scclip", "pearl")
+    assert names == {(p, b) for p in peers for b in BENCHMARKS}
     for head, benchmark in names:
         c = load_config(
             os.path.join(REPO, "configs", head, "published", f"{benchmark}.yaml")
