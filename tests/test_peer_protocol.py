@@ -265,7 +265,7 @@ def test_vocabulary_file_with_several_names_per_line(tmp_path):
 
 def test_peer_vocabularies_are_the_peers_lists():
     assert peer_vocabulary_keys() == sorted(
-        f"{p}/{b}" for p in ("clearclip", "naclip", "sclip") for b in BENCHMARKS
+        f"{p}/{b}" for p in ("clearclip", "naclip", "sclip", "scclip", "pearl") for b in BENCHMARKS
     )
     sclip = resolve_vocabulary("sclip/voc21")
     assert (
