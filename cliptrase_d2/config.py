@@ -82,6 +82,11 @@ def add_cliptrase_config(cfg):
     c.TEXT_CACHE_DIR = ""
     # Write OUTPUT_DIR/predictions/<dataset>/<image_id>.png label maps during evaluation.
     cfg.TEST.SAVE_PREDICTIONS = False
+    # ---- PEARL and TLP (docs/peer_protocols.md) ----
+    # HEAD "pearl": weight of the centred key-key term in its attention logits (PEARL's alpha_kk).
+    c.PEARL_KK_WEIGHT = 0.08
+    # REFINE "tlp": target side of the propagation grid (maps pooled by round(side / TLP_GRID)).
+    c.TLP_GRID = 80
 
 
 def _all_keys(node, prefix=""):

@@ -142,6 +142,7 @@ class Vocabulary:
             for peer, entries in vocabularies["peer_vocabularies"].items()
             if not peer.startswith("_")
             for entry in entries.values()
+            if not isinstance(entry, str)  # a reference to another peer's list, already here
         ]
         return any(published(b) for b in list(vocabularies["benchmarks"].values()) + peers)
 
@@ -357,5 +358,8 @@ def _peer_vocabulary(key: str, background: Sequence[str]) -> Vocabulary:
             f"{', '.join(peer_vocabulary_keys())}"
         )
     entry = peers[peer][benchmark]
+    if isinstance(entry, str):  # "<peer>/<benchmark>": the same list as that peer's
+        referred, _, referred_benchmark = entry.partition("/")
+        entry = peers[referred][referred_benchmark]
     classes, extra_names = _class_names(entry, f"peer_vocabularies/{key}")
     return _with_background(classes, entry.get("background", ()), background, extra_names)

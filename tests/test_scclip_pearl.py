@@ -391,3 +391,249 @@ def test_reduced_precision_runs_the_fp32_steps_in_fp32():
             reduced = get_head(method).features(bf16.visual, images).patch_tokens
         assert reduced.dtype == torch.bfloat16
         assert (exact * reduced.float()).sum(dim=-1).min() > 0.99, method
+
+
+# ---------------------------------------------------------------- published settings, new keys
+
+PUBLISHED = {  # (short side, window, padding, refine, logit scale, prob_thd, area_thd, k-k, grid)
+    ("scclip", "voc21"): (336, 224, "none", "none", 50.0, 0.15, 0.1, 0.08, 80),
+    ("scclip", "voc20"): (336, 224, "none", "none", 40.0, 0.0, 0.0, 0.08, 80),
+    ("scclip", "pc60"): (336, 224, "none", "none", 40.0, 0.15, 0.0, 0.08, 80),
+    ("scclip", "pc59"): (336, 224, "none", "none", 40.0, 0.0, 0.0, 0.08, 80),
+    ("scclip", "coco_object80"): (336, 224, "none", "none", 55.0, 0.35, 0.0, 0.08, 80),
+    ("scclip", "coco_stuff171"): (336, 224, "none", "none", 40.0, 0.0, 0.0, 0.08, 80),
+    ("scclip", "cityscapes19"): (560, 224, "none", "none", 40.0, 0.0, 0.0, 0.08, 80),
+    ("scclip", "ade150"): (336, 224, "none", "none", 40.0, 0.0, 0.0, 0.08, 80),
+    ("pearl", "voc21"): (336, 0, "none", "tlp", 40.0, 0.1, 0.0, 0.08, 80),
+    ("pearl", "voc20"): (336, 0, "none", "tlp", 40.0, 0.0, 0.0, 0.08, 80),
+    ("pearl", "pc60"): (336, 224, "none", "tlp", 40.0, 0.1, 0.0, 0.08, 80),
+    ("pearl", "pc59"): (336, 224, "none", "tlp", 40.0, 0.0, 0.0, 0.08, 80),
+    ("pearl", "coco_object80"): (336, 224, "none", "tlp", 40.0, 0.1, 0.0, 0.08, 80),
+    ("pearl", "coco_stuff171"): (336, 224, "none", "tlp", 40.0, 0.0, 0.0, 0.08, 80),
+    ("pearl", "cityscapes19"): (560, 224, "none", "tlp", 40.0, 0.0, 0.0, 0.3, 224),
+    ("pearl", "ade150"): (336, 224, "none", "tlp", 40.0, 0.0, 0.0, 0.3, 80),
+}
+
+
+@pytest.mark.parametrize("head, benchmark", sorted(PUBLISHED))
+def test_published_configs_are_the_authors_settings(head, benchmark):
+    from conftest import REPO
+    from cliptrase_d2.config import load_config
+    from cliptrase_d2.vocabulary import resolve_vocabulary
+
+    cfg = load_config(os.path.join(REPO, "configs", head, "published", f"{benchmark}.yaml"))
+    c = cfg.MODEL.CLIPTRASE
+    assert (c.HEAD, c.PUBLISHED, c.VOCABULARY, c.PROTOCOL, c.TEMPLATES) == (
+        head,
+        f"{head}/{benchmark}",
+        f"{head}/{benchmark}",
+        "standard",
+        "imagenet80",
+    )
+    assert (c.STANDARD_LONG_SIDE, c.WINDOW_STRIDE, cfg.DATASETS.TEST) == (
+        2048,
+        112,
+        (f"cliptrase_{benchmark}_val",),
+    )
+    assert cfg.OUTPUT_DIR == f"./output/{head}/published/{benchmark}"
+    settings = (c.STANDARD_SHORT_SIDE, c.WINDOW_SIZE, c.WINDOW_PADDING, c.REFINE, c.LOGIT_SCALE)
+    settings += (c.PROB_THD, c.AREA_THD, c.PEARL_KK_WEIGHT, c.TLP_GRID)
+    assert settings == PUBLISHED[head, benchmark]
+    # SC-CLIP's and PEARL's class lists are SCLIP's files, byte for byte
+    vocabulary = resolve_vocabulary(c.VOCABULARY)
+    sclip = resolve_vocabulary(f"sclip/{benchmark}")
+    assert vocabulary == sclip and vocabulary.text_rows == sclip.text_rows
+
+
+def test_every_benchmark_has_both_published_settings():
+    from conftest import REPO
+    from cliptrase_d2.vocabulary import peer_vocabulary_keys
+
+    for head in METHODS:
+        folder = os.path.join(REPO, "configs", head, "published")
+        files = {name[:-5] for name in os.listdir(folder) if name != "Base-published.yaml"}
+        assert files == {b for h, b in PUBLISHED if h == head}
+        assert {k for k in peer_vocabulary_keys() if k.startswith(f"{head}/")} == {
+            f"{head}/{b}" for b in files
+        }
+
+
+def test_compare_runs_pearl_with_its_tlp_by_default():
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location(
+        "compare_tool", os.path.join(REPO, "tools", "compare.py")
+    )
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    assert compare.head_opts("pearl", "default")[-2:] == ["MODEL.CLIPTRASE.REFINE", "tlp"]
+    assert compare.head_opts("scclip", "default")[-2:] == ["MODEL.CLIPTRASE.REFINE", "none"]
+    assert compare.head_opts("pearl", "none")[-1] == "none"
+
+
+def _case_image():
+    require_fixtures()
+    case = np.load(os.path.join(FIXTURES, "cases", "pc59_224_eps0.7_min3_vocsample.npz"))
+    return torch.from_numpy(case["input"])[None]  # (1, 3, 224, 224)
+
+
+def test_key_key_weight_reaches_the_pearl_head(tiny_clip, tiny_opts):
+    """PEARL_KK_WEIGHT is the a of softmax(s q (k R)^T + a s k_c k_c^T): the model's head gives
+    pearl_block's features with that weight, and the default 0.08 is today's head bit for bit."""
+    from detectron2.modeling import build_model
+
+    from conftest import REPO
+    from cliptrase_d2.config import load_config
+
+    images = _case_image()
+
+    def features(weight):
+        cfg = load_config(
+            os.path.join(REPO, "configs", "pearl", "standard.yaml"),
+            [*tiny_opts, "MODEL.CLIPTRASE.PEARL_KK_WEIGHT", str(weight)],
+        )
+        model = build_model(cfg).eval()
+        with torch.no_grad():
+            return model.head.features(model.clip_model.visual, images).patch_tokens
+
+    def by_hand(weight):
+        def block(b, x, grid=None):
+            return peer_heads.pearl_block(b, x, grid, key_key_weight=weight)
+
+        with torch.no_grad():
+            return Head("by hand", block).features(tiny_clip.visual, images).patch_tokens
+
+    with torch.no_grad():
+        today = get_head("pearl").features(tiny_clip.visual, images).patch_tokens
+    assert torch.equal(features(0.08), today)
+    heavy = features(0.3)
+    torch.testing.assert_close(heavy, by_hand(0.3), rtol=0, atol=0)
+    assert (heavy - today).abs().max() > 1e-3  # the weight changes the features
+
+
+def test_tlp_grid_reaches_the_propagation(tiny_clip):
+    """RefinementSettings.tlp_grid (TLP_GRID) is the grid TLP pools to: predict's scores are TLP
+    by hand at that grid, and differ from the default grid's."""
+    from cliptrase_d2.method.propagation import text_aware_propagation
+    from cliptrase_d2.method.refinement import resize_logits
+
+    images = _case_image()
+    text = F.normalize(
+        torch.randn(4, tiny_clip.visual.output_dim, generator=torch.Generator().manual_seed(0)),
+        dim=-1,
+    )
+    head, scale = get_head("pearl"), 40.0
+    coarse = predict_scores(
+        tiny_clip.visual,
+        head,
+        text,
+        4,
+        images,
+        RefinementSettings(refine="tlp", tlp_grid=40),
+        scale,
+    )
+    with torch.no_grad():
+        features = head.features(tiny_clip.visual, images)
+        logits = dense_logits(features.patch_tokens, text, features.grid, scale).float()
+        cosine = resize_logits(logits, (224, 224)) / scale
+        expected = scale * text_aware_propagation(cosine, images, text, grid=40)
+    torch.testing.assert_close(coarse, expected, rtol=1e-5, atol=1e-5)
+    default = predict_scores(
+        tiny_clip.visual, head, text, 4, images, RefinementSettings(refine="tlp"), scale
+    )
+    assert (coarse - default).abs().max() > 1e-3
+
+
+def _tlp_model(tiny_opts, **overrides):
+    from detectron2.modeling import build_model
+
+    from conftest import REPO
+    from cliptrase_d2.config import load_config
+
+    opts = [
+        *tiny_opts,
+        "MODEL.CLIPTRASE.VOCABULARY",
+        "cup, table, wall",
+        "MODEL.CLIPTRASE.BACKGROUND_WORDS",
+        "['floor']",
+        "MODEL.CLIPTRASE.STANDARD_SHORT_SIDE",
+        "200",
+    ]
+    for key, value in overrides.items():
+        opts += [f"MODEL.CLIPTRASE.{key}", str(value)]
+    return build_model(
+        load_config(os.path.join(REPO, "configs", "pearl", "standard.yaml"), opts)
+    ).eval()
+
+
+def test_standard_protocol_runs_tlp_once_on_the_averaged_resized_logits(tiny_opts):
+    """PEARL's order: windows without refinement, their every-name logits averaged and resized to
+    the output size, then TLP once (the image bilinear-resized to that size), then the names
+    merged. A 240 x 360 photo: resized to 200 x 300, two 200 x 224 windows."""
+    from cliptrase_d2.data.image_io import read_rgb
+    from cliptrase_d2.method.propagation import text_aware_propagation
+    from cliptrase_d2.method.refinement import resize_maps
+    from cliptrase_d2.method.thresholds import merge_names
+
+    require_fixtures()
+    photo = read_rgb(os.path.join(FIXTURES, "images", "coffee.png"))[:240, :360]
+    image = torch.from_numpy(photo.transpose(2, 0, 1).copy())  # (3, 240, 360)
+    model = _tlp_model(tiny_opts, TLP_GRID=40)
+    plain = _tlp_model(tiny_opts, REFINE="none")
+    assert model.refinement.refine == "none" and model.tlp_grid == 40  # windows: no refinement
+    output = model([{"image": image}])[0]["sem_seg"]
+    assert output.shape == (4, 240, 360)
+    vocabulary = model.vocabulary
+    with torch.no_grad():
+        average = plain._window_average(image, vocabulary)  # (4 rows, 200, 300)
+        torch.testing.assert_close(model._window_average(image, vocabulary), average)
+        rows = resize_maps(average, (240, 360))
+        guide = F.interpolate(
+            plain._standard_frame(image)[None],
+            size=(240, 360),
+            mode="bilinear",
+            align_corners=False,
+        )
+        text = plain.text_embeddings(vocabulary)
+        refined = 40.0 * text_aware_propagation(rows[None] / 40.0, guide, text, grid=40)[0]
+    expected = merge_names(refined, vocabulary.row_classes, len(vocabulary.classes))
+    torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-4)
+    assert (output - merge_names(rows, vocabulary.row_classes, 3)).abs().max() > 1e-2
+    labels = model.inference([image], vocabulary, scores=False)[0].labels
+    assert torch.equal(labels, output.argmax(dim=0))
+    default_grid = _tlp_model(tiny_opts)([{"image": image}])[0]["sem_seg"]
+    assert (default_grid - output).abs().max() > 1e-3  # TLP_GRID reaches the standard path
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("PEARL_KK_WEIGHT", -0.1, r"MODEL\.CLIPTRASE\.PEARL_KK_WEIGHT must be >= 0, got -0\.1"),
+        ("TLP_GRID", 0, r"grid side of at least 1, got MODEL\.CLIPTRASE\.TLP_GRID=0"),
+    ],
+)
+def test_bad_pearl_and_tlp_settings_name_the_key(tiny_opts, key, value, message):
+    from cliptrase_d2.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        _tlp_model(tiny_opts, **{key: value})
+
+
+def test_settings_for_another_head_or_refinement_are_reported_once(project_log):
+    from detectron2.utils import logger as d2_logger
+
+    from cliptrase_d2.modeling import meta_arch
+
+    d2_logger._LOG_COUNTER.clear()
+    with project_log.at_level(logging.WARNING):
+        for _ in range(2):
+            meta_arch._report_unused_settings(
+                "sclip", RefinementSettings(refine="mean", tlp_grid=40), ["key_key_weight"]
+            )
+            meta_arch._report_unused_settings("pearl", RefinementSettings(refine="tlp"), [])
+    messages = [r.getMessage() for r in project_log.records if "does not apply" in r.getMessage()]
+    assert len(messages) == 2
+    assert "head 'sclip': MODEL.CLIPTRASE.PEARL_KK_WEIGHT does not apply" in messages[0]
+    assert "REFINE 'mean': TLP_GRID does not apply" in messages[1]

@@ -217,7 +217,17 @@ def test_missing_dataset_root_names_path_and_prepare_script(tiny_opts, tmp_path,
 
 
 def test_every_method_config_writes_to_its_own_folder():
-    heads = ["clearclip", "clip", "cliptrase", "maskclip", "maskclip_residual", "naclip", "sclip"]
+    heads = [
+        "clearclip",
+        "clip",
+        "cliptrase",
+        "maskclip",
+        "maskclip_residual",
+        "naclip",
+        "sclip",
+        "scclip",
+        "pearl",
+    ]
     folders = {
         load_config(os.path.join(REPO, "configs", head, "standard.yaml"), []).OUTPUT_DIR
         for head in heads

@@ -8,7 +8,8 @@ mIoU and time per image.
         MODEL.WEIGHTS weights/ViT-B-16.pt
 
 By default CLIPtrase keeps the config's refinement and the other heads run as their authors
-run them, without refinement; --refine vote|mean|none applies one refinement to every head.
+run them: PEARL with its TLP (REFINE tlp), the others without refinement; --refine
+vote|mean|none|tlp applies one refinement to every head.
 Time per image is wall-clock inference time (text embeddings computed beforehand) divided by
 the number of images, with all processes working in parallel.
 
@@ -95,8 +96,12 @@ def parse_list(text: str, allowed, what: str):
     return items
 
 
+# --refine default: each head's own refinement (None: the config's); heads not named: "none"
+DEFAULT_REFINE = {"cliptrase": None, "pearl": "tlp"}
+
+
 def head_opts(head: str, refine: str):
-    chosen = refine if refine != "default" else (None if head == "cliptrase" else "none")
+    chosen = refine if refine != "default" else DEFAULT_REFINE.get(head, "none")
     return ["MODEL.CLIPTRASE.HEAD", head] + (["MODEL.CLIPTRASE.REFINE", chosen] if chosen else [])
 
 

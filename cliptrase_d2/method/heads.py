@@ -8,7 +8,8 @@ combines several blocks (SC-CLIP) sets ``hidden_states=True``: its function then
 the outputs of every earlier block, ``(block, x, grid, hidden) -> (L, B, C)``.
 """
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, replace
 from typing import Dict, Optional, Tuple, Union
 
 import torch
@@ -33,9 +34,22 @@ class Head:
     logit_scale: Optional[float] = None  # None: CLIP's learned logit_scale.exp()
     description: str = ""
     hidden_states: bool = False  # last_block is a LastBlockWithHidden (reads blocks 0 .. N-2)
+    options: Tuple[str, ...] = ()  # keyword arguments of last_block that a setting may change
 
     def features(self, visual: nn.Module, images: torch.Tensor) -> DenseFeatures:
         return dense_features(visual, images, self.last_block, self.hidden_states)
+
+    def configured(self, **options) -> "Head":
+        """This head with keyword ``options`` of its last block set (only ones it declares)."""
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise ValueError(
+                f"head {self.name!r} has no option {', '.join(unknown)}; its options: "
+                f"{', '.join(self.options) or 'none'}"
+            )
+        if not options:
+            return self
+        return replace(self, last_block=functools.partial(self.last_block, **options))
 
 
 HEADS: Dict[str, Head] = {}

@@ -387,8 +387,11 @@ def polar_factor_rotation(
     return cross @ (z / torch.sqrt(norm))
 
 
-def procrustes_attention(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """PEARL's attention weights: softmax(s q (k R)^T + 0.08 s k_c k_c^T) per head, R rotating
+def procrustes_attention(
+    q: torch.Tensor, k: torch.Tensor, key_key_weight: float = PEARL_KEY_KEY_WEIGHT
+) -> torch.Tensor:
+    """PEARL's attention weights: softmax(s q (k R)^T + a s k_c k_c^T) per head (a =
+    ``key_key_weight``, the authors' alpha_kk: 0.08, 0.3 on ADE20K and Cityscapes), R rotating
     the centred keys onto the centred queries (query-norm weighted centres, [CLS] weight 0).
 
     q, k: (B*heads, L, d) -> (B*heads, L, L), computed in fp32 (as the authors do) and returned
@@ -404,14 +407,19 @@ def procrustes_attention(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     rotation = polar_factor_rotation(k_centred.transpose(1, 2) @ q_centred)  # (N, d, d)
     logits = torch.bmm(q * scale, (k @ rotation).transpose(1, 2))
     key_key = torch.bmm(k_centred, k_centred.transpose(1, 2)) * scale
-    return torch.softmax(logits + PEARL_KEY_KEY_WEIGHT * key_key, dim=-1).to(dtype)
+    return torch.softmax(logits + key_key_weight * key_key, dim=-1).to(dtype)
 
 
-def pearl_block(block: nn.Module, x: torch.Tensor, grid: Tuple[int, int] = None) -> torch.Tensor:
+def pearl_block(
+    block: nn.Module,
+    x: torch.Tensor,
+    grid: Tuple[int, int] = None,
+    key_key_weight: float = PEARL_KEY_KEY_WEIGHT,
+) -> torch.Tensor:
     """PEARL's reduced last block: Procrustes-aligned attention, out_proj; no residual, no FFN."""
     length, batch, _ = x.shape
     q, k, v = block_qkv(block, x)
-    return _attend(block, procrustes_attention(q, k), v, length, batch)
+    return _attend(block, procrustes_attention(q, k, key_key_weight), v, length, batch)
 
 
 register_head(
@@ -434,5 +442,6 @@ register_head(
         "PEARL (Pei et al., CVPR 2026): last-block attention with keys rotated onto "
         "the queries (Procrustes) plus a small k-k term, no residual, no FFN; logit "
         "scale 40 (its TLP is REFINE tlp)",
+        options=("key_key_weight",),
     )
 )

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .heads import Head
-from .propagation import text_aware_propagation
+from .propagation import TLP_GRID, text_aware_propagation
 from .refinement import (
     REFINEMENTS,
     channel_argmax,
@@ -40,6 +40,7 @@ class RefinementSettings:
     region_upsample: int = 4
     median_size: int = 7
     image_logit_weighting: bool = False  # VOC20: class maps times the image-level logits
+    tlp_grid: int = TLP_GRID  # "tlp": target side of the propagation grid
 
     def __post_init__(self):
         if self.refine not in REFINEMENTS:
@@ -52,6 +53,8 @@ class RefinementSettings:
                 f"region maps need an upsampling factor and a median size of at least 1, got "
                 f"region_upsample={self.region_upsample}, median_size={self.median_size}"
             )
+        if self.tlp_grid < 1:
+            raise ValueError(f"TLP needs a grid side of at least 1, got tlp_grid={self.tlp_grid}")
         if self.dbscan_eps <= 0 or self.dbscan_min_samples < 1:
             raise ValueError(
                 f"DBSCAN needs eps > 0 and min_samples >= 1, got dbscan_eps={self.dbscan_eps}, "
@@ -102,7 +105,9 @@ def predict(
     ).float()  # (B, K, h, w)
     if settings.refine == "tlp":  # PEARL's propagation of the cosine maps at the image's resolution
         cosine = resize_logits(logits, tuple(images.shape[-2:])) / logit_scale
-        logits = logit_scale * text_aware_propagation(cosine, images, text)  # (B, K, H, W)
+        logits = logit_scale * text_aware_propagation(
+            cosine, images, text, settings.tlp_grid
+        )  # (B, K, H, W)
     num_outputs = num_classes + (1 if text.shape[0] > num_classes else 0)
     size = tuple(images.shape[-2:])
     regions = None  # (B, H, W) region ids, -1 for an image whose patches are all noise

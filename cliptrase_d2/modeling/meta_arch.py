@@ -1,5 +1,6 @@
 """The ``CLIPtrase`` meta-architecture: wires the pure method (cliptrase_d2.method) to Detectron2."""
 
+import dataclasses
 import logging
 import re
 from collections import OrderedDict
@@ -19,6 +20,8 @@ from torch import nn
 from ..method.dense_clip import patch_size
 from ..method.heads import get_head, resolve_logit_scale
 from ..method.pamr import pamr
+from ..method.peer_heads import PEARL_KEY_KEY_WEIGHT
+from ..method.propagation import TLP_GRID, text_aware_propagation
 from ..method.pipeline import Prediction, RefinementSettings, dbscan_for_grid, predict
 from ..method.refinement import resize_maps, resized_argmax
 from ..method.preprocess import (
@@ -92,7 +95,10 @@ _REFINEMENT_KEYS = {
     "dbscan_min_samples": "DBSCAN_MIN_SAMPLES",
     "region_upsample": "REGION_UPSAMPLE",
     "median_size": "MEDIAN_SIZE",
+    "tlp_grid": "TLP_GRID",
 }
+# Head options (Head.options) -> their config keys and defaults
+_HEAD_OPTION_KEYS = {"key_key_weight": ("PEARL_KK_WEIGHT", PEARL_KEY_KEY_WEIGHT)}
 
 
 def _refinement_settings(c, auto_eps: float, auto_min_samples: int) -> RefinementSettings:
@@ -108,6 +114,7 @@ def _refinement_settings(c, auto_eps: float, auto_min_samples: int) -> Refinemen
             region_upsample=c.REGION_UPSAMPLE,
             median_size=c.MEDIAN_SIZE,
             image_logit_weighting=c.IMAGE_LOGIT_WEIGHTING,
+            tlp_grid=c.TLP_GRID,
         )
     except ValueError as error:
         message = str(error)
@@ -116,9 +123,26 @@ def _refinement_settings(c, auto_eps: float, auto_min_samples: int) -> Refinemen
         raise ConfigError(message.replace(", tlp", ", tlp, pamr")) from None
 
 
-def _report_unused_settings(head: str, refinement: RefinementSettings) -> None:
+def _report_unused_settings(
+    head: str, refinement: RefinementSettings, unused_options: Sequence[str] = ()
+) -> None:
     """Says once per (head, refinement) which settings have no effect, instead of ignoring them
-    silently."""
+    silently. ``unused_options``: head options set but not taken by the head."""
+    for option in unused_options:
+        log_first_n(
+            logging.WARNING,
+            f"head {head!r}: MODEL.CLIPTRASE.{_HEAD_OPTION_KEYS[option][0]} does not apply "
+            "(the head has no such setting)",
+            name=__name__,
+            key="message",
+        )
+    if refinement.refine != "tlp" and refinement.tlp_grid != TLP_GRID:
+        log_first_n(
+            logging.WARNING,
+            f"MODEL.CLIPTRASE.REFINE {refinement.refine!r}: TLP_GRID does not apply (no TLP runs)",
+            name=__name__,
+            key="message",
+        )
     if refinement.refine in ("none", "tlp"):
         log_first_n(
             logging.WARNING,
@@ -201,6 +225,7 @@ class CLIPtrase(nn.Module):
         area_thd: float = 0.0,
         pamr_steps: int = 0,
         pamr_dilations: Sequence[int] = (8, 16),
+        pearl_kk_weight: float = PEARL_KEY_KEY_WEIGHT,
     ):
         super().__init__()
         if protocol not in PROTOCOLS:
@@ -242,9 +267,28 @@ class CLIPtrase(nn.Module):
             self.head = get_head(head)
         except ValueError as error:
             raise ConfigError(f"MODEL.CLIPTRASE.HEAD: {error}") from None
+        if pearl_kk_weight < 0:
+            raise ConfigError(
+                f"MODEL.CLIPTRASE.PEARL_KK_WEIGHT must be >= 0, got {pearl_kk_weight}"
+            )
+        options = {"key_key_weight": pearl_kk_weight}
+        self.head = self.head.configured(
+            **{key: value for key, value in options.items() if key in self.head.options}
+        )
+        unused = [
+            key
+            for key, value in options.items()
+            if key not in self.head.options and value != _HEAD_OPTION_KEYS[key][1]
+        ]
         self.logit_scale = resolve_logit_scale(self.head, clip_model, logit_scale)
+        _report_unused_settings(head, refinement, unused)
+        # Standard protocol: TLP runs once on the window-averaged logits resized to the output
+        # size (PEARL's order), the windows without refinement.
+        standard_tlp = protocol == "standard" and refinement.refine == "tlp"
+        self.tlp_grid = refinement.tlp_grid if standard_tlp else 0
+        if standard_tlp:
+            refinement = dataclasses.replace(refinement, refine="none")
         self.refinement = refinement
-        _report_unused_settings(head, refinement)
         self.protocol = protocol
         self.paper_size = paper_size
         self.standard_short_side = standard_short_side
@@ -309,6 +353,7 @@ class CLIPtrase(nn.Module):
             "area_thd": c.AREA_THD,
             "pamr_steps": c.PAMR_STEPS if c.REFINE == "pamr" else 0,
             "pamr_dilations": tuple(c.PAMR_DILATIONS),
+            "pearl_kk_weight": c.PEARL_KK_WEIGHT,
         }
 
     @staticmethod
@@ -565,7 +610,8 @@ class CLIPtrase(nn.Module):
     @property
     def _labels_from_rows(self) -> bool:
         """Whether the labels are the resized window scores' argmax (no PAMR, no thresholds)."""
-        return self.pamr_steps == 0 and self.prob_thd == 0 and self.area_thd == 0
+        no_refinement = self.pamr_steps == 0 and self.tlp_grid == 0
+        return no_refinement and self.prob_thd == 0 and self.area_thd == 0
 
     def _rgb_uint8(self, image: torch.Tensor) -> torch.Tensor:
         if image.dim() != 3 or image.shape[0] != 3:
@@ -576,18 +622,24 @@ class CLIPtrase(nn.Module):
         self, image: torch.Tensor, size: Tuple[int, int], vocabulary: Vocabulary
     ) -> torch.Tensor:
         """Standard protocol (the peers' order): the window scores of every name, averaged,
-        resized to ``size``, refined by PAMR (REFINE 'pamr'), then the maximum over each class's
-        names, or the peers' thresholds on the class probabilities when PROB_THD / AREA_THD > 0.
+        resized to ``size``, refined by PAMR or TLP (REFINE 'pamr', 'tlp'), then the maximum
+        over each class's names, or the peers' thresholds on the class probabilities when
+        PROB_THD / AREA_THD > 0.
         image: (3, H, W) uint8 RGB -> (K, *size)."""
         frame = self._standard_frame(image)
         rows = resize_maps(self._window_average(image, vocabulary, frame), size)  # (R, *size)
         if self.refinement.refine == "vote":
             return rows  # already the output classes
-        if self.pamr_steps > 0:
+        if self.pamr_steps > 0 or self.tlp_grid:
             guide = F.interpolate(
                 frame[None], size=tuple(size), mode="bilinear", align_corners=False
             )
+        if self.pamr_steps > 0:
             rows = pamr(guide, rows[None], self.pamr_steps, self.pamr_dilations)[0]
+        if self.tlp_grid:  # TLP propagates cosine maps
+            cosine = rows[None] / self.logit_scale
+            text = self.text_embeddings(vocabulary)
+            rows = self.logit_scale * text_aware_propagation(cosine, guide, text, self.tlp_grid)[0]
         num_classes, row_classes = len(vocabulary.classes), vocabulary.row_classes
         if self.prob_thd > 0 or self.area_thd > 0:
             return threshold_scores(rows, row_classes, num_classes, self.prob_thd, self.area_thd)
