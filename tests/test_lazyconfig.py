@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.join(REPO, "tools"))
 import lazyconfig_train_net  # noqa: E402
 
 SAMPLE_ROOT = os.path.join(REPO, "datasets", "cliptrase_sample_voc21")
-DATASET = "cliptrase_sample_voc21"
+DATASET = "cliptrase_sample_voc20"  # no background class: label maps that vary with the tiny CLIP
 TWINS = [
     ("sample_voc21_standard.py", "voc21_standard.yaml"),
     ("sample_voc21_paper_224.py", "voc21_paper_224.yaml"),
@@ -52,9 +52,13 @@ def test_lazy_config_predicts_exactly_what_the_yaml_config_does(
             "0",
             "MODEL.CLIPTRASE.STANDARD_SHORT_SIDE",
             "224",
+            "DATASETS.TEST",
+            f"('{DATASET}',)",
         ],
     )
-    expected = Trainer.test(cfg, Trainer.build_model(cfg))["sem_seg"]  # one dataset: not keyed by name
+    expected = Trainer.test(cfg, Trainer.build_model(cfg))[
+        "sem_seg"
+    ]  # one dataset: not keyed by name
 
     args = argparse.Namespace(
         config_file=os.path.join(REPO, "configs", "lazy", lazy),
@@ -69,6 +73,7 @@ def test_lazy_config_predicts_exactly_what_the_yaml_config_does(
             f"train.output_dir={tmp_path / 'lazy'}",
             "train.device=cpu",
             "dataloader.test.num_workers=0",
+            f"dataloader.test.dataset.names={DATASET}",
         ],
     )
     results = lazyconfig_train_net.main(args)["sem_seg"]

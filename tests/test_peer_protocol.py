@@ -416,8 +416,8 @@ def test_standard_protocol_in_the_peers_order(tiny_opts, photo):
     from cliptrase_d2.method.refinement import resize_maps
 
     model = _standard_model(tiny_opts, WINDOW_PADDING="none")
-    model.set_vocabulary(Vocabulary(("cup", "table"), ("wall", "floor"), (("mug",), ())))
-    output = model([{"image": photo}])[0]["sem_seg"]
+    vocabulary = Vocabulary(("cup", "table"), ("wall", "floor"), (("mug",), ()))
+    output = model([{"image": photo, "vocabulary": vocabulary}])[0]["sem_seg"]
     assert output.shape == (3, 400, 600)
     pixels = resize_linear_uint8(photo.permute(1, 2, 0).numpy(), (200, 300))
     frame = (
@@ -426,7 +426,10 @@ def test_standard_protocol_in_the_peers_order(tiny_opts, photo):
     ) / torch.tensor(CLIP_STD).view(3, 1, 1)
     with torch.no_grad():
         rows = model._predict(
-            torch.stack([frame[:, :, :224], frame[:, :, 76:]]), soft_scores=False, num_classes=5
+            torch.stack([frame[:, :, :224], frame[:, :, 76:]]),
+            vocabulary,
+            soft_scores=False,
+            num_classes=5,
         ).scores  # (2, 5 rows, 200, 224)
     total = torch.zeros(5, 200, 300)
     total[:, :, :224] += rows[0]
@@ -434,13 +437,13 @@ def test_standard_protocol_in_the_peers_order(tiny_opts, photo):
     total[:, :, 76:224] /= 2
     expected = merge_names(resize_maps(total, (400, 600)), (0, 0, 1, 2, 2), num_classes=2)
     torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-4)
-    light = model.inference([photo], scores=False)[0].labels
+    light = model.inference([photo], vocabulary, scores=False)[0].labels
     assert (light == expected.argmax(dim=0)).float().mean() > 0.999
 
 
 def test_thresholds_and_pamr_through_the_model(tiny_opts, photo):
     plain = _standard_model(tiny_opts, BACKGROUND_WORDS="['floor']")
-    rows = plain.inference([photo])[0].scores
+    rows = plain.inference([photo], plain.vocabulary)[0].scores
     everything = _standard_model(tiny_opts, BACKGROUND_WORDS="['floor']", PROB_THD=1.0)
     assert (
         everything([{"image": photo}])[0]["sem_seg"].argmax(dim=0) == 3
