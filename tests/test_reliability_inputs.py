@@ -1,0 +1,55 @@
+"""Bad inputs met inside a run get one named error (or a bounded, warned-about run), never a
+traceback, a crash that poisons later runs or a silently wrong result (issue 16, part B)."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cliptrase_d2.data.dataset_mapper import SemSegTestMapper
+from cliptrase_d2.errors import InputError, MissingFileError, UserError
+
+
+class _Records(torch.utils.data.Dataset):
+    def __init__(self, paths):
+        self.paths, self.mapper = paths, SemSegTestMapper(image_format="RGB")
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        return self.mapper({"file_name": self.paths[index]})
+
+
+@pytest.mark.parametrize(
+    "content, error, words",
+    [
+        (b"not an image", InputError, "cannot read image"),
+        (None, MissingFileError, "image file"),
+    ],
+)
+def test_unreadable_dataset_image_in_a_loader_worker_is_one_line(tmp_path, content, error, words):
+    path = tmp_path / "broken.jpg"
+    if content is not None:
+        path.write_bytes(content)
+    loader = torch.utils.data.DataLoader(
+        _Records([str(path)]), num_workers=1, collate_fn=lambda batch: batch
+    )
+    with pytest.raises(error) as caught:
+        list(loader)
+    message = str(caught.value)
+    assert isinstance(caught.value, UserError)
+    assert message.startswith(words) and str(path) in message
+    assert "\n" not in message and "Traceback" not in message
+
+
+def test_readable_dataset_image_maps_to_its_pixels(tmp_path):
+    pixels = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    Image.fromarray(pixels).save(tmp_path / "ok.png")
+    record = SemSegTestMapper(image_format="RGB")({"file_name": str(tmp_path / "ok.png")})
+    assert (record["height"], record["width"]) == (2, 3)
+    assert torch.equal(record["image"], torch.from_numpy(pixels).permute(2, 0, 1))
+
+
+def test_user_error_message_outside_a_worker_is_unchanged():
+    assert str(InputError("Caught nothing: plain text")) == "Caught nothing: plain text"
