@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import REPO
 from cliptrase_d2.data.dataset_mapper import SemSegTestMapper
 from cliptrase_d2.errors import InputError, MissingFileError, UserError
 
@@ -53,3 +54,38 @@ def test_readable_dataset_image_maps_to_its_pixels(tmp_path):
 
 def test_user_error_message_outside_a_worker_is_unchanged():
     assert str(InputError("Caught nothing: plain text")) == "Caught nothing: plain text"
+
+
+# ---------------------------------------------------------------- text-embedding cache
+
+
+def _tiny_model(tiny_opts, config="paper/Base-paper-224.yaml", **overrides):
+    from detectron2.modeling import build_model
+
+    from cliptrase_d2.config import load_config
+
+    opts = list(tiny_opts)
+    for key, value in overrides.items():
+        opts += [f"MODEL.CLIPTRASE.{key}", str(value)]
+    return build_model(load_config(f"{REPO}/configs/{config}", opts)).eval()
+
+
+@pytest.mark.parametrize("poison", ["nan", "wrong-width"])
+def test_model_recomputes_a_bad_cached_embedding_and_later_runs_work(tiny_opts, tmp_path, poison):
+    from cliptrase_d2.vocabulary import resolve_vocabulary
+
+    vocabulary = resolve_vocabulary("cup, table, wall")
+    reference = _tiny_model(tiny_opts, TEXT_CACHE_DIR="none").text_embeddings(vocabulary)
+    width = reference.shape[1]
+    model = _tiny_model(tiny_opts, TEXT_CACHE_DIR=tmp_path)
+    path = model.text_cache.path(vocabulary.text_rows, model.templates)
+    bad = torch.full_like(reference, float("nan"))
+    if poison == "wrong-width":
+        bad = torch.nn.functional.normalize(torch.randn(reference.shape[0], width + 3), dim=1)
+    torch.save({"embeddings": bad, "names": list(vocabulary.text_rows)}, path)
+
+    torch.testing.assert_close(model.text_embeddings(vocabulary), reference)
+    stored = torch.load(path, weights_only=True)["embeddings"]
+    torch.testing.assert_close(stored.float(), reference)  # the entry was rewritten
+    later = _tiny_model(tiny_opts, TEXT_CACHE_DIR=tmp_path)  # a later run reads it, no crash
+    torch.testing.assert_close(later.text_embeddings(vocabulary), reference)

@@ -401,7 +401,8 @@ class CLIPtrase(nn.Module):
             return text_embeddings(self.clip_model, self.tokenizer, names, self.templates)
 
         if self.text_cache is not None:
-            embeddings = self.text_cache.get_or_compute(names, self.templates, compute)
+            width = getattr(self.clip_model.visual, "output_dim", None)  # the embedding width
+            embeddings = self.text_cache.get_or_compute(names, self.templates, compute, width)
         else:
             embeddings = compute()
         self._text_embeddings[key] = embeddings.to(self.device, torch.float32)
