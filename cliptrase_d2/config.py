@@ -78,6 +78,11 @@ def add_cliptrase_config(cfg):
     c.TEXT_CACHE_DIR = ""
     # Write OUTPUT_DIR/predictions/<dataset>/<image_id>.png label maps during evaluation.
     cfg.TEST.SAVE_PREDICTIONS = False
+    # ---- Bounded work: an image over a limit is refused before any work; 0 = no limit ----
+    # Pixels of the protocol's resized frame (paper: before the crop) and standard-protocol output.
+    c.MAX_PIXELS = 50_000_000
+    # Sliding windows per image under the standard protocol (the defaults need at most 54).
+    c.MAX_WINDOWS = 1024
 
 
 def _all_keys(node, prefix=""):

@@ -8,7 +8,7 @@ from PIL import Image
 
 from conftest import REPO
 from cliptrase_d2.data.dataset_mapper import SemSegTestMapper
-from cliptrase_d2.errors import InputError, MissingFileError, UserError
+from cliptrase_d2.errors import ConfigError, InputError, MissingFileError, UserError
 
 
 class _Records(torch.utils.data.Dataset):
@@ -89,3 +89,62 @@ def test_model_recomputes_a_bad_cached_embedding_and_later_runs_work(tiny_opts, 
     torch.testing.assert_close(stored.float(), reference)  # the entry was rewritten
     later = _tiny_model(tiny_opts, TEXT_CACHE_DIR=tmp_path)  # a later run reads it, no crash
     torch.testing.assert_close(later.text_embeddings(vocabulary), reference)
+
+
+# ---------------------------------------------------------------- bounded work
+
+
+def _refuses_before_any_work(model, monkeypatch, image):
+    def no_work(*args, **kwargs):
+        raise AssertionError("the image reached the model")
+
+    monkeypatch.setattr(model.clip_model, "forward", no_work)
+    monkeypatch.setattr(type(model), "_standard_frame", no_work)
+    with pytest.raises(InputError) as caught:
+        model([{"image": image, "file_name": "tall.png"}])
+    return str(caught.value)
+
+
+def test_extreme_aspect_ratio_is_refused_before_any_work_paper(tiny_opts, monkeypatch):
+    model = _tiny_model(tiny_opts, VOCABULARY="cup, table", MAX_PIXELS=1_000_000)
+    image = torch.zeros(3, 16, 20000, dtype=torch.uint8)
+    message = _refuses_before_any_work(model, monkeypatch, image)
+    # shorter side to 224: 224 x int(224 * 20000 / 16) = 224 x 280000
+    assert message.startswith("tall.png: the paper protocol's resized frame")
+    assert "224x280000 = 62720000 pixels" in message
+    assert "MODEL.CLIPTRASE.MAX_PIXELS=1000000" in message
+
+
+def test_too_many_windows_are_refused_before_any_work_standard(tiny_opts, monkeypatch):
+    model = _tiny_model(
+        tiny_opts, "standard/Base-standard.yaml", VOCABULARY="cup, table", WINDOW_STRIDE=1
+    )
+    image = torch.zeros(3, 16, 20000, dtype=torch.uint8)
+    message = _refuses_before_any_work(model, monkeypatch, image)
+    # keep-ratio frame: factor 2048 / 20000 -> 2 x 2048; windows of 224 every pixel: 1825
+    assert "would run 1825 sliding windows" in message
+    assert "MODEL.CLIPTRASE.MAX_WINDOWS=1024" in message and "WINDOW_STRIDE" in message
+
+
+def test_standard_output_over_max_pixels_is_refused(tiny_opts, monkeypatch):
+    model = _tiny_model(
+        tiny_opts, "standard/Base-standard.yaml", VOCABULARY="cup, table", MAX_PIXELS=1_000_000
+    )
+    image = torch.zeros(3, 2000, 3000, dtype=torch.uint8)  # resized frame 336 x 504: fine
+    message = _refuses_before_any_work(model, monkeypatch, image)
+    assert "standard protocol's output frame" in message and "2000x3000 = 6000000" in message
+
+
+def test_images_within_the_limits_run_and_zero_means_no_limit(tiny_opts):
+    image = torch.zeros(3, 16, 20000, dtype=torch.uint8)
+    default = _tiny_model(tiny_opts, "standard/Base-standard.yaml", VOCABULARY="cup, table")
+    assert (default.max_pixels, default.max_windows) == (50_000_000, 1024)
+    assert default([{"image": image}])[0]["sem_seg"].shape == (2, 16, 20000)
+    unlimited = _tiny_model(tiny_opts, VOCABULARY="cup, table", MAX_PIXELS=0)
+    unlimited.check_image_size((16, 2_000_000), "huge.png")  # no limit: nothing raised
+
+
+@pytest.mark.parametrize("key", ["MAX_PIXELS", "MAX_WINDOWS"])
+def test_negative_limits_are_named(tiny_opts, key):
+    with pytest.raises(ConfigError, match=f"MODEL.CLIPTRASE.{key} must be at least 0, got -1"):
+        _tiny_model(tiny_opts, **{key: -1})

@@ -108,7 +108,7 @@ def check_label_ids(gt: np.ndarray, path: str, num_classes: int, ignore_label) -
         )
 
 
-def check_image_size(gt_size: Tuple[int, int], dataset_dict: dict, path: str) -> None:
+def check_ground_truth_size(gt_size: Tuple[int, int], dataset_dict: dict, path: str) -> None:
     """InputError naming both files when a ground truth's (height, width) differs from its
     image's (the record's ``height``/``width``, which the test mapper sets from the pixels)."""
     if "height" not in dataset_dict or "width" not in dataset_dict:
@@ -305,7 +305,7 @@ class PaperSemSegEvaluator(_ResultsWriter, DatasetEvaluator):
                 f"no ground truth (sem_seg_file_name) for '{file_name}' in '{self._dataset_name}'"
             )
         image = open_label_map(path, self._dataset_name)
-        check_image_size((image.height, image.width), dataset_dict, path)
+        check_ground_truth_size((image.height, image.width), dataset_dict, path)
         check_label_ids(
             label_map_to_array(image, path), path, self._num_classes, self._ignore_label
         )
@@ -421,7 +421,7 @@ class StandardSemSegEvaluator(_ResultsWriter, SemSegEvaluator):
                     f"'{self._dataset_name}'"
                 )
             gt_width, gt_height = label_map_size(path, self._dataset_name)
-            check_image_size((gt_height, gt_width), dataset_dict, path)
+            check_ground_truth_size((gt_height, gt_width), dataset_dict, path)
             if (gt_height, gt_width) != (height, width):
                 raise InputError(
                     f"ground truth '{path}' is {gt_height}x{gt_width} but the prediction for "
