@@ -88,6 +88,12 @@ def add_cliptrase_config(cfg):
     # REFINE "tlp": target side of the propagation grid (maps pooled by round(side / TLP_GRID)).
     c.TLP_GRID = 80
 
+    # ---- Bounded work: an image over a limit is refused before any work; 0 = no limit ----
+    # Pixels of the protocol's resized frame (paper: before the crop) and standard-protocol output.
+    c.MAX_PIXELS = 50_000_000
+    # Sliding windows per image under the standard protocol (the defaults need at most 54).
+    c.MAX_WINDOWS = 1024
+
 
 def _all_keys(node, prefix=""):
     for key, value in node.items():

@@ -26,7 +26,11 @@ class UserError(Exception):
     """Bad input: the message names the file, setting or value and says how to fix it."""
 
     def __str__(self) -> str:  # KeyError's str() would add quotes around the message
-        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+        text = str(self.args[0]) if len(self.args) == 1 else super().__str__()
+        if text.startswith(f"Caught {type(self).__name__} in DataLoader worker"):
+            # torch re-raises a worker's error with its traceback as the message: keep ours
+            return text.rstrip().rpartition(f"{type(self).__name__}: ")[2]
+        return text
 
 
 class ConfigError(UserError, ValueError):

@@ -3,8 +3,8 @@
 Encoding 80 templates for hundreds of class names takes minutes on a CPU. An entry is keyed by
 the CLIP model, a fingerprint of the weights, the precision the text tower runs in, the exact
 templates and the exact class names, so a changed name, template, checkpoint or precision never
-reads a stale entry. Unreadable entries are ignored and rewritten; entries are written
-atomically, and a failed write only costs the cache.
+reads a stale entry. Unreadable or invalid entries (shape, width, dtype, NaN/inf) are ignored
+and rewritten; entries are written atomically, and a failed write only costs the cache.
 """
 
 import hashlib
@@ -20,12 +20,28 @@ from .errors import InputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TextEmbeddingCache", "default_cache_dir"]
+__all__ = ["TextEmbeddingCache", "default_cache_dir", "entry_problem"]
 
 
 def default_cache_dir() -> str:
     root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(root, "cliptrase_d2", "text_embeddings")
+
+
+def entry_problem(embeddings, num_names: int, width: Optional[int] = None) -> Optional[str]:
+    """Why ``embeddings`` cannot be the (num_names, width) text embeddings of a cache entry, or
+    None when they can: a floating-point 2-D tensor of that shape with finite values."""
+    if not isinstance(embeddings, torch.Tensor):
+        return f"not a tensor but {type(embeddings).__name__}"
+    if embeddings.dim() != 2 or embeddings.shape[0] != num_names:
+        return f"shape {tuple(embeddings.shape)}, expected ({num_names}, E)"
+    if width is not None and embeddings.shape[1] != width:
+        return f"width {embeddings.shape[1]}, but the model's embeddings have {width}"
+    if not embeddings.is_floating_point():
+        return f"dtype {embeddings.dtype}, expected a floating-point tensor"
+    if not bool(torch.isfinite(embeddings).all()):
+        return "it holds NaN or infinite values"
+    return None
 
 
 class TextEmbeddingCache:
@@ -39,7 +55,8 @@ class TextEmbeddingCache:
     def from_setting(
         cls, setting: str, model: str, weights: str, precision: str = "fp32"
     ) -> Optional["TextEmbeddingCache"]:
-        """``setting`` is MODEL.CLIPTRASE.TEXT_CACHE_DIR: "" = default directory, "none" = no cache."""
+        """``setting`` is MODEL.CLIPTRASE.TEXT_CACHE_DIR: "" = default directory, "none" = no
+        cache."""
         if setting.lower() == "none":
             return None
         from .clip_loading import weights_fingerprint
@@ -69,31 +86,39 @@ class TextEmbeddingCache:
         return os.path.join(self.directory, self.key(names, templates) + ".pt")
 
     def get_or_compute(
-        self, names: Sequence[str], templates: Sequence[str], compute: Callable[[], torch.Tensor]
+        self,
+        names: Sequence[str],
+        templates: Sequence[str],
+        compute: Callable[[], torch.Tensor],
+        width: Optional[int] = None,
     ) -> torch.Tensor:
+        """The (len(names), E) embeddings from the cache, or ``compute()`` stored in it. An entry
+        of another shape (E != ``width`` when given), a non-float dtype or non-finite values is
+        recomputed and rewritten; a computed value that is itself unusable is not stored."""
         path = self.path(names, templates)
-        cached = self._load(path, len(names))
+        cached = self._load(path, len(names), width)
         if cached is not None:
             return cached
         embeddings = compute()
-        self._store(path, embeddings, names)
+        problem = entry_problem(embeddings, len(names), width)
+        if problem is None:
+            self._store(path, embeddings, names)
+        else:
+            logger.warning("not caching the text embeddings of %s: %s", path, problem)
         return embeddings
 
     @staticmethod
-    def _load(path: str, num_names: int) -> Optional[torch.Tensor]:
+    def _load(path: str, num_names: int, width: Optional[int] = None) -> Optional[torch.Tensor]:
         if not os.path.exists(path):
             return None
         try:
             entry = torch.load(path, map_location="cpu", weights_only=True)
             embeddings = entry["embeddings"]
-            if (
-                not isinstance(embeddings, torch.Tensor)
-                or embeddings.dim() != 2
-                or embeddings.shape[0] != num_names
-            ):
-                raise InputError(f"unexpected shape {getattr(embeddings, 'shape', None)}")
+            problem = entry_problem(embeddings, num_names, width)
+            if problem is not None:
+                raise InputError(problem)
             return embeddings
-        except Exception as error:  # any unreadable entry is recomputed, never trusted
+        except Exception as error:  # any unreadable or invalid entry is recomputed, never trusted
             logger.warning(
                 "ignoring unreadable text-embedding cache entry %s (%s); recomputing", path, error
             )

@@ -101,6 +101,11 @@ class Vocabulary:
             for name in names:
                 if not isinstance(name, str) or not name.strip():
                     raise InputError(f"empty {kind} in the vocabulary: {list(names)!r}")
+                if not any(character.isalnum() for character in name):
+                    raise InputError(
+                        f"{kind} {name!r} has no letter or digit: CLIP cannot segment "
+                        "punctuation or symbols; give words (e.g. 'cat, dog')"
+                    )
                 try:
                     name.encode("utf-8")
                 except UnicodeEncodeError:

@@ -22,7 +22,7 @@ from prepare_common import (
     copy_file,
     read_label_png,
     remap,
-    require,
+    require_dir,
     require_images,
     resolve_root,
     run,
@@ -50,8 +50,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     root = resolve_root(args.root)
     out = root / LAYOUT
     source = args.ade or out
-    images_dir = require(source / "images/validation", "ADE20K-150 val images", SOURCE)
-    labels_dir = require(source / "annotations/validation", "ADE20K-150 val annotations", SOURCE)
+    images_dir = require_dir(source / "images/validation", "ADE20K-150 val images", SOURCE)
+    labels_dir = require_dir(
+        source / "annotations/validation", "ADE20K-150 val annotations", SOURCE
+    )
     copy_images = not same_folder(source, out)
     out_labels = out / "annotations_detectron2/validation"
 

@@ -25,7 +25,7 @@ from prepare_common import (
     copy_file,
     read_label_png,
     remap,
-    require,
+    require_dir,
     require_images,
     resolve_root,
     run,
@@ -78,8 +78,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     root = resolve_root(args.root)
     out = root / LAYOUT
     source = args.cityscapes or out
-    images_dir = require(source / "leftImg8bit/val", "Cityscapes val images", SOURCE)
-    labels_dir = require(source / "gtFine/val", "Cityscapes val fine annotations", SOURCE)
+    images_dir = require_dir(source / "leftImg8bit/val", "Cityscapes val images", SOURCE)
+    labels_dir = require_dir(source / "gtFine/val", "Cityscapes val fine annotations", SOURCE)
     copy_images = not same_folder(source, out)
 
     images = require_images(images_dir, f"*/*{IMAGE_SUFFIX}", SOURCE)

@@ -41,7 +41,7 @@ from prepare_common import (
     copy_file,
     read_label_png,
     remap,
-    require,
+    require_dir,
     require_images,
     resolve_root,
     run,
@@ -113,7 +113,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     root = resolve_root(args.root)
     out = root / "coco"
-    images_dir = require(args.val2017 or out / "val2017", "COCO val2017 images", IMAGES_SOURCE)
+    images_dir = require_dir(args.val2017 or out / "val2017", "COCO val2017 images", IMAGES_SOURCE)
     folders = {
         "stuff171": out / "stuffthingmaps_detectron2/val2017",
         "object80": out / "objectmaps_detectron2/val2017",
@@ -130,11 +130,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             stuff171_dir,
         )
     if stuff171_dir is not None:
-        maps_dir = require(stuff171_dir, "COCO-Stuff171 maps", STUFF171_SOURCE)
+        maps_dir = require_dir(stuff171_dir, "COCO-Stuff171 maps", STUFF171_SOURCE)
         if same_folder(stuff171_dir, folders["stuff171"]):
             del folders["stuff171"]  # the input itself
     else:
-        maps_dir = require(raw_maps, "COCO-Stuff val2017 maps", MAPS_SOURCE)
+        maps_dir = require_dir(raw_maps, "COCO-Stuff val2017 maps", MAPS_SOURCE)
     copy_images = not same_folder(images_dir, out / "val2017")
     to_171 = stuffthing_to_171()
 

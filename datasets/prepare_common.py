@@ -17,8 +17,12 @@ import argparse
 import json
 import logging
 import os
+import pickle
 import shutil
+import subprocess
 import sys
+import tarfile
+import zipfile
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set
 
@@ -33,7 +37,8 @@ VOCABULARIES_JSON = (
 
 
 def default_root() -> Path:
-    """``$DETECTRON2_DATASETS``, else ``./datasets`` (as Detectron2 and the dataset registration use)."""
+    """``$DETECTRON2_DATASETS``, else ``./datasets`` (as Detectron2 and the dataset registration
+    use)."""
     return Path(os.getenv("DETECTRON2_DATASETS", "datasets"))
 
 
@@ -48,20 +53,61 @@ def add_root_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_root(root: Optional[Path]) -> Path:
-    return default_root() if root is None else Path(root)
+    """The dataset root, checked before any work: it (or the folder it will be created in) must
+    be a writable folder."""
+    root = default_root() if root is None else Path(root)
+    check_writable_folder(root, "dataset root (--root or $DETECTRON2_DATASETS)")
+    return root
 
 
-def require(path: Path, what: str, source: str) -> Path:
-    """``path`` if it exists; FileNotFoundError naming it and where it comes from otherwise."""
+def check_writable_folder(folder: Path, what: str) -> None:
+    """NotADirectoryError / PermissionError naming ``folder`` when it is a file, lies under a
+    file, or cannot be written (nor created in its nearest existing parent)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise NotADirectoryError(
+            f"{what} {folder}: {existing} is a file, not a folder; give a folder to write into"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"{what} {folder} is not writable ({existing} denies writing); give a folder you "
+            "can write to"
+        )
+
+
+def require(path: Path, what: str, source: str, folder: bool = False) -> Path:
+    """``path`` if it exists (and is a folder when ``folder``); FileNotFoundError naming it and
+    where it comes from otherwise, NotADirectoryError when a file stands where a folder goes."""
     if not path.exists():
+        a_file = next((p for p in path.parents if p.is_file()), None)
+        if a_file is not None:  # e.g. the downloaded archive given instead of its folder
+            raise NotADirectoryError(
+                f"{what} not found: {path}: {a_file} is a file, not a folder; extract it and "
+                f"give the extracted folder (it comes from {source}; see datasets/README.md)"
+            )
         raise FileNotFoundError(
             f"{what} not found: {path}\n  It comes from {source}. See datasets/README.md."
         )
+    if folder and not path.is_dir():
+        raise NotADirectoryError(
+            f"{what} {path} is a file, not a folder: give the extracted folder (it comes from "
+            f"{source}; see datasets/README.md)"
+        )
+    if not folder and path.is_dir():
+        raise IsADirectoryError(f"{what} {path} is a folder, not a file (it comes from {source})")
     return path
 
 
+def require_dir(path: Path, what: str, source: str) -> Path:
+    """``require`` for a folder."""
+    return require(path, what, source, folder=True)
+
+
 def require_images(folder: Path, pattern: str, source: str) -> List[Path]:
-    """The files matching ``pattern`` under ``folder``, sorted; FileNotFoundError when there are none."""
+    """The files matching ``pattern`` under ``folder``, sorted; FileNotFoundError when there are
+    none."""
     images = sorted(folder.glob(pattern))
     if not images:
         raise FileNotFoundError(f"no {pattern} images in {folder}\n  They come from {source}.")
@@ -247,11 +293,40 @@ def report(name: str, written: int, outputs: Sequence[Path]) -> None:
         logger.info("%s: everything already in place under %s (nothing written)", name, folders)
 
 
+# Input or environment faults a script reports in one line: a missing, unreadable or unwritable
+# path, a file where a folder goes, a full disk, an archive or index that is not what it should be.
+INPUT_FAULTS = (
+    OSError,
+    ValueError,
+    EOFError,
+    pickle.UnpicklingError,
+    tarfile.TarError,
+    zipfile.BadZipFile,
+    subprocess.CalledProcessError,
+)
+
+
+def fault_message(error: BaseException) -> str:
+    """One line for an input fault: the script's own message, or the system's with the path."""
+    if isinstance(error, subprocess.CalledProcessError):
+        stderr = error.stderr.decode(errors="replace") if isinstance(error.stderr, bytes) else ""
+        return f"{' '.join(map(str, error.cmd))} failed: {stderr.strip()[-300:] or error}"
+    if isinstance(error, OSError) and error.strerror and error.filename is not None:
+        hint = {
+            "PermissionError": "give a path you can read, and an output root you can write",
+            "NotADirectoryError": "a file stands where a folder is expected",
+            "IsADirectoryError": "a folder stands where a file is expected",
+        }.get(type(error).__name__, "check the path and the free disk space")
+        return f"{error.strerror}: {error.filename} ({hint})"
+    return str(error) or type(error).__name__
+
+
 def run(main: Callable[[Optional[List[str]]], int]) -> None:
-    """Runs a script's ``main`` with logging to stderr; a missing input folder or an input that
-    does not match what the script expects exits with its message (no traceback)."""
+    """Runs a script's ``main`` with logging to stderr; a missing, unreadable or unwritable path,
+    a file where a folder goes, or an input that does not match what the script expects exits
+    with one message (no traceback). Anything else is a bug and keeps its traceback."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         main(None)
-    except (FileNotFoundError, ValueError) as error:
-        sys.exit(f"error: {error}")
+    except INPUT_FAULTS as error:
+        sys.exit(f"error: {fault_message(error)}")

@@ -48,6 +48,7 @@ from prepare_common import (
     read_label_png,
     remap,
     require,
+    require_dir,
     resolve_root,
     run,
     same_folder,
@@ -179,17 +180,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     root = resolve_root(args.root)
     out = root / LAYOUT
     source = args.voc2010 or out
-    require(source, "VOC2010 folder", VOC2010_SOURCE)
+    require_dir(source, "VOC2010 folder", VOC2010_SOURCE)
     split_file = require(source / "ImageSets/Main/val.txt", "VOC2010 val split", VOC2010_SOURCE)
-    images_dir = require(source / "JPEGImages", "VOC2010 images", VOC2010_SOURCE)
+    images_dir = require_dir(source / "JPEGImages", "VOC2010 images", VOC2010_SOURCE)
     context_dir = args.context or source / "trainval"
     detail_json = args.detail_json or source / "trainval_merged.json"
     pc59_maps = None
     if args.from_pc59:
-        pc59_maps = require(args.from_pc59, "PC59 maps", "SAN's or CAT-Seg's PASCAL Context script")
+        pc59_maps = require_dir(
+            args.from_pc59, "PC59 maps", "SAN's or CAT-Seg's PASCAL Context script"
+        )
     have_mat, have_detail = context_dir.is_dir(), detail_json.is_file()
     if not have_mat and (args.labels == "mat" or not have_detail) and pc59_maps is None:
-        require(context_dir, "PASCAL Context label folder", CONTEXT_SOURCE)
+        require_dir(context_dir, "PASCAL Context label folder", CONTEXT_SOURCE)
     if not have_mat:
         logger.warning(
             "warning: PASCAL Context label folder not found: %s (it comes from %s); "

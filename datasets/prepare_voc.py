@@ -29,6 +29,7 @@ from prepare_common import (
     read_label_png,
     remap,
     require,
+    require_dir,
     resolve_root,
     run,
     same_folder,
@@ -60,7 +61,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     root = resolve_root(args.root)
     out = root / LAYOUT
     source = args.voc2012 or out
-    require(source, "VOC2012 folder", SOURCE)
+    require_dir(source, "VOC2012 folder", SOURCE)
     split_file = source / "ImageSets/Segmentation/val.txt"
     labels_dir = source / "SegmentationClass"
     if not split_file.is_file() and (source / "val.txt").is_file():  # SAN's VOC2012/ folder
@@ -68,8 +69,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not labels_dir.is_dir() and (source / "SegmentationClassAug").is_dir():
         labels_dir = source / "SegmentationClassAug"
     require(split_file, "VOC2012 segmentation split", SOURCE)
-    require(labels_dir, "VOC2012 class labels", SOURCE)
-    images_dir = require(source / "JPEGImages", "VOC2012 images", SOURCE)
+    require_dir(labels_dir, "VOC2012 class labels", SOURCE)
+    images_dir = require_dir(source / "JPEGImages", "VOC2012 images", SOURCE)
     copy_images = not same_folder(source, out)
     outputs = {
         "voc20": (out / "annotations_detectron2/val", VOC20_LABELS),

@@ -26,6 +26,8 @@ from cliptrase_d2.evaluation import (
 )
 from conftest import skip_outside_ci
 from cliptrase_d2 import atomic
+from cliptrase_d2.errors import InputError
+from cliptrase_d2.evaluation.paper_metric import unknown_label_ids
 from cliptrase_d2.evaluation import results_io, sem_seg_evaluation
 
 REPO = Path(__file__).resolve().parents[1]
@@ -559,3 +561,69 @@ def test_atomic_write_json_interrupted_keeps_previous_file(tmp_path, monkeypatch
         atomic_write_json(path, {"mIoU": 2.0})
     assert json.loads(path.read_text())["mIoU"] == 1.0
     assert os.listdir(tmp_path) == ["results.json"]
+
+
+# ---------------------------------------------------------------- ground truth checked (both)
+
+
+def _with_size(record, height, width):
+    return dict(record, height=height, width=width)
+
+
+@pytest.mark.parametrize("evaluator_class", [PaperSemSegEvaluator, StandardSemSegEvaluator])
+def test_ground_truth_of_another_size_than_its_image_names_both(make_dataset, evaluator_class):
+    name, records = make_dataset([np.zeros((5, 7), np.int64)], ["a", "b"])
+    kwargs = {"crop_size": 4} if evaluator_class is PaperSemSegEvaluator else {}
+    evaluator = evaluator_class(name, distributed=False, **kwargs)
+    size = (4, 4) if evaluator_class is PaperSemSegEvaluator else (6, 7)
+    pred = {"sem_seg": _scores(np.zeros(size, np.int64), 2)}
+    gt_path = records[0]["sem_seg_file_name"]
+    evaluator.reset()
+    with pytest.raises(
+        InputError, match=rf"'{gt_path}' is 5x7 but its image '.*img_0\.jpg' is 6x7"
+    ):
+        evaluator.process([_with_size(records[0], 6, 7)], [pred])
+    assert evaluator._num_images == 0
+
+
+@pytest.mark.parametrize("evaluator_class", [PaperSemSegEvaluator, StandardSemSegEvaluator])
+@pytest.mark.parametrize("bad_id", [2, 7, 254])
+def test_ground_truth_ids_outside_the_classes_are_rejected(make_dataset, evaluator_class, bad_id):
+    gt = np.zeros((4, 4), np.int64)
+    gt[0, 0], gt[3, 3] = bad_id, 255  # 255 is void (ignore_label): allowed
+    name, records = make_dataset([gt], ["a", "b"])
+    kwargs = {"crop_size": 4} if evaluator_class is PaperSemSegEvaluator else {}
+    evaluator = evaluator_class(name, distributed=False, **kwargs)
+    pred = {"sem_seg": _scores(np.zeros((4, 4), np.int64), 2)}
+    match = rf"'{records[0]['sem_seg_file_name']}' holds ids \[{bad_id}\] outside \[0, 2\)"
+    with pytest.raises(InputError, match=match):
+        evaluator.process([_with_size(records[0], 4, 4)], [pred])
+
+
+def test_paper_evaluator_accepts_void_and_every_class(make_dataset):
+    gt = np.array([[0, 1], [2, 255]], np.int64)
+    name, records = make_dataset([gt], ["a", "b", "background"], paper_void_as_background=True)
+    evaluator = PaperSemSegEvaluator(name, crop_size=2, distributed=False)
+    pred = np.array([[0, 1], [2, 2]], np.int64)
+    results = _run(evaluator, [_with_size(records[0], 2, 2)], [pred], 3)["sem_seg"]
+    assert results["pAcc"] == pytest.approx(100.0)
+
+
+def test_paper_metric_helper_lists_unknown_ids():
+    gt = np.array([[-1, 0, 3], [255, 9, 1]])
+    assert unknown_label_ids(gt, 3, 255).tolist() == [-1, 3, 9]
+    assert unknown_label_ids(gt, 3, None).tolist() == [-1, 3, 9, 255]
+    assert unknown_label_ids(np.array([0, 1, 2, 255]), 3, 255).size == 0
+
+
+@pytest.mark.parametrize("evaluator_class", [PaperSemSegEvaluator, StandardSemSegEvaluator])
+def test_unreadable_ground_truth_is_one_named_error(make_dataset, evaluator_class):
+    name, records = make_dataset([None], ["a", "b"])
+    Path(records[0]["sem_seg_file_name"]).write_bytes(b"not a png")
+    kwargs = {"crop_size": 4} if evaluator_class is PaperSemSegEvaluator else {}
+    evaluator = evaluator_class(name, distributed=False, **kwargs)
+    pred = {"sem_seg": _scores(np.zeros((4, 4), np.int64), 2)}
+    with pytest.raises(
+        InputError, match=rf"cannot read ground truth '{records[0]['sem_seg_file_name']}'"
+    ):
+        evaluator.process([records[0]], [pred])

@@ -6,6 +6,8 @@ code use, read by the registered datasets."""
 
 import json
 import logging
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from cliptrase_d2.vocabulary import load_vocabularies
-from test_datasets import labels_of, prepare, root, write_image, write_palette_png  # noqa: F401 (root: fixture)
+from test_datasets import make_voc2012, labels_of, prepare, root, write_image, write_palette_png  # noqa: F401 (root: fixture)
 
 PC459 = load_vocabularies()["benchmarks"]["pc459"]["classes"]
 PC59 = load_vocabularies()["benchmarks"]["pc59"]["classes"]
@@ -332,3 +334,99 @@ def test_an_alternative_label_map_without_image_is_named(root):
         FileNotFoundError, match="2008_000002.png has no image; expected .*2008_000002.jpg"
     ):
         DatasetCatalog.get("cliptrase_pc59_val")
+
+
+# ---------------------------------------------------------------- bad paths: one line each
+
+
+def _exit_message(script_name, monkeypatch, *argv):
+    script = prepare(script_name)
+    monkeypatch.setattr("sys.argv", [f"{script_name}.py", *map(str, argv)])
+    with pytest.raises(SystemExit) as error:
+        script.run(script.main)
+    message = str(error.value.code)
+    assert message.startswith("error: ") and "Traceback" not in message
+    return message
+
+
+@pytest.mark.parametrize(
+    "script_name, option, what",
+    [
+        ("prepare_voc", "--voc2012", "VOC2012 folder"),
+        ("prepare_pascal_context", "--voc2010", "VOC2010 folder"),
+        ("prepare_coco_stuff", "--val2017", "COCO val2017 images"),
+        ("prepare_ade20k_150", "--ade", "ADE20K-150 val images"),
+        ("prepare_cityscapes", "--cityscapes", "Cityscapes val images"),
+    ],
+)
+def test_a_file_where_a_folder_goes_is_named(
+    root, tmp_path, monkeypatch, script_name, option, what
+):
+    a_file = tmp_path / "archive.tar"
+    a_file.write_bytes(b"not extracted")
+    message = _exit_message(script_name, monkeypatch, option, a_file, "--root", root)
+    assert what in message and str(a_file) in message
+
+
+@pytest.mark.parametrize(
+    "script_name, option",
+    [
+        ("prepare_voc", "--voc2012"),
+        ("prepare_ade20k_847", "--ade-full"),
+        ("prepare_sample", "--deb"),
+    ],
+)
+def test_a_missing_input_is_named(root, tmp_path, monkeypatch, script_name, option):
+    missing = tmp_path / "no_such_download"
+    message = _exit_message(script_name, monkeypatch, option, missing, "--root", root)
+    assert str(missing) in message and "not found" in message
+
+
+@pytest.mark.parametrize("below", [False, True])
+def test_a_dataset_root_that_is_a_file_is_named(tmp_path, monkeypatch, below):
+    a_file = tmp_path / "datasets"
+    a_file.write_text("")
+    output_root = a_file / "sub" if below else a_file
+    message = _exit_message("prepare_voc", monkeypatch, "--root", output_root)
+    assert f"dataset root (--root or $DETECTRON2_DATASETS) {output_root}" in message
+    assert f"{a_file} is a file, not a folder" in message
+
+
+def test_an_unwritable_dataset_root_is_named(tmp_path, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(  # as root, chmod would not stop the writes: deny them here
+        os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode)
+    )
+    message = _exit_message("prepare_voc", monkeypatch, "--root", locked / "datasets")
+    assert f"{locked / 'datasets'} is not writable ({locked} denies writing)" in message
+
+
+def test_a_write_refused_midway_is_one_line(root, monkeypatch):
+    voc = root / "VOCdevkit/VOC2012"
+    make_voc2012(voc)
+    script = prepare("prepare_voc")
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(voc / "annotations_detectron2"))
+
+    monkeypatch.setattr(script.Summary, "save", refuse)
+    message = _exit_message("prepare_voc", monkeypatch, "--root", root)
+    assert message == (
+        f"error: Permission denied: {voc / 'annotations_detectron2'} (give a path you can read, "
+        "and an output root you can write)"
+    )
+
+
+def test_a_corrupt_index_or_archive_is_one_line(root, tmp_path, monkeypatch):
+    ade = tmp_path / "ADE20K_2021_17_01"
+    ade.mkdir()
+    (ade / "index_ade20k.pkl").write_bytes(b"\x80\x04garbage")
+    message = _exit_message("prepare_ade20k_847", monkeypatch, "--ade-full", ade, "--root", root)
+    assert message.startswith("error: ")
+    deb = tmp_path / "labelme-examples_1.0_all.deb"
+    deb.write_bytes(b"not a deb")
+    monkeypatch.setattr("shutil.which", lambda name: None)  # the pure-Python .deb reader
+    message = _exit_message("prepare_sample", monkeypatch, "--deb", deb, "--root", root)
+    assert message == f"error: {deb} is not a .deb package (no ar header)"

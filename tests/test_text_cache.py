@@ -1,10 +1,12 @@
 """The on-disk text-embedding cache: keys, hits, corrupt entries."""
 
 import os
+import re
 
+import pytest
 import torch
 
-from cliptrase_d2.text_cache import TextEmbeddingCache
+from cliptrase_d2.text_cache import TextEmbeddingCache, entry_problem
 
 
 def _counting(value):
@@ -96,3 +98,54 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
     value = torch.randn(2, 3)
     assert torch.equal(cache.get_or_compute(["a", "b"], ["{}"], lambda: value), value)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "bad, reason",
+    [
+        (torch.full((2, 4), float("nan")), "NaN"),
+        (torch.tensor([[0.0, 1.0, float("inf"), 0.0], [1.0, 0.0, 0.0, 0.0]]), "NaN or infinite"),
+        (torch.randn(2, 8), "width 8, but the model's embeddings have 4"),
+        (torch.ones(2, 4, dtype=torch.int64), "dtype torch.int64"),
+        (torch.randn(2, 4, 1), r"shape \(2, 4, 1\)"),
+        ([[0.0] * 4] * 2, "not a tensor"),
+    ],
+    ids=["nan", "inf", "wrong-width", "integer", "3-d", "list"],
+)
+def test_invalid_entry_is_recomputed_and_rewritten(tmp_path, project_log, bad, reason):
+    cache = TextEmbeddingCache(str(tmp_path), "m", "w")
+    path = cache.path(["dog", "cat"], ["{}"])
+    torch.save({"embeddings": bad, "names": ["dog", "cat"]}, path)
+    good = torch.nn.functional.normalize(torch.randn(2, 4), dim=1)
+    compute, calls = _counting(good)
+    assert torch.equal(cache.get_or_compute(["dog", "cat"], ["{}"], compute, width=4), good)
+    assert len(calls) == 1
+    assert re.search(reason, project_log.text) and path in project_log.text
+    assert torch.equal(torch.load(path, weights_only=True)["embeddings"], good)  # rewritten
+    # the next run reads the repaired entry and computes nothing
+    again, calls = _counting(torch.zeros(2, 4))
+    assert torch.equal(cache.get_or_compute(["dog", "cat"], ["{}"], again, width=4), good)
+    assert calls == []
+
+
+def test_valid_entry_of_the_model_width_is_used(tmp_path):
+    cache = TextEmbeddingCache(str(tmp_path), "m", "w")
+    stored = torch.randn(1, 4, dtype=torch.float16)
+    torch.save({"embeddings": stored}, cache.path(["dog"], ["{}"]))
+    compute, calls = _counting(torch.randn(1, 4))
+    assert torch.equal(cache.get_or_compute(["dog"], ["{}"], compute, width=4), stored)
+    assert calls == []
+
+
+def test_unusable_computed_embeddings_are_not_stored(tmp_path, project_log):
+    cache = TextEmbeddingCache(str(tmp_path), "m", "w")
+    nan = torch.full((1, 4), float("nan"))
+    result = cache.get_or_compute(["dog"], ["{}"], lambda: nan, width=4)
+    assert result is nan and not os.path.exists(cache.path(["dog"], ["{}"]))
+    assert "not caching" in project_log.text
+
+
+def test_entry_problem_names_each_fault():
+    assert entry_problem(torch.zeros(3, 5), 3, 5) is None
+    assert entry_problem(torch.zeros(3, 5), 3) is None  # width unknown: any E
+    assert "expected (2, E)" in entry_problem(torch.zeros(3, 5), 2, 5)

@@ -1,8 +1,17 @@
 """Vocabularies: benchmark keys, user lists and files, the paper's quirks, bad input."""
 
+import re
+
 import pytest
 
-from cliptrase_d2.vocabulary import Vocabulary, benchmark_keys, resolve_vocabulary, template_set
+from cliptrase_d2.errors import InputError
+from cliptrase_d2.vocabulary import (
+    Vocabulary,
+    benchmark_keys,
+    peer_vocabulary_keys,
+    resolve_vocabulary,
+    template_set,
+)
 
 
 def test_every_benchmark_resolves_with_its_class_count():
@@ -147,3 +156,39 @@ def test_a_single_class_warns(caplog):
         resolve_vocabulary("cat", background=["sky"])
         resolve_vocabulary("cat, dog")
     assert caplog.text == ""
+
+
+@pytest.mark.parametrize(
+    "spec, background, bad",
+    [
+        ("!!!, ???", (), "!!!"),
+        ("cat, ---", (), "---"),
+        (["dog", "..."], (), "..."),
+        ("cat, dog", ("?!",), "?!"),
+        ("\N{CAT FACE}, dog", (), "\N{CAT FACE}"),
+    ],
+)
+def test_names_without_a_letter_or_digit_are_an_error(spec, background, bad):
+    with pytest.raises(InputError, match=f"{re.escape(repr(bad))} has no letter or digit"):
+        resolve_vocabulary(spec, background)
+
+
+def test_punctuation_file_is_an_error_naming_the_name(tmp_path):
+    path = tmp_path / "names.txt"
+    path.write_text("cat\n***\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"'\*\*\*' has no letter or digit"):
+        resolve_vocabulary(str(path))
+
+
+def test_names_with_any_letter_or_digit_pass():
+    names = ("\u732b", "r2-d2", "t-shirt", "7up", "caf\u00e9", "rock & roll")
+    assert resolve_vocabulary(list(names)).classes == names
+
+
+def test_every_benchmark_and_peer_list_passes_the_name_checks():
+    for key in benchmark_keys():
+        for quirks in (False, True):
+            vocabulary = resolve_vocabulary(key, paper_quirks=quirks)
+            assert all(any(c.isalnum() for c in name) for name in vocabulary.text_rows)
+    for key in peer_vocabulary_keys():
+        assert resolve_vocabulary(key).num_classes > 1

@@ -30,6 +30,18 @@ PAPER_METRIC_KEYS = ("pAcc", "mAcc", "fwIoU", "mIoU")
 SMOOTHING = 0.01  # added to the denominators of the per-class accuracy and IoU, in pixels
 
 
+def unknown_label_ids(gt: np.ndarray, num_classes: int, ignore_label: Optional[int]) -> np.ndarray:
+    """The sorted ids of ``gt`` that are neither classes (``[0, num_classes)``) nor
+    ``ignore_label``. :meth:`PaperMetric.update` leaves such pixels out, as the authors'
+    script did; the evaluators reject a ground truth that holds any (a label map that does not
+    match the classes would otherwise lower the numbers without a word)."""
+    ids = np.unique(np.asarray(gt))
+    unknown = (ids < 0) | (ids >= num_classes)
+    if ignore_label is not None:
+        unknown &= ids != ignore_label
+    return ids[unknown]
+
+
 class PaperMetric:
     """Accumulates the paper's confusion matrix image by image.
 

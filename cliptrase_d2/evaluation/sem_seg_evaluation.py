@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tabulate import tabulate
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -28,7 +28,7 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
 from ..method.preprocess import resize_and_center_crop
-from .paper_metric import PaperMetric
+from .paper_metric import PaperMetric, unknown_label_ids
 from .results_io import atomic_write_json, atomic_write_png
 from ..errors import InputError, MissingFileError, UnknownNameError
 
@@ -68,18 +68,58 @@ def _open_ground_truth(path: str, dataset_name: str):
 
 
 def open_label_map(path: str, dataset_name: str) -> Image.Image:
-    """Open a ground-truth PNG, fully loaded; FileNotFoundError naming it when it is missing."""
+    """Open a ground-truth PNG, fully loaded; FileNotFoundError naming it when it is missing,
+    InputError naming it when it is not a readable image."""
     with _open_ground_truth(path, dataset_name) as f:
-        image = Image.open(f)
-        image.load()
+        try:
+            image = Image.open(f)
+            image.load()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+            raise _unreadable(path, dataset_name, error) from None
     return image
 
 
 def label_map_size(path: str, dataset_name: str) -> Tuple[int, int]:
     """(width, height) of a ground-truth image, read from its header only."""
     with _open_ground_truth(path, dataset_name) as f:
-        with Image.open(f) as image:
-            return image.size
+        try:
+            with Image.open(f) as image:
+                return image.size
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+            raise _unreadable(path, dataset_name, error) from None
+
+
+def _unreadable(path: str, dataset_name: str, error: Exception) -> InputError:
+    return InputError(
+        f"cannot read ground truth '{path}' of dataset '{dataset_name}': {error}. Check that "
+        "it is a complete label image (PNG/TIFF) and not truncated; re-run the prepare script"
+    )
+
+
+def check_label_ids(gt: np.ndarray, path: str, num_classes: int, ignore_label) -> None:
+    """InputError naming the file and the ids when ``gt`` holds ids that are neither classes
+    (``[0, num_classes)``) nor ``ignore_label`` (void)."""
+    unknown = unknown_label_ids(gt, num_classes, ignore_label)
+    if unknown.size:
+        raise InputError(
+            f"ground truth '{path}' holds ids {unknown[:10].tolist()} outside "
+            f"[0, {num_classes}) that are not ignore_label {ignore_label}; the dataset's "
+            "label maps do not match its classes (re-run its prepare script)"
+        )
+
+
+def check_ground_truth_size(gt_size: Tuple[int, int], dataset_dict: dict, path: str) -> None:
+    """InputError naming both files when a ground truth's (height, width) differs from its
+    image's (the record's ``height``/``width``, which the test mapper sets from the pixels)."""
+    if "height" not in dataset_dict or "width" not in dataset_dict:
+        return
+    image_size = (int(dataset_dict["height"]), int(dataset_dict["width"]))
+    if tuple(gt_size) != image_size:
+        raise InputError(
+            f"ground truth '{path}' is {gt_size[0]}x{gt_size[1]} but its image "
+            f"'{dataset_dict['file_name']}' is {image_size[0]}x{image_size[1]} (height x width); "
+            "a label map must have its image's size"
+        )
 
 
 def label_map_to_array(image: Image.Image, path: str) -> np.ndarray:
@@ -102,7 +142,8 @@ def checked_scores(scores, num_classes: int, file_name: str) -> torch.Tensor:
         )
     if scores.shape[0] != num_classes:
         raise InputError(
-            f"{file_name}: the model scored {scores.shape[0]} classes but the dataset has {num_classes}"
+            f"{file_name}: the model scored {scores.shape[0]} classes but the dataset has "
+            f"{num_classes}"
         )
     return scores
 
@@ -264,6 +305,10 @@ class PaperSemSegEvaluator(_ResultsWriter, DatasetEvaluator):
                 f"no ground truth (sem_seg_file_name) for '{file_name}' in '{self._dataset_name}'"
             )
         image = open_label_map(path, self._dataset_name)
+        check_ground_truth_size((image.height, image.width), dataset_dict, path)
+        check_label_ids(
+            label_map_to_array(image, path), path, self._num_classes, self._ignore_label
+        )
         gt = label_map_to_array(resize_and_center_crop(image, self._crop_size, Image.NEAREST), path)
         if self._void_as_background:
             gt[gt == self._ignore_label] = self._num_classes - 1
@@ -359,12 +404,7 @@ class StandardSemSegEvaluator(_ResultsWriter, SemSegEvaluator):
         """(H, W) label ids of one ground truth, checked: one channel, ids are classes or
         ``ignore_label``. Detectron2 loads ground truth through it where it has the hook."""
         gt = label_map_to_array(open_label_map(path, self._dataset_name), path)
-        unknown = (gt != self._ignore_label) & ((gt < 0) | (gt >= self._num_classes))
-        if unknown.any():
-            raise InputError(
-                f"ground truth '{path}' holds ids {np.unique(gt[unknown])[:10].tolist()} outside "
-                f"[0, {self._num_classes}) that are not ignore_label {self._ignore_label}"
-            )
+        check_label_ids(gt, path, self._num_classes, self._ignore_label)
         return gt.astype(dtype, copy=False)
 
     def process(self, inputs, outputs):
@@ -377,9 +417,11 @@ class StandardSemSegEvaluator(_ResultsWriter, SemSegEvaluator):
             )
             if path is None:
                 raise UnknownNameError(
-                    f"no ground truth (sem_seg_file_name) for '{file_name}' in '{self._dataset_name}'"
+                    f"no ground truth (sem_seg_file_name) for '{file_name}' in "
+                    f"'{self._dataset_name}'"
                 )
             gt_width, gt_height = label_map_size(path, self._dataset_name)
+            check_ground_truth_size((gt_height, gt_width), dataset_dict, path)
             if (gt_height, gt_width) != (height, width):
                 raise InputError(
                     f"ground truth '{path}' is {gt_height}x{gt_width} but the prediction for "

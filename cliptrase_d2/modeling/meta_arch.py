@@ -30,9 +30,10 @@ from ..method.preprocess import (
     keep_ratio_size,
     resize_and_center_crop,
     resize_linear_uint8,
+    shorter_side_size,
     to_clip_tensor,
 )
-from ..method.sliding import PADDINGS, sliding_window
+from ..method.sliding import PADDINGS, sliding_window, window_boxes
 from ..method.text import text_embeddings
 from ..method.thresholds import check_threshold, label_order, merge_names, threshold_scores
 from ..vocabulary import (
@@ -226,6 +227,8 @@ class CLIPtrase(nn.Module):
         pamr_steps: int = 0,
         pamr_dilations: Sequence[int] = (8, 16),
         pearl_kk_weight: float = PEARL_KEY_KEY_WEIGHT,
+        max_pixels: int = 50_000_000,
+        max_windows: int = 1024,
     ):
         super().__init__()
         if protocol not in PROTOCOLS:
@@ -241,6 +244,8 @@ class CLIPtrase(nn.Module):
             ("WINDOW_SIZE", window_size or patch, patch),  # 0: whole image
             ("WINDOW_STRIDE", window_stride, 1),
             ("WINDOW_BATCH", window_batch, 1),
+            ("MAX_PIXELS", max_pixels, 0),
+            ("MAX_WINDOWS", max_windows, 0),
         ):
             if value < least:
                 raise ConfigError(
@@ -298,6 +303,7 @@ class CLIPtrase(nn.Module):
             window_batch,
         )
         self.input_format = input_format
+        self.max_pixels, self.max_windows = max_pixels, max_windows  # 0: no limit
         self.text_cache = text_cache
         self.paper_vocabulary_quirks = paper_vocabulary_quirks
         # an explicit vocabulary (MODEL.CLIPTRASE.VOCABULARY): any form resolve_vocabulary takes
@@ -354,6 +360,8 @@ class CLIPtrase(nn.Module):
             "pamr_steps": c.PAMR_STEPS if c.REFINE == "pamr" else 0,
             "pamr_dilations": tuple(c.PAMR_DILATIONS),
             "pearl_kk_weight": c.PEARL_KK_WEIGHT,
+            "max_pixels": c.MAX_PIXELS,
+            "max_windows": c.MAX_WINDOWS,
         }
 
     @staticmethod
@@ -447,7 +455,8 @@ class CLIPtrase(nn.Module):
             return text_embeddings(self.clip_model, self.tokenizer, names, self.templates)
 
         if self.text_cache is not None:
-            embeddings = self.text_cache.get_or_compute(names, self.templates, compute)
+            width = getattr(self.clip_model.visual, "output_dim", None)  # the embedding width
+            embeddings = self.text_cache.get_or_compute(names, self.templates, compute, width)
         else:
             embeddings = compute()
         self._text_embeddings[key] = embeddings.to(self.device, torch.float32)
@@ -543,6 +552,33 @@ class CLIPtrase(nn.Module):
                 f"{name}: an image of {size[0]}x{size[1]} pixels is smaller than one "
                 f"{patch[0]}x{patch[1]} CLIP patch; use an image of at least that size"
             )
+        self._check_work(size, name)
+
+    def _check_work(self, size: Tuple[int, int], name: str) -> None:
+        """Refuses, before any work, an image whose resized frame or output exceeds MAX_PIXELS
+        or whose sliding windows exceed MAX_WINDOWS (an extreme aspect ratio, a huge image)."""
+        if self.protocol == "paper":
+            frames = {"resized": shorter_side_size(*size, self.paper_size)}
+        else:
+            frame = keep_ratio_size(*size, self.standard_short_side, self.standard_long_side)
+            frames = {"resized": frame, "output": tuple(size)}
+        for what, (height, width) in frames.items():
+            if self.max_pixels and height * width > self.max_pixels:
+                raise InputError(
+                    f"{name}: the {self.protocol} protocol's {what} frame of this "
+                    f"{size[0]}x{size[1]} image is {height}x{width} = {height * width} pixels, "
+                    f"over MODEL.CLIPTRASE.MAX_PIXELS={self.max_pixels}; crop or downscale "
+                    "the image, or raise MAX_PIXELS if the memory allows"
+                )
+        if self.protocol != "paper" and self.max_windows:
+            count = len(window_boxes(*frames["resized"], self.window_size, self.window_stride))
+            if count > self.max_windows:
+                raise InputError(
+                    f"{name}: the standard protocol would run {count} sliding windows over "
+                    f"this {size[0]}x{size[1]} image, over MODEL.CLIPTRASE.MAX_WINDOWS="
+                    f"{self.max_windows}; raise WINDOW_STRIDE or WINDOW_SIZE, lower "
+                    "STANDARD_SHORT_SIDE/STANDARD_LONG_SIDE, or raise MAX_WINDOWS"
+                )
 
     def evaluated_frame(self, image) -> np.ndarray:
         """The (H', W', 3) uint8 RGB pixels a prediction refers to: the paper protocol's center
