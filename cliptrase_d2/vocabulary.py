@@ -204,7 +204,8 @@ def _split_names(text: str) -> List[str]:
 
 
 def _without_quirks(names: Sequence[str]) -> Tuple[str, ...]:
-    """The paper's vocabulary quirks fixed: names stripped, 'beachhill' split, duplicates dropped."""
+    """The paper's vocabulary quirks fixed: names stripped, 'beachhill' split, duplicates
+    dropped."""
     cleaned = []
     for name in names:
         for part in ["beach", "hill"] if name.strip() == "beachhill" else [name.strip()]:

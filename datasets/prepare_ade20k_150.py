@@ -31,7 +31,8 @@ from prepare_common import (
 
 LAYOUT = Path("ADEChallengeData2016")
 SOURCE = (
-    "ADEChallengeData2016.zip, http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip "
+    "ADEChallengeData2016.zip, "
+    "http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip "
     "(extract it under the root)"
 )
 ADE150_LABELS = {k: k - 1 for k in range(1, 151)}  # 0 ('other') and anything else -> 255

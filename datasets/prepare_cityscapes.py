@@ -1,11 +1,13 @@
 """Cityscapes val (500 images) for Cityscapes19.
 
 Inputs: the extracted leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip
-(``leftImg8bit/val/<city>/<name>_leftImg8bit.png``, ``gtFine/val/<city>/<name>_gtFine_labelIds.png``).
+(``leftImg8bit/val/<city>/<name>_leftImg8bit.png``,
+``gtFine/val/<city>/<name>_gtFine_labelIds.png``).
 Output, under the dataset root, next to the labelIds maps as cityscapesScripts'
 createTrainIdLabelImgs names them:
 
-    cityscapes/gtFine/val/<city>/<name>_gtFine_labelTrainIds.png   trainIds 0..18, everything else 255
+    cityscapes/gtFine/val/<city>/<name>_gtFine_labelTrainIds.png   trainIds 0..18, everything else
+    255
 
 Existing labelTrainIds files (e.g. from cityscapesScripts) are kept. When the input folder is
 not ``<root>/cityscapes`` itself, the val images are copied there too.
@@ -34,7 +36,8 @@ from prepare_common import (
 
 LAYOUT = Path("cityscapes")
 SOURCE = (
-    "leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from https://www.cityscapes-dataset.com/downloads/ "
+    "leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from "
+    "https://www.cityscapes-dataset.com/downloads/ "
     "(free registration; extract both into <root>/cityscapes)"
 )
 

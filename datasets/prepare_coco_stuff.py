@@ -4,11 +4,14 @@ Inputs: val2017.zip (``coco/val2017/*.jpg``) and COCO-Stuff's stuffthingmaps_tra
 (``val2017/<id>.png`` holding COCO category id - 1: things 0..89 and stuff 91..181, with the
 unused ids left out; 255 unlabelled). Output, under the dataset root:
 
-    coco/stuffthingmaps_detectron2/val2017/<id>.png     COCO-Stuff171: classes 0..170 (things 0..79), void 255
+    coco/stuffthingmaps_detectron2/val2017/<id>.png     COCO-Stuff171: classes 0..170 (things
+    0..79), void 255
     coco/objectmaps_detectron2/val2017/<id>.png         COCO-Object80: things 0..79; every stuff
                                                         and every unlabelled pixel background 80
-    coco/objectmaps_paper_detectron2/val2017/<id>.png   the paper's quirk: things 0..79; stuff class 80
-                                                        ('banner') and void 80; stuff classes 81..170 255
+    coco/objectmaps_paper_detectron2/val2017/<id>.png   the paper's quirk: things 0..79; stuff
+    class 80
+                                                        ('banner') and void 80; stuff classes
+                                                        81..170 255
 
 COCO-Object80 is the peers' conversion (GroupViT's, which SCLIP, ClearCLIP and NACLIP evaluate
 on): things keep their class, stuff and unlabelled pixels (255) become background, nothing is
@@ -50,10 +53,14 @@ from prepare_common import (
 
 logger = logging.getLogger("prepare")
 
-IMAGES_SOURCE = "COCO's val2017.zip, http://images.cocodataset.org/zips/val2017.zip (extract it into <root>/coco)"
+IMAGES_SOURCE = (
+    "COCO's val2017.zip, http://images.cocodataset.org/zips/val2017.zip "
+    "(extract it into <root>/coco)"
+)
 MAPS_SOURCE = (
     "COCO-Stuff's stuffthingmaps_trainval2017.zip, "
-    "http://calvin.inf.ed.ac.uk/wp-content/uploads/data/cocostuffdataset/stuffthingmaps_trainval2017.zip "
+    "http://calvin.inf.ed.ac.uk/wp-content/uploads/data/cocostuffdataset/"  # noqa: E501 (a URL)
+    "stuffthingmaps_trainval2017.zip "
     "(extract it into <root>/coco/stuffthingmaps)"
 )
 STUFF171_SOURCE = (

@@ -1,4 +1,5 @@
-"""PASCAL Context val (the 5,105 images of VOC2010's ImageSets/Main/val.txt) for PC59, PC60 and PC459.
+"""PASCAL Context val (the 5,105 images of VOC2010's ImageSets/Main/val.txt) for PC59, PC60 and
+PC459.
 
 Inputs: the extracted VOCtrainval_03-May-2010.tar (``VOCdevkit/VOC2010`` with JPEGImages/ and
 ImageSets/Main/val.txt), the PASCAL in Detail annotations ``trainval_merged.json`` (for PC59 and
@@ -6,7 +7,8 @@ PC60) and PASCAL Context's trainval.tar.gz (``trainval/<id>.mat``, each with a `
 the 459 classes numbered 1..459 in labels.txt order, for PC459). Output, under the dataset root:
 
     VOCdevkit/VOC2010/annotations_detectron2/pc459_val/<id>.tif  16-bit: classes 0..458 (void 65535)
-    VOCdevkit/VOC2010/annotations_detectron2/pc59_val/<id>.png   classes 0..58, every other pixel 255
+    VOCdevkit/VOC2010/annotations_detectron2/pc59_val/<id>.png   classes 0..58, every other pixel
+    255
     VOCdevkit/VOC2010/annotations_detectron2/pc60_val/<id>.png   classes 0..58, every other pixel 59
 
 PC59 and PC60 come, by default, from ``trainval_merged.json`` as mmseg, SAN, CAT-Seg and ODISE
@@ -63,7 +65,8 @@ VOC2010_SOURCE = (
     "VOCtrainval_03-May-2010.tar (extract it under the root)"
 )
 CONTEXT_SOURCE = (
-    "PASCAL Context's trainval.tar.gz, https://cs.stanford.edu/~roozbeh/pascal-context/trainval.tar.gz "
+    "PASCAL Context's trainval.tar.gz, "
+    "https://cs.stanford.edu/~roozbeh/pascal-context/trainval.tar.gz "
     "(extract it into VOCdevkit/VOC2010, or pass --context)"
 )
 DETAIL_SOURCE = (

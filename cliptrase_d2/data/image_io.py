@@ -8,7 +8,8 @@ __all__ = ["to_rgb", "read_rgb"]
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Converts grayscale, palette, RGBA/LA (alpha dropped), CMYK and 16/32-bit images to 8-bit RGB."""
+    """Converts grayscale, palette, RGBA/LA (alpha dropped), CMYK and 16/32-bit images to 8-bit
+    RGB."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
         top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0

@@ -4,7 +4,8 @@ Pure tensor functions over an open_clip ``VisionTransformer`` (``model.visual``)
 knows about Detectron2. This module is also the one adapter to open_clip's internals (the
 attention's projections and layout, LayerNorms, patch embedding): the heads and the glue go
 through ``embed_tokens``, ``block_qkv``, ``output_projection``, ``finish_block``,
-``project_tokens`` and ``patch_size``, so an open_clip upgrade changes this file only. Token layout everywhere: index 0 is [CLS], then the h x w patches
+``project_tokens`` and ``patch_size``, so an open_clip upgrade changes this file only. Token layout
+everywhere: index 0 is [CLS], then the h x w patches
 row-major. Blocks run sequence-first through ``F.multi_head_attention_forward`` exactly as
 OpenAI's CLIP (``nn.MultiheadAttention(batch_first=False)``) does, which is what makes the
 features bit-identical to the authors' code. Block N-1 projects q, k, v once and shares them

@@ -1,4 +1,5 @@
-"""The ``CLIPtrase`` meta-architecture: wires the pure method (cliptrase_d2.method) to Detectron2."""
+"""The ``CLIPtrase`` meta-architecture: wires the pure method (cliptrase_d2.method) to
+Detectron2."""
 
 import dataclasses
 import logging
@@ -69,9 +70,11 @@ def predict_within_memory(
             torch.cuda.empty_cache()
     if len(images) == 1:
         raise torch.cuda.OutOfMemoryError(
-            f"{images.device.type.upper()} ran out of memory on one {images.shape[-2]}x{images.shape[-1]} {what}"
+            f"{images.device.type.upper()} ran out of memory on one "
+            f"{images.shape[-2]}x{images.shape[-1]} {what}"
             f"{' even with the cache emptied' if images.is_cuda else ''}. Use a smaller input "
-            "(MODEL.CLIPTRASE.PAPER_SIZE, STANDARD_SHORT_SIDE), MODEL.CLIPTRASE.PRECISION fp16 on a GPU, "
+            "(MODEL.CLIPTRASE.PAPER_SIZE, STANDARD_SHORT_SIDE), MODEL.CLIPTRASE.PRECISION fp16 on "
+            "a GPU, "
             "or a device with more free memory"
         )
     half = (len(images) + 1) // 2
@@ -233,7 +236,8 @@ class CLIPtrase(nn.Module):
         super().__init__()
         if protocol not in PROTOCOLS:
             raise ConfigError(
-                f"unknown protocol {protocol!r} (MODEL.CLIPTRASE.PROTOCOL); choose one of {PROTOCOLS}"
+                f"unknown protocol {protocol!r} (MODEL.CLIPTRASE.PROTOCOL); choose one of "
+                f"{PROTOCOLS}"
             )
         if input_format not in ("RGB", "BGR"):
             raise ConfigError(f"INPUT.FORMAT must be RGB or BGR, got {input_format!r}")
@@ -430,7 +434,8 @@ class CLIPtrase(nn.Module):
         return self._dataset_vocabularies[dataset]
 
     def _check_dataset_classes(self, dataset: str) -> None:
-        """MODEL.CLIPTRASE.VOCABULARY must give a dataset's own number of classes (once per dataset)."""
+        """MODEL.CLIPTRASE.VOCABULARY must give a dataset's own number of classes (once per
+        dataset)."""
         if dataset in self._checked_datasets:
             return
         expected = len(MetadataCatalog.get(dataset).get("stuff_classes", None) or [])
@@ -487,7 +492,8 @@ class CLIPtrase(nn.Module):
         for vocabulary, indices in groups.items():
             group = [images[i] for i in indices]
             if self.protocol == "paper":
-                # sem_seg: scores whose argmax is the prediction (one-hot of the voted labels under "vote")
+                # sem_seg: scores whose argmax is the prediction (one-hot of the voted labels under
+                # "vote")
                 results = [p.scores for p in self.inference(group, vocabulary, soft_scores=False)]
             else:
                 results = [
@@ -545,7 +551,8 @@ class CLIPtrase(nn.Module):
         return results
 
     def check_image_size(self, size: Tuple[int, int], name: str) -> None:
-        """Rejects images smaller than one CLIP patch (resizing them up would invent the content)."""
+        """Rejects images smaller than one CLIP patch (resizing them up would invent the
+        content)."""
         patch = patch_size(self.clip_model.visual)
         if size[0] < patch[0] or size[1] < patch[1]:
             raise InputError(
