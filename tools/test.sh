@@ -13,6 +13,9 @@ PY="${VENV:-.venv}/bin/python"
 # skipped outside CI and fails under CI)
 tools/install_browser.sh || echo "[test] Chromium could not be installed: the browser test will not run"
 status=0
+# formatter and linter (ruff.toml: 100 columns), as CI checks them
+"$PY" -m ruff check . || status=$?
+"$PY" -m ruff format --check . || status=$?
 HF_HUB_OFFLINE=1 "$PY" -m pytest -q "$@" tests || status=$?
 
 # detectron2 main: its evaluator (Boundary IoU), launch (gloo on CPU), data pipeline, visualizer
@@ -22,6 +25,6 @@ if [[ "${OFFICIAL:-1}" != 0 ]]; then
   echo "[test] detectron2 main ($OFFICIAL_VENV)"
   HF_HUB_OFFLINE=1 "$OFFICIAL_VENV/bin/python" -m pytest -q "$@" tests/test_evaluation.py \
     tests/test_launch.py tests/test_meta_arch.py tests/test_demo.py tests/test_train_net.py \
-    tests/test_api.py tests/test_datasets.py || status=$?
+    tests/test_api.py tests/test_datasets.py tests/test_stock_pipeline.py || status=$?
 fi
 exit "$status"
