@@ -241,6 +241,11 @@ def test_command_line_errors_are_one_line(tmp_path):
             "OUTPUT_DIR",
         ),
         ("demo.py", ["--input", COFFEE, "--output", "o", "--opts", "MODEL.DEVICE", "tpu"], "tpu"),
+        (
+            "compare.py",
+            ["--config-file", str(tmp_path / "x.yaml"), "--datasets", "cliptrase_sample_voc21"],
+            "x.yaml",
+        ),
     ]
     for tool, argv, named in cases:
         completed = subprocess.run(

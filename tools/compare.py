@@ -25,7 +25,6 @@ import csv
 import io
 import logging
 import os
-import sys
 import time
 
 import cliptrase_d2  # noqa: F401  (first: detectron2 0.6 shims, registrations)
@@ -33,11 +32,9 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from cliptrase_d2.errors import UserError
 from cliptrase_d2.config import load_config
-from cliptrase_d2.engine import launch
 from cliptrase_d2.engine.checks import check_num_processes, claim_output_dir
-from cliptrase_d2.engine.launch import WorkerError
+from cliptrase_d2.engine.launch import run_launched
 from cliptrase_d2.engine.trainer import Trainer
 from cliptrase_d2.evaluation.results_io import atomic_write_text
 from cliptrase_d2.method.heads import HEADS
@@ -232,19 +229,4 @@ def validate(args):
 
 
 if __name__ == "__main__":
-    arguments = get_parser().parse_args()
-    try:
-        validate(arguments)
-        launch(
-            main,
-            arguments.num_gpus,
-            num_machines=arguments.num_machines,
-            machine_rank=arguments.machine_rank,
-            dist_url=arguments.dist_url,
-            args=(arguments,),
-        )
-    except UserError as error:
-        # bad input: one line; anything else is a bug and keeps its traceback
-        sys.exit(f"error: {error}")
-    except WorkerError as error:  # several CPU processes: the failing one's error
-        sys.exit(error.exit_message())
+    run_launched(main, get_parser().parse_args(), validate)

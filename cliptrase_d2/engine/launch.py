@@ -19,7 +19,7 @@ from detectron2.utils import comm
 from ..errors import ConfigError, UserError
 from .checks import check_num_processes
 
-__all__ = ["launch", "run_eval_only", "WorkerError"]
+__all__ = ["launch", "run_eval_only", "run_launched", "WorkerError"]
 
 logger = logging.getLogger(__name__)
 
@@ -177,12 +177,18 @@ def _gloo_worker(
 
 def run_eval_only(main, args, validate) -> None:
     """The command line of an evaluation tool (train_net, lazyconfig_train_net): refuses
-    training, runs ``validate(args)`` before any work, launches ``main(args)`` on
-    ``args.num_gpus`` processes, and ends with one line for a user error."""
+    training, then ``run_launched``."""
     if not args.eval_only:
         sys.exit(
             "CLIPtrase is training-free: there is nothing to train. Add --eval-only to evaluate."
         )
+    run_launched(main, args, validate)
+
+
+def run_launched(main, args, validate) -> None:
+    """Runs ``validate(args)`` before any work, launches ``main(args)`` on ``args.num_gpus``
+    processes (``num_machines``, ``machine_rank``, ``dist_url`` as Detectron2's), and ends with
+    one line for a user error."""
     try:
         validate(args)  # before any work: config, device, process count, OUTPUT_DIR
         launch(
