@@ -23,7 +23,6 @@ from PIL import Image, UnidentifiedImageError
 from tabulate import tabulate
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.utils.logger import create_small_table
 from detectron2.evaluation import DatasetEvaluator, SemSegEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
@@ -206,7 +205,7 @@ class _ResultsWriter:
             "Semantic segmentation results on %s (%s protocol):\n%s\nPer-class IoU:\n%s",
             dataset_name,
             protocol,
-            create_small_table(summary),
+            _summary_table(summary),
             _per_class_table(per_class),
         )
         if self._results_dir:
@@ -223,6 +222,16 @@ class _ResultsWriter:
                 },
             )
             logger.info("Wrote %s", path)
+
+
+def _summary_table(summary: Dict[str, float]) -> str:
+    return tabulate(
+        [list(summary.values())],
+        headers=list(summary.keys()),
+        tablefmt="pipe",
+        floatfmt=".2f",
+        numalign="center",
+    )
 
 
 def _per_class_table(per_class: Dict[str, float], columns: int = 3) -> str:
