@@ -100,8 +100,9 @@ def test_stage_clock_charges_nested_calls_to_their_own_stage():
 
 
 def test_windows_of_the_standard_cases():
-    cityscapes = SimpleNamespace(standard_short_side=560, window_size=224, window_stride=112)
-    ade = SimpleNamespace(standard_short_side=336, window_size=224, window_stride=112)
+    common = dict(standard_long_side=2048, window_size=224, window_stride=112)
+    cityscapes = SimpleNamespace(standard_short_side=560, **common)
+    ade = SimpleNamespace(standard_short_side=336, **common)
     assert benchmark.number_of_windows(cityscapes, (1024, 2048)) == 4 * 9  # 560 x 1120
     assert benchmark.number_of_windows(ade, (1024, 2048)) == 2 * 5  # 336 x 672
     assert benchmark.number_of_windows(ade, (512, 683)) == 2 * 3  # 336 x 448

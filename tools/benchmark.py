@@ -73,7 +73,7 @@ from cliptrase_d2.clip_loading import PRECISIONS
 from cliptrase_d2.data.image_io import read_rgb
 from cliptrase_d2.config import load_config
 from cliptrase_d2.method import dense_clip, pipeline, refinement, sliding
-from cliptrase_d2.method.preprocess import resize_and_center_crop, to_clip_tensor
+from cliptrase_d2.method.preprocess import keep_ratio_size, resize_and_center_crop, to_clip_tensor
 from cliptrase_d2.method.sliding import window_boxes
 from cliptrase_d2.modeling import meta_arch
 from cliptrase_d2.modeling.meta_arch import CLIPtrase
@@ -224,8 +224,9 @@ def build_case_model(case: str, clip, args) -> CLIPtrase:
 
 
 def number_of_windows(model: CLIPtrase, size) -> int:
-    scale = model.standard_short_side / min(size)
-    height, width = (max(1, round(s * scale)) for s in size)
+    """Sliding windows the standard protocol runs on an image of ``size`` (the model's own
+    resize rule: mmseg's keep-ratio resize with its long-side cap)."""
+    height, width = keep_ratio_size(*size, model.standard_short_side, model.standard_long_side)
     return len(window_boxes(height, width, model.window_size, model.window_stride))
 
 
