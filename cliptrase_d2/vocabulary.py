@@ -17,7 +17,7 @@ from functools import lru_cache
 from typing import Dict, List, Sequence, Tuple
 
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
-from .errors import InputError, MissingFileError, UnknownNameError
+from .errors import InputError, MissingFileError
 
 __all__ = [
     "Vocabulary",
@@ -336,14 +336,9 @@ def vocabulary_of_dataset(name: str, paper_quirks: bool = False) -> Vocabulary:
     """The vocabulary a registered dataset is segmented with: its metadata's ``vocabulary`` (a
     benchmark key, names or a file, as this package's datasets have), else its ``stuff_classes``
     (any Detectron2 semantic-segmentation dataset)."""
-    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from .data.datasets import require_registered
 
-    if name not in DatasetCatalog.list():
-        raise UnknownNameError(
-            f"Dataset '{name}' is not registered! Available datasets are: "
-            f"{', '.join(sorted(DatasetCatalog.list()))}"
-        )
-    metadata = MetadataCatalog.get(name)
+    metadata = require_registered(name)
     spec = metadata.get("vocabulary", None) or metadata.get("stuff_classes", None)
     if not spec:
         raise InputError(

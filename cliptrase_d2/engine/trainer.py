@@ -3,7 +3,7 @@ protocol, and the checks before an evaluation starts (``validate``)."""
 
 import logging
 
-from detectron2.data import DatasetCatalog, build_detection_test_loader
+from detectron2.data import build_detection_test_loader
 from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.modeling import build_model
 from detectron2.utils import comm
@@ -11,8 +11,9 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import check_device, load_config, resolve_device
 from ..data.dataset_mapper import SemSegTestMapper
+from ..data.datasets import require_registered
 from ..evaluation import PaperSemSegEvaluator, StandardSemSegEvaluator
-from ..errors import ConfigError, UnknownNameError
+from ..errors import ConfigError
 from .checks import check_num_processes, claim_output_dir
 
 __all__ = ["Trainer", "setup", "validate"]
@@ -28,11 +29,7 @@ def _checked_config(args):
             "DATASETS.TEST \"('cliptrase_voc21_val',)\""
         )
     for name in cfg.DATASETS.TEST:
-        if name not in DatasetCatalog.list():
-            raise UnknownNameError(
-                f"Dataset '{name}' (DATASETS.TEST) is not registered! Available datasets are: "
-                f"{', '.join(sorted(DatasetCatalog.list()))}"
-            )
+        require_registered(name)
     return cfg
 
 
