@@ -5,6 +5,8 @@ inputs chosen to break a near miss: ties, NaN, duplicated values, odd and even w
 both memory layouts, batches of several images.
 """
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -29,6 +31,7 @@ from cliptrase_d2.method.refinement import (
     expand_regions,
     mean_refine,
     median_filter,
+    median_network,
     region_means,
     resize_logits,
 )
@@ -43,7 +46,7 @@ def channels_last(maps: torch.Tensor) -> torch.Tensor:
 # ---- median filter --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("size", [2, 3, 4, 7])
+@pytest.mark.parametrize("size", [2, 3, 4, 5, 6, 7])
 def test_median_filter_equals_scipy(size):
     generator = torch.Generator().manual_seed(size)
     smooth = F.interpolate(
@@ -60,6 +63,28 @@ def test_median_filter_equals_scipy(size):
     ):  # map smaller than the window too
         expected = ndimage.median_filter(maps.numpy(), size=(1, size, size))
         assert np.array_equal(median_filter(maps, size).numpy(), expected)
+
+
+@pytest.mark.parametrize("size", [2, 3, 4, 5, 6, 7])
+def test_median_network_selects_the_median_of_every_zero_one_window(size):
+    """0-1 principle: the column network sorts every column of zeros and ones, and the window
+    network gives rank size * size // 2 for every window of sorted 0-1 columns (a column is
+    determined by its number of zeros: all (size + 1) ** size windows), so both do on any
+    input."""
+    column_comparators, column_order, window_comparators, output = median_network(size)
+    columns = np.array(list(itertools.product([0, 1], repeat=size)), dtype=bool).T  # (size, n)
+    wires = list(columns)
+    for low, high in column_comparators:
+        wires[low], wires[high] = wires[low] & wires[high], wires[low] | wires[high]
+    assert np.array_equal(np.stack([wires[w] for w in column_order]), np.sort(columns, axis=0))
+
+    zeros = np.array(list(itertools.product(range(size + 1), repeat=size)))  # (n, size columns)
+    wires = [zeros[:, column] <= rank for column in range(size) for rank in range(size)]
+    for low, high, low_needed, high_needed in window_comparators:
+        a, b = wires[low], wires[high]
+        wires[low], wires[high] = a & b, a | b
+    expected = zeros.sum(axis=1) <= size * size // 2  # the median is 1 unless enough zeros
+    assert np.array_equal(wires[output], expected)
 
 
 def test_median_filter_in_several_chunks(monkeypatch):

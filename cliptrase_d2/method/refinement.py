@@ -5,7 +5,8 @@ Where a faster formulation is used (``channel_argmax``, ``median_filter``, ``reg
 it computes exactly the same numbers as the obvious one (named in its docstring).
 """
 
-from typing import Optional, Tuple
+import functools
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ __all__ = [
     "mean_refine",
 ]
 
-# Most values of the (maps, H, W, size * size) median-filter windows held at once (16 MB in fp32).
+# Most window values (maps x H x W x size * size) one median-filter pass covers at once.
 MEDIAN_WINDOW_ELEMENTS = 1 << 22
 # Most bytes of resized class maps ``resized_argmax`` holds at once.
 RESIZE_CHUNK_BYTES = 1 << 28
@@ -76,27 +77,14 @@ def _channels_last(maps: torch.Tensor) -> bool:
 
 
 def channel_argmax(scores: torch.Tensor) -> torch.Tensor:
-    """``scores.argmax(dim=-3)`` for (..., K, H, W) scores -> (..., H, W) int64, ties to the first
-    channel.
+    """``scores.argmax(dim=-3)`` for (..., K, H, W) scores -> (..., H, W) int64: the first channel
+    on ties, NaN taken for the maximum.
 
-    When the K channels are (H, W) planes in memory, a CPU keeps a running maximum plane by
-    plane, several times faster than the strided reduction and with the same result, NaN
-    included (it falls back to ``argmax``, which takes NaN for the maximum). Channels-last
-    scores (``dense_logits`` resized) reduce along contiguous memory: ``argmax`` itself.
+    Computed as ``max(dim=-3).indices``, which returns the same indices (first maximal value,
+    NaN propagating) and is faster than ``argmax`` on a CPU in either memory layout (1.3-2x at
+    59-150 classes on 224 x 224 to 512 x 683 maps) and not slower elsewhere.
     """
-    if scores.device.type != "cpu" or scores.shape[-3] == 1 or _channels_last(scores):
-        return scores.argmax(dim=-3)
-    best = scores.select(-3, 0).clone()
-    labels = torch.zeros(best.shape, dtype=torch.long)
-    better = torch.empty(best.shape, dtype=torch.bool)
-    for index in range(1, scores.shape[-3]):
-        channel = scores.select(-3, index)
-        torch.gt(channel, best, out=better)  # strictly greater: ties keep the earlier channel
-        torch.maximum(best, channel, out=best)  # NaN propagates into best
-        labels.masked_fill_(better, index)
-    if torch.isnan(best).any():
-        return scores.argmax(dim=-3)
-    return labels
+    return scores.max(dim=-3).indices
 
 
 def resize_maps(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
@@ -126,7 +114,7 @@ def resized_argmax(
     max_bytes = RESIZE_CHUNK_BYTES if max_bytes is None else max_bytes
     step = max(8, max_bytes // (size[0] * size[1] * maps.element_size()) // 8 * 8)
     if step >= num_maps:
-        return resize_maps(maps, size).argmax(dim=0)
+        return channel_argmax(resize_maps(maps, size))
     starts = list(range(0, num_maps - step + 1, step))  # the last group runs to the end
     layout = _channels_last(maps)
     labels = best = None
@@ -136,8 +124,7 @@ def resized_argmax(
             group.permute(1, 2, 0).contiguous().permute(2, 0, 1) if layout else group.contiguous()
         )
         resized = resize_maps(group, size)
-        indices = resized.argmax(dim=0)
-        values = resized.gather(0, indices[None])[0]
+        values, indices = resized.max(dim=0)
         del resized
         if labels is None:
             labels, best = indices, values
@@ -225,13 +212,76 @@ def cluster_patches(affinity: torch.Tensor, eps: float, min_samples: int) -> tor
     return labels if batched else labels[0]
 
 
+Comparator = Tuple[int, int]  # (i, j): wire i takes the minimum of the two, wire j the maximum
+
+
+def _odd_even_merge(first: List[int], second: List[int], comparators: List[Comparator]):
+    """Batcher's odd-even merge of two sorted lists of wires, of any lengths: appends its
+    comparators, returns the wires in sorted order."""
+    if not first or not second:
+        return list(first or second)
+    if len(first) == 1 and len(second) == 1:
+        comparators.append((first[0], second[0]))
+        return [first[0], second[0]]
+    even = _odd_even_merge(first[0::2], second[0::2], comparators)
+    odd = _odd_even_merge(first[1::2], second[1::2], comparators)
+    order = even[:1]
+    for index in range(max(len(odd), len(even) - 1)):
+        pair = [wires[index] for wires in (odd, even[1:]) if index < len(wires)]
+        if len(pair) == 2:
+            comparators.append(tuple(pair))
+        order += pair
+    return order
+
+
+def _odd_even_sort(wires: List[int], comparators: List[Comparator]) -> List[int]:
+    if len(wires) <= 1:
+        return list(wires)
+    half = len(wires) // 2
+    return _odd_even_merge(
+        _odd_even_sort(wires[:half], comparators),
+        _odd_even_sort(wires[half:], comparators),
+        comparators,
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def median_network(size: int):
+    """A comparator network for the median of a ``size`` x ``size`` window whose columns come
+    sorted: (column comparators, sorted column order, window comparators, output wire).
+
+    The column network sorts ``size`` wires (Batcher's odd-even merge sort); the window's wires
+    are numbered column * size + rank; the window network merges the sorted columns pairwise
+    (odd-even merges) and keeps only the comparators the output wire, rank ``size * size // 2``
+    of the merged order, depends on: (i, j, i needed, j needed).
+    """
+    column_comparators: List[Comparator] = []
+    column_order = _odd_even_sort(list(range(size)), column_comparators)
+    merges: List[Comparator] = []
+    lists = [[column * size + rank for rank in range(size)] for column in range(size)]
+    while len(lists) > 1:
+        pairs = [_odd_even_merge(a, b, merges) for a, b in zip(lists[0::2], lists[1::2])]
+        lists = pairs + lists[len(pairs) * 2 :]
+    output = lists[0][size * size // 2]
+    needed, window_comparators = {output}, []
+    for low, high in reversed(merges):
+        if low in needed or high in needed:
+            window_comparators.append((low, high, low in needed, high in needed))
+            needed |= {low, high}
+    return tuple(column_comparators), tuple(column_order), tuple(window_comparators[::-1]), output
+
+
 def median_filter(maps: torch.Tensor, size: int) -> torch.Tensor:
-    """``size`` x ``size`` median of each (H, W) map: (..., H, W) -> (..., H, W).
+    """``size`` x ``size`` median of each (H, W) map: (..., H, W) -> (..., H, W), NaN-free maps.
 
     Equal to ``scipy.ndimage.median_filter(maps, size=(1, size, size))`` (default 'reflect'
     border, d c b a | a b c d | d c b a; window starting ``size // 2`` before its pixel; rank
-    ``size * size // 2``, the upper median for an even size): a median is one of the window's
-    own values, so gathering the windows and selecting that rank gives scipy's numbers exactly.
+    ``size * size // 2``, the upper median for an even size). A selection network of elementwise
+    minima and maxima over whole shifted planes, on the maps' device: the columns of ``size``
+    values are sorted once (each is shared by ``size`` windows side by side), then the pruned
+    merge of ``median_network`` picks the median; every output is one of the window's own
+    values, so the numbers are scipy's exactly (a sorting network is correct on any input when
+    it is on every input of zeros and ones, which the tests enumerate).
     """
     if size <= 1:
         return maps
@@ -239,28 +289,29 @@ def median_filter(maps: torch.Tensor, size: int) -> torch.Tensor:
     maps = maps.reshape(-1, *shape[-2:])  # (m, H, W)
     num_maps, height, width = maps.shape
     before, after = size // 2, size - 1 - size // 2
-    rows = torch.from_numpy(np.pad(np.arange(height), (before, after), mode="symmetric")).to(
-        maps.device
-    )
-    cols = torch.from_numpy(np.pad(np.arange(width), (before, after), mode="symmetric")).to(
-        maps.device
-    )
-    padded = maps[:, rows][:, :, cols]  # (m, H + size - 1, W + size - 1)
-    rank = size * size // 2  # 0-based
+    rows = torch.from_numpy(np.pad(np.arange(height), (before, after), mode="symmetric"))
+    cols = torch.from_numpy(np.pad(np.arange(width), (before, after), mode="symmetric"))
+    column_comparators, column_order, window_comparators, output = median_network(size)
     step = max(1, MEDIAN_WINDOW_ELEMENTS // (height * width * size * size))
     filtered = []
     for start in range(0, num_maps, step):
-        windows = (
-            padded[start : start + step].unfold(1, size, 1).unfold(2, size, 1)
-        )  # (g, H, W, size, size)
-        windows = windows.reshape(*windows.shape[:3], size * size)
-        if (
-            windows.device.type == "cpu"
-        ):  # numpy's SIMD selection: several times faster than kthvalue
-            values = torch.from_numpy(np.partition(windows.numpy(), rank, axis=-1)[..., rank])
-        else:
-            values = windows.kthvalue(rank + 1, dim=-1).values
-        filtered.append(values)
+        chunk = maps[start : start + step]
+        padded = chunk[:, rows.to(maps.device)][:, :, cols.to(maps.device)]  # (g, H+s-1, W+s-1)
+        wires = [padded[:, rank : rank + height] for rank in range(size)]  # (g, H, W + s - 1)
+        for low, high in column_comparators:
+            wires[low], wires[high] = (
+                torch.minimum(wires[low], wires[high]),
+                torch.maximum(wires[low], wires[high]),
+            )
+        columns = [wires[wire] for wire in column_order]  # sorted: rank r of each column
+        wires = [columns[rank][..., c : c + width] for c in range(size) for rank in range(size)]
+        for low, high, low_needed, high_needed in window_comparators:
+            a, b = wires[low], wires[high]
+            if low_needed:
+                wires[low] = torch.minimum(a, b)
+            if high_needed:
+                wires[high] = torch.maximum(a, b)
+        filtered.append(wires[output])
     return torch.cat(filtered).view(shape)
 
 
