@@ -38,14 +38,16 @@ def test_positional_embedding_uses_the_point_one_scale_factor():
 
 
 def test_self_correlation_matches_pairwise_cosines():
-    heads, length, dim = 2, 5, 4
-    q, k, v = (torch.randn(heads, length, dim) for _ in range(3))
-    ours = self_correlation(q, k, v, heads)[0]
-    expected = torch.zeros(length, length)
-    for h in range(heads):
-        for t in (q, k, v):
-            expected += F.cosine_similarity(t[h][:, None], t[h][None], dim=-1) / 3 / heads
-    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
+    images, heads, length, dim = 2, 3, 5, 4
+    q, k, v = (torch.randn(images * heads, length, dim) for _ in range(3))  # image-major, then head
+    ours = self_correlation(q, k, v, heads)
+    assert ours.shape == (images, length, length)
+    for image in range(images):
+        expected = torch.zeros(length, length)
+        for h in range(image * heads, (image + 1) * heads):
+            for t in (q, k, v):
+                expected += F.cosine_similarity(t[h][:, None], t[h][None], dim=-1) / 3 / heads
+        torch.testing.assert_close(ours[image], expected, rtol=1e-5, atol=1e-6)
 
 
 def test_correlative_attention_sums_three_softmaxes():

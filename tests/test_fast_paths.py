@@ -22,7 +22,6 @@ from cliptrase_d2.method.dense_clip import (
     resized_positional_embedding,
     residual_block,
     resize_positional_embedding,
-    self_correlation,
 )
 from cliptrase_d2.method.heads import get_head
 from cliptrase_d2.method.pipeline import RefinementSettings, predict, predict_scores
@@ -134,17 +133,18 @@ def test_resize_into_a_buffer_equals_resize():
         assert resize_logits(x, (20, 16), out=out) is out and torch.equal(out, expected)
 
 
-# ---- attention, one head at a time -----------------------------------------------------------
+# ---- attention ---------------------------------------------------------------------------------
 
 
-def test_per_head_maps_equal_one_batched_call():
+def test_correlative_attention_is_one_batched_call_for_all_images_and_heads():
     q, k, v = (torch.randn(2 * 3, 50, 16) for _ in range(3))  # 2 images x 3 heads
     scale = 16**-0.5
-    weights = sum(torch.softmax(torch.bmm(t * scale, t.transpose(1, 2)), dim=-1) for t in (q, k, v))
-    assert torch.equal(correlative_attention(q, k, v), torch.bmm(weights, v))
-    units = [F.normalize(t, dim=-1) for t in (q, k, v)]
-    total = sum(torch.bmm(u, u.transpose(1, 2)) for u in units) / 3
-    assert torch.equal(self_correlation(q, k, v, 3), total.view(2, 3, 50, 50).mean(dim=1))
+    expected = []
+    for index in range(6):  # each head alone
+        t3 = [t[index] for t in (q, k, v)]
+        weights = sum(torch.softmax(torch.mm(t * scale, t.t()), dim=-1) for t in t3)
+        expected.append(torch.mm(weights, v[index]))
+    assert torch.equal(correlative_attention(q, k, v), torch.stack(expected))
 
 
 def test_shared_projections_give_the_block_its_own_attention(tiny_clip):
