@@ -695,7 +695,7 @@ class CLIPtrase(nn.Module):
         image's window average then finished alone as soon as it is complete: its
         ``_sliding_window_scores`` (K, *sizes[i]), passed through ``finish`` when given, or with
         ``labels_only`` the Prediction of its ``_resized_labels`` (no scores). Results in image
-        order."""
+        order. images: (3, H, W) uint8 RGB each."""
         frames = [self._standard_frame(image) for image in images]
 
         def finished(index: int, average: torch.Tensor):
