@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .config import check_images_per_batch
 from .data.image_io import read_rgb, to_rgb
 from .vocabulary import Vocabulary
 from .errors import InputError
@@ -97,6 +98,7 @@ class Segmenter:
         vocabulary=None,
         background: Optional[Sequence[str]] = None,
         scores: bool = True,
+        batch_size: Optional[int] = None,
     ):
         """Segments one image (returns a SegmentationResult) or a list (returns a list).
 
@@ -106,8 +108,13 @@ class Segmenter:
         belongs to this call only: the model keeps no vocabulary between calls (its text
         embeddings are cached per vocabulary). scores=False: the same labels without the
         (K, H, W) soft scores (``result.scores`` is None), which for large photos under the
-        standard protocol saves gigabytes.
+        standard protocol saves gigabytes. batch_size: at most that many images per model call
+        (None: all the images given, in one call); the results are the same for any batch size,
+        only the speed and the memory differ (TEST.IMS_PER_BATCH is the evaluation loader's
+        setting: here the list given is the batch).
         """
+        if batch_size is not None:
+            check_images_per_batch(batch_size, "batch_size")
         single = not isinstance(images, (list, tuple))
         batch = [images] if single else list(images)
         resolved = self.resolve_vocabulary(vocabulary, background)
@@ -116,8 +123,12 @@ class Segmenter:
             name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else "the image"
             self.model.check_image_size(array.shape[:2], name)
         tensors = [torch.from_numpy(a.transpose(2, 0, 1).copy()) for a in arrays]
+        step = batch_size or max(len(tensors), 1)
+        predictions = []
         with torch.no_grad():
-            predictions = self.model.inference(tensors, resolved, scores=scores)
+            for start in range(0, len(tensors), step):
+                chunk = tensors[start : start + step]
+                predictions += self.model.inference(chunk, resolved, scores=scores)
         results = [
             SegmentationResult(
                 p.labels.cpu().numpy().astype(np.int64),

@@ -3,6 +3,7 @@
 
 import difflib
 import logging
+import numbers
 import os
 
 import torch
@@ -11,7 +12,13 @@ from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 from .errors import ConfigError, MissingFileError, UnknownNameError
 
-__all__ = ["add_cliptrase_config", "load_config", "resolve_device", "check_device"]
+__all__ = [
+    "add_cliptrase_config",
+    "load_config",
+    "resolve_device",
+    "check_device",
+    "check_images_per_batch",
+]
 
 
 def add_cliptrase_config(cfg):
@@ -82,6 +89,8 @@ def add_cliptrase_config(cfg):
     c.TEXT_CACHE_DIR = ""
     # Write OUTPUT_DIR/predictions/<dataset>/<image_id>.png label maps during evaluation.
     cfg.TEST.SAVE_PREDICTIONS = False
+    # Images per model call in evaluation (per process; same predictions, docs/EVALUATION.md).
+    cfg.TEST.IMS_PER_BATCH = 1
     # ---- PEARL and TLP (docs/peer_protocols.md) ----
     # HEAD "pearl": weight of the centred key-key term in its attention logits (PEARL's alpha_kk).
     c.PEARL_KK_WEIGHT = 0.08
@@ -175,9 +184,19 @@ def load_config(config_file: str = "", opts=(), resolve: bool = True) -> CN:
         _merge(cfg, lambda: cfg.merge_from_file(config_file), f"config file {config_file}")
     if opts:
         _merge(cfg, lambda: cfg.merge_from_list(list(opts)), "command-line options")
+    check_images_per_batch(cfg.TEST.IMS_PER_BATCH)
     if resolve:
         resolve_device(cfg)
     return cfg
+
+
+def check_images_per_batch(value, key: str = "TEST.IMS_PER_BATCH") -> None:
+    """Raises ConfigError naming ``key`` unless ``value`` is a whole number of images >= 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ConfigError(
+            f"{key} must be a whole number of images per batch, at least 1, got {value!r}: "
+            f"set {key} 1 (one image at a time) or more"
+        )
 
 
 def check_device(device: str, key: str = "MODEL.DEVICE") -> None:

@@ -141,3 +141,34 @@ def test_labels_without_scores_are_the_same(tiny_opts, protocol, monkeypatch):
     np.testing.assert_array_equal(light.labels, full.labels)
     assert np.unique(full.labels).size >= 2
     assert light.labels.shape == ((224, 224) if protocol == "paper" else load_image(path).shape[:2])
+
+
+def test_batch_size_caps_the_images_per_model_call(tiny_opts):
+    """segment(batch_size=N): at most N images per model call (None: the list given, in one),
+    the same labels and scores as one image at a time, bit for bit."""
+    require_fixtures()
+    segmenter = Segmenter.from_config(
+        os.path.join(REPO, "configs", "standard", "Base-standard.yaml"),
+        [*tiny_opts, "MODEL.CLIPTRASE.STANDARD_SHORT_SIDE", "224"],
+    )
+    paths = [
+        os.path.join(FIXTURES, "images", f"{n}.png") for n in ("chelsea", "coffee", "vocsample")
+    ]
+    calls = []
+    inference = segmenter.model.inference
+    segmenter.model.inference = lambda images, *args, **kwargs: (
+        calls.append(len(images)) or inference(images, *args, **kwargs)
+    )
+    batched = segmenter.segment(paths, "voc20", batch_size=2)
+    assert calls == [2, 1]
+    whole = segmenter.segment(paths, "voc20")
+    assert calls[2:] == [3]
+    for path, result, other in zip(paths, batched, whole):
+        alone = segmenter.segment(path, "voc20")
+        assert result.labels.shape == load_image(path).shape[:2]
+        np.testing.assert_array_equal(result.labels, alone.labels)
+        np.testing.assert_array_equal(other.labels, alone.labels)
+        assert torch.equal(result.scores, alone.scores) and torch.equal(other.scores, alone.scores)
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match=f"batch_size must be .* at least 1, got {bad}"):
+            segmenter.segment(paths, "voc20", batch_size=bad)

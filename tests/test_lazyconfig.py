@@ -73,6 +73,7 @@ def test_lazy_config_predicts_exactly_what_the_yaml_config_does(
             f"train.output_dir={tmp_path / 'lazy'}",
             "train.device=cpu",
             "dataloader.test.num_workers=0",
+            "dataloader.test.batch_size=3",  # batches of 3 and 1: the same as the YAML's 1 by 1
             f"dataloader.test.dataset.names={DATASET}",
         ],
     )
@@ -100,6 +101,16 @@ def test_lazy_config_errors(tmp_path):
     empty.write_text("x = 1\n")
     with pytest.raises(KeyError, match="defines no 'model'"):
         lazyconfig_train_net.load(str(empty), [])
+    bad_batch = argparse.Namespace(
+        config_file=os.path.join(REPO, "configs", "lazy", "sample_voc21_standard.py"),
+        opts=["dataloader.test.batch_size=0", f"train.output_dir={tmp_path / 'out'}"],
+        num_gpus=1,
+        num_machines=1,
+        machine_rank=0,
+    )
+    with pytest.raises(ValueError, match="dataloader.test.batch_size must be .* got 0"):
+        lazyconfig_train_net.validate(bad_batch)
+    assert not (tmp_path / "out").exists()  # refused before claiming anything
     cfg = lazyconfig_train_net.load(
         os.path.join(REPO, "configs", "lazy", "sample_voc21_standard.py"),
         ["model.clip_model.model=tiny.json"],

@@ -11,6 +11,7 @@ from detectron2.modeling import build_model
 from conftest import FIXTURES, REPO, require_fixtures
 from cliptrase_d2.data.image_io import read_rgb
 from cliptrase_d2.config import load_config
+from cliptrase_d2.errors import InputError
 from cliptrase_d2.method.preprocess import CLIP_MEAN, CLIP_STD, to_clip_tensor
 
 PAPER_224 = f"{REPO}/configs/paper/Base-paper-224.yaml"
@@ -416,10 +417,91 @@ def test_out_of_memory_splits_the_batch_and_names_the_fix(caplog):
     assert torch.equal(result.labels, images[:, 0].long()) and torch.equal(
         result.scores, images * 2
     )
-    assert "batch of 5 images: running it as 3 + 2" in caplog.text
+    # one warning for the batch, naming the parts it ran as (3 was split again: not a second line)
+    assert [r.getMessage() for r in caplog.records] == [
+        "out of memory on a batch of 5 images: ran it as 2 + 1 + 2"
+    ]
 
     def never_fits(images):
         raise torch.cuda.OutOfMemoryError("out of memory")
 
     with pytest.raises(torch.cuda.OutOfMemoryError, match="one 4x4 window.*PRECISION fp16"):
         predict_within_memory(never_fits, images[:1], "window")
+
+
+def _fixture_images(*names):
+    require_fixtures()
+    return [
+        torch.from_numpy(read_rgb(f"{FIXTURES}/images/{name}.png").transpose(2, 0, 1).copy())
+        for name in names
+    ]
+
+
+@pytest.mark.parametrize("refine", ["mean", "vote", "pamr"])
+def test_standard_windows_of_a_batch_cross_images_and_each_image_gets_its_own(tiny_opts, refine):
+    """At short side 224 the photos give 2 + 3 + 1 + 2 windows (400x600, 300x451, 512x512,
+    375x500): with WINDOW_BATCH 3 the backbone sees batches of 3, 3 and 2 windows spanning the
+    images, and every image gets exactly the output it gets alone, at its own size."""
+    model = _model(tiny_opts, STANDARD, STANDARD_SHORT_SIDE=224, WINDOW_BATCH=3, REFINE=refine)
+    images = _fixture_images("coffee", "chelsea", "astronaut", "vocsample")
+    records = [{"image": image} for image in images]
+    records[1].update(height=200, width=300)  # a requested output size of its own
+    seen = []
+    original = model._predict
+    model._predict = lambda windows, *args, **kwargs: (
+        seen.append(len(windows)) or original(windows, *args, **kwargs)
+    )
+    with torch.no_grad():
+        outputs = [o["sem_seg"] for o in model(records)]
+        assert seen == [3, 3, 2]
+        alone = [model([record])[0]["sem_seg"] for record in records]
+        assert seen[3:] == [2, 3, 1, 2]
+        labels = model.inference(images, model.vocabulary, scores=False)
+        labels_alone = [model.inference([im], model.vocabulary, scores=False)[0] for im in images]
+    assert [tuple(o.shape[1:]) for o in outputs] == [(400, 600), (200, 300), (512, 512), (375, 500)]
+    for output, expected in zip(outputs, alone):
+        assert torch.equal(output, expected)
+    for prediction, expected, output in zip(labels, labels_alone, outputs):
+        assert prediction.scores is None
+        assert torch.equal(prediction.labels, expected.labels)
+    assert torch.equal(labels[0].labels, outputs[0].argmax(dim=0))
+    assert len({tuple(torch.unique(o.argmax(dim=0)).tolist()) for o in outputs}) >= 2
+
+
+def test_paper_crops_of_different_sizes_are_a_named_error(tiny_opts, photo):
+    """The paper protocol predicts a batch as one tensor: crops of different sizes (only a
+    changed evaluated_frame can make them) are refused with the sizes, not torch.stack's error."""
+    model = _model(tiny_opts)
+    square = torch.zeros(3, 300, 300, dtype=torch.uint8)
+    model.evaluated_frame = lambda image: image.permute(1, 2, 0).numpy()  # no resize, no crop
+    with pytest.raises(InputError, match=r"crops differ in size \(300x300, 400x600\).*IMS_PER"):
+        model([{"image": photo}, {"image": square}])
+
+
+def test_out_of_memory_splits_window_batches_that_span_images(tiny_opts, caplog):
+    """Seven windows of three images (2 + 3 + 2) in one WINDOW_BATCH, on a device that fits two:
+    run as 2 + 2 + 2 + 1 (halves of halves), the same outputs as unsplit, one warning for the
+    batch."""
+    from cliptrase_d2.modeling.meta_arch import logger as meta_arch_logger
+
+    model = _model(tiny_opts, STANDARD, STANDARD_SHORT_SIDE=224, WINDOW_BATCH=8)
+    records = [{"image": im} for im in _fixture_images("coffee", "chelsea", "vocsample")]
+    with torch.no_grad():
+        unsplit = [o["sem_seg"] for o in model(records)]
+    seen = []
+    original = model._predict
+
+    def fits_two(windows, *args, **kwargs):
+        seen.append(len(windows))
+        if len(windows) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(windows, *args, **kwargs)
+
+    model._predict = fits_two
+    with caplog.at_level(logging.WARNING, logger=meta_arch_logger.name), torch.no_grad():
+        split = [o["sem_seg"] for o in model(records)]
+    assert seen == [7, 4, 2, 2, 3, 2, 1]
+    for a, b in zip(split, unsplit):
+        assert torch.equal(a, b)
+    warnings = [r.getMessage() for r in caplog.records if "out of memory" in r.getMessage()]
+    assert warnings == ["out of memory on a batch of 7 windows: ran it as 2 + 2 + 2 + 1"]

@@ -57,3 +57,58 @@ def test_window_batch_bounds_memory():
 
     sliding_window(torch.zeros(3, 448, 448), predict, window=224, stride=112, batch_size=4)
     assert max(seen) == 4 and sum(seen) == 9
+
+
+def test_windows_of_several_images_share_batches_and_each_image_keeps_its_own():
+    """Windows go through ``predict`` batch_size at a time across image boundaries (a batch
+    holds one window shape), each image's average is the one it gets alone, bit for bit, and
+    is finished as soon as its last window is predicted."""
+    from cliptrase_d2.method.sliding import sliding_windows
+
+    generator = torch.Generator().manual_seed(0)
+    images = [
+        torch.randn(3, 250, 390, generator=generator),  # 4 x 6 = 24 windows of 96
+        torch.randn(3, 100, 150, generator=generator),  # 2 x 2 = 4 windows of 96
+        torch.randn(3, 80, 130, generator=generator),  # 2 windows of 80 x 96: another shape
+        torch.randn(3, 200, 96, generator=generator),  # 3 x 1 windows of 96
+    ]
+    events = []
+
+    def predict(batch):  # depends on the whole window (its mean), not only on each pixel
+        events.append(("predict", tuple(batch.shape)))
+        return batch[:, :2] * 2 + batch.mean(dim=(1, 2, 3), keepdim=True)
+
+    def finish(index, average):
+        events.append(("finish", index))
+        return index, average
+
+    results = sliding_windows(
+        images, predict, window=96, stride=64, batch_size=5, multiple=16, finish=finish
+    )
+    assert [i for i, _ in results] == [0, 1, 2, 3]
+    for image, (_, average) in zip(images, results):
+        alone = sliding_window(image, predict, window=96, stride=64, batch_size=5, multiple=16)
+        assert average.shape == (2, *image.shape[-2:])
+        assert torch.equal(average, alone)
+    events = events[: events.index(("finish", 3)) + 1]  # the batched run only
+    assert events == [
+        *[("predict", (5, 3, 96, 96))] * 4,
+        ("predict", (5, 3, 96, 96)),  # windows 21..24 of image 0 and the first of image 1
+        ("finish", 0),
+        ("predict", (3, 3, 96, 96)),  # image 1's last 3, closed early: image 2's are 80 x 96
+        ("finish", 1),
+        ("predict", (2, 3, 80, 96)),
+        ("finish", 2),
+        ("predict", (3, 3, 96, 96)),
+        ("finish", 3),
+    ]
+
+
+def test_several_images_without_finish_return_the_averages():
+    from cliptrase_d2.method.sliding import sliding_windows
+
+    images = [torch.rand(3, 40, 60), torch.rand(3, 50, 30)]
+    averages = sliding_windows(images, lambda b: b[:, :1] + 1, window=32, stride=16, batch_size=3)
+    for image, average in zip(images, averages):
+        torch.testing.assert_close(average, image[:1] + 1)
+    assert sliding_windows([], lambda b: b, window=32, stride=16, batch_size=3) == []

@@ -233,3 +233,104 @@ def test_every_method_config_writes_to_its_own_folder():
         for head in heads
     }
     assert len(folders) == len(heads) and "./output" not in folders
+
+
+def _sample_config(yaml, output, *extra):
+    return load_config(
+        os.path.join(REPO, "configs", "sample", yaml),
+        [
+            *extra,
+            "OUTPUT_DIR",
+            str(output),
+            "MODEL.CLIPTRASE.STANDARD_SHORT_SIDE",
+            "224",
+        ],
+    )
+
+
+@pytest.mark.parametrize("yaml", ["voc21_standard.yaml", "voc21_paper_224.yaml"])
+def test_batches_of_three_images_give_what_one_at_a_time_gives(
+    yaml, tiny_opts, tmp_path, monkeypatch
+):
+    """TEST.IMS_PER_BATCH 3 on the four sample photos: the model receives batches of 3 and 1
+    (read by DATALOADER.NUM_WORKERS 2 processes), and the metrics and saved label maps equal
+    those of batch 1 exactly."""
+    _require_sample()
+    monkeypatch.setenv("DETECTRON2_DATASETS", os.path.join(REPO, "datasets"))
+    results, batches = {}, {}
+    for size, workers in ((1, 0), (3, 2)):
+        cfg = _sample_config(
+            yaml,
+            tmp_path / str(size),
+            *tiny_opts,
+            "TEST.IMS_PER_BATCH",
+            str(size),
+            "DATALOADER.NUM_WORKERS",
+            str(workers),
+            "DATASETS.TEST",
+            "('cliptrase_sample_voc20',)",  # no background class: maps that vary with the tiny CLIP
+        )
+        loader = Trainer.build_test_loader(cfg, "cliptrase_sample_voc20")
+        assert (loader.batch_size, loader.num_workers) == (size, workers)
+        model = Trainer.build_model(cfg)
+        forward, batches[size] = model.forward, []
+        model.forward = lambda inputs, seen=batches[size], forward=forward: (
+            seen.append(len(inputs)) or forward(inputs)
+        )
+        results[size] = Trainer.test(cfg, model)["sem_seg"]
+    assert batches == {1: [1, 1, 1, 1], 3: [3, 1]}
+    assert results[1].keys() == results[3].keys()
+    for key, value in results[1].items():  # exactly (NaN for classes absent from both)
+        assert results[3][key] == value or (np.isnan(value) and np.isnan(results[3][key])), key
+    folder = os.path.join("predictions", "cliptrase_sample_voc20")
+    names = sorted(os.listdir(tmp_path / "1" / folder))
+    assert names == sorted(os.listdir(tmp_path / "3" / folder)) and len(names) == 4
+    maps = [
+        [np.array(Image.open(tmp_path / str(size) / folder / name)) for name in names]
+        for size in (1, 3)
+    ]
+    for name, one, three in zip(names, *maps):
+        np.testing.assert_array_equal(three, one, err_msg=name)
+    assert len({labels.tobytes() for labels in maps[0]}) >= 2  # not one map four times
+
+
+def test_batches_are_cut_from_each_process_s_shard(tiny_opts, tmp_path, monkeypatch):
+    """Process 2 of 2 reads its half of the four photos (InferenceSampler), in one batch of 3
+    at most."""
+    from detectron2.utils import comm
+
+    _require_sample()
+    monkeypatch.setenv("DETECTRON2_DATASETS", os.path.join(REPO, "datasets"))
+    cfg = _sample_config("voc21_standard.yaml", tmp_path, *tiny_opts, "TEST.IMS_PER_BATCH", "3")
+    cfg.DATALOADER.NUM_WORKERS = 0
+    everything = [
+        [os.path.basename(r["file_name"]) for r in batch]
+        for batch in Trainer.build_test_loader(cfg, "cliptrase_sample_voc21")
+    ]
+    monkeypatch.setattr(comm, "get_world_size", lambda: 2)
+    monkeypatch.setattr(comm, "get_rank", lambda: 1)
+    shard = [
+        [os.path.basename(r["file_name"]) for r in batch]
+        for batch in Trainer.build_test_loader(cfg, "cliptrase_sample_voc21")
+    ]
+    assert len(everything) == 2 and len(everything[0]) == 3
+    assert shard == [sum(everything, [])[2:]]
+
+
+@pytest.mark.parametrize("value, problem", [("0", "got 0"), ("-2", "got -2"), ("2.5", "mismatch")])
+def test_images_per_batch_below_one_is_refused_before_any_work(value, problem, tmp_path):
+    import argparse
+
+    from cliptrase_d2.engine.trainer import validate
+    from cliptrase_d2.errors import ConfigError
+
+    args = argparse.Namespace(
+        config_file=os.path.join(REPO, "configs", "sample", "voc21_standard.yaml"),
+        opts=["OUTPUT_DIR", str(tmp_path / "out"), "TEST.IMS_PER_BATCH", value],
+        num_gpus=1,
+        num_machines=1,
+        machine_rank=0,
+    )
+    with pytest.raises(ConfigError, match=f"TEST.IMS_PER_BATCH.*{problem}|{problem}.*TEST.IMS"):
+        validate(args)
+    assert not (tmp_path / "out").exists()  # nothing claimed, nothing built

@@ -334,7 +334,7 @@ def stage_map(model: CLIPtrase):
             "refinement (vote, region means)",
             ("vote_refine", "mean_refine", "region_means", "expand_regions"),
         ),
-        ("sliding window", ("sliding_window",)),
+        ("sliding window", ("sliding_window", "sliding_windows")),
     ]
 
 

@@ -23,7 +23,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from cliptrase_d2.config import check_device
+from cliptrase_d2.config import check_device, check_images_per_batch
 from cliptrase_d2.errors import (
     ConfigError,
     InputError,
@@ -84,11 +84,12 @@ def do_test(cfg, model):
 
 def validate(args):
     """The checks before any work (in the launching process): process count, config file and
-    overrides, device; then claims train.output_dir (a lock against a concurrent evaluation into
-    it; earlier results moved to its previous/ folder)."""
+    overrides, device, batch size; then claims train.output_dir (a lock against a concurrent
+    evaluation into it; earlier results moved to its previous/ folder)."""
     check_num_processes(args.num_gpus, args.num_machines, args.machine_rank)
     cfg = load(args.config_file, args.opts)
     check_device(cfg.train.get("device", "cuda"), "train.device")
+    check_images_per_batch(cfg.dataloader.test.get("batch_size", 1), "dataloader.test.batch_size")
     claim_output_dir(cfg.train.get("output_dir", ""), "train.output_dir")
     return cfg
 

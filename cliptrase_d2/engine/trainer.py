@@ -3,7 +3,7 @@ protocol, and the checks before an evaluation starts (``validate``)."""
 
 import logging
 
-from detectron2.data import build_detection_test_loader
+from detectron2.data import get_detection_dataset_dicts
 from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.modeling import build_model
 from detectron2.utils import comm
@@ -11,6 +11,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import check_device, load_config, resolve_device
 from ..data.dataset_mapper import SemSegTestMapper
+from ..data.loader import build_test_loader
 from ..data.datasets import require_registered
 from ..evaluation import PaperSemSegEvaluator, StandardSemSegEvaluator
 from ..errors import ConfigError
@@ -57,7 +58,8 @@ def setup(args):
 
 
 class Trainer(DefaultTrainer):
-    """Only evaluation: evaluators and loaders chosen by MODEL.CLIPTRASE.PROTOCOL."""
+    """Only evaluation: evaluators chosen by MODEL.CLIPTRASE.PROTOCOL, loaders of
+    TEST.IMS_PER_BATCH images."""
 
     @classmethod
     def build_model(cls, cfg):
@@ -117,4 +119,11 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        return build_detection_test_loader(cfg, dataset_name, mapper=SemSegTestMapper(cfg))
+        """TEST.IMS_PER_BATCH images per model call (Detectron2 0.6's test loader has one),
+        DATALOADER.NUM_WORKERS loading processes."""
+        return build_test_loader(
+            get_detection_dataset_dicts([dataset_name], filter_empty=False),
+            mapper=SemSegTestMapper(cfg),
+            batch_size=cfg.TEST.IMS_PER_BATCH,
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+        )

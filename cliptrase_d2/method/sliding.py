@@ -1,11 +1,11 @@
 """Sliding-window inference: window placement and averaging of overlapping window scores."""
 
-from typing import Callable, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["PADDINGS", "window_boxes", "window_padding", "sliding_window"]
+__all__ = ["PADDINGS", "window_boxes", "window_padding", "sliding_window", "sliding_windows"]
 
 Box = Tuple[int, int, int, int]  # (top, left, bottom, right)
 
@@ -77,29 +77,75 @@ def sliding_window(
     window scores come): accumulating, resizing and the argmax over classes then run along
     contiguous memory.
     """
-    _, height, width = image.shape
-    boxes = window_boxes(height, width, window, stride)
-    total = None
-    counts = torch.zeros(1, height, width, device=image.device)
-    for start in range(0, len(boxes), batch_size):
-        chunk = boxes[start : start + batch_size]
-        crops = [image[:, t:b, l:r] for t, l, b, r in chunk]
+    return sliding_windows([image], predict, window, stride, batch_size, multiple, padding)[0]
+
+
+def sliding_windows(
+    images: Sequence[torch.Tensor],
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    window: int,
+    stride: int,
+    batch_size: int,
+    multiple: int = 1,
+    padding: str = "end",
+    finish: Optional[Callable[[int, torch.Tensor], Any]] = None,
+) -> List[Any]:
+    """``sliding_window`` over several images, their windows going through ``predict``
+    together: ``batch_size`` at a time, in image order, across image boundaries (a batch holds
+    windows of one shape; it is closed early where the next image's windows differ). Each
+    image's windows are added in the same order as alone, so where ``predict`` gives a window
+    the scores it gets alone (whatever else is in its batch), every average is the one image's
+    ``sliding_window``, bit for bit.
+
+    images: (3, H_i, W_i) each. ``finish(i, average)`` runs on image i's (K, H_i, W_i) average
+    as soon as its last window is predicted, which is then dropped: only the images a batch
+    spans are held at once. Returns ``finish``'s results in image order (default: the
+    averages).
+    """
+    results: List[Any] = [None] * len(images)
+    totals: Dict[int, torch.Tensor] = {}
+    counts: Dict[int, torch.Tensor] = {}
+    remaining = [0] * len(images)
+
+    def run(chunk: List[Tuple[int, Box]]) -> None:
+        crops = [images[i][:, t:b, l:r] for i, (t, l, b, r) in chunk]
         crop_h, crop_w = crops[0].shape[-2:]
         pad = window_padding(crop_h, crop_w, multiple, padding)
         batch = torch.stack([F.pad(c, pad) for c in crops])  # (N, 3, h', w')
         top, left = pad[2], pad[0]
         scores = predict(batch)[:, :, top : top + crop_h, left : left + crop_w]  # (N, K, h, w)
-        if total is None:
-            total = torch.empty(
-                1,
-                scores.shape[1],
-                height,
-                width,
-                dtype=scores.dtype,
-                device=image.device,
-                memory_format=torch.channels_last,
-            )[0].zero_()
-        for (t, l, b, r), window_scores in zip(chunk, scores):
-            total[:, t:b, l:r] += window_scores
-            counts[:, t:b, l:r] += 1
-    return total.div_(counts)
+        for (i, (t, l, b, r)), window_scores in zip(chunk, scores):
+            if i not in totals:
+                height, width = images[i].shape[-2:]
+                totals[i] = torch.empty(
+                    1,
+                    scores.shape[1],
+                    height,
+                    width,
+                    dtype=scores.dtype,
+                    device=images[i].device,
+                    memory_format=torch.channels_last,
+                )[0].zero_()
+                counts[i] = torch.zeros(1, height, width, device=images[i].device)
+            totals[i][:, t:b, l:r] += window_scores
+            counts[i][:, t:b, l:r] += 1
+            remaining[i] -= 1
+            if remaining[i] == 0:
+                average = totals.pop(i).div_(counts.pop(i))
+                results[i] = average if finish is None else finish(i, average)
+
+    chunk: List[Tuple[int, Box]] = []
+    chunk_shape = None  # the (h, w) of the windows in ``chunk``
+    for index, image in enumerate(images):
+        boxes = window_boxes(image.shape[-2], image.shape[-1], window, stride)
+        remaining[index] = len(boxes)
+        shape = (boxes[0][2] - boxes[0][0], boxes[0][3] - boxes[0][1])  # all of the image's
+        for box in boxes:
+            if chunk and (len(chunk) == batch_size or shape != chunk_shape):
+                run(chunk)
+                chunk = []
+            chunk.append((index, box))
+            chunk_shape = shape
+    if chunk:
+        run(chunk)
+    return results

@@ -34,7 +34,7 @@ from ..method.preprocess import (
     shorter_side_size,
     to_clip_tensor,
 )
-from ..method.sliding import PADDINGS, sliding_window, window_boxes
+from ..method.sliding import PADDINGS, sliding_windows, window_boxes
 from ..method.text import text_embeddings
 from ..method.thresholds import check_threshold, label_order, merge_names, threshold_scores
 from ..vocabulary import (
@@ -55,15 +55,38 @@ def predict_within_memory(
     predict_batch: Callable[[torch.Tensor], Prediction], images: torch.Tensor, what: str = "image"
 ) -> Prediction:
     """``predict_batch(images)``; when the device runs out of memory, it is tried again (on CUDA
-    after freeing the allocator's cached blocks), then the batch is split in halves (each image's
-    prediction does not depend on the others). One image that still does not fit raises an
-    OutOfMemoryError that says what to change. Unlike Detectron2's ``retry_if_cuda_oom``, it
+    after freeing the allocator's cached blocks), then the batch is split in halves, and halves
+    of those as needed (each image's prediction does not depend on the others), with one
+    warning for the batch naming the parts it ran as. One image that still does not fit raises
+    an OutOfMemoryError that says what to change. Unlike Detectron2's ``retry_if_cuda_oom``, it
     never moves the inputs to the CPU: the model stays on the GPU, so that would only change the
     error into a device mismatch.
     """
+    parts: List[int] = []
+    prediction = _predict_in_parts(predict_batch, images, what, parts)
+    if len(parts) > 1:
+        logger.warning(
+            "out of memory on a batch of %d %ss: ran it as %s",
+            len(images),
+            what,
+            " + ".join(str(part) for part in parts),
+        )
+    return prediction
+
+
+def _predict_in_parts(
+    predict_batch: Callable[[torch.Tensor], Prediction],
+    images: torch.Tensor,
+    what: str,
+    parts: List[int],
+) -> Prediction:
+    """``predict_within_memory`` without its warning; appends the size of each part that ran
+    to ``parts``."""
     for _ in range(2 if images.is_cuda else 1):
         try:
-            return predict_batch(images)
+            prediction = predict_batch(images)
+            parts.append(len(images))
+            return prediction
         except torch.cuda.OutOfMemoryError:
             pass  # freed below, outside the except block, which holds the failed frames' tensors
         if images.is_cuda:
@@ -78,15 +101,8 @@ def predict_within_memory(
             "or a device with more free memory"
         )
     half = (len(images) + 1) // 2
-    logger.warning(
-        "out of memory on a batch of %d %ss: running it as %d + %d",
-        len(images),
-        what,
-        half,
-        len(images) - half,
-    )
-    first = predict_within_memory(predict_batch, images[:half], what)
-    second = predict_within_memory(predict_batch, images[half:], what)
+    first = _predict_in_parts(predict_batch, images[:half], what, parts)
+    second = _predict_in_parts(predict_batch, images[half:], what, parts)
     return Prediction(
         torch.cat([first.labels, second.labels]), torch.cat([first.scores, second.scores])
     )
@@ -495,10 +511,8 @@ class CLIPtrase(nn.Module):
                 # sem_seg: scores whose argmax is the prediction (one-hot of the voted labels under
                 # "vote")
                 results = [p.scores for p in self.inference(group, vocabulary, soft_scores=False)]
-            else:
-                results = [
-                    self._sliding_window_scores(images[i], sizes[i], vocabulary) for i in indices
-                ]
+            else:  # the windows of the group's images go through the backbone together
+                results = self._standard_predictions(group, [sizes[i] for i in indices], vocabulary)
             for index, scores in zip(indices, results):
                 outputs[index]["sem_seg"] = scores
         return outputs
@@ -525,30 +539,37 @@ class CLIPtrase(nn.Module):
         if self.protocol == "paper":
             self._check_single_names(vocabulary, "the paper protocol")
             soft_scores = soft_scores and scores
-            batch = torch.stack(
-                [to_clip_tensor(Image.fromarray(self.evaluated_frame(im))) for im in images]
-            )
+            crops = [to_clip_tensor(Image.fromarray(self.evaluated_frame(im))) for im in images]
+            self._check_same_size(crops)
             prediction = predict_within_memory(
-                lambda x: self._predict(x, vocabulary, soft_scores), batch.to(self.device)
+                lambda x: self._predict(x, vocabulary, soft_scores),
+                torch.stack(crops).to(self.device),
             )
             return [
                 Prediction(labels, image_scores if scores else None)
                 for labels, image_scores in zip(*prediction)
             ]
         sizes = sizes or [tuple(im.shape[-2:]) for im in images]
-        results = []
-        for image, size in zip(images, sizes):
-            if not scores and self._labels_from_rows:
-                labels = self._resized_labels(
-                    self._window_average(image, vocabulary), size, vocabulary
-                )
-                results.append(Prediction(labels, None))
-                continue
-            image_scores = self._sliding_window_scores(image, size, vocabulary)
-            results.append(Prediction(image_scores.argmax(dim=0), image_scores))
-        if not scores:
-            results = [Prediction(result.labels, None) for result in results]
-        return results
+        if not scores and self._labels_from_rows:
+            return self._standard_predictions(images, sizes, vocabulary, labels_only=True)
+
+        def predicted(image_scores: torch.Tensor) -> Prediction:
+            return Prediction(image_scores.argmax(dim=0), image_scores if scores else None)
+
+        return self._standard_predictions(images, sizes, vocabulary, predicted)
+
+    @staticmethod
+    def _check_same_size(crops: List[torch.Tensor]) -> None:
+        """The paper protocol predicts a batch's crops as one tensor: they must share a size."""
+        sizes = sorted({tuple(crop.shape[-2:]) for crop in crops})
+        if len(sizes) > 1:
+            raise InputError(
+                "the paper protocol predicts a batch's center crops as one tensor, but this "
+                f"batch's crops differ in size ({', '.join(f'{h}x{w}' for h, w in sizes)}): "
+                "evaluated_frame must give every image the PAPER_SIZE x PAPER_SIZE crop (a "
+                "custom mapper or evaluated_frame changed it); restore it, or evaluate with "
+                "TEST.IMS_PER_BATCH 1"
+            )
 
     def check_image_size(self, size: Tuple[int, int], name: str) -> None:
         """Rejects images smaller than one CLIP patch (resizing them up would invent the
@@ -661,16 +682,43 @@ class CLIPtrase(nn.Module):
             raise InputError(f"'image' must be a (3, H, W) tensor, got shape {tuple(image.shape)}")
         return image.flip(0) if self.input_format == "BGR" else image
 
+    def _standard_predictions(
+        self,
+        images: List[torch.Tensor],
+        sizes: List[Tuple[int, int]],
+        vocabulary: Vocabulary,
+        finish: Optional[Callable[[torch.Tensor], object]] = None,
+        labels_only: bool = False,
+    ) -> List:
+        """Standard protocol over a batch: the windows of all ``images`` go through the backbone
+        together (WINDOW_BATCH at a time, across images; ``sliding.sliding_windows``), each
+        image's window average then finished alone as soon as it is complete: its
+        ``_sliding_window_scores`` (K, *sizes[i]), passed through ``finish`` when given, or with
+        ``labels_only`` the Prediction of its ``_resized_labels`` (no scores). Results in image
+        order. images: (3, H, W) uint8 RGB each."""
+        frames = [self._standard_frame(image) for image in images]
+
+        def finished(index: int, average: torch.Tensor):
+            if labels_only:
+                return Prediction(self._resized_labels(average, sizes[index], vocabulary), None)
+            scores = self._sliding_window_scores(frames[index], average, sizes[index], vocabulary)
+            return scores if finish is None else finish(scores)
+
+        return self._window_averages(frames, vocabulary, finished)
+
     def _sliding_window_scores(
-        self, image: torch.Tensor, size: Tuple[int, int], vocabulary: Vocabulary
+        self,
+        frame: torch.Tensor,
+        average: torch.Tensor,
+        size: Tuple[int, int],
+        vocabulary: Vocabulary,
     ) -> torch.Tensor:
-        """Standard protocol (the peers' order): the window scores of every name, averaged,
-        resized to ``size``, refined by PAMR or TLP (REFINE 'pamr', 'tlp'), then the maximum
-        over each class's names, or the peers' thresholds on the class probabilities when
-        PROB_THD / AREA_THD > 0.
-        image: (3, H, W) uint8 RGB -> (K, *size)."""
-        frame = self._standard_frame(image)
-        rows = resize_maps(self._window_average(image, vocabulary, frame), size)  # (R, *size)
+        """Standard protocol (the peers' order): the window scores of every name, averaged
+        (``average``, over ``frame``, the image's ``_standard_frame``), resized to ``size``,
+        refined by PAMR or TLP (REFINE 'pamr', 'tlp'), then the maximum over each class's names,
+        or the peers' thresholds on the class probabilities when PROB_THD / AREA_THD > 0.
+        frame: (3, h, w), average: (R, h, w) -> (K, *size)."""
+        rows = resize_maps(average, size)  # (R, *size)
         if self.refinement.refine == "vote":
             return rows  # already the output classes
         if self.pamr_steps > 0 or self.tlp_grid:
@@ -721,13 +769,24 @@ class CLIPtrase(nn.Module):
         ``frame`` when already computed). image: (3, H, W) uint8 RGB -> (R, h, w) scores of every
         text row (under "vote": (C', h, w) votes) at the resized image's resolution."""
         frame = self._standard_frame(image) if frame is None else frame
+        return self._window_averages([frame], vocabulary)[0]
+
+    def _window_averages(
+        self,
+        frames: List[torch.Tensor],
+        vocabulary: Vocabulary,
+        finish: Optional[Callable[[int, torch.Tensor], object]] = None,
+    ) -> List:
+        """``_window_average`` of several ``_standard_frame``s, their windows predicted together
+        (``sliding.sliding_windows``: ``finish(i, average)`` as each average completes)."""
         patch = patch_size(self.clip_model.visual)[0]
-        return sliding_window(
-            frame,
+        return sliding_windows(
+            frames,
             lambda windows: self._window_scores(windows, vocabulary),
             self.window_size,
             self.window_stride,
             self.window_batch,
             multiple=patch,
             padding=self.window_padding,
+            finish=finish,
         )

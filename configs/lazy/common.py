@@ -9,10 +9,11 @@ cache follow ``model.clip_model`` by interpolation.
 """
 
 from detectron2.config import LazyCall as L
-from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
+from detectron2.data import get_detection_dataset_dicts
 
 from cliptrase_d2.clip_loading import build_clip, get_tokenizer
 from cliptrase_d2.data.dataset_mapper import SemSegTestMapper
+from cliptrase_d2.data.loader import build_test_loader
 from cliptrase_d2.evaluation import StandardSemSegEvaluator
 from cliptrase_d2.method.pipeline import RefinementSettings
 from cliptrase_d2.modeling.meta_arch import CLIPtrase
@@ -52,10 +53,13 @@ model = L(CLIPtrase)(
 )
 
 dataloader = dict(
-    test=L(build_detection_test_loader)(
+    # Detectron2's test loader with a batch size on every version (TEST.IMS_PER_BATCH's twin)
+    test=L(build_test_loader)(
         dataset=L(get_detection_dataset_dicts)(names="cliptrase_sample_voc21", filter_empty=False),
         mapper=L(SemSegTestMapper)(image_format="${model.input_format}"),
+        batch_size=1,
         num_workers=2,
+        batch_size_key="dataloader.test.batch_size",
     ),
     evaluator=L(StandardSemSegEvaluator)(
         dataset_name="${..test.dataset.names}",
