@@ -69,17 +69,24 @@ class SegmentationResult:
 class Segmenter:
     """Wraps a CLIPtrase model for single images and small batches (CPU or GPU)."""
 
-    def __init__(self, model):
+    def __init__(self, model, batch_size: Optional[int] = None):
+        """``batch_size``: at most that many images per model call in ``segment`` (None: each
+        call's whole list at once)."""
+        if batch_size is not None:
+            check_images_per_batch(batch_size, "batch_size")
         self.model = model.eval()
+        self.batch_size = batch_size
 
     @classmethod
     def from_config(cls, config_file: str = "", opts: Sequence[str] = ()) -> "Segmenter":
-        """Builds the model from a config file (and KEY VALUE overrides), on MODEL.DEVICE."""
+        """Builds the model from a config file (and KEY VALUE overrides), on MODEL.DEVICE; images
+        go to the model TEST.IMS_PER_BATCH at a time, as in evaluation."""
         from detectron2.modeling import build_model
 
         from .config import load_config
 
-        return cls(build_model(load_config(config_file, opts)))
+        cfg = load_config(config_file, opts)
+        return cls(build_model(cfg), batch_size=cfg.TEST.IMS_PER_BATCH)
 
     def resolve_vocabulary(
         self, vocabulary=None, background: Optional[Sequence[str]] = None
@@ -109,12 +116,12 @@ class Segmenter:
         embeddings are cached per vocabulary). scores=False: the same labels without the
         (K, H, W) soft scores (``result.scores`` is None), which for large photos under the
         standard protocol saves gigabytes. batch_size: at most that many images per model call
-        (None: all the images given, in one call); the results are the same for any batch size,
-        only the speed and the memory differ (TEST.IMS_PER_BATCH is the evaluation loader's
-        setting: here the list given is the batch).
+        (None: the Segmenter's own, TEST.IMS_PER_BATCH when built by ``from_config``); the
+        results are the same for any batch size, only the speed and the memory differ.
         """
         if batch_size is not None:
             check_images_per_batch(batch_size, "batch_size")
+        batch_size = batch_size or self.batch_size
         single = not isinstance(images, (list, tuple))
         batch = [images] if single else list(images)
         resolved = self.resolve_vocabulary(vocabulary, background)

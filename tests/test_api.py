@@ -144,13 +144,14 @@ def test_labels_without_scores_are_the_same(tiny_opts, protocol, monkeypatch):
 
 
 def test_batch_size_caps_the_images_per_model_call(tiny_opts):
-    """segment(batch_size=N): at most N images per model call (None: the list given, in one),
-    the same labels and scores as one image at a time, bit for bit."""
+    """segment(batch_size=N): at most N images per model call (None: the config's
+    TEST.IMS_PER_BATCH), the same labels and scores as one image at a time, bit for bit."""
     require_fixtures()
     segmenter = Segmenter.from_config(
         os.path.join(REPO, "configs", "standard", "Base-standard.yaml"),
-        [*tiny_opts, "MODEL.CLIPTRASE.STANDARD_SHORT_SIDE", "224"],
+        [*tiny_opts, "MODEL.CLIPTRASE.STANDARD_SHORT_SIDE", "224", "TEST.IMS_PER_BATCH", "3"],
     )
+    assert segmenter.batch_size == 3
     paths = [
         os.path.join(FIXTURES, "images", f"{n}.png") for n in ("chelsea", "coffee", "vocsample")
     ]
@@ -169,6 +170,10 @@ def test_batch_size_caps_the_images_per_model_call(tiny_opts):
         np.testing.assert_array_equal(result.labels, alone.labels)
         np.testing.assert_array_equal(other.labels, alone.labels)
         assert torch.equal(result.scores, alone.scores) and torch.equal(other.scores, alone.scores)
+    segmenter.batch_size = 1  # TEST.IMS_PER_BATCH 1: one image per call
+    calls.clear()
+    segmenter.segment(paths, "voc20")
+    assert calls == [1, 1, 1]
     for bad in (0, -1, 1.5):
         with pytest.raises(ValueError, match=f"batch_size must be .* at least 1, got {bad}"):
             segmenter.segment(paths, "voc20", batch_size=bad)

@@ -112,7 +112,10 @@ def get_parser():
         "--side-by-side", action="store_true", help="also write <stem>_panel.png: input | overlay"
     )
     parser.add_argument(
-        "--batch-size", type=int, default=1, help="images (or frames) per forward pass"
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images (or frames) per forward pass (default: the config's TEST.IMS_PER_BATCH)",
     )
     parser.add_argument(
         "--overwrite",
@@ -361,7 +364,9 @@ def segment_video(
     try:
         with tqdm(total=total, desc="video", unit="frame") as progress:
             for batch in read_frames(capture, batch_size):
-                results = segmenter.segment(batch, vocabulary, background=background, scores=False)
+                results = segmenter.segment(
+                    batch, vocabulary, background=background, scores=False, batch_size=batch_size
+                )
                 for result in results:
                     if writer is None:
                         height, width = result.image.shape[:2]
@@ -390,10 +395,12 @@ def segment_video(
 def main(argv=None):
     args = get_parser().parse_args(argv)
     setup_logger(name="cliptrase_d2")
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
     config_file = args.config_file or PROTOCOL_CONFIGS[args.protocol or DEFAULT_PROTOCOL]
-    load_config(config_file, build_opts(args))  # before any work: file, keys, values, device
+    cfg = load_config(config_file, build_opts(args))  # before any work: file, keys, values, device
+    if args.batch_size is None:
+        args.batch_size = cfg.TEST.IMS_PER_BATCH
     if args.video_input:
         target = video_output_path(args.video_input, args.output)
         check_video_output(args.video_input, target, args.overwrite)
@@ -419,7 +426,13 @@ def main(argv=None):
             batch = load_inputs(paths, args.skip_bad_inputs)
             if batch:
                 images = [image for _, image in batch]
-                results = segmenter.segment(images, vocabulary, background=background, scores=False)
+                results = segmenter.segment(
+                    images,
+                    vocabulary,
+                    background=background,
+                    scores=False,
+                    batch_size=args.batch_size,
+                )
                 for (path, _), result in zip(batch, results):
                     write_outputs(result, path, args.output, args.side_by_side)
             written += len(batch)

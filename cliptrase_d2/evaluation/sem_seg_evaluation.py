@@ -28,6 +28,7 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
 from ..method.preprocess import resize_and_center_crop
+from ..method.refinement import channel_argmax
 from .paper_metric import PaperMetric, unknown_label_ids
 from .results_io import atomic_write_json, atomic_write_png
 from ..errors import InputError, MissingFileError, UnknownNameError
@@ -151,7 +152,7 @@ def checked_scores(scores, num_classes: int, file_name: str) -> torch.Tensor:
 def predicted_labels(scores, num_classes: int, file_name: str) -> np.ndarray:
     """(K, H, W) class scores -> (H, W) int64 argmax, checking K against the dataset's classes."""
     scores = checked_scores(scores, num_classes, file_name)
-    return scores.argmax(dim=0).cpu().numpy().astype(np.int64)
+    return channel_argmax(scores).cpu().numpy().astype(np.int64)
 
 
 def prediction_png_dtype(num_classes: int) -> np.dtype:
@@ -434,7 +435,7 @@ class StandardSemSegEvaluator(_ResultsWriter, SemSegEvaluator):
             super().process([dataset_dict], [output])
             self._num_images += 1
             if self._save_predictions:
-                self._save_prediction(dataset_dict, scores.argmax(dim=0).cpu().numpy())
+                self._save_prediction(dataset_dict, channel_argmax(scores).cpu().numpy())
 
     def encode_json_sem_seg(self, sem_seg, input_file_name):
         """Nothing: Detectron2 writes these COCO-format RLEs only to its output_dir, which it is

@@ -24,7 +24,7 @@ from ..method.pamr import pamr
 from ..method.peer_heads import PEARL_KEY_KEY_WEIGHT
 from ..method.propagation import TLP_GRID, text_aware_propagation
 from ..method.pipeline import Prediction, RefinementSettings, dbscan_for_grid, predict
-from ..method.refinement import resize_maps, resized_argmax
+from ..method.refinement import channel_argmax, resize_maps, resized_argmax
 from ..method.preprocess import (
     CLIP_MEAN,
     CLIP_STD,
@@ -554,7 +554,7 @@ class CLIPtrase(nn.Module):
             return self._standard_predictions(images, sizes, vocabulary, labels_only=True)
 
         def predicted(image_scores: torch.Tensor) -> Prediction:
-            return Prediction(image_scores.argmax(dim=0), image_scores if scores else None)
+            return Prediction(channel_argmax(image_scores), image_scores if scores else None)
 
         return self._standard_predictions(images, sizes, vocabulary, predicted)
 
@@ -613,7 +613,7 @@ class CLIPtrase(nn.Module):
         crop (bicubic), or the image itself under the standard protocol. image: (3, H, W) RGB
         uint8 tensor or (H, W, 3) array."""
         if isinstance(image, torch.Tensor):
-            image = image.permute(1, 2, 0).cpu().numpy()
+            image = image.cpu().permute(1, 2, 0).contiguous().numpy()  # PIL copies rows faster
         if self.protocol != "paper":
             return np.ascontiguousarray(image)
         return np.asarray(
