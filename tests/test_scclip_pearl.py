@@ -587,8 +587,9 @@ def test_standard_protocol_runs_tlp_once_on_the_averaged_resized_logits(tiny_opt
     assert output.shape == (4, 240, 360)
     vocabulary = model.vocabulary
     with torch.no_grad():
-        average = plain._window_average(image, vocabulary)  # (4 rows, 200, 300)
-        torch.testing.assert_close(model._window_average(image, vocabulary), average)
+        frame = plain._standard_frame(image)
+        average = plain._window_averages([frame], vocabulary)[0]  # (4 rows, 200, 300)
+        torch.testing.assert_close(model._window_averages([frame], vocabulary)[0], average)
         rows = resize_maps(average, (240, 360))
         guide = F.interpolate(
             plain._standard_frame(image)[None],

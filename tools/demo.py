@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from cliptrase_d2.api import Segmenter, load_image
 from cliptrase_d2.atomic import atomic_paths
-from cliptrase_d2.config import load_config
+from cliptrase_d2.config import check_images_per_batch, load_config
 from cliptrase_d2.engine.checks import check_writable_folder
 from cliptrase_d2.errors import (
     InputError,
@@ -395,8 +395,8 @@ def segment_video(
 def main(argv=None):
     args = get_parser().parse_args(argv)
     setup_logger(name="cliptrase_d2")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.batch_size is not None:
+        check_images_per_batch(args.batch_size, "--batch-size")
     config_file = args.config_file or PROTOCOL_CONFIGS[args.protocol or DEFAULT_PROTOCOL]
     cfg = load_config(config_file, build_opts(args))  # before any work: file, keys, values, device
     if args.batch_size is None:

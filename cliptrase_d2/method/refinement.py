@@ -289,14 +289,16 @@ def median_filter(maps: torch.Tensor, size: int) -> torch.Tensor:
     maps = maps.reshape(-1, *shape[-2:])  # (m, H, W)
     num_maps, height, width = maps.shape
     before, after = size // 2, size - 1 - size // 2
-    rows = torch.from_numpy(np.pad(np.arange(height), (before, after), mode="symmetric"))
-    cols = torch.from_numpy(np.pad(np.arange(width), (before, after), mode="symmetric"))
+    rows, cols = (
+        torch.from_numpy(np.pad(np.arange(n), (before, after), mode="symmetric")).to(maps.device)
+        for n in (height, width)
+    )
     column_comparators, column_order, window_comparators, output = median_network(size)
     step = max(1, MEDIAN_WINDOW_ELEMENTS // (height * width * size * size))
     filtered = []
     for start in range(0, num_maps, step):
         chunk = maps[start : start + step]
-        padded = chunk[:, rows.to(maps.device)][:, :, cols.to(maps.device)]  # (g, H+s-1, W+s-1)
+        padded = chunk[:, rows][:, :, cols]  # (g, H + s - 1, W + s - 1)
         wires = [padded[:, rank : rank + height] for rank in range(size)]  # (g, H, W + s - 1)
         for low, high in column_comparators:
             wires[low], wires[high] = (

@@ -762,22 +762,15 @@ class CLIPtrase(nn.Module):
         frame = frame.permute(2, 0, 1).float() / 255.0
         return (frame - self.pixel_mean) / self.pixel_std
 
-    def _window_average(
-        self, image: torch.Tensor, vocabulary: Vocabulary, frame: Optional[torch.Tensor] = None
-    ) -> torch.Tensor:
-        """Standard protocol: the sliding-window average over ``_standard_frame(image)`` (given as
-        ``frame`` when already computed). image: (3, H, W) uint8 RGB -> (R, h, w) scores of every
-        text row (under "vote": (C', h, w) votes) at the resized image's resolution."""
-        frame = self._standard_frame(image) if frame is None else frame
-        return self._window_averages([frame], vocabulary)[0]
-
     def _window_averages(
         self,
         frames: List[torch.Tensor],
         vocabulary: Vocabulary,
         finish: Optional[Callable[[int, torch.Tensor], object]] = None,
     ) -> List:
-        """``_window_average`` of several ``_standard_frame``s, their windows predicted together
+        """Standard protocol: the sliding-window average over each of ``frames`` (the images'
+        ``_standard_frame``s, (3, h, w) each) -> (R, h, w) scores of every text row (under "vote":
+        (C', h, w) votes) at the resized image's resolution. Their windows are predicted together
         (``sliding.sliding_windows``: ``finish(i, average)`` as each average completes)."""
         patch = patch_size(self.clip_model.visual)[0]
         return sliding_windows(
