@@ -136,15 +136,20 @@ def test_resize_into_a_buffer_equals_resize():
 # ---- attention ---------------------------------------------------------------------------------
 
 
-def test_correlative_attention_is_one_batched_call_for_all_images_and_heads():
+def test_correlative_attention_is_the_authors_sum_of_three_attention_maps():
     q, k, v = (torch.randn(2 * 3, 50, 16) for _ in range(3))  # 2 images x 3 heads
     scale = 16**-0.5
     expected = []
-    for index in range(6):  # each head alone
+    for index in range(6):  # each head alone, the L x L weights summed first as the authors do
         t3 = [t[index] for t in (q, k, v)]
         weights = sum(torch.softmax(torch.mm(t * scale, t.t()), dim=-1) for t in t3)
         expected.append(torch.mm(weights, v[index]))
-    assert torch.equal(correlative_attention(q, k, v), torch.stack(expected))
+    ours = correlative_attention(q, k, v)
+    torch.testing.assert_close(ours, torch.stack(expected), rtol=1e-5, atol=1e-5)
+    # batch composition does not change a bit: each image alone gives what the batch gives
+    for image in range(2):
+        heads = slice(3 * image, 3 * image + 3)
+        assert torch.equal(correlative_attention(q[heads], k[heads], v[heads]), ours[heads])
 
 
 def test_shared_projections_give_the_block_its_own_attention(tiny_clip):
