@@ -41,6 +41,7 @@ from tqdm import tqdm
 from cliptrase_d2.api import Segmenter, load_image
 from cliptrase_d2.atomic import atomic_paths
 from cliptrase_d2.config import check_images_per_batch, load_config
+from cliptrase_d2.engine.allocator import tune_cpu_allocator
 from cliptrase_d2.engine.checks import check_writable_folder
 from cliptrase_d2.errors import (
     InputError,
@@ -395,6 +396,7 @@ def segment_video(
 def main(argv=None):
     args = get_parser().parse_args(argv)
     setup_logger(name="cliptrase_d2")
+    tune_cpu_allocator()
     if args.batch_size is not None:
         check_images_per_batch(args.batch_size, "--batch-size")
     config_file = args.config_file or PROTOCOL_CONFIGS[args.protocol or DEFAULT_PROTOCOL]

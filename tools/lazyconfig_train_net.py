@@ -30,6 +30,7 @@ from cliptrase_d2.errors import (
     MissingFileError,
     UnknownNameError,
 )
+from cliptrase_d2.engine.allocator import tune_cpu_allocator
 from cliptrase_d2.engine.checks import check_num_processes, claim_output_dir
 from cliptrase_d2.engine.launch import run_eval_only
 
@@ -97,6 +98,7 @@ def validate(args):
 def main(args):
     cfg = load(args.config_file, args.opts)
     setup_logger(output=cfg.train.output_dir, distributed_rank=comm.get_rank(), name="cliptrase_d2")
+    tune_cpu_allocator()
     device = resolve_device(cfg)
     default_setup(cfg, args)
     model = instantiate(cfg.model).to(device).eval()

@@ -34,6 +34,7 @@ from PIL import Image  # noqa: E402
 
 from cliptrase_d2.errors import InputError, UserError
 from cliptrase_d2.api import Segmenter  # noqa: E402
+from cliptrase_d2.engine.allocator import tune_cpu_allocator  # noqa: E402
 from cliptrase_d2.evaluation.results_io import atomic_write_png  # noqa: E402
 from cliptrase_d2.method.heads import HEADS  # noqa: E402
 from cliptrase_d2.visualization import legend_entries, overlay, with_legend  # noqa: E402
@@ -378,6 +379,7 @@ def build_page(
 def main(argv=None):
     args = get_parser().parse_args(argv)
     setup_logger(name="cliptrase_d2")
+    tune_cpu_allocator()
     if importlib.util.find_spec("gradio") is None:
         raise ImportError(
             "the web demo needs Gradio: python -m pip install --no-deps -r requirements/web.txt"

@@ -15,6 +15,7 @@ from ..data.loader import build_test_loader
 from ..data.datasets import require_registered
 from ..evaluation import PaperSemSegEvaluator, StandardSemSegEvaluator
 from ..errors import ConfigError
+from .allocator import tune_cpu_allocator
 from .checks import check_num_processes, claim_output_dir
 
 __all__ = ["Trainer", "setup", "validate"]
@@ -51,6 +52,7 @@ def setup(args):
     console and in OUTPUT_DIR/log.txt."""
     cfg = _checked_config(args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cliptrase_d2")
+    tune_cpu_allocator()
     resolve_device(cfg)
     cfg.freeze()
     default_setup(cfg, args)
