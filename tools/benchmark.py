@@ -25,7 +25,9 @@ work is synchronized (``torch.cuda.synchronize``) before each clock reading. Wha
 - ``standard_1024x2048``: the same as Cityscapes runs it (configs/standard/cityscapes19.yaml:
   K = 19, shorter side 560), output (19, 1024, 2048); ``standard_1024x2048_k150`` is the stress
   case of a 1024 x 2048 image with ADE's 150 classes at shorter side 336.
-  ``window_ratio_<case>`` = its time / (number of windows x ``plain_224``).
+  ``window_ratio_<case>`` = its time / (number of windows x ``plain_224_beside_standard``,
+  the plain 224 forward timed in turns with the standard cases; the paper cases take turns
+  among themselves, apart from the standard cases' multi-GB tensors).
 - ``overhead_ms_<case>``: the time after the backbone, i.e. the forward's time minus the time
   before the first backbone call (decoding, resizing) and minus the backbone calls themselves
   (``head.features``: the recalibrated tower, each call synchronized); for the paper cases
@@ -72,6 +74,7 @@ from cliptrase_d2 import clip_loading
 from cliptrase_d2.clip_loading import PRECISIONS
 from cliptrase_d2.data.image_io import read_rgb
 from cliptrase_d2.config import load_config
+from cliptrase_d2.engine.allocator import tune_cpu_allocator
 from cliptrase_d2.method import dense_clip, pipeline, refinement, sliding
 from cliptrase_d2.method.preprocess import keep_ratio_size, resize_and_center_crop, to_clip_tensor
 from cliptrase_d2.method.sliding import window_boxes
@@ -92,6 +95,8 @@ CASES = {
     "standard_1024x2048_k150": ("configs/standard/ade150.yaml", (1024, 2048), ()),
 }
 PLAIN_SIZES = (224, 336)
+# The plain 224 forward timed in turns with the standard cases (their window ratios' unit).
+STANDARD_PLAIN = "plain_224_beside_standard"
 STAGE_CASES = ("paper_224", "paper_336", "standard_512x683")
 
 logger = logging.getLogger("cliptrase_d2.benchmark")
@@ -128,6 +133,12 @@ def get_parser():
     )
     parser.add_argument("--stages", action="store_true", help="also print the per-stage cost table")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    parser.add_argument(
+        "--glibc-malloc-defaults",
+        action="store_true",
+        help="leave glibc's malloc thresholds as they are (the entry points tune them: "
+        "cliptrase_d2/engine/allocator.py)",
+    )
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object instead of the table"
     )
@@ -260,14 +271,16 @@ def median_times(
     runs: Dict[str, Callable[[], object]], device, repeats: int, warmup: int
 ) -> Dict[str, float]:
     """Median wall time in milliseconds of each run, CUDA work included. The runs take turns
-    (one of each per round), so a change in the machine's load reaches all of them alike."""
+    (one of each per round, in reverse order every other round), so a change in the machine's
+    load, and what a run leaves behind for the next one, reaches all of them alike."""
     times = defaultdict(list)
     with torch.no_grad():
         for _ in range(warmup):
             for run in runs.values():
                 run()
-        for _ in range(max(1, repeats)):
-            for name, run in runs.items():
+        for round_index in range(max(1, repeats)):
+            order = list(runs.items())
+            for name, run in order if round_index % 2 == 0 else order[::-1]:
                 synchronize(device)
                 start = time.perf_counter()
                 run()
@@ -591,13 +604,28 @@ def run_benchmark(args) -> Dict:
             models["paper_224"], [as_input(p, device) for p in chosen]
         )
         runs[f"plain_batch{size}_n"] = functools.partial(plain_forward(clip.visual), crops)
-    logger.info(
-        "timing %s: %d rounds after %d warm-up rounds", ", ".join(runs), args.repeats, args.warmup
-    )
-    times = median_times(runs, device, args.repeats, args.warmup)
+    # The standard cases take turns with their own plain forward, apart from the paper cases:
+    # their multi-GB tensors would otherwise sit between a paper case and its plain forward.
+    standard = [name for name in runs if name.startswith("standard_")]
+    groups = [{name: run for name, run in runs.items() if name not in standard}]
+    if standard:
+        groups.append(
+            {STANDARD_PLAIN: runs["plain_224"], **{name: runs[name] for name in standard}}
+        )
+    times = {}
+    for group in groups:
+        logger.info(
+            "timing %s: %d rounds after %d warm-up rounds",
+            ", ".join(group),
+            args.repeats,
+            args.warmup,
+        )
+        times.update(median_times(group, device, args.repeats, args.warmup))
 
     for size in PLAIN_SIZES:
         result[f"time_ms_plain_{size}"] = times[f"plain_{size}"]
+    if STANDARD_PLAIN in times:
+        result[f"time_ms_{STANDARD_PLAIN}"] = times[STANDARD_PLAIN]
     for case, model in models.items():
         result[f"time_ms_{case}"] = times[case]
         if case.startswith("paper_"):
@@ -605,7 +633,7 @@ def run_benchmark(args) -> Dict:
         else:
             windows = number_of_windows(model, CASES[case][1])
             result[f"windows_{case}"] = windows
-            result[f"window_ratio_{case}"] = times[case] / (windows * times["plain_224"])
+            result[f"window_ratio_{case}"] = times[case] / (windows * times[STANDARD_PLAIN])
     for size in batch_sizes:
         result[f"throughput_batch{size}"] = 1000 * size / times[f"batch{size}_n"]
         result[f"plain_throughput_batch{size}"] = 1000 * size / times[f"plain_batch{size}_n"]
@@ -724,8 +752,8 @@ def format_table(result: Dict) -> str:
         ]
     lines += [
         "",
-        "ratio: time / plain forward at the same S (paper); time / (windows x plain_224) "
-        "(standard).",
+        "ratio: time / plain forward at the same S (paper); time / (windows x plain_224 "
+        "timed beside the standard cases) (standard).",
     ]
     stages = result.get("stages_ms")
     if stages:
@@ -744,6 +772,8 @@ def format_table(result: Dict) -> str:
 
 def main(argv=None) -> Dict:
     args = get_parser().parse_args(argv)
+    if not args.glibc_malloc_defaults:
+        tune_cpu_allocator()  # as the entry points do; both the plain and CLIPtrase runs get it
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if args.memory_case:
