@@ -47,31 +47,31 @@ def test_a_process_with_its_own_malloc_settings_is_left_alone(setting):
     assert _tune_in_fresh_process(**setting) == "False False"
 
 
-def test_mallopt_gets_the_two_thresholds_once(monkeypatch):
-    calls = []
+@pytest.fixture
+def untuned(monkeypatch):
+    """This process as if tune_cpu_allocator() had never run and no malloc setting were set."""
     monkeypatch.setattr(allocator, "_applied", None)
-    monkeypatch.setattr(
-        allocator, "_glibc_mallopt", lambda: lambda param, value: calls.append((param, value)) or 1
-    )
     for name in (*allocator.USER_SETTINGS, allocator.OPT_OUT):
         monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_mallopt_gets_the_two_thresholds_once(untuned):
+    calls = []
+    untuned.setattr(
+        allocator, "_glibc_mallopt", lambda: lambda param, value: calls.append((param, value)) or 1
+    )
     assert allocator.tune_cpu_allocator() and allocator.tune_cpu_allocator()
     assert calls == [(-3, 32 * 2**20), (-1, 64 * 2**20)]  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
 
 
-def test_a_refused_value_is_reported_not_assumed(monkeypatch, caplog):
-    monkeypatch.setattr(allocator, "_applied", None)
-    monkeypatch.setattr(allocator, "_glibc_mallopt", lambda: lambda param, value: 0)
-    for name in (*allocator.USER_SETTINGS, allocator.OPT_OUT):
-        monkeypatch.delenv(name, raising=False)
+def test_a_refused_value_is_reported_not_assumed(untuned, caplog):
+    untuned.setattr(allocator, "_glibc_mallopt", lambda: lambda param, value: 0)
     assert allocator.tune_cpu_allocator() is False
     assert "glibc refused the malloc thresholds" in caplog.text
 
 
-def test_without_glibc_nothing_is_called(monkeypatch):
-    monkeypatch.setattr(allocator, "_applied", None)
-    monkeypatch.setattr(platform, "libc_ver", lambda *a, **k: ("", ""))
-    for name in (*allocator.USER_SETTINGS, allocator.OPT_OUT):
-        monkeypatch.delenv(name, raising=False)
+def test_without_glibc_nothing_is_called(untuned):
+    untuned.setattr(platform, "libc_ver", lambda *a, **k: ("", ""))
     assert allocator._glibc_mallopt() is None
     assert allocator.tune_cpu_allocator() is False
