@@ -126,7 +126,9 @@ def test_peak_memory_is_measured_in_a_fresh_process():
 
 def test_overhead_after_the_backbone_and_batch_throughput(report):
     for case in CASES.split(","):
-        assert 0 < report[f"overhead_ms_{case}"] < report[f"time_ms_{case}"]
+        # the same forwards' whole time: an overhead timed apart from time_ms_<case> may exceed
+        # it on a busy machine, never the forwards it was taken from
+        assert 0 < report[f"overhead_ms_{case}"] < report[f"overhead_forward_ms_{case}"]
     for size in (224, 336):
         assert report[f"overhead_share_paper_{size}"] == pytest.approx(
             report[f"overhead_ms_paper_{size}"] / report[f"time_ms_plain_{size}"]
@@ -157,5 +159,6 @@ def test_backbone_clock_charges_only_the_time_after_the_backbone():
             time.sleep(0.02)
 
     model = Model()
-    overhead = benchmark.overhead_ms(model, [], torch.device("cpu"), repeats=3)
+    overhead, forward = benchmark.overhead_ms(model, [], torch.device("cpu"), repeats=3)
     assert 19 <= overhead < 29 and isinstance(model.head, Head)  # the head is restored
+    assert forward >= 60 and forward - overhead >= 40  # 10 ms before + 30 ms backbone, not charged

@@ -12,6 +12,7 @@ import io  # noqa: E402
 import json  # noqa: E402
 import pickle  # noqa: E402
 import socket  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 import zipfile  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -643,16 +644,27 @@ def test_openai_tag_without_network_fails_within_10_s(tmp_path, monkeypatch, hf_
 def test_unanswering_download_host_is_offline_after_the_probe_timeout(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(clip_loading, "NETWORK_PROBE_SECONDS", 0.5)
-    # A DNS lookup or SYN that never gets an answer (a firewall dropping packets).
-    monkeypatch.setattr(socket, "create_connection", lambda *args, **kwargs: time.sleep(5))
+    # A DNS lookup or SYN that never gets an answer (a firewall dropping packets) until the
+    # test ends; then it times out as a real one would, so the probe's daemon thread ends
+    # cleanly instead of failing in a later test.
+    released = threading.Event()
+
+    def unanswered(*args, **kwargs):
+        released.wait(5)
+        raise socket.timeout("timed out")
+
+    monkeypatch.setattr(socket, "create_connection", unanswered)
     start = time.monotonic()
-    with pytest.raises(
-        WeightsError,
-        match=r"no network \(huggingface\.co:443 did not answer "
-        r"within 0\.5 s\).*weights/ViT-B-16",
-    ):
-        build_clip("ViT-B-16", "openai", cache_dir=str(tmp_path))
-    assert time.monotonic() - start < 3.0
+    try:
+        with pytest.raises(
+            WeightsError,
+            match=r"no network \(huggingface\.co:443 did not answer "
+            r"within 0\.5 s\).*weights/ViT-B-16",
+        ):
+            build_clip("ViT-B-16", "openai", cache_dir=str(tmp_path))
+        assert time.monotonic() - start < 3.0
+    finally:
+        released.set()
 
 
 def test_online_download_is_unchanged(tmp_path, tiny_state_dict, monkeypatch):
