@@ -10,6 +10,7 @@ import torch
 from sklearn.cluster import DBSCAN
 
 from conftest import FIXTURES, require_fixtures
+from cliptrase_d2.method import refinement
 from cliptrase_d2.method.refinement import (
     cluster_patches,
     mean_refine,
@@ -184,3 +185,61 @@ def test_batched_region_map_vote_and_means_equal_one_image_at_a_time():
         )
         present = [r for r in range(4) if (regions[index] == r).any()]
         torch.testing.assert_close(means[index][:, present], expected, rtol=1e-6, atol=1e-6)
+
+
+def _pair_at_threshold(generator, dims: int, offset: float):
+    """Two float32 rows (the method's kind: 0..1) and an eps whose square lies ``offset``
+    (relative) from their squared distance |a|^2 + |b|^2 - 2 a.b in float64: far beyond
+    float64's rounding, far inside a float32 product's error. Returns (rows, eps, whether the
+    float64 rule makes them neighbours)."""
+    rows = torch.rand(2, dims, generator=generator)
+    wide = rows.double()
+    squared = float((wide[0] * wide[0]).sum() + (wide[1] * wide[1]).sum() - 2 * wide[0] @ wide[1])
+    eps = (squared * (1 + offset)) ** 0.5
+    return rows, eps, squared <= eps * eps
+
+
+def test_distances_at_eps_are_decided_in_float64():
+    """Within a float32 product's error of eps the neighbourhood is decided by the float64
+    distance, as before the float32 products (the rule the fixture cases and scikit-learn's
+    labels above hold it to); a float32 distance alone decides some of these pairs the other
+    way, so the float64 recheck is what this test sees. (Not scikit-learn itself at this scale:
+    its float32 path returns float32-rounded distances, 1e-7 from float64's.)"""
+    generator = torch.Generator().manual_seed(5)
+    wrong_in_float32 = 0
+    for trial in range(60):
+        rows, eps, neighbours = _pair_at_threshold(generator, 441, 1e-9 if trial % 2 else -1e-9)
+        assert neighbours == bool(trial % 2)
+        expected = [0, 0] if neighbours else [-1, -1]
+        assert cluster_patches(rows, eps, 2).tolist() == expected
+        squares = (rows.double() ** 2).sum(dim=-1)
+        float32_distance = float(squares.sum() - 2 * (rows[0] @ rows[1]).double())
+        wrong_in_float32 += (float32_distance <= eps * eps) != neighbours
+    assert wrong_in_float32 > 0
+
+
+def test_reduced_precision_matrix_products_keep_the_labels():
+    """With TF32/bfloat16 float32 products allowed, every product is computed in float64."""
+    generator = torch.Generator().manual_seed(6)
+    saved = torch.get_float32_matmul_precision()
+    assert refinement._full_float32_products(torch.device("cpu")) == (saved == "highest")
+    try:
+        torch.set_float32_matmul_precision("medium")
+        assert not refinement._full_float32_products(torch.device("cpu"))
+        for trial in range(20):
+            rows, eps, neighbours = _pair_at_threshold(generator, 441, 1e-9 if trial % 2 else -1e-9)
+            assert cluster_patches(rows, eps, 2).tolist() == ([0, 0] if neighbours else [-1, -1])
+    finally:
+        torch.set_float32_matmul_precision(saved)
+
+
+def test_many_distances_at_eps_fall_back_to_float64_products():
+    """Rows of two ones in disjoint places: every distance is exactly 2 = eps, far more than an
+    eighth of them within the float32 bound of eps (every product is recomputed in float64)."""
+    rows = torch.zeros(40, 80)
+    rows[torch.arange(40), 2 * torch.arange(40)] = 1.0
+    rows[torch.arange(40), 2 * torch.arange(40) + 1] = 1.0
+    for eps, min_samples, expected in ((2.0, 5, [0] * 40), (2.0, 41, [-1] * 40)):
+        labels = cluster_patches(rows, eps, min_samples)
+        assert labels.tolist() == expected
+        np.testing.assert_array_equal(labels.numpy(), sklearn_labels(rows, eps, min_samples))

@@ -170,6 +170,52 @@ def suppress_global_patch(correlation: torch.Tensor) -> torch.Tensor:
     return (correlation[..., 1:, 1:] - correlation[..., :1, 1:]).clamp(min=0)
 
 
+def _full_float32_products(device: torch.device) -> bool:
+    """Whether float32 matrix products on ``device`` are computed in float32 (not TF32 or
+    bfloat16, which ``torch.set_float32_matmul_precision`` or
+    ``torch.backends.cuda.matmul.allow_tf32`` may allow)."""
+    if torch.get_float32_matmul_precision() != "highest":
+        return False
+    return device.type != "cuda" or not torch.backends.cuda.matmul.allow_tf32
+
+
+def _neighbourhoods(rows: torch.Tensor, eps: float) -> torch.Tensor:
+    """(B, n, d) float32 rows -> (B, n, n) bool, symmetric: squared Euclidean distance
+    <= eps^2, the distance |a|^2 + |b|^2 - 2 a.b in float64 wherever the comparison depends on
+    it (``cluster_patches``' rule); the upper triangle decides for both (i, j) and (j, i). One
+    host sync for the whole batch (the distances to recheck).
+
+    The products a.b come from a float32 matrix product (half the time of a float64 one on a
+    CPU), and every distance whose float32 product could fall on the other side of eps^2 than
+    the float64 one is recomputed in float64: a float32 dot product of d terms is off by at most
+    gamma_d |a| |b| (gamma_d = d u / (1 - d u), u = 2^-24), so a distance further than twice
+    2 gamma_d |a| |b| from eps^2 is on the same side either way. When float32 products may be
+    less exact (TF32 or bfloat16 matrix products allowed, or rows so long that the bound is
+    loose) or more than an eighth of the distances are that close, every product is computed in
+    float64.
+    """
+    wide = rows.double()
+    squares = (wide * wide).sum(dim=-1)  # (B, n)
+    threshold = eps * eps
+    dims = rows.shape[-1]
+    gamma = dims * 2.0**-24 / (1 - dims * 2.0**-24)
+    in_float64 = not _full_float32_products(rows.device) or gamma > 1e-3
+    products = wide @ wide.mT if in_float64 else rows @ rows.mT  # (B, n, n)
+    distances = (squares[:, :, None] + squares[:, None, :]) - 2 * products  # float64
+    if not in_float64:
+        norms = squares.sqrt()
+        slack = (4 * gamma * norms)[:, :, None] * norms[:, None, :]  # (B, n, n)
+        unsure = ((distances - threshold).abs_() <= slack.add_(1e-12)).nonzero(as_tuple=True)
+        if unsure[0].numel() > distances.numel() // 8:
+            distances = (squares[:, :, None] + squares[:, None, :]) - 2 * (wide @ wide.mT)
+        else:
+            image, first, second = unsure
+            products = (wide[image, first] * wide[image, second]).sum(dim=-1)
+            distances[unsure] = (squares[image, first] + squares[image, second]) - 2 * products
+    within = distances <= threshold
+    return within.triu() | within.triu(1).mT  # exactly symmetric: an undirected graph
+
+
 def cluster_patches(affinity: torch.Tensor, eps: float, min_samples: int) -> torch.Tensor:
     """DBSCAN (Euclidean distance between rows) of each image's affinity, on its device:
     (n, n) -> (n,) or (B, n, n) -> (B, n) int64 cluster ids, -1 for noise.
@@ -177,38 +223,38 @@ def cluster_patches(affinity: torch.Tensor, eps: float, min_samples: int) -> tor
     The labels are scikit-learn's ``DBSCAN(eps, min_samples).fit(rows).labels_`` for the float32
     rows, which these rules determine: a point's neighbourhood is every row at squared distance
     <= eps^2 (itself included), the distance computed in float64 as scikit-learn computes it
-    (|a|^2 + |b|^2 - 2 a.b); core points have at least ``min_samples`` neighbours; clusters are
-    the connected components of core points, numbered in the order of their lowest-index core
-    point; any other point joins the first cluster one of its neighbours belongs to, or is noise.
-    Components are found by propagating the lowest core index to neighbours and following
-    labels to their label (pointer jumping) until nothing changes: one host sync per step for
-    the whole batch, a few steps (about log2 of a component's diameter).
+    (|a|^2 + |b|^2 - 2 a.b, ``_neighbourhoods``); core points have at least ``min_samples``
+    neighbours; clusters are the connected components of core points, numbered in the order of
+    their lowest-index core point; any other point joins the first cluster one of its
+    neighbours belongs to, or is noise. (Where a distance lies within about 1e-7 of eps,
+    scikit-learn 1.9's float32 path can decide otherwise: its distances come back rounded to
+    float32, e.g. one-hot rows at eps = sqrt(2) are noise there; no fixture case has such a
+    pair.) Components are found by propagating the lowest core index to neighbours and
+    following labels to their label (pointer jumping) until nothing changes: one host sync per
+    step for the whole batch, a few steps (about log2 of a component's diameter). Indices are
+    int32 in the (B, n, n) steps (half of int64's memory traffic).
     """
     batched = affinity.dim() == 3
-    rows = (affinity if batched else affinity[None]).detach().float().double()  # (B, n, d)
+    rows = (affinity if batched else affinity[None]).detach().float()  # (B, n, d)
     num_points = rows.shape[1]
-    squares = (rows * rows).sum(dim=-1)  # (B, n)
-    products = rows @ rows.mT
-    products = products.triu() + products.triu(1).mT  # exactly symmetric: an undirected graph
-    distances = (squares[:, :, None] + squares[:, None, :]) - 2 * products  # squared, (B, n, n)
-    neighbours = distances <= eps * eps
+    neighbours = _neighbourhoods(rows, eps)
     neighbours.diagonal(dim1=1, dim2=2).fill_(True)
     core = neighbours.sum(dim=-1) >= min_samples  # (B, n)
     links = neighbours & core[:, :, None] & core[:, None, :]  # core to core
-    index = torch.arange(num_points, device=rows.device)
+    index = torch.arange(num_points, device=rows.device, dtype=torch.int32)
     none = num_points  # "no core point": larger than every index
     roots = torch.where(core, index, none)  # (B, n) lowest core index known so far
     while True:
         lowest = torch.where(links, roots[:, None, :], none).amin(dim=-1)  # (B, n)
-        jumped = F.pad(lowest, (0, 1), value=none).gather(1, lowest)  # the label's own label
+        jumped = F.pad(lowest, (0, 1), value=none).gather(1, lowest.long())  # the label's label
         if torch.equal(jumped, roots):
             break
         roots = jumped
     first = core & (roots == index)  # the lowest core point of each cluster
-    numbers = first.cumsum(dim=1) - 1  # (B, n) cluster number of each first point
-    core_ids = torch.where(core, numbers.gather(1, roots.clamp(max=none - 1)), none)
+    numbers = (first.cumsum(dim=1) - 1).to(torch.int32)  # (B, n) cluster number of first points
+    core_ids = torch.where(core, numbers.gather(1, roots.clamp(max=none - 1).long()), none)
     border = torch.where(neighbours & core[:, None, :], core_ids[:, None, :], none).amin(dim=-1)
-    labels = torch.where(border == none, -1, border)  # core points: their own cluster
+    labels = torch.where(border == none, -1, border.long())  # core points: their own cluster
     return labels if batched else labels[0]
 
 
