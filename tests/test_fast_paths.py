@@ -5,6 +5,8 @@ inputs chosen to break a near miss: ties, NaN, duplicated values, odd and even w
 both memory layouts, batches of several images.
 """
 
+import collections
+import copy
 import itertools
 
 import numpy as np
@@ -159,6 +161,33 @@ def test_shared_projections_give_the_block_its_own_attention(tiny_clip):
         expected = residual_block(block, x)
         y = dense_clip.finish_block(block, x, multi_head_attention(block, *block_qkv(block, x)))
     assert torch.equal(y, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_mlp_in_one_buffer_equals_the_module(tiny_clip, dtype):
+    mlp = tiny_clip.visual.transformer.resblocks[-1].mlp
+    assert isinstance(mlp.gelu, dense_clip.QuickGELU)  # OpenAI's activation, as the fixtures'
+    mlp = copy.deepcopy(mlp).to(dtype)
+    x = (torch.randn(37, 3, mlp.c_fc.in_features) * 4).to(dtype)
+    with torch.no_grad():
+        expected = mlp(x)
+        assert torch.equal(dense_clip.run_mlp(mlp, x), expected)
+    # with a gradient through it, the module's own out-of-place ops (in-place ones would break
+    # the backward pass)
+    x32 = x.float().requires_grad_()
+    mlp32 = mlp.float()
+    dense_clip.run_mlp(mlp32, x32).sum().backward()
+    reference = x32.detach().clone().requires_grad_()
+    mlp32(reference).sum().backward()
+    assert torch.equal(x32.grad, reference.grad)
+    gelu = torch.nn.Sequential(
+        collections.OrderedDict(
+            c_fc=torch.nn.Linear(8, 32), gelu=torch.nn.GELU(), c_proj=torch.nn.Linear(32, 8)
+        )
+    )
+    y = torch.randn(5, 2, 8)
+    with torch.no_grad():
+        assert torch.equal(dense_clip.run_mlp(gelu, y), gelu(y))
 
 
 def test_batch_of_images_equals_images_one_by_one(tiny_clip):
