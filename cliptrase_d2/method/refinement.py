@@ -196,22 +196,23 @@ def _neighbourhoods(rows: torch.Tensor, eps: float) -> torch.Tensor:
     """
     wide = rows.double()
     squares = (wide * wide).sum(dim=-1)  # (B, n)
+    sums = squares[:, :, None] + squares[:, None, :]  # (B, n, n) |a|^2 + |b|^2
     threshold = eps * eps
     dims = rows.shape[-1]
     gamma = dims * 2.0**-24 / (1 - dims * 2.0**-24)
-    in_float64 = not _full_float32_products(rows.device) or gamma > 1e-3
-    products = wide @ wide.mT if in_float64 else rows @ rows.mT  # (B, n, n)
-    distances = (squares[:, :, None] + squares[:, None, :]) - 2 * products  # float64
-    if not in_float64:
+    distances = None
+    if _full_float32_products(rows.device) and gamma <= 1e-3:
+        approximate = sums - 2 * (rows @ rows.mT)  # float64 sums, float32 products
         norms = squares.sqrt()
         slack = (4 * gamma * norms)[:, :, None] * norms[:, None, :]  # (B, n, n)
-        unsure = ((distances - threshold).abs_() <= slack.add_(1e-12)).nonzero(as_tuple=True)
-        if unsure[0].numel() > distances.numel() // 8:
-            distances = (squares[:, :, None] + squares[:, None, :]) - 2 * (wide @ wide.mT)
-        else:
+        unsure = ((approximate - threshold).abs_() <= slack.add_(1e-12)).nonzero(as_tuple=True)
+        if unsure[0].numel() <= approximate.numel() // 8:
             image, first, second = unsure
             products = (wide[image, first] * wide[image, second]).sum(dim=-1)
-            distances[unsure] = (squares[image, first] + squares[image, second]) - 2 * products
+            approximate[unsure] = sums[unsure] - 2 * products
+            distances = approximate
+    if distances is None:  # every product in float64
+        distances = sums - 2 * (wide @ wide.mT)
     within = distances <= threshold
     return within.triu() | within.triu(1).mT  # exactly symmetric: an undirected graph
 
