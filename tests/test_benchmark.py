@@ -6,8 +6,10 @@ import sys
 import time
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import REPO, TINY_CONFIG, require_fixtures
 from cliptrase_d2.method import dense_clip, refinement
@@ -45,6 +47,10 @@ def test_times_and_ratios_of_every_case(report):
         assert report[f"ratio_paper_{size}"] == pytest.approx(
             report[f"time_ms_paper_{size}"] / report[f"time_ms_plain_{size}"]
         )
+        assert report[f"ratio_paper_{size}_photo"] == pytest.approx(
+            report[f"time_ms_paper_{size}_photo"] / report[f"time_ms_plain_{size}"]
+        )
+        assert report[f"loader_ms_paper_{size}"] > 0
     assert report["classes_paper_224"] == report["classes_paper_336"] == 59  # PC59
     assert report["classes_standard_512x683"] == 150  # ADE150
     assert report["windows_standard_512x683"] == 6  # shorter side 336: 336 x 448 -> 2 x 3 windows
@@ -89,6 +95,20 @@ def test_table_and_json(report):
         and "| stage (ms) | paper_224 | paper_336 | standard_512x683 |" in table
     )
     assert json.loads(json.dumps(report)) == report
+
+
+def test_paper_cases_get_the_test_mappers_crop():
+    """The paper cases are timed on what evaluation's mapper gives the model (the S x S crop),
+    the standard ones on the photo at the case's size."""
+    photo = benchmark.load_photos("")[0]
+    model = SimpleNamespace(paper_size=224, max_pixels=50_000_000)
+    frame = benchmark.case_frame("paper_224", model, photo)
+    assert frame.shape == (224, 224, 3) and photo.shape != frame.shape
+    np.testing.assert_array_equal(
+        frame,
+        np.asarray(benchmark.resize_and_center_crop(Image.fromarray(photo), 224, Image.BICUBIC)),
+    )
+    assert benchmark.case_frame("standard_512x683", model, photo).shape == (512, 683, 3)
 
 
 def test_timed_runs_take_turns_in_alternating_order():

@@ -54,6 +54,51 @@ def test_paper_protocol_predicts_the_center_crop(tiny_opts, photo):
     assert torch.equal(output, expected)
 
 
+def test_the_test_mapper_crops_in_the_loader_with_the_same_prediction(tiny_opts, photo, tmp_path):
+    """Under the paper protocol the test mapper gives the model the S x S crop (the bicubic
+    resize runs in the loader's processes), keeps the original height/width for the ground
+    truth, and the prediction is bit for bit the one from the whole photo; an S x S image is
+    its own crop."""
+    from cliptrase_d2.data.dataset_mapper import SemSegTestMapper
+
+    model = _model(tiny_opts, DBSCAN_EPS=0.5)
+    path = tmp_path / "coffee.png"
+    Image.fromarray(photo.permute(1, 2, 0).numpy()).save(path)
+    cfg = load_config(PAPER_224, list(tiny_opts))
+    record = SemSegTestMapper(cfg)({"file_name": str(path)})
+    assert record["image"].shape == (3, 224, 224) and (record["height"], record["width"]) == (
+        400,
+        600,
+    )
+    crop = model.evaluated_frame(photo)
+    np.testing.assert_array_equal(record["image"].permute(1, 2, 0).numpy(), crop)
+    np.testing.assert_array_equal(model.evaluated_frame(record["image"]), crop)
+    whole, cropped = model([{"image": photo}, record])
+    assert torch.equal(whole["sem_seg"], cropped["sem_seg"])
+    bgr = SemSegTestMapper(load_config(PAPER_224, list(tiny_opts) + ["INPUT.FORMAT", "BGR"]))
+    assert torch.equal(bgr({"file_name": str(path)})["image"], record["image"].flip(0))
+    standard = SemSegTestMapper(load_config(STANDARD, list(tiny_opts)))
+    assert standard({"file_name": str(path)})["image"].shape == (3, 400, 600)
+
+
+def test_the_mapper_leaves_to_the_model_the_images_it_refuses_or_upscales(tiny_opts):
+    """Images the model refuses (smaller than one patch, a resized frame over MAX_PIXELS) and
+    images it enlarges reach it whole: the same errors and predictions as without the mapper."""
+    from cliptrase_d2.method.preprocess import loader_crop
+
+    rng = np.random.default_rng(0)
+    small, wide = (
+        rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((8, 8, 3), (300, 3000, 3))
+    )
+    upscaled = rng.integers(0, 256, (150, 200, 3), dtype=np.uint8)
+    assert loader_crop(small, 224) is small and loader_crop(upscaled, 224) is upscaled
+    assert loader_crop(wide, 224, max_pixels=224 * 2239) is wide  # 224 x 2240 resized frame
+    assert loader_crop(wide, 224, max_pixels=224 * 2240).shape == (224, 224, 3)
+    model = _model(tiny_opts, MAX_PIXELS=224 * 2239)
+    with pytest.raises(InputError, match="MAX_PIXELS"):
+        model([{"image": torch.from_numpy(wide.transpose(2, 0, 1).copy())}])
+
+
 def test_paper_size_336(tiny_opts, photo):
     model = _model(tiny_opts, PAPER_SIZE=336, DBSCAN_EPS=1.1, DBSCAN_MIN_SAMPLES=7)
     assert model([{"image": photo}])[0]["sem_seg"].shape == (4, 336, 336)
