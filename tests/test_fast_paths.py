@@ -154,6 +154,33 @@ def test_correlative_attention_is_the_authors_sum_of_three_attention_maps():
         assert torch.equal(correlative_attention(q[heads], k[heads], v[heads]), ours[heads])
 
 
+@pytest.mark.parametrize("length", [1, 3, 5, 50, 197])
+def test_symmetric_gram_is_the_product_with_its_transpose(length):
+    """Every block above the diagonal computed, those below mirrored: rows @ rows^T within
+    float32 rounding, exactly symmetric, for lengths that leave blocks empty or uneven."""
+    rows = torch.randn(2, length, 40)
+    gram = dense_clip.symmetric_gram(rows)
+    torch.testing.assert_close(gram, torch.bmm(rows, rows.mT), rtol=1e-5, atol=1e-5)
+    assert torch.equal(gram, gram.mT)
+    expected = torch.bmm(rows.double(), rows.double().mT)
+    assert (gram.double() - expected).abs().max() < 1e-4
+
+
+def test_correlative_attention_in_chunks_of_heads_gives_the_same_bits(monkeypatch):
+    """Chunks of 2 heads (the cache-sized chunks a CPU takes at 336) cut across the images'
+    heads; every head keeps its bits, so a batch and each of its images agree exactly."""
+    q, k, v = (torch.randn(2 * 3, 50, 16) for _ in range(3))
+    whole = correlative_attention(q, k, v)  # one chunk
+    monkeypatch.setattr(dense_clip, "CPU_MAP_ELEMENTS", 2 * 50 * 50)
+    calls = []
+    bmm = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda *a, **kw: calls.append(a[0].shape[0]) or bmm(*a, **kw))
+    chunked = correlative_attention(q, k, v)
+    assert calls == [2] * 12  # 3 chunks of 2 heads, 4 products each
+    assert torch.equal(chunked, whole)
+    assert torch.equal(correlative_attention(q[3:], k[3:], v[3:]), whole[3:])  # 2 + 1 heads
+
+
 def test_shared_projections_give_the_block_its_own_attention(tiny_clip):
     block = tiny_clip.visual.transformer.resblocks[-2]
     x = torch.randn(9, 3, block.attn.embed_dim)
