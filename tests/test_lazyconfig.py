@@ -121,3 +121,20 @@ def test_lazy_config_errors(tmp_path):
         json.loads(json.dumps(dict(cfg.dataloader.evaluator.run_info)))["vocabulary"]
         == "the dataset's"
     )
+
+
+def test_lazy_paper_config_crops_in_the_loader_as_the_yaml_one_does():
+    """The paper LazyConfig's mapper makes the model's crop (its size and MAX_PIXELS follow the
+    model by interpolation); the standard one's leaves the image whole."""
+    from detectron2.config import instantiate
+
+    paper = lazyconfig_train_net.load(
+        os.path.join(REPO, "configs", "lazy", "sample_voc21_paper_224.py"),
+        ["model.paper_size=336", "model.max_pixels=1000000"],
+    )
+    mapper = instantiate(paper.dataloader.test.mapper)
+    assert (mapper.paper_size, mapper.max_pixels) == (336, 1_000_000)
+    standard = lazyconfig_train_net.load(
+        os.path.join(REPO, "configs", "lazy", "sample_voc21_standard.py"), []
+    )
+    assert instantiate(standard.dataloader.test.mapper).paper_size is None

@@ -42,6 +42,7 @@ model = L(CLIPtrase)(
     window_size=224,
     window_stride=112,
     window_batch=8,
+    max_pixels=50_000_000,
     input_format="RGB",
     paper_vocabulary_quirks=False,
     text_cache=L(TextEmbeddingCache.from_setting)(
