@@ -605,7 +605,7 @@ def run_benchmark(args) -> Dict:
             runs[f"loader_{case}"] = functools.partial(loader_frame(model), photos[0])
         result[f"classes_{case}"] = model.text_embeddings(model.vocabulary_for({})).shape[0]
     if "paper_224" in models:
-        frame = loader_frame(models["paper_224"])
+        frame = loader_frame(models["paper_224"])  # the mapper's crop at 224, for every batch
         batch = [as_input(frame(p), device) for p in (photos * 4)[:4]]
         runs["batch1"] = functools.partial(
             lambda model, inputs: [model([x]) for x in inputs], models["paper_224"], batch
@@ -631,8 +631,7 @@ def run_benchmark(args) -> Dict:
         chosen = (photos * size)[:size]
         crops = torch.cat([paper_tensor(p, 224, device, dtype) for p in chosen])
         runs[f"batch{size}_n"] = functools.partial(
-            models["paper_224"],
-            [as_input(loader_frame(models["paper_224"])(p), device) for p in chosen],
+            models["paper_224"], [as_input(frame(p), device) for p in chosen]
         )
         runs[f"plain_batch{size}_n"] = functools.partial(plain_forward(clip.visual), crops)
     # The standard cases take turns with their own plain forward, apart from the paper cases:

@@ -41,25 +41,31 @@ def resize_and_center_crop(image: Image.Image, size: int, resample: int) -> Imag
     return resized.crop((left, top, right, bottom))
 
 
-def loader_crop(image: np.ndarray, size: int, max_pixels: int = 0) -> np.ndarray:
-    """The paper protocol's ``size`` x ``size`` crop of an (H, W, C) uint8 image, made where the
-    image is loaded (``SemSegTestMapper``, in the loader's worker processes) instead of in the
-    model's forward; or the image itself when the model has to see it whole.
+def paper_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """The paper protocol's frame of an (H, W, C) uint8 array: the shorter side resized to
+    ``size`` (bicubic), then the centered ``size`` x ``size`` crop. An image already of that size
+    is its own crop (PIL's resize of an image to its own size is a copy)."""
+    if image.shape[:2] == (size, size):
+        return np.ascontiguousarray(image)
+    return np.asarray(resize_and_center_crop(Image.fromarray(image), size, Image.BICUBIC))
 
-    The model crops an image that is already ``size`` x ``size`` no further (PIL's resize to an
-    image's own size is a copy), so its prediction is the same either way. Left whole: images
-    already of that size, images whose shorter side is below ``size`` (the model refuses those
+
+def loader_crop(image: np.ndarray, size: int, max_pixels: int = 0) -> np.ndarray:
+    """``paper_crop`` made where the image is loaded (``SemSegTestMapper``, in the loader's
+    worker processes) instead of in the model's forward; or the image itself when the model has
+    to see it whole.
+
+    The model crops its crop no further (``paper_crop``), so its prediction is the same either
+    way. Left whole: images whose shorter side is below ``size`` (the model refuses those
     smaller than one CLIP patch, so it sees them as they are) and, with ``max_pixels`` set, images
     whose resized frame would exceed it (the model refuses them, naming MAX_PIXELS). Channels are
     resized independently, so a BGR image gives the BGR crop.
     """
     height, width = image.shape[:2]
     new_h, new_w = shorter_side_size(height, width, size)
-    if (height, width) == (size, size) or min(height, width) < size:
+    if min(height, width) < size or (max_pixels and new_h * new_w > max_pixels):
         return image
-    if max_pixels and new_h * new_w > max_pixels:
-        return image
-    return np.asarray(resize_and_center_crop(Image.fromarray(image), size, Image.BICUBIC))
+    return paper_crop(image, size)
 
 
 def to_clip_tensor(image: Image.Image) -> torch.Tensor:

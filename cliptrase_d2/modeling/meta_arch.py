@@ -29,7 +29,7 @@ from ..method.preprocess import (
     CLIP_MEAN,
     CLIP_STD,
     keep_ratio_size,
-    resize_and_center_crop,
+    paper_crop,
     resize_linear_uint8,
     shorter_side_size,
     to_clip_tensor,
@@ -614,13 +614,9 @@ class CLIPtrase(nn.Module):
         uint8 tensor or (H, W, 3) array."""
         if isinstance(image, torch.Tensor):
             image = image.cpu().permute(1, 2, 0).contiguous().numpy()  # PIL copies rows faster
-        if self.protocol != "paper" or image.shape[:2] == (self.paper_size, self.paper_size):
-            # an S x S image is its own crop (PIL's resize to its own size is a copy): the test
-            # mapper crops in the loader (preprocess.loader_crop)
+        if self.protocol != "paper":
             return np.ascontiguousarray(image)
-        return np.asarray(
-            resize_and_center_crop(Image.fromarray(image), self.paper_size, Image.BICUBIC)
-        )
+        return paper_crop(image, self.paper_size)  # the test mapper's crop is its own crop
 
     def _predict(
         self,
