@@ -7,8 +7,13 @@ setup(
     version="0.1.0",
     description="CLIPtrase (ECCV 2024) as a Detectron2 meta-architecture: training-free "
     "open-vocabulary semantic segmentation with CLIP",
-    packages=find_packages(include=["cliptrase_d2", "cliptrase_d2.*"]),
-    package_data={"cliptrase_d2": ["data/*.json"]},
+    # configs/ is installed inside the package as cliptrase_d2/configs (cliptrase_d2.model_zoo)
+    packages=find_packages(include=["cliptrase_d2", "cliptrase_d2.*"]) + ["cliptrase_d2.configs"],
+    package_dir={"cliptrase_d2.configs": "configs"},
+    package_data={
+        "cliptrase_d2": ["data/*.json"],
+        "cliptrase_d2.configs": ["**/*.yaml", "**/*.py"],
+    },
     python_requires=">=3.11",  # as the README says; numpy 2.4 needs it too
     # detectron2 and torch are installed separately (see README): neither has one wheel for
     # everyone.
