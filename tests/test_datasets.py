@@ -208,6 +208,7 @@ def test_an_image_listed_in_the_split_file_but_missing_is_named(root):
     (voc / "annotations_detectron2/val").mkdir(parents=True)
     (voc / "ImageSets/Segmentation").mkdir(parents=True)
     (voc / "ImageSets/Segmentation/val.txt").write_text("2007_000033\n")
+    write_palette_png(voc / "annotations_detectron2/val/2007_000033.png", [[0, 1]])
     with pytest.raises(FileNotFoundError, match="2007_000033.jpg"):
         DatasetCatalog.get("cliptrase_voc20_val")
 
