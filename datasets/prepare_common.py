@@ -31,9 +31,11 @@ from PIL import Image
 
 logger = logging.getLogger("prepare")
 
-VOCABULARIES_JSON = (
-    Path(__file__).resolve().parents[1] / "cliptrase_d2" / "data" / "vocabularies.json"
-)
+PACKAGE_DATA = Path(__file__).resolve().parents[1] / "cliptrase_d2" / "data"
+VOCABULARIES_JSON = PACKAGE_DATA / "vocabularies.json"
+# Each benchmark family's validation split: its image count ('images'), the file listing its ids
+# ('list', relative to the root) and what it is ('what'); the dataset registration reads it too.
+SPLITS = json.loads((PACKAGE_DATA / "splits.json").read_text(encoding="utf-8"))
 
 
 def default_root() -> Path:
@@ -189,15 +191,6 @@ def remap(labels: np.ndarray, mapping: Mapping[int, int], default: int) -> np.nd
     return table[labels]
 
 
-# Images of each official validation split (the counts every published number was computed on).
-OFFICIAL_VAL_IMAGES = {
-    "voc2012": 1449,
-    "pascal_context": 5105,
-    "coco": 5000,
-    "ade150": 2000,
-    "ade847": 2000,
-    "cityscapes": 500,
-}
 MISSING_SHOWN = 5  # missing files named one by one in the log; the rest are only counted
 
 
@@ -207,8 +200,8 @@ class Summary:
     validation images against the official count (a warning when they differ)."""
 
     def __init__(self, name: str, split: str):
-        self.name = name
-        self.expected = OFFICIAL_VAL_IMAGES[split]
+        self.name, self.split = name, split
+        self.expected = SPLITS[split]["images"]
         self.written = 0
         self.images = 0
         self.missing: List[Path] = []
@@ -245,18 +238,20 @@ class Summary:
         if self.missing:
             logger.warning(
                 "warning: %d input files were missing (%s%s); their outputs were not "
-                "written. Rerun once they are in place.",
+                "written: put those files in place and run the script again (it writes only "
+                "what is missing).",
                 len(self.missing),
                 ", ".join(str(p) for p in self.missing[:MISSING_SHOWN]),
                 ", ..." if len(self.missing) > MISSING_SHOWN else "",
             )
         if self.images != self.expected:
             logger.warning(
-                "warning: %s: %d validation images, the official split has %d; "
+                "warning: %s: %d validation images, the official split has %d (%s); "
                 "results will not be comparable with published numbers.",
                 self.name,
                 self.images,
                 self.expected,
+                SPLITS[self.split]["what"],
             )
         logger.info(
             "%s: %d files written, %d validation images", self.name, self.written, self.images

@@ -107,7 +107,7 @@ def test_pascal_context_from_the_detail_annotations_by_default(root, caplog):
     make_pascal_context(voc)
     main = prepare("prepare_pascal_context").main
     with caplog.at_level(logging.INFO, logger="prepare"):
-        assert main(["--root", str(root)]) == 2 * 3
+        assert main(["--root", str(root)]) == 2 * 3 + 1  # three maps per image, the id list
 
     out = voc / "annotations_detectron2"
     aeroplane, diningtable, person, wood = (
@@ -132,7 +132,8 @@ def test_pascal_context_from_the_detail_annotations_by_default(root, caplog):
         in caplog.text
     )
     assert "in 2 images" in caplog.text
-    assert "2 validation images, the official split has 5105" in caplog.text
+    assert "2 validation images, the official split has 5104" in caplog.text
+    assert (voc / "pascalcontext_val.txt").read_text() == "2008_000002\n2008_000003\n"
     assert not (out / "pc59_val/2008_000004.png").exists()  # a train image of the annotations
     for name in ("cliptrase_pc59_val", "cliptrase_pc60_val", "cliptrase_pc459_val"):
         assert [r["image_id"] for r in DatasetCatalog.get(name)] == list(IDS)
@@ -179,7 +180,7 @@ def test_pascal_context_pc60_from_existing_pc59_maps(root, tmp_path_factory):
     for image_id in IDS:
         write_palette_png(san / f"{image_id}.png", [[0, 58, 255, 17]] * 2)
     argv = ["--root", str(root), "--from-pc59", str(san)]
-    assert prepare("prepare_pascal_context").main(argv) == 4
+    assert prepare("prepare_pascal_context").main(argv) == 4 + 1  # PC59, PC60 maps, id list
     out = voc / "annotations_detectron2"
     np.testing.assert_array_equal(labels_of(out / "pc59_val/2008_000002.png")[0], [0, 58, 255, 17])
     np.testing.assert_array_equal(labels_of(out / "pc60_val/2008_000002.png")[0], [0, 58, 59, 17])
@@ -267,7 +268,7 @@ def test_cityscapes_edges_and_summary(root, caplog):
 
 def test_the_official_counts_raise_no_warning(root, caplog, monkeypatch):
     common = prepare("prepare_common")
-    monkeypatch.setitem(common.OFFICIAL_VAL_IMAGES, "ade150", 1)
+    monkeypatch.setitem(common.SPLITS["ade150"], "images", 1)
     source = root / "ADEChallengeData2016"
     write_image(source / "images/validation/ADE_val_00000001.jpg", 1, 3)
     write_palette_png(source / "annotations/validation/ADE_val_00000001.png", [[0, 1, 150]])
