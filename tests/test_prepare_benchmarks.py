@@ -140,6 +140,116 @@ def test_pascal_context_from_the_detail_annotations_by_default(root, caplog):
     assert main(["--root", str(root)]) == 0
 
 
+def uncompressed_rle(mask):
+    """COCO's uncompressed RLE: run lengths over the column-major pixels, starting with zeros."""
+    pixels = np.concatenate([[0], mask.flatten(order="F").astype(np.int64), [2]])
+    changes = np.flatnonzero(pixels[1:] != pixels[:-1])
+    return {"size": list(mask.shape), "counts": np.diff(np.concatenate([[0], changes])).tolist()}
+
+
+def test_pascal_context_with_the_real_archives_irregularities(root, caplog):
+    """VOC2010's val.txt lists an image the Detail annotations lack; one val image has no
+    segments; segments come as compressed RLE, uncompressed RLE and polygons; the classes at
+    both ends of the ranges (PC459 1 and 459, PC59 0 and 58) are there."""
+    voc = root / "VOCdevkit/VOC2010"
+    make_pascal_context(voc)
+    data = json.loads((voc / "trainval_merged.json").read_text())
+    lacking, empty, shapes = "2008_000007", "2008_000009", "2010_006078"
+    (voc / "ImageSets/Main/val.txt").write_text(
+        "".join(f"{i}\n" for i in (*IDS, lacking, empty, shapes))
+    )
+    label_map = scipy.io.loadmat(str(voc / f"trainval/{IDS[0]}.mat"))["LabelMap"]
+    for number, image_id in ((20, empty), (21, shapes), (22, lacking)):
+        write_image(voc / f"JPEGImages/{image_id}.jpg", 4, 6)
+        scipy.io.savemat(str(voc / f"trainval/{image_id}.mat"), {"LabelMap": label_map})
+        if image_id != lacking:
+            data["images"].append(
+                {
+                    "file_name": f"{image_id}.jpg",
+                    "image_id": number,
+                    "height": 4,
+                    "width": 6,
+                    "phase": "val",
+                }
+            )
+    left = np.zeros((4, 6), dtype=bool)
+    left[:, :2] = True
+    polygon = {
+        "image_id": 21,
+        "category_id": detail_id("wood"),
+        "segmentation": [[0, 0, 2, 0, 2, 4, 0, 4]],
+    }
+    rle = {
+        "image_id": 21,
+        "category_id": detail_id("wool"),
+        "segmentation": uncompressed_rle(~left),
+    }
+    data["annos_segmentation"] += [polygon, rle]
+    (voc / "trainval_merged.json").write_text(json.dumps(data))
+    main = prepare("prepare_pascal_context").main
+    with caplog.at_level(logging.INFO, logger="prepare"):
+        assert main(["--root", str(root)]) == 4 * 3 + 1
+    assert f"lists 1 images that are not PASCAL Context val images ({lacking})" in caplog.text
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "4 validation images, the official split has 5104" in warnings[0]
+    val_ids = sorted((*IDS, empty, shapes))
+    assert (voc / "pascalcontext_val.txt").read_text().split() == val_ids
+    out = voc / "annotations_detectron2"
+    np.testing.assert_array_equal(labels_of(out / f"pc59_val/{empty}.png"), np.full((4, 6), 255))
+    np.testing.assert_array_equal(labels_of(out / f"pc60_val/{empty}.png"), np.full((4, 6), 59))
+    wood = PC59.index("wood")
+    pc59 = labels_of(out / f"pc59_val/{shapes}.png")
+    assert (pc59[:, 0] == wood).all() and (pc59[:, 3:] == 255).all()  # wool: not a PC59 class
+    assert (
+        not (out / f"pc59_val/{lacking}.png").exists()
+        and not (out / f"pc459_val/{lacking}.tif").exists()
+    )
+    for name in ("cliptrase_pc59_val", "cliptrase_pc60_val", "cliptrase_pc459_val"):
+        assert [r["image_id"] for r in DatasetCatalog.get(name)] == val_ids
+    assert "4 images, the official split has 5104" in caplog.text
+
+
+def test_a_segment_that_is_neither_rle_nor_polygons_is_named(root, monkeypatch):
+    voc = root / "VOCdevkit/VOC2010"
+    make_pascal_context(voc)
+    data = json.loads((voc / "trainval_merged.json").read_text())
+    data["annos_segmentation"][0]["segmentation"] = "mask.png"
+    (voc / "trainval_merged.json").write_text(json.dumps(data))
+    message = _exit_message("prepare_pascal_context", monkeypatch, "--root", root)
+    assert message == (
+        f"error: {voc / 'trainval_merged.json'}: a segment of image {IDS[0]} has a "
+        "'segmentation' that is neither RLE nor polygons (mask.png); is it PASCAL in Detail's "
+        "file?"
+    )
+
+
+def test_catseg_s_pascal_context_folders_are_used_as_they_are(root, project_log):
+    """CAT-Seg's scripts write pc59_val and pc459_val for the ids of its pascalcontext_val.txt
+    (the Detail val images) beside VOC2010's val.txt, which lists one more."""
+    voc = root / "VOCdevkit/VOC2010"
+    (voc / "ImageSets/Main").mkdir(parents=True)
+    (voc / "ImageSets/Main/val.txt").write_text("2008_000002\n2008_000007\n2010_006078\n")
+    (voc / "pascalcontext_val.txt").write_text("2008_000002\n2010_006078\n")
+    for image_id in ("2008_000002", "2008_000007", "2010_006078", "2008_000008"):
+        write_image(voc / f"JPEGImages/{image_id}.jpg", 2, 3)
+    for image_id in ("2008_000002", "2010_006078"):
+        write_palette_png(
+            voc / f"annotations_detectron2/pc59_val/{image_id}.png", [[0, 58, 255]] * 2
+        )
+    (voc / "annotations_detectron2/pc459_val").mkdir(parents=True)
+    for image_id in ("2008_000002", "2010_006078", "2008_000007"):  # the last: an older 5,105 run
+        Image.fromarray(np.array([[0, 458, 65535]] * 2, dtype=np.uint16)).save(
+            voc / f"annotations_detectron2/pc459_val/{image_id}.tif"
+        )
+    with project_log.at_level(logging.INFO):
+        for name in ("cliptrase_pc59_val", "cliptrase_pc459_val"):
+            assert [r["image_id"] for r in DatasetCatalog.get(name)] == [
+                "2008_000002",
+                "2010_006078",
+            ]
+    assert "1 label maps outside the split's list" in project_log.text
+
+
 def test_pascal_context_from_the_mat_files_by_option(root):
     voc = root / "VOCdevkit/VOC2010"
     make_pascal_context(voc, with_json=False)
@@ -176,6 +286,9 @@ def test_pascal_context_pc60_from_existing_pc59_maps(root, tmp_path_factory):
     """SAN's pcontext/val/label (PC59 from the Detail annotations) gives PC60 without the json."""
     voc = root / "VOCdevkit/VOC2010"
     make_pascal_context(voc, with_mat=False, with_json=False)
+    # VOC2010's val.txt lists an image that has no Detail annotations, so no SAN map
+    (voc / "ImageSets/Main/val.txt").write_text("".join(f"{i}\n" for i in (*IDS, "2008_000007")))
+    write_image(voc / "JPEGImages/2008_000007.jpg", 4, 6)
     san = tmp_path_factory.mktemp("san") / "pcontext/val/label"
     for image_id in IDS:
         write_palette_png(san / f"{image_id}.png", [[0, 58, 255, 17]] * 2)
@@ -184,6 +297,8 @@ def test_pascal_context_pc60_from_existing_pc59_maps(root, tmp_path_factory):
     out = voc / "annotations_detectron2"
     np.testing.assert_array_equal(labels_of(out / "pc59_val/2008_000002.png")[0], [0, 58, 255, 17])
     np.testing.assert_array_equal(labels_of(out / "pc60_val/2008_000002.png")[0], [0, 58, 59, 17])
+    for name in ("cliptrase_pc59_val", "cliptrase_pc60_val"):  # loadable: the 2 SAN images
+        assert [r["image_id"] for r in DatasetCatalog.get(name)] == list(IDS)
 
 
 def test_a_wrong_labels_txt_is_a_message_not_a_traceback(root, monkeypatch):
@@ -312,6 +427,14 @@ def test_san_and_authors_pascal_context_folders_are_read(root):
     "image_dir", ["VOC2012/images_detectron2/val", "VOC2012/JPEGImages"], ids=["authors", "san"]
 )
 def test_authors_and_san_voc_folders_are_read(root, image_dir):
+    # SAN's VOC script always makes these (empty image folders among them)
+    for folder in (
+        "images_detectron2/train",
+        "images_detectron2/val",
+        "annotations_detectron2/train_base",
+    ):
+        (root / "VOC2012" / folder).mkdir(parents=True)
+    write_image(root / "VOC2012/JPEGImages/2007_000032.jpg", 2, 3)  # a train image
     write_image(root / image_dir / "2007_000033.jpg", 2, 3)
     write_palette_png(
         root / "VOC2012/annotations_detectron2/val/2007_000033.png", [[0, 255, 19]] * 2
