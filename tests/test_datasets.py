@@ -473,6 +473,10 @@ def test_prepare_cityscapes(root):
         cityscapes / "gtFine/val/frankfurt/frankfurt_000000_000294_gtFine_labelIds.png",
         [[7, 26, 33, 0, 1]] * 2,
     )
+    for other in ("color.png", "instanceIds.png", "polygons.json"):  # the archive's other files
+        (cityscapes / f"gtFine/val/frankfurt/frankfurt_000000_000294_gtFine_{other}").write_bytes(
+            b""
+        )
     main = prepare("prepare_cityscapes").main
     assert main(["--root", str(root)]) > 0
     target = cityscapes / "gtFine/val/frankfurt/frankfurt_000000_000294_gtFine_labelTrainIds.png"

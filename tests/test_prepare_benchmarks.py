@@ -405,6 +405,8 @@ def test_the_official_counts_raise_no_warning(root, caplog, monkeypatch):
 
 def test_san_and_authors_pascal_context_folders_are_read(root):
     for folder, suffix in (("pcontext", ".png"), ("pcontext_full", ".tif")):
+        write_image(root / folder / "train/image/2008_000008.jpg", 2, 3)  # SAN's train split
+        (root / folder / "train/label").mkdir(parents=True)
         write_image(root / folder / "val/image/2008_000002.jpg", 2, 3)
         write_image(root / folder / "val/image/2008_000003.jpg", 2, 3)  # no label map: not listed
         (root / folder / "val/label").mkdir(parents=True)
@@ -456,8 +458,13 @@ def test_catseg_coco_stuff_folder_is_read_and_ours_comes_first(root):
     write_palette_png(
         root / "coco/stuffthingmaps_detectron2/val2017/000000000139.png", [[0, 1, 2]] * 2
     )
+    for stray in ("val2017_base", "val2017_novel", "train2017"):  # SimSeg's script makes these
+        (root / "coco/stuffthingmaps_detectron2" / stray).mkdir()
+    write_palette_png(root / "coco/stuffthingmaps_detectron2/val2017_base/000000000139.png", [[0]])
     (record,) = DatasetCatalog.get("cliptrase_coco_stuff171_val")
-    assert record["sem_seg_file_name"].startswith(str(root / "coco/"))
+    assert record["sem_seg_file_name"] == str(
+        root / "coco/stuffthingmaps_detectron2/val2017/000000000139.png"
+    )
 
 
 def test_an_alternative_label_map_without_image_is_named(root):
