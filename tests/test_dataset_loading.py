@@ -39,7 +39,7 @@ def test_one_record_per_label_map_and_what_is_passed_over_in_one_line(root, proj
     assert (record["height"], record["width"], record["image_id"]) == (2, 3, "ADE_val_00000001")
     (line,) = [r.getMessage() for r in project_log.records if "passed over" in r.getMessage()]
     assert line.startswith(f"Loaded 1 images of cliptrase_ade150_val from {root / ADE_IMAGES}")
-    assert "1 images without a label map" in line
+    assert "1 other images" in line
     assert "3 other files (._ADE_val_00000001.jpg, ADE_val_00000003.JPG, README.txt)" in line
 
 

@@ -292,21 +292,23 @@ def load_split(split: SemSegSplit, root: str) -> List[dict]:
     files) is counted in one log line, and a count that differs from the official split is a
     warning naming the ids the list has and the folder lacks."""
     image_dir, gt_dir, listed = _folders(split, root)
-    maps, other_maps = _files(gt_dir, (split.gt_suffix,), split.recursive)
+    maps, others = _files(gt_dir, (split.gt_suffix,), split.recursive)
     images, other_images = _files(image_dir, split.image_suffixes, split.recursive)
+    others = sorted(others + other_images)
     ids = maps if listed is None else _read_ids(listed)
     records = []
     for image_id in (i for i in ids if i in maps):
         gt_path, image_paths = maps[image_id][0], images.get(image_id, [])
-        if len(image_paths) != 1:
+        if not image_paths:
             expected = os.path.join(image_dir, image_id + split.image_suffixes[0])
-            raise (MissingFileError if not image_paths else InputError)(
-                f"Dataset '{split.name}': label map {gt_path} "
-                + (
-                    f"has no image; expected {expected}. {split.how_to_create}"
-                    if not image_paths
-                    else f"has two images, {' and '.join(image_paths)}: keep one of them"
-                )
+            raise MissingFileError(
+                f"Dataset '{split.name}': label map {gt_path} has no image; expected {expected}. "
+                f"{split.how_to_create}"
+            )
+        if len(image_paths) > 1:
+            raise InputError(
+                f"Dataset '{split.name}': label map {gt_path} has two images, "
+                f"{' and '.join(image_paths)}: keep one of them"
             )
         width, height = _image_size(split, image_paths[0])
         records.append(
@@ -333,7 +335,19 @@ def load_split(split: SemSegSplit, root: str) -> List[dict]:
             )
             + f". {split.how_to_create}"
         )
-    _log_loaded(split, records, image_dir, len(images), len(maps), other_images + other_maps)
+    passed = [
+        (len(images) - len(records), "other images"),
+        (len(maps) - len(records), "label maps outside the split's list"),
+        (len(others), f"other files ({', '.join(others[:SHOWN])})"),
+    ]
+    passed = ", ".join(f"{n} {what}" for n, what in passed if n)
+    logger.info(
+        "Loaded %d images of %s from %s%s",
+        len(records),
+        split.name,
+        image_dir,
+        f"; passed over: {passed}" if passed else "",
+    )
     _report_count(split, len(records), [i for i in ids if i not in maps], listed, gt_dir)
     return records
 
@@ -341,21 +355,6 @@ def load_split(split: SemSegSplit, root: str) -> List[dict]:
 def _read_ids(split_file: str) -> List[str]:
     with open(split_file, encoding="utf-8") as f:
         return [line.strip() for line in f if line.strip()]
-
-
-def _log_loaded(split, records, image_dir, num_images, num_maps, others) -> None:
-    """One line: the records loaded and everything in the two folders that was passed over."""
-    passed = [
-        (num_images - len(records), "images without a label map"),
-        (num_maps - len(records), "label maps outside the split's list"),
-        (len(others), "other files (" + ", ".join(others[:SHOWN]) + ")"),
-    ]
-    passed = (
-        "; passed over: " + ", ".join(f"{n} {what}" for n, what in passed if n)
-        if any(n for n, _ in passed)
-        else ""
-    )
-    logger.info("Loaded %d images of %s from %s%s", len(records), split.name, image_dir, passed)
 
 
 def _report_count(split, count, missing, listed, gt_dir) -> None:
