@@ -172,9 +172,17 @@ def val_ids(source: Path, out: Path, detail, pc59_maps: Optional[Path]) -> Tuple
     """The ids of the val images and whether they are the published split (the Detail val
     images, or a list or PC59 maps made from them) rather than VOC2010's val.txt."""
     if detail is not None:
+        if not detail.images:
+            raise ValueError(
+                f"{detail.path} has no images of phase 'val'; is it PASCAL in Detail's "
+                f"trainval_merged.json? (it comes from {DETAIL_SOURCE})"
+            )
         return sorted(detail.images), True
     if pc59_maps is not None:
-        return sorted(p.stem for p in pc59_maps.glob("*.png") if not p.name.startswith(".")), True
+        maps = sorted(p.stem for p in pc59_maps.glob("*.png") if not p.name.startswith("."))
+        if not maps:
+            raise FileNotFoundError(f"no PC59 maps (*.png) in {pc59_maps} (--from-pc59)")
+        return maps, True
     for catseg_list in (source / LIST.name, out / LIST.name):
         if catseg_list.is_file():
             logger.info("PASCAL Context val: the images listed in %s", catseg_list)
@@ -182,13 +190,13 @@ def val_ids(source: Path, out: Path, detail, pc59_maps: Optional[Path]) -> Tuple
     val_txt = require(source / "ImageSets/Main/val.txt", "VOC2010 val split", VOC2010_SOURCE)
     ids = read_ids(val_txt)
     logger.warning(
-        "warning: without %s the val images of PASCAL Context (%s) are not known: using the %d "
-        "ids of %s instead, which the dataset check will report. Give --detail-json (or put "
-        "CAT-Seg's pascalcontext_val.txt into %s) to use the published split.",
-        DETAIL_SOURCE,
+        "warning: the PASCAL Context val images are %s; without that file they are not known "
+        "here, so the %d ids of %s are used (the dataset check reports the difference). For "
+        "the published split give %s, or put CAT-Seg's pascalcontext_val.txt into %s.",
         SPLITS["pascal_context"]["what"],
         len(ids),
         val_txt,
+        DETAIL_SOURCE,
         out,
     )
     return ids, False

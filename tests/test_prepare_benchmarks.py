@@ -209,6 +209,15 @@ def test_pascal_context_with_the_real_archives_irregularities(root, caplog):
     assert "4 images, the official split has 5104" in caplog.text
 
 
+def test_an_empty_from_pc59_folder_is_named(root, tmp_path, monkeypatch):
+    make_pascal_context(root / "VOCdevkit/VOC2010", with_json=False)
+    (tmp_path / "label").mkdir()
+    message = _exit_message(
+        "prepare_pascal_context", monkeypatch, "--root", root, "--from-pc59", tmp_path / "label"
+    )
+    assert message == f"error: no PC59 maps (*.png) in {tmp_path / 'label'} (--from-pc59)"
+
+
 def test_a_segment_that_is_neither_rle_nor_polygons_is_named(root, monkeypatch):
     voc = root / "VOCdevkit/VOC2010"
     make_pascal_context(voc)
@@ -279,6 +288,9 @@ def test_pascal_context_missing_files_are_warnings(root, caplog):
     assert "trainval_merged.json not found" in caplog.text and "--labels mat" in caplog.text
     assert f"PASCAL Context label map not found: {voc / 'trainval/2008_000002.mat'}" in caplog.text
     assert "1 input files were missing" in caplog.text
+    assert f"so the 2 ids of {voc / 'ImageSets/Main/val.txt'} are used" in caplog.text
+    assert "CAT-Seg's pascalcontext_val.txt" in caplog.text
+    assert not (voc / "pascalcontext_val.txt").exists()  # val.txt is not the published split
     assert f"{out / 'pc459_val'} holds 1 label maps for 2 validation images" in caplog.text
 
 
