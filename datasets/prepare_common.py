@@ -10,7 +10,9 @@ A missing input folder stops a script with a message naming it and where it come
 missing file is reported as a warning, skipped, and counted in the summary.
 
 The scripts need only NumPy, Pillow and tqdm (plus SciPy / OpenCV / pycocotools for PASCAL
-Context and ADE20K-847), not the cliptrase_d2 package.
+Context and ADE20K-847): they read the package's vocabularies.json and splits.json from the
+repository but do not import cliptrase_d2 (which would bring Detectron2 and torch), hence their
+own small atomic writer.
 """
 
 import argparse
