@@ -249,7 +249,8 @@ class Summary:
         if self.images != self.expected:
             logger.warning(
                 "warning: %s: %d validation images, the official split has %d (%s); "
-                "results will not be comparable with published numbers.",
+                "results will not be comparable with published numbers (is every archive "
+                "fully extracted, and the release the one named in datasets/README.md?).",
                 self.name,
                 self.images,
                 self.expected,
@@ -274,7 +275,9 @@ class Summary:
             logger.info("  %s: %d label maps%s", folder, maps, classes)
             if maps != self.images:
                 logger.warning(
-                    "warning: %s holds %d label maps for %d validation images",
+                    "warning: %s holds %d label maps for %d validation images (fewer: the "
+                    "missing inputs above; more: maps of other images, which loading passes "
+                    "over)",
                     folder,
                     maps,
                     self.images,

@@ -287,7 +287,9 @@ def load_split(split: SemSegSplit, root: str) -> List[dict]:
     ``width`` (from the image header), ``image_id`` (the image's file stem) and
     ``dataset_name``.
 
-    A label map without an image, or with two (``a.jpg`` and ``a.png``), is an error naming the
+    Images and label maps are paired by name, never by position (Detectron2's ``load_sem_seg``
+    pairs its two sorted lists when their lengths agree and drops unpaired files silently), so
+    a label map without an image, or with two (``a.jpg`` and ``a.png``), is an error naming the
     files; what is passed over (images without a label map, label maps not in the list, other
     files) is counted in one log line, and a count that differs from the official split is a
     warning naming the ids the list has and the folder lacks."""
