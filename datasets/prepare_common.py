@@ -57,28 +57,23 @@ def add_root_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_root(root: Optional[Path]) -> Path:
-    """The dataset root, checked before any work: it (or the folder it will be created in) must
-    be a writable folder."""
+    """The dataset root, checked before any work: NotADirectoryError / PermissionError naming it
+    when it is a file, lies under a file, or cannot be written (nor created in its nearest
+    existing parent)."""
     root = default_root() if root is None else Path(root)
-    check_writable_folder(root, "dataset root (--root or $DETECTRON2_DATASETS)")
-    return root
-
-
-def check_writable_folder(folder: Path, what: str) -> None:
-    """NotADirectoryError / PermissionError naming ``folder`` when it is a file, lies under a
-    file, or cannot be written (nor created in its nearest existing parent)."""
-    existing = folder
+    what = f"dataset root (--root or $DETECTRON2_DATASETS) {root}"
+    existing = root
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if existing.exists() and not existing.is_dir():
         raise NotADirectoryError(
-            f"{what} {folder}: {existing} is a file, not a folder; give a folder to write into"
+            f"{what}: {existing} is a file, not a folder; give a folder to write into"
         )
     if not os.access(existing, os.W_OK | os.X_OK):
         raise PermissionError(
-            f"{what} {folder} is not writable ({existing} denies writing); give a folder you "
-            "can write to"
+            f"{what} is not writable ({existing} denies writing); give a folder you can write to"
         )
+    return root
 
 
 def require(path: Path, what: str, source: str, folder: bool = False) -> Path:
@@ -149,24 +144,16 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> bool:
     return True
 
 
-def save_label_png(labels: np.ndarray, path: Path) -> bool:
-    """Writes an (H, W) label map with values 0..255 as an 8-bit grayscale PNG."""
-    if labels.min() < 0 or labels.max() > 255:
+def save_labels(labels: np.ndarray, path: Path) -> bool:
+    """Writes an (H, W) label map: an 8-bit grayscale PNG (values 0..255) for a ``.png`` path, a
+    16-bit TIFF (0..65535, for more than 255 classes) for a ``.tif`` one."""
+    bits = 16 if path.suffix == ".tif" else 8
+    if labels.min() < 0 or labels.max() >= 2**bits:
         raise ValueError(
-            f"label values {labels.min()}..{labels.max()} do not fit an 8-bit PNG ({path})"
+            f"label values {labels.min()}..{labels.max()} do not fit {bits} bits ({path})"
         )
-    image = Image.fromarray(labels.astype(np.uint8), mode="L")
-    return write_atomic(path, lambda tmp: image.save(tmp, format="PNG"))
-
-
-def save_label_tiff16(labels: np.ndarray, path: Path) -> bool:
-    """Writes an (H, W) label map with values 0..65535 as a 16-bit TIFF (more than 255 classes)."""
-    if labels.min() < 0 or labels.max() > 65535:
-        raise ValueError(
-            f"label values {labels.min()}..{labels.max()} do not fit a 16-bit TIFF ({path})"
-        )
-    image = Image.fromarray(labels.astype(np.uint16))
-    return write_atomic(path, lambda tmp: image.save(tmp, format="TIFF"))
+    image = Image.fromarray(labels.astype(np.uint16 if bits == 16 else np.uint8))
+    return write_atomic(path, lambda tmp: image.save(tmp, format="TIFF" if bits == 16 else "PNG"))
 
 
 def copy_file(source: Path, destination: Path) -> bool:
@@ -212,16 +199,9 @@ class Summary:
     def write(self, written: bool) -> None:
         self.written += int(written)
 
-    def save(
-        self,
-        labels: np.ndarray,
-        path: Path,
-        void: int,
-        save: Optional[Callable[[np.ndarray, Path], bool]] = None,
-    ) -> None:
-        """Saves a label map (8-bit PNG unless ``save`` says otherwise) and notes its classes."""
-        save = save or save_label_png
-        if save(labels, path):
+    def save(self, labels: np.ndarray, path: Path, void: int) -> None:
+        """Saves a label map (see ``save_labels``) and notes its classes."""
+        if save_labels(labels, path):
             self.written += 1
             values = np.unique(labels)
             self.classes.setdefault(path.parent, set()).update(int(v) for v in values if v != void)

@@ -62,7 +62,6 @@ from prepare_common import (
     resolve_root,
     run,
     same_folder,
-    save_label_tiff16,
     write_atomic,
 )
 
@@ -337,7 +336,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 label_map = scipy.io.loadmat(str(mat))["LabelMap"].astype(np.int64)
                 pc459 = np.where(label_map > 0, label_map - 1, VOID_16BIT)
                 if "pc459" in targets:
-                    summary.save(pc459, targets["pc459"], VOID_16BIT, save_label_tiff16)
+                    summary.save(pc459, targets["pc459"], VOID_16BIT)
             else:
                 summary.missing_file(mat, "PASCAL Context label map", CONTEXT_SOURCE)
         if pc59_source is None or (targets["pc59"].exists() and targets["pc60"].exists()):
