@@ -91,17 +91,14 @@ def _created_by(script: str) -> str:
     )
 
 
-def _benchmark(name, vocabulary, image_dir, gt_dir, script, official, **options) -> SemSegSplit:
-    return SemSegSplit(
-        name, vocabulary, image_dir, gt_dir, _created_by(script), official=official, **options
-    )
+def _benchmark(name, vocabulary, image_dir, gt_dir, official, **options) -> SemSegSplit:
+    script = _created_by(OFFICIAL_SPLITS[official]["script"])
+    return SemSegSplit(name, vocabulary, image_dir, gt_dir, script, official=official, **options)
 
 
 _VOC = "VOCdevkit/VOC2012"
 _CONTEXT = "VOCdevkit/VOC2010"
 _16BIT_TIFF = dict(gt_suffix=".tif", ignore_label=IGNORE_LABEL_16BIT)
-_VOC_SPLIT = dict(official="voc2012")
-_PC = ("prepare_pascal_context.py", "pascal_context")
 
 BENCHMARK_SPLITS: Tuple[SemSegSplit, ...] = (
     # VOC20: classes 0..19; background and void both 255 (the authors' layout). Also read from
@@ -111,7 +108,6 @@ BENCHMARK_SPLITS: Tuple[SemSegSplit, ...] = (
         "voc20",
         f"{_VOC}/JPEGImages",
         f"{_VOC}/annotations_detectron2/val",
-        "prepare_voc.py",
         "voc2012",
         alternatives=(
             ("VOC2012/images_detectron2/val", "VOC2012/annotations_detectron2/val"),
@@ -124,7 +120,6 @@ BENCHMARK_SPLITS: Tuple[SemSegSplit, ...] = (
         "voc21",
         f"{_VOC}/JPEGImages",
         f"{_VOC}/annotations_detectron2_bg/val",
-        "prepare_voc.py",
         "voc2012",
         paper_void_as_background=True,
     ),
@@ -135,7 +130,7 @@ BENCHMARK_SPLITS: Tuple[SemSegSplit, ...] = (
         "pc59",
         f"{_CONTEXT}/JPEGImages",
         f"{_CONTEXT}/annotations_detectron2/pc59_val",
-        *_PC,
+        "pascal_context",
         alternatives=(("pcontext/val/image", "pcontext/val/label"),),
     ),
     _benchmark(
@@ -143,7 +138,7 @@ BENCHMARK_SPLITS: Tuple[SemSegSplit, ...] = (
         "pc60",
         f"{_CONTEXT}/JPEGImages",
         f"{_CONTEXT}/annotations_detectron2/pc60_val",
-        *_PC,
+        "pascal_context",
         paper_void_as_background=True,
     ),
     _benchmark(
@@ -151,7 +146,7 @@ BENCHMARK_SPLITS: Tuple[SemSegSplit, ...] = (
         "pc459",
         f"{_CONTEXT}/JPEGImages",
         f"{_CONTEXT}/annotations_detectron2/pc459_val",
-        *_PC,
+        "pascal_context",
         alternatives=(("pcontext_full/val/image", "pcontext_full/val/label"),),
         **_16BIT_TIFF,
     ),
@@ -162,7 +157,6 @@ BENCHMARK_SPLITS: Tuple[SemSegSplit, ...] = (
         "coco_stuff171",
         "coco/val2017",
         "coco/stuffthingmaps_detectron2/val2017",
-        "prepare_coco_stuff.py",
         "coco",
         alternatives=(("coco-stuff/images/val2017", "coco-stuff/annotations_detectron2/val2017"),),
     ),
@@ -171,7 +165,6 @@ BENCHMARK_SPLITS: Tuple[SemSegSplit, ...] = (
         "coco_object80",
         "coco/val2017",
         "coco/objectmaps_detectron2/val2017",
-        "prepare_coco_stuff.py",
         "coco",
         paper_void_as_background=True,
     ),
@@ -183,7 +176,6 @@ BENCHMARK_SPLITS: Tuple[SemSegSplit, ...] = (
         "coco_object80",
         "coco/val2017",
         "coco/objectmaps_paper_detectron2/val2017",
-        "prepare_coco_stuff.py",
         "coco",
     ),
     _benchmark(
@@ -191,7 +183,6 @@ BENCHMARK_SPLITS: Tuple[SemSegSplit, ...] = (
         "ade150",
         "ADEChallengeData2016/images/validation",
         "ADEChallengeData2016/annotations_detectron2/validation",
-        "prepare_ade20k_150.py",
         "ade150",
     ),
     _benchmark(
@@ -199,7 +190,6 @@ BENCHMARK_SPLITS: Tuple[SemSegSplit, ...] = (
         "ade847",
         "ADE20K_2021_17_01/images_detectron2/validation",
         "ADE20K_2021_17_01/annotations_detectron2/validation",
-        "prepare_ade20k_847.py",
         "ade847",
         **_16BIT_TIFF,
     ),
@@ -208,7 +198,6 @@ BENCHMARK_SPLITS: Tuple[SemSegSplit, ...] = (
         "cityscapes19",
         "cityscapes/leftImg8bit/val",
         "cityscapes/gtFine/val",
-        "prepare_cityscapes.py",
         "cityscapes",
         image_suffixes=("_leftImg8bit.png",),
         gt_suffix="_gtFine_labelTrainIds.png",
@@ -350,39 +339,26 @@ def load_split(split: SemSegSplit, root: str) -> List[dict]:
         image_dir,
         f"; passed over: {passed}" if passed else "",
     )
-    _report_count(split, len(records), [i for i in ids if i not in maps], listed, gt_dir)
+    missing = [i for i in ids if i not in maps]
+    if missing:
+        shown = ", ".join(missing[:SHOWN]) + (", ..." if len(missing) > SHOWN else "")
+        logger.warning(
+            f"Dataset '{split.name}': {len(missing)} ids listed in {listed} have no label map in "
+            f"{gt_dir} ({shown}); they are not evaluated"
+        )
+    official = OFFICIAL_SPLITS.get(split.official)
+    if official and len(records) != official["images"]:
+        logger.warning(
+            f"Dataset '{split.name}': {len(records)} images, the official split has "
+            f"{official['images']} ({official['what']}): results are not comparable with "
+            "published numbers"
+        )
     return records
 
 
 def _read_ids(split_file: str) -> List[str]:
     with open(split_file, encoding="utf-8") as f:
         return [line.strip() for line in f if line.strip()]
-
-
-def _report_count(split, count, missing, listed, gt_dir) -> None:
-    """Warns when the split is not the official one: how many images, and which listed ids
-    have no label map."""
-    official = OFFICIAL_SPLITS.get(split.official)
-    if missing:
-        logger.warning(
-            "Dataset '%s': %d ids listed in %s have no label map in %s (%s%s); they are not "
-            "evaluated",
-            split.name,
-            len(missing),
-            listed,
-            gt_dir,
-            ", ".join(missing[:SHOWN]),
-            ", ..." if len(missing) > SHOWN else "",
-        )
-    if official and count != official["images"]:
-        logger.warning(
-            "Dataset '%s': %d images, the official split has %d (%s): results are not "
-            "comparable with published numbers",
-            split.name,
-            count,
-            official["images"],
-            official["what"],
-        )
 
 
 def split_metadata(split: SemSegSplit, root: str) -> dict:
