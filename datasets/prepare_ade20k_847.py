@@ -42,7 +42,6 @@ from prepare_common import (
     require,
     resolve_root,
     run,
-    save_label_tiff16,
     write_atomic,
 )
 
@@ -160,7 +159,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             )
         save_jpeg = lambda tmp: Image.fromarray(pixels).save(tmp, format="JPEG")  # noqa: E731
         summary.write(write_atomic(image_out, save_jpeg))
-        summary.save(labels, label_out, VOID_16BIT, save_label_tiff16)
+        summary.save(labels, label_out, VOID_16BIT)
     return summary.finish({out_labels: NUM_CLASSES}, "*.tif")
 
 

@@ -10,7 +10,9 @@ A missing input folder stops a script with a message naming it and where it come
 missing file is reported as a warning, skipped, and counted in the summary.
 
 The scripts need only NumPy, Pillow and tqdm (plus SciPy / OpenCV / pycocotools for PASCAL
-Context and ADE20K-847), not the cliptrase_d2 package.
+Context and ADE20K-847): they read the package's vocabularies.json and splits.json from the
+repository but do not import cliptrase_d2 (which would bring Detectron2 and torch), hence their
+own small atomic writer.
 """
 
 import argparse
@@ -31,9 +33,11 @@ from PIL import Image
 
 logger = logging.getLogger("prepare")
 
-VOCABULARIES_JSON = (
-    Path(__file__).resolve().parents[1] / "cliptrase_d2" / "data" / "vocabularies.json"
-)
+PACKAGE_DATA = Path(__file__).resolve().parents[1] / "cliptrase_d2" / "data"
+VOCABULARIES_JSON = PACKAGE_DATA / "vocabularies.json"
+# Each benchmark family's validation split: its image count ('images'), the file listing its ids
+# ('list', relative to the root) and what it is ('what'); the dataset registration reads it too.
+SPLITS = json.loads((PACKAGE_DATA / "splits.json").read_text(encoding="utf-8"))
 
 
 def default_root() -> Path:
@@ -53,28 +57,23 @@ def add_root_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_root(root: Optional[Path]) -> Path:
-    """The dataset root, checked before any work: it (or the folder it will be created in) must
-    be a writable folder."""
+    """The dataset root, checked before any work: NotADirectoryError / PermissionError naming it
+    when it is a file, lies under a file, or cannot be written (nor created in its nearest
+    existing parent)."""
     root = default_root() if root is None else Path(root)
-    check_writable_folder(root, "dataset root (--root or $DETECTRON2_DATASETS)")
-    return root
-
-
-def check_writable_folder(folder: Path, what: str) -> None:
-    """NotADirectoryError / PermissionError naming ``folder`` when it is a file, lies under a
-    file, or cannot be written (nor created in its nearest existing parent)."""
-    existing = folder
+    what = f"dataset root (--root or $DETECTRON2_DATASETS) {root}"
+    existing = root
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if existing.exists() and not existing.is_dir():
         raise NotADirectoryError(
-            f"{what} {folder}: {existing} is a file, not a folder; give a folder to write into"
+            f"{what}: {existing} is a file, not a folder; give a folder to write into"
         )
     if not os.access(existing, os.W_OK | os.X_OK):
         raise PermissionError(
-            f"{what} {folder} is not writable ({existing} denies writing); give a folder you "
-            "can write to"
+            f"{what} is not writable ({existing} denies writing); give a folder you can write to"
         )
+    return root
 
 
 def require(path: Path, what: str, source: str, folder: bool = False) -> Path:
@@ -145,24 +144,16 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> bool:
     return True
 
 
-def save_label_png(labels: np.ndarray, path: Path) -> bool:
-    """Writes an (H, W) label map with values 0..255 as an 8-bit grayscale PNG."""
-    if labels.min() < 0 or labels.max() > 255:
+def save_labels(labels: np.ndarray, path: Path) -> bool:
+    """Writes an (H, W) label map: an 8-bit grayscale PNG (values 0..255) for a ``.png`` path, a
+    16-bit TIFF (0..65535, for more than 255 classes) for a ``.tif`` one."""
+    bits = 16 if path.suffix == ".tif" else 8
+    if labels.min() < 0 or labels.max() >= 2**bits:
         raise ValueError(
-            f"label values {labels.min()}..{labels.max()} do not fit an 8-bit PNG ({path})"
+            f"label values {labels.min()}..{labels.max()} do not fit {bits} bits ({path})"
         )
-    image = Image.fromarray(labels.astype(np.uint8), mode="L")
-    return write_atomic(path, lambda tmp: image.save(tmp, format="PNG"))
-
-
-def save_label_tiff16(labels: np.ndarray, path: Path) -> bool:
-    """Writes an (H, W) label map with values 0..65535 as a 16-bit TIFF (more than 255 classes)."""
-    if labels.min() < 0 or labels.max() > 65535:
-        raise ValueError(
-            f"label values {labels.min()}..{labels.max()} do not fit a 16-bit TIFF ({path})"
-        )
-    image = Image.fromarray(labels.astype(np.uint16))
-    return write_atomic(path, lambda tmp: image.save(tmp, format="TIFF"))
+    image = Image.fromarray(labels.astype(np.uint16 if bits == 16 else np.uint8))
+    return write_atomic(path, lambda tmp: image.save(tmp, format="TIFF" if bits == 16 else "PNG"))
 
 
 def copy_file(source: Path, destination: Path) -> bool:
@@ -189,15 +180,6 @@ def remap(labels: np.ndarray, mapping: Mapping[int, int], default: int) -> np.nd
     return table[labels]
 
 
-# Images of each official validation split (the counts every published number was computed on).
-OFFICIAL_VAL_IMAGES = {
-    "voc2012": 1449,
-    "pascal_context": 5105,
-    "coco": 5000,
-    "ade150": 2000,
-    "ade847": 2000,
-    "cityscapes": 500,
-}
 MISSING_SHOWN = 5  # missing files named one by one in the log; the rest are only counted
 
 
@@ -207,8 +189,8 @@ class Summary:
     validation images against the official count (a warning when they differ)."""
 
     def __init__(self, name: str, split: str):
-        self.name = name
-        self.expected = OFFICIAL_VAL_IMAGES[split]
+        self.name, self.split = name, split
+        self.expected = SPLITS[split]["images"]
         self.written = 0
         self.images = 0
         self.missing: List[Path] = []
@@ -217,16 +199,9 @@ class Summary:
     def write(self, written: bool) -> None:
         self.written += int(written)
 
-    def save(
-        self,
-        labels: np.ndarray,
-        path: Path,
-        void: int,
-        save: Optional[Callable[[np.ndarray, Path], bool]] = None,
-    ) -> None:
-        """Saves a label map (8-bit PNG unless ``save`` says otherwise) and notes its classes."""
-        save = save or save_label_png
-        if save(labels, path):
+    def save(self, labels: np.ndarray, path: Path, void: int) -> None:
+        """Saves a label map (see ``save_labels``) and notes its classes."""
+        if save_labels(labels, path):
             self.written += 1
             values = np.unique(labels)
             self.classes.setdefault(path.parent, set()).update(int(v) for v in values if v != void)
@@ -245,18 +220,21 @@ class Summary:
         if self.missing:
             logger.warning(
                 "warning: %d input files were missing (%s%s); their outputs were not "
-                "written. Rerun once they are in place.",
+                "written: put those files in place and run the script again (it writes only "
+                "what is missing).",
                 len(self.missing),
                 ", ".join(str(p) for p in self.missing[:MISSING_SHOWN]),
                 ", ..." if len(self.missing) > MISSING_SHOWN else "",
             )
         if self.images != self.expected:
             logger.warning(
-                "warning: %s: %d validation images, the official split has %d; "
-                "results will not be comparable with published numbers.",
+                "warning: %s: %d validation images, the official split has %d (%s); "
+                "results will not be comparable with published numbers (is every archive "
+                "fully extracted, and the release the one named in datasets/README.md?).",
                 self.name,
                 self.images,
                 self.expected,
+                SPLITS[self.split]["what"],
             )
         logger.info(
             "%s: %d files written, %d validation images", self.name, self.written, self.images
@@ -277,7 +255,9 @@ class Summary:
             logger.info("  %s: %d label maps%s", folder, maps, classes)
             if maps != self.images:
                 logger.warning(
-                    "warning: %s holds %d label maps for %d validation images",
+                    "warning: %s holds %d label maps for %d validation images (fewer: the "
+                    "missing inputs above; more: maps of other images, which loading passes "
+                    "over)",
                     folder,
                     maps,
                     self.images,

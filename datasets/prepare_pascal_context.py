@@ -1,28 +1,35 @@
-"""PASCAL Context val (the 5,105 images of VOC2010's ImageSets/Main/val.txt) for PC59, PC60 and
-PC459.
+"""PASCAL Context val for PC59, PC60 and PC459: the 5,104 images of phase ``val`` in the PASCAL in
+Detail annotations, which mmseg, SAN and CAT-Seg evaluate (VOC2010's ImageSets/Main/val.txt lists
+5,105: one image has no Detail annotations and is not part of the split).
 
-Inputs: the extracted VOCtrainval_03-May-2010.tar (``VOCdevkit/VOC2010`` with JPEGImages/ and
-ImageSets/Main/val.txt), the PASCAL in Detail annotations ``trainval_merged.json`` (for PC59 and
-PC60) and PASCAL Context's trainval.tar.gz (``trainval/<id>.mat``, each with a ``LabelMap`` of
+Inputs: the extracted VOCtrainval_03-May-2010.tar (``VOCdevkit/VOC2010`` with JPEGImages/), the
+PASCAL in Detail annotations ``trainval_merged.json`` (for PC59 and PC60, and the list of val
+images) and PASCAL Context's trainval.tar.gz (``trainval/<id>.mat``, each with a ``LabelMap`` of
 the 459 classes numbered 1..459 in labels.txt order, for PC459). Output, under the dataset root:
 
-    VOCdevkit/VOC2010/annotations_detectron2/pc459_val/<id>.tif  16-bit: classes 0..458 (void 65535)
-    VOCdevkit/VOC2010/annotations_detectron2/pc59_val/<id>.png   classes 0..58, every other pixel
-    255
-    VOCdevkit/VOC2010/annotations_detectron2/pc60_val/<id>.png   classes 0..58, every other pixel 59
+    VOCdevkit/VOC2010/pascalcontext_val.txt  the val ids, one a line (CAT-Seg's file of that name)
+    VOCdevkit/VOC2010/annotations_detectron2/pc459_val/<id>.tif  16-bit: classes 0..458 (void
+        65535)
+    VOCdevkit/VOC2010/annotations_detectron2/pc59_val/<id>.png   classes 0..58, every other
+        pixel 255
+    VOCdevkit/VOC2010/annotations_detectron2/pc60_val/<id>.png   classes 0..58, every other
+        pixel 59
 
 PC59 and PC60 come, by default, from ``trainval_merged.json`` as mmseg, SAN, CAT-Seg and ODISE
 make them (and so the numbers of the peers and of the CLIPtrase authors, who use SAN's folders):
-each segment of a val image is decoded with pycocotools and painted in the file's order with
-its category id (1-based PC459 ids), everything unpainted is background. ``--labels mat``
-makes them from the ``.mat`` files instead. The two differ; when both are present the script
-counts the val pixels whose PC59 label differs and logs the count.
+each segment of a val image (RLE or polygons, decoded with pycocotools) is painted in the file's
+order with its category id (1-based PC459 ids), everything unpainted is background; an image
+without segments is all background. ``--labels mat`` makes them from the ``.mat`` files instead.
+The two differ; when both are present the script counts the val pixels whose PC59 label differs
+and logs the count.
 PC59 keeps the 59 most frequent of the 459 classes (their names in vocabularies.json, with
 'diningtable' for 459's 'table'); the rest is background, ignored in PC59 and class 59 in PC60.
 ``--from-pc59 DIR`` takes existing PC59 maps made from the Detail annotations (SAN's
-``pcontext/val/label``, CAT-Seg's ``pc59_val``) instead and derives PC60 from them.
-When the VOC2010 folder is not ``<root>/VOCdevkit/VOC2010`` itself, the val images and the split
-file are copied there too.
+``pcontext/val/label``, CAT-Seg's ``pc59_val``) instead, for the images they cover, and derives
+PC60 from them. Without the Detail annotations, the val images are those of ``--from-pc59``,
+else of CAT-Seg's ``pascalcontext_val.txt``, else (with a warning) VOC2010's val.txt.
+When the VOC2010 folder is not ``<root>/VOCdevkit/VOC2010`` itself, the val images are copied
+there too.
 
     python datasets/prepare_pascal_context.py [--voc2010 path/to/VOCdevkit/VOC2010]
         [--detail-json path/to/trainval_merged.json] [--context path/to/trainval]
@@ -34,7 +41,7 @@ import json
 import logging
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import scipy.io
@@ -42,6 +49,7 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from prepare_common import (
+    SPLITS,
     Summary,
     add_root_argument,
     benchmark_classes,
@@ -54,12 +62,13 @@ from prepare_common import (
     resolve_root,
     run,
     same_folder,
-    save_label_tiff16,
+    write_atomic,
 )
 
 logger = logging.getLogger("prepare")
 
 LAYOUT = Path("VOCdevkit/VOC2010")
+LIST = Path(SPLITS["pascal_context"]["list"])  # the val ids, as CAT-Seg's pascalcontext_val.txt
 VOC2010_SOURCE = (
     "VOCtrainval_03-May-2010.tar, http://host.robots.ox.ac.uk/pascal/VOC/voc2010/"
     "VOCtrainval_03-May-2010.tar (extract it under the root)"
@@ -129,16 +138,80 @@ class DetailAnnotations:
             if segment["image_id"] in val_ids:
                 self.segments[segment["image_id"]].append(segment)
 
+        self.path = path
+
     def label_map(self, stem: str) -> np.ndarray:
         image = self.images[stem]
         height, width = image["height"], image["width"]
         labels = np.zeros((height, width), dtype=np.int64)
         for segment in self.segments[image["image_id"]]:
-            rle = segment["segmentation"]
-            if isinstance(rle.get("counts"), list):
-                rle = mask_utils.frPyObjects(rle, height, width)
-            labels[mask_utils.decode(rle) > 0] = segment["category_id"]
+            labels[self.mask(segment, stem, height, width) > 0] = segment["category_id"]
         return labels
+
+    def mask(self, segment: dict, stem: str, height: int, width: int) -> np.ndarray:
+        """The (H, W) mask of one segment: compressed RLE, uncompressed RLE or polygons (COCO's
+        three forms); ValueError naming the image for anything else."""
+        shape = segment.get("segmentation")
+        if (
+            isinstance(shape, list)
+            or isinstance(shape, dict)
+            and isinstance(shape.get("counts"), list)
+        ):
+            shape = mask_utils.frPyObjects(shape, height, width)
+            shape = mask_utils.merge(shape) if isinstance(shape, list) else shape
+        elif not (isinstance(shape, dict) and "counts" in shape):
+            raise ValueError(
+                f"{self.path}: a segment of image {stem} has a 'segmentation' that is neither "
+                f"RLE nor polygons ({str(shape)[:60]}); is it PASCAL in Detail's file?"
+            )
+        return mask_utils.decode(shape)
+
+
+def val_ids(source: Path, out: Path, detail, pc59_maps: Optional[Path]) -> Tuple[List[str], bool]:
+    """The ids of the val images and whether they are the published split (the Detail val
+    images, or a list or PC59 maps made from them) rather than VOC2010's val.txt."""
+    if detail is not None:
+        if not detail.images:
+            raise ValueError(
+                f"{detail.path} has no images of phase 'val'; is it PASCAL in Detail's "
+                f"trainval_merged.json? (it comes from {DETAIL_SOURCE})"
+            )
+        return sorted(detail.images), True
+    if pc59_maps is not None:
+        maps = sorted(p.stem for p in pc59_maps.glob("*.png") if not p.name.startswith("."))
+        if not maps:
+            raise FileNotFoundError(f"no PC59 maps (*.png) in {pc59_maps} (--from-pc59)")
+        return maps, True
+    for catseg_list in (source / LIST.name, out / LIST.name):
+        if catseg_list.is_file():
+            logger.info("PASCAL Context val: the images listed in %s", catseg_list)
+            return read_ids(catseg_list), True
+    val_txt = require(source / "ImageSets/Main/val.txt", "VOC2010 val split", VOC2010_SOURCE)
+    ids = read_ids(val_txt)
+    logger.warning(
+        "warning: the PASCAL Context val images are %s; without that file they are not known "
+        "here, so the %d ids of %s are used (the dataset check reports the difference). For "
+        "the published split give %s, or put CAT-Seg's pascalcontext_val.txt into %s.",
+        SPLITS["pascal_context"]["what"],
+        len(ids),
+        val_txt,
+        DETAIL_SOURCE,
+        out,
+    )
+    return ids, False
+
+
+def write_list(path: Path, ids: List[str]) -> bool:
+    """Writes the val ids, one a line; keeps an existing list (a warning when it differs)."""
+    if path.is_file() and read_ids(path) != ids:
+        logger.warning(
+            "warning: %s lists %d ids, this run's val images are %d: kept as it is (delete it "
+            "and run the script again to replace it)",
+            path,
+            len(read_ids(path)),
+            len(ids),
+        )
+    return write_atomic(path, lambda tmp: tmp.write_text("".join(f"{i}\n" for i in ids)))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -184,7 +257,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     out = root / LAYOUT
     source = args.voc2010 or out
     require_dir(source, "VOC2010 folder", VOC2010_SOURCE)
-    split_file = require(source / "ImageSets/Main/val.txt", "VOC2010 val split", VOC2010_SOURCE)
     images_dir = require_dir(source / "JPEGImages", "VOC2010 images", VOC2010_SOURCE)
     context_dir = args.context or source / "trainval"
     detail_json = args.detail_json or source / "trainval_merged.json"
@@ -227,29 +299,29 @@ def main(argv: Optional[List[str]] = None) -> int:
     if pc59_source is None:
         del folders["pc59"], folders["pc60"]
 
-    image_ids = read_ids(split_file)
-    if detail is not None and set(detail.images) != set(image_ids):
-        common = len(set(detail.images) & set(image_ids))
-        logger.warning(
-            "warning: %s has %d val images, %s lists %d (%d in common)",
-            detail_json,
-            len(detail.images),
-            split_file,
-            len(image_ids),
-            common,
+    image_ids, published = val_ids(source, out, detail, pc59_maps)
+    val_txt = source / "ImageSets/Main/val.txt"
+    not_in_split = sorted(set(read_ids(val_txt)) - set(image_ids)) if val_txt.is_file() else []
+    if published and not_in_split:
+        logger.info(
+            "%s lists %d images that are not PASCAL Context val images (%s): not prepared, as "
+            "mmseg, SAN and CAT-Seg do not evaluate them",
+            val_txt,
+            len(not_in_split),
+            ", ".join(not_in_split[:5]),
         )
     summary = Summary("PASCAL Context val", "pascal_context")
     summary.images = len(image_ids)
     differing_pixels = differing_images = compared_pixels = 0
-    if copy_images:
-        summary.write(copy_file(split_file, out / "ImageSets/Main/val.txt"))
+    if published:
+        summary.write(write_list(root / LIST, image_ids))
     for image_id in tqdm(image_ids, desc="PASCAL Context val"):
+        image = images_dir / f"{image_id}.jpg"
+        if not image.is_file():  # no label maps either: they would have no image
+            summary.missing_file(image, "VOC2010 image", VOC2010_SOURCE)
+            continue
         if copy_images:
-            image = images_dir / f"{image_id}.jpg"
-            if image.is_file():
-                summary.write(copy_file(image, out / "JPEGImages" / f"{image_id}.jpg"))
-            else:
-                summary.missing_file(image, "VOC2010 image", VOC2010_SOURCE)
+            summary.write(copy_file(image, out / "JPEGImages" / f"{image_id}.jpg"))
         targets = {
             key: folder / f"{image_id}{'.tif' if key == 'pc459' else '.png'}"
             for key, folder in folders.items()
@@ -264,17 +336,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                 label_map = scipy.io.loadmat(str(mat))["LabelMap"].astype(np.int64)
                 pc459 = np.where(label_map > 0, label_map - 1, VOID_16BIT)
                 if "pc459" in targets:
-                    summary.save(pc459, targets["pc459"], VOID_16BIT, save_label_tiff16)
+                    summary.save(pc459, targets["pc459"], VOID_16BIT)
             else:
                 summary.missing_file(mat, "PASCAL Context label map", CONTEXT_SOURCE)
         if pc59_source is None or (targets["pc59"].exists() and targets["pc60"].exists()):
             continue
         from_detail = None
-        if detail is not None and image_id in detail.images:
+        if detail is not None:
             from_detail = remap(detail.label_map(image_id), detail_to_pc59, default=VOID)
-        elif detail is not None and pc59_source == "detail":
-            what = f"image {image_id} in the Detail annotations"
-            summary.missing_file(detail_json, what, DETAIL_SOURCE)
         from_mat = remap(pc459, to_pc59, default=VOID) if pc459 is not None else None
         if from_detail is not None and from_mat is not None:
             same_shape = from_detail.shape == from_mat.shape

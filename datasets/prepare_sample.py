@@ -47,7 +47,7 @@ from prepare_common import (
     require,
     resolve_root,
     run,
-    save_label_png,
+    save_labels,
     write_atomic,
 )
 
@@ -252,10 +252,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                 images_dir / image_name(image_id),
                 lambda tmp, data=jpegs[image_id]: tmp.write_bytes(data),
             )
-        written += save_label_png(
+        written += save_labels(
             remap(labels[image_id], VOC21_LABELS, default=255), voc21_dir / f"{image_id}.png"
         )
-        written += save_label_png(
+        written += save_labels(
             remap(labels[image_id], VOC20_LABELS, default=255), voc20_dir / f"{image_id}.png"
         )
     written += write_atomic(out / "SOURCES.txt", lambda tmp: tmp.write_text(SOURCES_TXT))

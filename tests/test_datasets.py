@@ -208,6 +208,7 @@ def test_an_image_listed_in_the_split_file_but_missing_is_named(root):
     (voc / "annotations_detectron2/val").mkdir(parents=True)
     (voc / "ImageSets/Segmentation").mkdir(parents=True)
     (voc / "ImageSets/Segmentation/val.txt").write_text("2007_000033\n")
+    write_palette_png(voc / "annotations_detectron2/val/2007_000033.png", [[0, 1]])
     with pytest.raises(FileNotFoundError, match="2007_000033.jpg"):
         DatasetCatalog.get("cliptrase_voc20_val")
 
@@ -472,6 +473,10 @@ def test_prepare_cityscapes(root):
         cityscapes / "gtFine/val/frankfurt/frankfurt_000000_000294_gtFine_labelIds.png",
         [[7, 26, 33, 0, 1]] * 2,
     )
+    for other in ("color.png", "instanceIds.png", "polygons.json"):  # the archive's other files
+        (cityscapes / f"gtFine/val/frankfurt/frankfurt_000000_000294_gtFine_{other}").write_bytes(
+            b""
+        )
     main = prepare("prepare_cityscapes").main
     assert main(["--root", str(root)]) > 0
     target = cityscapes / "gtFine/val/frankfurt/frankfurt_000000_000294_gtFine_labelTrainIds.png"

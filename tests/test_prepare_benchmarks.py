@@ -107,7 +107,7 @@ def test_pascal_context_from_the_detail_annotations_by_default(root, caplog):
     make_pascal_context(voc)
     main = prepare("prepare_pascal_context").main
     with caplog.at_level(logging.INFO, logger="prepare"):
-        assert main(["--root", str(root)]) == 2 * 3
+        assert main(["--root", str(root)]) == 2 * 3 + 1  # three maps per image, the id list
 
     out = voc / "annotations_detectron2"
     aeroplane, diningtable, person, wood = (
@@ -132,11 +132,131 @@ def test_pascal_context_from_the_detail_annotations_by_default(root, caplog):
         in caplog.text
     )
     assert "in 2 images" in caplog.text
-    assert "2 validation images, the official split has 5105" in caplog.text
+    assert "2 validation images, the official split has 5104" in caplog.text
+    assert (voc / "pascalcontext_val.txt").read_text() == "2008_000002\n2008_000003\n"
     assert not (out / "pc59_val/2008_000004.png").exists()  # a train image of the annotations
     for name in ("cliptrase_pc59_val", "cliptrase_pc60_val", "cliptrase_pc459_val"):
         assert [r["image_id"] for r in DatasetCatalog.get(name)] == list(IDS)
     assert main(["--root", str(root)]) == 0
+
+
+def uncompressed_rle(mask):
+    """COCO's uncompressed RLE: run lengths over the column-major pixels, starting with zeros."""
+    pixels = np.concatenate([[0], mask.flatten(order="F").astype(np.int64), [2]])
+    changes = np.flatnonzero(pixels[1:] != pixels[:-1])
+    return {"size": list(mask.shape), "counts": np.diff(np.concatenate([[0], changes])).tolist()}
+
+
+def test_pascal_context_with_the_real_archives_irregularities(root, caplog):
+    """VOC2010's val.txt lists an image the Detail annotations lack; one val image has no
+    segments; segments come as compressed RLE, uncompressed RLE and polygons; the classes at
+    both ends of the ranges (PC459 1 and 459, PC59 0 and 58) are there."""
+    voc = root / "VOCdevkit/VOC2010"
+    make_pascal_context(voc)
+    data = json.loads((voc / "trainval_merged.json").read_text())
+    lacking, empty, shapes = "2008_000007", "2008_000009", "2010_006078"
+    (voc / "ImageSets/Main/val.txt").write_text(
+        "".join(f"{i}\n" for i in (*IDS, lacking, empty, shapes))
+    )
+    label_map = scipy.io.loadmat(str(voc / f"trainval/{IDS[0]}.mat"))["LabelMap"]
+    for number, image_id in ((20, empty), (21, shapes), (22, lacking)):
+        write_image(voc / f"JPEGImages/{image_id}.jpg", 4, 6)
+        scipy.io.savemat(str(voc / f"trainval/{image_id}.mat"), {"LabelMap": label_map})
+        if image_id != lacking:
+            data["images"].append(
+                {
+                    "file_name": f"{image_id}.jpg",
+                    "image_id": number,
+                    "height": 4,
+                    "width": 6,
+                    "phase": "val",
+                }
+            )
+    left = np.zeros((4, 6), dtype=bool)
+    left[:, :2] = True
+    polygon = {
+        "image_id": 21,
+        "category_id": detail_id("wood"),
+        "segmentation": [[0, 0, 2, 0, 2, 4, 0, 4]],
+    }
+    rle = {
+        "image_id": 21,
+        "category_id": detail_id("wool"),
+        "segmentation": uncompressed_rle(~left),
+    }
+    data["annos_segmentation"] += [polygon, rle]
+    (voc / "trainval_merged.json").write_text(json.dumps(data))
+    main = prepare("prepare_pascal_context").main
+    with caplog.at_level(logging.INFO, logger="prepare"):
+        assert main(["--root", str(root)]) == 4 * 3 + 1
+    assert f"lists 1 images that are not PASCAL Context val images ({lacking})" in caplog.text
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "4 validation images, the official split has 5104" in warnings[0]
+    val_ids = sorted((*IDS, empty, shapes))
+    assert (voc / "pascalcontext_val.txt").read_text().split() == val_ids
+    out = voc / "annotations_detectron2"
+    np.testing.assert_array_equal(labels_of(out / f"pc59_val/{empty}.png"), np.full((4, 6), 255))
+    np.testing.assert_array_equal(labels_of(out / f"pc60_val/{empty}.png"), np.full((4, 6), 59))
+    wood = PC59.index("wood")
+    pc59 = labels_of(out / f"pc59_val/{shapes}.png")
+    assert (pc59[:, 0] == wood).all() and (pc59[:, 3:] == 255).all()  # wool: not a PC59 class
+    assert (
+        not (out / f"pc59_val/{lacking}.png").exists()
+        and not (out / f"pc459_val/{lacking}.tif").exists()
+    )
+    for name in ("cliptrase_pc59_val", "cliptrase_pc60_val", "cliptrase_pc459_val"):
+        assert [r["image_id"] for r in DatasetCatalog.get(name)] == val_ids
+    assert "4 images, the official split has 5104" in caplog.text
+
+
+def test_an_empty_from_pc59_folder_is_named(root, tmp_path, monkeypatch):
+    make_pascal_context(root / "VOCdevkit/VOC2010", with_json=False)
+    (tmp_path / "label").mkdir()
+    message = _exit_message(
+        "prepare_pascal_context", monkeypatch, "--root", root, "--from-pc59", tmp_path / "label"
+    )
+    assert message == f"error: no PC59 maps (*.png) in {tmp_path / 'label'} (--from-pc59)"
+
+
+def test_a_segment_that_is_neither_rle_nor_polygons_is_named(root, monkeypatch):
+    voc = root / "VOCdevkit/VOC2010"
+    make_pascal_context(voc)
+    data = json.loads((voc / "trainval_merged.json").read_text())
+    data["annos_segmentation"][0]["segmentation"] = "mask.png"
+    (voc / "trainval_merged.json").write_text(json.dumps(data))
+    message = _exit_message("prepare_pascal_context", monkeypatch, "--root", root)
+    assert message == (
+        f"error: {voc / 'trainval_merged.json'}: a segment of image {IDS[0]} has a "
+        "'segmentation' that is neither RLE nor polygons (mask.png); is it PASCAL in Detail's "
+        "file?"
+    )
+
+
+def test_catseg_s_pascal_context_folders_are_used_as_they_are(root, project_log):
+    """CAT-Seg's scripts write pc59_val and pc459_val for the ids of its pascalcontext_val.txt
+    (the Detail val images) beside VOC2010's val.txt, which lists one more."""
+    voc = root / "VOCdevkit/VOC2010"
+    (voc / "ImageSets/Main").mkdir(parents=True)
+    (voc / "ImageSets/Main/val.txt").write_text("2008_000002\n2008_000007\n2010_006078\n")
+    (voc / "pascalcontext_val.txt").write_text("2008_000002\n2010_006078\n")
+    for image_id in ("2008_000002", "2008_000007", "2010_006078", "2008_000008"):
+        write_image(voc / f"JPEGImages/{image_id}.jpg", 2, 3)
+    for image_id in ("2008_000002", "2010_006078"):
+        write_palette_png(
+            voc / f"annotations_detectron2/pc59_val/{image_id}.png", [[0, 58, 255]] * 2
+        )
+    (voc / "annotations_detectron2/pc459_val").mkdir(parents=True)
+    for image_id in ("2008_000002", "2010_006078", "2008_000007"):  # the last: an older 5,105 run
+        Image.fromarray(np.array([[0, 458, 65535]] * 2, dtype=np.uint16)).save(
+            voc / f"annotations_detectron2/pc459_val/{image_id}.tif"
+        )
+    with project_log.at_level(logging.INFO):
+        for name in ("cliptrase_pc59_val", "cliptrase_pc459_val"):
+            assert [r["image_id"] for r in DatasetCatalog.get(name)] == [
+                "2008_000002",
+                "2010_006078",
+            ]
+    assert "1 label maps outside the split's list" in project_log.text
 
 
 def test_pascal_context_from_the_mat_files_by_option(root):
@@ -168,6 +288,9 @@ def test_pascal_context_missing_files_are_warnings(root, caplog):
     assert "trainval_merged.json not found" in caplog.text and "--labels mat" in caplog.text
     assert f"PASCAL Context label map not found: {voc / 'trainval/2008_000002.mat'}" in caplog.text
     assert "1 input files were missing" in caplog.text
+    assert f"so the 2 ids of {voc / 'ImageSets/Main/val.txt'} are used" in caplog.text
+    assert "CAT-Seg's pascalcontext_val.txt" in caplog.text
+    assert not (voc / "pascalcontext_val.txt").exists()  # val.txt is not the published split
     assert f"{out / 'pc459_val'} holds 1 label maps for 2 validation images" in caplog.text
 
 
@@ -175,14 +298,19 @@ def test_pascal_context_pc60_from_existing_pc59_maps(root, tmp_path_factory):
     """SAN's pcontext/val/label (PC59 from the Detail annotations) gives PC60 without the json."""
     voc = root / "VOCdevkit/VOC2010"
     make_pascal_context(voc, with_mat=False, with_json=False)
+    # VOC2010's val.txt lists an image that has no Detail annotations, so no SAN map
+    (voc / "ImageSets/Main/val.txt").write_text("".join(f"{i}\n" for i in (*IDS, "2008_000007")))
+    write_image(voc / "JPEGImages/2008_000007.jpg", 4, 6)
     san = tmp_path_factory.mktemp("san") / "pcontext/val/label"
     for image_id in IDS:
         write_palette_png(san / f"{image_id}.png", [[0, 58, 255, 17]] * 2)
     argv = ["--root", str(root), "--from-pc59", str(san)]
-    assert prepare("prepare_pascal_context").main(argv) == 4
+    assert prepare("prepare_pascal_context").main(argv) == 4 + 1  # PC59, PC60 maps, id list
     out = voc / "annotations_detectron2"
     np.testing.assert_array_equal(labels_of(out / "pc59_val/2008_000002.png")[0], [0, 58, 255, 17])
     np.testing.assert_array_equal(labels_of(out / "pc60_val/2008_000002.png")[0], [0, 58, 59, 17])
+    for name in ("cliptrase_pc59_val", "cliptrase_pc60_val"):  # loadable: the 2 SAN images
+        assert [r["image_id"] for r in DatasetCatalog.get(name)] == list(IDS)
 
 
 def test_a_wrong_labels_txt_is_a_message_not_a_traceback(root, monkeypatch):
@@ -267,7 +395,7 @@ def test_cityscapes_edges_and_summary(root, caplog):
 
 def test_the_official_counts_raise_no_warning(root, caplog, monkeypatch):
     common = prepare("prepare_common")
-    monkeypatch.setitem(common.OFFICIAL_VAL_IMAGES, "ade150", 1)
+    monkeypatch.setitem(common.SPLITS["ade150"], "images", 1)
     source = root / "ADEChallengeData2016"
     write_image(source / "images/validation/ADE_val_00000001.jpg", 1, 3)
     write_palette_png(source / "annotations/validation/ADE_val_00000001.png", [[0, 1, 150]])
@@ -289,6 +417,8 @@ def test_the_official_counts_raise_no_warning(root, caplog, monkeypatch):
 
 def test_san_and_authors_pascal_context_folders_are_read(root):
     for folder, suffix in (("pcontext", ".png"), ("pcontext_full", ".tif")):
+        write_image(root / folder / "train/image/2008_000008.jpg", 2, 3)  # SAN's train split
+        (root / folder / "train/label").mkdir(parents=True)
         write_image(root / folder / "val/image/2008_000002.jpg", 2, 3)
         write_image(root / folder / "val/image/2008_000003.jpg", 2, 3)  # no label map: not listed
         (root / folder / "val/label").mkdir(parents=True)
@@ -311,6 +441,14 @@ def test_san_and_authors_pascal_context_folders_are_read(root):
     "image_dir", ["VOC2012/images_detectron2/val", "VOC2012/JPEGImages"], ids=["authors", "san"]
 )
 def test_authors_and_san_voc_folders_are_read(root, image_dir):
+    # SAN's VOC script always makes these (empty image folders among them)
+    for folder in (
+        "images_detectron2/train",
+        "images_detectron2/val",
+        "annotations_detectron2/train_base",
+    ):
+        (root / "VOC2012" / folder).mkdir(parents=True)
+    write_image(root / "VOC2012/JPEGImages/2007_000032.jpg", 2, 3)  # a train image
     write_image(root / image_dir / "2007_000033.jpg", 2, 3)
     write_palette_png(
         root / "VOC2012/annotations_detectron2/val/2007_000033.png", [[0, 255, 19]] * 2
@@ -332,8 +470,13 @@ def test_catseg_coco_stuff_folder_is_read_and_ours_comes_first(root):
     write_palette_png(
         root / "coco/stuffthingmaps_detectron2/val2017/000000000139.png", [[0, 1, 2]] * 2
     )
+    for stray in ("val2017_base", "val2017_novel", "train2017"):  # SimSeg's script makes these
+        (root / "coco/stuffthingmaps_detectron2" / stray).mkdir()
+    write_palette_png(root / "coco/stuffthingmaps_detectron2/val2017_base/000000000139.png", [[0]])
     (record,) = DatasetCatalog.get("cliptrase_coco_stuff171_val")
-    assert record["sem_seg_file_name"].startswith(str(root / "coco/"))
+    assert record["sem_seg_file_name"] == str(
+        root / "coco/stuffthingmaps_detectron2/val2017/000000000139.png"
+    )
 
 
 def test_an_alternative_label_map_without_image_is_named(root):

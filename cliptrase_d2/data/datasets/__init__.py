@@ -1,14 +1,16 @@
 """Detectron2 dataset registrations: the benchmarks and the VOC sample.
 
-Importing this package registers them all (see datasets/README.md for the folder layouts).
+Importing this package registers them all (see datasets/README.md for the folder layouts);
+``python -m cliptrase_d2.data.datasets.check`` checks prepared folders before an evaluation.
 """
 
 from .register_benchmarks import (
     BENCHMARK_DATASETS,
     BENCHMARK_SPLITS,
+    OFFICIAL_SPLITS,
     SemSegSplit,
     datasets_root,
-    load_sem_seg_split,
+    load_split,
     register_benchmark_datasets,
     register_split,
     require_registered,
@@ -19,9 +21,10 @@ __all__ = [
     "BENCHMARK_DATASETS",
     "BENCHMARK_SPLITS",
     "SAMPLE_SPLITS",
+    "OFFICIAL_SPLITS",
     "SemSegSplit",
     "datasets_root",
-    "load_sem_seg_split",
+    "load_split",
     "register_benchmark_datasets",
     "register_sample_datasets",
     "register_split",

@@ -1,49 +1,53 @@
-"""The ten evaluation benchmarks as Detectron2 datasets (``cliptrase_<benchmark>_val``).
+"""The ten evaluation benchmarks as Detectron2 datasets (``cliptrase_<benchmark>_val``), and the
+one loader every CLIPtrase dataset uses.
 
-Each split is a folder of images and a folder of single-channel label maps laid out as SAN,
-CAT-Seg and Mask2Former users already have them under ``$DETECTRON2_DATASETS`` (default
-``./datasets``); ``datasets/README.md`` gives the layouts and ``datasets/prepare_<family>.py``
-creates them from the official archives. Label values are class indices in vocabularies.json
-order: classes 0..C-1, the background class C where the benchmark has background words, and
-``ignore_label`` for void (255; 65535 in the 16-bit TIFFs of PC459 and ADE847, whose class ids
-pass 255).
+A dataset is a folder of images and a folder of single-channel label maps with the same relative
+names, as Detectron2's ``load_sem_seg`` pairs them, laid out as SAN, CAT-Seg and Mask2Former
+users already have them under ``$DETECTRON2_DATASETS`` (default ``./datasets``);
+``datasets/README.md`` gives the layouts and ``datasets/prepare_<family>.py`` creates them.
+Label values are class indices in vocabulary order: classes 0..C-1, the background class C where
+the vocabulary has background words, and ``ignore_label`` for void (255; 65535 in the 16-bit TIFFs
+of PC459 and ADE847, whose class ids pass 255).
 
-Registration runs at import time and never touches the disk: a split's folders are only looked
-at when its dataset is loaded, and a missing folder or ground-truth file then raises
-FileNotFoundError naming the path and the script that creates it. When a split's own folders are
-missing, the folders SAN's, CAT-Seg's or the CLIPtrase authors' scripts make with the same content
-are used instead (``SemSegSplit.alternatives``; datasets/README.md, "Folders you already have").
+Each benchmark's split (the images its published numbers used, how many, and the file listing
+them) is stated once, in ``cliptrase_d2/data/splits.json``, which the preparation scripts read
+too. Registration never touches the disk: a dataset's folders are read when it is loaded.
 """
 
 import functools
+import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import cliptrase_d2.compat  # noqa: F401  (must run before detectron2 is imported)
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
-from cliptrase_d2.vocabulary import load_vocabularies
-from ...errors import MissingFileError, UnknownNameError
+from ...errors import InputError, MissingFileError, UnknownNameError
+from ...vocabulary import resolve_vocabulary
 
 __all__ = [
     "BENCHMARK_DATASETS",
     "BENCHMARK_SPLITS",
+    "OFFICIAL_SPLITS",
     "SemSegSplit",
     "datasets_root",
-    "load_sem_seg_split",
+    "load_split",
     "register_benchmark_datasets",
     "register_split",
     "require_registered",
-    "split_metadata",
 ]
 
 logger = logging.getLogger(__name__)
 
 IGNORE_LABEL = 255
 IGNORE_LABEL_16BIT = 65535  # void in the 16-bit label maps of benchmarks with more than 255 classes
+SHOWN = 5  # file names or ids quoted in one log line; the rest are counted
+
+with open(os.path.join(os.path.dirname(__file__), "..", "splits.json"), encoding="utf-8") as _f:
+    OFFICIAL_SPLITS: Dict[str, dict] = {k: v for k, v in json.load(_f).items() if k[0] != "_"}
 
 _registered_names = set()  # every dataset name this package registered
 
@@ -56,35 +60,40 @@ def datasets_root() -> str:
 
 @dataclass(frozen=True)
 class SemSegSplit:
-    """Where one split's images and label maps live, relative to a root folder.
+    """One dataset: where its images and label maps live, relative to a root folder, and the
+    vocabulary it is segmented with.
 
-    An image ``<image_dir>/<rel>/<stem><image suffix>`` has its labels in
-    ``<gt_dir>/<rel>/<stem><gt_suffix>``; the suffixes carry the extension (and, for Cityscapes,
-    the ``_leftImg8bit`` / ``_gtFine_labelTrainIds`` parts of the file names).
+    The label map ``<gt_dir>/<rel>/<id><gt_suffix>`` belongs to the image
+    ``<image_dir>/<rel>/<id><image suffix>``; the suffixes carry the extension (and, for
+    Cityscapes, the ``_leftImg8bit`` / ``_gtFine_labelTrainIds`` parts of the file names).
     """
 
     name: str  # DatasetCatalog name
-    vocabulary: str  # benchmark key in vocabularies.json
+    vocabulary: Union[str, Sequence[str]]  # benchmark key, class names, or a file of names
     image_dir: str
     gt_dir: str
-    how_to_create: str  # sentence telling how to create the folders, for error messages
+    how_to_create: str = ""  # sentence telling how to create the folders, for error messages
     image_suffixes: Tuple[str, ...] = (".jpg",)
     gt_suffix: str = ".png"
-    split_file: Optional[str] = None  # image ids, one a line; None: every image under image_dir
+    official: Optional[str] = None  # key of the benchmark's split in splits.json
     recursive: bool = False  # images in sub-folders (Cityscapes: one per city)
     ignore_label: int = IGNORE_LABEL
-    paper_void_as_background: bool = False  # SPEC section 9: paper protocol counts void as class C
+    paper_void_as_background: bool = False  # the paper protocol counts void as background (C)
     # (image_dir, gt_dir) of other projects' layouts holding the same label maps, tried in order
-    # when image_dir or gt_dir is missing; their images are those that have a label map.
+    # when image_dir or gt_dir is missing.
     alternatives: Tuple[Tuple[str, str], ...] = ()
 
 
 def _created_by(script: str) -> str:
-    return f"Create it with `python datasets/{script}` (see datasets/README.md)."
+    return (
+        f"Create it with `python datasets/{script}`, a script of the cliptrase-d2 repository "
+        "(the installed package does not carry datasets/; see datasets/README.md there)."
+    )
 
 
-def _benchmark(name, vocabulary, image_dir, gt_dir, script, **options) -> SemSegSplit:
-    return SemSegSplit(name, vocabulary, image_dir, gt_dir, _created_by(script), **options)
+def _benchmark(name, vocabulary, image_dir, gt_dir, official, **options) -> SemSegSplit:
+    script = _created_by(OFFICIAL_SPLITS[official]["script"])
+    return SemSegSplit(name, vocabulary, image_dir, gt_dir, script, official=official, **options)
 
 
 _VOC = "VOCdevkit/VOC2012"
@@ -92,15 +101,14 @@ _CONTEXT = "VOCdevkit/VOC2010"
 _16BIT_TIFF = dict(gt_suffix=".tif", ignore_label=IGNORE_LABEL_16BIT)
 
 BENCHMARK_SPLITS: Tuple[SemSegSplit, ...] = (
-    # VOC20: classes 0..19; background and void both 255 (the authors' layout).
-    # Also read from the CLIPtrase authors' and SAN's VOC2012/ folders.
+    # VOC20: classes 0..19; background and void both 255 (the authors' layout). Also read from
+    # the CLIPtrase authors' and SAN's VOC2012/ folders.
     _benchmark(
         "cliptrase_voc20_val",
         "voc20",
         f"{_VOC}/JPEGImages",
         f"{_VOC}/annotations_detectron2/val",
-        "prepare_voc.py",
-        split_file=f"{_VOC}/ImageSets/Segmentation/val.txt",
+        "voc2012",
         alternatives=(
             ("VOC2012/images_detectron2/val", "VOC2012/annotations_detectron2/val"),
             ("VOC2012/JPEGImages", "VOC2012/annotations_detectron2/val"),
@@ -112,8 +120,7 @@ BENCHMARK_SPLITS: Tuple[SemSegSplit, ...] = (
         "voc21",
         f"{_VOC}/JPEGImages",
         f"{_VOC}/annotations_detectron2_bg/val",
-        "prepare_voc.py",
-        split_file=f"{_VOC}/ImageSets/Segmentation/val.txt",
+        "voc2012",
         paper_void_as_background=True,
     ),
     # PASCAL Context: 59 classes with background 255, 60 with background 59, 459 as 16-bit TIFF
@@ -123,8 +130,7 @@ BENCHMARK_SPLITS: Tuple[SemSegSplit, ...] = (
         "pc59",
         f"{_CONTEXT}/JPEGImages",
         f"{_CONTEXT}/annotations_detectron2/pc59_val",
-        "prepare_pascal_context.py",
-        split_file=f"{_CONTEXT}/ImageSets/Main/val.txt",
+        "pascal_context",
         alternatives=(("pcontext/val/image", "pcontext/val/label"),),
     ),
     _benchmark(
@@ -132,8 +138,7 @@ BENCHMARK_SPLITS: Tuple[SemSegSplit, ...] = (
         "pc60",
         f"{_CONTEXT}/JPEGImages",
         f"{_CONTEXT}/annotations_detectron2/pc60_val",
-        "prepare_pascal_context.py",
-        split_file=f"{_CONTEXT}/ImageSets/Main/val.txt",
+        "pascal_context",
         paper_void_as_background=True,
     ),
     _benchmark(
@@ -141,8 +146,7 @@ BENCHMARK_SPLITS: Tuple[SemSegSplit, ...] = (
         "pc459",
         f"{_CONTEXT}/JPEGImages",
         f"{_CONTEXT}/annotations_detectron2/pc459_val",
-        "prepare_pascal_context.py",
-        split_file=f"{_CONTEXT}/ImageSets/Main/val.txt",
+        "pascal_context",
         alternatives=(("pcontext_full/val/image", "pcontext_full/val/label"),),
         **_16BIT_TIFF,
     ),
@@ -153,7 +157,7 @@ BENCHMARK_SPLITS: Tuple[SemSegSplit, ...] = (
         "coco_stuff171",
         "coco/val2017",
         "coco/stuffthingmaps_detectron2/val2017",
-        "prepare_coco_stuff.py",
+        "coco",
         alternatives=(("coco-stuff/images/val2017", "coco-stuff/annotations_detectron2/val2017"),),
     ),
     _benchmark(
@@ -161,32 +165,32 @@ BENCHMARK_SPLITS: Tuple[SemSegSplit, ...] = (
         "coco_object80",
         "coco/val2017",
         "coco/objectmaps_detectron2/val2017",
-        "prepare_coco_stuff.py",
+        "coco",
         paper_void_as_background=True,
     ),
-    # The paper's COCO-Object quirk, baked into the labels: stuff class 80 ('banner') and void are
-    # background
-    # (80), stuff ids 81-170 are dropped (255). Only meaningful under the paper protocol.
+    # The paper's COCO-Object quirk, baked into the labels: stuff class 80 ('banner') and void
+    # are background (80), stuff ids 81-170 are dropped (255). Only meaningful under the paper
+    # protocol.
     _benchmark(
         "cliptrase_coco_object80_paper_val",
         "coco_object80",
         "coco/val2017",
         "coco/objectmaps_paper_detectron2/val2017",
-        "prepare_coco_stuff.py",
+        "coco",
     ),
     _benchmark(
         "cliptrase_ade150_val",
         "ade150",
         "ADEChallengeData2016/images/validation",
         "ADEChallengeData2016/annotations_detectron2/validation",
-        "prepare_ade20k_150.py",
+        "ade150",
     ),
     _benchmark(
         "cliptrase_ade847_val",
         "ade847",
         "ADE20K_2021_17_01/images_detectron2/validation",
         "ADE20K_2021_17_01/annotations_detectron2/validation",
-        "prepare_ade20k_847.py",
+        "ade847",
         **_16BIT_TIFF,
     ),
     _benchmark(
@@ -194,7 +198,7 @@ BENCHMARK_SPLITS: Tuple[SemSegSplit, ...] = (
         "cityscapes19",
         "cityscapes/leftImg8bit/val",
         "cityscapes/gtFine/val",
-        "prepare_cityscapes.py",
+        "cityscapes",
         image_suffixes=("_leftImg8bit.png",),
         gt_suffix="_gtFine_labelTrainIds.png",
         recursive=True,
@@ -209,161 +213,164 @@ BENCHMARK_DATASETS: Dict[str, str] = {
 }
 
 
-def _image_files(split: SemSegSplit, image_dir: str) -> List[Tuple[str, str]]:
-    """(image path, path relative to image_dir without its suffix) of every image in image_dir."""
-    found = []
-    for folder, subfolders, files in os.walk(image_dir):
+def _folders(split: SemSegSplit, root: str) -> Tuple[str, str, Optional[str]]:
+    """(image folder, label-map folder, file listing the split's ids or None) under ``root``:
+    the split's own layout, else the first alternative whose folders exist (one with images
+    first: SAN's VOC script leaves an empty ``images_detectron2/val``); MissingFileError naming
+    the folder and how to create it otherwise."""
+    image_dir, gt_dir = os.path.join(root, split.image_dir), os.path.join(root, split.gt_dir)
+    if os.path.isdir(image_dir) and os.path.isdir(gt_dir):
+        listed = OFFICIAL_SPLITS.get(split.official, {}).get("list")
+        listed = listed and os.path.join(root, listed)
+        return image_dir, gt_dir, listed if listed and os.path.isfile(listed) else None
+    alternatives = [(os.path.join(root, i), os.path.join(root, g)) for i, g in split.alternatives]
+    present = [(i, g) for i, g in alternatives if os.path.isdir(i) and os.path.isdir(g)]
+    if present:
+        images, maps = next((pair for pair in present if os.listdir(pair[0])), present[0])
+        logger.info("Dataset '%s': reading the label maps of %s", split.name, maps)
+        return images, maps, None
+    missing = image_dir if not os.path.isdir(image_dir) else gt_dir
+    also = "".join(
+        f" (or {os.path.join(root, g)} with {os.path.join(root, i)})" for i, g in split.alternatives
+    )
+    raise MissingFileError(
+        f"Dataset '{split.name}': folder {missing} does not exist{also}. {split.how_to_create}"
+    )
+
+
+def _files(folder: str, suffixes: Sequence[str], recursive: bool):
+    """({id: [paths with one of ``suffixes``]}, [other file names]) of the files in ``folder``
+    (and its sub-folders when ``recursive``); an id is the path relative to ``folder`` without
+    the suffix. Suffixes match exactly (``.JPG`` is not ``.jpg``); hidden files are others."""
+    found, others = {}, []
+    for current, subfolders, names in os.walk(folder):
         subfolders.sort()
-        if not split.recursive:
+        if not recursive:
             subfolders.clear()
-        for file_name in sorted(files):
-            suffix = next((s for s in split.image_suffixes if file_name.endswith(s)), None)
-            if suffix is None or file_name.startswith("."):
+        for name in sorted(names):
+            suffix = next((s for s in suffixes if name.endswith(s)), None)
+            if suffix is None or name.startswith("."):
+                others.append(name)
                 continue
-            path = os.path.join(folder, file_name)
-            found.append((path, os.path.relpath(path, image_dir)[: -len(suffix)]))
-    return found
+            path = os.path.join(current, name)
+            found.setdefault(os.path.relpath(path, folder)[: -len(suffix)], []).append(path)
+    return found, others
 
 
-def _listed_image_files(
-    split: SemSegSplit, image_dir: str, split_file: str
-) -> List[Tuple[str, str]]:
-    """(image path, image id) of every image listed in the split file."""
-    with open(split_file) as f:
-        image_ids = [line.strip() for line in f if line.strip()]
-    found = []
-    for image_id in image_ids:
-        candidates = [os.path.join(image_dir, image_id + suffix) for suffix in split.image_suffixes]
-        path = next((p for p in candidates if os.path.isfile(p)), None)
-        if path is None:
+def _image_size(split: SemSegSplit, path: str) -> Tuple[int, int]:
+    """(width, height) from the image's header; InputError naming a file that is no image."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, Image.DecompressionBombError) as error:
+        reason = getattr(error, "strerror", None) or str(error).replace(f" {path!r}", "")
+        raise InputError(
+            f"Dataset '{split.name}': {path} cannot be read as an image ({reason}); replace or "
+            "remove it"
+        ) from None
+
+
+def load_split(split: SemSegSplit, root: str) -> List[dict]:
+    """Detectron2 dataset dicts of a split under ``root``, one per label map (of the ids the
+    split's list names, where it has one): ``file_name``, ``sem_seg_file_name``, ``height``,
+    ``width`` (from the image header), ``image_id`` (the image's file stem) and
+    ``dataset_name``.
+
+    Images and label maps are paired by name, never by position (Detectron2's ``load_sem_seg``
+    pairs its two sorted lists when their lengths agree and drops unpaired files silently), so
+    a label map without an image, or with two (``a.jpg`` and ``a.png``), is an error naming the
+    files; what is passed over (images without a label map, label maps not in the list, other
+    files) is counted in one log line, and a count that differs from the official split is a
+    warning naming the ids the list has and the folder lacks."""
+    image_dir, gt_dir, listed = _folders(split, root)
+    maps, others = _files(gt_dir, (split.gt_suffix,), split.recursive)
+    images, other_images = _files(image_dir, split.image_suffixes, split.recursive)
+    others = sorted(others + other_images)
+    ids = maps if listed is None else _read_ids(listed)
+    records = []
+    for image_id in (i for i in ids if i in maps):
+        gt_path, image_paths = maps[image_id][0], images.get(image_id, [])
+        if not image_paths:
+            expected = os.path.join(image_dir, image_id + split.image_suffixes[0])
             raise MissingFileError(
-                f"Dataset '{split.name}': image {candidates[0]} (listed in {split_file}) does not "
-                "exist. "
+                f"Dataset '{split.name}': label map {gt_path} has no image; expected {expected}. "
                 f"{split.how_to_create}"
             )
-        found.append((path, image_id))
-    return found
-
-
-def _labelled_image_files(split: SemSegSplit, image_dir: str, gt_dir: str) -> List[Tuple[str, str]]:
-    """(image path, image id) of every label map in gt_dir (another project's layout)."""
-    found = []
-    for file_name in sorted(os.listdir(gt_dir)):
-        if not file_name.endswith(split.gt_suffix) or file_name.startswith("."):
-            continue
-        stem = file_name[: -len(split.gt_suffix)]
-        candidates = [os.path.join(image_dir, stem + suffix) for suffix in split.image_suffixes]
-        path = next((p for p in candidates if os.path.isfile(p)), None)
-        if path is None:
-            raise MissingFileError(
-                f"Dataset '{split.name}': label map {os.path.join(gt_dir, file_name)} has no "
-                f"image; "
-                f"expected {candidates[0]}. {split.how_to_create}"
+        if len(image_paths) > 1:
+            raise InputError(
+                f"Dataset '{split.name}': label map {gt_path} has two images, "
+                f"{' and '.join(image_paths)}: keep one of them"
             )
-        found.append((path, stem))
-    return found
-
-
-def _alternative_layout(split: SemSegSplit, root: str) -> Optional[Tuple[str, str]]:
-    """The first of ``split.alternatives`` whose two folders exist under ``root``, else None."""
-    for image_dir, gt_dir in split.alternatives:
-        folders = (os.path.join(root, image_dir), os.path.join(root, gt_dir))
-        if all(os.path.isdir(folder) for folder in folders):
-            return folders
-    return None
-
-
-def load_sem_seg_split(split: SemSegSplit, root: str) -> List[dict]:
-    """Detectron2 dataset dicts of a split under ``root``: ``file_name``, ``sem_seg_file_name``,
-    ``height``, ``width`` (read from the image header), ``image_id`` (the image's file stem) and
-    ``dataset_name`` (``split.name``)."""
-    image_dir = os.path.join(root, split.image_dir)
-    gt_dir = os.path.join(root, split.gt_dir)
-    alternative = None
-    if not (os.path.isdir(image_dir) and os.path.isdir(gt_dir)):
-        alternative = _alternative_layout(split, root)
-    if alternative is not None:
-        image_dir, gt_dir = alternative
-        logger.info(
-            "Dataset '%s': %s not found; reading the same label maps from %s",
-            split.name,
-            os.path.join(root, split.gt_dir),
-            gt_dir,
-        )
-        images = _labelled_image_files(split, image_dir, gt_dir)
-        return _dataset_dicts(split, images, image_dir, gt_dir)
-    for folder in (image_dir, gt_dir):
-        if not os.path.isdir(folder):
-            also = "".join(
-                f" (or {os.path.join(root, g)} with {os.path.join(root, i)})"
-                for i, g in split.alternatives
-            )
-            raise MissingFileError(
-                f"Dataset '{split.name}': folder {folder} does not exist{also}. "
-                f"{split.how_to_create}"
-            )
-    if split.split_file is not None:
-        split_file = os.path.join(root, split.split_file)
-        if not os.path.isfile(split_file):
-            raise MissingFileError(
-                f"Dataset '{split.name}': split file {split_file} does not exist. "
-                f"{split.how_to_create}"
-            )
-        images = _listed_image_files(split, image_dir, split_file)
-    else:
-        images = _image_files(split, image_dir)
-    return _dataset_dicts(split, images, image_dir, gt_dir)
-
-
-def _dataset_dicts(
-    split: SemSegSplit, images: List[Tuple[str, str]], image_dir: str, gt_dir: str
-) -> List[dict]:
-    if not images:
-        raise MissingFileError(
-            f"Dataset '{split.name}': no images ({', '.join(split.image_suffixes)}) in "
-            f"{image_dir}. "
-            f"{split.how_to_create}"
-        )
-    dataset_dicts = []
-    for image_path, relative_stem in images:
-        gt_path = os.path.join(gt_dir, relative_stem + split.gt_suffix)
-        if not os.path.isfile(gt_path):
-            raise MissingFileError(
-                f"Dataset '{split.name}': image {image_path} has no ground truth; expected "
-                f"{gt_path}. "
-                f"{split.how_to_create}"
-            )
-        with Image.open(image_path) as image:  # reads the header only
-            width, height = image.size
-        dataset_dicts.append(
+        width, height = _image_size(split, image_paths[0])
+        records.append(
             {
-                "file_name": image_path,
+                "file_name": image_paths[0],
                 "sem_seg_file_name": gt_path,
                 "height": height,
                 "width": width,
-                "image_id": os.path.splitext(os.path.basename(image_path))[0],
+                "image_id": os.path.splitext(os.path.basename(image_paths[0]))[0],
                 # the model segments each record with its dataset's vocabulary
                 "dataset_name": split.name,
             }
         )
-    logger.info("Loaded %d images of %s from %s", len(dataset_dicts), split.name, image_dir)
-    return dataset_dicts
+    if not records:
+        image_id, paths = next(iter(images.items()), (None, None))
+        raise MissingFileError(
+            f"Dataset '{split.name}': no label maps (*{split.gt_suffix}) in {gt_dir}"
+            + (f" for the ids listed in {listed}" if listed else "")
+            + (
+                f"; image {paths[0]} has none, expected "
+                f"{os.path.join(gt_dir, image_id + split.gt_suffix)}"
+                if paths
+                else ""
+            )
+            + f". {split.how_to_create}"
+        )
+    passed = [
+        (len(images) - len(records), "other images"),
+        (len(maps) - len(records), "label maps outside the split's list"),
+        (len(others), f"other files ({', '.join(others[:SHOWN])})"),
+    ]
+    passed = ", ".join(f"{n} {what}" for n, what in passed if n)
+    logger.info(
+        "Loaded %d images of %s from %s%s",
+        len(records),
+        split.name,
+        image_dir,
+        f"; passed over: {passed}" if passed else "",
+    )
+    missing = [i for i in ids if i not in maps]
+    if missing:
+        shown = ", ".join(missing[:SHOWN]) + (", ..." if len(missing) > SHOWN else "")
+        logger.warning(
+            f"Dataset '{split.name}': {len(missing)} ids listed in {listed} have no label map in "
+            f"{gt_dir} ({shown}); they are not evaluated"
+        )
+    official = OFFICIAL_SPLITS.get(split.official)
+    if official and len(records) != official["images"]:
+        logger.warning(
+            f"Dataset '{split.name}': {len(records)} images, the official split has "
+            f"{official['images']} ({official['what']}): results are not comparable with "
+            "published numbers"
+        )
+    return records
+
+
+def _read_ids(split_file: str) -> List[str]:
+    with open(split_file, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
 
 
 def split_metadata(split: SemSegSplit, root: str) -> dict:
     """MetadataCatalog entries of a split (see datasets/README.md, 'Metadata')."""
-    benchmark = load_vocabularies()["benchmarks"][split.vocabulary]
-    background_words = list(benchmark.get("background", []))
-    # Names as shown in results (stripped: ADE150's published 'bed ' is reported as 'bed').
-    stuff_classes = [name.strip() for name in benchmark["classes"]] + (
-        ["background"] if background_words else []
-    )
+    vocabulary = resolve_vocabulary(split.vocabulary, paper_quirks=True)  # names as published
     return {
-        "stuff_classes": stuff_classes,
+        # names as shown in results (stripped: ADE150's published 'bed ' is reported as 'bed')
+        "stuff_classes": [name.strip() for name in vocabulary.class_names],
         "ignore_label": split.ignore_label,
         "evaluator_type": "sem_seg",
         "vocabulary": split.vocabulary,
-        "background_words": background_words,
+        "background_words": list(vocabulary.background),
         "image_root": os.path.join(root, split.image_dir),
         "sem_seg_root": os.path.join(root, split.gt_dir),
         "paper_void_as_background": split.paper_void_as_background,
@@ -376,8 +383,8 @@ def register_split(split: SemSegSplit, root: str) -> None:
         DatasetCatalog.remove(split.name)
     if split.name in MetadataCatalog.list():
         MetadataCatalog.remove(split.name)
-    DatasetCatalog.register(split.name, functools.partial(load_sem_seg_split, split, root))
-    MetadataCatalog.get(split.name).set(**split_metadata(split, root))
+    DatasetCatalog.register(split.name, functools.partial(load_split, split, str(root)))
+    MetadataCatalog.get(split.name).set(**split_metadata(split, str(root)))
     _registered_names.add(split.name)
 
 

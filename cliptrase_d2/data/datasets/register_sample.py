@@ -11,12 +11,12 @@ Like the benchmarks, it is registered without touching the disk and checked when
 
 from typing import Optional, Tuple
 
-from .register_benchmarks import SemSegSplit, datasets_root, register_split
+from .register_benchmarks import SemSegSplit, _created_by, datasets_root, register_split
 
 __all__ = ["SAMPLE_DIR", "SAMPLE_SPLITS", "register_sample_datasets"]
 
 SAMPLE_DIR = "cliptrase_sample_voc21"
-_SAMPLE_HINT = "Create it with `python datasets/prepare_sample.py` (see datasets/README.md)."
+_SAMPLE = dict(how_to_create=_created_by("prepare_sample.py"), image_suffixes=(".jpg", ".png"))
 
 SAMPLE_SPLITS: Tuple[SemSegSplit, ...] = (
     SemSegSplit(
@@ -24,17 +24,15 @@ SAMPLE_SPLITS: Tuple[SemSegSplit, ...] = (
         "voc21",
         f"{SAMPLE_DIR}/images",
         f"{SAMPLE_DIR}/annotations",
-        _SAMPLE_HINT,
-        image_suffixes=(".jpg", ".png"),
         paper_void_as_background=True,
+        **_SAMPLE,
     ),
     SemSegSplit(
         "cliptrase_sample_voc20",
         "voc20",
         f"{SAMPLE_DIR}/images",
         f"{SAMPLE_DIR}/annotations_voc20",
-        _SAMPLE_HINT,
-        image_suffixes=(".jpg", ".png"),
+        **_SAMPLE,
     ),
 )
 
