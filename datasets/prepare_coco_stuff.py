@@ -17,8 +17,8 @@ COCO-Object80 is the peers' conversion (GroupViT's, which SCLIP, ClearCLIP and N
 on): things keep their class, stuff and unlabelled pixels (255) become background, nothing is
 void. The paper's COCO-Object numbers were computed on the 171-class maps with 81 classes: ground
 truth 80 counted as background, 81..170 fell outside the classes and were dropped, and void
-counted as background (SPEC.md, 'Vocabulary quirks' and section 9); the third folder bakes that
-in, so its dataset does not map void to background again.
+counted as background (docs/method.md, 'Vocabulary quirks' and section 9); the third folder
+bakes that in, so its dataset does not map void to background again.
 
 The 171-class maps can also be the input (``--stuff171``): COCO-Stuff171 maps made by SAN's,
 the CLIPtrase authors' or CAT-Seg's scripts hold the same values, so the COCO-Object maps are

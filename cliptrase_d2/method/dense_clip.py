@@ -1,4 +1,4 @@
-"""Dense CLIP features with CLIPtrase's recalibrated last two blocks (SPEC sections 1-4).
+"""Dense CLIP features with CLIPtrase's recalibrated last two blocks (docs/method.md sections 1-4).
 
 Pure tensor functions over an open_clip ``VisionTransformer`` (``model.visual``); nothing here
 knows about Detectron2. This module is also the one adapter to open_clip's internals (the
@@ -62,7 +62,7 @@ class DenseFeatures:
     """Output of the recalibrated vision tower for a batch of B images."""
 
     tokens: torch.Tensor  # (B, 1 + n, E): [CLS] then patches, L2-normalized
-    correlation: torch.Tensor  # (B, 1 + n, 1 + n): block-11 self-correlation A11 (SPEC section 3)
+    correlation: torch.Tensor  # (B, 1 + n, 1 + n): block-11 self-correlation A11 (docs/method.md 3)
     grid: Tuple[int, int]  # (h, w) patch grid, n = h * w
 
     @property
@@ -88,7 +88,7 @@ def patch_grid(visual: nn.Module, height: int, width: int) -> Tuple[int, int]:
 def resize_positional_embedding(
     positional_embedding: torch.Tensor, grid: Tuple[int, int]
 ) -> torch.Tensor:
-    """Positional table for an h x w grid (SPEC section 1).
+    """Positional table for an h x w grid (docs/method.md section 1).
 
     The stored G x G patch part is resized with bicubic interpolation at scale factor
     ((h + 0.1) / G, (w + 0.1) / G), which yields exactly h x w; the [CLS] row is kept.
@@ -255,8 +255,8 @@ def run_mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def self_correlation(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """A11 = mean over heads of (cos(q_i, q_j) + cos(k_i, k_j) + cos(v_i, v_j)) / 3 (SPEC section
-    3).
+    """A11 = mean over heads of (cos(q_i, q_j) + cos(k_i, k_j) + cos(v_i, v_j)) / 3 (docs/method.md
+    section 3).
 
     The 3 x heads cosine maps of an image summed in one product: the unit q, k and v rows of
     every head side by side, (L, 3 * heads * d), times their transpose, divided by 3 * heads
@@ -331,7 +331,7 @@ def merge_heads(out: torch.Tensor, length: int, batch: int) -> torch.Tensor:
 def correlative_block(
     block: nn.Module, x: torch.Tensor, grid: Tuple[int, int] = None
 ) -> torch.Tensor:
-    """The last block with correlative attention; residual and MLP kept (SPEC section 4)."""
+    """The last block with correlative attention; residual and MLP kept (docs/method.md 4)."""
     length, batch, _ = x.shape
     q, k, v = block_qkv(block, x)
     attn_out = F.linear(
@@ -382,5 +382,5 @@ def dense_features(
 
 
 def cliptrase_features(visual: nn.Module, images: torch.Tensor) -> DenseFeatures:
-    """The vision tower with CLIPtrase's last two blocks (SPEC sections 2-4)."""
+    """The vision tower with CLIPtrase's last two blocks (docs/method.md sections 2-4)."""
     return dense_features(visual, images, correlative_block)

@@ -6,7 +6,7 @@ applies to cosine similarities (their Pascal Context 59 setting). SC-CLIP also r
 blocks' outputs (``Head(hidden_states=True)``) and replaces the last block's input. Everything
 before the last block, and ln_post + proj + L2 normalization after it, is
 ``dense_clip.dense_features``; what each function computes follows
-../shared/peers/<method>/SPEC.md (the authors' code).
+the authors' released code (docs/methods.md).
 
 Not part of a head, so not reproduced here: NACLIP's PAMR post-processing, PEARL's TLP
 (``REFINE tlp``, propagation.py), the authors' sliding-window sizes, probability thresholds
@@ -100,7 +100,7 @@ def _attend(
 
 
 def _value_path(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """out_proj(v): every token attends only to itself (MaskCLIP SPEC section 3)."""
+    """out_proj(v): every token attends only to itself (MaskCLIP's dense path)."""
     length, batch, _ = x.shape
     _, _, v = block_qkv(block, x)
     return output_projection(block, merge_heads(v, length, batch))
@@ -228,7 +228,7 @@ register_head(
 )
 
 
-# ---- SC-CLIP (../shared/peers/scclip/SPEC.md) ----------------------------------------------
+# ---- SC-CLIP --------------------------------------------------------------------------------
 
 
 def local_outlier_factor(
@@ -332,7 +332,7 @@ def similarity_guided_attention(
 def scclip_branches(
     block: nn.Module, hidden: Sequence[torch.Tensor], grid: Tuple[int, int]
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """SC-CLIP's main and multi-level branches (SPEC sections 3-5), each (B, n, C), no [CLS].
+    """SC-CLIP's main and multi-level branches, each (B, n, C), no [CLS].
 
     hidden: the outputs F_0 .. F_10 of blocks 0 .. 10, each (1 + n, B, C).
     """
@@ -367,7 +367,7 @@ def scclip_block(
     return torch.cat([plain_class_token(block, x), (main + multi).transpose(0, 1)], dim=0)
 
 
-# ---- PEARL (../shared/peers/pearl/SPEC.md) ------------------------------------------------
+# ---- PEARL ----------------------------------------------------------------------------------
 
 
 def polar_factor_rotation(

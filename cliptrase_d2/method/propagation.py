@@ -1,4 +1,4 @@
-"""PEARL's text-aware Laplacian propagation (TLP, ../shared/peers/pearl/SPEC.md section 5).
+"""PEARL's text-aware Laplacian propagation (TLP; docs/methods.md, Refinements).
 
 Class maps are smoothed on a coarse grid by solving (C_w + L) X = C_w Y with conjugate
 gradients: Y the cosine maps, C_w a per-pixel confidence, L a graph Laplacian over 4-neighbours
@@ -169,7 +169,7 @@ def text_aware_propagation(
     grid: int = TLP_GRID,
     iterations: int = TLP_ITERATIONS,
 ) -> torch.Tensor:
-    """TLP of cosine maps at the images' resolution (SPEC section 5).
+    """TLP of cosine maps at the images' resolution (PEARL's TLP step).
 
     cosine: (B, K, H, W) cosine similarities (not scaled by a logit scale); images: (B, 3, H, W)
     the normalised RGB input; text_embeddings: (K, E). Returns (B, K, H, W), in cosine units.

@@ -1,4 +1,4 @@
-"""Text classifier from class names and prompt templates (SPEC section 5)."""
+"""Text classifier from class names and prompt templates (docs/method.md section 5)."""
 
 import logging
 from typing import Callable, Sequence
