@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import FIXTURES, REPO, manifest_runs, require_fixtures, run_config
 from cliptrase_d2.api import Segmenter
-from cliptrase_d2.visualization import overlay
+from cliptrase_d2.visualization import draw_labels, with_legend
 
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import demo  # noqa: E402
@@ -87,6 +87,13 @@ def test_demo_outputs(tiny_opts, tmp_path):
     panel = Image.open(output / "chelsea_panel.png")
     assert overlay.height == 224 and overlay.width > 224  # legend column beside the image
     assert panel.width == 224 + overlay.width
+    # the image part is Detectron2's Visualizer drawing of these labels on the 224 x 224 crop
+    crop = np.asarray(panel)[:224, :224]
+    drawn = draw_labels(crop, labels, info["class_names"])
+    np.testing.assert_array_equal(np.asarray(overlay)[:, :224], drawn)
+    np.testing.assert_array_equal(np.asarray(panel)[:224, 224:], np.asarray(overlay))
+    shifted = draw_labels(crop, (labels + 1) % 4, info["class_names"])
+    assert np.abs(np.asarray(overlay)[:, :224].astype(int) - shifted).mean() > 5
 
 
 @pytest.mark.parametrize(
@@ -337,15 +344,15 @@ def test_video_frame_by_frame_equals_the_api(tiny_video, tiny_opts, tmp_path, en
         segmenter.segment(frame.copy(), vocabulary, background=[background], scores=False)
         for frame in inputs[1:]
     ]
-    legend = demo.class_legend(results[0].class_names, 160)
+    names = results[0].class_names
+    blank = np.full((160, 240, 3), 255, dtype=np.uint8)
+    legend = np.asarray(with_legend(blank, list(enumerate(names))))[:, 240:]  # every class
     for frame, result in zip(written, results):
         assert result.labels.shape == (160, 240)  # the whole frame, at its own size
         width = 240 + legend.shape[1]
         assert frame.shape == (max(160, legend.shape[0]), width + width % 2, 3)
-        expected = overlay(result.image, result.labels).astype(np.int16)
-        wrong = overlay(result.image, (result.labels + 1) % len(result.class_names)).astype(
-            np.int16
-        )
+        expected = draw_labels(result.image, result.labels, names).astype(np.int16)
+        wrong = draw_labels(result.image, (result.labels + 1) % len(names), names).astype(np.int16)
         error = np.abs(frame[:160, :240].astype(np.int16) - expected).mean()
         assert error < 4, (
             f"the video frame differs from the API's overlay by {error:.2f} grey levels"
