@@ -3,7 +3,11 @@ output files, the whole image by default, videos frame by frame, and its errors 
 
 import json
 import os
+import shutil
+import signal
+import subprocess
 import sys
+import time
 
 import cv2
 import numpy as np
@@ -255,6 +259,36 @@ def test_existing_outputs_need_overwrite(tiny_opts, tmp_path):
     assert mine.read_bytes() == b"someone's file" and sorted(os.listdir(output)) == ["coffee.png"]
     assert demo.main(["--overwrite", *argv]) == 0
     assert Image.open(mine).height == 400 and (output / "coffee_labels.png").exists()
+
+
+@pytest.mark.parametrize(
+    "signum, returncode", [(signal.SIGINT, 1), (signal.SIGTERM, 128 + signal.SIGTERM)]
+)
+def test_interrupted_run_leaves_whole_outputs_and_no_traceback(
+    signum, returncode, tiny_opts, tmp_path
+):
+    """Ctrl-C or a kill while images are being written: every input has all its files or none,
+    no temporary file is left, and the run ends with a line, not a traceback."""
+    require_fixtures()
+    photos, output = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    for index in range(40):
+        shutil.copy(os.path.join(FIXTURES, "images", "coffee.png"), photos / f"p{index:02d}.png")
+    command = [sys.executable, os.path.join(REPO, "tools", "demo.py"), "--input", str(photos)]
+    command += ["--output", str(output), "--vocabulary", "cup, table", "--batch-size", "1"]
+    command += ["--opts", *tiny_opts, "MODEL.CLIPTRASE.STANDARD_SHORT_SIDE", "224"]
+    process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (output / "p00.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # the first input is done: the next ones are being segmented or written
+    process.send_signal(signum)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == returncode and "Traceback" not in stderr, stderr[-2000:]
+    written = sorted(os.listdir(output))
+    stems = sorted({name.split(".")[0] for name in written if name.endswith(".json")})
+    assert 0 < len(stems) < 40, "the signal should come while the demo is writing"
+    expected = [f"{stem}{end}" for stem in stems for end in (".json", ".png", "_labels.png")]
+    assert written == sorted(expected)  # whole inputs only, no temporary file
 
 
 def _write_video(path, frames, fps=5.0):

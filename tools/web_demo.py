@@ -310,7 +310,9 @@ def legend_table(rows) -> str:
 
 def describe_weights(models: Models, segmenter: Segmenter) -> str:
     """The page's line on which CLIP runs, with a warning for test-sized models."""
-    cfg = load_config(models.config_file or PROTOCOL_CONFIGS["standard"], models.opts, resolve=False)
+    cfg = load_config(
+        models.config_file or PROTOCOL_CONFIGS["standard"], models.opts, resolve=False
+    )
     parameters = list(segmenter.model.parameters())
     count = sum(p.numel() for p in parameters)
     line = (
@@ -360,7 +362,7 @@ def build_page(
         except (UserError, MemoryError) as error:  # bad input: shown on the page; others are bugs
             raise gr.Error(str(error), duration=None, print_exception=False) from None
 
-    # uploads and results older than an hour are deleted hourly, and all of them at shutdown
+    # uploads and results older than an hour are deleted every hour
     with gr.Blocks(title="CLIPtrase web demo", delete_cache=(3600, 3600)) as page:
         gr.Markdown(
             "## CLIPtrase: training-free open-vocabulary segmentation\n"
@@ -438,33 +440,40 @@ def main(argv=None):
     models = Models(args.config_file, args.opts)
     # first the model (weights problems stop the server here, in seconds), then Gradio's import
     segmenter, _ = models.get(args.head, args.protocol)
-    import gradio as gr
-
-    page = build_page(
-        models, limits, Outputs(), args.head, args.protocol, describe_weights(models, segmenter)
-    )
-    page.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning(
             "binding to %s: anyone who can reach this machine can use the page", args.host
         )
-    theme = gr.themes.Default(
-        font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
-    )  # no web fonts: works offline
-    page.launch(
-        server_name=args.host,
-        server_port=args.port,
-        max_file_size=limits.max_upload_bytes,
-        allowed_paths=[SAMPLE_IMAGES],
-        ssr_mode=False,
-        theme=theme,
-        show_error=True,
-    )
+    # Gradio keeps uploads and its copies of files (the sample photos' too) under
+    # GRADIO_TEMP_DIR: here in a folder of this server's own, removed when it stops
+    parent = os.environ.get("GRADIO_TEMP_DIR")
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="cliptrase_web_gradio_", dir=parent) as folder:
+        os.environ["GRADIO_TEMP_DIR"] = folder
+        import gradio as gr
+
+        weights_line = describe_weights(models, segmenter)
+        page = build_page(models, limits, Outputs(), args.head, args.protocol, weights_line)
+        page.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
+        theme = gr.themes.Default(
+            font=["ui-sans-serif", "system-ui", "sans-serif"],
+            font_mono=["ui-monospace", "monospace"],
+        )  # no web fonts: works offline
+        page.launch(
+            server_name=args.host,
+            server_port=args.port,
+            max_file_size=limits.max_upload_bytes,
+            allowed_paths=[SAMPLE_IMAGES],
+            ssr_mode=False,
+            theme=theme,
+            show_error=True,
+        )
     return 0
 
 
 if __name__ == "__main__":
-    # a kill (SIGTERM) stops the server as Ctrl-C does: Gradio deletes the uploads and results
+    # a kill (SIGTERM) stops the server as Ctrl-C does, and the uploads and results are deleted
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         sys.exit(main())
