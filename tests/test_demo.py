@@ -2,6 +2,7 @@
 output files, the whole image by default, videos frame by frame, and its errors on bad input."""
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -12,6 +13,7 @@ import time
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import FIXTURES, REPO, manifest_runs, require_fixtures, run_config
@@ -156,6 +158,31 @@ def test_more_than_255_classes_write_16_bit_labels(tiny_opts, tmp_path):
     assert len(info["class_names"]) == 300
     values = np.array(labels)
     assert values.max() < 300 and set(np.unique(values)) <= set(range(300))
+
+
+def test_cuda_fallback_is_logged_once(tiny_opts, tmp_path, monkeypatch):
+    require_fixtures()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("cliptrase_d2").addHandler(handler)
+    try:
+        _run_demo(
+            tmp_path,
+            tiny_opts,
+            "--input",
+            os.path.join(FIXTURES, "images", "coffee.png"),
+            "--output",
+            str(tmp_path / "out"),
+            "--vocabulary",
+            "cup, table",
+            opts=["MODEL.DEVICE", "cuda", "MODEL.CLIPTRASE.STANDARD_SHORT_SIDE", "224"],
+        )
+    finally:
+        logging.getLogger("cliptrase_d2").removeHandler(handler)
+    fallbacks = [r.getMessage() for r in records if "CUDA is not available" in r.getMessage()]
+    assert fallbacks == ["MODEL.DEVICE=cuda but CUDA is not available: running on cpu"]
 
 
 def test_glob_matching_nothing_is_an_error(tiny_opts, tmp_path):
