@@ -11,13 +11,13 @@ Without --config-file the whole image is segmented at its own size (the standard
 --protocol paper, or a paper config, segments the S x S center crop the paper evaluates.
 
 Per input, in --output: <stem>_labels.png (class index per pixel, 16-bit when more than 255
-classes), <stem>.png (colour overlay with a legend of the classes present), <stem>.json
-(class names and each class's pixel share), and with --side-by-side <stem>_panel.png.
-Existing files are never replaced unless --overwrite is given, and an input is never an output.
-An input's files appear together or not at all (a full disk leaves none of them). An unreadable
-input stops the run before any work, unless --skip-bad-inputs reports and skips it.
-Labels are in the frame the protocol predicts: the S x S center crop under the paper protocol,
-the original image under the standard one.
+classes), <stem>.png (the regions coloured and named by Detectron2's Visualizer, with a legend of
+the classes present), <stem>.json (class names and each class's pixel share), and with
+--side-by-side <stem>_panel.png. Existing files are never replaced unless --overwrite is given,
+and an input is never an output. An input's files appear together or not at all (a full disk, a
+Ctrl-C or a kill leaves none of them). An unreadable input stops the run before any work,
+unless --skip-bad-inputs reports and skips it. Labels are in the frame the protocol predicts: the
+S x S center crop under the paper protocol, the original image under the standard one.
 
 --video-input segments a video frame by frame (the text embeddings are computed once) and writes
 <stem>.mp4 in --output (or --output itself when it ends in .mp4): each frame's overlay beside a
