@@ -384,7 +384,7 @@ def main(argv=None):
         resolve_vocabulary(args.vocabulary, background)  # raises on empty, duplicate, ... specs
     # the device as resolved above: a CUDA fallback is logged once
     segmenter = Segmenter.from_config(config_file, opts + ["MODEL.DEVICE", cfg.MODEL.DEVICE])
-    # resolved once, with the config's paper quirks for benchmark keys; a file is read here only
+    # resolved once for every image or frame, with the config's paper quirks for benchmark keys
     vocabulary = segmenter.resolve_vocabulary(args.vocabulary, background)
     if args.video_input:
         frames = segment_video(segmenter, args.video_input, target, vocabulary, args.batch_size)

@@ -118,8 +118,11 @@ def check_options(args) -> None:
     if not 1 <= args.port <= 65535:
         raise ConfigError(f"--port must be between 1 and 65535, got {args.port}")
     try:
-        family, kind, _, _, address = socket.getaddrinfo(args.host, args.port, 0, 1)[0]
-        with socket.socket(family, kind) as probe:  # as the server binds: reusing TIME_WAIT
+        family, kind, _, _, address = socket.getaddrinfo(
+            args.host, args.port, type=socket.SOCK_STREAM
+        )[0]
+        with socket.socket(family, kind) as probe:
+            # as the server sets it: a port left in TIME_WAIT is free, one listened on is not
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(address)
     except OSError as error:
