@@ -1,11 +1,15 @@
-"""Colour overlays with a legend of the classes present."""
+"""Drawing label maps. Detectron2's ``Visualizer`` colours and names each class's region; this
+module adds what it does not do: a colour per class index that stays the same for any
+vocabulary, and a legend column."""
 
-from typing import List, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
+from detectron2.data import Metadata
+from detectron2.utils.visualizer import Visualizer
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["palette", "overlay", "with_legend", "side_by_side"]
+__all__ = ["palette", "draw_labels", "with_legend", "side_by_side"]
 
 
 def palette(num_colors: int) -> np.ndarray:
@@ -23,14 +27,13 @@ def palette(num_colors: int) -> np.ndarray:
     return colors
 
 
-def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """Blends class colours over an (H, W, 3) uint8 image: (H, W, 3) uint8."""
-    colors = palette(int(labels.max()) + 1)[labels]
-    return (
-        (image.astype(np.float32) * (1 - alpha) + colors.astype(np.float32) * alpha)
-        .round()
-        .astype(np.uint8)
+def draw_labels(image: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
+    """(H, W, 3) uint8: the (H, W, 3) uint8 RGB ``image`` with each class's region of ``labels``
+    filled in its ``palette`` colour and named, drawn by Detectron2's ``Visualizer``."""
+    metadata = Metadata().set(
+        stuff_classes=list(class_names), stuff_colors=palette(len(class_names)).tolist()
     )
+    return Visualizer(image, metadata).draw_sem_seg(labels).get_image()
 
 
 def _font(size: int):
@@ -41,28 +44,28 @@ def _font(size: int):
 
 
 def with_legend(
-    image: np.ndarray, entries: Sequence[Tuple[int, str, float]], row_height: int = 20
+    image: np.ndarray, rows: Sequence[Tuple[int, str]], row_height: int = 20
 ) -> Image.Image:
-    """Appends a legend column: one swatch, name and pixel share per (class index, name, share)."""
+    """``image`` with a legend column on its right: one swatch of class index's ``palette``
+    colour and one line of text per (class index, text) row."""
     font = _font(row_height - 6)
-    lines = [f"{name} ({share * 100:.1f}%)" for _, name, share in entries]
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    text_width = max([int(probe.textlength(line, font=font)) for line in lines] + [60])
+    text_width = max([int(probe.textlength(text, font=font)) for _, text in rows] + [60])
     width = row_height + 12 + text_width
-    height = max(image.shape[0], row_height * len(entries) + 8)
+    height = max(image.shape[0], row_height * len(rows) + 8)
     canvas = Image.new("RGB", (image.shape[1] + width, height), (255, 255, 255))
     canvas.paste(Image.fromarray(image), (0, 0))
     draw = ImageDraw.Draw(canvas)
-    colors = palette(max([index for index, _, _ in entries] + [0]) + 1)
-    for row, ((index, _, _), line) in enumerate(zip(entries, lines)):
+    colors = palette(max([index for index, _ in rows] + [0]) + 1)
+    left = image.shape[1] + 6
+    for row, (index, text) in enumerate(rows):
         top = 4 + row * row_height
-        left = image.shape[1] + 6
         draw.rectangle(
             [left, top, left + row_height - 4, top + row_height - 4],
             fill=tuple(int(c) for c in colors[index]),
             outline=(0, 0, 0),
         )
-        draw.text((left + row_height + 2, top), line, fill=(0, 0, 0), font=font)
+        draw.text((left + row_height + 2, top), text, fill=(0, 0, 0), font=font)
     return canvas
 
 
@@ -73,14 +76,3 @@ def side_by_side(left: Image.Image, right: Image.Image) -> Image.Image:
     canvas.paste(left, (0, 0))
     canvas.paste(right, (left.width, 0))
     return canvas
-
-
-def legend_entries(labels: np.ndarray, class_names: List[str]) -> List[Tuple[int, str, float]]:
-    """(index, name, share) of the classes present, largest share first."""
-    counts = np.bincount(labels.ravel(), minlength=len(class_names))
-    total = max(int(counts.sum()), 1)
-    return [
-        (int(i), class_names[i], counts[i] / total)
-        for i in np.argsort(-counts, kind="stable")
-        if counts[i] > 0
-    ]

@@ -2,17 +2,23 @@
 output files, the whole image by default, videos frame by frame, and its errors on bad input."""
 
 import json
+import logging
 import os
+import shutil
+import signal
+import subprocess
 import sys
+import time
 
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import FIXTURES, REPO, manifest_runs, require_fixtures, run_config
 from cliptrase_d2.api import Segmenter
-from cliptrase_d2.visualization import overlay
+from cliptrase_d2.visualization import draw_labels, with_legend
 
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import demo  # noqa: E402
@@ -87,6 +93,13 @@ def test_demo_outputs(tiny_opts, tmp_path):
     panel = Image.open(output / "chelsea_panel.png")
     assert overlay.height == 224 and overlay.width > 224  # legend column beside the image
     assert panel.width == 224 + overlay.width
+    # the image part is Detectron2's Visualizer drawing of these labels on the 224 x 224 crop
+    crop = np.asarray(panel)[:224, :224]
+    drawn = draw_labels(crop, labels, info["class_names"])
+    np.testing.assert_array_equal(np.asarray(overlay)[:, :224], drawn)
+    np.testing.assert_array_equal(np.asarray(panel)[:224, 224:], np.asarray(overlay))
+    shifted = draw_labels(crop, (labels + 1) % 4, info["class_names"])
+    assert np.abs(np.asarray(overlay)[:, :224].astype(int) - shifted).mean() > 5
 
 
 @pytest.mark.parametrize(
@@ -145,6 +158,31 @@ def test_more_than_255_classes_write_16_bit_labels(tiny_opts, tmp_path):
     assert len(info["class_names"]) == 300
     values = np.array(labels)
     assert values.max() < 300 and set(np.unique(values)) <= set(range(300))
+
+
+def test_cuda_fallback_is_logged_once(tiny_opts, tmp_path, monkeypatch):
+    require_fixtures()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("cliptrase_d2").addHandler(handler)
+    try:
+        _run_demo(
+            tmp_path,
+            tiny_opts,
+            "--input",
+            os.path.join(FIXTURES, "images", "coffee.png"),
+            "--output",
+            str(tmp_path / "out"),
+            "--vocabulary",
+            "cup, table",
+            opts=["MODEL.DEVICE", "cuda", "MODEL.CLIPTRASE.STANDARD_SHORT_SIDE", "224"],
+        )
+    finally:
+        logging.getLogger("cliptrase_d2").removeHandler(handler)
+    fallbacks = [r.getMessage() for r in records if "CUDA is not available" in r.getMessage()]
+    assert fallbacks == ["MODEL.DEVICE=cuda but CUDA is not available: running on cpu"]
 
 
 def test_glob_matching_nothing_is_an_error(tiny_opts, tmp_path):
@@ -250,6 +288,36 @@ def test_existing_outputs_need_overwrite(tiny_opts, tmp_path):
     assert Image.open(mine).height == 400 and (output / "coffee_labels.png").exists()
 
 
+@pytest.mark.parametrize(
+    "signum, returncode", [(signal.SIGINT, 1), (signal.SIGTERM, 128 + signal.SIGTERM)]
+)
+def test_interrupted_run_leaves_whole_outputs_and_no_traceback(
+    signum, returncode, tiny_opts, tmp_path
+):
+    """Ctrl-C or a kill while images are being written: every input has all its files or none,
+    no temporary file is left, and the run ends with a line, not a traceback."""
+    require_fixtures()
+    photos, output = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    for index in range(40):
+        shutil.copy(os.path.join(FIXTURES, "images", "coffee.png"), photos / f"p{index:02d}.png")
+    command = [sys.executable, os.path.join(REPO, "tools", "demo.py"), "--input", str(photos)]
+    command += ["--output", str(output), "--vocabulary", "cup, table", "--batch-size", "1"]
+    command += ["--opts", *tiny_opts, "MODEL.CLIPTRASE.STANDARD_SHORT_SIDE", "224"]
+    process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (output / "p00.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # the first input is done: the next ones are being segmented or written
+    process.send_signal(signum)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == returncode and "Traceback" not in stderr, stderr[-2000:]
+    written = sorted(os.listdir(output))
+    stems = sorted({name.split(".")[0] for name in written if name.endswith(".json")})
+    assert 0 < len(stems) < 40, "the signal should come while the demo is writing"
+    expected = [f"{stem}{end}" for stem in stems for end in (".json", ".png", "_labels.png")]
+    assert written == sorted(expected)  # whole inputs only, no temporary file
+
+
 def _write_video(path, frames, fps=5.0):
     writer = cv2.VideoWriter(
         str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (frames[0].shape[1], frames[0].shape[0])
@@ -337,15 +405,15 @@ def test_video_frame_by_frame_equals_the_api(tiny_video, tiny_opts, tmp_path, en
         segmenter.segment(frame.copy(), vocabulary, background=[background], scores=False)
         for frame in inputs[1:]
     ]
-    legend = demo.class_legend(results[0].class_names, 160)
+    names = results[0].class_names
+    blank = np.full((160, 240, 3), 255, dtype=np.uint8)
+    legend = np.asarray(with_legend(blank, list(enumerate(names))))[:, 240:]  # every class
     for frame, result in zip(written, results):
         assert result.labels.shape == (160, 240)  # the whole frame, at its own size
         width = 240 + legend.shape[1]
         assert frame.shape == (max(160, legend.shape[0]), width + width % 2, 3)
-        expected = overlay(result.image, result.labels).astype(np.int16)
-        wrong = overlay(result.image, (result.labels + 1) % len(result.class_names)).astype(
-            np.int16
-        )
+        expected = draw_labels(result.image, result.labels, names).astype(np.int16)
+        wrong = draw_labels(result.image, (result.labels + 1) % len(names), names).astype(np.int16)
         error = np.abs(frame[:160, :240].astype(np.int16) - expected).mean()
         assert error < 4, (
             f"the video frame differs from the API's overlay by {error:.2f} grey levels"

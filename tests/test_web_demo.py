@@ -1,9 +1,10 @@
 """tools/web_demo.py: a real browser (headless Chromium) uploads a photo and gets the Python API's
-segmentation; requests of several users at once keep to their own vocabulary; bad requests get a
-message that says what to change."""
+segmentation; requests of several users at once keep to their own vocabulary; bad requests and bad
+options get a message that says what to change; a stopped server leaves no upload behind."""
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import threading
 import time
 import urllib.request
 from io import BytesIO
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,7 +20,8 @@ from PIL import Image
 
 from conftest import FIXTURES, REPO, TINY_CONFIG, TINY_WEIGHTS, require_fixtures, skip_outside_ci
 from cliptrase_d2.api import Segmenter
-from cliptrase_d2.visualization import legend_entries, overlay, with_legend
+from cliptrase_d2.errors import ConfigError
+from cliptrase_d2.visualization import draw_labels, palette
 
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import web_demo  # noqa: E402
@@ -36,9 +39,13 @@ def _expected(tiny_opts, vocabulary=VOCABULARY, background=BACKGROUND, image=VOC
     result = segmenter.segment(
         image, [n.strip() for n in vocabulary.split(",")], background=words, scores=False
     )
-    entries = legend_entries(result.labels, result.class_names)
-    shown = np.asarray(with_legend(overlay(result.image, result.labels), entries))
-    return result, shown, [[name, f"{share * 100:.2f}"] for _, name, share in entries]
+    shown = draw_labels(result.image, result.labels, result.class_names)
+    colors = palette(len(result.class_names))
+    shares = [
+        [name, f"{share * 100:.2f}", colors[result.class_names.index(name)]]
+        for name, share in result.pixel_shares().items()
+    ]
+    return result, shown, shares
 
 
 def test_parse_vocabulary():
@@ -74,8 +81,53 @@ def test_check_image(tmp_path):
         web_demo.check_image(PHOTO, web_demo.Limits(max_upload_mb=0.01))
     text = tmp_path / "notes.png"
     text.write_text("not an image")
-    with pytest.raises(ValueError, match="not an image"):
+    with pytest.raises(ValueError, match="not an image") as error:
         web_demo.check_image(str(text), web_demo.Limits())
+    assert str(tmp_path) not in str(error.value)  # the server's copy of an upload stays private
+
+
+@pytest.mark.parametrize("option", ["--max-upload-mb", "--max-megapixels", "--max-classes"])
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_limits_refuse_zero_negative_and_non_finite_before_any_work(option, value):
+    if option == "--max-classes" and value in ("nan", "inf"):
+        value = "-5"  # an int option: argparse itself refuses nan
+    # the weights file does not exist: a check after the model's loading would name it instead
+    argv = [option, value, "--opts", "MODEL.WEIGHTS", "/nonexistent/weights.pt"]
+    with pytest.raises(ConfigError, match=f"{option} must be a number above 0"):
+        web_demo.main(argv)
+
+
+@pytest.mark.parametrize("option", ["--concurrency", "--queue-size"])
+def test_queue_options_refuse_zero(option):
+    with pytest.raises(ConfigError, match=f"{option} must be a number above 0, got 0"):
+        web_demo.main([option, "0", "--opts", "MODEL.WEIGHTS", "/nonexistent/weights.pt"])
+
+
+def test_busy_port_is_a_one_line_error():
+    """A port another program listens on stops the server before the model loads, in one line."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        process = subprocess.run(
+            [sys.executable, os.path.join(REPO, "tools", "web_demo.py"), "--port", str(port)],
+            cwd=REPO,
+            env=dict(os.environ, HF_HUB_OFFLINE="1"),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert process.returncode == 1
+    assert "Traceback" not in process.stderr
+    assert (
+        process.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"error: cannot serve on 127.0.0.1:{port} (Address already in use): pass another --port"
+        )
+    )
+    with pytest.raises(ConfigError, match="--port must be between 1 and 65535, got 70000"):
+        web_demo.main(["--port", "70000"])
 
 
 def test_simultaneous_users_keep_their_own_vocabulary(tiny_opts):
@@ -110,7 +162,7 @@ def test_simultaneous_users_keep_their_own_vocabulary(tiny_opts):
         assert shares == want_shares
         np.testing.assert_array_equal(labels, want_labels)
         np.testing.assert_array_equal(shown, want_shown)
-    assert {name for _, shares, _ in results[1::3] for name, _ in shares} <= {
+    assert {name for _, shares, _ in results[1::3] for name, *_ in shares} <= {
         "cat",
         "grass",
         "wall",
@@ -136,7 +188,8 @@ def _free_port():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """The web demo on loopback with the tiny CLIP (a subprocess); yields its URL."""
+    """The web demo on loopback with the tiny CLIP (a subprocess): its url, process, log, and
+    the folders where Gradio keeps uploads (gradio) and the demo its label maps (tmp)."""
     require_fixtures()
     _require_web_packages()
     port = _free_port()
@@ -157,9 +210,8 @@ def server(tmp_path_factory):
         "MODEL.DEVICE",
         "cpu",
     ]
-    env = dict(
-        os.environ, HF_HUB_OFFLINE="1", GRADIO_TEMP_DIR=str(tmp_path_factory.mktemp("gradio"))
-    )
+    gradio, tmp = tmp_path_factory.mktemp("gradio"), tmp_path_factory.mktemp("tmp")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_TEMP_DIR=str(gradio), TMPDIR=str(tmp))
     with open(log, "w") as output:
         process = subprocess.Popen(
             command, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT
@@ -175,9 +227,10 @@ def server(tmp_path_factory):
                 process.kill()
                 pytest.fail(f"the web demo did not start: {log.read_text()[-3000:]}")
             time.sleep(1)
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
+    yield SimpleNamespace(url=url, process=process, log=log, gradio=gradio, tmp=tmp)
+    if process.poll() is None:
+        process.kill()
+        process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +282,7 @@ def test_browser_upload_segment_and_compare_with_the_api(server, browser, tiny_o
 
     result, shown, shares = _expected(tiny_opts)
     assert len(shares) >= 2, "the check needs a photo the tiny CLIP splits into several classes"
-    browser.get(server)
+    browser.get(server.url)
     assert "test-sized CLIP" in _wait(browser, "#weights").text  # says which weights it runs
     # Chromium takes canonical paths only
     _wait(browser, "#photo input[type=file]").send_keys(os.path.realpath(VOC_PHOTO))
@@ -241,25 +294,45 @@ def test_browser_upload_segment_and_compare_with_the_api(server, browser, tiny_o
     np.testing.assert_array_equal(np.array(_fetch(link)), result.labels)
     rendered = _wait(browser, "#overlay img").get_attribute("src")
     np.testing.assert_array_equal(np.asarray(_fetch(rendered).convert("RGB")), shown)
+    want = [[name, share, "rgba({}, {}, {}, 1)".format(*color)] for name, share, color in shares]
     deadline = time.monotonic() + 60
     while True:  # the table's rows may render a moment after the image
-        texts = [
-            cell.get_attribute("textContent").strip()
-            for cell in browser.find_elements(By.CSS_SELECTOR, "#shares td")
+        rows = [
+            [cell.get_attribute("textContent").strip() for cell in row[1:]]
+            + [
+                row[0]
+                .find_element(By.CSS_SELECTOR, "span")
+                .value_of_css_property("background-color")
+            ]
+            for row in (
+                tr.find_elements(By.CSS_SELECTOR, "td")
+                for tr in browser.find_elements(By.CSS_SELECTOR, "#shares tbody tr")
+            )
         ]
-        texts = [text for text in texts if text]
-        rows = [texts[i : i + 2] for i in range(0, len(texts), 2)]
-        if rows == shares or time.monotonic() > deadline:
+        if rows == want or time.monotonic() > deadline:
             break
         time.sleep(1)
-    assert rows == shares
+    assert rows == want  # names, shares and the colours the overlay gives each class
+    # the legend is where the image's toolbar (fullscreen, download, ...) does not cover it
+    legend = browser.find_element(By.CSS_SELECTOR, "#shares table").rect
+    toolbar = browser.find_element(By.CSS_SELECTOR, "#overlay .icon-button-wrapper").rect
+    assert toolbar["width"] > 0 and legend["height"] > 0
+    apart_x = (
+        legend["x"] >= toolbar["x"] + toolbar["width"]
+        or toolbar["x"] >= legend["x"] + legend["width"]
+    )
+    apart_y = (
+        legend["y"] >= toolbar["y"] + toolbar["height"]
+        or toolbar["y"] >= legend["y"] + legend["height"]
+    )
+    assert apart_x or apart_y, f"the legend {legend} is under the toolbar {toolbar}"
 
 
 def test_browser_empty_vocabulary_shows_the_error(server, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    browser.get(server)
+    browser.get(server.url)
     _wait(browser, "#photo input[type=file]").send_keys(os.path.realpath(PHOTO))
     _wait(browser, "#photo img")
     box = _text_box(browser, "vocabulary")
@@ -278,3 +351,40 @@ def test_browser_empty_vocabulary_shows_the_error(server, browser):
         time.sleep(1)
     assert "Type at least one class name" in shown
     assert not browser.find_elements(By.CSS_SELECTOR, "#labels a[download]")  # no result came
+
+
+def test_browser_non_image_upload_shows_the_error_without_server_paths(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    notes = tmp_path / "notes.png"
+    notes.write_text("not an image")
+    browser.get(server.url)
+    _wait(browser, "#photo input[type=file]").send_keys(os.path.realpath(notes))
+    _text_box(browser, "vocabulary").send_keys("cup, table")
+    time.sleep(2)  # the upload arrives (the page shows no preview of a non-image)
+    browser.find_element(By.CSS_SELECTOR, "#run").click()
+    _wait(browser, ".toast-body", timeout=120)
+    deadline = time.monotonic() + 60
+    while True:
+        shown = " ".join(
+            toast.get_attribute("textContent")
+            for toast in browser.find_elements(By.CSS_SELECTOR, ".toast-body")
+        )
+        if "not an image" in shown or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert "The upload is not an image this server can read" in shown
+    assert "Could not preprocess" not in shown and str(server.gradio) not in shown
+    assert "/tmp" not in shown and "path" not in shown
+
+
+def test_sigterm_stops_the_server_cleanly_and_removes_the_uploads(server):
+    """Runs last: the uploads of the tests above are on disk until the server stops."""
+    uploads = [f for _, _, files in os.walk(server.gradio) for f in files]
+    assert uploads, "the browser tests above should have left uploads to remove"
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=60) == 0
+    log = server.log.read_text()
+    assert "Traceback" not in log and "closing server" in log
+    assert os.listdir(server.gradio) == []  # uploads, results, Gradio's copies of the samples
+    assert os.listdir(server.tmp) == []  # the label maps' folder

@@ -11,13 +11,13 @@ Without --config-file the whole image is segmented at its own size (the standard
 --protocol paper, or a paper config, segments the S x S center crop the paper evaluates.
 
 Per input, in --output: <stem>_labels.png (class index per pixel, 16-bit when more than 255
-classes), <stem>.png (colour overlay with a legend of the classes present), <stem>.json
-(class names and each class's pixel share), and with --side-by-side <stem>_panel.png.
-Existing files are never replaced unless --overwrite is given, and an input is never an output.
-An input's files appear together or not at all (a full disk leaves none of them). An unreadable
-input stops the run before any work, unless --skip-bad-inputs reports and skips it.
-Labels are in the frame the protocol predicts: the S x S center crop under the paper protocol,
-the original image under the standard one.
+classes), <stem>.png (the regions coloured and named by Detectron2's Visualizer, with a legend of
+the classes present), <stem>.json (class names and each class's pixel share), and with
+--side-by-side <stem>_panel.png. Existing files are never replaced unless --overwrite is given,
+and an input is never an output. An input's files appear together or not at all (a full disk, a
+Ctrl-C or a kill leaves none of them). An unreadable input stops the run before any work,
+unless --skip-bad-inputs reports and skips it. Labels are in the frame the protocol predicts: the
+S x S center crop under the paper protocol, the original image under the standard one.
 
 --video-input segments a video frame by frame (the text embeddings are computed once) and writes
 <stem>.mp4 in --output (or --output itself when it ends in .mp4): each frame's overlay beside a
@@ -28,6 +28,7 @@ import argparse
 import glob
 import logging
 import os
+import signal
 import sys
 import tempfile
 
@@ -35,7 +36,7 @@ import cliptrase_d2  # noqa: F401  (first: detectron2 0.6 shims, registrations)
 import cv2
 import numpy as np
 from detectron2.utils.logger import setup_logger
-from PIL import Image, ImageDraw
+from PIL import Image
 from tqdm import tqdm
 
 from cliptrase_d2.api import Segmenter, load_image
@@ -54,8 +55,8 @@ from cliptrase_d2.evaluation.results_io import (
     atomic_write_json,
     atomic_write_png,
 )
-from cliptrase_d2.visualization import legend_entries, overlay, palette, side_by_side, with_legend
-from cliptrase_d2.vocabulary import benchmark_keys, resolve_vocabulary
+from cliptrase_d2.visualization import draw_labels, side_by_side, with_legend
+from cliptrase_d2.vocabulary import resolve_vocabulary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROTOCOL_CONFIGS = {
@@ -215,7 +216,7 @@ def readable_inputs(paths, skip: bool):
         try:
             with Image.open(path) as image:
                 image.verify()
-        except (OSError, SyntaxError, ValueError) as error:
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
             if not skip:
                 raise InputError(
                     f"cannot read the input image {path} ({error}): fix or remove it, or pass "
@@ -247,8 +248,12 @@ def write_outputs(result, path: str, output: str, panel: bool) -> None:
     targets = output_paths(path, output, panel)
     labels = result.labels
     dtype = np.uint16 if len(result.class_names) > 255 else np.uint8
-    entries = legend_entries(labels, result.class_names)
-    shown = with_legend(overlay(result.image, labels), entries)
+    shares = result.pixel_shares()
+    legend = [
+        (result.class_names.index(name), f"{name} ({share * 100:.1f}%)")
+        for name, share in shares.items()
+    ]
+    shown = with_legend(draw_labels(result.image, labels, result.class_names), legend)
     with atomic_paths(list(targets.values())) as temporaries:
         written = dict(zip(targets, temporaries))
         atomic_write_png(written["labels"], labels.astype(dtype))
@@ -256,18 +261,14 @@ def write_outputs(result, path: str, output: str, panel: bool) -> None:
         if panel:
             panel_image = side_by_side(Image.fromarray(result.image), shown)
             atomic_save_image(written["panel"], panel_image)
-        atomic_write_json(written["json"], _description(result, path, labels, entries))
-
-
-def _description(result, path: str, labels, entries) -> dict:
-    """<stem>.json: class names, size and each present class's pixel share."""
-    return {
-        "image": path,
-        "class_names": result.class_names,
-        "height": int(labels.shape[0]),
-        "width": int(labels.shape[1]),
-        "pixel_share": {name: share for _, name, share in entries},
-    }
+        description = {
+            "image": path,
+            "class_names": result.class_names,
+            "height": int(labels.shape[0]),
+            "width": int(labels.shape[1]),
+            "pixel_share": shares,
+        }
+        atomic_write_json(written["json"], description)
 
 
 def build_opts(args):
@@ -277,17 +278,6 @@ def build_opts(args):
     if args.cache_dir is not None:
         opts += ["MODEL.CLIPTRASE.TEXT_CACHE_DIR", args.cache_dir]
     return opts
-
-
-def checked_vocabulary(spec, background):
-    """(vocabulary, background) for ``Segmenter.segment``, checked before the model loads; a
-    file is read once here (not per image or frame). None keeps the config's vocabulary."""
-    if spec is None:
-        return None, background
-    resolved = resolve_vocabulary(spec, background)  # raises on empty, duplicate, missing ... specs
-    if spec.strip().lower() in benchmark_keys():
-        return spec, background  # the model applies the config's paper quirks to benchmark keys
-    return list(resolved.classes), list(resolved.background)
 
 
 def video_output_path(video: str, output: str) -> str:
@@ -310,25 +300,6 @@ def check_video_output(video: str, target: str, overwrite: bool) -> None:
         )
 
 
-def class_legend(class_names, height: int, row_height: int = 20) -> np.ndarray:
-    """(max(height, rows), W, 3) uint8 legend of every class's colour, for video frames (the
-    same for every frame, unlike the per-image legend of the classes present)."""
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    width = row_height + 12 + max(int(probe.textlength(name)) for name in class_names)
-    rows = row_height * len(class_names) + 8
-    canvas = Image.new("RGB", (width, max(height, rows)), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    for index, (name, color) in enumerate(zip(class_names, palette(len(class_names)))):
-        top = 4 + index * row_height
-        draw.rectangle(
-            [6, top, 6 + row_height - 4, top + row_height - 4],
-            fill=tuple(int(c) for c in color),
-            outline=(0, 0, 0),
-        )
-        draw.text((row_height + 8, top + 4), name, fill=(0, 0, 0))
-    return np.asarray(canvas)
-
-
 def read_frames(capture, batch_size: int):
     """Batches of (H, W, 3) uint8 RGB frames from an open cv2.VideoCapture."""
     batch = []
@@ -344,11 +315,9 @@ def read_frames(capture, batch_size: int):
         yield batch
 
 
-def segment_video(
-    segmenter, video: str, target: str, vocabulary, background, batch_size: int
-) -> int:
-    """Writes ``target`` (mp4): every frame's overlay beside the class legend. Returns the
-    number of frames."""
+def segment_video(segmenter, video: str, target: str, vocabulary, batch_size: int) -> int:
+    """Writes ``target`` (mp4): every frame's overlay beside a legend of every class of
+    ``vocabulary`` (the same on every frame). Returns the number of frames."""
     capture = cv2.VideoCapture(video)
     if not capture.isOpened():
         raise InputError(
@@ -361,24 +330,22 @@ def segment_video(
     check_writable_folder(folder, "--output")
     handle, partial = tempfile.mkstemp(suffix=".mp4", dir=folder)  # replaces target once complete
     os.close(handle)
-    writer, legend, frames = None, None, 0
+    legend = list(enumerate(vocabulary.class_names))
+    writer, frames = None, 0
     try:
         with tqdm(total=total, desc="video", unit="frame") as progress:
             for batch in read_frames(capture, batch_size):
-                results = segmenter.segment(
-                    batch, vocabulary, background=background, scores=False, batch_size=batch_size
-                )
+                results = segmenter.segment(batch, vocabulary, scores=False, batch_size=batch_size)
                 for result in results:
+                    drawn = draw_labels(result.image, result.labels, result.class_names)
+                    shown = np.asarray(with_legend(drawn, legend))
                     if writer is None:
-                        height, width = result.image.shape[:2]
-                        legend = class_legend(result.class_names, height)
-                        size = (width + legend.shape[1], max(height, legend.shape[0]))
-                        size = tuple(side + side % 2 for side in size)  # codecs want even sides
+                        # codecs want even sides
+                        size = tuple(side + side % 2 for side in shown.shape[1::-1])
                         fourcc = cv2.VideoWriter_fourcc(*"mp4v")
                         writer = cv2.VideoWriter(partial, fourcc, fps, size)
                     frame = np.full((size[1], size[0], 3), 255, dtype=np.uint8)
-                    frame[:height, :width] = overlay(result.image, result.labels)
-                    frame[: legend.shape[0], width : width + legend.shape[1]] = legend
+                    frame[: shown.shape[0], : shown.shape[1]] = shown
                     writer.write(np.ascontiguousarray(frame[:, :, ::-1]))
                 frames += len(batch)
                 progress.update(len(batch))
@@ -400,7 +367,8 @@ def main(argv=None):
     if args.batch_size is not None:
         check_images_per_batch(args.batch_size, "--batch-size")
     config_file = args.config_file or PROTOCOL_CONFIGS[args.protocol or DEFAULT_PROTOCOL]
-    cfg = load_config(config_file, build_opts(args))  # before any work: file, keys, values, device
+    opts = build_opts(args)
+    cfg = load_config(config_file, opts)  # before any work: file, keys, values, device
     if args.batch_size is None:
         args.batch_size = cfg.TEST.IMS_PER_BATCH
     if args.video_input:
@@ -412,12 +380,14 @@ def main(argv=None):
         check_outputs(inputs, args.output, args.side_by_side, args.overwrite)
         check_writable_folder(args.output, "--output")
     background = [w.strip() for w in args.background.split(",") if w.strip()]
-    vocabulary, background = checked_vocabulary(args.vocabulary, background)
-    segmenter = Segmenter.from_config(config_file, build_opts(args))
+    if args.vocabulary is not None:
+        resolve_vocabulary(args.vocabulary, background)  # raises on empty, duplicate, ... specs
+    # the device as resolved above: a CUDA fallback is logged once
+    segmenter = Segmenter.from_config(config_file, opts + ["MODEL.DEVICE", cfg.MODEL.DEVICE])
+    # resolved once for every image or frame, with the config's paper quirks for benchmark keys
+    vocabulary = segmenter.resolve_vocabulary(args.vocabulary, background)
     if args.video_input:
-        frames = segment_video(
-            segmenter, args.video_input, target, vocabulary, background, args.batch_size
-        )
+        frames = segment_video(segmenter, args.video_input, target, vocabulary, args.batch_size)
         logger.info("segmented %d frames of %s -> %s", frames, args.video_input, target)
         return 0
     logger.info("segmenting %d image(s) -> %s", len(inputs), args.output)
@@ -429,11 +399,7 @@ def main(argv=None):
             if batch:
                 images = [image for _, image in batch]
                 results = segmenter.segment(
-                    images,
-                    vocabulary,
-                    background=background,
-                    scores=False,
-                    batch_size=args.batch_size,
+                    images, vocabulary, scores=False, batch_size=args.batch_size
                 )
                 for (path, _), result in zip(batch, results):
                     write_outputs(result, path, args.output, args.side_by_side)
@@ -451,8 +417,12 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    # a kill (SIGTERM) unwinds like Ctrl-C: an input's files being written are removed
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     try:
         sys.exit(main())
     except UserError as error:
         # bad input: one line; anything else is a bug and keeps its traceback
         sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: the outputs written so far are complete, no partial file is left")

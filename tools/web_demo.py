@@ -6,19 +6,23 @@ names, see the segmentation.
     python tools/web_demo.py --opts MODEL.WEIGHTS weights/ViT-B-16.pt
     # then open http://127.0.0.1:7860
 
-The page gives the overlay with a legend, each class's pixel share and the label map as a PNG
-(class index per pixel, in the order the classes were typed; "background" last when background
-words are given). The server binds to 127.0.0.1 (this machine only) unless --host says
-otherwise; it loads each (head, protocol) model once, keeps text embeddings in the on-disk cache,
-and serves several users through a queue: every request carries its own image and vocabulary,
-so nothing of one user's request reaches another's. See docs/web_demo.md.
+The page gives the overlay drawn by Detectron2's Visualizer, a legend of the classes present
+(colour and pixel share) and the label map as a PNG (class index per pixel, in the order the
+classes were typed; "background" last when background words are given). The server binds to
+127.0.0.1 (this machine only) unless --host says otherwise; it loads each (head, protocol) model
+once, keeps text embeddings in the on-disk cache, and serves several users through a queue:
+every request carries its own image and vocabulary, so nothing of one user's request reaches
+another's. See docs/web_demo.md.
 """
 
 import argparse
 import html
 import importlib.util
 import logging
+import math
 import os
+import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -32,12 +36,13 @@ import numpy as np  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from cliptrase_d2.errors import InputError, UserError
-from cliptrase_d2.api import Segmenter  # noqa: E402
+from cliptrase_d2.api import Segmenter, load_image  # noqa: E402
+from cliptrase_d2.config import load_config  # noqa: E402
 from cliptrase_d2.engine.allocator import tune_cpu_allocator  # noqa: E402
+from cliptrase_d2.errors import ConfigError, InputError, UserError  # noqa: E402
 from cliptrase_d2.evaluation.results_io import atomic_write_png  # noqa: E402
 from cliptrase_d2.method.heads import HEADS  # noqa: E402
-from cliptrase_d2.visualization import legend_entries, overlay, with_legend  # noqa: E402
+from cliptrase_d2.visualization import draw_labels, palette  # noqa: E402
 from cliptrase_d2.vocabulary import benchmark_keys, resolve_vocabulary  # noqa: E402
 from demo import PROTOCOL_CONFIGS  # noqa: E402
 
@@ -51,6 +56,8 @@ SAMPLE_VOCABULARY = "person, dog, cat, horse, sofa, chair, table, car, bicycle, 
 SAMPLE_BACKGROUND = "sky, wall, floor, grass, road, building, tree"
 MAX_NAME_LENGTH = 100  # characters per class name (CLIP reads 77 tokens anyway)
 TEST_SIZED_PARAMETERS = 20_000_000  # fewer than this: a test CLIP (ViT-B/16 has 150 M)
+# options that must be finite and above 0: 0 or less would refuse every request
+POSITIVE_OPTIONS = ("max_upload_mb", "max_megapixels", "max_classes", "concurrency", "queue_size")
 
 logger = logging.getLogger("cliptrase_d2.web_demo")
 
@@ -98,6 +105,31 @@ def get_parser():
         "--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ..."
     )
     return parser
+
+
+def check_options(args) -> None:
+    """Refuses, before any work, limits that are 0, negative or not finite, and a port this
+    machine cannot serve on (in use, out of range, an unknown --host)."""
+    for option in POSITIVE_OPTIONS:
+        value = getattr(args, option)
+        if not (math.isfinite(value) and value > 0):
+            flag = "--" + option.replace("_", "-")
+            raise ConfigError(f"{flag} must be a number above 0, got {value}: give e.g. {flag} 1")
+    if not 1 <= args.port <= 65535:
+        raise ConfigError(f"--port must be between 1 and 65535, got {args.port}")
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(
+            args.host, args.port, type=socket.SOCK_STREAM
+        )[0]
+        with socket.socket(family, kind) as probe:
+            # as the server sets it: a port left in TIME_WAIT is free, one listened on is not
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as error:
+        raise ConfigError(
+            f"cannot serve on {args.host}:{args.port} ({error.strerror or error}): pass another "
+            "--port, or stop the program that uses it"
+        ) from None
 
 
 class Limits:
@@ -185,7 +217,8 @@ def _names(text: str) -> List[str]:
 
 
 def check_image(path: Optional[str], limits: Limits) -> Tuple[int, int]:
-    """(width, height) of an uploaded image file, or a ValueError saying what to upload instead."""
+    """(width, height) of an uploaded image file, or an InputError saying what to upload instead
+    (never naming the server's copy of the upload)."""
     if not path:
         raise InputError("Upload a photo (or pick one of the samples below) first.")
     size = os.path.getsize(path)
@@ -197,8 +230,10 @@ def check_image(path: Optional[str], limits: Limits) -> Tuple[int, int]:
     try:
         with Image.open(path) as image:  # reads the header only
             width, height = image.size
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise InputError(f"The upload is not an image this server can read ({error}).") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        raise InputError(
+            "The upload is not an image this server can read: upload a PNG, JPEG, ... photo."
+        ) from None
     if width * height > limits.max_pixels:
         raise InputError(
             f"The image is {width} x {height} pixels ({width * height / 1e6:.1f} megapixels); "
@@ -235,17 +270,26 @@ def segment_request(
     head: str,
     protocol: str,
 ):
-    """One page request -> (overlay with legend, [[class, share %], ...], label PNG path).
-    Everything it uses comes in as arguments; the model sees the vocabulary only through
+    """One page request -> (overlay, legend rows [[class, share %, colour], ...], label PNG
+    path). Everything it uses comes in as arguments; the model sees the vocabulary only through
     ``Segmenter.segment``."""
     check_image(image_path, limits)
     vocabulary, background = parse_vocabulary(vocabulary_text, background_text, limits.max_classes)
+    try:
+        image = load_image(image_path)
+    except InputError:  # its message names the server's copy of the upload
+        raise InputError(
+            "The upload cannot be decoded (a damaged or truncated image?): upload another file."
+        ) from None
     segmenter, lock = models.get(head, protocol)
     with lock:
-        result = segmenter.segment(image_path, vocabulary, background=background, scores=False)
-    entries = legend_entries(result.labels, result.class_names)
-    shown = with_legend(overlay(result.image, result.labels), entries)
-    shares = [[name, f"{share * 100:.2f}"] for _, name, share in entries]
+        result = segmenter.segment(image, vocabulary, background=background, scores=False)
+    shown = draw_labels(result.image, result.labels, result.class_names)
+    hex_colors = ["#%02x%02x%02x" % tuple(color) for color in palette(len(result.class_names))]
+    colors = dict(zip(result.class_names, hex_colors))
+    shares = [
+        [name, f"{share * 100:.2f}", colors[name]] for name, share in result.pixel_shares().items()
+    ]
     stem = os.path.splitext(os.path.basename(image_path))[0]
     label_path = os.path.join(outputs.new_folder(), f"{stem}_labels.png")
     dtype = np.uint16 if len(result.class_names) > 255 else np.uint8
@@ -253,27 +297,33 @@ def segment_request(
     return shown, shares, label_path
 
 
-def shares_table(rows) -> str:
-    """[[class, share %], ...] as an HTML table (names escaped: they are user input)."""
-    body = "".join(f"<tr><td>{html.escape(name)}</td><td>{share}</td></tr>" for name, share in rows)
+def legend_table(rows) -> str:
+    """[[class, share %, colour], ...] as the page's legend: an HTML table beside the overlay,
+    where the image's toolbar cannot cover it (names escaped: they are user input)."""
+    swatch = '<span style="display:inline-block;width:1em;height:1em;background:{}"></span>'
+    body = "".join(
+        f"<tr><td>{swatch.format(color)}</td><td>{html.escape(name)}</td><td>{share}</td></tr>"
+        for name, share, color in rows
+    )
     return (
-        "<table><thead><tr><th>class</th><th>pixel share (%)</th></tr></thead>"
+        "<table><thead><tr><th></th><th>class</th><th>pixel share (%)</th></tr></thead>"
         f"<tbody>{body}</tbody></table>"
     )
 
 
 def describe_weights(models: Models, segmenter: Segmenter) -> str:
     """The page's line on which CLIP runs, with a warning for test-sized models."""
-    from cliptrase_d2.engine.trainer import load_config
-
-    cfg = load_config(models.config_file or PROTOCOL_CONFIGS["standard"], models.opts)
-    parameters = sum(p.numel() for p in segmenter.model.clip_model.parameters())
+    cfg = load_config(
+        models.config_file or PROTOCOL_CONFIGS["standard"], models.opts, resolve=False
+    )
+    parameters = list(segmenter.model.parameters())
+    count = sum(p.numel() for p in parameters)
     line = (
         f"Model: CLIP `{cfg.MODEL.CLIPTRASE.CLIP_MODEL}` "
         f"with weights `{cfg.MODEL.WEIGHTS or 'openai'}` "
-        f"({parameters / 1e6:.1f} M parameters), on {cfg.MODEL.DEVICE}."
+        f"({count / 1e6:.1f} M parameters), on {parameters[0].device}."
     )
-    if parameters < TEST_SIZED_PARAMETERS:
+    if count < TEST_SIZED_PARAMETERS:
         line += (
             "\n\n**This is a test-sized CLIP, not trained weights: the segments and their colours "
             "mean nothing.** For real results start the server with "
@@ -297,23 +347,26 @@ def build_page(
 ):
     import gradio as gr
 
-    def run(image_path, vocabulary_text, background_text, head, protocol):
+    def run(photo, vocabulary_text, background_text, head, protocol):
+        """The page's request; ``photo`` is Gradio's upload record, not preprocessed, so that an
+        upload which is not an image gets this demo's message, not Gradio's."""
         try:
             shown, shares, label_path = segment_request(
                 models,
                 limits,
                 outputs,
-                image_path,
+                photo and photo["path"],
                 vocabulary_text,
                 background_text,
                 head,
                 protocol,
             )
-            return shown, shares_table(shares), label_path
+            return shown, legend_table(shares), label_path
         except (UserError, MemoryError) as error:  # bad input: shown on the page; others are bugs
             raise gr.Error(str(error), duration=None, print_exception=False) from None
 
-    with gr.Blocks(title="CLIPtrase web demo") as page:
+    # uploads and results older than an hour are deleted every hour
+    with gr.Blocks(title="CLIPtrase web demo", delete_cache=(3600, 3600)) as page:
         gr.Markdown(
             "## CLIPtrase: training-free open-vocabulary segmentation\n"
             "Upload a photo (or pick a sample), name the classes to look for, press **Segment**."
@@ -352,13 +405,13 @@ def build_page(
                 submit = gr.Button("Segment", variant="primary", elem_id="run")
             with gr.Column():
                 shown = gr.Image(
-                    type="pil",
+                    type="numpy",
                     format="png",
                     label="Segmentation",
                     elem_id="overlay",
                     interactive=False,
                 )
-                shares = gr.HTML(label="Pixel shares", elem_id="shares")
+                shares = gr.HTML(label="Legend: pixel shares", elem_id="shares")
                 labels = gr.File(label="Label map (PNG, class index per pixel)", elem_id="labels")
         photos = sample_photos()
         if photos:
@@ -372,6 +425,7 @@ def build_page(
             inputs=[photo, vocabulary, background, head_choice, protocol_choice],
             outputs=[shown, shares, labels],
             concurrency_id="segment",
+            preprocess=False,
         )
     return page
 
@@ -380,6 +434,7 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     setup_logger(name="cliptrase_d2")
     tune_cpu_allocator()
+    check_options(args)
     if importlib.util.find_spec("gradio") is None:
         raise ImportError(
             "the web demo needs Gradio: python -m pip install --no-deps -r requirements/web.txt"
@@ -388,33 +443,44 @@ def main(argv=None):
     models = Models(args.config_file, args.opts)
     # first the model (weights problems stop the server here, in seconds), then Gradio's import
     segmenter, _ = models.get(args.head, args.protocol)
-    import gradio as gr
-
-    page = build_page(
-        models, limits, Outputs(), args.head, args.protocol, describe_weights(models, segmenter)
-    )
-    page.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning(
             "binding to %s: anyone who can reach this machine can use the page", args.host
         )
-    theme = gr.themes.Default(
-        font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
-    )  # no web fonts: works offline
-    page.launch(
-        server_name=args.host,
-        server_port=args.port,
-        max_file_size=limits.max_upload_bytes,
-        allowed_paths=[SAMPLE_IMAGES],
-        ssr_mode=False,
-        theme=theme,
-        show_error=True,
-    )
+    # Gradio keeps uploads and its copies of files (the sample photos' too) under
+    # GRADIO_TEMP_DIR: here in a folder of this server's own, removed when it stops
+    parent = os.environ.get("GRADIO_TEMP_DIR")
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="cliptrase_web_gradio_", dir=parent) as folder:
+        os.environ["GRADIO_TEMP_DIR"] = folder
+        import gradio as gr
+
+        weights_line = describe_weights(models, segmenter)
+        page = build_page(models, limits, Outputs(), args.head, args.protocol, weights_line)
+        page.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
+        theme = gr.themes.Default(
+            font=["ui-sans-serif", "system-ui", "sans-serif"],
+            font_mono=["ui-monospace", "monospace"],
+        )  # no web fonts: works offline
+        page.launch(
+            server_name=args.host,
+            server_port=args.port,
+            max_file_size=limits.max_upload_bytes,
+            allowed_paths=[SAMPLE_IMAGES],
+            ssr_mode=False,
+            theme=theme,
+            show_error=True,
+        )
     return 0
 
 
 if __name__ == "__main__":
+    # a kill (SIGTERM) stops the server as Ctrl-C does, and the uploads and results are deleted
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         sys.exit(main())
     except (UserError, ImportError) as error:  # bad input, or the web extra not installed
         sys.exit(f"error: {error}")
+    except KeyboardInterrupt:  # before the server started (Gradio handles it once running)
+        sys.exit("interrupted")
