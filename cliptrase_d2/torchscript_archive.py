@@ -1,21 +1,18 @@
 """Reads OpenAI's TorchScript CLIP archives as data, and finds code in weights pickles.
 
 OpenAI distributes CLIP as TorchScript archives (a zip: <name>/data.pkl, <name>/data/<key>,
-<name>/code/..., <name>/constants.pkl). Neither open_clip nor torch reads them safely:
-``torch.load(weights_only=True)`` refuses them ("Cannot use weights_only=True with TorchScript
-archives"), and open_clip's loaders fall back to ``torch.jit.load``, which is not safe for files
-from the internet: PyTorch's security policy treats TorchScript models as executable code (the
-archive's code is compiled and its scripted __setstate__ methods run while loading), and crashes of
-its C++ deserializer on crafted files are closed as "torch::jit::load should only be used with
-trusted inputs" (pytorch/pytorch#77573, #179581). So this module reads the zip records itself:
-data.pkl goes through a pickle.Unpickler whose find_class (every callable a pickle uses comes from
-it) returns inert placeholders for the few names such an archive uses and refuses every other
-global, so no pickled code can run; tensor storages are raw bytes in data/<key>, turned into
-tensors only after unpickling, with their byte counts, sizes, strides and offsets checked.
-Nothing in code/ is read.
+<name>/code/..., <name>/constants.pkl). ``torch.load(weights_only=True)`` refuses them, and the
+only library reader, ``torch.jit.load``, compiles the archive's code and runs its scripted
+``__setstate__`` methods: PyTorch treats TorchScript files as executable code, to be loaded from
+trusted sources only. So this module reads the zip records itself: data.pkl goes through a
+``pickle.Unpickler`` whose ``find_class`` (every callable a pickle uses comes from it) returns
+inert placeholders for the few names such an archive uses and refuses every other global, so no
+pickled code can run; tensor storages are raw bytes in data/<key>, turned into tensors only
+after unpickling, with their byte counts, sizes, strides and offsets checked. Nothing in code/
+is read.
 
-    root = torchscript_root(path)             # None for any other file
-    state_dict = read_torchscript(path, root)  # {"visual.conv1.weight": tensor, ...}
+    root = torchscript_root(archive)             # None for any other zip
+    state_dict = read_torchscript(archive, root)  # {"visual.conv1.weight": tensor, ...}
 """
 
 from __future__ import annotations
@@ -26,8 +23,7 @@ import pickletools
 import sys
 import zipfile
 from collections import OrderedDict
-from pathlib import Path
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -44,17 +40,6 @@ _DATA_GLOBALS = (
     "builtins.bytearray",
     "_codecs.encode",
 )
-
-
-class ArchiveError(ValueError):
-    """The file cannot be read as weights: the message says why; ``code`` names the pickled
-    code found in it (then it was refused, not damaged)."""
-
-    def __init__(self, detail: str, code: Sequence[str] = ()):
-        super().__init__(detail)
-        self.code = list(code)
-
-
 _STORAGE_DTYPES: Dict[str, torch.dtype] = {
     "FloatStorage": torch.float32,
     "HalfStorage": torch.float16,
@@ -73,20 +58,23 @@ _LIST_BUILDERS = frozenset(
 )
 
 
+class ArchiveError(ValueError):
+    """The file cannot be read as weights: the message says why; ``code`` names the pickled
+    code found in it (then it was refused, not damaged)."""
+
+    def __init__(self, detail: str, code: Sequence[str] = ()):
+        super().__init__(detail)
+        self.code = list(code)
+
+
 class _ScriptObject:
     """Inert stand-in for a TorchScript object (a ``__torch__.*`` class): records its attributes."""
-
-    __slots__ = ("attributes",)
 
     def __init__(self, *_args: Any) -> None:
         self.attributes: Dict[Any, Any] = {}
 
     def __setstate__(self, state: Any) -> None:
-        self.attributes = dict(state) if isinstance(state, Mapping) else {}
-
-
-class _StorageType(NamedTuple):
-    dtype: torch.dtype
+        self.attributes = dict(state) if isinstance(state, dict) else {}
 
 
 class _StorageRef(NamedTuple):
@@ -132,7 +120,7 @@ class _RestrictedTorchScriptUnpickler(pickle.Unpickler):
         if module == "torch._utils" and name == "_rebuild_tensor_v2":
             return _tensor_ref
         if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(_STORAGE_DTYPES[name])
+            return _STORAGE_DTYPES[name]
         if module == "collections" and name == "OrderedDict":
             return OrderedDict
         if module == "torch.jit._pickle" and name in _LIST_BUILDERS:
@@ -142,29 +130,22 @@ class _RestrictedTorchScriptUnpickler(pickle.Unpickler):
         raise _RefusedGlobal(f"{module}.{name}")
 
     def persistent_load(self, pid: Any) -> _StorageRef:
-        # ('storage', <storage type>, key, location, numel); the location (e.g. 'cuda:0') is
-        # ignored.
+        # ('storage', dtype from find_class, key, location such as 'cuda:0' (ignored), numel)
         if not (
             isinstance(pid, tuple)
             and len(pid) == 5
             and pid[0] == "storage"
-            and isinstance(pid[1], _StorageType)
+            and isinstance(pid[1], torch.dtype)
             and isinstance(pid[2], str)
             and isinstance(pid[4], int)
         ):
             raise pickle.UnpicklingError(f"unsupported persistent id {pid!r:.80}")
-        return _StorageRef(pid[1].dtype, pid[2], pid[4])
+        return _StorageRef(pid[1], pid[2], pid[4])
 
 
-def torchscript_root(path: Path) -> Optional[str]:
-    """The record prefix ('<name>/') of a TorchScript archive, or None for any other file."""
-    if not zipfile.is_zipfile(path):
-        return None
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
-    except (zipfile.BadZipFile, OSError) as e:
-        raise ArchiveError(f"broken zip archive: {e}") from e
+def torchscript_root(archive: zipfile.ZipFile) -> Optional[str]:
+    """The record prefix ('<name>/') of a TorchScript archive, or None for any other zip."""
+    names = set(archive.namelist())
     for name in sorted(names):
         if name.endswith("constants.pkl") and name.count("/") <= 1:
             root = name[: -len("constants.pkl")]
@@ -173,48 +154,45 @@ def torchscript_root(path: Path) -> Optional[str]:
     return None
 
 
-def read_torchscript(path: Path, root: str) -> Dict[str, torch.Tensor]:
+def read_torchscript(archive: zipfile.ZipFile, root: str) -> Dict[str, torch.Tensor]:
     """The tensors of a TorchScript archive's module tree, as a state dict (dotted names).
+
+    Every record read is checked against its stored CRC-32 by ``zipfile``.
 
     Raises:
         ArchiveError: a damaged or malformed archive, or one whose pickle imports code.
     """
     try:
-        with zipfile.ZipFile(path) as archive:
-            byteorder = root + "byteorder"
-            if byteorder in archive.namelist():
-                order = archive.read(byteorder).decode("ascii", "replace").strip()
-                if order != sys.byteorder:
-                    raise ArchiveError(
-                        f"it was written on a {order}-endian machine and this one is "
-                        f"{sys.byteorder}-endian; convert it to .safetensors first"
-                    )
-            info = archive.getinfo(root + "data.pkl")
-            _check_stored(info)
-            if info.file_size > _MAX_PICKLE_BYTES:
-                raise ArchiveError(f"its data.pkl is {info.file_size} bytes, far too large")
-            unpickler = _RestrictedTorchScriptUnpickler(archive.open(info), encoding="utf-8")
-            try:
-                module = unpickler.load()
-            except _RefusedGlobal as e:
-                raise ArchiveError("its data.pkl imports code", code=[str(e)]) from e
-            except pickle.UnpicklingError as e:
-                raise ArchiveError(f"data.pkl: {e}") from e
-            except Exception as e:  # truncated pickle, wrong opcodes, odd argument types
-                raise ArchiveError(f"data.pkl: {type(e).__name__}: {e}") from e
-            if not isinstance(module, _ScriptObject):
-                raise ArchiveError("its data.pkl does not hold a TorchScript module")
-            refs: Dict[str, _TensorRef] = {}
-            _collect_tensor_refs(module, "", refs, seen=set())
-            storages: Dict[str, torch.Tensor] = {}
-            return {name: _materialize(ref, archive, root, storages) for name, ref in refs.items()}
-    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as e:  # bad CRC, truncated record, ...
+        if root + "byteorder" in archive.namelist():
+            order = archive.read(root + "byteorder").decode("ascii", "replace").strip()
+            if order != sys.byteorder:
+                raise ArchiveError(
+                    f"it was written on a {order}-endian machine and this one is "
+                    f"{sys.byteorder}-endian; convert it to .safetensors first"
+                )
+        info = archive.getinfo(root + "data.pkl")
+        _check_stored(info)
+        if info.file_size > _MAX_PICKLE_BYTES:
+            raise ArchiveError(f"its data.pkl is {info.file_size} bytes, far too large")
+        unpickler = _RestrictedTorchScriptUnpickler(archive.open(info), encoding="utf-8")
+        try:
+            module = unpickler.load()
+        except _RefusedGlobal as e:
+            raise ArchiveError("its data.pkl imports code", code=[str(e)]) from e
+        except Exception as e:  # truncated pickle, wrong opcodes, odd argument types
+            raise ArchiveError(f"data.pkl: {type(e).__name__}: {e}") from e
+        if not isinstance(module, _ScriptObject):
+            raise ArchiveError("its data.pkl does not hold a TorchScript module")
+        refs: Dict[str, _TensorRef] = {}
+        _collect_tensor_refs(module, "", refs, seen=set())
+        storages: Dict[str, torch.Tensor] = {}
+        return {name: _materialize(ref, archive, root, storages) for name, ref in refs.items()}
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as e:  # bad CRC, truncated record
         raise ArchiveError(f"{type(e).__name__}: {e}") from e
 
 
 def _check_stored(info: zipfile.ZipInfo) -> None:
-    """PyTorch stores records uncompressed; a compressed one could inflate far beyond the file
-    size."""
+    """PyTorch stores records uncompressed; a compressed one could inflate far beyond the file."""
     if info.compress_type != zipfile.ZIP_STORED:
         raise ArchiveError(f"record {info.filename} is compressed, which PyTorch never writes")
 
@@ -238,8 +216,7 @@ def _collect_tensor_refs(
 def _materialize(
     ref: _TensorRef, archive: zipfile.ZipFile, root: str, storages: Dict[str, torch.Tensor]
 ) -> torch.Tensor:
-    """Builds one tensor from its storage record, after checking the view stays inside the bytes
-    read."""
+    """Builds one tensor from its storage record, after checking the view stays inside it."""
     storage = ref.storage
     if storage.key not in storages:
         info = archive.getinfo(f"{root}data/{storage.key}")
@@ -266,23 +243,23 @@ def _materialize(
     return flat.as_strided(size, stride, offset)
 
 
-def pickled_code(path: Path) -> List[str]:
-    """The globals other than torch's data types that the file's pickles import, read from the
+def pickled_code(data: bytes) -> List[str]:
+    """The globals other than torch's data types that a file's pickles import, read from the
     opcodes with pickletools (nothing is run): the pickles of a zip's *.pkl records, or the
     pickles at the start of a raw/legacy torch file."""
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
+    buffer = io.BytesIO(data)
+    if zipfile.is_zipfile(buffer):
+        with zipfile.ZipFile(buffer) as archive:
             streams = [
                 archive.read(info)
                 for info in archive.infolist()
                 if info.filename.endswith(".pkl") and info.file_size <= _MAX_PICKLE_BYTES
             ]
     else:
-        with open(path, "rb") as f:
-            streams = [f.read(_MAX_PICKLE_BYTES)]
+        streams = [data[:_MAX_PICKLE_BYTES]]
     names: List[str] = []
-    for data in streams:
-        names += [name for name in _pickle_globals(data) if not name.startswith(_DATA_GLOBALS)]
+    for stream in streams:
+        names += [name for name in _pickle_globals(stream) if not name.startswith(_DATA_GLOBALS)]
     return list(dict.fromkeys(names))
 
 
