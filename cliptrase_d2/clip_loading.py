@@ -250,8 +250,7 @@ def _register_config_json(path: str) -> _ModelSpec:
     if not isinstance(config, dict) or any(key not in config for key in required):
         raise WeightsError(
             f"Model config {path} is not an open_clip model config: it needs the keys "
-            f"{list(required)} "
-            "(see open_clip's model_configs/*.json for examples)."
+            f"{list(required)} (see open_clip's model_configs/*.json for examples)."
         )
     name = file.stem
     if open_clip.get_model_config(name) != config:
@@ -282,9 +281,8 @@ def _needs_quick_gelu(
             else 'set "quick_gelu": true in its model config'
         )
         logger.warning(
-            "%s is built with GELU, but %s looks like OpenAI's weights, which need QuickGELU: if "
-            "so, "
-            "%s (MODEL.CLIPTRASE.CLIP_MODEL).",
+            "%s is built with GELU, but %s looks like OpenAI's weights, which need QuickGELU: "
+            "if so, %s (MODEL.CLIPTRASE.CLIP_MODEL).",
             spec.label,
             checkpoint,
             fix,
@@ -344,21 +342,14 @@ def _existing_file(weights: str) -> Path:
         return path
     hint = ""
     if weights.startswith("hf-hub:"):
-        hint = (
-            " ('hf-hub:' names are not supported: download the checkpoint file and give its path.)"
-        )
+        hint = " ('hf-hub:' names are not supported: download the checkpoint and give its path.)"
     elif path.is_dir():
         hint = " It is a directory: give the checkpoint file inside it."
-    where = (
-        ""
-        if path.is_absolute()
-        else f" (relative paths start from the current directory {os.getcwd()})"
-    )
+    where = "" if path.is_absolute() else f" (relative paths start from {os.getcwd()})"
     raise WeightsError(
         f"Weights file {weights} not found{where}.{hint} For OpenAI's ViT-B/16 run `python "
-        f"{FETCH_TOOL} --model "
-        f"ViT-B-16 --dest {WEIGHTS_DIR}/` and set MODEL.WEIGHTS {WEIGHTS_DIR}/ViT-B-16.pt; see "
-        f"{WEIGHTS_DIR}/README.md."
+        f"{FETCH_TOOL} --model ViT-B-16 --dest {WEIGHTS_DIR}/` and set MODEL.WEIGHTS "
+        f"{WEIGHTS_DIR}/ViT-B-16.pt; see {WEIGHTS_DIR}/README.md."
     )
 
 
@@ -375,8 +366,7 @@ def _resolve_weights(spec: _ModelSpec, weights: str, cache_dir: Optional[str]) -
     if not spec.builtin:
         raise WeightsError(
             f"Weights {weights!r} look like an open_clip pretrained tag, but tags only exist for "
-            "built-in "
-            f"model names, not for {spec.label}: set MODEL.WEIGHTS to a checkpoint file."
+            f"built-in model names, not for {spec.label}: set MODEL.WEIGHTS to a checkpoint file."
         )
     tag_config = open_clip.get_pretrained_cfg(spec.name, weights)
     if not tag_config:
@@ -384,8 +374,7 @@ def _resolve_weights(spec: _ModelSpec, weights: str, cache_dir: Optional[str]) -
         raise WeightsError(
             f"Weights {weights!r} are neither an existing file nor an open_clip pretrained tag of "
             f"{spec.name} (its tags: {tags}). A file path needs a '/' or a "
-            f"{'/'.join(WEIGHTS_SUFFIXES)} "
-            "suffix."
+            f"{'/'.join(WEIGHTS_SUFFIXES)} suffix."
         )
     return _download_tag(spec, weights, tag_config, cache_dir), bool(
         tag_config.get("quick_gelu", False)
@@ -477,15 +466,10 @@ def _tag_unavailable(
     url = tag_config.get("url", "")
     if "openaipublic" in url:  # OpenAI's archive; its sha256 is the URL's second-to-last segment
         target = f"{WEIGHTS_DIR}/{os.path.basename(url)}"
-        base_model = (
-            spec.name[: -len("-quickgelu")] if spec.name.endswith("-quickgelu") else spec.name
-        )
         how = (
-            f"run `python {FETCH_TOOL} --model {base_model} --dest {WEIGHTS_DIR}/` on a machine "
-            "with "
-            f"internet (or download {url} and check its sha256 {url.split('/')[-2]}), so that the "
-            "file is "
-            f"{target}"
+            f"run `python {FETCH_TOOL} --model {spec.name} --dest {WEIGHTS_DIR}/` on a machine "
+            f"with internet (or download {url} and check its sha256 {url.split('/')[-2]}), so "
+            f"that the file is {target}"
         )
     else:
         repo = tag_config.get("hf_hub", "").rstrip("/")
@@ -586,16 +570,16 @@ def _read_state_dict(path: Path, data: bytes) -> Dict[str, torch.Tensor]:
 def _check_release(path: Path, spec: _ModelSpec, actual: str) -> None:
     """An archive named like OpenAI's release of the model must have the published sha256 (the
     second-to-last segment of OpenAI's download URL, as in open_clip's registry)."""
-    base = spec.name[: -len("-quickgelu")] if spec.name.endswith("-quickgelu") else spec.name
-    url = open_clip.get_pretrained_url(base, "openai") if spec.builtin else ""
+    url = open_clip.get_pretrained_url(spec.name, "openai") if spec.builtin else ""
     if "openaipublic" not in url or path.name != os.path.basename(url):
         return
     expected = url.split("/")[-2]
     if actual != expected:
         raise WeightsError(
-            f"Weights file {path} is named like OpenAI's {base} release, but its sha256 is "
+            f"Weights file {path} is named like OpenAI's {spec.name} release, but its sha256 is "
             f"{actual}, not the published {expected}: it is damaged or another file. Download it "
-            f"again (`python {FETCH_TOOL} --model {base}` checks it), or rename your own archive."
+            f"again (`python {FETCH_TOOL} --model {spec.name}` checks it), or rename your own "
+            "archive."
         )
 
 
@@ -632,10 +616,9 @@ def _refused_code(path: Path, names: List[str]) -> WeightsError:
     return WeightsError(
         f"Refusing to load weights file {path}: this file contains pickled code "
         f"({', '.join(names[:3])}) that would run when loaded, so it was refused and nothing in it "
-        "was executed. Weights are "
-        "only read as data (torch.load(weights_only=True), or the restricted reader for OpenAI's "
-        "archives). Use the official checkpoint (re-download it) or convert the weights to "
-        ".safetensors with a trusted tool."
+        "was executed. Weights are only read as data (torch.load(weights_only=True), or the "
+        "restricted reader for OpenAI's archives). Use the official checkpoint (re-download it) "
+        "or convert the weights to .safetensors with a trusted tool."
     )
 
 
@@ -692,10 +675,10 @@ def _load_exact(
             f"open_clip name or a model-config JSON), or MODEL.WEIGHTS to weights of {spec.name}."
         )
     for key, tensor in matched.items():
-        finite = torch.isfinite(tensor) if tensor.is_floating_point() else None
-        if finite is not None and not bool(finite.all()):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            count = int((~torch.isfinite(tensor)).sum())
             raise WeightsError(
-                f"Weights file {checkpoint} holds {int((~finite).sum())} NaN or infinite values "
+                f"Weights file {checkpoint} holds {count} NaN or infinite values "
                 f"in tensor {key} {tuple(tensor.shape)}: the file is damaged or was saved from a "
                 "diverged training run. Download it again or use other weights."
             )

@@ -7,9 +7,9 @@ only library reader, ``torch.jit.load``, compiles the archive's code and runs it
 trusted sources only. So this module reads the zip records itself: data.pkl goes through a
 ``pickle.Unpickler`` whose ``find_class`` (every callable a pickle uses comes from it) returns
 inert placeholders for the few names such an archive uses and refuses every other global, so no
-pickled code can run; tensor storages are raw bytes in data/<key>, turned into tensors only
-after unpickling, with their byte counts, sizes, strides and offsets checked. Nothing in code/
-is read.
+pickled code can run; tensor storages are the raw bytes of data/<key> (their sizes checked),
+and tensors are views on them made by the function torch's own weights-only unpickler uses.
+Nothing in code/ is read.
 
     root = torchscript_root(archive)             # None for any other zip
     state_dict = read_torchscript(archive, root)  # {"visual.conv1.weight": tensor, ...}
@@ -23,7 +23,7 @@ import pickletools
 import sys
 import zipfile
 from collections import OrderedDict
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
@@ -77,32 +77,6 @@ class _ScriptObject:
         self.attributes = dict(state) if isinstance(state, dict) else {}
 
 
-class _StorageRef(NamedTuple):
-    dtype: torch.dtype
-    key: str  # record data/<key> in the archive
-    numel: int
-
-
-class _TensorRef(NamedTuple):
-    storage: _StorageRef
-    offset: int
-    size: Tuple[int, ...]
-    stride: Tuple[int, ...]
-
-
-def _tensor_ref(storage: Any, offset: Any, size: Any, stride: Any, *_unused: Any) -> _TensorRef:
-    """Stands in for torch._utils._rebuild_tensor_v2: records the view, builds nothing yet."""
-    if not (
-        isinstance(storage, _StorageRef)
-        and isinstance(offset, int)
-        and isinstance(size, tuple)
-        and isinstance(stride, tuple)
-        and all(isinstance(v, int) for v in size + stride)
-    ):
-        raise pickle.UnpicklingError("malformed tensor record")
-    return _TensorRef(storage, offset, size, stride)
-
-
 def _restore_type_tag(value: Any, _type_str: Any) -> Any:
     return value
 
@@ -112,13 +86,25 @@ class _RefusedGlobal(pickle.UnpicklingError):
 
 
 class _RestrictedTorchScriptUnpickler(pickle.Unpickler):
-    """Unpickles a TorchScript data.pkl into inert objects; any other global is an error."""
+    """Unpickles a TorchScript data.pkl into inert objects and tensors; any other global is an
+    error. Tensors are rebuilt by torch's ``_rebuild_tensor_v2``, which torch's weights-only
+    unpickler allows as well (it refuses any view that does not fit its storage), on storages
+    read from the archive's data/<key> records."""
+
+    def __init__(self, archive: zipfile.ZipFile, root: str):
+        info = archive.getinfo(root + "data.pkl")
+        _check_stored(info)
+        if info.file_size > _MAX_PICKLE_BYTES:
+            raise ArchiveError(f"its data.pkl is {info.file_size} bytes, far too large")
+        super().__init__(archive.open(info), encoding="utf-8")
+        self.archive, self.root = archive, root
+        self.storages: Dict[str, torch.TypedStorage] = {}
 
     def find_class(self, module: str, name: str) -> Any:
         if module == "__torch__" or module.startswith("__torch__."):
             return _ScriptObject
         if module == "torch._utils" and name == "_rebuild_tensor_v2":
-            return _tensor_ref
+            return torch._utils._rebuild_tensor_v2
         if module == "torch" and name in _STORAGE_DTYPES:
             return _STORAGE_DTYPES[name]
         if module == "collections" and name == "OrderedDict":
@@ -129,7 +115,7 @@ class _RestrictedTorchScriptUnpickler(pickle.Unpickler):
             return _restore_type_tag
         raise _RefusedGlobal(f"{module}.{name}")
 
-    def persistent_load(self, pid: Any) -> _StorageRef:
+    def persistent_load(self, pid: Any) -> torch.TypedStorage:
         # ('storage', dtype from find_class, key, location such as 'cuda:0' (ignored), numel)
         if not (
             isinstance(pid, tuple)
@@ -140,7 +126,25 @@ class _RestrictedTorchScriptUnpickler(pickle.Unpickler):
             and isinstance(pid[4], int)
         ):
             raise pickle.UnpicklingError(f"unsupported persistent id {pid!r:.80}")
-        return _StorageRef(pid[1], pid[2], pid[4])
+        _, dtype, key, _, numel = pid
+        if key not in self.storages:
+            info = self.archive.getinfo(f"{self.root}data/{key}")
+            _check_stored(info)
+            if info.file_size != numel * dtype.itemsize:
+                raise ArchiveError(
+                    f"storage data/{key} has {info.file_size} bytes, "
+                    f"expected {numel * dtype.itemsize}"
+                )
+            raw = bytearray(self.archive.read(info))  # CRC-checked by zipfile
+            data = (
+                torch.frombuffer(raw, dtype=torch.uint8)
+                if raw
+                else torch.empty(0, dtype=torch.uint8)
+            )
+            self.storages[key] = torch.TypedStorage(
+                wrap_storage=data.untyped_storage(), dtype=dtype, _internal=True
+            )
+        return self.storages[key]
 
 
 def torchscript_root(archive: zipfile.ZipFile) -> Optional[str]:
@@ -170,24 +174,20 @@ def read_torchscript(archive: zipfile.ZipFile, root: str) -> Dict[str, torch.Ten
                     f"it was written on a {order}-endian machine and this one is "
                     f"{sys.byteorder}-endian; convert it to .safetensors first"
                 )
-        info = archive.getinfo(root + "data.pkl")
-        _check_stored(info)
-        if info.file_size > _MAX_PICKLE_BYTES:
-            raise ArchiveError(f"its data.pkl is {info.file_size} bytes, far too large")
-        unpickler = _RestrictedTorchScriptUnpickler(archive.open(info), encoding="utf-8")
         try:
-            module = unpickler.load()
+            module = _RestrictedTorchScriptUnpickler(archive, root).load()
         except _RefusedGlobal as e:
             raise ArchiveError("its data.pkl imports code", code=[str(e)]) from e
-        except Exception as e:  # truncated pickle, wrong opcodes, odd argument types
+        except (ArchiveError, zipfile.BadZipFile, KeyError):
+            raise
+        except Exception as e:  # truncated pickle, wrong opcodes, a view outside its storage
             raise ArchiveError(f"data.pkl: {type(e).__name__}: {e}") from e
         if not isinstance(module, _ScriptObject):
             raise ArchiveError("its data.pkl does not hold a TorchScript module")
-        refs: Dict[str, _TensorRef] = {}
-        _collect_tensor_refs(module, "", refs, seen=set())
-        storages: Dict[str, torch.Tensor] = {}
-        return {name: _materialize(ref, archive, root, storages) for name, ref in refs.items()}
-    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as e:  # bad CRC, truncated record
+        tensors: Dict[str, torch.Tensor] = {}
+        _collect_tensors(module, "", tensors, seen=set())
+        return tensors
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as e:  # bad CRC, missing record
         raise ArchiveError(f"{type(e).__name__}: {e}") from e
 
 
@@ -197,8 +197,8 @@ def _check_stored(info: zipfile.ZipInfo) -> None:
         raise ArchiveError(f"record {info.filename} is compressed, which PyTorch never writes")
 
 
-def _collect_tensor_refs(
-    obj: _ScriptObject, prefix: str, out: Dict[str, _TensorRef], seen: set, depth: int = 0
+def _collect_tensors(
+    obj: _ScriptObject, prefix: str, out: Dict[str, torch.Tensor], seen: set, depth: int = 0
 ) -> None:
     """Walks the module tree: tensors become 'a.b.c' entries, submodules are visited once each."""
     if depth > _MAX_MODULE_DEPTH:
@@ -207,40 +207,10 @@ def _collect_tensor_refs(
     for name, value in getattr(obj, "attributes", {}).items():  # unset when the pickle had no BUILD
         if not isinstance(name, str):
             continue
-        if isinstance(value, _TensorRef):
+        if isinstance(value, torch.Tensor):
             out[prefix + name] = value
         elif isinstance(value, _ScriptObject) and id(value) not in seen:
-            _collect_tensor_refs(value, f"{prefix}{name}.", out, seen, depth + 1)
-
-
-def _materialize(
-    ref: _TensorRef, archive: zipfile.ZipFile, root: str, storages: Dict[str, torch.Tensor]
-) -> torch.Tensor:
-    """Builds one tensor from its storage record, after checking the view stays inside it."""
-    storage = ref.storage
-    if storage.key not in storages:
-        info = archive.getinfo(f"{root}data/{storage.key}")
-        _check_stored(info)
-        expected = storage.numel * storage.dtype.itemsize
-        if storage.numel < 0 or info.file_size != expected:
-            raise ArchiveError(
-                f"storage data/{storage.key} has {info.file_size} bytes, expected {expected}"
-            )
-        raw = bytearray(archive.read(info))  # (numel * itemsize,) bytes
-        storages[storage.key] = (
-            torch.frombuffer(raw, dtype=storage.dtype)
-            if raw
-            else torch.empty(0, dtype=storage.dtype)
-        )
-    flat = storages[storage.key]  # (numel,)
-    size, stride, offset = ref.size, ref.stride, ref.offset
-    if len(size) != len(stride) or offset < 0 or any(v < 0 for v in size + stride):
-        raise ArchiveError(f"invalid tensor view {size}/{stride}/{offset} on data/{storage.key}")
-    if all(size):
-        last = offset + sum((s - 1) * st for s, st in zip(size, stride))
-        if last >= storage.numel:
-            raise ArchiveError(f"tensor view {size} at offset {offset} exceeds data/{storage.key}")
-    return flat.as_strided(size, stride, offset)
+            _collect_tensors(value, f"{prefix}{name}.", out, seen, depth + 1)
 
 
 def pickled_code(data: bytes) -> List[str]:
