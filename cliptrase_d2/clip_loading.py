@@ -531,7 +531,7 @@ def _read_weights(path: Path) -> _Weights:
 def _read_state_dict(path: Path, data: bytes) -> Dict[str, torch.Tensor]:
     """The tensors of a ``.safetensors`` file, or of a ``torch.load(weights_only=True)``
     checkpoint read and unwrapped (``{"state_dict": ...}``, ``module.``) by open_clip's
-    ``load_state_dict``."""
+    ``load_state_dict``, from the bytes already read."""
     if os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "").lower() in {"1", "y", "yes", "true"}:
         # open_clip retries a torch.load that raised TypeError without weights_only=, which this
         # variable turns into a full unpickle: refuse rather than risk running a file's code.
@@ -540,8 +540,10 @@ def _read_state_dict(path: Path, data: bytes) -> Dict[str, torch.Tensor]:
             f"{path} could run pickled code: unset it to load CLIP weights."
         )
     try:
-        if path.name.endswith(".safetensors"):
-            state_dict = safetensors.torch.load(data)
+        if path.name.endswith(".safetensors"):  # open_clip reads these only from a path
+            state_dict = {
+                k.removeprefix("module."): v for k, v in safetensors.torch.load(data).items()
+            }
         else:
             state_dict = load_state_dict(io.BytesIO(data), device="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # torch's weights-only reader refused or failed

@@ -208,9 +208,10 @@ def test_open_clip_checkpoint_with_module_prefix(tiny_files, tiny_state_dict, tm
     _assert_weights_equal(build_clip(tiny_files[0], str(path)), tiny_state_dict)
 
 
-def test_safetensors_checkpoint(tiny_files, tiny_state_dict, tmp_path):
+@pytest.mark.parametrize("prefix", ["", "module."])
+def test_safetensors_checkpoint(tiny_files, tiny_state_dict, tmp_path, prefix):
     path = tmp_path / "open_clip_model.safetensors"
-    save_file({k: v.contiguous() for k, v in tiny_state_dict.items()}, str(path))
+    save_file({prefix + k: v.contiguous() for k, v in tiny_state_dict.items()}, str(path))
     _assert_weights_equal(build_clip(tiny_files[0], str(path)), tiny_state_dict)
 
 
