@@ -1,29 +1,33 @@
-"""Builds the open_clip CLIP model and loads its weights safely (no pickled code) and exactly.
+"""Builds the open_clip CLIP model and loads its weights as data only, from one read, exactly.
 
     model = build_clip("ViT-B-16", "weights/ViT-B-16.pt")    # OpenAI's TorchScript archive
     model = build_clip("ViT-B-16", "openai")                   # open_clip download / HF cache
     model = build_clip("path/to/tiny_clip.json", "tiny_clip_openai.pt")
     tokenizer = get_tokenizer("ViT-B-16")
 
-open_clip does the work wherever it gives the same guarantees: ``create_model`` builds the fp32
-architecture, ``get_pretrained_cfg``/``download_pretrained`` resolve and fetch pretrained tags
-(and find them in the Hugging Face cache), ``load_state_dict`` reads ``.safetensors`` and
-``torch.load(weights_only=True)`` checkpoints and unwraps ``{"state_dict": ...}`` and ``module.``.
-What stays ours, each in a small named function:
+open_clip builds the model and fetches its weights: ``create_model`` builds the architecture in
+the requested precision (``"fp16"`` as OpenAI runs CLIP: open_clip's ``LayerNormFp32`` and
+``convert_weights_to_lp`` keep every LayerNorm, the embeddings and the logit scale in fp32 and
+compute LayerNorm in fp32, the rest in fp16), ``get_pretrained_cfg``/``download_pretrained``
+resolve and fetch pretrained tags (and find them in the Hugging Face cache), ``load_state_dict``
+reads ``torch.load(weights_only=True)`` checkpoints and unwraps ``{"state_dict": ...}`` and
+``module.``. What stays ours, each in a small named function:
 
-- ``read_torchscript`` (module ``torchscript_archive``): OpenAI's TorchScript archive
-  (``ViT-B-16.pt``). open_clip reads it with ``torch.jit.load``, which runs the archive's code;
-  we read its zip records with a restricted unpickler instead (that module says why).
-- ``_load_exact``: copies the tensors into the model after checking that every key and shape
-  fits, so every parameter equals the file's tensor bit for bit or a ``WeightsError`` says what
-  does not fit. open_clip's ``load_checkpoint`` would instead interpolate a positional embedding
-  of another size, and its ``build_model_from_openai_state_dict`` rounds every weight to fp16.
-- ``_verify_zip``/``_check_release``: integrity. Zip-format checkpoints are refused when a stored
-  CRC-32 disagrees with the bytes (torch.load does not check them); an archive named like
-  OpenAI's release of the model must have the sha256 OpenAI published in its URL.
-- ``_network_problem``: a pretrained tag without network fails in seconds instead of waiting
-  out huggingface_hub's retries (about a minute); ``HF_HUB_OFFLINE=1`` is honoured even when
-  set after huggingface_hub was imported.
+- ``_read_weights`` reads the file once: the sha256 of those bytes (for the check of OpenAI's
+  published hash and for ``weights_fingerprint``), the zip CRC-32s (torch.load does not check
+  them), then the tensors. A file is not given to ``create_model(pretrained=path)``: that would
+  read it a second time, refuse OpenAI's archive and interpolate a positional embedding of
+  another size where a ``WeightsError`` should say that the weights do not fit.
+- ``read_torchscript`` (module ``torchscript_archive``) reads OpenAI's TorchScript archive
+  (``ViT-B-16.pt``) without running its code, which ``torch.jit.load`` would do.
+- ``_load_exact`` copies the tensors into the model after checking that every key and shape
+  fits and every value is finite, so each parameter is the file's tensor (rounded once to the
+  precision) or a ``WeightsError`` names what does not fit.
+- ``_download_tag``: a tag without network fails in seconds. huggingface_hub's own offline
+  setting (``HF_HUB_OFFLINE``, read into ``huggingface_hub.constants`` at import) makes it answer
+  from its cache; when it is not set, a TCP probe of the download host decides, and a host that
+  cannot be reached turns that setting on for the download instead of waiting out
+  huggingface_hub's retries (about a minute).
 
 Accepted weights (``MODEL.WEIGHTS``): OpenAI's TorchScript archive; a state dict with
 OpenAI/open_clip key names or an open_clip checkpoint (``.pt``/``.pth``/``.bin``); a
@@ -41,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -54,18 +59,19 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import open_clip
+import safetensors.torch
 import torch
-
-from .errors import WeightsError
 from open_clip.factory import load_state_dict
 
+from .errors import WeightsError
 from .torchscript_archive import ArchiveError, pickled_code, read_torchscript, torchscript_root
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["WeightsError", "PRECISIONS", "build_clip", "get_tokenizer", "weights_fingerprint"]
 
-# precision name -> dtype every parameter and buffer is cast to after loading.
+# precision name -> dtype of the model's low-precision weights. "fp16" is open_clip's mixed fp16
+# (LayerNorm in fp32, as OpenAI runs CLIP); "bf16" is open_clip's "pure_bf16" (every tensor bf16).
 PRECISIONS: Dict[str, torch.dtype] = {
     "fp32": torch.float32,
     "fp16": torch.float16,
@@ -102,8 +108,8 @@ def build_clip(
             (registered with ``open_clip.add_model_config`` under its file stem).
         weights: checkpoint file (OpenAI TorchScript archive, state dict ``.pt``/``.pth``/
             ``.bin``, ``.safetensors``) or an open_clip pretrained tag such as ``"openai"``.
-        precision: ``"fp32"`` (default, exact), ``"fp16"`` or ``"bf16"``: every floating-point
-            parameter and buffer is cast after loading.
+        precision: ``"fp32"`` (default, exact), ``"fp16"`` (open_clip's mixed fp16, LayerNorm in
+            fp32) or ``"bf16"`` (every tensor bf16); the file's values are rounded once.
         device: where the returned model lives.
         cache_dir: download cache for tags (default: the Hugging Face hub cache).
 
@@ -112,24 +118,24 @@ def build_clip(
 
     Raises:
         WeightsError: unknown model or precision, missing/corrupt/unsafe file, weights that do
-            not fit the model, or a tag that cannot be downloaded (offline).
+            not fit the model or hold NaN/inf, or a tag that cannot be downloaded (offline).
     """
-    dtype = _precision_dtype(precision)
+    if precision not in PRECISIONS:
+        raise WeightsError(
+            f"Unknown precision {precision!r} (MODEL.CLIPTRASE.PRECISION): use one of "
+            f"{sorted(PRECISIONS)}."
+        )
     spec = _resolve_model(model)
     checkpoint, tag_quick_gelu = _resolve_weights(spec, weights, cache_dir)
-    state_dict, torchscript = _read_checkpoint(checkpoint)
+    tensors, sha256, torchscript = _read_weights(checkpoint)
     if torchscript:
-        _check_release(checkpoint, spec)
+        _check_release(checkpoint, spec, sha256)
 
     quick_gelu = _needs_quick_gelu(
         spec, weights, checkpoint, tag_quick_gelu=tag_quick_gelu, torchscript=torchscript
     )
-    clip = _instantiate(spec, quick_gelu)
-    _load_exact(clip, state_dict, checkpoint=checkpoint, spec=spec)
-    if dtype != torch.float32:
-        clip.to(dtype=dtype)
-    if dtype == torch.float16:
-        _normalize_in_fp32(clip)
+    clip = _instantiate(spec, quick_gelu, "pure_bf16" if precision == "bf16" else precision)
+    _load_exact(clip, tensors, checkpoint=checkpoint, spec=spec)
     clip.to(device)
     clip.eval()
     clip.requires_grad_(False)
@@ -156,28 +162,27 @@ def get_tokenizer(model: str):
 def weights_fingerprint(weights: str) -> str:
     """Short stable id of a weights value, for cache keys.
 
-    A file gives the first 16 hex digits of the sha256 of its content (computed once per file
-    version in this process); a tag such as ``"openai"`` is returned unchanged.
+    A file gives the first 16 hex digits of the sha256 of its content (taken from the read that
+    loaded it, else computed once per file version in this process); a tag such as ``"openai"``
+    is returned unchanged.
     """
     weights = str(weights)
     if not _is_path(weights):
         return weights
-    return _sha256(_existing_file(weights))[:16]
-
-
-def _sha256(path: Path) -> str:
-    """Hex sha256 of a file's content, computed once per file version in this process."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _SHA256:
-        digest = hashlib.sha256()
+    path = _existing_file(weights)
+    version = _file_version(path)
+    if version not in _SHA256:
         with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 24), b""):
-                digest.update(chunk)
-        _SHA256[key] = digest.hexdigest()
-    return _SHA256[key]
+            _SHA256[version] = hashlib.file_digest(f, "sha256").hexdigest()
+    return _SHA256[version][:16]
 
 
+def _file_version(path: Path) -> Tuple[str, int, int]:
+    stat = path.stat()
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
+
+
+# (resolved path, size, mtime) -> hex sha256 of that file's content
 _SHA256: Dict[Tuple[str, int, int], str] = {}
 
 
@@ -191,35 +196,6 @@ class _ModelSpec(NamedTuple):
     config: Dict[str, Any]  # the open_clip model config
     label: str  # how messages refer to the model
     builtin: bool  # a built-in open_clip name (pretrained tags apply), not a JSON file
-
-
-class _Fp32LayerNorm(torch.nn.LayerNorm):
-    """OpenAI CLIP's fp16 LayerNorm: normalizes in fp32 (its fp16 parameters widened exactly)
-    and casts the result back to the input's dtype."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = None if self.weight is None else self.weight.float()
-        bias = None if self.bias is None else self.bias.float()
-        return torch.nn.functional.layer_norm(
-            x.float(), self.normalized_shape, weight, bias, self.eps
-        ).to(x.dtype)
-
-
-def _normalize_in_fp32(clip: torch.nn.Module) -> None:
-    """fp16 as OpenAI runs CLIP (and as the paper's table was computed): fp16 weights and
-    activations, every LayerNorm computed in fp32 and cast back."""
-    for module in clip.modules():
-        if isinstance(module, torch.nn.LayerNorm):
-            module.__class__ = _Fp32LayerNorm
-
-
-def _precision_dtype(precision: str) -> torch.dtype:
-    if precision not in PRECISIONS:
-        raise WeightsError(
-            f"Unknown precision {precision!r} (MODEL.CLIPTRASE.PRECISION): use one of "
-            f"{sorted(PRECISIONS)}."
-        )
-    return PRECISIONS[precision]
 
 
 def _resolve_model(model: str) -> _ModelSpec:
@@ -274,8 +250,7 @@ def _register_config_json(path: str) -> _ModelSpec:
     if not isinstance(config, dict) or any(key not in config for key in required):
         raise WeightsError(
             f"Model config {path} is not an open_clip model config: it needs the keys "
-            f"{list(required)} "
-            "(see open_clip's model_configs/*.json for examples)."
+            f"{list(required)} (see open_clip's model_configs/*.json for examples)."
         )
     name = file.stem
     if open_clip.get_model_config(name) != config:
@@ -306,9 +281,8 @@ def _needs_quick_gelu(
             else 'set "quick_gelu": true in its model config'
         )
         logger.warning(
-            "%s is built with GELU, but %s looks like OpenAI's weights, which need QuickGELU: if "
-            "so, "
-            "%s (MODEL.CLIPTRASE.CLIP_MODEL).",
+            "%s is built with GELU, but %s looks like OpenAI's weights, which need QuickGELU: "
+            "if so, %s (MODEL.CLIPTRASE.CLIP_MODEL).",
             spec.label,
             checkpoint,
             fix,
@@ -316,16 +290,13 @@ def _needs_quick_gelu(
     return False
 
 
-def _instantiate(spec: _ModelSpec, quick_gelu: bool) -> torch.nn.Module:
-    """Builds the randomly initialised fp32 model on the CPU (weights are loaded right after)."""
+def _instantiate(spec: _ModelSpec, quick_gelu: bool, precision: str) -> torch.nn.Module:
+    """Builds the randomly initialised model on the CPU in open_clip's ``precision`` (weights are
+    loaded right after)."""
     try:
         with _without_random_init_warning():
             return open_clip.create_model(
-                spec.name,
-                pretrained=None,
-                precision="fp32",
-                device="cpu",
-                force_quick_gelu=quick_gelu,
+                spec.name, precision=precision, device="cpu", force_quick_gelu=quick_gelu
             )
     except Exception as e:  # a config open_clip rejects: unknown keys, bad sizes
         raise WeightsError(
@@ -371,21 +342,14 @@ def _existing_file(weights: str) -> Path:
         return path
     hint = ""
     if weights.startswith("hf-hub:"):
-        hint = (
-            " ('hf-hub:' names are not supported: download the checkpoint file and give its path.)"
-        )
+        hint = " ('hf-hub:' names are not supported: download the checkpoint and give its path.)"
     elif path.is_dir():
         hint = " It is a directory: give the checkpoint file inside it."
-    where = (
-        ""
-        if path.is_absolute()
-        else f" (relative paths start from the current directory {os.getcwd()})"
-    )
+    where = "" if path.is_absolute() else f" (relative paths start from {os.getcwd()})"
     raise WeightsError(
         f"Weights file {weights} not found{where}.{hint} For OpenAI's ViT-B/16 run `python "
-        f"{FETCH_TOOL} --model "
-        f"ViT-B-16 --dest {WEIGHTS_DIR}/` and set MODEL.WEIGHTS {WEIGHTS_DIR}/ViT-B-16.pt; see "
-        f"{WEIGHTS_DIR}/README.md."
+        f"{FETCH_TOOL} --model ViT-B-16 --dest {WEIGHTS_DIR}/` and set MODEL.WEIGHTS "
+        f"{WEIGHTS_DIR}/ViT-B-16.pt; see {WEIGHTS_DIR}/README.md."
     )
 
 
@@ -402,8 +366,7 @@ def _resolve_weights(spec: _ModelSpec, weights: str, cache_dir: Optional[str]) -
     if not spec.builtin:
         raise WeightsError(
             f"Weights {weights!r} look like an open_clip pretrained tag, but tags only exist for "
-            "built-in "
-            f"model names, not for {spec.label}: set MODEL.WEIGHTS to a checkpoint file."
+            f"built-in model names, not for {spec.label}: set MODEL.WEIGHTS to a checkpoint file."
         )
     tag_config = open_clip.get_pretrained_cfg(spec.name, weights)
     if not tag_config:
@@ -411,29 +374,27 @@ def _resolve_weights(spec: _ModelSpec, weights: str, cache_dir: Optional[str]) -
         raise WeightsError(
             f"Weights {weights!r} are neither an existing file nor an open_clip pretrained tag of "
             f"{spec.name} (its tags: {tags}). A file path needs a '/' or a "
-            f"{'/'.join(WEIGHTS_SUFFIXES)} "
-            "suffix."
+            f"{'/'.join(WEIGHTS_SUFFIXES)} suffix."
         )
     return _download_tag(spec, weights, tag_config, cache_dir), bool(
         tag_config.get("quick_gelu", False)
     )
 
 
-def _hub_offline() -> bool:
-    """True when HF_HUB_OFFLINE is set now (huggingface_hub itself only reads it at import)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 def _download_tag(
     spec: _ModelSpec, tag: str, tag_config: Mapping[str, Any], cache_dir: Optional[str]
 ) -> Path:
     """The tag's checkpoint through open_clip: downloaded (or revalidated) when online; when
-    offline (HF_HUB_OFFLINE=1, or the download host does not answer) only the cache is read."""
+    offline (HF_HUB_OFFLINE, or the download host does not answer) only the cache is read."""
+    from huggingface_hub import constants
+
     offline = (
-        "HF_HUB_OFFLINE=1 is set" if _hub_offline() else _network_problem(_download_url(tag_config))
+        "HF_HUB_OFFLINE=1 is set"
+        if constants.HF_HUB_OFFLINE
+        else _network_problem(_download_url(tag_config))
     )
     try:
-        with _hub_offline_mode(offline is not None):
+        with _hub_offline(offline is not None):
             path = open_clip.download_pretrained(dict(tag_config), cache_dir=cache_dir)
     except Exception as e:  # network down, not in the cache, hub error, no disk space, ...
         reason = (
@@ -447,6 +408,21 @@ def _download_tag(
     if not path or not os.path.isfile(path):
         raise _tag_unavailable(spec, tag, tag_config, "open_clip returned no file")
     return Path(path)
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """huggingface_hub's own offline setting (it answers from its cache at once), on for this
+    download only when the probe found no network: open_clip's ``download_pretrained`` cannot
+    pass huggingface_hub's per-call ``local_files_only``."""
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = saved or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
 
 
 def _download_url(tag_config: Mapping[str, Any]) -> str:
@@ -484,38 +460,16 @@ def _network_problem(url: str) -> Optional[str]:
     return None if outcome[0] is None else f"no network (cannot reach {where}: {outcome[0]})"
 
 
-@contextlib.contextmanager
-def _hub_offline_mode(active: bool) -> Iterator[None]:
-    """huggingface_hub reads HF_HUB_OFFLINE once, at import: set its flag for this download only,
-    so that it answers from its cache at once instead of retrying for about a minute."""
-    if not active:
-        yield
-        return
-    from huggingface_hub import constants
-
-    saved = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = saved
-
-
 def _tag_unavailable(
     spec: _ModelSpec, tag: str, tag_config: Mapping[str, Any], reason: str
 ) -> WeightsError:
     url = tag_config.get("url", "")
     if "openaipublic" in url:  # OpenAI's archive; its sha256 is the URL's second-to-last segment
         target = f"{WEIGHTS_DIR}/{os.path.basename(url)}"
-        base_model = (
-            spec.name[: -len("-quickgelu")] if spec.name.endswith("-quickgelu") else spec.name
-        )
         how = (
-            f"run `python {FETCH_TOOL} --model {base_model} --dest {WEIGHTS_DIR}/` on a machine "
-            "with "
-            f"internet (or download {url} and check its sha256 {url.split('/')[-2]}), so that the "
-            "file is "
-            f"{target}"
+            f"run `python {FETCH_TOOL} --model {spec.name} --dest {WEIGHTS_DIR}/` on a machine "
+            f"with internet (or download {url} and check its sha256 {url.split('/')[-2]}), so "
+            f"that the file is {target}"
         )
     else:
         repo = tag_config.get("hf_hub", "").rstrip("/")
@@ -536,47 +490,48 @@ def _tag_unavailable(
 # ---------------------------------------------------------------------------------------------
 
 
-def _read_checkpoint(path: Path) -> Tuple[Dict[str, torch.Tensor], bool]:
-    """Reads a checkpoint without running pickled code, after checking its zip CRCs.
+class _Weights(NamedTuple):
+    tensors: Dict[str, torch.Tensor]  # state dict name -> tensor on the CPU
+    sha256: str  # hex sha256 of the file's content
+    torchscript: bool  # the file is a TorchScript archive (OpenAI's format)
 
-    Returns:
-        (state dict name -> tensor on CPU, whether the file is a TorchScript archive).
-    """
-    if path.stat().st_size == 0:
+
+def _read_weights(path: Path) -> _Weights:
+    """Reads a checkpoint file once, without running pickled code: its sha256, then for a zip
+    (torch.save's format, TorchScript) its CRC-32s (torch.load does not check them, so a damaged
+    tensor would load silently), then its tensors."""
+    version = _file_version(path)
+    data = path.read_bytes()  # the file's only read
+    if not data:
         raise WeightsError(
             f"Weights file {path} is empty: it is not a readable checkpoint; download it again."
         )
-    _verify_zip(path)
-    try:
-        root = torchscript_root(path)
-        if root is not None:
-            return read_torchscript(path, root), True
-    except ArchiveError as e:
-        raise (_refused_code(path, e.code) if e.code else _unreadable(path, str(e))) from e
-    return _read_state_dict(path), False
+    sha256 = _SHA256[version] = hashlib.sha256(data).hexdigest()
+    buffer = io.BytesIO(data)
+    if zipfile.is_zipfile(buffer):
+        try:
+            with zipfile.ZipFile(buffer) as archive:
+                root = torchscript_root(archive)
+                if root is not None:  # every record read_torchscript reads is CRC-checked
+                    return _Weights(read_torchscript(archive, root), sha256, True)
+                damaged = archive.testzip()  # reads every record, compares its CRC-32
+        except ArchiveError as e:
+            raise (_refused_code(path, e.code) if e.code else _unreadable(path, str(e))) from e
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            raise _unreadable(path, f"broken zip archive: {e}") from e
+        if damaged is not None:
+            raise _unreadable(
+                path,
+                f"the bytes of record {damaged} disagree with its stored CRC-32, "
+                "so the file is damaged",
+            )
+    return _Weights(_read_state_dict(path, data), sha256, False)
 
 
-def _verify_zip(path: Path) -> None:
-    """Refuses a zip-format file (torch.save's format, TorchScript) whose stored CRC-32s disagree
-    with its bytes: torch.load does not check them, so a damaged tensor would load silently."""
-    if not zipfile.is_zipfile(path):
-        return
-    try:
-        with zipfile.ZipFile(path) as archive:
-            damaged = archive.testzip()  # reads every record in chunks, compares its CRC-32
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise _unreadable(path, f"broken zip archive: {e}") from e
-    if damaged is not None:
-        raise _unreadable(
-            path,
-            f"the bytes of record {damaged} disagree with its stored CRC-32, "
-            "so the file is damaged",
-        )
-
-
-def _read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
-    """A ``.safetensors`` or ``torch.load(weights_only=True)`` checkpoint, read and unwrapped
-    (``{"state_dict": ...}``, ``module.`` prefixes) by open_clip's ``load_state_dict``."""
+def _read_state_dict(path: Path, data: bytes) -> Dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file, or of a ``torch.load(weights_only=True)``
+    checkpoint read and unwrapped (``{"state_dict": ...}``, ``module.``) by open_clip's
+    ``load_state_dict``, from the bytes already read."""
     if os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "").lower() in {"1", "y", "yes", "true"}:
         # open_clip retries a torch.load that raised TypeError without weights_only=, which this
         # variable turns into a full unpickle: refuse rather than risk running a file's code.
@@ -585,9 +540,14 @@ def _read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
             f"{path} could run pickled code: unset it to load CLIP weights."
         )
     try:
-        state_dict = load_state_dict(str(path), device="cpu", weights_only=True)
+        if path.name.endswith(".safetensors"):  # open_clip reads these only from a path
+            state_dict = {
+                k.removeprefix("module."): v for k, v in safetensors.torch.load(data).items()
+            }
+        else:
+            state_dict = load_state_dict(io.BytesIO(data), device="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # torch's weights-only reader refused or failed
-        code = pickled_code(path)
+        code = pickled_code(data)
         raise (
             _refused_code(path, code)
             if code
@@ -609,20 +569,19 @@ def _read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
     return tensors
 
 
-def _check_release(path: Path, spec: _ModelSpec) -> None:
+def _check_release(path: Path, spec: _ModelSpec, actual: str) -> None:
     """An archive named like OpenAI's release of the model must have the published sha256 (the
     second-to-last segment of OpenAI's download URL, as in open_clip's registry)."""
-    base = spec.name[: -len("-quickgelu")] if spec.name.endswith("-quickgelu") else spec.name
-    url = open_clip.get_pretrained_url(base, "openai") if spec.builtin else ""
+    url = open_clip.get_pretrained_url(spec.name, "openai") if spec.builtin else ""
     if "openaipublic" not in url or path.name != os.path.basename(url):
         return
-    expected, actual = url.split("/")[-2], _sha256(path)
+    expected = url.split("/")[-2]
     if actual != expected:
         raise WeightsError(
-            f"Weights file {path} is named like OpenAI's {base} release, but its sha256 is "
+            f"Weights file {path} is named like OpenAI's {spec.name} release, but its sha256 is "
             f"{actual}, not the published {expected}: it is damaged or another file. Download it "
-            "again "
-            f"(`python {FETCH_TOOL} --model {base}` checks it), or rename your own archive."
+            f"again (`python {FETCH_TOOL} --model {spec.name}` checks it), or rename your own "
+            "archive."
         )
 
 
@@ -659,10 +618,9 @@ def _refused_code(path: Path, names: List[str]) -> WeightsError:
     return WeightsError(
         f"Refusing to load weights file {path}: this file contains pickled code "
         f"({', '.join(names[:3])}) that would run when loaded, so it was refused and nothing in it "
-        "was executed. Weights are "
-        "only read as data (torch.load(weights_only=True), or the restricted reader for OpenAI's "
-        "archives). Use the official checkpoint (re-download it) or convert the weights to "
-        ".safetensors with a trusted tool."
+        "was executed. Weights are only read as data (torch.load(weights_only=True), or the "
+        "restricted reader for OpenAI's archives). Use the official checkpoint (re-download it) "
+        "or convert the weights to .safetensors with a trusted tool."
     )
 
 
@@ -678,12 +636,11 @@ def _load_exact(
     checkpoint: Path,
     spec: _ModelSpec,
 ) -> None:
-    """Copies every model tensor from ``state_dict`` (strict: all keys, same shapes) or explains
-    why not."""
+    """Copies every model tensor from ``state_dict`` (strict: all keys, same shapes, finite
+    values) or explains why not."""
     expected = model.state_dict()
     # OpenAI's model-description tensors and the model's own non-persistent buffers (attention
-    # masks)
-    # may be present in a file but are never weights.
+    # masks) may be present in a file but are never weights.
     ignorable = OPENAI_EXTRA_KEYS | {
         name for name, _ in model.named_buffers() if name not in expected
     }
@@ -715,13 +672,18 @@ def _load_exact(
             problems.append(f"{len(unexpected)} file keys the model lacks (e.g. {unexpected[:4]})")
         raise WeightsError(
             f"Weights file {checkpoint} does not fit the model {spec.label}: "
-            f"{'; '.join(problems)}. "
-            f"{_describe_checkpoint(state_dict)} Set MODEL.CLIPTRASE.CLIP_MODEL to the model these "
-            "weights "
-            "were trained as (a built-in open_clip name or a model-config JSON), or MODEL.WEIGHTS "
-            "to weights "
-            f"of {spec.name}."
+            f"{'; '.join(problems)}. {_describe_checkpoint(state_dict)} Set "
+            "MODEL.CLIPTRASE.CLIP_MODEL to the model these weights were trained as (a built-in "
+            f"open_clip name or a model-config JSON), or MODEL.WEIGHTS to weights of {spec.name}."
         )
+    for key, tensor in matched.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            count = int((~torch.isfinite(tensor)).sum())
+            raise WeightsError(
+                f"Weights file {checkpoint} holds {count} NaN or infinite values "
+                f"in tensor {key} {tuple(tensor.shape)}: the file is damaged or was saved from a "
+                "diverged training run. Download it again or use other weights."
+            )
     model.load_state_dict(matched, strict=True)
 
 

@@ -1,21 +1,18 @@
 """Reads OpenAI's TorchScript CLIP archives as data, and finds code in weights pickles.
 
 OpenAI distributes CLIP as TorchScript archives (a zip: <name>/data.pkl, <name>/data/<key>,
-<name>/code/..., <name>/constants.pkl). Neither open_clip nor torch reads them safely:
-``torch.load(weights_only=True)`` refuses them ("Cannot use weights_only=True with TorchScript
-archives"), and open_clip's loaders fall back to ``torch.jit.load``, which is not safe for files
-from the internet: PyTorch's security policy treats TorchScript models as executable code (the
-archive's code is compiled and its scripted __setstate__ methods run while loading), and crashes of
-its C++ deserializer on crafted files are closed as "torch::jit::load should only be used with
-trusted inputs" (pytorch/pytorch#77573, #179581). So this module reads the zip records itself:
-data.pkl goes through a pickle.Unpickler whose find_class (every callable a pickle uses comes from
-it) returns inert placeholders for the few names such an archive uses and refuses every other
-global, so no pickled code can run; tensor storages are raw bytes in data/<key>, turned into
-tensors only after unpickling, with their byte counts, sizes, strides and offsets checked.
+<name>/code/..., <name>/constants.pkl). ``torch.load(weights_only=True)`` refuses them, and the
+only library reader, ``torch.jit.load``, compiles the archive's code and runs its scripted
+``__setstate__`` methods: PyTorch treats TorchScript files as executable code, to be loaded from
+trusted sources only. So this module reads the zip records itself: data.pkl goes through a
+``pickle.Unpickler`` whose ``find_class`` (every callable a pickle uses comes from it) returns
+inert placeholders for the few names such an archive uses and refuses every other global, so no
+pickled code can run; tensor storages are the raw bytes of data/<key> (their sizes checked),
+and tensors are views on them made by the function torch's own weights-only unpickler uses.
 Nothing in code/ is read.
 
-    root = torchscript_root(path)             # None for any other file
-    state_dict = read_torchscript(path, root)  # {"visual.conv1.weight": tensor, ...}
+    root = torchscript_root(archive)             # None for any other zip
+    state_dict = read_torchscript(archive, root)  # {"visual.conv1.weight": tensor, ...}
 """
 
 from __future__ import annotations
@@ -26,8 +23,7 @@ import pickletools
 import sys
 import zipfile
 from collections import OrderedDict
-from pathlib import Path
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
@@ -44,17 +40,6 @@ _DATA_GLOBALS = (
     "builtins.bytearray",
     "_codecs.encode",
 )
-
-
-class ArchiveError(ValueError):
-    """The file cannot be read as weights: the message says why; ``code`` names the pickled
-    code found in it (then it was refused, not damaged)."""
-
-    def __init__(self, detail: str, code: Sequence[str] = ()):
-        super().__init__(detail)
-        self.code = list(code)
-
-
 _STORAGE_DTYPES: Dict[str, torch.dtype] = {
     "FloatStorage": torch.float32,
     "HalfStorage": torch.float16,
@@ -73,46 +58,23 @@ _LIST_BUILDERS = frozenset(
 )
 
 
+class ArchiveError(ValueError):
+    """The file cannot be read as weights: the message says why; ``code`` names the pickled
+    code found in it (then it was refused, not damaged)."""
+
+    def __init__(self, detail: str, code: Sequence[str] = ()):
+        super().__init__(detail)
+        self.code = list(code)
+
+
 class _ScriptObject:
     """Inert stand-in for a TorchScript object (a ``__torch__.*`` class): records its attributes."""
-
-    __slots__ = ("attributes",)
 
     def __init__(self, *_args: Any) -> None:
         self.attributes: Dict[Any, Any] = {}
 
     def __setstate__(self, state: Any) -> None:
-        self.attributes = dict(state) if isinstance(state, Mapping) else {}
-
-
-class _StorageType(NamedTuple):
-    dtype: torch.dtype
-
-
-class _StorageRef(NamedTuple):
-    dtype: torch.dtype
-    key: str  # record data/<key> in the archive
-    numel: int
-
-
-class _TensorRef(NamedTuple):
-    storage: _StorageRef
-    offset: int
-    size: Tuple[int, ...]
-    stride: Tuple[int, ...]
-
-
-def _tensor_ref(storage: Any, offset: Any, size: Any, stride: Any, *_unused: Any) -> _TensorRef:
-    """Stands in for torch._utils._rebuild_tensor_v2: records the view, builds nothing yet."""
-    if not (
-        isinstance(storage, _StorageRef)
-        and isinstance(offset, int)
-        and isinstance(size, tuple)
-        and isinstance(stride, tuple)
-        and all(isinstance(v, int) for v in size + stride)
-    ):
-        raise pickle.UnpicklingError("malformed tensor record")
-    return _TensorRef(storage, offset, size, stride)
+        self.attributes = dict(state) if isinstance(state, dict) else {}
 
 
 def _restore_type_tag(value: Any, _type_str: Any) -> Any:
@@ -124,15 +86,27 @@ class _RefusedGlobal(pickle.UnpicklingError):
 
 
 class _RestrictedTorchScriptUnpickler(pickle.Unpickler):
-    """Unpickles a TorchScript data.pkl into inert objects; any other global is an error."""
+    """Unpickles a TorchScript data.pkl into inert objects and tensors; any other global is an
+    error. Tensors are rebuilt by torch's ``_rebuild_tensor_v2``, which torch's weights-only
+    unpickler allows as well (it refuses any view that does not fit its storage), on storages
+    read from the archive's data/<key> records."""
+
+    def __init__(self, archive: zipfile.ZipFile, root: str):
+        info = archive.getinfo(root + "data.pkl")
+        _check_stored(info)
+        if info.file_size > _MAX_PICKLE_BYTES:
+            raise ArchiveError(f"its data.pkl is {info.file_size} bytes, far too large")
+        super().__init__(archive.open(info), encoding="utf-8")
+        self.archive, self.root = archive, root
+        self.storages: Dict[str, torch.TypedStorage] = {}
 
     def find_class(self, module: str, name: str) -> Any:
         if module == "__torch__" or module.startswith("__torch__."):
             return _ScriptObject
         if module == "torch._utils" and name == "_rebuild_tensor_v2":
-            return _tensor_ref
+            return torch._utils._rebuild_tensor_v2
         if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(_STORAGE_DTYPES[name])
+            return _STORAGE_DTYPES[name]
         if module == "collections" and name == "OrderedDict":
             return OrderedDict
         if module == "torch.jit._pickle" and name in _LIST_BUILDERS:
@@ -141,30 +115,41 @@ class _RestrictedTorchScriptUnpickler(pickle.Unpickler):
             return _restore_type_tag
         raise _RefusedGlobal(f"{module}.{name}")
 
-    def persistent_load(self, pid: Any) -> _StorageRef:
-        # ('storage', <storage type>, key, location, numel); the location (e.g. 'cuda:0') is
-        # ignored.
+    def persistent_load(self, pid: Any) -> torch.TypedStorage:
+        # ('storage', dtype from find_class, key, location such as 'cuda:0' (ignored), numel)
         if not (
             isinstance(pid, tuple)
             and len(pid) == 5
             and pid[0] == "storage"
-            and isinstance(pid[1], _StorageType)
+            and isinstance(pid[1], torch.dtype)
             and isinstance(pid[2], str)
             and isinstance(pid[4], int)
         ):
             raise pickle.UnpicklingError(f"unsupported persistent id {pid!r:.80}")
-        return _StorageRef(pid[1].dtype, pid[2], pid[4])
+        _, dtype, key, _, numel = pid
+        if key not in self.storages:
+            info = self.archive.getinfo(f"{self.root}data/{key}")
+            _check_stored(info)
+            if info.file_size != numel * dtype.itemsize:
+                raise ArchiveError(
+                    f"storage data/{key} has {info.file_size} bytes, "
+                    f"expected {numel * dtype.itemsize}"
+                )
+            raw = bytearray(self.archive.read(info))  # CRC-checked by zipfile
+            data = (
+                torch.frombuffer(raw, dtype=torch.uint8)
+                if raw
+                else torch.empty(0, dtype=torch.uint8)
+            )
+            self.storages[key] = torch.TypedStorage(
+                wrap_storage=data.untyped_storage(), dtype=dtype, _internal=True
+            )
+        return self.storages[key]
 
 
-def torchscript_root(path: Path) -> Optional[str]:
-    """The record prefix ('<name>/') of a TorchScript archive, or None for any other file."""
-    if not zipfile.is_zipfile(path):
-        return None
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
-    except (zipfile.BadZipFile, OSError) as e:
-        raise ArchiveError(f"broken zip archive: {e}") from e
+def torchscript_root(archive: zipfile.ZipFile) -> Optional[str]:
+    """The record prefix ('<name>/') of a TorchScript archive, or None for any other zip."""
+    names = set(archive.namelist())
     for name in sorted(names):
         if name.endswith("constants.pkl") and name.count("/") <= 1:
             root = name[: -len("constants.pkl")]
@@ -173,54 +158,47 @@ def torchscript_root(path: Path) -> Optional[str]:
     return None
 
 
-def read_torchscript(path: Path, root: str) -> Dict[str, torch.Tensor]:
+def read_torchscript(archive: zipfile.ZipFile, root: str) -> Dict[str, torch.Tensor]:
     """The tensors of a TorchScript archive's module tree, as a state dict (dotted names).
+
+    Every record read is checked against its stored CRC-32 by ``zipfile``.
 
     Raises:
         ArchiveError: a damaged or malformed archive, or one whose pickle imports code.
     """
     try:
-        with zipfile.ZipFile(path) as archive:
-            byteorder = root + "byteorder"
-            if byteorder in archive.namelist():
-                order = archive.read(byteorder).decode("ascii", "replace").strip()
-                if order != sys.byteorder:
-                    raise ArchiveError(
-                        f"it was written on a {order}-endian machine and this one is "
-                        f"{sys.byteorder}-endian; convert it to .safetensors first"
-                    )
-            info = archive.getinfo(root + "data.pkl")
-            _check_stored(info)
-            if info.file_size > _MAX_PICKLE_BYTES:
-                raise ArchiveError(f"its data.pkl is {info.file_size} bytes, far too large")
-            unpickler = _RestrictedTorchScriptUnpickler(archive.open(info), encoding="utf-8")
-            try:
-                module = unpickler.load()
-            except _RefusedGlobal as e:
-                raise ArchiveError("its data.pkl imports code", code=[str(e)]) from e
-            except pickle.UnpicklingError as e:
-                raise ArchiveError(f"data.pkl: {e}") from e
-            except Exception as e:  # truncated pickle, wrong opcodes, odd argument types
-                raise ArchiveError(f"data.pkl: {type(e).__name__}: {e}") from e
-            if not isinstance(module, _ScriptObject):
-                raise ArchiveError("its data.pkl does not hold a TorchScript module")
-            refs: Dict[str, _TensorRef] = {}
-            _collect_tensor_refs(module, "", refs, seen=set())
-            storages: Dict[str, torch.Tensor] = {}
-            return {name: _materialize(ref, archive, root, storages) for name, ref in refs.items()}
-    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as e:  # bad CRC, truncated record, ...
+        if root + "byteorder" in archive.namelist():
+            order = archive.read(root + "byteorder").decode("ascii", "replace").strip()
+            if order != sys.byteorder:
+                raise ArchiveError(
+                    f"it was written on a {order}-endian machine and this one is "
+                    f"{sys.byteorder}-endian; convert it to .safetensors first"
+                )
+        try:
+            module = _RestrictedTorchScriptUnpickler(archive, root).load()
+        except _RefusedGlobal as e:
+            raise ArchiveError("its data.pkl imports code", code=[str(e)]) from e
+        except (ArchiveError, zipfile.BadZipFile, KeyError):
+            raise
+        except Exception as e:  # truncated pickle, wrong opcodes, a view outside its storage
+            raise ArchiveError(f"data.pkl: {type(e).__name__}: {e}") from e
+        if not isinstance(module, _ScriptObject):
+            raise ArchiveError("its data.pkl does not hold a TorchScript module")
+        tensors: Dict[str, torch.Tensor] = {}
+        _collect_tensors(module, "", tensors, seen=set())
+        return tensors
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as e:  # bad CRC, missing record
         raise ArchiveError(f"{type(e).__name__}: {e}") from e
 
 
 def _check_stored(info: zipfile.ZipInfo) -> None:
-    """PyTorch stores records uncompressed; a compressed one could inflate far beyond the file
-    size."""
+    """PyTorch stores records uncompressed; a compressed one could inflate far beyond the file."""
     if info.compress_type != zipfile.ZIP_STORED:
         raise ArchiveError(f"record {info.filename} is compressed, which PyTorch never writes")
 
 
-def _collect_tensor_refs(
-    obj: _ScriptObject, prefix: str, out: Dict[str, _TensorRef], seen: set, depth: int = 0
+def _collect_tensors(
+    obj: _ScriptObject, prefix: str, out: Dict[str, torch.Tensor], seen: set, depth: int = 0
 ) -> None:
     """Walks the module tree: tensors become 'a.b.c' entries, submodules are visited once each."""
     if depth > _MAX_MODULE_DEPTH:
@@ -229,60 +207,29 @@ def _collect_tensor_refs(
     for name, value in getattr(obj, "attributes", {}).items():  # unset when the pickle had no BUILD
         if not isinstance(name, str):
             continue
-        if isinstance(value, _TensorRef):
+        if isinstance(value, torch.Tensor):
             out[prefix + name] = value
         elif isinstance(value, _ScriptObject) and id(value) not in seen:
-            _collect_tensor_refs(value, f"{prefix}{name}.", out, seen, depth + 1)
+            _collect_tensors(value, f"{prefix}{name}.", out, seen, depth + 1)
 
 
-def _materialize(
-    ref: _TensorRef, archive: zipfile.ZipFile, root: str, storages: Dict[str, torch.Tensor]
-) -> torch.Tensor:
-    """Builds one tensor from its storage record, after checking the view stays inside the bytes
-    read."""
-    storage = ref.storage
-    if storage.key not in storages:
-        info = archive.getinfo(f"{root}data/{storage.key}")
-        _check_stored(info)
-        expected = storage.numel * storage.dtype.itemsize
-        if storage.numel < 0 or info.file_size != expected:
-            raise ArchiveError(
-                f"storage data/{storage.key} has {info.file_size} bytes, expected {expected}"
-            )
-        raw = bytearray(archive.read(info))  # (numel * itemsize,) bytes
-        storages[storage.key] = (
-            torch.frombuffer(raw, dtype=storage.dtype)
-            if raw
-            else torch.empty(0, dtype=storage.dtype)
-        )
-    flat = storages[storage.key]  # (numel,)
-    size, stride, offset = ref.size, ref.stride, ref.offset
-    if len(size) != len(stride) or offset < 0 or any(v < 0 for v in size + stride):
-        raise ArchiveError(f"invalid tensor view {size}/{stride}/{offset} on data/{storage.key}")
-    if all(size):
-        last = offset + sum((s - 1) * st for s, st in zip(size, stride))
-        if last >= storage.numel:
-            raise ArchiveError(f"tensor view {size} at offset {offset} exceeds data/{storage.key}")
-    return flat.as_strided(size, stride, offset)
-
-
-def pickled_code(path: Path) -> List[str]:
-    """The globals other than torch's data types that the file's pickles import, read from the
+def pickled_code(data: bytes) -> List[str]:
+    """The globals other than torch's data types that a file's pickles import, read from the
     opcodes with pickletools (nothing is run): the pickles of a zip's *.pkl records, or the
     pickles at the start of a raw/legacy torch file."""
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
+    buffer = io.BytesIO(data)
+    if zipfile.is_zipfile(buffer):
+        with zipfile.ZipFile(buffer) as archive:
             streams = [
                 archive.read(info)
                 for info in archive.infolist()
                 if info.filename.endswith(".pkl") and info.file_size <= _MAX_PICKLE_BYTES
             ]
     else:
-        with open(path, "rb") as f:
-            streams = [f.read(_MAX_PICKLE_BYTES)]
+        streams = [data[:_MAX_PICKLE_BYTES]]
     names: List[str] = []
-    for data in streams:
-        names += [name for name in _pickle_globals(data) if not name.startswith(_DATA_GLOBALS)]
+    for stream in streams:
+        names += [name for name in _pickle_globals(stream) if not name.startswith(_DATA_GLOBALS)]
     return list(dict.fromkeys(names))
 
 

@@ -5,12 +5,14 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before open_clip / huggingface_hub are imported
 
+import builtins  # noqa: E402
 import copy  # noqa: E402
 import hashlib  # noqa: E402
 import importlib.util  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import pickle  # noqa: E402
+import re  # noqa: E402
 import socket  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -20,6 +22,7 @@ from pathlib import Path  # noqa: E402
 import open_clip  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from huggingface_hub import constants as hf_constants  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from conftest import skip_outside_ci  # noqa: E402
@@ -205,16 +208,32 @@ def test_open_clip_checkpoint_with_module_prefix(tiny_files, tiny_state_dict, tm
     _assert_weights_equal(build_clip(tiny_files[0], str(path)), tiny_state_dict)
 
 
-def test_safetensors_checkpoint(tiny_files, tiny_state_dict, tmp_path):
+@pytest.mark.parametrize("prefix", ["", "module."])
+def test_safetensors_checkpoint(tiny_files, tiny_state_dict, tmp_path, prefix):
     path = tmp_path / "open_clip_model.safetensors"
-    save_file({k: v.contiguous() for k, v in tiny_state_dict.items()}, str(path))
+    save_file({prefix + k: v.contiguous() for k, v in tiny_state_dict.items()}, str(path))
     _assert_weights_equal(build_clip(tiny_files[0], str(path)), tiny_state_dict)
 
 
 @pytest.mark.parametrize("precision,dtype", [("fp16", torch.float16), ("bf16", torch.bfloat16)])
-def test_lower_precision_casts_after_loading(tiny_files, tiny_state_dict, precision, dtype):
+def test_lower_precision_rounds_the_file_once(tiny_files, tiny_state_dict, precision, dtype):
+    """bf16: every tensor in bf16. fp16 as OpenAI runs CLIP (open_clip's mixed fp16): the
+    LayerNorms, the embeddings and the logit scale stay fp32, the rest is fp16."""
     model = build_clip(*tiny_files, precision=precision)
-    _assert_weights_equal(model, tiny_state_dict, dtype)  # = the fp32 weights rounded once
+    kept = {
+        key
+        for key in tiny_state_dict
+        if precision == "fp16" and re.search(r"(^|\.)ln_|embedding|^logit_scale$", key)
+    }
+    if precision == "fp16":
+        assert {"visual.ln_pre.weight", "ln_final.bias", "visual.positional_embedding"} <= kept
+        assert {"token_embedding.weight", "logit_scale"} <= kept
+    state = model.state_dict()
+    assert set(state) == set(tiny_state_dict)
+    for key, tensor in state.items():
+        expected = torch.float32 if key in kept else dtype
+        assert tensor.dtype == expected, key
+        assert torch.equal(tensor, tiny_state_dict[key].to(expected)), key  # rounded once
 
 
 def test_unknown_precision_is_rejected(tiny_files):
@@ -228,7 +247,7 @@ def test_unknown_precision_is_rejected(tiny_files):
 
 
 def test_openai_tag_offline_says_where_to_put_the_file(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)  # HF_HUB_OFFLINE=1 at import
 
     def no_network(*args, **kwargs):
         raise AssertionError("offline: nothing may be downloaded")
@@ -247,7 +266,7 @@ def test_openai_tag_offline_says_where_to_put_the_file(tmp_path, monkeypatch):
 
 
 def test_openai_tag_download_failure_says_where_to_put_the_file(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
 
     def unreachable(*args, **kwargs):
         raise OSError("Network is unreachable")
@@ -376,6 +395,47 @@ def test_missing_and_misshapen_keys_are_listed(tiny_files, tiny_state_dict, tmp_
     message = str(error.value)
     assert str(path) in message and "visual.ln_post.bias" in message
     assert "text_projection: file (64, 32) vs model (64, 64)" in message
+
+
+@pytest.mark.parametrize(
+    "value,format", [(float("nan"), "torch.save"), (-float("inf"), "safetensors")]
+)
+def test_non_finite_weights_are_refused_naming_the_tensor(
+    tiny_files, tiny_state_dict, tmp_path, value, format
+):
+    key = "visual.transformer.resblocks.3.mlp.c_fc.weight"
+    broken = dict(tiny_state_dict, **{key: tiny_state_dict[key].clone()})
+    broken[key][5, 7] = value
+    if format == "torch.save":
+        path = tmp_path / "diverged.pt"
+        torch.save(broken, path)
+    else:
+        path = tmp_path / "diverged.safetensors"
+        save_file({k: v.contiguous() for k, v in broken.items()}, str(path))
+    with pytest.raises(WeightsError, match=rf"1 NaN or infinite values in tensor {key} ") as error:
+        build_clip(tiny_files[0], str(path))
+    assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize("format", ["state-dict", "torchscript"])
+def test_weights_file_is_read_once(tiny_files, tiny_archive, tmp_path, monkeypatch, format):
+    """One read gives the tensors, the CRC check and the sha256 that the text cache keys on."""
+    source = Path(tiny_files[1]) if format == "state-dict" else tiny_archive
+    path = tmp_path / f"copy-{format}.pt"
+    path.write_bytes(source.read_bytes())
+    expected = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    opened, real_open = [], io.open
+
+    def counting_open(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and os.fspath(file) == str(path):
+            opened.append(args)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(io, "open", counting_open)
+    monkeypatch.setattr(builtins, "open", counting_open)
+    build_clip(tiny_files[0], str(path))
+    assert weights_fingerprint(str(path)) == expected
+    assert len(opened) == 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -623,7 +683,7 @@ def _no_network(monkeypatch):
 
 @pytest.mark.parametrize("hf_offline", ["0", "1"])
 def test_openai_tag_without_network_fails_within_10_s(tmp_path, monkeypatch, hf_offline):
-    monkeypatch.setenv("HF_HUB_OFFLINE", hf_offline)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", hf_offline == "1")
     attempts = _no_network(monkeypatch)
     start = time.monotonic()
     with pytest.raises(WeightsError) as error:  # open_clip's real download_pretrained
@@ -639,10 +699,11 @@ def test_openai_tag_without_network_fails_within_10_s(tmp_path, monkeypatch, hf_
         assert expected in message
     assert ("HF_HUB_OFFLINE=1" in message) == (hf_offline == "1")
     assert len(attempts) == (0 if hf_offline == "1" else 1)  # only the probe, never retries
+    assert hf_constants.HF_HUB_OFFLINE == (hf_offline == "1")  # offline for that download only
 
 
 def test_unanswering_download_host_is_offline_after_the_probe_timeout(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(clip_loading, "NETWORK_PROBE_SECONDS", 0.5)
     # A DNS lookup or SYN that never gets an answer (a firewall dropping packets) until the
     # test ends; then it times out as a real one would, so the probe's daemon thread ends
@@ -671,7 +732,6 @@ def test_online_download_is_unchanged(tmp_path, tiny_state_dict, monkeypatch):
     from huggingface_hub import constants
 
     server = socket.create_server(("127.0.0.1", 0))  # a reachable "hub"
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # as imported without the variable
     calls = []

@@ -1,8 +1,9 @@
-"""PRECISION fp16 computes as OpenAI's CLIP does: fp16 weights and activations, every LayerNorm
-in fp32 and cast back; fp32 (the default) is left exactly as loaded."""
+"""PRECISION fp16 computes as OpenAI's CLIP does (open_clip's mixed fp16): fp16 weights and
+activations, every LayerNorm in fp32 and cast back; fp32 (the default) is left exactly as loaded."""
 
 import torch
 import torch.nn.functional as F
+from open_clip.transformer import LayerNormFp32
 
 from conftest import TINY_CONFIG, TINY_WEIGHTS, require_fixtures
 from cliptrase_d2.clip_loading import build_clip
@@ -16,7 +17,8 @@ def test_fp16_layer_norms_compute_in_fp32_and_cast_back():
     assert len(norms) >= 2 * 12 + 2  # every block's two, ln_pre and ln_post at least
     x = (torch.randn(5, 3, 128) * 30).half()
     for norm in (model.visual.ln_pre, model.visual.transformer.resblocks[3].ln_2):
-        assert norm.weight.dtype == torch.float16  # the parameters stay fp16 (their values are)
+        assert isinstance(norm, LayerNormFp32)  # open_clip's own, as are its fp32 parameters
+        assert norm.weight.dtype == torch.float32
         expected = F.layer_norm(
             x.float(), (128,), norm.weight.float(), norm.bias.float(), norm.eps
         ).half()
