@@ -19,6 +19,7 @@ __all__ = [
     "OutputExistsError",
     "OutputNotWritableError",
     "WeightsError",
+    "invalid_value",
 ]
 
 
@@ -65,3 +66,9 @@ class OutputNotWritableError(OutputError, PermissionError):
 
 class WeightsError(UserError, RuntimeError):
     """A model or weights value that cannot be used; the message names it and how to fix it."""
+
+
+def invalid_value(name: str, value, expected: str, fix: str = "", error=None) -> UserError:
+    """The one-line error for a setting, option or argument ``name`` given a ``value`` it cannot
+    take: '<name> must be <expected>, got <value><fix>' (a ConfigError unless ``error`` says)."""
+    return (error or ConfigError)(f"{name} must be {expected}, got {value!r}{fix}")
