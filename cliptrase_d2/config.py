@@ -25,6 +25,7 @@ __all__ = [
     "resolve_device",
     "check_device",
     "check_images_per_batch",
+    "check_argument",
 ]
 
 
@@ -71,7 +72,21 @@ class Range(NamedTuple):
             bounds = f"{kind} {bounds}".rstrip()
         note = f" ({self.note})" if self.note else ""
         where = f" in {source}" if source else ""
-        raise invalid_value(name, value, bounds + note, f"{where} (default {self.default!r})")
+        default = f" (default {self.default!r})" if self.default not in (None, []) else ""
+        raise invalid_value(name, value, bounds + note, where + default)
+
+
+def check_argument(name: str, value, kind=int, low=None, high=None, choices=None) -> None:
+    """Refuses a tool's argument before any work, in the config keys' one-line ConfigError:
+    ``choices`` given, a value (each value of a list) not among them; else a number that is not
+    whole (``kind`` int) or finite (float), or out of [``low``, ``high``]. E.g.
+    ``check_argument("--port", args.port, int, 1, 65535)``."""
+    if choices is None:
+        Range(kind, [] if isinstance(value, list) else None, low, high).check(name, value)
+        return
+    for item in value if isinstance(value, (list, tuple)) else [value]:
+        if item not in choices:
+            raise invalid_value(name, item, f"one of {', '.join(map(str, choices))}")
 
 
 # Full key -> Range of every numeric key, filled where the keys are declared
