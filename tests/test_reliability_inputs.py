@@ -56,6 +56,20 @@ def test_user_error_message_outside_a_worker_is_unchanged():
     assert str(InputError("Caught nothing: plain text")) == "Caught nothing: plain text"
 
 
+def test_a_user_error_ends_a_command_with_one_line_and_a_bug_keeps_its_traceback():
+    from cliptrase_d2.errors import exit_on_user_error
+
+    def main(error):
+        raise error
+
+    assert exit_on_user_error(lambda a, b: a + b, 2, 3) == 5
+    with pytest.raises(SystemExit) as caught:
+        exit_on_user_error(main, ConfigError("--port must be at least 1, got 0"))
+    assert caught.value.code == "error: --port must be at least 1, got 0"
+    with pytest.raises(ZeroDivisionError):
+        exit_on_user_error(main, ZeroDivisionError("a bug"))
+
+
 # ---------------------------------------------------------------- text-embedding cache
 
 
