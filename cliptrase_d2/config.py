@@ -422,11 +422,14 @@ def check_lazy_config(cfg, source: str, overridden=()) -> None:
     def walk(node, path):
         target = node.get("_target_")
         target = locate(target) if isinstance(target, str) else target
-        if target is not None:
-            parameters = inspect.signature(target).parameters
+        try:
+            parameters = inspect.signature(target).parameters if target is not None else {}
+        except (TypeError, ValueError):  # a builtin without a signature: nothing to compare
+            parameters = {}
+        if parameters:
             takes = {n for n, p in parameters.items() if p.kind != p.VAR_KEYWORD}
             if len(takes) == len(parameters):
-                for key in set(node) - takes - {"_target_"}:
+                for key in sorted(set(node) - takes - {"_target_"}):
                     close = difflib.get_close_matches(key, takes, n=1)
                     hint = f"; did you mean {close[0]}?" if close else ""
                     raise UnknownNameError(
