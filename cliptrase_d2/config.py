@@ -208,18 +208,6 @@ def _yaml_problem(error: "yaml.YAMLError") -> str:
     return f"{where}{getattr(error, 'problem', None) or error}"
 
 
-def _base_of(config_file: str, base) -> str:
-    """The file a ``_BASE_`` entry names, resolved as Detectron2 does (relative to the file)."""
-    if not isinstance(base, str):
-        raise ConfigError(f"config file {config_file}: _BASE_ must be a file name, got {base!r}")
-    base = os.path.expanduser(base)
-    return (
-        base
-        if base.startswith(("/", "https://", "http://"))
-        else os.path.join(os.path.dirname(config_file), base)
-    )
-
-
 def check_config_file(config_file: str, chain=()) -> None:
     """Raises a named error when ``config_file`` or a ``_BASE_`` it names is missing, unreadable,
     not YAML, holds a Python tag (configs are data: they never run code), is not a mapping of
@@ -253,17 +241,20 @@ def check_config_file(config_file: str, chain=()) -> None:
             f"config file {config_file} holds a {type(loaded).__name__}, not config keys "
             "(KEY: value lines, as in configs/)"
         )
-    if loaded and "_BASE_" in loaded:
-        base = _base_of(config_file, loaded["_BASE_"])
-        if base.startswith(("https://", "http://")):
-            return  # Detectron2 fetches it (and reads it with its safe loader too)
-        chain = chain + (config_file,)
-        if os.path.realpath(base) in map(os.path.realpath, chain):
-            raise ConfigError(
-                f"config file {config_file}: _BASE_ {loaded['_BASE_']} leads back to itself "
-                f"({' -> '.join(chain + (base,))}): remove the _BASE_ line that closes the loop"
-            )
-        check_config_file(base, chain)
+    base = (loaded or {}).get("_BASE_")
+    if base is None or (isinstance(base, str) and base.startswith(("https://", "http://"))):
+        return  # no base, or one Detectron2 fetches (and reads with the same safe loader)
+    if not isinstance(base, str):
+        raise ConfigError(f"config file {config_file}: _BASE_ must be a file name, got {base!r}")
+    # relative to the file that names it, as Detectron2 resolves it
+    path = os.path.join(os.path.dirname(config_file), os.path.expanduser(base))
+    chain = chain + (config_file,)
+    if os.path.realpath(path) in map(os.path.realpath, chain):
+        raise ConfigError(
+            f"config file {config_file}: _BASE_ {base} leads back to itself "
+            f"({' -> '.join(chain + (path,))}): remove the _BASE_ line that closes the loop"
+        )
+    check_config_file(path, chain)
 
 
 def _merge(cfg, merge, source: str):
@@ -297,7 +288,7 @@ def load_config(config_file: str = "", opts=(), resolve: bool = True) -> CN:
     opts = list(opts)
     if config_file:
         check_config_file(config_file)
-        merge = lambda: cfg.merge_from_file(config_file, allow_unsafe=False)  # noqa: E731
+        merge = functools.partial(cfg.merge_from_file, config_file, allow_unsafe=False)
         _merge(cfg, merge, f"config file {config_file}")
     if opts:
         _merge(cfg, lambda: cfg.merge_from_list(opts), "command-line options")
