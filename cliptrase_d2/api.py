@@ -97,7 +97,7 @@ class Segmenter:
         DATASETS.TEST); ``background`` adds background words to it."""
         if vocabulary is None:
             vocabulary = self.model.vocabulary_for({})
-        return self.model.resolve_vocabulary(vocabulary, tuple(background or ()))
+        return self.model.resolve_vocabulary(vocabulary, () if background is None else background)
 
     def segment(
         self,

@@ -2,29 +2,117 @@
 ``load_config``: Detectron2's defaults plus these keys, a file and overrides, with named errors."""
 
 import difflib
+import functools
+import inspect
 import logging
+import math
 import numbers
 import os
+import traceback
+from typing import Dict, NamedTuple, Optional
 
 import torch
 import yaml
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
-from .errors import ConfigError, MissingFileError, UnknownNameError
+from .errors import ConfigError, InputError, MissingFileError, UnknownNameError, invalid_value
 
 __all__ = [
     "add_cliptrase_config",
     "load_config",
+    "load_lazy_config",
+    "check_lazy_config",
     "resolve_device",
     "check_device",
     "check_images_per_batch",
+    "check_argument",
 ]
+
+
+class Range(NamedTuple):
+    """What a numeric setting accepts: whole (``int``) or finite (``float``) numbers, at least
+    ``low`` and at most ``high`` where given; a list default: a non-empty list of such numbers."""
+
+    kind: type
+    default: object
+    low: Optional[float] = None
+    high: Optional[float] = None
+    note: str = ""  # what special values mean, e.g. "0 = off"
+
+    def _bounds(self) -> str:
+        if (self.low, self.high) == (0, 1):
+            return "a fraction in [0, 1]"
+        if self.high is not None:
+            return f"from {self.low} to {self.high}"
+        if self.low is not None:
+            return f"at least {self.low}" if self.kind is int else f">= {self.low}"
+        return ""
+
+    def _fits_kind(self, value) -> bool:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return False
+        return isinstance(value, numbers.Integral) if self.kind is int else math.isfinite(value)
+
+    def check(self, name: str, value, source: str = "") -> None:
+        """Raises the one-line ConfigError naming ``name``, ``value`` and ``source`` (a file, the
+        command line) unless ``value`` is a number (a list of numbers) of this range."""
+        many = isinstance(self.default, list)
+        listed = isinstance(value, (list, tuple))
+        values = list(value) if many and listed else [value]
+        typed = all(map(self._fits_kind, values)) and (listed and values if many else True)
+        if typed and all(
+            (self.low is None or v >= self.low) and (self.high is None or v <= self.high)
+            for v in values
+        ):
+            return
+        bounds = self._bounds()
+        if many or (not typed and not bounds.startswith("a ")):
+            kind = "a whole number" if self.kind is int else "a finite number"
+            kind = "a list of whole numbers, each" if many else kind
+            bounds = f"{kind} {bounds}".rstrip()
+        note = f" ({self.note})" if self.note else ""
+        where = f" in {source}" if source else ""
+        default = f" (default {self.default!r})" if self.default not in (None, []) else ""
+        raise invalid_value(name, value, bounds + note, where + default)
+
+
+def check_argument(name: str, value, kind=int, low=None, high=None, choices=None) -> None:
+    """Refuses a tool's argument before any work, in the config keys' one-line ConfigError:
+    ``choices`` given, a value (each value of a list) not among them; else a number that is not
+    whole (``kind`` int) or finite (float), or out of [``low``, ``high``]. E.g.
+    ``check_argument("--port", args.port, int, 1, 65535)``."""
+    if choices is None:
+        Range(kind, [] if isinstance(value, list) else None, low, high).check(name, value)
+        return
+    for item in value if isinstance(value, (list, tuple)) else [value]:
+        if item not in choices:
+            raise invalid_value(name, item, f"one of {', '.join(map(str, choices))}")
+
+
+# Full key -> Range of every numeric key, filled where the keys are declared
+# (add_cliptrase_config) and checked whatever the source: YAML files, command lines, LazyConfigs.
+RANGES: Dict[str, Range] = {}
+
+
+def _numbers(node, prefix: str):
+    """A function that declares a numeric key of ``node``: it sets its default and records its
+    Range under ``<prefix>.<key>``."""
+
+    def number(key: str, default, low=None, high=None, note: str = "") -> None:
+        node[key] = default
+        kind = type(default[0] if isinstance(default, list) else default)
+        RANGES[f"{prefix}.{key}"] = Range(kind, default, low, high, note)
+
+    return number
 
 
 def add_cliptrase_config(cfg):
     """Adds MODEL.CLIPTRASE.* and the project's TEST.* keys to a Detectron2 config, in place."""
     cfg.MODEL.CLIPTRASE = CN()
     c = cfg.MODEL.CLIPTRASE
+    number = _numbers(c, "MODEL.CLIPTRASE")  # a numeric key: its default and its Range
+    # Detectron2's: processes reading images ahead of the model (0 = in the main process)
+    _numbers(cfg.DATALOADER, "DATALOADER")("NUM_WORKERS", cfg.DATALOADER.NUM_WORKERS, low=0)
     # open_clip model name (e.g. "ViT-B-16", built with QuickGELU for OpenAI weights) or a path
     # to an open_clip model-config JSON. MODEL.WEIGHTS names the checkpoint file or tag ("openai").
     c.CLIP_MODEL = "ViT-B-16"
@@ -45,12 +133,12 @@ def add_cliptrase_config(cfg):
     # VOC20).
     c.IMAGE_LOGIT_WEIGHTING = False
     # Logit scale applied to cosine similarities; 0 = CLIP's learned scale (100 for OpenAI weights).
-    c.LOGIT_SCALE = 0.0
+    number("LOGIT_SCALE", 0.0, low=0, note="0 = the head's own or CLIP's learned scale")
     # DBSCAN over rows of the suppressed self-correlation: radius (Euclidean) and core-point size.
     # 0 = automatic: scaled with the side g of the patch grid the model sees (paper: g = 14 ->
     # (0.7, 3), g = 21 -> (1.1, 7); linear in g between and beyond, eps >= 0.1, min_samples >= 2).
-    c.DBSCAN_EPS = 0.0
-    c.DBSCAN_MIN_SAMPLES = 0
+    number("DBSCAN_EPS", 0.0, low=0, note="0 = automatic, else DBSCAN's eps > 0")
+    number("DBSCAN_MIN_SAMPLES", 0, low=0, note="0 = automatic")
     # Region refinement: "vote" (majority label per region, paper), "mean" (mean logits per
     # region, soft, used inside sliding windows), "none" (raw dense prediction), "tlp" (PEARL's
     # text-aware Laplacian propagation of each predicted frame, no regions) or "pamr" (none, then
@@ -58,31 +146,32 @@ def add_cliptrase_config(cfg):
     c.REFINE = "vote"
     # Region maps: upsampling factor of the patch grid before the median filter, and filter size
     # (px).
-    c.REGION_UPSAMPLE = 4
-    c.MEDIAN_SIZE = 7
+    number("REGION_UPSAMPLE", 4, low=1)
+    number("MEDIAN_SIZE", 7, low=1)
     # "paper": resize shorter side to PAPER_SIZE (bicubic), center crop PAPER_SIZE x PAPER_SIZE,
     # predict in that frame. "standard": shorter side STANDARD_SHORT_SIDE, sliding window,
     # prediction at the original resolution.
     c.PROTOCOL = "paper"
-    c.PAPER_SIZE = 224
-    c.STANDARD_SHORT_SIDE = 336
+    # (both at least one CLIP patch: checked when the model is built, which knows the patch)
+    number("PAPER_SIZE", 224)
+    number("STANDARD_SHORT_SIDE", 336)
     # Sliding window (standard protocol): window side (0 = the whole image) and stride in pixels,
     # windows per forward.
-    c.WINDOW_SIZE = 224
-    c.WINDOW_STRIDE = 112
-    c.WINDOW_BATCH = 8
+    number("WINDOW_SIZE", 224, low=0, note="0 = the whole image")
+    number("WINDOW_STRIDE", 112, low=1)
+    number("WINDOW_BATCH", 8, low=1)
     # ---- Peer protocols (standard protocol only; docs/peer_protocols.md) ----
     # Keep-ratio resize cap: the longer side never exceeds it (mmseg's scale (2048, short side)).
-    c.STANDARD_LONG_SIDE = 2048
+    number("STANDARD_LONG_SIDE", 2048, low=1)
     # Windows not a multiple of the patch: zero-pad "end" (bottom/right), "even" (ClearCLIP), "none"
     c.WINDOW_PADDING = "end"
     # Pixels whose top class probability (softmax of scaled logits) is below it: background; 0 off.
-    c.PROB_THD = 0.0
+    number("PROB_THD", 0.0, low=0, high=1, note="0 = off")
     # SCLIP: classes predicted on at most this fraction of non-background pixels dropped; 0 = off.
-    c.AREA_THD = 0.0
+    number("AREA_THD", 0.0, low=0, high=1, note="0 = off")
     # REFINE "pamr": propagation steps and neighbour dilations of PAMR (NACLIP's defaults).
-    c.PAMR_STEPS = 10
-    c.PAMR_DILATIONS = [8, 16]
+    number("PAMR_STEPS", 10, low=0)
+    number("PAMR_DILATIONS", [8, 16], low=1)
     # "<head>/<benchmark>" a configs/<head>/published/ config reproduces (a benchmark it reported).
     c.PUBLISHED = ""
     # Text-embedding cache directory; "" = ~/.cache/cliptrase_d2, "none" disables the cache.
@@ -93,15 +182,15 @@ def add_cliptrase_config(cfg):
     cfg.TEST.IMS_PER_BATCH = 1
     # ---- PEARL and TLP (docs/peer_protocols.md) ----
     # HEAD "pearl": weight of the centred key-key term in its attention logits (PEARL's alpha_kk).
-    c.PEARL_KK_WEIGHT = 0.08
+    number("PEARL_KK_WEIGHT", 0.08, low=0)
     # REFINE "tlp": target side of the propagation grid (maps pooled by round(side / TLP_GRID)).
-    c.TLP_GRID = 80
+    number("TLP_GRID", 80, low=1)
 
     # ---- Bounded work: an image over a limit is refused before any work; 0 = no limit ----
     # Pixels of the protocol's resized frame (paper: before the crop) and standard-protocol output.
-    c.MAX_PIXELS = 50_000_000
+    number("MAX_PIXELS", 50_000_000, low=0)
     # Sliding windows per image under the standard protocol (the defaults need at most 54).
-    c.MAX_WINDOWS = 1024
+    number("MAX_WINDOWS", 1024, low=0)
 
 
 def _all_keys(node, prefix=""):
@@ -119,10 +208,15 @@ def _yaml_problem(error: "yaml.YAMLError") -> str:
     return f"{where}{getattr(error, 'problem', None) or error}"
 
 
-def check_config_file(config_file: str) -> None:
-    """Raises a named error when ``config_file`` is missing, unreadable, not YAML or not a
-    mapping of config keys."""
+def check_config_file(config_file: str, chain=()) -> None:
+    """Raises a named error when ``config_file`` or a ``_BASE_`` it names is missing, unreadable,
+    not YAML, holds a Python tag (configs are data: they never run code), is not a mapping of
+    config keys, or when the ``_BASE_`` chain comes back to a file (``chain``: the files before)."""
     if not os.path.isfile(config_file):
+        if chain:
+            raise MissingFileError(
+                f"config file {chain[-1]}: the file {config_file} it names (_BASE_) does not exist"
+            )
         raise MissingFileError(
             f"config file {config_file} does not exist: check the path (configs/ holds the "
             "project's configs)"
@@ -130,8 +224,11 @@ def check_config_file(config_file: str) -> None:
     try:
         with open(config_file, encoding="utf-8") as f:
             loaded = yaml.safe_load(f)
-    except yaml.constructor.ConstructorError:
-        return  # Python tags: Detectron2 reads those with its unsafe loader
+    except yaml.constructor.ConstructorError as error:
+        raise ConfigError(
+            f"config file {config_file} has a tag YAML configs may not have "
+            f"({_yaml_problem(error)}): configs are data and never run code; write plain values"
+        ) from None
     except yaml.YAMLError as error:
         raise ConfigError(
             f"config file {config_file} is not valid YAML ({_yaml_problem(error)}): fix the file"
@@ -144,17 +241,25 @@ def check_config_file(config_file: str) -> None:
             f"config file {config_file} holds a {type(loaded).__name__}, not config keys "
             "(KEY: value lines, as in configs/)"
         )
+    base = (loaded or {}).get("_BASE_")
+    if base is None or (isinstance(base, str) and base.startswith(("https://", "http://"))):
+        return  # no base, or one Detectron2 fetches (and reads with the same safe loader)
+    if not isinstance(base, str):
+        raise ConfigError(f"config file {config_file}: _BASE_ must be a file name, got {base!r}")
+    # relative to the file that names it, as Detectron2 resolves it
+    path = os.path.join(os.path.dirname(config_file), os.path.expanduser(base))
+    chain = chain + (config_file,)
+    if os.path.realpath(path) in map(os.path.realpath, chain):
+        raise ConfigError(
+            f"config file {config_file}: _BASE_ {base} leads back to itself "
+            f"({' -> '.join(chain + (path,))}): remove the _BASE_ line that closes the loop"
+        )
+    check_config_file(path, chain)
 
 
 def _merge(cfg, merge, source: str):
     try:
         merge()
-    except yaml.YAMLError as error:  # a _BASE_ file
-        raise ConfigError(f"{source}: not valid YAML ({_yaml_problem(error)})") from None
-    except FileNotFoundError as error:  # a _BASE_ file
-        raise MissingFileError(
-            f"{source}: the file {error.filename} it names (_BASE_) does not exist"
-        ) from None
     except ValueError as error:  # yacs: a value of another type than the key's default
         if "Type mismatch" not in str(error):
             raise
@@ -175,15 +280,21 @@ def _merge(cfg, merge, source: str):
 
 
 def load_config(config_file: str = "", opts=(), resolve: bool = True) -> CN:
-    """Detectron2 defaults + CLIPtrase keys + ``config_file`` + ``opts``; CUDA falls back to cpu
-    (unless ``resolve=False``)."""
+    """Detectron2 defaults + CLIPtrase keys + ``config_file`` (read as data, never as code) +
+    ``opts``, every numeric key then checked against its Range; CUDA falls back to cpu (unless
+    ``resolve=False``)."""
     cfg = get_cfg()
     add_cliptrase_config(cfg)
+    opts = list(opts)
     if config_file:
         check_config_file(config_file)
-        _merge(cfg, lambda: cfg.merge_from_file(config_file), f"config file {config_file}")
+        merge = functools.partial(cfg.merge_from_file, config_file, allow_unsafe=False)
+        _merge(cfg, merge, f"config file {config_file}")
     if opts:
-        _merge(cfg, lambda: cfg.merge_from_list(list(opts)), "command-line options")
+        _merge(cfg, lambda: cfg.merge_from_list(opts), "command-line options")
+    for name, rule in RANGES.items():
+        value = functools.reduce(getattr, name.split("."), cfg)
+        rule.check(name, value, "command-line options" if name in opts[::2] else config_file)
     check_images_per_batch(cfg.TEST.IMS_PER_BATCH)
     if resolve:
         resolve_device(cfg)
@@ -233,3 +344,108 @@ def resolve_device(cfg) -> str:
         if was_frozen:
             cfg.freeze()
     return cfg.MODEL.DEVICE
+
+
+def load_lazy_config(config_file: str, overrides=()):
+    """A LazyConfig (a .py file defining ``model``, ``dataloader``, ``train``) with ``key=value``
+    overrides, checked before anything is built (``check_lazy_config``); errors name the file or
+    the override."""
+    from detectron2.config import LazyConfig
+
+    if not config_file.endswith(".py"):
+        raise InputError(
+            f"--config-file {config_file}: a LazyConfig is a .py file (configs/lazy/); "
+            "YAML configs run with tools/train_net.py"
+        )
+    if not os.path.isfile(config_file):
+        raise MissingFileError(f"config file {config_file} does not exist")
+    try:
+        cfg = LazyConfig.load(config_file)
+    except SyntaxError as error:
+        raise ConfigError(
+            f"config file {config_file} is not valid Python (line {error.lineno}: {error.msg})"
+        ) from None
+    except Exception as error:  # the file's own code failed: say where, not how we ran it
+        lines = [
+            frame.lineno
+            for frame in traceback.extract_tb(error.__traceback__)
+            if os.path.realpath(frame.filename) == os.path.realpath(config_file)
+        ]
+        where = f", line {lines[-1]}" if lines else ""
+        raise ConfigError(
+            f"config file {config_file}{where} raised {type(error).__name__}: {error}; fix the file"
+        ) from None
+    for key in ("model", "dataloader", "train"):
+        if key not in cfg:
+            raise UnknownNameError(
+                f"config file {config_file} defines no '{key}' (see configs/lazy/common.py)"
+            )
+    try:
+        cfg = LazyConfig.apply_overrides(cfg, list(overrides))
+    except Exception as error:  # omegaconf's errors name the key but not that it came from here
+        raise UnknownNameError(f"command-line override: {error}") from None
+    check_lazy_config(cfg, config_file, [item.split("=")[0] for item in overrides])
+    return cfg
+
+
+# LazyConfig keys outside ``model`` that are config keys with a Range (``model.<key>`` and its
+# sub-nodes' keys are MODEL.CLIPTRASE.<KEY>)
+_LAZY_KEYS = {"dataloader.test.num_workers": "DATALOADER.NUM_WORKERS"}
+
+
+def check_lazy_config(cfg, source: str, overridden=()) -> None:
+    """What building would refuse, refused now: a key the called function does not take, a
+    numeric value outside its config key's Range, a dataset that is not registered. ``source``:
+    the config file; ``overridden``: the keys set on the command line."""
+    from detectron2.data import get_detection_dataset_dicts
+    from detectron2.utils.registry import locate
+    from omegaconf import OmegaConf
+
+    from .data.datasets import require_registered
+
+    try:
+        tree = OmegaConf.to_container(cfg, resolve=True)
+    except Exception as error:  # an interpolation to a key that is not there
+        raise ConfigError(f"config file {source}: {error}") from None
+    if not RANGES:
+        add_cliptrase_config(get_cfg())
+
+    def walk(node, path):
+        target = node.get("_target_")
+        target = locate(target) if isinstance(target, str) else target
+        try:
+            parameters = inspect.signature(target).parameters if target is not None else {}
+        except (TypeError, ValueError):  # a builtin without a signature: nothing to compare
+            parameters = {}
+        if parameters:
+            takes = {n for n, p in parameters.items() if p.kind != p.VAR_KEYWORD}
+            if len(takes) == len(parameters):
+                for key in sorted(set(node) - takes - {"_target_"}):
+                    close = difflib.get_close_matches(key, takes, n=1)
+                    hint = f"; did you mean {close[0]}?" if close else ""
+                    raise UnknownNameError(
+                        f"{source}: {path}.{key} is not a setting of "
+                        f"{getattr(target, '__name__', target)}{hint}"
+                    )
+        if target is get_detection_dataset_dicts:
+            names = node.get("names")
+            for name in [names] if isinstance(names, str) else names or ():
+                try:
+                    require_registered(name)
+                except UnknownNameError as error:
+                    raise UnknownNameError(f"{source}: {path}.names: {error}") from None
+        for key, value in node.items():
+            name = f"{path}.{key}"
+            if isinstance(value, dict):
+                walk(value, name)
+                continue
+            config_key = _LAZY_KEYS.get(name)
+            if path.split(".")[0] == "model":
+                config_key = f"MODEL.CLIPTRASE.{key.upper()}"
+            if config_key in RANGES:
+                given = "command-line overrides" if name in overridden else source
+                RANGES[config_key].check(name, value, given)
+
+    for section, node in tree.items():
+        if isinstance(node, dict):
+            walk(node, section)

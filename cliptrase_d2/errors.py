@@ -5,9 +5,14 @@ vocabulary, a dataset) and how to fix it. Entry points (train_net, demo, web dem
 prepare scripts, fetch_weights) catch only this family and print its message as one line; any
 other exception is a bug and keeps its traceback.
 
+``exit_on_user_error`` is that one line for a command's ``main``; ``invalid_value`` the one
+format for a setting or argument that cannot take a value.
+
 Each concrete error also derives from the builtin a caller would expect (``ValueError``,
 ``KeyError``, ``FileNotFoundError`` ...), so ``except ValueError`` keeps working.
 """
+
+import sys
 
 __all__ = [
     "UserError",
@@ -19,6 +24,8 @@ __all__ = [
     "OutputExistsError",
     "OutputNotWritableError",
     "WeightsError",
+    "invalid_value",
+    "exit_on_user_error",
 ]
 
 
@@ -65,3 +72,18 @@ class OutputNotWritableError(OutputError, PermissionError):
 
 class WeightsError(UserError, RuntimeError):
     """A model or weights value that cannot be used; the message names it and how to fix it."""
+
+
+def invalid_value(name: str, value, expected: str, fix: str = "", error=None) -> UserError:
+    """The one-line error for a setting, option or argument ``name`` given a ``value`` it cannot
+    take: '<name> must be <expected>, got <value><fix>' (a ConfigError unless ``error`` says)."""
+    return (error or ConfigError)(f"{name} must be {expected}, got {value!r}{fix}")
+
+
+def exit_on_user_error(main, *args):
+    """Returns ``main(*args)``; a UserError ends the process with the one line 'error: <message>'
+    (exit status 1). Anything else is a bug and keeps its traceback."""
+    try:
+        return main(*args)
+    except UserError as error:
+        sys.exit(f"error: {error}")

@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple, Union
 
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from .errors import InputError, MissingFileError
@@ -270,31 +270,48 @@ def _checked(vocabulary: Vocabulary, spec: str) -> Vocabulary:
     return vocabulary
 
 
+def _strings(given, what: str, example: str) -> Tuple[str, ...]:
+    """``given`` as a tuple of strings: a string is one item (never split into characters), a
+    list or tuple must hold strings only; anything else is a TypeError naming ``what``."""
+    if isinstance(given, str):
+        return (given,)
+    if not isinstance(given, (list, tuple)):
+        raise TypeError(f"{what} must be {example}, got {type(given).__name__} {given!r}")
+    for index, item in enumerate(given):
+        if not isinstance(item, str):
+            raise TypeError(
+                f"{what} item {index} is {item!r} ({type(item).__name__}), not a string: give "
+                f"{example}"
+            )
+    return tuple(given)
+
+
 def resolve_vocabulary(
-    spec, background: Sequence[str] = (), paper_quirks: bool = False
+    spec, background: Union[str, Sequence[str]] = (), paper_quirks: bool = False
 ) -> Vocabulary:
     """A Vocabulary from a benchmark key, a comma-separated string, a file path, a list of names
     or a Vocabulary.
 
-    ``background`` adds background words: to a user's names, and to the words a benchmark key or
-    a Vocabulary already brings (VOC20 plus ``["sky"]`` gets a background class). Benchmark keys
+    ``background`` adds background words (a string is one word): to a user's names, and to the
+    words a benchmark key or a Vocabulary already brings (VOC20 plus ``"sky"`` gets a background
+    class). Names and words of another type than ``str`` are a TypeError. Benchmark keys
     are matched ignoring case and surrounding spaces; a single name that looks like a key
     (``voc-21``) is an error that suggests the key. Benchmark vocabularies come with the paper's
     quirks fixed (SPEC 'Vocabulary quirks': VOC21's doubled 'bed' and 'beachhill', ADE150's
     'bed ') unless ``paper_quirks`` asks for them byte for byte.
     """
-    background = tuple(background)
+    background = _strings(background, "background", "a word or a list of words, e.g. ['sky']")
     if isinstance(spec, Vocabulary):
         if not background:
             return spec
         return _with_background(spec.classes, spec.background, background, spec.extra_names)
     if isinstance(spec, (list, tuple)):
-        return _checked(
-            Vocabulary(tuple(str(n).strip() for n in spec), background), str(list(spec))
-        )
+        names = _strings(spec, "vocabulary", "class names, e.g. ['cat', 'dog']")
+        return _checked(Vocabulary(tuple(n.strip() for n in names), background), str(list(spec)))
     if not isinstance(spec, str):
         raise TypeError(
-            f"vocabulary must be a string or a list of names, got {type(spec).__name__}"
+            f"vocabulary must be a string (a benchmark key, comma-separated names or a file), a "
+            f"list of names or a Vocabulary, got {type(spec).__name__} {spec!r}"
         )
     benchmarks = load_vocabularies()["benchmarks"]
     key = spec.strip().lower()

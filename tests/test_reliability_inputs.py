@@ -56,6 +56,20 @@ def test_user_error_message_outside_a_worker_is_unchanged():
     assert str(InputError("Caught nothing: plain text")) == "Caught nothing: plain text"
 
 
+def test_a_user_error_ends_a_command_with_one_line_and_a_bug_keeps_its_traceback():
+    from cliptrase_d2.errors import exit_on_user_error
+
+    def main(error):
+        raise error
+
+    assert exit_on_user_error(lambda a, b: a + b, 2, 3) == 5
+    with pytest.raises(SystemExit) as caught:
+        exit_on_user_error(main, ConfigError("--port must be at least 1, got 0"))
+    assert caught.value.code == "error: --port must be at least 1, got 0"
+    with pytest.raises(ZeroDivisionError):
+        exit_on_user_error(main, ZeroDivisionError("a bug"))
+
+
 # ---------------------------------------------------------------- text-embedding cache
 
 
@@ -148,3 +162,55 @@ def test_images_within_the_limits_run_and_zero_means_no_limit(tiny_opts):
 def test_negative_limits_are_named(tiny_opts, key):
     with pytest.raises(ConfigError, match=f"MODEL.CLIPTRASE.{key} must be at least 0, got -1"):
         _tiny_model(tiny_opts, **{key: -1})
+
+
+# ---------------------------------------------------------------- the API's arguments
+
+
+@pytest.fixture(scope="module")
+def segmenter(tiny_opts):
+    from cliptrase_d2.api import Segmenter
+
+    return Segmenter.from_config(f"{REPO}/configs/paper/Base-paper-224.yaml", tiny_opts)
+
+
+@pytest.mark.parametrize(
+    "vocabulary, background, message",
+    [
+        (["cat", None], None, r"vocabulary item 1 is None \(NoneType\), not a string"),
+        ([1, 2], None, r"vocabulary item 0 is 1 \(int\), not a string: give class names"),
+        ("cat, dog", [b"sky"], r"background item 0 is b'sky' \(bytes\), not a string"),
+        ("cat, dog", 3, r"background must be a word or a list of words, e.g. \['sky'\], got int"),
+    ],
+)
+def test_api_arguments_of_another_type_are_a_type_error_before_any_work(
+    segmenter, monkeypatch, tmp_path, vocabulary, background, message
+):
+    def no_work(*args, **kwargs):
+        raise AssertionError("the image was read")
+
+    monkeypatch.setattr("cliptrase_d2.api.load_image", no_work)
+    with pytest.raises(TypeError, match=message):
+        segmenter.segment(str(tmp_path / "any.png"), vocabulary, background=background)
+
+
+def test_api_string_background_is_one_word(segmenter):
+    image = np.zeros((32, 48, 3), dtype=np.uint8)
+    result = segmenter.segment(image, "cat, dog", background="sky")
+    assert result.class_names == ["cat", "dog", "background"]
+    # one text row "sky", not the three background words 's', 'k', 'y'
+    assert segmenter.resolve_vocabulary("cat, dog", "sky").text_rows == ("cat", "dog", "sky")
+
+
+def test_api_refuses_an_image_over_the_decode_limit_from_its_header(segmenter, tmp_path):
+    import struct
+    import zlib
+
+    path = tmp_path / "huge.png"
+    Image.new("L", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    data[16:24] = struct.pack(">II", 20000, 20000)  # the IHDR's width and height
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"huge\.png is too large to decode.*MAX_IMAGE_PIXELS"):
+        segmenter.segment(str(path), "cat, dog")

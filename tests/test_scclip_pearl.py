@@ -612,7 +612,7 @@ def test_standard_protocol_runs_tlp_once_on_the_averaged_resized_logits(tiny_opt
     "key, value, message",
     [
         ("PEARL_KK_WEIGHT", -0.1, r"MODEL\.CLIPTRASE\.PEARL_KK_WEIGHT must be >= 0, got -0\.1"),
-        ("TLP_GRID", 0, r"grid side of at least 1, got MODEL\.CLIPTRASE\.TLP_GRID=0"),
+        ("TLP_GRID", 0, r"MODEL\.CLIPTRASE\.TLP_GRID must be at least 1, got 0"),
     ],
 )
 def test_bad_pearl_and_tlp_settings_name_the_key(tiny_opts, key, value, message):

@@ -76,6 +76,32 @@ def test_bad_vocabularies(spec, error, message):
         resolve_vocabulary(spec)
 
 
+@pytest.mark.parametrize(
+    "spec, background, message",
+    [
+        (["cat", None], (), r"vocabulary item 1 is None \(NoneType\), not a string: give class"),
+        ([3, 4], (), r"vocabulary item 0 is 3 \(int\), not a string"),
+        ("cat, dog", ["sky", 2.5], r"background item 1 is 2\.5 \(float\), not a string"),
+        ("cat, dog", 7, r"background must be a word or a list of words.*got int 7"),
+        (42, (), r"vocabulary must be a string .* got int 42"),
+        ({"cat"}, (), r"vocabulary must be .* a list of names or a Vocabulary, got set"),
+    ],
+)
+def test_names_of_another_type_are_a_type_error_naming_what_to_give(spec, background, message):
+    with pytest.raises(TypeError, match=message):
+        resolve_vocabulary(spec, background)
+
+
+def test_a_string_background_is_one_word():
+    vocabulary = resolve_vocabulary("cat, dog", background="sky")
+    assert vocabulary.background == ("sky",) and vocabulary.class_names[-1] == "background"
+    assert (
+        resolve_vocabulary("voc20", "sky").background
+        == resolve_vocabulary("voc20", ["sky"]).background
+    )
+    assert resolve_vocabulary("cat, dog", background="blue sky").background == ("blue sky",)
+
+
 def test_empty_vocabulary_file(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")

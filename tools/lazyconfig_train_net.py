@@ -13,54 +13,22 @@ Training-free: --eval-only is the only mode. Without CUDA, train.device falls ba
 """
 
 import logging
-import os
 
 import cliptrase_d2  # noqa: F401  (registers the datasets; detectron2 shims)
 import torch
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from cliptrase_d2.config import check_device, check_images_per_batch
-from cliptrase_d2.errors import (
-    ConfigError,
-    InputError,
-    MissingFileError,
-    UnknownNameError,
-)
+from cliptrase_d2.config import load_lazy_config as load
 from cliptrase_d2.engine.allocator import tune_cpu_allocator
 from cliptrase_d2.engine.checks import check_num_processes, claim_output_dir
 from cliptrase_d2.engine.launch import run_eval_only
 
 logger = logging.getLogger("cliptrase_d2")
-
-
-def load(config_file: str, overrides):
-    """The LazyConfig with ``key=value`` overrides applied; errors name the file or the override."""
-    if not config_file.endswith(".py"):
-        raise InputError(
-            f"--config-file {config_file}: a LazyConfig is a .py file (configs/lazy/); "
-            "YAML configs run with tools/train_net.py"
-        )
-    if not os.path.isfile(config_file):
-        raise MissingFileError(f"config file {config_file} does not exist")
-    try:
-        cfg = LazyConfig.load(config_file)
-    except SyntaxError as error:
-        raise ConfigError(
-            f"config file {config_file} is not valid Python (line {error.lineno}: {error.msg})"
-        ) from None
-    for key in ("model", "dataloader", "train"):
-        if key not in cfg:
-            raise UnknownNameError(
-                f"config file {config_file} defines no '{key}' (see configs/lazy/common.py)"
-            )
-    try:
-        return LazyConfig.apply_overrides(cfg, overrides)
-    except Exception as error:  # omegaconf's errors name the key but not that it came from here
-        raise UnknownNameError(f"command-line override: {error}") from None
 
 
 def resolve_device(cfg) -> str:

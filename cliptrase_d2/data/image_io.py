@@ -24,17 +24,46 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def read_rgb(path: str, exif_orientation: bool = True) -> np.ndarray:
     """(H, W, 3) uint8 RGB from an image file, with its EXIF orientation applied unless
-    ``exif_orientation=False`` (evaluation: label maps are aligned with the stored pixels)."""
+    ``exif_orientation=False`` (evaluation: label maps are aligned with the stored pixels).
+
+    The size in the file's header is checked before any pixel is decoded: a file of more than
+    ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (Pillow's decompression-bomb limit, 89,478,485 by
+    default; set it to change the limit, None for none) is an InputError, as is anything Pillow
+    cannot read as an image."""
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as image:  # reads the header only
+            _check_decode_size(path, image.size)
             image.load()
             if exif_orientation:
                 image = ImageOps.exif_transpose(image)
             return np.asarray(to_rgb(image))
     except FileNotFoundError:
         raise MissingFileError(f"image file {path} does not exist") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except Image.DecompressionBombError as error:  # Pillow's own check, at twice the limit
+        raise InputError(f"image {path} is too large to decode: {error} {_LIMIT_HINT}") from None
+    except UnidentifiedImageError:
+        raise InputError(
+            f"cannot read image {path}: it is not an image file Pillow can read (PNG, JPEG, ...); "
+            "check that it is an image and not a file of another kind named like one"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as error:
         raise InputError(
             f"cannot read image {path}: {error}. Check that the file is a complete "
             "image (PNG, JPEG, ...) and not truncated or of another format"
         ) from None
+
+
+_LIMIT_HINT = (
+    "Downscale the image, or raise PIL.Image.MAX_IMAGE_PIXELS (None: no limit) if the memory allows"
+)
+
+
+def _check_decode_size(path: str, size) -> None:
+    """Refuses a file whose header gives more pixels than ``PIL.Image.MAX_IMAGE_PIXELS``."""
+    width, height = size
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        raise InputError(
+            f"image {path} is {width}x{height} = {width * height} pixels by its header, over the "
+            f"{limit} pixels an image may have to be decoded. {_LIMIT_HINT}"
+        )

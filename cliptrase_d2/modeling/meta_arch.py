@@ -426,7 +426,7 @@ class CLIPtrase(nn.Module):
         """A Vocabulary from a benchmark key (with the paper's quirks when the model was configured
         so), comma-separated names, a file, a list or a Vocabulary; ``background`` adds
         background words (to the vocabulary's own)."""
-        return resolve_vocabulary(spec, tuple(background), self.paper_vocabulary_quirks)
+        return resolve_vocabulary(spec, background, self.paper_vocabulary_quirks)
 
     def vocabulary_for(self, record: Dict) -> Vocabulary:
         """The vocabulary one input is segmented with (see the class docstring for the order)."""

@@ -1,0 +1,239 @@
+"""Config checks at load time, whatever the source (a YAML file, its _BASE_s, command-line
+options, a LazyConfig and its overrides): every numeric key within its declared Range, YAML read
+as data only, _BASE_ loops and LazyConfig mistakes named in one line before anything is built."""
+
+import glob
+import os
+import sys
+
+import pytest
+
+from conftest import REPO
+from cliptrase_d2.config import RANGES, check_argument, load_config, load_lazy_config
+from cliptrase_d2.errors import ConfigError, MissingFileError, UnknownNameError
+
+PAPER = os.path.join(REPO, "configs", "paper", "Base-paper-224.yaml")
+STANDARD = os.path.join(REPO, "configs", "standard", "Base-standard.yaml")
+LAZY = os.path.join(REPO, "configs", "lazy", "sample_voc21_standard.py")
+
+
+def _yaml(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def _one_line(error) -> str:
+    message = str(error.value)
+    assert "\n" not in message and "Traceback" not in message
+    return message
+
+
+@pytest.mark.parametrize("key", ["DBSCAN_EPS", "LOGIT_SCALE", "PEARL_KK_WEIGHT", "PROB_THD"])
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_non_finite_floats_in_a_yaml_file_are_refused(tmp_path, key, value):
+    config = _yaml(
+        tmp_path,
+        "bad.yaml",
+        f"_BASE_: {STANDARD}\nMODEL:\n  CLIPTRASE:\n    {key}: {value}\n",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    message = _one_line(caught)
+    assert message.startswith(f"MODEL.CLIPTRASE.{key} must be ")
+    assert f"got {float(value.replace('.', ''))!r} in {config}" in message
+
+
+def test_command_line_overflow_to_inf_is_refused():
+    with pytest.raises(ConfigError, match=r"LOGIT_SCALE must be a finite number .* got inf in "):
+        load_config(PAPER, ["MODEL.CLIPTRASE.LOGIT_SCALE", "1e999"])
+
+
+def test_a_negative_logit_scale_is_refused_and_zero_keeps_the_models_own():
+    with pytest.raises(ConfigError) as caught:
+        load_config(PAPER, ["MODEL.CLIPTRASE.LOGIT_SCALE", "-10.0"])
+    assert _one_line(caught) == (
+        "MODEL.CLIPTRASE.LOGIT_SCALE must be >= 0 (0 = the head's own or CLIP's learned scale), "
+        "got -10.0 in command-line options (default 0.0)"
+    )
+    assert (
+        load_config(PAPER, ["MODEL.CLIPTRASE.LOGIT_SCALE", "0.0"]).MODEL.CLIPTRASE.LOGIT_SCALE == 0
+    )
+
+
+@pytest.mark.parametrize(
+    "opts, message",
+    [
+        (
+            ["MODEL.CLIPTRASE.PROB_THD", "2.0"],
+            r"PROB_THD must be a fraction in \[0, 1\] .*got 2\.0",
+        ),
+        (
+            ["MODEL.CLIPTRASE.AREA_THD", "-0.5"],
+            r"AREA_THD must be a fraction in \[0, 1\].*got -0\.5",
+        ),
+        (["DATALOADER.NUM_WORKERS", "-1"], r"DATALOADER\.NUM_WORKERS must be at least 0, got -1"),
+        (["MODEL.CLIPTRASE.PAMR_DILATIONS", "[8, 0]"], r"PAMR_DILATIONS must be a list of whole"),
+        (["MODEL.CLIPTRASE.PAMR_DILATIONS", "[]"], r"each at least 1, got \[\]"),
+        (
+            ["MODEL.CLIPTRASE.DBSCAN_MIN_SAMPLES", "-3"],
+            r"MIN_SAMPLES must be at least 0 \(0 = auto",
+        ),
+    ],
+)
+def test_out_of_range_values_are_refused_at_load_time_not_at_build_time(opts, message):
+    # with REFINE none nothing at build time would look at the thresholds' range first
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config(STANDARD, ["MODEL.CLIPTRASE.REFINE", "none", *opts])
+    assert "in command-line options" in _one_line(caught)
+
+
+def test_every_published_config_is_within_the_ranges():
+    configs = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True))
+    assert len(configs) > 50
+    for config in configs:
+        load_config(config, resolve=False)
+    assert {"MODEL.CLIPTRASE.LOGIT_SCALE", "DATALOADER.NUM_WORKERS"} <= set(RANGES)
+    assert all(rule.kind in (int, float) for rule in RANGES.values())
+
+
+# ---------------------------------------------------------------- YAML is data
+
+
+@pytest.mark.parametrize("where", ["file", "base"])
+def test_a_python_tag_in_a_yaml_config_is_refused_and_never_runs(tmp_path, where):
+    marker = tmp_path / "marker"
+    tagged = f'MODEL:\n  DEVICE: !!python/object/apply:builtins.open ["{marker}", "w"]\n'
+    if where == "file":
+        config = _yaml(tmp_path, "tagged.yaml", tagged)
+    else:
+        _yaml(tmp_path, "tagged_base.yaml", tagged)
+        config = _yaml(tmp_path, "child.yaml", "_BASE_: tagged_base.yaml\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    message = _one_line(caught)
+    assert "tagged" in message and "python/object/apply" in message and "never run code" in message
+    assert not marker.exists()
+
+
+def test_detectron2_itself_is_asked_for_the_safe_loader(tmp_path, monkeypatch):
+    """A Python tag that gets past the first reading (a file changed in between) is still not
+    run: Detectron2's merge is called with allow_unsafe=False."""
+    from detectron2.config import CfgNode
+
+    calls = []
+    merge = CfgNode.merge_from_file
+    monkeypatch.setattr(
+        CfgNode,
+        "merge_from_file",
+        lambda self, name, allow_unsafe=True: (
+            calls.append(allow_unsafe) or merge(self, name, False)
+        ),
+    )
+    load_config(PAPER)
+    assert calls == [False]
+
+
+@pytest.mark.parametrize("loop", ["self", "pair"])
+def test_a_base_loop_is_named_not_a_recursion_error(tmp_path, loop):
+    if loop == "self":
+        config = _yaml(tmp_path, "a.yaml", "_BASE_: a.yaml\n")
+    else:
+        config = _yaml(tmp_path, "a.yaml", "_BASE_: b.yaml\nMODEL:\n  DEVICE: cpu\n")
+        _yaml(tmp_path, "b.yaml", "_BASE_: ./a.yaml\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    message = _one_line(caught)
+    assert "leads back to itself" in message and "remove the _BASE_ line" in message
+    assert message.count("a.yaml") >= 2
+
+
+def test_a_missing_base_deep_in_the_chain_is_named(tmp_path):
+    _yaml(tmp_path, "b.yaml", "_BASE_: nowhere.yaml\n")
+    config = _yaml(tmp_path, "a.yaml", "_BASE_: b.yaml\n")
+    with pytest.raises(MissingFileError, match=r"b\.yaml: the file .*nowhere\.yaml it names"):
+        load_config(config)
+
+
+# ---------------------------------------------------------------- LazyConfig
+
+
+def _lazy(*overrides, config=LAZY):
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    try:
+        import lazyconfig_train_net  # the entry point's own load step
+    finally:
+        sys.path.pop(0)
+    assert lazyconfig_train_net.load is load_lazy_config
+    return load_lazy_config(config, list(overrides))
+
+
+@pytest.mark.parametrize(
+    "override, error, message",
+    [
+        (
+            "model.paper_size=abc",
+            ConfigError,
+            r"model\.paper_size must be a whole number, got 'abc'",
+        ),
+        ("model.window_batch=0", ConfigError, r"model\.window_batch must be at least 1, got 0"),
+        ("model.logit_scale=-1.5", ConfigError, r"model\.logit_scale must be >= 0 .*got -1\.5"),
+        ("model.refinement.dbscan_eps=nan", ConfigError, r"dbscan_eps must be a finite number"),
+        ("model.prob_thd=2.0", ConfigError, r"model\.prob_thd must be a fraction in \[0, 1\]"),
+        ("dataloader.test.num_workers=-1", ConfigError, r"num_workers must be at least 0"),
+        (
+            "model.window_szie=112",
+            UnknownNameError,
+            r"window_szie is not a setting of CLIPtrase; did you mean window_size",
+        ),
+        (
+            "dataloader.test.mapper.crop=1",
+            UnknownNameError,
+            r"mapper\.crop is not a setting of SemSegTestMapper",
+        ),
+        (
+            "dataloader.test.dataset.names=voc_nowhere",
+            UnknownNameError,
+            r"names: Dataset 'voc_nowhere' is not registered",
+        ),
+    ],
+)
+def test_lazy_config_values_are_checked_when_loaded(override, error, message):
+    """By the entry point's load step, which builds nothing (no model, no loader)."""
+    with pytest.raises(error, match=message) as caught:
+        _lazy(override)
+    assert "command-line overrides" in _one_line(caught) or error is UnknownNameError
+
+
+def test_a_lazy_config_that_raises_on_import_is_named(tmp_path):
+    config = tmp_path / "raises.py"
+    config.write_text("x = 1\ny = {}['missing']\nmodel = dataloader = train = {}\n")
+    with pytest.raises(ConfigError) as caught:
+        _lazy(config=str(config))
+    message = _one_line(caught)
+    assert message == f"config file {config}, line 2 raised KeyError: 'missing'; fix the file"
+
+
+def test_the_published_lazy_configs_load():
+    for config in glob.glob(os.path.join(REPO, "configs", "lazy", "sample_*.py")):
+        assert _lazy("model.paper_size=336", config=config).model.paper_size == 336
+
+
+# ---------------------------------------------------------------- tools' arguments
+
+
+def test_tool_arguments_are_checked_in_the_same_format():
+    check_argument("--port", 7860, int, 1, 65535)
+    check_argument("--batch-sizes", [1, 2, 4], int, 1)
+    check_argument("--cases", ["paper_224"], choices=("paper_224", "standard"))
+    for args, message in (
+        (("--port", 0, int, 1, 65535), "--port must be from 1 to 65535, got 0"),
+        (("--limit", -1, int, 0), "--limit must be at least 0, got -1"),
+        (("--limit", 2.5, int, 0), "--limit must be a whole number at least 0, got 2.5"),
+        (("--scale", float("nan"), float, 0), "--scale must be a finite number >= 0, got nan"),
+        (("--batch-sizes", [1, 0], int, 1), "--batch-sizes must be a list of whole numbers, each"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            check_argument(*args)
+    with pytest.raises(ConfigError, match="--cases must be one of paper_224, standard, got 'x'"):
+        check_argument("--cases", ["paper_224", "x"], choices=("paper_224", "standard"))
