@@ -15,6 +15,7 @@ with warnings.catch_warnings():
     from .modeling.meta_arch import CLIPtrase
     from . import data  # noqa: F401  (registers the datasets)
 
+from . import model_zoo  # noqa: E402  (the project's configs by name)
 from .vocabulary import Vocabulary, resolve_vocabulary
 
-__all__ = ["add_cliptrase_config", "CLIPtrase", "Vocabulary", "resolve_vocabulary"]
+__all__ = ["add_cliptrase_config", "CLIPtrase", "Vocabulary", "model_zoo", "resolve_vocabulary"]
