@@ -19,7 +19,7 @@ from PIL import Image, ImageOps
 
 from .config import check_images_per_batch
 from .data.image_io import read_rgb, to_rgb
-from .vocabulary import Vocabulary
+from .vocabulary import Vocabulary, resolve_vocabulary
 from .errors import InputError
 
 __all__ = ["Segmenter", "SegmentationResult", "load_image"]
@@ -97,7 +97,8 @@ class Segmenter:
         DATASETS.TEST); ``background`` adds background words to it."""
         if vocabulary is None:
             vocabulary = self.model.vocabulary_for({})
-        return self.model.resolve_vocabulary(vocabulary, () if background is None else background)
+        quirks = self.model.paper_vocabulary_quirks
+        return resolve_vocabulary(vocabulary, () if background is None else background, quirks)
 
     def segment(
         self,
@@ -125,24 +126,37 @@ class Segmenter:
         single = not isinstance(images, (list, tuple))
         batch = [images] if single else list(images)
         resolved = self.resolve_vocabulary(vocabulary, background)
+        frame = self.model.frame  # the protocol's frame, made as the test loader makes it
         arrays = [load_image(image) for image in batch]
         for image, array in zip(batch, arrays):
             name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else "the image"
-            self.model.check_image_size(array.shape[:2], name)
-        tensors = [torch.from_numpy(a.transpose(2, 0, 1).copy()) for a in arrays]
-        step = batch_size or max(len(tensors), 1)
-        predictions = []
+            frame.check(*array.shape[:2], name)
+        frames = [frame(array) for array in arrays]
+        order = slice(None, None, -1 if self.model.input_format == "BGR" else 1)
+        records = [
+            {
+                "image": torch.from_numpy(pixels[:, :, order].transpose(2, 0, 1).copy()),
+                "height": array.shape[0],
+                "width": array.shape[1],
+                "vocabulary": resolved,
+                "scores": "soft" if scores else "none",
+            }
+            for pixels, array in zip(frames, arrays)
+        ]
+        step = batch_size or max(len(records), 1)
+        outputs = []
         with torch.no_grad():
-            for start in range(0, len(tensors), step):
-                chunk = tensors[start : start + step]
-                predictions += self.model.inference(chunk, resolved, scores=scores)
+            for start in range(0, len(records), step):
+                outputs += self.model(records[start : start + step])
+        # the pixels the labels refer to: the paper protocol's crop, else the image itself
+        shown = frames if frame.protocol == "paper" else arrays
         results = [
             SegmentationResult(
-                p.labels.cpu().numpy().astype(np.int64),
-                None if p.scores is None else p.scores.cpu(),
+                output["labels"].cpu().numpy().astype(np.int64),
+                output["sem_seg"].cpu() if scores else None,
                 resolved.class_names,
-                self.model.evaluated_frame(a),
+                pixels,
             )
-            for p, a in zip(predictions, arrays)
+            for output, pixels in zip(outputs, shown)
         ]
         return results[0] if single else results

@@ -176,6 +176,9 @@ def add_cliptrase_config(cfg):
     c.PUBLISHED = ""
     # Text-embedding cache directory; "" = ~/.cache/cliptrase_d2, "none" disables the cache.
     c.TEXT_CACHE_DIR = ""
+    # The test-time resize of Detectron2's predictor and mappers: 0 = none (a NoOpTransform), so
+    # that the model makes its protocol's own frame from the whole image.
+    cfg.INPUT.MIN_SIZE_TEST = 0
     # Write OUTPUT_DIR/predictions/<dataset>/<image_id>.png label maps during evaluation.
     cfg.TEST.SAVE_PREDICTIONS = False
     # Images per model call in evaluation (per process; same predictions, docs/EVALUATION.md).

@@ -156,10 +156,8 @@ def test_batch_size_caps_the_images_per_model_call(tiny_opts):
         os.path.join(FIXTURES, "images", f"{n}.png") for n in ("chelsea", "coffee", "vocsample")
     ]
     calls = []
-    inference = segmenter.model.inference
-    segmenter.model.inference = lambda images, *args, **kwargs: (
-        calls.append(len(images)) or inference(images, *args, **kwargs)
-    )
+    forward = segmenter.model.forward
+    segmenter.model.forward = lambda records: calls.append(len(records)) or forward(records)
     batched = segmenter.segment(paths, "voc20", batch_size=2)
     assert calls == [2, 1]
     whole = segmenter.segment(paths, "voc20")

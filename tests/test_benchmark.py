@@ -12,7 +12,9 @@ import torch
 from PIL import Image
 
 from conftest import REPO, TINY_CONFIG, require_fixtures
+from cliptrase_d2.data.dataset_mapper import ProtocolFrame
 from cliptrase_d2.method import dense_clip, refinement
+from cliptrase_d2.method.preprocess import resize_and_center_crop
 
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import benchmark  # noqa: E402
@@ -101,12 +103,12 @@ def test_paper_cases_get_the_test_mappers_crop():
     """The paper cases are timed on what evaluation's mapper gives the model (the S x S crop),
     the standard ones on the photo at the case's size."""
     photo = benchmark.load_photos("")[0]
-    model = SimpleNamespace(paper_size=224, max_pixels=50_000_000)
+    model = SimpleNamespace(frame=ProtocolFrame("paper", 224))
     frame = benchmark.case_frame("paper_224", model, photo)
     assert frame.shape == (224, 224, 3) and photo.shape != frame.shape
     np.testing.assert_array_equal(
         frame,
-        np.asarray(benchmark.resize_and_center_crop(Image.fromarray(photo), 224, Image.BICUBIC)),
+        np.asarray(resize_and_center_crop(Image.fromarray(photo), 224, Image.BICUBIC)),
     )
     assert benchmark.case_frame("standard_512x683", model, photo).shape == (512, 683, 3)
 
@@ -128,9 +130,9 @@ def test_stage_clock_charges_nested_calls_to_their_own_stage():
 
 
 def test_windows_of_the_standard_cases():
-    common = dict(standard_long_side=2048, window_size=224, window_stride=112)
-    cityscapes = SimpleNamespace(standard_short_side=560, **common)
-    ade = SimpleNamespace(standard_short_side=336, **common)
+    common = dict(long_side=2048, window=224, stride=112)
+    cityscapes = SimpleNamespace(frame=ProtocolFrame("standard", short_side=560, **common))
+    ade = SimpleNamespace(frame=ProtocolFrame("standard", short_side=336, **common))
     assert benchmark.number_of_windows(cityscapes, (1024, 2048)) == 4 * 9  # 560 x 1120
     assert benchmark.number_of_windows(ade, (1024, 2048)) == 2 * 5  # 336 x 672
     assert benchmark.number_of_windows(ade, (512, 683)) == 2 * 3  # 336 x 448

@@ -124,8 +124,8 @@ def test_lazy_config_errors(tmp_path):
 
 
 def test_lazy_paper_config_crops_in_the_loader_as_the_yaml_one_does():
-    """The paper LazyConfig's mapper makes the model's crop (its size and MAX_PIXELS follow the
-    model by interpolation); the standard one's leaves the image whole."""
+    """The LazyConfigs' mapper makes the model's frame (its protocol, size and MAX_PIXELS follow
+    the model by interpolation): the paper crop, or the standard keep-ratio frame."""
     from detectron2.config import instantiate
 
     paper = lazyconfig_train_net.load(
@@ -133,8 +133,10 @@ def test_lazy_paper_config_crops_in_the_loader_as_the_yaml_one_does():
         ["model.paper_size=336", "model.max_pixels=1000000"],
     )
     mapper = instantiate(paper.dataloader.test.mapper)
-    assert (mapper.paper_size, mapper.max_pixels) == (336, 1_000_000)
+    assert (mapper.frame.paper_size, mapper.frame.max_pixels) == (336, 1_000_000)
+    assert mapper.frame.protocol == "paper"
     standard = lazyconfig_train_net.load(
         os.path.join(REPO, "configs", "lazy", "sample_voc21_standard.py"), []
     )
-    assert instantiate(standard.dataloader.test.mapper).paper_size is None
+    frame = instantiate(standard.dataloader.test.mapper).frame
+    assert (frame.protocol, frame.short_side, frame.long_side) == ("standard", 336, 2048)

@@ -12,7 +12,7 @@ from conftest import FIXTURES, REPO, require_fixtures
 from cliptrase_d2.data.image_io import read_rgb
 from cliptrase_d2.config import load_config
 from cliptrase_d2.errors import InputError
-from cliptrase_d2.method.preprocess import CLIP_MEAN, CLIP_STD, to_clip_tensor
+from cliptrase_d2.method.preprocess import CLIP_MEAN, CLIP_STD
 
 PAPER_224 = f"{REPO}/configs/paper/Base-paper-224.yaml"
 STANDARD = f"{REPO}/configs/standard/Base-standard.yaml"
@@ -33,6 +33,17 @@ def _model(tiny_opts, config=PAPER_224, **overrides):
     return build_model(load_config(config, opts)).eval()
 
 
+def _clip_tensor(pixels):
+    """(H, W, 3) uint8 -> (1, 3, H, W) CLIP-normalized float32, as the model normalizes."""
+    image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255
+    mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
+    return ((image - mean) / std)[None].contiguous()
+
+
+def _hwc(image):
+    return image.permute(1, 2, 0).contiguous().numpy()
+
+
 def _labels(model, image, **extra):
     return model([{"image": image, **extra}])[0]["sem_seg"].argmax(dim=0)
 
@@ -46,11 +57,9 @@ def test_paper_protocol_predicts_the_center_crop(tiny_opts, photo):
     assert torch.equal(output.sum(dim=0), torch.ones(224, 224))  # vote: one-hot scores
     resized = Image.fromarray(photo.permute(1, 2, 0).numpy()).resize((336, 224), Image.BICUBIC)
     crop = np.asarray(resized)[:, 56:280]
-    np.testing.assert_array_equal(model.evaluated_frame(photo), crop)
+    np.testing.assert_array_equal(model.frame(_hwc(photo)), crop)
     with torch.no_grad():
-        expected = model._predict(
-            to_clip_tensor(Image.fromarray(crop))[None], model.vocabulary, soft_scores=False
-        ).scores[0]
+        expected = model._predict(_clip_tensor(crop), model.vocabulary, soft_scores=False).scores[0]
     assert torch.equal(output, expected)
 
 
@@ -70,33 +79,57 @@ def test_the_test_mapper_crops_in_the_loader_with_the_same_prediction(tiny_opts,
         400,
         600,
     )
-    crop = model.evaluated_frame(photo)
+    crop = model.frame(_hwc(photo))
     np.testing.assert_array_equal(record["image"].permute(1, 2, 0).numpy(), crop)
-    np.testing.assert_array_equal(model.evaluated_frame(record["image"]), crop)
+    np.testing.assert_array_equal(model.frame(_hwc(record["image"])), crop)
     whole, cropped = model([{"image": photo}, record])
     assert torch.equal(whole["sem_seg"], cropped["sem_seg"])
     bgr = SemSegTestMapper(load_config(PAPER_224, list(tiny_opts) + ["INPUT.FORMAT", "BGR"]))
     assert torch.equal(bgr({"file_name": str(path)})["image"], record["image"].flip(0))
     standard = SemSegTestMapper(load_config(STANDARD, list(tiny_opts)))
-    assert standard({"file_name": str(path)})["image"].shape == (3, 400, 600)
+    record = standard({"file_name": str(path)})  # the keep-ratio frame, at short side 336
+    assert record["image"].shape == (3, 336, 504) and (record["height"], record["width"]) == (
+        400,
+        600,
+    )
+    model = _model(tiny_opts, STANDARD)
+    assert torch.equal(model([record])[0]["sem_seg"], model([{"image": photo}])[0]["sem_seg"])
 
 
-def test_the_mapper_leaves_to_the_model_the_images_it_refuses_or_upscales(tiny_opts):
-    """Images the model refuses (smaller than one patch, a resized frame over MAX_PIXELS) and
-    images it enlarges reach it whole: the same errors and predictions as without the mapper."""
-    from cliptrase_d2.method.preprocess import loader_crop
+def test_the_mapper_refuses_or_frames_as_the_model_does(tiny_opts, tmp_path):
+    """Images refused (a resized frame over MAX_PIXELS) are refused by the mapper with the
+    model's own error, before any resize; an image smaller than one patch is refused by the
+    model from the original height/width the mapper passes on; an image the protocol enlarges
+    gets the same prediction from the mapper's frame as whole."""
+    from cliptrase_d2.data.dataset_mapper import SemSegTestMapper
 
     rng = np.random.default_rng(0)
     small, wide = (
         rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((8, 8, 3), (300, 3000, 3))
     )
     upscaled = rng.integers(0, 256, (150, 200, 3), dtype=np.uint8)
-    assert loader_crop(small, 224) is small and loader_crop(upscaled, 224) is upscaled
-    assert loader_crop(wide, 224, max_pixels=224 * 2239) is wide  # 224 x 2240 resized frame
-    assert loader_crop(wide, 224, max_pixels=224 * 2240).shape == (224, 224, 3)
+    paths = {}
+    for name, pixels in (("small", small), ("wide", wide), ("upscaled", upscaled)):
+        paths[name] = str(tmp_path / f"{name}.png")
+        Image.fromarray(pixels).save(paths[name])
+
+    def mapper(max_pixels):
+        opts = list(tiny_opts) + ["MODEL.CLIPTRASE.MAX_PIXELS", str(max_pixels)]
+        return SemSegTestMapper(load_config(PAPER_224, opts))
+
+    with pytest.raises(InputError, match="wide.png: .*MAX_PIXELS"):
+        mapper(224 * 2239)({"file_name": paths["wide"]})  # 224 x 2240 resized frame
+    assert mapper(224 * 2240)({"file_name": paths["wide"]})["image"].shape == (3, 224, 224)
     model = _model(tiny_opts, MAX_PIXELS=224 * 2239)
     with pytest.raises(InputError, match="MAX_PIXELS"):
         model([{"image": torch.from_numpy(wide.transpose(2, 0, 1).copy())}])
+    record = mapper(50_000_000)({"file_name": paths["small"]})
+    assert record["image"].shape == (3, 224, 224) and (record["height"], record["width"]) == (8, 8)
+    with pytest.raises(InputError, match="small.png.*8x8 pixels is smaller than one 16x16"):
+        model([record])
+    record = mapper(50_000_000)({"file_name": paths["upscaled"]})
+    whole = torch.from_numpy(upscaled.transpose(2, 0, 1).copy())
+    assert torch.equal(model([record])[0]["sem_seg"], model([{"image": whole}])[0]["sem_seg"])
 
 
 def test_paper_size_336(tiny_opts, photo):
@@ -224,7 +257,7 @@ def test_logit_scale_image_weighting_and_templates(tiny_opts):
     plain = _model(tiny_opts, REFINE="none")
     weighted = _model(tiny_opts, REFINE="none", IMAGE_LOGIT_WEIGHTING=True)
     a, b = plain([{"image": image}])[0]["sem_seg"], weighted([{"image": image}])[0]["sem_seg"]
-    crop = to_clip_tensor(Image.fromarray(weighted.evaluated_frame(image)))[None]
+    crop = _clip_tensor(weighted.frame(_hwc(image)))
     with torch.no_grad():  # the image-level logits, from the [CLS] token of the same forward
         features = weighted.head.features(weighted.clip_model.visual, crop)
         text = weighted.text_embeddings(weighted.vocabulary)
@@ -445,7 +478,7 @@ def test_out_of_memory_splits_the_batch_and_names_the_fix(caplog):
     """A batch that does not fit runs in halves with the same per-image results; one image that
     does not fit is an OutOfMemoryError that says what to change (never a CPU fallback)."""
     from cliptrase_d2.method.pipeline import Prediction
-    from cliptrase_d2.modeling.meta_arch import predict_within_memory
+    from cliptrase_d2.method.pipeline import predict_within_memory
 
     calls = []
 
@@ -501,33 +534,23 @@ def test_standard_windows_of_a_batch_cross_images_and_each_image_gets_its_own(ti
         assert seen == [3, 3, 2]
         alone = [model([record])[0]["sem_seg"] for record in records]
         assert seen[3:] == [2, 3, 1, 2]
-        labels = model.inference(images, model.vocabulary, scores=False)
-        labels_alone = [model.inference([im], model.vocabulary, scores=False)[0] for im in images]
+        labels = model([{"image": im, "scores": "none"} for im in images])
+        labels_alone = [model([{"image": im, "scores": "none"}])[0] for im in images]
     assert [tuple(o.shape[1:]) for o in outputs] == [(400, 600), (200, 300), (512, 512), (375, 500)]
     for output, expected in zip(outputs, alone):
         assert torch.equal(output, expected)
     for prediction, expected, output in zip(labels, labels_alone, outputs):
-        assert prediction.scores is None
-        assert torch.equal(prediction.labels, expected.labels)
-    assert torch.equal(labels[0].labels, outputs[0].argmax(dim=0))
+        assert "sem_seg" not in prediction
+        assert torch.equal(prediction["labels"], expected["labels"])
+    assert torch.equal(labels[0]["labels"], outputs[0].argmax(dim=0))
     assert len({tuple(torch.unique(o.argmax(dim=0)).tolist()) for o in outputs}) >= 2
-
-
-def test_paper_crops_of_different_sizes_are_a_named_error(tiny_opts, photo):
-    """The paper protocol predicts a batch as one tensor: crops of different sizes (only a
-    changed evaluated_frame can make them) are refused with the sizes, not torch.stack's error."""
-    model = _model(tiny_opts)
-    square = torch.zeros(3, 300, 300, dtype=torch.uint8)
-    model.evaluated_frame = lambda image: image.permute(1, 2, 0).numpy()  # no resize, no crop
-    with pytest.raises(InputError, match=r"crops differ in size \(300x300, 400x600\).*IMS_PER"):
-        model([{"image": photo}, {"image": square}])
 
 
 def test_out_of_memory_splits_window_batches_that_span_images(tiny_opts, caplog):
     """Seven windows of three images (2 + 3 + 2) in one WINDOW_BATCH, on a device that fits two:
     run as 2 + 2 + 2 + 1 (halves of halves), the same outputs as unsplit, one warning for the
     batch."""
-    from cliptrase_d2.modeling.meta_arch import logger as meta_arch_logger
+    from cliptrase_d2.method.pipeline import logger as meta_arch_logger
 
     model = _model(tiny_opts, STANDARD, STANDARD_SHORT_SIDE=224, WINDOW_BATCH=8)
     records = [{"image": im} for im in _fixture_images("coffee", "chelsea", "vocsample")]

@@ -446,13 +446,13 @@ def test_standard_protocol_in_the_peers_order(tiny_opts, photo):
     total[:, :, 76:224] /= 2
     expected = merge_names(resize_maps(total, (400, 600)), (0, 0, 1, 2, 2), num_classes=2)
     torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-4)
-    light = model.inference([photo], vocabulary, scores=False)[0].labels
+    light = model([{"image": photo, "vocabulary": vocabulary, "scores": "none"}])[0]["labels"]
     assert (light == expected.argmax(dim=0)).float().mean() > 0.999
 
 
 def test_thresholds_and_pamr_through_the_model(tiny_opts, photo):
     plain = _standard_model(tiny_opts, BACKGROUND_WORDS="['floor']")
-    rows = plain.inference([photo], plain.vocabulary)[0].scores
+    rows = plain([{"image": photo, "scores": "soft"}])[0]["sem_seg"]
     everything = _standard_model(tiny_opts, BACKGROUND_WORDS="['floor']", PROB_THD=1.0)
     assert (
         everything([{"image": photo}])[0]["sem_seg"].argmax(dim=0) == 3
@@ -471,7 +471,8 @@ def test_published_config_brings_its_vocabulary(tiny_opts):
         os.path.join(REPO, "configs", "naclip", "published", "voc21.yaml"), tiny_opts
     )
     assert segmenter.model.vocabulary == resolve_vocabulary("naclip/voc21")
-    assert (segmenter.model.window_size, segmenter.model.pamr_steps, segmenter.model.prob_thd) == (
+    model = segmenter.model
+    assert (model.window_size, model.steps.pamr_steps, model.steps.prob_thd) == (
         0,
         10,
         0.1,

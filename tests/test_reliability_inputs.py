@@ -113,7 +113,7 @@ def _refuses_before_any_work(model, monkeypatch, image):
         raise AssertionError("the image reached the model")
 
     monkeypatch.setattr(model.clip_model, "forward", no_work)
-    monkeypatch.setattr(type(model), "_standard_frame", no_work)
+    monkeypatch.setattr(type(model.frame), "__call__", no_work)
     with pytest.raises(InputError) as caught:
         model([{"image": image, "file_name": "tall.png"}])
     return str(caught.value)
@@ -152,10 +152,10 @@ def test_standard_output_over_max_pixels_is_refused(tiny_opts, monkeypatch):
 def test_images_within_the_limits_run_and_zero_means_no_limit(tiny_opts):
     image = torch.zeros(3, 16, 20000, dtype=torch.uint8)
     default = _tiny_model(tiny_opts, "standard/Base-standard.yaml", VOCABULARY="cup, table")
-    assert (default.max_pixels, default.max_windows) == (50_000_000, 1024)
+    assert (default.frame.max_pixels, default.frame.max_windows) == (50_000_000, 1024)
     assert default([{"image": image}])[0]["sem_seg"].shape == (2, 16, 20000)
     unlimited = _tiny_model(tiny_opts, VOCABULARY="cup, table", MAX_PIXELS=0)
-    unlimited.check_image_size((16, 2_000_000), "huge.png")  # no limit: nothing raised
+    unlimited.frame.check(16, 2_000_000, "huge.png")  # no limit: nothing raised
 
 
 @pytest.mark.parametrize("key", ["MAX_PIXELS", "MAX_WINDOWS"])

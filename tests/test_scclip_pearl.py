@@ -352,12 +352,12 @@ def test_tlp_uses_only_the_diagonal_of_renormalised_text_similarities():
 def test_tlp_refinement_is_reported_once_without_clustering_settings(project_log):
     from detectron2.utils import logger as d2_logger
 
-    from cliptrase_d2.modeling import meta_arch
+    from cliptrase_d2.modeling import settings
 
     d2_logger._LOG_COUNTER.clear()  # detectron2's log_first_n counts per message
     with project_log.at_level(logging.WARNING):
         for _ in range(2):
-            meta_arch._report_unused_settings("pearl", RefinementSettings(refine="tlp"))
+            settings.report_unused_settings("pearl", RefinementSettings(refine="tlp"))
     messages = [r.getMessage() for r in project_log.records if "do not apply" in r.getMessage()]
     assert len(messages) == 1 and "REFINE 'tlp'" in messages[0] and "DBSCAN_EPS" in messages[0]
 
@@ -575,6 +575,7 @@ def test_standard_protocol_runs_tlp_once_on_the_averaged_resized_logits(tiny_opt
     from cliptrase_d2.data.image_io import read_rgb
     from cliptrase_d2.method.propagation import text_aware_propagation
     from cliptrase_d2.method.refinement import resize_maps
+    from cliptrase_d2.method.sliding import sliding_window
     from cliptrase_d2.method.thresholds import merge_names
 
     require_fixtures()
@@ -582,17 +583,24 @@ def test_standard_protocol_runs_tlp_once_on_the_averaged_resized_logits(tiny_opt
     image = torch.from_numpy(photo.transpose(2, 0, 1).copy())  # (3, 240, 360)
     model = _tlp_model(tiny_opts, TLP_GRID=40)
     plain = _tlp_model(tiny_opts, REFINE="none")
-    assert model.refinement.refine == "none" and model.tlp_grid == 40  # windows: no refinement
+    # the windows without refinement
+    assert model.refinement.refine == "none" and model.steps.tlp_grid == 40
     output = model([{"image": image}])[0]["sem_seg"]
     assert output.shape == (4, 240, 360)
     vocabulary = model.vocabulary
     with torch.no_grad():
-        frame = plain._standard_frame(image)
-        average = plain._window_averages([frame], vocabulary)[0]  # (4 rows, 200, 300)
-        torch.testing.assert_close(model._window_averages([frame], vocabulary)[0], average)
+        frame = plain._normalized(torch.from_numpy(plain.frame(photo)))  # (3, 200, 300)
+
+        def window_average(m):
+            return sliding_window(
+                frame, lambda w: m._window_scores(w, vocabulary), 224, 112, 8, multiple=16
+            )
+
+        average = window_average(plain)  # (4 rows, 200, 300)
+        torch.testing.assert_close(window_average(model), average)
         rows = resize_maps(average, (240, 360))
         guide = F.interpolate(
-            plain._standard_frame(image)[None],
+            frame[None],
             size=(240, 360),
             mode="bilinear",
             align_corners=False,
@@ -602,7 +610,7 @@ def test_standard_protocol_runs_tlp_once_on_the_averaged_resized_logits(tiny_opt
     expected = merge_names(refined, vocabulary.row_classes, len(vocabulary.classes))
     torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-4)
     assert (output - merge_names(rows, vocabulary.row_classes, 3)).abs().max() > 1e-2
-    labels = model.inference([image], vocabulary, scores=False)[0].labels
+    labels = model([{"image": image, "scores": "none"}])[0]["labels"]
     assert torch.equal(labels, output.argmax(dim=0))
     default_grid = _tlp_model(tiny_opts)([{"image": image}])[0]["sem_seg"]
     assert (default_grid - output).abs().max() > 1e-3  # TLP_GRID reaches the standard path
@@ -625,15 +633,15 @@ def test_bad_pearl_and_tlp_settings_name_the_key(tiny_opts, key, value, message)
 def test_settings_for_another_head_or_refinement_are_reported_once(project_log):
     from detectron2.utils import logger as d2_logger
 
-    from cliptrase_d2.modeling import meta_arch
+    from cliptrase_d2.modeling import settings
 
     d2_logger._LOG_COUNTER.clear()
     with project_log.at_level(logging.WARNING):
         for _ in range(2):
-            meta_arch._report_unused_settings(
+            settings.report_unused_settings(
                 "sclip", RefinementSettings(refine="mean", tlp_grid=40), ["key_key_weight"]
             )
-            meta_arch._report_unused_settings("pearl", RefinementSettings(refine="tlp"), [])
+            settings.report_unused_settings("pearl", RefinementSettings(refine="tlp"), [])
     messages = [r.getMessage() for r in project_log.records if "does not apply" in r.getMessage()]
     assert len(messages) == 2
     assert "head 'sclip': MODEL.CLIPTRASE.PEARL_KK_WEIGHT does not apply" in messages[0]

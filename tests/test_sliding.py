@@ -78,13 +78,11 @@ def test_windows_of_several_images_share_batches_and_each_image_keeps_its_own():
         events.append(("predict", tuple(batch.shape)))
         return batch[:, :2] * 2 + batch.mean(dim=(1, 2, 3), keepdim=True)
 
-    def finish(index, average):
+    results = []
+    averages = sliding_windows(images, predict, window=96, stride=64, batch_size=5, multiple=16)
+    for index, average in enumerate(averages):  # each yielded as soon as it is complete
         events.append(("finish", index))
-        return index, average
-
-    results = sliding_windows(
-        images, predict, window=96, stride=64, batch_size=5, multiple=16, finish=finish
-    )
+        results.append((index, average))
     assert [i for i, _ in results] == [0, 1, 2, 3]
     for image, (_, average) in zip(images, results):
         alone = sliding_window(image, predict, window=96, stride=64, batch_size=5, multiple=16)
@@ -104,11 +102,11 @@ def test_windows_of_several_images_share_batches_and_each_image_keeps_its_own():
     ]
 
 
-def test_several_images_without_finish_return_the_averages():
+def test_several_images_yield_the_averages_in_order():
     from cliptrase_d2.method.sliding import sliding_windows
 
     images = [torch.rand(3, 40, 60), torch.rand(3, 50, 30)]
     averages = sliding_windows(images, lambda b: b[:, :1] + 1, window=32, stride=16, batch_size=3)
     for image, average in zip(images, averages):
         torch.testing.assert_close(average, image[:1] + 1)
-    assert sliding_windows([], lambda b: b, window=32, stride=16, batch_size=3) == []
+    assert list(sliding_windows([], lambda b: b, window=32, stride=16, batch_size=3)) == []

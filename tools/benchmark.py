@@ -17,7 +17,7 @@ work is synchronized (``torch.cuda.synchronize``) before each clock reading. Wha
   (its own 21 x 21 positional table).
 - ``paper_<S>``: ``CLIPtrase.forward`` under the paper protocol (configs/paper/pc59_<S>.yaml,
   K = 59 classes) on what evaluation's test mapper gives it for one decoded uint8 photo: the
-  S x S center crop, made by the mapper (``SemSegTestMapper.frame``: PIL bicubic resize and
+  S x S center crop, made by the mapper (the model's ``ProtocolFrame``: PIL bicubic resize and
   crop, in the loader's worker processes when DATALOADER.NUM_WORKERS > 0). Timed:
   normalization, the recalibrated tower, dense logits, upsampling, DBSCAN, region map (median
   filter), vote, the (K, S, S) ``sem_seg`` output. ``loader_ms_paper_<S>``: the mapper's crop
@@ -80,10 +80,10 @@ from cliptrase_d2 import clip_loading
 from cliptrase_d2.clip_loading import PRECISIONS
 from cliptrase_d2.data.image_io import read_rgb
 from cliptrase_d2.config import load_config
-from cliptrase_d2.data.dataset_mapper import SemSegTestMapper
+from cliptrase_d2.data import dataset_mapper
 from cliptrase_d2.engine.allocator import tune_cpu_allocator
-from cliptrase_d2.method import dense_clip, pipeline, refinement, sliding
-from cliptrase_d2.method.preprocess import keep_ratio_size, resize_and_center_crop, to_clip_tensor
+from cliptrase_d2.method import dense_clip, pipeline, refinement, sliding, standard
+from cliptrase_d2.method.preprocess import CLIP_MEAN, CLIP_STD, keep_ratio_size, paper_crop
 from cliptrase_d2.method.sliding import window_boxes
 from cliptrase_d2.modeling import meta_arch
 from cliptrase_d2.modeling.meta_arch import CLIPtrase
@@ -213,18 +213,11 @@ def as_input(photo: np.ndarray, device: torch.device) -> Dict:
 
 def case_frame(case: str, model: CLIPtrase, photo: np.ndarray) -> np.ndarray:
     """The pixels evaluation gives ``case``'s model for a photo: the paper protocol's crop made by
-    the test mapper, or the photo (resized to the case's image size) under the standard one."""
+    the test mapper (the model's ``frame``), or the photo (resized to the case's image size)
+    under the standard one."""
     if case.startswith("paper_"):
-        return loader_frame(model)(photo)
+        return model.frame(photo)
     return resized(photo, CASES[case][1])
-
-
-def loader_frame(model: CLIPtrase) -> Callable[[np.ndarray], np.ndarray]:
-    """The test mapper's ``frame`` for ``model``'s paper protocol settings."""
-    mapper = SemSegTestMapper(
-        image_format="RGB", paper_size=model.paper_size, max_pixels=model.max_pixels
-    )
-    return mapper.frame
 
 
 def build_case_model(case: str, clip, args) -> CLIPtrase:
@@ -260,8 +253,9 @@ def build_case_model(case: str, clip, args) -> CLIPtrase:
 def number_of_windows(model: CLIPtrase, size) -> int:
     """Sliding windows the standard protocol runs on an image of ``size`` (the model's own
     resize rule: mmseg's keep-ratio resize with its long-side cap)."""
-    height, width = keep_ratio_size(*size, model.standard_short_side, model.standard_long_side)
-    return len(window_boxes(height, width, model.window_size, model.window_stride))
+    frame = model.frame
+    height, width = keep_ratio_size(*size, frame.short_side, frame.long_side)
+    return len(window_boxes(height, width, frame.window, frame.stride))
 
 
 def plain_forward(visual):
@@ -277,9 +271,9 @@ def plain_forward(visual):
 
 def paper_tensor(photo: np.ndarray, size: int, device, dtype) -> torch.Tensor:
     """The normalized (1, 3, S, S) center crop the paper protocol feeds CLIP."""
-    return to_clip_tensor(resize_and_center_crop(Image.fromarray(photo), size, Image.BICUBIC))[
-        None
-    ].to(device, dtype)
+    pixels = torch.from_numpy(paper_crop(photo, size).copy()).permute(2, 0, 1).float() / 255.0
+    mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
+    return ((pixels - mean) / std)[None].contiguous().to(device, dtype)
 
 
 # ---- clocks ----------------------------------------------------------------------------------
@@ -352,7 +346,7 @@ def stage_map(model: CLIPtrase):
         return "block N (correlative)" if block is blocks[-1] else "backbone (embed, blocks 1..N-2)"
 
     return [
-        ("preprocess (resize, crop, normalize)", ("resize_and_center_crop", "to_clip_tensor")),
+        ("preprocess (resize, crop, normalize)", ("rgb_pixels", "paper_crop", "standard_frame")),
         ("backbone (embed, blocks 1..N-2)", ("embed_tokens",)),
         (by_block, ("residual_block", "block_qkv", "multi_head_attention", "finish_block")),
         ("block N-1 + self-correlation", ("self_correlation",)),
@@ -378,7 +372,7 @@ def stage_map(model: CLIPtrase):
 def stage_clock(model: CLIPtrase, clock: StageClock):
     """Wraps the method's functions wherever they are looked up (module globals, the head's last
     block)."""
-    modules = [dense_clip, refinement, pipeline, sliding, meta_arch]
+    modules = [dense_clip, refinement, pipeline, sliding, standard, dataset_mapper, meta_arch]
     if hasattr(refinement, "ndimage"):
         modules.append(
             refinement.ndimage
@@ -602,10 +596,10 @@ def run_benchmark(args) -> Dict:
         )
         if case.startswith("paper_"):
             runs[f"{case}_photo"] = functools.partial(model, [as_input(photos[0], device)])
-            runs[f"loader_{case}"] = functools.partial(loader_frame(model), photos[0])
+            runs[f"loader_{case}"] = functools.partial(model.frame, photos[0])
         result[f"classes_{case}"] = model.text_embeddings(model.vocabulary_for({})).shape[0]
     if "paper_224" in models:
-        frame = loader_frame(models["paper_224"])  # the mapper's crop at 224, for every batch
+        frame = models["paper_224"].frame  # the mapper's crop at 224, for every batch
         batch = [as_input(frame(p), device) for p in (photos * 4)[:4]]
         runs["batch1"] = functools.partial(
             lambda model, inputs: [model([x]) for x in inputs], models["paper_224"], batch
@@ -659,7 +653,7 @@ def run_benchmark(args) -> Dict:
     for case, model in models.items():
         result[f"time_ms_{case}"] = times[case]
         if case.startswith("paper_"):
-            plain = times[f"plain_{model.paper_size}"]
+            plain = times[f"plain_{model.frame.paper_size}"]
             result[f"ratio_{case}"] = times[case] / plain
             result[f"time_ms_{case}_photo"] = times[f"{case}_photo"]
             result[f"ratio_{case}_photo"] = times[f"{case}_photo"] / plain
@@ -682,7 +676,7 @@ def run_benchmark(args) -> Dict:
         result[f"overhead_forward_ms_{case}"] = forward
         if case.startswith("paper_"):
             result[f"overhead_share_{case}"] = (
-                result[f"overhead_ms_{case}"] / times[f"plain_{model.paper_size}"]
+                result[f"overhead_ms_{case}"] / times[f"plain_{model.frame.paper_size}"]
             )
     if "batch4" in times:
         result["images_per_s_batch1"] = 4000 / times["batch1"]

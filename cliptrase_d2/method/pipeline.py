@@ -2,10 +2,13 @@
 
 ``predict_scores`` is the whole method for images already at the resolution they are
 evaluated at (paper protocol); ``sliding_window`` in sliding.py wraps it for the standard one.
+``predict_within_memory`` runs a batch in parts when the device runs out of memory.
 """
 
 from dataclasses import dataclass
-from typing import NamedTuple, Tuple
+import logging
+from typing import Callable, List, NamedTuple, Tuple
+
 import torch
 from torch import nn
 
@@ -27,7 +30,16 @@ from .refinement import (
     weight_by_image_logits,
 )
 
-__all__ = ["RefinementSettings", "Prediction", "dbscan_for_grid", "predict", "predict_scores"]
+__all__ = [
+    "RefinementSettings",
+    "Prediction",
+    "dbscan_for_grid",
+    "predict",
+    "predict_scores",
+    "predict_within_memory",
+]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -190,3 +202,60 @@ def predict_scores(
     return predict(
         visual, head, text_embeddings, num_classes, images, settings, logit_scale, soft_scores=False
     ).scores
+
+
+def predict_within_memory(
+    predict_batch: Callable[[torch.Tensor], Prediction], images: torch.Tensor, what: str = "image"
+) -> Prediction:
+    """``predict_batch(images)``; when the device runs out of memory, it is tried again (on CUDA
+    after freeing the allocator's cached blocks), then the batch is split in halves, and halves
+    of those as needed (each image's prediction does not depend on the others), with one
+    warning for the batch naming the parts it ran as. One image that still does not fit raises
+    an OutOfMemoryError that says what to change. Unlike Detectron2's ``retry_if_cuda_oom``, it
+    never moves the inputs to the CPU: the model stays on the GPU, so that would only change the
+    error into a device mismatch.
+    """
+    parts: List[int] = []
+    prediction = _predict_in_parts(predict_batch, images, what, parts)
+    if len(parts) > 1:
+        logger.warning(
+            "out of memory on a batch of %d %ss: ran it as %s",
+            len(images),
+            what,
+            " + ".join(str(part) for part in parts),
+        )
+    return prediction
+
+
+def _predict_in_parts(
+    predict_batch: Callable[[torch.Tensor], Prediction],
+    images: torch.Tensor,
+    what: str,
+    parts: List[int],
+) -> Prediction:
+    """``predict_within_memory`` without its warning; appends the size of each part that ran
+    to ``parts``."""
+    for _ in range(2 if images.is_cuda else 1):
+        try:
+            prediction = predict_batch(images)
+            parts.append(len(images))
+            return prediction
+        except torch.cuda.OutOfMemoryError:
+            pass  # freed below, outside the except block, which holds the failed frames' tensors
+        if images.is_cuda:
+            torch.cuda.empty_cache()
+    if len(images) == 1:
+        raise torch.cuda.OutOfMemoryError(
+            f"{images.device.type.upper()} ran out of memory on one "
+            f"{images.shape[-2]}x{images.shape[-1]} {what}"
+            f"{' even with the cache emptied' if images.is_cuda else ''}. Use a smaller input "
+            "(MODEL.CLIPTRASE.PAPER_SIZE, STANDARD_SHORT_SIDE), MODEL.CLIPTRASE.PRECISION fp16 on "
+            "a GPU, "
+            "or a device with more free memory"
+        )
+    half = (len(images) + 1) // 2
+    first = _predict_in_parts(predict_batch, images[:half], what, parts)
+    second = _predict_in_parts(predict_batch, images[half:], what, parts)
+    return Prediction(
+        torch.cat([first.labels, second.labels]), torch.cat([first.scores, second.scores])
+    )

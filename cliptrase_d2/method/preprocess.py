@@ -1,15 +1,15 @@
-"""Image preparation: the paper protocol's resize and center crop (SPEC section 9), and the
-standard protocol's keep-ratio resize (mmseg's, as the peer methods evaluate).
+"""Image preparation: the paper protocol's resize and center crop, and the standard protocol's
+keep-ratio resize (mmseg's, as the peer methods evaluate), on uint8 pixels.
 
 The same geometry is applied to an image (bicubic) and to its ground truth (nearest), so the
-evaluated frame of a prediction and of its label map always agree.
+evaluated frame of a prediction and of its label map always agree. CLIP's normalization
+(``CLIP_MEAN``, ``CLIP_STD`` of the [0, 1] pixels) runs in the model, on its device.
 """
 
 from typing import Tuple
 
 import cv2
 import numpy as np
-import torch
 from PIL import Image
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -50,33 +50,6 @@ def paper_crop(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(resize_and_center_crop(Image.fromarray(image), size, Image.BICUBIC))
 
 
-def loader_crop(image: np.ndarray, size: int, max_pixels: int = 0) -> np.ndarray:
-    """``paper_crop`` made where the image is loaded (``SemSegTestMapper``, in the loader's
-    worker processes) instead of in the model's forward; or the image itself when the model has
-    to see it whole.
-
-    The model crops its crop no further (``paper_crop``), so its prediction is the same either
-    way. Left whole: images whose shorter side is below ``size`` (the model refuses those
-    smaller than one CLIP patch, so it sees them as they are) and, with ``max_pixels`` set, images
-    whose resized frame would exceed it (the model refuses them, naming MAX_PIXELS). Channels are
-    resized independently, so a BGR image gives the BGR crop.
-    """
-    height, width = image.shape[:2]
-    new_h, new_w = shorter_side_size(height, width, size)
-    if min(height, width) < size or (max_pixels and new_h * new_w > max_pixels):
-        return image
-    return paper_crop(image, size)
-
-
-def to_clip_tensor(image: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> (3, H, W) float32, scaled to [0, 1] and normalized with CLIP's mean/std."""
-    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0  # (H, W, 3)
-    tensor = torch.from_numpy(array).permute(2, 0, 1).contiguous()
-    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(3, 1, 1)
-    return (tensor - mean) / std
-
-
 def keep_ratio_size(
     height: int, width: int, short_side: int, long_side: int = 2048
 ) -> Tuple[int, int]:
@@ -98,3 +71,10 @@ def resize_linear_uint8(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     return cv2.resize(
         np.ascontiguousarray(image), (size[1], size[0]), interpolation=cv2.INTER_LINEAR
     )
+
+
+def standard_frame(image: np.ndarray, short_side: int, long_side: int) -> np.ndarray:
+    """The standard protocol's frame of an (H, W, C) uint8 array: mmseg's keep-ratio resize to
+    (``long_side``, ``short_side``) with OpenCV linear on the uint8 pixels. A frame is its own
+    frame (its size is the keep-ratio size of itself)."""
+    return resize_linear_uint8(image, keep_ratio_size(*image.shape[:2], short_side, long_side))

@@ -1,6 +1,6 @@
 """Sliding-window inference: window placement and averaging of overlapping window scores."""
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -77,7 +77,7 @@ def sliding_window(
     window scores come): accumulating, resizing and the argmax over classes then run along
     contiguous memory.
     """
-    return sliding_windows([image], predict, window, stride, batch_size, multiple, padding)[0]
+    return next(sliding_windows([image], predict, window, stride, batch_size, multiple, padding))
 
 
 def sliding_windows(
@@ -88,8 +88,7 @@ def sliding_windows(
     batch_size: int,
     multiple: int = 1,
     padding: str = "end",
-    finish: Optional[Callable[[int, torch.Tensor], Any]] = None,
-) -> List[Any]:
+) -> Iterator[torch.Tensor]:
     """``sliding_window`` over several images, their windows going through ``predict``
     together: ``batch_size`` at a time, in image order, across image boundaries (a batch holds
     windows of one shape; it is closed early where the next image's windows differ). Each
@@ -97,23 +96,23 @@ def sliding_windows(
     the scores it gets alone (whatever else is in its batch), every average is the one image's
     ``sliding_window``, bit for bit.
 
-    images: (3, H_i, W_i) each. ``finish(i, average)`` runs on image i's (K, H_i, W_i) average
-    as soon as its last window is predicted, which is then dropped: only the images a batch
-    spans are held at once. Returns ``finish``'s results in image order (default: the
-    averages).
+    images: (3, H_i, W_i) each. Yields each image's (K, H_i, W_i) average, in image order, as
+    soon as its last window is predicted, and then drops it: only the images a batch spans are
+    held at once.
     """
-    results: List[Any] = [None] * len(images)
     totals: Dict[int, torch.Tensor] = {}
     counts: Dict[int, torch.Tensor] = {}
     remaining = [0] * len(images)
 
-    def run(chunk: List[Tuple[int, Box]]) -> None:
+    def run(chunk: List[Tuple[int, Box]]) -> List[torch.Tensor]:
+        """Adds the chunk's window scores; returns the averages it completed."""
         crops = [images[i][:, t:b, l:r] for i, (t, l, b, r) in chunk]
         crop_h, crop_w = crops[0].shape[-2:]
         pad = window_padding(crop_h, crop_w, multiple, padding)
         batch = torch.stack([F.pad(c, pad) for c in crops])  # (N, 3, h', w')
         top, left = pad[2], pad[0]
         scores = predict(batch)[:, :, top : top + crop_h, left : left + crop_w]  # (N, K, h, w)
+        completed = []
         for (i, (t, l, b, r)), window_scores in zip(chunk, scores):
             if i not in totals:
                 height, width = images[i].shape[-2:]
@@ -131,8 +130,8 @@ def sliding_windows(
             counts[i][:, t:b, l:r] += 1
             remaining[i] -= 1
             if remaining[i] == 0:
-                average = totals.pop(i).div_(counts.pop(i))
-                results[i] = average if finish is None else finish(i, average)
+                completed.append(totals.pop(i).div_(counts.pop(i)))
+        return completed
 
     chunk: List[Tuple[int, Box]] = []
     chunk_shape = None  # the (h, w) of the windows in ``chunk``
@@ -142,10 +141,9 @@ def sliding_windows(
         shape = (boxes[0][2] - boxes[0][0], boxes[0][3] - boxes[0][1])  # all of the image's
         for box in boxes:
             if chunk and (len(chunk) == batch_size or shape != chunk_shape):
-                run(chunk)
+                yield from run(chunk)
                 chunk = []
             chunk.append((index, box))
             chunk_shape = shape
     if chunk:
-        run(chunk)
-    return results
+        yield from run(chunk)

@@ -12,7 +12,7 @@ from detectron2.config import LazyCall as L
 from detectron2.data import get_detection_dataset_dicts
 
 from cliptrase_d2.clip_loading import build_clip, get_tokenizer
-from cliptrase_d2.data.dataset_mapper import SemSegTestMapper
+from cliptrase_d2.data.dataset_mapper import ProtocolFrame, SemSegTestMapper
 from cliptrase_d2.data.loader import build_test_loader
 from cliptrase_d2.evaluation import StandardSemSegEvaluator
 from cliptrase_d2.method.pipeline import RefinementSettings
@@ -42,7 +42,9 @@ model = L(CLIPtrase)(
     window_size=224,
     window_stride=112,
     window_batch=8,
+    standard_long_side=2048,
     max_pixels=50_000_000,
+    max_windows=1024,
     input_format="RGB",
     paper_vocabulary_quirks=False,
     text_cache=L(TextEmbeddingCache.from_setting)(
@@ -57,7 +59,20 @@ dataloader = dict(
     # Detectron2's test loader with a batch size on every version (TEST.IMS_PER_BATCH's twin)
     test=L(build_test_loader)(
         dataset=L(get_detection_dataset_dicts)(names="cliptrase_sample_voc21", filter_empty=False),
-        mapper=L(SemSegTestMapper)(image_format="${model.input_format}"),
+        # the model's frame, made where the image is decoded (its settings follow the model)
+        mapper=L(SemSegTestMapper)(
+            image_format="${model.input_format}",
+            frame=L(ProtocolFrame)(
+                protocol="${model.protocol}",
+                paper_size="${model.paper_size}",
+                short_side="${model.standard_short_side}",
+                long_side="${model.standard_long_side}",
+                window="${model.window_size}",
+                stride="${model.window_stride}",
+                max_pixels="${model.max_pixels}",
+                max_windows="${model.max_windows}",
+            ),
+        ),
         batch_size=1,
         num_workers=2,
         batch_size_key="dataloader.test.batch_size",

@@ -17,9 +17,6 @@ model.paper_size = 224
 model.paper_vocabulary_quirks = True
 model.refinement.refine = "vote"
 dataloader.test.dataset.names = "cliptrase_sample_voc21"
-# the center crop made where the image is decoded, in the loader's workers (as the YAML path)
-dataloader.test.mapper.paper_size = "${model.paper_size}"
-dataloader.test.mapper.max_pixels = "${model.max_pixels}"
 dataloader.evaluator = L(PaperSemSegEvaluator)(
     dataset_name="${..test.dataset.names}",
     crop_size="${model.paper_size}",

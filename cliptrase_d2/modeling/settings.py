@@ -1,0 +1,215 @@
+"""The checks of CLIPtrase's settings, with the config keys named in their messages (the
+method layer names none), and the mapping of MODEL.CLIPTRASE's keys to the method's settings."""
+
+import logging
+import re
+from typing import Sequence
+
+from detectron2.data import MetadataCatalog
+from detectron2.utils.logger import log_first_n
+
+from ..data.dataset_mapper import ProtocolFrame
+from ..errors import ConfigError
+from ..method.heads import Head, get_head
+from ..method.peer_heads import PEARL_KEY_KEY_WEIGHT
+from ..method.pipeline import RefinementSettings
+from ..method.propagation import TLP_GRID
+from ..method.standard import StandardSteps
+from ..method.sliding import PADDINGS
+from ..method.thresholds import check_threshold
+from ..vocabulary import Vocabulary, peer_vocabulary_keys
+
+__all__ = [
+    "PROTOCOLS",
+    "check_dataset_classes",
+    "check_settings",
+    "check_single_names",
+    "configured_head",
+    "published_setting",
+    "refinement_settings",
+]
+
+PROTOCOLS = ("paper", "standard")
+
+# RefinementSettings' fields -> their config keys (the method layer names no config keys)
+_REFINEMENT_KEYS = {
+    "refine": "REFINE",
+    "dbscan_eps": "DBSCAN_EPS",
+    "dbscan_min_samples": "DBSCAN_MIN_SAMPLES",
+    "region_upsample": "REGION_UPSAMPLE",
+    "median_size": "MEDIAN_SIZE",
+    "tlp_grid": "TLP_GRID",
+}
+# Head options (Head.options) -> their config keys and defaults
+HEAD_OPTION_KEYS = {"key_key_weight": ("PEARL_KK_WEIGHT", PEARL_KEY_KEY_WEIGHT)}
+
+
+def refinement_settings(c, auto_eps: float, auto_min_samples: int) -> RefinementSettings:
+    """MODEL.CLIPTRASE's refinement keys as RefinementSettings (0 = automatic DBSCAN settings;
+    'pamr' runs no region refinement inside the windows); bad values named by their keys."""
+    try:
+        return RefinementSettings(
+            refine="none" if c.REFINE == "pamr" else c.REFINE,
+            dbscan_eps=c.DBSCAN_EPS if c.DBSCAN_EPS != 0 else auto_eps,
+            dbscan_min_samples=c.DBSCAN_MIN_SAMPLES
+            if c.DBSCAN_MIN_SAMPLES != 0
+            else auto_min_samples,
+            region_upsample=c.REGION_UPSAMPLE,
+            median_size=c.MEDIAN_SIZE,
+            image_logit_weighting=c.IMAGE_LOGIT_WEIGHTING,
+            tlp_grid=c.TLP_GRID,
+        )
+    except ValueError as error:
+        message = str(error)
+        for field in sorted(_REFINEMENT_KEYS, key=len, reverse=True):
+            message = re.sub(rf"\b{field}\b", f"MODEL.CLIPTRASE.{_REFINEMENT_KEYS[field]}", message)
+        raise ConfigError(message.replace(", tlp", ", tlp, pamr")) from None
+
+
+def report_unused_settings(
+    head: str, refinement: RefinementSettings, unused_options: Sequence[str] = ()
+) -> None:
+    """Says once per (head, refinement) which settings have no effect, instead of ignoring them
+    silently. ``unused_options``: head options set but not taken by the head."""
+    for option in unused_options:
+        log_first_n(
+            logging.WARNING,
+            f"head {head!r}: MODEL.CLIPTRASE.{HEAD_OPTION_KEYS[option][0]} does not apply "
+            "(the head has no such setting)",
+            name=__name__,
+            key="message",
+        )
+    if refinement.refine != "tlp" and refinement.tlp_grid != TLP_GRID:
+        log_first_n(
+            logging.WARNING,
+            f"MODEL.CLIPTRASE.REFINE {refinement.refine!r}: TLP_GRID does not apply (no TLP runs)",
+            name=__name__,
+            key="message",
+        )
+    if refinement.refine in ("none", "tlp"):
+        log_first_n(
+            logging.WARNING,
+            f"head {head!r} with MODEL.CLIPTRASE.REFINE {refinement.refine!r}: "
+            "DBSCAN_EPS, DBSCAN_MIN_SAMPLES, MEDIAN_SIZE and REGION_UPSAMPLE do not apply (no "
+            "clustering or region refinement runs)",
+            name=__name__,
+            key="message",
+        )
+
+
+def published_setting(cfg) -> str:
+    """MODEL.CLIPTRASE.PUBLISHED checked: a benchmark the configured peer head reported."""
+    published, head = cfg.MODEL.CLIPTRASE.PUBLISHED, cfg.MODEL.CLIPTRASE.HEAD
+    if not published:
+        return ""
+    reported = [key for key in peer_vocabulary_keys() if key.startswith(f"{head}/")]
+    if published not in reported:
+        raise ConfigError(
+            f"MODEL.CLIPTRASE.PUBLISHED {published!r}: head {head!r} has no published "
+            f"setting for that benchmark; its published settings are "
+            f"{', '.join(reported) or 'none'} "
+            "(configs/<head>/published/<benchmark>.yaml)"
+        )
+    return published
+
+
+def check_settings(
+    frame: ProtocolFrame,
+    steps: StandardSteps,
+    refinement: RefinementSettings,
+    input_format: str,
+    window_batch: int,
+    window_padding: str,
+    pearl_kk_weight: float,
+) -> None:
+    """Rejects settings out of range, or that the protocol cannot honour, naming their keys."""
+    if frame.protocol not in PROTOCOLS:
+        raise ConfigError(
+            f"unknown protocol {frame.protocol!r} (MODEL.CLIPTRASE.PROTOCOL); choose one of "
+            f"{PROTOCOLS}"
+        )
+    if input_format not in ("RGB", "BGR"):
+        raise ConfigError(f"INPUT.FORMAT must be RGB or BGR, got {input_format!r}")
+    patch = frame.patch
+    for key, value, least in (
+        ("PAPER_SIZE", frame.paper_size, patch),
+        ("STANDARD_SHORT_SIDE", frame.short_side, patch),
+        ("WINDOW_SIZE", frame.window or patch, patch),  # 0: whole image
+        ("WINDOW_STRIDE", frame.stride, 1),
+        ("WINDOW_BATCH", window_batch, 1),
+        ("MAX_PIXELS", frame.max_pixels, 0),
+        ("MAX_WINDOWS", frame.max_windows, 0),
+    ):
+        if value < least:
+            raise ConfigError(
+                f"MODEL.CLIPTRASE.{key} must be at least {least}"
+                f"{' (one CLIP patch)' if least == patch > 1 else ''}, got {value}"
+            )
+    check_threshold(steps.prob_thd, "MODEL.CLIPTRASE.PROB_THD")
+    check_threshold(steps.area_thd, "MODEL.CLIPTRASE.AREA_THD")
+    if window_padding not in PADDINGS:
+        raise ConfigError(
+            f"MODEL.CLIPTRASE.WINDOW_PADDING {window_padding!r}: choose one of "
+            f"{', '.join(PADDINGS)}"
+        )
+    if frame.long_side < 1:
+        raise ConfigError(
+            f"MODEL.CLIPTRASE.STANDARD_LONG_SIDE must be at least 1, got {frame.long_side}"
+        )
+    if steps.pamr_steps < 0 or not steps.pamr_dilations or min(steps.pamr_dilations) < 1:
+        raise ConfigError(
+            f"MODEL.CLIPTRASE.PAMR_STEPS must be >= 0 and PAMR_DILATIONS >= 1, "
+            f"got {steps.pamr_steps} and {list(steps.pamr_dilations)}"
+        )
+    uses_peer_steps = steps.prob_thd > 0 or steps.area_thd > 0 or steps.pamr_steps > 0
+    if frame.protocol == "paper" and uses_peer_steps:
+        raise ConfigError(
+            "MODEL.CLIPTRASE.PROB_THD, AREA_THD and REFINE 'pamr' apply to the "
+            "standard protocol only: set MODEL.CLIPTRASE.PROTOCOL standard or "
+            "turn them off"
+        )
+    if refinement.refine == "vote" and uses_peer_steps:
+        raise ConfigError(
+            "MODEL.CLIPTRASE.PROB_THD / AREA_THD need soft scores: use REFINE "
+            "'mean', 'none' or 'pamr' instead of 'vote'"
+        )
+    if pearl_kk_weight < 0:
+        raise ConfigError(f"MODEL.CLIPTRASE.PEARL_KK_WEIGHT must be >= 0, got {pearl_kk_weight}")
+
+
+def configured_head(name: str, refinement: RefinementSettings, pearl_kk_weight: float) -> Head:
+    """The head ``name`` with the options it takes; the settings that have no effect with it (or
+    with ``refinement``) are reported once."""
+    try:
+        head = get_head(name)
+    except ValueError as error:
+        raise ConfigError(f"MODEL.CLIPTRASE.HEAD: {error}") from None
+    options = {"key_key_weight": pearl_kk_weight}
+    unused = [
+        key
+        for key, value in options.items()
+        if key not in head.options and value != HEAD_OPTION_KEYS[key][1]
+    ]
+    report_unused_settings(name, refinement, unused)
+    return head.configured(**{key: value for key, value in options.items() if key in head.options})
+
+
+def check_single_names(vocabulary: Vocabulary, where: str) -> None:
+    """Refuses classes with several names where ``where`` cannot merge them."""
+    if vocabulary.has_multiple_names:
+        raise ConfigError(
+            "classes with several names are supported under the standard "
+            f"protocol with REFINE 'mean', 'none' or 'pamr', not under {where}: "
+            "give one name per class"
+        )
+
+
+def check_dataset_classes(vocabulary: Vocabulary, dataset: str) -> None:
+    """MODEL.CLIPTRASE.VOCABULARY must give a dataset's own number of classes."""
+    expected = len(MetadataCatalog.get(dataset).get("stuff_classes", None) or [])
+    if expected and expected != vocabulary.num_classes:
+        raise ConfigError(
+            f"MODEL.CLIPTRASE.VOCABULARY has {vocabulary.num_classes} output classes but "
+            f"dataset {dataset!r} has {expected}: leave VOCABULARY empty to use the "
+            "dataset's own, or give one with the same classes"
+        )

@@ -1,0 +1,83 @@
+"""Detectron2's DefaultPredictor with CLIPtrase, as a Detectron2 user runs it: ``get_cfg()``,
+``add_cliptrase_config``, a config file, then ``DefaultPredictor(cfg)(bgr_image)``."""
+
+import logging
+import os
+
+import cv2
+import numpy as np
+import pytest
+from detectron2.config import get_cfg
+from detectron2.data.transforms import NoOpTransform
+from detectron2.engine import DefaultPredictor
+
+from conftest import FIXTURES, REPO, TINY_CONFIG, TINY_WEIGHTS, require_fixtures
+from cliptrase_d2 import add_cliptrase_config
+from cliptrase_d2.api import Segmenter
+
+CONFIGS = {
+    "paper": "configs/paper/Base-paper-224.yaml",
+    "standard": "configs/standard/Base-standard.yaml",
+}
+
+
+def _predictor(protocol, head, *opts):
+    cfg = get_cfg()
+    add_cliptrase_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO, CONFIGS[protocol]))
+    # the tiny CLIP's regions merge whole images: the raw labels, varied enough to compare
+    refine = "mean" if protocol == "standard" and head == "cliptrase" else "none"
+    cfg.merge_from_list(
+        [
+            "MODEL.CLIPTRASE.CLIP_MODEL",
+            TINY_CONFIG,
+            "MODEL.WEIGHTS",
+            TINY_WEIGHTS,
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.CLIPTRASE.TEXT_CACHE_DIR",
+            "none",
+            "MODEL.CLIPTRASE.HEAD",
+            head,
+            "MODEL.CLIPTRASE.REFINE",
+            refine,
+            "MODEL.CLIPTRASE.VOCABULARY",
+            "voc20",
+            *opts,
+        ]
+    )
+    return DefaultPredictor(cfg)
+
+
+@pytest.mark.parametrize("protocol", ["paper", "standard"])
+@pytest.mark.parametrize("head", ["cliptrase", "clip", "sclip", "naclip"])
+def test_default_predictor_gives_the_apis_labels_and_loads_quietly(protocol, head, caplog):
+    """The predictor's float BGR image (no test-time resize: INPUT.MIN_SIZE_TEST 0) gives the
+    labels the Python API gives for the same pixels, and its checkpointer loads MODEL.WEIGHTS
+    (the CLIP checkpoint) without a warning."""
+    require_fixtures()
+    bgr = cv2.imread(os.path.join(FIXTURES, "images", "astronaut.png"))
+    with caplog.at_level(logging.WARNING):
+        predictor = _predictor(protocol, head)
+    loading = [r for r in caplog.records if r.name.startswith(("fvcore", "detectron2"))]
+    assert loading == [], [r.getMessage()[:200] for r in loading]
+    assert isinstance(predictor.aug.get_transform(bgr), NoOpTransform)
+    output = predictor(bgr)["sem_seg"]
+    size = (224, 224) if protocol == "paper" else bgr.shape[:2]
+    assert output.shape == (20, *size)
+    labels = output.argmax(dim=0).numpy()
+    result = Segmenter(predictor.model).segment(np.ascontiguousarray(bgr[:, :, ::-1]))
+    np.testing.assert_array_equal(labels, result.labels)
+    assert np.unique(labels).size >= 2  # the comparison can fail
+
+
+@pytest.mark.parametrize("protocol", ["paper", "standard"])
+def test_input_format_bgr_gives_the_same_labels(protocol):
+    """INPUT.FORMAT BGR: the predictor hands the model BGR pixels, which it reads as such."""
+    require_fixtures()
+    bgr = cv2.imread(os.path.join(FIXTURES, "images", "coffee.png"))
+    rgb_labels = _predictor(protocol, "cliptrase")(bgr)["sem_seg"].argmax(dim=0)
+    predictor = _predictor(protocol, "cliptrase", "INPUT.FORMAT", "BGR")
+    assert predictor.input_format == "BGR"
+    bgr_labels = predictor(bgr)["sem_seg"].argmax(dim=0)
+    assert (rgb_labels == bgr_labels).all()
