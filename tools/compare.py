@@ -36,7 +36,7 @@ from cliptrase_d2.config import load_config
 from cliptrase_d2.engine.checks import check_num_processes, claim_output_dir
 from cliptrase_d2.engine.launch import run_launched
 from cliptrase_d2.engine.trainer import Trainer
-from cliptrase_d2.evaluation.results_io import atomic_write_text
+from cliptrase_d2.atomic import atomic_write_text
 from cliptrase_d2.method.heads import HEADS
 from cliptrase_d2.vocabulary import peer_vocabulary_keys
 from cliptrase_d2.errors import ConfigError

@@ -39,7 +39,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from cliptrase_d2.api import Segmenter, load_image
-from cliptrase_d2.atomic import atomic_paths
+from cliptrase_d2.atomic import atomic_paths, atomic_save_image, atomic_write_json, atomic_write_png
 from cliptrase_d2.config import check_images_per_batch, load_config
 from cliptrase_d2.engine.allocator import tune_cpu_allocator
 from cliptrase_d2.engine.checks import check_writable_folder
@@ -48,11 +48,6 @@ from cliptrase_d2.errors import (
     MissingFileError,
     OutputExistsError,
     UserError,
-)
-from cliptrase_d2.evaluation.results_io import (
-    atomic_save_image,
-    atomic_write_json,
-    atomic_write_png,
 )
 from cliptrase_d2.visualization import legend_entries, overlay, palette, side_by_side, with_legend
 from cliptrase_d2.vocabulary import benchmark_keys, resolve_vocabulary

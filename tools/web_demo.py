@@ -35,7 +35,7 @@ from PIL import Image  # noqa: E402
 from cliptrase_d2.errors import InputError, UserError
 from cliptrase_d2.api import Segmenter  # noqa: E402
 from cliptrase_d2.engine.allocator import tune_cpu_allocator  # noqa: E402
-from cliptrase_d2.evaluation.results_io import atomic_write_png  # noqa: E402
+from cliptrase_d2.atomic import atomic_write_png  # noqa: E402
 from cliptrase_d2.method.heads import HEADS  # noqa: E402
 from cliptrase_d2.visualization import legend_entries, overlay, with_legend  # noqa: E402
 from cliptrase_d2.vocabulary import benchmark_keys, resolve_vocabulary  # noqa: E402
