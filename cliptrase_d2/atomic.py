@@ -99,12 +99,14 @@ def claimed_root(folder: str) -> Optional[str]:
     return root
 
 
-def recorded_files(root: str, records: str = "*") -> Set[str]:
-    """Paths (relative to ``root``) that the records of ``root`` matching ``records`` list."""
+def recorded_files(root: str, records=(RESUMED_RECORD, WRITTEN_RECORD + ".*")) -> Set[str]:
+    """Paths (relative to ``root``) that the records of ``root`` (glob patterns in its
+    STATE_DIR) list."""
     listed = set()
-    for record in glob.glob(os.path.join(root, STATE_DIR, records)):
-        with open(record, encoding="utf-8") as f:
-            listed.update(line.rstrip("\n") for line in f if line.strip())
+    for pattern in (records,) if isinstance(records, str) else records:
+        for record in glob.glob(os.path.join(root, STATE_DIR, pattern)):
+            with open(record, encoding="utf-8") as f:
+                listed.update(line.rstrip("\n") for line in f if line.strip())
     return listed
 
 
@@ -112,11 +114,12 @@ def _record(path: str) -> None:
     """Lists ``path`` in the record of the claimed folder holding it (each process its own
     record file: no two writers append to one file, even over a network filesystem)."""
     root = claimed_root(os.path.dirname(os.path.abspath(path)))
-    if root is None:
+    relative = os.path.relpath(os.path.abspath(path), root) if root else None
+    if relative is None or relative.startswith(STATE_DIR + os.sep):  # the records are not listed
         return
     record = f"{WRITTEN_RECORD}.{socket.gethostname()}.{os.getpid()}"
     with open(os.path.join(root, STATE_DIR, record), "a", encoding="utf-8") as f:
-        f.write(os.path.relpath(os.path.abspath(path), root) + "\n")
+        f.write(relative + "\n")
 
 
 def _remove(path: str) -> None:

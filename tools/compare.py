@@ -33,7 +33,11 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from cliptrase_d2.config import load_config
-from cliptrase_d2.engine.checks import check_num_processes, claim_output_dir
+from cliptrase_d2.engine.checks import (
+    check_num_processes,
+    check_writable_folder,
+    claim_output_dir,
+)
 from cliptrase_d2.engine.launch import run_launched
 from cliptrase_d2.engine.trainer import Trainer
 from cliptrase_d2.atomic import atomic_write_text
@@ -215,17 +219,24 @@ def run_published(heads, datasets, args):
     return cells
 
 
+# what a comparison writes in --output: its tables and each evaluation's results
+OUTPUTS = ("compare*.md", "compare*.csv", "*/sem_seg_results_*.json", "*/predictions")
+OUTPUTS += tuple(f"published/{pattern}" for pattern in OUTPUTS[2:])
+
+
 def validate(args):
     """The checks before any work (in the launching process): heads, datasets, process count,
-    the config file, its keys and values and the device; then claims --output (a lock against a
-    concurrent comparison into it; earlier tables and per-head results moved to its previous/
-    folder)."""
+    the config file, its keys and values and the device; then machine 0 claims --output (a lock
+    against a concurrent comparison into it; the tables and results earlier comparisons wrote
+    there moved to its previous/<n>/ folder, the user's own files left alone)."""
     parse_list(args.heads, HEADS, "head")
     parse_list(args.datasets, DatasetCatalog.list(), "dataset")
     check_num_processes(args.num_gpus, args.num_machines, args.machine_rank)
     load_config(args.config_file, args.opts)
-    earlier = ("compare*.md", "compare*.csv", "published", *HEADS)
-    claim_output_dir(args.output, "--output", results=earlier)
+    if args.machine_rank == 0:
+        claim_output_dir(args.output, "--output", results=OUTPUTS)
+    else:
+        check_writable_folder(args.output, "--output")
 
 
 if __name__ == "__main__":

@@ -174,15 +174,19 @@ def prediction_path(output_dir: str, dataset_name: str, dataset_dict: dict) -> s
     return os.path.join(output_dir, "predictions", dataset_name, image_id_of(dataset_dict) + ".png")
 
 
-def saved_predictions(output_dir: Optional[str], dataset_name: str, records) -> Dict[str, str]:
-    """``file_name`` -> saved label map, for the records whose prediction a resumed evaluation
-    takes over: listed in the ``resumed`` record of the claimed folder holding ``output_dir``
-    (files an earlier run of the same settings wrote there, see ``claim_output_dir``) and
-    present. Empty outside such a folder."""
+def saved_predictions(
+    output_dir: Optional[str], dataset_name: str, records: Optional[List[dict]] = None
+) -> Dict[str, str]:
+    """``file_name`` -> saved label map, for the records (default: the catalog's) whose
+    prediction a resumed evaluation takes over: listed in the ``resumed`` record of the claimed
+    folder holding ``output_dir`` (files an earlier run of the same settings wrote there, see
+    ``claim_output_dir``) and present. Empty outside such a folder."""
     root = claimed_root(output_dir) if output_dir else None
     resumed = recorded_files(root, RESUMED_RECORD) if root else set()
+    if not resumed:
+        return {}
     saved = {}
-    for record in records if resumed else ():
+    for record in DatasetCatalog.get(dataset_name) if records is None else records:
         path = prediction_path(output_dir, dataset_name, record)
         if os.path.relpath(os.path.abspath(path), root) in resumed and os.path.isfile(path):
             saved[record["file_name"]] = path
@@ -236,7 +240,7 @@ class _CheckedSemSegEvaluator(SemSegEvaluator):
         self._results_dir = output_dir
         self._save_predictions = save_predictions
         self._prediction_dtype = prediction_png_dtype(self._num_classes)
-        self._saved = saved_predictions(output_dir, dataset_name, DatasetCatalog.get(dataset_name))
+        self._saved = saved_predictions(output_dir, dataset_name)
         if self._saved:
             logger.info(
                 "%s: %d images already predicted in %s (resumed)",
@@ -311,7 +315,7 @@ class _CheckedSemSegEvaluator(SemSegEvaluator):
             "Semantic segmentation results on %s (%s protocol):\n%s\nPer-class IoU:\n%s",
             self._dataset_name,
             self.protocol,
-            create_small_table({key: f"{value:.2f}" for key, value in summary.items()}),
+            create_small_table({key: round(value, 2) for key, value in summary.items()}),
             _per_class_table(per_class),
         )
         if self._results_dir:
