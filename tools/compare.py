@@ -33,11 +33,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from cliptrase_d2.config import load_config
-from cliptrase_d2.engine.checks import (
-    check_num_processes,
-    check_writable_folder,
-    claim_output_dir,
-)
+from cliptrase_d2.engine.checks import check_num_processes, claim_output_dir
 from cliptrase_d2.engine.launch import run_launched
 from cliptrase_d2.engine.trainer import Trainer
 from cliptrase_d2.atomic import atomic_write_text
@@ -233,10 +229,7 @@ def validate(args):
     parse_list(args.datasets, DatasetCatalog.list(), "dataset")
     check_num_processes(args.num_gpus, args.num_machines, args.machine_rank)
     load_config(args.config_file, args.opts)
-    if args.machine_rank == 0:
-        claim_output_dir(args.output, "--output", results=OUTPUTS)
-    else:
-        check_writable_folder(args.output, "--output")
+    claim_output_dir(args.output, "--output", results=OUTPUTS, machine_rank=args.machine_rank)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ logger = logging.getLogger("cliptrase_d2")
 LOCK_NAME = os.path.join(STATE_DIR, "lock")  # holds "<pid> <host>" of the run writing there
 PREVIOUS_NAME = "previous"  # earlier runs' files go to previous/<n>/, n = 1, 2, ...
 # what an evaluation writes (glob patterns; a folder stands for the files under it)
-RESULT_PATTERNS = ("sem_seg_results_*.json", "predictions", "config.yaml")
+RESULT_PATTERNS = ("sem_seg_results_*.json", "predictions")
 
 _claimed = {}  # real path of a claimed folder -> the open lock file (held until the process ends)
 
@@ -192,7 +192,11 @@ def _keep_for_resume(folder: str, ours) -> None:
 
 
 def claim_output_dir(
-    folder: str, what: str = "OUTPUT_DIR", results=RESULT_PATTERNS, resume: bool = False
+    folder: str,
+    what: str = "OUTPUT_DIR",
+    results=RESULT_PATTERNS,
+    resume: bool = False,
+    machine_rank: int = 0,
 ) -> None:
     """Before an evaluation writes to ``folder``: checks it is writable, locks it for this
     process (a second evaluation into it is refused with an OutputError naming the holder's pid;
@@ -200,8 +204,11 @@ def claim_output_dir(
     block), and refuses files where the run writes (glob patterns ``results``) that no run here
     wrote. Then the files earlier runs wrote are moved into ``folder``/previous/<n>/, or with
     ``resume`` kept for this run to continue. Claiming a folder this process holds does
-    nothing."""
+    nothing. Only machine 0, where the global main process runs, claims a folder that the
+    machines of a run may share; on the others (``machine_rank`` > 0) it is only checked."""
     check_writable_folder(folder, what)
+    if machine_rank != 0:
+        return
     real = os.path.realpath(folder)
     if real in _claimed:
         return

@@ -21,7 +21,7 @@ from ..evaluation import PaperSemSegEvaluator, StandardSemSegEvaluator
 from ..evaluation.sem_seg_evaluation import saved_predictions
 from ..errors import ConfigError
 from .allocator import tune_cpu_allocator
-from .checks import check_num_processes, check_writable_folder, claim_output_dir
+from .checks import RESULT_PATTERNS, check_num_processes, claim_output_dir
 
 __all__ = ["Trainer", "setup", "validate"]
 
@@ -78,20 +78,17 @@ def check_resumable(cfg) -> None:
 
 def validate(args):
     """The checks before any work (in the launching process, before workers start): the config
-    file and its values, the device, the process count. Then machine 0, where the global main
-    process runs, claims OUTPUT_DIR (``claim_output_dir``: a lock against a concurrent
-    evaluation into it; the files of earlier runs moved to OUTPUT_DIR/previous/<n>/, or with
-    ``--resume`` continued); the other machines, which share it or not, only check they can
-    write there."""
+    file and its values, the device, the process count. Then claims OUTPUT_DIR
+    (``claim_output_dir``, on machine 0 only: a lock against a concurrent evaluation into it;
+    the files of earlier runs moved to OUTPUT_DIR/previous/<n>/, or with ``--resume``
+    continued, if their settings are this run's)."""
     check_num_processes(args.num_gpus, args.num_machines, args.machine_rank)
     cfg = _checked_config(args)
     check_device(cfg.MODEL.DEVICE)
-    if args.machine_rank != 0:
-        check_writable_folder(cfg.OUTPUT_DIR, "OUTPUT_DIR")
-        return cfg
-    if args.resume:
+    if args.resume and args.machine_rank == 0:
         check_resumable(cfg)
-    claim_output_dir(cfg.OUTPUT_DIR, resume=args.resume)
+    outputs = (*RESULT_PATTERNS, "config.yaml")  # setup writes config.yaml through the record
+    claim_output_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR", outputs, args.resume, args.machine_rank)
     return cfg
 
 

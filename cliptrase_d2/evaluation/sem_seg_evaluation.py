@@ -69,43 +69,24 @@ def image_id_of(dataset_dict: dict) -> str:
     return os.path.splitext(os.path.basename(dataset_dict["file_name"]))[0]
 
 
-def _open_ground_truth(path: str, dataset_name: str):
-    """The file object of a ground truth; FileNotFoundError naming it when it is missing."""
+def open_label_map(path: str, dataset_name: str, load: bool = True) -> Image.Image:
+    """A ground-truth image, decoded (or with ``load=False`` only its header read: its size);
+    MissingFileError naming it when it is missing, InputError when it is not a readable image."""
     try:
-        return PathManager.open(path, "rb")
+        with PathManager.open(path, "rb") as f:
+            image = Image.open(f)
+            if load:
+                image.load()
+            return image
     except FileNotFoundError as e:
         raise MissingFileError(
             f"ground truth '{path}' of dataset '{dataset_name}' not found"
         ) from e
-
-
-def open_label_map(path: str, dataset_name: str) -> Image.Image:
-    """Open a ground-truth PNG, fully loaded; FileNotFoundError naming it when it is missing,
-    InputError naming it when it is not a readable image."""
-    with _open_ground_truth(path, dataset_name) as f:
-        try:
-            image = Image.open(f)
-            image.load()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-            raise _unreadable(path, dataset_name, error) from None
-    return image
-
-
-def label_map_size(path: str, dataset_name: str) -> Tuple[int, int]:
-    """(width, height) of a ground-truth image, read from its header only."""
-    with _open_ground_truth(path, dataset_name) as f:
-        try:
-            with Image.open(f) as image:
-                return image.size
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-            raise _unreadable(path, dataset_name, error) from None
-
-
-def _unreadable(path: str, dataset_name: str, error: Exception) -> InputError:
-    return InputError(
-        f"cannot read ground truth '{path}' of dataset '{dataset_name}': {error}. Check that "
-        "it is a complete label image (PNG/TIFF) and not truncated; re-run the prepare script"
-    )
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise InputError(
+            f"cannot read ground truth '{path}' of dataset '{dataset_name}': {error}. Check that "
+            "it is a complete label image (PNG/TIFF) and not truncated; re-run the prepare script"
+        ) from None
 
 
 def check_label_ids(gt: np.ndarray, path: str, num_classes: int, ignore_label) -> None:
@@ -250,12 +231,6 @@ class _CheckedSemSegEvaluator(SemSegEvaluator):
             )
         self._clear()
 
-    def _load_ground_truth(self, path: str, dtype=np.int64) -> np.ndarray:
-        raise NotImplementedError
-
-    def _check_prediction(self, file_name: str, labels_shape, gt_path: str, gt_size) -> None:
-        raise NotImplementedError
-
     def _clear(self):
         super().reset()
         self._num_images = 0
@@ -288,7 +263,7 @@ class _CheckedSemSegEvaluator(SemSegEvaluator):
             raise UnknownNameError(
                 f"no ground truth (sem_seg_file_name) for '{file_name}' in '{self._dataset_name}'"
             )
-        gt_width, gt_height = label_map_size(path, self._dataset_name)
+        gt_width, gt_height = open_label_map(path, self._dataset_name, load=False).size
         check_ground_truth_size((gt_height, gt_width), dataset_dict, path)
         self._check_prediction(file_name, tuple(labels.shape), path, (gt_height, gt_width))
         self.input_file_to_gt_file[file_name] = path  # the record's own wins over the catalog's
