@@ -61,7 +61,9 @@ def test_reruns_move_only_their_own_files_and_delete_nothing(tmp_path, project_l
     mine = _user_files(folder)
     for number in (1, 2, 3):
         _run_writing(folder, number)
+    atomic_write_text(folder / "demo" / "coffee.json", "{}")  # the tool's, but no result
     _new_run(folder)
+    assert (folder / "demo" / "coffee.json").read_text() == "{}"
 
     for path, text in mine.items():  # the user's files, untouched
         assert (folder / path).read_text() == text, path

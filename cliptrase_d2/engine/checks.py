@@ -140,24 +140,13 @@ def _files_under(folder: str, patterns):
                         yield os.path.relpath(os.path.join(parent, name), folder)
 
 
-def _refuse_others(folder: str, what: str, patterns, ours) -> None:
-    """OutputExistsError when the run would write over files that no run here wrote."""
-    others = sorted(set(_files_under(folder, patterns)) - ours)
-    if others:
-        raise OutputExistsError(
-            f"the {what} folder {folder} holds {len(others)} file(s) where this run writes that "
-            f"no evaluation wrote there ({', '.join(others[:3])}"
-            f"{', ...' if len(others) > 3 else ''}): move them away or choose another {what}"
-        )
-
-
-def _move_earlier_results(folder: str, ours) -> None:
-    """Moves the files the records list (and the records) into previous/<n>/, a new folder."""
-    present = sorted(path for path in ours if os.path.lexists(os.path.join(folder, path)))
+def _move_earlier_results(folder: str, present) -> None:
+    """Moves ``present`` (earlier results the records list) and the records into
+    previous/<n>/, a new folder."""
+    if not present:
+        return
     records = glob.glob(os.path.join(folder, STATE_DIR, RESUMED_RECORD))
     records += glob.glob(os.path.join(folder, STATE_DIR, WRITTEN_RECORD + ".*"))
-    if not present and not records:
-        return
     parent = os.path.join(folder, PREVIOUS_NAME)
     taken = (
         [int(name) for name in os.listdir(parent) if name.isdigit()]
@@ -166,7 +155,7 @@ def _move_earlier_results(folder: str, ours) -> None:
     )
     previous = os.path.join(parent, str(max(taken, default=0) + 1))
     os.makedirs(os.path.join(previous, STATE_DIR))
-    for path in present:
+    for path in sorted(present):
         os.makedirs(os.path.dirname(os.path.join(previous, path)), exist_ok=True)
         os.replace(os.path.join(folder, path), os.path.join(previous, path))
     for record in records:
@@ -202,8 +191,9 @@ def claim_output_dir(
     process (a second evaluation into it is refused with an OutputError naming the holder's pid;
     the lock goes with the process, however it ends, and a lock whose process is gone does not
     block), and refuses files where the run writes (glob patterns ``results``) that no run here
-    wrote. Then the files earlier runs wrote are moved into ``folder``/previous/<n>/, or with
-    ``resume`` kept for this run to continue. Claiming a folder this process holds does
+    wrote. Then the earlier runs' files there are moved into ``folder``/previous/<n>/, or with
+    ``resume`` kept for this run to continue; what the tool wrote elsewhere in the folder (a
+    demo's images) stays. Claiming a folder this process holds does
     nothing. Only machine 0, where the global main process runs, claims a folder that the
     machines of a run may share; on the others (``machine_rank`` > 0) it is only checked."""
     check_writable_folder(folder, what)
@@ -223,9 +213,18 @@ def claim_output_dir(
             f"{what}"
         ) from None
     try:
-        ours = recorded_files(folder)
-        _refuse_others(folder, what, results, ours)
-        (_keep_for_resume if resume else _move_earlier_results)(folder, ours)
+        ours, present = recorded_files(folder), set(_files_under(folder, results))
+        others = sorted(present - ours)
+        if others:
+            raise OutputExistsError(
+                f"the {what} folder {folder} holds {len(others)} file(s) where this run writes "
+                f"that no evaluation wrote there ({', '.join(others[:3])}"
+                f"{', ...' if len(others) > 3 else ''}): move them away or choose another {what}"
+            )
+        if resume:
+            _keep_for_resume(folder, ours)
+        else:
+            _move_earlier_results(folder, present)
     except UserError:
         handle.close()
         raise
