@@ -39,7 +39,9 @@ __all__ = [
     "atomic_write_text",
     "claimed_root",
     "recorded_files",
+    "RESUMED_RECORD",
     "STATE_DIR",
+    "WRITTEN_RECORD",
 ]
 
 STATE_DIR = ".cliptrase_d2"  # in a claimed output folder: its lock and the records of its files
