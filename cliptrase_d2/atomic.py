@@ -1,23 +1,52 @@
-"""Atomic file writing, the one helper every writer of this project uses.
+"""Atomic file writing, the one writer of everything that imports this package: JSON, label
+maps, images and text.
 
 A file is written under a unique hidden name in its destination folder and moved into place with
 ``os.replace`` only once complete, so an interrupted run never leaves a half-written file under
 the final name, and a failure leaves nothing behind. ``atomic_paths`` does the same for a group
 of files: all of them appear, or none.
 
+Inside an output folder that an evaluation claimed (one holding a ``STATE_DIR``, see
+``cliptrase_d2.engine.checks.claim_output_dir``), each file is listed in the folder's record
+before it takes its name, so that a later run can tell the files the tool wrote from the user's.
+
 A full disk, a read-only or unwritable folder, or a folder standing where the file goes raise
 ``OutputError`` (one line naming the file and the fix) instead of the bare ``OSError``.
 """
 
 import errno
+import glob
+import json
+import math
 import os
+import socket
 import uuid
 from contextlib import contextmanager
-from typing import IO, Iterator, List, Sequence
+from typing import IO, Iterator, List, Optional, Sequence, Set
 
-from .errors import OutputError, OutputExistsError, OutputNotWritableError
+import numpy as np
+from PIL import Image
 
-__all__ = ["atomic_path", "atomic_open", "atomic_paths"]
+from .errors import InputError, OutputError, OutputExistsError, OutputNotWritableError
+
+__all__ = [
+    "atomic_path",
+    "atomic_open",
+    "atomic_paths",
+    "atomic_save_image",
+    "atomic_write_json",
+    "atomic_write_png",
+    "atomic_write_text",
+    "claimed_root",
+    "recorded_files",
+    "RESUMED_RECORD",
+    "STATE_DIR",
+    "WRITTEN_RECORD",
+]
+
+STATE_DIR = ".cliptrase_d2"  # in a claimed output folder: its lock and the records of its files
+RESUMED_RECORD = "resumed"  # in STATE_DIR: the files of the runs a resumed run continues
+WRITTEN_RECORD = "written"  # in STATE_DIR: written.<host>.<pid>, the files one process wrote
 
 # errno values that say the output cannot be written there (not a bug of the writer)
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -60,6 +89,41 @@ def _temporary_beside(path: str) -> str:
     return temporary
 
 
+def claimed_root(folder: str) -> Optional[str]:
+    """The claimed output folder that holds ``folder`` (the nearest one up with a STATE_DIR),
+    or None."""
+    root = os.path.abspath(folder)
+    while not os.path.isdir(os.path.join(root, STATE_DIR)):
+        parent = os.path.dirname(root)
+        if parent == root:
+            return None
+        root = parent
+    return root
+
+
+def recorded_files(root: str, records=(RESUMED_RECORD, WRITTEN_RECORD + ".*")) -> Set[str]:
+    """Paths (relative to ``root``) that the records of ``root`` (glob patterns in its
+    STATE_DIR) list."""
+    listed = set()
+    for pattern in (records,) if isinstance(records, str) else records:
+        for record in glob.glob(os.path.join(root, STATE_DIR, pattern)):
+            with open(record, encoding="utf-8") as f:
+                listed.update(line.rstrip("\n") for line in f if line.strip())
+    return listed
+
+
+def _record(path: str) -> None:
+    """Lists ``path`` in the record of the claimed folder holding it (each process its own
+    record file: no two writers append to one file, even over a network filesystem)."""
+    root = claimed_root(os.path.dirname(os.path.abspath(path)))
+    relative = os.path.relpath(os.path.abspath(path), root) if root else None
+    if relative is None or relative.startswith(STATE_DIR + os.sep):  # the records are not listed
+        return
+    record = f"{WRITTEN_RECORD}.{socket.gethostname()}.{os.getpid()}"
+    with open(os.path.join(root, STATE_DIR, record), "a", encoding="utf-8") as f:
+        f.write(relative + "\n")
+
+
 def _remove(path: str) -> None:
     if os.path.lexists(path):
         os.remove(path)
@@ -83,6 +147,7 @@ def atomic_paths(paths: Sequence["os.PathLike[str] | str"]) -> Iterator[List[str
                 raise _output_error(OSError(errno.EISDIR, os.strerror(errno.EISDIR)), path)
         for temporary, path in zip(temporaries, paths):
             current = path
+            _record(path)  # listed before it takes its name: no file of ours goes unlisted
             os.replace(temporary, path)
             placed.append(path)
     except OSError as error:
@@ -119,3 +184,50 @@ def atomic_open(path: "os.PathLike[str] | str") -> Iterator[IO[bytes]]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+
+
+def _json_ready(obj):
+    """NumPy scalars/arrays to Python values; NaN (a class that was not counted) to null."""
+    if isinstance(obj, dict):
+        return {str(key): _json_ready(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_ready(value) for value in obj]
+    if isinstance(obj, np.ndarray):
+        return _json_ready(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def atomic_write_json(path: str, obj) -> None:
+    """Write ``obj`` as indented JSON; NaN and infinities become ``null``."""
+    atomic_write_text(path, json.dumps(_json_ready(obj), indent=2, allow_nan=False))
+
+
+def atomic_write_png(path: str, label_map: np.ndarray) -> None:
+    """Write a (H, W) label map as a grayscale PNG: 8-bit for ``uint8``, 16-bit (PIL mode
+    ``I;16``) for ``uint16``. Read it back with ``np.array(Image.open(path))``."""
+    label_map = np.asarray(label_map)
+    if label_map.ndim != 2:
+        raise InputError(f"label map must be (H, W), got shape {label_map.shape}")
+    if label_map.dtype not in (np.uint8, np.uint16):
+        raise TypeError(f"label map must be uint8 or uint16, got {label_map.dtype}")
+    # native byte order, C-contiguous: PIL then maps uint8 to mode 'L' and uint16 to 'I;16'
+    image = Image.fromarray(
+        np.ascontiguousarray(label_map.astype(label_map.dtype.newbyteorder("=")))
+    )
+    atomic_save_image(path, image)
+
+
+def atomic_save_image(path: str, image: Image.Image) -> None:
+    """Save a PIL image as PNG under ``path`` atomically."""
+    with atomic_open(path) as f:
+        image.save(f, format="PNG")
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write UTF-8 text under ``path`` atomically."""
+    with atomic_open(path) as f:
+        f.write(text.encode("utf-8"))

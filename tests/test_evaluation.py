@@ -17,18 +17,13 @@ import cliptrase_d2  # noqa: F401  (detectron2 0.6 shims, before detectron2)
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import SemSegEvaluator
 
-from cliptrase_d2.evaluation import (
-    PaperMetric,
-    PaperSemSegEvaluator,
-    StandardSemSegEvaluator,
-    atomic_write_json,
-    atomic_write_png,
-)
+from cliptrase_d2.evaluation import PaperMetric, PaperSemSegEvaluator, StandardSemSegEvaluator
 from conftest import skip_outside_ci
 from cliptrase_d2 import atomic
+from cliptrase_d2.atomic import atomic_write_json, atomic_write_png
 from cliptrase_d2.errors import InputError
 from cliptrase_d2.evaluation.paper_metric import unknown_label_ids
-from cliptrase_d2.evaluation import results_io, sem_seg_evaluation
+from cliptrase_d2.evaluation import sem_seg_evaluation
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("CLIPTRASE_FIXTURES", REPO.parent / "shared" / "fixtures"))
@@ -511,7 +506,7 @@ def test_paper_evaluator_gathers_all_processes(make_dataset, monkeypatch):
     ranks = [PaperSemSegEvaluator(name, crop_size=4) for _ in range(2)]
     for evaluator, record, (pred, _) in zip(ranks, records, example):
         evaluator.process([record], [{"sem_seg": _scores(pred, 3)}])
-    states = [(evaluator._metric, evaluator._num_images) for evaluator in ranks]
+    states = [(evaluator._conf_matrix, evaluator._num_images) for evaluator in ranks]
     monkeypatch.setattr(sem_seg_evaluation.comm, "gather", lambda data, dst=0: states)
     assert ranks[0].evaluate() == single
 
@@ -542,7 +537,7 @@ def test_atomic_write_png_interrupted_leaves_no_file(tmp_path, monkeypatch):
         fp.write(b"\x89PNG\r\n\x1a\n partial")
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(results_io.Image.Image, "save", save_half_then_fail)
+    monkeypatch.setattr(atomic.Image.Image, "save", save_half_then_fail)
     with pytest.raises(RuntimeError, match="interrupted"):
         atomic_write_png(tmp_path / "pred.png", np.zeros((2, 2), np.uint8))
     assert os.listdir(tmp_path) == []

@@ -1,8 +1,8 @@
 """Every entry point (train_net, lazyconfig_train_net, compare, demo, web_demo) checks before any
 work and fails with one named error: a config file missing or not YAML, an unsupported device,
 no process, an output folder that cannot be written, a full disk. Outputs are all-or-nothing
-per input, an evaluation claims its OUTPUT_DIR (lock, earlier results moved aside), and the
-demo can skip unreadable images."""
+per input, an evaluation claims its OUTPUT_DIR (a lock; a user's file where it writes refused),
+and the demo can skip unreadable images."""
 
 import errno
 import json
@@ -20,7 +20,7 @@ from faults import full_disk
 from cliptrase_d2.atomic import atomic_open, atomic_paths
 from cliptrase_d2.config import check_device, load_config
 from cliptrase_d2.engine import launch
-from cliptrase_d2.engine.checks import LOCK_NAME, claim_output_dir
+from cliptrase_d2.engine.checks import claim_output_dir
 from cliptrase_d2.engine.trainer import validate
 from cliptrase_d2.errors import (
     ConfigError,
@@ -412,32 +412,18 @@ def test_skip_bad_inputs_reports_and_skips(
     assert any("skipped 3 unreadable input(s) of 5" in message for message in skipped)
 
 
-# ---- an evaluation's OUTPUT_DIR: earlier results moved aside, concurrent runs refused ----
+# ---- an evaluation's OUTPUT_DIR: a user's file where it writes refused, concurrent runs refused
+# (the claim itself: tests/test_output_dir.py)
 
 
-def test_earlier_results_are_moved_aside_before_a_rerun(tmp_path, log_messages):
-    folder = tmp_path / "out"
-    (folder / "predictions" / "ds").mkdir(parents=True)
-    (folder / "predictions" / "ds" / "1.png").write_bytes(b"old")
-    (folder / "sem_seg_results_ds.json").write_text('{"mIoU": 50}')
-    (folder / "log.txt").write_text("old log\n")
-    claim_output_dir(str(folder))
-    assert sorted(os.listdir(folder)) == [LOCK_NAME, "log.txt", "previous"]
-    previous = folder / "previous"
-    assert (previous / "sem_seg_results_ds.json").read_text() == '{"mIoU": 50}'
-    assert (previous / "predictions" / "ds" / "1.png").read_bytes() == b"old"
-    assert any(message.startswith("moved the earlier results") for message in log_messages)
-    assert (folder / LOCK_NAME).read_text().strip() == str(os.getpid())
-
-
-def test_earlier_results_moved_before_the_run_through_train_net(tmp_path):
+def test_a_users_results_file_is_refused_through_train_net(tmp_path):
     folder = tmp_path / "out"
     folder.mkdir()
     (folder / "sem_seg_results_cliptrase_sample_voc21.json").write_text("{}")
-    cfg = run_train_net(SAMPLE_CONFIG, output=folder)
-    assert cfg.OUTPUT_DIR == str(folder)
-    assert not (folder / "sem_seg_results_cliptrase_sample_voc21.json").exists()
-    assert (folder / "previous" / "sem_seg_results_cliptrase_sample_voc21.json").exists()
+    with pytest.raises(OutputExistsError, match="sem_seg_results_cliptrase_sample_voc21.json"):
+        run_train_net(SAMPLE_CONFIG, output=folder)
+    assert (folder / "sem_seg_results_cliptrase_sample_voc21.json").read_text() == "{}"
+    assert not (folder / "previous").exists()
 
 
 HOLDER = textwrap.dedent(

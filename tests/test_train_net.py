@@ -3,6 +3,7 @@ and its errors."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -91,10 +92,25 @@ def _eval(num_processes, output, tiny_opts, *extra):
     return completed
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_two_processes_equal_one(tiny_opts, tmp_path):
     _require_sample()
     _eval(1, tmp_path / "one", tiny_opts)
-    _eval(2, tmp_path / "two", tiny_opts)
+    redirected = _eval(2, tmp_path / "two", tiny_opts)
+    # a redirected log: no colour codes, no config dump (the config is in config.yaml), and the
+    # results as a table, not Detectron2's raw results dict
+    for text in (redirected.stdout, (tmp_path / "two" / "log.txt").read_text()):
+        assert "\x1b[" not in text and "Running with full config" not in text
+        assert "OrderedDict" not in text + redirected.stderr
+        assert re.search(r"\|\s+mIoU\s+\|\s+fwIoU\s+\|\s+mAcc\s+\|\s+pAcc\s+\|", text)
+    assert "OUTPUT_DIR:" in (tmp_path / "two" / "config.yaml").read_text()
     results = [
         json.loads((tmp_path / n / "sem_seg_results_cliptrase_sample_voc21.json").read_text())
         for n in ("one", "two")
@@ -120,6 +136,56 @@ def test_two_processes_equal_one(tiny_opts, tmp_path):
         gt = np.array(Image.open(os.path.join(SAMPLE_ROOT, "annotations", name)))
         assert a.shape == gt.shape  # the standard protocol predicts at the original resolution
         np.testing.assert_array_equal(a, b)
+
+
+def test_two_machines_sharing_one_output_folder_equal_one_process(tiny_opts, tmp_path):
+    """Two machines simulated on one host (one process each, one OUTPUT_DIR): machine 0 alone
+    claims the folder and writes the results, and both machines' label maps land in it."""
+    _require_sample()
+    _eval(1, tmp_path / "one", tiny_opts)
+    port = _free_port()
+    machines = [
+        subprocess.Popen(
+            [sys.executable, TRAIN_NET, "--eval-only", "--num-machines", "2"]
+            + [
+                "--machine-rank",
+                str(rank),
+                "--num-gpus",
+                "1",
+                "--dist-url",
+                f"tcp://127.0.0.1:{port}",
+            ]
+            + ["--config-file", os.path.join(REPO, "configs", "sample", "voc21_standard.yaml")]
+            + [*tiny_opts, "OUTPUT_DIR", str(tmp_path / "shared")]
+            + ["MODEL.CLIPTRASE.STANDARD_SHORT_SIDE", "224", "DATALOADER.NUM_WORKERS", "0"],
+            cwd=REPO,
+            env=dict(
+                os.environ, DETECTRON2_DATASETS=os.path.join(REPO, "datasets"), OMP_NUM_THREADS="1"
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    for machine in machines:
+        _, stderr = machine.communicate(timeout=600)
+        assert machine.returncode == 0, stderr[-3000:]
+    name = "sem_seg_results_cliptrase_sample_voc21.json"
+    shared = json.loads((tmp_path / "shared" / name).read_text())
+    assert shared == json.loads((tmp_path / "one" / name).read_text())
+    folder = os.path.join("predictions", "cliptrase_sample_voc21")
+    names = sorted(os.listdir(tmp_path / "shared" / folder))
+    assert names == sorted(os.listdir(tmp_path / "one" / folder)) and len(names) == 4
+    for name in names:
+        np.testing.assert_array_equal(
+            np.array(Image.open(tmp_path / "shared" / folder / name)),
+            np.array(Image.open(tmp_path / "one" / folder / name)),
+        )
+    # each machine wrote its own half of them, into the one folder
+    records = sorted((tmp_path / "shared" / ".cliptrase_d2").glob("written.*"))
+    written = [set(record.read_text().split()) for record in records]
+    assert len(written) == 2 and all(any(folder in path for path in paths) for paths in written)
 
 
 def test_a_failing_process_reports_its_error_without_hanging(tiny_opts, tmp_path):

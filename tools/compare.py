@@ -36,7 +36,7 @@ from cliptrase_d2.config import load_config
 from cliptrase_d2.engine.checks import check_num_processes, claim_output_dir
 from cliptrase_d2.engine.launch import run_launched
 from cliptrase_d2.engine.trainer import Trainer
-from cliptrase_d2.evaluation.results_io import atomic_write_text
+from cliptrase_d2.atomic import atomic_write_text
 from cliptrase_d2.method.heads import HEADS
 from cliptrase_d2.vocabulary import peer_vocabulary_keys
 from cliptrase_d2.errors import ConfigError
@@ -215,17 +215,21 @@ def run_published(heads, datasets, args):
     return cells
 
 
+# what a comparison writes in --output: its tables and each evaluation's results
+OUTPUTS = ("compare*.md", "compare*.csv", "*/sem_seg_results_*.json", "*/predictions")
+OUTPUTS += tuple(f"published/{pattern}" for pattern in OUTPUTS[2:])
+
+
 def validate(args):
     """The checks before any work (in the launching process): heads, datasets, process count,
-    the config file, its keys and values and the device; then claims --output (a lock against a
-    concurrent comparison into it; earlier tables and per-head results moved to its previous/
-    folder)."""
+    the config file, its keys and values and the device; then machine 0 claims --output (a lock
+    against a concurrent comparison into it; the tables and results earlier comparisons wrote
+    there moved to its previous/<n>/ folder, the user's own files left alone)."""
     parse_list(args.heads, HEADS, "head")
     parse_list(args.datasets, DatasetCatalog.list(), "dataset")
     check_num_processes(args.num_gpus, args.num_machines, args.machine_rank)
     load_config(args.config_file, args.opts)
-    earlier = ("compare*.md", "compare*.csv", "published", *HEADS)
-    claim_output_dir(args.output, "--output", results=earlier)
+    claim_output_dir(args.output, "--output", results=OUTPUTS, machine_rank=args.machine_rank)
 
 
 if __name__ == "__main__":

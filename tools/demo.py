@@ -40,7 +40,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from cliptrase_d2.api import Segmenter, load_image
-from cliptrase_d2.atomic import atomic_paths
+from cliptrase_d2.atomic import atomic_paths, atomic_save_image, atomic_write_json, atomic_write_png
 from cliptrase_d2.config import check_images_per_batch, load_config
 from cliptrase_d2.engine.allocator import tune_cpu_allocator
 from cliptrase_d2.engine.checks import check_writable_folder
@@ -49,11 +49,6 @@ from cliptrase_d2.errors import (
     MissingFileError,
     OutputExistsError,
     UserError,
-)
-from cliptrase_d2.evaluation.results_io import (
-    atomic_save_image,
-    atomic_write_json,
-    atomic_write_png,
 )
 from cliptrase_d2.visualization import draw_labels, side_by_side, with_legend
 from cliptrase_d2.vocabulary import resolve_vocabulary

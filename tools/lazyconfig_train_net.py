@@ -54,12 +54,14 @@ def do_test(cfg, model):
 def validate(args):
     """The checks before any work (in the launching process): process count, config file and
     overrides, device, batch size; then claims train.output_dir (a lock against a concurrent
-    evaluation into it; earlier results moved to its previous/ folder)."""
+    evaluation into it; earlier results moved to its previous/<n>/ folder)."""
     check_num_processes(args.num_gpus, args.num_machines, args.machine_rank)
     cfg = load(args.config_file, args.opts)
     check_device(cfg.train.get("device", "cuda"), "train.device")
     check_images_per_batch(cfg.dataloader.test.get("batch_size", 1), "dataloader.test.batch_size")
-    claim_output_dir(cfg.train.get("output_dir", ""), "train.output_dir")
+    claim_output_dir(
+        cfg.train.get("output_dir", ""), "train.output_dir", machine_rank=args.machine_rank
+    )
     return cfg
 
 

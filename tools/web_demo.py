@@ -40,7 +40,7 @@ from cliptrase_d2.api import Segmenter, load_image  # noqa: E402
 from cliptrase_d2.config import load_config  # noqa: E402
 from cliptrase_d2.engine.allocator import tune_cpu_allocator  # noqa: E402
 from cliptrase_d2.errors import ConfigError, InputError, UserError  # noqa: E402
-from cliptrase_d2.evaluation.results_io import atomic_write_png  # noqa: E402
+from cliptrase_d2.atomic import atomic_write_png  # noqa: E402
 from cliptrase_d2.method.heads import HEADS  # noqa: E402
 from cliptrase_d2.visualization import draw_labels, palette  # noqa: E402
 from cliptrase_d2.vocabulary import benchmark_keys, resolve_vocabulary  # noqa: E402

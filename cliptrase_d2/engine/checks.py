@@ -1,10 +1,14 @@
 """Checks every entry point runs before any work starts, so each class of fault gets the same
 named error everywhere: the process count, an output folder that cannot be written, and an
-evaluation's claim on its output folder (a lock against a concurrent run into the same folder,
-and earlier results moved aside so that an interrupted rerun never leaves them looking current).
+evaluation's claim on its output folder.
+
+A claimed folder holds a state folder (``STATE_DIR``): a lock against a concurrent run into the
+folder, and the records of the files runs wrote there (``cliptrase_d2.atomic`` lists each file
+before it takes its name). Only what those records list is ever moved: the user's own files in
+the folder are left where they are, and nothing is deleted.
 
 The config file and the device are checked by ``cliptrase_d2.config`` (``load_config``,
-``check_device``); files are written through ``cliptrase_d2.atomic``.
+``check_device``).
 """
 
 import errno
@@ -12,10 +16,17 @@ import fcntl
 import glob
 import logging
 import os
-import shutil
+import socket
 import tempfile
 
-from ..errors import ConfigError, OutputError, OutputNotWritableError
+from ..atomic import (
+    RESUMED_RECORD,
+    STATE_DIR,
+    WRITTEN_RECORD,
+    atomic_write_text,
+    recorded_files,
+)
+from ..errors import ConfigError, OutputError, OutputExistsError, OutputNotWritableError, UserError
 
 __all__ = [
     "check_num_processes",
@@ -28,9 +39,10 @@ __all__ = [
 
 logger = logging.getLogger("cliptrase_d2")
 
-LOCK_NAME = ".cliptrase_d2.lock"  # holds the pid of the evaluation writing to the folder
-PREVIOUS_NAME = "previous"  # where the earlier results of a folder go before a rerun
-RESULT_PATTERNS = ("sem_seg_results_*.json", "predictions")  # what an evaluation writes
+LOCK_NAME = os.path.join(STATE_DIR, "lock")  # holds "<pid> <host>" of the run writing there
+PREVIOUS_NAME = "previous"  # earlier runs' files go to previous/<n>/, n = 1, 2, ...
+# what an evaluation writes (glob patterns; a folder stands for the files under it)
+RESULT_PATTERNS = ("sem_seg_results_*.json", "predictions")
 
 _claimed = {}  # real path of a claimed folder -> the open lock file (held until the process ends)
 
@@ -72,57 +84,150 @@ def check_writable_folder(folder: str, what: str) -> None:
         ) from None
 
 
+def _owner_is_gone(holder) -> bool:
+    """Whether the run named in a lock file ("<pid> <host>") ended: its pid is gone on this
+    host. What still holds the lock then are processes it forked (loader workers) that
+    outlived it."""
+    if len(holder) != 2 or holder[1] != socket.gethostname() or not holder[0].isdigit():
+        return False
+    try:
+        os.kill(int(holder[0]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def _lock(folder: str, what: str):
     path = os.path.join(folder, LOCK_NAME)
-    handle = open(path, "a+", encoding="utf-8")
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
-        raise OutputError(
-            f"another evaluation (pid {holder}) is writing to the {what} folder {folder}: wait "
-            f"for it to end, or choose another {what}"
-        ) from None
+    for attempt in range(2):
+        handle = open(path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().split()
+            handle.close()
+            if attempt == 0 and _owner_is_gone(holder):
+                os.remove(path)  # a new lock file: the orphans keep only the old one's lock
+                continue
+            pid = holder[0] if holder else "unknown"
+            where = (
+                f" on {holder[1]}" if len(holder) == 2 and holder[1] != socket.gethostname() else ""
+            )
+            raise OutputError(
+                f"another evaluation (pid {pid}{where}) is writing to the {what} folder {folder}: "
+                f"wait for it to end, or choose another {what}"
+            ) from None
     handle.seek(0)
     handle.truncate()
-    handle.write(f"{os.getpid()}\n")
+    handle.write(f"{os.getpid()} {socket.gethostname()}\n")
     handle.flush()
     return handle
 
 
-def _move_earlier_results(folder: str, results) -> None:
-    earlier = sorted(
-        {path for pattern in results for path in glob.glob(os.path.join(folder, pattern))}
-    )
-    if not earlier:
+def _files_under(folder: str, patterns):
+    """Paths (relative to ``folder``) of the files that ``patterns`` match, those in matching
+    folders included; the writer's hidden temporaries (an interrupted write's) left out."""
+    for pattern in patterns:
+        for match in glob.glob(os.path.join(folder, pattern)):
+            walked = os.walk(match) if os.path.isdir(match) else [("", [], [match])]
+            for parent, _, names in walked:
+                for name in names:
+                    if not (name.startswith(".") and name.endswith(".tmp")):
+                        yield os.path.relpath(os.path.join(parent, name), folder)
+
+
+def _move_earlier_results(folder: str, present) -> None:
+    """Moves ``present`` (earlier results the records list) and the records into
+    previous/<n>/, a new folder."""
+    if not present:
         return
-    previous = os.path.join(folder, PREVIOUS_NAME)
-    shutil.rmtree(previous, ignore_errors=True)
-    os.makedirs(previous)
-    for path in earlier:
-        os.replace(path, os.path.join(previous, os.path.basename(path)))
+    records = glob.glob(os.path.join(folder, STATE_DIR, RESUMED_RECORD))
+    records += glob.glob(os.path.join(folder, STATE_DIR, WRITTEN_RECORD + ".*"))
+    parent = os.path.join(folder, PREVIOUS_NAME)
+    taken = (
+        [int(name) for name in os.listdir(parent) if name.isdigit()]
+        if os.path.isdir(parent)
+        else []
+    )
+    previous = os.path.join(parent, str(max(taken, default=0) + 1))
+    os.makedirs(os.path.join(previous, STATE_DIR))
+    for path in sorted(present):
+        os.makedirs(os.path.dirname(os.path.join(previous, path)), exist_ok=True)
+        os.replace(os.path.join(folder, path), os.path.join(previous, path))
+    for record in records:
+        os.replace(record, os.path.join(previous, STATE_DIR, os.path.basename(record)))
     logger.warning(
-        "moved the earlier results in %s (%s) to %s: this run's results replace them",
+        "moved the %d file(s) an earlier run wrote in %s to %s (your own files stay): this "
+        "run's results replace them; --resume continues that run instead",
+        len(present),
         folder,
-        ", ".join(os.path.basename(path) for path in earlier),
         previous,
     )
 
 
-def claim_output_dir(folder: str, what: str = "OUTPUT_DIR", results=RESULT_PATTERNS) -> None:
+def _keep_for_resume(folder: str, ours) -> None:
+    """Merges the records into one ``resumed`` record: the files this run continues from."""
+    written = glob.glob(os.path.join(folder, STATE_DIR, WRITTEN_RECORD + ".*"))
+    atomic_write_text(
+        os.path.join(folder, STATE_DIR, RESUMED_RECORD),
+        "".join(f"{path}\n" for path in sorted(ours)),
+    )
+    for record in written:
+        os.remove(record)  # merged into the resumed record just written
+
+
+def claim_output_dir(
+    folder: str,
+    what: str = "OUTPUT_DIR",
+    results=RESULT_PATTERNS,
+    resume: bool = False,
+    machine_rank: int = 0,
+) -> None:
     """Before an evaluation writes to ``folder``: checks it is writable, locks it for this
-    process (a second evaluation into it is refused with an OutputError naming this pid; the
-    lock goes with the process, however it ends), and moves earlier results (glob patterns in
-    ``folder``) into ``folder``/previous/. Claiming a folder this process holds does nothing."""
+    process (a second evaluation into it is refused with an OutputError naming the holder's pid;
+    the lock goes with the process, however it ends, and a lock whose process is gone does not
+    block), and refuses files where the run writes (glob patterns ``results``) that no run here
+    wrote. Then the earlier runs' files there are moved into ``folder``/previous/<n>/, or with
+    ``resume`` kept for this run to continue; what the tool wrote elsewhere in the folder (a
+    demo's images) stays. Claiming a folder this process holds does
+    nothing. Only machine 0, where the global main process runs, claims a folder that the
+    machines of a run may share; on the others (``machine_rank`` > 0) it is only checked."""
     check_writable_folder(folder, what)
+    if machine_rank != 0:
+        return
     real = os.path.realpath(folder)
     if real in _claimed:
         return
-    handle = _lock(folder, what)
     try:
-        _move_earlier_results(folder, results)
+        os.makedirs(os.path.join(folder, STATE_DIR), exist_ok=True)
+        handle = _lock(folder, what)
+    except OSError as error:
+        if isinstance(error, UserError):
+            raise
+        raise OutputNotWritableError(
+            f"cannot lock the {what} folder {folder}: {error.strerror or error}. Choose another "
+            f"{what}"
+        ) from None
+    try:
+        ours, present = recorded_files(folder), set(_files_under(folder, results))
+        others = sorted(present - ours)
+        if others:
+            raise OutputExistsError(
+                f"the {what} folder {folder} holds {len(others)} file(s) where this run writes "
+                f"that no evaluation wrote there ({', '.join(others[:3])}"
+                f"{', ...' if len(others) > 3 else ''}): move them away or choose another {what}"
+            )
+        if resume:
+            _keep_for_resume(folder, ours)
+        else:
+            _move_earlier_results(folder, present)
+    except UserError:
+        handle.close()
+        raise
     except OSError as error:
         handle.close()
         raise OutputNotWritableError(

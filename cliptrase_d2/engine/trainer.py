@@ -2,21 +2,26 @@
 protocol, and the checks before an evaluation starts (``validate``)."""
 
 import logging
+import os
+import sys
 
+from detectron2.config import CfgNode
 from detectron2.data import get_detection_dataset_dicts
-from detectron2.engine import DefaultTrainer, default_setup
+from detectron2.engine import DefaultTrainer
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..atomic import atomic_write_text
 from ..config import check_device, load_config, resolve_device
 from ..data.dataset_mapper import SemSegTestMapper
 from ..data.loader import build_test_loader
 from ..data.datasets import require_registered
 from ..evaluation import PaperSemSegEvaluator, StandardSemSegEvaluator
+from ..evaluation.sem_seg_evaluation import saved_predictions
 from ..errors import ConfigError
 from .allocator import tune_cpu_allocator
-from .checks import check_num_processes, claim_output_dir
+from .checks import RESULT_PATTERNS, check_num_processes, claim_output_dir
 
 __all__ = ["Trainer", "setup", "validate"]
 
@@ -35,27 +40,74 @@ def _checked_config(args):
     return cfg
 
 
+# settings a resumed run may change: they do not change a prediction
+RESUMABLE_CHANGES = ("MODEL.DEVICE", "DATALOADER.NUM_WORKERS", "TEST.IMS_PER_BATCH")
+
+
+def _flat(cfg: CfgNode, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in cfg.items():
+        if isinstance(value, CfgNode):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def check_resumable(cfg) -> None:
+    """ConfigError naming the settings that differ from the run in OUTPUT_DIR (its config.yaml)
+    that ``--resume`` would continue: predictions of other settings must not be mixed."""
+    saved = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+    if not os.path.isfile(saved):
+        return
+    with open(saved, encoding="utf-8") as f:
+        earlier = _flat(CfgNode.load_cfg(f))
+    now = _flat(CfgNode.load_cfg(cfg.dump()))  # both through YAML: lists and tuples alike
+    changed = [
+        f"{key} {earlier.get(key)!r} -> {value!r}"
+        for key, value in now.items()
+        if key not in RESUMABLE_CHANGES and earlier.get(key) != value
+    ]
+    if changed:
+        raise ConfigError(
+            f"--resume: the run in {cfg.OUTPUT_DIR} had other settings ({'; '.join(changed[:3])}"
+            f"{'; ...' if len(changed) > 3 else ''}): resume it with its own settings, or run "
+            "without --resume (its files then move to OUTPUT_DIR/previous/)"
+        )
+
+
 def validate(args):
     """The checks before any work (in the launching process, before workers start): the config
-    file and its values, the device, the process count; then claims OUTPUT_DIR (a lock against
-    a concurrent evaluation into it, earlier results moved to OUTPUT_DIR/previous/)."""
+    file and its values, the device, the process count. Then claims OUTPUT_DIR
+    (``claim_output_dir``, on machine 0 only: a lock against a concurrent evaluation into it;
+    the files of earlier runs moved to OUTPUT_DIR/previous/<n>/, or with ``--resume``
+    continued, if their settings are this run's)."""
     check_num_processes(args.num_gpus, args.num_machines, args.machine_rank)
     cfg = _checked_config(args)
     check_device(cfg.MODEL.DEVICE)
-    claim_output_dir(cfg.OUTPUT_DIR)
+    if args.resume and args.machine_rank == 0:
+        check_resumable(cfg)
+    outputs = (*RESULT_PATTERNS, "config.yaml")  # setup writes config.yaml through the record
+    claim_output_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR", outputs, args.resume, args.machine_rank)
     return cfg
 
 
 def setup(args):
-    """Config from command-line args, frozen; logging and OUTPUT_DIR as detectron2's default_setup
-    does, and this project's own log lines (device fallback, model, results tables) on the
-    console and in OUTPUT_DIR/log.txt."""
+    """Config from command-line args, frozen; logging of detectron2 and of this project on the
+    console and in OUTPUT_DIR/log.txt (log.txt.rank<N> for the other processes), coloured only
+    on a terminal; the config saved to OUTPUT_DIR/config.yaml, not dumped into the log."""
     cfg = _checked_config(args)
-    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cliptrase_d2")
+    color = sys.stdout.isatty()
+    for name in ("detectron2", "fvcore", "cliptrase_d2"):
+        setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), color=color, name=name)
     tune_cpu_allocator()
     resolve_device(cfg)
     cfg.freeze()
-    default_setup(cfg, args)
+    logger.info("Command line arguments: %s", args)
+    if comm.is_main_process():
+        path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+        atomic_write_text(path, cfg.dump())
+        logger.info("Full config saved to %s", path)
     return cfg
 
 
@@ -122,9 +174,12 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         """TEST.IMS_PER_BATCH images per model call (Detectron2 0.6's test loader has one),
-        DATALOADER.NUM_WORKERS loading processes."""
+        DATALOADER.NUM_WORKERS loading processes; the images whose saved label maps a resumed
+        run takes over are left out (the evaluator scores those)."""
+        records = get_detection_dataset_dicts([dataset_name], filter_empty=False)
+        saved = saved_predictions(cfg.OUTPUT_DIR, dataset_name, records)
         return build_test_loader(
-            get_detection_dataset_dicts([dataset_name], filter_empty=False),
+            [record for record in records if record["file_name"] not in saved],
             mapper=SemSegTestMapper(cfg),
             batch_size=cfg.TEST.IMS_PER_BATCH,
             num_workers=cfg.DATALOADER.NUM_WORKERS,

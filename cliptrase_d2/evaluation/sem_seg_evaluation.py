@@ -1,13 +1,17 @@
-"""Detectron2 evaluators for the two protocols of SPEC section 9.
+"""Detectron2 evaluators for the two protocols, both Detectron2's ``SemSegEvaluator`` reading
+the ground truth through its loading hook (``sem_seg_loading_fn``).
 
 - :class:`PaperSemSegEvaluator`: the `paper` protocol. Predictions are S x S in the frame of
   the resized and center-cropped image; the ground truth gets the same crop; the metric is the
-  one the authors' script printed (:class:`~.paper_metric.PaperMetric`).
-- :class:`StandardSemSegEvaluator`: the `standard` protocol, Detectron2's own
-  ``SemSegEvaluator`` (original resolution, void ignored) with clear errors for malformed
-  inputs.
+  one the authors' script printed (:class:`~.paper_metric.PaperMetric`), from Detectron2's
+  confusion matrix.
+- :class:`StandardSemSegEvaluator`: the `standard` protocol, Detectron2's own metric (original
+  resolution, void ignored).
 
-Both can save the predicted label maps and write their results as JSON, atomically.
+Both check the ground truth and the predictions with errors that name the file, can save the
+predicted label maps, write their results as JSON (atomically) and log them as tables. In an
+output folder claimed with ``--resume`` (``cliptrase_d2.engine.checks.claim_output_dir``), the
+saved label maps of the runs it continues are scored instead of predicted again.
 """
 
 import inspect
@@ -23,14 +27,21 @@ from PIL import Image, UnidentifiedImageError
 from tabulate import tabulate
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.evaluation import DatasetEvaluator, SemSegEvaluator
+from detectron2.evaluation import SemSegEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
+from detectron2.utils.logger import create_small_table
 
+from ..atomic import (
+    RESUMED_RECORD,
+    atomic_write_json,
+    atomic_write_png,
+    claimed_root,
+    recorded_files,
+)
 from ..method.preprocess import resize_and_center_crop
 from ..method.refinement import channel_argmax
 from .paper_metric import PaperMetric, unknown_label_ids
-from .results_io import atomic_write_json, atomic_write_png
 from ..errors import InputError, MissingFileError, UnknownNameError
 
 logger = logging.getLogger(__name__)
@@ -58,43 +69,24 @@ def image_id_of(dataset_dict: dict) -> str:
     return os.path.splitext(os.path.basename(dataset_dict["file_name"]))[0]
 
 
-def _open_ground_truth(path: str, dataset_name: str):
-    """The file object of a ground truth; FileNotFoundError naming it when it is missing."""
+def open_label_map(path: str, dataset_name: str, load: bool = True) -> Image.Image:
+    """A ground-truth image, decoded (or with ``load=False`` only its header read: its size);
+    MissingFileError naming it when it is missing, InputError when it is not a readable image."""
     try:
-        return PathManager.open(path, "rb")
+        with PathManager.open(path, "rb") as f:
+            image = Image.open(f)
+            if load:
+                image.load()
+            return image
     except FileNotFoundError as e:
         raise MissingFileError(
             f"ground truth '{path}' of dataset '{dataset_name}' not found"
         ) from e
-
-
-def open_label_map(path: str, dataset_name: str) -> Image.Image:
-    """Open a ground-truth PNG, fully loaded; FileNotFoundError naming it when it is missing,
-    InputError naming it when it is not a readable image."""
-    with _open_ground_truth(path, dataset_name) as f:
-        try:
-            image = Image.open(f)
-            image.load()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-            raise _unreadable(path, dataset_name, error) from None
-    return image
-
-
-def label_map_size(path: str, dataset_name: str) -> Tuple[int, int]:
-    """(width, height) of a ground-truth image, read from its header only."""
-    with _open_ground_truth(path, dataset_name) as f:
-        try:
-            with Image.open(f) as image:
-                return image.size
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-            raise _unreadable(path, dataset_name, error) from None
-
-
-def _unreadable(path: str, dataset_name: str, error: Exception) -> InputError:
-    return InputError(
-        f"cannot read ground truth '{path}' of dataset '{dataset_name}': {error}. Check that "
-        "it is a complete label image (PNG/TIFF) and not truncated; re-run the prepare script"
-    )
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise InputError(
+            f"cannot read ground truth '{path}' of dataset '{dataset_name}': {error}. Check that "
+            "it is a complete label image (PNG/TIFF) and not truncated; re-run the prepare script"
+        ) from None
 
 
 def check_label_ids(gt: np.ndarray, path: str, num_classes: int, ignore_label) -> None:
@@ -149,12 +141,6 @@ def checked_scores(scores, num_classes: int, file_name: str) -> torch.Tensor:
     return scores
 
 
-def predicted_labels(scores, num_classes: int, file_name: str) -> np.ndarray:
-    """(K, H, W) class scores -> (H, W) int64 argmax, checking K against the dataset's classes."""
-    scores = checked_scores(scores, num_classes, file_name)
-    return channel_argmax(scores).cpu().numpy().astype(np.int64)
-
-
 def prediction_png_dtype(num_classes: int) -> np.dtype:
     """uint8 label PNGs up to 255 classes, 16-bit beyond."""
     if num_classes <= 255:
@@ -164,58 +150,156 @@ def prediction_png_dtype(num_classes: int) -> np.dtype:
     raise InputError(f"{num_classes} classes do not fit in a 16-bit PNG")
 
 
-class _ResultsWriter:
-    """What both evaluators add to Detectron2's: prediction PNGs, results JSON, a log table."""
+def prediction_path(output_dir: str, dataset_name: str, dataset_dict: dict) -> str:
+    """Where an evaluation saves the label map of one image."""
+    return os.path.join(output_dir, "predictions", dataset_name, image_id_of(dataset_dict) + ".png")
 
-    def _init_outputs(
+
+def saved_predictions(
+    output_dir: Optional[str], dataset_name: str, records: Optional[List[dict]] = None
+) -> Dict[str, str]:
+    """``file_name`` -> saved label map, for the records (default: the catalog's) whose
+    prediction a resumed evaluation takes over: listed in the ``resumed`` record of the claimed
+    folder holding ``output_dir`` (files an earlier run of the same settings wrote there, see
+    ``claim_output_dir``) and present. Empty outside such a folder."""
+    root = claimed_root(output_dir) if output_dir else None
+    resumed = recorded_files(root, RESUMED_RECORD) if root else set()
+    if not resumed:
+        return {}
+    saved = {}
+    for record in DatasetCatalog.get(dataset_name) if records is None else records:
+        path = prediction_path(output_dir, dataset_name, record)
+        if os.path.relpath(os.path.abspath(path), root) in resumed and os.path.isfile(path):
+            saved[record["file_name"]] = path
+    return saved
+
+
+class _Labels:
+    """A prediction already reduced to (H, W) labels, in the form ``SemSegEvaluator.process``
+    reads (``output["sem_seg"].argmax(dim=0)``): the argmax is taken once, for the metric and
+    the saved label map alike, and a saved label map is scored the same way."""
+
+    def __init__(self, labels: torch.Tensor):
+        self._labels = labels
+
+    def argmax(self, dim: int) -> torch.Tensor:
+        return self._labels
+
+
+class _CheckedSemSegEvaluator(SemSegEvaluator):
+    """Detectron2's ``SemSegEvaluator`` with what both protocols add: the ground truth and
+    predictions checked (errors naming the file), the label maps saved, the saved ones of a
+    resumed run scored instead of predicted, and the results written as JSON and logged as
+    tables. Subclasses read the ground truth in ``_load_ground_truth`` and check a prediction's
+    size in ``_check_prediction``."""
+
+    protocol = ""
+
+    def __init__(
         self,
         dataset_name: str,
-        output_dir: Optional[str],
-        save_predictions: bool,
-        num_classes: int,
+        *,
+        distributed: bool = True,
+        output_dir: Optional[str] = None,
+        save_predictions: bool = False,
         run_info: Optional[Dict] = None,
-    ) -> None:
-        self._run_info = dict(run_info or {})  # what produced the numbers, written beside them
+    ):
+        check_registered(dataset_name)
+        if not MetadataCatalog.get(dataset_name).get("stuff_classes"):
+            raise UnknownNameError(
+                f"Dataset '{dataset_name}' has no 'stuff_classes' in its metadata"
+            )
         if save_predictions and not output_dir:
             raise InputError(
                 "save_predictions=True needs an output_dir to write the predictions to"
             )
+        hook = {"sem_seg_loading_fn": self._load_ground_truth} if LIBRARY_LOADING_HOOK else {}
+        # output_dir is kept here: Detectron2's own (non-atomic) dumps are not written
+        super().__init__(dataset_name, distributed=distributed, output_dir=None, **hook)
+        self._class_names = list(self._class_names)
+        self._run_info = dict(run_info or {})  # what produced the numbers, written beside them
         self._results_dir = output_dir
         self._save_predictions = save_predictions
-        self._prediction_dtype = prediction_png_dtype(num_classes)
-        self._predictions_dir = (
-            os.path.join(output_dir, "predictions", dataset_name) if save_predictions else None
-        )
+        self._prediction_dtype = prediction_png_dtype(self._num_classes)
+        self._saved = saved_predictions(output_dir, dataset_name)
+        if self._saved:
+            logger.info(
+                "%s: %d images already predicted in %s (resumed)",
+                dataset_name,
+                len(self._saved),
+                output_dir,
+            )
+        self._clear()
 
-    def _save_prediction(self, dataset_dict: dict, pred: np.ndarray) -> None:
-        if self._save_predictions:
-            path = os.path.join(self._predictions_dir, image_id_of(dataset_dict) + ".png")
-            atomic_write_png(path, pred.astype(self._prediction_dtype))
+    def _clear(self):
+        super().reset()
+        self._num_images = 0
 
-    def _write_results(
-        self,
-        protocol: str,
-        dataset_name: str,
-        class_names: List[str],
-        summary: Dict[str, float],
-        per_class_iou: np.ndarray,
-        **extra,
-    ) -> None:
-        per_class = OrderedDict(zip(class_names, (float(v) for v in per_class_iou)))
+    def reset(self):
+        """Also scores this process's share of the saved label maps a resumed run takes over."""
+        self._clear()
+        share = sorted(self._saved.items())
+        if self._distributed:
+            share = share[comm.get_rank() :: comm.get_world_size()]
+        for file_name, path in share:
+            with Image.open(path) as saved:
+                labels = torch.from_numpy(np.asarray(saved, dtype=np.int64))
+            self._score({"file_name": file_name}, labels)
+
+    def process(self, inputs, outputs):
+        for dataset_dict, output in zip(inputs, outputs):
+            scores = checked_scores(output["sem_seg"], self._num_classes, dataset_dict["file_name"])
+            labels = channel_argmax(scores).cpu()
+            self._score(dataset_dict, labels)
+            if self._save_predictions:
+                path = prediction_path(self._results_dir, self._dataset_name, dataset_dict)
+                atomic_write_png(path, labels.numpy().astype(self._prediction_dtype))
+
+    def _score(self, dataset_dict: dict, labels: torch.Tensor) -> None:
+        """Checks one image's (H, W) labels and ground truth, then adds them to the metric."""
+        file_name = dataset_dict["file_name"]
+        path = dataset_dict.get("sem_seg_file_name") or self.input_file_to_gt_file.get(file_name)
+        if path is None:
+            raise UnknownNameError(
+                f"no ground truth (sem_seg_file_name) for '{file_name}' in '{self._dataset_name}'"
+            )
+        gt_width, gt_height = open_label_map(path, self._dataset_name, load=False).size
+        check_ground_truth_size((gt_height, gt_width), dataset_dict, path)
+        self._check_prediction(file_name, tuple(labels.shape), path, (gt_height, gt_width))
+        self.input_file_to_gt_file[file_name] = path  # the record's own wins over the catalog's
+        if LIBRARY_LOADING_HOOK:
+            super().process([dataset_dict], [{"sem_seg": _Labels(labels)}])
+        else:  # detectron2 0.6 has no loading hook: its process, reading through ours
+            pred = labels.numpy()
+            gt = self._load_ground_truth(path)
+            gt[gt == self._ignore_label] = self._num_classes
+            self._conf_matrix += np.bincount(
+                (self._num_classes + 1) * pred.reshape(-1) + gt.reshape(-1),
+                minlength=self._conf_matrix.size,
+            ).reshape(self._conf_matrix.shape)
+        self._num_images += 1
+
+    def encode_json_sem_seg(self, sem_seg, input_file_name):
+        """Nothing: Detectron2 writes these COCO-format RLEs only to its output_dir, which it is
+        not given (they would cost time and memory, gathered from every process, for nothing)."""
+        return []
+
+    def _write_results(self, summary: Dict[str, float], per_class_iou, **extra) -> None:
+        per_class = OrderedDict(zip(self._class_names, (float(v) for v in per_class_iou)))
         logger.info(
             "Semantic segmentation results on %s (%s protocol):\n%s\nPer-class IoU:\n%s",
-            dataset_name,
-            protocol,
-            _summary_table(summary),
+            self._dataset_name,
+            self.protocol,
+            create_small_table({key: round(value, 2) for key, value in summary.items()}),
             _per_class_table(per_class),
         )
         if self._results_dir:
-            path = os.path.join(self._results_dir, f"sem_seg_results_{dataset_name}.json")
+            path = os.path.join(self._results_dir, f"sem_seg_results_{self._dataset_name}.json")
             atomic_write_json(
                 path,
                 {
-                    "dataset": dataset_name,
-                    "protocol": protocol,
+                    "dataset": self._dataset_name,
+                    "protocol": self.protocol,
                     **({"run": self._run_info} if self._run_info else {}),
                     **extra,
                     **summary,
@@ -223,16 +307,6 @@ class _ResultsWriter:
                 },
             )
             logger.info("Wrote %s", path)
-
-
-def _summary_table(summary: Dict[str, float]) -> str:
-    return tabulate(
-        [list(summary.values())],
-        headers=list(summary.keys()),
-        tablefmt="pipe",
-        floatfmt=".2f",
-        numalign="center",
-    )
 
 
 def _per_class_table(per_class: Dict[str, float], columns: int = 3) -> str:
@@ -248,8 +322,8 @@ def _per_class_table(per_class: Dict[str, float], columns: int = 3) -> str:
     )
 
 
-class PaperSemSegEvaluator(_ResultsWriter, DatasetEvaluator):
-    """The `paper` protocol (SPEC section 9).
+class PaperSemSegEvaluator(_CheckedSemSegEvaluator):
+    """The `paper` protocol.
 
     Input dicts carry ``file_name``, and ``sem_seg_file_name`` (otherwise it is looked up in
     the DatasetCatalog by ``file_name``, as Detectron2's test-time mapper drops it) and
@@ -257,91 +331,55 @@ class PaperSemSegEvaluator(_ResultsWriter, DatasetEvaluator):
     score tensor in the frame of the image resized (shorter side S) and center-cropped to
     S x S, S = ``crop_size``; K = ``len(stuff_classes)``.
 
-    Metadata read: ``stuff_classes``, ``ignore_label`` (default 255) and
-    ``paper_void_as_background`` (default False): when True, ground-truth ``ignore_label``
-    pixels count as background, the last class (VOC21, PC60, COCO-Object in the paper).
+    Metadata read: ``stuff_classes``, ``ignore_label`` and ``paper_void_as_background``
+    (default False): when True, ground-truth ``ignore_label`` pixels count as background, the
+    last class (VOC21, PC60, COCO-Object in the paper).
     """
 
-    def __init__(
-        self,
-        dataset_name: str,
-        *,
-        crop_size: int,
-        distributed: bool = True,
-        output_dir: Optional[str] = None,
-        save_predictions: bool = False,
-        run_info: Optional[Dict] = None,
-    ):
-        check_registered(dataset_name)
-        meta = MetadataCatalog.get(dataset_name)
-        if not meta.get("stuff_classes"):
-            raise UnknownNameError(
-                f"Dataset '{dataset_name}' has no 'stuff_classes' in its metadata"
-            )
-        self._dataset_name = dataset_name
-        self._class_names = list(meta.stuff_classes)
-        self._num_classes = len(self._class_names)
-        self._ignore_label = meta.get("ignore_label", 255)
-        self._void_as_background = bool(meta.get("paper_void_as_background", False))
+    protocol = "paper"
+
+    def __init__(self, dataset_name: str, *, crop_size: int, **kwargs):
         self._crop_size = int(crop_size)
-        self._distributed = distributed
-        self._gt_files = {
-            record["file_name"]: record["sem_seg_file_name"]
-            for record in DatasetCatalog.get(dataset_name)
-            if "sem_seg_file_name" in record
-        }
-        self._init_outputs(dataset_name, output_dir, save_predictions, self._num_classes, run_info)
-        self.reset()
+        meta = MetadataCatalog.get(dataset_name)
+        self._void_as_background = bool(meta.get("paper_void_as_background", False))
+        super().__init__(dataset_name, **kwargs)
 
-    def reset(self):
-        self._metric = PaperMetric(self._num_classes, ignore_label=self._ignore_label)
-        self._num_images = 0
-
-    def _ground_truth(self, dataset_dict: dict) -> np.ndarray:
-        """The (S, S) ground truth of one image, cropped like the image, void relabelled."""
-        file_name = dataset_dict["file_name"]
-        path = dataset_dict.get("sem_seg_file_name") or self._gt_files.get(file_name)
-        if path is None:
-            raise UnknownNameError(
-                f"no ground truth (sem_seg_file_name) for '{file_name}' in '{self._dataset_name}'"
-            )
+    def _load_ground_truth(self, path: str, dtype=np.int64) -> np.ndarray:
+        """The (S, S) ground truth of one image, checked, cropped like the image, void
+        relabelled as background where the dataset says so."""
         image = open_label_map(path, self._dataset_name)
-        check_ground_truth_size((image.height, image.width), dataset_dict, path)
         check_label_ids(
             label_map_to_array(image, path), path, self._num_classes, self._ignore_label
         )
         gt = label_map_to_array(resize_and_center_crop(image, self._crop_size, Image.NEAREST), path)
         if self._void_as_background:
             gt[gt == self._ignore_label] = self._num_classes - 1
-        return gt
+        return gt.astype(dtype, copy=False)
 
-    def process(self, inputs, outputs):
+    def _check_prediction(self, file_name, labels_shape, gt_path, gt_size):
         size = self._crop_size
-        for dataset_dict, output in zip(inputs, outputs):
-            file_name = dataset_dict["file_name"]
-            pred = predicted_labels(output["sem_seg"], self._num_classes, file_name)
-            if pred.shape != (size, size):
-                raise InputError(
-                    f"{file_name}: the prediction is {pred.shape[0]}x{pred.shape[1]} but the paper "
-                    f"evaluator of '{self._dataset_name}' expects crop_size {size}x{size}; the "
-                    "model's protocol/input size does not match the evaluator's crop_size"
-                )
-            self._metric.update(pred, self._ground_truth(dataset_dict))
-            self._num_images += 1
-            self._save_prediction(dataset_dict, pred)
+        if labels_shape != (size, size):
+            raise InputError(
+                f"{file_name}: the prediction is {labels_shape[0]}x{labels_shape[1]} but the "
+                f"paper evaluator of '{self._dataset_name}' expects crop_size {size}x{size}; the "
+                "model's protocol/input size does not match the evaluator's crop_size"
+            )
 
     def evaluate(self):
-        """Only the main process returns the results (None elsewhere), like Detectron2's."""
+        """The paper's metric from Detectron2's confusion matrix (its [:K, :K] block, with
+        prediction rows, is the paper's (ground truth, prediction) matrix transposed). Only the
+        main process returns the results (None elsewhere), like Detectron2's."""
+        counts = (self._conf_matrix, self._num_images)
         if self._distributed:
             comm.synchronize()
-            parts = comm.gather((self._metric, self._num_images), dst=0)
+            parts = comm.gather(counts, dst=0)
             if not comm.is_main_process():
                 return None
         else:
-            parts = [(self._metric, self._num_images)]
+            parts = [counts]
         metric = PaperMetric(self._num_classes, ignore_label=self._ignore_label)
-        for part_metric, _ in parts:
-            metric.merge(part_metric)
+        for conf_matrix, _ in parts:
+            metric.confusion += conf_matrix[:-1, :-1].T
         num_images = sum(count for _, count in parts)
         if num_images == 0:
             logger.warning("PaperSemSegEvaluator on %s received no predictions", self._dataset_name)
@@ -353,9 +391,6 @@ class PaperSemSegEvaluator(_ResultsWriter, DatasetEvaluator):
         for name, iou in zip(self._class_names, scores["per_class_IoU"]):
             results[f"IoU-{name}"] = float(iou)
         self._write_results(
-            "paper",
-            self._dataset_name,
-            self._class_names,
             summary,
             scores["per_class_IoU"],
             crop_size=self._crop_size,
@@ -365,87 +400,49 @@ class PaperSemSegEvaluator(_ResultsWriter, DatasetEvaluator):
         return OrderedDict({"sem_seg": results})
 
 
-class StandardSemSegEvaluator(_ResultsWriter, SemSegEvaluator):
+class StandardSemSegEvaluator(_CheckedSemSegEvaluator):
     """The `standard` protocol: Detectron2's ``SemSegEvaluator`` (predictions at the original
     resolution, ``ignore_label`` ignored, its metric and result keys: mIoU, fwIoU, mACC, pACC,
     IoU-<class>, ACC-<class>, and on detectron2 versions that compute it BoundaryIoU-<class> and
-    min(IoU, B-Iou)-<class>), plus prediction PNGs, a results JSON and a log table.
-
-    Detectron2 accumulates the metric. Before it reads a ground truth, this evaluator fails
-    with a message naming the file when the ground truth is missing, has another size than the
-    prediction or holds ids outside the classes; it does not build the COCO-format RLE
-    ``sem_seg_predictions.json``.
+    min(IoU, B-Iou)-<class>), plus prediction PNGs, a results JSON and a log table; it does not
+    build the COCO-format RLE ``sem_seg_predictions.json``.
     """
 
-    def __init__(
-        self,
-        dataset_name: str,
-        distributed: bool = True,
-        output_dir: Optional[str] = None,
-        *,
-        save_predictions: bool = False,
-        run_info: Optional[Dict] = None,
-    ):
-        check_registered(dataset_name)
-        loading = {"sem_seg_loading_fn": self._load_ground_truth} if LIBRARY_LOADING_HOOK else {}
-        # output_dir is kept here: Detectron2's own (non-atomic) dumps are not written
-        super().__init__(dataset_name, distributed=distributed, output_dir=None, **loading)
+    protocol = "standard"
+
+    def __init__(self, dataset_name: str, distributed: bool = True, output_dir=None, **kwargs):
+        super().__init__(dataset_name, distributed=distributed, output_dir=output_dir, **kwargs)
         if 0 <= self._ignore_label < self._num_classes:
             raise InputError(
                 f"Dataset '{dataset_name}': ignore_label {self._ignore_label} is also a class id "
                 f"(there are {self._num_classes} classes); use 65535 with more than 255 classes"
             )
-        self._init_outputs(dataset_name, output_dir, save_predictions, self._num_classes, run_info)
-
-    def reset(self):
-        super().reset()
-        self._num_images = 0
 
     def _load_ground_truth(self, path: str, dtype=np.int64) -> np.ndarray:
         """(H, W) label ids of one ground truth, checked: one channel, ids are classes or
-        ``ignore_label``. Detectron2 loads ground truth through it where it has the hook."""
+        ``ignore_label``."""
         gt = label_map_to_array(open_label_map(path, self._dataset_name), path)
         check_label_ids(gt, path, self._num_classes, self._ignore_label)
         return gt.astype(dtype, copy=False)
 
-    def process(self, inputs, outputs):
-        for dataset_dict, output in zip(inputs, outputs):
-            file_name = dataset_dict["file_name"]
-            scores = checked_scores(output["sem_seg"], self._num_classes, file_name)
-            height, width = scores.shape[1:]
-            path = dataset_dict.get("sem_seg_file_name") or self.input_file_to_gt_file.get(
-                file_name
+    def _check_prediction(self, file_name, labels_shape, gt_path, gt_size):
+        if gt_size != labels_shape:
+            raise InputError(
+                f"ground truth '{gt_path}' is {gt_size[0]}x{gt_size[1]} but the prediction for "
+                f"'{file_name}' is {labels_shape[0]}x{labels_shape[1]}; the standard protocol "
+                "evaluates at the original resolution"
             )
-            if path is None:
-                raise UnknownNameError(
-                    f"no ground truth (sem_seg_file_name) for '{file_name}' in "
-                    f"'{self._dataset_name}'"
-                )
-            gt_width, gt_height = label_map_size(path, self._dataset_name)
-            check_ground_truth_size((gt_height, gt_width), dataset_dict, path)
-            if (gt_height, gt_width) != (height, width):
-                raise InputError(
-                    f"ground truth '{path}' is {gt_height}x{gt_width} but the prediction for "
-                    f"'{file_name}' is {height}x{width}; the standard protocol "
-                    "evaluates at the original resolution"
-                )
-            if not LIBRARY_LOADING_HOOK:  # detectron2 0.6 reads the PNG itself, unchecked
-                self._load_ground_truth(path)
-            self.input_file_to_gt_file[file_name] = path  # the library reads the file checked here
-            super().process([dataset_dict], [output])
-            self._num_images += 1
-            if self._save_predictions:
-                self._save_prediction(dataset_dict, channel_argmax(scores).cpu().numpy())
-
-    def encode_json_sem_seg(self, sem_seg, input_file_name):
-        """Nothing: Detectron2 writes these COCO-format RLEs only to its output_dir, which it is
-        not given (they would cost time and memory, gathered from every process, for nothing)."""
-        return []
 
     def evaluate(self):
-        """Only the main process returns the results (None elsewhere), like Detectron2's."""
+        """Detectron2's metric; its raw results line is left out of the log (a table stands in
+        for it). Only the main process returns the results (None elsewhere), like Detectron2's."""
         counts = comm.gather(self._num_images, dst=0) if self._distributed else [self._num_images]
-        results = super().evaluate()
+        level = self._logger.level
+        self._logger.setLevel(logging.WARNING)  # its warnings still show
+        try:
+            results = super().evaluate()
+        finally:
+            self._logger.setLevel(level)
         if results is None:
             return None
         res = results["sem_seg"]
@@ -465,13 +462,5 @@ class StandardSemSegEvaluator(_ResultsWriter, SemSegEvaluator):
             extra["per_class_BoundaryIoU"] = OrderedDict(
                 (name, float(res[f"BoundaryIoU-{name}"])) for name in self._class_names
             )
-        self._write_results(
-            "standard",
-            self._dataset_name,
-            list(self._class_names),
-            summary,
-            per_class_iou,
-            num_images=sum(counts),
-            **extra,
-        )
+        self._write_results(summary, per_class_iou, num_images=sum(counts), **extra)
         return results

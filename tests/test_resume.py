@@ -1,0 +1,145 @@
+"""tools/train_net.py --resume: a run killed halfway continues from its saved label maps and ends
+with the metrics of a run that was never interrupted; a resume with other settings is refused."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, skip_outside_ci
+from cliptrase_d2.atomic import STATE_DIR, atomic_write_text
+from cliptrase_d2.errors import ConfigError
+from cliptrase_d2.config import load_config
+from cliptrase_d2.engine.trainer import validate
+from detectron2.engine import default_argument_parser
+
+TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
+SAMPLE_ROOT = os.path.join(REPO, "datasets", "cliptrase_sample_voc21")
+SAMPLE_CONFIG = os.path.join(REPO, "configs", "sample", "voc21_standard.yaml")
+RESULTS = "sem_seg_results_cliptrase_sample_voc21.json"
+PREDICTIONS = os.path.join("predictions", "cliptrase_sample_voc21")
+
+
+def _sample_twice(root) -> int:
+    """The VOC sample with each photo twice (under two names): enough images to stop between."""
+    if not os.path.isdir(os.path.join(SAMPLE_ROOT, "annotations")):
+        skip_outside_ci(f"sample dataset missing at {SAMPLE_ROOT}: run datasets/prepare_sample.py")
+    dataset = root / "cliptrase_sample_voc21"
+    for folder in ("images", "annotations"):
+        (dataset / folder).mkdir(parents=True)
+    for name in sorted(os.listdir(os.path.join(SAMPLE_ROOT, "images"))):
+        stem, suffix = os.path.splitext(name)
+        for copy in ("a", "b"):
+            shutil.copy(
+                os.path.join(SAMPLE_ROOT, "images", name),
+                dataset / "images" / f"{stem}{copy}{suffix}",
+            )
+            shutil.copy(
+                os.path.join(SAMPLE_ROOT, "annotations", f"{stem}.png"),
+                dataset / "annotations" / f"{stem}{copy}.png",
+            )
+    return len(os.listdir(dataset / "images"))
+
+
+def _command(output, tiny_opts, *flags):
+    return [
+        sys.executable,
+        TRAIN_NET,
+        "--eval-only",
+        *flags,
+        "--config-file",
+        SAMPLE_CONFIG,
+        *tiny_opts,
+        "OUTPUT_DIR",
+        str(output),
+        "MODEL.CLIPTRASE.STANDARD_SHORT_SIDE",
+        "224",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+    ]
+
+
+def _predicted(output):
+    folder = output / PREDICTIONS
+    names = os.listdir(folder) if folder.is_dir() else []
+    return sorted(name for name in names if not name.startswith("."))
+
+
+def test_a_killed_evaluation_resumes_where_it_stopped(tiny_opts, tmp_path):
+    total = _sample_twice(tmp_path / "datasets")
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"), OMP_NUM_THREADS="1")
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+
+    killed = subprocess.Popen(
+        _command(resumed, tiny_opts),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 400
+        while (
+            len(_predicted(resumed)) < 2 and killed.poll() is None and time.monotonic() < deadline
+        ):
+            time.sleep(0.05)
+        killed.send_signal(signal.SIGKILL)
+    finally:
+        killed.communicate(timeout=60)
+    done = _predicted(resumed)
+    assert 2 <= len(done) < total, done  # stopped halfway, for real
+    assert not (resumed / RESULTS).exists()
+    inodes = {name: os.stat(resumed / PREDICTIONS / name).st_ino for name in done}
+
+    completed = subprocess.run(
+        _command(resumed, tiny_opts, "--resume"),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    completed = subprocess.run(
+        _command(whole, tiny_opts), cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+
+    assert json.loads((resumed / RESULTS).read_text()) == json.loads((whole / RESULTS).read_text())
+    assert _predicted(resumed) == _predicted(whole) and len(_predicted(whole)) == total
+    for name in _predicted(whole):
+        np.testing.assert_array_equal(
+            np.array(Image.open(resumed / PREDICTIONS / name)),
+            np.array(Image.open(whole / PREDICTIONS / name)),
+        )
+    # the images predicted before the kill were not predicted again (the same files)
+    assert {name: os.stat(resumed / PREDICTIONS / name).st_ino for name in done} == inodes
+    log = (resumed / "log.txt").read_text()
+    assert f"{len(done)} images already predicted" in log
+    assert f"Start inference on {total - len(done)} batches" in log
+
+
+def _validate(*argv):
+    return validate(default_argument_parser().parse_args(["--eval-only", *argv]))
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    output = tmp_path / "out"
+    opts = ["--config-file", SAMPLE_CONFIG, "OUTPUT_DIR", str(output)]
+    cfg = load_config(SAMPLE_CONFIG, ["OUTPUT_DIR", str(output)], resolve=False)
+    (output / STATE_DIR).mkdir(parents=True)  # a folder an earlier run claimed and wrote in
+    atomic_write_text(output / "config.yaml", cfg.dump())
+    with pytest.raises(
+        ConfigError, match=r"--resume: .*MODEL\.CLIPTRASE\.HEAD 'cliptrase' -> 'clip'"
+    ):
+        _validate("--resume", *opts, "MODEL.CLIPTRASE.HEAD", "clip")
+    assert sorted(os.listdir(output)) == [STATE_DIR, "config.yaml"]  # refused before the claim
+    # what does not change a prediction may change
+    _validate("--resume", *opts, "DATALOADER.NUM_WORKERS", "0", "TEST.IMS_PER_BATCH", "2")
