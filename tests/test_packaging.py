@@ -2,6 +2,7 @@
 name from any folder (cliptrase_d2.model_zoo)."""
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -12,6 +13,7 @@ from cliptrase_d2.errors import MissingFileError
 from cliptrase_d2.model_zoo import config_root, get_config_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_NOT_SOURCES = (".git", ".venv*", "build", "datasets", "output", "weights", "*.egg-info")
 
 
 def test_get_config_file_in_a_checkout():
@@ -31,19 +33,18 @@ def test_unknown_config_name_is_named(name):
 def installed(tmp_path_factory):
     """The package as `pip install .` installs it: a wheel built from this checkout, unpacked."""
     out = tmp_path_factory.mktemp("wheel")
+    # a copy of the checkout, so that no build/ folder of an earlier build (with files since
+    # deleted) is packaged, and the checkout is left as it was
+    source = out / "source"
+    top_level = shutil.ignore_patterns(*_NOT_SOURCES)
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=lambda folder, names: top_level(folder, names) if folder == REPO else (),
+    )
+    pip_wheel = ["pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out)]
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "-w",
-            str(out),
-            REPO,
-        ],
+        [sys.executable, "-m", *pip_wheel, str(source)],
         check=True,
         capture_output=True,
     )
