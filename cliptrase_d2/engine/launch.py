@@ -84,10 +84,10 @@ class WorkerError(RuntimeError):
 def _worker_error(error: Exception, world_size: int, first_rank: int) -> WorkerError:
     rank = f"process rank {first_rank + error.error_index} of {world_size}"
     if isinstance(error, mp.ProcessExitedException):
-        how = f"killed by {error.signal_name}" if error.signal_name else "ended"
+        how = f"was killed by {error.signal_name}" if error.signal_name else "exited"
         return WorkerError(
-            f"({rank}, pid {error.error_pid}) was {how} (exit status {error.exit_code}); the run "
-            "was stopped",
+            f"({rank}, pid {error.error_pid}) {how} (exit status {error.exit_code}); the run was "
+            "stopped",
             LostProcess.__name__,
         )
     lines = [line for line in str(error).splitlines() if line.strip()]
