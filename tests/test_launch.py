@@ -22,6 +22,7 @@ import cliptrase_d2  # noqa: F401  (detectron2 0.6 shims, before detectron2)
 from cliptrase_d2 import compat
 from cliptrase_d2.engine.launch import (
     WAIT_ENV,
+    LostProcess,
     WorkerError,
     check_launch,
     launch,
@@ -126,6 +127,26 @@ def test_a_killed_loader_worker_ends_the_run_with_one_line_and_no_process_left(t
     assert not [p for p in process_table() if p.pgid in groups and p.state != "Z"]
 
 
+# gloo's words (torch 2.14) in the evaluator's gather of machine 1, when machine 0 was stopped
+GLOO_LOST_PEER = (
+    "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by "
+    "peer [127.0.0.1]:18834. This is typically caused by a remote worker crashing. Check the logs "
+    "of the remote worker before reporting an error. GLHF! \U0001f3d6\ufe0f"
+)
+
+
+def _gather_without_the_peer():
+    raise RuntimeError(GLOO_LOST_PEER)
+
+
+def test_a_collective_that_lost_its_peer_is_a_lost_process():
+    expected = (
+        r"another process of the run ended \(Connection closed by peer \[127\.0\.0\.1\]:18834\)"
+    )
+    with pytest.raises(LostProcess, match=rf"^{expected}: see its log$"):
+        launch(_gather_without_the_peer, 1)
+
+
 # ------------------------------------------------------------- --dist-url, before any work
 
 
@@ -137,6 +158,7 @@ def test_a_killed_loader_worker_ends_the_run_with_one_line_and_no_process_left(t
         "tcp://:29500",
         "tcp://127.0.0.1:port",
         "tcp://127.0.0.1:70000",
+        "tcp://[::1:29500",
         "http://127.0.0.1:29500",
         "env://",
         "file:///tmp/rendezvous",

@@ -64,6 +64,8 @@ def _start(root, output, tiny_opts, *argv, workers=1, env=()):
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # its session id is its pid
+        # as from a terminal: a shell ignores SIGINT in the commands it runs in the background
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

@@ -48,6 +48,7 @@ WAIT_ENV = "CLIPTRASE_D2_DIST_WAIT"  # seconds a process waits for the others to
 DEFAULT_WAIT_S = 600
 FIRST_WAIT_LOG_S, WAIT_LOG_EVERY_S = 10, 60
 LOST_LOADER_WORKER = "DataLoader worker (pid"  # how torch's loader says that a worker died
+LOST_PEER = "Connection closed by peer"  # how gloo says that another process of the run ended
 QUIET_TRACKER = "ignore:resource_tracker:UserWarning"  # a PYTHONWARNINGS filter
 
 
@@ -102,10 +103,10 @@ def _worker_error(error: Exception, world_size: int, first_rank: int) -> WorkerE
 def _host_port(dist_url: str):
     try:
         url = urlsplit(dist_url)
-        host, port = url.hostname, url.port
-    except ValueError:  # a port that is not a number in 0..65535
-        host = port = None
-    if url.scheme != "tcp" or not host or not port:
+        scheme, host, port = url.scheme, url.hostname, url.port
+    except ValueError:  # a port that is not a number in 0..65535, a broken [IPv6] address
+        scheme = host = port = None
+    if scheme != "tcp" or not host or not port:
         raise ConfigError(
             f"--dist-url {dist_url}: give tcp://<host>:<port> (machine 0's address and a free "
             "port, e.g. tcp://127.0.0.1:29500), or auto on one machine"
@@ -264,7 +265,8 @@ def _worker(
 def _run(main_func, args):
     """``main_func(*args)``. When it fails because one of this process's loader workers died,
     which torch reports in several ways depending on when (its own RuntimeError, or the error of
-    a transfer from the dead worker), raises LostProcess naming the worker."""
+    a transfer from the dead worker), raises LostProcess naming the worker; the same when a
+    collective finds that a process of another machine ended."""
     try:
         return main_func(*args)
     except UserError:
@@ -284,6 +286,9 @@ def _run(main_func, args):
             time.sleep(0.05)
         if str(error).startswith(LOST_LOADER_WORKER):  # torch waited for it first
             raise LostProcess(str(error)) from None
+        if LOST_PEER in str(error):  # "[.../pair.cc:561] Connection closed by peer [ip]:port. ..."
+            peer = str(error).partition("] ")[2].split(". ")[0]
+            raise LostProcess(f"another process of the run ended ({peer}): see its log") from None
         raise
 
 
