@@ -103,7 +103,7 @@ def _load_while_rank_one_s_worker_dies(folder):
     with open(os.path.join(folder, f"rank{comm.get_rank()}.pid"), "w") as f:
         f.write(str(os.getpid()))
     items = _Items(folder, dies=comm.get_rank() == 1)
-    for _ in torch.utils.data.DataLoader(items, batch_size=1, num_workers=2):
+    for _ in torch.utils.data.DataLoader(items, batch_size=1, num_workers=1):
         time.sleep(0.01)
 
 
