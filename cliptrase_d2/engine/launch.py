@@ -183,8 +183,8 @@ def launch(
     CUDA, else sharing the CPU cores, and in this process when there is only one in all.
 
     Raises ``WorkerError`` for the first process that fails (its rank, its error or the signal
-    that killed it), after ending every process of this machine with its children; the same on
-    ``KeyboardInterrupt``."""
+    that killed it), after ending every process of this machine with its loader workers; on
+    ``KeyboardInterrupt`` it ends them the same way before passing it on."""
     dist_url = check_launch(num_processes, num_machines, machine_rank, dist_url)
     world_size = num_machines * num_processes
     if world_size == 1:
