@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from datetime import timedelta
 from urllib.parse import urlsplit
@@ -272,7 +273,8 @@ def _run(main_func, args):
     except UserError:
         raise
     except Exception as error:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's handler would raise at any point
+        if threading.current_thread() is threading.main_thread():  # (signals: the main one only)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's would raise at any point
         deadline = time.monotonic() + 1  # a killed worker is waitable within milliseconds
         while time.monotonic() < deadline:
             try:  # a child that died and that nobody has waited for yet (left waitable)
