@@ -1,10 +1,17 @@
 """cliptrase_d2.engine.launch and cliptrase_d2.compat on the installed detectron2 (0.6 or main):
-CPU processes through detectron2's launch where it supports them, through ours on 0.6; the
-compatibility shims applied only where detectron2 needs them."""
+CPU processes in a gloo group, what ends a run (a failing process, a killed loader worker) and
+the checks of --dist-url before any work; the compatibility shims applied only where detectron2
+needs them. The command line's faults (a killed rank, signals, machines that never join) are in
+test_process_faults.py."""
 
+import argparse
 import importlib
 import json
 import os
+import re
+import signal
+import socket
+import time
 
 import numpy as np
 import pytest
@@ -13,11 +20,17 @@ from PIL import Image
 
 import cliptrase_d2  # noqa: F401  (detectron2 0.6 shims, before detectron2)
 from cliptrase_d2 import compat
-from cliptrase_d2.engine.launch import LIBRARY_LAUNCHES_ON_CPU, WorkerError, launch
+from cliptrase_d2.engine.launch import (
+    WAIT_ENV,
+    LostProcess,
+    WorkerError,
+    check_launch,
+    launch,
+    run_launched,
+)
+from cliptrase_d2.errors import ConfigError
 from detectron2.utils import comm
-
-# the module (cliptrase_d2.engine exports the function under the same name)
-launch_module = importlib.import_module("cliptrase_d2.engine.launch")
+from faults import process_table
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="tests the CPU (gloo) path")
 
@@ -68,31 +81,142 @@ def test_a_failing_cpu_process_raises_its_error(tmp_path):
     assert caught.value.kind == "ValueError"
 
 
-def test_cpu_processes_go_through_detectron2_launch_where_it_supports_them(monkeypatch):
-    """Detectron2 gained CPU (gloo) support in its launch in January 2023, 0.6 has none."""
-    calls = []
-    monkeypatch.setattr(launch_module, "d2_launch", lambda *a, **k: calls.append((a, k)))
-    monkeypatch.setattr(launch_module.mp, "spawn", lambda *a, **k: calls.append("ours"))
-    launch(print, 2, dist_url="auto")
-    if LIBRARY_LAUNCHES_ON_CPU:
-        ((args, kwargs),) = calls
-        assert args[1] == 2 and kwargs["dist_url"] == "auto"
-    else:
-        assert calls == ["ours"]
+class _Items(torch.utils.data.Dataset):
+    """Tensors (sent from the loader worker through shared memory, as images are); on rank 1 the
+    worker writes its pid to <folder>/worker.pid at item 3 and kills itself."""
+
+    def __init__(self, folder, dies):
+        self.folder, self.dies = folder, dies
+
+    def __len__(self):
+        return 10_000
+
+    def __getitem__(self, index):
+        if self.dies and index == 3:
+            with open(os.path.join(self.folder, "worker.pid"), "w") as f:
+                f.write(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return torch.full((64, 64), float(index))
 
 
-def test_library_launch_on_cpu_is_detected_from_detectron2():
-    import inspect
+def _load_while_rank_one_s_worker_dies(folder):
+    with open(os.path.join(folder, f"rank{comm.get_rank()}.pid"), "w") as f:
+        f.write(str(os.getpid()))
+    items = _Items(folder, dies=comm.get_rank() == 1)
+    for _ in torch.utils.data.DataLoader(items, batch_size=1, num_workers=1):
+        time.sleep(0.01)
 
-    d2_launch_module = importlib.import_module("detectron2.engine.launch")
-    worker = inspect.getsource(d2_launch_module._distributed_worker)
-    asserts_cuda = "cuda is not available" in worker
-    assert LIBRARY_LAUNCHES_ON_CPU is not asserts_cuda
+
+def test_a_killed_loader_worker_ends_the_run_with_one_line_and_no_process_left(tmp_path, capfd):
+    """Whether torch notices the death itself or a transfer from the dead worker fails first,
+    the run ends with the rank and the worker's pid, no traceback, and neither rank, nor any
+    loader worker, is left running."""
+    with pytest.raises(WorkerError) as caught:
+        launch(_load_while_rank_one_s_worker_dies, 2, dist_url="auto", args=(str(tmp_path),))
+    worker = (tmp_path / "worker.pid").read_text()
+    message = str(caught.value)
+    assert re.fullmatch(
+        rf"\(process rank 1 of 2\) (a loader worker \(pid {worker}\) was killed by SIGKILL|"
+        rf"DataLoader worker \(pid(\(s\))? {worker}\) .+)",
+        message,
+    ), message
+    capfd.readouterr()
+    assert caught.value.exit_message() == f"error: {message}"
+    assert capfd.readouterr().err == ""  # no traceback for a lost process
+    groups = {int((tmp_path / f"rank{r}.pid").read_text()) for r in (0, 1)}
+    assert not [p for p in process_table() if p.pgid in groups and p.state != "Z"]
 
 
-def test_auto_url_needs_one_machine():
+# gloo's words (torch 2.14) in the evaluator's gather of machine 1, when machine 0 was stopped
+GLOO_LOST_PEER = (
+    "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by "
+    "peer [127.0.0.1]:18834. This is typically caused by a remote worker crashing. Check the logs "
+    "of the remote worker before reporting an error. GLHF! \U0001f3d6\ufe0f"
+)
+
+
+def _gather_without_the_peer():
+    raise RuntimeError(GLOO_LOST_PEER)
+
+
+def test_a_collective_that_lost_its_peer_is_a_lost_process():
+    expected = (
+        r"another process of the run ended \(Connection closed by peer \[127\.0\.0\.1\]:18834\)"
+    )
+    with pytest.raises(LostProcess, match=rf"^{expected}: see its log$"):
+        launch(_gather_without_the_peer, 1)
+
+
+# ------------------------------------------------------------- --dist-url, before any work
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "127.0.0.1:29500",
+        "tcp://127.0.0.1",
+        "tcp://:29500",
+        "tcp://127.0.0.1:port",
+        "tcp://127.0.0.1:70000",
+        "tcp://[::1:29500",
+        "http://127.0.0.1:29500",
+        "env://",
+        "file:///tmp/rendezvous",
+    ],
+)
+def test_a_malformed_dist_url_is_refused(url):
+    with pytest.raises(ConfigError, match=re.escape(f"--dist-url {url}: give tcp://<host>:<port>")):
+        check_launch(2, 1, 0, url)
+
+
+def test_a_busy_port_is_refused_on_machine_0_only():
+    with socket.socket() as taken:  # another program listening there
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        url = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
+        with pytest.raises(
+            ConfigError, match=r"port \d+ is in use on this machine .*dist-url auto$"
+        ):
+            check_launch(2, 1, 0, url)
+        with pytest.raises(ConfigError, match="in use on this machine .*choose a free port$"):
+            check_launch(1, 2, 0, url)
+        assert check_launch(1, 2, 1, url) == url  # machine 1 connects there
+
+
+def test_an_unknown_host_is_refused():
+    with pytest.raises(ConfigError, match="unknown host no-such-host.invalid"):
+        check_launch(1, 2, 1, "tcp://no-such-host.invalid:29500")
+
+
+def test_auto_is_a_free_local_port_on_one_machine_only():
+    url = check_launch(2, 1, 0, "auto")
+    port = int(re.fullmatch(r"tcp://127\.0\.0\.1:(\d+)", url).group(1))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
     with pytest.raises(ValueError, match="tcp://<host>:<port>"):
-        launch(print, 2, num_machines=2, dist_url="auto")
+        check_launch(2, 2, 0, "auto")
+
+
+def test_one_process_needs_no_dist_url():
+    assert check_launch(1, 1, 0, "not a url") == "not a url"
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "ten", "nan"])
+def test_the_wait_limit_must_be_seconds(value, monkeypatch):
+    monkeypatch.setenv(WAIT_ENV, value)
+    with pytest.raises(ConfigError, match=f"{WAIT_ENV}={value}: give the seconds"):
+        check_launch(2, 1, 0, "auto")
+    monkeypatch.setenv(WAIT_ENV, "2.5")
+    check_launch(2, 1, 0, "auto")
+
+
+def test_dist_url_is_checked_before_the_config_and_output_folder():
+    calls = []
+    args = argparse.Namespace(num_gpus=2, num_machines=1, machine_rank=0, dist_url="tcp://x")
+    with pytest.raises(SystemExit) as caught:
+        run_launched(calls.append, args, calls.append)
+    assert caught.value.code.startswith("error: --dist-url tcp://x: give tcp://<host>:<port>")
+    assert calls == []
 
 
 # ---------------------------------------------------------------- compat shims

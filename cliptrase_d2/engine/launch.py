@@ -1,40 +1,66 @@
-"""Multi-process launching on GPUs (NCCL) or CPUs (gloo), through detectron2's ``launch``.
+"""Multi-process launching: one process per GPU (NCCL), or N processes sharing the CPU cores
+(gloo), on one machine or several, as Detectron2's ``launch`` (same arguments).
 
-detectron2's ``launch`` runs on CPUs with gloo since January 2023. detectron2 0.6's asserts CUDA
-and hard-codes NCCL, so there CPU runs with several processes go through ``_gloo_worker`` here,
-which sets up detectron2's ``comm`` the same way.
+Detectron2's ``launch`` gives no hook before the processes meet and leaves their children behind
+when one of them fails, so the processes are started here, on detectron2 0.6 and main alike:
+
+- ``--dist-url`` is checked before any work: ``tcp://<host>:<port>`` (machine 0's address), or
+  ``auto`` on one machine; machine 0 hosts the meeting point, so its port must be free there.
+- The processes meet through a ``TCPStore``. A process that waits for others says which (machines
+  and ranks) and where, after 10 s and then every minute, and gives up after
+  ``CLIPTRASE_D2_DIST_WAIT`` seconds (default 600) with one line.
+- Each process runs in its own process group, with its data-loading workers; when the run ends,
+  however it ends (a process fails or is killed, SIGINT, SIGTERM), every group is ended, and the
+  run ends with one line naming the process.
 """
 
-import functools
 import logging
 import os
+import signal
+import socket
 import sys
+import threading
+import time
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from detectron2.engine import launch as d2_launch
 from detectron2.utils import comm
+
 from ..errors import ConfigError, UserError
 from .checks import check_num_processes
 
-__all__ = ["launch", "run_eval_only", "run_launched", "WorkerError"]
+__all__ = [
+    "launch",
+    "check_launch",
+    "run_eval_only",
+    "run_launched",
+    "LostProcess",
+    "WorkerError",
+    "WAIT_ENV",
+]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT = timedelta(minutes=30)
+DEFAULT_TIMEOUT = timedelta(minutes=30)  # of each collective (detectron2's)
+WAIT_ENV = "CLIPTRASE_D2_DIST_WAIT"  # seconds a process waits for the others to join
+DEFAULT_WAIT_S = 600
+FIRST_WAIT_LOG_S, WAIT_LOG_EVERY_S = 10, 60
+LOST_LOADER_WORKER = "DataLoader worker (pid"  # how torch's loader says that a worker died
+LOST_PEER = "Connection closed by peer"  # how gloo says that another process of the run ended
+QUIET_TRACKER = "ignore:resource_tracker:UserWarning"  # a PYTHONWARNINGS filter
 
-# Whether detectron2's launch runs on CPUs (gloo). Told by comm.create_local_process_group, which
-# detectron2 added twelve days after that (January 2023); 0.6 has neither.
-LIBRARY_LAUNCHES_ON_CPU = hasattr(comm, "create_local_process_group")
+
+class LostProcess(RuntimeError):
+    """A process of the run died (killed, out of memory): a rank, or a rank's loader worker."""
 
 
 class WorkerError(RuntimeError):
-    """A CPU worker process raised. ``kind``: its exception's class name; the message is its
-    text (with the process number); ``details``: the worker's traceback."""
+    """A process of the run failed. ``kind``: its exception's class name; the message names the
+    process; ``details``: its traceback (empty when it was killed)."""
 
-    # Errors that describe bad input (their message says what to fix): no traceback needed.
     @staticmethod
     def user_error_names() -> set:
         """Class names of the UserError family (errors whose message says what to fix)."""
@@ -45,40 +71,104 @@ class WorkerError(RuntimeError):
             classes.extend(cls.__subclasses__())
         return names
 
-    def __init__(self, message: str, kind: str, details: str):
+    def __init__(self, message: str, kind: str, details: str = ""):
         super().__init__(message)
         self.kind, self.details = kind, details
 
     def exit_message(self) -> str:
-        """The command line's last words: 'error: ...', after the worker's traceback when the
-        error is not about the input (a bug needs it)."""
-        if self.kind not in self.user_error_names():
+        """The command line's last words: 'error: ...', after the process's traceback when the
+        error is a bug (it needs one), not bad input or a lost process."""
+        if self.kind not in self.user_error_names() | {LostProcess.__name__}:
             sys.stderr.write(self.details + "\n")
         return f"error: {self}"
 
 
-def _worker_error(
-    error: "mp.ProcessRaisedException", world_size: int, first_rank: int = 0
-) -> WorkerError:
+def _worker_error(error: Exception, world_size: int, first_rank: int) -> WorkerError:
+    rank = f"process rank {first_rank + error.error_index} of {world_size}"
+    if isinstance(error, mp.ProcessExitedException):
+        how = f"was killed by {error.signal_name}" if error.signal_name else "exited"
+        return WorkerError(
+            f"({rank}, pid {error.error_pid}) {how} (exit status {error.exit_code}); the run was "
+            "stopped",
+            LostProcess.__name__,
+        )
     lines = [line for line in str(error).splitlines() if line.strip()]
     last = lines[-1] if lines else str(error)
     kind, _, message = last.partition(": ")
     kind = kind.rsplit(".", 1)[-1]
     if not message or " " in kind:
         kind, message = "Exception", last
-    return WorkerError(
-        f"(process rank {first_rank + error.error_index} of {world_size}) {message}",
-        kind,
-        str(error),
-    )
+    return WorkerError(f"({rank}) {message}", kind, str(error))
 
 
-def _free_port() -> int:
-    import socket
+def _host_port(dist_url: str):
+    try:
+        url = urlsplit(dist_url)
+        scheme, host, port = url.scheme, url.hostname, url.port
+    except ValueError:  # a port that is not a number in 0..65535, a broken [IPv6] address
+        scheme = host = port = None
+    if scheme != "tcp" or not host or not port:
+        raise ConfigError(
+            f"--dist-url {dist_url}: give tcp://<host>:<port> (machine 0's address and a free "
+            "port, e.g. tcp://127.0.0.1:29500), or auto on one machine"
+        )
+    return host, port
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+
+def check_launch(num_processes: int, num_machines: int, machine_rank: int, dist_url: str) -> str:
+    """Checks what ``launch`` takes before any work, and returns ``dist_url`` with ``auto``
+    replaced by a free local port. Several processes need a ``tcp://<host>:<port>`` whose host
+    resolves, whose port is free on machine 0, a valid ``CLIPTRASE_D2_DIST_WAIT``, and with CUDA
+    as many GPUs as processes."""
+    check_num_processes(num_processes, num_machines, machine_rank)
+    if num_processes * num_machines == 1:
+        return dist_url
+    wait_limit()
+    if torch.cuda.is_available() and num_processes > torch.cuda.device_count():
+        raise ConfigError(
+            f"--num-gpus {num_processes}: this machine has {torch.cuda.device_count()} GPUs"
+        )
+    if dist_url == "auto":
+        if num_machines != 1:
+            raise ConfigError(
+                "--dist-url auto only works on one machine; give tcp://<host>:<port> (machine "
+                "0's address)"
+            )
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+    host, port = _host_port(dist_url)
+    try:
+        socket.getaddrinfo(host, port)
+    except OSError as error:
+        raise ConfigError(f"--dist-url {dist_url}: unknown host {host} ({error})") from None
+    if machine_rank == 0:  # it will listen there, as TCPStore does (all addresses, reused)
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("", port))
+            except OSError as error:
+                raise ConfigError(
+                    f"--dist-url {dist_url}: port {port} is in use on this machine "
+                    f"({error.strerror}); choose a free port"
+                    + (", or --dist-url auto" if num_machines == 1 else "")
+                ) from None
+    return dist_url
+
+
+def wait_limit() -> float:
+    """Seconds a process waits for the others to join: ``$CLIPTRASE_D2_DIST_WAIT``, else 600."""
+    value = os.environ.get(WAIT_ENV, str(DEFAULT_WAIT_S))
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0:
+        raise ConfigError(
+            f"{WAIT_ENV}={value}: give the seconds a process waits for the others to join, a "
+            f"number above 0 (default {DEFAULT_WAIT_S})"
+        )
+    return seconds
 
 
 def launch(
@@ -88,91 +178,182 @@ def launch(
     machine_rank: int = 0,
     dist_url: str = "auto",
     args=(),
-    use_cuda: bool = None,
     timeout=DEFAULT_TIMEOUT,
 ):
-    """Runs ``main_func(*args)`` in ``num_processes`` processes per machine.
+    """Runs ``main_func(*args)`` in ``num_processes`` processes on this machine, one per GPU with
+    CUDA, else sharing the CPU cores, and in this process when there is only one in all.
 
-    With CUDA (``use_cuda`` default: ``torch.cuda.is_available()``) this is detectron2's launch:
-    one process per GPU, NCCL. Without, processes share the CPU cores and talk over gloo,
-    through detectron2's launch where it can (``LIBRARY_LAUNCHES_ON_CPU``), else ``_gloo_worker``.
-    """
-    check_num_processes(num_processes, num_machines, machine_rank)
-    use_cuda = torch.cuda.is_available() if use_cuda is None else use_cuda
-    if use_cuda:
-        return d2_launch(
-            main_func,
-            num_processes,
-            num_machines=num_machines,
-            machine_rank=machine_rank,
-            dist_url=dist_url,
-            args=args,
-            timeout=timeout,
-        )
+    Raises ``WorkerError`` for the first process that fails (its rank, its error or the signal
+    that killed it), after ending every process of this machine with its loader workers; on
+    ``KeyboardInterrupt`` it ends them the same way before passing it on."""
+    dist_url = check_launch(num_processes, num_machines, machine_rank, dist_url)
     world_size = num_machines * num_processes
     if world_size == 1:
-        return main_func(*args)
-    if dist_url == "auto" and num_machines != 1:
-        raise ConfigError("--dist-url auto only works on one machine; give tcp://<host>:<port>")
+        return _run(main_func, args)
+    # The run's last line says what happened; torch would add "Terminating process N via signal
+    # SIGTERM" for each process it stops after another one failed, and multiprocessing's
+    # resource tracker (which cleans up after them) "There appear to be N leaked semaphore
+    # objects" for a killed process's loader queues.
+    logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
+    warning_filters = os.environ.get("PYTHONWARNINGS", "")
+    if QUIET_TRACKER not in warning_filters:  # the tracker is a new interpreter: its filters
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, (warning_filters, QUIET_TRACKER)))
+    context = mp.start_processes(
+        _worker,
+        nprocs=num_processes,
+        args=(main_func, world_size, num_processes, machine_rank, dist_url, args, timeout),
+        join=False,
+    )
     try:
-        if LIBRARY_LAUNCHES_ON_CPU and not torch.cuda.is_available():
-            d2_launch(
-                functools.partial(_on_shared_cores, main_func, num_processes),
-                num_processes,
-                num_machines=num_machines,
-                machine_rank=machine_rank,
-                dist_url=dist_url,
-                args=args,
-                timeout=timeout,
-            )
-            return None
-        if dist_url == "auto":
-            dist_url = f"tcp://127.0.0.1:{_free_port()}"
-        mp.spawn(
-            _gloo_worker,
-            nprocs=num_processes,
-            daemon=False,
-            args=(main_func, world_size, num_processes, machine_rank, dist_url, args, timeout),
-        )
-    except mp.ProcessRaisedException as error:
+        while not context.join():
+            pass
+    except (mp.ProcessRaisedException, mp.ProcessExitedException) as error:
         raise _worker_error(error, world_size, machine_rank * num_processes) from None
+    finally:
+        _end_groups(context.processes)
 
 
-def _share_cores(num_processes: int) -> None:
-    """Each of ``num_processes`` processes on this machine takes its share of the CPU cores."""
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // num_processes))
+def _end_groups(processes, within: float = 5.0) -> None:
+    """Kills each process's group (it and its loader workers) and waits, ``within`` seconds at
+    most, until none of them is left."""
+    for process in processes:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:  # none left, or the process had no group of its own yet
+            pass
+        process.kill()
+        process.join()
+    deadline = time.monotonic() + within
+    for process in processes:
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(process.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
 
 
-def _on_shared_cores(main_func, num_processes, *args):
-    _share_cores(num_processes)
-    return main_func(*args)
-
-
-def _gloo_worker(
+def _worker(
     local_rank, main_func, world_size, num_processes, machine_rank, dist_url, args, timeout
 ):
-    global_rank = machine_rank * num_processes + local_rank
-    _share_cores(num_processes)
+    os.setpgid(0, 0)  # a group of its own, which its loader workers join (ended by launch)
+    rank = machine_rank * num_processes + local_rank
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    else:  # the processes on this machine share its cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // num_processes))
+    store = _rendezvous(dist_url, rank, world_size, num_processes, timeout)
     dist.init_process_group(
-        backend="gloo",
-        init_method=dist_url,
+        backend="nccl" if torch.cuda.is_available() else "gloo",
+        store=store,
+        rank=rank,
         world_size=world_size,
-        rank=global_rank,
         timeout=timeout,
     )
-    num_machines = world_size // num_processes
-    for i in range(num_machines):
-        group = dist.new_group(list(range(i * num_processes, (i + 1) * num_processes)))
-        if i == machine_rank:
+    for machine in range(world_size // num_processes):  # detectron2's comm.get_local_rank() ...
+        group = dist.new_group(list(range(machine * num_processes, (machine + 1) * num_processes)))
+        if machine == machine_rank:
             comm._LOCAL_PROCESS_GROUP = group
     comm.synchronize()
     # No barrier when main_func raises: the other processes may be waiting in one of its
     # collectives (the evaluator's gather), where a barrier would hang both until the timeout
-    # and hide this error. Raising ends this process; mp.spawn then stops the others and
-    # reports the error.
-    main_func(*args)
+    # and hide this error. Raising ends this process; launch then stops the others.
+    _run(main_func, args)
     comm.synchronize()
     dist.destroy_process_group()
+
+
+def _run(main_func, args):
+    """``main_func(*args)``. When it fails because one of this process's loader workers died,
+    which torch reports in several ways depending on when (its own RuntimeError, or the error of
+    a transfer from the dead worker), raises LostProcess naming the worker; the same when a
+    collective finds that a process of another machine ended."""
+    try:
+        return main_func(*args)
+    except UserError:
+        raise
+    except Exception as error:
+        if threading.current_thread() is threading.main_thread():  # (signals: the main one only)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's would raise at any point
+        deadline = time.monotonic() + 1  # a killed worker is waitable within milliseconds
+        while time.monotonic() < deadline:
+            try:  # a child that died and that nobody has waited for yet (left waitable)
+                died = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:  # no child at all
+                break
+            if died is not None and died.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
+                name = signal.Signals(died.si_status).name
+                message = f"a loader worker (pid {died.si_pid}) was killed by {name}"
+                raise LostProcess(message) from None
+            time.sleep(0.05)
+        if str(error).startswith(LOST_LOADER_WORKER):  # torch waited for it first
+            raise LostProcess(str(error)) from None
+        if LOST_PEER in str(error):  # "[.../pair.cc:561] Connection closed by peer [ip]:port. ..."
+            peer = str(error).partition("] ")[2].split(". ")[0]
+            raise LostProcess(f"another process of the run ended ({peer}): see its log") from None
+        raise
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _rendezvous(dist_url, rank, world_size, num_processes, timeout) -> dist.TCPStore:
+    """The store through which the ``world_size`` processes meet: rank 0 hosts it at
+    ``dist_url``, each process adds its key and waits for every other's. The first process of
+    each machine logs what it waits for; past the wait limit, ConfigError."""
+    host, port = _host_port(dist_url)
+    limit, start = wait_limit(), time.monotonic()
+    machine = rank // num_processes
+
+    def wait(ready, waited_for):
+        next_log = FIRST_WAIT_LOG_S
+        while not ready():
+            waited = time.monotonic() - start
+            if waited > limit:
+                raise ConfigError(
+                    f"gave up after {limit:g} s waiting for {waited_for()} at {dist_url}: start "
+                    "every machine's command with the same --num-machines, --num-gpus and "
+                    f"--dist-url, or wait longer (${WAIT_ENV}, seconds)"
+                )
+            if waited >= next_log and rank % num_processes == 0:
+                logger.warning(
+                    "machine %d is waiting for %s at %s (%.0f s so far; gives up after %g s, $%s)",
+                    machine,
+                    waited_for(),
+                    dist_url,
+                    waited,
+                    limit,
+                    WAIT_ENV,
+                )
+                next_log += WAIT_LOG_EVERY_S
+            time.sleep(0.5)
+
+    if rank == 0:
+        try:
+            store = dist.TCPStore(host, port, world_size, True, timeout, wait_for_workers=False)
+        except dist.DistNetworkError as error:
+            raise ConfigError(f"--dist-url {dist_url}: cannot listen there ({error})") from None
+    else:
+        wait(lambda: _accepts(host, port), lambda: "machine 0 (rank 0) to listen")
+        store = dist.TCPStore(host, port, world_size, False, timeout)
+    keys = [f"cliptrase_d2/joined/{r}" for r in range(world_size)]
+    store.set(keys[rank], "1")
+
+    def missing():
+        ranks = [r for r, key in enumerate(keys) if not store.check([key])]
+        described = []
+        for m in sorted({r // num_processes for r in ranks}):
+            on_m = [str(r) for r in ranks if r // num_processes == m]
+            described.append(f"machine {m} (rank{'s' * (len(on_m) > 1)} {', '.join(on_m)})")
+        return ", ".join(described)
+
+    wait(lambda: store.check(keys), missing)
+    return store
 
 
 def run_eval_only(main, args, validate) -> None:
@@ -185,21 +366,34 @@ def run_eval_only(main, args, validate) -> None:
     run_launched(main, args, validate)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(signum)
+
+
 def run_launched(main, args, validate) -> None:
-    """Runs ``validate(args)`` before any work, launches ``main(args)`` on ``args.num_gpus``
-    processes (``num_machines``, ``machine_rank``, ``dist_url`` as Detectron2's), and ends with
-    one line for a user error."""
+    """Checks the launch arguments and runs ``validate(args)`` before any work, launches
+    ``main(args)`` on ``args.num_gpus`` processes (``num_machines``, ``machine_rank``,
+    ``dist_url`` as Detectron2's), and ends with one line for a user error, a lost process or
+    SIGINT / SIGTERM (exit status 130 / 143, every process of the run ended)."""
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM ends the run as Ctrl-C does
     try:
-        validate(args)  # before any work: config, device, process count, OUTPUT_DIR
+        dist_url = check_launch(args.num_gpus, args.num_machines, args.machine_rank, args.dist_url)
+        validate(args)  # before any work: config, device, OUTPUT_DIR
         launch(
             main,
             args.num_gpus,
             num_machines=args.num_machines,
             machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
+            dist_url=dist_url,
             args=(args,),
         )
     except UserError as error:
         sys.exit(f"error: {error}")  # bad input: one line; anything else keeps its traceback
     except WorkerError as error:
-        sys.exit(error.exit_message())  # several CPU processes: the failing one's error
+        sys.exit(error.exit_message())  # several processes: the failing one's error
+    except LostProcess as error:
+        sys.exit(f"error: {error}")
+    except KeyboardInterrupt as interrupt:
+        signum = interrupt.args[0] if interrupt.args else signal.SIGINT
+        sys.stderr.write(f"interrupted by {signal.Signals(signum).name}: the run was stopped\n")
+        sys.exit(128 + signum)
