@@ -76,6 +76,8 @@ def add_cliptrase_config(cfg):
     c.STANDARD_LONG_SIDE = 2048
     # Windows not a multiple of the patch: zero-pad "end" (bottom/right), "even" (ClearCLIP), "none"
     c.WINDOW_PADDING = "end"
+    # Pixels a window's sides are padded to a multiple of; 0 = the CLIP patch (ProxyCLIP: 56).
+    c.WINDOW_MULTIPLE = 0
     # Pixels whose top class probability (softmax of scaled logits) is below it: background; 0 off.
     c.PROB_THD = 0.0
     # SCLIP: classes predicted on at most this fraction of non-background pixels dropped; 0 = off.
@@ -96,6 +98,13 @@ def add_cliptrase_config(cfg):
     c.PEARL_KK_WEIGHT = 0.08
     # REFINE "tlp": target side of the propagation grid (maps pooled by round(side / TLP_GRID)).
     c.TLP_GRID = 80
+    # ---- ProxyCLIP (HEAD "proxyclip", docs/methods.md) ----
+    c.PROXYCLIP = CN()
+    # Its vision foundation model: dino_vits16, dino_vitb16, dino_vitb8, dinov2_vits14_reg,
+    # dinov2_vitb14_reg or sam_vit_b.
+    c.PROXYCLIP.VFM = "dino_vitb8"
+    # The VFM's checkpoint (its authors' release or timm's), or "online" (download it).
+    c.PROXYCLIP.VFM_WEIGHTS = "online"
 
     # ---- Bounded work: an image over a limit is refused before any work; 0 = no limit ----
     # Pixels of the protocol's resized frame (paper: before the crop) and standard-protocol output.

@@ -118,7 +118,10 @@ _REFINEMENT_KEYS = {
     "tlp_grid": "TLP_GRID",
 }
 # Head options (Head.options) -> their config keys and defaults
-_HEAD_OPTION_KEYS = {"key_key_weight": ("PEARL_KK_WEIGHT", PEARL_KEY_KEY_WEIGHT)}
+_HEAD_OPTION_KEYS = {
+    "key_key_weight": ("PEARL_KK_WEIGHT", PEARL_KEY_KEY_WEIGHT),
+    "vfm": ("PROXYCLIP.VFM", None),
+}
 
 
 def _refinement_settings(c, auto_eps: float, auto_min_samples: int) -> RefinementSettings:
@@ -248,6 +251,8 @@ class CLIPtrase(nn.Module):
         pearl_kk_weight: float = PEARL_KEY_KEY_WEIGHT,
         max_pixels: int = 50_000_000,
         max_windows: int = 1024,
+        vfm: Optional[nn.Module] = None,
+        window_multiple: int = 0,
     ):
         super().__init__()
         if protocol not in PROTOCOLS:
@@ -296,7 +301,13 @@ class CLIPtrase(nn.Module):
             raise ConfigError(
                 f"MODEL.CLIPTRASE.PEARL_KK_WEIGHT must be >= 0, got {pearl_kk_weight}"
             )
-        options = {"key_key_weight": pearl_kk_weight}
+        if head == "proxyclip" and refinement.refine in ("vote", "mean"):
+            raise ConfigError(
+                f"head 'proxyclip' has no CLIP-grid self-correlation for REFINE "
+                f"{refinement.refine!r}: set MODEL.CLIPTRASE.REFINE none or pamr"
+            )
+        self.vfm, self.window_multiple = vfm, window_multiple  # a submodule: .to() moves it
+        options = {"key_key_weight": pearl_kk_weight, "vfm": vfm}
         self.head = self.head.configured(
             **{key: value for key, value in options.items() if key in self.head.options}
         )
@@ -340,6 +351,7 @@ class CLIPtrase(nn.Module):
     def from_config(cls, cfg):
         from ..clip_loading import build_clip, get_tokenizer
         from ..text_cache import TextEmbeddingCache
+        from .vfm import build_vfm
 
         c = cfg.MODEL.CLIPTRASE
         _published_setting(cfg)
@@ -382,6 +394,12 @@ class CLIPtrase(nn.Module):
             "pearl_kk_weight": c.PEARL_KK_WEIGHT,
             "max_pixels": c.MAX_PIXELS,
             "max_windows": c.MAX_WINDOWS,
+            "vfm": build_vfm(
+                c.PROXYCLIP.VFM, c.PROXYCLIP.VFM_WEIGHTS, clip_model.visual.conv1.weight.dtype
+            )
+            if c.HEAD == "proxyclip"
+            else None,
+            "window_multiple": c.WINDOW_MULTIPLE,
         }
 
     @staticmethod
@@ -777,7 +795,7 @@ class CLIPtrase(nn.Module):
             self.window_size,
             self.window_stride,
             self.window_batch,
-            multiple=patch,
+            multiple=self.window_multiple or patch,
             padding=self.window_padding,
             finish=finish,
         )
