@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FIXTURES, REPO, require_fixtures
+from conftest import FIXTURES, REPO, TINY_CONFIG, TINY_WEIGHTS, require_fixtures
 from cliptrase_d2.errors import ConfigError, MissingFileError, WeightsError
 from cliptrase_d2.method.heads import get_head
 from cliptrase_d2.method.pipeline import RefinementSettings
@@ -38,7 +38,9 @@ with open(os.path.join(REFERENCES, "manifest.json")) as _f:
 # moves a few cosines by a few 1e-4 while almost all agree within 1e-5.
 COSINE_ATOL, CLOSE_ATOL = 1e-3, 1e-5
 MAX_DIFFERING = 2e-5  # fraction of a label map's pixels that may differ (a few near-ties)
-THRESHOLDED_PHOTOS = ("vocsample",)  # the threshold's map on one photo (the test's time)
+# the threshold's map on one photo, SAM (64 x 64 tokens a window) on two (the test's time)
+THRESHOLDED_PHOTOS = ("vocsample",)
+PHOTOS = {"sam_vit_b": ("coffee", "vocsample")}
 TIE = 0.05  # largest top1 - top2 margin (scaled logits) of a pixel whose label may differ
 # ProxyCLIP's "a; b" lines, the first its background: here background words after the classes
 _LINES = [line.split("; ") for line in MANIFEST["class_names"]]
@@ -125,7 +127,7 @@ def test_matches_authors_code(name, tiny_clip, tiny_tokenizer, tmp_path):
         key: proxyclip_model(tiny_clip, tiny_tokenizer, vfm, text, prob_thd)
         for key, prob_thd in (("pred", 0.0), ("pred_thd", MANIFEST["prob_thd"]))
     }
-    for image_name in MANIFEST["files"][f"{name}.npz"]:
+    for image_name in PHOTOS.get(name, MANIFEST["files"][f"{name}.npz"]):
         image = photo(image_name)
         frame = clip_frame(image)
         assert tuple(frame.shape[-2:]) == tuple(reference[f"{image_name}/frame_size"])
@@ -210,10 +212,25 @@ def test_windows_in_a_batch_get_what_they_get_alone(tiny_clip, tmp_path):
     torch.testing.assert_close(together.tokens[1:], alone.tokens, rtol=0, atol=1e-6)
 
 
-def test_vfm_in_half_precision(tmp_path):
-    vfm, _ = tiny_vfm("dino_vitb8", tmp_path, dtype=torch.float16)
-    assert vfm.dtype == torch.float16
-    assert all(p.dtype == torch.float16 and not p.requires_grad for p in vfm.parameters())
+def test_half_precision_runs_the_vfm_and_the_attention_in_fp16(tiny_clip, tmp_path):
+    """As the authors run it on a GPU: CLIP and the VFM in fp16 (CLIP's LayerNorms in fp32)."""
+    require_fixtures()
+    from cliptrase_d2.clip_loading import build_clip
+
+    frame = clip_frame(photo("coffee"))[None, :, :336, :336]
+    tokens = {}
+    for dtype, clip in (
+        (torch.float32, tiny_clip),
+        (torch.float16, build_clip(TINY_CONFIG, TINY_WEIGHTS, precision="fp16")),
+    ):
+        vfm, _ = tiny_vfm("dinov2_vits14_reg", tmp_path, dtype)
+        assert vfm.dtype == dtype and not any(p.requires_grad for p in vfm.parameters())
+        with torch.no_grad():
+            tokens[dtype] = get_head("proxyclip").configured(vfm=vfm).features(clip.visual, frame)
+    assert tokens[torch.float16].tokens.dtype == torch.float16
+    torch.testing.assert_close(
+        tokens[torch.float16].tokens.float(), tokens[torch.float32].tokens, rtol=0, atol=1e-2
+    )
 
 
 def test_bad_vfm_settings_are_named(tmp_path):
