@@ -107,8 +107,9 @@ def _load(backbone: nn.Module, state_dict: dict, weights: str) -> None:
     state_dict = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
     try:
         backbone.load_state_dict(state_dict)
-    except RuntimeError as error:
+    except RuntimeError as error:  # its first line names the model, the next ones the keys
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         raise WeightsError(
             f"VFM weights {weights!r} do not fit MODEL.CLIPTRASE.PROXYCLIP.VFM's architecture: "
-            f"{str(error).splitlines()[1].strip() if chr(10) in str(error) else error}"
+            f"{lines[min(1, len(lines) - 1)]}"
         ) from None
