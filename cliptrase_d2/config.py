@@ -165,6 +165,8 @@ def add_cliptrase_config(cfg):
     number("STANDARD_LONG_SIDE", 2048, low=1)
     # Windows not a multiple of the patch: zero-pad "end" (bottom/right), "even" (ClearCLIP), "none"
     c.WINDOW_PADDING = "end"
+    # Pixels a window's sides are padded to a multiple of; 0 = the CLIP patch (ProxyCLIP: 56).
+    number("WINDOW_MULTIPLE", 0, low=0, note="0 = the CLIP patch")
     # Pixels whose top class probability (softmax of scaled logits) is below it: background; 0 off.
     number("PROB_THD", 0.0, low=0, high=1, note="0 = off")
     # SCLIP: classes predicted on at most this fraction of non-background pixels dropped; 0 = off.
@@ -188,6 +190,13 @@ def add_cliptrase_config(cfg):
     number("PEARL_KK_WEIGHT", 0.08, low=0)
     # REFINE "tlp": target side of the propagation grid (maps pooled by round(side / TLP_GRID)).
     number("TLP_GRID", 80, low=1)
+    # ---- ProxyCLIP (HEAD "proxyclip", docs/methods.md) ----
+    c.PROXYCLIP = CN()
+    # Its vision foundation model: dino_vits16, dino_vitb16, dino_vitb8, dinov2_vits14_reg,
+    # dinov2_vitb14_reg or sam_vit_b.
+    c.PROXYCLIP.VFM = "dino_vitb8"
+    # The VFM's checkpoint (its authors' release or timm's), or "online" (download it).
+    c.PROXYCLIP.VFM_WEIGHTS = "online"
 
     # ---- Bounded work: an image over a limit is refused before any work; 0 = no limit ----
     # Pixels of the protocol's resized frame (paper: before the crop) and standard-protocol output.

@@ -274,7 +274,9 @@ def test_vocabulary_file_with_several_names_per_line(tmp_path):
 
 def test_peer_vocabularies_are_the_peers_lists():
     assert peer_vocabulary_keys() == sorted(
-        f"{p}/{b}" for p in ("clearclip", "naclip", "sclip", "scclip", "pearl") for b in BENCHMARKS
+        f"{p}/{b}"
+        for p in ("clearclip", "naclip", "sclip", "scclip", "pearl", "proxyclip")
+        for b in BENCHMARKS
     )
     sclip = resolve_vocabulary("sclip/voc21")
     assert (
@@ -332,7 +334,7 @@ EXPECTED = {  # (short side, window, stride, padding, refine, logit scale, prob_
 def test_every_published_config_is_the_peers_setting():
     files = sorted(glob.glob(os.path.join(REPO, "configs", "*", "published", "*.yaml")))
     names = {(f.split(os.sep)[-3], os.path.basename(f)[:-5]) for f in files if "Base-" not in f}
-    peers = ("clearclip", "naclip", "sclip", "scclip", "pearl")
+    peers = ("clearclip", "naclip", "sclip", "scclip", "pearl", "proxyclip")
     assert names == {(p, b) for p in peers for b in BENCHMARKS}
     for head, benchmark in names:
         c = load_config(

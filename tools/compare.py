@@ -3,7 +3,7 @@
 mIoU and time per image.
 
     python tools/compare.py --config-file configs/standard/Base-standard.yaml \
-        --heads cliptrase,clip,maskclip,sclip,clearclip,naclip,scclip,pearl \
+        --heads cliptrase,clip,maskclip,sclip,clearclip,naclip,scclip,pearl,proxyclip \
         --datasets cliptrase_voc21_val,cliptrase_ade150_val --num-gpus 4 --output output/compare \
         MODEL.WEIGHTS weights/ViT-B-16.pt
 
@@ -56,7 +56,7 @@ def get_parser():
         help="the protocol's config (e.g. configs/standard/Base-standard.yaml)",
     )
     parser.add_argument(
-        "--heads", default="cliptrase,clip,maskclip,sclip,clearclip,naclip,scclip,pearl"
+        "--heads", default="cliptrase,clip,maskclip,sclip,clearclip,naclip,scclip,pearl,proxyclip"
     )
     parser.add_argument(
         "--datasets", required=True, help="comma-separated registered dataset names"

@@ -3,4 +3,4 @@
 Importing the package registers every head in ``heads.HEADS`` (registration by import).
 """
 
-from . import heads, peer_heads  # noqa: F401
+from . import heads, peer_heads, proxyclip  # noqa: F401

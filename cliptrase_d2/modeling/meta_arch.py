@@ -93,6 +93,8 @@ class CLIPtrase(nn.Module):
         pearl_kk_weight: float = PEARL_KEY_KEY_WEIGHT,
         max_pixels: int = 50_000_000,
         max_windows: int = 1024,
+        vfm: Optional[nn.Module] = None,
+        window_multiple: int = 0,
     ):
         super().__init__()
         # the protocol's frame, and the limits an image is refused by (the loader's own rule)
@@ -111,7 +113,9 @@ class CLIPtrase(nn.Module):
             self.frame, self.steps, refinement, input_format, window_batch, window_padding,
             pearl_kk_weight,
         )  # fmt: skip
-        self.head = configured_head(head, refinement, pearl_kk_weight)
+        self.head = configured_head(head, refinement, pearl_kk_weight, vfm)
+        # ProxyCLIP's VFM as a submodule, so that .to() moves it; 0: windows padded to the patch
+        self.vfm, self.window_multiple = vfm, window_multiple
         self.logit_scale = resolve_logit_scale(self.head, clip_model, logit_scale)
         self.refinement = (
             dataclasses.replace(refinement, refine="none") if standard_tlp else refinement
@@ -141,6 +145,7 @@ class CLIPtrase(nn.Module):
     def from_config(cls, cfg):
         from ..clip_loading import build_clip, get_tokenizer
         from ..text_cache import TextEmbeddingCache
+        from .vfm import build_vfm
 
         c = cfg.MODEL.CLIPTRASE
         published_setting(cfg)
@@ -179,6 +184,12 @@ class CLIPtrase(nn.Module):
             "pearl_kk_weight": c.PEARL_KK_WEIGHT,
             "max_pixels": c.MAX_PIXELS,
             "max_windows": c.MAX_WINDOWS,
+            "vfm": build_vfm(
+                c.PROXYCLIP.VFM, c.PROXYCLIP.VFM_WEIGHTS, clip_model.visual.conv1.weight.dtype
+            )
+            if c.HEAD == "proxyclip"
+            else None,
+            "window_multiple": c.WINDOW_MULTIPLE,
         }
 
     @property
@@ -290,7 +301,7 @@ class CLIPtrase(nn.Module):
             self.window_size,
             self.window_stride,
             self.window_batch,
-            multiple=patch_size(self.clip_model.visual)[0],
+            multiple=self.window_multiple or patch_size(self.clip_model.visual)[0],
             padding=self.window_padding,
         )
         rows, num_classes = vocabulary.row_classes, len(vocabulary.classes)

@@ -41,7 +41,10 @@ _REFINEMENT_KEYS = {
     "tlp_grid": "TLP_GRID",
 }
 # Head options (Head.options) -> their config keys and defaults
-HEAD_OPTION_KEYS = {"key_key_weight": ("PEARL_KK_WEIGHT", PEARL_KEY_KEY_WEIGHT)}
+HEAD_OPTION_KEYS = {
+    "key_key_weight": ("PEARL_KK_WEIGHT", PEARL_KEY_KEY_WEIGHT),
+    "vfm": ("PROXYCLIP.VFM", None),
+}
 
 
 def refinement_settings(c, auto_eps: float, auto_min_samples: int) -> RefinementSettings:
@@ -177,14 +180,22 @@ def check_settings(
         raise ConfigError(f"MODEL.CLIPTRASE.PEARL_KK_WEIGHT must be >= 0, got {pearl_kk_weight}")
 
 
-def configured_head(name: str, refinement: RefinementSettings, pearl_kk_weight: float) -> Head:
-    """The head ``name`` with the options it takes; the settings that have no effect with it (or
-    with ``refinement``) are reported once."""
+def configured_head(
+    name: str, refinement: RefinementSettings, pearl_kk_weight: float, vfm=None
+) -> Head:
+    """The head ``name`` with the options it takes (``vfm``: ProxyCLIP's vision foundation
+    model); the settings that have no effect with it (or with ``refinement``) are reported
+    once."""
     try:
         head = get_head(name)
     except ValueError as error:
         raise ConfigError(f"MODEL.CLIPTRASE.HEAD: {error}") from None
-    options = {"key_key_weight": pearl_kk_weight}
+    if name == "proxyclip" and refinement.refine in ("vote", "mean"):
+        raise ConfigError(
+            f"head 'proxyclip' has no CLIP-grid self-correlation for REFINE "
+            f"{refinement.refine!r}: set MODEL.CLIPTRASE.REFINE none or pamr"
+        )
+    options = {"key_key_weight": pearl_kk_weight, "vfm": vfm}
     unused = [
         key
         for key, value in options.items()

@@ -1,0 +1,115 @@
+"""Builds ProxyCLIP's vision foundation models: DINO and DINOv2 ViTs through timm, SAM's image
+encoder through ``segment-anything``; weights from a checkpoint file (the authors' release or
+timm's, read without running pickled code), online, or none (random, for tests)."""
+
+import os
+from functools import partial
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, MissingFileError, WeightsError
+from ..method.proxyclip import VisionFoundationModel
+
+__all__ = ["VFMS", "build_vfm"]
+
+SAM_VIT_B_URL = "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth"
+# name (the authors' torch.hub names) -> (kind, timm model with its online weights, or SAM's URL)
+VFMS = {
+    "dino_vits16": ("dino", "vit_small_patch16_224.dino"),
+    "dino_vitb16": ("dino", "vit_base_patch16_224.dino"),
+    "dino_vitb8": ("dino", "vit_base_patch8_224.dino"),
+    "dinov2_vits14_reg": ("dinov2", "vit_small_patch14_reg4_dinov2.lvd142m"),
+    "dinov2_vitb14_reg": ("dinov2", "vit_base_patch14_reg4_dinov2.lvd142m"),
+    "sam_vit_b": ("sam", SAM_VIT_B_URL),
+}
+# SAM ViT-B's image encoder (segment_anything.build_sam's arguments for "vit_b")
+SAM_VIT_B = dict(
+    depth=12,
+    embed_dim=768,
+    num_heads=12,
+    global_attn_indexes=(2, 5, 8, 11),
+    img_size=1024,
+    mlp_ratio=4,
+    norm_layer=partial(nn.LayerNorm, eps=1e-6),
+    patch_size=16,
+    qkv_bias=True,
+    use_rel_pos=True,
+    window_size=14,
+    out_chans=256,
+)
+
+
+def build_vfm(
+    name: str, weights: str = "online", dtype: torch.dtype = torch.float32, **architecture
+) -> VisionFoundationModel:
+    """The VFM ``name`` (a key of ``VFMS``) in eval mode, its parameters frozen, in ``dtype``.
+
+    ``weights``: a checkpoint file (``.pth``/``.safetensors``: the authors' release, with
+    their key names, or timm's), "online" (timm's published weights through the Hugging Face
+    hub; SAM's release URL), or "random" (no weights). ``architecture``: keyword overrides of
+    the architecture (timm's ``create_model`` arguments, SAM's ``ImageEncoderViT``'s), for small
+    test models.
+    """
+    if name not in VFMS:
+        raise ConfigError(
+            f"unknown VFM {name!r} (MODEL.CLIPTRASE.PROXYCLIP.VFM); choose one of {', '.join(VFMS)}"
+        )
+    kind, source = VFMS[name]
+    is_file = weights not in ("online", "random")
+    if is_file and not os.path.isfile(weights):
+        raise MissingFileError(
+            f"VFM weights file {weights!r} (MODEL.CLIPTRASE.PROXYCLIP.VFM_WEIGHTS) does not "
+            f"exist; give the {name} checkpoint's path, or 'online' to download it"
+        )
+    if kind == "sam":
+        from segment_anything.modeling import ImageEncoderViT
+
+        backbone = ImageEncoderViT(**{**SAM_VIT_B, **architecture})
+        state_dict = None
+        if weights == "online":
+            state_dict = torch.hub.load_state_dict_from_url(source, weights_only=True)
+        elif is_file:
+            state_dict = _read(weights)
+        if state_dict is not None:  # a whole SAM checkpoint: its image encoder's part
+            prefix = "image_encoder."
+            if any(key.startswith(prefix) for key in state_dict):
+                state_dict = {
+                    k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)
+                }
+            _load(backbone, state_dict, weights)
+    else:
+        import timm
+        from timm.models.vision_transformer import checkpoint_filter_fn
+
+        backbone = timm.create_model(
+            source, pretrained=weights == "online", num_classes=0, **architecture
+        )
+        if is_file:  # DINO's and DINOv2's own key names converted as timm does
+            _load(backbone, checkpoint_filter_fn(_read(weights), backbone), weights)
+    backbone = backbone.to(dtype).eval().requires_grad_(False)
+    return VisionFoundationModel(kind, backbone)
+
+
+def _read(path: str) -> dict:
+    from open_clip.factory import load_state_dict
+
+    try:
+        return load_state_dict(path, device="cpu", weights_only=True)
+    except Exception as error:
+        raise WeightsError(
+            f"VFM weights {path!r} (MODEL.CLIPTRASE.PROXYCLIP.VFM_WEIGHTS) cannot be read as a "
+            f"safetensors or plain PyTorch state dict: {str(error).splitlines()[0]}"
+        ) from None
+
+
+def _load(backbone: nn.Module, state_dict: dict, weights: str) -> None:
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
+    try:
+        backbone.load_state_dict(state_dict)
+    except RuntimeError as error:  # its first line names the model, the next ones the keys
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise WeightsError(
+            f"VFM weights {weights!r} do not fit MODEL.CLIPTRASE.PROXYCLIP.VFM's architecture: "
+            f"{lines[min(1, len(lines) - 1)]}"
+        ) from None
