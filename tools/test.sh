@@ -26,6 +26,6 @@ if [[ "${OFFICIAL:-1}" != 0 ]]; then
   HF_HUB_OFFLINE=1 "$OFFICIAL_VENV/bin/python" -m pytest -q "$@" tests/test_evaluation.py \
     tests/test_launch.py tests/test_meta_arch.py tests/test_demo.py tests/test_train_net.py \
     tests/test_api.py tests/test_datasets.py tests/test_stock_pipeline.py \
-    tests/test_default_predictor.py || status=$?
+    tests/test_default_predictor.py tests/test_resume.py tests/test_output_dir.py || status=$?
 fi
 exit "$status"
