@@ -50,13 +50,11 @@ def load_image(image: ImageLike) -> np.ndarray:
 @dataclass
 class SegmentationResult:
     labels: np.ndarray  # (H, W) int64 index into class_names
-    scores: Optional[
-        torch.Tensor
-    ]  # (K, H, W) float32 soft scores (region-mean logits); None if not asked for
+    # (K, H, W) float32 soft scores (region-mean logits); None if not asked for
+    scores: Optional[torch.Tensor]
     class_names: List[str]
-    image: (
-        np.ndarray
-    )  # (H, W, 3) uint8 RGB: the pixels the labels refer to (the crop, under the paper protocol)
+    # (H, W, 3) uint8 RGB: the pixels the labels refer to (the crop, under the paper protocol)
+    image: np.ndarray
 
     def pixel_shares(self) -> Dict[str, float]:
         """Fraction of the pixels given to each class present, largest first."""

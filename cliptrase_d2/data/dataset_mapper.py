@@ -48,9 +48,16 @@ class ProtocolFrame:
     def from_config(cls, cfg, patch: int = 1) -> "ProtocolFrame":
         c = cfg.MODEL.CLIPTRASE
         return cls(
-            c.PROTOCOL, c.PAPER_SIZE, c.STANDARD_SHORT_SIDE, c.STANDARD_LONG_SIDE, c.WINDOW_SIZE,
-            c.WINDOW_STRIDE, patch, c.MAX_PIXELS, c.MAX_WINDOWS,
-        )  # fmt: skip
+            c.PROTOCOL,
+            c.PAPER_SIZE,
+            c.STANDARD_SHORT_SIDE,
+            c.STANDARD_LONG_SIDE,
+            c.WINDOW_SIZE,
+            c.WINDOW_STRIDE,
+            patch,
+            c.MAX_PIXELS,
+            c.MAX_WINDOWS,
+        )
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """(H, W, C) uint8 -> the protocol's (h, w, C) uint8 frame (channels resized alike)."""

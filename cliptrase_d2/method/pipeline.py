@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RefinementSettings:
-    """How dense logits become a prediction (SPEC sections 6-8)."""
+    """How dense logits become a prediction: clustering, region refinement or propagation."""
 
     refine: str = "vote"  # "vote", "mean", "none" or "tlp"
     dbscan_eps: float = 0.7
@@ -83,10 +83,10 @@ def dbscan_for_grid(grid_side: int) -> Tuple[float, int]:
 
 
 class Prediction(NamedTuple):
-    labels: torch.Tensor  # (B, H, W) int64 output class per pixel (background merged to C)
-    scores: (
-        torch.Tensor
-    )  # (B, C', H, W) float32 soft scores: region-mean logits ("vote", "mean") or raw
+    # (B, H, W) int64 output class per pixel (background merged to C)
+    labels: torch.Tensor
+    # (B, C', H, W) float32 soft scores: region-mean logits ("vote", "mean") or raw
+    scores: torch.Tensor
 
 
 @torch.no_grad()
@@ -117,17 +117,15 @@ def predict(
     ).float()  # (B, K, h, w)
     if settings.refine == "tlp":  # PEARL's propagation of the cosine maps at the image's resolution
         cosine = resize_logits(logits, tuple(images.shape[-2:])) / logit_scale
-        logits = logit_scale * text_aware_propagation(
-            cosine, images, text, settings.tlp_grid
-        )  # (B, K, H, W)
+        # (B, K, H, W)
+        logits = logit_scale * text_aware_propagation(cosine, images, text, settings.tlp_grid)
     num_outputs = num_classes + (1 if text.shape[0] > num_classes else 0)
     size = tuple(images.shape[-2:])
     regions = None  # (B, H, W) region ids, -1 for an image whose patches are all noise
     if settings.refine in ("vote", "mean"):
         affinity = suppress_global_patch(features.correlation.float())  # (B, n, n)
-        cluster_ids = cluster_patches(
-            affinity, settings.dbscan_eps, settings.dbscan_min_samples
-        )  # (B, n)
+        # (B, n)
+        cluster_ids = cluster_patches(affinity, settings.dbscan_eps, settings.dbscan_min_samples)
         regions = region_map(
             affinity,
             cluster_ids,
@@ -162,9 +160,8 @@ def predict(
         if regions is not None:
             labels = vote_refine(labels, regions, num_outputs)
         if not soft_scores:
-            return Prediction(
-                labels, scores.zero_().scatter_(1, labels[:, None], 1.0)
-            )  # one-hot in place
+            # one-hot in place
+            return Prediction(labels, scores.zero_().scatter_(1, labels[:, None], 1.0))
     if regions is None:
         if not in_place:
             scores.copy_(merge_background_scores(logits, num_classes))
@@ -175,9 +172,8 @@ def predict(
         index: merge_background_scores(logits[index], num_classes).clone() for index in unrefined
     }
     # Every pixel of a region has the region's mean vector: merge and argmax per region.
-    means = merge_background_scores(region_means(logits, regions)[..., None], num_classes)[
-        ..., 0
-    ]  # (B, C', m)
+    means = region_means(logits, regions)[..., None]
+    means = merge_background_scores(means, num_classes)[..., 0]  # (B, C', m)
     expand_regions(means, regions, out=scores)  # (B, C', H, W)
     if settings.refine != "vote":
         labels = means.argmax(dim=1).gather(1, regions.clamp(min=0).flatten(1)).view(regions.shape)

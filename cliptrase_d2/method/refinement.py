@@ -1,5 +1,5 @@
 """From dense features to labels: logits, global-patch suppression, clustering and region
-refinement (SPEC sections 6-8). Pure functions on tensors; one image at a time unless stated.
+refinement. Pure functions on tensors; one image at a time unless stated.
 
 Where a faster formulation is used (``channel_argmax``, ``median_filter``, ``region_means``),
 it computes exactly the same numbers as the obvious one (named in its docstring).
@@ -129,9 +129,8 @@ def resized_argmax(
         if labels is None:
             labels, best = indices, values
             continue
-        better = (values > best) | (
-            values.isnan() & ~best.isnan()
-        )  # strictly: ties keep the earlier channel
+        # strictly: ties keep the earlier channel
+        better = (values > best) | (values.isnan() & ~best.isnan())
         best = torch.where(better, values, best)
         labels = torch.where(better, indices + start, labels)
     return labels
@@ -372,7 +371,7 @@ def region_map(
     median_size: int = 7,
     upsample: int = 4,
 ) -> Optional[torch.Tensor]:
-    """Assigns every output pixel to a region (SPEC section 8), for a batch of images at once.
+    """Assigns every output pixel to a region, for a batch of images at once.
 
     Each cluster's map is the mean affinity row of its members, reshaped to the grid; the maps
     are upsampled x``upsample``, median filtered (``median_size`` square, reflect border),
@@ -405,9 +404,8 @@ def region_map(
         maps, size=(upsample * h, upsample * w), mode="bilinear", align_corners=False
     )
     maps = median_filter(maps, median_size)  # (B, m, 4h, 4w)
-    maps = F.interpolate(
-        maps, size=tuple(size), mode="bilinear", align_corners=False
-    )  # (B, m, H, W)
+    # (B, m, H, W)
+    maps = F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)
     empty = torch.arange(num_maps, device=maps.device) >= clusters[:, None]  # (B, m)
     maps.masked_fill_(empty[:, :, None, None], float("-inf"))
     regions = torch.where(clusters[:, None, None] > 0, channel_argmax(maps), -1)  # (B, H, W)

@@ -36,9 +36,8 @@ def _class_max(rows: torch.Tensor, row_classes: Sequence[int], num_outputs: int)
         first.setdefault(cls, row)
     if sorted(first) != list(range(num_outputs)):
         raise ValueError(f"row_classes {list(row_classes)} leave a class without rows")
-    out = rows[
-        torch.as_tensor([first[c] for c in range(num_outputs)], device=rows.device)
-    ]  # a copy
+    # a copy
+    out = rows[torch.as_tensor([first[c] for c in range(num_outputs)], device=rows.device)]
     for row, cls in enumerate(row_classes):
         if row != first[cls]:
             torch.maximum(out[cls], rows[row], out=out[cls])

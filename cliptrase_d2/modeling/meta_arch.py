@@ -99,20 +99,25 @@ class CLIPtrase(nn.Module):
         super().__init__()
         # the protocol's frame, and the limits an image is refused by (the loader's own rule)
         self.frame = ProtocolFrame(
-            protocol, paper_size, standard_short_side, standard_long_side, window_size,
-            window_stride, max(patch_size(clip_model.visual)), max_pixels, max_windows,
-        )  # fmt: skip
+            protocol,
+            paper_size,
+            standard_short_side,
+            standard_long_side,
+            window_size,
+            window_stride,
+            max(patch_size(clip_model.visual)),
+            max_pixels,
+            max_windows,
+        )
         # Standard protocol: TLP runs once on the window-averaged logits resized to the output
         # size (PEARL's order), the windows without refinement.
         standard_tlp = protocol == "standard" and refinement.refine == "tlp"
-        self.steps = StandardSteps(
-            pamr_steps, tuple(pamr_dilations), refinement.tlp_grid if standard_tlp else 0,
-            prob_thd, area_thd,
-        )  # fmt: skip
-        check_settings(
-            self.frame, self.steps, refinement, input_format, window_batch, window_padding,
-            pearl_kk_weight,
-        )  # fmt: skip
+        tlp_grid = refinement.tlp_grid if standard_tlp else 0
+        self.steps = StandardSteps(pamr_steps, tuple(pamr_dilations), tlp_grid, prob_thd, area_thd)
+        self.input_format = input_format
+        self.window_batch = window_batch
+        self.window_padding = window_padding
+        check_settings(self, refinement, pearl_kk_weight)
         self.head = configured_head(head, refinement, pearl_kk_weight, vfm)
         # ProxyCLIP's VFM as a submodule, so that .to() moves it; 0: windows padded to the patch
         self.vfm, self.window_multiple = vfm, window_multiple
@@ -121,17 +126,13 @@ class CLIPtrase(nn.Module):
             dataclasses.replace(refinement, refine="none") if standard_tlp else refinement
         )
         self.clip_model, self.tokenizer, self.templates = clip_model, tokenizer, tuple(templates)
-        self.protocol, self.input_format = protocol, input_format
-        self.window_size, self.window_stride = window_size, window_stride
-        self.window_batch, self.window_padding = window_batch, window_padding
+        self.protocol, self.window_size, self.window_stride = protocol, window_size, window_stride
         self.text_cache = text_cache
         self.paper_vocabulary_quirks = paper_vocabulary_quirks
         # an explicit vocabulary (MODEL.CLIPTRASE.VOCABULARY): any form resolve_vocabulary takes
-        self.vocabulary = (
-            None
-            if vocabulary is None
-            else resolve_vocabulary(vocabulary, (), paper_vocabulary_quirks)
-        )
+        if vocabulary is not None:
+            vocabulary = resolve_vocabulary(vocabulary, (), paper_vocabulary_quirks)
+        self.vocabulary = vocabulary
         self.default_dataset = default_dataset
         self.cached_vocabularies = max(1, cached_vocabularies)
         self.register_buffer("pixel_mean", torch.tensor(CLIP_MEAN).view(3, 1, 1), persistent=False)
@@ -196,7 +197,6 @@ class CLIPtrase(nn.Module):
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
-    # ---- vocabulary ------------------------------------------------------------------------
     def vocabulary_for(self, record: Dict) -> Vocabulary:
         """The vocabulary one input is segmented with (see the class docstring for the order)."""
         if record.get("vocabulary") is not None:
@@ -240,7 +240,6 @@ class CLIPtrase(nn.Module):
             self._text_embeddings.popitem(last=False)
         return self._text_embeddings[key]
 
-    # ---- inference -------------------------------------------------------------------------
     def forward(self, batched_inputs: List[Dict]) -> List[Dict]:
         if self.training:
             raise RuntimeError(

@@ -8,13 +8,11 @@ from typing import Sequence
 from detectron2.data import MetadataCatalog
 from detectron2.utils.logger import log_first_n
 
-from ..data.dataset_mapper import ProtocolFrame
 from ..errors import ConfigError
 from ..method.heads import Head, get_head
 from ..method.peer_heads import PEARL_KEY_KEY_WEIGHT
 from ..method.pipeline import RefinementSettings
 from ..method.propagation import TLP_GRID
-from ..method.standard import StandardSteps
 from ..method.sliding import PADDINGS
 from ..method.thresholds import check_threshold
 from ..vocabulary import Vocabulary, peer_vocabulary_keys
@@ -116,16 +114,12 @@ def published_setting(cfg) -> str:
     return published
 
 
-def check_settings(
-    frame: ProtocolFrame,
-    steps: StandardSteps,
-    refinement: RefinementSettings,
-    input_format: str,
-    window_batch: int,
-    window_padding: str,
-    pearl_kk_weight: float,
-) -> None:
-    """Rejects settings out of range, or that the protocol cannot honour, naming their keys."""
+def check_settings(model, refinement: RefinementSettings, pearl_kk_weight: float) -> None:
+    """Rejects a CLIPtrase's settings (its ``frame``, ``steps``, ``input_format``,
+    ``window_batch``, ``window_padding``) out of range, or that the protocol cannot honour,
+    naming their keys."""
+    frame, steps, input_format = model.frame, model.steps, model.input_format
+    window_batch, window_padding = model.window_batch, model.window_padding
     if frame.protocol not in PROTOCOLS:
         raise ConfigError(
             f"unknown protocol {frame.protocol!r} (MODEL.CLIPTRASE.PROTOCOL); choose one of "
