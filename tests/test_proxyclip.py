@@ -5,7 +5,7 @@ names, fp16-exact values), the text rows, and per fixture photo ProxyCLIP's labe
 photo's size (probability threshold off and on) and its first window's patch cosines. Here the
 VFM is built from those weights by ``build_vfm`` (timm / segment-anything), the model runs
 ProxyCLIP's published geometry (shorter side 336, windows 336 / 112 padded evenly to a multiple
-of 56) through ``CLIPtrase.inference``, and must give the same label maps and cosines within
+of 56) through ``CLIPtrase.forward``, and must give the same label maps and cosines within
 fp32 tolerance. make_references.py says how the files were made.
 """
 
@@ -141,9 +141,11 @@ def test_matches_authors_code(name, tiny_clip, tiny_tokenizer, tmp_path):
         for key, model in models.items():
             if key == "pred_thd" and image_name not in THRESHOLDED_PHOTOS:
                 continue
-            prediction = model.inference([image], VOCABULARY)[0]
+            record = {"image": image, "vocabulary": VOCABULARY, "scores": "soft"}
+            with torch.no_grad():
+                prediction = model([record])[0]
             labels, expected = (
-                prediction.labels.numpy(),
+                prediction["labels"].numpy(),
                 our_labels(reference[f"{image_name}/{key}"]),
             )
             assert labels.shape == expected.shape
@@ -152,7 +154,7 @@ def test_matches_authors_code(name, tiny_clip, tiny_tokenizer, tmp_path):
                 f"{name} {image_name} {key}: {differ.sum()} differ"
             )
             if key == "pred" and differ.any():  # each one a near-tie of our scores
-                top2 = prediction.scores.topk(2, dim=0).values
+                top2 = prediction["sem_seg"].topk(2, dim=0).values
                 margins = (top2[0] - top2[1]).numpy()[differ]
                 assert margins.max() <= TIE, f"{name} {image_name}: margins {margins.max():.1e}"
 
