@@ -81,3 +81,37 @@ def test_input_format_bgr_gives_the_same_labels(protocol):
     assert predictor.input_format == "BGR"
     bgr_labels = predictor(bgr)["sem_seg"].argmax(dim=0)
     assert (rgb_labels == bgr_labels).all()
+
+
+def test_default_predictor_with_openais_torchscript_archive(tmp_path, caplog):
+    """MODEL.WEIGHTS as OpenAI ships it, a TorchScript archive (which torch.load, and so
+    Detectron2's checkpointer, refuses): the checkpointer leaves the weights the model was built
+    from to the model, with no warning, and the labels are those of the state-dict file."""
+    require_fixtures()
+    from test_clip_loading import _save_torchscript
+
+    from cliptrase_d2.clip_loading import build_clip
+
+    archive = _save_torchscript(build_clip(TINY_CONFIG, TINY_WEIGHTS), tmp_path / "ViT-tiny.pt")
+    bgr = cv2.imread(os.path.join(FIXTURES, "images", "astronaut.png"))
+    with caplog.at_level(logging.WARNING):
+        predictor = _predictor("paper", "clip", "MODEL.WEIGHTS", str(archive))
+    loading = [r for r in caplog.records if r.name.startswith(("fvcore", "detectron2"))]
+    assert loading == [], [r.getMessage()[:200] for r in loading]
+    labels = predictor(bgr)["sem_seg"].argmax(dim=0)
+    expected = _predictor("paper", "clip")(bgr)["sem_seg"].argmax(dim=0)
+    assert (labels == expected).all() and labels.unique().numel() >= 2
+
+
+def test_checkpointer_still_loads_other_files(tmp_path):
+    """Weights other than those the model was built from are loaded by the checkpointer (a CLIP
+    state dict's keys read as clip_model's)."""
+    require_fixtures()
+    import torch
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    model = _predictor("paper", "clip").model
+    state = {k: torch.zeros_like(v) for k, v in model.clip_model.state_dict().items()}
+    torch.save(state, tmp_path / "zeros.pth")
+    DetectionCheckpointer(model).load(str(tmp_path / "zeros.pth"))
+    assert all(not v.any() for v in model.clip_model.state_dict().values())

@@ -1,23 +1,29 @@
 """What Detectron2's checkpointer loads into CLIPtrase.
 
 ``DefaultPredictor`` (and any ``DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)``) loads
-MODEL.WEIGHTS into the whole model after ``build_model`` has built CLIP from that same file.
-Its keys are the CLIP model's own (``visual.conv1.weight``), not the meta-architecture's
-(``clip_model.visual.conv1.weight``): read as such, every parameter would be reported missing and
-every key unexpected, and nothing loaded.
+MODEL.WEIGHTS into the whole model after ``build_model`` has built CLIP from that same source.
+That source may be a tag (``openai``, which is no file) or OpenAI's TorchScript archive (which
+``torch.load`` refuses), so the checkpointer leaves the weights the model was built from to the
+model (``skip_built_weights``). Another file is loaded as usual; a CLIP state dict's keys are
+then CLIP's own (``visual.conv1.weight``), read as ``clip_model``'s (``read_clip_keys``).
 """
 
+import functools
+import logging
+
+from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
-__all__ = ["read_clip_keys"]
+__all__ = ["read_clip_keys", "skip_built_weights"]
+
+logger = logging.getLogger(__name__)
 
 
 def read_clip_keys(model: nn.Module, state_dict, prefix: str, *_) -> None:
     """A ``load_state_dict`` pre-hook of CLIPtrase: keys of a CLIP checkpoint become
-    ``clip_model``'s (the values it was built with, loaded again), and the entries that
-    open_clip's loader drops as well (OpenAI's ``input_resolution``, ``context_length``,
-    ``vocab_size``) are dropped, so that the checkpointer loads every parameter and reports
-    nothing."""
+    ``clip_model``'s, and the entries that open_clip's loader drops as well (OpenAI's
+    ``input_resolution``, ``context_length``, ``vocab_size``) are dropped, so that the
+    checkpointer loads every parameter and reports nothing."""
     clip_keys = set(model.clip_model.state_dict())
     for key in [k for k in state_dict if k.startswith(prefix)]:
         name = key[len(prefix) :]
@@ -25,3 +31,23 @@ def read_clip_keys(model: nn.Module, state_dict, prefix: str, *_) -> None:
             state_dict[f"{prefix}clip_model.{name}"] = state_dict.pop(key)
         elif name in ("input_resolution", "context_length", "vocab_size"):
             del state_dict[key]
+
+
+def skip_built_weights(load):
+    """Wraps ``DetectionCheckpointer.load``: for a model that says which weights it was built
+    from (``built_from_weights``), loading those again is skipped with one info line."""
+
+    @functools.wraps(load)
+    def checked_load(self, path, *args, **kwargs):
+        model = getattr(self.model, "module", self.model)  # DistributedDataParallel's
+        built = getattr(model, "built_from_weights", None)
+        if built is not None and path in (built, built or "openai"):
+            logger.info("CLIP weights %s: loaded when the model was built", path)
+            return {}
+        return load(self, path, *args, **kwargs)
+
+    return checked_load
+
+
+if not hasattr(DetectionCheckpointer.load, "__wrapped__"):
+    DetectionCheckpointer.load = skip_built_weights(DetectionCheckpointer.load)

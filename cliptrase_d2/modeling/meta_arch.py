@@ -95,6 +95,7 @@ class CLIPtrase(nn.Module):
         max_windows: int = 1024,
         vfm: Optional[nn.Module] = None,
         window_multiple: int = 0,
+        built_from_weights: Optional[str] = None,
     ):
         super().__init__()
         # the protocol's frame, and the limits an image is refused by (the loader's own rule)
@@ -138,6 +139,8 @@ class CLIPtrase(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(CLIP_MEAN).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(CLIP_STD).view(3, 1, 1), persistent=False)
         self.register_load_state_dict_pre_hook(read_clip_keys)  # Detectron2's checkpointer
+        # MODEL.WEIGHTS, which the checkpointer then leaves to the model (checkpoint.py)
+        self.built_from_weights = built_from_weights
         self._text_embeddings: "OrderedDict[Tuple, torch.Tensor]" = OrderedDict()
         self._checked_datasets: Dict[str, None] = {}
         self._dataset_vocabularies: Dict[str, Vocabulary] = {}
@@ -158,6 +161,7 @@ class CLIPtrase(nn.Module):
         )
         return {
             "clip_model": clip_model,
+            "built_from_weights": cfg.MODEL.WEIGHTS,
             "tokenizer": get_tokenizer(c.CLIP_MODEL),
             "vocabulary": vocabulary or None,
             "default_dataset": cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) == 1 else None,
