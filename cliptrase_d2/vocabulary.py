@@ -287,7 +287,10 @@ def _strings(given, what: str, example: str) -> Tuple[str, ...]:
 
 
 def resolve_vocabulary(
-    spec, background: Union[str, Sequence[str]] = (), paper_quirks: bool = False
+    spec,
+    background: Union[str, Sequence[str]] = (),
+    paper_quirks: bool = False,
+    files: bool = True,
 ) -> Vocabulary:
     """A Vocabulary from a benchmark key, a comma-separated string, a file path, a list of names
     or a Vocabulary.
@@ -297,8 +300,9 @@ def resolve_vocabulary(
     class). Names and words of another type than ``str`` are a TypeError. Benchmark keys
     are matched ignoring case and surrounding spaces; a single name that looks like a key
     (``voc-21``) is an error that suggests the key. Benchmark vocabularies come with the paper's
-    quirks fixed (SPEC 'Vocabulary quirks': VOC21's doubled 'bed' and 'beachhill', ADE150's
-    'bed ') unless ``paper_quirks`` asks for them byte for byte.
+    quirks fixed (docs/method.md, 'Vocabulary quirks': VOC21's doubled 'bed' and 'beachhill',
+    ADE150's 'bed ') unless ``paper_quirks`` asks for them byte for byte. ``files=False``: a
+    file path is refused (the model's forward reads no file: specs are resolved before it).
     """
     background = _strings(background, "background", "a word or a list of words, e.g. ['sky']")
     if isinstance(spec, Vocabulary):
@@ -323,9 +327,14 @@ def resolve_vocabulary(
         if not paper_quirks:
             classes, words = _without_quirks(classes), _without_quirks(words)
         return _with_background(classes, words, background)
-    if os.path.isfile(
-        spec
-    ):  # said in the log: a one-word spec may be a file in the working directory
+    # said in the log: a one-word spec may be a file in the working directory
+    if os.path.isfile(spec):
+        if not files:
+            raise InputError(
+                f"vocabulary {spec!r} is a file: resolve it before the model's forward "
+                "(cliptrase_d2.resolve_vocabulary(path), the API and the demo do) and pass the "
+                "Vocabulary or its names"
+            )
         names, extra_names = _read_names(spec)
         logger.info("vocabulary: %d classes from the file %s", len(names), os.path.abspath(spec))
         return _checked(Vocabulary(tuple(names), background, extra_names), spec)

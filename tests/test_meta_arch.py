@@ -352,6 +352,24 @@ def test_each_record_brings_its_vocabulary_and_image_too_small(tiny_opts):
         model([{"image": torch.zeros(3, 8, 12, dtype=torch.uint8), "file_name": "tiny.png"}])
 
 
+def test_forward_reads_no_vocabulary_file(tiny_opts, tmp_path):
+    """A record's vocabulary is names, a key or a Vocabulary: a file is resolved before the
+    forward (the API does), never read in it."""
+    from cliptrase_d2.api import Segmenter
+    from cliptrase_d2.errors import InputError
+
+    names = tmp_path / "names.txt"
+    names.write_text("cat\ndog\n")
+    model = _model(tiny_opts, REFINE="none")
+    image = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    with pytest.raises(InputError, match="names.txt' is a file: resolve it before"):
+        model([{"image": image, "vocabulary": str(names)}])
+    assert Segmenter(model).segment(image.permute(1, 2, 0).numpy(), str(names)).class_names == [
+        "cat",
+        "dog",
+    ]
+
+
 @pytest.mark.parametrize("config", [PAPER_224, STANDARD])
 def test_a_batch_may_mix_vocabularies(tiny_opts, photo, config):
     """Each image of a batch gets its own vocabulary's classes, exactly as when it runs alone."""

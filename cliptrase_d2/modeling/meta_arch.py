@@ -204,7 +204,8 @@ class CLIPtrase(nn.Module):
     def vocabulary_for(self, record: Dict) -> Vocabulary:
         """The vocabulary one input is segmented with (see the class docstring for the order)."""
         if record.get("vocabulary") is not None:
-            return resolve_vocabulary(record["vocabulary"], (), self.paper_vocabulary_quirks)
+            spec = record["vocabulary"]
+            return resolve_vocabulary(spec, (), self.paper_vocabulary_quirks, files=False)
         dataset = record.get("dataset_name") or self.default_dataset
         if self.vocabulary is not None:
             if dataset is not None and dataset not in self._checked_datasets:
