@@ -372,9 +372,15 @@ def profiled_stages(forward, device, repeats: int) -> Tuple[float, float, Dict[s
 # ---- memory ----------------------------------------------------------------------------------
 
 
-def resident_mb(field: str) -> float:
+def memory_mb(device: torch.device, peak: bool) -> float:
+    """Memory in use now, or its peak: on CUDA allocated by torch, on CPU resident (VmRSS/VmHWM)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        used = torch.cuda.max_memory_allocated if peak else torch.cuda.memory_allocated
+        return used(device) / 2**20
     with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) / 1024 for line in f if line.startswith(field + ":"))
+        field = "VmHWM:" if peak else "VmRSS:"
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith(field))
 
 
 def measure_memory(case: str, args) -> Dict:
@@ -382,33 +388,26 @@ def measure_memory(case: str, args) -> Dict:
     memory in use then (model, libraries) and the peak of two more runs."""
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as folder, torch.no_grad():
+        files = photo_files(args, folder)
         if case.startswith("plain_"):
             size = int(case.split("_")[1])
             cfg = case_config(f"paper_{size}", args)
-            run = plain_forward(args, size)
-            crops = paper_crops(cfg, photo_files(args, folder)[None][:1], size, device)
-            work = lambda: run(crops)  # noqa: E731
+            run, crops = plain_forward(args, size), paper_crops(cfg, files[None][:1], size, device)
+            work = functools.partial(run, crops)
         else:
             model, cfg = build_case(case, args)
-            inputs = to_device(
-                loader_inputs(cfg, photo_files(args, folder)[CASES[case][1]][:1]), device
-            )
-            work = lambda: model(inputs)  # noqa: E731
+            inputs = to_device(loader_inputs(cfg, files[CASES[case][1]][:1]), device)
+            work = functools.partial(model, inputs)
         work()
+        setup = memory_mb(device, peak=False)
         if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            setup = torch.cuda.memory_allocated(device) / 2**20
             torch.cuda.reset_peak_memory_stats(device)
         else:
-            setup = resident_mb("VmRSS")
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # resets VmHWM to the current resident size
         work()
         work()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            return {"peak_mb": torch.cuda.max_memory_allocated(device) / 2**20, "setup_mb": setup}
-        return {"peak_mb": resident_mb("VmHWM"), "setup_mb": setup}
+        return {"peak_mb": memory_mb(device, peak=True), "setup_mb": setup}
 
 
 def case_memory(case: str, args) -> Dict:
