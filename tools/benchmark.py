@@ -465,7 +465,7 @@ def measure(args, photos: Dict[object, List[str]]) -> Dict:
     if "paper_224" in models:
         model, cfg = models["paper_224"]
         batch = to_device(loader_inputs(cfg, (photos[None] * 4)[:4]), device)
-        plain = plain_forward(args, 224)
+        plain = runs["plain_224"].func  # the plain 224 forward, on other crops
         four = torch.cat([crops[224]] * 4)[:4]
         runs["batch1"] = lambda: [model([x]) for x in batch]
         runs["batch4"] = lambda: model(batch)
