@@ -1,10 +1,11 @@
 """tools/benchmark.py's machinery on the fixtures' tiny CLIP: what it reports, not how fast."""
 
+import itertools
 import json
 import os
+import subprocess
 import sys
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,34 +13,26 @@ import torch
 from PIL import Image
 
 from conftest import REPO, TINY_CONFIG, require_fixtures
-from cliptrase_d2.data.dataset_mapper import ProtocolFrame
-from cliptrase_d2.method import dense_clip, refinement
 from cliptrase_d2.method.preprocess import resize_and_center_crop
 
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import benchmark  # noqa: E402
 
 CASES = "paper_224,paper_336,standard_512x683"
+SCRIPT = os.path.join(REPO, "tools", "benchmark.py")
+
+
+def arguments(*argv):
+    args = benchmark.get_parser().parse_args(["--model", TINY_CONFIG, *argv])
+    benchmark.check_arguments(args)
+    return args
 
 
 @pytest.fixture(scope="module")
 def report():
     require_fixtures()
-    argv = [
-        "--model",
-        TINY_CONFIG,
-        "--repeats",
-        "1",
-        "--warmup",
-        "0",
-        "--no-memory",
-        "--stages",
-        "--cases",
-        CASES,
-        "--batch-sizes",
-        "1,3",
-    ]
-    return benchmark.run_benchmark(benchmark.get_parser().parse_args(argv))
+    argv = ["--repeats", "1", "--warmup", "0", "--no-memory", "--stages", "--cases", CASES]
+    return benchmark.run_benchmark(arguments(*argv, "--batch-sizes", "1,3"))
 
 
 def test_times_and_ratios_of_every_case(report):
@@ -66,27 +59,27 @@ def test_times_and_ratios_of_every_case(report):
     assert report["plain_batch4_speedup"] > 0
 
 
-def test_stages_cover_the_method_and_are_restored(report):
+def test_stages_cover_the_method(report):
+    """The profiler labels of heads.py and refinement.py split the forward into stages."""
     stages = report["stages_ms"]
     assert set(stages) == set(CASES.split(","))
     paper = stages["paper_224"]
     for label in (
-        "backbone (embed, blocks 1..N-2)",
-        "block N-1 + self-correlation",
-        "block N (correlative)",
+        "backbone",
         "upsampling",
-        "clustering (DBSCAN)",
-        "region map: median filter",
-        "refinement (vote, region means)",
+        "argmax",
+        "clustering",
+        "region map",
+        "median filter",
+        "refinement",
     ):
         assert paper[label] > 0, label
-    assert stages["standard_512x683"]["sliding window"] > 0
-    named = sum(
-        value for label, value in paper.items() if label not in ("total", "other (output, glue)")
+    assert stages["standard_512x683"]["backbone"] > 0
+    assert stages["standard_512x683"]["upsampling"] > 0  # the windows' averages, resized
+    named = sum(value for label, value in paper.items() if label not in ("total", "other"))
+    assert named <= paper["total"] + 1e-6 and paper["other"] == pytest.approx(
+        paper["total"] - named
     )
-    assert named <= paper["total"] + 1e-6 and paper["other (output, glue)"] > -1.0
-    assert dense_clip.residual_block.__module__ == dense_clip.__name__  # the wrappers are gone
-    assert refinement.median_filter.__name__ == "median_filter"
 
 
 def test_table_and_json(report):
@@ -99,40 +92,51 @@ def test_table_and_json(report):
     assert json.loads(json.dumps(report)) == report
 
 
-def test_paper_cases_get_the_test_mappers_crop():
-    """The paper cases are timed on what evaluation's mapper gives the model (the S x S crop),
-    the standard ones on the photo at the case's size."""
-    photo = benchmark.load_photos("")[0]
-    model = SimpleNamespace(frame=ProtocolFrame("paper", 224))
-    frame = benchmark.case_frame("paper_224", model, photo)
-    assert frame.shape == (224, 224, 3) and photo.shape != frame.shape
-    np.testing.assert_array_equal(
-        frame,
-        np.asarray(resize_and_center_crop(Image.fromarray(photo), 224, Image.BICUBIC)),
+def test_cases_get_what_the_test_mapper_gives(tmp_path):
+    """The paper cases are timed on the test mapper's S x S crop, the standard ones on the photo
+    at the case's size (the original size the prediction is made at)."""
+    require_fixtures()
+    args = arguments("--cases", "paper_224,standard_512x683")
+    photos = benchmark.photo_files(args, str(tmp_path))
+    paper = benchmark.loader_inputs(benchmark.case_config("paper_224", args), photos[None])[0]
+    photo = Image.open(photos[None][0]).convert("RGB")
+    assert paper["image"].shape == (3, 224, 224) and (paper["height"], paper["width"]) == (
+        photo.height,
+        photo.width,
     )
-    assert benchmark.case_frame("standard_512x683", model, photo).shape == (512, 683, 3)
+    np.testing.assert_array_equal(
+        paper["image"].permute(1, 2, 0).numpy(),
+        np.asarray(resize_and_center_crop(photo, 224, Image.BICUBIC)),
+    )
+    config = benchmark.case_config("standard_512x683", args)
+    standard = benchmark.loader_inputs(config, photos[(512, 683)])
+    assert len(standard) == 4 and {(x["height"], x["width"]) for x in standard} == {(512, 683)}
 
 
 def test_timed_runs_take_turns_in_alternating_order():
     calls = []
     runs = {name: (lambda name=name: calls.append(name)) for name in "abc"}
-    times = benchmark.median_times(runs, torch.device("cpu"), repeats=3, warmup=1)
-    assert calls == list("abc" + "abc" + "cba" + "abc")  # warm-up, then rounds 1, 2 (reversed), 3
+    times = benchmark.median_ms(runs, repeats=3, warmup=1)
+    assert calls[:3] == list("abc")  # the warm-up round
+    turns = [name for name, _ in itertools.groupby(calls[3:])]  # a turn may run its name twice
+    assert turns == list("abc" + "ba" + "bc")  # rounds 1, 2 (reversed: c b a), 3 (a b c)
     assert set(times) == set("abc") and all(t >= 0 for t in times.values())
 
 
-def test_stage_clock_charges_nested_calls_to_their_own_stage():
-    clock = benchmark.StageClock(torch.device("cpu"))
-    inner = clock.wrap(lambda: time.sleep(0.02), "inner")
-    outer = clock.wrap(lambda: inner(), "outer")
-    outer()
-    assert clock.totals["inner"] >= 0.02 and clock.totals["outer"] < clock.totals["inner"]
+def test_stages_are_exclusive_of_the_labels_nested_in_them():
+    def forward():
+        with torch.profiler.record_function("cliptrase/outer"):
+            with torch.profiler.record_function("cliptrase/inner"):
+                time.sleep(0.02)
+
+    total, _, stages = benchmark.profile_forward(forward, "cpu")
+    assert stages["inner"] >= 20 and stages["outer"] < stages["inner"] and total >= 20
 
 
 def test_windows_of_the_standard_cases():
-    common = dict(long_side=2048, window=224, stride=112)
-    cityscapes = SimpleNamespace(frame=ProtocolFrame("standard", short_side=560, **common))
-    ade = SimpleNamespace(frame=ProtocolFrame("standard", short_side=336, **common))
+    args = arguments("--cases", "standard_1024x2048")
+    cityscapes = benchmark.case_config("standard_1024x2048", args)
+    ade = benchmark.case_config("standard_512x683", args)
     assert benchmark.number_of_windows(cityscapes, (1024, 2048)) == 4 * 9  # 560 x 1120
     assert benchmark.number_of_windows(ade, (1024, 2048)) == 2 * 5  # 336 x 672
     assert benchmark.number_of_windows(ade, (512, 683)) == 2 * 3  # 336 x 448
@@ -140,9 +144,7 @@ def test_windows_of_the_standard_cases():
 
 def test_peak_memory_is_measured_in_a_fresh_process():
     require_fixtures()
-    args = benchmark.get_parser().parse_args(["--model", TINY_CONFIG])
-    measured = benchmark.case_memory("plain_224", args)
-    assert measured["case"] == "plain_224"
+    measured = benchmark.case_memory("plain_224", arguments())
     assert measured["peak_mb"] >= measured["setup_mb"] > 50  # the interpreter, torch and the model
 
 
@@ -163,24 +165,52 @@ def test_overhead_after_the_backbone_and_batch_throughput(report):
     assert "batch 3: " in benchmark.format_table(report)
 
 
-def test_backbone_clock_charges_only_the_time_after_the_backbone():
-    """A model whose backbone sleeps 30 ms and whose post-processing sleeps 20 ms."""
+def test_only_the_time_after_the_backbone_is_charged():
+    """A forward whose backbone sleeps 30 ms, with 10 ms before it and 20 ms after."""
 
-    class Head:
-        name = "sleepy"
-
-        def features(self, visual, images):
+    def forward():
+        time.sleep(0.01)  # before the backbone: not charged
+        with torch.profiler.record_function("cliptrase/backbone"):
             time.sleep(0.03)
+        time.sleep(0.02)
 
-    class Model:
-        head = Head()
+    overhead, whole, stages = benchmark.profiled_stages(forward, "cpu", repeats=3)
+    assert 19 <= overhead < 29 and stages["backbone"] >= 30
+    assert whole >= 60 and whole - overhead >= 40  # 10 ms before + 30 ms backbone, not charged
 
-        def __call__(self, inputs):
-            time.sleep(0.01)  # before the backbone: not charged
-            self.head.features(None, None)
-            time.sleep(0.02)
 
-    model = Model()
-    overhead, forward = benchmark.overhead_ms(model, [], torch.device("cpu"), repeats=3)
-    assert 19 <= overhead < 29 and isinstance(model.head, Head)  # the head is restored
-    assert forward >= 60 and forward - overhead >= 40  # 10 ms before + 30 ms backbone, not charged
+BAD_ARGUMENTS = [
+    (["--cases", "paper_224,paper_999"], "--cases must be one of paper_224, "),
+    (["--cases", ","], "--cases must name at least one of paper_224"),
+    (["--device", "tpu"], "--device='tpu' is not a device"),
+    (["--device", "cuda:7"] if torch.cuda.is_available() else ["--device", "cuda"], "--device"),
+    (["--batch-sizes", "1,x"], "--batch-sizes must be comma-separated whole numbers, got '1,x'"),
+    (["--batch-sizes", "0"], "--batch-sizes must be a list of whole numbers, each at least 1"),
+    (["--batch-sizes", "4", "--cases", "paper_336"], "--batch-sizes needs the paper_224 case"),
+    (["--model", "ViT-Q-99"], "--model must be an open_clip model name"),
+    (["--model", "nowhere.json"], "--model nowhere.json: no such model-config JSON file"),
+    (["--weights", "nowhere.pt"], "--weights nowhere.pt: no such file"),
+    (["--image", __file__], "test_benchmark.py"),
+    (["--repeats", "0"], "--repeats must be at least 1, got 0"),
+    (["--repeats", "two"], "argument --repeats: invalid int value: 'two'"),
+    (["--warmup", "-1"], "--warmup must be at least 0, got -1"),
+    (["--precision", "fp8"], "argument --precision: invalid choice: 'fp8'"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_ARGUMENTS)
+def test_bad_arguments_are_one_line_before_any_work(argv, message, monkeypatch):
+    monkeypatch.setattr(benchmark, "run_benchmark", lambda args: pytest.fail("work started"))
+    with pytest.raises(SystemExit) as exited:
+        benchmark.exit_on_user_error(benchmark.main, argv)
+    text = str(exited.value.code)
+    assert text.startswith("error: ") and message in text and "\n" not in text
+
+
+def test_a_bad_argument_ends_the_command_with_one_line():
+    done = subprocess.run(
+        [sys.executable, SCRIPT, "--cases", "paper_999"], capture_output=True, text=True
+    )
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip().splitlines()[-1].startswith("error: --cases must be one of")
+    assert "Traceback" not in done.stderr

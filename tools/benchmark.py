@@ -5,59 +5,55 @@
     python tools/benchmark.py --device cuda --json # one JSON object on stdout
     python tools/benchmark.py --stages             # also: where the time goes, stage by stage
 
-All models have random weights (the cost of these computations does not depend on the weights'
-values): ``open_clip.create_model(--model)``, fp32 unless --precision says otherwise, eval mode.
-Every time is the median over --repeats runs after --warmup runs, all in this one process; CUDA
-work is synchronized (``torch.cuda.synchronize``) before each clock reading. What is timed:
+Every model is what evaluation builds: ``load_config(case's config)`` and Detectron2's
+``build_model``, with MODEL.CLIPTRASE.CLIP_MODEL --model and MODEL.WEIGHTS --weights (default:
+open_clip's random initialisation, seeded, saved to a temporary file: the cost does not depend
+on the weights' values), MODEL.CLIPTRASE.PRECISION --precision, and ViLD's 14 templates (text
+embeddings are computed before any timing, as evaluation caches them). Each input is what
+evaluation's ``SemSegTestMapper`` makes of a photo file. What is timed:
 
-- ``plain_<S>``: open_clip's own vision tower on a normalized (1, 3, S, S) tensor with
-  ``output_tokens=True`` (its fused attention fast path included), and every patch token
-  projected to the embedding (``tokens @ visual.proj``): the dense CLIP features any
-  training-free method starts from. The S = 336 tower is built with ``force_image_size=336``
-  (its own 21 x 21 positional table).
-- ``paper_<S>``: ``CLIPtrase.forward`` under the paper protocol (configs/paper/pc59_<S>.yaml,
-  K = 59 classes) on what evaluation's test mapper gives it for one decoded uint8 photo: the
-  S x S center crop, made by the mapper (the model's ``ProtocolFrame``: PIL bicubic resize and
-  crop, in the loader's worker processes when DATALOADER.NUM_WORKERS > 0). Timed:
-  normalization, the recalibrated tower, dense logits, upsampling, DBSCAN, region map (median
-  filter), vote, the (K, S, S) ``sem_seg`` output. ``loader_ms_paper_<S>``: the mapper's crop
-  itself; ``paper_<S>_photo``: ``forward`` given the whole decoded photo (the resize and crop
-  inside, as the Python API and a direct caller pay them), ``ratio_paper_<S>_photo`` its ratio.
-- ``standard_512x683``: ``CLIPtrase.forward`` under the standard protocol as ADE20K runs it
-  (configs/standard/ade150.yaml: K = 150, shorter side 336, windows 224 / stride 112, ``mean``
-  refinement), output (K, 512, 683).
-- ``standard_1024x2048``: the same as Cityscapes runs it (configs/standard/cityscapes19.yaml:
-  K = 19, shorter side 560), output (19, 1024, 2048); ``standard_1024x2048_k150`` is the stress
-  case of a 1024 x 2048 image with ADE's 150 classes at shorter side 336.
-  ``window_ratio_<case>`` = its time / (number of windows x ``plain_224_beside_standard``,
-  the plain 224 forward timed in turns with the standard cases; the paper cases take turns
-  among themselves, apart from the standard cases' multi-GB tensors).
-- ``overhead_ms_<case>``: the time after the backbone, i.e. the forward's time minus the time
-  before the first backbone call (decoding, resizing) and minus the backbone calls themselves
-  (``head.features``: the recalibrated tower, each call synchronized); for the paper cases
-  ``overhead_share_<case>`` = that time / ``plain_<S>``. Median over --repeats extra forwards,
-  whose own whole time is ``overhead_forward_ms_<case>`` (the overhead's denominator within
-  one measurement; ``time_ms_<case>`` comes from other forwards).
-- ``throughput_batch<N>`` / ``plain_throughput_batch<N>`` for each N of --batch-sizes
-  (default 1,8,32 on CUDA, none on a CPU): paper protocol at 224 with N images per forward,
-  and the plain forward on their N crops as one tensor; ``throughput_ratio_batch<N>`` =
-  CLIPtrase's images per second / the plain forward's.
-- ``batch1`` / ``batch4``: paper protocol at 224, images per second when the same 4 photos go
-  through ``forward`` one at a time or as one batch of 4. ``plain_batch4_speedup``: the same for
-  the plain forward on their 224 crops, in the same rounds: the gain batching gives CLIP itself
-  on this device, and so about the most it can give CLIPtrase.
+- ``plain_<S>``: open_clip's own vision tower (``output_tokens=True``, its fused attention fast
+  path included) on the normalized S x S paper crop, every patch token projected to the
+  embedding (``tokens @ visual.proj``): the dense CLIP features any training-free method starts
+  from. The S = 336 tower is built with ``force_image_size=336``.
+- ``paper_<S>``: the model's forward under the paper protocol (configs/paper/pc59_<S>.yaml, 59
+  classes) on the test mapper's S x S crop: the (K, S, S) ``sem_seg`` output; ``ratio_paper_<S>``
+  its time / ``plain_<S>``. ``paper_<S>_photo``: the forward given the whole decoded photo (the
+  crop made inside, as a direct caller pays it), ``ratio_paper_<S>_photo`` its ratio.
+  ``loader_ms_paper_<S>``: the test mapper's whole work for the photo file (decode and crop).
+- ``standard_512x683`` (configs/standard/ade150.yaml, 150 classes, as ADE20K runs it),
+  ``standard_1024x2048`` (configs/standard/cityscapes19.yaml, 19 classes) and the stress case
+  ``standard_1024x2048_k150`` (ADE20K's settings on a Cityscapes-sized photo): the standard
+  protocol on the photo resized to that size, output (K, H, W). ``window_ratio_<case>`` = its
+  time / (``windows_<case>`` x ``plain_224_beside_standard``, the plain 224 forward timed in
+  turns with the standard cases, apart from the paper cases and their multi-GB tensors).
+- ``overhead_ms_<case>``: the time after the backbone: a forward's time minus the time before
+  its first backbone call and minus its backbone calls (the ``cliptrase/backbone`` label of
+  ``Head.features``; on CUDA the device time of their kernels). Median over --repeats forwards
+  under ``torch.profiler``, whose own median time is ``overhead_forward_ms_<case>``;
+  ``overhead_share_<case>`` = that time / ``plain_<S>`` for the paper cases. ``--stages``
+  charges the same forwards to the method's ``cliptrase/<stage>`` labels (exclusive of the
+  labels nested in them; on CUDA their kernels' device time); what no label covers is "other".
+- ``throughput_batch<N>`` / ``plain_throughput_batch<N>`` for each N of --batch-sizes (default
+  1,8,32 on CUDA, none on a CPU): paper_224 with N crops per forward, and the plain forward on
+  them as one tensor; ``throughput_ratio_batch<N>`` = CLIPtrase's images per second / plain's.
+  ``images_per_s_batch1`` / ``_batch4``: four photos through paper_224 one at a time or as one
+  batch; ``plain_batch4_speedup``: the same for the plain forward, the gain batching gives
+  CLIP itself on this device.
+- ``agreement_<case>`` (--precision other than fp32): the share of output pixels whose label is
+  the one the fp32 model of the same weights gives.
 
-Text embeddings are computed once per model before any timing (one template: the image path
-does not depend on how they were made), as evaluation caches them. Peak memory is measured in a
-fresh process per case that builds only that case's model: on CPU the peak resident set size
-(VmHWM) while the case runs (reset through /proc/self/clear_refs after the model is built; the
-model and libraries are included), on CUDA ``torch.cuda.max_memory_allocated`` (weights
-included). ``--stages`` charges each step of paper_224, paper_336 and standard_512x683 to a
-stage (exclusive time of the method's functions, median over the repeats).
+Times are ``torch.utils.benchmark`` medians: the runs take turns, round after round (the order
+reversed every other round), so that a change in the machine's load reaches all of them alike;
+each turn is one ``Timer.blocked_autorange(min_run_time=0)`` (an untimed run sizes its block,
+then one timed run; CUDA synchronized), after --warmup untimed rounds. Peak memory is measured
+in a fresh process per case that builds only that case's model and runs it once untimed: the
+peak of two more runs, on CPU the resident set's high-water mark (VmHWM, reset through
+/proc/self/clear_refs; the model and libraries included), on CUDA
+``torch.cuda.max_memory_allocated`` (weights included).
 """
 
 import argparse
-import dataclasses
 import functools
 import json
 import logging
@@ -65,80 +61,73 @@ import os
 import statistics
 import subprocess
 import sys
-import time
+import tempfile
 from collections import defaultdict
-from contextlib import contextmanager
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import cliptrase_d2  # noqa: F401  (first: detectron2 0.6 shims, registrations)
 import numpy as np
 import open_clip
 import torch
+import torch.nn.functional as F
+from detectron2.modeling import build_model
 from PIL import Image
+from torch.autograd import DeviceType
+from torch.utils.benchmark import Measurement, Timer
 
-from cliptrase_d2 import clip_loading
-from cliptrase_d2.clip_loading import PRECISIONS
+from cliptrase_d2.config import check_argument, check_device, load_config
+from cliptrase_d2.data.dataset_mapper import SemSegTestMapper
 from cliptrase_d2.data.image_io import read_rgb
-from cliptrase_d2.config import load_config
-from cliptrase_d2.data import dataset_mapper
 from cliptrase_d2.engine.allocator import tune_cpu_allocator
-from cliptrase_d2.method import dense_clip, pipeline, refinement, sliding, standard
-from cliptrase_d2.method.preprocess import CLIP_MEAN, CLIP_STD, keep_ratio_size, paper_crop
+from cliptrase_d2.errors import ConfigError, exit_on_user_error
+from cliptrase_d2.method.preprocess import keep_ratio_size
 from cliptrase_d2.method.sliding import window_boxes
-from cliptrase_d2.modeling import meta_arch
-from cliptrase_d2.modeling.meta_arch import CLIPtrase
-from cliptrase_d2.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHOTOS = os.path.join(
     os.environ.get("CLIPTRASE_FIXTURES", os.path.join(REPO, "..", "shared", "fixtures")), "images"
 )
-# case -> (config file, image size (H, W) or None for the paper's photo, config overrides)
+# case -> (config file, photo size (H, W), or None for the paper protocol's whole photo)
 CASES = {
-    "paper_224": ("configs/paper/pc59_224.yaml", None, ()),
-    "paper_336": ("configs/paper/pc59_336.yaml", None, ()),
-    "standard_512x683": ("configs/standard/ade150.yaml", (512, 683), ()),
-    "standard_1024x2048": ("configs/standard/cityscapes19.yaml", (1024, 2048), ()),
-    "standard_1024x2048_k150": ("configs/standard/ade150.yaml", (1024, 2048), ()),
+    "paper_224": ("configs/paper/pc59_224.yaml", None),
+    "paper_336": ("configs/paper/pc59_336.yaml", None),
+    "standard_512x683": ("configs/standard/ade150.yaml", (512, 683)),
+    "standard_1024x2048": ("configs/standard/cityscapes19.yaml", (1024, 2048)),
+    "standard_1024x2048_k150": ("configs/standard/ade150.yaml", (1024, 2048)),
 }
 PLAIN_SIZES = (224, 336)
-# The plain 224 forward timed in turns with the standard cases (their window ratios' unit).
-STANDARD_PLAIN = "plain_224_beside_standard"
+STANDARD_PLAIN = "plain_224_beside_standard"  # the standard cases' unit, timed in their turns
 STAGE_CASES = ("paper_224", "paper_336", "standard_512x683")
+PRECISIONS = {"fp32": "fp32", "fp16": "fp16", "bf16": "pure_bf16"}  # ours -> open_clip's
 
 logger = logging.getLogger("cliptrase_d2.benchmark")
 
 
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, as every other bad argument
+        raise ConfigError(message)
+
+
 def get_parser():
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
     parser.add_argument(
         "--model",
         default="ViT-B-16-quickgelu",
-        help="open_clip model name or model-config JSON (random weights)",
+        help="open_clip model name or model-config JSON (MODEL.CLIPTRASE.CLIP_MODEL)",
     )
     parser.add_argument(
-        "--precision",
-        default="fp32",
-        choices=sorted(PRECISIONS),
-        help="dtype of the CLIP towers (MODEL.CLIPTRASE.PRECISION)",
+        "--weights", default="", help="MODEL.WEIGHTS (default: random weights, seeded)"
     )
-    parser.add_argument(
-        "--repeats", type=int, default=5, help="timed runs per case (median reported)"
-    )
-    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per case first")
-    parser.add_argument(
-        "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
-    )
-    parser.add_argument(
-        "--image", default="", help="photo for every case (default: the fixtures' astronaut)"
-    )
+    parser.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS))
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per case (median)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument("--image", default="", help="photo for every case (default: fixtures')")
     parser.add_argument(
         "--cases", default=",".join(CASES), help="comma-separated subset of: " + ", ".join(CASES)
     )
-    parser.add_argument("--stages", action="store_true", help="also print the per-stage cost table")
+    parser.add_argument("--stages", action="store_true", help="also print the stage table")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     parser.add_argument(
         "--glibc-malloc-defaults",
@@ -146,411 +135,286 @@ def get_parser():
         help="leave glibc's malloc thresholds as they are (the entry points tune them: "
         "cliptrase_d2/engine/allocator.py)",
     )
-    parser.add_argument(
-        "--json", action="store_true", help="print one JSON object instead of the table"
-    )
+    parser.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     parser.add_argument(
         "--batch-sizes",
         default=None,
         help="comma-separated batch sizes for the throughput rows "
         "(default 1,8,32 on CUDA, none on CPU)",
     )
-    parser.add_argument(
-        "--memory-case", default="", help=argparse.SUPPRESS
-    )  # internal: one case's peak
+    parser.add_argument("--memory-case", default="", help=argparse.SUPPRESS)  # a fresh process's
+    parser.add_argument("--text-cache", default="none", help=argparse.SUPPRESS)
     return parser
+
+
+def whole_numbers(text: str, name: str) -> List[int]:
+    try:
+        return [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        raise ConfigError(f"{name} must be comma-separated whole numbers, got {text!r}") from None
+
+
+def check_arguments(args) -> None:
+    """Refuses a bad argument with one line before any work; fills in the defaults that depend
+    on the device (``args.cases`` and ``args.batch_sizes`` become lists)."""
+    check_device(args.device, "--device")
+    if torch.device(args.device).type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device must be cpu or cuda (cuda:N), got {args.device!r}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {args.device}: CUDA is not available on this machine")
+    check_argument("--repeats", args.repeats, int, 1)
+    check_argument("--warmup", args.warmup, int, 0)
+    check_argument("--threads", args.threads, int, 0)
+    args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    check_argument("--cases", args.cases, choices=list(CASES))
+    if not args.cases:
+        raise ConfigError(f"--cases must name at least one of {', '.join(CASES)}")
+    sizes = args.batch_sizes or ("1,8,32" if args.device.startswith("cuda") else "")
+    args.batch_sizes = whole_numbers(sizes, "--batch-sizes")
+    if args.batch_sizes:
+        check_argument("--batch-sizes", args.batch_sizes, int, 1)
+    if args.batch_sizes and "paper_224" not in args.cases:
+        raise ConfigError("--batch-sizes needs the paper_224 case (--cases)")
+    if args.model.lower().endswith(".json"):
+        if not os.path.isfile(args.model):
+            raise ConfigError(f"--model {args.model}: no such model-config JSON file")
+    elif args.model not in open_clip.list_models():
+        raise ConfigError(
+            f"--model must be an open_clip model name (open_clip.list_models()) or a "
+            f"model-config JSON file, got {args.model!r}"
+        )
+    if args.weights and not os.path.isfile(args.weights):
+        raise ConfigError(f"--weights {args.weights}: no such file")
+    if args.image:
+        read_rgb(args.image)  # an InputError for anything Pillow cannot read as an image
 
 
 # ---- models and inputs -----------------------------------------------------------------------
 
 
-def create_clip(model: str, device: torch.device, precision: str, image_size: Optional[int] = None):
-    """A randomly initialised open_clip model (fp32 master copy cast to ``precision``), eval
-    mode."""
-    name = model
+def open_clip_name(model: str) -> str:
     if model.lower().endswith(".json"):
         open_clip.add_model_config(model)
-        name = os.path.splitext(os.path.basename(model))[0]
-    kwargs = {"force_image_size": image_size} if image_size else {}
-    root = (
-        logging.getLogger()
-    )  # open_clip warns through it that the weights are random: they are meant to be
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        clip = open_clip.create_model(name, pretrained=None, **kwargs)
-    finally:
-        root.setLevel(level)
-    return clip.to(device, PRECISIONS[precision]).eval()
-
-
-def load_photos(path: str) -> List[np.ndarray]:
-    """(H, W, 3) uint8 photos: --image, else the fixtures' four photos, else a synthetic scene."""
-    if path:
-        return [read_rgb(path)]
-    names = ("astronaut.png", "coffee.png", "chelsea.png", "vocsample.png")
-    if all(os.path.exists(os.path.join(PHOTOS, n)) for n in names):
-        return [read_rgb(os.path.join(PHOTOS, n)) for n in names]
-    rows, cols = np.mgrid[0:480, 0:640]
-    scene = np.stack(
-        [(rows * 255 // 480), (cols * 255 // 640), ((rows // 60 + cols // 80) % 2) * 255], -1
-    )
-    return [scene.astype(np.uint8)]
-
-
-def resized(photo: np.ndarray, size) -> np.ndarray:
-    return (
-        photo
-        if size is None
-        else np.asarray(Image.fromarray(photo).resize((size[1], size[0]), Image.BICUBIC))
-    )
-
-
-def as_input(photo: np.ndarray, device: torch.device) -> Dict:
-    """A Detectron2 input dict: decoded (3, H, W) uint8 image already on the model's device."""
-    return {"image": torch.from_numpy(np.array(photo)).permute(2, 0, 1).contiguous().to(device)}
-
-
-def case_frame(case: str, model: CLIPtrase, photo: np.ndarray) -> np.ndarray:
-    """The pixels evaluation gives ``case``'s model for a photo: the paper protocol's crop made by
-    the test mapper (the model's ``frame``), or the photo (resized to the case's image size)
-    under the standard one."""
-    if case.startswith("paper_"):
-        return model.frame(photo)
-    return resized(photo, CASES[case][1])
-
-
-def build_case_model(case: str, clip, args) -> CLIPtrase:
-    """CLIPtrase configured by the case's config file (through ``CLIPtrase.from_config``, so every
-    setting is the project's own mapping), around the already built ``clip``; text embeddings
-    cached."""
-    config, _, opts = CASES[case]
-    cfg = load_config(
-        os.path.join(REPO, config),
-        [
-            "MODEL.CLIPTRASE.CLIP_MODEL",
-            args.model,
-            "MODEL.CLIPTRASE.TEXT_CACHE_DIR",
-            "none",
-            "MODEL.DEVICE",
-            args.device,
-            *opts,
-        ],
-    )
-    original = clip_loading.build_clip
-    clip_loading.build_clip = lambda *_, **__: clip  # from_config looks it up when called
-    try:
-        kwargs = CLIPtrase.from_config(cfg)
-    finally:
-        clip_loading.build_clip = original
-    kwargs["templates"] = ("a photo of a {}.",)
-    model = CLIPtrase(**kwargs).to(clip.logit_scale.device).eval()
-    with torch.no_grad():
-        model.text_embeddings(model.vocabulary_for({}))  # computed once, as evaluation caches them
+        return os.path.splitext(os.path.basename(model))[0]
     return model
 
 
-def number_of_windows(model: CLIPtrase, size) -> int:
-    """Sliding windows the standard protocol runs on an image of ``size`` (the model's own
-    resize rule: mmseg's keep-ratio resize with its long-side cap)."""
-    frame = model.frame
-    height, width = keep_ratio_size(*size, frame.short_side, frame.long_side)
-    return len(window_boxes(height, width, frame.window, frame.stride))
+def random_weights(model: str, folder: str) -> str:
+    """A state-dict file of open_clip's own random initialisation of ``model`` (seeded)."""
+    torch.manual_seed(0)
+    path = os.path.join(folder, "random_weights.pt")
+    torch.save(open_clip.create_model(open_clip_name(model)).state_dict(), path)
+    return path
 
 
-def plain_forward(visual):
-    """open_clip's own dense forward: every token of the last block, patch tokens projected."""
+def case_config(case: str, args, precision: str = ""):
+    return load_config(
+        os.path.join(REPO, CASES[case][0]),
+        [
+            "MODEL.CLIPTRASE.CLIP_MODEL", args.model,
+            "MODEL.WEIGHTS", args.weights,
+            "MODEL.CLIPTRASE.PRECISION", precision or args.precision,
+            "MODEL.CLIPTRASE.TEMPLATES", "vild14",
+            "MODEL.CLIPTRASE.TEXT_CACHE_DIR", args.text_cache,
+            "MODEL.DEVICE", args.device,
+        ],
+    )  # fmt: skip
+
+
+def build_case(case: str, args, precision: str = ""):
+    """(model, config) as evaluation builds them for ``case``, in eval mode."""
+    cfg = case_config(case, args, precision)
+    return build_model(cfg).eval(), cfg
+
+
+def photo_files(args, folder: str) -> Dict[object, List[str]]:
+    """Photo files by case size (None: as they are): --image, else the fixtures' four photos,
+    else a synthetic scene; resized copies (PIL bicubic) are written to ``folder``."""
+    names = ("astronaut.png", "coffee.png", "chelsea.png", "vocsample.png")
+    files = [os.path.join(PHOTOS, n) for n in names]
+    if args.image:
+        files = [args.image]
+    elif not all(map(os.path.exists, files)):
+        rows, cols = np.mgrid[0:480, 0:640]
+        scene = [rows * 255 // 480, cols * 255 // 640, (rows // 60 + cols // 80) % 2 * 255]
+        files = [os.path.join(folder, "scene.png")]
+        Image.fromarray(np.stack(scene, -1).astype(np.uint8)).save(files[0])
+    by_size = {None: files}
+    for size in {CASES[case][1] for case in args.cases} - {None}:
+        by_size[size] = []
+        for index, file in enumerate(files):
+            resized = Image.fromarray(read_rgb(file)).resize(size[::-1], Image.BICUBIC)
+            by_size[size].append(os.path.join(folder, f"{index}_{size[0]}x{size[1]}.png"))
+            resized.save(by_size[size][-1])
+    return by_size
+
+
+def loader_inputs(cfg, files: List[str]) -> List[Dict]:
+    """What evaluation's test mapper gives the model for these photo files."""
+    mapper = SemSegTestMapper(cfg)
+    return [mapper({"file_name": f, "dataset_name": cfg.DATASETS.TEST[0]}) for f in files]
+
+
+def paper_crops(cfg, files: List[str], size: int, device) -> torch.Tensor:
+    """The test mapper's paper crops of ``files`` as (B, 3, S, S) float 0-255 (an image the mapper
+    passes whole, one it would enlarge, resized to S x S)."""
+    frames = [x["image"][None].float() for x in loader_inputs(cfg, files)]
+    return torch.cat([F.interpolate(x, size=(size, size)) for x in frames]).to(device)
+
+
+def to_device(inputs: List[Dict], device) -> List[Dict]:
+    return [{**x, "image": x["image"].to(device)} for x in inputs]
+
+
+def whole_photo(file: str, cfg) -> Dict:
+    image = torch.tensor(read_rgb(file, exif_orientation=False)).permute(2, 0, 1)
+    return {"image": image.contiguous(), "height": image.shape[1], "width": image.shape[2],
+            "dataset_name": cfg.DATASETS.TEST[0]}  # fmt: skip
+
+
+def number_of_windows(cfg, size) -> int:
+    """Sliding windows the standard protocol runs on a photo of ``size`` (its keep-ratio resize:
+    mmseg's, with its long-side cap)."""
+    c = cfg.MODEL.CLIPTRASE
+    height, width = keep_ratio_size(*size, c.STANDARD_SHORT_SIDE, c.STANDARD_LONG_SIDE)
+    return len(window_boxes(height, width, c.WINDOW_SIZE, c.WINDOW_STRIDE))
+
+
+def plain_forward(args, size: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """open_clip's own dense forward at ``size``: every token of the last block, patch tokens
+    projected, (B, 3, S, S) RGB crops (0-255) normalized first."""
+    clip = open_clip.create_model(
+        open_clip_name(args.model),
+        force_image_size=size,
+        precision=PRECISIONS[args.precision],
+        device=args.device,
+    )
+    visual = clip.visual.eval()
     visual.output_tokens = True
+    dtype = visual.conv1.weight.dtype
+    mean, std = (
+        torch.tensor(v, device=args.device).view(3, 1, 1)
+        for v in (open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
+    )
 
-    def run(images):
-        _, tokens = visual(images)
+    def run(crops):
+        _, tokens = visual(((crops / 255 - mean) / std).to(dtype))
         return tokens @ visual.proj  # (B, n, E)
 
     return run
 
 
-def paper_tensor(photo: np.ndarray, size: int, device, dtype) -> torch.Tensor:
-    """The normalized (1, 3, S, S) center crop the paper protocol feeds CLIP."""
-    pixels = torch.from_numpy(paper_crop(photo, size).copy()).permute(2, 0, 1).float() / 255.0
-    mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
-    return ((pixels - mean) / std)[None].contiguous().to(device, dtype)
-
-
 # ---- clocks ----------------------------------------------------------------------------------
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_times(
-    runs: Dict[str, Callable[[], object]], device, repeats: int, warmup: int
-) -> Dict[str, float]:
-    """Median wall time in milliseconds of each run, CUDA work included. The runs take turns
-    (one of each per round, in reverse order every other round), so a change in the machine's
-    load, and what a run leaves behind for the next one, reaches all of them alike."""
-    times = defaultdict(list)
+def median_ms(runs: Dict[str, Callable[[], object]], repeats: int, warmup: int) -> Dict[str, float]:
+    """Median milliseconds of each run (see the module docstring: turns, Timer, medians)."""
+    threads = torch.get_num_threads()
+    timers = {
+        n: Timer("run()", globals={"run": r}, label=n, num_threads=threads) for n, r in runs.items()
+    }
+    measured = defaultdict(list)
     with torch.no_grad():
         for _ in range(warmup):
             for run in runs.values():
                 run()
-        for round_index in range(max(1, repeats)):
-            order = list(runs.items())
-            for name, run in order if round_index % 2 == 0 else order[::-1]:
-                synchronize(device)
-                start = time.perf_counter()
-                run()
-                synchronize(device)
-                times[name].append(time.perf_counter() - start)
-    return {name: 1000 * statistics.median(values) for name, values in times.items()}
+        for round_index in range(repeats):
+            names = list(timers) if round_index % 2 == 0 else list(timers)[::-1]
+            for name in names:
+                measured[name].append(timers[name].blocked_autorange(min_run_time=0))
+    return {name: 1000 * Measurement.merge(m)[0].median for name, m in measured.items()}
 
 
-class StageClock:
-    """Exclusive wall time per stage of the functions it wraps: a call nested in another wrapped
-    call is charged to its own stage, not to its caller's."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.totals: Dict[str, float] = defaultdict(float)
-        self._open: List[float] = []  # time already charged to inner calls, per open call
-
-    def wrap(self, function: Callable, stage) -> Callable:
-        """``stage``: a label, or a function of the call's arguments returning one."""
-
-        def timed(*args, **kwargs):
-            label = stage(*args) if callable(stage) else stage
-            synchronize(self.device)
-            start = time.perf_counter()
-            self._open.append(0.0)
-            try:
-                return function(*args, **kwargs)
-            finally:
-                synchronize(self.device)
-                elapsed = time.perf_counter() - start
-                inner = self._open.pop()
-                self.totals[label] += elapsed - inner
-                if self._open:
-                    self._open[-1] += elapsed
-
-        return timed
-
-
-def stage_map(model: CLIPtrase):
-    """(stage label, function name) for every step of a prediction; the blocks by position."""
-    blocks = model.clip_model.visual.transformer.resblocks
-
-    def by_block(block, *_):
-        if block is blocks[-2]:
-            return "block N-1 + self-correlation"
-        return "block N (correlative)" if block is blocks[-1] else "backbone (embed, blocks 1..N-2)"
-
-    return [
-        ("preprocess (resize, crop, normalize)", ("rgb_pixels", "paper_crop", "standard_frame")),
-        ("backbone (embed, blocks 1..N-2)", ("embed_tokens",)),
-        (by_block, ("residual_block", "block_qkv", "multi_head_attention", "finish_block")),
-        ("block N-1 + self-correlation", ("self_correlation",)),
-        ("block N (correlative)", ("correlative_attention",)),
-        ("projection, logits", ("project_tokens", "dense_logits")),
-        ("upsampling", ("resize_logits", "resize_maps", "resized_argmax")),
-        (
-            "argmax, background merge",
-            ("channel_argmax", "merge_background_labels", "merge_background_scores"),
-        ),
-        ("clustering (DBSCAN)", ("suppress_global_patch", "cluster_patches")),
-        ("region map: median filter", ("median_filter",)),
-        ("region map: other", ("region_map",)),
-        (
-            "refinement (vote, region means)",
-            ("vote_refine", "mean_refine", "region_means", "expand_regions"),
-        ),
-        ("sliding window", ("sliding_window", "sliding_windows")),
-    ]
+def profile_forward(forward: Callable[[], object], device) -> Tuple[float, float, Dict[str, float]]:
+    """One ``forward`` under torch.profiler -> (its milliseconds, the milliseconds from its start
+    to its first ``cliptrase/backbone`` call, the exclusive milliseconds of every ``cliptrase/``
+    label: its kernels' device time on CUDA, else its CPU time; nested labels are left out)."""
+    cuda = torch.device(device).type == "cuda"
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    activities += [torch.profiler.ProfilerActivity.CUDA] if cuda else []
+    with torch.no_grad(), torch.profiler.profile(activities=activities) as profile:
+        with torch.profiler.record_function("benchmark/forward"):
+            forward()
+            if cuda:
+                torch.cuda.synchronize(device)
+    events = [e for e in profile.events() if e.device_type == DeviceType.CPU]
+    whole = next(e for e in events if e.name == "benchmark/forward")
+    stages = defaultdict(float)
+    for event in events:
+        if not event.name.startswith("cliptrase/"):
+            continue
+        spent = (event.device_time_total if cuda else event.cpu_time_total) / 1000
+        stages[event.name[len("cliptrase/") :]] += spent
+        parent = event.cpu_parent
+        while parent is not None and not parent.name.startswith("cliptrase/"):
+            parent = parent.cpu_parent
+        if parent is not None:
+            stages[parent.name[len("cliptrase/") :]] -= spent
+    backbones = [e.time_range.start for e in events if e.name == "cliptrase/backbone"]
+    before = (min(backbones) - whole.time_range.start) / 1000 if backbones else float("nan")
+    return whole.cpu_time_total / 1000, before, dict(stages)
 
 
-@contextmanager
-def stage_clock(model: CLIPtrase, clock: StageClock):
-    """Wraps the method's functions wherever they are looked up (module globals, the head's last
-    block)."""
-    modules = [dense_clip, refinement, pipeline, sliding, standard, dataset_mapper, meta_arch]
-    if hasattr(refinement, "ndimage"):
-        modules.append(
-            refinement.ndimage
-        )  # scipy's median filter, where refinement calls it through scipy
-    saved = []
-    for stage, names in stage_map(model):
-        for name in names:
-            for module in modules:
-                original = getattr(module, name, None)
-                if callable(original):
-                    saved.append((module, name, original))
-                    setattr(module, name, clock.wrap(original, stage))
-    head = model.head
-    model.head = dataclasses.replace(
-        head, last_block=clock.wrap(head.last_block, "block N (correlative)")
-    )
-    try:
-        yield clock
-    finally:
-        model.head = head
-        for module, name, original in reversed(saved):
-            setattr(module, name, original)
-
-
-def stage_table(model: CLIPtrase, inputs: List[Dict], device, repeats: int) -> Dict[str, float]:
-    """Median milliseconds per stage over ``repeats`` forwards (after one untimed forward)."""
-    runs = []
-    with torch.no_grad():
-        model(inputs)
-        for _ in range(max(1, repeats)):
-            clock = StageClock(device)
-            with stage_clock(model, clock):
-                synchronize(device)
-                start = time.perf_counter()
-                model(inputs)
-                synchronize(device)
-                total = time.perf_counter() - start
-            clock.totals["other (output, glue)"] = total - sum(clock.totals.values())
-            clock.totals["total"] = total
-            runs.append(dict(clock.totals))
+def profiled_stages(forward, device, repeats: int) -> Tuple[float, float, Dict[str, float]]:
+    """Over ``repeats`` profiled forwards, the medians of: the time after the backbone (see the
+    module docstring), the whole forward, and each stage (with "other" and "total")."""
+    overheads, totals, runs = [], [], []
+    for _ in range(repeats):
+        total, before, stages = profile_forward(forward, device)
+        overheads.append(total - before - stages.get("backbone", 0.0))
+        totals.append(total)
+        runs.append({**stages, "other": total - sum(stages.values()), "total": total})
     labels = list(dict.fromkeys(label for run in runs for label in run))
-    return {
-        label: 1000 * statistics.median(run.get(label, 0.0) for run in runs) for label in labels
-    }
-
-
-class BackboneClock:
-    """Stands in for a model's head and records when each backbone call (``features``) starts
-    and ends, the device synchronized on both sides."""
-
-    def __init__(self, head, device: torch.device):
-        self.head, self.device, self.spans = head, device, []
-
-    def __getattr__(self, name):
-        return getattr(self.head, name)
-
-    def features(self, visual, images):
-        synchronize(self.device)
-        start = time.perf_counter()
-        try:
-            return self.head.features(visual, images)
-        finally:
-            synchronize(self.device)
-            self.spans.append((start, time.perf_counter()))
-
-
-def overhead_ms(model: CLIPtrase, inputs: List[Dict], device, repeats: int) -> Tuple[float, float]:
-    """Median milliseconds of a forward spent after the backbone (the whole forward minus the
-    time before the first backbone call and minus the backbone calls, see the module docstring),
-    and the median milliseconds of those same forwards, whole."""
-    overheads, totals = [], []
-    head = model.head
-    with torch.no_grad():
-        model(inputs)
-        try:
-            for _ in range(max(1, repeats)):
-                model.head = clock = BackboneClock(head, device)
-                synchronize(device)
-                start = time.perf_counter()
-                model(inputs)
-                synchronize(device)
-                end = time.perf_counter()
-                backbone = sum(stop - begin for begin, stop in clock.spans)
-                overheads.append(end - clock.spans[0][0] - backbone)
-                totals.append(end - start)
-        finally:
-            model.head = head
-    return 1000 * statistics.median(overheads), 1000 * statistics.median(totals)
+    table = {label: statistics.median(run.get(label, 0.0) for run in runs) for label in labels}
+    return statistics.median(overheads), statistics.median(totals), table
 
 
 # ---- memory ----------------------------------------------------------------------------------
 
 
-def resident_mb(field: str) -> Optional[float]:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def reset_peak(device: torch.device) -> bool:
-    """Starts a new peak-memory window; False when the platform cannot (the peak then covers the
-    setup)."""
+def memory_mb(device: torch.device, peak: bool) -> float:
+    """Memory in use now, or its peak: on CUDA allocated by torch, on CPU resident (VmRSS/VmHWM)."""
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return True
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current resident size
-        return True
-    except OSError:
-        return False
+        torch.cuda.synchronize(device)
+        used = torch.cuda.max_memory_allocated if peak else torch.cuda.memory_allocated
+        return used(device) / 2**20
+    with open("/proc/self/status") as f:
+        field = "VmHWM:" if peak else "VmRSS:"
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith(field))
 
 
-def peak_mb(device: torch.device) -> Optional[float]:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resident_mb("VmHWM")
-
-
-def measure_case_memory(case: str, args) -> Dict:
-    """In this (fresh) process: builds only ``case``'s model and reports the peak memory of two runs
-    of it, and the memory in use before them (model, libraries)."""
+def measure_memory(case: str, args) -> Dict:
+    """In this (fresh) process: builds only ``case``'s model, runs it once, and reports the
+    memory in use then (model, libraries) and the peak of two more runs."""
     device = torch.device(args.device)
-    photos = load_photos(args.image)
-    with torch.no_grad():
+    with tempfile.TemporaryDirectory() as folder, torch.no_grad():
+        files = photo_files(args, folder)
         if case.startswith("plain_"):
             size = int(case.split("_")[1])
-            visual = create_clip(args.model, device, args.precision, size).visual
-            run, images = (
-                plain_forward(visual),
-                paper_tensor(photos[0], size, device, visual.conv1.weight.dtype),
-            )
-            work = lambda: run(images)  # noqa: E731
+            cfg = case_config(f"paper_{size}", args)
+            run, crops = plain_forward(args, size), paper_crops(cfg, files[None][:1], size, device)
+            work = functools.partial(run, crops)
         else:
-            model = build_case_model(case, create_clip(args.model, device, args.precision), args)
-            inputs = [as_input(case_frame(case, model, photos[0]), device)]
-            work = lambda: model(inputs)  # noqa: E731
-        synchronize(device)
-        setup = (
-            torch.cuda.memory_allocated(device) / 2**20
-            if device.type == "cuda"
-            else resident_mb("VmRSS")
-        )
-        exact = reset_peak(device)
-        for _ in range(2):  # a first (cold) run and a warm one
-            work()
-        synchronize(device)
-    return {
-        "case": case,
-        "peak_mb": peak_mb(device),
-        "setup_mb": setup,
-        "peak_covers_setup": not exact,
-    }
+            model, cfg = build_case(case, args)
+            inputs = to_device(loader_inputs(cfg, files[CASES[case][1]][:1]), device)
+            work = functools.partial(model, inputs)
+        work()
+        setup = memory_mb(device, peak=False)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        else:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current resident size
+        work()
+        work()
+        return {"peak_mb": memory_mb(device, peak=True), "setup_mb": setup}
 
 
 def case_memory(case: str, args) -> Dict:
-    """Runs ``measure_case_memory`` in a fresh interpreter (no other model resident)."""
-    command = [
-        sys.executable,
-        os.path.abspath(__file__),
-        "--memory-case",
-        case,
-        "--device",
-        args.device,
-        "--model",
-        args.model,
-        "--precision",
-        args.precision,
-        "--threads",
-        str(args.threads),
-    ]
-    if args.image:
-        command += ["--image", args.image]
+    """Runs ``measure_memory`` in a fresh interpreter (no other model resident)."""
+    command = [sys.executable, os.path.abspath(__file__), "--memory-case", case]
+    for name in ("device", "model", "weights", "precision", "threads", "image", "text_cache"):
+        command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"memory measurement of {case} failed:\n{done.stderr[-3000:]}")
@@ -561,14 +425,18 @@ def case_memory(case: str, args) -> Dict:
 
 
 def run_benchmark(args) -> Dict:
+    """Every figure of the module docstring for ``args`` (checked by ``check_arguments``)."""
+    with tempfile.TemporaryDirectory() as folder:
+        args.weights = args.weights or random_weights(args.model, folder)
+        if args.text_cache == "none":  # the cases of one vocabulary encode it once
+            args.text_cache = os.path.join(folder, "text")
+        return measure(args, photo_files(args, folder))
+
+
+def measure(args, photos: Dict[object, List[str]]) -> Dict:
     device = torch.device(args.device)
-    cases = [c for c in args.cases.split(",") if c]
-    unknown = [c for c in cases if c not in CASES]
-    if unknown:
-        raise ConfigError(f"unknown case(s) {unknown}; choose from {list(CASES)}")
-    photos = load_photos(args.image)
-    clip = create_clip(args.model, device, args.precision)
-    dtype = clip.visual.conv1.weight.dtype
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # the device torch.utils.benchmark synchronizes
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
@@ -576,108 +444,69 @@ def run_benchmark(args) -> Dict:
         "model": args.model,
         "precision": args.precision,
         "repeats": args.repeats,
-        "photos": len(photos),
+        "photos": len(photos[None]),
     }
-
-    runs, models = {}, {}
-    for size in PLAIN_SIZES:
-        visual = (
-            clip.visual
-            if size == clip.visual.image_size[0]
-            else create_clip(args.model, device, args.precision, size).visual
-        )
-        runs[f"plain_{size}"] = functools.partial(
-            plain_forward(visual), paper_tensor(photos[0], size, device, dtype)
-        )
-    for case in cases:
-        model = models[case] = build_case_model(case, clip, args)
+    runs, models, crops = {}, {}, {}
+    for size in PLAIN_SIZES:  # the paper crops of every photo, as uint8 (B, 3, S, S)
+        crops[size] = paper_crops(case_config(f"paper_{size}", args), photos[None], size, device)
+        runs[f"plain_{size}"] = functools.partial(plain_forward(args, size), crops[size][:1])
+    for case in args.cases:
+        model, cfg = models[case] = build_case(case, args)
         runs[case] = functools.partial(
-            model, [as_input(case_frame(case, model, photos[0]), device)]
+            model, to_device(loader_inputs(cfg, photos[CASES[case][1]][:1]), device)
         )
+        with torch.no_grad():  # encodes the vocabulary, as evaluation does once
+            result[f"classes_{case}"] = runs[case]()[0]["sem_seg"].shape[0]
         if case.startswith("paper_"):
-            runs[f"{case}_photo"] = functools.partial(model, [as_input(photos[0], device)])
-            runs[f"loader_{case}"] = functools.partial(model.frame, photos[0])
-        result[f"classes_{case}"] = model.text_embeddings(model.vocabulary_for({})).shape[0]
+            photo = to_device([whole_photo(photos[None][0], cfg)], device)
+            runs[f"{case}_photo"] = functools.partial(model, photo)
+            record = {"file_name": photos[None][0], "dataset_name": cfg.DATASETS.TEST[0]}
+            runs[f"loader_{case}"] = functools.partial(SemSegTestMapper(cfg), record)
     if "paper_224" in models:
-        frame = models["paper_224"].frame  # the mapper's crop at 224, for every batch
-        batch = [as_input(frame(p), device) for p in (photos * 4)[:4]]
-        runs["batch1"] = functools.partial(
-            lambda model, inputs: [model([x]) for x in inputs], models["paper_224"], batch
-        )
-        runs["batch4"] = functools.partial(models["paper_224"], batch)
-        # The same 4 photos through the plain forward: the gain batching gives CLIP itself on this
-        # device, which bounds what it can give CLIPtrase (whose cost is mostly that forward).
-        crops = torch.cat([paper_tensor(p, 224, device, dtype) for p in (photos * 4)[:4]])
-        plain = plain_forward(clip.visual)
-        runs["plain_batch1"] = functools.partial(
-            lambda inputs: [plain(inputs[i : i + 1]) for i in range(4)], crops
-        )
-        runs["plain_batch4"] = functools.partial(plain, crops)
-    sizes = (
-        args.batch_sizes
-        if args.batch_sizes is not None
-        else ("1,8,32" if device.type == "cuda" else "")
-    )
-    batch_sizes = [int(n) for n in sizes.split(",") if n]
-    if batch_sizes and "paper_224" not in models:
-        raise ConfigError("--batch-sizes needs the paper_224 case (--cases)")
-    for size in batch_sizes:
-        chosen = (photos * size)[:size]
-        crops = torch.cat([paper_tensor(p, 224, device, dtype) for p in chosen])
-        runs[f"batch{size}_n"] = functools.partial(
-            models["paper_224"], [as_input(frame(p), device) for p in chosen]
-        )
-        runs[f"plain_batch{size}_n"] = functools.partial(plain_forward(clip.visual), crops)
-    # The standard cases take turns with their own plain forward, apart from the paper cases:
-    # their multi-GB tensors would otherwise sit between a paper case and its plain forward.
+        model, cfg = models["paper_224"]
+        batch = to_device(loader_inputs(cfg, (photos[None] * 4)[:4]), device)
+        plain = runs["plain_224"].func  # the plain 224 forward, on other crops
+        four = torch.cat([crops[224]] * 4)[:4]
+        runs["batch1"] = lambda: [model([x]) for x in batch]
+        runs["batch4"] = lambda: model(batch)
+        runs["plain_batch1"] = lambda: [plain(four[i : i + 1]) for i in range(4)]
+        runs["plain_batch4"] = lambda: plain(four)
+        for n in args.batch_sizes:
+            many = to_device(loader_inputs(cfg, (photos[None] * n)[:n]), device)
+            runs[f"batch{n}_n"] = functools.partial(model, many)
+            runs[f"plain_batch{n}_n"] = functools.partial(plain, torch.cat([crops[224]] * n)[:n])
     standard = [name for name in runs if name.startswith("standard_")]
-    groups = [{name: run for name, run in runs.items() if name not in standard}]
+    times = median_ms(
+        {n: r for n, r in runs.items() if n not in standard}, args.repeats, args.warmup
+    )
     if standard:
-        groups.append(
-            {STANDARD_PLAIN: runs["plain_224"], **{name: runs[name] for name in standard}}
-        )
-    times = {}
-    for group in groups:
-        logger.info(
-            "timing %s: %d rounds after %d warm-up rounds",
-            ", ".join(group),
-            args.repeats,
-            args.warmup,
-        )
-        times.update(median_times(group, device, args.repeats, args.warmup))
+        group = {STANDARD_PLAIN: runs["plain_224"], **{n: runs[n] for n in standard}}
+        times.update(median_ms(group, args.repeats, args.warmup))
 
-    for size in PLAIN_SIZES:
-        result[f"time_ms_plain_{size}"] = times[f"plain_{size}"]
-    if STANDARD_PLAIN in times:
-        result[f"time_ms_{STANDARD_PLAIN}"] = times[STANDARD_PLAIN]
-    for case, model in models.items():
+    for name in [f"plain_{s}" for s in PLAIN_SIZES] + [STANDARD_PLAIN] * bool(standard):
+        result[f"time_ms_{name}"] = times[name]
+    for case, (model, cfg) in models.items():
         result[f"time_ms_{case}"] = times[case]
         if case.startswith("paper_"):
-            plain = times[f"plain_{model.frame.paper_size}"]
+            plain = times[f"plain_{cfg.MODEL.CLIPTRASE.PAPER_SIZE}"]
             result[f"ratio_{case}"] = times[case] / plain
             result[f"time_ms_{case}_photo"] = times[f"{case}_photo"]
             result[f"ratio_{case}_photo"] = times[f"{case}_photo"] / plain
             result[f"loader_ms_{case}"] = times[f"loader_{case}"]
         else:
-            windows = number_of_windows(model, CASES[case][1])
-            result[f"windows_{case}"] = windows
+            windows = result[f"windows_{case}"] = number_of_windows(cfg, CASES[case][1])
             result[f"window_ratio_{case}"] = times[case] / (windows * times[STANDARD_PLAIN])
-    for size in batch_sizes:
-        result[f"throughput_batch{size}"] = 1000 * size / times[f"batch{size}_n"]
-        result[f"plain_throughput_batch{size}"] = 1000 * size / times[f"plain_batch{size}_n"]
-        result[f"throughput_ratio_batch{size}"] = (
-            times[f"plain_batch{size}_n"] / times[f"batch{size}_n"]
-        )
-    for case, model in models.items():
-        overhead, forward = overhead_ms(
-            model, [as_input(case_frame(case, model, photos[0]), device)], device, args.repeats
-        )
+        overhead, forward, stages = profiled_stages(runs[case], device, args.repeats)
         result[f"overhead_ms_{case}"] = overhead
         result[f"overhead_forward_ms_{case}"] = forward
         if case.startswith("paper_"):
-            result[f"overhead_share_{case}"] = (
-                result[f"overhead_ms_{case}"] / times[f"plain_{model.frame.paper_size}"]
-            )
+            result[f"overhead_share_{case}"] = overhead / plain
+        if args.stages and case in STAGE_CASES:
+            result.setdefault("stages_ms", {})[case] = stages
+    for n in args.batch_sizes:
+        result[f"throughput_batch{n}"] = 1000 * n / times[f"batch{n}_n"]
+        result[f"plain_throughput_batch{n}"] = 1000 * n / times[f"plain_batch{n}_n"]
+        result[f"throughput_ratio_batch{n}"] = times[f"plain_batch{n}_n"] / times[f"batch{n}_n"]
     if "batch4" in times:
         result["images_per_s_batch1"] = 4000 / times["batch1"]
         result["images_per_s_batch4"] = 4000 / times["batch4"]
@@ -685,82 +514,61 @@ def run_benchmark(args) -> Dict:
         result["plain_batch4_speedup"] = times["plain_batch1"] / times["plain_batch4"]
 
     if args.precision != "fp32":
-        reference = create_clip(args.model, device, "fp32")
-        reference.load_state_dict(
-            {k: v.float() for k, v in clip.state_dict().items()}
-        )  # the same weights
-        for case, model in models.items():
-            inputs = [
-                as_input(resized(p, CASES[case][1]), device)
-                for p in photos[: 1 if case.startswith("standard") else 4]
-            ]
-            result[f"agreement_{case}"] = label_agreement(
-                model, build_case_model(case, reference, args), inputs
-            )
-        del reference
-
+        for case, (model, cfg) in models.items():
+            count = 1 if case.startswith("standard") else 4
+            checked = to_device(loader_inputs(cfg, photos[CASES[case][1]][:count]), device)
+            reference = build_case(case, args, "fp32")[0]
+            result[f"agreement_{case}"] = label_agreement(model, reference, checked)
+            del reference
     if not args.no_memory:
-        for case in [f"plain_{s}" for s in PLAIN_SIZES] + cases:
+        for case in [f"plain_{s}" for s in PLAIN_SIZES] + args.cases:
             measured = case_memory(case, args)
             result[f"peak_mb_{case}"] = measured["peak_mb"]
             result[f"setup_mb_{case}"] = measured["setup_mb"]
             logger.info("%s: peak %.0f MB", case, measured["peak_mb"])
-
-    if args.stages:
-        result["stages_ms"] = {}
-        for case in [c for c in STAGE_CASES if c in models]:
-            inputs = [as_input(case_frame(case, models[case], photos[0]), device)]
-            result["stages_ms"][case] = stage_table(models[case], inputs, device, args.repeats)
     return result
 
 
-def label_agreement(model: CLIPtrase, reference: CLIPtrase, inputs: List[Dict]) -> float:
-    """Fraction of output pixels where ``model`` predicts the class ``reference`` (fp32)
-    predicts."""
+def label_agreement(model, reference, inputs: List[Dict]) -> float:
+    """Share of output pixels where ``model`` predicts the class ``reference`` (fp32) predicts."""
     same = total = 0
     with torch.no_grad():
         for x in inputs:
             labels = model([x])[0]["sem_seg"].argmax(dim=0)
-            expected = reference([x])[0]["sem_seg"].argmax(dim=0)
-            same += int((labels == expected).sum())
+            same += int((labels == reference([x])[0]["sem_seg"].argmax(dim=0)).sum())
             total += labels.numel()
     return same / total
 
 
 def format_table(result: Dict) -> str:
-    throughput = sorted(
-        int(k[len("throughput_ratio_batch") :])
-        for k in result
-        if k.startswith("throughput_ratio_batch")
-    )
     lines = [
         f"device {result['device']}, {result['threads']} threads, torch {result['torch']}, "
-        f"{result['model']} "
-        f"({result['precision']}, random weights), median of {result['repeats']}",
+        f"{result['model']} ({result['precision']}), median of {result['repeats']}",
         "",
-        "| case | classes | time (ms) | ratio | windows | peak memory (MB) | before the runs (MB) "
-        "|",
+        "| case | classes | time (ms) | ratio | windows | peak memory (MB) | before runs (MB) |",
         "|---|---|---|---|---|---|---|",
     ]
+    number = lambda key, form: "" if key not in result else format(result[key], form)  # noqa: E731
     for case in [f"plain_{s}" for s in PLAIN_SIZES] + [
         c for c in CASES if f"time_ms_{c}" in result
     ]:
-        ratio = result.get(f"ratio_{case}", result.get(f"window_ratio_{case}"))
-        peak, setup = result.get(f"peak_mb_{case}"), result.get(f"setup_mb_{case}")
+        ratio = f"ratio_{case}" if f"ratio_{case}" in result else f"window_ratio_{case}"
         lines.append(
             f"| {case} | {result.get(f'classes_{case}', '')} | {result[f'time_ms_{case}']:.1f} | "
-            f"{'' if ratio is None else f'{ratio:.3f}'} | {result.get(f'windows_{case}', '')} | "
-            f"{'' if peak is None else f'{peak:.0f}'} | {'' if setup is None else f'{setup:.0f}'} |"
+            f"{number(ratio, '.3f')} | {result.get(f'windows_{case}', '')} | "
+            f"{number(f'peak_mb_{case}', '.0f')} | {number(f'setup_mb_{case}', '.0f')} |"
         )
         if f"time_ms_{case}_photo" in result:
             lines.append(
-                f"| {case}, whole photo | {result.get(f'classes_{case}', '')} | "
+                f"| {case}, whole photo | {result[f'classes_{case}']} | "
                 f"{result[f'time_ms_{case}_photo']:.1f} | {result[f'ratio_{case}_photo']:.3f} "
                 "| | | |"
             )
-    loader = [f"{c} {result[f'loader_ms_{c}']:.1f}" for c in CASES if f"loader_ms_{c}" in result]
-    if loader:
-        lines += ["", f"paper crops made by the test mapper (ms): {', '.join(loader)}"]
+    rows = lambda prefix, form: [  # noqa: E731
+        f"{c} {result[prefix + c]:{form}}" for c in CASES if prefix + c in result
+    ]
+    if rows("loader_ms_", ".1f"):
+        lines += ["", f"test mapper, decode and crop (ms): {', '.join(rows('loader_ms_', '.1f'))}"]
     if "images_per_s_batch1" in result:
         lines += [
             "",
@@ -768,27 +576,16 @@ def format_table(result: Dict) -> str:
             f"{result['images_per_s_batch4']:.2f} images/s ({result['batch4_speedup']:.2f}x); "
             f"the plain forward gains {result['plain_batch4_speedup']:.2f}x from the same batch",
         ]
-    overheads = [
-        f"{c} {result[f'overhead_ms_{c}']:.1f}" for c in CASES if f"overhead_ms_{c}" in result
-    ]
-    if overheads:
-        lines += ["", f"time after the backbone (ms): {', '.join(overheads)}"]
-    for size in throughput:
+    lines += ["", f"time after the backbone (ms): {', '.join(rows('overhead_ms_', '.1f'))}"]
+    for key in [k for k in result if k.startswith("throughput_ratio_batch")]:
+        n = key[len("throughput_ratio_batch") :]
         lines.append(
-            f"batch {size}: {result[f'throughput_batch{size}']:.1f} images/s, plain "
-            f"{result[f'plain_throughput_batch{size}']:.1f} "
-            f"({result[f'throughput_ratio_batch{size}']:.3f}x)"
+            f"batch {n}: {result[f'throughput_batch{n}']:.1f} images/s, plain "
+            f"{result[f'plain_throughput_batch{n}']:.1f} ({result[key]:.3f}x)"
         )
-    agreements = [
-        f"{case} {result[f'agreement_{case}']:.4f}"
-        for case in CASES
-        if f"agreement_{case}" in result
-    ]
-    if agreements:
-        lines += [
-            "",
-            f"labels equal to fp32's (share of pixels, same weights): {', '.join(agreements)}",
-        ]
+    if rows("agreement_", ".4f"):
+        agreements = ", ".join(rows("agreement_", ".4f"))
+        lines += ["", f"labels equal to fp32's (share of pixels, same weights): {agreements}"]
     lines += [
         "",
         "ratio: time / plain forward at the same S (paper: forward on the test mapper's crop; "
@@ -799,33 +596,33 @@ def format_table(result: Dict) -> str:
     if stages:
         cases = list(stages)
         labels = list(dict.fromkeys(label for case in cases for label in stages[case]))
-        labels = [label for label in labels if label != "total"] + ["total"]
+        labels = [label for label in labels if label not in ("other", "total")] + ["other", "total"]
         lines += ["", "| stage (ms) | " + " | ".join(cases) + " |", "|---" * (len(cases) + 1) + "|"]
         for label in labels:
-            lines.append(
-                f"| {label} | "
-                + " | ".join(f"{stages[c].get(label, 0.0):.1f}" for c in cases)
-                + " |"
-            )
+            values = " | ".join(f"{stages[c].get(label, 0.0):.1f}" for c in cases)
+            lines.append(f"| {label} | {values} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> Dict:
     args = get_parser().parse_args(argv)
+    if args.memory_case:  # a fresh process of run_benchmark's, whose arguments are checked
+        args.cases = [args.memory_case] if args.memory_case in CASES else []
+    else:
+        check_arguments(args)
     if not args.glibc_malloc_defaults:
         tune_cpu_allocator()  # as the entry points do; both the plain and CLIPtrase runs get it
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if args.memory_case:
-        sys.stdout.write(json.dumps(measure_case_memory(args.memory_case, args)) + "\n")
+        sys.stdout.write(json.dumps(measure_memory(args.memory_case, args)) + "\n")
         return {}
-    logging.basicConfig(
-        stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    logger.setLevel(logging.INFO)  # the libraries' own INFO lines stay quiet
     result = run_benchmark(args)
     sys.stdout.write(json.dumps(result) + "\n" if args.json else format_table(result))
     return result
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

@@ -37,7 +37,8 @@ class Head:
     options: Tuple[str, ...] = ()  # keyword arguments of last_block that a setting may change
 
     def features(self, visual: nn.Module, images: torch.Tensor) -> DenseFeatures:
-        return dense_features(visual, images, self.last_block, self.hidden_states)
+        with torch.profiler.record_function("cliptrase/backbone"):
+            return dense_features(visual, images, self.last_block, self.hidden_states)
 
     def configured(self, **options) -> "Head":
         """This head with keyword ``options`` of its last block set (only ones it declares)."""

@@ -40,6 +40,21 @@ RESIZE_CHUNK_BYTES = 1 << 28
 REFINEMENTS = ("vote", "mean", "none", "tlp")  # tlp: PEARL's propagation (propagation.py)
 
 
+def _stage(name: str):
+    """Decorator: each call shows as ``cliptrase/<name>`` in torch.profiler traces (the stages of
+    tools/benchmark.py --stages); a new label per call, so calls may nest and run in threads."""
+
+    def decorate(function):
+        @functools.wraps(function)
+        def labelled(*args, **kwargs):
+            with torch.profiler.record_function(f"cliptrase/{name}"):
+                return function(*args, **kwargs)
+
+        return labelled
+
+    return decorate
+
+
 def dense_logits(
     patch_tokens: torch.Tensor,
     text_embeddings: torch.Tensor,
@@ -55,6 +70,7 @@ def dense_logits(
     return logits.view(logits.shape[0], *grid, -1).permute(0, 3, 1, 2)
 
 
+@_stage("upsampling")
 def resize_logits(
     logits: torch.Tensor, size: Tuple[int, int], out: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
@@ -76,6 +92,7 @@ def _channels_last(maps: torch.Tensor) -> bool:
     return maps.stride(-3) == 1 and maps.movedim(-3, -1).is_contiguous()
 
 
+@_stage("argmax")
 def channel_argmax(scores: torch.Tensor) -> torch.Tensor:
     """``scores.argmax(dim=-3)`` for (..., K, H, W) scores -> (..., H, W) int64: the first channel
     on ties, NaN taken for the maximum.
@@ -87,6 +104,7 @@ def channel_argmax(scores: torch.Tensor) -> torch.Tensor:
     return scores.max(dim=-3).indices
 
 
+@_stage("upsampling")
 def resize_maps(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     """Bilinear (align_corners=False) resize of (K, h, w) maps to (K, H, W), in their layout.
 
@@ -216,6 +234,7 @@ def _neighbourhoods(rows: torch.Tensor, eps: float) -> torch.Tensor:
     return within.triu() | within.triu(1).mT  # exactly symmetric: an undirected graph
 
 
+@_stage("clustering")
 def cluster_patches(affinity: torch.Tensor, eps: float, min_samples: int) -> torch.Tensor:
     """DBSCAN (Euclidean distance between rows) of each image's affinity, on its device:
     (n, n) -> (n,) or (B, n, n) -> (B, n) int64 cluster ids, -1 for noise.
@@ -317,6 +336,7 @@ def median_network(size: int):
     return tuple(column_comparators), tuple(column_order), tuple(window_comparators[::-1]), output
 
 
+@_stage("median filter")
 def median_filter(maps: torch.Tensor, size: int) -> torch.Tensor:
     """``size`` x ``size`` median of each (H, W) map: (..., H, W) -> (..., H, W), NaN-free maps.
 
@@ -363,6 +383,7 @@ def median_filter(maps: torch.Tensor, size: int) -> torch.Tensor:
     return torch.cat(filtered).view(shape)
 
 
+@_stage("region map")
 def region_map(
     affinity: torch.Tensor,
     cluster_ids,
@@ -423,6 +444,7 @@ def _region_slots(regions: torch.Tensor) -> Tuple[torch.Tensor, int]:
     return slots.view(regions.shape), num_regions
 
 
+@_stage("refinement")
 def vote_refine(labels: torch.Tensor, regions: torch.Tensor, num_labels: int) -> torch.Tensor:
     """Every pixel takes the most frequent label of its region (ties: the smallest label).
 
@@ -483,6 +505,7 @@ def expand_regions(
     return out
 
 
+@_stage("refinement")
 def mean_refine(scores: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
     """Every pixel's score vector becomes its region's mean: (..., K, H, W), (..., H, W) -> same."""
     return expand_regions(region_means(scores, regions), regions)

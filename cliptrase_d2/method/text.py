@@ -52,13 +52,14 @@ def text_embeddings(
             name[:80],
             context,
         )
-    classifier = build_zero_shot_classifier(
-        model,
-        tokenizer,
-        list(class_names),
-        list(templates),
-        num_classes_per_batch=classes_per_batch,
-        device=device,
-        use_tqdm=len(class_names) >= 100,
-    )  # progress for long lists
+    with torch.profiler.record_function("cliptrase/text embeddings"):
+        classifier = build_zero_shot_classifier(
+            model,
+            tokenizer,
+            list(class_names),
+            list(templates),
+            num_classes_per_batch=classes_per_batch,
+            device=device,
+            use_tqdm=len(class_names) >= 100,
+        )  # progress for long lists
     return classifier.t().float().contiguous()  # (E, K) -> (K, E)
