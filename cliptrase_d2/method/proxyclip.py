@@ -167,9 +167,10 @@ class ProxyCLIPHead(Head):
                 f"head {self.name!r} needs a vision foundation model; build the model from a "
                 "config (MODEL.CLIPTRASE.PROXYCLIP) or pass configured(vfm=...)"
             )
-        guide = self.vfm(images)  # (B, C', h', w')
-        last_block = functools.partial(self.last_block, vfm_features=guide)
-        features = dense_features(visual, images, last_block)
+        with torch.profiler.record_function("cliptrase/backbone"):  # the VFM and CLIP
+            guide = self.vfm(images)  # (B, C', h', w')
+            last_block = functools.partial(self.last_block, vfm_features=guide)
+            features = dense_features(visual, images, last_block)
         return replace(features, grid=tuple(guide.shape[-2:]))
 
 
