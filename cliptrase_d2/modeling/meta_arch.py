@@ -116,8 +116,7 @@ class CLIPtrase(nn.Module):
         tlp_grid = refinement.tlp_grid if standard_tlp else 0
         self.steps = StandardSteps(pamr_steps, tuple(pamr_dilations), tlp_grid, prob_thd, area_thd)
         self.input_format = input_format
-        self.window_batch = window_batch
-        self.window_padding = window_padding
+        self.window_batch, self.window_padding = window_batch, window_padding
         check_settings(self, refinement, pearl_kk_weight)
         self.head = configured_head(head, refinement, pearl_kk_weight, vfm)
         # ProxyCLIP's VFM as a submodule, so that .to() moves it; 0: windows padded to the patch
@@ -139,8 +138,7 @@ class CLIPtrase(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(CLIP_MEAN).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(CLIP_STD).view(3, 1, 1), persistent=False)
         self.register_load_state_dict_pre_hook(read_clip_keys)  # Detectron2's checkpointer
-        # MODEL.WEIGHTS, which the checkpointer then leaves to the model (checkpoint.py)
-        self.built_from_weights = built_from_weights
+        self.built_from_weights = built_from_weights  # MODEL.WEIGHTS (see checkpoint.py)
         self._text_embeddings: "OrderedDict[Tuple, torch.Tensor]" = OrderedDict()
         self._checked_datasets: Dict[str, None] = {}
         self._dataset_vocabularies: Dict[str, Vocabulary] = {}
@@ -159,6 +157,10 @@ class CLIPtrase(nn.Module):
         vocabulary = c.VOCABULARY and resolve_vocabulary(
             c.VOCABULARY, tuple(c.BACKGROUND_WORDS), c.PAPER_VOCABULARY_QUIRKS
         )
+        vfm = None  # ProxyCLIP's vision foundation model, in CLIP's precision
+        if c.HEAD == "proxyclip":
+            dtype = clip_model.visual.conv1.weight.dtype
+            vfm = build_vfm(c.PROXYCLIP.VFM, c.PROXYCLIP.VFM_WEIGHTS, dtype)
         return {
             "clip_model": clip_model,
             "built_from_weights": cfg.MODEL.WEIGHTS,
@@ -189,11 +191,7 @@ class CLIPtrase(nn.Module):
             "pearl_kk_weight": c.PEARL_KK_WEIGHT,
             "max_pixels": c.MAX_PIXELS,
             "max_windows": c.MAX_WINDOWS,
-            "vfm": build_vfm(
-                c.PROXYCLIP.VFM, c.PROXYCLIP.VFM_WEIGHTS, clip_model.visual.conv1.weight.dtype
-            )
-            if c.HEAD == "proxyclip"
-            else None,
+            "vfm": vfm,
             "window_multiple": c.WINDOW_MULTIPLE,
         }
 
@@ -231,9 +229,9 @@ class CLIPtrase(nn.Module):
             self._text_embeddings.move_to_end(key)
             return self._text_embeddings[key]
         names = vocabulary.text_rows
-
-        def compute():
-            return text_embeddings(self.clip_model, self.tokenizer, names, self.templates)
+        compute = functools.partial(
+            text_embeddings, self.clip_model, self.tokenizer, names, self.templates
+        )
 
         if self.text_cache is not None:
             width = getattr(self.clip_model.visual, "output_dim", None)  # the embedding width
@@ -247,10 +245,8 @@ class CLIPtrase(nn.Module):
 
     def forward(self, batched_inputs: List[Dict]) -> List[Dict]:
         if self.training:
-            raise RuntimeError(
-                "CLIPtrase is training-free: it has nothing to train. "
-                "Run evaluation (tools/train_net.py --eval-only) or the demo instead."
-            )
+            message = "CLIPtrase is training-free: it has nothing to train. Run evaluation"
+            raise RuntimeError(f"{message} (tools/train_net.py --eval-only) or the demo instead.")
         images = [rgb_pixels(record["image"], self.input_format) for record in batched_inputs]
         sizes = [
             (record.get("height", image.shape[0]), record.get("width", image.shape[1]))
@@ -344,22 +340,10 @@ class CLIPtrase(nn.Module):
         are classes, the rest background words merged into one (default: the vocabulary's C);
         the number of text rows keeps every row's scores."""
         num_classes = len(vocabulary.classes) if num_classes is None else num_classes
-        text, visual, settings = (
-            self.text_embeddings(vocabulary),
-            self.clip_model.visual,
-            self.refinement,
-        )
+        text = self.text_embeddings(vocabulary)
+        run = functools.partial(predict, self.clip_model.visual, self.head, text, num_classes)
         try:
-            return predict(
-                visual,
-                self.head,
-                text,
-                num_classes,
-                images,
-                settings,
-                self.logit_scale,
-                soft_scores=soft_scores,
-            )
+            return run(images, self.refinement, self.logit_scale, soft_scores=soft_scores)
         except ValueError as error:
             # the method's checks of its input (a grid too small for a head)
             raise InputError(str(error)) from error
