@@ -143,3 +143,12 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     assert sorted(os.listdir(output)) == [STATE_DIR, "config.yaml"]  # refused before the claim
     # what does not change a prediction may change
     _validate("--resume", *opts, "DATALOADER.NUM_WORKERS", "0", "TEST.IMS_PER_BATCH", "2")
+
+
+def test_resume_without_saved_predictions_is_refused(tmp_path):
+    """Nothing to resume from: a config that saves no label maps cannot skip any image."""
+    output = tmp_path / "out"
+    opts = ["--config-file", SAMPLE_CONFIG, "OUTPUT_DIR", str(output)]
+    with pytest.raises(ConfigError, match=r"--resume skips .*TEST\.SAVE_PREDICTIONS False"):
+        _validate("--resume", *opts, "TEST.SAVE_PREDICTIONS", "False")
+    assert not output.exists()  # refused before the claim

@@ -85,6 +85,12 @@ def validate(args):
     check_num_processes(args.num_gpus, args.num_machines, args.machine_rank)
     cfg = _checked_config(args)
     check_device(cfg.MODEL.DEVICE)
+    if args.resume and not cfg.TEST.SAVE_PREDICTIONS:
+        raise ConfigError(
+            "--resume skips the images whose label maps an interrupted run saved, and this "
+            "config saves none (TEST.SAVE_PREDICTIONS False): run without --resume, with "
+            "TEST.SAVE_PREDICTIONS True so that a later interruption can be resumed"
+        )
     if args.resume and args.machine_rank == 0:
         check_resumable(cfg)
     outputs = (*RESULT_PATTERNS, "config.yaml")  # setup writes config.yaml through the record
