@@ -98,8 +98,8 @@ def channel_argmax(scores: torch.Tensor) -> torch.Tensor:
     on ties, NaN taken for the maximum.
 
     Computed as ``max(dim=-3).indices``, which returns the same indices (first maximal value,
-    NaN propagating) and is faster than ``argmax`` on a CPU in either memory layout (1.3-2x at
-    59-150 classes on 224 x 224 to 512 x 683 maps) and not slower elsewhere.
+    NaN propagating) and is faster than ``argmax`` on a CPU in either memory layout and not
+    slower elsewhere (docs/SPEED.md).
     """
     return scores.max(dim=-3).indices
 
@@ -109,7 +109,7 @@ def resize_maps(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     """Bilinear (align_corners=False) resize of (K, h, w) maps to (K, H, W), in their layout.
 
     The batch of one gets a batch stride of the whole tensor: with the stride ``maps[None]``
-    gives, torch 2.x leaves its channels-last fast path (about 8x slower at 150 classes).
+    gives, torch 2.x leaves its channels-last fast path.
     """
     batch = maps.as_strided((1, *maps.shape), (maps.numel(), *maps.stride()))
     return F.interpolate(batch, size=tuple(size), mode="bilinear", align_corners=False)[0]
