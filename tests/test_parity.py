@@ -1,4 +1,5 @@
-"""Stage-by-stage parity with the authors' code on every reference case (../shared/fixtures/cases).
+"""Stage-by-stage parity with the authors' code on every reference case
+($CLIPTRASE_FIXTURES/cases).
 
 Given each case's `input` and `text`: patch logits within 1e-4 relative, the suppressed
 self-correlation, DBSCAN labels identical, final labels equal on >= 99.99 % of pixels

@@ -1,4 +1,5 @@
-"""Peer heads (MaskCLIP, SCLIP, ClearCLIP, NACLIP) against their authors' code (../shared/peers).
+"""Peer heads (MaskCLIP, SCLIP, ClearCLIP, NACLIP) against their authors' code (the
+reference outputs in peers/ beside $CLIPTRASE_FIXTURES).
 
 For every reference file: given the CLIPtrase case's `input` and `text` that the peer manifest
 names, the head's patch logits agree within 1e-4 relative, its L2-normalized patch features
@@ -36,7 +37,7 @@ MIN_PIXEL_AGREEMENT = 0.9999
 
 
 def require_peers():
-    """Skips when ../shared/peers is absent; under CI (CI=true) that is a failure."""
+    """Skips when the peers' reference outputs are absent; under CI (CI=true) that is a failure."""
     require_fixtures()
     if os.path.isdir(PEERS):
         return

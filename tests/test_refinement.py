@@ -1,4 +1,4 @@
-"""Unit tests of the refinement steps (SPEC sections 6-8) on small hand-made tensors."""
+"""Unit tests of the refinement steps (docs/method.md sections 6-8) on small hand-made tensors."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,5 @@
-"""SC-CLIP and PEARL heads and PEARL's TLP against their authors' code (../shared/peers).
+"""SC-CLIP and PEARL heads and PEARL's TLP against their authors' code (the
+reference outputs in peers/ beside $CLIPTRASE_FIXTURES).
 
 As tests/test_peer_heads.py, with the same tolerances, for every array of every reference file:
 patch logits, cosines, raw features and the other float arrays within 1e-4 of the reference's
