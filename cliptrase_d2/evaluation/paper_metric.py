@@ -58,9 +58,8 @@ class PaperMetric:
         self.reset()
 
     def reset(self) -> None:
-        self.confusion = np.zeros(
-            (self.num_classes, self.num_classes), dtype=np.int64
-        )  # (gt, pred)
+        # (gt, pred)
+        self.confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
 
     def update(self, pred: np.ndarray, gt: np.ndarray) -> None:
         """Add one image: ``pred`` and ``gt`` are integer label maps of the same shape."""

@@ -367,9 +367,8 @@ def dense_features(
         if hidden_states:
             hidden.append(x)
     penultimate = blocks[-2]
-    q, k, v = block_qkv(
-        penultimate, x
-    )  # shared by the self-correlation and the block's own attention
+    # q, k, v shared by the self-correlation and the block's own attention
+    q, k, v = block_qkv(penultimate, x)
     correlation = self_correlation(q, k, v, penultimate.attn.num_heads)  # (B, L, L)
     x = finish_block(penultimate, x, multi_head_attention(penultimate, q, k, v))
     if hidden_states:

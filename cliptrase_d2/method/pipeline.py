@@ -153,9 +153,8 @@ def predict(
     if settings.image_logit_weighting:
         image_weights = (logit_scale * features.cls_tokens @ text.t()).float()  # (B, K)
         weight_by_image_logits(logits, image_weights, out=logits)
-    if (
-        settings.refine == "vote"
-    ):  # from the raw prediction, before the scores may overwrite the logits
+    # vote: from the raw prediction, before the scores may overwrite the logits
+    if settings.refine == "vote":
         labels = merge_background_labels(channel_argmax(logits), num_classes)  # (B, H, W)
         if regions is not None:
             labels = vote_refine(labels, regions, num_outputs)
