@@ -30,7 +30,6 @@ from cliptrase_d2.method.pipeline import RefinementSettings, predict, predict_sc
 from cliptrase_d2.method.refinement import (
     channel_argmax,
     expand_regions,
-    mean_refine,
     median_filter,
     median_network,
     region_means,
@@ -119,7 +118,7 @@ def test_region_means_and_expansion_equal_the_index_add_formula():
     counts = torch.bincount(regions.flatten(), minlength=4).clamp(min=1).float()
     expected = (sums / counts)[:, regions.flatten()].reshape(scores.shape)
     for layout in (scores, channels_last(scores)):
-        assert torch.equal(mean_refine(layout, regions), expected)
+        assert torch.equal(expand_regions(region_means(layout, regions), regions), expected)
     means = region_means(scores, regions)
     out = channels_last(torch.empty_like(scores))
     assert expand_regions(means, regions, out=out) is out and torch.equal(out, expected)

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from conftest import FIXTURES, manifest_runs, require_fixtures
-from cliptrase_d2.method.dense_clip import cliptrase_features
 from cliptrase_d2.method.heads import get_head, resolve_logit_scale
 from cliptrase_d2.method.pipeline import RefinementSettings, predict_scores
 from cliptrase_d2.method.refinement import cluster_patches, dense_logits, suppress_global_patch
@@ -41,7 +40,7 @@ def run_outputs(tiny_clip, manifest):
             head = get_head("cliptrase")
             scale = resolve_logit_scale(head, tiny_clip)
             with torch.no_grad():
-                features = cliptrase_features(tiny_clip.visual, images)
+                features = head.features(tiny_clip.visual, images)
                 settings = RefinementSettings(
                     "vote",
                     run["eps"],

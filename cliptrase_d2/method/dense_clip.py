@@ -53,7 +53,6 @@ __all__ = [
     "correlative_attention",
     "correlative_block",
     "project_tokens",
-    "cliptrase_features",
 ]
 
 
@@ -376,8 +375,3 @@ def dense_features(
     else:
         x = last_block(blocks[-1], x, grid)
     return DenseFeatures(tokens=project_tokens(visual, x), correlation=correlation, grid=grid)
-
-
-def cliptrase_features(visual: nn.Module, images: torch.Tensor) -> DenseFeatures:
-    """The vision tower with CLIPtrase's last two blocks (docs/method.md sections 2-4)."""
-    return dense_features(visual, images, correlative_block)

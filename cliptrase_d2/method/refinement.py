@@ -29,7 +29,6 @@ __all__ = [
     "vote_refine",
     "region_means",
     "expand_regions",
-    "mean_refine",
 ]
 
 # Most window values (maps x H x W x size * size) one median-filter pass covers at once.
@@ -503,9 +502,3 @@ def expand_regions(
         planes = out.view(-1, num_labels, *regions.shape[-2:]).transpose(0, 1)  # (K, B, H, W)
         planes.copy_(torch.index_select(flat, 1, index).view(planes.shape))
     return out
-
-
-@_stage("refinement")
-def mean_refine(scores: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
-    """Every pixel's score vector becomes its region's mean: (..., K, H, W), (..., H, W) -> same."""
-    return expand_regions(region_means(scores, regions), regions)
