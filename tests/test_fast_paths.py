@@ -26,7 +26,7 @@ from cliptrase_d2.method.dense_clip import (
     resize_positional_embedding,
 )
 from cliptrase_d2.method.heads import get_head
-from cliptrase_d2.method.pipeline import RefinementSettings, predict, predict_scores
+from cliptrase_d2.method.pipeline import RefinementSettings, predict
 from cliptrase_d2.method.refinement import (
     channel_argmax,
     expand_regions,
@@ -300,7 +300,9 @@ def test_one_hot_scores_under_vote_are_the_labels(tiny_clip, background):
     assert torch.equal(hard.labels, soft.labels)
     expected = F.one_hot(soft.labels, soft.scores.shape[1]).permute(0, 3, 1, 2).float()
     assert torch.equal(hard.scores, expected)
-    assert torch.equal(predict_scores(visual, head, text, 4, images, settings, 100.0), expected)
+    assert torch.equal(
+        predict(visual, head, text, 4, images, settings, 100.0, soft_scores=False).scores, expected
+    )
     assert not torch.equal(soft.scores, expected)  # the soft scores are region-mean logits
 
 

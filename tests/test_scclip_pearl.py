@@ -23,7 +23,7 @@ from test_peer_heads import FEATURE_ATOL, LOGIT_RTOL, MIN_PIXEL_AGREEMENT, requi
 from cliptrase_d2.method import peer_heads
 from cliptrase_d2.method.dense_clip import dense_features, plain_class_token, residual_block
 from cliptrase_d2.method.heads import Head, get_head, resolve_logit_scale
-from cliptrase_d2.method.pipeline import RefinementSettings, predict_scores
+from cliptrase_d2.method.pipeline import RefinementSettings, predict
 from cliptrase_d2.method.propagation import (
     class_agreement,
     propagation_on_grid,
@@ -118,7 +118,7 @@ def outputs(tiny_clip):
                 raw = tiny_clip.visual.ln_post(last_output.transpose(0, 1)) @ tiny_clip.visual.proj
                 logits = dense_logits(features.patch_tokens, text, features.grid, scale)
                 labels = {
-                    refine: predict_scores(
+                    refine: predict(
                         tiny_clip.visual,
                         head,
                         text,
@@ -126,7 +126,8 @@ def outputs(tiny_clip):
                         images,
                         RefinementSettings(refine=refine),
                         scale,
-                    ).argmax(dim=1)
+                        soft_scores=False,
+                    ).scores.argmax(dim=1)
                     for refine in (("none", "tlp") if method == "pearl" else ("none",))
                 }
                 extra = {}
@@ -263,7 +264,7 @@ def test_a_batch_gives_each_image_its_own_result(method, tiny_clip, outputs):
     for result, (name, _, image, text) in list(zip(outputs(method), cases(method)))[:2]:
         with torch.no_grad():
             alone = head.features(tiny_clip.visual, image[None])
-            labels = predict_scores(
+            labels = predict(
                 tiny_clip.visual,
                 head,
                 text,
@@ -271,7 +272,8 @@ def test_a_batch_gives_each_image_its_own_result(method, tiny_clip, outputs):
                 image[None],
                 RefinementSettings(refine=refine),
                 result["scale"],
-            ).argmax(dim=1)[0]
+                soft_scores=False,
+            ).scores.argmax(dim=1)[0]
         torch.testing.assert_close(
             alone.patch_tokens[0],
             result["features"],
@@ -526,7 +528,7 @@ def test_tlp_grid_reaches_the_propagation(tiny_clip):
         dim=-1,
     )
     head, scale = get_head("pearl"), 40.0
-    coarse = predict_scores(
+    coarse = predict(
         tiny_clip.visual,
         head,
         text,
@@ -534,16 +536,24 @@ def test_tlp_grid_reaches_the_propagation(tiny_clip):
         images,
         RefinementSettings(refine="tlp", tlp_grid=40),
         scale,
-    )
+        soft_scores=False,
+    ).scores
     with torch.no_grad():
         features = head.features(tiny_clip.visual, images)
         logits = dense_logits(features.patch_tokens, text, features.grid, scale).float()
         cosine = resize_logits(logits, (224, 224)) / scale
         expected = scale * text_aware_propagation(cosine, images, text, grid=40)
     torch.testing.assert_close(coarse, expected, rtol=1e-5, atol=1e-5)
-    default = predict_scores(
-        tiny_clip.visual, head, text, 4, images, RefinementSettings(refine="tlp"), scale
-    )
+    default = predict(
+        tiny_clip.visual,
+        head,
+        text,
+        4,
+        images,
+        RefinementSettings(refine="tlp"),
+        scale,
+        soft_scores=False,
+    ).scores
     assert (coarse - default).abs().max() > 1e-3
 
 
