@@ -35,7 +35,7 @@ from cliptrase_d2.method.refinement import (
     region_means,
     resize_logits,
 )
-from cliptrase_d2.method.sliding import sliding_window
+from cliptrase_d2.method.sliding import sliding_windows
 
 
 def channels_last(maps: torch.Tensor) -> torch.Tensor:
@@ -313,7 +313,7 @@ def test_channels_last_window_sums_equal_planar_sums():
     def predict_windows(batch):  # (N, 3, h, w) -> (N, 5, h, w) in dense_logits' layout
         return torch.einsum("kc,nchw->nhwk", weights, batch).permute(0, 3, 1, 2)
 
-    scores = sliding_window(image, predict_windows, window=16, stride=8, batch_size=3)
+    scores = next(sliding_windows([image], predict_windows, window=16, stride=8, batch_size=3))
     assert scores.permute(1, 2, 0).is_contiguous()  # channels-last, as documented
     total, counts = torch.zeros(5, 40, 56), torch.zeros(1, 40, 56)  # the plain planar sums
     for top in (0, 8, 16, 24):

@@ -586,7 +586,7 @@ def test_standard_protocol_runs_tlp_once_on_the_averaged_resized_logits(tiny_opt
     from cliptrase_d2.data.image_io import read_rgb
     from cliptrase_d2.method.propagation import text_aware_propagation
     from cliptrase_d2.method.refinement import resize_maps
-    from cliptrase_d2.method.sliding import sliding_window
+    from cliptrase_d2.method.sliding import sliding_windows
     from cliptrase_d2.method.thresholds import merge_names
 
     require_fixtures()
@@ -603,8 +603,10 @@ def test_standard_protocol_runs_tlp_once_on_the_averaged_resized_logits(tiny_opt
         frame = plain._normalized(torch.from_numpy(plain.frame(photo)))  # (3, 200, 300)
 
         def window_average(m):
-            return sliding_window(
-                frame, lambda w: m._window_scores(w, vocabulary), 224, 112, 8, multiple=16
+            return next(
+                sliding_windows(
+                    [frame], lambda w: m._window_scores(w, vocabulary), 224, 112, 8, multiple=16
+                )
             )
 
         average = window_average(plain)  # (4 rows, 200, 300)
