@@ -27,7 +27,7 @@ reads ``torch.load(weights_only=True)`` checkpoints and unwraps ``{"state_dict":
   setting (``HF_HUB_OFFLINE``, read into ``huggingface_hub.constants`` at import) makes it answer
   from its cache; when it is not set, a TCP probe of the download host decides, and a host that
   cannot be reached turns that setting on for the download instead of waiting out
-  huggingface_hub's retries (about a minute).
+  huggingface_hub's retries.
 
 Accepted weights (``MODEL.WEIGHTS``): OpenAI's TorchScript archive; a state dict with
 OpenAI/open_clip key names or an open_clip checkpoint (``.pt``/``.pth``/``.bin``); a

@@ -123,7 +123,7 @@ def add_cliptrase_config(cfg):
     # Benchmark key in vocabularies.json, comma-separated class names, or a text file
     # (one name per line). Empty: the vocabulary of the first dataset in DATASETS.TEST.
     c.VOCABULARY = ""
-    # Keep the paper's vocabulary quirks (SPEC 'Vocabulary quirks'); paper configs only.
+    # Keep the paper's vocabulary quirks (docs/method.md, 'Vocabulary quirks'); paper configs only.
     c.PAPER_VOCABULARY_QUIRKS = False
     # Extra background words for a user vocabulary, merged into one "background" class.
     c.BACKGROUND_WORDS = []

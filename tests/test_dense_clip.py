@@ -1,4 +1,4 @@
-"""The recalibrated blocks against direct (slow) transcriptions of SPEC sections 1-4."""
+"""The recalibrated blocks against direct (slow) transcriptions of docs/method.md sections 1-4."""
 
 import pytest
 import torch

@@ -26,17 +26,16 @@ from cliptrase_d2.method.dense_clip import (
     resize_positional_embedding,
 )
 from cliptrase_d2.method.heads import get_head
-from cliptrase_d2.method.pipeline import RefinementSettings, predict, predict_scores
+from cliptrase_d2.method.pipeline import RefinementSettings, predict
 from cliptrase_d2.method.refinement import (
     channel_argmax,
     expand_regions,
-    mean_refine,
     median_filter,
     median_network,
     region_means,
     resize_logits,
 )
-from cliptrase_d2.method.sliding import sliding_window
+from cliptrase_d2.method.sliding import sliding_windows
 
 
 def channels_last(maps: torch.Tensor) -> torch.Tensor:
@@ -119,7 +118,7 @@ def test_region_means_and_expansion_equal_the_index_add_formula():
     counts = torch.bincount(regions.flatten(), minlength=4).clamp(min=1).float()
     expected = (sums / counts)[:, regions.flatten()].reshape(scores.shape)
     for layout in (scores, channels_last(scores)):
-        assert torch.equal(mean_refine(layout, regions), expected)
+        assert torch.equal(expand_regions(region_means(layout, regions), regions), expected)
     means = region_means(scores, regions)
     out = channels_last(torch.empty_like(scores))
     assert expand_regions(means, regions, out=out) is out and torch.equal(out, expected)
@@ -301,7 +300,9 @@ def test_one_hot_scores_under_vote_are_the_labels(tiny_clip, background):
     assert torch.equal(hard.labels, soft.labels)
     expected = F.one_hot(soft.labels, soft.scores.shape[1]).permute(0, 3, 1, 2).float()
     assert torch.equal(hard.scores, expected)
-    assert torch.equal(predict_scores(visual, head, text, 4, images, settings, 100.0), expected)
+    assert torch.equal(
+        predict(visual, head, text, 4, images, settings, 100.0, soft_scores=False).scores, expected
+    )
     assert not torch.equal(soft.scores, expected)  # the soft scores are region-mean logits
 
 
@@ -312,7 +313,7 @@ def test_channels_last_window_sums_equal_planar_sums():
     def predict_windows(batch):  # (N, 3, h, w) -> (N, 5, h, w) in dense_logits' layout
         return torch.einsum("kc,nchw->nhwk", weights, batch).permute(0, 3, 1, 2)
 
-    scores = sliding_window(image, predict_windows, window=16, stride=8, batch_size=3)
+    scores = next(sliding_windows([image], predict_windows, window=16, stride=8, batch_size=3))
     assert scores.permute(1, 2, 0).is_contiguous()  # channels-last, as documented
     total, counts = torch.zeros(5, 40, 56), torch.zeros(1, 40, 56)  # the plain planar sums
     for top in (0, 8, 16, 24):

@@ -1,4 +1,5 @@
-"""Stage-by-stage parity with the authors' code on every reference case (../shared/fixtures/cases).
+"""Stage-by-stage parity with the authors' code on every reference case
+($CLIPTRASE_FIXTURES/cases).
 
 Given each case's `input` and `text`: patch logits within 1e-4 relative, the suppressed
 self-correlation, DBSCAN labels identical, final labels equal on >= 99.99 % of pixels
@@ -12,9 +13,8 @@ import pytest
 import torch
 
 from conftest import FIXTURES, manifest_runs, require_fixtures
-from cliptrase_d2.method.dense_clip import cliptrase_features
 from cliptrase_d2.method.heads import get_head, resolve_logit_scale
-from cliptrase_d2.method.pipeline import RefinementSettings, predict_scores
+from cliptrase_d2.method.pipeline import RefinementSettings, predict
 from cliptrase_d2.method.refinement import cluster_patches, dense_logits, suppress_global_patch
 from cliptrase_d2.method.text import text_embeddings
 from cliptrase_d2.vocabulary import resolve_vocabulary, template_set
@@ -40,16 +40,23 @@ def run_outputs(tiny_clip, manifest):
             head = get_head("cliptrase")
             scale = resolve_logit_scale(head, tiny_clip)
             with torch.no_grad():
-                features = cliptrase_features(tiny_clip.visual, images)
+                features = head.features(tiny_clip.visual, images)
                 settings = RefinementSettings(
                     "vote",
                     run["eps"],
                     run["min_samples"],
                     image_logit_weighting=run["dataset"] == "VOC20",
                 )
-                scores = predict_scores(
-                    tiny_clip.visual, head, text, len(vocabulary.classes), images, settings, scale
-                )
+                scores = predict(
+                    tiny_clip.visual,
+                    head,
+                    text,
+                    len(vocabulary.classes),
+                    images,
+                    settings,
+                    scale,
+                    soft_scores=False,
+                ).scores
             cache[key] = (cases, features, scores, scale, text)
         return cache[key]
 
@@ -109,7 +116,14 @@ def test_batch_equals_single_images(run_outputs, manifest, tiny_clip):
     head = get_head("cliptrase")
     settings = RefinementSettings("vote", run["eps"], run["min_samples"])
     for i, case in enumerate(cases):
-        single = predict_scores(
-            tiny_clip.visual, head, text, 20, torch.from_numpy(case["input"])[None], settings, scale
-        )
+        single = predict(
+            tiny_clip.visual,
+            head,
+            text,
+            20,
+            torch.from_numpy(case["input"])[None],
+            settings,
+            scale,
+            soft_scores=False,
+        ).scores
         torch.testing.assert_close(single[0], batch_scores[i], rtol=0, atol=0)

@@ -1,8 +1,9 @@
-"""Peer heads (MaskCLIP, SCLIP, ClearCLIP, NACLIP) against their authors' code (../shared/peers).
+"""Peer heads (MaskCLIP, SCLIP, ClearCLIP, NACLIP) against their authors' code (the
+reference outputs in peers/ beside $CLIPTRASE_FIXTURES).
 
 For every reference file: given the CLIPtrase case's `input` and `text` that the peer manifest
 names, the head's patch logits agree within 1e-4 relative, its L2-normalized patch features
-within 1e-5, and ``predict_scores`` with refine='none' gives the reference label map on
+within 1e-5, and ``predict`` with refine='none' gives the reference label map on
 >= 99.99 % of the pixels, every differing pixel being a near-tie of the reference logits.
 The model is conftest's ``tiny_clip`` (``clip_loading.build_clip`` on the fixtures' tiny CLIP).
 """
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from conftest import FIXTURES, MANIFEST, PEERS, require_fixtures, skip_outside_ci
 from cliptrase_d2.method.heads import HEADS, get_head, resolve_logit_scale
 from cliptrase_d2.method.peer_heads import neighbourhood_bias
-from cliptrase_d2.method.pipeline import RefinementSettings, predict_scores
+from cliptrase_d2.method.pipeline import RefinementSettings, predict
 from cliptrase_d2.method.refinement import dense_logits
 
 # (peer folder, manifest variant) -> the head that reproduces it
@@ -36,7 +37,7 @@ MIN_PIXEL_AGREEMENT = 0.9999
 
 
 def require_peers():
-    """Skips when ../shared/peers is absent; under CI (CI=true) that is a failure."""
+    """Skips when the peers' reference outputs are absent; under CI (CI=true) that is a failure."""
     require_fixtures()
     if os.path.isdir(PEERS):
         return
@@ -102,7 +103,7 @@ def head_outputs(tiny_clip):
                 logits = dense_logits(
                     features.patch_tokens, text, features.grid, scale
                 )  # (B, K, h, w)
-                scores = predict_scores(
+                scores = predict(
                     tiny_clip.visual,
                     head,
                     text,
@@ -110,7 +111,8 @@ def head_outputs(tiny_clip):
                     images,
                     RefinementSettings(refine="none"),
                     logit_scale=scale,
-                )
+                    soft_scores=False,
+                ).scores
             groups.append(
                 dict(
                     size=size,
@@ -233,7 +235,7 @@ def test_refinement_composes_with_a_peer_head(tiny_clip):
     images, text = torch.from_numpy(case["input"])[None], torch.from_numpy(case["text"])
     head = get_head("maskclip")
     scale = resolve_logit_scale(head, tiny_clip)
-    voted = predict_scores(
+    voted = predict(
         tiny_clip.visual,
         head,
         text,
@@ -241,8 +243,9 @@ def test_refinement_composes_with_a_peer_head(tiny_clip):
         images,
         RefinementSettings("vote", run["eps"], run["min_samples"]),
         logit_scale=scale,
-    )
-    raw = predict_scores(
+        soft_scores=False,
+    ).scores
+    raw = predict(
         tiny_clip.visual,
         head,
         text,
@@ -250,7 +253,8 @@ def test_refinement_composes_with_a_peer_head(tiny_clip):
         images,
         RefinementSettings(refine="none"),
         logit_scale=scale,
-    )
+        soft_scores=False,
+    ).scores
     assert voted.shape == raw.shape == (1, text.shape[0], *images.shape[-2:])
     assert ((voted == 0) | (voted == 1)).all() and (voted.sum(dim=1) == 1).all()
     voted_labels, raw_labels = voted[0].argmax(dim=0), raw[0].argmax(dim=0)

@@ -14,7 +14,7 @@ from conftest import REPO
 from cliptrase_d2.engine.trainer import load_config
 from cliptrase_d2.method.pamr import pamr, pamr_weights
 from cliptrase_d2.method.preprocess import keep_ratio_size, resize_linear_uint8
-from cliptrase_d2.method.sliding import sliding_window, window_boxes, window_padding
+from cliptrase_d2.method.sliding import sliding_windows, window_boxes, window_padding
 from cliptrase_d2.method.thresholds import (
     area_threshold,
     check_threshold,
@@ -106,13 +106,17 @@ def test_padding_is_cut_from_the_window_scores(padding):
         seen.append(tuple(batch.shape[-2:]))
         return batch[:, :1].clone()
 
-    out = sliding_window(
-        image, predict, window=24, stride=12, batch_size=4, multiple=16, padding=padding
+    out = next(
+        sliding_windows(
+            [image], predict, window=24, stride=12, batch_size=4, multiple=16, padding=padding
+        )
     )
     torch.testing.assert_close(out, image[:1])
     assert set(seen) == ({(24, 24)} if padding == "none" else {(32, 32)})
-    whole = sliding_window(
-        image, predict, window=0, stride=12, batch_size=4, multiple=16, padding=padding
+    whole = next(
+        sliding_windows(
+            [image], predict, window=0, stride=12, batch_size=4, multiple=16, padding=padding
+        )
     )
     torch.testing.assert_close(whole, image[:1])
     assert seen[-1] == ((40, 50) if padding == "none" else (48, 64))

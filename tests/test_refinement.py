@@ -1,4 +1,4 @@
-"""Unit tests of the refinement steps (SPEC sections 6-8) on small hand-made tensors."""
+"""Unit tests of the refinement steps (docs/method.md sections 6-8) on small hand-made tensors."""
 
 import numpy as np
 import pytest
@@ -7,10 +7,11 @@ import torch
 from cliptrase_d2.method.refinement import (
     cluster_patches,
     dense_logits,
-    mean_refine,
+    expand_regions,
     merge_background_labels,
     merge_background_scores,
     region_map,
+    region_means,
     resize_logits,
     suppress_global_patch,
     vote_refine,
@@ -99,11 +100,11 @@ def test_vote_takes_majority_with_smallest_label_on_ties():
     assert vote_refine(labels, regions, 4).tolist() == [[3, 3, 1, 1], [3, 3, 1, 1]]
 
 
-def test_mean_refine_replaces_scores_by_region_means():
+def test_region_means_expanded_replace_scores_by_region_means():
     regions = torch.tensor([[0, 1]])
     scores = torch.tensor([[[1.0, 5.0]], [[3.0, 7.0]]])  # (K=2, 1, 2)
-    refined = mean_refine(scores, regions)
+    refined = expand_regions(region_means(scores, regions), regions)
     assert refined.tolist() == scores.tolist()  # one pixel per region: unchanged
     regions = torch.tensor([[0, 0]])
-    refined = mean_refine(scores, regions)
+    refined = expand_regions(region_means(scores, regions), regions)
     assert refined[:, 0, 0].tolist() == [3.0, 5.0] and refined[:, 0, 1].tolist() == [3.0, 5.0]

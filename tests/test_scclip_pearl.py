@@ -1,4 +1,5 @@
-"""SC-CLIP and PEARL heads and PEARL's TLP against their authors' code (../shared/peers).
+"""SC-CLIP and PEARL heads and PEARL's TLP against their authors' code (the
+reference outputs in peers/ beside $CLIPTRASE_FIXTURES).
 
 As tests/test_peer_heads.py, with the same tolerances, for every array of every reference file:
 patch logits, cosines, raw features and the other float arrays within 1e-4 of the reference's
@@ -22,7 +23,7 @@ from test_peer_heads import FEATURE_ATOL, LOGIT_RTOL, MIN_PIXEL_AGREEMENT, requi
 from cliptrase_d2.method import peer_heads
 from cliptrase_d2.method.dense_clip import dense_features, plain_class_token, residual_block
 from cliptrase_d2.method.heads import Head, get_head, resolve_logit_scale
-from cliptrase_d2.method.pipeline import RefinementSettings, predict_scores
+from cliptrase_d2.method.pipeline import RefinementSettings, predict
 from cliptrase_d2.method.propagation import (
     class_agreement,
     propagation_on_grid,
@@ -117,7 +118,7 @@ def outputs(tiny_clip):
                 raw = tiny_clip.visual.ln_post(last_output.transpose(0, 1)) @ tiny_clip.visual.proj
                 logits = dense_logits(features.patch_tokens, text, features.grid, scale)
                 labels = {
-                    refine: predict_scores(
+                    refine: predict(
                         tiny_clip.visual,
                         head,
                         text,
@@ -125,7 +126,8 @@ def outputs(tiny_clip):
                         images,
                         RefinementSettings(refine=refine),
                         scale,
-                    ).argmax(dim=1)
+                        soft_scores=False,
+                    ).scores.argmax(dim=1)
                     for refine in (("none", "tlp") if method == "pearl" else ("none",))
                 }
                 extra = {}
@@ -262,7 +264,7 @@ def test_a_batch_gives_each_image_its_own_result(method, tiny_clip, outputs):
     for result, (name, _, image, text) in list(zip(outputs(method), cases(method)))[:2]:
         with torch.no_grad():
             alone = head.features(tiny_clip.visual, image[None])
-            labels = predict_scores(
+            labels = predict(
                 tiny_clip.visual,
                 head,
                 text,
@@ -270,7 +272,8 @@ def test_a_batch_gives_each_image_its_own_result(method, tiny_clip, outputs):
                 image[None],
                 RefinementSettings(refine=refine),
                 result["scale"],
-            ).argmax(dim=1)[0]
+                soft_scores=False,
+            ).scores.argmax(dim=1)[0]
         torch.testing.assert_close(
             alone.patch_tokens[0],
             result["features"],
@@ -525,7 +528,7 @@ def test_tlp_grid_reaches_the_propagation(tiny_clip):
         dim=-1,
     )
     head, scale = get_head("pearl"), 40.0
-    coarse = predict_scores(
+    coarse = predict(
         tiny_clip.visual,
         head,
         text,
@@ -533,16 +536,24 @@ def test_tlp_grid_reaches_the_propagation(tiny_clip):
         images,
         RefinementSettings(refine="tlp", tlp_grid=40),
         scale,
-    )
+        soft_scores=False,
+    ).scores
     with torch.no_grad():
         features = head.features(tiny_clip.visual, images)
         logits = dense_logits(features.patch_tokens, text, features.grid, scale).float()
         cosine = resize_logits(logits, (224, 224)) / scale
         expected = scale * text_aware_propagation(cosine, images, text, grid=40)
     torch.testing.assert_close(coarse, expected, rtol=1e-5, atol=1e-5)
-    default = predict_scores(
-        tiny_clip.visual, head, text, 4, images, RefinementSettings(refine="tlp"), scale
-    )
+    default = predict(
+        tiny_clip.visual,
+        head,
+        text,
+        4,
+        images,
+        RefinementSettings(refine="tlp"),
+        scale,
+        soft_scores=False,
+    ).scores
     assert (coarse - default).abs().max() > 1e-3
 
 
@@ -575,7 +586,7 @@ def test_standard_protocol_runs_tlp_once_on_the_averaged_resized_logits(tiny_opt
     from cliptrase_d2.data.image_io import read_rgb
     from cliptrase_d2.method.propagation import text_aware_propagation
     from cliptrase_d2.method.refinement import resize_maps
-    from cliptrase_d2.method.sliding import sliding_window
+    from cliptrase_d2.method.sliding import sliding_windows
     from cliptrase_d2.method.thresholds import merge_names
 
     require_fixtures()
@@ -592,8 +603,10 @@ def test_standard_protocol_runs_tlp_once_on_the_averaged_resized_logits(tiny_opt
         frame = plain._normalized(torch.from_numpy(plain.frame(photo)))  # (3, 200, 300)
 
         def window_average(m):
-            return sliding_window(
-                frame, lambda w: m._window_scores(w, vocabulary), 224, 112, 8, multiple=16
+            return next(
+                sliding_windows(
+                    [frame], lambda w: m._window_scores(w, vocabulary), 224, 112, 8, multiple=16
+                )
             )
 
         average = window_average(plain)  # (4 rows, 200, 300)

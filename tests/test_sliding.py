@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cliptrase_d2.method.sliding import sliding_window, window_boxes
+from cliptrase_d2.method.sliding import sliding_windows, window_boxes
 
 
 def test_windows_cover_the_image_and_end_at_the_border():
@@ -31,7 +31,7 @@ def test_pointwise_prediction_is_unchanged_by_windowing():
     def predict(batch):  # a per-pixel function: windows must not change it
         return batch[:, :2] * 2 + 1
 
-    out = sliding_window(image, predict, window=96, stride=64, batch_size=3, multiple=16)
+    out = next(sliding_windows([image], predict, window=96, stride=64, batch_size=3, multiple=16))
     torch.testing.assert_close(out, image[:2] * 2 + 1)
 
 
@@ -43,7 +43,7 @@ def test_padding_never_leaks_into_the_output():
         # scores see the padding (zeros) wherever it is: the mean over the whole padded window
         return batch[:, :1] * 0 + (batch[:, :1] == 0).float()
 
-    out = sliding_window(image, predict, window=224, stride=112, batch_size=2, multiple=16)
+    out = next(sliding_windows([image], predict, window=224, stride=112, batch_size=2, multiple=16))
     assert out.shape == (1, 50, 70)
     assert out.abs().max() == 0  # no padded pixel is part of the output
 
@@ -55,7 +55,7 @@ def test_window_batch_bounds_memory():
         seen.append(batch.shape[0])
         return batch[:, :1]
 
-    sliding_window(torch.zeros(3, 448, 448), predict, window=224, stride=112, batch_size=4)
+    next(sliding_windows([torch.zeros(3, 448, 448)], predict, window=224, stride=112, batch_size=4))
     assert max(seen) == 4 and sum(seen) == 9
 
 
@@ -63,7 +63,6 @@ def test_windows_of_several_images_share_batches_and_each_image_keeps_its_own():
     """Windows go through ``predict`` batch_size at a time across image boundaries (a batch
     holds one window shape), each image's average is the one it gets alone, bit for bit, and
     is finished as soon as its last window is predicted."""
-    from cliptrase_d2.method.sliding import sliding_windows
 
     generator = torch.Generator().manual_seed(0)
     images = [
@@ -85,7 +84,9 @@ def test_windows_of_several_images_share_batches_and_each_image_keeps_its_own():
         results.append((index, average))
     assert [i for i, _ in results] == [0, 1, 2, 3]
     for image, (_, average) in zip(images, results):
-        alone = sliding_window(image, predict, window=96, stride=64, batch_size=5, multiple=16)
+        alone = next(
+            sliding_windows([image], predict, window=96, stride=64, batch_size=5, multiple=16)
+        )
         assert average.shape == (2, *image.shape[-2:])
         assert torch.equal(average, alone)
     events = events[: events.index(("finish", 3)) + 1]  # the batched run only

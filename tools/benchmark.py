@@ -208,17 +208,16 @@ def random_weights(model: str, folder: str) -> str:
 
 
 def case_config(case: str, args, precision: str = ""):
-    return load_config(
-        os.path.join(REPO, CASES[case][0]),
-        [
-            "MODEL.CLIPTRASE.CLIP_MODEL", args.model,
-            "MODEL.WEIGHTS", args.weights,
-            "MODEL.CLIPTRASE.PRECISION", precision or args.precision,
-            "MODEL.CLIPTRASE.TEMPLATES", "vild14",
-            "MODEL.CLIPTRASE.TEXT_CACHE_DIR", args.text_cache,
-            "MODEL.DEVICE", args.device,
-        ],
-    )  # fmt: skip
+    overrides = {
+        "MODEL.CLIPTRASE.CLIP_MODEL": args.model,
+        "MODEL.WEIGHTS": args.weights,
+        "MODEL.CLIPTRASE.PRECISION": precision or args.precision,
+        "MODEL.CLIPTRASE.TEMPLATES": "vild14",
+        "MODEL.CLIPTRASE.TEXT_CACHE_DIR": args.text_cache,
+        "MODEL.DEVICE": args.device,
+    }
+    opts = [item for pair in overrides.items() for item in pair]
+    return load_config(os.path.join(REPO, CASES[case][0]), opts)
 
 
 def build_case(case: str, args, precision: str = ""):
@@ -268,8 +267,12 @@ def to_device(inputs: List[Dict], device) -> List[Dict]:
 
 def whole_photo(file: str, cfg) -> Dict:
     image = torch.tensor(read_rgb(file, exif_orientation=False)).permute(2, 0, 1)
-    return {"image": image.contiguous(), "height": image.shape[1], "width": image.shape[2],
-            "dataset_name": cfg.DATASETS.TEST[0]}  # fmt: skip
+    return {
+        "image": image.contiguous(),
+        "height": image.shape[1],
+        "width": image.shape[2],
+        "dataset_name": cfg.DATASETS.TEST[0],
+    }
 
 
 def number_of_windows(cfg, size) -> int:
@@ -564,9 +567,10 @@ def format_table(result: Dict) -> str:
                 f"{result[f'time_ms_{case}_photo']:.1f} | {result[f'ratio_{case}_photo']:.3f} "
                 "| | | |"
             )
-    rows = lambda prefix, form: [  # noqa: E731
-        f"{c} {result[prefix + c]:{form}}" for c in CASES if prefix + c in result
-    ]
+
+    def rows(prefix, form):
+        return [f"{c} {result[prefix + c]:{form}}" for c in CASES if prefix + c in result]
+
     if rows("loader_ms_", ".1f"):
         lines += ["", f"test mapper, decode and crop (ms): {', '.join(rows('loader_ms_', '.1f'))}"]
     if "images_per_s_batch1" in result:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One prepared check for a machine with a CUDA GPU and no internet (about 5-8 minutes):
+# One prepared check for a machine with a CUDA GPU and no internet (at most the 8 minutes of the
+# steps' limits below):
 #   1. the CUDA tests (tests/test_cuda.py: parity on the GPU within the tolerances stated there),
 #   2. tools/benchmark.py on CUDA in fp32 and in fp16, throughput at batch 1 and 32,
 #   3. a 1-GPU tools/train_net.py --eval-only on the VOC sample (the fixtures' tiny CLIP),

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Creates (or refreshes) the project's virtual environment in .venv with every pinned dependency.
-# Idempotent: a second run with unchanged requirements returns in about a second.
+# Idempotent: a second run with unchanged requirements returns at once.
 #   tools/setup_env.sh            # CPU machine (this is what the README commands call)
 # Environment: PYTHON (interpreter, default python3), VENV (default .venv; a relative path is
 # taken from the repository root), D2 (which detectron2 a new venv gets: `sdist`, the default, is
 # the 0.6 release's Python sources; `official` builds detectron2 main from
-# ../shared/deps/detectron2-02b5c4e.tar.gz with its C++ ops, about 2 minutes on 2 cores):
+# ../shared/deps/detectron2-02b5c4e.tar.gz with its C++ ops; docs/detectron2_versions.md):
 #   D2=official VENV=.venv-official tools/setup_env.sh
 # A venv that already holds a compiled (official) detectron2, as the README's GPU recipe builds,
 # keeps its torch and detectron2: only the pinned runtime and test packages are added.

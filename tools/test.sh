@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test suite in one command: set up .venv, prepare the VOC sample, run pytest offline; then
 # the tests that exercise detectron2 itself again on detectron2 main (an official build in
-# .venv-official, made once from ../shared/deps, about 2 minutes; OFFICIAL=0 skips this part).
+# .venv-official, made once from ../shared/deps; OFFICIAL=0 skips this part).
 # Expects the reference fixtures at ../shared/fixtures (or $CLIPTRASE_FIXTURES).
 #   tools/test.sh [pytest args ...]
 set -euo pipefail

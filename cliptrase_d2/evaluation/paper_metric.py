@@ -1,7 +1,8 @@
-"""The metric printed by the authors' evaluation script (SPEC section 9, `paper` protocol).
+"""The metric printed by the authors' evaluation script (docs/method.md section 9, `paper`
+protocol).
 
 Pure NumPy, so it can be used and tested without Detectron2. Derived from, and checked against,
-every run in ``fixtures/cases/manifest.json`` (``tests/test_evaluation.py``):
+every run of the authors' code in the reference fixtures (``tests/test_evaluation.py``):
 
 - One confusion matrix over the whole dataset (rows: ground truth, columns: prediction) with
   ``num_classes`` rows, where ``num_classes`` includes the background class on benchmarks with
@@ -57,9 +58,8 @@ class PaperMetric:
         self.reset()
 
     def reset(self) -> None:
-        self.confusion = np.zeros(
-            (self.num_classes, self.num_classes), dtype=np.int64
-        )  # (gt, pred)
+        # (gt, pred)
+        self.confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
 
     def update(self, pred: np.ndarray, gt: np.ndarray) -> None:
         """Add one image: ``pred`` and ``gt`` are integer label maps of the same shape."""

@@ -53,7 +53,6 @@ __all__ = [
     "correlative_attention",
     "correlative_block",
     "project_tokens",
-    "cliptrase_features",
 ]
 
 
@@ -244,8 +243,7 @@ def run_mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """open_clip's MLP (an ``nn.Sequential``: c_fc, activation, [ln], c_proj) on ``x``, the same
     numbers as ``mlp(x)``. OpenAI's QuickGELU, ``h * sigmoid(1.702 h)``, is computed in one
     buffer (``sigmoid(1.702 h) * h``, the same product) when no gradient is recorded through
-    it: one (L, B, 4C) tensor instead of three, 30 % less time for the activation on batches of
-    8 windows on a CPU."""
+    it: one (L, B, 4C) tensor instead of three."""
     for layer in mlp:
         if isinstance(layer, QuickGELU) and not (torch.is_grad_enabled() and x.requires_grad):
             x = torch.mul(x, 1.702).sigmoid_().mul_(x)
@@ -277,8 +275,7 @@ GRAM_BLOCKS = 4  # row blocks of ``symmetric_gram``: it computes 5/8 of the prod
 def symmetric_gram(rows: torch.Tensor) -> torch.Tensor:
     """rows @ rows^T for (B, L, D) rows -> (B, L, L), exactly symmetric: in ``GRAM_BLOCKS``
     blocks of rows, each block's products with itself and the rows after it, the blocks below
-    the diagonal mirrored from those above (1.3 ms of 4.6 saved at L = 442, D = 2304 on two
-    CPU cores)."""
+    the diagonal mirrored from those above."""
     length = rows.shape[1]
     gram = rows.new_empty(rows.shape[0], length, length)
     edges = [length * i // GRAM_BLOCKS for i in range(GRAM_BLOCKS + 1)]
@@ -369,9 +366,8 @@ def dense_features(
         if hidden_states:
             hidden.append(x)
     penultimate = blocks[-2]
-    q, k, v = block_qkv(
-        penultimate, x
-    )  # shared by the self-correlation and the block's own attention
+    # q, k, v shared by the self-correlation and the block's own attention
+    q, k, v = block_qkv(penultimate, x)
     correlation = self_correlation(q, k, v, penultimate.attn.num_heads)  # (B, L, L)
     x = finish_block(penultimate, x, multi_head_attention(penultimate, q, k, v))
     if hidden_states:
@@ -379,8 +375,3 @@ def dense_features(
     else:
         x = last_block(blocks[-1], x, grid)
     return DenseFeatures(tokens=project_tokens(visual, x), correlation=correlation, grid=grid)
-
-
-def cliptrase_features(visual: nn.Module, images: torch.Tensor) -> DenseFeatures:
-    """The vision tower with CLIPtrase's last two blocks (docs/method.md sections 2-4)."""
-    return dense_features(visual, images, correlative_block)

@@ -1,7 +1,7 @@
 """CLIPtrase inference on batches of prepared images, free of Detectron2.
 
-``predict_scores`` is the whole method for images already at the resolution they are
-evaluated at (paper protocol); ``sliding_window`` in sliding.py wraps it for the standard one.
+``predict`` is the whole method for images already at the resolution they are
+evaluated at (paper protocol); ``sliding_windows`` in sliding.py wraps it for the standard one.
 ``predict_within_memory`` runs a batch in parts when the device runs out of memory.
 """
 
@@ -35,7 +35,6 @@ __all__ = [
     "Prediction",
     "dbscan_for_grid",
     "predict",
-    "predict_scores",
     "predict_within_memory",
 ]
 
@@ -153,9 +152,8 @@ def predict(
     if settings.image_logit_weighting:
         image_weights = (logit_scale * features.cls_tokens @ text.t()).float()  # (B, K)
         weight_by_image_logits(logits, image_weights, out=logits)
-    if (
-        settings.refine == "vote"
-    ):  # from the raw prediction, before the scores may overwrite the logits
+    # vote: from the raw prediction, before the scores may overwrite the logits
+    if settings.refine == "vote":
         labels = merge_background_labels(channel_argmax(logits), num_classes)  # (B, H, W)
         if regions is not None:
             labels = vote_refine(labels, regions, num_outputs)
@@ -182,22 +180,6 @@ def predict(
         if settings.refine != "vote":
             labels[index] = channel_argmax(image_scores)
     return Prediction(labels, scores)
-
-
-def predict_scores(
-    visual: nn.Module,
-    head: Head,
-    text_embeddings: torch.Tensor,
-    num_classes: int,
-    images: torch.Tensor,
-    settings: RefinementSettings,
-    logit_scale: float,
-) -> torch.Tensor:
-    """(B, C', H, W) scores whose argmax is the prediction: one-hot of the voted labels under
-    ``vote``, the soft scores otherwise (Detectron2's ``sem_seg`` contract)."""
-    return predict(
-        visual, head, text_embeddings, num_classes, images, settings, logit_scale, soft_scores=False
-    ).scores
 
 
 def predict_within_memory(

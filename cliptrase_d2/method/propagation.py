@@ -30,9 +30,8 @@ __all__ = [
     "text_aware_propagation",
 ]
 
-TLP_GRID = (
-    80  # target side of the propagation grid: the maps are average-pooled by round(side / 80)
-)
+# target side of the propagation grid: the maps are average-pooled by round(side / 80)
+TLP_GRID = 80
 TLP_ITERATIONS = 25  # conjugate-gradient steps
 TLP_TEXT_TEMPERATURE = 0.5
 TLP_DIAGONAL_BOOST = 10.0

@@ -29,7 +29,6 @@ __all__ = [
     "vote_refine",
     "region_means",
     "expand_regions",
-    "mean_refine",
 ]
 
 # Most window values (maps x H x W x size * size) one median-filter pass covers at once.
@@ -98,8 +97,8 @@ def channel_argmax(scores: torch.Tensor) -> torch.Tensor:
     on ties, NaN taken for the maximum.
 
     Computed as ``max(dim=-3).indices``, which returns the same indices (first maximal value,
-    NaN propagating) and is faster than ``argmax`` on a CPU in either memory layout (1.3-2x at
-    59-150 classes on 224 x 224 to 512 x 683 maps) and not slower elsewhere.
+    NaN propagating) and is faster than ``argmax`` on a CPU in either memory layout and not
+    slower elsewhere (docs/SPEED.md).
     """
     return scores.max(dim=-3).indices
 
@@ -109,7 +108,7 @@ def resize_maps(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     """Bilinear (align_corners=False) resize of (K, h, w) maps to (K, H, W), in their layout.
 
     The batch of one gets a batch stride of the whole tensor: with the stride ``maps[None]``
-    gives, torch 2.x leaves its channels-last fast path (about 8x slower at 150 classes).
+    gives, torch 2.x leaves its channels-last fast path.
     """
     batch = maps.as_strided((1, *maps.shape), (maps.numel(), *maps.stride()))
     return F.interpolate(batch, size=tuple(size), mode="bilinear", align_corners=False)[0]
@@ -503,9 +502,3 @@ def expand_regions(
         planes = out.view(-1, num_labels, *regions.shape[-2:]).transpose(0, 1)  # (K, B, H, W)
         planes.copy_(torch.index_select(flat, 1, index).view(planes.shape))
     return out
-
-
-@_stage("refinement")
-def mean_refine(scores: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
-    """Every pixel's score vector becomes its region's mean: (..., K, H, W), (..., H, W) -> same."""
-    return expand_regions(region_means(scores, regions), regions)

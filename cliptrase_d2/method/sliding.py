@@ -5,7 +5,7 @@ from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["PADDINGS", "window_boxes", "window_padding", "sliding_window", "sliding_windows"]
+__all__ = ["PADDINGS", "window_boxes", "window_padding", "sliding_windows"]
 
 Box = Tuple[int, int, int, int]  # (top, left, bottom, right)
 
@@ -57,29 +57,6 @@ def window_padding(
     return pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2
 
 
-def sliding_window(
-    image: torch.Tensor,
-    predict: Callable[[torch.Tensor], torch.Tensor],
-    window: int,
-    stride: int,
-    batch_size: int,
-    multiple: int = 1,
-    padding: str = "end",
-) -> torch.Tensor:
-    """Averages ``predict`` over overlapping windows of one image (``window`` 0: the whole image).
-
-    image: (3, H, W). ``predict`` maps a batch (N, 3, h, w) to scores (N, K, h, w) at the
-    window's own resolution. Windows whose sides are not multiples of ``multiple`` (the patch
-    size) are zero-padded as ``padding`` says (``window_padding``) and the padding is cut from
-    their scores, so it never reaches the output. At most ``batch_size`` windows are in memory
-    at once.
-    Returns (K, H, W), channels-last in memory (the K scores of a pixel side by side, as the
-    window scores come): accumulating, resizing and the argmax over classes then run along
-    contiguous memory.
-    """
-    return next(sliding_windows([image], predict, window, stride, batch_size, multiple, padding))
-
-
 def sliding_windows(
     images: Sequence[torch.Tensor],
     predict: Callable[[torch.Tensor], torch.Tensor],
@@ -89,16 +66,21 @@ def sliding_windows(
     multiple: int = 1,
     padding: str = "end",
 ) -> Iterator[torch.Tensor]:
-    """``sliding_window`` over several images, their windows going through ``predict``
-    together: ``batch_size`` at a time, in image order, across image boundaries (a batch holds
-    windows of one shape; it is closed early where the next image's windows differ). Each
-    image's windows are added in the same order as alone, so where ``predict`` gives a window
-    the scores it gets alone (whatever else is in its batch), every average is the one image's
-    ``sliding_window``, bit for bit.
+    """Averages ``predict`` over overlapping windows of each image (``window`` 0: the whole
+    image), the windows of all images going through ``predict`` together: ``batch_size`` at a
+    time, in image order, across image boundaries (a batch holds windows of one shape; it is
+    closed early where the next image's windows differ). Each image's windows are added in the
+    same order as alone, so where ``predict`` gives a window the scores it gets alone (whatever
+    else is in its batch), every average is the one the image gets alone, bit for bit.
 
-    images: (3, H_i, W_i) each. Yields each image's (K, H_i, W_i) average, in image order, as
-    soon as its last window is predicted, and then drops it: only the images a batch spans are
-    held at once.
+    images: (3, H_i, W_i) each. ``predict`` maps a batch (N, 3, h, w) to scores (N, K, h, w) at
+    the window's own resolution. Windows whose sides are not multiples of ``multiple`` (the
+    patch size) are zero-padded as ``padding`` says (``window_padding``) and the padding is cut
+    from their scores, so it never reaches the output.
+    Yields each image's (K, H_i, W_i) average, in image order, as soon as its last window is
+    predicted, and then drops it: only the images a batch spans are held at once. Each average
+    is channels-last in memory (the K scores of a pixel side by side, as the window scores
+    come): accumulating, resizing and the argmax over classes then run along contiguous memory.
     """
     totals: Dict[int, torch.Tensor] = {}
     counts: Dict[int, torch.Tensor] = {}

@@ -61,8 +61,8 @@ def merge_names(rows: torch.Tensor, row_classes: Sequence[int], num_classes: int
     """Class scores: (R, H, W) per-name scores -> (C', H, W), each class the maximum over its
     names; C' = C, or C + 1 when rows of class C (background words) exist, and then the
     background wins exact ties (see module docstring). A new tensor, except with one row per
-    class and no background words: then ``rows`` itself (at 19 x 1024 x 2048, a 160 MB copy
-    saved)."""
+    class and no background words: then ``rows`` itself, sparing a copy of the
+    full-resolution scores."""
     num_outputs = max(row_classes) + 1
     if num_outputs < num_classes:
         raise ValueError(f"row_classes name {num_outputs} classes, expected at least {num_classes}")
