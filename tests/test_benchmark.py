@@ -14,6 +14,7 @@ from PIL import Image
 
 from conftest import REPO, TINY_CONFIG, require_fixtures
 from cliptrase_d2.method.preprocess import resize_and_center_crop
+from cliptrase_d2.modeling import vfm as vfm_module
 
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import benchmark  # noqa: E402
@@ -179,6 +180,35 @@ def test_only_the_time_after_the_backbone_is_charged():
     assert whole >= 60 and whole - overhead >= 40  # 10 ms before + 30 ms backbone, not charged
 
 
+def test_proxyclip_floor_is_clip_and_the_vfm_on_every_window(monkeypatch):
+    """The proxyclip case's floor: its windows x (the plain 224 forward + its own VFM on one
+    window), both timed in the case's turns; a tiny random VFM of the --vfm kind stands in."""
+    require_fixtures()
+    built, shapes, build_vfm = [], [], vfm_module.build_vfm
+
+    def tiny_vfm(name, weights, dtype):
+        built.append((name, weights))
+        vfm = build_vfm(name, "random", dtype, depth=1, embed_dim=16, num_heads=2)
+        vfm.register_forward_hook(lambda module, inputs, output: shapes.append(inputs[0].shape))
+        return vfm
+
+    monkeypatch.setattr(vfm_module, "build_vfm", tiny_vfm)
+    case = "proxyclip_512x683"
+    argv = ["--repeats", "1", "--warmup", "0", "--no-memory", "--cases", case]
+    report = benchmark.run_benchmark(arguments(*argv, "--vfm", "dino_vits16"))
+    assert built == [("dino_vits16", "random")]
+    assert report[f"classes_{case}"] == 150 and report[f"windows_{case}"] == 6  # 336 x 448
+    # the case's forward: its six windows in one batch; the VFM alone: one 224 window
+    assert set(shapes) == {(6, 3, 224, 224), (1, 3, 224, 224)}
+    unit = report["time_ms_plain_224_beside_standard"] + report[f"vfm_ms_{case}"]
+    assert report[f"vfm_ms_{case}"] > 0 and report[f"floor_ms_{case}"] == pytest.approx(6 * unit)
+    assert report[f"floor_ratio_{case}"] == pytest.approx(
+        report[f"time_ms_{case}"] / report[f"floor_ms_{case}"]
+    )
+    assert 0 < report[f"overhead_ms_{case}"] < report[f"overhead_forward_ms_{case}"]
+    assert f"| {case} | 150 | " in benchmark.format_table(report)
+
+
 BAD_ARGUMENTS = [
     (["--cases", "paper_224,paper_999"], "--cases must be one of paper_224, "),
     (["--cases", ","], "--cases must name at least one of paper_224"),
@@ -195,6 +225,7 @@ BAD_ARGUMENTS = [
     (["--repeats", "two"], "argument --repeats: invalid int value: 'two'"),
     (["--warmup", "-1"], "--warmup must be at least 0, got -1"),
     (["--precision", "fp8"], "argument --precision: invalid choice: 'fp8'"),
+    (["--vfm", "dino_vitl14"], "argument --vfm: invalid choice: 'dino_vitl14'"),
 ]
 
 

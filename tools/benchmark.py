@@ -27,6 +27,13 @@ evaluation's ``SemSegTestMapper`` makes of a photo file. What is timed:
   protocol on the photo resized to that size, output (K, H, W). ``window_ratio_<case>`` = its
   time / (``windows_<case>`` x ``plain_224_beside_standard``, the plain 224 forward timed in
   turns with the standard cases, apart from the paper cases and their multi-GB tensors).
+- ``proxyclip_512x683``: the ``proxyclip`` head under the standard protocol
+  (configs/proxyclip/standard.yaml with ADE20K's 150 classes, its 224 windows) on the 512 x 683
+  photo, its VFM --vfm with random weights (MODEL.CLIPTRASE.PROXYCLIP.VFM_WEIGHTS "random").
+  ``vfm_ms_<case>``: that model's own VFM on one CLIP-normalized 224 x 224 window, timed in
+  turns with the standard cases; ``floor_ms_<case>`` = ``windows_<case>`` x
+  (``plain_224_beside_standard`` + ``vfm_ms_<case>``), the least any method of this family can
+  cost (CLIP and the VFM on every window); ``floor_ratio_<case>`` = its time / that floor.
 - ``overhead_ms_<case>``: the time after the backbone: a forward's time minus the time before
   its first backbone call and minus its backbone calls (the ``cliptrase/backbone`` label of
   ``Head.features``; on CUDA the device time of their kernels). Median over --repeats forwards
@@ -82,18 +89,25 @@ from cliptrase_d2.engine.allocator import tune_cpu_allocator
 from cliptrase_d2.errors import ConfigError, exit_on_user_error
 from cliptrase_d2.method.preprocess import keep_ratio_size
 from cliptrase_d2.method.sliding import window_boxes
+from cliptrase_d2.modeling.vfm import VFMS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHOTOS = os.path.join(
     os.environ.get("CLIPTRASE_FIXTURES", os.path.join(REPO, "..", "shared", "fixtures")), "images"
 )
-# case -> (config file, photo size (H, W), or None for the paper protocol's whole photo)
+# case -> (config file, photo size (H, W) or None for the paper protocol's whole photo[, the
+# case's own config overrides])
 CASES = {
     "paper_224": ("configs/paper/pc59_224.yaml", None),
     "paper_336": ("configs/paper/pc59_336.yaml", None),
     "standard_512x683": ("configs/standard/ade150.yaml", (512, 683)),
     "standard_1024x2048": ("configs/standard/cityscapes19.yaml", (1024, 2048)),
     "standard_1024x2048_k150": ("configs/standard/ade150.yaml", (1024, 2048)),
+    "proxyclip_512x683": (
+        "configs/proxyclip/standard.yaml",
+        (512, 683),
+        {"DATASETS.TEST": "('cliptrase_ade150_val',)"},
+    ),
 }
 PLAIN_SIZES = (224, 336)
 STANDARD_PLAIN = "plain_224_beside_standard"  # the standard cases' unit, timed in their turns
@@ -120,6 +134,9 @@ def get_parser():
         "--weights", default="", help="MODEL.WEIGHTS (default: random weights, seeded)"
     )
     parser.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS))
+    parser.add_argument(
+        "--vfm", default="dino_vitb8", choices=list(VFMS), help="the proxyclip case's VFM"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per case (median)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
@@ -208,16 +225,20 @@ def random_weights(model: str, folder: str) -> str:
 
 
 def case_config(case: str, args, precision: str = ""):
+    config, _, *case_overrides = CASES[case]
     overrides = {
         "MODEL.CLIPTRASE.CLIP_MODEL": args.model,
         "MODEL.WEIGHTS": args.weights,
         "MODEL.CLIPTRASE.PRECISION": precision or args.precision,
         "MODEL.CLIPTRASE.TEMPLATES": "vild14",
         "MODEL.CLIPTRASE.TEXT_CACHE_DIR": args.text_cache,
+        "MODEL.CLIPTRASE.PROXYCLIP.VFM": args.vfm,
+        "MODEL.CLIPTRASE.PROXYCLIP.VFM_WEIGHTS": "random",
         "MODEL.DEVICE": args.device,
+        **dict(*case_overrides),
     }
     opts = [item for pair in overrides.items() for item in pair]
-    return load_config(os.path.join(REPO, CASES[case][0]), opts)
+    return load_config(os.path.join(REPO, config), opts)
 
 
 def build_case(case: str, args, precision: str = ""):
@@ -416,7 +437,8 @@ def measure_memory(case: str, args) -> Dict:
 def case_memory(case: str, args) -> Dict:
     """Runs ``measure_memory`` in a fresh interpreter (no other model resident)."""
     command = [sys.executable, os.path.abspath(__file__), "--memory-case", case]
-    for name in ("device", "model", "weights", "precision", "threads", "image", "text_cache"):
+    names = ("device", "model", "weights", "precision", "vfm", "threads", "image", "text_cache")
+    for name in names:
         command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -465,6 +487,9 @@ def measure(args, photos: Dict[object, List[str]]) -> Dict:
             runs[f"{case}_photo"] = functools.partial(model, photo)
             record = {"file_name": photos[None][0], "dataset_name": cfg.DATASETS.TEST[0]}
             runs[f"loader_{case}"] = functools.partial(SemSegTestMapper(cfg), record)
+        if model.vfm is not None:  # its VFM alone on one CLIP-normalized window
+            window = (crops[224][:1] / 255 - model.pixel_mean) / model.pixel_std
+            runs[f"vfm_{case}"] = functools.partial(model.vfm, window)
     if "paper_224" in models:
         model, cfg = models["paper_224"]
         batch = to_device(loader_inputs(cfg, (photos[None] * 4)[:4]), device)
@@ -478,7 +503,7 @@ def measure(args, photos: Dict[object, List[str]]) -> Dict:
             many = to_device(loader_inputs(cfg, (photos[None] * n)[:n]), device)
             runs[f"batch{n}_n"] = functools.partial(model, many)
             runs[f"plain_batch{n}_n"] = functools.partial(plain, torch.cat([crops[224]] * n)[:n])
-    standard = [name for name in runs if name.startswith("standard_")]
+    standard = [name for name in runs if name.startswith(("standard_", "proxyclip_", "vfm_"))]
     times = median_ms(
         {n: r for n, r in runs.items() if n not in standard}, args.repeats, args.warmup
     )
@@ -499,6 +524,12 @@ def measure(args, photos: Dict[object, List[str]]) -> Dict:
         else:
             windows = result[f"windows_{case}"] = number_of_windows(cfg, CASES[case][1])
             result[f"window_ratio_{case}"] = times[case] / (windows * times[STANDARD_PLAIN])
+        if model.vfm is not None:
+            result[f"vfm_ms_{case}"] = times[f"vfm_{case}"]
+            floor = result[f"floor_ms_{case}"] = windows * (
+                times[STANDARD_PLAIN] + times[f"vfm_{case}"]
+            )
+            result[f"floor_ratio_{case}"] = times[case] / floor
         overhead, forward, stages = profiled_stages(runs[case], device, args.repeats)
         result[f"overhead_ms_{case}"] = overhead
         result[f"overhead_forward_ms_{case}"] = forward
@@ -518,7 +549,7 @@ def measure(args, photos: Dict[object, List[str]]) -> Dict:
 
     if args.precision != "fp32":
         for case, (model, cfg) in models.items():
-            count = 1 if case.startswith("standard") else 4
+            count = 1 if CASES[case][1] else 4
             checked = to_device(loader_inputs(cfg, photos[CASES[case][1]][:count]), device)
             reference = build_case(case, args, "fp32")[0]
             result[f"agreement_{case}"] = label_agreement(model, reference, checked)
@@ -555,7 +586,8 @@ def format_table(result: Dict) -> str:
     for case in [f"plain_{s}" for s in PLAIN_SIZES] + [
         c for c in CASES if f"time_ms_{c}" in result
     ]:
-        ratio = f"ratio_{case}" if f"ratio_{case}" in result else f"window_ratio_{case}"
+        keys = (f"ratio_{case}", f"floor_ratio_{case}", f"window_ratio_{case}")
+        ratio = next((key for key in keys if key in result), "")
         lines.append(
             f"| {case} | {result.get(f'classes_{case}', '')} | {result[f'time_ms_{case}']:.1f} | "
             f"{number(ratio, '.3f')} | {result.get(f'windows_{case}', '')} | "
@@ -581,6 +613,13 @@ def format_table(result: Dict) -> str:
             f"the plain forward gains {result['plain_batch4_speedup']:.2f}x from the same batch",
         ]
     lines += ["", f"time after the backbone (ms): {', '.join(rows('overhead_ms_', '.1f'))}"]
+    for case in [c for c in CASES if f"floor_ms_{c}" in result]:
+        lines.append(
+            f"{case}: floor {result[f'floor_ms_{case}']:.1f} ms = {result[f'windows_{case}']} "
+            f"windows x (plain 224 {result[f'time_ms_{STANDARD_PLAIN}']:.1f} + VFM "
+            f"{result[f'vfm_ms_{case}']:.1f} ms); time / (windows x plain 224) "
+            f"{result[f'window_ratio_{case}']:.3f}"
+        )
     for key in [k for k in result if k.startswith("throughput_ratio_batch")]:
         n = key[len("throughput_ratio_batch") :]
         lines.append(
@@ -594,7 +633,7 @@ def format_table(result: Dict) -> str:
         "",
         "ratio: time / plain forward at the same S (paper: forward on the test mapper's crop; "
         "'whole photo': forward given the decoded photo, crop included); time / (windows x "
-        "plain_224 timed beside the standard cases) (standard).",
+        "plain_224 timed beside the standard cases) (standard); time / floor (proxyclip).",
     ]
     stages = result.get("stages_ms")
     if stages:
