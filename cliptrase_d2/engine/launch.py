@@ -261,6 +261,13 @@ def _worker(
     _run(main_func, args)
     comm.synchronize()
     dist.destroy_process_group()
+    # Done: leave without the interpreter's teardown, in which threads that torch.distributed
+    # still holds can abort the process ("terminate called without an active exception",
+    # SIGABRT) and turn a finished run into a failed one.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _run(main_func, args):
