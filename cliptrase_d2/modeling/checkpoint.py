@@ -41,7 +41,8 @@ def skip_built_weights(load):
     def checked_load(self, path, *args, **kwargs):
         model = getattr(self.model, "module", self.model)  # DistributedDataParallel's
         built = getattr(model, "built_from_weights", None)
-        if built is not None and path in (built, built or "openai"):
+        # an empty MODEL.WEIGHTS is the tag "openai" (as the model was built from it)
+        if built is not None and (path or "openai") == (built or "openai"):
             logger.info("CLIP weights %s: loaded when the model was built", path)
             return {}
         return load(self, path, *args, **kwargs)
