@@ -1,7 +1,11 @@
 """Shared test fixtures: the authors' reference outputs and the tiny CLIP in $CLIPTRASE_FIXTURES."""
 
+import contextlib
 import json
 import os
+import subprocess
+import sys
+import textwrap
 import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -18,6 +22,8 @@ FIXTURES = os.environ.get("CLIPTRASE_FIXTURES", os.path.join(REPO, "..", "shared
 PEERS = os.path.join(FIXTURES, "..", "peers")
 TINY_CONFIG = os.path.join(FIXTURES, "tiny_clip.json")
 TINY_WEIGHTS = os.path.join(FIXTURES, "tiny_clip_openai.pt")
+TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
+SAMPLE_CONFIG = os.path.join(REPO, "configs", "sample", "voc21_standard.yaml")
 MANIFEST = os.path.join(FIXTURES, "cases", "manifest.json")
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -163,3 +169,52 @@ def project_log(caplog):
     yield caplog
     project.removeHandler(caplog.handler)
     project.propagate = propagate
+
+
+def sample_evaluation(output, tiny_opts, *flags, workers=0):
+    """The command line of ``tools/train_net.py --eval-only`` (with ``flags``) on the VOC sample
+    with the tiny CLIP, shorter side 224, results in ``output``."""
+    return [
+        sys.executable,
+        TRAIN_NET,
+        "--eval-only",
+        *flags,
+        "--config-file",
+        SAMPLE_CONFIG,
+        *tiny_opts,
+        "OUTPUT_DIR",
+        str(output),
+        "MODEL.CLIPTRASE.STANDARD_SHORT_SIDE",
+        "224",
+        "DATALOADER.NUM_WORKERS",
+        str(workers),
+    ]
+
+
+_HOLDER = textwrap.dedent(
+    """
+    import sys
+    from cliptrase_d2.engine.checks import claim_output_dir
+    claim_output_dir(sys.argv[1])
+    print("claimed", flush=True)
+    sys.stdin.readline()
+    """
+)
+
+
+@contextlib.contextmanager
+def claimed_by_another_process(folder):
+    """``folder`` claimed as an evaluation's OUTPUT_DIR by another live process (its pid is
+    yielded), which ends when the block does."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(folder)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=REPO),
+    )
+    try:
+        assert holder.stdout.readline().strip() == "claimed"
+        yield holder.pid
+    finally:
+        holder.communicate("\n", timeout=60)

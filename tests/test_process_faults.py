@@ -8,17 +8,14 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
 from PIL import Image
 
-from conftest import FIXTURES, REPO, require_fixtures
+from conftest import FIXTURES, REPO, require_fixtures, sample_evaluation
 from faults import end_session, process_table, running_in_session, wait_until
 
-TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
-SAMPLE_CONFIG = os.path.join(REPO, "configs", "sample", "voc21_standard.yaml")
 DATASET = "cliptrase_sample_voc21"
 
 
@@ -40,21 +37,7 @@ def long_dataset(tmp_path_factory):
 
 
 def _start(root, output, tiny_opts, *argv, workers=1, env=()):
-    command = [
-        sys.executable,
-        TRAIN_NET,
-        "--eval-only",
-        *argv,
-        "--config-file",
-        SAMPLE_CONFIG,
-        *tiny_opts,
-        "OUTPUT_DIR",
-        str(output),
-        "MODEL.CLIPTRASE.STANDARD_SHORT_SIDE",
-        "224",
-        "DATALOADER.NUM_WORKERS",
-        str(workers),
-    ]
+    command = sample_evaluation(output, tiny_opts, *argv, workers=workers)
     environment = dict(os.environ, DETECTRON2_DATASETS=root, OMP_NUM_THREADS="1", **dict(env))
     return subprocess.Popen(
         command,

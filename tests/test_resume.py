@@ -6,23 +6,20 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, skip_outside_ci
+from conftest import REPO, SAMPLE_CONFIG, sample_evaluation, skip_outside_ci
 from cliptrase_d2.atomic import STATE_DIR, atomic_write_text
 from cliptrase_d2.errors import ConfigError
 from cliptrase_d2.config import load_config
 from cliptrase_d2.engine.trainer import validate
 from detectron2.engine import default_argument_parser
 
-TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
 SAMPLE_ROOT = os.path.join(REPO, "datasets", "cliptrase_sample_voc21")
-SAMPLE_CONFIG = os.path.join(REPO, "configs", "sample", "voc21_standard.yaml")
 RESULTS = "sem_seg_results_cliptrase_sample_voc21.json"
 PREDICTIONS = os.path.join("predictions", "cliptrase_sample_voc21")
 
@@ -48,24 +45,6 @@ def _sample_twice(root) -> int:
     return len(os.listdir(dataset / "images"))
 
 
-def _command(output, tiny_opts, *flags):
-    return [
-        sys.executable,
-        TRAIN_NET,
-        "--eval-only",
-        *flags,
-        "--config-file",
-        SAMPLE_CONFIG,
-        *tiny_opts,
-        "OUTPUT_DIR",
-        str(output),
-        "MODEL.CLIPTRASE.STANDARD_SHORT_SIDE",
-        "224",
-        "DATALOADER.NUM_WORKERS",
-        "0",
-    ]
-
-
 def _predicted(output):
     folder = output / PREDICTIONS
     names = os.listdir(folder) if folder.is_dir() else []
@@ -78,7 +57,7 @@ def test_a_killed_evaluation_resumes_where_it_stopped(tiny_opts, tmp_path):
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
 
     killed = subprocess.Popen(
-        _command(resumed, tiny_opts),
+        sample_evaluation(resumed, tiny_opts),
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -99,7 +78,7 @@ def test_a_killed_evaluation_resumes_where_it_stopped(tiny_opts, tmp_path):
     inodes = {name: os.stat(resumed / PREDICTIONS / name).st_ino for name in done}
 
     completed = subprocess.run(
-        _command(resumed, tiny_opts, "--resume"),
+        sample_evaluation(resumed, tiny_opts, "--resume"),
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -108,7 +87,12 @@ def test_a_killed_evaluation_resumes_where_it_stopped(tiny_opts, tmp_path):
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     completed = subprocess.run(
-        _command(whole, tiny_opts), cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+        sample_evaluation(whole, tiny_opts),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
 

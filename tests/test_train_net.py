@@ -11,11 +11,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FIXTURES, REPO, manifest_runs, require_fixtures, run_config, skip_outside_ci
+from conftest import (
+    FIXTURES,
+    REPO,
+    TRAIN_NET,
+    manifest_runs,
+    require_fixtures,
+    run_config,
+    sample_evaluation,
+    skip_outside_ci,
+)
 from cliptrase_d2.config import load_config
 from cliptrase_d2.engine.trainer import Trainer
 
-TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
 SAMPLE_ROOT = os.path.join(REPO, "datasets", "cliptrase_sample_voc21")
 FIXTURE_DATASETS = {
     "VOC21": "cliptrase_fixtures_voc21",
@@ -67,23 +75,7 @@ def _require_sample():
 
 
 def _eval(num_processes, output, tiny_opts, *extra):
-    command = [
-        sys.executable,
-        TRAIN_NET,
-        "--eval-only",
-        "--num-gpus",
-        str(num_processes),
-        "--config-file",
-        os.path.join(REPO, "configs", "sample", "voc21_standard.yaml"),
-        *tiny_opts,
-        "OUTPUT_DIR",
-        str(output),
-        "MODEL.CLIPTRASE.STANDARD_SHORT_SIDE",
-        "224",
-        "DATALOADER.NUM_WORKERS",
-        "0",
-        *extra,
-    ]
+    command = [*sample_evaluation(output, tiny_opts, "--num-gpus", str(num_processes)), *extra]
     env = dict(os.environ, DETECTRON2_DATASETS=os.path.join(REPO, "datasets"), OMP_NUM_THREADS="1")
     completed = subprocess.run(
         command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600
@@ -146,18 +138,12 @@ def test_two_machines_sharing_one_output_folder_equal_one_process(tiny_opts, tmp
     port = _free_port()
     machines = [
         subprocess.Popen(
-            [sys.executable, TRAIN_NET, "--eval-only", "--num-machines", "2"]
-            + [
-                "--machine-rank",
-                str(rank),
-                "--num-gpus",
-                "1",
-                "--dist-url",
-                f"tcp://127.0.0.1:{port}",
-            ]
-            + ["--config-file", os.path.join(REPO, "configs", "sample", "voc21_standard.yaml")]
-            + [*tiny_opts, "OUTPUT_DIR", str(tmp_path / "shared")]
-            + ["MODEL.CLIPTRASE.STANDARD_SHORT_SIDE", "224", "DATALOADER.NUM_WORKERS", "0"],
+            sample_evaluation(
+                tmp_path / "shared",
+                tiny_opts,
+                *("--num-machines", "2", "--machine-rank", str(rank), "--num-gpus", "1"),
+                *("--dist-url", f"tcp://127.0.0.1:{port}"),
+            ),
             cwd=REPO,
             env=dict(
                 os.environ, DETECTRON2_DATASETS=os.path.join(REPO, "datasets"), OMP_NUM_THREADS="1"
