@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, claimed_by_another_process
 from cliptrase_d2.atomic import STATE_DIR, atomic_write_json, atomic_write_png, atomic_write_text
 from cliptrase_d2.engine import checks
 from cliptrase_d2.engine.checks import LOCK_NAME, claim_output_dir
@@ -166,34 +166,11 @@ def test_a_killed_run_s_files_move_aside_and_its_lock_does_not_block(tmp_path):
         assert (folder / path).read_text() == text, path
 
 
-HOLDER = textwrap.dedent(
-    """
-    import sys
-    from cliptrase_d2.engine.checks import claim_output_dir
-    claim_output_dir(sys.argv[1])
-    print("claimed", flush=True)
-    sys.stdin.readline()
-    """
-)
-
-
 def test_a_live_run_s_lock_is_refused(tmp_path):
     folder = tmp_path / "out"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(folder)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ, PYTHONPATH=REPO),
-    )
-    try:
-        assert holder.stdout.readline().strip() == "claimed"
-        with pytest.raises(
-            OutputError, match=rf"another evaluation \(pid {holder.pid}\) is writing"
-        ):
+    with claimed_by_another_process(folder) as pid:
+        with pytest.raises(OutputError, match=rf"another evaluation \(pid {pid}\) is writing"):
             _new_run(folder)
-    finally:
-        holder.communicate("\n", timeout=60)
 
 
 def test_compare_leaves_a_users_folder_named_like_a_head(tmp_path):

@@ -10,12 +10,11 @@ import logging
 import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
 from PIL import Image
 
-from conftest import FIXTURES, REPO, require_fixtures
+from conftest import FIXTURES, REPO, claimed_by_another_process, require_fixtures
 from faults import full_disk
 from cliptrase_d2.atomic import atomic_open, atomic_paths
 from cliptrase_d2.config import check_device, load_config
@@ -426,38 +425,17 @@ def test_a_users_results_file_is_refused_through_train_net(tmp_path):
     assert not (folder / "previous").exists()
 
 
-HOLDER = textwrap.dedent(
-    """
-    import sys, time
-    from cliptrase_d2.engine.checks import claim_output_dir
-    claim_output_dir(sys.argv[1])
-    print("claimed", flush=True)
-    sys.stdin.readline()
-    """
-)
-
-
 def test_a_second_evaluation_into_the_same_folder_is_refused(tmp_path):
     folder = tmp_path / "out"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(folder)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ, PYTHONPATH=REPO),
-    )
-    try:
-        assert holder.stdout.readline().strip() == "claimed"
+    with claimed_by_another_process(folder) as pid:
         for entry, config, key in [
             (run_train_net, SAMPLE_CONFIG, "OUTPUT_DIR"),
             (run_lazy, LAZY_CONFIG, "train.output_dir"),
             (run_compare, SAMPLE_CONFIG, "--output"),
         ]:
-            refused = f"another evaluation \\(pid {holder.pid}\\) is writing to the {key}"
+            refused = f"another evaluation \\(pid {pid}\\) is writing to the {key}"
             with pytest.raises(OutputError, match=refused):
                 entry(config, output=folder)
-    finally:
-        holder.communicate("\n", timeout=60)
     # the lock ends with its process, however it ends: the folder can be claimed again
     claim_output_dir(str(folder))
 
