@@ -1,30 +1,25 @@
-"""ADE20K-150 val (2,000 images of the SceneParsing benchmark) for ADE150.
-
-Input: the extracted ADEChallengeData2016.zip (``images/validation/*.jpg`` and
-``annotations/validation/*.png`` with 0 = other, 1..150 the classes). Output, under the root:
-
-    ADEChallengeData2016/annotations_detectron2/validation/<id>.png   classes 0..149, other 255
-
-When the input folder is not ``<root>/ADEChallengeData2016`` itself, the val images are copied too.
+"""ADE20K-150 val (2,000 images of the SceneParsing benchmark) for ADE150: the extracted
+ADEChallengeData2016.zip (annotations 0 = other, 1..150 the classes) becomes
+``ADEChallengeData2016/annotations_detectron2/validation/<id>.png`` (classes 0..149, other 255)
+under the root, copying the val images there when the input is elsewhere. datasets/README.md,
+'ADE20K-150', has the layout.
 
     python datasets/prepare_ade20k_150.py [--ade path/to/ADEChallengeData2016] [--root datasets]
 """
 
-import argparse
+from functools import partial
 from pathlib import Path
 from typing import List, Optional
 
-from tqdm import tqdm
-
 from prepare_common import (
+    Pair,
     Summary,
-    add_root_argument,
-    copy_file,
-    read_label_png,
+    argument_parser,
+    convert_pairs,
+    parse_args,
     remap,
-    require_dir,
+    require,
     require_images,
-    resolve_root,
     run,
     same_folder,
 )
@@ -39,39 +34,33 @@ ADE150_LABELS = {k: k - 1 for k in range(1, 151)}  # 0 ('other') and anything el
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description="Prepare ADE20K-150 val for cliptrase_ade150_val.")
-    parser.add_argument(
-        "--ade",
-        type=Path,
-        default=None,
-        help="extracted ADEChallengeData2016 folder (default: <root>/ADEChallengeData2016)",
+    parser = argument_parser(
+        "Prepare ADE20K-150 val for cliptrase_ade150_val.",
+        {"--ade": "extracted ADEChallengeData2016 folder (default: <root>/ADEChallengeData2016)"},
     )
-    add_root_argument(parser)
-    args = parser.parse_args(argv)
-    root = resolve_root(args.root)
-    out = root / LAYOUT
+    args = parse_args(parser, argv)
+    out = args.root / LAYOUT
     source = args.ade or out
-    images_dir = require_dir(source / "images/validation", "ADE20K-150 val images", SOURCE)
-    labels_dir = require_dir(
-        source / "annotations/validation", "ADE20K-150 val annotations", SOURCE
+    images_dir = require(source / "images/validation", "ADE20K-150 val images", SOURCE, folder=True)
+    labels_dir = require(
+        source / "annotations/validation", "ADE20K-150 val annotations", SOURCE, folder=True
     )
     copy_images = not same_folder(source, out)
     out_labels = out / "annotations_detectron2/validation"
+    to_ade150 = (partial(remap, mapping=ADE150_LABELS, default=255), 255)
 
     images = require_images(images_dir, "*.jpg", SOURCE)
-    summary = Summary("ADE20K-150 val", "ade150")
-    summary.images = len(images)
-    for image in tqdm(images, desc="ADE20K-150 val"):
-        if copy_images:
-            summary.write(copy_file(image, out / "images/validation" / image.name))
-        target = out_labels / f"{image.stem}.png"
-        if target.exists():
-            continue
-        label_file = labels_dir / f"{image.stem}.png"
-        if not label_file.is_file():
-            summary.missing_file(label_file, "ADE20K-150 annotation", SOURCE)
-            continue
-        summary.save(remap(read_label_png(label_file), ADE150_LABELS, default=255), target, 255)
+    pairs = [
+        Pair(
+            image,
+            labels_dir / f"{image.stem}.png",
+            out / "images/validation" / image.name if copy_images else None,
+            {out_labels / f"{image.stem}.png": to_ade150},
+        )
+        for image in images
+    ]
+    summary = Summary("ADE20K-150 val", "ade150", len(images))
+    convert_pairs(summary, pairs, "ADE20K-150 annotation", SOURCE)
     return summary.finish({out_labels: 150}, "*.png")
 
 

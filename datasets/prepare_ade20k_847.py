@@ -1,29 +1,21 @@
-"""ADE20K-847 val (the 2,000 validation images of the full ADE20K) for ADE847.
+"""ADE20K-847 val (the 2,000 validation images of the full ADE20K) for ADE847, exactly as
+MaskFormer's script (which SAN and CAT-Seg use) makes it from the extracted ADE20K_2021_17_01.zip:
 
-Input: the extracted ADE20K_2021_17_01.zip: ``index_ade20k.pkl`` (lists ``folder``,
-``filename`` and ``objectnames``) and ``images/ADE/validation/.../ADE_val_<n>.jpg`` with their
-``_seg.png``, whose red and green channels encode the object class: R // 10 * 256 + G is the
-1-based index into ``objectnames`` (0 unlabelled). Output, under the dataset root, in the
-layout MaskFormer, SAN and CAT-Seg use (shorter side at most 512 pixels):
+    ADE20K_2021_17_01/images_detectron2/validation/<name>.jpg        decoded and saved again as
+        JPEG (Pillow's defaults), shorter side resized to 512 (bilinear) when it is longer
+    ADE20K_2021_17_01/annotations_detectron2/validation/<name>.tif   16-bit: classes 0..846,
+        everything else 65535
 
-    ADE20K_2021_17_01/images_detectron2/validation/<name>.jpg
-        every image decoded and saved again as JPEG (Pillow's defaults), resized to a shorter
-        side of 512 (bilinear) when it is longer
-    ADE20K_2021_17_01/annotations_detectron2/validation/<name>.tif
-        16-bit: the 847 classes of vocabularies.json 0..846, everything else 65535
-
-The 847 classes are mapped by id, as MaskFormer's script does: ``ade847_ids.json`` (next to this
-script) gives the ADE object class of each ADE847 class. Before converting, the script checks
-that ``objectnames`` names each of those ids as vocabularies.json does (a different release
-stops it with the list of disagreeing ids). The images are written exactly as MaskFormer's script
-writes them, so the folder equals one made by MaskFormer, SAN or CAT-Seg.
+The classes are mapped by id: ``ade847_ids.json`` (next to this script) gives the ADE object
+class (in a ``_seg.png``, R // 10 * 256 + G, a 1-based index into ``index_ade20k.pkl``'s
+``objectnames``) of each ADE847 class; a release whose ``objectnames`` names those ids otherwise
+stops the script. datasets/README.md, 'ADE20K-847', has the layout.
 
     python datasets/prepare_ade20k_847.py [--ade-full path/to/ADE20K_2021_17_01] [--root datasets]
 
 (The index is a pickle: load only the official file.)
 """
 
-import argparse
 import json
 import pickle
 from pathlib import Path
@@ -36,11 +28,11 @@ from tqdm import tqdm
 
 from prepare_common import (
     Summary,
-    add_root_argument,
+    argument_parser,
     benchmark_classes,
+    parse_args,
     remap,
     require,
-    resolve_root,
     run,
     write_atomic,
 )
@@ -106,17 +98,12 @@ def image_path(source: Path, folder: str, filename: str) -> Path:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description="Prepare ADE20K-847 val for cliptrase_ade847_val.")
-    parser.add_argument(
-        "--ade-full",
-        type=Path,
-        default=None,
-        help="extracted ADE20K_2021_17_01 folder (default: <root>/ADE20K_2021_17_01)",
+    parser = argument_parser(
+        "Prepare ADE20K-847 val for cliptrase_ade847_val.",
+        {"--ade-full": "extracted ADE20K_2021_17_01 folder (default: <root>/ADE20K_2021_17_01)"},
     )
-    add_root_argument(parser)
-    args = parser.parse_args(argv)
-    root = resolve_root(args.root)
-    out = root / LAYOUT
+    args = parse_args(parser, argv)
+    out = args.root / LAYOUT
     source = args.ade_full or out
     index_file = require(source / "index_ade20k.pkl", "ADE20K index", SOURCE)
     with open(index_file, "rb") as f:
@@ -134,8 +121,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise FileNotFoundError(
             f"{index_file} lists no validation images (ADE_val_*.jpg)\n  It comes from {SOURCE}."
         )
-    summary = Summary("ADE20K-847 val", "ade847")
-    summary.images = len(val)
+    summary = Summary("ADE20K-847 val", "ade847", len(val))
     for folder, filename in tqdm(val, desc="ADE20K-847 val"):
         stem = Path(filename).stem
         image_out, label_out = out_images / f"{stem}.jpg", out_labels / f"{stem}.tif"

@@ -1,35 +1,27 @@
-"""Cityscapes val (500 images) for Cityscapes19.
+"""Cityscapes val (500 images) for Cityscapes19: the extracted leftImg8bit_trainvaltest.zip and
+gtFine_trainvaltest.zip give, under the root and next to the labelIds maps,
 
-Inputs: the extracted leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip
-(``leftImg8bit/val/<city>/<name>_leftImg8bit.png``,
-``gtFine/val/<city>/<name>_gtFine_labelIds.png``).
-Output, under the dataset root, next to the labelIds maps as cityscapesScripts'
-createTrainIdLabelImgs names them:
+    cityscapes/gtFine/val/<city>/<name>_gtFine_labelTrainIds.png   trainIds 0..18, else 255
 
-    cityscapes/gtFine/val/<city>/<name>_gtFine_labelTrainIds.png   trainIds 0..18, everything else
-    255
-
-Existing labelTrainIds files (e.g. from cityscapesScripts) are kept. When the input folder is
-not ``<root>/cityscapes`` itself, the val images are copied there too.
+as cityscapesScripts' createTrainIdLabelImgs names them; existing ones are kept. When the input
+is elsewhere, the val images are copied there too. datasets/README.md, 'Cityscapes', has the layout.
 
     python datasets/prepare_cityscapes.py [--cityscapes path/to/cityscapes] [--root datasets]
 """
 
-import argparse
+from functools import partial
 from pathlib import Path
 from typing import List, Optional
 
-from tqdm import tqdm
-
 from prepare_common import (
+    Pair,
     Summary,
-    add_root_argument,
-    copy_file,
-    read_label_png,
+    argument_parser,
+    convert_pairs,
+    parse_args,
     remap,
-    require_dir,
+    require,
     require_images,
-    resolve_root,
     run,
     same_folder,
 )
@@ -41,66 +33,41 @@ SOURCE = (
     "(free registration; extract both into <root>/cityscapes)"
 )
 
-# Cityscapes labelId -> trainId of the 19 evaluated classes (road, sidewalk, ..., bicycle).
-LABEL_ID_TO_TRAIN_ID = {
-    7: 0,
-    8: 1,
-    11: 2,
-    12: 3,
-    13: 4,
-    17: 5,
-    19: 6,
-    20: 7,
-    21: 8,
-    22: 9,
-    23: 10,
-    24: 11,
-    25: 12,
-    26: 13,
-    27: 14,
-    28: 15,
-    31: 16,
-    32: 17,
-    33: 18,
-}
+# The labelIds of the 19 evaluated classes (road, sidewalk, ..., bicycle), in trainId order.
+TRAIN_LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
+LABEL_ID_TO_TRAIN_ID = {label_id: train_id for train_id, label_id in enumerate(TRAIN_LABEL_IDS)}
 IMAGE_SUFFIX = "_leftImg8bit.png"
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Prepare Cityscapes val for cliptrase_cityscapes19_val."
+    parser = argument_parser(
+        "Prepare Cityscapes val for cliptrase_cityscapes19_val.",
+        {"--cityscapes": "folder holding leftImg8bit/ and gtFine/ (default: <root>/cityscapes)"},
     )
-    parser.add_argument(
-        "--cityscapes",
-        type=Path,
-        default=None,
-        help="folder holding leftImg8bit/ and gtFine/ (default: <root>/cityscapes)",
-    )
-    add_root_argument(parser)
-    args = parser.parse_args(argv)
-    root = resolve_root(args.root)
-    out = root / LAYOUT
+    args = parse_args(parser, argv)
+    out = args.root / LAYOUT
     source = args.cityscapes or out
-    images_dir = require_dir(source / "leftImg8bit/val", "Cityscapes val images", SOURCE)
-    labels_dir = require_dir(source / "gtFine/val", "Cityscapes val fine annotations", SOURCE)
+    images_dir = require(source / "leftImg8bit/val", "Cityscapes val images", SOURCE, folder=True)
+    labels_dir = require(
+        source / "gtFine/val", "Cityscapes val fine annotations", SOURCE, folder=True
+    )
     copy_images = not same_folder(source, out)
+    to_train_ids = (partial(remap, mapping=LABEL_ID_TO_TRAIN_ID, default=255), 255)
 
     images = require_images(images_dir, f"*/*{IMAGE_SUFFIX}", SOURCE)
-    summary = Summary("Cityscapes val", "cityscapes")
-    summary.images = len(images)
-    for image in tqdm(images, desc="Cityscapes val"):
+    pairs = []
+    for image in images:
         city, name = image.parent.name, image.name[: -len(IMAGE_SUFFIX)]
-        if copy_images:
-            summary.write(copy_file(image, out / "leftImg8bit/val" / city / image.name))
-        target = out / "gtFine/val" / city / f"{name}_gtFine_labelTrainIds.png"
-        if target.exists():
-            continue
-        label_file = labels_dir / city / f"{name}_gtFine_labelIds.png"
-        if not label_file.is_file():
-            summary.missing_file(label_file, "Cityscapes labelIds map", SOURCE)
-            continue
-        train_ids = remap(read_label_png(label_file), LABEL_ID_TO_TRAIN_ID, default=255)
-        summary.save(train_ids, target, 255)
+        pairs.append(
+            Pair(
+                image,
+                labels_dir / city / f"{name}_gtFine_labelIds.png",
+                out / "leftImg8bit/val" / city / image.name if copy_images else None,
+                {out / "gtFine/val" / city / f"{name}_gtFine_labelTrainIds.png": to_train_ids},
+            )
+        )
+    summary = Summary("Cityscapes val", "cityscapes", len(images))
+    convert_pairs(summary, pairs, "Cityscapes labelIds map", SOURCE)
     return summary.finish({out / "gtFine/val": 19}, "*/*_gtFine_labelTrainIds.png")
 
 

@@ -1,6 +1,6 @@
-"""What every ``datasets/prepare_<family>.py`` script shares: the dataset root, clear errors for
-missing inputs, atomic writes that make the scripts idempotent, label remapping, and the summary
-each script ends with (images per output folder, classes seen, the official validation counts).
+"""What every ``datasets/prepare_<family>.py`` script shares: the arguments and the dataset root,
+clear errors for missing inputs, atomic writes that make the scripts idempotent, the walk over
+image / label-map pairs, and the summary each script ends with.
 
 A script writes each output to a hidden temporary name in the output folder and renames it into
 place (``os.replace``) only once it is complete, so an interrupted run never leaves a file that
@@ -26,10 +26,21 @@ import sys
 import tarfile
 import zipfile
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set
+from typing import (
+    Callable,
+    Dict,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+)
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 logger = logging.getLogger("prepare")
 
@@ -40,27 +51,37 @@ VOCABULARIES_JSON = PACKAGE_DATA / "vocabularies.json"
 SPLITS = json.loads((PACKAGE_DATA / "splits.json").read_text(encoding="utf-8"))
 
 
-def default_root() -> Path:
-    """``$DETECTRON2_DATASETS``, else ``./datasets`` (as Detectron2 and the dataset registration
-    use)."""
-    return Path(os.getenv("DETECTRON2_DATASETS", "datasets"))
+def add_paths(parser, paths: Mapping[str, str]) -> None:
+    """Adds each option of ``paths`` (option -> help) as a path that defaults to None."""
+    for option, help in paths.items():
+        parser.add_argument(option, type=Path, default=None, help=help)
 
 
-def add_root_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--root",
-        type=Path,
-        default=None,
-        help="dataset root the layout is written under "
-        "(default: $DETECTRON2_DATASETS, else ./datasets)",
+def argument_parser(
+    description: str, paths: Optional[Mapping[str, str]] = None
+) -> argparse.ArgumentParser:
+    """A script's parser: ``--root`` and the input folders ``paths`` (see ``add_paths``)."""
+    parser = argparse.ArgumentParser(description=description)
+    root_help = (
+        "dataset root the layout is written under (default: $DETECTRON2_DATASETS, else ./datasets)"
     )
+    add_paths(parser, {"--root": root_help, **(paths or {})})
+    return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Optional[List[str]]) -> argparse.Namespace:
+    """The parsed arguments, ``root`` resolved and checked before any work."""
+    args = parser.parse_args(argv)
+    args.root = resolve_root(args.root)
+    return args
 
 
 def resolve_root(root: Optional[Path]) -> Path:
-    """The dataset root, checked before any work: NotADirectoryError / PermissionError naming it
-    when it is a file, lies under a file, or cannot be written (nor created in its nearest
-    existing parent)."""
-    root = default_root() if root is None else Path(root)
+    """The dataset root (``--root``, else ``$DETECTRON2_DATASETS``, else ``./datasets``, as
+    Detectron2 and the dataset registration use), checked: NotADirectoryError / PermissionError
+    naming it when it is a file, lies under a file, or cannot be written (nor created in its
+    nearest existing parent)."""
+    root = Path(os.getenv("DETECTRON2_DATASETS", "datasets") if root is None else root)
     what = f"dataset root (--root or $DETECTRON2_DATASETS) {root}"
     existing = root
     while not existing.exists() and existing != existing.parent:
@@ -97,11 +118,6 @@ def require(path: Path, what: str, source: str, folder: bool = False) -> Path:
     if not folder and path.is_dir():
         raise IsADirectoryError(f"{what} {path} is a folder, not a file (it comes from {source})")
     return path
-
-
-def require_dir(path: Path, what: str, source: str) -> Path:
-    """``require`` for a folder."""
-    return require(path, what, source, folder=True)
 
 
 def require_images(folder: Path, pattern: str, source: str) -> List[Path]:
@@ -180,6 +196,45 @@ def remap(labels: np.ndarray, mapping: Mapping[int, int], default: int) -> np.nd
     return table[labels]
 
 
+class Pair(NamedTuple):
+    """One input image and its label map, and what a script makes of them: the copy of the image
+    in the layout (None: it is in the layout already) and each output label map with the function
+    that converts the input labels into it and the output's void value."""
+
+    image: Path
+    labels: Path
+    image_copy: Optional[Path]
+    outputs: Mapping[Path, Tuple[Callable[[np.ndarray], np.ndarray], int]]
+
+
+def convert_pairs(
+    summary: "Summary",
+    pairs: Sequence[Pair],
+    what: str,
+    source: str,
+    image_what: str = "image",
+    read: Callable[[Path], np.ndarray] = None,
+) -> None:
+    """Copies each image that is to be copied and, for each label map whose outputs are not all
+    there yet, reads it (``read``, default ``read_label_png``) and writes its outputs. A missing
+    input image (``image_what``) or label map (``what``) is a warning naming it and ``source``, and
+    skipped."""
+    for image, labels_file, image_copy, outputs in tqdm(pairs, desc=summary.name):
+        if image_copy is not None:
+            if image.is_file():
+                summary.write(copy_file(image, image_copy))
+            else:
+                summary.missing_file(image, image_what, source)
+        if all(path.exists() for path in outputs):
+            continue
+        if not labels_file.is_file():
+            summary.missing_file(labels_file, what, source)
+            continue
+        labels = (read or read_label_png)(labels_file)
+        for path, (convert, void) in outputs.items():
+            summary.save(convert(labels), path, void)
+
+
 MISSING_SHOWN = 5  # missing files named one by one in the log; the rest are only counted
 
 
@@ -188,11 +243,10 @@ class Summary:
     folder, the classes seen in the maps written now, missing inputs, and the number of
     validation images against the official count (a warning when they differ)."""
 
-    def __init__(self, name: str, split: str):
-        self.name, self.split = name, split
+    def __init__(self, name: str, split: str, images: int):
+        self.name, self.split, self.images = name, split, images
         self.expected = SPLITS[split]["images"]
         self.written = 0
-        self.images = 0
         self.missing: List[Path] = []
         self.classes: Dict[Path, Set[int]] = {}
 
@@ -263,14 +317,6 @@ class Summary:
                     self.images,
                 )
         return self.written
-
-
-def report(name: str, written: int, outputs: Sequence[Path]) -> None:
-    folders = ", ".join(str(p) for p in outputs)
-    if written:
-        logger.info("%s: wrote %d files under %s", name, written, folders)
-    else:
-        logger.info("%s: everything already in place under %s (nothing written)", name, folders)
 
 
 # Input or environment faults a script reports in one line: a missing, unreadable or unwritable

@@ -2,41 +2,30 @@
 Detail annotations, which mmseg, SAN and CAT-Seg evaluate (VOC2010's ImageSets/Main/val.txt lists
 5,105: one image has no Detail annotations and is not part of the split).
 
-Inputs: the extracted VOCtrainval_03-May-2010.tar (``VOCdevkit/VOC2010`` with JPEGImages/), the
-PASCAL in Detail annotations ``trainval_merged.json`` (for PC59 and PC60, and the list of val
-images) and PASCAL Context's trainval.tar.gz (``trainval/<id>.mat``, each with a ``LabelMap`` of
-the 459 classes numbered 1..459 in labels.txt order, for PC459). Output, under the dataset root:
+Inputs: the extracted VOCtrainval_03-May-2010.tar (``VOCdevkit/VOC2010``), PASCAL in Detail's
+``trainval_merged.json`` (PC59, PC60 and the val ids) and PASCAL Context's trainval.tar.gz
+(``trainval/<id>.mat``, a ``LabelMap`` of the 459 classes 1..459, for PC459). Output, under
+``VOCdevkit/VOC2010`` in the root: ``pascalcontext_val.txt`` (the val ids, CAT-Seg's file) and in
+``annotations_detectron2/``:
 
-    VOCdevkit/VOC2010/pascalcontext_val.txt  the val ids, one a line (CAT-Seg's file of that name)
-    VOCdevkit/VOC2010/annotations_detectron2/pc459_val/<id>.tif  16-bit: classes 0..458 (void
-        65535)
-    VOCdevkit/VOC2010/annotations_detectron2/pc59_val/<id>.png   classes 0..58, every other
-        pixel 255
-    VOCdevkit/VOC2010/annotations_detectron2/pc60_val/<id>.png   classes 0..58, every other
-        pixel 59
+    pc459_val/<id>.tif  16-bit: classes 0..458, void 65535
+    pc59_val/<id>.png   classes 0..58, every other pixel 255
+    pc60_val/<id>.png   classes 0..58, every other pixel 59
 
-PC59 and PC60 come, by default, from ``trainval_merged.json`` as mmseg, SAN, CAT-Seg and ODISE
-make them (and so the numbers of the peers and of the CLIPtrase authors, who use SAN's folders):
-each segment of a val image (RLE or polygons, decoded with pycocotools) is painted in the file's
-order with its category id (1-based PC459 ids), everything unpainted is background; an image
-without segments is all background. ``--labels mat`` makes them from the ``.mat`` files instead.
-The two differ; when both are present the script counts the val pixels whose PC59 label differs
-and logs the count.
-PC59 keeps the 59 most frequent of the 459 classes (their names in vocabularies.json, with
-'diningtable' for 459's 'table'); the rest is background, ignored in PC59 and class 59 in PC60.
-``--from-pc59 DIR`` takes existing PC59 maps made from the Detail annotations (SAN's
-``pcontext/val/label``, CAT-Seg's ``pc59_val``) instead, for the images they cover, and derives
-PC60 from them. Without the Detail annotations, the val images are those of ``--from-pc59``,
-else of CAT-Seg's ``pascalcontext_val.txt``, else (with a warning) VOC2010's val.txt.
-When the VOC2010 folder is not ``<root>/VOCdevkit/VOC2010`` itself, the val images are copied
-there too.
+PC59 and PC60 are made as mmseg, SAN, CAT-Seg and ODISE make them: each segment of a val image
+(RLE or polygons, decoded with pycocotools) is painted in the file's order with its 1-based PC459
+id, the rest is background. ``--labels mat`` makes them from the ``.mat`` files instead (when
+both are there, the count of differing PC59 pixels is logged); ``--from-pc59 DIR`` takes existing
+PC59 maps made from the Detail annotations (SAN's, CAT-Seg's) and derives PC60 from them. Without
+the Detail annotations, the val images are those of ``--from-pc59``, else of CAT-Seg's
+``pascalcontext_val.txt``, else (with a warning) VOC2010's val.txt. datasets/README.md,
+'Ground-truth decisions' and 'PASCAL Context', says more.
 
     python datasets/prepare_pascal_context.py [--voc2010 path/to/VOCdevkit/VOC2010]
         [--detail-json path/to/trainval_merged.json] [--context path/to/trainval]
         [--labels detail|mat] [--from-pc59 DIR] [--root datasets]
 """
 
-import argparse
 import json
 import logging
 from collections import defaultdict
@@ -51,15 +40,14 @@ from tqdm import tqdm
 from prepare_common import (
     SPLITS,
     Summary,
-    add_root_argument,
+    argument_parser,
     benchmark_classes,
     copy_file,
+    parse_args,
     read_ids,
     read_label_png,
     remap,
     require,
-    require_dir,
-    resolve_root,
     run,
     same_folder,
     write_atomic,
@@ -215,26 +203,17 @@ def write_list(path: Path, ids: List[str]) -> bool:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Prepare PASCAL Context val for cliptrase_pc59/pc60/pc459_val."
-    )
-    parser.add_argument(
-        "--voc2010",
-        type=Path,
-        default=None,
-        help="extracted VOC2010 folder (default: <root>/VOCdevkit/VOC2010)",
-    )
-    parser.add_argument(
-        "--context",
-        type=Path,
-        default=None,
-        help="folder of PASCAL Context's 459-class <id>.mat files (default: <voc2010>/trainval)",
-    )
-    parser.add_argument(
-        "--detail-json",
-        type=Path,
-        default=None,
-        help="PASCAL in Detail's trainval_merged.json (default: <voc2010>/trainval_merged.json)",
+    parser = argument_parser(
+        "Prepare PASCAL Context val for cliptrase_pc59/pc60/pc459_val.",
+        {
+            "--voc2010": "extracted VOC2010 folder (default: <root>/VOCdevkit/VOC2010)",
+            "--context": "folder of PASCAL Context's 459-class <id>.mat files "
+            "(default: <voc2010>/trainval)",
+            "--detail-json": "PASCAL in Detail's trainval_merged.json "
+            "(default: <voc2010>/trainval_merged.json)",
+            "--from-pc59": "existing PC59 maps made from the Detail annotations (SAN's "
+            "pcontext/val/label, CAT-Seg's pc59_val): copied as PC59, and PC60 derived from them",
+        },
     )
     parser.add_argument(
         "--labels",
@@ -243,31 +222,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         help="source of PC59 and PC60: the Detail annotations (default, as "
         "mmseg, SAN and CAT-Seg) or the .mat files",
     )
-    parser.add_argument(
-        "--from-pc59",
-        type=Path,
-        default=None,
-        help="existing PC59 maps made from the Detail annotations (SAN's "
-        "pcontext/val/label, CAT-Seg's pc59_val): copied as PC59, and PC60 "
-        "derived from them",
-    )
-    add_root_argument(parser)
-    args = parser.parse_args(argv)
-    root = resolve_root(args.root)
+    args = parse_args(parser, argv)
+    root = args.root
     out = root / LAYOUT
     source = args.voc2010 or out
-    require_dir(source, "VOC2010 folder", VOC2010_SOURCE)
-    images_dir = require_dir(source / "JPEGImages", "VOC2010 images", VOC2010_SOURCE)
+    require(source, "VOC2010 folder", VOC2010_SOURCE, folder=True)
+    images_dir = require(source / "JPEGImages", "VOC2010 images", VOC2010_SOURCE, folder=True)
     context_dir = args.context or source / "trainval"
     detail_json = args.detail_json or source / "trainval_merged.json"
     pc59_maps = None
     if args.from_pc59:
-        pc59_maps = require_dir(
-            args.from_pc59, "PC59 maps", "SAN's or CAT-Seg's PASCAL Context script"
+        pc59_maps = require(
+            args.from_pc59, "PC59 maps", "SAN's or CAT-Seg's PASCAL Context script", folder=True
         )
     have_mat, have_detail = context_dir.is_dir(), detail_json.is_file()
     if not have_mat and (args.labels == "mat" or not have_detail) and pc59_maps is None:
-        require_dir(context_dir, "PASCAL Context label folder", CONTEXT_SOURCE)
+        require(context_dir, "PASCAL Context label folder", CONTEXT_SOURCE, folder=True)
     if not have_mat:
         logger.warning(
             "warning: PASCAL Context label folder not found: %s (it comes from %s); "
@@ -310,8 +280,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             len(not_in_split),
             ", ".join(not_in_split[:5]),
         )
-    summary = Summary("PASCAL Context val", "pascal_context")
-    summary.images = len(image_ids)
+    summary = Summary("PASCAL Context val", "pascal_context", len(image_ids))
     differing_pixels = differing_images = compared_pixels = 0
     if published:
         summary.write(write_list(root / LIST, image_ids))

