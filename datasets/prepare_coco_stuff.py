@@ -1,7 +1,6 @@
 """COCO val2017 (5,000 images) for COCO-Stuff171 and COCO-Object80, the latter in two protocols.
-
-Inputs: val2017.zip (``coco/val2017/*.jpg``) and COCO-Stuff's stuffthingmaps_trainval2017.zip
-(``val2017/<id>.png`` holding COCO category id - 1, 255 unlabelled). Output, under the root:
+From val2017.zip and COCO-Stuff's stuffthingmaps_trainval2017.zip (``val2017/<id>.png``: COCO
+category id - 1, 255 unlabelled) it writes, under the root:
 
     coco/stuffthingmaps_detectron2/val2017/<id>.png    COCO-Stuff171: classes 0..170, void 255
     coco/objectmaps_detectron2/val2017/<id>.png        COCO-Object80: things 0..79, all else 80
@@ -9,10 +8,10 @@ Inputs: val2017.zip (``coco/val2017/*.jpg``) and COCO-Stuff's stuffthingmaps_tra
                                                        and void 80, stuff 81..170 255
 
 The first COCO-Object80 is the peers' (GroupViT's) conversion; the second bakes in how the
-paper's numbers were computed (docs/method.md, 'Vocabulary quirks'; datasets/README.md,
-'Ground-truth decisions'). The 171-class maps can also be the input (``--stuff171``, or
-``coco/stuffthingmaps_detectron2/val2017`` when the raw maps are missing): SAN's, the CLIPtrase
-authors' and CAT-Seg's hold the same values. Images not in ``<root>/coco/val2017`` are copied there.
+paper's numbers were computed (datasets/README.md, 'Ground-truth decisions'). The 171-class maps
+(SAN's, the CLIPtrase authors', CAT-Seg's) can be the input instead: ``--stuff171``, or
+``coco/stuffthingmaps_detectron2/val2017`` by itself when the raw maps are missing. Images not in
+``<root>/coco/val2017`` are copied there.
 
     python datasets/prepare_coco_stuff.py [--val2017 path/to/val2017]
         [--stuffthingmaps path/to/stuffthingmaps/val2017 | --stuff171 path/to/171-class/val2017]

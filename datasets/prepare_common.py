@@ -24,19 +24,8 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import zipfile
 from pathlib import Path
-from typing import (
-    Callable,
-    Dict,
-    List,
-    Mapping,
-    NamedTuple,
-    Optional,
-    Sequence,
-    Set,
-    Tuple,
-)
+from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
 import numpy as np
 from PIL import Image
@@ -213,7 +202,7 @@ def convert_pairs(
     what: str,
     source: str,
     image_what: str = "image",
-    read: Callable[[Path], np.ndarray] = None,
+    read: Optional[Callable[[Path], np.ndarray]] = None,
 ) -> None:
     """Copies each image that is to be copied and, for each label map whose outputs are not all
     there yet, reads it (``read``, default ``read_label_png``) and writes its outputs. A missing
@@ -294,16 +283,13 @@ class Summary:
             "%s: %d files written, %d validation images", self.name, self.written, self.images
         )
         for folder, num_classes in outputs.items():
-            maps = (
-                sum(1 for p in folder.glob(pattern) if not p.name.startswith("."))
-                if folder.is_dir()
-                else 0
-            )
-            subfolders = [f for f in self.classes if f == folder or folder in f.parents]
-            seen = set().union(*(self.classes[f] for f in subfolders)) if subfolders else None
+            maps = len([p for p in folder.glob(pattern) if not p.name.startswith(".")])
+            # the classes of the maps written now into the folder (or its sub-folders)
+            seen = [c for f, c in self.classes.items() if f == folder or folder in f.parents]
             classes = (
-                f"; classes seen in the maps written now: {len(seen)} of {num_classes}"
-                if seen is not None
+                f"; classes seen in the maps written now: {len(set().union(*seen))} of "
+                f"{num_classes}"
+                if seen
                 else ""
             )
             logger.info("  %s: %d label maps%s", folder, maps, classes)
@@ -327,7 +313,6 @@ INPUT_FAULTS = (
     EOFError,
     pickle.UnpicklingError,
     tarfile.TarError,
-    zipfile.BadZipFile,
     subprocess.CalledProcessError,
 )
 

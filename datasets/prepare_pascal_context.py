@@ -1,25 +1,18 @@
 """PASCAL Context val for PC59, PC60 and PC459: the 5,104 images of phase ``val`` in the PASCAL in
-Detail annotations, which mmseg, SAN and CAT-Seg evaluate (VOC2010's ImageSets/Main/val.txt lists
-5,105: one image has no Detail annotations and is not part of the split).
+Detail annotations, which mmseg, SAN and CAT-Seg evaluate (VOC2010's val.txt lists one more,
+without Detail annotations). From the extracted VOCtrainval_03-May-2010.tar, PASCAL in Detail's
+``trainval_merged.json`` and PASCAL Context's ``trainval/<id>.mat`` (459 classes 1..459), it
+writes ``VOCdevkit/VOC2010/pascalcontext_val.txt`` (the val ids, CAT-Seg's file) and, in
+``VOCdevkit/VOC2010/annotations_detectron2/``:
 
-Inputs: the extracted VOCtrainval_03-May-2010.tar (``VOCdevkit/VOC2010``), PASCAL in Detail's
-``trainval_merged.json`` (PC59, PC60 and the val ids) and PASCAL Context's trainval.tar.gz
-(``trainval/<id>.mat``, a ``LabelMap`` of the 459 classes 1..459, for PC459). Output, under
-``VOCdevkit/VOC2010`` in the root: ``pascalcontext_val.txt`` (the val ids, CAT-Seg's file) and in
-``annotations_detectron2/``:
-
-    pc459_val/<id>.tif  16-bit: classes 0..458, void 65535
+    pc459_val/<id>.tif  16-bit: classes 0..458 (from the .mat files), void 65535
     pc59_val/<id>.png   classes 0..58, every other pixel 255
     pc60_val/<id>.png   classes 0..58, every other pixel 59
 
-PC59 and PC60 are made as mmseg, SAN, CAT-Seg and ODISE make them: each segment of a val image
-(RLE or polygons, decoded with pycocotools) is painted in the file's order with its 1-based PC459
-id, the rest is background. ``--labels mat`` makes them from the ``.mat`` files instead (when
-both are there, the count of differing PC59 pixels is logged); ``--from-pc59 DIR`` takes existing
-PC59 maps made from the Detail annotations (SAN's, CAT-Seg's) and derives PC60 from them. Without
-the Detail annotations, the val images are those of ``--from-pc59``, else of CAT-Seg's
-``pascalcontext_val.txt``, else (with a warning) VOC2010's val.txt. datasets/README.md,
-'Ground-truth decisions' and 'PASCAL Context', says more.
+PC59 and PC60 come from the Detail segments painted in the file's order, as mmseg, SAN, CAT-Seg
+and ODISE make them; ``--labels mat`` makes them from the .mat files, ``--from-pc59 DIR`` from
+existing PC59 maps. datasets/README.md ('Ground-truth decisions', 'PASCAL Context') has the
+details, and which val images are used without the Detail annotations.
 
     python datasets/prepare_pascal_context.py [--voc2010 path/to/VOCdevkit/VOC2010]
         [--detail-json path/to/trainval_merged.json] [--context path/to/trainval]
