@@ -147,9 +147,11 @@ def labelme_files(labelme_dir: Optional[Path], deb: Optional[Path]) -> Dict[str,
     return {r: files[f"{EXAMPLES}/{r}"] for r in relative}
 
 
-def official_labels(png: bytes, name: str, size) -> np.ndarray:
-    """VOC class map (0 background, 1..20, 255 void) of a labelme PNG, checked against its photo's
-    size."""
+def official_labels(png: bytes, jpeg: bytes, name: str) -> np.ndarray:
+    """VOC class map (0 background, 1..20, 255 void) of a labelme PNG, checked against the size
+    of its photo (``jpeg``)."""
+    with Image.open(io.BytesIO(jpeg)) as photo:
+        size = photo.size
     with Image.open(io.BytesIO(png)) as image:
         mode = image.mode
         labels = np.asarray(image, dtype=np.int64)
@@ -208,11 +210,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     for image_id in LABELME_IDS:
         jpeg = files[f"JPEGImages/{image_id}.jpg"]
         write_photo[image_id] = lambda tmp, data=jpeg: tmp.write_bytes(data)
-        with Image.open(io.BytesIO(jpeg)) as image:
-            size = image.size
-        labels[image_id] = official_labels(
-            files[f"SegmentationClassPNG/{image_id}.png"], f"{image_id}.png", size
-        )
+        png = files[f"SegmentationClassPNG/{image_id}.png"]
+        labels[image_id] = official_labels(png, jpeg, f"{image_id}.png")
 
     written = 0
     for image_id, (image_path, voc21_path, voc20_path) in tqdm(outputs.items(), desc="VOC sample"):
