@@ -202,10 +202,10 @@ def convert_pairs(
     what: str,
     source: str,
     image_what: str = "image",
-    read: Optional[Callable[[Path], np.ndarray]] = None,
+    read: Callable[[Path], np.ndarray] = read_label_png,
 ) -> None:
     """Copies each image that is to be copied and, for each label map whose outputs are not all
-    there yet, reads it (``read``, default ``read_label_png``) and writes its outputs. A missing
+    there yet, reads it (``read``) and writes its outputs. A missing
     input image (``image_what``) or label map (``what``) is a warning naming it and ``source``, and
     skipped."""
     for image, labels_file, image_copy, outputs in tqdm(pairs, desc=summary.name):
@@ -219,7 +219,7 @@ def convert_pairs(
         if not labels_file.is_file():
             summary.missing_file(labels_file, what, source)
             continue
-        labels = (read or read_label_png)(labels_file)
+        labels = read(labels_file)
         for path, (convert, void) in outputs.items():
             summary.save(convert(labels), path, void)
 
