@@ -89,18 +89,6 @@ def open_label_map(path: str, dataset_name: str, load: bool = True) -> Image.Ima
         ) from None
 
 
-def check_label_ids(gt: np.ndarray, path: str, num_classes: int, ignore_label) -> None:
-    """InputError naming the file and the ids when ``gt`` holds ids that are neither classes
-    (``[0, num_classes)``) nor ``ignore_label`` (void)."""
-    unknown = unknown_label_ids(gt, num_classes, ignore_label)
-    if unknown.size:
-        raise InputError(
-            f"ground truth '{path}' holds ids {unknown[:10].tolist()} outside "
-            f"[0, {num_classes}) that are not ignore_label {ignore_label}; the dataset's "
-            "label maps do not match its classes (re-run its prepare script)"
-        )
-
-
 def check_ground_truth_size(gt_size: Tuple[int, int], dataset_dict: dict, path: str) -> None:
     """InputError naming both files when a ground truth's (height, width) differs from its
     image's (the record's ``height``/``width``, which the test mapper sets from the pixels)."""
@@ -115,13 +103,22 @@ def check_ground_truth_size(gt_size: Tuple[int, int], dataset_dict: dict, path: 
         )
 
 
-def label_map_to_array(image: Image.Image, path: str) -> np.ndarray:
-    """(H, W) int64 label ids of a single-channel label PNG (8-bit, palette or 16-bit)."""
+def checked_labels(image: Image.Image, path: str, num_classes: int, ignore_label) -> np.ndarray:
+    """(H, W) int64 label ids of a single-channel label map (8-bit, palette or 16-bit);
+    InputError naming the file when it has more channels, or ids that are neither classes
+    (``[0, num_classes)``) nor ``ignore_label`` (void)."""
     labels = np.asarray(image, dtype=np.int64)
     if labels.ndim != 2:
         raise InputError(
             f"ground truth '{path}' has shape {labels.shape} (PIL mode {image.mode}); "
             "expected a single-channel label map"
+        )
+    unknown = unknown_label_ids(labels, num_classes, ignore_label)
+    if unknown.size:
+        raise InputError(
+            f"ground truth '{path}' holds ids {unknown[:10].tolist()} outside "
+            f"[0, {num_classes}) that are not ignore_label {ignore_label}; the dataset's "
+            "label maps do not match its classes (re-run its prepare script)"
         )
     return labels
 
@@ -348,10 +345,8 @@ class PaperSemSegEvaluator(_CheckedSemSegEvaluator):
         """The (S, S) ground truth of one image, checked, cropped like the image, void
         relabelled as background where the dataset says so."""
         image = open_label_map(path, self._dataset_name)
-        check_label_ids(
-            label_map_to_array(image, path), path, self._num_classes, self._ignore_label
-        )
-        gt = label_map_to_array(resize_and_center_crop(image, self._crop_size, Image.NEAREST), path)
+        checked_labels(image, path, self._num_classes, self._ignore_label)
+        gt = np.asarray(resize_and_center_crop(image, self._crop_size, Image.NEAREST), np.int64)
         if self._void_as_background:
             gt[gt == self._ignore_label] = self._num_classes - 1
         return gt.astype(dtype, copy=False)
@@ -421,8 +416,8 @@ class StandardSemSegEvaluator(_CheckedSemSegEvaluator):
     def _load_ground_truth(self, path: str, dtype=np.int64) -> np.ndarray:
         """(H, W) label ids of one ground truth, checked: one channel, ids are classes or
         ``ignore_label``."""
-        gt = label_map_to_array(open_label_map(path, self._dataset_name), path)
-        check_label_ids(gt, path, self._num_classes, self._ignore_label)
+        image = open_label_map(path, self._dataset_name)
+        gt = checked_labels(image, path, self._num_classes, self._ignore_label)
         return gt.astype(dtype, copy=False)
 
     def _check_prediction(self, file_name, labels_shape, gt_path, gt_size):
