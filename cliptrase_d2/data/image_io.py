@@ -64,4 +64,3 @@ def read_rgb(path: str, exif_orientation: bool = True) -> np.ndarray:
 _LIMIT_HINT = (
     "Downscale the image, or raise PIL.Image.MAX_IMAGE_PIXELS (None: no limit) if the memory allows"
 )
-
