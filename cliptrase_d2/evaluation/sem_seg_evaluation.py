@@ -187,8 +187,8 @@ class _CheckedSemSegEvaluator(SemSegEvaluator):
     """Detectron2's ``SemSegEvaluator`` with what both protocols add: the ground truth and
     predictions checked (errors naming the file), the label maps saved, the saved ones of a
     resumed run scored instead of predicted, and the results written as JSON and logged as
-    tables. Subclasses read the ground truth in ``_load_ground_truth`` and check a prediction's
-    size in ``_check_prediction``."""
+    tables. Subclasses read the ground truth in ``_load_ground_truth``, check a prediction's
+    size in ``_check_prediction`` and make their results in ``_protocol_results``."""
 
     protocol = ""
 
@@ -276,6 +276,27 @@ class _CheckedSemSegEvaluator(SemSegEvaluator):
             ).reshape(self._conf_matrix.shape)
         self._num_images += 1
 
+    def evaluate(self):
+        """Detectron2's evaluation, which sums every process's confusion matrix into the main
+        process's (its raw results line left out of the log: a table stands in for it), then the
+        protocol's results. Only the main process returns them (None elsewhere), like
+        Detectron2's."""
+        counts = comm.gather(self._num_images, dst=0) if self._distributed else [self._num_images]
+        level = self._logger.level
+        self._logger.setLevel(logging.WARNING)  # its warnings still show
+        try:
+            with np.errstate(divide="ignore", invalid="ignore"):  # no image: said below, once
+                results = super().evaluate()
+        finally:
+            self._logger.setLevel(level)
+        if results is None:
+            return None
+        if sum(counts) == 0:
+            logger.warning(
+                "%s on %s received no predictions", type(self).__name__, self._dataset_name
+            )
+        return self._protocol_results(results, sum(counts))
+
     def encode_json_sem_seg(self, sem_seg, input_file_name):
         """Nothing: Detectron2 writes these COCO-format RLEs only to its output_dir, which it is
         not given (they would cost time and memory, gathered from every process, for nothing)."""
@@ -360,26 +381,14 @@ class PaperSemSegEvaluator(_CheckedSemSegEvaluator):
                 "model's protocol/input size does not match the evaluator's crop_size"
             )
 
-    def evaluate(self):
-        """The paper's metric from Detectron2's confusion matrix (its [:K, :K] block, with
-        prediction rows, is the paper's (ground truth, prediction) matrix transposed). Only the
-        main process returns the results (None elsewhere), like Detectron2's."""
-        counts = (self._conf_matrix, self._num_images)
-        if self._distributed:
-            comm.synchronize()
-            parts = comm.gather(counts, dst=0)
-            if not comm.is_main_process():
-                return None
-        else:
-            parts = [counts]
-        metric = PaperMetric(self._num_classes, ignore_label=self._ignore_label)
-        for conf_matrix, _ in parts:
-            metric.confusion += conf_matrix[:-1, :-1].T
-        num_images = sum(count for _, count in parts)
+    def _protocol_results(self, library_results, num_images):
+        """The paper's metric from Detectron2's confusion matrix, summed over the processes (its
+        [:K, :K] block, with prediction rows, is the paper's (ground truth, prediction) matrix
+        transposed)."""
         if num_images == 0:
-            logger.warning("PaperSemSegEvaluator on %s received no predictions", self._dataset_name)
             return OrderedDict()
-
+        metric = PaperMetric(self._num_classes, ignore_label=self._ignore_label)
+        metric.confusion += self._conf_matrix[:-1, :-1].T
         scores = metric.compute()
         summary = OrderedDict((key, scores[key]) for key in SUMMARY_KEYS)
         results = OrderedDict(summary)
@@ -428,19 +437,9 @@ class StandardSemSegEvaluator(_CheckedSemSegEvaluator):
                 "evaluates at the original resolution"
             )
 
-    def evaluate(self):
-        """Detectron2's metric; its raw results line is left out of the log (a table stands in
-        for it). Only the main process returns the results (None elsewhere), like Detectron2's."""
-        counts = comm.gather(self._num_images, dst=0) if self._distributed else [self._num_images]
-        level = self._logger.level
-        self._logger.setLevel(logging.WARNING)  # its warnings still show
-        try:
-            results = super().evaluate()
-        finally:
-            self._logger.setLevel(level)
-        if results is None:
-            return None
-        res = results["sem_seg"]
+    def _protocol_results(self, library_results, num_images):
+        """Detectron2's metric, as it computed it."""
+        res = library_results["sem_seg"]
         summary = OrderedDict(
             (
                 ("mIoU", res["mIoU"]),
@@ -457,5 +456,5 @@ class StandardSemSegEvaluator(_CheckedSemSegEvaluator):
             extra["per_class_BoundaryIoU"] = OrderedDict(
                 (name, float(res[f"BoundaryIoU-{name}"])) for name in self._class_names
             )
-        self._write_results(summary, per_class_iou, num_images=sum(counts), **extra)
-        return results
+        self._write_results(summary, per_class_iou, num_images=num_images, **extra)
+        return library_results
