@@ -62,13 +62,6 @@ def check_registered(dataset_name: str) -> None:
         )
 
 
-def image_id_of(dataset_dict: dict) -> str:
-    """The ``image_id`` of a dataset dict, or the stem of its ``file_name`` when it has none."""
-    if "image_id" in dataset_dict:
-        return str(dataset_dict["image_id"])
-    return os.path.splitext(os.path.basename(dataset_dict["file_name"]))[0]
-
-
 def open_label_map(path: str, dataset_name: str, load: bool = True) -> Image.Image:
     """A ground-truth image, decoded (or with ``load=False`` only its header read: its size);
     MissingFileError naming it when it is missing, InputError when it is not a readable image."""
@@ -148,8 +141,12 @@ def prediction_png_dtype(num_classes: int) -> np.dtype:
 
 
 def prediction_path(output_dir: str, dataset_name: str, dataset_dict: dict) -> str:
-    """Where an evaluation saves the label map of one image."""
-    return os.path.join(output_dir, "predictions", dataset_name, image_id_of(dataset_dict) + ".png")
+    """Where an evaluation saves the label map of one image: named by its ``image_id``, or by the
+    stem of its ``file_name`` when it has none."""
+    stem = os.path.splitext(os.path.basename(dataset_dict["file_name"]))[0]
+    return os.path.join(
+        output_dir, "predictions", dataset_name, f"{dataset_dict.get('image_id', stem)}.png"
+    )
 
 
 def saved_predictions(
