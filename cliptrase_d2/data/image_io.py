@@ -13,7 +13,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
         top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        if image.mode in ("I", "F") and array.max() <= 1.0 and image.mode == "F":
+        if image.mode == "F" and array.max() <= 1.0:
             top = 1.0
         array = np.clip(np.round(array / top * 255.0), 0, 255).astype(np.uint8)
         image = Image.fromarray(array, mode="L")
@@ -32,11 +32,19 @@ def read_rgb(path: str, exif_orientation: bool = True) -> np.ndarray:
     cannot read as an image."""
     try:
         with Image.open(path) as image:  # reads the header only
-            _check_decode_size(path, image.size)
+            width, height = image.size
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit is not None and width * height > limit:
+                raise InputError(
+                    f"image {path} is {width}x{height} = {width * height} pixels by its header, "
+                    f"over the {limit} pixels an image may have to be decoded. {_LIMIT_HINT}"
+                )
             image.load()
             if exif_orientation:
                 image = ImageOps.exif_transpose(image)
             return np.asarray(to_rgb(image))
+    except InputError:  # the size refused above, not a file Pillow cannot read
+        raise
     except FileNotFoundError:
         raise MissingFileError(f"image file {path} does not exist") from None
     except Image.DecompressionBombError as error:  # Pillow's own check, at twice the limit
@@ -56,14 +64,3 @@ def read_rgb(path: str, exif_orientation: bool = True) -> np.ndarray:
 _LIMIT_HINT = (
     "Downscale the image, or raise PIL.Image.MAX_IMAGE_PIXELS (None: no limit) if the memory allows"
 )
-
-
-def _check_decode_size(path: str, size) -> None:
-    """Refuses a file whose header gives more pixels than ``PIL.Image.MAX_IMAGE_PIXELS``."""
-    width, height = size
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit is not None and width * height > limit:
-        raise InputError(
-            f"image {path} is {width}x{height} = {width * height} pixels by its header, over the "
-            f"{limit} pixels an image may have to be decoded. {_LIMIT_HINT}"
-        )

@@ -47,7 +47,7 @@ class PaperMetric:
     """Accumulates the paper's confusion matrix image by image.
 
     The whole state is ``confusion`` (an integer array), so accumulators filled by different
-    processes are combined by summing them (:meth:`merge`).
+    processes are combined by summing their ``confusion``.
     """
 
     def __init__(self, num_classes: int, ignore_label: Optional[int] = 255):
@@ -84,13 +84,6 @@ class PaperMetric:
         self.confusion += np.bincount(
             gt * self.num_classes + pred, minlength=self.num_classes**2
         ).reshape(self.num_classes, self.num_classes)
-
-    def merge(self, other: "PaperMetric") -> "PaperMetric":
-        """Add another accumulator's counts (e.g. from another process); returns ``self``."""
-        if other.num_classes != self.num_classes:
-            raise InputError(f"cannot merge {other.num_classes} classes into {self.num_classes}")
-        self.confusion += other.confusion
-        return self
 
     def compute(self, decimals: Optional[int] = None) -> Dict[str, object]:
         """The paper's metric, in percent.

@@ -62,13 +62,6 @@ def check_registered(dataset_name: str) -> None:
         )
 
 
-def image_id_of(dataset_dict: dict) -> str:
-    """The ``image_id`` of a dataset dict, or the stem of its ``file_name`` when it has none."""
-    if "image_id" in dataset_dict:
-        return str(dataset_dict["image_id"])
-    return os.path.splitext(os.path.basename(dataset_dict["file_name"]))[0]
-
-
 def open_label_map(path: str, dataset_name: str, load: bool = True) -> Image.Image:
     """A ground-truth image, decoded (or with ``load=False`` only its header read: its size);
     MissingFileError naming it when it is missing, InputError when it is not a readable image."""
@@ -89,18 +82,6 @@ def open_label_map(path: str, dataset_name: str, load: bool = True) -> Image.Ima
         ) from None
 
 
-def check_label_ids(gt: np.ndarray, path: str, num_classes: int, ignore_label) -> None:
-    """InputError naming the file and the ids when ``gt`` holds ids that are neither classes
-    (``[0, num_classes)``) nor ``ignore_label`` (void)."""
-    unknown = unknown_label_ids(gt, num_classes, ignore_label)
-    if unknown.size:
-        raise InputError(
-            f"ground truth '{path}' holds ids {unknown[:10].tolist()} outside "
-            f"[0, {num_classes}) that are not ignore_label {ignore_label}; the dataset's "
-            "label maps do not match its classes (re-run its prepare script)"
-        )
-
-
 def check_ground_truth_size(gt_size: Tuple[int, int], dataset_dict: dict, path: str) -> None:
     """InputError naming both files when a ground truth's (height, width) differs from its
     image's (the record's ``height``/``width``, which the test mapper sets from the pixels)."""
@@ -115,13 +96,22 @@ def check_ground_truth_size(gt_size: Tuple[int, int], dataset_dict: dict, path: 
         )
 
 
-def label_map_to_array(image: Image.Image, path: str) -> np.ndarray:
-    """(H, W) int64 label ids of a single-channel label PNG (8-bit, palette or 16-bit)."""
+def checked_labels(image: Image.Image, path: str, num_classes: int, ignore_label) -> np.ndarray:
+    """(H, W) int64 label ids of a single-channel label map (8-bit, palette or 16-bit);
+    InputError naming the file when it has more channels, or ids that are neither classes
+    (``[0, num_classes)``) nor ``ignore_label`` (void)."""
     labels = np.asarray(image, dtype=np.int64)
     if labels.ndim != 2:
         raise InputError(
             f"ground truth '{path}' has shape {labels.shape} (PIL mode {image.mode}); "
             "expected a single-channel label map"
+        )
+    unknown = unknown_label_ids(labels, num_classes, ignore_label)
+    if unknown.size:
+        raise InputError(
+            f"ground truth '{path}' holds ids {unknown[:10].tolist()} outside "
+            f"[0, {num_classes}) that are not ignore_label {ignore_label}; the dataset's "
+            "label maps do not match its classes (re-run its prepare script)"
         )
     return labels
 
@@ -151,8 +141,12 @@ def prediction_png_dtype(num_classes: int) -> np.dtype:
 
 
 def prediction_path(output_dir: str, dataset_name: str, dataset_dict: dict) -> str:
-    """Where an evaluation saves the label map of one image."""
-    return os.path.join(output_dir, "predictions", dataset_name, image_id_of(dataset_dict) + ".png")
+    """Where an evaluation saves the label map of one image: named by its ``image_id``, or by the
+    stem of its ``file_name`` when it has none."""
+    stem = os.path.splitext(os.path.basename(dataset_dict["file_name"]))[0]
+    return os.path.join(
+        output_dir, "predictions", dataset_name, f"{dataset_dict.get('image_id', stem)}.png"
+    )
 
 
 def saved_predictions(
@@ -190,8 +184,8 @@ class _CheckedSemSegEvaluator(SemSegEvaluator):
     """Detectron2's ``SemSegEvaluator`` with what both protocols add: the ground truth and
     predictions checked (errors naming the file), the label maps saved, the saved ones of a
     resumed run scored instead of predicted, and the results written as JSON and logged as
-    tables. Subclasses read the ground truth in ``_load_ground_truth`` and check a prediction's
-    size in ``_check_prediction``."""
+    tables. Subclasses read the ground truth in ``_load_ground_truth``, check a prediction's
+    size in ``_check_prediction`` and make their results in ``_protocol_results``."""
 
     protocol = ""
 
@@ -279,6 +273,27 @@ class _CheckedSemSegEvaluator(SemSegEvaluator):
             ).reshape(self._conf_matrix.shape)
         self._num_images += 1
 
+    def evaluate(self):
+        """Detectron2's evaluation, which sums every process's confusion matrix into the main
+        process's (its raw results line left out of the log: a table stands in for it), then the
+        protocol's results. Only the main process returns them (None elsewhere), like
+        Detectron2's."""
+        counts = comm.gather(self._num_images, dst=0) if self._distributed else [self._num_images]
+        level = self._logger.level
+        self._logger.setLevel(logging.WARNING)  # its warnings still show
+        try:
+            with np.errstate(divide="ignore", invalid="ignore"):  # no image: said below, once
+                results = super().evaluate()
+        finally:
+            self._logger.setLevel(level)
+        if results is None:
+            return None
+        if sum(counts) == 0:
+            logger.warning(
+                "%s on %s received no predictions", type(self).__name__, self._dataset_name
+            )
+        return self._protocol_results(results, sum(counts))
+
     def encode_json_sem_seg(self, sem_seg, input_file_name):
         """Nothing: Detectron2 writes these COCO-format RLEs only to its output_dir, which it is
         not given (they would cost time and memory, gathered from every process, for nothing)."""
@@ -348,10 +363,8 @@ class PaperSemSegEvaluator(_CheckedSemSegEvaluator):
         """The (S, S) ground truth of one image, checked, cropped like the image, void
         relabelled as background where the dataset says so."""
         image = open_label_map(path, self._dataset_name)
-        check_label_ids(
-            label_map_to_array(image, path), path, self._num_classes, self._ignore_label
-        )
-        gt = label_map_to_array(resize_and_center_crop(image, self._crop_size, Image.NEAREST), path)
+        checked_labels(image, path, self._num_classes, self._ignore_label)
+        gt = np.asarray(resize_and_center_crop(image, self._crop_size, Image.NEAREST), np.int64)
         if self._void_as_background:
             gt[gt == self._ignore_label] = self._num_classes - 1
         return gt.astype(dtype, copy=False)
@@ -365,26 +378,14 @@ class PaperSemSegEvaluator(_CheckedSemSegEvaluator):
                 "model's protocol/input size does not match the evaluator's crop_size"
             )
 
-    def evaluate(self):
-        """The paper's metric from Detectron2's confusion matrix (its [:K, :K] block, with
-        prediction rows, is the paper's (ground truth, prediction) matrix transposed). Only the
-        main process returns the results (None elsewhere), like Detectron2's."""
-        counts = (self._conf_matrix, self._num_images)
-        if self._distributed:
-            comm.synchronize()
-            parts = comm.gather(counts, dst=0)
-            if not comm.is_main_process():
-                return None
-        else:
-            parts = [counts]
-        metric = PaperMetric(self._num_classes, ignore_label=self._ignore_label)
-        for conf_matrix, _ in parts:
-            metric.confusion += conf_matrix[:-1, :-1].T
-        num_images = sum(count for _, count in parts)
+    def _protocol_results(self, library_results, num_images):
+        """The paper's metric from Detectron2's confusion matrix, summed over the processes (its
+        [:K, :K] block, with prediction rows, is the paper's (ground truth, prediction) matrix
+        transposed)."""
         if num_images == 0:
-            logger.warning("PaperSemSegEvaluator on %s received no predictions", self._dataset_name)
             return OrderedDict()
-
+        metric = PaperMetric(self._num_classes, ignore_label=self._ignore_label)
+        metric.confusion += self._conf_matrix[:-1, :-1].T
         scores = metric.compute()
         summary = OrderedDict((key, scores[key]) for key in SUMMARY_KEYS)
         results = OrderedDict(summary)
@@ -421,8 +422,8 @@ class StandardSemSegEvaluator(_CheckedSemSegEvaluator):
     def _load_ground_truth(self, path: str, dtype=np.int64) -> np.ndarray:
         """(H, W) label ids of one ground truth, checked: one channel, ids are classes or
         ``ignore_label``."""
-        gt = label_map_to_array(open_label_map(path, self._dataset_name), path)
-        check_label_ids(gt, path, self._num_classes, self._ignore_label)
+        image = open_label_map(path, self._dataset_name)
+        gt = checked_labels(image, path, self._num_classes, self._ignore_label)
         return gt.astype(dtype, copy=False)
 
     def _check_prediction(self, file_name, labels_shape, gt_path, gt_size):
@@ -433,19 +434,9 @@ class StandardSemSegEvaluator(_CheckedSemSegEvaluator):
                 "evaluates at the original resolution"
             )
 
-    def evaluate(self):
-        """Detectron2's metric; its raw results line is left out of the log (a table stands in
-        for it). Only the main process returns the results (None elsewhere), like Detectron2's."""
-        counts = comm.gather(self._num_images, dst=0) if self._distributed else [self._num_images]
-        level = self._logger.level
-        self._logger.setLevel(logging.WARNING)  # its warnings still show
-        try:
-            results = super().evaluate()
-        finally:
-            self._logger.setLevel(level)
-        if results is None:
-            return None
-        res = results["sem_seg"]
+    def _protocol_results(self, library_results, num_images):
+        """Detectron2's metric, as it computed it."""
+        res = library_results["sem_seg"]
         summary = OrderedDict(
             (
                 ("mIoU", res["mIoU"]),
@@ -462,5 +453,5 @@ class StandardSemSegEvaluator(_CheckedSemSegEvaluator):
             extra["per_class_BoundaryIoU"] = OrderedDict(
                 (name, float(res[f"BoundaryIoU-{name}"])) for name in self._class_names
             )
-        self._write_results(summary, per_class_iou, num_images=sum(counts), **extra)
-        return results
+        self._write_results(summary, per_class_iou, num_images=num_images, **extra)
+        return library_results

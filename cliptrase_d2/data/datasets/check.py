@@ -20,6 +20,7 @@ from detectron2.data import DatasetCatalog
 from PIL import Image
 
 from ...errors import UserError
+from ...evaluation.paper_metric import unknown_label_ids
 from .register_benchmarks import (
     BENCHMARK_SPLITS,
     OFFICIAL_SPLITS,
@@ -46,8 +47,7 @@ def label_map_problem(record: dict, num_classes: int, ignore_label: int) -> Opti
         return f"{path} has {labels.shape[2]} channels; a label map has one"
     if labels.shape != (height, width):
         return f"{path} is {labels.shape[1]}x{labels.shape[0]}, its image {width}x{height}"
-    values = np.unique(labels)
-    wrong = values[(values >= num_classes) & (values != ignore_label)]
+    wrong = unknown_label_ids(labels, num_classes, ignore_label)
     if wrong.size:
         return f"{path} holds {wrong[:5].tolist()}, not in 0..{num_classes - 1} or {ignore_label}"
     return None

@@ -10,8 +10,9 @@ the vocabulary has background words, and ``ignore_label`` for void (255; 65535 i
 of PC459 and ADE847, whose class ids pass 255).
 
 Each benchmark's split (the images its published numbers used, how many, and the file listing
-them) is stated once, in ``cliptrase_d2/data/splits.json``, which the preparation scripts read
-too. Registration never touches the disk: a dataset's folders are read when it is loaded.
+them) and the datasets registered on it (folders, vocabulary, label format) are stated once, in
+``cliptrase_d2/data/splits.json``, which the preparation scripts read too. Registration never
+touches the disk: a dataset's folders are read when it is loaded.
 """
 
 import functools
@@ -28,22 +29,9 @@ from PIL import Image
 from ...errors import InputError, MissingFileError, UnknownNameError
 from ...vocabulary import resolve_vocabulary
 
-__all__ = [
-    "BENCHMARK_DATASETS",
-    "BENCHMARK_SPLITS",
-    "OFFICIAL_SPLITS",
-    "SemSegSplit",
-    "datasets_root",
-    "load_split",
-    "register_benchmark_datasets",
-    "register_split",
-    "require_registered",
-]
-
 logger = logging.getLogger(__name__)
 
 IGNORE_LABEL = 255
-IGNORE_LABEL_16BIT = 65535  # void in the 16-bit label maps of benchmarks with more than 255 classes
 SHOWN = 5  # file names or ids quoted in one log line; the rest are counted
 
 with open(os.path.join(os.path.dirname(__file__), "..", "splits.json"), encoding="utf-8") as _f:
@@ -91,119 +79,22 @@ def _created_by(script: str) -> str:
     )
 
 
-def _benchmark(name, vocabulary, image_dir, gt_dir, official, **options) -> SemSegSplit:
-    script = _created_by(OFFICIAL_SPLITS[official]["script"])
-    return SemSegSplit(name, vocabulary, image_dir, gt_dir, script, official=official, **options)
+def _benchmark_splits() -> Tuple[SemSegSplit, ...]:
+    """The datasets splits.json registers on each benchmark family's split (its ``labels``
+    only documents the label values)."""
+    splits = []
+    for family, split in OFFICIAL_SPLITS.items():
+        for name, fields in split["datasets"].items():
+            fields = {key: value for key, value in fields.items() if key != "labels"}
+            if "image_suffixes" in fields:
+                fields["image_suffixes"] = tuple(fields["image_suffixes"])
+            fields["alternatives"] = tuple(map(tuple, fields.get("alternatives", ())))
+            how_to_create = _created_by(split["script"])
+            splits.append(SemSegSplit(name, how_to_create=how_to_create, official=family, **fields))
+    return tuple(splits)
 
 
-_VOC = "VOCdevkit/VOC2012"
-_CONTEXT = "VOCdevkit/VOC2010"
-_16BIT_TIFF = dict(gt_suffix=".tif", ignore_label=IGNORE_LABEL_16BIT)
-
-BENCHMARK_SPLITS: Tuple[SemSegSplit, ...] = (
-    # VOC20: classes 0..19; background and void both 255 (the authors' layout). Also read from
-    # the CLIPtrase authors' and SAN's VOC2012/ folders.
-    _benchmark(
-        "cliptrase_voc20_val",
-        "voc20",
-        f"{_VOC}/JPEGImages",
-        f"{_VOC}/annotations_detectron2/val",
-        "voc2012",
-        alternatives=(
-            ("VOC2012/images_detectron2/val", "VOC2012/annotations_detectron2/val"),
-            ("VOC2012/JPEGImages", "VOC2012/annotations_detectron2/val"),
-        ),
-    ),
-    # VOC21: background is class 20, void stays 255.
-    _benchmark(
-        "cliptrase_voc21_val",
-        "voc21",
-        f"{_VOC}/JPEGImages",
-        f"{_VOC}/annotations_detectron2_bg/val",
-        "voc2012",
-        paper_void_as_background=True,
-    ),
-    # PASCAL Context: 59 classes with background 255, 60 with background 59, 459 as 16-bit TIFF
-    # (PC59 and PC459 also from SAN's and the CLIPtrase authors' pcontext/ and pcontext_full/).
-    _benchmark(
-        "cliptrase_pc59_val",
-        "pc59",
-        f"{_CONTEXT}/JPEGImages",
-        f"{_CONTEXT}/annotations_detectron2/pc59_val",
-        "pascal_context",
-        alternatives=(("pcontext/val/image", "pcontext/val/label"),),
-    ),
-    _benchmark(
-        "cliptrase_pc60_val",
-        "pc60",
-        f"{_CONTEXT}/JPEGImages",
-        f"{_CONTEXT}/annotations_detectron2/pc60_val",
-        "pascal_context",
-        paper_void_as_background=True,
-    ),
-    _benchmark(
-        "cliptrase_pc459_val",
-        "pc459",
-        f"{_CONTEXT}/JPEGImages",
-        f"{_CONTEXT}/annotations_detectron2/pc459_val",
-        "pascal_context",
-        alternatives=(("pcontext_full/val/image", "pcontext_full/val/label"),),
-        **_16BIT_TIFF,
-    ),
-    # COCO: 171 stuff+thing classes (also from CAT-Seg's coco-stuff/); COCO-Object maps every
-    # stuff and unlabelled pixel to background 80.
-    _benchmark(
-        "cliptrase_coco_stuff171_val",
-        "coco_stuff171",
-        "coco/val2017",
-        "coco/stuffthingmaps_detectron2/val2017",
-        "coco",
-        alternatives=(("coco-stuff/images/val2017", "coco-stuff/annotations_detectron2/val2017"),),
-    ),
-    _benchmark(
-        "cliptrase_coco_object80_val",
-        "coco_object80",
-        "coco/val2017",
-        "coco/objectmaps_detectron2/val2017",
-        "coco",
-        paper_void_as_background=True,
-    ),
-    # The paper's COCO-Object quirk, baked into the labels: stuff class 80 ('banner') and void
-    # are background (80), stuff ids 81-170 are dropped (255). Only meaningful under the paper
-    # protocol.
-    _benchmark(
-        "cliptrase_coco_object80_paper_val",
-        "coco_object80",
-        "coco/val2017",
-        "coco/objectmaps_paper_detectron2/val2017",
-        "coco",
-    ),
-    _benchmark(
-        "cliptrase_ade150_val",
-        "ade150",
-        "ADEChallengeData2016/images/validation",
-        "ADEChallengeData2016/annotations_detectron2/validation",
-        "ade150",
-    ),
-    _benchmark(
-        "cliptrase_ade847_val",
-        "ade847",
-        "ADE20K_2021_17_01/images_detectron2/validation",
-        "ADE20K_2021_17_01/annotations_detectron2/validation",
-        "ade847",
-        **_16BIT_TIFF,
-    ),
-    _benchmark(
-        "cliptrase_cityscapes19_val",
-        "cityscapes19",
-        "cityscapes/leftImg8bit/val",
-        "cityscapes/gtFine/val",
-        "cityscapes",
-        image_suffixes=("_leftImg8bit.png",),
-        gt_suffix="_gtFine_labelTrainIds.png",
-        recursive=True,
-    ),
-)
+BENCHMARK_SPLITS = _benchmark_splits()
 
 # vocabulary key -> the dataset evaluated with it (the standard-layout split of each benchmark)
 BENCHMARK_DATASETS: Dict[str, str] = {
