@@ -18,12 +18,13 @@ import argparse
 import functools
 import json
 import logging
+import multiprocessing
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Dict, List, Tuple
 
 import cliptrase_d2  # noqa: F401  (first: detectron2 0.6 shims, registrations)
@@ -40,7 +41,7 @@ from cliptrase_d2.config import check_argument, check_device, load_config
 from cliptrase_d2.data.dataset_mapper import SemSegTestMapper
 from cliptrase_d2.data.image_io import read_rgb
 from cliptrase_d2.engine.allocator import tune_cpu_allocator
-from cliptrase_d2.errors import ConfigError, exit_on_user_error
+from cliptrase_d2.errors import ConfigError, exit_on_user_error, invalid_value
 from cliptrase_d2.method.preprocess import keep_ratio_size
 from cliptrase_d2.method.sliding import window_boxes
 from cliptrase_d2.modeling.vfm import VFMS
@@ -113,16 +114,8 @@ def get_parser():
         help="comma-separated batch sizes for the throughput rows "
         "(default 1,8,32 on CUDA, none on CPU)",
     )
-    parser.add_argument("--memory-case", default="", help=argparse.SUPPRESS)  # a fresh process's
-    parser.add_argument("--text-cache", default="none", help=argparse.SUPPRESS)
+    parser.set_defaults(text_cache="none")  # run_benchmark's shared text-embedding folder
     return parser
-
-
-def whole_numbers(text: str, name: str) -> List[int]:
-    try:
-        return [int(n) for n in text.split(",") if n.strip()]
-    except ValueError:
-        raise ConfigError(f"{name} must be comma-separated whole numbers, got {text!r}") from None
 
 
 def check_arguments(args) -> None:
@@ -141,7 +134,10 @@ def check_arguments(args) -> None:
     if not args.cases:
         raise ConfigError(f"--cases must name at least one of {', '.join(CASES)}")
     sizes = args.batch_sizes or ("1,8,32" if args.device.startswith("cuda") else "")
-    args.batch_sizes = whole_numbers(sizes, "--batch-sizes")
+    try:
+        args.batch_sizes = [int(n) for n in sizes.split(",") if n.strip()]
+    except ValueError:
+        raise invalid_value("--batch-sizes", sizes, "comma-separated whole numbers") from None
     if args.batch_sizes:
         check_argument("--batch-sizes", args.batch_sizes, int, 1)
     if args.batch_sizes and "paper_224" not in args.cases:
@@ -365,6 +361,8 @@ def memory_mb(device: torch.device, peak: bool) -> float:
 def measure_memory(case: str, args) -> Dict:
     """In this (fresh) process: builds only ``case``'s model, runs it once, and reports the
     memory in use then (model, libraries) and the peak of two more runs."""
+    set_up_process(args)
+    args = argparse.Namespace(**{**vars(args), "cases": [case] if case in CASES else []})
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as folder, torch.no_grad():
         files = photo_files(args, folder)
@@ -391,14 +389,8 @@ def measure_memory(case: str, args) -> Dict:
 
 def case_memory(case: str, args) -> Dict:
     """Runs ``measure_memory`` in a fresh interpreter (no other model resident)."""
-    command = [sys.executable, os.path.abspath(__file__), "--memory-case", case]
-    names = ("device", "model", "weights", "precision", "vfm", "threads", "image", "text_cache")
-    for name in names:
-        command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"memory measurement of {case} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as fresh:
+        return fresh.submit(measure_memory, case, args).result()
 
 
 # ---- the benchmark ---------------------------------------------------------------------------
@@ -606,19 +598,19 @@ def format_table(result: Dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> Dict:
-    args = get_parser().parse_args(argv)
-    if args.memory_case:  # a fresh process of run_benchmark's, whose arguments are checked
-        args.cases = [args.memory_case] if args.memory_case in CASES else []
-    else:
-        check_arguments(args)
+def set_up_process(args) -> None:
+    """glibc's malloc thresholds as the entry points set them (both the plain and the CLIPtrase
+    runs get them) and --threads, in the benchmark's process and in each fresh one."""
     if not args.glibc_malloc_defaults:
-        tune_cpu_allocator()  # as the entry points do; both the plain and CLIPtrase runs get it
+        tune_cpu_allocator()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    if args.memory_case:
-        sys.stdout.write(json.dumps(measure_memory(args.memory_case, args)) + "\n")
-        return {}
+
+
+def main(argv=None) -> Dict:
+    args = get_parser().parse_args(argv)
+    check_arguments(args)
+    set_up_process(args)
     logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)  # the libraries' own INFO lines stay quiet
     result = run_benchmark(args)

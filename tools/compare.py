@@ -13,11 +13,9 @@ vote|mean|none|tlp applies one refinement to every head.
 Time per image is wall-clock inference time (text embeddings computed beforehand) divided by
 the number of images, with all processes working in parallel.
 
-Two tables: compare.{md,csv} holds every head under the config's protocol (with
-configs/standard/Base-standard.yaml: the peers' common protocol, apples to apples), and
-compare_published.{md,csv} each peer head under its authors' published setting
-(configs/<head>/published/<benchmark>.yaml, to hold against its paper) on the datasets whose
-benchmark it reported; --no-published skips the second.
+Two tables (docs/peer_protocols.md): compare.{md,csv}, every head under the config's protocol,
+and compare_published.{md,csv}, each peer head under its authors' published setting
+(configs/<head>/published/) on the datasets whose benchmark it reported (--no-published: not).
 """
 
 import argparse
