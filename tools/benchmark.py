@@ -219,10 +219,12 @@ def photo_files(args, folder: str) -> Dict[object, List[str]]:
     return by_size
 
 
-def loader_inputs(cfg, files: List[str]) -> List[Dict]:
-    """What evaluation's test mapper gives the model for these photo files."""
+def loader_inputs(cfg, files: List[str], device="cpu") -> List[Dict]:
+    """What evaluation's test mapper gives the model for these photo files (images on
+    ``device``)."""
     mapper = SemSegTestMapper(cfg)
-    return [mapper({"file_name": f, "dataset_name": cfg.DATASETS.TEST[0]}) for f in files]
+    records = [{"file_name": f, "dataset_name": cfg.DATASETS.TEST[0]} for f in files]
+    return [{**x, "image": x["image"].to(device)} for x in map(mapper, records)]
 
 
 def paper_crops(cfg, files: List[str], size: int, device) -> torch.Tensor:
@@ -232,14 +234,11 @@ def paper_crops(cfg, files: List[str], size: int, device) -> torch.Tensor:
     return torch.cat([F.interpolate(x, size=(size, size)) for x in frames]).to(device)
 
 
-def to_device(inputs: List[Dict], device) -> List[Dict]:
-    return [{**x, "image": x["image"].to(device)} for x in inputs]
-
-
-def whole_photo(file: str, cfg) -> Dict:
+def whole_photo(file: str, cfg, device) -> Dict:
+    """The decoded photo, uncropped, as a direct caller gives it to the model."""
     image = torch.tensor(read_rgb(file, exif_orientation=False)).permute(2, 0, 1)
     return {
-        "image": image.contiguous(),
+        "image": image.contiguous().to(device),
         "height": image.shape[1],
         "width": image.shape[2],
         "dataset_name": cfg.DATASETS.TEST[0],
@@ -373,7 +372,7 @@ def measure_memory(case: str, args) -> Dict:
             work = functools.partial(run, crops)
         else:
             model, cfg = build_case(case, args)
-            inputs = to_device(loader_inputs(cfg, files[CASES[case][1]][:1]), device)
+            inputs = loader_inputs(cfg, files[CASES[case][1]][:1], device)
             work = functools.partial(model, inputs)
         work()
         setup = memory_mb(device, peak=False)
@@ -425,12 +424,12 @@ def measure(args, photos: Dict[object, List[str]]) -> Dict:
     for case in args.cases:
         model, cfg = models[case] = build_case(case, args)
         runs[case] = functools.partial(
-            model, to_device(loader_inputs(cfg, photos[CASES[case][1]][:1]), device)
+            model, loader_inputs(cfg, photos[CASES[case][1]][:1], device)
         )
         with torch.no_grad():  # encodes the vocabulary, as evaluation does once
             result[f"classes_{case}"] = runs[case]()[0]["sem_seg"].shape[0]
         if case.startswith("paper_"):
-            photo = to_device([whole_photo(photos[None][0], cfg)], device)
+            photo = [whole_photo(photos[None][0], cfg, device)]
             runs[f"{case}_photo"] = functools.partial(model, photo)
             record = {"file_name": photos[None][0], "dataset_name": cfg.DATASETS.TEST[0]}
             runs[f"loader_{case}"] = functools.partial(SemSegTestMapper(cfg), record)
@@ -439,7 +438,7 @@ def measure(args, photos: Dict[object, List[str]]) -> Dict:
             runs[f"vfm_{case}"] = functools.partial(model.vfm, window)
     if "paper_224" in models:
         model, cfg = models["paper_224"]
-        batch = to_device(loader_inputs(cfg, (photos[None] * 4)[:4]), device)
+        batch = loader_inputs(cfg, (photos[None] * 4)[:4], device)
         plain = runs["plain_224"].func  # the plain 224 forward, on other crops
         four = torch.cat([crops[224]] * 4)[:4]
         runs["batch1"] = lambda: [model([x]) for x in batch]
@@ -447,7 +446,7 @@ def measure(args, photos: Dict[object, List[str]]) -> Dict:
         runs["plain_batch1"] = lambda: [plain(four[i : i + 1]) for i in range(4)]
         runs["plain_batch4"] = lambda: plain(four)
         for n in args.batch_sizes:
-            many = to_device(loader_inputs(cfg, (photos[None] * n)[:n]), device)
+            many = loader_inputs(cfg, (photos[None] * n)[:n], device)
             runs[f"batch{n}_n"] = functools.partial(model, many)
             runs[f"plain_batch{n}_n"] = functools.partial(plain, torch.cat([crops[224]] * n)[:n])
     standard = [name for name in runs if name.startswith(("standard_", "proxyclip_", "vfm_"))]
@@ -497,7 +496,7 @@ def measure(args, photos: Dict[object, List[str]]) -> Dict:
     if args.precision != "fp32":
         for case, (model, cfg) in models.items():
             count = 1 if CASES[case][1] else 4
-            checked = to_device(loader_inputs(cfg, photos[CASES[case][1]][:count]), device)
+            checked = loader_inputs(cfg, photos[CASES[case][1]][:count], device)
             reference = build_case(case, args, "fp32")[0]
             result[f"agreement_{case}"] = label_agreement(model, reference, checked)
             del reference

@@ -122,6 +122,8 @@ def evaluate_published(head: str, dataset: str, args):
 
 
 def timed_test(config_file: str, opts, dataset: str, output: str, args):
+    """(mIoU, seconds per image) of one evaluation on ``dataset`` (``config_file``, the command
+    line's overrides, then ``opts``), its results in ``output``; None on the other processes."""
     cfg = load_config(
         config_file,
         list(args.opts) + opts + ["DATASETS.TEST", f"('{dataset}',)", "OUTPUT_DIR", output],
