@@ -5,71 +5,26 @@
     python tools/benchmark.py --device cuda --json # one JSON object on stdout
     python tools/benchmark.py --stages             # also: where the time goes, stage by stage
 
-Every model is what evaluation builds: ``load_config(case's config)`` and Detectron2's
-``build_model``, with MODEL.CLIPTRASE.CLIP_MODEL --model and MODEL.WEIGHTS --weights (default:
-open_clip's random initialisation, seeded, saved to a temporary file: the cost does not depend
-on the weights' values), MODEL.CLIPTRASE.PRECISION --precision, and ViLD's 14 templates (text
-embeddings are computed before any timing, as evaluation caches them). Each input is what
-evaluation's ``SemSegTestMapper`` makes of a photo file. What is timed:
-
-- ``plain_<S>``: open_clip's own vision tower (``output_tokens=True``, its fused attention fast
-  path included) on the normalized S x S paper crop, every patch token projected to the
-  embedding (``tokens @ visual.proj``): the dense CLIP features any training-free method starts
-  from. The S = 336 tower is built with ``force_image_size=336``.
-- ``paper_<S>``: the model's forward under the paper protocol (configs/paper/pc59_<S>.yaml, 59
-  classes) on the test mapper's S x S crop: the (K, S, S) ``sem_seg`` output; ``ratio_paper_<S>``
-  its time / ``plain_<S>``. ``paper_<S>_photo``: the forward given the whole decoded photo (the
-  crop made inside, as a direct caller pays it), ``ratio_paper_<S>_photo`` its ratio.
-  ``loader_ms_paper_<S>``: the test mapper's whole work for the photo file (decode and crop).
-- ``standard_512x683`` (configs/standard/ade150.yaml, 150 classes, as ADE20K runs it),
-  ``standard_1024x2048`` (configs/standard/cityscapes19.yaml, 19 classes) and the stress case
-  ``standard_1024x2048_k150`` (ADE20K's settings on a Cityscapes-sized photo): the standard
-  protocol on the photo resized to that size, output (K, H, W). ``window_ratio_<case>`` = its
-  time / (``windows_<case>`` x ``plain_224_beside_standard``, the plain 224 forward timed in
-  turns with the standard cases, apart from the paper cases and their multi-GB tensors).
-- ``proxyclip_512x683``: the ``proxyclip`` head under the standard protocol
-  (configs/proxyclip/standard.yaml with ADE20K's 150 classes, its 224 windows) on the 512 x 683
-  photo, its VFM --vfm with random weights (MODEL.CLIPTRASE.PROXYCLIP.VFM_WEIGHTS "random").
-  ``vfm_ms_<case>``: that model's own VFM on one CLIP-normalized 224 x 224 window, timed in
-  turns with the standard cases; ``floor_ms_<case>`` = ``windows_<case>`` x
-  (``plain_224_beside_standard`` + ``vfm_ms_<case>``), the least any method of this family can
-  cost (CLIP and the VFM on every window); ``floor_ratio_<case>`` = its time / that floor.
-- ``overhead_ms_<case>``: the time after the backbone: a forward's time minus the time before
-  its first backbone call and minus its backbone calls (the ``cliptrase/backbone`` label of
-  ``Head.features``; on CUDA the device time of their kernels). Median over --repeats forwards
-  under ``torch.profiler``, whose own median time is ``overhead_forward_ms_<case>``;
-  ``overhead_share_<case>`` = that time / ``plain_<S>`` for the paper cases. ``--stages``
-  charges the same forwards to the method's ``cliptrase/<stage>`` labels (exclusive of the
-  labels nested in them; on CUDA their kernels' device time); what no label covers is "other".
-- ``throughput_batch<N>`` / ``plain_throughput_batch<N>`` for each N of --batch-sizes (default
-  1,8,32 on CUDA, none on a CPU): paper_224 with N crops per forward, and the plain forward on
-  them as one tensor; ``throughput_ratio_batch<N>`` = CLIPtrase's images per second / plain's.
-  ``images_per_s_batch1`` / ``_batch4``: four photos through paper_224 one at a time or as one
-  batch; ``plain_batch4_speedup``: the same for the plain forward, the gain batching gives
-  CLIP itself on this device.
-- ``agreement_<case>`` (--precision other than fp32): the share of output pixels whose label is
-  the one the fp32 model of the same weights gives.
-
-Times are ``torch.utils.benchmark`` medians: the runs take turns, round after round (the order
-reversed every other round), so that a change in the machine's load reaches all of them alike;
-each turn is one ``Timer.blocked_autorange(min_run_time=0)`` (an untimed run sizes its block,
-then one timed run; CUDA synchronized), after --warmup untimed rounds. Peak memory is measured
-in a fresh process per case that builds only that case's model and runs it once untimed: the
-peak of two more runs, on CPU the resident set's high-water mark (VmHWM, reset through
-/proc/self/clear_refs; the model and libraries included), on CUDA
-``torch.cuda.max_memory_allocated`` (weights included).
+Each case's model is what evaluation builds (its config and Detectron2's ``build_model``;
+random open_clip weights, seeded, unless --weights) and each input is what evaluation's test
+mapper makes of a photo file. Times are ``torch.utils.benchmark`` medians of runs that take
+turns; the time after the backbone and --stages come from ``torch.profiler`` and the method's
+``cliptrase/<stage>`` labels; peak memory from a fresh process per case. docs/SPEED.md defines
+every figure (plain_<S>, ratio_paper_<S>, window_ratio_<case>, floor_ratio_<case>,
+overhead_ms_<case>, peak_mb_<case>, ...) and records the measurements.
 """
 
 import argparse
 import functools
 import json
 import logging
+import multiprocessing
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Dict, List, Tuple
 
 import cliptrase_d2  # noqa: F401  (first: detectron2 0.6 shims, registrations)
@@ -86,7 +41,7 @@ from cliptrase_d2.config import check_argument, check_device, load_config
 from cliptrase_d2.data.dataset_mapper import SemSegTestMapper
 from cliptrase_d2.data.image_io import read_rgb
 from cliptrase_d2.engine.allocator import tune_cpu_allocator
-from cliptrase_d2.errors import ConfigError, exit_on_user_error
+from cliptrase_d2.errors import ConfigError, exit_on_user_error, invalid_value
 from cliptrase_d2.method.preprocess import keep_ratio_size
 from cliptrase_d2.method.sliding import window_boxes
 from cliptrase_d2.modeling.vfm import VFMS
@@ -159,16 +114,8 @@ def get_parser():
         help="comma-separated batch sizes for the throughput rows "
         "(default 1,8,32 on CUDA, none on CPU)",
     )
-    parser.add_argument("--memory-case", default="", help=argparse.SUPPRESS)  # a fresh process's
-    parser.add_argument("--text-cache", default="none", help=argparse.SUPPRESS)
+    parser.set_defaults(text_cache="none")  # run_benchmark's shared text-embedding folder
     return parser
-
-
-def whole_numbers(text: str, name: str) -> List[int]:
-    try:
-        return [int(n) for n in text.split(",") if n.strip()]
-    except ValueError:
-        raise ConfigError(f"{name} must be comma-separated whole numbers, got {text!r}") from None
 
 
 def check_arguments(args) -> None:
@@ -187,7 +134,10 @@ def check_arguments(args) -> None:
     if not args.cases:
         raise ConfigError(f"--cases must name at least one of {', '.join(CASES)}")
     sizes = args.batch_sizes or ("1,8,32" if args.device.startswith("cuda") else "")
-    args.batch_sizes = whole_numbers(sizes, "--batch-sizes")
+    try:
+        args.batch_sizes = [int(n) for n in sizes.split(",") if n.strip()]
+    except ValueError:
+        raise invalid_value("--batch-sizes", sizes, "comma-separated whole numbers") from None
     if args.batch_sizes:
         check_argument("--batch-sizes", args.batch_sizes, int, 1)
     if args.batch_sizes and "paper_224" not in args.cases:
@@ -269,10 +219,12 @@ def photo_files(args, folder: str) -> Dict[object, List[str]]:
     return by_size
 
 
-def loader_inputs(cfg, files: List[str]) -> List[Dict]:
-    """What evaluation's test mapper gives the model for these photo files."""
+def loader_inputs(cfg, files: List[str], device="cpu") -> List[Dict]:
+    """What evaluation's test mapper gives the model for these photo files (images on
+    ``device``)."""
     mapper = SemSegTestMapper(cfg)
-    return [mapper({"file_name": f, "dataset_name": cfg.DATASETS.TEST[0]}) for f in files]
+    records = [{"file_name": f, "dataset_name": cfg.DATASETS.TEST[0]} for f in files]
+    return [{**x, "image": x["image"].to(device)} for x in map(mapper, records)]
 
 
 def paper_crops(cfg, files: List[str], size: int, device) -> torch.Tensor:
@@ -282,14 +234,11 @@ def paper_crops(cfg, files: List[str], size: int, device) -> torch.Tensor:
     return torch.cat([F.interpolate(x, size=(size, size)) for x in frames]).to(device)
 
 
-def to_device(inputs: List[Dict], device) -> List[Dict]:
-    return [{**x, "image": x["image"].to(device)} for x in inputs]
-
-
-def whole_photo(file: str, cfg) -> Dict:
+def whole_photo(file: str, cfg, device) -> Dict:
+    """The decoded photo, uncropped, as a direct caller gives it to the model."""
     image = torch.tensor(read_rgb(file, exif_orientation=False)).permute(2, 0, 1)
     return {
-        "image": image.contiguous(),
+        "image": image.contiguous().to(device),
         "height": image.shape[1],
         "width": image.shape[2],
         "dataset_name": cfg.DATASETS.TEST[0],
@@ -332,7 +281,8 @@ def plain_forward(args, size: int) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def median_ms(runs: Dict[str, Callable[[], object]], repeats: int, warmup: int) -> Dict[str, float]:
-    """Median milliseconds of each run (see the module docstring: turns, Timer, medians)."""
+    """Median milliseconds of each run: --repeats rounds of turns, the order reversed every other
+    round, each turn one ``blocked_autorange`` (docs/SPEED.md)."""
     threads = torch.get_num_threads()
     timers = {
         n: Timer("run()", globals={"run": r}, label=n, num_threads=threads) for n, r in runs.items()
@@ -380,8 +330,8 @@ def profile_forward(forward: Callable[[], object], device) -> Tuple[float, float
 
 
 def profiled_stages(forward, device, repeats: int) -> Tuple[float, float, Dict[str, float]]:
-    """Over ``repeats`` profiled forwards, the medians of: the time after the backbone (see the
-    module docstring), the whole forward, and each stage (with "other" and "total")."""
+    """Over ``repeats`` profiled forwards, the medians of: the time after the backbone
+    (docs/SPEED.md), the whole forward, and each stage (with "other" and "total")."""
     overheads, totals, runs = [], [], []
     for _ in range(repeats):
         total, before, stages = profile_forward(forward, device)
@@ -410,6 +360,8 @@ def memory_mb(device: torch.device, peak: bool) -> float:
 def measure_memory(case: str, args) -> Dict:
     """In this (fresh) process: builds only ``case``'s model, runs it once, and reports the
     memory in use then (model, libraries) and the peak of two more runs."""
+    set_up_process(args)
+    args = argparse.Namespace(**{**vars(args), "cases": [case] if case in CASES else []})
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as folder, torch.no_grad():
         files = photo_files(args, folder)
@@ -420,7 +372,7 @@ def measure_memory(case: str, args) -> Dict:
             work = functools.partial(run, crops)
         else:
             model, cfg = build_case(case, args)
-            inputs = to_device(loader_inputs(cfg, files[CASES[case][1]][:1]), device)
+            inputs = loader_inputs(cfg, files[CASES[case][1]][:1], device)
             work = functools.partial(model, inputs)
         work()
         setup = memory_mb(device, peak=False)
@@ -436,21 +388,15 @@ def measure_memory(case: str, args) -> Dict:
 
 def case_memory(case: str, args) -> Dict:
     """Runs ``measure_memory`` in a fresh interpreter (no other model resident)."""
-    command = [sys.executable, os.path.abspath(__file__), "--memory-case", case]
-    names = ("device", "model", "weights", "precision", "vfm", "threads", "image", "text_cache")
-    for name in names:
-        command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"memory measurement of {case} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as fresh:
+        return fresh.submit(measure_memory, case, args).result()
 
 
 # ---- the benchmark ---------------------------------------------------------------------------
 
 
 def run_benchmark(args) -> Dict:
-    """Every figure of the module docstring for ``args`` (checked by ``check_arguments``)."""
+    """Every figure of docs/SPEED.md for ``args`` (checked by ``check_arguments``)."""
     with tempfile.TemporaryDirectory() as folder:
         args.weights = args.weights or random_weights(args.model, folder)
         if args.text_cache == "none":  # the cases of one vocabulary encode it once
@@ -478,12 +424,12 @@ def measure(args, photos: Dict[object, List[str]]) -> Dict:
     for case in args.cases:
         model, cfg = models[case] = build_case(case, args)
         runs[case] = functools.partial(
-            model, to_device(loader_inputs(cfg, photos[CASES[case][1]][:1]), device)
+            model, loader_inputs(cfg, photos[CASES[case][1]][:1], device)
         )
         with torch.no_grad():  # encodes the vocabulary, as evaluation does once
             result[f"classes_{case}"] = runs[case]()[0]["sem_seg"].shape[0]
         if case.startswith("paper_"):
-            photo = to_device([whole_photo(photos[None][0], cfg)], device)
+            photo = [whole_photo(photos[None][0], cfg, device)]
             runs[f"{case}_photo"] = functools.partial(model, photo)
             record = {"file_name": photos[None][0], "dataset_name": cfg.DATASETS.TEST[0]}
             runs[f"loader_{case}"] = functools.partial(SemSegTestMapper(cfg), record)
@@ -492,7 +438,7 @@ def measure(args, photos: Dict[object, List[str]]) -> Dict:
             runs[f"vfm_{case}"] = functools.partial(model.vfm, window)
     if "paper_224" in models:
         model, cfg = models["paper_224"]
-        batch = to_device(loader_inputs(cfg, (photos[None] * 4)[:4]), device)
+        batch = loader_inputs(cfg, (photos[None] * 4)[:4], device)
         plain = runs["plain_224"].func  # the plain 224 forward, on other crops
         four = torch.cat([crops[224]] * 4)[:4]
         runs["batch1"] = lambda: [model([x]) for x in batch]
@@ -500,7 +446,7 @@ def measure(args, photos: Dict[object, List[str]]) -> Dict:
         runs["plain_batch1"] = lambda: [plain(four[i : i + 1]) for i in range(4)]
         runs["plain_batch4"] = lambda: plain(four)
         for n in args.batch_sizes:
-            many = to_device(loader_inputs(cfg, (photos[None] * n)[:n]), device)
+            many = loader_inputs(cfg, (photos[None] * n)[:n], device)
             runs[f"batch{n}_n"] = functools.partial(model, many)
             runs[f"plain_batch{n}_n"] = functools.partial(plain, torch.cat([crops[224]] * n)[:n])
     standard = [name for name in runs if name.startswith(("standard_", "proxyclip_", "vfm_"))]
@@ -550,7 +496,7 @@ def measure(args, photos: Dict[object, List[str]]) -> Dict:
     if args.precision != "fp32":
         for case, (model, cfg) in models.items():
             count = 1 if CASES[case][1] else 4
-            checked = to_device(loader_inputs(cfg, photos[CASES[case][1]][:count]), device)
+            checked = loader_inputs(cfg, photos[CASES[case][1]][:count], device)
             reference = build_case(case, args, "fp32")[0]
             result[f"agreement_{case}"] = label_agreement(model, reference, checked)
             del reference
@@ -574,37 +520,42 @@ def label_agreement(model, reference, inputs: List[Dict]) -> float:
     return same / total
 
 
+def markdown_table(header: List[str], rows: List[List[str]]) -> List[str]:
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
 def format_table(result: Dict) -> str:
+    def number(key, form):
+        return format(result[key], form) if key in result else ""
+
+    def rows(prefix, form):
+        return ", ".join(f"{c} {result[prefix + c]:{form}}" for c in CASES if prefix + c in result)
+
+    cases = [f"plain_{s}" for s in PLAIN_SIZES] + [c for c in CASES if f"time_ms_{c}" in result]
+    table = []
+    for case in cases:
+        keys = (f"ratio_{case}", f"floor_ratio_{case}", f"window_ratio_{case}")
+        ratio = next((key for key in keys if key in result), "")
+        classes, windows = (
+            str(result.get(f"{name}_{case}", "")) for name in ("classes", "windows")
+        )
+        table.append(
+            [case, classes, number(f"time_ms_{case}", ".1f"), number(ratio, ".3f"), windows]
+            + [number(f"peak_mb_{case}", ".0f"), number(f"setup_mb_{case}", ".0f")]
+        )
+        if f"time_ms_{case}_photo" in result:
+            photo = [number(f"time_ms_{case}_photo", ".1f"), number(f"ratio_{case}_photo", ".3f")]
+            table.append([f"{case}, whole photo", classes, *photo, "", "", ""])
+    header = ["case", "classes", "time (ms)", "ratio", "windows", "peak memory (MB)"]
     lines = [
         f"device {result['device']}, {result['threads']} threads, torch {result['torch']}, "
         f"{result['model']} ({result['precision']}), median of {result['repeats']}",
         "",
-        "| case | classes | time (ms) | ratio | windows | peak memory (MB) | before runs (MB) |",
-        "|---|---|---|---|---|---|---|",
+        *markdown_table(header + ["before runs (MB)"], table),
     ]
-    number = lambda key, form: "" if key not in result else format(result[key], form)  # noqa: E731
-    for case in [f"plain_{s}" for s in PLAIN_SIZES] + [
-        c for c in CASES if f"time_ms_{c}" in result
-    ]:
-        keys = (f"ratio_{case}", f"floor_ratio_{case}", f"window_ratio_{case}")
-        ratio = next((key for key in keys if key in result), "")
-        lines.append(
-            f"| {case} | {result.get(f'classes_{case}', '')} | {result[f'time_ms_{case}']:.1f} | "
-            f"{number(ratio, '.3f')} | {result.get(f'windows_{case}', '')} | "
-            f"{number(f'peak_mb_{case}', '.0f')} | {number(f'setup_mb_{case}', '.0f')} |"
-        )
-        if f"time_ms_{case}_photo" in result:
-            lines.append(
-                f"| {case}, whole photo | {result[f'classes_{case}']} | "
-                f"{result[f'time_ms_{case}_photo']:.1f} | {result[f'ratio_{case}_photo']:.3f} "
-                "| | | |"
-            )
-
-    def rows(prefix, form):
-        return [f"{c} {result[prefix + c]:{form}}" for c in CASES if prefix + c in result]
-
     if rows("loader_ms_", ".1f"):
-        lines += ["", f"test mapper, decode and crop (ms): {', '.join(rows('loader_ms_', '.1f'))}"]
+        lines += ["", f"test mapper, decode and crop (ms): {rows('loader_ms_', '.1f')}"]
     if "images_per_s_batch1" in result:
         lines += [
             "",
@@ -612,7 +563,7 @@ def format_table(result: Dict) -> str:
             f"{result['images_per_s_batch4']:.2f} images/s ({result['batch4_speedup']:.2f}x); "
             f"the plain forward gains {result['plain_batch4_speedup']:.2f}x from the same batch",
         ]
-    lines += ["", f"time after the backbone (ms): {', '.join(rows('overhead_ms_', '.1f'))}"]
+    lines += ["", f"time after the backbone (ms): {rows('overhead_ms_', '.1f')}"]
     for case in [c for c in CASES if f"floor_ms_{c}" in result]:
         lines.append(
             f"{case}: floor {result[f'floor_ms_{case}']:.1f} ms = {result[f'windows_{case}']} "
@@ -627,7 +578,7 @@ def format_table(result: Dict) -> str:
             f"{result[f'plain_throughput_batch{n}']:.1f} ({result[key]:.3f}x)"
         )
     if rows("agreement_", ".4f"):
-        agreements = ", ".join(rows("agreement_", ".4f"))
+        agreements = rows("agreement_", ".4f")
         lines += ["", f"labels equal to fp32's (share of pixels, same weights): {agreements}"]
     lines += [
         "",
@@ -635,31 +586,30 @@ def format_table(result: Dict) -> str:
         "'whole photo': forward given the decoded photo, crop included); time / (windows x "
         "plain_224 timed beside the standard cases) (standard); time / floor (proxyclip).",
     ]
-    stages = result.get("stages_ms")
+    stages = result.get("stages_ms", {})
     if stages:
-        cases = list(stages)
-        labels = list(dict.fromkeys(label for case in cases for label in stages[case]))
+        labels = list(dict.fromkeys(label for case in stages for label in stages[case]))
         labels = [label for label in labels if label not in ("other", "total")] + ["other", "total"]
-        lines += ["", "| stage (ms) | " + " | ".join(cases) + " |", "|---" * (len(cases) + 1) + "|"]
-        for label in labels:
-            values = " | ".join(f"{stages[c].get(label, 0.0):.1f}" for c in cases)
-            lines.append(f"| {label} | {values} |")
+        values = [
+            [label] + [f"{stages[c].get(label, 0.0):.1f}" for c in stages] for label in labels
+        ]
+        lines += ["", *markdown_table(["stage (ms)", *stages], values)]
     return "\n".join(lines) + "\n"
+
+
+def set_up_process(args) -> None:
+    """glibc's malloc thresholds as the entry points set them (both the plain and the CLIPtrase
+    runs get them) and --threads, in the benchmark's process and in each fresh one."""
+    if not args.glibc_malloc_defaults:
+        tune_cpu_allocator()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
 
 def main(argv=None) -> Dict:
     args = get_parser().parse_args(argv)
-    if args.memory_case:  # a fresh process of run_benchmark's, whose arguments are checked
-        args.cases = [args.memory_case] if args.memory_case in CASES else []
-    else:
-        check_arguments(args)
-    if not args.glibc_malloc_defaults:
-        tune_cpu_allocator()  # as the entry points do; both the plain and CLIPtrase runs get it
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    if args.memory_case:
-        sys.stdout.write(json.dumps(measure_memory(args.memory_case, args)) + "\n")
-        return {}
+    check_arguments(args)
+    set_up_process(args)
     logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)  # the libraries' own INFO lines stay quiet
     result = run_benchmark(args)

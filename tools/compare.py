@@ -13,11 +13,9 @@ vote|mean|none|tlp applies one refinement to every head.
 Time per image is wall-clock inference time (text embeddings computed beforehand) divided by
 the number of images, with all processes working in parallel.
 
-Two tables: compare.{md,csv} holds every head under the config's protocol (with
-configs/standard/Base-standard.yaml: the peers' common protocol, apples to apples), and
-compare_published.{md,csv} each peer head under its authors' published setting
-(configs/<head>/published/<benchmark>.yaml, to hold against its paper) on the datasets whose
-benchmark it reported; --no-published skips the second.
+Two tables (docs/peer_protocols.md): compare.{md,csv}, every head under the config's protocol,
+and compare_published.{md,csv}, each peer head under its authors' published setting
+(configs/<head>/published/) on the datasets whose benchmark it reported (--no-published: not).
 """
 
 import argparse
@@ -104,13 +102,8 @@ def head_opts(head: str, refine: str):
 
 def evaluate(head: str, dataset: str, args):
     """(mIoU, seconds per image) of one head on one dataset; only the main process gets numbers."""
-    cfg = load_config(
-        args.config_file,
-        list(args.opts)
-        + head_opts(head, args.refine)
-        + ["DATASETS.TEST", f"('{dataset}',)", "OUTPUT_DIR", os.path.join(args.output, head)],
-    )
-    return timed_test(cfg, dataset)
+    opts = head_opts(head, args.refine)
+    return timed_test(args.config_file, opts, dataset, os.path.join(args.output, head), args)
 
 
 def published_config(head: str, dataset: str):
@@ -125,14 +118,16 @@ def published_config(head: str, dataset: str):
 def evaluate_published(head: str, dataset: str, args):
     """(mIoU, seconds per image) of a peer head under its published setting for the dataset."""
     output = os.path.join(args.output, "published", head)
+    return timed_test(published_config(head, dataset), [], dataset, output, args)
+
+
+def timed_test(config_file: str, opts, dataset: str, output: str, args):
+    """(mIoU, seconds per image) of one evaluation on ``dataset`` (``config_file``, the command
+    line's overrides, then ``opts``), its results in ``output``; None on the other processes."""
     cfg = load_config(
-        published_config(head, dataset),
-        list(args.opts) + ["DATASETS.TEST", f"('{dataset}',)", "OUTPUT_DIR", output],
+        config_file,
+        list(args.opts) + opts + ["DATASETS.TEST", f"('{dataset}',)", "OUTPUT_DIR", output],
     )
-    return timed_test(cfg, dataset)
-
-
-def timed_test(cfg, dataset: str):
     model = Trainer.build_model(cfg)
     model.text_embeddings(model.vocabulary_for({"dataset_name": dataset}))  # encoded before timing
     comm.synchronize()
@@ -175,43 +170,33 @@ def main(args):
     setup_logger(name="cliptrase_d2", distributed_rank=comm.get_rank())
     heads = parse_list(args.heads, HEADS, "head")
     datasets = parse_list(args.datasets, DatasetCatalog.list(), "dataset")
-    cells = {}
-    for dataset in datasets:
-        for head in heads:
-            cells[head, dataset] = evaluate(head, dataset, args)
-            if comm.is_main_process():  # after every run: a later failure keeps what is done
-                markdown, table = tables(heads, datasets, cells, comm.get_world_size())
-                atomic_write_text(os.path.join(args.output, "compare.md"), markdown)
-                atomic_write_text(os.path.join(args.output, "compare.csv"), table)
-    if comm.is_main_process():
-        logger.info("comparison written to %s/compare.{md,csv}:\n%s", args.output, markdown)
-    if not args.no_published:
-        published = run_published(heads, datasets, args)
-        return {**cells, **{("published", *key): value for key, value in published.items()}}
-    return cells
-
-
-def run_published(heads, datasets, args):
-    """The second table: every peer head under its published setting, on the datasets of the
-    benchmarks it reported ('-' elsewhere); compare_published.{md,csv}."""
+    pairs = [(head, dataset) for dataset in datasets for head in heads]
+    cells = run_table(heads, datasets, pairs, evaluate, args, "compare")
+    if args.no_published:
+        return cells
+    # the second table: every peer head under its published setting, on the datasets of the
+    # benchmarks it reported ('-' elsewhere)
     peers = [h for h in heads if any(published_config(h, d) for d in datasets)]
-    cells = {}
+    pairs = [(h, d) for h, d in pairs if published_config(h, d) is not None]
     title = "Each peer under its authors' published setting (configs/<head>/published/)"
-    for dataset in datasets:
-        for head in peers:
-            if published_config(head, dataset) is None:
-                continue
-            cells[head, dataset] = evaluate_published(head, dataset, args)
-            if comm.is_main_process():
-                markdown, table = tables(peers, datasets, cells, comm.get_world_size(), title)
-                atomic_write_text(os.path.join(args.output, "compare_published.md"), markdown)
-                atomic_write_text(os.path.join(args.output, "compare_published.csv"), table)
+    published = run_table(
+        peers, datasets, pairs, evaluate_published, args, "compare_published", title
+    )
+    return {**cells, **{("published", *key): value for key, value in published.items()}}
+
+
+def run_table(heads, datasets, pairs, evaluate_pair, args, name: str, title: str = ""):
+    """``evaluate_pair`` on each (head, dataset) of ``pairs``; <name>.{md,csv} in --output are
+    rewritten after every run, so that a later failure keeps what is done."""
+    cells = {}
+    for head, dataset in pairs:
+        cells[head, dataset] = evaluate_pair(head, dataset, args)
+        if comm.is_main_process():
+            markdown, table = tables(heads, datasets, cells, comm.get_world_size(), title)
+            atomic_write_text(os.path.join(args.output, f"{name}.md"), markdown)
+            atomic_write_text(os.path.join(args.output, f"{name}.csv"), table)
     if cells and comm.is_main_process():
-        logger.info(
-            "published settings written to %s/compare_published.{md,csv}:\n%s",
-            args.output,
-            markdown,
-        )
+        logger.info("%s written to %s/%s.{md,csv}:\n%s", name, args.output, name, markdown)
     return cells
 
 

@@ -37,20 +37,17 @@ done
 export CLIPTRASE_FIXTURES="$fixtures" DETECTRON2_DATASETS="$datasets" HF_HUB_OFFLINE=1
 benchmark=(tools/benchmark.py --device cuda --model "$model" --cases paper_224,paper_336,standard_512x683
            --batch-sizes 1,32 --repeats 5 --no-memory --json)
-commands=(
-  "tests|$python -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_dbscan.py"
-  "benchmark_fp32|$python ${benchmark[*]} --precision fp32"
-  "benchmark_fp16|$python ${benchmark[*]} --precision fp16"
-  "train_net|$python tools/train_net.py --eval-only --num-gpus 1 --config-file configs/sample/voc21_standard.yaml
+commands=(  # name|limit in seconds (8 minutes in all)|command
+  "tests|150|$python -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_dbscan.py"
+  "benchmark_fp32|120|$python ${benchmark[*]} --precision fp32"
+  "benchmark_fp16|120|$python ${benchmark[*]} --precision fp16"
+  "train_net|90|$python tools/train_net.py --eval-only --num-gpus 1 --config-file configs/sample/voc21_standard.yaml
    MODEL.DEVICE cuda MODEL.CLIPTRASE.CLIP_MODEL $fixtures/tiny_clip.json MODEL.WEIGHTS $fixtures/tiny_clip_openai.pt
    MODEL.CLIPTRASE.TEXT_CACHE_DIR none OUTPUT_DIR $work/train_net"
 )
-limits=(tests:150 benchmark_fp32:120 benchmark_fp16:120 train_net:90)  # seconds: 8 minutes in all
 
 for entry in "${commands[@]}"; do
-  name="${entry%%|*}"
-  command="$(echo "${entry#*|}" | tr -s ' \n' ' ')"
-  limit=$(printf '%s\n' "${limits[@]}" | sed -n "s/^$name://p")
+  IFS='|' read -r name limit command <<< "$(echo "$entry" | tr -s ' \n' ' ')"
   echo "$command" > "$work/$name.command"
   if (( dry_run )); then
     echo "[dry-run] $name (limit ${limit}s): $command"
