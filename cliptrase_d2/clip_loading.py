@@ -18,10 +18,10 @@ What stays ours:
   without running its code, which ``torch.jit.load`` would do.
 - ``_load_exact`` copies the tensors in after checking that every key and shape fits and every
   value is finite, or raises a ``WeightsError`` naming what does not fit.
-- ``_download_tag``: a tag without network fails in seconds. With ``HF_HUB_OFFLINE`` set
-  huggingface_hub answers from its cache; otherwise a TCP probe of the download host decides,
-  and a host that cannot be reached turns that setting on for the download instead of waiting
-  out huggingface_hub's connection attempts.
+- ``_download_tag``: a tag without network fails in seconds. Offline (``HF_HUB_OFFLINE`` set,
+  or a TCP probe finds the download host unreachable) the file is only looked up in
+  huggingface_hub's cache, through its per-call offline setting (``local_files_only``), instead
+  of waiting out huggingface_hub's connection attempts.
 
 QuickGELU: OpenAI's weights were trained with QuickGELU, open_clip's plain ``ViT-B-16`` config
 uses GELU. The model is built with QuickGELU when its config asks for it (``*-quickgelu`` names,
@@ -46,11 +46,14 @@ import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import open_clip
 import safetensors.torch
 import torch
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import LocalEntryNotFoundError
 from open_clip.factory import load_state_dict
 
 from .errors import WeightsError
@@ -60,13 +63,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["WeightsError", "PRECISIONS", "build_clip", "get_tokenizer", "weights_fingerprint"]
 
-# precision name -> dtype of the model's low-precision weights. "fp16" is open_clip's mixed fp16
-# (LayerNorm in fp32, as OpenAI runs CLIP); "bf16" is open_clip's "pure_bf16" (every tensor bf16).
-PRECISIONS: Dict[str, torch.dtype] = {
-    "fp32": torch.float32,
-    "fp16": torch.float16,
-    "bf16": torch.bfloat16,
-}
+# MODEL.CLIPTRASE.PRECISION -> open_clip's precision: "fp16" is its mixed fp16 (LayerNorm in fp32,
+# as OpenAI runs CLIP), "bf16" its "pure_bf16" (every tensor bf16).
+PRECISIONS = {"fp32": "fp32", "fp16": "fp16", "bf16": "pure_bf16"}
 # A weights value ending in one of these (or containing a path separator) is a file path.
 WEIGHTS_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 # Tensors OpenAI's archives store beside the weights; they describe the model and are not loaded.
@@ -124,7 +123,7 @@ def build_clip(
     quick_gelu = _needs_quick_gelu(
         spec, weights, checkpoint, tag_quick_gelu=tag_quick_gelu, torchscript=torchscript
     )
-    clip = _instantiate(spec, quick_gelu, "pure_bf16" if precision == "bf16" else precision)
+    clip = _instantiate(spec, quick_gelu, PRECISIONS[precision])
     _load_exact(clip, tensors, checkpoint=checkpoint, spec=spec)
     clip.to(device)
     clip.eval()
@@ -190,11 +189,6 @@ class _ModelSpec(NamedTuple):
 
 def _resolve_model(model: str) -> _ModelSpec:
     """Maps a model name or model-config JSON path to the config open_clip will build."""
-    if not isinstance(model, (str, os.PathLike)) or not str(model):
-        raise WeightsError(
-            f"Invalid CLIP model {model!r}: give an open_clip model name such as 'ViT-B-16' "
-            "or the path of an open_clip model-config JSON."
-        )
     model = str(model)
     if model.lower().endswith(".json") or os.path.isfile(model):
         return _register_config_json(model)
@@ -366,17 +360,17 @@ def _resolve_weights(spec: _ModelSpec, weights: str, cache_dir: Optional[str]) -
 def _download_tag(
     spec: _ModelSpec, tag: str, tag_config: Mapping[str, Any], cache_dir: Optional[str]
 ) -> Path:
-    """The tag's checkpoint through open_clip: downloaded (or revalidated) when online; when
-    offline (HF_HUB_OFFLINE, or the download host does not answer) only the cache is read."""
-    from huggingface_hub import constants
-
+    """The tag's checkpoint: downloaded (or revalidated) by open_clip when online; when offline
+    (HF_HUB_OFFLINE, or the download host does not answer) only huggingface_hub's cache is read."""
     offline = (
         "HF_HUB_OFFLINE=1 is set"
-        if constants.HF_HUB_OFFLINE
+        if hub_constants.HF_HUB_OFFLINE
         else _network_problem(_download_url(tag_config))
     )
     try:
-        with _hub_offline(offline is not None):
+        if offline and tag_config.get("hf_hub"):
+            path = _cached_tag_file(tag_config["hf_hub"], cache_dir)
+        else:
             path = open_clip.download_pretrained(dict(tag_config), cache_dir=cache_dir)
     except Exception as e:  # network down, not in the cache, hub error, no disk space, ...
         reason = (
@@ -392,27 +386,22 @@ def _download_tag(
     return Path(path)
 
 
-@contextlib.contextmanager
-def _hub_offline(offline: bool) -> Iterator[None]:
-    """huggingface_hub's own offline setting (it answers from its cache at once), on for this
-    download only when the probe found no network: open_clip's ``download_pretrained`` cannot
-    pass huggingface_hub's per-call ``local_files_only``."""
-    from huggingface_hub import constants
-
-    saved = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = saved or offline
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = saved
+def _cached_tag_file(hf_hub: str, cache_dir: Optional[str]) -> str:
+    """The file ``open_clip.download_pretrained`` would give for an ``hf_hub`` entry (its
+    safetensors alternative first), from huggingface_hub's cache only: ``local_files_only`` is
+    huggingface_hub's per-call offline setting, which open_clip cannot pass."""
+    repo_id, filename = os.path.split(hf_hub)
+    filename = filename or open_clip.pretrained.HF_WEIGHTS_NAME
+    for name in open_clip.pretrained._get_safe_alternatives(filename):
+        with contextlib.suppress(LocalEntryNotFoundError):
+            return hf_hub_download(repo_id, name, cache_dir=cache_dir, local_files_only=True)
+    return hf_hub_download(repo_id, filename, cache_dir=cache_dir, local_files_only=True)
 
 
 def _download_url(tag_config: Mapping[str, Any]) -> str:
     """Where open_clip.download_pretrained will fetch the tag from (it prefers the HF hub)."""
-    if tag_config.get("hf_hub") and open_clip.pretrained.has_hf_hub():
-        from huggingface_hub import constants
-
-        return constants.ENDPOINT
+    if tag_config.get("hf_hub"):
+        return hub_constants.ENDPOINT
     return tag_config.get("url", "")
 
 
