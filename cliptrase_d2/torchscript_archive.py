@@ -80,6 +80,27 @@ def read_torchscript(archive: zipfile.ZipFile, root: str) -> Dict[str, torch.Ten
         pickle.UnpicklingError: data.pkl names a global that is not data (pickled code).
         ArchiveError: a damaged or malformed archive.
     """
+    storages: Dict[str, torch.UntypedStorage] = {}
+
+    def persistent_load(pid: Any) -> torch.TypedStorage:
+        # ('storage', storage type, key, location such as 'cuda:0' (ignored), numel)
+        _, storage_type, key, _, numel = pid
+        if key not in storages:
+            raw = _read_stored(archive, f"{root}data/{key}")
+            if len(raw) != numel * storage_type.dtype.itemsize:
+                raise ArchiveError(
+                    f"storage data/{key} has {len(raw)} bytes, "
+                    f"expected {numel * storage_type.dtype.itemsize}"
+                )
+            storages[key] = (
+                torch.frombuffer(bytearray(raw), dtype=torch.uint8).untyped_storage()
+                if raw  # frombuffer refuses an empty buffer
+                else torch.UntypedStorage(0)
+            )
+        return torch.TypedStorage(
+            wrap_storage=storages[key], dtype=storage_type.dtype, _internal=True
+        )
+
     try:
         if root + "byteorder" in archive.namelist():
             order = archive.read(root + "byteorder").decode("ascii", "replace").strip()
@@ -90,41 +111,19 @@ def read_torchscript(archive: zipfile.ZipFile, root: str) -> Dict[str, torch.Ten
                 )
         data = _read_stored(archive, root + "data.pkl")
         script_classes = {name for name in _pickle_globals(data) if name.startswith("__torch__.")}
-        unpickler = WeightsOnlyUnpickler(io.BytesIO(data), encoding="utf-8")
-        storages: Dict[str, torch.UntypedStorage] = {}
-
-        def persistent_load(pid: Any) -> torch.TypedStorage:
-            # ('storage', storage type, key, location such as 'cuda:0' (ignored), numel)
-            _, storage_type, key, _, numel = pid
-            if key not in storages:
-                raw = _read_stored(archive, f"{root}data/{key}")
-                if len(raw) != numel * storage_type.dtype.itemsize:
-                    raise ArchiveError(
-                        f"storage data/{key} has {len(raw)} bytes, "
-                        f"expected {numel * storage_type.dtype.itemsize}"
-                    )
-                empty = torch.empty(0, dtype=torch.uint8)
-                buffer = torch.frombuffer(bytearray(raw), dtype=torch.uint8) if raw else empty
-                storages[key] = buffer.untyped_storage()
-            return torch.TypedStorage(
-                wrap_storage=storages[key], dtype=storage_type.dtype, _internal=True
-            )
-
-        unpickler.persistent_load = persistent_load
         allowed = _TORCHSCRIPT_HELPERS + [(_ScriptObject, name) for name in script_classes]
-        try:
-            with torch.serialization.safe_globals(allowed):
-                module = unpickler.load()
-        except (pickle.UnpicklingError, ArchiveError, zipfile.BadZipFile, KeyError):
-            raise
-        except Exception as e:  # truncated pickle, wrong opcodes, a view outside its storage
-            raise ArchiveError(f"data.pkl: {type(e).__name__}: {e}") from e
+        unpickler = WeightsOnlyUnpickler(io.BytesIO(data), encoding="utf-8")
+        unpickler.persistent_load = persistent_load
+        with torch.serialization.safe_globals(allowed):
+            module = unpickler.load()
         if not isinstance(module, _ScriptObject):
             raise ArchiveError("its data.pkl does not hold a TorchScript module")
         tensors: Dict[str, torch.Tensor] = {}
         _collect_tensors(module, "", tensors, seen=set())
         return tensors
-    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as e:  # bad CRC, missing record
+    except (pickle.UnpicklingError, ArchiveError):
+        raise
+    except Exception as e:  # bad CRC, missing record, truncated pickle, a view outside its storage
         raise ArchiveError(f"{type(e).__name__}: {e}") from e
 
 
