@@ -362,11 +362,9 @@ def _download_tag(
 ) -> Path:
     """The tag's checkpoint: downloaded (or revalidated) by open_clip when online; when offline
     (HF_HUB_OFFLINE, or the download host does not answer) only huggingface_hub's cache is read."""
-    offline = (
-        "HF_HUB_OFFLINE=1 is set"
-        if hub_constants.HF_HUB_OFFLINE
-        else _network_problem(_download_url(tag_config))
-    )
+    # where open_clip.download_pretrained fetches the tag from: it prefers the HF hub
+    url = hub_constants.ENDPOINT if tag_config.get("hf_hub") else tag_config.get("url", "")
+    offline = "HF_HUB_OFFLINE=1 is set" if hub_constants.HF_HUB_OFFLINE else _network_problem(url)
     try:
         if offline and tag_config.get("hf_hub"):
             path = _cached_tag_file(tag_config["hf_hub"], cache_dir)
@@ -396,13 +394,6 @@ def _cached_tag_file(hf_hub: str, cache_dir: Optional[str]) -> str:
         with contextlib.suppress(LocalEntryNotFoundError):
             return hf_hub_download(repo_id, name, cache_dir=cache_dir, local_files_only=True)
     return hf_hub_download(repo_id, filename, cache_dir=cache_dir, local_files_only=True)
-
-
-def _download_url(tag_config: Mapping[str, Any]) -> str:
-    """Where open_clip.download_pretrained will fetch the tag from (it prefers the HF hub)."""
-    if tag_config.get("hf_hub"):
-        return hub_constants.ENDPOINT
-    return tag_config.get("url", "")
 
 
 def _network_problem(url: str) -> Optional[str]:
