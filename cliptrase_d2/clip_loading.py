@@ -5,33 +5,23 @@
     model = build_clip("path/to/tiny_clip.json", "tiny_clip_openai.pt")
     tokenizer = get_tokenizer("ViT-B-16")
 
-open_clip builds the model and fetches its weights: ``create_model`` builds the architecture in
-the requested precision (``"fp16"`` as OpenAI runs CLIP: open_clip's ``LayerNormFp32`` and
-``convert_weights_to_lp`` keep every LayerNorm, the embeddings and the logit scale in fp32 and
-compute LayerNorm in fp32, the rest in fp16), ``get_pretrained_cfg``/``download_pretrained``
-resolve and fetch pretrained tags (and find them in the Hugging Face cache), ``load_state_dict``
-reads ``torch.load(weights_only=True)`` checkpoints and unwraps ``{"state_dict": ...}`` and
-``module.``. What stays ours, each in a small named function:
+open_clip builds the model (``create_model``, in the requested precision: ``"fp16"`` keeps its
+``LayerNormFp32`` and the embeddings in fp32, as OpenAI runs CLIP), resolves and downloads
+pretrained tags and reads ``torch.load(weights_only=True)`` checkpoints (``load_state_dict``).
+What stays ours:
 
-- ``_read_weights`` reads the file once: the sha256 of those bytes (for the check of OpenAI's
-  published hash and for ``weights_fingerprint``), the zip CRC-32s (torch.load does not check
-  them), then the tensors. A file is not given to ``create_model(pretrained=path)``: that would
-  read it a second time, refuse OpenAI's archive and interpolate a positional embedding of
-  another size where a ``WeightsError`` should say that the weights do not fit.
+- ``_read_weights`` reads the file once: the sha256 of those bytes (for OpenAI's published hash
+  and ``weights_fingerprint``), the zip CRC-32s (torch.load does not check them), the tensors.
+  The file is not given to ``create_model(pretrained=path)``, which would read it again, refuse
+  OpenAI's archive and interpolate a positional embedding where the weights do not fit.
 - ``read_torchscript`` (module ``torchscript_archive``) reads OpenAI's TorchScript archive
-  (``ViT-B-16.pt``) without running its code, which ``torch.jit.load`` would do.
-- ``_load_exact`` copies the tensors into the model after checking that every key and shape
-  fits and every value is finite, so each parameter is the file's tensor (rounded once to the
-  precision) or a ``WeightsError`` names what does not fit.
-- ``_download_tag``: a tag without network fails in seconds. huggingface_hub's own offline
-  setting (``HF_HUB_OFFLINE``, read into ``huggingface_hub.constants`` at import) makes it answer
-  from its cache; when it is not set, a TCP probe of the download host decides, and a host that
-  cannot be reached turns that setting on for the download instead of waiting out
-  huggingface_hub's retries.
-
-Accepted weights (``MODEL.WEIGHTS``): OpenAI's TorchScript archive; a state dict with
-OpenAI/open_clip key names or an open_clip checkpoint (``.pt``/``.pth``/``.bin``); a
-``.safetensors`` file; an open_clip pretrained tag valid for the model (``openai``, ...).
+  without running its code, which ``torch.jit.load`` would do.
+- ``_load_exact`` copies the tensors in after checking that every key and shape fits and every
+  value is finite, or raises a ``WeightsError`` naming what does not fit.
+- ``_download_tag``: a tag without network fails in seconds. Offline (``HF_HUB_OFFLINE`` set,
+  or a TCP probe finds the download host unreachable) the file is only looked up in
+  huggingface_hub's cache, through its per-call offline setting (``local_files_only``), instead
+  of waiting out huggingface_hub's connection attempts.
 
 QuickGELU: OpenAI's weights were trained with QuickGELU, open_clip's plain ``ViT-B-16`` config
 uses GELU. The model is built with QuickGELU when its config asks for it (``*-quickgelu`` names,
@@ -56,11 +46,14 @@ import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import open_clip
 import safetensors.torch
 import torch
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import LocalEntryNotFoundError
 from open_clip.factory import load_state_dict
 
 from .errors import WeightsError
@@ -70,13 +63,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["WeightsError", "PRECISIONS", "build_clip", "get_tokenizer", "weights_fingerprint"]
 
-# precision name -> dtype of the model's low-precision weights. "fp16" is open_clip's mixed fp16
-# (LayerNorm in fp32, as OpenAI runs CLIP); "bf16" is open_clip's "pure_bf16" (every tensor bf16).
-PRECISIONS: Dict[str, torch.dtype] = {
-    "fp32": torch.float32,
-    "fp16": torch.float16,
-    "bf16": torch.bfloat16,
-}
+# MODEL.CLIPTRASE.PRECISION -> open_clip's precision: "fp16" is its mixed fp16 (LayerNorm in fp32,
+# as OpenAI runs CLIP), "bf16" its "pure_bf16" (every tensor bf16).
+PRECISIONS = {"fp32": "fp32", "fp16": "fp16", "bf16": "pure_bf16"}
 # A weights value ending in one of these (or containing a path separator) is a file path.
 WEIGHTS_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 # Tensors OpenAI's archives store beside the weights; they describe the model and are not loaded.
@@ -134,7 +123,7 @@ def build_clip(
     quick_gelu = _needs_quick_gelu(
         spec, weights, checkpoint, tag_quick_gelu=tag_quick_gelu, torchscript=torchscript
     )
-    clip = _instantiate(spec, quick_gelu, "pure_bf16" if precision == "bf16" else precision)
+    clip = _instantiate(spec, quick_gelu, PRECISIONS[precision])
     _load_exact(clip, tensors, checkpoint=checkpoint, spec=spec)
     clip.to(device)
     clip.eval()
@@ -200,11 +189,6 @@ class _ModelSpec(NamedTuple):
 
 def _resolve_model(model: str) -> _ModelSpec:
     """Maps a model name or model-config JSON path to the config open_clip will build."""
-    if not isinstance(model, (str, os.PathLike)) or not str(model):
-        raise WeightsError(
-            f"Invalid CLIP model {model!r}: give an open_clip model name such as 'ViT-B-16' "
-            "or the path of an open_clip model-config JSON."
-        )
     model = str(model)
     if model.lower().endswith(".json") or os.path.isfile(model):
         return _register_config_json(model)
@@ -291,32 +275,24 @@ def _needs_quick_gelu(
 
 
 def _instantiate(spec: _ModelSpec, quick_gelu: bool, precision: str) -> torch.nn.Module:
-    """Builds the randomly initialised model on the CPU in open_clip's ``precision`` (weights are
-    loaded right after)."""
-    try:
-        with _without_random_init_warning():
-            return open_clip.create_model(
-                spec.name, precision=precision, device="cpu", force_quick_gelu=quick_gelu
-            )
-    except Exception as e:  # a config open_clip rejects: unknown keys, bad sizes
-        raise WeightsError(
-            f"open_clip could not build {spec.label}: {type(e).__name__}: {e}"
-        ) from e
-
-
-@contextlib.contextmanager
-def _without_random_init_warning() -> Iterator[None]:
-    """Hides open_clip's 'initialized randomly' warning: build_clip loads the weights itself."""
+    """Builds the randomly initialised model on the CPU in open_clip's ``precision``. Its warning
+    that the model is 'initialized randomly' (logged through the root logger) is hidden: the
+    weights are loaded right after."""
 
     def keep(record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith("No pretrained weights loaded")
 
-    root = logging.getLogger()  # open_clip logs through the root logger
-    root.addFilter(keep)
+    logging.getLogger().addFilter(keep)
     try:
-        yield
+        return open_clip.create_model(
+            spec.name, precision=precision, device="cpu", force_quick_gelu=quick_gelu
+        )
+    except Exception as e:  # a config open_clip rejects: unknown keys, bad sizes
+        raise WeightsError(
+            f"open_clip could not build {spec.label}: {type(e).__name__}: {e}"
+        ) from e
     finally:
-        root.removeFilter(keep)
+        logging.getLogger().removeFilter(keep)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,17 +360,15 @@ def _resolve_weights(spec: _ModelSpec, weights: str, cache_dir: Optional[str]) -
 def _download_tag(
     spec: _ModelSpec, tag: str, tag_config: Mapping[str, Any], cache_dir: Optional[str]
 ) -> Path:
-    """The tag's checkpoint through open_clip: downloaded (or revalidated) when online; when
-    offline (HF_HUB_OFFLINE, or the download host does not answer) only the cache is read."""
-    from huggingface_hub import constants
-
-    offline = (
-        "HF_HUB_OFFLINE=1 is set"
-        if constants.HF_HUB_OFFLINE
-        else _network_problem(_download_url(tag_config))
-    )
+    """The tag's checkpoint: downloaded (or revalidated) by open_clip when online; when offline
+    (HF_HUB_OFFLINE, or the download host does not answer) only huggingface_hub's cache is read."""
+    # where open_clip.download_pretrained fetches the tag from: it prefers the HF hub
+    url = hub_constants.ENDPOINT if tag_config.get("hf_hub") else tag_config.get("url", "")
+    offline = "HF_HUB_OFFLINE=1 is set" if hub_constants.HF_HUB_OFFLINE else _network_problem(url)
     try:
-        with _hub_offline(offline is not None):
+        if offline and tag_config.get("hf_hub"):
+            path = _cached_tag_file(tag_config["hf_hub"], cache_dir)
+        else:
             path = open_clip.download_pretrained(dict(tag_config), cache_dir=cache_dir)
     except Exception as e:  # network down, not in the cache, hub error, no disk space, ...
         reason = (
@@ -403,35 +377,23 @@ def _download_tag(
             else "the download failed"
         )
         raise _tag_unavailable(
-            spec, tag, tag_config, f"{reason} ({type(e).__name__}: {_first_line(e)})"
+            spec, tag, tag_config, f"{reason} ({type(e).__name__}: {_first_line(str(e))})"
         ) from e
     if not path or not os.path.isfile(path):
         raise _tag_unavailable(spec, tag, tag_config, "open_clip returned no file")
     return Path(path)
 
 
-@contextlib.contextmanager
-def _hub_offline(offline: bool) -> Iterator[None]:
-    """huggingface_hub's own offline setting (it answers from its cache at once), on for this
-    download only when the probe found no network: open_clip's ``download_pretrained`` cannot
-    pass huggingface_hub's per-call ``local_files_only``."""
-    from huggingface_hub import constants
-
-    saved = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = saved or offline
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = saved
-
-
-def _download_url(tag_config: Mapping[str, Any]) -> str:
-    """Where open_clip.download_pretrained will fetch the tag from (it prefers the HF hub)."""
-    if tag_config.get("hf_hub") and open_clip.pretrained.has_hf_hub():
-        from huggingface_hub import constants
-
-        return constants.ENDPOINT
-    return tag_config.get("url", "")
+def _cached_tag_file(hf_hub: str, cache_dir: Optional[str]) -> str:
+    """The file ``open_clip.download_pretrained`` would give for an ``hf_hub`` entry (its
+    safetensors alternative first), from huggingface_hub's cache only: ``local_files_only`` is
+    huggingface_hub's per-call offline setting, which open_clip cannot pass."""
+    repo_id, filename = os.path.split(hf_hub)
+    filename = filename or open_clip.pretrained.HF_WEIGHTS_NAME
+    for name in open_clip.pretrained._get_safe_alternatives(filename):
+        with contextlib.suppress(LocalEntryNotFoundError):
+            return hf_hub_download(repo_id, name, cache_dir=cache_dir, local_files_only=True)
+    return hf_hub_download(repo_id, filename, cache_dir=cache_dir, local_files_only=True)
 
 
 def _network_problem(url: str) -> Optional[str]:
@@ -497,9 +459,9 @@ class _Weights(NamedTuple):
 
 
 def _read_weights(path: Path) -> _Weights:
-    """Reads a checkpoint file once, without running pickled code: its sha256, then for a zip
-    (torch.save's format, TorchScript) its CRC-32s (torch.load does not check them, so a damaged
-    tensor would load silently), then its tensors."""
+    """Reads a checkpoint file once, without running pickled code: its sha256, then its tensors.
+    A pickle that names code is refused, naming it; anything else unreadable is reported as a
+    damaged file."""
     version = _file_version(path)
     data = path.read_bytes()  # the file's only read
     if not data:
@@ -507,31 +469,44 @@ def _read_weights(path: Path) -> _Weights:
             f"Weights file {path} is empty: it is not a readable checkpoint; download it again."
         )
     sha256 = _SHA256[version] = hashlib.sha256(data).hexdigest()
+    try:
+        tensors, torchscript = _read_tensors(path, data)
+    except pickle.UnpicklingError as e:  # torch's weights-only unpickler refused or failed
+        code = pickled_code(data)
+        if code:
+            raise WeightsError(
+                f"Refusing to load weights file {path}: this file contains pickled code "
+                f"({', '.join(code[:3])}) that would run when loaded, so it was refused and "
+                "nothing in it was executed. Weights are only read as data (torch's weights-only "
+                "unpickler). Use the official checkpoint (re-download it) or convert the weights "
+                "to .safetensors with a trusted tool."
+            ) from e
+        detail = _first_line(str(e).split("WeightsUnpickler error:", 1)[-1])  # not its advice
+        raise _unreadable(path, f"torch's weights-only reader stopped at: {detail}") from e
+    except ArchiveError as e:
+        raise _unreadable(path, str(e)) from e
+    return _Weights(tensors, sha256, torchscript)
+
+
+def _read_tensors(path: Path, data: bytes) -> Tuple[Dict[str, torch.Tensor], bool]:
+    """(tensors, whether the file is a TorchScript archive). A zip (torch.save's format,
+    TorchScript) has its CRC-32s checked: torch.load does not, so a damaged tensor would load
+    silently."""
     buffer = io.BytesIO(data)
     if zipfile.is_zipfile(buffer):
         try:
             with zipfile.ZipFile(buffer) as archive:
                 root = torchscript_root(archive)
                 if root is not None:  # every record read_torchscript reads is CRC-checked
-                    return _Weights(read_torchscript(archive, root), sha256, True)
+                    return read_torchscript(archive, root), True
                 damaged = archive.testzip()  # reads every record, compares its CRC-32
-        except ArchiveError as e:
-            raise (_refused_code(path, e.code) if e.code else _unreadable(path, str(e))) from e
         except (zipfile.BadZipFile, OSError, EOFError) as e:
-            raise _unreadable(path, f"broken zip archive: {e}") from e
+            raise ArchiveError(f"broken zip archive: {e}") from e
         if damaged is not None:
-            raise _unreadable(
-                path,
+            raise ArchiveError(
                 f"the bytes of record {damaged} disagree with its stored CRC-32, "
-                "so the file is damaged",
+                "so the file is damaged"
             )
-    return _Weights(_read_state_dict(path, data), sha256, False)
-
-
-def _read_state_dict(path: Path, data: bytes) -> Dict[str, torch.Tensor]:
-    """The tensors of a ``.safetensors`` file, or of a ``torch.load(weights_only=True)``
-    checkpoint read and unwrapped (``{"state_dict": ...}``, ``module.``) by open_clip's
-    ``load_state_dict``, from the bytes already read."""
     if os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "").lower() in {"1", "y", "yes", "true"}:
         # open_clip retries a torch.load that raised TypeError without weights_only=, which this
         # variable turns into a full unpickle: refuse rather than risk running a file's code.
@@ -544,29 +519,24 @@ def _read_state_dict(path: Path, data: bytes) -> Dict[str, torch.Tensor]:
             state_dict = {
                 k.removeprefix("module."): v for k, v in safetensors.torch.load(data).items()
             }
-        else:
+        else:  # torch.load(weights_only=True), {"state_dict": ...} and "module." unwrapped
             state_dict = load_state_dict(io.BytesIO(data), device="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:  # torch's weights-only reader refused or failed
-        code = pickled_code(data)
-        raise (
-            _refused_code(path, code)
-            if code
-            else _unreadable(path, f"torch's weights-only reader stopped at: {_wo_detail(e)}")
-        ) from e
+    except pickle.UnpicklingError:
+        raise
     except (AttributeError, StopIteration) as e:  # not a mapping, or an empty one
         raise WeightsError(
             f"Weights file {path} holds no state dict of CLIP tensors ({e!r}); give "
             "an OpenAI or open_clip checkpoint."
         ) from e
     except Exception as e:  # truncated zip, random bytes, not a torch file at all
-        raise _unreadable(path, f"{type(e).__name__}: {_first_line(e)}") from e
+        raise ArchiveError(f"{type(e).__name__}: {_first_line(str(e))}") from e
     tensors = {str(k): v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise WeightsError(
             f"Weights file {path} contains no tensors (top-level keys: "
             f"{list(state_dict)[:10]}); give an OpenAI or open_clip checkpoint."
         )
-    return tensors
+    return tensors, False
 
 
 def _check_release(path: Path, spec: _ModelSpec, actual: str) -> None:
@@ -585,25 +555,9 @@ def _check_release(path: Path, spec: _ModelSpec, actual: str) -> None:
         )
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
+def _first_line(text: str) -> str:
+    text = text.strip()
     return text.splitlines()[0] if text else "no details"
-
-
-def _wo_detail(error: pickle.UnpicklingError) -> str:
-    """The reason in torch's weights-only error, without its advice to set weights_only=False."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    detail = next(
-        (
-            line.split("WeightsUnpickler error:", 1)[1].strip()
-            for line in lines
-            if "WeightsUnpickler error:" in line
-        ),
-        "",
-    )
-    return detail or next(
-        (line for line in lines if line.startswith("Unsupported")), _first_line(error)
-    )
 
 
 def _unreadable(path: Path, detail: str) -> WeightsError:
@@ -611,16 +565,6 @@ def _unreadable(path: Path, detail: str) -> WeightsError:
         f"Weights file {path} is not a readable checkpoint ({detail}). It is probably truncated or "
         "corrupt, or not a PyTorch/safetensors checkpoint at all: download it again (for OpenAI's "
         f"ViT-B/16, `python {FETCH_TOOL}` verifies the sha256)."
-    )
-
-
-def _refused_code(path: Path, names: List[str]) -> WeightsError:
-    return WeightsError(
-        f"Refusing to load weights file {path}: this file contains pickled code "
-        f"({', '.join(names[:3])}) that would run when loaded, so it was refused and nothing in it "
-        "was executed. Weights are only read as data (torch.load(weights_only=True), or the "
-        "restricted reader for OpenAI's archives). Use the official checkpoint (re-download it) "
-        "or convert the weights to .safetensors with a trusted tool."
     )
 
 

@@ -4,12 +4,10 @@ OpenAI distributes CLIP as TorchScript archives (a zip: <name>/data.pkl, <name>/
 <name>/code/..., <name>/constants.pkl). ``torch.load(weights_only=True)`` refuses them, and the
 only library reader, ``torch.jit.load``, compiles the archive's code and runs its scripted
 ``__setstate__`` methods: PyTorch treats TorchScript files as executable code, to be loaded from
-trusted sources only. So this module reads the zip records itself: data.pkl goes through a
-``pickle.Unpickler`` whose ``find_class`` (every callable a pickle uses comes from it) returns
-inert placeholders for the few names such an archive uses and refuses every other global, so no
-pickled code can run; tensor storages are the raw bytes of data/<key> (their sizes checked),
-and tensors are views on them made by the function torch's own weights-only unpickler uses.
-Nothing in code/ is read.
+trusted sources only. So data.pkl goes through torch's own weights-only unpickler (the one
+``torch.load(weights_only=True)`` uses), with the archive's ``__torch__.*`` module classes
+allowed as inert placeholders and TorchScript's list helpers as ``list``; every other global is
+refused as in ``torch.load``. Storages are the raw bytes of data/<key>. Nothing in code/ is read.
 
     root = torchscript_root(archive)             # None for any other zip
     state_dict = read_torchscript(archive, root)  # {"visual.conv1.weight": tensor, ...}
@@ -22,129 +20,44 @@ import pickle
 import pickletools
 import sys
 import zipfile
-from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import torch
+from torch._weights_only_unpickler import Unpickler as WeightsOnlyUnpickler
 
 __all__ = ["ArchiveError", "pickled_code", "read_torchscript", "torchscript_root"]
 
 _MAX_PICKLE_BYTES = 256 * 2**20  # a data.pkl holds structure only (tens of KB for CLIP)
 _MAX_MODULE_DEPTH = 64  # CLIP's module tree is 6 levels deep
-# Globals a weights pickle may name (torch's tensor types and containers); anything else is code.
+# Globals a weights pickle may name (torch's tensor types and containers, TorchScript's module
+# classes, which this reader makes inert); anything else is code.
 _DATA_GLOBALS = (
     "torch.",
+    "__torch__.",
     "collections.OrderedDict",
     "builtins.set",
     "builtins.frozenset",
     "builtins.bytearray",
     "_codecs.encode",
 )
-_STORAGE_DTYPES: Dict[str, torch.dtype] = {
-    "FloatStorage": torch.float32,
-    "HalfStorage": torch.float16,
-    "BFloat16Storage": torch.bfloat16,
-    "DoubleStorage": torch.float64,
-    "LongStorage": torch.int64,
-    "IntStorage": torch.int32,
-    "ShortStorage": torch.int16,
-    "CharStorage": torch.int8,
-    "ByteStorage": torch.uint8,
-    "BoolStorage": torch.bool,
-}
-# TorchScript's typed-list helpers: they only rebuild a list from a list.
-_LIST_BUILDERS = frozenset(
-    {"build_intlist", "build_doublelist", "build_boollist", "build_tensorlist"}
-)
+# TorchScript's typed-list helpers rebuild a list from a list; restore_type_tag returns its value.
+_TORCHSCRIPT_HELPERS = [
+    (list, f"torch.jit._pickle.{name}")
+    for name in ("build_intlist", "build_doublelist", "build_boollist", "build_tensorlist")
+] + [(lambda value, _type: value, "torch.jit._pickle.restore_type_tag")]
 
 
 class ArchiveError(ValueError):
-    """The file cannot be read as weights: the message says why; ``code`` names the pickled
-    code found in it (then it was refused, not damaged)."""
-
-    def __init__(self, detail: str, code: Sequence[str] = ()):
-        super().__init__(detail)
-        self.code = list(code)
+    """The file cannot be read as weights: the message says why."""
 
 
 class _ScriptObject:
-    """Inert stand-in for a TorchScript object (a ``__torch__.*`` class): records its attributes."""
+    """Inert stand-in for a TorchScript object (a ``__torch__.*`` class): keeps its attributes."""
 
-    def __init__(self, *_args: Any) -> None:
-        self.attributes: Dict[Any, Any] = {}
+    attributes: Dict[Any, Any] = {}  # stays empty when the pickle has no BUILD for it
 
     def __setstate__(self, state: Any) -> None:
-        self.attributes = dict(state) if isinstance(state, dict) else {}
-
-
-def _restore_type_tag(value: Any, _type_str: Any) -> Any:
-    return value
-
-
-class _RefusedGlobal(pickle.UnpicklingError):
-    """A global outside the archive format's inert names: the pickle carries code."""
-
-
-class _RestrictedTorchScriptUnpickler(pickle.Unpickler):
-    """Unpickles a TorchScript data.pkl into inert objects and tensors; any other global is an
-    error. Tensors are rebuilt by torch's ``_rebuild_tensor_v2``, which torch's weights-only
-    unpickler allows as well (it refuses any view that does not fit its storage), on storages
-    read from the archive's data/<key> records."""
-
-    def __init__(self, archive: zipfile.ZipFile, root: str):
-        info = archive.getinfo(root + "data.pkl")
-        _check_stored(info)
-        if info.file_size > _MAX_PICKLE_BYTES:
-            raise ArchiveError(f"its data.pkl is {info.file_size} bytes, far too large")
-        super().__init__(archive.open(info), encoding="utf-8")
-        self.archive, self.root = archive, root
-        self.storages: Dict[str, torch.TypedStorage] = {}
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "__torch__" or module.startswith("__torch__."):
-            return _ScriptObject
-        if module == "torch._utils" and name == "_rebuild_tensor_v2":
-            return torch._utils._rebuild_tensor_v2
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _STORAGE_DTYPES[name]
-        if module == "collections" and name == "OrderedDict":
-            return OrderedDict
-        if module == "torch.jit._pickle" and name in _LIST_BUILDERS:
-            return list
-        if module == "torch.jit._pickle" and name == "restore_type_tag":
-            return _restore_type_tag
-        raise _RefusedGlobal(f"{module}.{name}")
-
-    def persistent_load(self, pid: Any) -> torch.TypedStorage:
-        # ('storage', dtype from find_class, key, location such as 'cuda:0' (ignored), numel)
-        if not (
-            isinstance(pid, tuple)
-            and len(pid) == 5
-            and pid[0] == "storage"
-            and isinstance(pid[1], torch.dtype)
-            and isinstance(pid[2], str)
-            and isinstance(pid[4], int)
-        ):
-            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r:.80}")
-        _, dtype, key, _, numel = pid
-        if key not in self.storages:
-            info = self.archive.getinfo(f"{self.root}data/{key}")
-            _check_stored(info)
-            if info.file_size != numel * dtype.itemsize:
-                raise ArchiveError(
-                    f"storage data/{key} has {info.file_size} bytes, "
-                    f"expected {numel * dtype.itemsize}"
-                )
-            raw = bytearray(self.archive.read(info))  # CRC-checked by zipfile
-            data = (
-                torch.frombuffer(raw, dtype=torch.uint8)
-                if raw
-                else torch.empty(0, dtype=torch.uint8)
-            )
-            self.storages[key] = torch.TypedStorage(
-                wrap_storage=data.untyped_storage(), dtype=dtype, _internal=True
-            )
-        return self.storages[key]
+        self.attributes = state if isinstance(state, dict) else {}
 
 
 def torchscript_root(archive: zipfile.ZipFile) -> Optional[str]:
@@ -164,8 +77,30 @@ def read_torchscript(archive: zipfile.ZipFile, root: str) -> Dict[str, torch.Ten
     Every record read is checked against its stored CRC-32 by ``zipfile``.
 
     Raises:
-        ArchiveError: a damaged or malformed archive, or one whose pickle imports code.
+        pickle.UnpicklingError: data.pkl names a global that is not data (pickled code).
+        ArchiveError: a damaged or malformed archive.
     """
+    storages: Dict[str, torch.UntypedStorage] = {}
+
+    def persistent_load(pid: Any) -> torch.TypedStorage:
+        # ('storage', storage type, key, location such as 'cuda:0' (ignored), numel)
+        _, storage_type, key, _, numel = pid
+        if key not in storages:
+            raw = _read_stored(archive, f"{root}data/{key}")
+            if len(raw) != numel * storage_type.dtype.itemsize:
+                raise ArchiveError(
+                    f"storage data/{key} has {len(raw)} bytes, "
+                    f"expected {numel * storage_type.dtype.itemsize}"
+                )
+            storages[key] = (
+                torch.frombuffer(bytearray(raw), dtype=torch.uint8).untyped_storage()
+                if raw  # frombuffer refuses an empty buffer
+                else torch.UntypedStorage(0)
+            )
+        return torch.TypedStorage(
+            wrap_storage=storages[key], dtype=storage_type.dtype, _internal=True
+        )
+
     try:
         if root + "byteorder" in archive.namelist():
             order = archive.read(root + "byteorder").decode("ascii", "replace").strip()
@@ -174,27 +109,31 @@ def read_torchscript(archive: zipfile.ZipFile, root: str) -> Dict[str, torch.Ten
                     f"it was written on a {order}-endian machine and this one is "
                     f"{sys.byteorder}-endian; convert it to .safetensors first"
                 )
-        try:
-            module = _RestrictedTorchScriptUnpickler(archive, root).load()
-        except _RefusedGlobal as e:
-            raise ArchiveError("its data.pkl imports code", code=[str(e)]) from e
-        except (ArchiveError, zipfile.BadZipFile, KeyError):
-            raise
-        except Exception as e:  # truncated pickle, wrong opcodes, a view outside its storage
-            raise ArchiveError(f"data.pkl: {type(e).__name__}: {e}") from e
+        data = _read_stored(archive, root + "data.pkl")
+        script_classes = {name for name in _pickle_globals(data) if name.startswith("__torch__.")}
+        allowed = _TORCHSCRIPT_HELPERS + [(_ScriptObject, name) for name in script_classes]
+        unpickler = WeightsOnlyUnpickler(io.BytesIO(data), encoding="utf-8")
+        unpickler.persistent_load = persistent_load
+        with torch.serialization.safe_globals(allowed):
+            module = unpickler.load()
         if not isinstance(module, _ScriptObject):
             raise ArchiveError("its data.pkl does not hold a TorchScript module")
         tensors: Dict[str, torch.Tensor] = {}
         _collect_tensors(module, "", tensors, seen=set())
         return tensors
-    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as e:  # bad CRC, missing record
+    except (pickle.UnpicklingError, ArchiveError):
+        raise
+    except Exception as e:  # bad CRC, missing record, truncated pickle, a view outside its storage
         raise ArchiveError(f"{type(e).__name__}: {e}") from e
 
 
-def _check_stored(info: zipfile.ZipInfo) -> None:
-    """PyTorch stores records uncompressed; a compressed one could inflate far beyond the file."""
+def _read_stored(archive: zipfile.ZipFile, name: str) -> bytes:
+    """A record's bytes. PyTorch stores records uncompressed; a compressed one could inflate far
+    beyond the file, so it is refused."""
+    info = archive.getinfo(name)
     if info.compress_type != zipfile.ZIP_STORED:
         raise ArchiveError(f"record {info.filename} is compressed, which PyTorch never writes")
+    return archive.read(info)
 
 
 def _collect_tensors(
@@ -204,7 +143,7 @@ def _collect_tensors(
     if depth > _MAX_MODULE_DEPTH:
         raise ArchiveError(f"its modules nest more than {_MAX_MODULE_DEPTH} levels deep")
     seen.add(id(obj))
-    for name, value in getattr(obj, "attributes", {}).items():  # unset when the pickle had no BUILD
+    for name, value in obj.attributes.items():
         if not isinstance(name, str):
             continue
         if isinstance(value, torch.Tensor):

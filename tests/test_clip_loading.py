@@ -699,7 +699,7 @@ def test_openai_tag_without_network_fails_within_10_s(tmp_path, monkeypatch, hf_
         assert expected in message
     assert ("HF_HUB_OFFLINE=1" in message) == (hf_offline == "1")
     assert len(attempts) == (0 if hf_offline == "1" else 1)  # only the probe, never retries
-    assert hf_constants.HF_HUB_OFFLINE == (hf_offline == "1")  # offline for that download only
+    assert hf_constants.HF_HUB_OFFLINE == (hf_offline == "1")  # its setting is left as it was
 
 
 def test_unanswering_download_host_is_offline_after_the_probe_timeout(tmp_path, monkeypatch):
