@@ -205,6 +205,9 @@ def add_cliptrase_config(cfg):
     number("MAX_WINDOWS", 1024, low=0)
 
 
+add_cliptrase_config(get_cfg())  # declares RANGES on import, for checks without a config
+
+
 def _all_keys(node, prefix=""):
     for key, value in node.items():
         name = f"{prefix}{key}"
@@ -419,8 +422,6 @@ def check_lazy_config(cfg, source: str, overridden=()) -> None:
         tree = OmegaConf.to_container(cfg, resolve=True)
     except Exception as error:  # an interpolation to a key that is not there
         raise ConfigError(f"config file {source}: {error}") from None
-    if not RANGES:
-        add_cliptrase_config(get_cfg())
 
     def walk(node, path):
         target = node.get("_target_")
