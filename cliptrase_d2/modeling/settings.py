@@ -1,6 +1,7 @@
 """The checks of CLIPtrase's settings, with the config keys named in their messages (the
 method layer names none), and the mapping of MODEL.CLIPTRASE's keys to the method's settings."""
 
+import dataclasses
 import logging
 import re
 from typing import Sequence
@@ -29,15 +30,6 @@ __all__ = [
 
 PROTOCOLS = ("paper", "standard")
 
-# RefinementSettings' fields -> their config keys (the method layer names no config keys)
-_REFINEMENT_KEYS = {
-    "refine": "REFINE",
-    "dbscan_eps": "DBSCAN_EPS",
-    "dbscan_min_samples": "DBSCAN_MIN_SAMPLES",
-    "region_upsample": "REGION_UPSAMPLE",
-    "median_size": "MEDIAN_SIZE",
-    "tlp_grid": "TLP_GRID",
-}
 # Head options (Head.options) -> their config keys and defaults
 HEAD_OPTION_KEYS = {
     "key_key_weight": ("PEARL_KK_WEIGHT", PEARL_KEY_KEY_WEIGHT),
@@ -61,9 +53,11 @@ def refinement_settings(c, auto_eps: float, auto_min_samples: int) -> Refinement
             tlp_grid=c.TLP_GRID,
         )
     except ValueError as error:
-        message = str(error)
-        for field in sorted(_REFINEMENT_KEYS, key=len, reverse=True):
-            message = re.sub(rf"\b{field}\b", f"MODEL.CLIPTRASE.{_REFINEMENT_KEYS[field]}", message)
+        # each field is named as its config key, in lower case (as in the LazyConfigs)
+        fields = "|".join(field.name for field in dataclasses.fields(RefinementSettings))
+        message = re.sub(
+            rf"\b({fields})\b", lambda field: f"MODEL.CLIPTRASE.{field[1].upper()}", str(error)
+        )
         raise ConfigError(message.replace(", tlp", ", tlp, pamr")) from None
 
 
