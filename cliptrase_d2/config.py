@@ -23,6 +23,7 @@ __all__ = [
     "load_lazy_config",
     "check_lazy_config",
     "resolve_device",
+    "available_device",
     "check_device",
     "check_images_per_batch",
     "check_argument",
@@ -205,6 +206,9 @@ def add_cliptrase_config(cfg):
     number("MAX_WINDOWS", 1024, low=0)
 
 
+add_cliptrase_config(get_cfg())  # declares RANGES on import, for checks without a config
+
+
 def _all_keys(node, prefix=""):
     for key, value in node.items():
         name = f"{prefix}{key}"
@@ -342,20 +346,28 @@ def check_device(device: str, key: str = "MODEL.DEVICE") -> None:
         )
 
 
-def resolve_device(cfg) -> str:
-    """Checks cfg.MODEL.DEVICE (``check_device``); falls back to ``cpu`` (one log line) when it
-    asks for CUDA and none is present."""
-    check_device(cfg.MODEL.DEVICE)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+def available_device(device: str, key: str = "MODEL.DEVICE") -> str:
+    """``device`` checked (``check_device``), or ``cpu`` (one log line) when it asks for CUDA and
+    none is present."""
+    check_device(device, key)
+    if device.startswith("cuda") and not torch.cuda.is_available():
         logging.getLogger("cliptrase_d2").info(
-            "MODEL.DEVICE=%s but CUDA is not available: running on cpu", cfg.MODEL.DEVICE
+            "%s=%s but CUDA is not available: running on cpu", key, device
         )
+        return "cpu"
+    return device
+
+
+def resolve_device(cfg) -> str:
+    """Sets cfg.MODEL.DEVICE to its ``available_device``."""
+    device = available_device(cfg.MODEL.DEVICE)
+    if device != cfg.MODEL.DEVICE:
         was_frozen = cfg.is_frozen()
         cfg.defrost()
-        cfg.MODEL.DEVICE = "cpu"
+        cfg.MODEL.DEVICE = device
         if was_frozen:
             cfg.freeze()
-    return cfg.MODEL.DEVICE
+    return device
 
 
 def load_lazy_config(config_file: str, overrides=()):
@@ -419,8 +431,6 @@ def check_lazy_config(cfg, source: str, overridden=()) -> None:
         tree = OmegaConf.to_container(cfg, resolve=True)
     except Exception as error:  # an interpolation to a key that is not there
         raise ConfigError(f"config file {source}: {error}") from None
-    if not RANGES:
-        add_cliptrase_config(get_cfg())
 
     def walk(node, path):
         target = node.get("_target_")

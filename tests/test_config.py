@@ -97,6 +97,25 @@ def test_every_published_config_is_within_the_ranges():
     assert all(rule.kind in (int, float) for rule in RANGES.values())
 
 
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        (dict(window_batch=0), "MODEL.CLIPTRASE.WINDOW_BATCH must be at least 1, got 0"),
+        (dict(pamr_dilations=()), "PAMR_DILATIONS must be a list of whole numbers, each at least"),
+        (dict(protocol="standard", prob_thd=2.0), r"PROB_THD must be a fraction in \[0, 1\]"),
+        (dict(pearl_kk_weight=-0.1), r"PEARL_KK_WEIGHT must be >= 0, got -0\.1"),
+    ],
+)
+def test_a_model_built_without_load_config_checks_the_same_ranges(
+    tiny_clip, tiny_tokenizer, setting, message
+):
+    """CLIPtrase(...) itself (or Detectron2's own get_cfg + merge_from_file path) reads RANGES."""
+    from cliptrase_d2.modeling.meta_arch import CLIPtrase
+
+    with pytest.raises(ConfigError, match=message):
+        CLIPtrase(clip_model=tiny_clip, tokenizer=tiny_tokenizer, templates=["{}"], **setting)
+
+
 # ---------------------------------------------------------------- YAML is data
 
 

@@ -15,30 +15,19 @@ Training-free: --eval-only is the only mode. Without CUDA, train.device falls ba
 import logging
 
 import cliptrase_d2  # noqa: F401  (registers the datasets; detectron2 shims)
-import torch
 from detectron2.config import instantiate
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from cliptrase_d2.config import check_device, check_images_per_batch
+from cliptrase_d2.config import available_device, check_device, check_images_per_batch
 from cliptrase_d2.config import load_lazy_config as load
 from cliptrase_d2.engine.allocator import tune_cpu_allocator
 from cliptrase_d2.engine.checks import check_num_processes, claim_output_dir
 from cliptrase_d2.engine.launch import run_eval_only
 
 logger = logging.getLogger("cliptrase_d2")
-
-
-def resolve_device(cfg) -> str:
-    """cfg.train.device, or cpu (one log line) when it asks for CUDA and none is present."""
-    device = cfg.train.get("device", "cuda")
-    check_device(device, "train.device")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        logger.info("train.device=%s but CUDA is not available: running on cpu", device)
-        device = cfg.train.device = "cpu"
-    return device
 
 
 def do_test(cfg, model):
@@ -69,7 +58,7 @@ def main(args):
     cfg = load(args.config_file, args.opts)
     setup_logger(output=cfg.train.output_dir, distributed_rank=comm.get_rank(), name="cliptrase_d2")
     tune_cpu_allocator()
-    device = resolve_device(cfg)
+    device = cfg.train.device = available_device(cfg.train.get("device", "cuda"), "train.device")
     default_setup(cfg, args)
     model = instantiate(cfg.model).to(device).eval()
     logger.info(

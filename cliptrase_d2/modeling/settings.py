@@ -1,6 +1,7 @@
 """The checks of CLIPtrase's settings, with the config keys named in their messages (the
 method layer names none), and the mapping of MODEL.CLIPTRASE's keys to the method's settings."""
 
+import dataclasses
 import logging
 import re
 from typing import Sequence
@@ -8,13 +9,13 @@ from typing import Sequence
 from detectron2.data import MetadataCatalog
 from detectron2.utils.logger import log_first_n
 
+from ..config import RANGES
 from ..errors import ConfigError
 from ..method.heads import Head, get_head
 from ..method.peer_heads import PEARL_KEY_KEY_WEIGHT
 from ..method.pipeline import RefinementSettings
 from ..method.propagation import TLP_GRID
 from ..method.sliding import PADDINGS
-from ..method.thresholds import check_threshold
 from ..vocabulary import Vocabulary, peer_vocabulary_keys
 
 __all__ = [
@@ -29,15 +30,6 @@ __all__ = [
 
 PROTOCOLS = ("paper", "standard")
 
-# RefinementSettings' fields -> their config keys (the method layer names no config keys)
-_REFINEMENT_KEYS = {
-    "refine": "REFINE",
-    "dbscan_eps": "DBSCAN_EPS",
-    "dbscan_min_samples": "DBSCAN_MIN_SAMPLES",
-    "region_upsample": "REGION_UPSAMPLE",
-    "median_size": "MEDIAN_SIZE",
-    "tlp_grid": "TLP_GRID",
-}
 # Head options (Head.options) -> their config keys and defaults
 HEAD_OPTION_KEYS = {
     "key_key_weight": ("PEARL_KK_WEIGHT", PEARL_KEY_KEY_WEIGHT),
@@ -61,9 +53,11 @@ def refinement_settings(c, auto_eps: float, auto_min_samples: int) -> Refinement
             tlp_grid=c.TLP_GRID,
         )
     except ValueError as error:
-        message = str(error)
-        for field in sorted(_REFINEMENT_KEYS, key=len, reverse=True):
-            message = re.sub(rf"\b{field}\b", f"MODEL.CLIPTRASE.{_REFINEMENT_KEYS[field]}", message)
+        # each field is named as its config key, in lower case (as in the LazyConfigs)
+        fields = "|".join(field.name for field in dataclasses.fields(RefinementSettings))
+        message = re.sub(
+            rf"\b({fields})\b", lambda field: f"MODEL.CLIPTRASE.{field[1].upper()}", str(error)
+        )
         raise ConfigError(message.replace(", tlp", ", tlp, pamr")) from None
 
 
@@ -72,30 +66,23 @@ def report_unused_settings(
 ) -> None:
     """Says once per (head, refinement) which settings have no effect, instead of ignoring them
     silently. ``unused_options``: head options set but not taken by the head."""
-    for option in unused_options:
-        log_first_n(
-            logging.WARNING,
-            f"head {head!r}: MODEL.CLIPTRASE.{HEAD_OPTION_KEYS[option][0]} does not apply "
-            "(the head has no such setting)",
-            name=__name__,
-            key="message",
-        )
+    messages = [
+        f"head {head!r}: MODEL.CLIPTRASE.{HEAD_OPTION_KEYS[option][0]} does not apply "
+        "(the head has no such setting)"
+        for option in unused_options
+    ]
     if refinement.refine != "tlp" and refinement.tlp_grid != TLP_GRID:
-        log_first_n(
-            logging.WARNING,
-            f"MODEL.CLIPTRASE.REFINE {refinement.refine!r}: TLP_GRID does not apply (no TLP runs)",
-            name=__name__,
-            key="message",
+        messages.append(
+            f"MODEL.CLIPTRASE.REFINE {refinement.refine!r}: TLP_GRID does not apply (no TLP runs)"
         )
     if refinement.refine in ("none", "tlp"):
-        log_first_n(
-            logging.WARNING,
+        messages.append(
             f"head {head!r} with MODEL.CLIPTRASE.REFINE {refinement.refine!r}: "
             "DBSCAN_EPS, DBSCAN_MIN_SAMPLES, MEDIAN_SIZE and REGION_UPSAMPLE do not apply (no "
-            "clustering or region refinement runs)",
-            name=__name__,
-            key="message",
+            "clustering or region refinement runs)"
         )
+    for message in messages:
+        log_first_n(logging.WARNING, message, name=__name__, key="message")
 
 
 def published_setting(cfg) -> str:
@@ -116,10 +103,10 @@ def published_setting(cfg) -> str:
 
 def check_settings(model, refinement: RefinementSettings, pearl_kk_weight: float) -> None:
     """Rejects a CLIPtrase's settings (its ``frame``, ``steps``, ``input_format``,
-    ``window_batch``, ``window_padding``) out of range, or that the protocol cannot honour,
+    ``window_batch``, ``window_padding``) out of their config keys' Range (config.RANGES, also
+    checked when a config is loaded), below one CLIP patch, or that the protocol cannot honour,
     naming their keys."""
     frame, steps, input_format = model.frame, model.steps, model.input_format
-    window_batch, window_padding = model.window_batch, model.window_padding
     if frame.protocol not in PROTOCOLS:
         raise ConfigError(
             f"unknown protocol {frame.protocol!r} (MODEL.CLIPTRASE.PROTOCOL); choose one of "
@@ -127,36 +114,33 @@ def check_settings(model, refinement: RefinementSettings, pearl_kk_weight: float
         )
     if input_format not in ("RGB", "BGR"):
         raise ConfigError(f"INPUT.FORMAT must be RGB or BGR, got {input_format!r}")
-    patch = frame.patch
-    for key, value, least in (
-        ("PAPER_SIZE", frame.paper_size, patch),
-        ("STANDARD_SHORT_SIDE", frame.short_side, patch),
-        ("WINDOW_SIZE", frame.window or patch, patch),  # 0: whole image
-        ("WINDOW_STRIDE", frame.stride, 1),
-        ("WINDOW_BATCH", window_batch, 1),
-        ("MAX_PIXELS", frame.max_pixels, 0),
-        ("MAX_WINDOWS", frame.max_windows, 0),
+    for key, value in (
+        ("WINDOW_STRIDE", frame.stride),
+        ("WINDOW_BATCH", model.window_batch),
+        ("STANDARD_LONG_SIDE", frame.long_side),
+        ("MAX_PIXELS", frame.max_pixels),
+        ("MAX_WINDOWS", frame.max_windows),
+        ("PROB_THD", steps.prob_thd),
+        ("AREA_THD", steps.area_thd),
+        ("PAMR_STEPS", steps.pamr_steps),
+        ("PAMR_DILATIONS", list(steps.pamr_dilations)),
+        ("PEARL_KK_WEIGHT", pearl_kk_weight),
     ):
-        if value < least:
+        RANGES[f"MODEL.CLIPTRASE.{key}"].check(f"MODEL.CLIPTRASE.{key}", value)
+    for key, value in (
+        ("PAPER_SIZE", frame.paper_size),
+        ("STANDARD_SHORT_SIDE", frame.short_side),
+        ("WINDOW_SIZE", frame.window or frame.patch),  # 0: whole image
+    ):
+        if value < frame.patch:
             raise ConfigError(
-                f"MODEL.CLIPTRASE.{key} must be at least {least}"
-                f"{' (one CLIP patch)' if least == patch > 1 else ''}, got {value}"
+                f"MODEL.CLIPTRASE.{key} must be at least {frame.patch}"
+                f"{' (one CLIP patch)' if frame.patch > 1 else ''}, got {value}"
             )
-    check_threshold(steps.prob_thd, "MODEL.CLIPTRASE.PROB_THD")
-    check_threshold(steps.area_thd, "MODEL.CLIPTRASE.AREA_THD")
-    if window_padding not in PADDINGS:
+    if model.window_padding not in PADDINGS:
         raise ConfigError(
-            f"MODEL.CLIPTRASE.WINDOW_PADDING {window_padding!r}: choose one of "
+            f"MODEL.CLIPTRASE.WINDOW_PADDING {model.window_padding!r}: choose one of "
             f"{', '.join(PADDINGS)}"
-        )
-    if frame.long_side < 1:
-        raise ConfigError(
-            f"MODEL.CLIPTRASE.STANDARD_LONG_SIDE must be at least 1, got {frame.long_side}"
-        )
-    if steps.pamr_steps < 0 or not steps.pamr_dilations or min(steps.pamr_dilations) < 1:
-        raise ConfigError(
-            f"MODEL.CLIPTRASE.PAMR_STEPS must be >= 0 and PAMR_DILATIONS >= 1, "
-            f"got {steps.pamr_steps} and {list(steps.pamr_dilations)}"
         )
     uses_peer_steps = steps.prob_thd > 0 or steps.area_thd > 0 or steps.pamr_steps > 0
     if frame.protocol == "paper" and uses_peer_steps:
@@ -170,8 +154,6 @@ def check_settings(model, refinement: RefinementSettings, pearl_kk_weight: float
             "MODEL.CLIPTRASE.PROB_THD / AREA_THD need soft scores: use REFINE "
             "'mean', 'none' or 'pamr' instead of 'vote'"
         )
-    if pearl_kk_weight < 0:
-        raise ConfigError(f"MODEL.CLIPTRASE.PEARL_KK_WEIGHT must be >= 0, got {pearl_kk_weight}")
 
 
 def configured_head(

@@ -55,6 +55,17 @@ model = L(CLIPtrase)(
     ),
 )
 
+# What results.json records of the run, under either protocol (a private name: not a config key)
+_run_info = dict(
+    head="${model.head}",
+    refine="${model.refinement.refine}",
+    clip_model="${model.clip_model.model}",
+    weights="${model.clip_model.weights}",
+    precision="${model.clip_model.precision}",
+    templates="${model.templates.name}",
+    vocabulary="the dataset's",
+)
+
 dataloader = dict(
     # Detectron2's test loader with a batch size on every version (TEST.IMS_PER_BATCH's twin)
     test=L(build_test_loader)(
@@ -82,13 +93,7 @@ dataloader = dict(
         output_dir="${train.output_dir}",
         save_predictions=False,
         run_info=dict(
-            head="${model.head}",
-            refine="${model.refinement.refine}",
-            clip_model="${model.clip_model.model}",
-            weights="${model.clip_model.weights}",
-            precision="${model.clip_model.precision}",
-            templates="${model.templates.name}",
-            vocabulary="the dataset's",
+            _run_info,
             short_side="${model.standard_short_side}",
             window="${model.window_size}",
             stride="${model.window_stride}",

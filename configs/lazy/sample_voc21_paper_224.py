@@ -7,10 +7,11 @@ protocol at S = 224 (center crop, majority vote per region, the paper's vocabula
 """
 
 from detectron2.config import LazyCall as L
+from omegaconf import OmegaConf
 
 from cliptrase_d2.evaluation import PaperSemSegEvaluator
 
-from .common import dataloader, model, train
+from .common import _run_info, dataloader, model, train
 
 model.protocol = "paper"
 model.paper_size = 224
@@ -22,15 +23,6 @@ dataloader.evaluator = L(PaperSemSegEvaluator)(
     crop_size="${model.paper_size}",
     output_dir="${train.output_dir}",
     save_predictions=True,
-    run_info=dict(
-        head="${model.head}",
-        refine="${model.refinement.refine}",
-        clip_model="${model.clip_model.model}",
-        weights="${model.clip_model.weights}",
-        precision="${model.clip_model.precision}",
-        templates="${model.templates.name}",
-        vocabulary="the dataset's",
-        paper_size="${model.paper_size}",
-    ),
+    run_info=OmegaConf.merge(_run_info, dict(paper_size="${model.paper_size}")),
 )
 train.output_dir = "./output/lazy/sample_voc21_paper_224"
