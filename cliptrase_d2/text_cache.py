@@ -16,7 +16,6 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from .atomic import atomic_open
-from .errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -111,18 +110,17 @@ class TextEmbeddingCache:
     def _load(path: str, num_names: int, width: Optional[int] = None) -> Optional[torch.Tensor]:
         if not os.path.exists(path):
             return None
-        try:
-            entry = torch.load(path, map_location="cpu", weights_only=True)
-            embeddings = entry["embeddings"]
+        try:  # any unreadable or invalid entry is recomputed, never trusted
+            embeddings = torch.load(path, map_location="cpu", weights_only=True)["embeddings"]
             problem = entry_problem(embeddings, num_names, width)
-            if problem is not None:
-                raise InputError(problem)
+        except Exception as error:
+            problem = str(error)
+        if problem is None:
             return embeddings
-        except Exception as error:  # any unreadable or invalid entry is recomputed, never trusted
-            logger.warning(
-                "ignoring unreadable text-embedding cache entry %s (%s); recomputing", path, error
-            )
-            return None
+        logger.warning(
+            "ignoring unreadable text-embedding cache entry %s (%s); recomputing", path, problem
+        )
+        return None
 
     def _store(self, path: str, embeddings: torch.Tensor, names: Sequence[str]) -> None:
         try:

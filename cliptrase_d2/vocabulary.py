@@ -45,15 +45,23 @@ def benchmark_keys() -> List[str]:
     return sorted(load_vocabularies()["benchmarks"])
 
 
+@lru_cache(maxsize=1)
+def _peer_entries() -> Dict[str, Dict]:
+    """``<peer>/<benchmark>`` -> the class list the peer's released code uses on that benchmark
+    (vocabularies.json, 'peer_vocabularies'; an entry "<peer>/<benchmark>" is that peer's list)."""
+    peers = load_vocabularies()["peer_vocabularies"]
+    entries = {
+        f"{peer}/{key}": entry
+        for peer, lists in peers.items()
+        if not peer.startswith("_")
+        for key, entry in lists.items()
+    }
+    return {key: entries[e] if isinstance(e, str) else e for key, e in entries.items()}
+
+
 def peer_vocabulary_keys() -> List[str]:
     """``<peer>/<benchmark>`` of every class list a peer method published (vocabularies.json)."""
-    peers = load_vocabularies()["peer_vocabularies"]
-    return sorted(
-        f"{peer}/{key}"
-        for peer, entries in peers.items()
-        if not peer.startswith("_")
-        for key in entries
-    )
+    return sorted(_peer_entries())
 
 
 def template_set(name: str) -> Tuple[str, ...]:
@@ -133,23 +141,16 @@ class Vocabulary:
         # The paper's VOC21 background list has 'bed' twice; benchmark vocabularies are kept as
         # published, also when the user adds background words after them.
         # The SCLIP/NACLIP COCO-Object lists have 'bed' as a class and as a background word.
-        def published(b):
-            own = tuple(b.get("background", ()))
+        def published(entry):
+            own = tuple(entry.get("background", ()))
             return (
-                self.classes == tuple(_class_names(b)[0])
+                self.classes == _class_names(entry)[0]
                 and self.background[: len(own)] == own
                 and name in own
             )
 
-        vocabularies = load_vocabularies()
-        peers = [
-            entry
-            for peer, entries in vocabularies["peer_vocabularies"].items()
-            if not peer.startswith("_")
-            for entry in entries.values()
-            if not isinstance(entry, str)  # a reference to another peer's list, already here
-        ]
-        return any(published(b) for b in list(vocabularies["benchmarks"].values()) + peers)
+        entries = list(load_vocabularies()["benchmarks"].values())
+        return any(published(e) for e in entries + list(_peer_entries().values()))
 
     @property
     def num_classes(self) -> int:
@@ -183,24 +184,12 @@ class Vocabulary:
         return any(self.extra_names)
 
 
-def _class_names(entry: Dict, where: str = "") -> Tuple[List[str], Tuple[Tuple[str, ...], ...]]:
-    """A vocabularies.json entry's class names and extra names: each class is a name or a list
-    of names (first the class name). ``where`` names the entry in errors."""
-    classes, extra = [], []
-    for index, item in enumerate(entry["classes"]):
-        names = [item] if isinstance(item, str) else list(item)
-        if not names or any(not isinstance(n, str) or not n.strip() for n in names):
-            raise InputError(
-                f"{_VOCABULARY_FILE}: {where or 'an entry'}, class {index}: empty "
-                f"name in {item!r}; every class needs one or more non-empty names"
-            )
-        classes.append(names[0])
-        extra.append(tuple(names[1:]))
-    return classes, tuple(extra) if any(extra) else ()
-
-
-def _split_names(text: str) -> List[str]:
-    return [name.strip() for name in text.split(",") if name.strip()]
+def _class_names(entry: Dict) -> Tuple[Tuple[str, ...], Tuple[Tuple[str, ...], ...]]:
+    """(class names, extra names) of a vocabularies.json entry or a file's lines: each class is a
+    name or a list of names (first the class name); extra names are () when no class has any."""
+    classes = [[item] if isinstance(item, str) else list(item) for item in entry["classes"]]
+    extra = tuple(tuple(names[1:]) for names in classes)
+    return tuple(names[0] for names in classes), extra if any(extra) else ()
 
 
 def _without_quirks(names: Sequence[str]) -> Tuple[str, ...]:
@@ -227,13 +216,9 @@ def _with_background(
     return Vocabulary(tuple(classes), words, extra_names)
 
 
-def _key_form(text: str) -> str:
-    return re.sub(r"[^0-9a-z]", "", text.lower())
-
-
-def _read_names(path: str) -> Tuple[List[str], Tuple[Tuple[str, ...], ...]]:
+def _read_names(path: str) -> Dict:
     """One class per line, its names separated by commas (first the class name); blank lines
-    and lines starting with '#' skipped; UTF-8 (a BOM is fine). -> (class names, extra names)."""
+    and lines starting with '#' skipped; UTF-8 (a BOM is fine). -> {"classes": name lists}."""
     try:
         with open(path, encoding="utf-8-sig") as f:
             lines = [line.strip() for line in f]
@@ -242,7 +227,7 @@ def _read_names(path: str) -> Tuple[List[str], Tuple[Tuple[str, ...], ...]]:
             f"vocabulary file {path} is not UTF-8 text ({error.reason} at byte {error.start}); "
             "save it as UTF-8"
         ) from None
-    classes, extra = [], []
+    classes = []
     for number, line in enumerate(lines, start=1):
         if not line or line.startswith("#"):
             continue
@@ -253,21 +238,10 @@ def _read_names(path: str) -> Tuple[List[str], Tuple[Tuple[str, ...], ...]]:
                 "separate a class's names by single commas, e.g. "
                 "'person, person in shirt'"
             )
-        classes.append(names[0])
-        extra.append(tuple(names[1:]))
+        classes.append(names)
     if not classes:
         raise InputError(f"vocabulary file {path} has no class names (one class per line)")
-    return classes, tuple(extra) if any(extra) else ()
-
-
-def _checked(vocabulary: Vocabulary, spec: str) -> Vocabulary:
-    if vocabulary.num_classes == 1:
-        logger.warning(
-            "the vocabulary %r has a single class and no background words: every pixel gets "
-            "that class. Give more class names (comma-separated) or background words.",
-            spec,
-        )
-    return vocabulary
+    return {"classes": classes}
 
 
 def _strings(given, what: str, example: str) -> Tuple[str, ...]:
@@ -311,22 +285,43 @@ def resolve_vocabulary(
         return _with_background(spec.classes, spec.background, background, spec.extra_names)
     if isinstance(spec, (list, tuple)):
         names = _strings(spec, "vocabulary", "class names, e.g. ['cat', 'dog']")
-        return _checked(Vocabulary(tuple(n.strip() for n in names), background), str(list(spec)))
-    if not isinstance(spec, str):
+        entry = {"classes": [name.strip() for name in names]}
+    elif isinstance(spec, str):
+        entry = _entry_of_string(spec, paper_quirks, files)
+    else:
         raise TypeError(
             f"vocabulary must be a string (a benchmark key, comma-separated names or a file), a "
             f"list of names or a Vocabulary, got {type(spec).__name__} {spec!r}"
         )
+    classes, extra_names = _class_names(entry)
+    vocabulary = _with_background(classes, entry.get("background", ()), background, extra_names)
+    if vocabulary.num_classes == 1:  # never a benchmark's or a peer's
+        logger.warning(
+            "the vocabulary %r has a single class and no background words: every pixel gets "
+            "that class. Give more class names (comma-separated) or background words.",
+            spec,
+        )
+    return vocabulary
+
+
+def _entry_of_string(spec: str, paper_quirks: bool, files: bool) -> Dict:
+    """A string spec as a vocabularies.json entry: a peer's list, a benchmark's, a file's or
+    comma-separated names."""
     benchmarks = load_vocabularies()["benchmarks"]
     key = spec.strip().lower()
     if "/" in key and not os.path.exists(spec):
-        return _peer_vocabulary(key, background)
+        if key not in _peer_entries():
+            raise InputError(
+                f"no published vocabulary {key!r}: the peer methods' lists are "
+                f"{', '.join(peer_vocabulary_keys())}"
+            )
+        return _peer_entries()[key]
     if key in benchmarks:
         entry = benchmarks[key]
-        classes, words = tuple(entry["classes"]), tuple(entry.get("background", ()))
-        if not paper_quirks:
-            classes, words = _without_quirks(classes), _without_quirks(words)
-        return _with_background(classes, words, background)
+        if paper_quirks:
+            return entry
+        words = entry.get("background", ())
+        return {"classes": _without_quirks(entry["classes"]), "background": _without_quirks(words)}
     # said in the log: a one-word spec may be a file in the working directory
     if os.path.isfile(spec):
         if not files:
@@ -335,19 +330,22 @@ def resolve_vocabulary(
                 "(cliptrase_d2.resolve_vocabulary(path), the API and the demo do) and pass the "
                 "Vocabulary or its names"
             )
-        names, extra_names = _read_names(spec)
-        logger.info("vocabulary: %d classes from the file %s", len(names), os.path.abspath(spec))
-        return _checked(Vocabulary(tuple(names), background, extra_names), spec)
+        entry = _read_names(spec)
+        logger.info(
+            "vocabulary: %d classes from the file %s", len(entry["classes"]), os.path.abspath(spec)
+        )
+        return entry
     if "," not in spec and (spec.endswith(".txt") or os.sep in spec):
         raise MissingFileError(f"vocabulary file {spec} does not exist")
-    names = _split_names(spec)
+    names = [name.strip() for name in spec.split(",") if name.strip()]
     if not names:
         raise InputError(
             f"vocabulary {spec!r} has no class names; give a benchmark key "
             f"({', '.join(sorted(benchmarks))}), a comma-separated list or a file"
         )
     if len(names) == 1:
-        near = [k for k in benchmarks if _key_form(k) == _key_form(names[0])]
+        key_form = re.sub(r"[^0-9a-z]", "", names[0].lower())
+        near = [k for k in benchmarks if re.sub(r"[^0-9a-z]", "", k) == key_form]
         near = near or difflib.get_close_matches(key, list(benchmarks), n=1, cutoff=0.8)
         if near:
             raise InputError(
@@ -355,7 +353,7 @@ def resolve_vocabulary(
                 f"(keys: {', '.join(sorted(benchmarks))}). For one class of that name, "
                 "pass it as a list"
             )
-    return _checked(Vocabulary(tuple(names), background), spec)
+    return {"classes": names}
 
 
 def vocabulary_of_dataset(name: str, paper_quirks: bool = False) -> Vocabulary:
@@ -372,21 +370,3 @@ def vocabulary_of_dataset(name: str, paper_quirks: bool = False) -> Vocabulary:
             "set MODEL.CLIPTRASE.VOCABULARY, or register the dataset with its class names"
         )
     return resolve_vocabulary(spec, (), paper_quirks)
-
-
-def _peer_vocabulary(key: str, background: Sequence[str]) -> Vocabulary:
-    """``<peer>/<benchmark>``: the class names (several per class) and background words the
-    peer's released code uses on that benchmark (vocabularies.json, 'peer_vocabularies')."""
-    peers = load_vocabularies()["peer_vocabularies"]
-    peer, _, benchmark = key.partition("/")
-    if peer not in peers or peer.startswith("_") or benchmark not in peers[peer]:
-        raise InputError(
-            f"no published vocabulary {key!r}: the peer methods' lists are "
-            f"{', '.join(peer_vocabulary_keys())}"
-        )
-    entry = peers[peer][benchmark]
-    if isinstance(entry, str):  # "<peer>/<benchmark>": the same list as that peer's
-        referred, _, referred_benchmark = entry.partition("/")
-        entry = peers[referred][referred_benchmark]
-    classes, extra_names = _class_names(entry, f"peer_vocabularies/{key}")
-    return _with_background(classes, entry.get("background", ()), background, extra_names)

@@ -435,7 +435,7 @@ def test_text_embeddings_are_kept_per_vocabulary(tiny_opts, monkeypatch):
     assert with_sky.shape[0] == 21 and len(encoded) == 2
     for index in range(model.cached_vocabularies):
         model.text_embeddings(resolve_vocabulary(f"cat, dog{index}"))
-    assert len(model._text_embeddings) == model.cached_vocabularies
+    assert model._text_embeddings.cache_info().currsize == model.cached_vocabularies
     assert (
         model.text_embeddings(voc20) is not embeddings
         and len(encoded) == 3 + model.cached_vocabularies

@@ -3,7 +3,6 @@
 
 import dataclasses
 import functools
-from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -48,8 +47,7 @@ class CLIPtrase(nn.Module):
         ``default_dataset`` (DATASETS.TEST when it names one dataset). A batch may mix
         vocabularies;
       - ``scores`` (optional): "soft" for soft scores also under "vote" (region-mean logits),
-        "none" for no scores (the standard protocol then never holds the (K, H', W') scores,
-        which for a 12-megapixel photo and 150 classes would be 7 GB);
+        "none" for no scores (the standard protocol then never holds the (K, H', W') scores);
     and returns one dict per image with
       - ``sem_seg``: (K, H', W') float scores over the K output classes of the image's
         vocabulary (``Vocabulary.class_names``: background last when it has background words),
@@ -139,8 +137,9 @@ class CLIPtrase(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(CLIP_STD).view(3, 1, 1), persistent=False)
         self.register_load_state_dict_pre_hook(read_clip_keys)  # Detectron2's checkpointer
         self.built_from_weights = built_from_weights  # MODEL.WEIGHTS (see checkpoint.py)
-        self._text_embeddings: "OrderedDict[Tuple, torch.Tensor]" = OrderedDict()
-        self._checked_datasets: Dict[str, None] = {}
+        # the text embeddings of the last vocabularies used, by (text rows, device)
+        encode = functools.partial(_encoded, clip_model, tokenizer, self.templates, text_cache)
+        self._text_embeddings = functools.lru_cache(self.cached_vocabularies)(encode)
         self._dataset_vocabularies: Dict[str, Vocabulary] = {}
 
     @classmethod
@@ -205,18 +204,18 @@ class CLIPtrase(nn.Module):
             spec = record["vocabulary"]
             return resolve_vocabulary(spec, (), self.paper_vocabulary_quirks, files=False)
         dataset = record.get("dataset_name") or self.default_dataset
-        if self.vocabulary is not None:
-            if dataset is not None and dataset not in self._checked_datasets:
-                self._checked_datasets[dataset] = check_dataset_classes(self.vocabulary, dataset)
-            return self.vocabulary
         if dataset is None:
-            raise InputError(
-                "no vocabulary for this input: give it a 'vocabulary' (the API's segment(image, "
-                "vocabulary)), set MODEL.CLIPTRASE.VOCABULARY, or evaluate a registered dataset "
-                "(DATASETS.TEST)"
-            )
-        if dataset not in self._dataset_vocabularies:
-            self._dataset_vocabularies[dataset] = vocabulary_of_dataset(
+            if self.vocabulary is None:
+                raise InputError(
+                    "no vocabulary for this input: give it a 'vocabulary' (the API's segment("
+                    "image, vocabulary)), set MODEL.CLIPTRASE.VOCABULARY, or evaluate a "
+                    "registered dataset (DATASETS.TEST)"
+                )
+            return self.vocabulary
+        if dataset not in self._dataset_vocabularies:  # the explicit one checked once against it
+            if self.vocabulary is not None:
+                check_dataset_classes(self.vocabulary, dataset)
+            self._dataset_vocabularies[dataset] = self.vocabulary or vocabulary_of_dataset(
                 dataset, self.paper_vocabulary_quirks
             )
         return self._dataset_vocabularies[dataset]
@@ -224,24 +223,7 @@ class CLIPtrase(nn.Module):
     def text_embeddings(self, vocabulary: Vocabulary) -> torch.Tensor:
         """(C + B, E) unit-norm text embeddings of a vocabulary's classes then background words,
         kept for the last ``cached_vocabularies`` vocabularies (and on disk by ``text_cache``)."""
-        key = (vocabulary.text_rows, str(self.device))
-        if key in self._text_embeddings:
-            self._text_embeddings.move_to_end(key)
-            return self._text_embeddings[key]
-        names = vocabulary.text_rows
-        compute = functools.partial(
-            text_embeddings, self.clip_model, self.tokenizer, names, self.templates
-        )
-
-        if self.text_cache is not None:
-            width = getattr(self.clip_model.visual, "output_dim", None)  # the embedding width
-            embeddings = self.text_cache.get_or_compute(names, self.templates, compute, width)
-        else:
-            embeddings = compute()
-        self._text_embeddings[key] = embeddings.to(self.device, torch.float32)
-        while len(self._text_embeddings) > self.cached_vocabularies:
-            self._text_embeddings.popitem(last=False)
-        return self._text_embeddings[key]
+        return self._text_embeddings(vocabulary.text_rows, str(self.device))
 
     def forward(self, batched_inputs: List[Dict]) -> List[Dict]:
         if self.training:
@@ -347,3 +329,13 @@ class CLIPtrase(nn.Module):
         except ValueError as error:
             # the method's checks of its input (a grid too small for a head)
             raise InputError(str(error)) from error
+
+
+def _encoded(clip_model, tokenizer, templates, text_cache, names, device: str) -> torch.Tensor:
+    """``text_embeddings`` of ``names`` as float32 on ``device``, through the on-disk cache when
+    there is one (checked against the model's embedding width)."""
+    compute = functools.partial(text_embeddings, clip_model, tokenizer, names, templates)
+    if text_cache is not None:
+        width = getattr(clip_model.visual, "output_dim", None)
+        compute = functools.partial(text_cache.get_or_compute, names, templates, compute, width)
+    return compute().to(device, torch.float32)
