@@ -153,16 +153,8 @@ class Trainer(DefaultTrainer):
             "templates": c.TEMPLATES,
             "vocabulary": c.VOCABULARY or "the dataset's",
         }
-        run_info.update(
-            {"paper_size": c.PAPER_SIZE}
-            if c.PROTOCOL == "paper"
-            else {
-                "short_side": c.STANDARD_SHORT_SIDE,
-                "window": c.WINDOW_SIZE,
-                "stride": c.WINDOW_STRIDE,
-            }
-        )
         if c.PROTOCOL == "paper":
+            run_info["paper_size"] = c.PAPER_SIZE
             return PaperSemSegEvaluator(
                 dataset_name,
                 crop_size=c.PAPER_SIZE,
@@ -170,6 +162,9 @@ class Trainer(DefaultTrainer):
                 save_predictions=cfg.TEST.SAVE_PREDICTIONS,
                 run_info=run_info,
             )
+        run_info.update(
+            short_side=c.STANDARD_SHORT_SIDE, window=c.WINDOW_SIZE, stride=c.WINDOW_STRIDE
+        )
         return StandardSemSegEvaluator(
             dataset_name,
             output_dir=output_dir,
