@@ -154,17 +154,15 @@ def atomic_paths(paths: Sequence["os.PathLike[str] | str"]) -> Iterator[List[str
             _record(path)  # listed before it takes its name: no file of ours goes unlisted
             os.replace(temporary, path)
             placed.append(path)
-    except OSError as error:
+    except BaseException as error:
         for path in placed:
             _remove(path)
-        translated = _output_error(error, current) if current else error
+        if not (isinstance(error, OSError) and current):
+            raise
+        translated = _output_error(error, current)
         if translated is error:
             raise
         raise translated from None
-    except BaseException:
-        for path in placed:
-            _remove(path)
-        raise
     finally:
         for temporary in temporaries:
             _remove(temporary)

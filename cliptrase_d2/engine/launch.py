@@ -1,17 +1,12 @@
-"""Multi-process launching: one process per GPU (NCCL), or N processes sharing the CPU cores
-(gloo), on one machine or several, as Detectron2's ``launch`` (same arguments).
+"""Multi-process launching, as Detectron2's ``launch`` (same arguments): one process per GPU
+(NCCL), or N processes sharing the CPU cores (gloo), on one machine or several.
 
-Detectron2's ``launch`` gives no hook before the processes meet and leaves their children behind
-when one of them fails, so the processes are started here, on detectron2 0.6 and main alike:
-
-- ``--dist-url`` is checked before any work: ``tcp://<host>:<port>`` (machine 0's address), or
-  ``auto`` on one machine; machine 0 hosts the meeting point, so its port must be free there.
-- The processes meet through a ``TCPStore``. A process that waits for others says which (machines
-  and ranks) and where, after 10 s and then every minute, and gives up after
-  ``CLIPTRASE_D2_DIST_WAIT`` seconds (default 600) with one line.
-- Each process runs in its own process group, with its data-loading workers; when the run ends,
-  however it ends (a process fails or is killed, SIGINT, SIGTERM), every group is ended, and the
-  run ends with one line naming the process.
+Detectron2's own ``launch`` asserts CUDA (0.6), gives no hook before the processes meet, and
+leaves the loader workers behind when a process fails. Here ``--dist-url`` is checked before any
+work; the processes meet through a ``TCPStore``, saying what they wait for until
+``CLIPTRASE_D2_DIST_WAIT`` seconds (default 600); and each process runs in a process group of its
+own, ended with its loader workers however the run ends, which ends with one line naming the
+process. docs/reliability.md lists each fault and what the run does.
 """
 
 import logging
