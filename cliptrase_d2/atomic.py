@@ -30,7 +30,6 @@ from PIL import Image
 from .errors import InputError, OutputError, OutputExistsError, OutputNotWritableError
 
 __all__ = [
-    "atomic_path",
     "atomic_open",
     "atomic_paths",
     "atomic_save_image",
@@ -39,6 +38,7 @@ __all__ = [
     "atomic_write_text",
     "claimed_root",
     "recorded_files",
+    "records",
     "RESUMED_RECORD",
     "STATE_DIR",
     "WRITTEN_RECORD",
@@ -101,14 +101,18 @@ def claimed_root(folder: str) -> Optional[str]:
     return root
 
 
-def recorded_files(root: str, records=(RESUMED_RECORD, WRITTEN_RECORD + ".*")) -> Set[str]:
-    """Paths (relative to ``root``) that the records of ``root`` (glob patterns in its
-    STATE_DIR) list."""
+def records(root: str, patterns=(RESUMED_RECORD, WRITTEN_RECORD + ".*")) -> List[str]:
+    """The record files of ``root`` that ``patterns`` (glob patterns in its STATE_DIR) match."""
+    patterns = (patterns,) if isinstance(patterns, str) else patterns
+    return [path for p in patterns for path in glob.glob(os.path.join(root, STATE_DIR, p))]
+
+
+def recorded_files(root: str, patterns=(RESUMED_RECORD, WRITTEN_RECORD + ".*")) -> Set[str]:
+    """Paths (relative to ``root``) that the records of ``root`` matching ``patterns`` list."""
     listed = set()
-    for pattern in (records,) if isinstance(records, str) else records:
-        for record in glob.glob(os.path.join(root, STATE_DIR, pattern)):
-            with open(record, encoding="utf-8") as f:
-                listed.update(line.rstrip("\n") for line in f if line.strip())
+    for record in records(root, patterns):
+        with open(record, encoding="utf-8") as f:
+            listed.update(line.rstrip("\n") for line in f if line.strip())
     return listed
 
 
@@ -150,17 +154,15 @@ def atomic_paths(paths: Sequence["os.PathLike[str] | str"]) -> Iterator[List[str
             _record(path)  # listed before it takes its name: no file of ours goes unlisted
             os.replace(temporary, path)
             placed.append(path)
-    except OSError as error:
+    except BaseException as error:
         for path in placed:
             _remove(path)
-        translated = _output_error(error, current) if current else error
+        if not (isinstance(error, OSError) and current):
+            raise
+        translated = _output_error(error, current)
         if translated is error:
             raise
         raise translated from None
-    except BaseException:
-        for path in placed:
-            _remove(path)
-        raise
     finally:
         for temporary in temporaries:
             _remove(temporary)
@@ -168,18 +170,10 @@ def atomic_paths(paths: Sequence["os.PathLike[str] | str"]) -> Iterator[List[str
 
 
 @contextmanager
-def atomic_path(path: "os.PathLike[str] | str") -> Iterator[str]:
-    """Yields a temporary path beside ``path``; what the block writes there becomes ``path`` when
-    the block completes, and is removed when it raises."""
-    with atomic_paths([path]) as (temporary,):
-        yield temporary
-
-
-@contextmanager
 def atomic_open(path: "os.PathLike[str] | str") -> Iterator[IO[bytes]]:
     """Yields a binary file that becomes ``path`` (flushed to disk) only if the block completes;
     created with the usual permissions (the umask applies)."""
-    with atomic_path(path) as temporary:
+    with atomic_paths([path]) as (temporary,):
         with open(temporary, "xb") as f:
             yield f
             f.flush()

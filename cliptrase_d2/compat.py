@@ -21,10 +21,7 @@ NUMPY_ALIASES = (("int", int), ("float", float), ("bool", bool), ("str", str))
 
 def _detectron2_source(relative_path: str) -> Optional[str]:
     """The text of one of detectron2's modules, read without importing it; None when absent."""
-    try:
-        spec = importlib.util.find_spec("detectron2")
-    except ImportError:
-        return None
+    spec = importlib.util.find_spec("detectron2")
     if spec is None or not spec.submodule_search_locations:
         return None
     path = os.path.join(list(spec.submodule_search_locations)[0], relative_path)
@@ -41,15 +38,6 @@ def uses_removed_names(transform_source: Optional[str]) -> bool:
     last of those uses to go (July 2023, after ``np.int``, ``np.float``, ``np.bool``,
     ``np.str``)."""
     return transform_source is not None and "Image.LINEAR" in transform_source
-
-
-def add_removed_names() -> None:
-    """Pillow's ``Image.LINEAR`` and NumPy's builtin aliases, where missing."""
-    if not hasattr(Image, "LINEAR"):
-        Image.LINEAR = Image.BILINEAR
-    for alias, builtin in NUMPY_ALIASES:
-        if alias not in np.__dict__:
-            setattr(np, alias, builtin)
 
 
 class _MissingCppOps(types.ModuleType):
@@ -97,5 +85,9 @@ def _install_cpp_stub():
 
 
 if uses_removed_names(_detectron2_source(os.path.join("data", "transforms", "transform.py"))):
-    add_removed_names()
+    if not hasattr(Image, "LINEAR"):
+        Image.LINEAR = Image.BILINEAR
+    for alias, builtin in NUMPY_ALIASES:
+        if alias not in np.__dict__:
+            setattr(np, alias, builtin)
 _install_cpp_stub()

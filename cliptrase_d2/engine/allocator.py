@@ -2,13 +2,10 @@
 
 With glibc's defaults, a buffer over the dynamic mmap threshold (128 KiB at first) is mapped
 fresh and unmapped when freed, and a freed heap top over the trim threshold is returned to the
-kernel: the next forward faults its pages in again and the kernel zeroes them. A ViT forward
-allocates activations of a few to a few tens of MB per block (19 MB for the MLP of 8 windows
-at 224), so on a CPU the batched sliding windows lose time to page faults, and more the larger
-the batch. With the mmap threshold at glibc's largest (32 MiB)
-and a trim threshold of 64 MiB, those buffers are reused from the heap; larger ones (the
-full-resolution scores of a big image) are still mapped and returned when freed.
-``docs/SPEED.md`` has the measurements.
+kernel: each forward of a ViT on a CPU then faults the pages of its activations (a few to a few
+tens of MB per block) in again, zeroed by the kernel. With the mmap threshold at glibc's largest
+(32 MiB) and a trim threshold of 64 MiB, those buffers are reused from the heap; larger ones are
+still mapped and returned when freed. ``docs/SPEED.md`` has the measurements.
 
 The entry points (``tools/train_net.py``, ``tools/lazyconfig_train_net.py``, the demos and the
 benchmark) call ``tune_cpu_allocator()``; a program that uses the library directly may call it

@@ -25,6 +25,7 @@ from ..atomic import (
     WRITTEN_RECORD,
     atomic_write_text,
     recorded_files,
+    records,
 )
 from ..errors import ConfigError, OutputError, OutputExistsError, OutputNotWritableError, UserError
 
@@ -145,8 +146,6 @@ def _move_earlier_results(folder: str, present) -> None:
     previous/<n>/, a new folder."""
     if not present:
         return
-    records = glob.glob(os.path.join(folder, STATE_DIR, RESUMED_RECORD))
-    records += glob.glob(os.path.join(folder, STATE_DIR, WRITTEN_RECORD + ".*"))
     parent = os.path.join(folder, PREVIOUS_NAME)
     taken = (
         [int(name) for name in os.listdir(parent) if name.isdigit()]
@@ -158,7 +157,7 @@ def _move_earlier_results(folder: str, present) -> None:
     for path in sorted(present):
         os.makedirs(os.path.dirname(os.path.join(previous, path)), exist_ok=True)
         os.replace(os.path.join(folder, path), os.path.join(previous, path))
-    for record in records:
+    for record in records(folder):
         os.replace(record, os.path.join(previous, STATE_DIR, os.path.basename(record)))
     logger.warning(
         "moved the %d file(s) an earlier run wrote in %s to %s (your own files stay): this "
@@ -171,7 +170,7 @@ def _move_earlier_results(folder: str, present) -> None:
 
 def _keep_for_resume(folder: str, ours) -> None:
     """Merges the records into one ``resumed`` record: the files this run continues from."""
-    written = glob.glob(os.path.join(folder, STATE_DIR, WRITTEN_RECORD + ".*"))
+    written = records(folder, WRITTEN_RECORD + ".*")
     atomic_write_text(
         os.path.join(folder, STATE_DIR, RESUMED_RECORD),
         "".join(f"{path}\n" for path in sorted(ours)),

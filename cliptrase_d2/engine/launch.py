@@ -1,17 +1,12 @@
-"""Multi-process launching: one process per GPU (NCCL), or N processes sharing the CPU cores
-(gloo), on one machine or several, as Detectron2's ``launch`` (same arguments).
+"""Multi-process launching, as Detectron2's ``launch`` (same arguments): one process per GPU
+(NCCL), or N processes sharing the CPU cores (gloo), on one machine or several.
 
-Detectron2's ``launch`` gives no hook before the processes meet and leaves their children behind
-when one of them fails, so the processes are started here, on detectron2 0.6 and main alike:
-
-- ``--dist-url`` is checked before any work: ``tcp://<host>:<port>`` (machine 0's address), or
-  ``auto`` on one machine; machine 0 hosts the meeting point, so its port must be free there.
-- The processes meet through a ``TCPStore``. A process that waits for others says which (machines
-  and ranks) and where, after 10 s and then every minute, and gives up after
-  ``CLIPTRASE_D2_DIST_WAIT`` seconds (default 600) with one line.
-- Each process runs in its own process group, with its data-loading workers; when the run ends,
-  however it ends (a process fails or is killed, SIGINT, SIGTERM), every group is ended, and the
-  run ends with one line naming the process.
+Detectron2's own ``launch`` asserts CUDA (0.6), gives no hook before the processes meet, and
+leaves the loader workers behind when a process fails. Here ``--dist-url`` is checked before any
+work; the processes meet through a ``TCPStore``, saying what they wait for until
+``CLIPTRASE_D2_DIST_WAIT`` seconds (default 600); and each process runs in a process group of its
+own, ended with its loader workers however the run ends, which ends with one line naming the
+process. docs/reliability.md lists each fault and what the run does.
 """
 
 import logging
@@ -21,14 +16,15 @@ import socket
 import sys
 import threading
 import time
-from datetime import timedelta
 from urllib.parse import urlsplit
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from detectron2.engine.launch import DEFAULT_TIMEOUT
 from detectron2.utils import comm
 
+from .. import errors
 from ..errors import ConfigError, UserError
 from .checks import check_num_processes
 
@@ -44,7 +40,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT = timedelta(minutes=30)  # of each collective (detectron2's)
 WAIT_ENV = "CLIPTRASE_D2_DIST_WAIT"  # seconds a process waits for the others to join
 DEFAULT_WAIT_S = 600
 FIRST_WAIT_LOG_S, WAIT_LOG_EVERY_S = 10, 60
@@ -61,24 +56,17 @@ class WorkerError(RuntimeError):
     """A process of the run failed. ``kind``: its exception's class name; the message names the
     process; ``details``: its traceback (empty when it was killed)."""
 
-    @staticmethod
-    def user_error_names() -> set:
-        """Class names of the UserError family (errors whose message says what to fix)."""
-        names, classes = set(), [UserError]
-        while classes:
-            cls = classes.pop()
-            names.add(cls.__name__)
-            classes.extend(cls.__subclasses__())
-        return names
-
     def __init__(self, message: str, kind: str, details: str = ""):
         super().__init__(message)
         self.kind, self.details = kind, details
 
     def exit_message(self) -> str:
         """The command line's last words: 'error: ...', after the process's traceback when the
-        error is a bug (it needs one), not bad input or a lost process."""
-        if self.kind not in self.user_error_names() | {LostProcess.__name__}:
+        error is a bug (it needs one), not bad input (the UserError family of
+        ``cliptrase_d2.errors``) or a lost process."""
+        named = getattr(errors, self.kind, None)
+        user_error = isinstance(named, type) and issubclass(named, UserError)
+        if not user_error and self.kind != LostProcess.__name__:
             sys.stderr.write(self.details + "\n")
         return f"error: {self}"
 
@@ -394,12 +382,10 @@ def run_launched(main, args, validate) -> None:
             dist_url=dist_url,
             args=(args,),
         )
-    except UserError as error:
-        sys.exit(f"error: {error}")  # bad input: one line; anything else keeps its traceback
+    except (UserError, LostProcess) as error:
+        sys.exit(f"error: {error}")  # one line; anything else keeps its traceback
     except WorkerError as error:
         sys.exit(error.exit_message())  # several processes: the failing one's error
-    except LostProcess as error:
-        sys.exit(f"error: {error}")
     except KeyboardInterrupt as interrupt:
         signum = interrupt.args[0] if interrupt.args else signal.SIGINT
         sys.stderr.write(f"interrupted by {signal.Signals(signum).name}: the run was stopped\n")

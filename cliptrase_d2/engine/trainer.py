@@ -8,6 +8,7 @@ import sys
 from detectron2.config import CfgNode
 from detectron2.data import get_detection_dataset_dicts
 from detectron2.engine import DefaultTrainer
+from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -44,14 +45,9 @@ def _checked_config(args):
 RESUMABLE_CHANGES = ("MODEL.DEVICE", "DATALOADER.NUM_WORKERS", "TEST.IMS_PER_BATCH")
 
 
-def _flat(cfg: CfgNode, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in cfg.items():
-        if isinstance(value, CfgNode):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
+def _flat(cfg: CfgNode) -> dict:
+    """``{"MODEL.DEVICE": "cpu", ...}``: detectron2's flattening, with the config's separator."""
+    return {key.replace("/", "."): value for key, value in flatten_results_dict(cfg).items()}
 
 
 def check_resumable(cfg) -> None:
@@ -153,16 +149,8 @@ class Trainer(DefaultTrainer):
             "templates": c.TEMPLATES,
             "vocabulary": c.VOCABULARY or "the dataset's",
         }
-        run_info.update(
-            {"paper_size": c.PAPER_SIZE}
-            if c.PROTOCOL == "paper"
-            else {
-                "short_side": c.STANDARD_SHORT_SIDE,
-                "window": c.WINDOW_SIZE,
-                "stride": c.WINDOW_STRIDE,
-            }
-        )
         if c.PROTOCOL == "paper":
+            run_info["paper_size"] = c.PAPER_SIZE
             return PaperSemSegEvaluator(
                 dataset_name,
                 crop_size=c.PAPER_SIZE,
@@ -170,6 +158,9 @@ class Trainer(DefaultTrainer):
                 save_predictions=cfg.TEST.SAVE_PREDICTIONS,
                 run_info=run_info,
             )
+        run_info.update(
+            short_side=c.STANDARD_SHORT_SIDE, window=c.WINDOW_SIZE, stride=c.WINDOW_STRIDE
+        )
         return StandardSemSegEvaluator(
             dataset_name,
             output_dir=output_dir,
