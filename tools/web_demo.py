@@ -17,13 +17,11 @@ import importlib.util
 import logging
 import math
 import os
-import shutil
 import signal
 import socket
 import sys
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -224,16 +222,15 @@ def check_image(path: Optional[str], limits: Limits) -> Tuple[int, int]:
 
 
 class Outputs:
-    """Per-request folders for the label PNGs, removed after an hour (Gradio serves copies)."""
+    """Per-request folders for the label PNGs. Made under GRADIO_TEMP_DIR (as the server sets
+    it), Gradio serves them without a copy and deletes them with its own files, after an hour
+    (``delete_cache``); all of them go with this object."""
 
-    def __init__(self, max_age_s: float = 3600.0):
-        self._root = tempfile.TemporaryDirectory(prefix="cliptrase_web_")
-        self.max_age_s = max_age_s
+    def __init__(self):
+        folder = os.environ.get("GRADIO_TEMP_DIR")
+        self._root = tempfile.TemporaryDirectory(prefix="cliptrase_web_", dir=folder)
 
     def new_folder(self) -> str:
-        for folder in glob.glob(os.path.join(self._root.name, "*")):
-            if time.time() - os.path.getmtime(folder) > self.max_age_s:
-                shutil.rmtree(folder)
         return tempfile.mkdtemp(dir=self._root.name)
 
 
@@ -414,8 +411,9 @@ def main(argv=None):
         logger.warning(
             "binding to %s: anyone who can reach this machine can use the page", args.host
         )
-    # Gradio keeps uploads and its copies of files (the sample photos' too) under
-    # GRADIO_TEMP_DIR: here in a folder of this server's own, removed when it stops
+    # Gradio keeps uploads and its copies of files (the sample photos' too), and Outputs the
+    # label PNGs, under GRADIO_TEMP_DIR: here in a folder of this server's own, removed when it
+    # stops
     parent = os.environ.get("GRADIO_TEMP_DIR")
     if parent:
         os.makedirs(parent, exist_ok=True)
