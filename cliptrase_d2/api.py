@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .atomic import atomic_write_png
 from .config import check_images_per_batch
 from .data.image_io import read_rgb, to_rgb
 from .vocabulary import Vocabulary, resolve_vocabulary
@@ -63,6 +64,12 @@ class SegmentationResult:
         order = np.argsort(-counts, kind="stable")
         return {self.class_names[i]: float(counts[i]) / total for i in order if counts[i] > 0}
 
+    def save_labels(self, path: str) -> None:
+        """Writes ``labels`` as a PNG, atomically: 8-bit, 16-bit when there are more than 255
+        classes."""
+        dtype = np.uint16 if len(self.class_names) > 255 else np.uint8
+        atomic_write_png(path, self.labels.astype(dtype))
+
 
 class Segmenter:
     """Wraps a CLIPtrase model for single images and small batches (CPU or GPU)."""
@@ -108,15 +115,12 @@ class Segmenter:
     ):
         """Segments one image (returns a SegmentationResult) or a list (returns a list).
 
-        vocabulary: a benchmark key, comma-separated names, a file, a list of names, a Vocabulary
-        or None (the config's; see ``resolve_vocabulary``). background: extra words merged into
-        one "background" class, added to the words the vocabulary already has. The vocabulary
-        belongs to this call only: the model keeps no vocabulary between calls (its text
-        embeddings are cached per vocabulary). scores=False: the same labels without the
-        (K, H, W) soft scores (``result.scores`` is None), which for large photos under the
-        standard protocol saves gigabytes. batch_size: at most that many images per model call
-        (None: the Segmenter's own, TEST.IMS_PER_BATCH when built by ``from_config``); the
-        results are the same for any batch size, only the speed and the memory differ.
+        vocabulary, background: see ``resolve_vocabulary``; they belong to this call only (the
+        model keeps no vocabulary between calls, only text embeddings per vocabulary).
+        scores=False: the same labels without the (K, H, W) soft scores (``result.scores`` is
+        None), which for large photos under the standard protocol saves gigabytes. batch_size:
+        at most that many images per model call (None: the Segmenter's own); any batch size
+        gives the same results.
         """
         if batch_size is not None:
             check_images_per_batch(batch_size, "batch_size")
@@ -124,37 +128,34 @@ class Segmenter:
         single = not isinstance(images, (list, tuple))
         batch = [images] if single else list(images)
         resolved = self.resolve_vocabulary(vocabulary, background)
-        frame = self.model.frame  # the protocol's frame, made as the test loader makes it
         arrays = [load_image(image) for image in batch]
-        for image, array in zip(batch, arrays):
-            name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else "the image"
-            frame.check(*array.shape[:2], name)
-        frames = [frame(array) for array in arrays]
+        names = [os.fspath(x) if isinstance(x, (str, os.PathLike)) else "the image" for x in batch]
+        # Detectron2's DefaultPredictor's call: the whole image in the model's channel order
+        # (the model makes the protocol's frame and refuses an image it cannot segment)
         order = slice(None, None, -1 if self.model.input_format == "BGR" else 1)
         records = [
             {
-                "image": torch.from_numpy(pixels[:, :, order].transpose(2, 0, 1).copy()),
-                "height": array.shape[0],
-                "width": array.shape[1],
+                "image": torch.from_numpy(array[:, :, order].transpose(2, 0, 1).copy()),
+                "file_name": name,
                 "vocabulary": resolved,
                 "scores": "soft" if scores else "none",
             }
-            for pixels, array in zip(frames, arrays)
+            for name, array in zip(names, arrays)
         ]
         step = batch_size or max(len(records), 1)
         outputs = []
         with torch.no_grad():
             for start in range(0, len(records), step):
                 outputs += self.model(records[start : start + step])
-        # the pixels the labels refer to: the paper protocol's crop, else the image itself
-        shown = frames if frame.protocol == "paper" else arrays
+        frame = self.model.frame
         results = [
             SegmentationResult(
                 output["labels"].cpu().numpy().astype(np.int64),
                 output["sem_seg"].cpu() if scores else None,
                 resolved.class_names,
-                pixels,
+                # the pixels the labels refer to: the paper protocol's crop, else the image
+                frame(array) if frame.protocol == "paper" else array,
             )
-            for output, pixels in zip(outputs, shown)
+            for output, array in zip(outputs, arrays)
         ]
         return results[0] if single else results

@@ -35,23 +35,18 @@ import tempfile
 import cliptrase_d2  # noqa: F401  (first: detectron2 0.6 shims, registrations)
 import cv2
 import numpy as np
+from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 from PIL import Image
 from tqdm import tqdm
 
 from cliptrase_d2.api import Segmenter, load_image
-from cliptrase_d2.atomic import atomic_paths, atomic_save_image, atomic_write_json, atomic_write_png
+from cliptrase_d2.atomic import atomic_paths, atomic_save_image, atomic_write_json
 from cliptrase_d2.config import check_images_per_batch, load_config
 from cliptrase_d2.engine.allocator import tune_cpu_allocator
 from cliptrase_d2.engine.checks import check_writable_folder
-from cliptrase_d2.errors import (
-    InputError,
-    MissingFileError,
-    OutputExistsError,
-    UserError,
-)
+from cliptrase_d2.errors import InputError, MissingFileError, OutputExistsError, UserError
 from cliptrase_d2.visualization import draw_labels, side_by_side, with_legend
-from cliptrase_d2.vocabulary import resolve_vocabulary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROTOCOL_CONFIGS = {
@@ -59,7 +54,6 @@ PROTOCOL_CONFIGS = {
     "standard": os.path.join(REPO, "configs", "standard", "Base-standard.yaml"),
 }
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
-DEFAULT_PROTOCOL = "standard"  # a user's photo is segmented whole, at its own size
 
 logger = logging.getLogger("cliptrase_d2.demo")
 
@@ -100,7 +94,10 @@ def get_parser():
         help="benchmark key (voc21, ade150, ...), comma-separated names, or a text file",
     )
     parser.add_argument(
-        "--background", default="", help="comma-separated background words, merged into one class"
+        "--background",
+        type=split_names,
+        default=[],
+        help="comma-separated background words, merged into one class",
     )
     parser.add_argument(
         "--cache-dir", default=None, help="text-embedding cache folder ('none' to disable)"
@@ -128,6 +125,11 @@ def get_parser():
         "--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ..."
     )
     return parser
+
+
+def split_names(text: str):
+    """Comma- (or line-) separated names -> list of names, stripped, empty ones dropped."""
+    return [name.strip() for line in text.splitlines() for name in line.split(",") if name.strip()]
 
 
 def expand_inputs(patterns):
@@ -180,7 +182,7 @@ def check_outputs(inputs, output: str, panel: bool, overwrite: bool) -> None:
                     f"the output {target} would overwrite the input {sources[real]}: "
                     "choose another --output folder"
                 )
-            if real in writers and os.path.realpath(writers[real]) != os.path.realpath(path):
+            if real in writers:  # inputs are distinct files (expand_inputs)
                 raise InputError(
                     f"two inputs would write the same outputs ({os.path.basename(target)}): "
                     f"{writers[real]} and {path}; rename one or run them separately"
@@ -241,49 +243,36 @@ def write_outputs(result, path: str, output: str, panel: bool) -> None:
     """Writes the input's files together: all of them appear, or (on any failure, e.g. a full
     disk) none."""
     targets = output_paths(path, output, panel)
-    labels = result.labels
-    dtype = np.uint16 if len(result.class_names) > 255 else np.uint8
     shares = result.pixel_shares()
     legend = [
         (result.class_names.index(name), f"{name} ({share * 100:.1f}%)")
         for name, share in shares.items()
     ]
-    shown = with_legend(draw_labels(result.image, labels, result.class_names), legend)
+    shown = with_legend(draw_labels(result.image, result.labels, result.class_names), legend)
     with atomic_paths(list(targets.values())) as temporaries:
         written = dict(zip(targets, temporaries))
-        atomic_write_png(written["labels"], labels.astype(dtype))
+        result.save_labels(written["labels"])
         atomic_save_image(written["overlay"], shown)
         if panel:
-            panel_image = side_by_side(Image.fromarray(result.image), shown)
-            atomic_save_image(written["panel"], panel_image)
+            atomic_save_image(written["panel"], side_by_side(Image.fromarray(result.image), shown))
         description = {
             "image": path,
             "class_names": result.class_names,
-            "height": int(labels.shape[0]),
-            "width": int(labels.shape[1]),
+            "height": int(result.labels.shape[0]),
+            "width": int(result.labels.shape[1]),
             "pixel_share": shares,
         }
         atomic_write_json(written["json"], description)
 
 
-def build_opts(args):
-    opts = list(args.opts)
-    if args.protocol:
-        opts += ["MODEL.CLIPTRASE.PROTOCOL", args.protocol]
-    if args.cache_dir is not None:
-        opts += ["MODEL.CLIPTRASE.TEXT_CACHE_DIR", args.cache_dir]
-    return opts
-
-
-def video_output_path(video: str, output: str) -> str:
-    if output.lower().endswith(".mp4"):
-        return output
-    return os.path.join(output, os.path.splitext(os.path.basename(video))[0] + ".mp4")
-
-
-def check_video_output(video: str, target: str, overwrite: bool) -> None:
+def video_target(video: str, output: str, overwrite: bool) -> str:
+    """The mp4 that --video-input ``video`` is written to (``output`` itself when it ends in .mp4,
+    else <stem>.mp4 in it), refused before any work if it is the input or exists already."""
     if not os.path.isfile(video):
         raise MissingFileError(f"--video-input {video} does not exist")
+    target = output
+    if not output.lower().endswith(".mp4"):
+        target = os.path.join(output, os.path.splitext(os.path.basename(video))[0] + ".mp4")
     if os.path.realpath(target) == os.path.realpath(video):
         raise InputError(
             f"the output {target} would overwrite the input video: choose another --output"
@@ -293,21 +282,7 @@ def check_video_output(video: str, target: str, overwrite: bool) -> None:
             f"the output {target} already exists. Pass --overwrite to replace "
             "it, or choose another --output"
         )
-
-
-def read_frames(capture, batch_size: int):
-    """Batches of (H, W, 3) uint8 RGB frames from an open cv2.VideoCapture."""
-    batch = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        batch.append(np.ascontiguousarray(frame[:, :, ::-1]))
-        if len(batch) == batch_size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+    return target
 
 
 def segment_video(segmenter, video: str, target: str, vocabulary, batch_size: int) -> int:
@@ -323,35 +298,44 @@ def segment_video(segmenter, video: str, target: str, vocabulary, batch_size: in
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     folder = os.path.dirname(os.path.abspath(target))
     check_writable_folder(folder, "--output")
-    handle, partial = tempfile.mkstemp(suffix=".mp4", dir=folder)  # replaces target once complete
-    os.close(handle)
     legend = list(enumerate(vocabulary.class_names))
     writer, frames = None, 0
+    # written beside the target, which it replaces once complete (not by the package's atomic
+    # writer: its temporaries end in .tmp, and OpenCV picks the container by the .mp4 ending)
     try:
-        with tqdm(total=total, desc="video", unit="frame") as progress:
-            for batch in read_frames(capture, batch_size):
-                results = segmenter.segment(batch, vocabulary, scores=False, batch_size=batch_size)
-                for result in results:
+        progress = tqdm(total=total, desc="video", unit="frame")
+        with tempfile.TemporaryDirectory(dir=folder) as scratch, progress:
+            partial = os.path.join(scratch, "video.mp4")
+            while batch := read_frames(capture, batch_size):
+                for result in segmenter.segment(batch, vocabulary, scores=False):
                     drawn = draw_labels(result.image, result.labels, result.class_names)
                     shown = np.asarray(with_legend(drawn, legend))
+                    # codecs want even sides: a white row or column where a side is odd
+                    pad = ((0, shown.shape[0] % 2), (0, shown.shape[1] % 2), (0, 0))
+                    shown = np.pad(shown, pad, constant_values=255)
                     if writer is None:
-                        # codecs want even sides
-                        size = tuple(side + side % 2 for side in shown.shape[1::-1])
                         fourcc = cv2.VideoWriter_fourcc(*"mp4v")
-                        writer = cv2.VideoWriter(partial, fourcc, fps, size)
-                    frame = np.full((size[1], size[0], 3), 255, dtype=np.uint8)
-                    frame[: shown.shape[0], : shown.shape[1]] = shown
-                    writer.write(np.ascontiguousarray(frame[:, :, ::-1]))
+                        writer = cv2.VideoWriter(partial, fourcc, fps, shown.shape[1::-1])
+                    writer.write(np.ascontiguousarray(shown[:, :, ::-1]))
                 frames += len(batch)
                 progress.update(len(batch))
-        if frames == 0:
-            raise InputError(f"the video {video} has no readable frames")
-        writer.release()
-        os.replace(partial, target)
+            if frames == 0:
+                raise InputError(f"the video {video} has no readable frames")
+            writer.release()
+            os.replace(partial, target)
     finally:
         capture.release()
-        if os.path.exists(partial):
-            os.remove(partial)
+    return frames
+
+
+def read_frames(capture, count: int):
+    """Up to ``count`` next (H, W, 3) uint8 RGB frames of an open cv2.VideoCapture."""
+    frames = []
+    while len(frames) < count:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(np.ascontiguousarray(frame[:, :, ::-1]))
     return frames
 
 
@@ -361,43 +345,37 @@ def main(argv=None):
     tune_cpu_allocator()
     if args.batch_size is not None:
         check_images_per_batch(args.batch_size, "--batch-size")
-    config_file = args.config_file or PROTOCOL_CONFIGS[args.protocol or DEFAULT_PROTOCOL]
-    opts = build_opts(args)
-    cfg = load_config(config_file, opts)  # before any work: file, keys, values, device
-    if args.batch_size is None:
-        args.batch_size = cfg.TEST.IMS_PER_BATCH
+    opts = list(args.opts)
+    if args.protocol:
+        opts += ["MODEL.CLIPTRASE.PROTOCOL", args.protocol]
+    if args.cache_dir is not None:
+        opts += ["MODEL.CLIPTRASE.TEXT_CACHE_DIR", args.cache_dir]
+    # before any work: the config file, its keys and values, the device (a CUDA fallback logged)
+    cfg = load_config(args.config_file or PROTOCOL_CONFIGS[args.protocol or "standard"], opts)
+    batch_size = args.batch_size or cfg.TEST.IMS_PER_BATCH
     if args.video_input:
-        target = video_output_path(args.video_input, args.output)
-        check_video_output(args.video_input, target, args.overwrite)
+        target = video_target(args.video_input, args.output, args.overwrite)
     else:
         found = expand_inputs(args.input)
         inputs = readable_inputs(found, args.skip_bad_inputs)
         check_outputs(inputs, args.output, args.side_by_side, args.overwrite)
         check_writable_folder(args.output, "--output")
-    background = [w.strip() for w in args.background.split(",") if w.strip()]
-    if args.vocabulary is not None:
-        resolve_vocabulary(args.vocabulary, background)  # raises on empty, duplicate, ... specs
-    # the device as resolved above: a CUDA fallback is logged once
-    segmenter = Segmenter.from_config(config_file, opts + ["MODEL.DEVICE", cfg.MODEL.DEVICE])
+    segmenter = Segmenter(build_model(cfg), batch_size)
     # resolved once for every image or frame, with the config's paper quirks for benchmark keys
-    vocabulary = segmenter.resolve_vocabulary(args.vocabulary, background)
+    vocabulary = segmenter.resolve_vocabulary(args.vocabulary, args.background)
     if args.video_input:
-        frames = segment_video(segmenter, args.video_input, target, vocabulary, args.batch_size)
+        frames = segment_video(segmenter, args.video_input, target, vocabulary, batch_size)
         logger.info("segmented %d frames of %s -> %s", frames, args.video_input, target)
         return 0
     logger.info("segmenting %d image(s) -> %s", len(inputs), args.output)
     written = 0
     with tqdm(total=len(inputs), desc="demo", unit="img") as progress:
-        for start in range(0, len(inputs), args.batch_size):
-            paths = inputs[start : start + args.batch_size]
+        for start in range(0, len(inputs), batch_size):
+            paths = inputs[start : start + batch_size]
             batch = load_inputs(paths, args.skip_bad_inputs)
-            if batch:
-                images = [image for _, image in batch]
-                results = segmenter.segment(
-                    images, vocabulary, scores=False, batch_size=args.batch_size
-                )
-                for (path, _), result in zip(batch, results):
-                    write_outputs(result, path, args.output, args.side_by_side)
+            results = segmenter.segment([image for _, image in batch], vocabulary, scores=False)
+            for (path, _), result in zip(batch, results):
+                write_outputs(result, path, args.output, args.side_by_side)
             written += len(batch)
             progress.update(len(paths))
     if written < len(found):

@@ -1,21 +1,17 @@
 #!/usr/bin/env python
 """A web page for trying CLIPtrase in the browser: upload a photo (or pick a sample), type class
-names, see the segmentation.
+names, see the segmentation that ``cliptrase_d2.api.Segmenter`` gives (docs/web_demo.md).
 
     python -m pip install --no-deps -r requirements/web.txt     # once: Gradio
     python tools/web_demo.py --opts MODEL.WEIGHTS weights/ViT-B-16.pt
     # then open http://127.0.0.1:7860
 
-The page gives the overlay drawn by Detectron2's Visualizer, a legend of the classes present
-(colour and pixel share) and the label map as a PNG (class index per pixel, in the order the
-classes were typed; "background" last when background words are given). The server binds to
-127.0.0.1 (this machine only) unless --host says otherwise; it loads each (head, protocol) model
-once, keeps text embeddings in the on-disk cache, and serves several users through a queue:
-every request carries its own image and vocabulary, so nothing of one user's request reaches
-another's. See docs/web_demo.md.
+The server binds to 127.0.0.1 (this machine only) unless --host says otherwise. Every request
+carries its own image and vocabulary, so nothing of one user's request reaches another's.
 """
 
 import argparse
+import glob
 import html
 import importlib.util
 import logging
@@ -26,26 +22,24 @@ import socket
 import sys
 import tempfile
 import threading
-import time
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
+
+import cliptrase_d2  # noqa: F401
+from detectron2.utils.logger import setup_logger
+from PIL import Image
+
+from cliptrase_d2.api import Segmenter, load_image
+from cliptrase_d2.config import check_argument, load_config
+from cliptrase_d2.engine.allocator import tune_cpu_allocator
+from cliptrase_d2.errors import ConfigError, InputError, UserError
+from cliptrase_d2.method.heads import HEADS
+from cliptrase_d2.visualization import draw_labels, palette
+from cliptrase_d2.vocabulary import benchmark_keys, resolve_vocabulary
+from demo import PROTOCOL_CONFIGS, split_names
+
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from an offline box
-
-import cliptrase_d2  # noqa: E402,F401
-import numpy as np  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from cliptrase_d2.api import Segmenter, load_image  # noqa: E402
-from cliptrase_d2.config import load_config  # noqa: E402
-from cliptrase_d2.engine.allocator import tune_cpu_allocator  # noqa: E402
-from cliptrase_d2.errors import ConfigError, InputError, UserError  # noqa: E402
-from cliptrase_d2.atomic import atomic_write_png  # noqa: E402
-from cliptrase_d2.method.heads import HEADS  # noqa: E402
-from cliptrase_d2.visualization import draw_labels, palette  # noqa: E402
-from cliptrase_d2.vocabulary import benchmark_keys, resolve_vocabulary  # noqa: E402
-from demo import PROTOCOL_CONFIGS  # noqa: E402
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_IMAGES = os.path.join(
     os.environ.get("DETECTRON2_DATASETS", os.path.join(REPO, "datasets")),
@@ -132,15 +126,13 @@ def check_options(args) -> None:
         ) from None
 
 
+@dataclass
 class Limits:
-    """What one request may ask for."""
+    """What one request may ask for (the command line's --max-* options)."""
 
-    def __init__(
-        self, max_upload_mb: float = 10.0, max_megapixels: float = 16.0, max_classes: int = 300
-    ):
-        self.max_upload_bytes = int(max_upload_mb * 2**20)
-        self.max_pixels = int(max_megapixels * 1e6)
-        self.max_classes = max_classes
+    max_upload_mb: float = 10.0
+    max_megapixels: float = 16.0
+    max_classes: int = 300
 
 
 class Models:
@@ -154,22 +146,13 @@ class Models:
         self._building = threading.Lock()
 
     def options(self, head: str, protocol: str) -> List[str]:
-        if head not in HEADS:
-            raise InputError(f"unknown head {head!r}; choose one of {', '.join(sorted(HEADS))}")
-        if protocol not in PROTOCOL_CONFIGS:
-            raise InputError(
-                f"unknown protocol {protocol!r}; "
-                f"choose one of {', '.join(sorted(PROTOCOL_CONFIGS))}"
-            )
+        # a request's own values (the page's choices are not preprocessed: see build_page)
+        check_argument("head", head, choices=sorted(HEADS))
+        check_argument("protocol", protocol, choices=sorted(PROTOCOL_CONFIGS))
+        options = ["MODEL.CLIPTRASE.HEAD", head, "MODEL.CLIPTRASE.PROTOCOL", protocol]
         # the peer heads' own configs (configs/<head>/standard.yaml) turn region refinement off
         refine = [] if head == "cliptrase" else ["MODEL.CLIPTRASE.REFINE", "none"]
-        return self.opts + [
-            "MODEL.CLIPTRASE.HEAD",
-            head,
-            "MODEL.CLIPTRASE.PROTOCOL",
-            protocol,
-            *refine,
-        ]
+        return self.opts + options + refine
 
     def get(self, head: str, protocol: str) -> Tuple[Segmenter, threading.Lock]:
         key = (head, protocol)
@@ -189,14 +172,14 @@ def parse_vocabulary(
 ) -> Tuple[object, List[str]]:
     """(vocabulary, background words) for ``Segmenter.segment`` from the page's two text boxes.
     A benchmark key or comma- (or line-) separated names; never a file on the server."""
-    background = _names(background_text or "")
+    background = split_names(background_text or "")
     text = (text or "").strip()
-    if not _names(text):
+    if not split_names(text):
         raise InputError(
             "Type at least one class name, e.g. 'cat, sofa, floor' (or a benchmark key "
             f"such as voc21; keys: {', '.join(benchmark_keys())})."
         )
-    spec = text.lower() if text.lower() in benchmark_keys() else _names(text)
+    spec = text.lower() if text.lower() in benchmark_keys() else split_names(text)
     for name in ([] if isinstance(spec, str) else spec) + background:
         if len(name) > MAX_NAME_LENGTH:
             raise InputError(
@@ -212,20 +195,16 @@ def parse_vocabulary(
     return spec, background
 
 
-def _names(text: str) -> List[str]:
-    return [name.strip() for line in text.splitlines() for name in line.split(",") if name.strip()]
-
-
 def check_image(path: Optional[str], limits: Limits) -> Tuple[int, int]:
     """(width, height) of an uploaded image file, or an InputError saying what to upload instead
     (never naming the server's copy of the upload)."""
     if not path:
         raise InputError("Upload a photo (or pick one of the samples below) first.")
     size = os.path.getsize(path)
-    if size > limits.max_upload_bytes:
+    if size > limits.max_upload_mb * 2**20:
         raise InputError(
             f"The file is {size / 2**20:.1f} MB; this server accepts up to "
-            f"{limits.max_upload_bytes / 2**20:.0f} MB: upload a smaller one."
+            f"{limits.max_upload_mb:.0f} MB: upload a smaller one."
         )
     try:
         with Image.open(path) as image:  # reads the header only
@@ -234,29 +213,24 @@ def check_image(path: Optional[str], limits: Limits) -> Tuple[int, int]:
         raise InputError(
             "The upload is not an image this server can read: upload a PNG, JPEG, ... photo."
         ) from None
-    if width * height > limits.max_pixels:
+    if width * height > limits.max_megapixels * 1e6:
         raise InputError(
             f"The image is {width} x {height} pixels ({width * height / 1e6:.1f} megapixels); "
-            f"this server accepts up to {limits.max_pixels / 1e6:.0f}: upload a smaller one."
+            f"this server accepts up to {limits.max_megapixels:.0f}: upload a smaller one."
         )
     return width, height
 
 
 class Outputs:
-    """Per-request folders for the label PNGs, removed after an hour (Gradio serves copies)."""
+    """Per-request folders for the label PNGs. Made under GRADIO_TEMP_DIR (as the server sets
+    it), Gradio serves them without a copy and deletes them with its own files, after an hour
+    (``delete_cache``); all of them go with this object."""
 
-    def __init__(self, max_age_s: float = 3600.0):
-        self._root = tempfile.TemporaryDirectory(prefix="cliptrase_web_")
-        self.max_age_s = max_age_s
+    def __init__(self):
+        folder = os.environ.get("GRADIO_TEMP_DIR")
+        self._root = tempfile.TemporaryDirectory(prefix="cliptrase_web_", dir=folder)
 
     def new_folder(self) -> str:
-        now = time.time()
-        for name in os.listdir(self._root.name):
-            folder = os.path.join(self._root.name, name)
-            if now - os.path.getmtime(folder) > self.max_age_s:
-                for file in os.listdir(folder):
-                    os.remove(os.path.join(folder, file))
-                os.rmdir(folder)
         return tempfile.mkdtemp(dir=self._root.name)
 
 
@@ -292,8 +266,7 @@ def segment_request(
     ]
     stem = os.path.splitext(os.path.basename(image_path))[0]
     label_path = os.path.join(outputs.new_folder(), f"{stem}_labels.png")
-    dtype = np.uint16 if len(result.class_names) > 255 else np.uint8
-    atomic_write_png(label_path, result.labels.astype(dtype))
+    result.save_labels(label_path)
     return shown, shares, label_path
 
 
@@ -330,16 +303,6 @@ def describe_weights(models: Models, segmenter: Segmenter) -> str:
             "`--opts MODEL.WEIGHTS weights/ViT-B-16.pt` (see weights/README.md)."
         )
     return line
-
-
-def sample_photos() -> List[str]:
-    if not os.path.isdir(SAMPLE_IMAGES):
-        return []
-    return sorted(
-        os.path.join(SAMPLE_IMAGES, name)
-        for name in os.listdir(SAMPLE_IMAGES)
-        if name.lower().endswith((".jpg", ".jpeg", ".png"))
-    )
 
 
 def build_page(
@@ -413,7 +376,8 @@ def build_page(
                 )
                 shares = gr.HTML(label="Legend: pixel shares", elem_id="shares")
                 labels = gr.File(label="Label map (PNG, class index per pixel)", elem_id="labels")
-        photos = sample_photos()
+        photos = sorted(glob.glob(os.path.join(SAMPLE_IMAGES, "*")))
+        photos = [path for path in photos if path.lower().endswith((".jpg", ".jpeg", ".png"))]
         if photos:
             gr.Examples(
                 [[path, SAMPLE_VOCABULARY, SAMPLE_BACKGROUND] for path in photos],
@@ -447,8 +411,9 @@ def main(argv=None):
         logger.warning(
             "binding to %s: anyone who can reach this machine can use the page", args.host
         )
-    # Gradio keeps uploads and its copies of files (the sample photos' too) under
-    # GRADIO_TEMP_DIR: here in a folder of this server's own, removed when it stops
+    # Gradio keeps uploads and its copies of files (the sample photos' too), and Outputs the
+    # label PNGs, under GRADIO_TEMP_DIR: here in a folder of this server's own, removed when it
+    # stops
     parent = os.environ.get("GRADIO_TEMP_DIR")
     if parent:
         os.makedirs(parent, exist_ok=True)
@@ -466,7 +431,7 @@ def main(argv=None):
         page.launch(
             server_name=args.host,
             server_port=args.port,
-            max_file_size=limits.max_upload_bytes,
+            max_file_size=int(args.max_upload_mb * 2**20),
             allowed_paths=[SAMPLE_IMAGES],
             ssr_mode=False,
             theme=theme,
