@@ -19,6 +19,7 @@ import glob
 import json
 import math
 import os
+import re
 import socket
 import uuid
 from contextlib import contextmanager
@@ -82,11 +83,17 @@ def _temporary_beside(path: str) -> str:
         os.makedirs(folder, exist_ok=True)
     except OSError as error:
         raise _output_error(error, folder) from None
-    temporary = os.path.join(
-        folder, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    )
+    # the file's own ending last: a writer that picks its format by it (OpenCV's video) works
+    stem, ending = os.path.splitext(os.path.basename(path))
+    temporary = os.path.join(folder, f".{stem}.{os.getpid()}.{uuid.uuid4().hex}.tmp{ending}")
     _final_paths[temporary] = _final_paths.get(path, path)
     return temporary
+
+
+def is_temporary(name: str) -> bool:
+    """Whether the file name ``name`` is one of this writer's temporaries (an interrupted
+    write's)."""
+    return re.fullmatch(r"\..*\.[0-9]+\.[0-9a-f]{32}\.tmp(\.[^.]*)?", name) is not None
 
 
 def claimed_root(folder: str) -> Optional[str]:

@@ -388,6 +388,7 @@ def test_video_frame_by_frame_equals_the_api(tiny_video, tiny_opts, tmp_path, en
         *opts,
     ]
     assert demo.main(argv) == 0
+    assert os.listdir(output) == ["pan.mp4"]  # written through a temporary that is gone
     video_calls = len(encode_text_calls)
     written, fps = _read_video(output / "pan.mp4")
     inputs, _ = _read_video(tiny_video)  # the frames as decoded, which is what the demo segmented

@@ -37,6 +37,7 @@ from PIL import Image
 from torch.autograd import DeviceType
 from torch.utils.benchmark import Measurement, Timer
 
+from cliptrase_d2.clip_loading import PRECISIONS  # ours -> open_clip's
 from cliptrase_d2.config import check_argument, check_device, load_config
 from cliptrase_d2.data.dataset_mapper import SemSegTestMapper
 from cliptrase_d2.data.image_io import read_rgb
@@ -67,7 +68,6 @@ CASES = {
 PLAIN_SIZES = (224, 336)
 STANDARD_PLAIN = "plain_224_beside_standard"  # the standard cases' unit, timed in their turns
 STAGE_CASES = ("paper_224", "paper_336", "standard_512x683")
-PRECISIONS = {"fp32": "fp32", "fp16": "fp16", "bf16": "pure_bf16"}  # ours -> open_clip's
 
 logger = logging.getLogger("cliptrase_d2.benchmark")
 

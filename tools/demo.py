@@ -30,7 +30,6 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 
 import cliptrase_d2  # noqa: F401  (first: detectron2 0.6 shims, registrations)
 import cv2
@@ -296,16 +295,12 @@ def segment_video(segmenter, video: str, target: str, vocabulary, batch_size: in
         )
     fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    folder = os.path.dirname(os.path.abspath(target))
-    check_writable_folder(folder, "--output")
+    check_writable_folder(os.path.dirname(os.path.abspath(target)), "--output")
     legend = list(enumerate(vocabulary.class_names))
     writer, frames = None, 0
-    # written beside the target, which it replaces once complete (not by the package's atomic
-    # writer: its temporaries end in .tmp, and OpenCV picks the container by the .mp4 ending)
     try:
         progress = tqdm(total=total, desc="video", unit="frame")
-        with tempfile.TemporaryDirectory(dir=folder) as scratch, progress:
-            partial = os.path.join(scratch, "video.mp4")
+        with atomic_paths([target]) as (partial,), progress:
             while batch := read_frames(capture, batch_size):
                 for result in segmenter.segment(batch, vocabulary, scores=False):
                     drawn = draw_labels(result.image, result.labels, result.class_names)
@@ -313,7 +308,7 @@ def segment_video(segmenter, video: str, target: str, vocabulary, batch_size: in
                     # codecs want even sides: a white row or column where a side is odd
                     pad = ((0, shown.shape[0] % 2), (0, shown.shape[1] % 2), (0, 0))
                     shown = np.pad(shown, pad, constant_values=255)
-                    if writer is None:
+                    if writer is None:  # OpenCV picks the container by the temporary's .mp4
                         fourcc = cv2.VideoWriter_fourcc(*"mp4v")
                         writer = cv2.VideoWriter(partial, fourcc, fps, shown.shape[1::-1])
                     writer.write(np.ascontiguousarray(shown[:, :, ::-1]))
@@ -322,7 +317,6 @@ def segment_video(segmenter, video: str, target: str, vocabulary, batch_size: in
             if frames == 0:
                 raise InputError(f"the video {video} has no readable frames")
             writer.release()
-            os.replace(partial, target)
     finally:
         capture.release()
     return frames

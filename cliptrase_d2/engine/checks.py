@@ -24,6 +24,7 @@ from ..atomic import (
     STATE_DIR,
     WRITTEN_RECORD,
     atomic_write_text,
+    is_temporary,
     recorded_files,
     records,
 )
@@ -137,7 +138,7 @@ def _files_under(folder: str, patterns):
             walked = os.walk(match) if os.path.isdir(match) else [("", [], [match])]
             for parent, _, names in walked:
                 for name in names:
-                    if not (name.startswith(".") and name.endswith(".tmp")):
+                    if not is_temporary(name):
                         yield os.path.relpath(os.path.join(parent, name), folder)
 
 
