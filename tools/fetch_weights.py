@@ -7,13 +7,12 @@ them.
     python tools/fetch_weights.py --model ViT-L-14 --dest /data/clip/ViT-L-14.pt
 
 Then point the config at the file: MODEL.WEIGHTS weights/ViT-B-16.pt (see weights/README.md).
-The URL comes from open_clip's registry of OpenAI weights; OpenAI publishes each file's sha256 as
-the
-second-to-last segment of its URL, and the download is checked against it. The file is written to a
-temporary name beside the destination and renamed only once its sha256 matches, so an interrupted
-(Ctrl-C, kill) or corrupted download never leaves a file under the final name. A destination folder
-that cannot be created or written is a one-line error. A destination that already holds the
-right file is left alone; one that holds anything else is never overwritten.
+The URL comes from open_clip's registry of OpenAI weights; OpenAI publishes each file's sha256
+as the second-to-last segment of its URL, and the download is checked against it. The file is
+written to a temporary name beside the destination and renamed only once its sha256 matches, so
+an interrupted (Ctrl-C, kill) or corrupted download never leaves a file under the final name. A
+destination folder that cannot be created or written is a one-line error. A destination that
+already holds the right file is left alone; one that holds anything else is never overwritten.
 """
 
 from __future__ import annotations
