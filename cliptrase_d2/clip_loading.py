@@ -371,14 +371,15 @@ def _download_tag(
         else:
             path = open_clip.download_pretrained(dict(tag_config), cache_dir=cache_dir)
     except Exception as e:  # network down, not in the cache, hub error, no disk space, ...
-        reason = (
-            f"{offline} and the file is not in the download cache"
-            if offline
-            else "the download failed"
-        )
-        raise _tag_unavailable(
-            spec, tag, tag_config, f"{reason} ({type(e).__name__}: {_first_line(str(e))})"
-        ) from e
+        if offline:
+            reason = f"{offline} and the file is not in the download cache"
+        else:
+            reason = "the download failed"
+        # huggingface_hub's text for a cache miss offline advises setting local_files_only, a
+        # parameter of our call, not the user's: the reason above says it all
+        if not (offline and isinstance(e, LocalEntryNotFoundError)):
+            reason += f" ({type(e).__name__}: {_first_line(str(e))})"
+        raise _tag_unavailable(spec, tag, tag_config, reason) from e
     if not path or not os.path.isfile(path):
         raise _tag_unavailable(spec, tag, tag_config, "open_clip returned no file")
     return Path(path)

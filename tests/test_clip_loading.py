@@ -698,6 +698,7 @@ def test_openai_tag_without_network_fails_within_10_s(tmp_path, monkeypatch, hf_
     ):
         assert expected in message
     assert ("HF_HUB_OFFLINE=1" in message) == (hf_offline == "1")
+    assert "local_files_only" not in message  # huggingface_hub's advice is for its caller
     assert len(attempts) == (0 if hf_offline == "1" else 1)  # only the probe, never retries
     assert hf_constants.HF_HUB_OFFLINE == (hf_offline == "1")  # its setting is left as it was
 
