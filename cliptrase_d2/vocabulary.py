@@ -216,6 +216,11 @@ def _with_background(
     return Vocabulary(tuple(classes), words, extra_names)
 
 
+def _key_form(text: str) -> str:
+    """``text`` as a benchmark key would be typed: lower case, letters and digits only."""
+    return re.sub(r"[^0-9a-z]", "", text.lower())
+
+
 def _read_names(path: str) -> Dict:
     """One class per line, its names separated by commas (first the class name); blank lines
     and lines starting with '#' skipped; UTF-8 (a BOM is fine). -> {"classes": name lists}."""
@@ -344,8 +349,7 @@ def _entry_of_string(spec: str, paper_quirks: bool, files: bool) -> Dict:
             f"({', '.join(sorted(benchmarks))}), a comma-separated list or a file"
         )
     if len(names) == 1:
-        key_form = re.sub(r"[^0-9a-z]", "", names[0].lower())
-        near = [k for k in benchmarks if re.sub(r"[^0-9a-z]", "", k) == key_form]
+        near = [k for k in benchmarks if _key_form(k) == _key_form(names[0])]
         near = near or difflib.get_close_matches(key, list(benchmarks), n=1, cutoff=0.8)
         if near:
             raise InputError(
