@@ -1,6 +1,6 @@
 """Evaluation: the paper's metric and the Detectron2 evaluators of both protocols."""
 
-from .paper_metric import PaperMetric
+from .paper_metric import paper_metric
 from .sem_seg_evaluation import PaperSemSegEvaluator, StandardSemSegEvaluator
 
-__all__ = ["PaperMetric", "PaperSemSegEvaluator", "StandardSemSegEvaluator"]
+__all__ = ["paper_metric", "PaperSemSegEvaluator", "StandardSemSegEvaluator"]

@@ -9,8 +9,9 @@ every run of the authors' code in the reference fixtures (``tests/test_evaluatio
   background words (VOC21: 20 classes + background = 21). Statistics are accumulated over all
   images, not averaged per image.
 - A ground-truth pixel is counted only if its label is in ``[0, num_classes)`` (and is not
-  ``ignore_label``): 255, 65535 read as int16 (-1) and any out-of-range id are ignored.
-  Void-as-background (VOC21, PC60, COCO-Object) is a relabelling done before ``update``.
+  ``ignore_label``). The authors' script left other ids out quietly; the evaluators refuse a
+  ground truth holding any (:func:`unknown_label_ids`), so only void is left out.
+  Void-as-background (VOC21, PC60, COCO-Object) is a relabelling done before counting.
 - With ``tp_c`` the diagonal, ``gt_c`` the row sums and ``pred_c`` the column sums:
 
       pAcc  = sum(tp) / sum(gt)
@@ -25,17 +26,15 @@ every run of the authors' code in the reference fixtures (``tests/test_evaluatio
 from typing import Dict, Optional
 
 import numpy as np
-from ..errors import InputError
 
-PAPER_METRIC_KEYS = ("pAcc", "mAcc", "fwIoU", "mIoU")
 SMOOTHING = 0.01  # added to the denominators of the per-class accuracy and IoU, in pixels
 
 
 def unknown_label_ids(gt: np.ndarray, num_classes: int, ignore_label: Optional[int]) -> np.ndarray:
     """The sorted ids of ``gt`` that are neither classes (``[0, num_classes)``) nor
-    ``ignore_label``. :meth:`PaperMetric.update` leaves such pixels out, as the authors'
-    script did; the evaluators reject a ground truth that holds any (a label map that does not
-    match the classes would otherwise lower the numbers without a word)."""
+    ``ignore_label``. The authors' script left such pixels out of its counts; the evaluators
+    reject a ground truth that holds any (a label map that does not match the classes would
+    otherwise lower the numbers without a word)."""
     ids = np.unique(np.asarray(gt))
     unknown = (ids < 0) | (ids >= num_classes)
     if ignore_label is not None:
@@ -43,78 +42,31 @@ def unknown_label_ids(gt: np.ndarray, num_classes: int, ignore_label: Optional[i
     return ids[unknown]
 
 
-class PaperMetric:
-    """Accumulates the paper's confusion matrix image by image.
+def paper_metric(confusion: np.ndarray) -> Dict[str, object]:
+    """The paper's metric, in percent, from the (ground truth, prediction) confusion matrix of
+    the counted pixels.
 
-    The whole state is ``confusion`` (an integer array), so accumulators filled by different
-    processes are combined by summing their ``confusion``.
+    Returns a dict with ``pAcc``, ``mAcc``, ``fwIoU``, ``mIoU`` (unrounded floats), the
+    ``per_class_IoU`` (``num_classes`` floats, NaN for classes absent from the ground truth,
+    which mIoU leaves out) and ``class_present`` (bool mask of those counted). ``pAcc`` and
+    ``mIoU`` are NaN when no pixel has been counted.
     """
+    confusion = np.asarray(confusion, dtype=np.float64)
+    tp = np.diag(confusion)
+    gt_pixels = confusion.sum(axis=1)
+    pred_pixels = confusion.sum(axis=0)
+    total = gt_pixels.sum()
+    present = gt_pixels > 0
 
-    def __init__(self, num_classes: int, ignore_label: Optional[int] = 255):
-        if num_classes < 1:
-            raise InputError(f"num_classes must be positive, got {num_classes}")
-        self.num_classes = int(num_classes)
-        self.ignore_label = ignore_label
-        self.reset()
-
-    def reset(self) -> None:
-        # (gt, pred)
-        self.confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
-
-    def update(self, pred: np.ndarray, gt: np.ndarray) -> None:
-        """Add one image: ``pred`` and ``gt`` are integer label maps of the same shape."""
-        pred = np.asarray(pred)
-        gt = np.asarray(gt)
-        if pred.shape != gt.shape:
-            raise InputError(f"prediction shape {pred.shape} != ground-truth shape {gt.shape}")
-        if not (np.issubdtype(pred.dtype, np.integer) and np.issubdtype(gt.dtype, np.integer)):
-            raise TypeError(f"label maps must be integer arrays, got {pred.dtype} and {gt.dtype}")
-        gt = gt.astype(np.int64).ravel()
-        pred = pred.astype(np.int64).ravel()
-        counted = (gt >= 0) & (gt < self.num_classes)
-        if self.ignore_label is not None:
-            counted &= gt != self.ignore_label
-        gt, pred = gt[counted], pred[counted]
-        if pred.size and (pred.min() < 0 or pred.max() >= self.num_classes):
-            bad = np.unique(pred[(pred < 0) | (pred >= self.num_classes)])
-            raise InputError(
-                f"predicted labels {bad[:10].tolist()} are outside [0, {self.num_classes}); "
-                "the prediction must use the dataset's contiguous class ids"
-            )
-        self.confusion += np.bincount(
-            gt * self.num_classes + pred, minlength=self.num_classes**2
-        ).reshape(self.num_classes, self.num_classes)
-
-    def compute(self, decimals: Optional[int] = None) -> Dict[str, object]:
-        """The paper's metric, in percent.
-
-        Returns a dict with ``pAcc``, ``mAcc``, ``fwIoU``, ``mIoU`` (floats, rounded to
-        ``decimals`` when given, as the script printed them with 2), and the unrounded
-        ``per_class_IoU`` (``num_classes`` floats, NaN for classes absent from the ground
-        truth, which mIoU leaves out) and ``class_present`` (bool mask of those counted).
-        ``pAcc`` and ``mIoU`` are NaN when no pixel has been counted.
-        """
-        confusion = self.confusion.astype(np.float64)
-        tp = np.diag(confusion)
-        gt_pixels = confusion.sum(axis=1)
-        pred_pixels = confusion.sum(axis=0)
-        total = gt_pixels.sum()
-        present = gt_pixels > 0
-
-        iou = tp / (gt_pixels + pred_pixels - tp + SMOOTHING)
-        acc = tp / (gt_pixels + SMOOTHING)
-        metrics = {
-            "pAcc": 100.0 * tp.sum() / total if total > 0 else float("nan"),
-            "mAcc": 100.0 * acc.mean(),
-            "fwIoU": 100.0 * (gt_pixels[present] / total * iou[present]).sum()
-            if total > 0
-            else 0.0,
-            "mIoU": 100.0 * iou[present].mean() if present.any() else float("nan"),
-        }
-        if decimals is not None:
-            metrics = {key: float(np.round(value, decimals)) for key, value in metrics.items()}
-        else:
-            metrics = {key: float(value) for key, value in metrics.items()}
-        metrics["per_class_IoU"] = np.where(present, 100.0 * iou, np.nan)
-        metrics["class_present"] = present
-        return metrics
+    iou = tp / (gt_pixels + pred_pixels - tp + SMOOTHING)
+    acc = tp / (gt_pixels + SMOOTHING)
+    metrics = {
+        "pAcc": 100.0 * tp.sum() / total if total > 0 else float("nan"),
+        "mAcc": 100.0 * acc.mean(),
+        "fwIoU": 100.0 * (gt_pixels[present] / total * iou[present]).sum() if total > 0 else 0.0,
+        "mIoU": 100.0 * iou[present].mean() if present.any() else float("nan"),
+    }
+    metrics = {key: float(value) for key, value in metrics.items()}
+    metrics["per_class_IoU"] = np.where(present, 100.0 * iou, np.nan)
+    metrics["class_present"] = present
+    return metrics

@@ -3,7 +3,7 @@ the ground truth through its loading hook (``sem_seg_loading_fn``).
 
 - :class:`PaperSemSegEvaluator`: the `paper` protocol. Predictions are S x S in the frame of
   the resized and center-cropped image; the ground truth gets the same crop; the metric is the
-  one the authors' script printed (:class:`~.paper_metric.PaperMetric`), from Detectron2's
+  one the authors' script printed (:func:`~.paper_metric.paper_metric`), from Detectron2's
   confusion matrix.
 - :class:`StandardSemSegEvaluator`: the `standard` protocol, Detectron2's own metric (original
   resolution, void ignored).
@@ -41,7 +41,7 @@ from ..atomic import (
 )
 from ..method.preprocess import resize_and_center_crop
 from ..method.refinement import channel_argmax
-from .paper_metric import PaperMetric, unknown_label_ids
+from .paper_metric import paper_metric, unknown_label_ids
 from ..errors import InputError, MissingFileError, UnknownNameError
 
 logger = logging.getLogger(__name__)
@@ -384,9 +384,7 @@ class PaperSemSegEvaluator(_CheckedSemSegEvaluator):
         transposed)."""
         if num_images == 0:
             return OrderedDict()
-        metric = PaperMetric(self._num_classes, ignore_label=self._ignore_label)
-        metric.confusion += self._conf_matrix[:-1, :-1].T
-        scores = metric.compute()
+        scores = paper_metric(self._conf_matrix[:-1, :-1].T)
         summary = OrderedDict((key, scores[key]) for key in SUMMARY_KEYS)
         results = OrderedDict(summary)
         for name, iou in zip(self._class_names, scores["per_class_IoU"]):
