@@ -88,7 +88,9 @@ def resolve_root(root: Optional[Path]) -> Path:
 
 def require(path: Path, what: str, source: str, folder: bool = False) -> Path:
     """``path`` if it exists (and is a folder when ``folder``); FileNotFoundError naming it and
-    where it comes from otherwise, NotADirectoryError when a file stands where a folder goes."""
+    where it comes from otherwise, NotADirectoryError when a file stands where a folder goes. (A
+    folder where a file goes fails when the script opens it: IsADirectoryError, see
+    ``fault_message``.)"""
     if not path.exists():
         a_file = next((p for p in path.parents if p.is_file()), None)
         if a_file is not None:  # e.g. the downloaded archive given instead of its folder
@@ -104,8 +106,6 @@ def require(path: Path, what: str, source: str, folder: bool = False) -> Path:
             f"{what} {path} is a file, not a folder: give the extracted folder (it comes from "
             f"{source}; see datasets/README.md)"
         )
-    if not folder and path.is_dir():
-        raise IsADirectoryError(f"{what} {path} is a folder, not a file (it comes from {source})")
     return path
 
 
