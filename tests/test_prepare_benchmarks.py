@@ -232,6 +232,16 @@ def test_a_segment_that_is_neither_rle_nor_polygons_is_named(root, monkeypatch):
     )
 
 
+def test_the_repository_s_class_tables_agree_with_vocabularies_json():
+    """PC59's classes are PC459's (diningtable = table) in PC459's order, as datasets/README.md
+    says; ade847_ids.json gives one distinct ADE object id per ADE847 class."""
+    ids_459 = list(prepare("prepare_pascal_context").pc459_to_pc59())  # in PC59 order
+    assert len(ids_459) == len(PC59) and ids_459 == sorted(ids_459)
+    ade_ids = json.loads(prepare("prepare_ade20k_847").IDS_FILE.read_text())["ade_ids"]
+    ade847 = load_vocabularies()["benchmarks"]["ade847"]["classes"]
+    assert len(ade_ids) == len(set(ade_ids)) == len(ade847)
+
+
 def test_catseg_s_pascal_context_folders_are_used_as_they_are(root, project_log):
     """CAT-Seg's scripts write pc59_val and pc459_val for the ids of its pascalcontext_val.txt
     (the Detail val images) beside VOC2010's val.txt, which lists one more."""
