@@ -69,11 +69,8 @@ def openai_archive(model: str) -> Tuple[str, str]:
 
 def sha256_of(path: Path) -> str:
     """Hex sha256 of a file's content."""
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def download_verified(
