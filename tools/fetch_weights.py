@@ -139,8 +139,7 @@ def download_verified(
                 reason = getattr(e, "reason", e)
                 raise FetchError(
                     f"Could not download {url}: {reason}. Are you offline? Download the file on a "
-                    "machine "
-                    f"with internet and copy it to {dest} (expected sha256 {expected})."
+                    f"machine with internet and copy it to {dest} (expected sha256 {expected})."
                 ) from e
         actual = digest.hexdigest()
         if actual != expected:
