@@ -453,16 +453,10 @@ def _tag_unavailable(
 # ---------------------------------------------------------------------------------------------
 
 
-class _Weights(NamedTuple):
-    tensors: Dict[str, torch.Tensor]  # state dict name -> tensor on the CPU
-    sha256: str  # hex sha256 of the file's content
-    torchscript: bool  # the file is a TorchScript archive (OpenAI's format)
-
-
-def _read_weights(path: Path) -> _Weights:
-    """Reads a checkpoint file once, without running pickled code: its sha256, then its tensors.
-    A pickle that names code is refused, naming it; anything else unreadable is reported as a
-    damaged file."""
+def _read_weights(path: Path) -> Tuple[Dict[str, torch.Tensor], str, bool]:
+    """Reads a checkpoint file once, without running pickled code: (its tensors on the CPU, the
+    hex sha256 of its content, whether it is a TorchScript archive). A pickle that names code is
+    refused, naming it; anything else unreadable is reported as a damaged file."""
     version = _file_version(path)
     data = path.read_bytes()  # the file's only read
     if not data:
@@ -486,7 +480,7 @@ def _read_weights(path: Path) -> _Weights:
         raise _unreadable(path, f"torch's weights-only reader stopped at: {detail}") from e
     except ArchiveError as e:
         raise _unreadable(path, str(e)) from e
-    return _Weights(tensors, sha256, torchscript)
+    return tensors, sha256, torchscript
 
 
 def _read_tensors(path: Path, data: bytes) -> Tuple[Dict[str, torch.Tensor], bool]:

@@ -69,11 +69,8 @@ def openai_archive(model: str) -> Tuple[str, str]:
 
 def sha256_of(path: Path) -> str:
     """Hex sha256 of a file's content."""
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def download_verified(
@@ -142,8 +139,7 @@ def download_verified(
                 reason = getattr(e, "reason", e)
                 raise FetchError(
                     f"Could not download {url}: {reason}. Are you offline? Download the file on a "
-                    "machine "
-                    f"with internet and copy it to {dest} (expected sha256 {expected})."
+                    f"machine with internet and copy it to {dest} (expected sha256 {expected})."
                 ) from e
         actual = digest.hexdigest()
         if actual != expected:
