@@ -5,13 +5,9 @@
     python tools/benchmark.py --device cuda --json # one JSON object on stdout
     python tools/benchmark.py --stages             # also: where the time goes, stage by stage
 
-Each case's model is what evaluation builds (its config and Detectron2's ``build_model``;
-random open_clip weights, seeded, unless --weights) and each input is what evaluation's test
-mapper makes of a photo file. Times are ``torch.utils.benchmark`` medians of runs that take
-turns; the time after the backbone and --stages come from ``torch.profiler`` and the method's
-``cliptrase/<stage>`` labels; peak memory from a fresh process per case. docs/SPEED.md defines
-every figure (plain_<S>, ratio_paper_<S>, window_ratio_<case>, floor_ratio_<case>,
-overhead_ms_<case>, peak_mb_<case>, ...) and records the measurements.
+Each case's model and input are what evaluation builds (its config, Detectron2's
+``build_model``, the test mapper; random open_clip weights, seeded, unless --weights).
+docs/SPEED.md defines every figure, says how each is measured and records the measurements.
 """
 
 import argparse

@@ -9,10 +9,9 @@ still mapped and returned when freed. ``docs/SPEED.md`` has the measurements.
 
 The entry points (``tools/train_net.py``, ``tools/lazyconfig_train_net.py``, the demos and the
 benchmark) call ``tune_cpu_allocator()``; a program that uses the library directly may call it
-too. It changes nothing when the process already has its own settings (any of
-``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_``, ``GLIBC_TUNABLES``,
-``LD_PRELOAD`` set, e.g. for jemalloc or tcmalloc), when ``CLIPTRASE_MALLOC=default``, or when
-the C library is not glibc.
+too. It changes nothing when the process already has malloc settings of its own (one of
+``USER_SETTINGS`` set, e.g. ``LD_PRELOAD`` for jemalloc or tcmalloc), when
+``CLIPTRASE_MALLOC=default``, or when the C library is not glibc.
 """
 
 import ctypes
@@ -46,12 +45,9 @@ def _glibc_mallopt() -> Optional[Callable[[int, int], int]]:
     if platform.libc_ver()[0] != "glibc":
         return None
     try:
-        mallopt = ctypes.CDLL(None).mallopt
+        return ctypes.CDLL(None).mallopt  # ctypes' defaults: int arguments, int result
     except (OSError, AttributeError):
         return None
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
-    return mallopt
 
 
 def tune_cpu_allocator() -> bool:
