@@ -44,7 +44,7 @@ from cliptrase_d2.atomic import atomic_paths, atomic_save_image, atomic_write_js
 from cliptrase_d2.config import check_images_per_batch, load_config
 from cliptrase_d2.engine.allocator import tune_cpu_allocator
 from cliptrase_d2.engine.checks import check_writable_folder
-from cliptrase_d2.errors import InputError, MissingFileError, OutputExistsError, UserError
+from cliptrase_d2.errors import InputError, MissingFileError, OutputExistsError, exit_on_user_error
 from cliptrase_d2.visualization import draw_labels, side_by_side, with_legend
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -387,9 +387,6 @@ if __name__ == "__main__":
     # a kill (SIGTERM) unwinds like Ctrl-C: an input's files being written are removed
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     try:
-        sys.exit(main())
-    except UserError as error:
-        # bad input: one line; anything else is a bug and keeps its traceback
-        sys.exit(f"error: {error}")
+        sys.exit(exit_on_user_error(main))  # bad input: one line; a bug keeps its traceback
     except KeyboardInterrupt:
         sys.exit("interrupted: the outputs written so far are complete, no partial file is left")
