@@ -74,13 +74,15 @@ class SegmentationResult:
 class Segmenter:
     """Wraps a CLIPtrase model for single images and small batches (CPU or GPU)."""
 
-    def __init__(self, model, batch_size: Optional[int] = None):
+    def __init__(self, model, batch_size: Optional[int] = None, cfg=None):
         """``batch_size``: at most that many images per model call in ``segment`` (None: each
-        call's whole list at once)."""
+        call's whole list at once). ``cfg``: the config the model was built from, if known (kept
+        as DefaultPredictor keeps it)."""
         if batch_size is not None:
             check_images_per_batch(batch_size, "batch_size")
         self.model = model.eval()
         self.batch_size = batch_size
+        self.cfg = cfg
 
     @classmethod
     def from_config(cls, config_file: str = "", opts: Sequence[str] = ()) -> "Segmenter":
@@ -91,7 +93,7 @@ class Segmenter:
         from .config import load_config
 
         cfg = load_config(config_file, opts)
-        return cls(build_model(cfg), batch_size=cfg.TEST.IMS_PER_BATCH)
+        return cls(build_model(cfg), batch_size=cfg.TEST.IMS_PER_BATCH, cfg=cfg)
 
     def resolve_vocabulary(
         self, vocabulary=None, background: Optional[Sequence[str]] = None

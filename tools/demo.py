@@ -7,21 +7,12 @@
     python tools/demo.py --config-file configs/paper/voc21_224.yaml --input img/ --output out/ \
         --opts MODEL.WEIGHTS weights/ViT-B-16.pt
 
-Without --config-file the whole image is segmented at its own size (the standard protocol);
---protocol paper, or a paper config, segments the S x S center crop the paper evaluates.
-
-Per input, in --output: <stem>_labels.png (class index per pixel, 16-bit when more than 255
-classes), <stem>.png (the regions coloured and named by Detectron2's Visualizer, with a legend of
-the classes present), <stem>.json (class names and each class's pixel share), and with
---side-by-side <stem>_panel.png. Existing files are never replaced unless --overwrite is given,
-and an input is never an output. An input's files appear together or not at all (a full disk, a
-Ctrl-C or a kill leaves none of them). An unreadable input stops the run before any work,
-unless --skip-bad-inputs reports and skips it. Labels are in the frame the protocol predicts: the
-S x S center crop under the paper protocol, the original image under the standard one.
-
---video-input segments a video frame by frame (the text embeddings are computed once) and writes
-<stem>.mp4 in --output (or --output itself when it ends in .mp4): each frame's overlay beside a
-legend of the vocabulary's colours.
+Per input, in --output: <stem>_labels.png (class index per pixel), <stem>.png (the regions drawn
+by Detectron2's Visualizer, with a legend) and <stem>.json (pixel shares), all of them or none;
+--video-input writes one mp4 of overlays. The README's "Segment your own images" says what each
+file holds and which files are never replaced. Without --config-file the whole image is
+segmented at its own size (the standard protocol); --protocol paper, or a paper config, segments
+the S x S center crop the paper evaluates.
 """
 
 import argparse
@@ -44,7 +35,7 @@ from cliptrase_d2.atomic import atomic_paths, atomic_save_image, atomic_write_js
 from cliptrase_d2.config import check_images_per_batch, load_config
 from cliptrase_d2.engine.allocator import tune_cpu_allocator
 from cliptrase_d2.engine.checks import check_writable_folder
-from cliptrase_d2.errors import InputError, MissingFileError, OutputExistsError, UserError
+from cliptrase_d2.errors import InputError, MissingFileError, OutputExistsError, exit_on_user_error
 from cliptrase_d2.visualization import draw_labels, side_by_side, with_legend
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -387,9 +378,6 @@ if __name__ == "__main__":
     # a kill (SIGTERM) unwinds like Ctrl-C: an input's files being written are removed
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     try:
-        sys.exit(main())
-    except UserError as error:
-        # bad input: one line; anything else is a bug and keeps its traceback
-        sys.exit(f"error: {error}")
+        sys.exit(exit_on_user_error(main))  # bad input: one line; a bug keeps its traceback
     except KeyboardInterrupt:
         sys.exit("interrupted: the outputs written so far are complete, no partial file is left")

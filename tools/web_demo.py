@@ -31,7 +31,7 @@ from detectron2.utils.logger import setup_logger
 from PIL import Image
 
 from cliptrase_d2.api import Segmenter, load_image
-from cliptrase_d2.config import check_argument, load_config
+from cliptrase_d2.config import check_argument
 from cliptrase_d2.engine.allocator import tune_cpu_allocator
 from cliptrase_d2.errors import ConfigError, InputError, UserError
 from cliptrase_d2.method.heads import HEADS
@@ -284,11 +284,9 @@ def legend_table(rows) -> str:
     )
 
 
-def describe_weights(models: Models, segmenter: Segmenter) -> str:
+def describe_weights(segmenter: Segmenter) -> str:
     """The page's line on which CLIP runs, with a warning for test-sized models."""
-    cfg = load_config(
-        models.config_file or PROTOCOL_CONFIGS["standard"], models.opts, resolve=False
-    )
+    cfg = segmenter.cfg
     parameters = list(segmenter.model.parameters())
     count = sum(p.numel() for p in parameters)
     line = (
@@ -421,7 +419,7 @@ def main(argv=None):
         os.environ["GRADIO_TEMP_DIR"] = folder
         import gradio as gr
 
-        weights_line = describe_weights(models, segmenter)
+        weights_line = describe_weights(segmenter)
         page = build_page(models, limits, Outputs(), args.head, args.protocol, weights_line)
         page.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
         theme = gr.themes.Default(
