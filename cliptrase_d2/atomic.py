@@ -28,7 +28,7 @@ from typing import IO, Iterator, List, Optional, Sequence, Set
 import numpy as np
 from PIL import Image
 
-from .errors import InputError, OutputError, OutputExistsError, OutputNotWritableError
+from .errors import OutputError, OutputExistsError, OutputNotWritableError
 
 __all__ = [
     "atomic_open",
@@ -211,15 +211,9 @@ def atomic_write_png(path: str, label_map: np.ndarray) -> None:
     """Write a (H, W) label map as a grayscale PNG: 8-bit for ``uint8``, 16-bit (PIL mode
     ``I;16``) for ``uint16``. Read it back with ``np.array(Image.open(path))``."""
     label_map = np.asarray(label_map)
-    if label_map.ndim != 2:
-        raise InputError(f"label map must be (H, W), got shape {label_map.shape}")
     if label_map.dtype not in (np.uint8, np.uint16):
         raise TypeError(f"label map must be uint8 or uint16, got {label_map.dtype}")
-    # native byte order, C-contiguous: PIL then maps uint8 to mode 'L' and uint16 to 'I;16'
-    image = Image.fromarray(
-        np.ascontiguousarray(label_map.astype(label_map.dtype.newbyteorder("=")))
-    )
-    atomic_save_image(path, image)
+    atomic_save_image(path, Image.fromarray(label_map))
 
 
 def atomic_save_image(path: str, image: Image.Image) -> None:

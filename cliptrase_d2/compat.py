@@ -71,14 +71,8 @@ class _MissingCppOps(types.ModuleType):
 
 
 def _install_cpp_stub():
-    if "detectron2._C" in sys.modules:
-        return
-    try:
-        has_ops = importlib.util.find_spec("detectron2._C") is not None
-    except ImportError:
-        # detectron2 itself missing: nothing to patch, the real import error comes later
-        return
-    if not has_ops:
+    # (find_spec answers from sys.modules for a module already imported, the stub included)
+    if importlib.util.find_spec("detectron2._C") is None:
         stub = _MissingCppOps("detectron2._C")
         stub.__spec__ = importlib.machinery.ModuleSpec("detectron2._C", loader=None)
         sys.modules["detectron2._C"] = stub

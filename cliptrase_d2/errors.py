@@ -1,12 +1,9 @@
 """The one error family for bad input.
 
 A ``UserError`` says what is wrong with something the user gave (a setting, a file, an image, a
-vocabulary, a dataset) and how to fix it. Entry points (train_net, demo, web demo, compare,
-prepare scripts, fetch_weights) catch only this family and print its message as one line; any
-other exception is a bug and keeps its traceback.
-
-``exit_on_user_error`` is that one line for a command's ``main``; ``invalid_value`` the one
-format for a setting or argument that cannot take a value.
+vocabulary, a dataset) and how to fix it. The package's entry points (train_net, compare,
+the demos, the benchmark, the dataset check) catch only this family and print its message as
+one line; any other exception is a bug and keeps its traceback.
 
 Each concrete error also derives from the builtin a caller would expect (``ValueError``,
 ``KeyError``, ``FileNotFoundError`` ...), so ``except ValueError`` keeps working.

@@ -34,22 +34,13 @@ install_detectron2_sdist() {
   work="$(mktemp -d)"
   trap 'rm -rf "$work"' EXIT
   "${PIP[@]}" install setuptools wheel
-  # detectron2 is not on PyPI as a wheel; pb1-detectron2 is v0.6's Python sources (its C++ ops unused here).
-  "${PIP[@]}" download pb1-detectron2==0.6 --no-deps --no-binary :all: --no-build-isolation -d "$work"
-  archive="$(ls "$work"/pb1*detectron2-0.6.tar.gz)"
-  echo "$D2_SHA256  $archive" | sha256sum --check --quiet \
-    || { echo "[setup] ERROR: $archive does not match the pinned sha256 $D2_SHA256" >&2; exit 1; }
-  tar -xzf "$archive" -C "$work"
+  # detectron2 is not on PyPI as a wheel; pb1-detectron2 is v0.6's Python sources, built here
+  # without its C++ ops (unused). pip checks the archive against the pinned sha256.
+  "${PIP[@]}" download --no-deps --no-binary :all: --no-build-isolation -d "$work" \
+    -r /dev/stdin <<< "pb1-detectron2==0.6 --hash=sha256:$D2_SHA256"
+  tar -xzf "$work"/pb1*detectron2-0.6.tar.gz -C "$work"
   src="$(ls -d "$work"/pb1*detectron2-0.6)"
-  "$VENV/bin/python" - "$src/setup.py" <<'PY'
-import re, sys
-path = sys.argv[1]
-text = open(path).read()
-patched, count = re.subn(r"ext_modules\s*=\s*get_extensions\(\)", "ext_modules=[]", text)
-if count != 1:
-    sys.exit(f"[setup] ERROR: could not find 'ext_modules=get_extensions()' in {path}")
-open(path, "w").write(patched)
-PY
+  sed -i "s/ext_modules=get_extensions()/ext_modules=[]/" "$src/setup.py"
   "${PIP[@]}" install --no-build-isolation -c requirements/runtime.txt "$src"
 }
 

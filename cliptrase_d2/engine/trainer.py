@@ -29,18 +29,6 @@ __all__ = ["Trainer", "setup", "validate"]
 logger = logging.getLogger("cliptrase_d2")
 
 
-def _checked_config(args):
-    cfg = load_config(args.config_file, args.opts, resolve=False)
-    if not cfg.DATASETS.TEST:
-        raise ConfigError(
-            "DATASETS.TEST is empty: name the dataset(s) to evaluate, e.g. "
-            "DATASETS.TEST \"('cliptrase_voc21_val',)\""
-        )
-    for name in cfg.DATASETS.TEST:
-        require_registered(name)
-    return cfg
-
-
 # settings a resumed run may change: they do not change a prediction
 RESUMABLE_CHANGES = ("MODEL.DEVICE", "DATALOADER.NUM_WORKERS", "TEST.IMS_PER_BATCH")
 
@@ -73,13 +61,18 @@ def check_resumable(cfg) -> None:
 
 
 def validate(args):
-    """The checks before any work (in the launching process, before workers start): the config
-    file and its values, the device, the process count. Then claims OUTPUT_DIR
-    (``claim_output_dir``, on machine 0 only: a lock against a concurrent evaluation into it;
-    the files of earlier runs moved to OUTPUT_DIR/previous/<n>/, or with ``--resume``
-    continued, if their settings are this run's)."""
+    """The checks before any work (in the launching process, before workers start): the process
+    count, the config file and its values, the datasets, the device; with ``--resume``, that the
+    earlier run had this run's settings. Then claims OUTPUT_DIR (``claim_output_dir``)."""
     check_num_processes(args.num_gpus, args.num_machines, args.machine_rank)
-    cfg = _checked_config(args)
+    cfg = load_config(args.config_file, args.opts, resolve=False)
+    if not cfg.DATASETS.TEST:
+        raise ConfigError(
+            "DATASETS.TEST is empty: name the dataset(s) to evaluate, e.g. "
+            "DATASETS.TEST \"('cliptrase_voc21_val',)\""
+        )
+    for name in cfg.DATASETS.TEST:
+        require_registered(name)
     check_device(cfg.MODEL.DEVICE)
     if args.resume and not cfg.TEST.SAVE_PREDICTIONS:
         raise ConfigError(
@@ -97,8 +90,9 @@ def validate(args):
 def setup(args):
     """Config from command-line args, frozen; logging of detectron2 and of this project on the
     console and in OUTPUT_DIR/log.txt (log.txt.rank<N> for the other processes), coloured only
-    on a terminal; the config saved to OUTPUT_DIR/config.yaml, not dumped into the log."""
-    cfg = _checked_config(args)
+    on a terminal; the config saved to OUTPUT_DIR/config.yaml, not dumped into the log.
+    ``validate`` checked the config before the processes started."""
+    cfg = load_config(args.config_file, args.opts, resolve=False)
     color = sys.stdout.isatty()
     for name in ("detectron2", "fvcore", "cliptrase_d2"):
         setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), color=color, name=name)
