@@ -91,9 +91,8 @@ class TextEmbeddingCache:
         compute: Callable[[], torch.Tensor],
         width: Optional[int] = None,
     ) -> torch.Tensor:
-        """The (len(names), E) embeddings from the cache, or ``compute()`` stored in it. An entry
-        of another shape (E != ``width`` when given), a non-float dtype or non-finite values is
-        recomputed and rewritten; a computed value that is itself unusable is not stored."""
+        """The (len(names), E) embeddings from the cache, or ``compute()`` stored in it unless
+        ``entry_problem`` refuses it; ``width``: the E an entry must have, when given."""
         path = self.path(names, templates)
         cached = self._load(path, len(names), width)
         if cached is not None:

@@ -166,9 +166,8 @@ class Vocabulary:
     def text_rows(self) -> Tuple[str, ...]:
         """Names that get a text embedding: each class's names (class name first), then
         background words."""
-        if not self.extra_names:
-            return self.classes + self.background
-        names = (n for name, extra in zip(self.classes, self.extra_names) for n in (name,) + extra)
+        extra = self.extra_names or ((),) * len(self.classes)
+        names = (n for name, more in zip(self.classes, extra) for n in (name,) + more)
         return tuple(names) + self.background
 
     @property

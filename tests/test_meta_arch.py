@@ -443,7 +443,7 @@ def test_text_embeddings_are_kept_per_vocabulary(tiny_opts, monkeypatch):
 
 
 def test_dbscan_defaults_scale_with_the_patch_grid(tiny_opts):
-    from cliptrase_d2.modeling.meta_arch import dbscan_for_grid
+    from cliptrase_d2.method.pipeline import dbscan_for_grid
 
     assert dbscan_for_grid(14) == (0.7, 3) and dbscan_for_grid(21) == (
         1.1,

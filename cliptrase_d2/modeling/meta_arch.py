@@ -24,10 +24,10 @@ from ..method.text import text_embeddings
 from ..vocabulary import Vocabulary, resolve_vocabulary, template_set, vocabulary_of_dataset
 from ..errors import InputError
 from .checkpoint import read_clip_keys
-from .settings import PROTOCOLS, check_dataset_classes, check_settings, check_single_names
+from .settings import check_dataset_classes, check_settings, check_single_names
 from .settings import configured_head, published_setting, refinement_settings
 
-__all__ = ["CLIPtrase", "PROTOCOLS", "dbscan_for_grid"]
+__all__ = ["CLIPtrase"]
 
 
 @META_ARCH_REGISTRY.register()
@@ -55,9 +55,6 @@ class CLIPtrase(nn.Module):
         Under the ``paper`` protocol H' = W' = ``paper_size`` (the center crop the paper
         evaluates); under the ``standard`` protocol (H', W') = (height, width);
       - ``labels``: (H', W') int64 predicted classes, when ``scores`` is given.
-
-    Text embeddings are kept per vocabulary (the last ``cached_vocabularies`` used), so a
-    vocabulary is encoded once however many batches use it.
     """
 
     @configurable

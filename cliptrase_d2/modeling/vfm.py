@@ -23,20 +23,14 @@ VFMS = {
     "dinov2_vitb14_reg": ("dinov2", "vit_base_patch14_reg4_dinov2.lvd142m"),
     "sam_vit_b": ("sam", SAM_VIT_B_URL),
 }
-# SAM ViT-B's image encoder (segment_anything.build_sam's arguments for "vit_b")
+# SAM ViT-B's image encoder: ImageEncoderViT's defaults are ViT-B's (1024 px, 16 px patches,
+# width 768, 12 blocks and heads, 256 output channels); segment_anything.build_sam's "vit_b"
+# sets these besides
 SAM_VIT_B = dict(
-    depth=12,
-    embed_dim=768,
-    num_heads=12,
     global_attn_indexes=(2, 5, 8, 11),
-    img_size=1024,
-    mlp_ratio=4,
     norm_layer=partial(nn.LayerNorm, eps=1e-6),
-    patch_size=16,
-    qkv_bias=True,
     use_rel_pos=True,
     window_size=14,
-    out_chans=256,
 )
 
 
