@@ -87,21 +87,26 @@ def resolve_root(root: Optional[Path]) -> Path:
 
 
 def require(path: Path, what: str, source: str, folder: bool = False) -> Path:
-    """``path`` if it exists (and is a folder when ``folder``; a folder given for a file fails
-    when the script opens it); NotADirectoryError when a file stands at ``path`` or above it
-    where a folder goes (e.g. the downloaded archive given instead of its folder),
-    FileNotFoundError naming it and where it comes from otherwise."""
-    if path.is_dir() or (path.exists() and not folder):
-        return path
-    a_file = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
-    if a_file is not None:
-        raise NotADirectoryError(
-            f"{what} {path}: {a_file} is a file, not a folder; extract it and give the extracted "
-            f"folder (it comes from {source}; see datasets/README.md)"
+    """``path`` if it exists (and is a folder when ``folder``); FileNotFoundError naming it and
+    where it comes from otherwise, NotADirectoryError when a file stands where a folder goes."""
+    if not path.exists():
+        a_file = next((p for p in path.parents if p.is_file()), None)
+        if a_file is not None:  # e.g. the downloaded archive given instead of its folder
+            raise NotADirectoryError(
+                f"{what} not found: {path}: {a_file} is a file, not a folder; extract it and "
+                f"give the extracted folder (it comes from {source}; see datasets/README.md)"
+            )
+        raise FileNotFoundError(
+            f"{what} not found: {path}\n  It comes from {source}. See datasets/README.md."
         )
-    raise FileNotFoundError(
-        f"{what} not found: {path}\n  It comes from {source}. See datasets/README.md."
-    )
+    if folder and not path.is_dir():
+        raise NotADirectoryError(
+            f"{what} {path} is a file, not a folder: give the extracted folder (it comes from "
+            f"{source}; see datasets/README.md)"
+        )
+    if not folder and path.is_dir():
+        raise IsADirectoryError(f"{what} {path} is a folder, not a file (it comes from {source})")
+    return path
 
 
 def require_images(folder: Path, pattern: str, source: str) -> List[Path]:
