@@ -252,12 +252,13 @@ def check_config_file(config_file: str, chain=()) -> None:
     except (OSError, UnicodeDecodeError) as error:
         reason = getattr(error, "strerror", None) or error
         raise ConfigError(f"cannot read config file {config_file}: {reason}") from None
-    if loaded is not None and not isinstance(loaded, dict):
+    if not isinstance(loaded, dict):  # an empty file loads as None, which Detectron2 can't merge
+        held = "nothing" if loaded is None else f"a {type(loaded).__name__}"
         raise ConfigError(
-            f"config file {config_file} holds a {type(loaded).__name__}, not config keys "
+            f"config file {config_file} holds {held}, not config keys "
             "(KEY: value lines, as in configs/)"
         )
-    base = (loaded or {}).get("_BASE_")
+    base = loaded.get("_BASE_")
     if base is None or (isinstance(base, str) and base.startswith(("https://", "http://"))):
         return  # no base, or one Detectron2 fetches (and reads with the same safe loader)
     if not isinstance(base, str):

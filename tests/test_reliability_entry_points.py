@@ -113,6 +113,7 @@ def bad_configs(tmp_path):
     files = {
         "not_yaml.yaml": "MODEL:\n  DEVICE: [cpu\n",
         "a_list.yaml": "- MODEL\n- DEVICE\n",
+        "empty.yaml": "# settings to come\n",
         "bad_base.yaml": "_BASE_: missing_base.yaml\n",
         "bad_value.yaml": "MODEL:\n  CLIPTRASE:\n    PAPER_SIZE: large\n",
     }
@@ -126,6 +127,7 @@ def bad_configs(tmp_path):
             r"not_yaml\.yaml is not valid YAML .*line 3",
         ),
         "a_list": (str(tmp_path / "a_list.yaml"), ConfigError, r"a_list\.yaml holds a list"),
+        "empty": (str(tmp_path / "empty.yaml"), ConfigError, r"empty\.yaml holds nothing"),
         "bad_base": (
             str(tmp_path / "bad_base.yaml"),
             MissingFileError,
@@ -140,7 +142,9 @@ def bad_configs(tmp_path):
 
 
 @pytest.mark.parametrize("entry", sorted(YAML_ENTRY_POINTS))
-@pytest.mark.parametrize("fault", ["missing", "not_yaml", "a_list", "bad_base", "bad_value"])
+@pytest.mark.parametrize(
+    "fault", ["missing", "not_yaml", "a_list", "empty", "bad_base", "bad_value"]
+)
 def test_bad_config_file_is_one_named_error_everywhere(entry, fault, bad_configs, tmp_path):
     config_file, kind, message = bad_configs[fault]
     with pytest.raises(kind, match=message):
