@@ -386,3 +386,29 @@ def test_images_per_batch_below_one_is_refused_before_any_work(value, problem, t
     with pytest.raises(ConfigError, match=f"TEST.IMS_PER_BATCH.*{problem}|{problem}.*TEST.IMS"):
         validate(args)
     assert not (tmp_path / "out").exists()  # nothing claimed, nothing built
+
+
+@pytest.mark.parametrize(
+    "datasets, message",
+    [
+        ("()", r"DATASETS\.TEST is empty: name the dataset"),
+        ("('voc_2012_val_typo',)", r"'voc_2012_val_typo' is not registered.*cliptrase_ade150_val"),
+    ],
+)
+def test_no_or_an_unregistered_test_dataset_is_refused_before_any_work(datasets, message, tmp_path):
+    import argparse
+
+    from cliptrase_d2.engine.trainer import validate
+    from cliptrase_d2.errors import UserError
+
+    args = argparse.Namespace(
+        config_file=os.path.join(REPO, "configs", "sample", "voc21_standard.yaml"),
+        opts=["OUTPUT_DIR", str(tmp_path / "out"), "DATASETS.TEST", datasets],
+        num_gpus=1,
+        num_machines=1,
+        machine_rank=0,
+        resume=False,
+    )
+    with pytest.raises(UserError, match=message):
+        validate(args)
+    assert not (tmp_path / "out").exists()  # nothing claimed, nothing built
