@@ -369,46 +369,30 @@ def test_batches_are_cut_from_each_process_s_shard(tiny_opts, tmp_path, monkeypa
     assert shard == [sum(everything, [])[2:]]
 
 
-@pytest.mark.parametrize("value, problem", [("0", "got 0"), ("-2", "got -2"), ("2.5", "mismatch")])
-def test_images_per_batch_below_one_is_refused_before_any_work(value, problem, tmp_path):
-    import argparse
-
-    from cliptrase_d2.engine.trainer import validate
-    from cliptrase_d2.errors import ConfigError
-
-    args = argparse.Namespace(
-        config_file=os.path.join(REPO, "configs", "sample", "voc21_standard.yaml"),
-        opts=["OUTPUT_DIR", str(tmp_path / "out"), "TEST.IMS_PER_BATCH", value],
-        num_gpus=1,
-        num_machines=1,
-        machine_rank=0,
-    )
-    with pytest.raises(ConfigError, match=f"TEST.IMS_PER_BATCH.*{problem}|{problem}.*TEST.IMS"):
-        validate(args)
-    assert not (tmp_path / "out").exists()  # nothing claimed, nothing built
-
-
 @pytest.mark.parametrize(
-    "datasets, message",
+    "key, value, message",
     [
-        ("()", r"DATASETS\.TEST is empty: name the dataset"),
-        ("('voc_2012_val_typo',)", r"'voc_2012_val_typo' is not registered.*cliptrase_ade150_val"),
+        ("TEST.IMS_PER_BATCH", "0", "TEST.IMS_PER_BATCH.*got 0|got 0.*TEST.IMS"),
+        ("TEST.IMS_PER_BATCH", "-2", "TEST.IMS_PER_BATCH.*got -2|got -2.*TEST.IMS"),
+        ("TEST.IMS_PER_BATCH", "2.5", "TEST.IMS_PER_BATCH.*mismatch|mismatch.*TEST.IMS"),
+        ("DATASETS.TEST", "()", r"DATASETS\.TEST is empty: name the dataset"),
+        ("DATASETS.TEST", "('typo_val',)", r"'typo_val' is not registered.*cliptrase_ade150"),
     ],
 )
-def test_no_or_an_unregistered_test_dataset_is_refused_before_any_work(datasets, message, tmp_path):
+def test_bad_batch_size_or_test_datasets_are_refused_before_any_work(key, value, message, tmp_path):
     import argparse
 
     from cliptrase_d2.engine.trainer import validate
-    from cliptrase_d2.errors import UserError
+    from cliptrase_d2.errors import ConfigError, UnknownNameError
 
     args = argparse.Namespace(
         config_file=os.path.join(REPO, "configs", "sample", "voc21_standard.yaml"),
-        opts=["OUTPUT_DIR", str(tmp_path / "out"), "DATASETS.TEST", datasets],
+        opts=["OUTPUT_DIR", str(tmp_path / "out"), key, value],
         num_gpus=1,
         num_machines=1,
         machine_rank=0,
         resume=False,
     )
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(UnknownNameError if "typo" in value else ConfigError, match=message):
         validate(args)
     assert not (tmp_path / "out").exists()  # nothing claimed, nothing built
