@@ -28,7 +28,7 @@ from typing import IO, Iterator, List, Optional, Sequence, Set
 import numpy as np
 from PIL import Image
 
-from .errors import OutputError, OutputExistsError, OutputNotWritableError
+from .errors import InputError, OutputError, OutputExistsError, OutputNotWritableError
 
 __all__ = [
     "atomic_open",
@@ -211,6 +211,8 @@ def atomic_write_png(path: str, label_map: np.ndarray) -> None:
     """Write a (H, W) label map as a grayscale PNG: 8-bit for ``uint8``, 16-bit (PIL mode
     ``I;16``) for ``uint16``. Read it back with ``np.array(Image.open(path))``."""
     label_map = np.asarray(label_map)
+    if label_map.ndim != 2:
+        raise InputError(f"label map must be (H, W), got shape {label_map.shape}")
     if label_map.dtype not in (np.uint8, np.uint16):
         raise TypeError(f"label map must be uint8 or uint16, got {label_map.dtype}")
     atomic_save_image(path, Image.fromarray(label_map))

@@ -28,6 +28,7 @@ from torch._weights_only_unpickler import Unpickler as WeightsOnlyUnpickler
 __all__ = ["ArchiveError", "pickled_code", "read_torchscript", "torchscript_root"]
 
 _MAX_PICKLE_BYTES = 256 * 2**20  # a data.pkl holds structure only (tens of KB for CLIP)
+_MAX_MODULE_DEPTH = 64  # CLIP's module tree is 6 levels deep
 # Globals a weights pickle may name (torch's tensor types and containers, TorchScript's module
 # classes, which this reader makes inert); anything else is code.
 _DATA_GLOBALS = (
@@ -136,10 +137,11 @@ def _read_stored(archive: zipfile.ZipFile, name: str) -> bytes:
 
 
 def _collect_tensors(
-    obj: _ScriptObject, prefix: str, out: Dict[str, torch.Tensor], seen: set
+    obj: _ScriptObject, prefix: str, out: Dict[str, torch.Tensor], seen: set, depth: int = 0
 ) -> None:
-    """Walks the module tree: tensors become 'a.b.c' entries, submodules are visited once each
-    (a tree nested past Python's recursion limit is reported as unreadable, as any error here)."""
+    """Walks the module tree: tensors become 'a.b.c' entries, submodules are visited once each."""
+    if depth > _MAX_MODULE_DEPTH:
+        raise ArchiveError(f"its modules nest more than {_MAX_MODULE_DEPTH} levels deep")
     seen.add(id(obj))
     for name, value in obj.attributes.items():
         if not isinstance(name, str):
@@ -147,7 +149,7 @@ def _collect_tensors(
         if isinstance(value, torch.Tensor):
             out[prefix + name] = value
         elif isinstance(value, _ScriptObject) and id(value) not in seen:
-            _collect_tensors(value, f"{prefix}{name}.", out, seen)
+            _collect_tensors(value, f"{prefix}{name}.", out, seen, depth + 1)
 
 
 def pickled_code(data: bytes) -> List[str]:

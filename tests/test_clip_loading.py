@@ -767,3 +767,21 @@ def test_fetch_bad_destination_is_one_line(fetch, source, tmp_path, case, monkey
         fetch.download_verified(url, dest, sha256, progress=False)
     assert "\n" not in str(error.value) and str(dest.parent) in str(error.value)
     assert fetch.main(["--dest", str(dest), "--no-progress"]) == 1
+
+
+def test_a_torchscript_module_tree_nested_past_64_levels_is_refused():
+    from cliptrase_d2.torchscript_archive import ArchiveError, _collect_tensors, _ScriptObject
+
+    def chain(levels):
+        root = node = _ScriptObject()
+        for _ in range(levels):
+            node.attributes = {"m": _ScriptObject()}
+            node = node.attributes["m"]
+        node.attributes = {"w": torch.zeros(1)}
+        return root
+
+    tensors = {}
+    _collect_tensors(chain(64), "", tensors, set())
+    assert list(tensors) == ["m." * 64 + "w"]
+    with pytest.raises(ArchiveError, match="nest more than 64 levels deep"):
+        _collect_tensors(chain(65), "", {}, set())

@@ -510,6 +510,9 @@ def test_atomic_write_png_round_trips_uint8_and_uint16(tmp_path):
         np.testing.assert_array_equal(np.array(image), large)
     with pytest.raises(TypeError, match="uint8 or uint16"):
         atomic_write_png(tmp_path / "bad.png", small.astype(np.int64))
+    with pytest.raises(ValueError, match=r"must be \(H, W\), got shape \(2, 2, 3\)"):
+        atomic_write_png(tmp_path / "rgb.png", np.stack([small] * 3, axis=-1))
+    assert not (tmp_path / "rgb.png").exists()
 
 
 def test_atomic_write_png_interrupted_leaves_no_file(tmp_path, monkeypatch):

@@ -41,6 +41,8 @@ install_detectron2_sdist() {
   tar -xzf "$work"/pb1*detectron2-0.6.tar.gz -C "$work"
   src="$(ls -d "$work"/pb1*detectron2-0.6)"
   sed -i "s/ext_modules=get_extensions()/ext_modules=[]/" "$src/setup.py"
+  grep -q "ext_modules=\[\]" "$src/setup.py" \
+    || { echo "[setup] ERROR: could not find 'ext_modules=get_extensions()' in $src/setup.py" >&2; exit 1; }
   "${PIP[@]}" install --no-build-isolation -c requirements/runtime.txt "$src"
 }
 
