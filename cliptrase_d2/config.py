@@ -359,9 +359,16 @@ def available_device(device: str, key: str = "MODEL.DEVICE") -> str:
     return device
 
 
-def resolve_device(cfg) -> None:
-    """Sets cfg.MODEL.DEVICE to its ``available_device`` (before the config is frozen)."""
-    cfg.MODEL.DEVICE = available_device(cfg.MODEL.DEVICE)
+def resolve_device(cfg) -> str:
+    """Sets cfg.MODEL.DEVICE to its ``available_device``."""
+    device = available_device(cfg.MODEL.DEVICE)
+    if device != cfg.MODEL.DEVICE:
+        was_frozen = cfg.is_frozen()
+        cfg.defrost()
+        cfg.MODEL.DEVICE = device
+        if was_frozen:
+            cfg.freeze()
+    return device
 
 
 def load_lazy_config(config_file: str, overrides=()):

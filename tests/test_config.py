@@ -256,3 +256,16 @@ def test_tool_arguments_are_checked_in_the_same_format():
             check_argument(*args)
     with pytest.raises(ConfigError, match="--cases must be one of paper_224, standard, got 'x'"):
         check_argument("--cases", ["paper_224", "x"], choices=("paper_224", "standard"))
+
+
+def test_resolve_device_falls_back_on_a_frozen_config_and_keeps_it_frozen():
+    import torch
+
+    from cliptrase_d2.config import resolve_device
+
+    config = os.path.join(REPO, "configs", "sample", "voc21_standard.yaml")
+    cfg = load_config(config, ["MODEL.DEVICE", "cuda"], resolve=False)
+    cfg.freeze()
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device(cfg) == cfg.MODEL.DEVICE == expected
+    assert cfg.is_frozen()
