@@ -10,8 +10,9 @@ open_clip builds the model (``create_model``, in the requested precision: ``"fp1
 pretrained tags and reads ``torch.load(weights_only=True)`` checkpoints (``load_state_dict``).
 What stays ours:
 
-- ``_read_weights`` reads the file once: the sha256 of those bytes (for OpenAI's published hash
+- ``read_weights`` reads the file once: the sha256 of those bytes (for OpenAI's published hash
   and ``weights_fingerprint``), the zip CRC-32s (torch.load does not check them), the tensors.
+  ProxyCLIP's VFM weights (``modeling/vfm.py``) are read by it too.
   The file is not given to ``create_model(pretrained=path)``, which would read it again, refuse
   OpenAI's archive and interpolate a positional embedding where the weights do not fit.
 - ``read_torchscript`` (module ``torchscript_archive``) reads OpenAI's TorchScript archive
@@ -61,7 +62,14 @@ from .torchscript_archive import ArchiveError, pickled_code, read_torchscript, t
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["WeightsError", "PRECISIONS", "build_clip", "get_tokenizer", "weights_fingerprint"]
+__all__ = [
+    "WeightsError",
+    "PRECISIONS",
+    "build_clip",
+    "get_tokenizer",
+    "read_weights",
+    "weights_fingerprint",
+]
 
 # MODEL.CLIPTRASE.PRECISION -> open_clip's precision: "fp16" is its mixed fp16 (LayerNorm in fp32,
 # as OpenAI runs CLIP), "bf16" its "pure_bf16" (every tensor bf16).
@@ -116,7 +124,7 @@ def build_clip(
         )
     spec = _resolve_model(model)
     checkpoint, tag_quick_gelu = _resolve_weights(spec, weights, cache_dir)
-    tensors, sha256, torchscript = _read_weights(checkpoint)
+    tensors, sha256, torchscript = read_weights(checkpoint)
     if torchscript:
         _check_release(checkpoint, spec, sha256)
 
@@ -453,7 +461,7 @@ def _tag_unavailable(
 # ---------------------------------------------------------------------------------------------
 
 
-def _read_weights(path: Path) -> Tuple[Dict[str, torch.Tensor], str, bool]:
+def read_weights(path: Path) -> Tuple[Dict[str, torch.Tensor], str, bool]:
     """Reads a checkpoint file once, without running pickled code: (its tensors on the CPU, the
     hex sha256 of its content, whether it is a TorchScript archive). A pickle that names code is
     refused, naming it; anything else unreadable is reported as a damaged file."""
@@ -507,7 +515,7 @@ def _read_tensors(path: Path, data: bytes) -> Tuple[Dict[str, torch.Tensor], boo
         # variable turns into a full unpickle: refuse rather than risk running a file's code.
         raise WeightsError(
             "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set, so reading weights file "
-            f"{path} could run pickled code: unset it to load CLIP weights."
+            f"{path} could run pickled code: unset it to load weights."
         )
     try:
         if path.name.endswith(".safetensors"):  # open_clip reads these only from a path
@@ -520,8 +528,8 @@ def _read_tensors(path: Path, data: bytes) -> Tuple[Dict[str, torch.Tensor], boo
         raise
     except (AttributeError, StopIteration) as e:  # not a mapping, or an empty one
         raise WeightsError(
-            f"Weights file {path} holds no state dict of CLIP tensors ({e!r}); give "
-            "an OpenAI or open_clip checkpoint."
+            f"Weights file {path} holds no state dict of tensors ({e!r}); give the model's "
+            "checkpoint (for CLIP: OpenAI's or open_clip's)."
         ) from e
     except Exception as e:  # truncated zip, random bytes, not a torch file at all
         raise ArchiveError(f"{type(e).__name__}: {_first_line(str(e))}") from e
@@ -529,7 +537,8 @@ def _read_tensors(path: Path, data: bytes) -> Tuple[Dict[str, torch.Tensor], boo
     if not tensors:
         raise WeightsError(
             f"Weights file {path} contains no tensors (top-level keys: "
-            f"{list(state_dict)[:10]}); give an OpenAI or open_clip checkpoint."
+            f"{list(state_dict)[:10]}); give the model's checkpoint (for CLIP: OpenAI's or "
+            "open_clip's)."
         )
     return tensors, False
 
@@ -559,7 +568,7 @@ def _unreadable(path: Path, detail: str) -> WeightsError:
     return WeightsError(
         f"Weights file {path} is not a readable checkpoint ({detail}). It is probably truncated or "
         "corrupt, or not a PyTorch/safetensors checkpoint at all: download it again (for OpenAI's "
-        f"ViT-B/16, `python {FETCH_TOOL}` verifies the sha256)."
+        f"CLIP ViT-B/16, `python {FETCH_TOOL}` verifies the sha256)."
     )
 
 

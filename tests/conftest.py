@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import warnings
+import zipfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
@@ -218,3 +219,28 @@ def claimed_by_another_process(folder):
         yield holder.pid
     finally:
         holder.communicate("\n", timeout=60)
+
+
+class WritesMarker:
+    """A pickle payload that runs code when unpickled: it creates ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
+
+
+def flip_byte_in_first_tensor(path) -> None:
+    """Corrupts one byte of the first data/<key> record in place (the zip CRC no longer matches)."""
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if "/data/" in i.filename and i.file_size > 0)
+    with open(path, "r+b") as f:
+        f.seek(info.header_offset + 26)
+        name_length = int.from_bytes(f.read(2), "little")
+        extra_length = int.from_bytes(f.read(2), "little")
+        position = info.header_offset + 30 + name_length + extra_length
+        f.seek(position)
+        byte = f.read(1)
+        f.seek(position)
+        f.write(bytes([byte[0] ^ 0xFF]))

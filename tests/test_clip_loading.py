@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from huggingface_hub import constants as hf_constants  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from conftest import skip_outside_ci  # noqa: E402
+from conftest import WritesMarker, flip_byte_in_first_tensor, skip_outside_ci  # noqa: E402
 from cliptrase_d2 import clip_loading  # noqa: E402
 from cliptrase_d2.clip_loading import (  # noqa: E402
     WeightsError,
@@ -128,16 +128,6 @@ def _assert_weights_equal(model: torch.nn.Module, state_dict, dtype: torch.dtype
     for key, tensor in model_state.items():
         assert tensor.dtype == dtype, key
         assert torch.equal(tensor, state_dict[key].to(dtype)), key
-
-
-class _WritesMarker:
-    """A pickle payload that runs code when unpickled: it creates ``marker``."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,21 +316,6 @@ def test_missing_weights_file_is_named(tiny_files, tmp_path, monkeypatch, weight
         weights_fingerprint(weights)
 
 
-def _flip_byte_in_first_tensor(path: Path) -> None:
-    """Corrupts one byte of the first data/<key> record in place (the zip CRC no longer matches)."""
-    with zipfile.ZipFile(path) as archive:
-        info = next(i for i in archive.infolist() if "/data/" in i.filename and i.file_size > 0)
-    with open(path, "r+b") as f:
-        f.seek(info.header_offset + 26)
-        name_length = int.from_bytes(f.read(2), "little")
-        extra_length = int.from_bytes(f.read(2), "little")
-        position = info.header_offset + 30 + name_length + extra_length
-        f.seek(position)
-        byte = f.read(1)
-        f.seek(position)
-        f.write(bytes([byte[0] ^ 0xFF]))
-
-
 @pytest.mark.parametrize(
     "corruption",
     ["empty", "random", "truncated", "truncated-torchscript", "bitflip-torchscript", "text"],
@@ -365,7 +340,7 @@ def test_corrupt_file_is_not_a_readable_checkpoint(tiny_archive, tiny_files, tmp
         path.write_bytes(data[: len(data) - 1000])
     elif corruption == "bitflip-torchscript":
         path.write_bytes(tiny_archive.read_bytes())
-        _flip_byte_in_first_tensor(path)
+        flip_byte_in_first_tensor(path)
     else:
         path.write_text("this is not a checkpoint\n")
     with pytest.raises(WeightsError, match="not a readable checkpoint") as error:
@@ -444,7 +419,7 @@ def test_weights_file_is_read_once(tiny_files, tiny_archive, tmp_path, monkeypat
 
 
 def _write_malicious(kind: str, path: Path, marker: Path) -> None:
-    payload = _WritesMarker(marker)
+    payload = WritesMarker(marker)
     if kind == "torch.save":
         torch.save({"visual.conv1.weight": torch.zeros(1), "evil": payload}, path)
     elif kind == "raw-pickle":
@@ -459,7 +434,7 @@ def _write_malicious(kind: str, path: Path, marker: Path) -> None:
 @pytest.mark.parametrize("kind", ["torch.save", "raw-pickle", "torchscript-layout"])
 def test_malicious_pickle_is_refused_without_running(tiny_files, tmp_path, kind):
     control = tmp_path / "control-marker"
-    pickle.loads(pickle.dumps(_WritesMarker(control)))  # the payload is live when unpickled naively
+    pickle.loads(pickle.dumps(WritesMarker(control)))  # the payload is live when unpickled naively
     assert control.exists()
 
     marker = tmp_path / "marker"
@@ -612,7 +587,7 @@ def test_fetch_full_disk_is_not_called_offline(fetch, source, tmp_path, monkeypa
 def test_zip_checkpoint_with_a_damaged_tensor_is_refused(tiny_files, tmp_path):
     path = tmp_path / "tiny_clip_openai.pt"  # torch.save's zip format, as the fixture
     path.write_bytes(Path(tiny_files[1]).read_bytes())
-    _flip_byte_in_first_tensor(path)
+    flip_byte_in_first_tensor(path)
     with pytest.raises(WeightsError, match=r"not a readable checkpoint.*CRC-32.*damaged") as error:
         build_clip(tiny_files[0], str(path))
     assert str(path) in str(error.value)
@@ -635,7 +610,7 @@ def test_pickled_code_is_reported_as_refused_code(tiny_files, tmp_path, protocol
     path = tmp_path / "evil.pt"
     buffer = io.BytesIO()
     torch.save(
-        {"visual.conv1.weight": torch.zeros(1), "evil": _WritesMarker(marker)},
+        {"visual.conv1.weight": torch.zeros(1), "evil": WritesMarker(marker)},
         buffer,
         pickle_protocol=protocol,
     )

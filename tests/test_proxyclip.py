@@ -16,7 +16,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FIXTURES, REPO, TINY_CONFIG, TINY_WEIGHTS, require_fixtures
+from conftest import (
+    FIXTURES,
+    REPO,
+    TINY_CONFIG,
+    TINY_WEIGHTS,
+    WritesMarker,
+    flip_byte_in_first_tensor,
+    require_fixtures,
+)
 from cliptrase_d2.errors import ConfigError, MissingFileError, WeightsError
 from cliptrase_d2.method.heads import get_head
 from cliptrase_d2.method.pipeline import RefinementSettings
@@ -246,8 +254,32 @@ def test_bad_vfm_settings_are_named(tmp_path):
         build_vfm("dino_vitb8", str(wrong), depth=1, embed_dim=16, num_heads=2)
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(WeightsError, match="cannot be read"):
+    with pytest.raises(WeightsError, match="VFM_WEIGHTS.*garbage.pth is not a readable checkpoint"):
         build_vfm("sam_vit_b", str(garbage), depth=1, embed_dim=16, num_heads=2)
+
+
+def test_vfm_weights_are_read_as_clip_weights_are(tmp_path, monkeypatch):
+    """CLIP's reader reads the VFM's checkpoint too: pickled code is refused without running, a
+    record whose bytes disagree with its CRC-32 is named (torch.load would load it), and
+    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD (which would allow a full unpickle) is refused."""
+    small = dict(depth=1, embed_dim=16, num_heads=2)
+    marker, evil = tmp_path / "marker", tmp_path / "evil.pth"
+    torch.save({"pos_embed": torch.zeros(1), "evil": WritesMarker(marker)}, evil)
+    with pytest.raises(WeightsError, match=r"VFM_WEIGHTS.*evil.pth.*pickled code.*refused"):
+        build_vfm("dino_vitb8", str(evil), **small)
+    assert not marker.exists()
+
+    good = tmp_path / "good.pth"
+    torch.save(build_vfm("dino_vitb8", "random", **small).backbone.state_dict(), good)
+    build_vfm("dino_vitb8", str(good), **small)  # the same file, intact, loads
+    flip_byte_in_first_tensor(good)
+    with pytest.raises(WeightsError, match=r"VFM_WEIGHTS.*good.pth.*CRC-32.*damaged"):
+        build_vfm("dino_vitb8", str(good), **small)
+
+    torch.save(build_vfm("dino_vitb8", "random", **small).backbone.state_dict(), good)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(WeightsError, match=r"VFM_WEIGHTS.*TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"):
+        build_vfm("dino_vitb8", str(good), **small)
 
 
 # (short side, window, stride, prob_thd) of ProxyCLIP's configs/cfg_<dataset>.py

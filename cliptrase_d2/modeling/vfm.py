@@ -1,13 +1,16 @@
 """Builds ProxyCLIP's vision foundation models: DINO and DINOv2 ViTs through timm, SAM's image
 encoder through ``segment-anything``; weights from a checkpoint file (the authors' release or
-timm's, read without running pickled code), online, or none (random, for tests)."""
+timm's, read as CLIP's are: no pickled code run, zip CRCs checked), online, or none (random, for
+tests)."""
 
 import os
 from functools import partial
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..clip_loading import read_weights
 from ..errors import ConfigError, MissingFileError, WeightsError
 from ..method.proxyclip import VisionFoundationModel
 
@@ -86,14 +89,12 @@ def build_vfm(
 
 
 def _read(path: str) -> dict:
-    from open_clip.factory import load_state_dict
-
+    """The tensors of a checkpoint file, read as CLIP's are: data only, zip CRCs checked."""
     try:
-        return load_state_dict(path, device="cpu", weights_only=True)
-    except Exception as error:
+        return read_weights(Path(path))[0]
+    except WeightsError as error:
         raise WeightsError(
-            f"VFM weights {path!r} (MODEL.CLIPTRASE.PROXYCLIP.VFM_WEIGHTS) cannot be read as a "
-            f"safetensors or plain PyTorch state dict: {str(error).splitlines()[0]}"
+            f"VFM weights (MODEL.CLIPTRASE.PROXYCLIP.VFM_WEIGHTS): {error}"
         ) from None
 
 
