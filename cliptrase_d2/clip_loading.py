@@ -67,6 +67,7 @@ __all__ = [
     "PRECISIONS",
     "build_clip",
     "get_tokenizer",
+    "open_clip_model_name",
     "read_weights",
     "weights_fingerprint",
 ]
@@ -154,6 +155,12 @@ def get_tokenizer(model: str):
     """
     spec = _resolve_model(model)
     return open_clip.get_tokenizer(spec.name)
+
+
+def open_clip_model_name(model: str) -> str:
+    """The name open_clip builds ``model`` (a MODEL.CLIPTRASE.CLIP_MODEL value) under: a built-in
+    name, or the stem of a model-config JSON once the file is checked and registered."""
+    return _resolve_model(model).name
 
 
 def weights_fingerprint(weights: str) -> str:

@@ -217,8 +217,8 @@ BAD_ARGUMENTS = [
     (["--batch-sizes", "1,x"], "--batch-sizes must be comma-separated whole numbers, got '1,x'"),
     (["--batch-sizes", "0"], "--batch-sizes must be a list of whole numbers, each at least 1"),
     (["--batch-sizes", "4", "--cases", "paper_336"], "--batch-sizes needs the paper_224 case"),
-    (["--model", "ViT-Q-99"], "--model must be an open_clip model name"),
-    (["--model", "nowhere.json"], "--model nowhere.json: no such model-config JSON file"),
+    (["--model", "ViT-Q-99"], "--model ViT-Q-99: Unknown open_clip model 'ViT-Q-99'"),
+    (["--model", "nowhere.json"], "--model nowhere.json: Model config nowhere.json not found"),
     (["--weights", "nowhere.pt"], "--weights nowhere.pt: no such file"),
     (["--image", __file__], "test_benchmark.py"),
     (["--repeats", "0"], "--repeats must be at least 1, got 0"),
@@ -236,6 +236,25 @@ def test_bad_arguments_are_one_line_before_any_work(argv, message, monkeypatch):
         benchmark.exit_on_user_error(benchmark.main, argv)
     text = str(exited.value.code)
     assert text.startswith("error: ") and message in text and "\n" not in text
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("embed_dim: 8", "is not valid JSON"),
+        ('{"embed_dim": 8}', "is not an open_clip model config"),
+    ],
+)
+def test_a_model_config_json_is_checked_as_evaluation_checks_it(
+    text, problem, tmp_path, monkeypatch
+):
+    """A --model JSON that open_clip cannot build from is named before any work (it ended in a
+    traceback from open_clip or the JSON parser)."""
+    path = tmp_path / "my_clip.json"
+    path.write_text(text)
+    test_bad_arguments_are_one_line_before_any_work(
+        ["--model", str(path)], f"--model {path}: Model config {path} {problem}", monkeypatch
+    )
 
 
 def test_a_bad_argument_ends_the_command_with_one_line():

@@ -33,12 +33,12 @@ from PIL import Image
 from torch.autograd import DeviceType
 from torch.utils.benchmark import Measurement, Timer
 
-from cliptrase_d2.clip_loading import PRECISIONS  # ours -> open_clip's
+from cliptrase_d2.clip_loading import PRECISIONS, open_clip_model_name  # ours -> open_clip's
 from cliptrase_d2.config import check_argument, check_device, load_config
 from cliptrase_d2.data.dataset_mapper import SemSegTestMapper
 from cliptrase_d2.data.image_io import read_rgb
 from cliptrase_d2.engine.allocator import tune_cpu_allocator
-from cliptrase_d2.errors import ConfigError, exit_on_user_error, invalid_value
+from cliptrase_d2.errors import ConfigError, WeightsError, exit_on_user_error, invalid_value
 from cliptrase_d2.method.preprocess import keep_ratio_size
 from cliptrase_d2.method.sliding import window_boxes
 from cliptrase_d2.modeling.vfm import VFMS
@@ -138,14 +138,10 @@ def check_arguments(args) -> None:
         check_argument("--batch-sizes", args.batch_sizes, int, 1)
     if args.batch_sizes and "paper_224" not in args.cases:
         raise ConfigError("--batch-sizes needs the paper_224 case (--cases)")
-    if args.model.lower().endswith(".json"):
-        if not os.path.isfile(args.model):
-            raise ConfigError(f"--model {args.model}: no such model-config JSON file")
-    elif args.model not in open_clip.list_models():
-        raise ConfigError(
-            f"--model must be an open_clip model name (open_clip.list_models()) or a "
-            f"model-config JSON file, got {args.model!r}"
-        )
+    try:  # a model-config JSON is checked and registered as evaluation does it
+        open_clip_model_name(args.model)
+    except WeightsError as error:
+        raise ConfigError(f"--model {args.model}: {error}") from None
     if args.weights and not os.path.isfile(args.weights):
         raise ConfigError(f"--weights {args.weights}: no such file")
     if args.image:
@@ -155,18 +151,11 @@ def check_arguments(args) -> None:
 # ---- models and inputs -----------------------------------------------------------------------
 
 
-def open_clip_name(model: str) -> str:
-    if model.lower().endswith(".json"):
-        open_clip.add_model_config(model)
-        return os.path.splitext(os.path.basename(model))[0]
-    return model
-
-
 def random_weights(model: str, folder: str) -> str:
     """A state-dict file of open_clip's own random initialisation of ``model`` (seeded)."""
     torch.manual_seed(0)
     path = os.path.join(folder, "random_weights.pt")
-    torch.save(open_clip.create_model(open_clip_name(model)).state_dict(), path)
+    torch.save(open_clip.create_model(open_clip_model_name(model)).state_dict(), path)
     return path
 
 
@@ -253,7 +242,7 @@ def plain_forward(args, size: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """open_clip's own dense forward at ``size``: every token of the last block, patch tokens
     projected, (B, 3, S, S) RGB crops (0-255) normalized first."""
     clip = open_clip.create_model(
-        open_clip_name(args.model),
+        open_clip_model_name(args.model),
         force_image_size=size,
         precision=PRECISIONS[args.precision],
         device=args.device,
