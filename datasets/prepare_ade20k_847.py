@@ -31,6 +31,7 @@ from prepare_common import (
     argument_parser,
     benchmark_classes,
     parse_args,
+    read_input,
     remap,
     require,
     run,
@@ -71,6 +72,18 @@ def ade_id_to_class(objectnames: List[str], index_file: Path) -> Dict[int, int]:
     return {ade_id: class_id for class_id, ade_id in enumerate(ade_ids)}
 
 
+def read_index(index_file: Path) -> Tuple[List[str], List[Tuple[str, str]]]:
+    """(objectnames, [(folder, filename) of each image]) of ``index_ade20k.pkl``."""
+    with open(index_file, "rb") as f:
+        index = pickle.load(f)
+    return list(index["objectnames"]), list(zip(index["folder"], index["filename"]))
+
+
+def read_pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image)
+
+
 def decode_classes(seg_png: Path) -> np.ndarray:
     """(H, W) ADE object class per pixel from a ``_seg.png`` (R // 10 * 256 + G)."""
     with Image.open(seg_png) as image:
@@ -105,17 +118,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     out = args.root / LAYOUT
     source = args.ade_full or out
     index_file = require(source / "index_ade20k.pkl", "ADE20K index", SOURCE)
-    with open(index_file, "rb") as f:
-        index = pickle.load(f)
-    to_class = ade_id_to_class(list(index["objectnames"]), index_file)
+    objectnames, files = read_input(index_file, "the ADE20K index", SOURCE, read_index)
+    to_class = ade_id_to_class(objectnames, index_file)
     out_images = out / "images_detectron2/validation"
     out_labels = out / "annotations_detectron2/validation"
 
-    val = [
-        (folder, name)
-        for folder, name in zip(index["folder"], index["filename"])
-        if name.startswith("ADE_val_")
-    ]
+    val = [(folder, name) for folder, name in files if name.startswith("ADE_val_")]
     if not val:
         raise FileNotFoundError(
             f"{index_file} lists no validation images (ADE_val_*.jpg)\n  It comes from {SOURCE}."
@@ -132,9 +140,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             missing = seg if jpg.is_file() else jpg
             summary.missing_file(missing, "ADE20K image or segmentation", SOURCE)
             continue
-        labels = remap(decode_classes(seg), to_class, default=VOID_16BIT)
-        with Image.open(jpg) as image:
-            pixels = np.asarray(image)
+        classes = read_input(seg, "an ADE20K segmentation", SOURCE, decode_classes)
+        labels = remap(classes, to_class, default=VOID_16BIT)
+        pixels = read_input(jpg, "an ADE20K image", SOURCE, read_pixels)
         size = resized_shape(*pixels.shape[:2])
         if size is not None:
             height, width = size

@@ -118,9 +118,25 @@ def require_images(folder: Path, pattern: str, source: str) -> List[Path]:
     return images
 
 
+def read_input(path: Path, what: str, source: str, read: Callable, faults=()):
+    """``read(path)``; ValueError naming the file, what it should be and where it comes from when
+    it is not that (another format, truncated, entries missing: a parser's own message names no
+    file). ``faults``: a parser's own exception types, beside INPUT_FAULTS and missing entries."""
+    try:
+        return read(path)
+    except (*INPUT_FAULTS, SyntaxError, KeyError, TypeError, *faults) as error:
+        reason = f"no entry {error}" if isinstance(error, KeyError) else str(error)
+        reason = reason.replace(f" '{path}'", "")  # PIL's messages name it
+        raise ValueError(
+            f"{path} cannot be read as {what} ({reason or type(error).__name__}); replace it "
+            f"with the file from {source}"
+        ) from None
+
+
 def read_ids(split_file: Path) -> List[str]:
     """Image ids of a split file, one a line."""
-    return [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+    text = read_input(split_file, "a list of image ids", "the dataset's archive", Path.read_text)
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def benchmark_classes(key: str) -> List[str]:
@@ -167,12 +183,13 @@ def copy_file(source: Path, destination: Path) -> bool:
 
 
 def read_label_png(path: Path) -> np.ndarray:
-    """(H, W) int64 values of a single-channel (palette or grayscale) label PNG."""
+    """(H, W) int64 values of a single-channel (palette or grayscale) label PNG (read it through
+    ``read_input``, whose error names the file)."""
     with Image.open(path) as image:
         if image.mode not in ("P", "L", "I;16", "I"):
             raise ValueError(
-                f"{path} is a {image.mode} image; expected a single-channel label map "
-                "(palette or grayscale PNG)"
+                f"a {image.mode} image; expected a single-channel label map (palette or "
+                "grayscale PNG)"
             )
         return np.asarray(image, dtype=np.int64)
 
@@ -219,7 +236,7 @@ def convert_pairs(
         if not labels_file.is_file():
             summary.missing_file(labels_file, what, source)
             continue
-        labels = read(labels_file)
+        labels = read_input(labels_file, what, source, read)
         for path, (convert, void) in outputs.items():
             summary.save(convert(labels), path, void)
 

@@ -38,6 +38,7 @@ from prepare_common import (
     copy_file,
     parse_args,
     read_ids,
+    read_input,
     read_label_png,
     remap,
     require,
@@ -64,6 +65,7 @@ DETAIL_SOURCE = (
     "https://codalabuser.blob.core.windows.net/public/trainval_merged.json "
     "(put it into VOCdevkit/VOC2010, or pass --detail-json)"
 )
+MAT_FAULTS = (scipy.io.matlab.MatReadError, NotImplementedError)  # not a .mat, or a MATLAB 7.3 one
 PC59_ALIASES = {"diningtable": "table"}  # PC59 name -> PC459 name, where they differ
 VOID_16BIT = 65535
 VOID = 255
@@ -103,6 +105,10 @@ class DetailAnnotations:
 
     def __init__(self, path: Path):
         logger.info("reading %s ...", path)
+        self.path = path
+        read_input(path, "PASCAL in Detail's trainval_merged.json", DETAIL_SOURCE, self._read)
+
+    def _read(self, path: Path) -> None:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
         self.images = {
@@ -115,8 +121,6 @@ class DetailAnnotations:
         for segment in data["annos_segmentation"]:
             if segment["image_id"] in val_ids:
                 self.segments[segment["image_id"]].append(segment)
-
-        self.path = path
 
     def label_map(self, stem: str) -> np.ndarray:
         image = self.images[stem]
@@ -292,7 +296,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             mat = context_dir / f"{image_id}.mat"
             if mat.is_file():
                 # 1..459, 0 unlabelled
-                label_map = scipy.io.loadmat(str(mat))["LabelMap"].astype(np.int64)
+                read_mat = lambda path: scipy.io.loadmat(str(path))["LabelMap"]  # noqa: E731
+                label_map = read_input(
+                    mat, "a PASCAL Context label map", CONTEXT_SOURCE, read_mat, MAT_FAULTS
+                ).astype(np.int64)
                 pc459 = np.where(label_map > 0, label_map - 1, VOID_16BIT)
                 if "pc459" in targets:
                     summary.save(pc459, targets["pc459"], VOID_16BIT)
@@ -315,7 +322,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             if not pc59_file.is_file():
                 summary.missing_file(pc59_file, "PC59 map", "--from-pc59")
                 continue
-            pc59 = read_label_png(pc59_file)
+            pc59 = read_input(pc59_file, "a PC59 map", "--from-pc59", read_label_png)
         else:
             pc59 = from_detail if pc59_source == "detail" else from_mat
         if pc59 is None:

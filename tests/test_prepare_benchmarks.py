@@ -7,6 +7,7 @@ code use, read by the registered datasets."""
 import json
 import logging
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -592,3 +593,54 @@ def test_a_corrupt_index_or_archive_is_one_line(root, tmp_path, monkeypatch):
     monkeypatch.setattr("shutil.which", lambda name: None)  # the pure-Python .deb reader
     message = _exit_message("prepare_sample", monkeypatch, "--deb", deb, "--root", root)
     assert message == f"error: {deb} is not a .deb package (no ar header)"
+
+
+@pytest.mark.parametrize(
+    "script_name, spoil, what",
+    [
+        ("prepare_pascal_context", ("trainval_merged.json", b"not json {"), "trainval_merged"),
+        ("prepare_pascal_context", ("trainval_merged.json", b"{}"), "no entry 'images'"),
+        ("prepare_pascal_context", ("trainval/2008_000003.mat", b"not a mat"), "Context label"),
+        ("prepare_pascal_context", ("trainval/2008_000003.mat", None), "no entry 'LabelMap'"),
+        ("prepare_voc", ("SegmentationClass/2007_000042.png", lambda b: b[:60]), "VOC2012 label"),
+        ("prepare_voc", ("ImageSets/Segmentation/val.txt", b"\xff\xfe\x00"), "list of image ids"),
+        ("prepare_ade20k_847", ("index_ade20k.pkl", pickle.dumps([1])), "the ADE20K index"),
+        ("prepare_ade20k_847", ("index_ade20k.pkl", b"\x80\x04garbage"), "the ADE20K index"),
+    ],
+)
+def test_an_input_file_that_is_not_what_it_should_be_is_named(
+    root, monkeypatch, script_name, spoil, what
+):
+    """A JSON that is not JSON or lacks its entries, a .mat that is not one or has no LabelMap, a
+    truncated label PNG, a split list that is not text, an index that is no ADE20K index: one line
+    naming the file and where it comes from (a traceback, or the parser's message without the
+    file, before)."""
+    folder = {"prepare_pascal_context": root / "VOCdevkit/VOC2010"}.get(script_name)
+    if folder is not None:
+        make_pascal_context(folder)
+    elif script_name == "prepare_voc":
+        make_voc2012(folder := root / "VOCdevkit/VOC2012")
+    else:
+        (folder := root / "ADE20K_2021_17_01").mkdir()
+    name, content = spoil
+    if content is None:
+        scipy.io.savemat(str(folder / name), {"Other": np.zeros((4, 6))})
+    else:
+        path = folder / name
+        path.write_bytes(content(path.read_bytes()) if callable(content) else content)
+    message = _exit_message(script_name, monkeypatch, "--root", root)
+    assert message.startswith(f"error: {folder / name} cannot be read as ")
+    assert what in message and "replace it with the file from " in message
+
+
+def test_labelme_files_that_are_no_images_are_named(root, tmp_path, monkeypatch):
+    labelme = tmp_path / "data_dataset_voc"
+    for image_id in prepare("prepare_sample").LABELME_IDS:
+        write_image(labelme / f"JPEGImages/{image_id}.jpg", 4, 4)
+        write_palette_png(labelme / f"SegmentationClassPNG/{image_id}.png", [[0] * 4] * 4)
+    (labelme / "SegmentationClassPNG/2011_000003.png").write_text("not a png")
+    message = _exit_message("prepare_sample", monkeypatch, "--labelme-dir", labelme, "--root", root)
+    assert message == (
+        f"error: SegmentationClassPNG/2011_000003.png of {labelme} or its photo is not a readable "
+        "image (truncated, or another kind of file); give the labelme-examples package's files"
+    )
