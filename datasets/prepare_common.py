@@ -134,9 +134,15 @@ def read_input(path: Path, what: str, source: str, read: Callable, faults=()):
 
 
 def read_ids(split_file: Path) -> List[str]:
-    """Image ids of a split file, one a line."""
-    text = read_input(split_file, "a list of image ids", "the dataset's archive", Path.read_text)
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    """Image ids of a split file, one a line (a byte-order mark ignored); ValueError naming it
+    when it lists none."""
+    source = "the dataset's archive or prepare script (see datasets/README.md)"
+    read = lambda path: path.read_text(encoding="utf-8-sig").splitlines()  # noqa: E731
+    lines = read_input(split_file, "a list of image ids", source, read)
+    ids = [line.strip() for line in lines if line.strip()]
+    if not ids:
+        raise ValueError(f"{split_file} lists no image ids; replace it with the file from {source}")
+    return ids
 
 
 def benchmark_classes(key: str) -> List[str]:

@@ -112,6 +112,30 @@ def test_a_split_with_another_count_is_reported_with_the_ids(root, project_log):
     assert "1 label maps outside the split's list" in text
 
 
+@pytest.mark.parametrize(
+    "content, problem",
+    [(b"", "lists no image ids"), (b"\xff\xfe\x00\x01", "cannot be read as text ('utf-8' codec")],
+)
+def test_a_split_list_that_is_empty_or_not_text_is_named(root, content, problem):
+    """Before: an empty list ended in 'no label maps ... image X has none' (X had one), one that
+    is not UTF-8 in a UnicodeDecodeError traceback."""
+    voc = root / "VOCdevkit/VOC2012"
+    write_image(voc / "JPEGImages/2007_000033.jpg", 2, 2)
+    write_palette_png(voc / "annotations_detectron2/val/2007_000033.png", [[0, 255]] * 2)
+    (voc / "ImageSets/Segmentation").mkdir(parents=True)
+    (voc / "ImageSets/Segmentation/val.txt").write_bytes(content)
+    with pytest.raises(InputError) as error:
+        DatasetCatalog.get("cliptrase_voc20_val")
+    assert str(error.value).startswith(
+        f"Dataset 'cliptrase_voc20_val': {voc / 'ImageSets/Segmentation/val.txt'}, the list of the "
+        f"images to evaluate, {problem}"
+    )
+    assert "restore it from the dataset's download or prepare script" in str(error.value)
+    # a list saved with a byte-order mark (Windows editors) lists its first id too
+    (voc / "ImageSets/Segmentation/val.txt").write_bytes(b"\xef\xbb\xbf2007_000033\n")
+    assert [r["image_id"] for r in DatasetCatalog.get("cliptrase_voc20_val")] == ["2007_000033"]
+
+
 def test_a_missing_sample_says_where_the_scripts_are(root):
     with pytest.raises(MissingFileError) as error:
         DatasetCatalog.get("cliptrase_sample_voc21")

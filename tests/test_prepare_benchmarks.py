@@ -604,6 +604,7 @@ def test_a_corrupt_index_or_archive_is_one_line(root, tmp_path, monkeypatch):
         ("prepare_pascal_context", ("trainval/2008_000003.mat", None), "no entry 'LabelMap'"),
         ("prepare_voc", ("SegmentationClass/2007_000042.png", lambda b: b[:60]), "VOC2012 label"),
         ("prepare_voc", ("ImageSets/Segmentation/val.txt", b"\xff\xfe\x00"), "list of image ids"),
+        ("prepare_voc", ("ImageSets/Segmentation/val.txt", b"\n"), "lists no image ids"),
         ("prepare_ade20k_847", ("index_ade20k.pkl", pickle.dumps([1])), "the ADE20K index"),
         ("prepare_ade20k_847", ("index_ade20k.pkl", b"\x80\x04garbage"), "the ADE20K index"),
     ],
@@ -629,7 +630,7 @@ def test_an_input_file_that_is_not_what_it_should_be_is_named(
         path = folder / name
         path.write_bytes(content(path.read_bytes()) if callable(content) else content)
     message = _exit_message(script_name, monkeypatch, "--root", root)
-    assert message.startswith(f"error: {folder / name} cannot be read as ")
+    assert message.startswith(f"error: {folder / name} ")
     assert what in message and "replace it with the file from " in message
 
 
@@ -644,3 +645,12 @@ def test_labelme_files_that_are_no_images_are_named(root, tmp_path, monkeypatch)
         f"error: SegmentationClassPNG/2011_000003.png of {labelme} or its photo is not a readable "
         "image (truncated, or another kind of file); give the labelme-examples package's files"
     )
+
+
+def test_a_split_list_with_a_byte_order_mark_lists_its_first_id(root):
+    """A val.txt saved by a Windows editor: its first id was read as '\\ufeff2007_000033', and
+    that image was left out as missing."""
+    make_voc2012(voc := root / "VOCdevkit/VOC2012")
+    split = voc / "ImageSets/Segmentation/val.txt"
+    split.write_bytes(b"\xef\xbb\xbf" + split.read_bytes())
+    assert prepare("prepare_voc").main(["--root", str(root)]) == 4

@@ -177,7 +177,7 @@ def load_split(split: SemSegSplit, root: str) -> List[dict]:
     maps, others = _files(gt_dir, (split.gt_suffix,), split.recursive)
     images, other_images = _files(image_dir, split.image_suffixes, split.recursive)
     others = sorted(others + other_images)
-    ids = maps if listed is None else _read_ids(listed)
+    ids = maps if listed is None else _read_ids(split, listed)
     records = []
     for image_id in (i for i in ids if i in maps):
         gt_path, image_paths = maps[image_id][0], images.get(image_id, [])
@@ -247,9 +247,20 @@ def load_split(split: SemSegSplit, root: str) -> List[dict]:
     return records
 
 
-def _read_ids(split_file: str) -> List[str]:
-    with open(split_file, encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip()]
+def _read_ids(split: SemSegSplit, split_file: str) -> List[str]:
+    """The ids of a split's list (a byte-order mark ignored); InputError naming it when it cannot
+    be read as text or lists none."""
+    try:
+        with open(split_file, encoding="utf-8-sig") as f:
+            ids, problem = [line.strip() for line in f if line.strip()], "lists no image ids"
+    except (OSError, ValueError) as error:
+        ids, problem = [], f"cannot be read as text ({error})"
+    if not ids:
+        raise InputError(
+            f"Dataset '{split.name}': {split_file}, the list of the images to evaluate, {problem}; "
+            "restore it from the dataset's download or prepare script (datasets/README.md)"
+        )
+    return ids
 
 
 def split_metadata(split: SemSegSplit, root: str) -> dict:
