@@ -224,6 +224,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     images_dir = require(source / "JPEGImages", "VOC2010 images", VOC2010_SOURCE, folder=True)
     context_dir = args.context or source / "trainval"
     detail_json = args.detail_json or source / "trainval_merged.json"
+    if args.context:  # given: it must be there (only the default places may lack them)
+        require(context_dir, "PASCAL Context label folder (--context)", CONTEXT_SOURCE, folder=True)
+    if args.detail_json:
+        require(detail_json, "PASCAL in Detail annotations (--detail-json)", DETAIL_SOURCE)
     pc59_maps = None
     if args.from_pc59:
         pc59_maps = require(

@@ -654,3 +654,24 @@ def test_a_split_list_with_a_byte_order_mark_lists_its_first_id(root):
     split = voc / "ImageSets/Segmentation/val.txt"
     split.write_bytes(b"\xef\xbb\xbf" + split.read_bytes())
     assert prepare("prepare_voc").main(["--root", str(root)]) == 4
+
+
+@pytest.mark.parametrize(
+    "option, given, what",
+    [
+        ("--detail-json", "no_such.json", "PASCAL in Detail annotations (--detail-json) not found"),
+        ("--detail-json", "VOC2010", "PASCAL in Detail annotations (--detail-json) "),
+        ("--context", "trainval.tar.gz", "PASCAL Context label folder (--context) "),
+    ],
+)
+def test_a_given_pascal_context_input_that_is_not_there_is_named(
+    root, tmp_path, monkeypatch, option, given, what
+):
+    """Before: a warning, and the run went on without it (a --detail-json with a typo: PC59 and
+    PC60 not written, the 5,105 ids of val.txt instead of the published split; exit status 0)."""
+    make_pascal_context(voc := tmp_path / "VOC2010")
+    (tmp_path / "trainval.tar.gz").write_bytes(b"not extracted")
+    argv = ("--voc2010", voc, option, tmp_path / given, "--root", root)
+    message = _exit_message("prepare_pascal_context", monkeypatch, *argv)
+    assert message.startswith(f"error: {what}") and str(tmp_path / given) in message
+    assert not (root / "VOCdevkit/VOC2010/annotations_detectron2").exists()
