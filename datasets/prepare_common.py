@@ -41,9 +41,10 @@ SPLITS = json.loads((PACKAGE_DATA / "splits.json").read_text(encoding="utf-8"))
 
 
 def add_paths(parser, paths: Mapping[str, str]) -> None:
-    """Adds each option of ``paths`` (option -> help) as a path that defaults to None."""
+    """Adds each option of ``paths`` (option -> help) as a path that defaults to None; a leading
+    ``~`` the shell left (quoted, or ``--root=~/...``) is the home folder, not a folder named ~."""
     for option, help in paths.items():
-        parser.add_argument(option, type=Path, default=None, help=help)
+        parser.add_argument(option, type=lambda text: Path(text).expanduser(), help=help)
 
 
 def argument_parser(

@@ -675,3 +675,14 @@ def test_a_given_pascal_context_input_that_is_not_there_is_named(
     message = _exit_message("prepare_pascal_context", monkeypatch, *argv)
     assert message.startswith(f"error: {what}") and str(tmp_path / given) in message
     assert not (root / "VOCdevkit/VOC2010/annotations_detectron2").exists()
+
+
+def test_a_tilde_the_shell_left_is_the_home_folder(root, tmp_path, monkeypatch):
+    """prepare_voc.py --voc2012 "~/VOC2012" --root=~/datasets: the input was 'not found' and the
+    output went into a new folder named '~' in the working folder."""
+    make_voc2012(tmp_path / "VOC2012")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(root)
+    assert prepare("prepare_voc").main(["--voc2012", "~/VOC2012", "--root=~/datasets"]) > 0
+    assert (tmp_path / "datasets/VOCdevkit/VOC2012/annotations_detectron2/val").is_dir()
+    assert not (root / "~").exists()
