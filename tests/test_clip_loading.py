@@ -554,6 +554,14 @@ def test_fetch_destination_keeps_the_trailing_slash(fetch, tmp_path):
     )
 
 
+def test_fetch_destination_with_a_tilde_the_shell_left_is_in_home(fetch, tmp_path, monkeypatch):
+    """--dest "~/weights/" (quoted) or --dest=~/weights/ made a folder named '~' in the working
+    folder and saved the weights there."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    destination = fetch._destination("~/weights/", VIT_B_16_URL)
+    assert destination == tmp_path / "weights" / "ViT-B-16.pt"
+
+
 def test_fetch_full_disk_is_not_called_offline(fetch, source, tmp_path, monkeypatch):
     url, sha256 = source
     dest = tmp_path / "weights" / "ViT-B-16.pt"

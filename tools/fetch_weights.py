@@ -175,8 +175,9 @@ def _temporary_beside(dest: Path) -> Tuple[int, Path]:
 
 def _destination(dest: str, url: str) -> Path:
     """A folder (existing, given with a trailing slash, or without a file suffix) receives the
-    URL's file name. ``dest`` is the text as given: Path() would drop the trailing slash."""
-    path = Path(dest)
+    URL's file name. ``dest`` is the text as given: Path() would drop the trailing slash. A
+    leading ``~`` the shell left (quoted, ``--dest=~/...``) is the home folder."""
+    path = Path(dest).expanduser()
     if path.is_dir() or dest.endswith(("/", os.sep)) or not path.suffix:
         return path / os.path.basename(url)
     return path
