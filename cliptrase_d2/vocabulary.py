@@ -313,7 +313,8 @@ def _entry_of_string(spec: str, paper_quirks: bool, files: bool) -> Dict:
     comma-separated names."""
     benchmarks = load_vocabularies()["benchmarks"]
     key = spec.strip().lower()
-    if "/" in key and not os.path.exists(spec):
+    peer, slash, _ = key.partition("/")  # a peer's list, else a path or names
+    if slash and peer in load_vocabularies()["peer_vocabularies"] and not os.path.exists(spec):
         if key not in _peer_entries():
             raise InputError(
                 f"no published vocabulary {key!r}: the peer methods' lists are "
@@ -340,6 +341,8 @@ def _entry_of_string(spec: str, paper_quirks: bool, files: bool) -> Dict:
         )
         return entry
     if "," not in spec and (spec.endswith(".txt") or os.sep in spec):
+        if os.path.isdir(spec):
+            raise InputError(f"vocabulary {spec} is a folder: give a file, one class per line")
         raise MissingFileError(f"vocabulary file {spec} does not exist")
     names = [name.strip() for name in spec.split(",") if name.strip()]
     if not names:

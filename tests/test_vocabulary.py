@@ -218,3 +218,14 @@ def test_every_benchmark_and_peer_list_passes_the_name_checks():
             assert all(any(c.isalnum() for c in name) for name in vocabulary.text_rows)
     for key in peer_vocabulary_keys():
         assert resolve_vocabulary(key).num_classes > 1
+
+
+def test_a_folder_or_a_missing_path_is_named_as_such_and_slashes_in_names_pass(tmp_path):
+    with pytest.raises(InputError, match=f"vocabulary {tmp_path} is a folder: give a file"):
+        resolve_vocabulary(str(tmp_path))
+    missing = str(tmp_path / "lists" / "names.txt")
+    with pytest.raises(FileNotFoundError, match=f"vocabulary file {missing} does not exist"):
+        resolve_vocabulary(missing)
+    with pytest.raises(InputError, match="no published vocabulary 'sclip/voc99'"):
+        resolve_vocabulary("sclip/voc99")
+    assert resolve_vocabulary("person, tv/monitor").classes == ("person", "tv/monitor")
