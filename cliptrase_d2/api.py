@@ -34,7 +34,14 @@ def load_image(image: ImageLike) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         return read_rgb(os.fspath(image))
     if isinstance(image, Image.Image):
-        return np.asarray(to_rgb(ImageOps.exif_transpose(image)))
+        try:  # an opened file is decoded here: it may be truncated, or closed already
+            return np.asarray(to_rgb(ImageOps.exif_transpose(image)))
+        except (OSError, SyntaxError, ValueError) as error:
+            name = getattr(image, "filename", "") or "given"
+            raise InputError(
+                f"cannot read the PIL image {name}: {error}. Give a complete image file, "
+                "opened and not closed yet (or its path)"
+            ) from None
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise InputError(
