@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Dict, List, Sequence, Tuple, Union
@@ -113,6 +114,11 @@ class Vocabulary:
                     raise InputError(
                         f"{kind} {name!r} has no letter or digit: CLIP cannot segment "
                         "punctuation or symbols; give words (e.g. 'cat, dog')"
+                    )
+                if any(unicodedata.category(character) == "Cc" for character in name):
+                    raise InputError(
+                        f"{kind} {name!r} has a line break, tab or other control character: "
+                        "separate names by commas, e.g. 'cat, dog', or give a list"
                     )
                 try:
                     name.encode("utf-8")

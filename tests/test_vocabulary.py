@@ -229,3 +229,13 @@ def test_a_folder_or_a_missing_path_is_named_as_such_and_slashes_in_names_pass(t
     with pytest.raises(InputError, match="no published vocabulary 'sclip/voc99'"):
         resolve_vocabulary("sclip/voc99")
     assert resolve_vocabulary("person, tv/monitor").classes == ("person", "tv/monitor")
+
+
+@pytest.mark.parametrize(
+    "spec, background, bad",
+    [("cat\ndog", (), "cat\ndog"), ("cat\tdog, sky", (), "cat\tdog"), ("cat", ["a\nb"], "a\nb")],
+)
+def test_names_with_a_line_break_or_control_character_are_an_error(spec, background, bad):
+    # such a name reached CLIP as it was, and the demo's legend failed on it after segmenting
+    with pytest.raises(InputError, match=f"{re.escape(repr(bad))} has a line break, tab or"):
+        resolve_vocabulary(spec, background)
