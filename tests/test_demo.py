@@ -239,6 +239,18 @@ def test_bad_vocabulary_writes_nothing(vocabulary, message, tiny_opts, tmp_path)
     assert not output.exists() or not os.listdir(output)
 
 
+def test_an_image_the_model_refuses_is_named_and_skipped_on_request(tiny_opts, tmp_path):
+    require_fixtures()
+    tiny, output = tmp_path / "tiny.png", tmp_path / "out"
+    Image.new("RGB", (8, 8)).save(tiny)
+    argv = ["--input", str(tiny), os.path.join(FIXTURES, "images", "coffee.png")]
+    argv += ["--output", str(output), "--vocabulary", "cup, table", "--opts", *tiny_opts]
+    with pytest.raises(ValueError, match=f"^{tiny}: an image of 8x8 pixels is smaller than one"):
+        demo.main(argv)
+    assert demo.main(["--skip-bad-inputs", *argv]) == 0
+    assert sorted(os.listdir(output)) == ["coffee.json", "coffee.png", "coffee_labels.png"]
+
+
 def test_same_stem_twice_is_an_error(tmp_path):
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()

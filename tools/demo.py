@@ -109,7 +109,8 @@ def get_parser():
     parser.add_argument(
         "--skip-bad-inputs",
         action="store_true",
-        help="report and skip input images that cannot be read (default: stop before any work)",
+        help="report and skip input images that cannot be read or segmented (default: an error "
+        "naming the first)",
     )
     parser.add_argument(
         "--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ..."
@@ -215,13 +216,16 @@ def readable_inputs(paths, skip: bool):
     return kept
 
 
-def load_inputs(paths, skip: bool):
+def load_inputs(paths, skip: bool, frame):
     """[(path, (H, W, 3) uint8 image)] of ``paths``; with ``skip``, one that cannot be decoded
-    (e.g. truncated after its header) is reported and left out."""
+    (e.g. truncated after its header) or that the model's ``frame`` refuses (e.g. smaller than a
+    CLIP patch) is reported and left out."""
     loaded = []
     for path in paths:
         try:
-            loaded.append((path, load_image(path)))
+            image = load_image(path)
+            frame.check(*image.shape[:2], path)  # the model's check, naming the file
+            loaded.append((path, image))
         except InputError as error:
             if not skip:
                 raise
@@ -357,7 +361,7 @@ def main(argv=None):
     with tqdm(total=len(inputs), desc="demo", unit="img") as progress:
         for start in range(0, len(inputs), batch_size):
             paths = inputs[start : start + batch_size]
-            batch = load_inputs(paths, args.skip_bad_inputs)
+            batch = load_inputs(paths, args.skip_bad_inputs, segmenter.model.frame)
             results = segmenter.segment([image for _, image in batch], vocabulary, scores=False)
             for (path, _), result in zip(batch, results):
                 write_outputs(result, path, args.output, args.side_by_side)
