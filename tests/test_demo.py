@@ -484,3 +484,15 @@ def test_video_errors(tiny_video, tiny_opts, tmp_path):
                 str(tmp_path),
             ]
         )
+
+
+def test_a_folder_or_a_tiny_video_is_named(tiny_opts, tmp_path):
+    require_fixtures()
+    with pytest.raises(ValueError, match=f"--video-input {tmp_path} is a folder: give a video"):
+        demo.main(["--video-input", str(tmp_path), "--output", str(tmp_path / "o")])
+    tiny = tmp_path / "tiny.mp4"
+    _write_video(tiny, [np.zeros((8, 8, 3), np.uint8)] * 2)
+    argv = ["--video-input", str(tiny), "--output", str(tmp_path / "o"), "--vocabulary", "cup, sky"]
+    with pytest.raises(ValueError, match=f"^the video {tiny}: an image of 8x8 pixels is smaller"):
+        demo.main([*argv, "--opts", *tiny_opts])
+    assert not os.listdir(tmp_path / "o")

@@ -262,6 +262,8 @@ def write_outputs(result, path: str, output: str, panel: bool) -> None:
 def video_target(video: str, output: str, overwrite: bool) -> str:
     """The mp4 that --video-input ``video`` is written to (``output`` itself when it ends in .mp4,
     else <stem>.mp4 in it), refused before any work if it is the input or exists already."""
+    if os.path.isdir(video):
+        raise InputError(f"--video-input {video} is a folder: give a video file (.mp4, ...)")
     if not os.path.isfile(video):
         raise MissingFileError(f"--video-input {video} does not exist")
     target = output
@@ -297,6 +299,7 @@ def segment_video(segmenter, video: str, target: str, vocabulary, batch_size: in
         progress = tqdm(total=total, desc="video", unit="frame")
         with atomic_paths([target]) as (partial,), progress:
             while batch := read_frames(capture, batch_size):
+                segmenter.model.frame.check(*batch[0].shape[:2], f"the video {video}")
                 for result in segmenter.segment(batch, vocabulary, scores=False):
                     drawn = draw_labels(result.image, result.labels, result.class_names)
                     shown = np.asarray(with_legend(drawn, legend))
