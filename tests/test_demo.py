@@ -251,6 +251,16 @@ def test_an_image_the_model_refuses_is_named_and_skipped_on_request(tiny_opts, t
     assert sorted(os.listdir(output)) == ["coffee.json", "coffee.png", "coffee_labels.png"]
 
 
+def test_skipping_every_input_is_an_error(tiny_opts, tmp_path):
+    tiny, cut, output = tmp_path / "tiny.png", tmp_path / "cut.png", tmp_path / "out"
+    Image.new("RGB", (8, 8)).save(tiny)
+    cut.write_bytes(b"\x89PNG\r\n")
+    argv = ["--skip-bad-inputs", "--input", str(tiny), str(cut), "--output", str(output)]
+    with pytest.raises(ValueError, match="none of the 2 input image.* nothing was written"):
+        demo.main([*argv, "--vocabulary", "cup, table", "--opts", *tiny_opts])
+    assert not os.listdir(output)
+
+
 def test_same_stem_twice_is_an_error(tmp_path):
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()

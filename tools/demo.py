@@ -370,6 +370,11 @@ def main(argv=None):
                 write_outputs(result, path, args.output, args.side_by_side)
             written += len(batch)
             progress.update(len(paths))
+    if not written:  # every input skipped: a run that wrote nothing did not succeed
+        raise InputError(
+            f"none of the {len(found)} input image(s) could be read or segmented (each is "
+            "reported above): nothing was written; fix or replace them"
+        )
     if written < len(found):
         logger.warning(
             "skipped %d unreadable input(s) of %d (--skip-bad-inputs); the others' outputs "
