@@ -91,6 +91,11 @@ class Vocabulary:
     extra_names: Tuple[Tuple[str, ...], ...] = field(default=())
 
     def __post_init__(self):
+        for key in ("classes", "background"):  # lists become tuples; a string is refused
+            names, example = getattr(self, key), "a tuple of names, e.g. ('cat', 'dog')"
+            if isinstance(names, str):
+                raise TypeError(f"Vocabulary {key} must be {example}, got the string {names!r}")
+            object.__setattr__(self, key, _strings(names, f"Vocabulary {key}", example))
         if self.extra_names and len(self.extra_names) != len(self.classes):
             raise InputError(
                 f"extra_names has {len(self.extra_names)} entries for "

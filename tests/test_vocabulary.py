@@ -239,3 +239,13 @@ def test_names_with_a_line_break_or_control_character_are_an_error(spec, backgro
     # such a name reached CLIP as it was, and the demo's legend failed on it after segmenting
     with pytest.raises(InputError, match=f"{re.escape(repr(bad))} has a line break, tab or"):
         resolve_vocabulary(spec, background)
+
+
+def test_a_vocabulary_of_lists_is_one_of_tuples_and_a_string_is_refused():
+    # lists ended in "can only concatenate list (not "tuple") to list"
+    vocabulary = Vocabulary(["cat", "dog"], ["sky"])
+    assert vocabulary == Vocabulary(("cat", "dog"), ("sky",)) and hash(vocabulary)
+    with pytest.raises(TypeError, match=r"Vocabulary classes must be a tuple of names.*'cat, dog'"):
+        Vocabulary("cat, dog")
+    with pytest.raises(TypeError, match=r"Vocabulary background item 0 is None \(NoneType\)"):
+        Vocabulary(("cat",), [None])
