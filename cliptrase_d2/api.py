@@ -138,7 +138,12 @@ class Segmenter:
         batch = [images] if single else list(images)
         resolved = self.resolve_vocabulary(vocabulary, background)
         arrays = [load_image(image) for image in batch]
-        names = [os.fspath(x) if isinstance(x, (str, os.PathLike)) else "the image" for x in batch]
+        names = [  # what the model's errors name: the file, else the image's place in the list
+            os.fspath(x)
+            if isinstance(x, (str, os.PathLike))
+            else getattr(x, "filename", "") or ("the image" if single else f"image {i} of the list")
+            for i, x in enumerate(batch)
+        ]
         # Detectron2's DefaultPredictor's call: the whole image in the model's channel order
         # (the model makes the protocol's frame and refuses an image it cannot segment)
         order = slice(None, None, -1 if self.model.input_format == "BGR" else 1)

@@ -187,3 +187,13 @@ def test_a_truncated_or_closed_pil_image_is_an_error_naming_it(tmp_path):
     closed.close()
     with pytest.raises(ValueError, match=r"PIL image .*coffee.png: .*closed.*not closed yet"):
         load_image(closed)
+
+
+def test_an_image_the_model_refuses_is_named_by_its_file_or_place(segmenter, tmp_path):
+    small = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match="^image 1 of the list: an image of 8x8 pixels"):
+        segmenter.segment([np.zeros((64, 64, 3), np.uint8), small], "cat, dog")
+    path = tmp_path / "small.png"
+    Image.fromarray(small).save(path)
+    with pytest.raises(ValueError, match=f"^{path}: an image of 8x8 pixels"):
+        segmenter.segment(Image.open(path), "cat, dog")
