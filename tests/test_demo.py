@@ -273,6 +273,13 @@ def test_same_stem_twice_is_an_error(tmp_path):
         demo.check_outputs(inputs, str(tmp_path / "out"), panel=False, overwrite=False)
 
 
+def test_a_folder_given_with_a_tilde_is_a_folder(tmp_path, monkeypatch):
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "photos" / "x.png")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert demo.expand_inputs(["~/photos"]) == [str(tmp_path / "photos" / "x.png")]
+
+
 def test_outputs_never_replace_inputs_or_each_other(tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()

@@ -127,7 +127,7 @@ def expand_inputs(patterns):
     """Files, folders (their images, sorted) and globs -> list of image paths; errors name the
     pattern."""
     paths = []
-    for pattern in patterns:
+    for pattern in map(os.path.expanduser, patterns):  # "~/photos", quoted: still a folder
         if os.path.isdir(pattern):
             found = sorted(
                 os.path.join(pattern, f)
@@ -141,7 +141,7 @@ def expand_inputs(patterns):
         elif os.path.isfile(pattern):
             found = [pattern]
         else:
-            found = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+            found = sorted(glob.glob(pattern, recursive=True))
             if not found:
                 raise MissingFileError(f"--input {pattern!r} matches no file")
         paths.extend(found)
