@@ -273,11 +273,13 @@ def test_same_stem_twice_is_an_error(tmp_path):
         demo.check_outputs(inputs, str(tmp_path / "out"), panel=False, overwrite=False)
 
 
-def test_a_folder_given_with_a_tilde_is_a_folder(tmp_path, monkeypatch):
+def test_a_tilde_is_the_home_folder_in_inputs_and_outputs(tmp_path, monkeypatch):
     (tmp_path / "photos").mkdir()
     Image.new("RGB", (32, 32)).save(tmp_path / "photos" / "x.png")
     monkeypatch.setenv("HOME", str(tmp_path))
     assert demo.expand_inputs(["~/photos"]) == [str(tmp_path / "photos" / "x.png")]
+    args = demo.get_parser().parse_args(["--video-input", "~/a.mp4", "--output", "~/out"])
+    assert (args.video_input, args.output) == (str(tmp_path / "a.mp4"), str(tmp_path / "out"))
 
 
 def test_outputs_never_replace_inputs_or_each_other(tmp_path):

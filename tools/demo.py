@@ -70,11 +70,13 @@ def get_parser():
     source.add_argument(
         "--video-input",
         metavar="FILE",
+        type=os.path.expanduser,
         help="a video file, segmented frame by frame into an mp4 with the overlay",
     )
     parser.add_argument(
         "--output",
         required=True,
+        type=os.path.expanduser,  # "~/out", quoted: the home folder's, not a folder named ~
         help="folder for the outputs (created if needed); with --video-input "
         "also a file name ending in .mp4",
     )
