@@ -34,7 +34,14 @@ def load_image(image: ImageLike) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         return read_rgb(os.fspath(image))
     if isinstance(image, Image.Image):
-        return np.asarray(to_rgb(ImageOps.exif_transpose(image)))
+        try:  # an opened file is decoded here: it may be truncated, or closed already
+            return np.asarray(to_rgb(ImageOps.exif_transpose(image)))
+        except (OSError, SyntaxError, ValueError) as error:
+            name = getattr(image, "filename", "") or "given"
+            raise InputError(
+                f"cannot read the PIL image {name}: {error}. Give a complete image file, "
+                "opened and not closed yet (or its path)"
+            ) from None
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise InputError(
@@ -131,7 +138,12 @@ class Segmenter:
         batch = [images] if single else list(images)
         resolved = self.resolve_vocabulary(vocabulary, background)
         arrays = [load_image(image) for image in batch]
-        names = [os.fspath(x) if isinstance(x, (str, os.PathLike)) else "the image" for x in batch]
+        names = [  # what the model's errors name: the file, else the image's place in the list
+            os.fspath(x)
+            if isinstance(x, (str, os.PathLike))
+            else getattr(x, "filename", "") or ("the image" if single else f"image {i} of the list")
+            for i, x in enumerate(batch)
+        ]
         # Detectron2's DefaultPredictor's call: the whole image in the model's channel order
         # (the model makes the protocol's frame and refuses an image it cannot segment)
         order = slice(None, None, -1 if self.model.input_format == "BGR" else 1)

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Dict, List, Sequence, Tuple, Union
@@ -90,6 +91,11 @@ class Vocabulary:
     extra_names: Tuple[Tuple[str, ...], ...] = field(default=())
 
     def __post_init__(self):
+        for key in ("classes", "background"):  # lists become tuples; a string is refused
+            names, example = getattr(self, key), "a tuple of names, e.g. ('cat', 'dog')"
+            if isinstance(names, str):
+                raise TypeError(f"Vocabulary {key} must be {example}, got the string {names!r}")
+            object.__setattr__(self, key, _strings(names, f"Vocabulary {key}", example))
         if self.extra_names and len(self.extra_names) != len(self.classes):
             raise InputError(
                 f"extra_names has {len(self.extra_names)} entries for "
@@ -113,6 +119,11 @@ class Vocabulary:
                     raise InputError(
                         f"{kind} {name!r} has no letter or digit: CLIP cannot segment "
                         "punctuation or symbols; give words (e.g. 'cat, dog')"
+                    )
+                if any(unicodedata.category(character) == "Cc" for character in name):
+                    raise InputError(
+                        f"{kind} {name!r} has a line break, tab or other control character: "
+                        "separate names by commas, e.g. 'cat, dog', or give a list"
                     )
                 try:
                     name.encode("utf-8")
@@ -313,7 +324,8 @@ def _entry_of_string(spec: str, paper_quirks: bool, files: bool) -> Dict:
     comma-separated names."""
     benchmarks = load_vocabularies()["benchmarks"]
     key = spec.strip().lower()
-    if "/" in key and not os.path.exists(spec):
+    peer, slash, _ = key.partition("/")  # a peer's list, else a path or names
+    if slash and peer in load_vocabularies()["peer_vocabularies"] and not os.path.exists(spec):
         if key not in _peer_entries():
             raise InputError(
                 f"no published vocabulary {key!r}: the peer methods' lists are "
@@ -340,6 +352,8 @@ def _entry_of_string(spec: str, paper_quirks: bool, files: bool) -> Dict:
         )
         return entry
     if "," not in spec and (spec.endswith(".txt") or os.sep in spec):
+        if os.path.isdir(spec):
+            raise InputError(f"vocabulary {spec} is a folder: give a file, one class per line")
         raise MissingFileError(f"vocabulary file {spec} does not exist")
     names = [name.strip() for name in spec.split(",") if name.strip()]
     if not names:

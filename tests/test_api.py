@@ -175,3 +175,25 @@ def test_batch_size_caps_the_images_per_model_call(tiny_opts):
     for bad in (0, -1, 1.5):
         with pytest.raises(ValueError, match=f"batch_size must be .* at least 1, got {bad}"):
             segmenter.segment(paths, "voc20", batch_size=bad)
+
+
+def test_a_truncated_or_closed_pil_image_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "cut.png"
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(path)
+    path.write_bytes(path.read_bytes()[:-30])  # the header reads, the pixels do not
+    with pytest.raises(ValueError, match=r"PIL image .*cut.png: image file is truncated\. Give"):
+        load_image(Image.open(path))
+    closed = Image.open(os.path.join(FIXTURES, "images", "coffee.png"))
+    closed.close()
+    with pytest.raises(ValueError, match=r"PIL image .*coffee.png: .*closed.*not closed yet"):
+        load_image(closed)
+
+
+def test_an_image_the_model_refuses_is_named_by_its_file_or_place(segmenter, tmp_path):
+    small = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match="^image 1 of the list: an image of 8x8 pixels"):
+        segmenter.segment([np.zeros((64, 64, 3), np.uint8), small], "cat, dog")
+    path = tmp_path / "small.png"
+    Image.fromarray(small).save(path)
+    with pytest.raises(ValueError, match=f"^{path}: an image of 8x8 pixels"):
+        segmenter.segment(Image.open(path), "cat, dog")

@@ -79,6 +79,10 @@ def test_unknown_head_lists_available():
         compare.parse_list("cliptrase,nacl", compare.HEADS, "head")
 
 
+def test_a_repeated_head_or_dataset_runs_once():
+    assert compare.parse_list("clip, sclip,clip", compare.HEADS, "head") == ["clip", "sclip"]
+
+
 def test_peer_heads_run_without_refinement_by_default():
     assert compare.head_opts("sclip", "default") == [
         "MODEL.CLIPTRASE.HEAD",

@@ -239,6 +239,28 @@ def test_bad_vocabulary_writes_nothing(vocabulary, message, tiny_opts, tmp_path)
     assert not output.exists() or not os.listdir(output)
 
 
+def test_an_image_the_model_refuses_is_named_and_skipped_on_request(tiny_opts, tmp_path):
+    require_fixtures()
+    tiny, output = tmp_path / "tiny.png", tmp_path / "out"
+    Image.new("RGB", (8, 8)).save(tiny)
+    argv = ["--input", str(tiny), os.path.join(FIXTURES, "images", "coffee.png")]
+    argv += ["--output", str(output), "--vocabulary", "cup, table", "--opts", *tiny_opts]
+    with pytest.raises(ValueError, match=f"^{tiny}: an image of 8x8 pixels is smaller than one"):
+        demo.main(argv)
+    assert demo.main(["--skip-bad-inputs", *argv]) == 0
+    assert sorted(os.listdir(output)) == ["coffee.json", "coffee.png", "coffee_labels.png"]
+
+
+def test_skipping_every_input_is_an_error(tiny_opts, tmp_path):
+    tiny, cut, output = tmp_path / "tiny.png", tmp_path / "cut.png", tmp_path / "out"
+    Image.new("RGB", (8, 8)).save(tiny)
+    cut.write_bytes(b"\x89PNG\r\n")
+    argv = ["--skip-bad-inputs", "--input", str(tiny), str(cut), "--output", str(output)]
+    with pytest.raises(ValueError, match="none of the 2 input image.* nothing was written"):
+        demo.main([*argv, "--vocabulary", "cup, table", "--opts", *tiny_opts])
+    assert not os.listdir(output)
+
+
 def test_same_stem_twice_is_an_error(tmp_path):
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()
@@ -249,6 +271,15 @@ def test_same_stem_twice_is_an_error(tmp_path):
     assert len(inputs) == 2  # the same file under another name counts once
     with pytest.raises(ValueError, match="same outputs"):
         demo.check_outputs(inputs, str(tmp_path / "out"), panel=False, overwrite=False)
+
+
+def test_a_tilde_is_the_home_folder_in_inputs_and_outputs(tmp_path, monkeypatch):
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "photos" / "x.png")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert demo.expand_inputs(["~/photos"]) == [str(tmp_path / "photos" / "x.png")]
+    args = demo.get_parser().parse_args(["--video-input", "~/a.mp4", "--output", "~/out"])
+    assert (args.video_input, args.output) == (str(tmp_path / "a.mp4"), str(tmp_path / "out"))
 
 
 def test_outputs_never_replace_inputs_or_each_other(tmp_path):
@@ -472,3 +503,15 @@ def test_video_errors(tiny_video, tiny_opts, tmp_path):
                 str(tmp_path),
             ]
         )
+
+
+def test_a_folder_or_a_tiny_video_is_named(tiny_opts, tmp_path):
+    require_fixtures()
+    with pytest.raises(ValueError, match=f"--video-input {tmp_path} is a folder: give a video"):
+        demo.main(["--video-input", str(tmp_path), "--output", str(tmp_path / "o")])
+    tiny = tmp_path / "tiny.mp4"
+    _write_video(tiny, [np.zeros((8, 8, 3), np.uint8)] * 2)
+    argv = ["--video-input", str(tiny), "--output", str(tmp_path / "o"), "--vocabulary", "cup, sky"]
+    with pytest.raises(ValueError, match=f"^the video {tiny}: an image of 8x8 pixels is smaller"):
+        demo.main([*argv, "--opts", *tiny_opts])
+    assert not os.listdir(tmp_path / "o")

@@ -218,3 +218,34 @@ def test_every_benchmark_and_peer_list_passes_the_name_checks():
             assert all(any(c.isalnum() for c in name) for name in vocabulary.text_rows)
     for key in peer_vocabulary_keys():
         assert resolve_vocabulary(key).num_classes > 1
+
+
+def test_a_folder_or_a_missing_path_is_named_as_such_and_slashes_in_names_pass(tmp_path):
+    with pytest.raises(InputError, match=f"vocabulary {tmp_path} is a folder: give a file"):
+        resolve_vocabulary(str(tmp_path))
+    missing = str(tmp_path / "lists" / "names.txt")
+    with pytest.raises(FileNotFoundError, match=f"vocabulary file {missing} does not exist"):
+        resolve_vocabulary(missing)
+    with pytest.raises(InputError, match="no published vocabulary 'sclip/voc99'"):
+        resolve_vocabulary("sclip/voc99")
+    assert resolve_vocabulary("person, tv/monitor").classes == ("person", "tv/monitor")
+
+
+@pytest.mark.parametrize(
+    "spec, background, bad",
+    [("cat\ndog", (), "cat\ndog"), ("cat\tdog, sky", (), "cat\tdog"), ("cat", ["a\nb"], "a\nb")],
+)
+def test_names_with_a_line_break_or_control_character_are_an_error(spec, background, bad):
+    # such a name reached CLIP as it was, and the demo's legend failed on it after segmenting
+    with pytest.raises(InputError, match=f"{re.escape(repr(bad))} has a line break, tab or"):
+        resolve_vocabulary(spec, background)
+
+
+def test_a_vocabulary_of_lists_is_one_of_tuples_and_a_string_is_refused():
+    # lists ended in "can only concatenate list (not "tuple") to list"
+    vocabulary = Vocabulary(["cat", "dog"], ["sky"])
+    assert vocabulary == Vocabulary(("cat", "dog"), ("sky",)) and hash(vocabulary)
+    with pytest.raises(TypeError, match=r"Vocabulary classes must be a tuple of names.*'cat, dog'"):
+        Vocabulary("cat, dog")
+    with pytest.raises(TypeError, match=r"Vocabulary background item 0 is None \(NoneType\)"):
+        Vocabulary(("cat",), [None])

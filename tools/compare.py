@@ -81,7 +81,8 @@ def get_parser():
 
 
 def parse_list(text: str, allowed, what: str):
-    items = [item.strip() for item in text.split(",") if item.strip()]
+    # each once, in the order given: a repeated name would be evaluated and tabled twice
+    items = list(dict.fromkeys(item.strip() for item in text.split(",") if item.strip()))
     unknown = [item for item in items if item not in allowed]
     if not items or unknown:
         raise ConfigError(

@@ -70,11 +70,13 @@ def get_parser():
     source.add_argument(
         "--video-input",
         metavar="FILE",
+        type=os.path.expanduser,
         help="a video file, segmented frame by frame into an mp4 with the overlay",
     )
     parser.add_argument(
         "--output",
         required=True,
+        type=os.path.expanduser,  # "~/out", quoted: the home folder's, not a folder named ~
         help="folder for the outputs (created if needed); with --video-input "
         "also a file name ending in .mp4",
     )
@@ -109,7 +111,8 @@ def get_parser():
     parser.add_argument(
         "--skip-bad-inputs",
         action="store_true",
-        help="report and skip input images that cannot be read (default: stop before any work)",
+        help="report and skip input images that cannot be read or segmented (default: an error "
+        "naming the first)",
     )
     parser.add_argument(
         "--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ..."
@@ -126,7 +129,7 @@ def expand_inputs(patterns):
     """Files, folders (their images, sorted) and globs -> list of image paths; errors name the
     pattern."""
     paths = []
-    for pattern in patterns:
+    for pattern in map(os.path.expanduser, patterns):  # "~/photos", quoted: still a folder
         if os.path.isdir(pattern):
             found = sorted(
                 os.path.join(pattern, f)
@@ -140,7 +143,7 @@ def expand_inputs(patterns):
         elif os.path.isfile(pattern):
             found = [pattern]
         else:
-            found = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+            found = sorted(glob.glob(pattern, recursive=True))
             if not found:
                 raise MissingFileError(f"--input {pattern!r} matches no file")
         paths.extend(found)
@@ -215,13 +218,16 @@ def readable_inputs(paths, skip: bool):
     return kept
 
 
-def load_inputs(paths, skip: bool):
+def load_inputs(paths, skip: bool, frame):
     """[(path, (H, W, 3) uint8 image)] of ``paths``; with ``skip``, one that cannot be decoded
-    (e.g. truncated after its header) is reported and left out."""
+    (e.g. truncated after its header) or that the model's ``frame`` refuses (e.g. smaller than a
+    CLIP patch) is reported and left out."""
     loaded = []
     for path in paths:
         try:
-            loaded.append((path, load_image(path)))
+            image = load_image(path)
+            frame.check(*image.shape[:2], path)  # the model's check, naming the file
+            loaded.append((path, image))
         except InputError as error:
             if not skip:
                 raise
@@ -258,6 +264,8 @@ def write_outputs(result, path: str, output: str, panel: bool) -> None:
 def video_target(video: str, output: str, overwrite: bool) -> str:
     """The mp4 that --video-input ``video`` is written to (``output`` itself when it ends in .mp4,
     else <stem>.mp4 in it), refused before any work if it is the input or exists already."""
+    if os.path.isdir(video):
+        raise InputError(f"--video-input {video} is a folder: give a video file (.mp4, ...)")
     if not os.path.isfile(video):
         raise MissingFileError(f"--video-input {video} does not exist")
     target = output
@@ -293,6 +301,7 @@ def segment_video(segmenter, video: str, target: str, vocabulary, batch_size: in
         progress = tqdm(total=total, desc="video", unit="frame")
         with atomic_paths([target]) as (partial,), progress:
             while batch := read_frames(capture, batch_size):
+                segmenter.model.frame.check(*batch[0].shape[:2], f"the video {video}")
                 for result in segmenter.segment(batch, vocabulary, scores=False):
                     drawn = draw_labels(result.image, result.labels, result.class_names)
                     shown = np.asarray(with_legend(drawn, legend))
@@ -357,12 +366,17 @@ def main(argv=None):
     with tqdm(total=len(inputs), desc="demo", unit="img") as progress:
         for start in range(0, len(inputs), batch_size):
             paths = inputs[start : start + batch_size]
-            batch = load_inputs(paths, args.skip_bad_inputs)
+            batch = load_inputs(paths, args.skip_bad_inputs, segmenter.model.frame)
             results = segmenter.segment([image for _, image in batch], vocabulary, scores=False)
             for (path, _), result in zip(batch, results):
                 write_outputs(result, path, args.output, args.side_by_side)
             written += len(batch)
             progress.update(len(paths))
+    if not written:  # every input skipped: a run that wrote nothing did not succeed
+        raise InputError(
+            f"none of the {len(found)} input image(s) could be read or segmented (each is "
+            "reported above): nothing was written; fix or replace them"
+        )
     if written < len(found):
         logger.warning(
             "skipped %d unreadable input(s) of %d (--skip-bad-inputs); the others' outputs "
