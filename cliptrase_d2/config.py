@@ -312,6 +312,16 @@ def load_config(config_file: str = "", opts=(), resolve: bool = True) -> CN:
     for name, rule in RANGES.items():
         value = functools.reduce(getattr, name.split("."), cfg)
         rule.check(name, value, "command-line options" if name in opts[::2] else config_file)
+    words, key = cfg.MODEL.CLIPTRASE.BACKGROUND_WORDS, "MODEL.CLIPTRASE.BACKGROUND_WORDS"
+    where = f" in {'command-line options' if key in opts[::2] else config_file}"
+    if not all(isinstance(word, str) for word in words):
+        raise invalid_value(key, words, "a list of words, e.g. ['sky', 'wall']", where)
+    if words and not cfg.MODEL.CLIPTRASE.VOCABULARY:  # the datasets' own would ignore them
+        raise ConfigError(
+            f"{key} {words!r}{where} extends a vocabulary of your own, and "
+            "MODEL.CLIPTRASE.VOCABULARY is empty: set it (a benchmark key such as voc20, names "
+            "or a file) or leave BACKGROUND_WORDS empty"
+        )
     check_images_per_batch(cfg.TEST.IMS_PER_BATCH)
     if resolve:
         resolve_device(cfg)

@@ -88,6 +88,34 @@ def test_out_of_range_values_are_refused_at_load_time_not_at_build_time(opts, me
     assert "in command-line options" in _one_line(caught)
 
 
+@pytest.mark.parametrize(
+    "opts, message",
+    [
+        (  # a word that is not a string: a TypeError traceback when the model was built
+            [
+                "MODEL.CLIPTRASE.VOCABULARY",
+                "cat, dog",
+                "MODEL.CLIPTRASE.BACKGROUND_WORDS",
+                "['sky', 3]",
+            ],
+            r"BACKGROUND_WORDS must be a list of words, e\.g\. \['sky', 'wall'\], got \['sky', 3\] "
+            "in command-line options",
+        ),
+        (  # no vocabulary of one's own: the words were silently ignored
+            ["MODEL.CLIPTRASE.BACKGROUND_WORDS", "['sky']"],
+            r"BACKGROUND_WORDS \['sky'\] in command-line options extends a vocabulary of your own, "
+            "and MODEL.CLIPTRASE.VOCABULARY is empty: set it",
+        ),
+    ],
+)
+def test_background_words_that_cannot_be_used_are_refused_at_load_time(opts, message):
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config(PAPER, opts)
+    _one_line(caught)
+    words = ["MODEL.CLIPTRASE.BACKGROUND_WORDS", "['sky']"]
+    assert load_config(PAPER, ["MODEL.CLIPTRASE.VOCABULARY", "cat", *words])
+
+
 def test_every_published_config_is_within_the_ranges():
     configs = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True))
     assert len(configs) > 50
