@@ -1,6 +1,7 @@
 """Config keys of cliptrase-d2, declared once (Detectron2's add_<project>_config convention), and
 ``load_config``: Detectron2's defaults plus these keys, a file and overrides, with named errors."""
 
+import dataclasses
 import difflib
 import functools
 import inspect
@@ -430,8 +431,9 @@ _LAZY_KEYS = {"dataloader.test.num_workers": "DATALOADER.NUM_WORKERS"}
 
 def check_lazy_config(cfg, source: str, overridden=()) -> None:
     """What building would refuse, refused now: a key the called function does not take, a
-    numeric value outside its config key's Range, a dataset that is not registered. ``source``:
-    the config file; ``overridden``: the keys set on the command line."""
+    numeric value outside its config key's Range, a dataset that is not registered, a settings
+    dataclass's own refusal. ``source``: the config file; ``overridden``: the keys set on the
+    command line."""
     from detectron2.data import get_detection_dataset_dicts
     from detectron2.utils.registry import locate
     from omegaconf import OmegaConf
@@ -478,6 +480,14 @@ def check_lazy_config(cfg, source: str, overridden=()) -> None:
             if config_key in RANGES:
                 given = "command-line overrides" if name in overridden else source
                 RANGES[config_key].check(name, value, given)
+        if dataclasses.is_dataclass(target) and not any(isinstance(v, dict) for v in node.values()):
+            try:  # settings (RefinementSettings): their own checks, e.g. refine's choices
+                target(**{key: value for key, value in node.items() if key != "_target_"})
+            except (TypeError, ValueError) as error:
+                given = any(key.startswith(f"{path}.") for key in overridden)
+                raise ConfigError(
+                    f"{'command-line overrides' if given else source}: {path}: {error}"
+                ) from None
 
     for section, node in tree.items():
         if isinstance(node, dict):

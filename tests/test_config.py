@@ -228,6 +228,12 @@ def _lazy(*overrides, config=LAZY):
         ("model.refinement.dbscan_eps=nan", ConfigError, r"dbscan_eps must be a finite number"),
         ("model.prob_thd=2.0", ConfigError, r"model\.prob_thd must be a fraction in \[0, 1\]"),
         ("dataloader.test.num_workers=-1", ConfigError, r"num_workers must be at least 0"),
+        (  # the settings dataclass's own checks: a ValueError traceback when instantiated
+            "model.refinement.refine=x",
+            ConfigError,
+            r"model\.refinement: unknown refinement 'x' \(refine\); choose one of vote, mean",
+        ),
+        ("model.refinement.dbscan_eps=0", ConfigError, r"model\.refinement: DBSCAN needs eps > 0"),
         (
             "model.window_szie=112",
             UnknownNameError,
