@@ -387,6 +387,7 @@ def load_lazy_config(config_file: str, overrides=()):
     overrides, checked before anything is built (``check_lazy_config``); errors name the file or
     the override."""
     from detectron2.config import LazyConfig
+    from omegaconf import OmegaConf
 
     if not config_file.endswith(".py"):
         raise InputError(
@@ -416,10 +417,27 @@ def load_lazy_config(config_file: str, overrides=()):
             raise UnknownNameError(
                 f"config file {config_file} defines no '{key}' (see configs/lazy/common.py)"
             )
-    try:
-        cfg = LazyConfig.apply_overrides(cfg, list(overrides))
-    except Exception as error:  # omegaconf's errors name the key but not that it came from here
-        raise UnknownNameError(f"command-line override: {error}") from None
+    for item in overrides:  # one at a time, each error naming its override
+        key, _, value = item.lstrip("+~").partition("=")
+        node, parts = cfg, key.split(".")
+        for depth, part in enumerate(parts):  # a new key would be ignored: only a function's
+            if not OmegaConf.is_dict(node) or "_target_" in node:  # (check_lazy_config)
+                break
+            if part not in node:
+                close = difflib.get_close_matches(part, [str(name) for name in node], n=1)
+                hint = f"; did you mean {'.'.join(parts[:depth] + close[:1])}?" if close else ""
+                raise UnknownNameError(
+                    f"command-line override {item}: {config_file} has no "
+                    f"{'.'.join(parts[: depth + 1])!r}{hint}"
+                )
+            node = OmegaConf.select(node, part, throw_on_resolution_failure=False)
+        try:
+            LazyConfig.apply_overrides(cfg, [item])
+        except Exception as error:  # omegaconf's errors name the key but not where it came from
+            sweep = "," in value and value[:1] not in "[{'\""  # Hydra's a,b: several runs
+            quote = f"; quote a value holding commas: {key}='{value}'" if sweep else ""
+            message = str(error).strip("'\"").splitlines()[0]
+            raise UnknownNameError(f"command-line override {item}: {message}{quote}") from None
     check_lazy_config(cfg, config_file, [item.split("=")[0] for item in overrides])
     return cfg
 
@@ -443,7 +461,7 @@ def check_lazy_config(cfg, source: str, overridden=()) -> None:
     try:
         tree = OmegaConf.to_container(cfg, resolve=True)
     except Exception as error:  # an interpolation to a key that is not there
-        raise ConfigError(f"config file {source}: {error}") from None
+        raise ConfigError(f"config file {source}: {str(error).splitlines()[0]}") from None
 
     def walk(node, path):
         target = node.get("_target_")

@@ -258,6 +258,34 @@ def test_lazy_config_values_are_checked_when_loaded(override, error, message):
     assert "command-line overrides" in _one_line(caught) or error is UnknownNameError
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [  # a typo'd key was added to the config and ignored: the run went on with the file's value
+        (
+            "train.output_dri=/tmp/out",
+            r"has no 'train\.output_dri'; did you mean train\.output_dir\?",
+        ),
+        ("trian.device=cpu", r"has no 'trian'; did you mean train\?"),
+        (
+            "dataloader.tset.batch_size=2",
+            r"has no 'dataloader\.tset'; did you mean dataloader\.test",
+        ),
+        ("=3", r"has no ''"),
+        (  # Hydra's a,b (a sweep): omegaconf's 'Unsupported value type' over three lines
+            "model.vocabulary=cat,dog",
+            r"Unsupported value type.*; quote a value holding commas: model\.vocabulary='cat,dog'",
+        ),
+    ],
+)
+def test_lazy_overrides_of_keys_that_are_not_there_or_of_unparsable_values_are_named(
+    override, message
+):
+    with pytest.raises(UnknownNameError, match=message) as caught:
+        _lazy(override)
+    assert _one_line(caught).startswith(f"command-line override {override}: ")
+    assert _lazy("model.prob_thd=0.5", "model.vocabulary='cat, dog'").model.vocabulary == "cat, dog"
+
+
 def test_a_lazy_config_that_raises_on_import_is_named(tmp_path):
     config = tmp_path / "raises.py"
     config.write_text("x = 1\ny = {}['missing']\nmodel = dataloader = train = {}\n")
