@@ -323,6 +323,16 @@ def load_config(config_file: str = "", opts=(), resolve: bool = True) -> CN:
             "MODEL.CLIPTRASE.VOCABULARY is empty: set it (a benchmark key such as voc20, names "
             "or a file) or leave BACKGROUND_WORDS empty"
         )
+    from detectron2.modeling import META_ARCH_REGISTRY
+
+    from .modeling.meta_arch import CLIPtrase
+
+    arch = cfg.MODEL.META_ARCHITECTURE  # build_model: a KeyError, or a model without vocabulary
+    if arch not in META_ARCH_REGISTRY or not issubclass(META_ARCH_REGISTRY.get(arch), CLIPtrase):
+        raise ConfigError(
+            f"MODEL.META_ARCHITECTURE {arch!r} is not CLIPtrase (nor a subclass of it): set "
+            "MODEL.META_ARCHITECTURE CLIPtrase, as configs/Base-CLIPtrase.yaml does"
+        )
     check_images_per_batch(cfg.TEST.IMS_PER_BATCH)
     if resolve:
         resolve_device(cfg)

@@ -116,6 +116,17 @@ def test_background_words_that_cannot_be_used_are_refused_at_load_time(opts, mes
     assert load_config(PAPER, ["MODEL.CLIPTRASE.VOCABULARY", "cat", *words])
 
 
+@pytest.mark.parametrize("arch", ["Foo", "GeneralizedRCNN"])
+def test_a_meta_architecture_other_than_cliptrase_is_refused_at_load_time(arch):
+    # build_model ended in a KeyError (not registered) or an AttributeError (no vocabulary)
+    with pytest.raises(ConfigError) as caught:
+        load_config(PAPER, ["MODEL.META_ARCHITECTURE", arch])
+    assert _one_line(caught) == (
+        f"MODEL.META_ARCHITECTURE {arch!r} is not CLIPtrase (nor a subclass of it): set "
+        "MODEL.META_ARCHITECTURE CLIPtrase, as configs/Base-CLIPtrase.yaml does"
+    )
+
+
 def test_every_published_config_is_within_the_ranges():
     configs = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True))
     assert len(configs) > 50
