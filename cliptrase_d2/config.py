@@ -281,6 +281,11 @@ def _merge(cfg, merge, source: str):
     except ValueError as error:  # yacs: a value of another type than the key's default
         if "Type mismatch" not in str(error):
             raise
+        key = str(error).rsplit("config key: ", 1)[-1]
+        if isinstance(functools.reduce(getattr, key.split("."), cfg), CN):  # (a dump of it all)
+            raise ConfigError(
+                f"{source}: {key} is a group of keys, not a value: set its keys ({key}.<KEY>)"
+            ) from None
         raise ConfigError(f"{source}: {error}") from None
     except (KeyError, AssertionError) as error:
         # yacs: KeyError from files, AssertionError from lists

@@ -127,6 +127,18 @@ def test_a_meta_architecture_other_than_cliptrase_is_refused_at_load_time(arch):
     )
 
 
+def test_a_value_for_a_group_of_keys_is_one_line_not_a_dump_of_the_group(tmp_path):
+    # yacs's Type mismatch message held the whole MODEL.CLIPTRASE node, over ~50 lines
+    config = _yaml(tmp_path, "node.yaml", f"_BASE_: {PAPER}\nMODEL:\n  CLIPTRASE: 3\n")
+    fix = "MODEL.CLIPTRASE is a group of keys, not a value: set its keys (MODEL.CLIPTRASE.<KEY>)"
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    assert _one_line(caught) == f"config file {config}: {fix}"
+    with pytest.raises(ConfigError) as caught:
+        load_config(PAPER, ["MODEL.CLIPTRASE", "3"])
+    assert _one_line(caught) == f"command-line options: {fix}"
+
+
 def test_every_published_config_is_within_the_ranges():
     configs = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True))
     assert len(configs) > 50
