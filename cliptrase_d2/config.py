@@ -357,8 +357,8 @@ def check_device(device: str, key: str = "MODEL.DEVICE") -> None:
     """Raises ConfigError naming ``key`` for a device this project cannot run on: anything but
     cpu, cuda, cuda:N (N below the number of GPUs, when there are GPUs) and mps (where present)."""
     hint = f"set {key} to cpu or cuda (cuda:N for GPU N)"
-    try:
-        parsed = torch.device(device)
+    try:  # (a number would be a GPU to torch, not to the checks here)
+        parsed = torch.device(device if isinstance(device, str) else None)
     except (RuntimeError, TypeError):
         raise ConfigError(f"{key}={device!r} is not a device: {hint}") from None
     if parsed.type == "mps" and torch.backends.mps.is_available():
@@ -497,6 +497,12 @@ def check_lazy_config(cfg, source: str, overridden=()) -> None:
                     )
         if target is get_detection_dataset_dicts:
             names = node.get("names")
+            if not names:  # get_detection_dataset_dicts: an AssertionError or a TypeError
+                given = "command-line overrides" if f"{path}.names" in overridden else source
+                raise ConfigError(
+                    f"{given}: {path}.names is {names!r}: name the dataset(s) to evaluate, e.g. "
+                    f"{path}.names=cliptrase_voc21_val"
+                )
             for name in [names] if isinstance(names, str) else names or ():
                 try:
                     require_registered(name)

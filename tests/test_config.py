@@ -256,6 +256,12 @@ def _lazy(*overrides, config=LAZY):
             ConfigError,
             r"model\.refinement: unknown refinement 'x' \(refine\); choose one of vote, mean",
         ),
+        (  # get_detection_dataset_dicts's AssertionError / TypeError traceback when built
+            "dataloader.test.dataset.names=[]",
+            ConfigError,
+            r"dataloader\.test\.dataset\.names is \[\]: name the dataset\(s\) to evaluate",
+        ),
+        ("dataloader.test.dataset.names=null", ConfigError, r"names is None: name the dataset"),
         ("model.refinement.dbscan_eps=0", ConfigError, r"model\.refinement: DBSCAN needs eps > 0"),
         (
             "model.window_szie=112",
