@@ -1,6 +1,7 @@
 """Config keys of cliptrase-d2, declared once (Detectron2's add_<project>_config convention), and
 ``load_config``: Detectron2's defaults plus these keys, a file and overrides, with named errors."""
 
+import dataclasses
 import difflib
 import functools
 import inspect
@@ -280,6 +281,11 @@ def _merge(cfg, merge, source: str):
     except ValueError as error:  # yacs: a value of another type than the key's default
         if "Type mismatch" not in str(error):
             raise
+        key = str(error).rsplit("config key: ", 1)[-1]
+        if isinstance(functools.reduce(getattr, key.split("."), cfg), CN):  # (a dump of it all)
+            raise ConfigError(
+                f"{source}: {key} is a group of keys, not a value: set its keys ({key}.<KEY>)"
+            ) from None
         raise ConfigError(f"{source}: {error}") from None
     except (KeyError, AssertionError) as error:
         # yacs: KeyError from files, AssertionError from lists
@@ -312,6 +318,26 @@ def load_config(config_file: str = "", opts=(), resolve: bool = True) -> CN:
     for name, rule in RANGES.items():
         value = functools.reduce(getattr, name.split("."), cfg)
         rule.check(name, value, "command-line options" if name in opts[::2] else config_file)
+    words, key = cfg.MODEL.CLIPTRASE.BACKGROUND_WORDS, "MODEL.CLIPTRASE.BACKGROUND_WORDS"
+    where = f" in {'command-line options' if key in opts[::2] else config_file}"
+    if not all(isinstance(word, str) for word in words):
+        raise invalid_value(key, words, "a list of words, e.g. ['sky', 'wall']", where)
+    if words and not cfg.MODEL.CLIPTRASE.VOCABULARY:  # the datasets' own would ignore them
+        raise ConfigError(
+            f"{key} {words!r}{where} extends a vocabulary of your own, and "
+            "MODEL.CLIPTRASE.VOCABULARY is empty: set it (a benchmark key such as voc20, names "
+            "or a file) or leave BACKGROUND_WORDS empty"
+        )
+    from detectron2.modeling import META_ARCH_REGISTRY
+
+    from .modeling.meta_arch import CLIPtrase
+
+    arch = cfg.MODEL.META_ARCHITECTURE  # build_model: a KeyError, or a model without vocabulary
+    if arch not in META_ARCH_REGISTRY or not issubclass(META_ARCH_REGISTRY.get(arch), CLIPtrase):
+        raise ConfigError(
+            f"MODEL.META_ARCHITECTURE {arch!r} is not CLIPtrase (nor a subclass of it): set "
+            "MODEL.META_ARCHITECTURE CLIPtrase, as configs/Base-CLIPtrase.yaml does"
+        )
     check_images_per_batch(cfg.TEST.IMS_PER_BATCH)
     if resolve:
         resolve_device(cfg)
@@ -331,8 +357,8 @@ def check_device(device: str, key: str = "MODEL.DEVICE") -> None:
     """Raises ConfigError naming ``key`` for a device this project cannot run on: anything but
     cpu, cuda, cuda:N (N below the number of GPUs, when there are GPUs) and mps (where present)."""
     hint = f"set {key} to cpu or cuda (cuda:N for GPU N)"
-    try:
-        parsed = torch.device(device)
+    try:  # (a number would be a GPU to torch, not to the checks here)
+        parsed = torch.device(device if isinstance(device, str) else None)
     except (RuntimeError, TypeError):
         raise ConfigError(f"{key}={device!r} is not a device: {hint}") from None
     if parsed.type == "mps" and torch.backends.mps.is_available():
@@ -376,6 +402,7 @@ def load_lazy_config(config_file: str, overrides=()):
     overrides, checked before anything is built (``check_lazy_config``); errors name the file or
     the override."""
     from detectron2.config import LazyConfig
+    from omegaconf import OmegaConf
 
     if not config_file.endswith(".py"):
         raise InputError(
@@ -405,10 +432,27 @@ def load_lazy_config(config_file: str, overrides=()):
             raise UnknownNameError(
                 f"config file {config_file} defines no '{key}' (see configs/lazy/common.py)"
             )
-    try:
-        cfg = LazyConfig.apply_overrides(cfg, list(overrides))
-    except Exception as error:  # omegaconf's errors name the key but not that it came from here
-        raise UnknownNameError(f"command-line override: {error}") from None
+    for item in overrides:  # one at a time, each error naming its override
+        key, _, value = item.lstrip("+~").partition("=")
+        node, parts = cfg, key.split(".")
+        for depth, part in enumerate(parts):  # a new key would be ignored: only a function's
+            if not OmegaConf.is_dict(node) or "_target_" in node:  # (check_lazy_config)
+                break
+            if part not in node:
+                close = difflib.get_close_matches(part, [str(name) for name in node], n=1)
+                hint = f"; did you mean {'.'.join(parts[:depth] + close[:1])}?" if close else ""
+                raise UnknownNameError(
+                    f"command-line override {item}: {config_file} has no "
+                    f"{'.'.join(parts[: depth + 1])!r}{hint}"
+                )
+            node = OmegaConf.select(node, part, throw_on_resolution_failure=False)
+        try:
+            LazyConfig.apply_overrides(cfg, [item])
+        except Exception as error:  # omegaconf's errors name the key but not where it came from
+            sweep = "," in value and value[:1] not in "[{'\""  # Hydra's a,b: several runs
+            quote = f"; quote a value holding commas: {key}='{value}'" if sweep else ""
+            message = str(error).strip("'\"").splitlines()[0]
+            raise UnknownNameError(f"command-line override {item}: {message}{quote}") from None
     check_lazy_config(cfg, config_file, [item.split("=")[0] for item in overrides])
     return cfg
 
@@ -420,8 +464,9 @@ _LAZY_KEYS = {"dataloader.test.num_workers": "DATALOADER.NUM_WORKERS"}
 
 def check_lazy_config(cfg, source: str, overridden=()) -> None:
     """What building would refuse, refused now: a key the called function does not take, a
-    numeric value outside its config key's Range, a dataset that is not registered. ``source``:
-    the config file; ``overridden``: the keys set on the command line."""
+    numeric value outside its config key's Range, a dataset that is not registered, a settings
+    dataclass's own refusal. ``source``: the config file; ``overridden``: the keys set on the
+    command line."""
     from detectron2.data import get_detection_dataset_dicts
     from detectron2.utils.registry import locate
     from omegaconf import OmegaConf
@@ -431,7 +476,7 @@ def check_lazy_config(cfg, source: str, overridden=()) -> None:
     try:
         tree = OmegaConf.to_container(cfg, resolve=True)
     except Exception as error:  # an interpolation to a key that is not there
-        raise ConfigError(f"config file {source}: {error}") from None
+        raise ConfigError(f"config file {source}: {str(error).splitlines()[0]}") from None
 
     def walk(node, path):
         target = node.get("_target_")
@@ -452,6 +497,12 @@ def check_lazy_config(cfg, source: str, overridden=()) -> None:
                     )
         if target is get_detection_dataset_dicts:
             names = node.get("names")
+            if not names:  # get_detection_dataset_dicts: an AssertionError or a TypeError
+                given = "command-line overrides" if f"{path}.names" in overridden else source
+                raise ConfigError(
+                    f"{given}: {path}.names is {names!r}: name the dataset(s) to evaluate, e.g. "
+                    f"{path}.names=cliptrase_voc21_val"
+                )
             for name in [names] if isinstance(names, str) else names or ():
                 try:
                     require_registered(name)
@@ -468,6 +519,14 @@ def check_lazy_config(cfg, source: str, overridden=()) -> None:
             if config_key in RANGES:
                 given = "command-line overrides" if name in overridden else source
                 RANGES[config_key].check(name, value, given)
+        if dataclasses.is_dataclass(target) and not any(isinstance(v, dict) for v in node.values()):
+            try:  # settings (RefinementSettings): their own checks, e.g. refine's choices
+                target(**{key: value for key, value in node.items() if key != "_target_"})
+            except (TypeError, ValueError) as error:
+                given = any(key.startswith(f"{path}.") for key in overridden)
+                raise ConfigError(
+                    f"{'command-line overrides' if given else source}: {path}: {error}"
+                ) from None
 
     for section, node in tree.items():
         if isinstance(node, dict):

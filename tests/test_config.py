@@ -88,6 +88,57 @@ def test_out_of_range_values_are_refused_at_load_time_not_at_build_time(opts, me
     assert "in command-line options" in _one_line(caught)
 
 
+@pytest.mark.parametrize(
+    "opts, message",
+    [
+        (  # a word that is not a string: a TypeError traceback when the model was built
+            [
+                "MODEL.CLIPTRASE.VOCABULARY",
+                "cat, dog",
+                "MODEL.CLIPTRASE.BACKGROUND_WORDS",
+                "['sky', 3]",
+            ],
+            r"BACKGROUND_WORDS must be a list of words, e\.g\. \['sky', 'wall'\], got \['sky', 3\] "
+            "in command-line options",
+        ),
+        (  # no vocabulary of one's own: the words were silently ignored
+            ["MODEL.CLIPTRASE.BACKGROUND_WORDS", "['sky']"],
+            r"BACKGROUND_WORDS \['sky'\] in command-line options extends a vocabulary of your own, "
+            "and MODEL.CLIPTRASE.VOCABULARY is empty: set it",
+        ),
+    ],
+)
+def test_background_words_that_cannot_be_used_are_refused_at_load_time(opts, message):
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config(PAPER, opts)
+    _one_line(caught)
+    words = ["MODEL.CLIPTRASE.BACKGROUND_WORDS", "['sky']"]
+    assert load_config(PAPER, ["MODEL.CLIPTRASE.VOCABULARY", "cat", *words])
+
+
+@pytest.mark.parametrize("arch", ["Foo", "GeneralizedRCNN"])
+def test_a_meta_architecture_other_than_cliptrase_is_refused_at_load_time(arch):
+    # build_model ended in a KeyError (not registered) or an AttributeError (no vocabulary)
+    with pytest.raises(ConfigError) as caught:
+        load_config(PAPER, ["MODEL.META_ARCHITECTURE", arch])
+    assert _one_line(caught) == (
+        f"MODEL.META_ARCHITECTURE {arch!r} is not CLIPtrase (nor a subclass of it): set "
+        "MODEL.META_ARCHITECTURE CLIPtrase, as configs/Base-CLIPtrase.yaml does"
+    )
+
+
+def test_a_value_for_a_group_of_keys_is_one_line_not_a_dump_of_the_group(tmp_path):
+    # yacs's Type mismatch message held the whole MODEL.CLIPTRASE node, over ~50 lines
+    config = _yaml(tmp_path, "node.yaml", f"_BASE_: {PAPER}\nMODEL:\n  CLIPTRASE: 3\n")
+    fix = "MODEL.CLIPTRASE is a group of keys, not a value: set its keys (MODEL.CLIPTRASE.<KEY>)"
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    assert _one_line(caught) == f"config file {config}: {fix}"
+    with pytest.raises(ConfigError) as caught:
+        load_config(PAPER, ["MODEL.CLIPTRASE", "3"])
+    assert _one_line(caught) == f"command-line options: {fix}"
+
+
 def test_every_published_config_is_within_the_ranges():
     configs = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True))
     assert len(configs) > 50
@@ -200,6 +251,18 @@ def _lazy(*overrides, config=LAZY):
         ("model.refinement.dbscan_eps=nan", ConfigError, r"dbscan_eps must be a finite number"),
         ("model.prob_thd=2.0", ConfigError, r"model\.prob_thd must be a fraction in \[0, 1\]"),
         ("dataloader.test.num_workers=-1", ConfigError, r"num_workers must be at least 0"),
+        (  # the settings dataclass's own checks: a ValueError traceback when instantiated
+            "model.refinement.refine=x",
+            ConfigError,
+            r"model\.refinement: unknown refinement 'x' \(refine\); choose one of vote, mean",
+        ),
+        (  # get_detection_dataset_dicts's AssertionError / TypeError traceback when built
+            "dataloader.test.dataset.names=[]",
+            ConfigError,
+            r"dataloader\.test\.dataset\.names is \[\]: name the dataset\(s\) to evaluate",
+        ),
+        ("dataloader.test.dataset.names=null", ConfigError, r"names is None: name the dataset"),
+        ("model.refinement.dbscan_eps=0", ConfigError, r"model\.refinement: DBSCAN needs eps > 0"),
         (
             "model.window_szie=112",
             UnknownNameError,
@@ -222,6 +285,34 @@ def test_lazy_config_values_are_checked_when_loaded(override, error, message):
     with pytest.raises(error, match=message) as caught:
         _lazy(override)
     assert "command-line overrides" in _one_line(caught) or error is UnknownNameError
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [  # a typo'd key was added to the config and ignored: the run went on with the file's value
+        (
+            "train.output_dri=/tmp/out",
+            r"has no 'train\.output_dri'; did you mean train\.output_dir\?",
+        ),
+        ("trian.device=cpu", r"has no 'trian'; did you mean train\?"),
+        (
+            "dataloader.tset.batch_size=2",
+            r"has no 'dataloader\.tset'; did you mean dataloader\.test",
+        ),
+        ("=3", r"has no ''"),
+        (  # Hydra's a,b (a sweep): omegaconf's 'Unsupported value type' over three lines
+            "model.vocabulary=cat,dog",
+            r"Unsupported value type.*; quote a value holding commas: model\.vocabulary='cat,dog'",
+        ),
+    ],
+)
+def test_lazy_overrides_of_keys_that_are_not_there_or_of_unparsable_values_are_named(
+    override, message
+):
+    with pytest.raises(UnknownNameError, match=message) as caught:
+        _lazy(override)
+    assert _one_line(caught).startswith(f"command-line override {override}: ")
+    assert _lazy("model.prob_thd=0.5", "model.vocabulary='cat, dog'").model.vocabulary == "cat, dog"
 
 
 def test_a_lazy_config_that_raises_on_import_is_named(tmp_path):

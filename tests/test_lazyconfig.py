@@ -123,6 +123,26 @@ def test_lazy_config_errors(tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [  # numbers where names go: a TypeError / AttributeError traceback before
+        ("train.output_dir=3", "train.output_dir is 3, not a folder name: quote it"),
+        ("train.device=3", "train.device=3 is not a device: set train.device to cpu or cuda"),
+    ],
+)
+def test_a_number_for_the_output_folder_or_the_device_is_named(override, message, tmp_path):
+    args = argparse.Namespace(
+        config_file=os.path.join(REPO, "configs", "lazy", "sample_voc21_standard.py"),
+        opts=[f"train.output_dir={tmp_path / 'out'}", override],
+        num_gpus=1,
+        num_machines=1,
+        machine_rank=0,
+    )
+    with pytest.raises(ValueError) as caught:
+        lazyconfig_train_net.validate(args)
+    assert str(caught.value).startswith(message)
+
+
 def test_lazy_paper_config_crops_in_the_loader_as_the_yaml_one_does():
     """The LazyConfigs' mapper makes the model's frame (its protocol, size and MAX_PIXELS follow
     the model by interpolation): the paper crop, or the standard keep-ratio frame."""

@@ -70,6 +70,8 @@ def check_writable_folder(folder: str, what: str) -> None:
     error (e.g. 'OUTPUT_DIR', '--output')."""
     if not folder:
         raise ConfigError(f"{what} is empty: name the folder for the outputs")
+    if not isinstance(folder, (str, os.PathLike)):  # a LazyConfig override's number
+        raise ConfigError(f"{what} is {folder!r}, not a folder name: quote it, {what}='{folder}'")
     try:
         os.makedirs(folder, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder):
