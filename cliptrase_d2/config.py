@@ -313,6 +313,11 @@ def load_config(config_file: str = "", opts=(), resolve: bool = True) -> CN:
         check_config_file(config_file)
         merge = functools.partial(cfg.merge_from_file, config_file, allow_unsafe=False)
         _merge(cfg, merge, f"config file {config_file}")
+    if len(opts) % 2:  # yacs: an AssertionError printing the whole list
+        raise ConfigError(
+            f"command-line options are KEY VALUE pairs, and {opts[-1]!r} (the last of "
+            f"{len(opts)}) has no value: give it one, or remove it"
+        )
     if opts:
         _merge(cfg, lambda: cfg.merge_from_list(opts), "command-line options")
     for name, rule in RANGES.items():

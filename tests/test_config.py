@@ -139,6 +139,16 @@ def test_a_value_for_a_group_of_keys_is_one_line_not_a_dump_of_the_group(tmp_pat
     assert _one_line(caught) == f"command-line options: {fix}"
 
 
+def test_an_override_without_a_value_is_named():
+    # yacs: an AssertionError traceback printing the whole list (tools/demo.py --opts MODEL.WEIGHTS)
+    with pytest.raises(ConfigError) as caught:
+        load_config(PAPER, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS"])
+    assert _one_line(caught) == (
+        "command-line options are KEY VALUE pairs, and 'MODEL.WEIGHTS' (the last of 3) has no "
+        "value: give it one, or remove it"
+    )
+
+
 def test_every_published_config_is_within_the_ranges():
     configs = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True))
     assert len(configs) > 50
