@@ -74,6 +74,11 @@ def _output_error(error: OSError, path: str) -> OSError:
         return OutputExistsError(
             f"cannot write {path}: a folder stands there. Remove it or choose another output folder"
         )
+    if error.errno in (errno.EEXIST, errno.ENOTDIR):  # making the folder: a file stands in the way
+        return OutputExistsError(
+            f"cannot make the folder {path}: a file stands there or above it. Remove it or choose "
+            "another output folder"
+        )
     return error
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from conftest import FIXTURES, REPO, claimed_by_another_process, require_fixtures
 from faults import full_disk
-from cliptrase_d2.atomic import atomic_open, atomic_paths
+from cliptrase_d2.atomic import atomic_open, atomic_paths, atomic_write_text
 from cliptrase_d2.config import check_device, load_config
 from cliptrase_d2.engine import launch
 from cliptrase_d2.engine.checks import claim_output_dir
@@ -338,6 +338,13 @@ def test_group_write_places_all_or_none(tmp_path, monkeypatch):
             for temporary in temporaries:
                 open(temporary, "w").close()
     assert not fresh[0].exists() and fresh[1].is_dir()
+
+    # a file where a folder of the path goes (makedirs: EEXIST, or ENOTDIR one level deeper)
+    for folder in (fresh[0], fresh[0] / "sub"):
+        fresh[0].write_text("mine")
+        with pytest.raises(OutputExistsError, match=rf"make the folder {folder}: a file stands"):
+            atomic_write_text(str(folder / "labels.txt"), "x")
+        assert fresh[0].read_text() == "mine"
 
     # a move that fails half-way: the files already moved are taken back out
     fresh[1].rmdir()
