@@ -134,12 +134,15 @@ def read_input(path: Path, what: str, source: str, read: Callable, faults=()):
         ) from None
 
 
+def _text_lines(path: Path) -> List[str]:
+    return path.read_text(encoding="utf-8-sig").splitlines()  # a byte-order mark is not an id
+
+
 def read_ids(split_file: Path) -> List[str]:
     """Image ids of a split file, one a line (a byte-order mark ignored); ValueError naming it
     when it lists none."""
     source = "the dataset's archive or prepare script (see datasets/README.md)"
-    read = lambda path: path.read_text(encoding="utf-8-sig").splitlines()  # noqa: E731
-    lines = read_input(split_file, "a list of image ids", source, read)
+    lines = read_input(split_file, "a list of image ids", source, _text_lines)
     ids = [line.strip() for line in lines if line.strip()]
     if not ids:
         raise ValueError(f"{split_file} lists no image ids; replace it with the file from {source}")

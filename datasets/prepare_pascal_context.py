@@ -79,6 +79,11 @@ def pc459_to_pc59() -> Dict[int, int]:
     return {pc459.index(PC59_ALIASES.get(name, name)): id_59 for id_59, name in enumerate(pc59)}
 
 
+def read_label_mat(path: Path) -> np.ndarray:
+    """The ``LabelMap`` of a PASCAL Context ``.mat`` (1..459, 0 unlabelled)."""
+    return scipy.io.loadmat(str(path))["LabelMap"]
+
+
 def check_labels_txt(context_dir: Path) -> None:
     """Compares the archive's labels.txt (when present) with the PC459 vocabulary order."""
     for candidate in (context_dir / "labels.txt", context_dir.parent / "labels.txt"):
@@ -300,9 +305,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             mat = context_dir / f"{image_id}.mat"
             if mat.is_file():
                 # 1..459, 0 unlabelled
-                read_mat = lambda path: scipy.io.loadmat(str(path))["LabelMap"]  # noqa: E731
                 label_map = read_input(
-                    mat, "a PASCAL Context label map", CONTEXT_SOURCE, read_mat, MAT_FAULTS
+                    mat, "a PASCAL Context label map", CONTEXT_SOURCE, read_label_mat, MAT_FAULTS
                 ).astype(np.int64)
                 pc459 = np.where(label_map > 0, label_map - 1, VOID_16BIT)
                 if "pc459" in targets:
