@@ -508,7 +508,7 @@ def check_lazy_config(cfg, source: str, overridden=()) -> None:
                     f"{given}: {path}.names is {names!r}: name the dataset(s) to evaluate, e.g. "
                     f"{path}.names=cliptrase_voc21_val"
                 )
-            for name in [names] if isinstance(names, str) else names or ():
+            for name in [names] if isinstance(names, str) else names:
                 try:
                     require_registered(name)
                 except UnknownNameError as error:
