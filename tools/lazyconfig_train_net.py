@@ -26,6 +26,7 @@ from cliptrase_d2.config import load_lazy_config as load
 from cliptrase_d2.engine.allocator import tune_cpu_allocator
 from cliptrase_d2.engine.checks import check_num_processes, claim_output_dir
 from cliptrase_d2.engine.launch import run_eval_only
+from cliptrase_d2.engine.trainer import log_model
 
 logger = logging.getLogger("cliptrase_d2")
 
@@ -61,15 +62,7 @@ def main(args):
     device = cfg.train.device = available_device(cfg.train.get("device", "cuda"), "train.device")
     default_setup(cfg, args)
     model = instantiate(cfg.model).to(device).eval()
-    logger.info(
-        "CLIPtrase: head=%s, protocol=%s, vocabulary: %s, CLIP=%s, weights=%s, device=%s",
-        cfg.model.head,
-        cfg.model.protocol,
-        f"{model.vocabulary.num_classes} classes" if model.vocabulary else "each dataset's own",
-        cfg.model.clip_model.model,
-        cfg.model.clip_model.weights,
-        device,
-    )
+    log_model(model, cfg.model.clip_model.model, cfg.model.clip_model.weights, device)
     return do_test(cfg, model)
 
 

@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from .allocator import tune_cpu_allocator
 from .checks import RESULT_PATTERNS, check_num_processes, claim_output_dir
 
-__all__ = ["Trainer", "setup", "validate"]
+__all__ = ["Trainer", "log_model", "setup", "validate"]
 
 logger = logging.getLogger("cliptrase_d2")
 
@@ -107,6 +107,19 @@ def setup(args):
     return cfg
 
 
+def log_model(model, clip_model: str, weights: str, device: str) -> None:
+    """The run's one line on what evaluates: head, protocol, vocabulary, CLIP, weights, device."""
+    logger.info(
+        "CLIPtrase: head=%s, protocol=%s, vocabulary: %s, CLIP=%s, weights=%s, device=%s",
+        model.head.name,
+        model.protocol,
+        f"{model.vocabulary.num_classes} classes" if model.vocabulary else "each dataset's own",
+        clip_model,
+        weights,
+        device,
+    )
+
+
 class Trainer(DefaultTrainer):
     """Only evaluation: evaluators chosen by MODEL.CLIPTRASE.PROTOCOL, loaders of
     TEST.IMS_PER_BATCH images."""
@@ -114,20 +127,7 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_model(cls, cfg):
         model = build_model(cfg)
-        vocabulary = (
-            f"{model.vocabulary.num_classes} classes (MODEL.CLIPTRASE.VOCABULARY)"
-            if model.vocabulary
-            else "each dataset's own"
-        )
-        logger.info(
-            "CLIPtrase: head=%s, protocol=%s, vocabulary: %s, CLIP=%s, weights=%s, device=%s",
-            cfg.MODEL.CLIPTRASE.HEAD,
-            cfg.MODEL.CLIPTRASE.PROTOCOL,
-            vocabulary,
-            cfg.MODEL.CLIPTRASE.CLIP_MODEL,
-            cfg.MODEL.WEIGHTS,
-            cfg.MODEL.DEVICE,
-        )
+        log_model(model, cfg.MODEL.CLIPTRASE.CLIP_MODEL, cfg.MODEL.WEIGHTS, cfg.MODEL.DEVICE)
         return model
 
     @classmethod
