@@ -230,13 +230,14 @@ def check_config_file(config_file: str, chain=()) -> None:
     not YAML, holds a Python tag (configs are data: they never run code), is not a mapping of
     config keys, or when the ``_BASE_`` chain comes back to a file (``chain``: the files before)."""
     if not os.path.isfile(config_file):
+        missing = "is a folder, not a file" if os.path.isdir(config_file) else "does not exist"
         if chain:
             raise MissingFileError(
-                f"config file {chain[-1]}: the file {config_file} it names (_BASE_) does not exist"
+                f"config file {chain[-1]}: the file {config_file} it names (_BASE_) {missing}"
             )
         raise MissingFileError(
-            f"config file {config_file} does not exist: check the path (configs/ holds the "
-            "project's configs)"
+            f"config file {config_file} {missing}: check the path (configs/ holds the project's "
+            "configs, e.g. configs/paper/voc21_224.yaml)"
         )
     try:
         with open(config_file, encoding="utf-8") as f:
@@ -483,6 +484,10 @@ def check_lazy_config(cfg, source: str, overridden=()) -> None:
     except Exception as error:  # an interpolation to a key that is not there
         raise ConfigError(f"config file {source}: {str(error).splitlines()[0]}") from None
 
+    def given(key: str) -> str:  # where the value of ``key`` (or of a key under it) came from
+        overrides = any(name == key or name.startswith(f"{key}.") for name in overridden)
+        return "command-line overrides" if overrides else source
+
     def walk(node, path):
         target = node.get("_target_")
         target = locate(target) if isinstance(target, str) else target
@@ -503,10 +508,9 @@ def check_lazy_config(cfg, source: str, overridden=()) -> None:
         if target is get_detection_dataset_dicts:
             names = node.get("names")
             if not names:  # get_detection_dataset_dicts: an AssertionError or a TypeError
-                given = "command-line overrides" if f"{path}.names" in overridden else source
                 raise ConfigError(
-                    f"{given}: {path}.names is {names!r}: name the dataset(s) to evaluate, e.g. "
-                    f"{path}.names=cliptrase_voc21_val"
+                    f"{given(path + '.names')}: {path}.names is {names!r}: name the dataset(s) "
+                    f"to evaluate, e.g. {path}.names=cliptrase_voc21_val"
                 )
             for name in [names] if isinstance(names, str) else names:
                 try:
@@ -522,16 +526,12 @@ def check_lazy_config(cfg, source: str, overridden=()) -> None:
             if path.split(".")[0] == "model":
                 config_key = f"MODEL.CLIPTRASE.{key.upper()}"
             if config_key in RANGES:
-                given = "command-line overrides" if name in overridden else source
-                RANGES[config_key].check(name, value, given)
+                RANGES[config_key].check(name, value, given(name))
         if dataclasses.is_dataclass(target) and not any(isinstance(v, dict) for v in node.values()):
             try:  # settings (RefinementSettings): their own checks, e.g. refine's choices
                 target(**{key: value for key, value in node.items() if key != "_target_"})
             except (TypeError, ValueError) as error:
-                given = any(key.startswith(f"{path}.") for key in overridden)
-                raise ConfigError(
-                    f"{'command-line overrides' if given else source}: {path}: {error}"
-                ) from None
+                raise ConfigError(f"{given(path)}: {path}: {error}") from None
 
     for section, node in tree.items():
         if isinstance(node, dict):

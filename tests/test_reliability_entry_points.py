@@ -119,8 +119,14 @@ def bad_configs(tmp_path):
     }
     for name, text in files.items():
         (tmp_path / name).write_text(text)
+    (tmp_path / "configs").mkdir()
     return {
         "missing": (str(tmp_path / "nope.yaml"), MissingFileError, r"nope\.yaml does not exist"),
+        "folder": (
+            str(tmp_path / "configs"),
+            MissingFileError,
+            r"configs is a folder, not a file: .*e\.g\. configs/paper/voc21_224\.yaml",
+        ),
         "not_yaml": (
             str(tmp_path / "not_yaml.yaml"),
             ConfigError,
@@ -143,7 +149,7 @@ def bad_configs(tmp_path):
 
 @pytest.mark.parametrize("entry", sorted(YAML_ENTRY_POINTS))
 @pytest.mark.parametrize(
-    "fault", ["missing", "not_yaml", "a_list", "empty", "bad_base", "bad_value"]
+    "fault", ["missing", "folder", "not_yaml", "a_list", "empty", "bad_base", "bad_value"]
 )
 def test_bad_config_file_is_one_named_error_everywhere(entry, fault, bad_configs, tmp_path):
     config_file, kind, message = bad_configs[fault]
