@@ -591,3 +591,19 @@ def test_out_of_memory_splits_window_batches_that_span_images(tiny_opts, caplog)
         assert torch.equal(a, b)
     warnings = [r.getMessage() for r in caplog.records if "out of memory" in r.getMessage()]
     assert warnings == ["out of memory on a batch of 7 windows: ran it as 2 + 2 + 2 + 1"]
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("VOCABULARY", "voc22", r"'voc22' is not a benchmark key: did you mean 'voc21'"),
+        ("TEMPLATES", "imagenet81", r"'imagenet81' \(MODEL\.CLIPTRASE\.TEMPLATES\)"),
+    ],
+)
+def test_vocabulary_and_templates_are_refused_before_clip_loads(key, value, message, tmp_path):
+    """A mistyped vocabulary or template set is named without waiting for CLIP: the weights file
+    here does not exist, and the error is still the vocabulary's or the templates'."""
+    opts = ["MODEL.WEIGHTS", str(tmp_path / "never_read.pt"), f"MODEL.CLIPTRASE.{key}", value]
+    with pytest.raises(InputError, match=message) as caught:
+        build_model(load_config(PAPER_224, opts))
+    assert "never_read.pt" not in str(caught.value)

@@ -147,12 +147,14 @@ class CLIPtrase(nn.Module):
 
         c = cfg.MODEL.CLIPTRASE
         published_setting(cfg)
-        clip_model = build_clip(c.CLIP_MODEL, cfg.MODEL.WEIGHTS or "openai", precision=c.PRECISION)
-        input_side = c.PAPER_SIZE if c.PROTOCOL == "paper" else c.WINDOW_SIZE
-        auto_eps, auto_min_samples = dbscan_for_grid(input_side // patch_size(clip_model.visual)[0])
+        # what needs no CLIP first: a mistyped vocabulary or template set fails before it loads
         vocabulary = c.VOCABULARY and resolve_vocabulary(
             c.VOCABULARY, tuple(c.BACKGROUND_WORDS), c.PAPER_VOCABULARY_QUIRKS
         )
+        templates = template_set(c.TEMPLATES)
+        clip_model = build_clip(c.CLIP_MODEL, cfg.MODEL.WEIGHTS or "openai", precision=c.PRECISION)
+        input_side = c.PAPER_SIZE if c.PROTOCOL == "paper" else c.WINDOW_SIZE
+        auto_eps, auto_min_samples = dbscan_for_grid(input_side // patch_size(clip_model.visual)[0])
         vfm = None  # ProxyCLIP's vision foundation model, in CLIP's precision
         if c.HEAD == "proxyclip":
             dtype = clip_model.visual.conv1.weight.dtype
@@ -163,7 +165,7 @@ class CLIPtrase(nn.Module):
             "tokenizer": get_tokenizer(c.CLIP_MODEL),
             "vocabulary": vocabulary or None,
             "default_dataset": cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) == 1 else None,
-            "templates": template_set(c.TEMPLATES),
+            "templates": templates,
             "head": c.HEAD,
             "logit_scale": c.LOGIT_SCALE,
             "refinement": refinement_settings(c, auto_eps, auto_min_samples),
