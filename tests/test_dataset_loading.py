@@ -197,3 +197,14 @@ def test_the_check_command(root, monkeypatch, caplog):
     )
     monkeypatch.setitem(OFFICIAL_SPLITS["ade150"], "images", 2000)
     assert run()[1].endswith("cliptrase_ade150_val: FAILED: 2 images, official 2000\n")
+
+
+def test_a_tilde_in_the_check_root_or_detectron2_datasets_is_the_home_folder(root, monkeypatch):
+    """check --root "~/datasets" (quoted) looked for a folder named '~' in the working folder, and
+    so did the registration for DETECTRON2_DATASETS="~/datasets"."""
+    write_image(root / SAMPLE_IMAGES / "photo.jpg", 2, 2)
+    write_palette_png(root / SAMPLE_MAPS / "photo.png", [[0, 20]] * 2)
+    monkeypatch.setenv("HOME", str(root.parent))
+    assert check.main(["--root", f"~/{root.name}", "cliptrase_sample_voc21"]) == 0
+    monkeypatch.setenv("DETECTRON2_DATASETS", f"~/{root.name}")
+    assert check.main(["cliptrase_sample_voc21"]) == 0

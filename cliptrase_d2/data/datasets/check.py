@@ -79,7 +79,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--root", default=None, help="dataset root (default: $DETECTRON2_DATASETS)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    root = args.root or datasets_root()
+    root = datasets_root(args.root)
     register_benchmark_datasets(root)
     register_sample_datasets(root)
     names = args.datasets or [
