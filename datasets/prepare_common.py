@@ -71,7 +71,7 @@ def resolve_root(root: Optional[Path]) -> Path:
     Detectron2 and the dataset registration use), checked: NotADirectoryError / PermissionError
     naming it when it is a file, lies under a file, or cannot be written (nor created in its
     nearest existing parent)."""
-    root = Path(os.getenv("DETECTRON2_DATASETS", "datasets") if root is None else root)
+    root = Path(os.getenv("DETECTRON2_DATASETS", "datasets") if root is None else root).expanduser()
     what = f"dataset root (--root or $DETECTRON2_DATASETS) {root}"
     existing = root
     while not existing.exists() and existing != existing.parent:

@@ -752,6 +752,20 @@ def test_fetch_bad_destination_is_one_line(fetch, source, tmp_path, case, monkey
     assert fetch.main(["--dest", str(dest), "--no-progress"]) == 1
 
 
+@pytest.mark.parametrize("under", ["", "sub/ViT-B-16.pt"])
+def test_fetch_dest_that_is_an_existing_file_says_so(fetch, tmp_path, caplog, under):
+    """--dest FILE (or FILE/sub/x.pt), FILE an existing file, said '(FILE: File exists)'."""
+    (tmp_path / "weights").write_text("a file")
+    dest = tmp_path / "weights" / under
+    with caplog.at_level("ERROR", logger="fetch_weights"):
+        assert fetch.main(["--dest", str(dest), "--no-progress"]) == 1
+    assert caplog.messages == [
+        f"Cannot write into the folder {dest.parent if under else dest} ({tmp_path / 'weights'} "
+        "is an existing file, not a folder); --dest names a folder (or a new .pt file in one): "
+        "choose another folder for --dest."
+    ]
+
+
 def test_a_torchscript_module_tree_nested_past_64_levels_is_refused():
     from cliptrase_d2.torchscript_archive import ArchiveError, _collect_tensors, _ScriptObject
 

@@ -8,8 +8,10 @@ import logging
 import os
 import re
 
+import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from PIL import Image
 
 from cliptrase_d2.data.datasets import OFFICIAL_SPLITS, check
 from cliptrase_d2.errors import InputError, MissingFileError
@@ -181,6 +183,12 @@ def test_the_check_command(root, monkeypatch, caplog):
     assert run() == (1, f"cliptrase_ade150_val: FAILED: {last} is 6x3, its image 6x4\n")
     write_palette_png(last, [[0, 150, 254, 255, 1, 2]] * 4)
     assert run()[1].endswith(f"FAILED: {last} holds [150, 254], not in 0..149 or 255\n")
+    Image.fromarray(np.full((4, 6), 2.5, np.float32)).save(last, format="TIFF")  # mode F
+    assert run()[1].endswith(
+        f"FAILED: ground truth '{last}' is a float image (PIL mode F); a label map must be an "
+        "integer single-channel image (8-bit, palette or 16-bit PNG): re-run the dataset's "
+        "prepare script\n"
+    )
     write_palette_png(last, [[0, 149, 255, 1, 2, 3]] * 4)
     assert run() == (
         0,
@@ -189,3 +197,14 @@ def test_the_check_command(root, monkeypatch, caplog):
     )
     monkeypatch.setitem(OFFICIAL_SPLITS["ade150"], "images", 2000)
     assert run()[1].endswith("cliptrase_ade150_val: FAILED: 2 images, official 2000\n")
+
+
+def test_a_tilde_in_the_check_root_or_detectron2_datasets_is_the_home_folder(root, monkeypatch):
+    """check --root "~/datasets" (quoted) looked for a folder named '~' in the working folder, and
+    so did the registration for DETECTRON2_DATASETS="~/datasets"."""
+    write_image(root / SAMPLE_IMAGES / "photo.jpg", 2, 2)
+    write_palette_png(root / SAMPLE_MAPS / "photo.png", [[0, 20]] * 2)
+    monkeypatch.setenv("HOME", str(root.parent))
+    assert check.main(["--root", f"~/{root.name}", "cliptrase_sample_voc21"]) == 0
+    monkeypatch.setenv("DETECTRON2_DATASETS", f"~/{root.name}")
+    assert check.main(["cliptrase_sample_voc21"]) == 0

@@ -578,6 +578,24 @@ def test_ground_truth_ids_outside_the_classes_are_rejected(make_dataset, evaluat
         evaluator.process([_with_size(records[0], 4, 4)], [pred])
 
 
+@pytest.mark.parametrize("evaluator_class", [PaperSemSegEvaluator, StandardSemSegEvaluator])
+def test_float_ground_truth_is_refused_not_truncated(make_dataset, evaluator_class):
+    """A float TIFF (PIL mode 'F') holding 2.5 was read as class 2 without a word."""
+    name, records = make_dataset([None], ["a", "b", "c"])
+    path = records[0]["sem_seg_file_name"]
+    labels = np.array([[1.0, 2.5], [255.0, 0.0]], np.float32)
+    Image.fromarray(labels).save(path, format="TIFF")
+    kwargs = {"crop_size": 2} if evaluator_class is PaperSemSegEvaluator else {}
+    evaluator = evaluator_class(name, distributed=False, **kwargs)
+    pred = {"sem_seg": _scores(np.zeros((2, 2), np.int64), 3)}
+    with pytest.raises(InputError) as error:
+        evaluator.process([_with_size(records[0], 2, 2)], [pred])
+    assert str(error.value) == (
+        f"ground truth '{path}' is a float image (PIL mode F); a label map must be an integer "
+        "single-channel image (8-bit, palette or 16-bit PNG): re-run the dataset's prepare script"
+    )
+
+
 def test_paper_evaluator_accepts_void_and_every_class(make_dataset):
     gt = np.array([[0, 1], [2, 255]], np.int64)
     name, records = make_dataset([gt], ["a", "b", "background"], paper_void_as_background=True)

@@ -685,4 +685,7 @@ def test_a_tilde_the_shell_left_is_the_home_folder(root, tmp_path, monkeypatch):
     monkeypatch.chdir(root)
     assert prepare("prepare_voc").main(["--voc2012", "~/VOC2012", "--root=~/datasets"]) > 0
     assert (tmp_path / "datasets/VOCdevkit/VOC2012/annotations_detectron2/val").is_dir()
+    monkeypatch.setenv("DETECTRON2_DATASETS", "~/from_env")  # quoted: was a folder named '~'
+    assert prepare("prepare_voc").main(["--voc2012", "~/VOC2012"]) > 0
+    assert (tmp_path / "from_env/VOCdevkit/VOC2012/annotations_detectron2/val").is_dir()
     assert not (root / "~").exists()

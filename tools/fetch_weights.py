@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import hashlib
 import http.client
 import logging
@@ -164,11 +165,14 @@ def _temporary_beside(dest: Path) -> Tuple[int, Path]:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     except OSError as e:  # a file where a folder should be, no permission, read-only disk
-        reason = e.strerror or str(e)
-        where = e.filename or dest.parent
+        reason = f"{e.filename or dest.parent}: {e.strerror or e}"
+        if e.errno in (errno.EEXIST, errno.ENOTDIR):  # mkdir met a file: name it, not 'File exists'
+            reason = (
+                f"{next(p for p in dest.parents if p.exists())} is an existing file, not a folder"
+            )
         raise FetchError(
-            f"Cannot write into the folder {dest.parent} ({where}: {reason}); "
-            "choose another --dest."
+            f"Cannot write into the folder {dest.parent} ({reason}); --dest names a folder (or a "
+            "new .pt file in one): choose another folder for --dest."
         ) from e
     return fd, Path(name)
 

@@ -96,11 +96,24 @@ def check_ground_truth_size(gt_size: Tuple[int, int], dataset_dict: dict, path: 
         )
 
 
+def label_ids(image: Image.Image, path: str) -> np.ndarray:
+    """The int64 values of a label map; InputError naming the file when its pixels are floats
+    (a float TIFF, PIL mode 'F'), which are no class ids and would be truncated without a word."""
+    labels = np.asarray(image)
+    if labels.dtype.kind == "f":
+        raise InputError(
+            f"ground truth '{path}' is a float image (PIL mode {image.mode}); a label map must be "
+            "an integer single-channel image (8-bit, palette or 16-bit PNG): re-run the dataset's "
+            "prepare script"
+        )
+    return labels.astype(np.int64, copy=False)
+
+
 def checked_labels(image: Image.Image, path: str, num_classes: int, ignore_label) -> np.ndarray:
     """(H, W) int64 label ids of a single-channel label map (8-bit, palette or 16-bit);
-    InputError naming the file when it has more channels, or ids that are neither classes
-    (``[0, num_classes)``) nor ``ignore_label`` (void)."""
-    labels = np.asarray(image, dtype=np.int64)
+    InputError naming the file when it holds floats (:func:`label_ids`), has more channels, or
+    ids that are neither classes (``[0, num_classes)``) nor ``ignore_label`` (void)."""
+    labels = label_ids(image, path)
     if labels.ndim != 2:
         raise InputError(
             f"ground truth '{path}' has shape {labels.shape} (PIL mode {image.mode}); "

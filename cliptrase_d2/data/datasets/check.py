@@ -15,12 +15,12 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional, Tuple
 
-import numpy as np
 from detectron2.data import DatasetCatalog
 from PIL import Image
 
-from ...errors import UserError
+from ...errors import InputError, UserError
 from ...evaluation.paper_metric import unknown_label_ids
+from ...evaluation.sem_seg_evaluation import label_ids
 from .register_benchmarks import (
     BENCHMARK_SPLITS,
     OFFICIAL_SPLITS,
@@ -39,7 +39,9 @@ def label_map_problem(record: dict, num_classes: int, ignore_label: int) -> Opti
     path = record["sem_seg_file_name"]
     try:
         with Image.open(path) as image:
-            labels = np.asarray(image)
+            labels = label_ids(image, path)
+    except InputError as error:
+        return str(error)
     except (OSError, Image.DecompressionBombError) as error:
         return f"{path} cannot be read ({error})"
     height, width = record["height"], record["width"]
@@ -77,7 +79,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--root", default=None, help="dataset root (default: $DETECTRON2_DATASETS)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    root = args.root or datasets_root()
+    root = datasets_root(args.root)
     register_benchmark_datasets(root)
     register_sample_datasets(root)
     names = args.datasets or [

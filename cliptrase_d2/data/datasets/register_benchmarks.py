@@ -40,10 +40,13 @@ with open(os.path.join(os.path.dirname(__file__), "..", "splits.json"), encoding
 _registered_names = set()  # every dataset name this package registered
 
 
-def datasets_root() -> str:
-    """Detectron2's dataset root: ``$DETECTRON2_DATASETS``, else ``datasets`` (relative to the
-    cwd)."""
-    return os.getenv("DETECTRON2_DATASETS", "datasets")
+def datasets_root(root: Optional[str] = None) -> str:
+    """``root`` if given, else Detectron2's dataset root: ``$DETECTRON2_DATASETS``, else
+    ``datasets`` (relative to the cwd). A leading ``~`` the shell left (quoted) is the home
+    folder, as the prepare scripts and Detectron2 after 0.6 read it."""
+    return os.path.expanduser(
+        os.getenv("DETECTRON2_DATASETS", "datasets") if root is None else root
+    )
 
 
 @dataclass(frozen=True)
@@ -292,7 +295,7 @@ def register_split(split: SemSegSplit, root: str) -> None:
 
 def register_benchmark_datasets(root: Optional[str] = None) -> None:
     """Registers every benchmark split under ``root`` (default: :func:`datasets_root` now)."""
-    root = datasets_root() if root is None else str(root)
+    root = datasets_root(root)
     for split in BENCHMARK_SPLITS:
         register_split(split, root)
 
