@@ -39,7 +39,7 @@ SAMPLE_SPLITS: Tuple[SemSegSplit, ...] = (
 
 def register_sample_datasets(root: Optional[str] = None) -> None:
     """Registers the sample under ``root`` (default: the dataset root)."""
-    root = datasets_root() if root is None else str(root)
+    root = datasets_root(root)
     for split in SAMPLE_SPLITS:
         register_split(split, root)
 
