@@ -145,7 +145,8 @@ class Segmenter:
             else getattr(x, "filename", "") or ("the image" if single else f"image {i} of the list")
             for i, x in enumerate(batch)
         ]
-        # the loader's path: each image refused or framed as the mapper does, before any work
+        # DefaultPredictor's call: the framed image with its original size, made (and refused
+        # before any resize) by the loader's own mapper
         mapper = SemSegTestMapper(image_format=self.model.input_format, frame=self.model.frame)
         asked = {"vocabulary": resolved, "scores": "soft" if scores else "none"}
         records = [
