@@ -19,6 +19,7 @@ from PIL import Image, ImageOps
 
 from .atomic import atomic_write_png
 from .config import check_images_per_batch
+from .data.dataset_mapper import SemSegTestMapper, rgb_pixels
 from .data.image_io import read_rgb, to_rgb
 from .vocabulary import Vocabulary, resolve_vocabulary
 from .errors import InputError
@@ -144,16 +145,12 @@ class Segmenter:
             else getattr(x, "filename", "") or ("the image" if single else f"image {i} of the list")
             for i, x in enumerate(batch)
         ]
-        # Detectron2's DefaultPredictor's call: the whole image in the model's channel order
-        # (the model makes the protocol's frame and refuses an image it cannot segment)
-        order = slice(None, None, -1 if self.model.input_format == "BGR" else 1)
+        # DefaultPredictor's call: the framed image with its original size, made (and refused
+        # before any resize) by the loader's own mapper
+        mapper = SemSegTestMapper(image_format=self.model.input_format, frame=self.model.frame)
+        asked = {"vocabulary": resolved, "scores": "soft" if scores else "none"}
         records = [
-            {
-                "image": torch.from_numpy(array[:, :, order].transpose(2, 0, 1).copy()),
-                "file_name": name,
-                "vocabulary": resolved,
-                "scores": "soft" if scores else "none",
-            }
+            mapper.model_input({"file_name": name, **asked}, array)
             for name, array in zip(names, arrays)
         ]
         step = batch_size or max(len(records), 1)
@@ -161,15 +158,15 @@ class Segmenter:
         with torch.no_grad():
             for start in range(0, len(records), step):
                 outputs += self.model(records[start : start + step])
-        frame = self.model.frame
+        paper, image_format = self.model.frame.protocol == "paper", self.model.input_format
         results = [
             SegmentationResult(
                 output["labels"].cpu().numpy().astype(np.int64),
                 output["sem_seg"].cpu() if scores else None,
                 resolved.class_names,
                 # the pixels the labels refer to: the paper protocol's crop, else the image
-                frame(array) if frame.protocol == "paper" else array,
+                rgb_pixels(record["image"], image_format) if paper else array,
             )
-            for output, array in zip(outputs, arrays)
+            for output, record, array in zip(outputs, records, arrays)
         ]
         return results[0] if single else results

@@ -324,12 +324,19 @@ def _entry_of_string(spec: str, paper_quirks: bool, files: bool) -> Dict:
     comma-separated names."""
     benchmarks = load_vocabularies()["benchmarks"]
     key = spec.strip().lower()
-    peer, slash, _ = key.partition("/")  # a peer's list, else a path or names
-    if slash and peer in load_vocabularies()["peer_vocabularies"] and not os.path.exists(spec):
+    peer, slash, rest = key.partition("/")  # a peer's list, else a path or names
+    peers = sorted({name.partition("/")[0] for name in _peer_entries()})
+    near = difflib.get_close_matches(peer, peers, n=1) if re.fullmatch(r"\w+", rest) else []
+    if slash and (peer in peers or near) and not os.path.exists(spec):
+        if peer not in peers:  # '<word>/<key>' with no such file: a mistyped peer
+            raise InputError(
+                f"vocabulary {spec!r} is not a file and {peer!r} is not a peer method: did you "
+                f"mean '{near[0]}/{rest}'? (peers: {', '.join(peers)})"
+            )
         if key not in _peer_entries():
             raise InputError(
-                f"no published vocabulary {key!r}: the peer methods' lists are "
-                f"{', '.join(peer_vocabulary_keys())}"
+                f"no published vocabulary {key!r}: {peer}'s lists are "
+                f"{', '.join(k for k in peer_vocabulary_keys() if k.startswith(peer + '/'))}"
             )
         return _peer_entries()[key]
     if key in benchmarks:

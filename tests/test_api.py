@@ -197,3 +197,20 @@ def test_an_image_the_model_refuses_is_named_by_its_file_or_place(segmenter, tmp
     Image.fromarray(small).save(path)
     with pytest.raises(ValueError, match=f"^{path}: an image of 8x8 pixels"):
         segmenter.segment(Image.open(path), "cat, dog")
+
+
+@pytest.mark.parametrize("config", ["paper/Base-paper-224.yaml", "standard/Base-standard.yaml"])
+def test_result_image_and_labels_are_those_of_the_whole_image_call(tiny_opts, config):
+    # the API frames an image once, as the loader's mapper does, and returns that frame as
+    # result.image (it cropped a second time for it before): the same pixels and labels as
+    # before, when the model was given the whole image and result.image was model.frame(image)
+    segmenter = Segmenter.from_config(os.path.join(REPO, "configs", config), tiny_opts)
+    image = np.asarray(Image.open(os.path.join(FIXTURES, "images", "chelsea.png")).convert("RGB"))
+    image = np.ascontiguousarray(image[:137, :301])
+    result = segmenter.segment(image, "cat, sky", scores=False)
+    whole = {"image": torch.from_numpy(image.transpose(2, 0, 1).copy()), "scores": "none"}
+    with torch.no_grad():
+        labels = segmenter.model([{**whole, "vocabulary": "cat, sky"}])[0]["labels"]
+    np.testing.assert_array_equal(result.labels, labels.numpy())
+    frame = segmenter.model.frame
+    np.testing.assert_array_equal(result.image, frame(image) if "paper" in config else image)

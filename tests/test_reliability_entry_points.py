@@ -412,6 +412,7 @@ def test_skip_bad_inputs_reports_and_skips(
     folder_with_bad_images, tiny_opts, tmp_path, log_messages
 ):
     output = tmp_path / "out"
+    Image.new("RGB", (8, 8)).save(folder_with_bad_images / "f_tiny.png")  # the model refuses it
     argv = ["--skip-bad-inputs", "--input", str(folder_with_bad_images), "--output", str(output)]
     argv += ["--batch-size", "2", "--vocabulary", "cup, table", "--opts", *tiny_opts]
     assert demo.main(argv) == 0
@@ -423,9 +424,10 @@ def test_skip_bad_inputs_reports_and_skips(
     )
     assert json.loads((output / "a_good.json").read_text())["width"] == 64
     skipped = [message for message in log_messages if message.startswith("skipped ")]
-    for name in ("b_garbage.png", "c_truncated.png", "e_truncated.jpg"):
+    for name in ("b_garbage.png", "c_truncated.png", "e_truncated.jpg", "f_tiny.png"):
         assert any(name in message for message in skipped), (name, skipped)
-    assert any("skipped 3 unreadable input(s) of 5" in message for message in skipped)
+    # the last line counts every skipped input, not calling the refused one unreadable
+    assert any("skipped 4 input(s) of 6" in message for message in skipped), skipped
 
 
 # ---- an evaluation's OUTPUT_DIR: a user's file where it writes refused, concurrent runs refused

@@ -249,3 +249,12 @@ def test_a_vocabulary_of_lists_is_one_of_tuples_and_a_string_is_refused():
         Vocabulary("cat, dog")
     with pytest.raises(TypeError, match=r"Vocabulary background item 0 is None \(NoneType\)"):
         Vocabulary(("cat",), [None])
+
+
+def test_a_mistyped_peer_is_named_with_the_close_match_and_a_wrong_key_lists_its_keys():
+    # 'scilp/voc21' was "vocabulary file scilp/voc21 does not exist"
+    with pytest.raises(InputError, match=r"'scilp' is not a peer method: did you mean 'sclip/"):
+        resolve_vocabulary("scilp/voc21")
+    with pytest.raises(InputError, match=r"'sclip/voc99': sclip's lists are sclip/ade150, ") as e:
+        resolve_vocabulary("sclip/voc99")
+    assert "naclip/" not in str(e.value)

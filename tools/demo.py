@@ -379,8 +379,8 @@ def main(argv=None):
         )
     if written < len(found):
         logger.warning(
-            "skipped %d unreadable input(s) of %d (--skip-bad-inputs); the others' outputs "
-            "are in %s",
+            "skipped %d input(s) of %d (--skip-bad-inputs; each is named in a warning above: "
+            "unreadable, or refused by the model); the others' outputs are in %s",
             len(found) - written,
             len(found),
             args.output,

@@ -133,7 +133,11 @@ class SemSegTestMapper:
         record = copy.deepcopy(dataset_dict)
         # (H, W, 3) RGB as stored: ground-truth label maps are aligned with the stored pixels
         # (and the authors' code reads them so), whatever an EXIF orientation tag says.
-        image = read_rgb(record["file_name"], exif_orientation=False)
+        return self.model_input(record, read_rgb(record["file_name"], exif_orientation=False))
+
+    def model_input(self, record: dict, image: np.ndarray) -> dict:
+        """``record`` with the (H, W, 3) uint8 RGB ``image`` as the model takes it (the API's
+        path too): refused by ``frame.check`` naming ``record["file_name"]``, then framed."""
         record["height"], record["width"] = image.shape[:2]  # the original size
         if self.frame is not None:
             self.frame.check(*image.shape[:2], record["file_name"])
