@@ -68,6 +68,20 @@ def test_parse_vocabulary():
             web_demo.parse_vocabulary(text, background, 20)
 
 
+def test_sample_images_under_a_quoted_tilde_dataset_root(monkeypatch):
+    """DETECTRON2_DATASETS="~/datasets" (quoted, the shell left the ~) is the home folder."""
+    import importlib
+
+    monkeypatch.setenv("DETECTRON2_DATASETS", "~/datasets")
+    try:
+        reloaded = importlib.reload(web_demo)
+        expected = os.path.join(os.path.expanduser("~"), "datasets", "cliptrase_sample_voc21")
+        assert reloaded.SAMPLE_IMAGES == os.path.join(expected, "images")
+    finally:
+        monkeypatch.delenv("DETECTRON2_DATASETS")
+        importlib.reload(web_demo)
+
+
 def test_check_image(tmp_path):
     require_fixtures()
     assert web_demo.check_image(PHOTO, web_demo.Limits()) == (600, 400)

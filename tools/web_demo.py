@@ -42,7 +42,7 @@ from demo import PROTOCOL_CONFIGS, split_names
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from an offline box
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_IMAGES = os.path.join(
-    os.environ.get("DETECTRON2_DATASETS", os.path.join(REPO, "datasets")),
+    os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", os.path.join(REPO, "datasets"))),
     "cliptrase_sample_voc21",
     "images",
 )
