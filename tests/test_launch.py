@@ -201,7 +201,7 @@ def test_one_process_needs_no_dist_url():
     assert check_launch(1, 1, 0, "not a url") == "not a url"
 
 
-@pytest.mark.parametrize("value", ["0", "-5", "ten", "nan"])
+@pytest.mark.parametrize("value", ["0", "-5", "ten", "nan", "", "inf", "1e400"])
 def test_the_wait_limit_must_be_seconds(value, monkeypatch):
     monkeypatch.setenv(WAIT_ENV, value)
     with pytest.raises(ConfigError, match=f"{WAIT_ENV}={value}: give the seconds"):

@@ -151,10 +151,10 @@ def wait_limit() -> float:
         seconds = float(value)
     except ValueError:
         seconds = float("nan")
-    if not seconds > 0:
+    if not 0 < seconds < float("inf"):  # inf: a machine that never joins would hang the run
         raise ConfigError(
             f"{WAIT_ENV}={value}: give the seconds a process waits for the others to join, a "
-            f"number above 0 (default {DEFAULT_WAIT_S})"
+            f"finite number above 0 (default {DEFAULT_WAIT_S})"
         )
     return seconds
 
