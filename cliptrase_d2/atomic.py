@@ -123,7 +123,7 @@ def recorded_files(root: str, patterns=(RESUMED_RECORD, WRITTEN_RECORD + ".*")) 
     """Paths (relative to ``root``) that the records of ``root`` matching ``patterns`` list."""
     listed = set()
     for record in records(root, patterns):
-        with open(record, encoding="utf-8") as f:
+        with open(record, encoding="utf-8", errors="surrogateescape") as f:  # as os.fsdecode
             listed.update(line.rstrip("\n") for line in f if line.strip())
     return listed
 
@@ -136,8 +136,8 @@ def _record(path: str) -> None:
     if relative is None or relative.startswith(STATE_DIR + os.sep):  # the records are not listed
         return
     record = f"{WRITTEN_RECORD}.{socket.gethostname()}.{os.getpid()}"
-    with open(os.path.join(root, STATE_DIR, record), "a", encoding="utf-8") as f:
-        f.write(relative + "\n")
+    with open(os.path.join(root, STATE_DIR, record), "ab") as f:
+        f.write(os.fsencode(relative) + b"\n")  # a name's bytes, UTF-8 or not
 
 
 def _remove(path: str) -> None:

@@ -60,13 +60,12 @@ class TextEmbeddingCache:
             return None
         from .clip_loading import weights_fingerprint
 
-        model_id = model
-        if os.path.isfile(model):  # a model-config JSON: key by its content, not its path
-            with open(model, "rb") as f:
+        model_id, config = model, os.path.expanduser(model)  # "~/x": the home folder's
+        if os.path.isfile(config):  # a model-config JSON: key by its content, not its path
+            with open(config, "rb") as f:
                 model_id = "config-" + hashlib.sha256(f.read()).hexdigest()[:16]
-        return cls(
-            setting or default_cache_dir(), model_id, weights_fingerprint(weights), precision
-        )
+        directory = os.path.expanduser(setting) or default_cache_dir()
+        return cls(directory, model_id, weights_fingerprint(weights), precision)
 
     def key(self, names: Sequence[str], templates: Sequence[str]) -> str:
         payload = json.dumps(

@@ -264,3 +264,13 @@ def test_a_bad_argument_ends_the_command_with_one_line():
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.strip().splitlines()[-1].startswith("error: --cases must be one of")
     assert "Traceback" not in done.stderr
+
+
+def test_quoted_home_folder_paths_are_the_home_folder_s(tmp_path, monkeypatch):
+    """--image "~/photo.png" ended in 'image file ~/photo.png does not exist' and --weights
+    "~/w.pt" in 'no such file', for files that exist (evaluation reads such paths)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.png")
+    (tmp_path / "w.pt").write_bytes(b"")
+    args = arguments("--image", "~/photo.png", "--weights", "~/w.pt")
+    assert (args.image, args.weights) == (str(tmp_path / "photo.png"), str(tmp_path / "w.pt"))

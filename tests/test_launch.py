@@ -5,6 +5,7 @@ needs them. The command line's faults (a killed rank, signals, machines that nev
 test_process_faults.py."""
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -201,13 +202,37 @@ def test_one_process_needs_no_dist_url():
     assert check_launch(1, 1, 0, "not a url") == "not a url"
 
 
-@pytest.mark.parametrize("value", ["0", "-5", "ten", "nan"])
+@pytest.mark.parametrize("value", ["0", "-5", "ten", "nan", "", "inf", "1e400"])
 def test_the_wait_limit_must_be_seconds(value, monkeypatch):
     monkeypatch.setenv(WAIT_ENV, value)
     with pytest.raises(ConfigError, match=f"{WAIT_ENV}={value}: give the seconds"):
         check_launch(2, 1, 0, "auto")
     monkeypatch.setenv(WAIT_ENV, "2.5")
     check_launch(2, 1, 0, "auto")
+
+
+def test_another_program_at_the_dist_url_is_named_within_the_wait(monkeypatch):
+    """Machine 1 given the port of another program on machine 0 (an SSH server): the store's
+    ping failed only after the run's timeout (30 minutes), in torch's raw DistNetworkError."""
+    import datetime
+    import threading
+
+    monkeypatch.setenv(WAIT_ENV, "2")
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def ssh_server():  # its greeting to every connection, as an SSH server
+        with contextlib.suppress(OSError):
+            while True:
+                server.accept()[0].sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+    threading.Thread(target=ssh_server, daemon=True).start()
+    url = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    launch_module = importlib.import_module("cliptrase_d2.engine.launch")
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=re.escape(f"--dist-url {url}: cannot join machine 0")):
+        launch_module._rendezvous(url, 1, 2, 1, datetime.timedelta(seconds=30))
+    assert time.monotonic() - started < 15
+    server.close()
 
 
 def test_dist_url_is_checked_before_the_config_and_output_folder():

@@ -13,7 +13,13 @@ import textwrap
 import pytest
 
 from conftest import REPO, claimed_by_another_process
-from cliptrase_d2.atomic import STATE_DIR, atomic_write_json, atomic_write_png, atomic_write_text
+from cliptrase_d2.atomic import (
+    STATE_DIR,
+    atomic_write_json,
+    atomic_write_png,
+    atomic_write_text,
+    recorded_files,
+)
 from cliptrase_d2.engine import checks
 from cliptrase_d2.engine.checks import LOCK_NAME, claim_output_dir
 from cliptrase_d2.errors import OutputError, OutputExistsError
@@ -111,6 +117,24 @@ def test_resume_keeps_the_earlier_files_in_place(tmp_path):
         "b.png",
     ]
     assert (folder / "previous" / "1" / "sem_seg_results_ds.json").read_text() == "{}"
+
+
+def test_a_file_name_that_is_not_utf8_is_recorded_and_a_damaged_record_is_no_traceback(tmp_path):
+    """A dataset's Latin-1 image name makes a label map whose name is not UTF-8: it ended in a
+    UnicodeEncodeError while being recorded, and bytes that are not UTF-8 in a record (damaged,
+    or of such a name) in a UnicodeDecodeError on the next claim."""
+    import numpy as np
+
+    folder = tmp_path / "out"
+    _new_run(folder)
+    name = os.fsdecode(b"caf\xe9.png")
+    atomic_write_png(folder / "predictions" / "ds" / name, np.zeros((2, 2), np.uint8))
+    with open(folder / STATE_DIR / "written.damaged.1", "wb") as record:
+        record.write(b"\xff\xfe\x00garbage\n")
+    _new_run(folder, resume=True)  # kept for the resumed run, and listed again
+    assert os.path.join("predictions", "ds", name) in recorded_files(str(folder))
+    _new_run(folder)
+    assert os.listdir(folder / "previous" / "1" / "predictions" / "ds") == [name]
 
 
 KILLED_WRITER = textwrap.dedent(

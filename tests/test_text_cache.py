@@ -149,3 +149,16 @@ def test_entry_problem_names_each_fault():
     assert entry_problem(torch.zeros(3, 5), 3, 5) is None
     assert entry_problem(torch.zeros(3, 5), 3) is None  # width unknown: any E
     assert "expected (2, E)" in entry_problem(torch.zeros(3, 5), 2, 5)
+
+
+def test_a_home_folder_path_is_the_home_folder_s(tmp_path, monkeypatch):
+    """TEXT_CACHE_DIR "~/cache" was a folder named ~ in the working folder, and a model config
+    "~/tiny.json" was keyed by its path: an edited config read the old config's embeddings."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = tmp_path / "tiny.json"
+    config.write_text('{"embed_dim": 64}')
+    cache = TextEmbeddingCache.from_setting("~/cache", "~/tiny.json", "openai")
+    assert cache.directory == str(tmp_path / "cache")
+    assert cache.model == TextEmbeddingCache.from_setting("", str(config), "openai").model
+    config.write_text('{"embed_dim": 32}')
+    assert cache.model != TextEmbeddingCache.from_setting("~/c", "~/tiny.json", "openai").model

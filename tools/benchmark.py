@@ -81,8 +81,8 @@ def get_parser():
         default="ViT-B-16-quickgelu",
         help="open_clip model name or model-config JSON (MODEL.CLIPTRASE.CLIP_MODEL)",
     )
-    parser.add_argument(
-        "--weights", default="", help="MODEL.WEIGHTS (default: random weights, seeded)"
+    parser.add_argument(  # a quoted "~/w.pt" is the home folder's, as evaluation reads it
+        "--weights", default="", type=os.path.expanduser, help="MODEL.WEIGHTS (default: random)"
     )
     parser.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS))
     parser.add_argument(
@@ -91,7 +91,9 @@ def get_parser():
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per case (median)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
-    parser.add_argument("--image", default="", help="photo for every case (default: fixtures')")
+    parser.add_argument(
+        "--image", default="", type=os.path.expanduser, help="photo of each case (fixtures')"
+    )
     parser.add_argument(
         "--cases", default=",".join(CASES), help="comma-separated subset of: " + ", ".join(CASES)
     )

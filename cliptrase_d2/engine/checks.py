@@ -23,7 +23,7 @@ from ..atomic import (
     RESUMED_RECORD,
     STATE_DIR,
     WRITTEN_RECORD,
-    atomic_write_text,
+    atomic_open,
     is_temporary,
     recorded_files,
     records,
@@ -174,10 +174,8 @@ def _move_earlier_results(folder: str, present) -> None:
 def _keep_for_resume(folder: str, ours) -> None:
     """Merges the records into one ``resumed`` record: the files this run continues from."""
     written = records(folder, WRITTEN_RECORD + ".*")
-    atomic_write_text(
-        os.path.join(folder, STATE_DIR, RESUMED_RECORD),
-        "".join(f"{path}\n" for path in sorted(ours)),
-    )
+    with atomic_open(os.path.join(folder, STATE_DIR, RESUMED_RECORD)) as f:
+        f.write(b"".join(os.fsencode(path) + b"\n" for path in sorted(ours)))
     for record in written:
         os.remove(record)  # merged into the resumed record just written
 

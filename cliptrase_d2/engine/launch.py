@@ -16,6 +16,7 @@ import socket
 import sys
 import threading
 import time
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 import torch
@@ -151,10 +152,10 @@ def wait_limit() -> float:
         seconds = float(value)
     except ValueError:
         seconds = float("nan")
-    if not seconds > 0:
+    if not 0 < seconds < float("inf"):  # inf: a machine that never joins would hang the run
         raise ConfigError(
             f"{WAIT_ENV}={value}: give the seconds a process waits for the others to join, a "
-            f"number above 0 (default {DEFAULT_WAIT_S})"
+            f"finite number above 0 (default {DEFAULT_WAIT_S})"
         )
     return seconds
 
@@ -335,7 +336,14 @@ def _rendezvous(dist_url, rank, world_size, num_processes, timeout) -> dist.TCPS
             raise ConfigError(f"--dist-url {dist_url}: cannot listen there ({error})") from None
     else:
         wait(lambda: _accepts(host, port), lambda: "machine 0 (rank 0) to listen")
-        store = dist.TCPStore(host, port, world_size, False, timeout)
+        try:  # machine 0's store answers at once; another program there never does
+            store = dist.TCPStore(host, port, world_size, False, timedelta(seconds=min(limit, 30)))
+        except dist.DistNetworkError as error:
+            raise ConfigError(
+                f"--dist-url {dist_url}: cannot join machine 0 there ({str(error).splitlines()[0]})"
+                ": give machine 0's address and the port of its --dist-url"
+            ) from None
+        store.set_timeout(timeout)
     keys = [f"cliptrase_d2/joined/{r}" for r in range(world_size)]
     store.set(keys[rank], "1")
 
