@@ -345,6 +345,7 @@ def load_config(config_file: str = "", opts=(), resolve: bool = True) -> CN:
             "MODEL.META_ARCHITECTURE CLIPtrase, as configs/Base-CLIPtrase.yaml does"
         )
     check_images_per_batch(cfg.TEST.IMS_PER_BATCH)
+    cfg.OUTPUT_DIR = os.path.expanduser(cfg.OUTPUT_DIR)  # a ~ the shell left: the home folder
     if resolve:
         resolve_device(cfg)
     return cfg
@@ -457,9 +458,13 @@ def load_lazy_config(config_file: str, overrides=()):
         except Exception as error:  # omegaconf's errors name the key but not where it came from
             sweep = "," in value and value[:1] not in "[{'\""  # Hydra's a,b: several runs
             quote = f"; quote a value holding commas: {key}='{value}'" if sweep else ""
+            if type(error).__name__ == "OverrideParseException":  # Hydra's grammar: ~, $, ...
+                quote = f"; quote the value: {key}='{value}'"
             message = str(error).strip("'\"").splitlines()[0]
             raise UnknownNameError(f"command-line override {item}: {message}{quote}") from None
     check_lazy_config(cfg, config_file, [item.split("=")[0] for item in overrides])
+    if isinstance(cfg.train.get("output_dir"), str):  # a ~ the shell left: the home folder
+        cfg.train.output_dir = os.path.expanduser(cfg.train.output_dir)
     return cfg
 
 

@@ -310,6 +310,10 @@ def test_lazy_config_values_are_checked_when_loaded(override, error, message):
             r"has no 'dataloader\.tset'; did you mean dataloader\.test",
         ),
         ("=3", r"has no ''"),
+        (  # a character Hydra's override grammar does not take unquoted: its lexer's words
+            "train.output_dir=~/out",
+            r"LexerNoViableAltException.*; quote the value: train\.output_dir='~/out'$",
+        ),
         (  # Hydra's a,b (a sweep): omegaconf's 'Unsupported value type' over three lines
             "model.vocabulary=cat,dog",
             r"Unsupported value type.*; quote a value holding commas: model\.vocabulary='cat,dog'",
@@ -370,3 +374,14 @@ def test_resolve_device_falls_back_on_a_frozen_config_and_keeps_it_frozen():
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device(cfg) == cfg.MODEL.DEVICE == expected
     assert cfg.is_frozen()
+
+
+def test_an_output_folder_under_a_quoted_tilde_is_the_home_folder_s(tmp_path, monkeypatch):
+    """OUTPUT_DIR "~/out" (quoted, or from a YAML file) and train.output_dir=~/out are the home
+    folder's: the claim, the logs, the results and config.yaml all read the config's value, which
+    made a folder named '~' in the working folder. (Unquoted, Hydra's grammar refuses the ~.)"""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    config = os.path.join(REPO, "configs", "paper", "voc21_224.yaml")
+    assert load_config(config, ["OUTPUT_DIR", "~/out"]).OUTPUT_DIR == str(tmp_path / "home/out")
+    assert _lazy("train.output_dir='~/lazy'").train.output_dir == str(tmp_path / "home/lazy")
