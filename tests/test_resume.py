@@ -2,6 +2,7 @@
 with the metrics of a run that was never interrupted; a resume with other settings is refused."""
 
 import json
+import re
 import os
 import shutil
 import signal
@@ -136,3 +137,48 @@ def test_resume_without_saved_predictions_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"--resume skips .*TEST\.SAVE_PREDICTIONS False"):
         _validate("--resume", *opts, "TEST.SAVE_PREDICTIONS", "False")
     assert not output.exists()  # refused before the claim
+
+
+def test_resuming_a_finished_run_scores_its_saved_label_maps_and_checks_them(tiny_opts, tmp_path):
+    """--resume of a run that saved every label map predicts nothing and gives its results (it
+    ended in Detectron2's 'need at least one array to concatenate'); a saved label map that was
+    damaged since is named with what to do (ids past the classes were scored without a word,
+    or ended in a reshape error; an unreadable one in Pillow's error)."""
+    output = tmp_path / "out"
+
+    def evaluate(*flags):
+        return subprocess.run(
+            sample_evaluation(output, tiny_opts, *flags),
+            cwd=REPO,
+            env=dict(os.environ, OMP_NUM_THREADS="1"),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    assert evaluate().returncode == 0
+    first = json.loads((output / RESULTS).read_text())
+    resumed = evaluate("--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((output / RESULTS).read_text()) == first
+    assert "Start inference on 0 batches" in (output / "log.txt").read_text()
+
+    saved = output / PREDICTIONS / _predicted(output)[0]
+    good = saved.read_bytes()
+    shape = np.array(Image.open(saved)).shape
+    fix = "delete it to predict the image again, or run without --resume"
+    for damage, message in [
+        (lambda: Image.fromarray(np.full(shape, 21, np.uint8)).save(saved), r"ids 21 to 21\)$"),
+        (lambda: Image.fromarray(np.full(shape, 200, np.uint8)).save(saved), r"ids 200 to 200"),
+        (lambda: saved.write_text("not a png"), r"cannot be read \(cannot identify image"),
+        (lambda: Image.fromarray(np.zeros((5, 7), np.uint8)).save(saved), r"\)' is 5x7; "),
+    ]:
+        damage()
+        failed = evaluate("--resume")
+        last = failed.stderr.strip().splitlines()[-1]
+        assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr[-3000:]
+        assert re.search(message, last), last
+        assert f"its label map {saved}, saved by the run --resume continues: {fix})" in last, last
+        saved.write_bytes(good)
+    assert evaluate("--resume").returncode == 0  # the files put back: scored again
+    assert json.loads((output / RESULTS).read_text()) == first

@@ -28,13 +28,13 @@ def build_test_loader(
     test loader), read by ``num_workers`` processes ahead of the model (0: in this one).
     ``batch_size_key`` names the setting in the error for a batch size below 1."""
     check_images_per_batch(batch_size, batch_size_key)
-    if isinstance(dataset, list):
-        dataset = DatasetFromList(dataset, copy=False)
+    if isinstance(dataset, list):  # (an empty one: a resumed run that had predicted them all)
+        dataset = DatasetFromList(dataset, copy=False, serialize=bool(dataset))
     dataset = MapDataset(dataset, mapper)
     return torchdata.DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=InferenceSampler(len(dataset)),
+        sampler=InferenceSampler(len(dataset)) if len(dataset) else [],
         drop_last=False,
         num_workers=num_workers,
         collate_fn=trivial_batch_collator,

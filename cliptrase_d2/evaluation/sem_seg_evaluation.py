@@ -248,10 +248,24 @@ class _CheckedSemSegEvaluator(SemSegEvaluator):
         share = sorted(self._saved.items())
         if self._distributed:
             share = share[comm.get_rank() :: comm.get_world_size()]
-        for file_name, path in share:
-            with Image.open(path) as saved:
-                labels = torch.from_numpy(np.asarray(saved, dtype=np.int64))
-            self._score({"file_name": file_name}, labels)
+        for file_name, path in share:  # each checked as its prediction was, naming the file
+            shown = (
+                f"{file_name} (its label map {path}, saved by the run --resume continues: delete "
+                "it to predict the image again, or run without --resume)"
+            )
+            try:
+                with Image.open(path) as saved:
+                    labels = np.asarray(saved)
+            except (OSError, SyntaxError, ValueError) as error:
+                raise InputError(f"{shown}: cannot be read ({error})") from None
+            bad = labels.dtype.kind not in "iub" or labels.ndim != 2 or not labels.size
+            if bad or not 0 <= labels.min() <= labels.max() < self._num_classes:
+                values = "" if bad else f", ids {labels.min()} to {labels.max()}"
+                raise InputError(
+                    f"{shown}: not a map of the {self._num_classes} classes' ids (a "
+                    f"{labels.dtype} map of shape {labels.shape}{values})"
+                )
+            self._score({"file_name": file_name}, torch.from_numpy(labels.astype(np.int64)), shown)
 
     def process(self, inputs, outputs):
         for dataset_dict, output in zip(inputs, outputs):
@@ -262,8 +276,9 @@ class _CheckedSemSegEvaluator(SemSegEvaluator):
                 path = prediction_path(self._results_dir, self._dataset_name, dataset_dict)
                 atomic_write_png(path, labels.numpy().astype(self._prediction_dtype))
 
-    def _score(self, dataset_dict: dict, labels: torch.Tensor) -> None:
-        """Checks one image's (H, W) labels and ground truth, then adds them to the metric."""
+    def _score(self, dataset_dict: dict, labels: torch.Tensor, shown: str = "") -> None:
+        """Checks one image's (H, W) labels and ground truth, then adds them to the metric
+        (``shown``: how errors name the prediction, default its image's file name)."""
         file_name = dataset_dict["file_name"]
         path = dataset_dict.get("sem_seg_file_name") or self.input_file_to_gt_file.get(file_name)
         if path is None:
@@ -272,7 +287,7 @@ class _CheckedSemSegEvaluator(SemSegEvaluator):
             )
         gt_width, gt_height = open_label_map(path, self._dataset_name, load=False).size
         check_ground_truth_size((gt_height, gt_width), dataset_dict, path)
-        self._check_prediction(file_name, tuple(labels.shape), path, (gt_height, gt_width))
+        self._check_prediction(shown or file_name, tuple(labels.shape), path, (gt_height, gt_width))
         self.input_file_to_gt_file[file_name] = path  # the record's own wins over the catalog's
         if LIBRARY_LOADING_HOOK:
             super().process([dataset_dict], [{"sem_seg": _Labels(labels)}])
