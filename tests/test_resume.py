@@ -15,7 +15,7 @@ from PIL import Image
 
 from conftest import REPO, SAMPLE_CONFIG, sample_evaluation, skip_outside_ci
 from cliptrase_d2.atomic import STATE_DIR, atomic_write_text
-from cliptrase_d2.errors import ConfigError
+from cliptrase_d2.errors import ConfigError, OutputExistsError
 from cliptrase_d2.config import load_config
 from cliptrase_d2.engine.trainer import validate
 from detectron2.engine import default_argument_parser
@@ -182,3 +182,35 @@ def test_resuming_a_finished_run_scores_its_saved_label_maps_and_checks_them(tin
         saved.write_bytes(good)
     assert evaluate("--resume").returncode == 0  # the files put back: scored again
     assert json.loads((output / RESULTS).read_text()) == first
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("MODEL: [\n", r"expected the node content"),
+        ("- a\n- b\n", r"'list' object has no attribute 'items'"),
+        (b"MODEL:\n  DEVICE: \xff\n", r"can't decode byte 0xff"),
+    ],
+)
+def test_resume_from_a_damaged_config_yaml_is_named(tmp_path, text, reason):
+    """The earlier run's config.yaml, damaged since: one line, not yaml's or yacs's traceback."""
+    output = tmp_path / "out"
+    (output / STATE_DIR).mkdir(parents=True)  # a folder an earlier run claimed and wrote in
+    atomic_write_text(output / "config.yaml", "")
+    write = (output / "config.yaml").write_bytes if isinstance(text, bytes) else None
+    (write or (output / "config.yaml").write_text)(text)
+    opts = ["--config-file", SAMPLE_CONFIG, "OUTPUT_DIR", str(output)]
+    with pytest.raises(ConfigError, match=rf"--resume: .*config\.yaml, the settings .*{reason}"):
+        _validate("--resume", *opts)
+
+
+def test_resume_into_a_folder_holding_another_projects_config_yaml(tmp_path):
+    """A config.yaml no run of ours wrote is the user's: the claim refuses it (it was compared
+    with this run's settings, and its differences reported as the earlier run's)."""
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "config.yaml").write_text("OUTPUT_DIR: elsewhere\nCUDNN_BENCHMARK: true\n")
+    opts = ["--config-file", SAMPLE_CONFIG, "OUTPUT_DIR", str(output)]
+    with pytest.raises(OutputExistsError, match=r"config\.yaml"):
+        _validate("--resume", *opts)
+    assert (output / "config.yaml").read_text().startswith("OUTPUT_DIR: elsewhere")

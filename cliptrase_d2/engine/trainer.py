@@ -5,6 +5,7 @@ import logging
 import os
 import sys
 
+import yaml
 from detectron2.config import CfgNode
 from detectron2.data import get_detection_dataset_dicts
 from detectron2.engine import DefaultTrainer
@@ -13,7 +14,7 @@ from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_text, recorded_files
 from ..config import check_device, load_config, resolve_device
 from ..data.dataset_mapper import SemSegTestMapper
 from ..data.loader import build_test_loader
@@ -42,10 +43,18 @@ def check_resumable(cfg) -> None:
     """ConfigError naming the settings that differ from the run in OUTPUT_DIR (its config.yaml)
     that ``--resume`` would continue: predictions of other settings must not be mixed."""
     saved = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
-    if not os.path.isfile(saved):
+    listed = "config.yaml" in recorded_files(cfg.OUTPUT_DIR)  # a run's (the claim refuses others)
+    if not listed or not os.path.isfile(saved):
         return
-    with open(saved, encoding="utf-8") as f:
-        earlier = _flat(CfgNode.load_cfg(f))
+    try:
+        with open(saved, encoding="utf-8") as f:
+            earlier = _flat(CfgNode.load_cfg(f))
+    except (OSError, ValueError, AttributeError, yaml.YAMLError) as error:  # damaged since
+        reason = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(
+            f"--resume: {saved}, the settings of the run it would continue, cannot be read "
+            f"({reason}): run without --resume (its files then move to OUTPUT_DIR/previous/)"
+        ) from None
     now = _flat(CfgNode.load_cfg(cfg.dump()))  # both through YAML: lists and tuples alike
     changed = [
         f"{key} {earlier.get(key)!r} -> {value!r}"
