@@ -17,6 +17,7 @@ from prepare_common import (
     argument_parser,
     convert_pairs,
     parse_args,
+    read_label_png,
     remap,
     require,
     require_images,
@@ -60,7 +61,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         for image in images
     ]
     summary = Summary("ADE20K-150 val", "ade150", len(images))
-    convert_pairs(summary, pairs, "ADE20K-150 annotation", SOURCE)
+    read = partial(read_label_png, values=range(151))  # 0 'other', 1..150 the classes
+    convert_pairs(summary, pairs, "ADE20K-150 annotation", SOURCE, read=read)
     return summary.finish({out_labels: 150}, "*.png")
 
 

@@ -70,9 +70,9 @@ def stuffthing_to_171() -> Dict[int, int]:
 
 
 def read_stuff171(path: Path, to_171: Optional[Dict[int, int]]) -> np.ndarray:
-    """The COCO-Stuff171 labels of a map: a stuffthingmaps one converted with ``to_171``, a
-    171-class one (``to_171`` None) as it is."""
-    labels = read_label_png(path)
+    """The COCO-Stuff171 labels of a map: a stuffthingmaps one (category id - 1: 0..181, 255)
+    converted with ``to_171``, a 171-class one (``to_171`` None: 0..170, 255) as it is."""
+    labels = read_label_png(path, [*range(182 if to_171 else NUM_STUFF_AND_THINGS), VOID])
     return labels if to_171 is None else remap(labels, to_171, default=VOID)
 
 

@@ -25,7 +25,18 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import (
+    Callable,
+    Collection,
+    Dict,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+)
 
 import numpy as np
 from PIL import Image
@@ -192,16 +203,21 @@ def copy_file(source: Path, destination: Path) -> bool:
     return write_atomic(destination, lambda tmp: shutil.copyfile(source, tmp))
 
 
-def read_label_png(path: Path) -> np.ndarray:
+def read_label_png(path: Path, values: Optional[Collection[int]] = None) -> np.ndarray:
     """(H, W) int64 values of a single-channel (palette or grayscale) label PNG (read it through
-    ``read_input``, whose error names the file)."""
+    ``read_input``, whose error names the file); ValueError when it holds values outside
+    ``values`` (when given), which the remapping would silently turn into void."""
     with Image.open(path) as image:
         if image.mode not in ("P", "L", "I;16", "I"):
             raise ValueError(
                 f"a {image.mode} image; expected a single-channel label map (palette or "
                 "grayscale PNG)"
             )
-        return np.asarray(image, dtype=np.int64)
+        labels = np.asarray(image, dtype=np.int64)
+    wrong = np.setdiff1d(labels, list(values)) if values is not None else []
+    if len(wrong):
+        raise ValueError(f"it holds {wrong[:5].tolist()}, values such a map does not hold")
+    return labels
 
 
 def remap(labels: np.ndarray, mapping: Mapping[int, int], default: int) -> np.ndarray:

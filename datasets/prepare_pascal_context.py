@@ -22,6 +22,7 @@ details, and which val images are used without the Detail annotations.
 import json
 import logging
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -70,6 +71,7 @@ PC59_ALIASES = {"diningtable": "table"}  # PC59 name -> PC459 name, where they d
 VOID_16BIT = 65535
 VOID = 255
 PC60_BACKGROUND = 59
+read_pc59 = partial(read_label_png, values=[*range(59), VOID])  # --from-pc59 maps
 
 
 def pc459_to_pc59() -> Dict[int, int]:
@@ -330,7 +332,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             if not pc59_file.is_file():
                 summary.missing_file(pc59_file, "PC59 map", "--from-pc59")
                 continue
-            pc59 = read_input(pc59_file, "a PC59 map", "--from-pc59", read_label_png)
+            pc59 = read_input(pc59_file, "a PC59 map", "--from-pc59", read_pc59)
         else:
             pc59 = from_detail if pc59_source == "detail" else from_mat
         if pc59 is None:

@@ -634,6 +634,65 @@ def test_an_input_file_that_is_not_what_it_should_be_is_named(
     assert what in message and "replace it with the file from " in message
 
 
+@pytest.mark.parametrize(
+    "script_name, label_file, values, argv, what",
+    [  # a colour VOC map converted to grayscale: person (192, 128, 128) became 147
+        (
+            "prepare_voc",
+            "VOCdevkit/VOC2012/SegmentationClass/2007_000042.png",
+            [0, 255, 147],
+            (),
+            "VOC2012 label map",
+        ),
+        (
+            "prepare_ade20k_150",
+            "ADEChallengeData2016/annotations/validation/ADE_val_00000001.png",
+            [0, 150, 151],
+            (),
+            "ADE20K-150 annotation",
+        ),
+        # COCO-Stuff's raw maps (category id - 1: wood is 181) given as 171-class ones
+        (
+            "prepare_coco_stuff",
+            "raw/000000000139.png",
+            [0, 170, 181],
+            ("--stuff171", "raw"),
+            "COCO-Stuff map",
+        ),
+        # mmseg's SegmentationClassContext (0 background, 1..59) given as PC59 maps
+        (
+            "prepare_pascal_context",
+            "mmseg/2008_000002.png",
+            [0, 58, 59],
+            ("--from-pc59", "mmseg"),
+            "a PC59 map",
+        ),
+    ],
+)
+def test_a_label_map_with_values_its_format_lacks_is_named(
+    root, monkeypatch, script_name, label_file, values, argv, what
+):
+    """Before: the values outside the input format's range became void (or, for --stuff171 and
+    --from-pc59, were written as class ids) and the run ended 'done'."""
+    if script_name == "prepare_voc":
+        make_voc2012(root / "VOCdevkit/VOC2012")
+    elif script_name == "prepare_pascal_context":
+        make_pascal_context(root / "VOCdevkit/VOC2010", with_mat=False, with_json=False)
+    else:
+        image = {
+            "prepare_ade20k_150": "ADEChallengeData2016/images/validation/ADE_val_00000001.jpg",
+            "prepare_coco_stuff": "coco/val2017/000000000139.jpg",
+        }[script_name]
+        write_image(root / image, 1, 3)
+    write_palette_png(root / label_file, [values])
+    argv = [str(root / a) if a in ("raw", "mmseg") else a for a in argv]
+    message = _exit_message(script_name, monkeypatch, "--root", root, *argv)
+    assert message.startswith(f"error: {root / label_file} cannot be read as {what} ")
+    assert f"(it holds [{values[2]}], values such a map does not hold)" in message
+    outputs = [p for p in root.rglob(f"{Path(label_file).stem}*") if "detectron2" in str(p)]
+    assert not outputs
+
+
 def test_labelme_files_that_are_no_images_are_named(root, tmp_path, monkeypatch):
     labelme = tmp_path / "data_dataset_voc"
     for image_id in prepare("prepare_sample").LABELME_IDS:
