@@ -239,6 +239,27 @@ class Pair(NamedTuple):
     outputs: Mapping[Path, Tuple[Callable[[np.ndarray], np.ndarray], int]]
 
 
+def jpg_png_pairs(
+    images_dir: Path,
+    labels_dir: Path,
+    copy_dir: Optional[Path],
+    outputs: Mapping[Path, Tuple[Callable[[np.ndarray], np.ndarray], int]],
+    source: str,
+) -> List[Pair]:
+    """A Pair for each ``*.jpg`` of ``images_dir`` (see ``require_images``): its label map
+    ``<stem>.png`` in ``labels_dir``, its copy in ``copy_dir`` (None: not copied) and its
+    ``<stem>.png`` in each folder of ``outputs`` (folder -> conversion and void value)."""
+    return [
+        Pair(
+            image,
+            labels_dir / f"{image.stem}.png",
+            copy_dir / image.name if copy_dir else None,
+            {folder / f"{image.stem}.png": convert for folder, convert in outputs.items()},
+        )
+        for image in require_images(images_dir, "*.jpg", source)
+    ]
+
+
 def convert_pairs(
     summary: "Summary",
     pairs: Sequence[Pair],
