@@ -271,13 +271,13 @@ def convert_pairs(
     """Copies each image that is to be copied and, for each label map whose outputs are not all
     there yet, reads it (``read``) and writes its outputs. A missing
     input image (``image_what``) or label map (``what``) is a warning naming it and ``source``, and
-    skipped."""
+    skipped: the label maps of a missing image are not written (the dataset could not load them)."""
     for image, labels_file, image_copy, outputs in tqdm(pairs, desc=summary.name):
-        if image_copy is not None:
-            if image.is_file():
-                summary.write(copy_file(image, image_copy))
-            else:
-                summary.missing_file(image, image_what, source)
+        if image_copy is not None and image.is_file():
+            summary.write(copy_file(image, image_copy))
+        if not (image_copy or image).is_file():
+            summary.missing_file(image, image_what, source)
+            continue
         if all(path.exists() for path in outputs):
             continue
         if not labels_file.is_file():

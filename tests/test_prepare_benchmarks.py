@@ -383,6 +383,18 @@ def test_voc_from_san_s_voc2012_folder(root):
     assert [r["image_id"] for r in DatasetCatalog.get("cliptrase_voc21_val")] == ["2007_000033"]
 
 
+def test_a_voc_image_missing_from_the_root_is_a_warning_and_its_maps_are_not_written(root, caplog):
+    """val.txt lists 2007_000042, whose label map is there but its photo is not. Before: in the
+    root, no warning and its maps written, so loading the dataset failed on a map without image."""
+    make_voc2012(voc := root / "VOCdevkit/VOC2012")
+    (voc / "JPEGImages/2007_000042.jpg").unlink()
+    with caplog.at_level(logging.INFO, logger="prepare"):
+        assert prepare("prepare_voc").main(["--root", str(root)]) == 2
+    assert f"VOC2012 image not found: {voc / 'JPEGImages/2007_000042.jpg'}" in caplog.text
+    for name in ("cliptrase_voc20_val", "cliptrase_voc21_val"):
+        assert [r["image_id"] for r in DatasetCatalog.get(name)] == ["2007_000033"]
+
+
 def test_cityscapes_edges_and_summary(root, caplog):
     cityscapes = root / "cityscapes"
     write_image(
