@@ -34,6 +34,7 @@ from tqdm import tqdm
 from prepare_common import (
     SPLITS,
     Summary,
+    _text_lines,
     argument_parser,
     benchmark_classes,
     copy_file,
@@ -90,11 +91,10 @@ def check_labels_txt(context_dir: Path) -> None:
     """Compares the archive's labels.txt (when present) with the PC459 vocabulary order."""
     for candidate in (context_dir / "labels.txt", context_dir.parent / "labels.txt"):
         if candidate.is_file():
-            names = [
-                line.split(":", 1)[1].strip()
-                for line in candidate.read_text().splitlines()
-                if ":" in line
-            ]
+            lines = read_input(
+                candidate, "PASCAL Context's labels.txt", CONTEXT_SOURCE, _text_lines
+            )
+            names = [line.split(":", 1)[1].strip() for line in lines if ":" in line]
             expected = benchmark_classes("pc459")
             squash = [n.replace(" ", "").lower() for n in names]
             if squash != [n.replace(" ", "").lower() for n in expected]:

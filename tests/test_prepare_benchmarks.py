@@ -614,6 +614,7 @@ def test_a_corrupt_index_or_archive_is_one_line(root, tmp_path, monkeypatch):
         ("prepare_pascal_context", ("trainval_merged.json", b"{}"), "no entry 'images'"),
         ("prepare_pascal_context", ("trainval/2008_000003.mat", b"not a mat"), "Context label"),
         ("prepare_pascal_context", ("trainval/2008_000003.mat", None), "no entry 'LabelMap'"),
+        ("prepare_pascal_context", ("labels.txt", b"1: accordion\n\xff\xfe"), "labels.txt ('utf-8"),
         ("prepare_voc", ("SegmentationClass/2007_000042.png", lambda b: b[:60]), "VOC2012 label"),
         ("prepare_voc", ("ImageSets/Segmentation/val.txt", b"\xff\xfe\x00"), "list of image ids"),
         ("prepare_voc", ("ImageSets/Segmentation/val.txt", b"\n"), "lists no image ids"),
