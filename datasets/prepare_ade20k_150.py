@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import List, Optional
 
 from prepare_common import (
-    Pair,
     Summary,
     argument_parser,
     convert_pairs,
+    jpg_png_pairs,
     parse_args,
+    read_label_png,
     remap,
     require,
-    require_images,
     run,
     same_folder,
 )
@@ -45,22 +45,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     labels_dir = require(
         source / "annotations/validation", "ADE20K-150 val annotations", SOURCE, folder=True
     )
-    copy_images = not same_folder(source, out)
+    copy_dir = None if same_folder(source, out) else out / "images/validation"
     out_labels = out / "annotations_detectron2/validation"
     to_ade150 = (partial(remap, mapping=ADE150_LABELS, default=255), 255)
 
-    images = require_images(images_dir, "*.jpg", SOURCE)
-    pairs = [
-        Pair(
-            image,
-            labels_dir / f"{image.stem}.png",
-            out / "images/validation" / image.name if copy_images else None,
-            {out_labels / f"{image.stem}.png": to_ade150},
-        )
-        for image in images
-    ]
-    summary = Summary("ADE20K-150 val", "ade150", len(images))
-    convert_pairs(summary, pairs, "ADE20K-150 annotation", SOURCE)
+    pairs = jpg_png_pairs(images_dir, labels_dir, copy_dir, {out_labels: to_ade150}, SOURCE)
+    summary = Summary("ADE20K-150 val", "ade150", len(pairs))
+    read = partial(read_label_png, values=range(151))  # 0 'other', 1..150 the classes
+    convert_pairs(summary, pairs, "ADE20K-150 annotation", SOURCE, read=read)
     return summary.finish({out_labels: 150}, "*.png")
 
 

@@ -26,16 +26,15 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from prepare_common import (
-    Pair,
     Summary,
     add_paths,
     argument_parser,
     convert_pairs,
+    jpg_png_pairs,
     parse_args,
     read_label_png,
     remap,
     require,
-    require_images,
     run,
     same_folder,
 )
@@ -70,9 +69,9 @@ def stuffthing_to_171() -> Dict[int, int]:
 
 
 def read_stuff171(path: Path, to_171: Optional[Dict[int, int]]) -> np.ndarray:
-    """The COCO-Stuff171 labels of a map: a stuffthingmaps one converted with ``to_171``, a
-    171-class one (``to_171`` None) as it is."""
-    labels = read_label_png(path)
+    """The COCO-Stuff171 labels of a map: a stuffthingmaps one (category id - 1: 0..181, 255)
+    converted with ``to_171``, a 171-class one (``to_171`` None: 0..170, 255) as it is."""
+    labels = read_label_png(path, [*range(182 if to_171 else NUM_STUFF_AND_THINGS), VOID])
     return labels if to_171 is None else remap(labels, to_171, default=VOID)
 
 
@@ -134,19 +133,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         "object80": (partial(remap, mapping=STANDARD_OBJECT80, default=NUM_THINGS), -1),
         "paper": (partial(remap, mapping=PAPER_OBJECT80, default=VOID), VOID),
     }
-    copy_images = not same_folder(images_dir, out / "val2017")
+    copy_dir = None if same_folder(images_dir, out / "val2017") else out / "val2017"
+    outputs = {folder: conversions[key] for key, folder in folders.items()}
 
-    images = require_images(images_dir, "*.jpg", IMAGES_SOURCE)
-    pairs = [
-        Pair(
-            image,
-            maps_dir / f"{image.stem}.png",
-            out / "val2017" / image.name if copy_images else None,
-            {folder / f"{image.stem}.png": conversions[key] for key, folder in folders.items()},
-        )
-        for image in images
-    ]
-    summary = Summary("COCO val2017", "coco", len(images))
+    pairs = jpg_png_pairs(images_dir, maps_dir, copy_dir, outputs, IMAGES_SOURCE)
+    summary = Summary("COCO val2017", "coco", len(pairs))
     source = STUFF171_SOURCE if stuff171_dir else MAPS_SOURCE
     convert_pairs(
         summary, pairs, "COCO-Stuff map", source, read=partial(read_stuff171, to_171=to_171)

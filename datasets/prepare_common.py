@@ -25,7 +25,18 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import (
+    Callable,
+    Collection,
+    Dict,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+)
 
 import numpy as np
 from PIL import Image
@@ -192,16 +203,21 @@ def copy_file(source: Path, destination: Path) -> bool:
     return write_atomic(destination, lambda tmp: shutil.copyfile(source, tmp))
 
 
-def read_label_png(path: Path) -> np.ndarray:
+def read_label_png(path: Path, values: Optional[Collection[int]] = None) -> np.ndarray:
     """(H, W) int64 values of a single-channel (palette or grayscale) label PNG (read it through
-    ``read_input``, whose error names the file)."""
+    ``read_input``, whose error names the file); ValueError when it holds values outside
+    ``values`` (when given), which the remapping would silently turn into void."""
     with Image.open(path) as image:
         if image.mode not in ("P", "L", "I;16", "I"):
             raise ValueError(
                 f"a {image.mode} image; expected a single-channel label map (palette or "
                 "grayscale PNG)"
             )
-        return np.asarray(image, dtype=np.int64)
+        labels = np.asarray(image, dtype=np.int64)
+    wrong = np.setdiff1d(labels, list(values)) if values is not None else []
+    if len(wrong):
+        raise ValueError(f"it holds {wrong[:5].tolist()}, values such a map does not hold")
+    return labels
 
 
 def remap(labels: np.ndarray, mapping: Mapping[int, int], default: int) -> np.ndarray:
@@ -223,6 +239,27 @@ class Pair(NamedTuple):
     outputs: Mapping[Path, Tuple[Callable[[np.ndarray], np.ndarray], int]]
 
 
+def jpg_png_pairs(
+    images_dir: Path,
+    labels_dir: Path,
+    copy_dir: Optional[Path],
+    outputs: Mapping[Path, Tuple[Callable[[np.ndarray], np.ndarray], int]],
+    source: str,
+) -> List[Pair]:
+    """A Pair for each ``*.jpg`` of ``images_dir`` (see ``require_images``): its label map
+    ``<stem>.png`` in ``labels_dir``, its copy in ``copy_dir`` (None: not copied) and its
+    ``<stem>.png`` in each folder of ``outputs`` (folder -> conversion and void value)."""
+    return [
+        Pair(
+            image,
+            labels_dir / f"{image.stem}.png",
+            copy_dir / image.name if copy_dir else None,
+            {folder / f"{image.stem}.png": convert for folder, convert in outputs.items()},
+        )
+        for image in require_images(images_dir, "*.jpg", source)
+    ]
+
+
 def convert_pairs(
     summary: "Summary",
     pairs: Sequence[Pair],
@@ -234,13 +271,13 @@ def convert_pairs(
     """Copies each image that is to be copied and, for each label map whose outputs are not all
     there yet, reads it (``read``) and writes its outputs. A missing
     input image (``image_what``) or label map (``what``) is a warning naming it and ``source``, and
-    skipped."""
+    skipped: the label maps of a missing image are not written (the dataset could not load them)."""
     for image, labels_file, image_copy, outputs in tqdm(pairs, desc=summary.name):
-        if image_copy is not None:
-            if image.is_file():
-                summary.write(copy_file(image, image_copy))
-            else:
-                summary.missing_file(image, image_what, source)
+        if image_copy is not None and image.is_file():
+            summary.write(copy_file(image, image_copy))
+        if not (image_copy or image).is_file():
+            summary.missing_file(image, image_what, source)
+            continue
         if all(path.exists() for path in outputs):
             continue
         if not labels_file.is_file():

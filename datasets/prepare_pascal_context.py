@@ -22,6 +22,7 @@ details, and which val images are used without the Detail annotations.
 import json
 import logging
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -33,6 +34,7 @@ from tqdm import tqdm
 from prepare_common import (
     SPLITS,
     Summary,
+    _text_lines,
     argument_parser,
     benchmark_classes,
     copy_file,
@@ -70,6 +72,7 @@ PC59_ALIASES = {"diningtable": "table"}  # PC59 name -> PC459 name, where they d
 VOID_16BIT = 65535
 VOID = 255
 PC60_BACKGROUND = 59
+read_pc59 = partial(read_label_png, values=[*range(59), VOID])  # --from-pc59 maps
 
 
 def pc459_to_pc59() -> Dict[int, int]:
@@ -88,11 +91,10 @@ def check_labels_txt(context_dir: Path) -> None:
     """Compares the archive's labels.txt (when present) with the PC459 vocabulary order."""
     for candidate in (context_dir / "labels.txt", context_dir.parent / "labels.txt"):
         if candidate.is_file():
-            names = [
-                line.split(":", 1)[1].strip()
-                for line in candidate.read_text().splitlines()
-                if ":" in line
-            ]
+            lines = read_input(
+                candidate, "PASCAL Context's labels.txt", CONTEXT_SOURCE, _text_lines
+            )
+            names = [line.split(":", 1)[1].strip() for line in lines if ":" in line]
             expected = benchmark_classes("pc459")
             squash = [n.replace(" ", "").lower() for n in names]
             if squash != [n.replace(" ", "").lower() for n in expected]:
@@ -330,7 +332,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             if not pc59_file.is_file():
                 summary.missing_file(pc59_file, "PC59 map", "--from-pc59")
                 continue
-            pc59 = read_input(pc59_file, "a PC59 map", "--from-pc59", read_label_png)
+            pc59 = read_input(pc59_file, "a PC59 map", "--from-pc59", read_pc59)
         else:
             pc59 = from_detail if pc59_source == "detail" else from_mat
         if pc59 is None:

@@ -21,6 +21,7 @@ from prepare_common import (
     copy_file,
     parse_args,
     read_ids,
+    read_label_png,
     remap,
     require,
     run,
@@ -75,7 +76,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         )
         for image_id in image_ids
     ]
-    convert_pairs(summary, pairs, "VOC2012 label map", SOURCE, image_what="VOC2012 image")
+    read = partial(read_label_png, values=VOC21_LABELS.keys())
+    convert_pairs(summary, pairs, "VOC2012 label map", SOURCE, "VOC2012 image", read)
     return summary.finish({voc20_dir: 20, voc21_dir: 21})
 
 

@@ -383,6 +383,18 @@ def test_voc_from_san_s_voc2012_folder(root):
     assert [r["image_id"] for r in DatasetCatalog.get("cliptrase_voc21_val")] == ["2007_000033"]
 
 
+def test_a_voc_image_missing_from_the_root_is_a_warning_and_its_maps_are_not_written(root, caplog):
+    """val.txt lists 2007_000042, whose label map is there but its photo is not. Before: in the
+    root, no warning and its maps written, so loading the dataset failed on a map without image."""
+    make_voc2012(voc := root / "VOCdevkit/VOC2012")
+    (voc / "JPEGImages/2007_000042.jpg").unlink()
+    with caplog.at_level(logging.INFO, logger="prepare"):
+        assert prepare("prepare_voc").main(["--root", str(root)]) == 2
+    assert f"VOC2012 image not found: {voc / 'JPEGImages/2007_000042.jpg'}" in caplog.text
+    for name in ("cliptrase_voc20_val", "cliptrase_voc21_val"):
+        assert [r["image_id"] for r in DatasetCatalog.get(name)] == ["2007_000033"]
+
+
 def test_cityscapes_edges_and_summary(root, caplog):
     cityscapes = root / "cityscapes"
     write_image(
@@ -602,6 +614,7 @@ def test_a_corrupt_index_or_archive_is_one_line(root, tmp_path, monkeypatch):
         ("prepare_pascal_context", ("trainval_merged.json", b"{}"), "no entry 'images'"),
         ("prepare_pascal_context", ("trainval/2008_000003.mat", b"not a mat"), "Context label"),
         ("prepare_pascal_context", ("trainval/2008_000003.mat", None), "no entry 'LabelMap'"),
+        ("prepare_pascal_context", ("labels.txt", b"1: accordion\n\xff\xfe"), "labels.txt ('utf-8"),
         ("prepare_voc", ("SegmentationClass/2007_000042.png", lambda b: b[:60]), "VOC2012 label"),
         ("prepare_voc", ("ImageSets/Segmentation/val.txt", b"\xff\xfe\x00"), "list of image ids"),
         ("prepare_voc", ("ImageSets/Segmentation/val.txt", b"\n"), "lists no image ids"),
@@ -632,6 +645,65 @@ def test_an_input_file_that_is_not_what_it_should_be_is_named(
     message = _exit_message(script_name, monkeypatch, "--root", root)
     assert message.startswith(f"error: {folder / name} ")
     assert what in message and "replace it with the file from " in message
+
+
+@pytest.mark.parametrize(
+    "script_name, label_file, values, argv, what",
+    [  # a colour VOC map converted to grayscale: person (192, 128, 128) became 147
+        (
+            "prepare_voc",
+            "VOCdevkit/VOC2012/SegmentationClass/2007_000042.png",
+            [0, 255, 147],
+            (),
+            "VOC2012 label map",
+        ),
+        (
+            "prepare_ade20k_150",
+            "ADEChallengeData2016/annotations/validation/ADE_val_00000001.png",
+            [0, 150, 151],
+            (),
+            "ADE20K-150 annotation",
+        ),
+        # COCO-Stuff's raw maps (category id - 1: wood is 181) given as 171-class ones
+        (
+            "prepare_coco_stuff",
+            "raw/000000000139.png",
+            [0, 170, 181],
+            ("--stuff171", "raw"),
+            "COCO-Stuff map",
+        ),
+        # mmseg's SegmentationClassContext (0 background, 1..59) given as PC59 maps
+        (
+            "prepare_pascal_context",
+            "mmseg/2008_000002.png",
+            [0, 58, 59],
+            ("--from-pc59", "mmseg"),
+            "a PC59 map",
+        ),
+    ],
+)
+def test_a_label_map_with_values_its_format_lacks_is_named(
+    root, monkeypatch, script_name, label_file, values, argv, what
+):
+    """Before: the values outside the input format's range became void (or, for --stuff171 and
+    --from-pc59, were written as class ids) and the run ended 'done'."""
+    if script_name == "prepare_voc":
+        make_voc2012(root / "VOCdevkit/VOC2012")
+    elif script_name == "prepare_pascal_context":
+        make_pascal_context(root / "VOCdevkit/VOC2010", with_mat=False, with_json=False)
+    else:
+        image = {
+            "prepare_ade20k_150": "ADEChallengeData2016/images/validation/ADE_val_00000001.jpg",
+            "prepare_coco_stuff": "coco/val2017/000000000139.jpg",
+        }[script_name]
+        write_image(root / image, 1, 3)
+    write_palette_png(root / label_file, [values])
+    argv = [str(root / a) if a in ("raw", "mmseg") else a for a in argv]
+    message = _exit_message(script_name, monkeypatch, "--root", root, *argv)
+    assert message.startswith(f"error: {root / label_file} cannot be read as {what} ")
+    assert f"(it holds [{values[2]}], values such a map does not hold)" in message
+    outputs = [p for p in root.rglob(f"{Path(label_file).stem}*") if "detectron2" in str(p)]
+    assert not outputs
 
 
 def test_labelme_files_that_are_no_images_are_named(root, tmp_path, monkeypatch):
