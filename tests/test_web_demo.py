@@ -62,6 +62,8 @@ def test_parse_vocabulary():
         ("cup, Cup", "", "duplicate name"),
         ("x" * 101, "", "at most 100"),
         ("voc21", "", "at most 20"),
+        # background words are encoded as classes are: 21 of them are refused as 21 classes are
+        ("cup", ", ".join(f"word{i}" for i in range(21)), "21 background words: .* at most 20"),
         ("background, cup", "wall", "background"),
     ]:
         with pytest.raises(ValueError, match=message):

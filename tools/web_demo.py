@@ -88,7 +88,10 @@ def get_parser():
         "--max-megapixels", type=float, default=16.0, help="largest image accepted, in megapixels"
     )
     parser.add_argument(
-        "--max-classes", type=int, default=300, help="most classes one request may name"
+        "--max-classes",
+        type=int,
+        default=300,
+        help="most classes (and most background words) one request may name",
     )
     parser.add_argument(
         "--concurrency", type=int, default=2, help="requests processed at the same time"
@@ -194,10 +197,12 @@ def parse_vocabulary(
                 f"use at most {MAX_NAME_LENGTH}."
             )
     vocabulary = resolve_vocabulary(spec, background)  # empty, duplicate, 'background' clashes
-    if vocabulary.num_classes > max_classes:
+    # each background word costs as much text encoding as a class: the same limit bounds both
+    count, what = max((vocabulary.num_classes, "classes"), (len(background), "background words"))
+    if count > max_classes:
         raise InputError(
-            f"{vocabulary.num_classes} classes: this server accepts at most {max_classes} "
-            "per request (--max-classes)."
+            f"{count} {what}: this server accepts at most {max_classes} per request "
+            "(--max-classes)."
         )
     return spec, background
 
