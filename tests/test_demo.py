@@ -505,6 +505,18 @@ def test_video_errors(tiny_video, tiny_opts, tmp_path):
         )
 
 
+def test_an_opencv_that_cannot_write_mp4_is_named(tiny_video, tiny_opts, tmp_path, monkeypatch):
+    """An OpenCV build without the mp4v encoder: one error at the first frame, naming the output
+    and the fix (it wrote nothing, and the run ended in a FileNotFoundError on a temporary)."""
+    fourcc = demo.cv2.VideoWriter_fourcc
+    monkeypatch.setattr(demo.cv2, "VideoWriter_fourcc", lambda *_: fourcc(*"ZZZZ"))
+    output = tmp_path / "out.mp4"
+    argv = ["--video-input", str(tiny_video), "--output", str(output), "--vocabulary", "cup, sky"]
+    with pytest.raises(OSError, match=f"cannot write the mp4 video {output} .*pip install opencv"):
+        demo.main([*argv, "--opts", *tiny_opts])
+    assert os.listdir(tmp_path) == [tiny_video.name]
+
+
 def test_a_folder_or_a_tiny_video_is_named(tiny_opts, tmp_path):
     require_fixtures()
     with pytest.raises(ValueError, match=f"--video-input {tmp_path} is a folder: give a video"):

@@ -20,7 +20,7 @@ from PIL import Image
 
 from conftest import FIXTURES, REPO, TINY_CONFIG, TINY_WEIGHTS, require_fixtures, skip_outside_ci
 from cliptrase_d2.api import Segmenter
-from cliptrase_d2.errors import ConfigError
+from cliptrase_d2.errors import ConfigError, UserError
 from cliptrase_d2.visualization import draw_labels, palette
 
 sys.path.insert(0, os.path.join(REPO, "tools"))
@@ -62,6 +62,8 @@ def test_parse_vocabulary():
         ("cup, Cup", "", "duplicate name"),
         ("x" * 101, "", "at most 100"),
         ("voc21", "", "at most 20"),
+        # background words are encoded as classes are: 21 of them are refused as 21 classes are
+        ("cup", ", ".join(f"word{i}" for i in range(21)), "21 background words: .* at most 20"),
         ("background, cup", "wall", "background"),
     ]:
         with pytest.raises(ValueError, match=message):
@@ -88,11 +90,16 @@ def test_check_image(tmp_path):
     with pytest.raises(ValueError, match="Upload a photo"):
         web_demo.check_image(None, web_demo.Limits())
     with pytest.raises(
-        ValueError, match=r"600 x 400 pixels \(0.2 megapixels\); this server accepts up to 0"
+        ValueError, match=r"600 x 400 pixels \(0.2 megapixels\); this server accepts up to 0.1:"
     ):
         web_demo.check_image(PHOTO, web_demo.Limits(max_megapixels=0.1))
-    with pytest.raises(ValueError, match="MB; this server accepts up to 0 MB"):
+    with pytest.raises(ValueError, match="MB; this server accepts up to 0.01 MB"):
         web_demo.check_image(PHOTO, web_demo.Limits(max_upload_mb=0.01))
+    # over Pillow's own limit (a small file of 400 megapixels): an image too large, not "no image"
+    huge = tmp_path / "huge.png"
+    Image.new("1", (20000, 20000)).save(huge)
+    with pytest.raises(ValueError, match="far more pixels than the 16 megapixels this server"):
+        web_demo.check_image(str(huge), web_demo.Limits())
     text = tmp_path / "notes.png"
     text.write_text("not an image")
     with pytest.raises(ValueError, match="not an image") as error:
@@ -109,6 +116,15 @@ def test_limits_refuse_zero_negative_and_non_finite_before_any_work(option, valu
     argv = [option, value, "--opts", "MODEL.WEIGHTS", "/nonexistent/weights.pt"]
     with pytest.raises(ConfigError, match=f"{option} must be a number above 0"):
         web_demo.main(argv)
+
+
+def test_max_megapixels_is_the_decoding_limit(monkeypatch):
+    """--max-megapixels above Pillow's default limit (89 M pixels): the images it accepts are
+    decoded, not refused after check_image as "damaged or truncated"."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+    with pytest.raises(UserError, match="nonexistent.pt not found"):  # stops at the model
+        web_demo.main(["--max-megapixels", "100", "--opts", "MODEL.WEIGHTS", "/nonexistent.pt"])
+    assert Image.MAX_IMAGE_PIXELS == 100_000_000
 
 
 @pytest.mark.parametrize("option", ["--concurrency", "--queue-size"])
@@ -142,6 +158,10 @@ def test_busy_port_is_a_one_line_error():
     )
     with pytest.raises(ConfigError, match="--port must be between 1 and 65535, got 70000"):
         web_demo.main(["--port", "70000"])
+    # a --host that is not this machine's: the message says to change --host, not --port
+    for host in ("no-such-host.invalid", "192.0.2.1"):
+        with pytest.raises(ConfigError, match=f"cannot serve on {host}:.*give a --host of this"):
+            web_demo.main(["--host", host])
 
 
 def test_simultaneous_users_keep_their_own_vocabulary(tiny_opts):

@@ -35,7 +35,8 @@ from cliptrase_d2.atomic import atomic_paths, atomic_save_image, atomic_write_js
 from cliptrase_d2.config import check_images_per_batch, load_config
 from cliptrase_d2.engine.allocator import tune_cpu_allocator
 from cliptrase_d2.engine.checks import check_writable_folder
-from cliptrase_d2.errors import InputError, MissingFileError, OutputExistsError, exit_on_user_error
+from cliptrase_d2.errors import InputError, MissingFileError, OutputError, OutputExistsError
+from cliptrase_d2.errors import exit_on_user_error
 from cliptrase_d2.visualization import draw_labels, side_by_side, with_legend
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -311,6 +312,11 @@ def segment_video(segmenter, video: str, target: str, vocabulary, batch_size: in
                     if writer is None:  # OpenCV picks the container by the temporary's .mp4
                         fourcc = cv2.VideoWriter_fourcc(*"mp4v")
                         writer = cv2.VideoWriter(partial, fourcc, fps, shown.shape[1::-1])
+                        if not writer.isOpened():  # else every frame is dropped, unsaid
+                            raise OutputError(
+                                f"OpenCV cannot write the mp4 video {target} (its build may lack "
+                                "the mp4v encoder): pip install opencv-python-headless"
+                            )
                     writer.write(np.ascontiguousarray(shown[:, :, ::-1]))
                 frames += len(batch)
                 progress.update(len(batch))

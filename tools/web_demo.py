@@ -11,6 +11,7 @@ carries its own image and vocabulary, so nothing of one user's request reaches a
 """
 
 import argparse
+import errno
 import glob
 import html
 import importlib.util
@@ -87,7 +88,10 @@ def get_parser():
         "--max-megapixels", type=float, default=16.0, help="largest image accepted, in megapixels"
     )
     parser.add_argument(
-        "--max-classes", type=int, default=300, help="most classes one request may name"
+        "--max-classes",
+        type=int,
+        default=300,
+        help="most classes (and most background words) one request may name",
     )
     parser.add_argument(
         "--concurrency", type=int, default=2, help="requests processed at the same time"
@@ -120,9 +124,15 @@ def check_options(args) -> None:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(address)
     except OSError as error:
+        # an unknown name, or an address of another machine: the --host is wrong, not the port
+        wrong_host = isinstance(error, socket.gaierror) or error.errno == errno.EADDRNOTAVAIL
+        fix = (
+            "give a --host of this machine (127.0.0.1, or 0.0.0.0 for all its addresses)"
+            if wrong_host
+            else "pass another --port, or stop the program that uses it"
+        )
         raise ConfigError(
-            f"cannot serve on {args.host}:{args.port} ({error.strerror or error}): pass another "
-            "--port, or stop the program that uses it"
+            f"cannot serve on {args.host}:{args.port} ({error.strerror or error}): {fix}"
         ) from None
 
 
@@ -187,10 +197,12 @@ def parse_vocabulary(
                 f"use at most {MAX_NAME_LENGTH}."
             )
     vocabulary = resolve_vocabulary(spec, background)  # empty, duplicate, 'background' clashes
-    if vocabulary.num_classes > max_classes:
+    # each background word costs as much text encoding as a class: the same limit bounds both
+    count, what = max((vocabulary.num_classes, "classes"), (len(background), "background words"))
+    if count > max_classes:
         raise InputError(
-            f"{vocabulary.num_classes} classes: this server accepts at most {max_classes} "
-            "per request (--max-classes)."
+            f"{count} {what}: this server accepts at most {max_classes} per request "
+            "(--max-classes)."
         )
     return spec, background
 
@@ -204,19 +216,24 @@ def check_image(path: Optional[str], limits: Limits) -> Tuple[int, int]:
     if size > limits.max_upload_mb * 2**20:
         raise InputError(
             f"The file is {size / 2**20:.1f} MB; this server accepts up to "
-            f"{limits.max_upload_mb:.0f} MB: upload a smaller one."
+            f"{limits.max_upload_mb:g} MB: upload a smaller one."
         )
     try:
         with Image.open(path) as image:  # reads the header only
             width, height = image.size
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:  # Pillow's limit (see main): twice --max-megapixels
+        raise InputError(
+            f"The image has far more pixels than the {limits.max_megapixels:g} megapixels this "
+            "server accepts: upload a smaller one."
+        ) from None
+    except (OSError, SyntaxError, ValueError):
         raise InputError(
             "The upload is not an image this server can read: upload a PNG, JPEG, ... photo."
         ) from None
     if width * height > limits.max_megapixels * 1e6:
         raise InputError(
             f"The image is {width} x {height} pixels ({width * height / 1e6:.1f} megapixels); "
-            f"this server accepts up to {limits.max_megapixels:.0f}: upload a smaller one."
+            f"this server accepts up to {limits.max_megapixels:g}: upload a smaller one."
         )
     return width, height
 
@@ -402,6 +419,8 @@ def main(argv=None):
             "the web demo needs Gradio: python -m pip install --no-deps -r requirements/web.txt"
         )
     limits = Limits(args.max_upload_mb, args.max_megapixels, args.max_classes)
+    # the images check_image passes are decoded: not refused by Pillow's own (default) limit
+    Image.MAX_IMAGE_PIXELS = int(args.max_megapixels * 1e6)
     models = Models(args.config_file, args.opts)
     # first the model (weights problems stop the server here, in seconds), then Gradio's import
     segmenter, _ = models.get(args.head, args.protocol)
