@@ -42,6 +42,8 @@ def test_missing_and_corrupt_files_name_the_file(tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:60])
     with pytest.raises(ValueError, match="truncated.png"):
         read_rgb(str(truncated))
+    with pytest.raises(ValueError, match=f"image {tmp_path} is a folder: give an image file"):
+        read_rgb(str(tmp_path))  # not the OS's "Is a directory" with a hint about truncation
 
 
 def test_evaluation_reads_pixels_as_stored_and_the_api_upright(tmp_path):

@@ -47,6 +47,8 @@ def read_rgb(path: str, exif_orientation: bool = True) -> np.ndarray:
         raise
     except FileNotFoundError:
         raise MissingFileError(f"image file {path} does not exist") from None
+    except IsADirectoryError:
+        raise InputError(f"image {path} is a folder: give an image file") from None
     except Image.DecompressionBombError as error:  # Pillow's own check, at twice the limit
         raise InputError(f"image {path} is too large to decode: {error} {_LIMIT_HINT}") from None
     except UnidentifiedImageError:
