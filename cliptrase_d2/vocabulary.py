@@ -140,7 +140,10 @@ class Vocabulary:
             )
         seen = {}
         for name in self.classes + extra + self.background:
-            key = name.strip().lower()
+            # as the name reads: fullwidth and combined letters folded, invisible characters
+            # (zero-width space, BOM) dropped, case ignored
+            key = unicodedata.normalize("NFKC", name)
+            key = "".join(c for c in key if unicodedata.category(c) != "Cf").strip().casefold()
             if key in seen and not self._is_benchmark_quirk(name):
                 raise InputError(
                     f"duplicate name {name!r} in the vocabulary (also given as {seen[key]!r}); "

@@ -68,6 +68,12 @@ def test_user_lists_files_and_background(tmp_path):
         ([], ValueError, "vocabulary is empty"),
         ("dog, cat, dog", ValueError, "duplicate name 'dog'"),
         ("Dog, dog", ValueError, "duplicate name"),
+        # names that read the same: a zero-width space or a BOM, fullwidth letters, an accent
+        # given as its own combining character
+        (["cat", "cat\u200b"], ValueError, "duplicate name 'cat\\\\u200b'"),
+        (["\ufeffcat", "cat"], ValueError, "duplicate name 'cat'"),
+        ("cat, \uff43\uff41\uff54", ValueError, "duplicate name"),
+        ("c\u00e1t, ca\u0301t", ValueError, "duplicate name"),
         ("missing_file.txt", FileNotFoundError, "missing_file.txt"),
     ],
 )
