@@ -74,6 +74,11 @@ def _output_error(error: OSError, path: str) -> OSError:
         return OutputExistsError(
             f"cannot write {path}: a folder stands there. Remove it or choose another output folder"
         )
+    if error.errno == errno.ENAMETOOLONG:
+        return OutputError(
+            f"cannot write {path}: its name is too long for this filesystem. Choose a shorter "
+            "file or folder name"
+        )
     if error.errno in (errno.EEXIST, errno.ENOTDIR):  # making the folder: a file stands in the way
         return OutputExistsError(
             f"cannot make the folder {path}: a file stands there or above it. Remove it or choose "
@@ -83,14 +88,19 @@ def _output_error(error: OSError, path: str) -> OSError:
 
 
 def _temporary_beside(path: str) -> str:
+    # the file's own ending last: a writer that picks its format by it (OpenCV's video) works
+    stem, ending = os.path.splitext(os.path.basename(path))
+    if not stem:  # "", "folder/"
+        raise OutputError(f"cannot write {path!r}: it names no file; give a file name")
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as error:
         raise _output_error(error, folder) from None
-    # the file's own ending last: a writer that picks its format by it (OpenCV's video) works
-    stem, ending = os.path.splitext(os.path.basename(path))
-    temporary = os.path.join(folder, f".{stem}.{os.getpid()}.{uuid.uuid4().hex}.tmp{ending}")
+    # the stem shortened: a name near the filesystem's limit (a temporary's own temporary too)
+    # still has room for the unique part
+    temporary = f".{stem[:32]}.{os.getpid()}.{uuid.uuid4().hex}.tmp{ending}"
+    temporary = os.path.join(folder, temporary)
     _final_paths[temporary] = _final_paths.get(path, path)
     return temporary
 

@@ -303,6 +303,16 @@ def _merge(cfg, merge, source: str):
         raise UnknownNameError(f"{source}: unknown config key {unknown!r}.{hint}") from None
 
 
+def check_opts(opts) -> None:
+    """Command-line options are KEY VALUE pairs (a script checks its user's before adding its
+    own, so that the error names the user's last one)."""
+    if len(opts) % 2:  # yacs: an AssertionError printing the whole list
+        raise ConfigError(
+            f"command-line options are KEY VALUE pairs, and {opts[-1]!r} (the last of "
+            f"{len(opts)}) has no value: give it one, or remove it"
+        )
+
+
 def load_config(config_file: str = "", opts=(), resolve: bool = True) -> CN:
     """Detectron2 defaults + CLIPtrase keys + ``config_file`` (read as data, never as code) +
     ``opts``, every numeric key then checked against its Range; CUDA falls back to cpu (unless
@@ -314,11 +324,7 @@ def load_config(config_file: str = "", opts=(), resolve: bool = True) -> CN:
         check_config_file(config_file)
         merge = functools.partial(cfg.merge_from_file, config_file, allow_unsafe=False)
         _merge(cfg, merge, f"config file {config_file}")
-    if len(opts) % 2:  # yacs: an AssertionError printing the whole list
-        raise ConfigError(
-            f"command-line options are KEY VALUE pairs, and {opts[-1]!r} (the last of "
-            f"{len(opts)}) has no value: give it one, or remove it"
-        )
+    check_opts(opts)
     if opts:
         _merge(cfg, lambda: cfg.merge_from_list(opts), "command-line options")
     for name, rule in RANGES.items():

@@ -8,6 +8,7 @@ import errno
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -369,6 +370,29 @@ def test_group_write_places_all_or_none(tmp_path, monkeypatch):
                 open(temporary, "w").close()
     monkeypatch.undo()
     assert sorted(os.listdir(tmp_path)) == ["a.png", "b.json", "c.png"]
+
+    # a path that names no file; a name at the filesystem's limit (its temporary fits too), and
+    # one past it
+    for nameless in ("", str(tmp_path) + os.sep):
+        with pytest.raises(OutputError, match=f"cannot write '{re.escape(nameless)}': it names no"):
+            atomic_write_text(nameless, "x")
+    longest = tmp_path / ("n" * 250 + ".png")
+    with atomic_paths([longest]) as (temporary,):
+        atomic_write_text(temporary, "x")  # a temporary's own temporary
+    assert longest.read_text() == "x"
+    with pytest.raises(OutputError, match=r"n\.png: its name is too long for this filesystem"):
+        atomic_write_text(str(tmp_path / ("n" * 256 + ".png")), "x")
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "b.json", "c.png", longest.name]
+
+
+@pytest.mark.parametrize("protocol", [[], ["--protocol", "paper"]])
+def test_an_option_without_value_is_named(protocol, tmp_path):
+    """The demo adds its own KEY VALUE pairs after the user's --opts: the error names the user's
+    last one, not the demo's."""
+    argv = ["--input", COFFEE, "--output", str(tmp_path / "out"), *protocol]
+    with pytest.raises(ValueError, match="'MODEL.WEIGHTS' \\(the last of 1\\) has no value"):
+        demo.main([*argv, "--cache-dir", str(tmp_path / "cache"), "--opts", "MODEL.WEIGHTS"])
+    assert not (tmp_path / "out").exists()
 
 
 def test_demo_refuses_a_folder_where_an_output_goes_even_with_overwrite(tiny_opts, tmp_path):

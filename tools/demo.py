@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from cliptrase_d2.api import Segmenter, load_image
 from cliptrase_d2.atomic import atomic_paths, atomic_save_image, atomic_write_json
-from cliptrase_d2.config import check_images_per_batch, load_config
+from cliptrase_d2.config import check_images_per_batch, check_opts, load_config
 from cliptrase_d2.engine.allocator import tune_cpu_allocator
 from cliptrase_d2.engine.checks import check_writable_folder
 from cliptrase_d2.errors import InputError, MissingFileError, OutputError, OutputExistsError
@@ -345,6 +345,7 @@ def main(argv=None):
     tune_cpu_allocator()
     if args.batch_size is not None:
         check_images_per_batch(args.batch_size, "--batch-size")
+    check_opts(args.opts)  # before the demo's own options are added to them
     opts = list(args.opts)
     if args.protocol:
         opts += ["MODEL.CLIPTRASE.PROTOCOL", args.protocol]

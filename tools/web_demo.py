@@ -32,7 +32,7 @@ from detectron2.utils.logger import setup_logger
 from PIL import Image
 
 from cliptrase_d2.api import Segmenter, load_image
-from cliptrase_d2.config import check_argument
+from cliptrase_d2.config import check_argument, check_opts
 from cliptrase_d2.engine.allocator import tune_cpu_allocator
 from cliptrase_d2.errors import ConfigError, InputError, UserError
 from cliptrase_d2.method.heads import HEADS
@@ -108,6 +108,7 @@ def get_parser():
 def check_options(args) -> None:
     """Refuses, before any work, limits that are 0, negative or not finite, and a port this
     machine cannot serve on (in use, out of range, an unknown --host)."""
+    check_opts(args.opts)  # before the page's own options are added to them
     for option in POSITIVE_OPTIONS:
         value = getattr(args, option)
         if not (math.isfinite(value) and value > 0):
