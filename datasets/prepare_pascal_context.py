@@ -153,7 +153,13 @@ class DetailAnnotations:
                 f"{self.path}: a segment of image {stem} has a 'segmentation' that is neither "
                 f"RLE nor polygons ({str(shape)[:60]}); is it PASCAL in Detail's file?"
             )
-        return mask_utils.decode(shape)
+        mask = mask_utils.decode(shape)
+        if mask.shape[:2] != (height, width):  # an RLE of another size than its image
+            raise ValueError(
+                f"{self.path}: a segment of image {stem} is {mask.shape[1]} x {mask.shape[0]}, "
+                f"the image {width} x {height}; is it PASCAL in Detail's file?"
+            )
+        return mask
 
 
 def val_ids(source: Path, out: Path, detail, pc59_maps: Optional[Path]) -> Tuple[List[str], bool]:

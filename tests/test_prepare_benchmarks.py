@@ -233,6 +233,20 @@ def test_a_segment_that_is_neither_rle_nor_polygons_is_named(root, monkeypatch):
     )
 
 
+def test_a_segment_of_another_size_than_its_image_is_named(root, monkeypatch):
+    voc = root / "VOCdevkit/VOC2010"
+    make_pascal_context(voc)
+    data = json.loads((voc / "trainval_merged.json").read_text())
+    assert data["annos_segmentation"][0]["image_id"] == 0  # IDS[0], 4 x 6
+    data["annos_segmentation"][0]["segmentation"] = segment(0, 1, np.ones((5, 6)))["segmentation"]
+    (voc / "trainval_merged.json").write_text(json.dumps(data))
+    message = _exit_message("prepare_pascal_context", monkeypatch, "--root", root)
+    assert message == (
+        f"error: {voc / 'trainval_merged.json'}: a segment of image {IDS[0]} is 6 x 5, the "
+        "image 6 x 4; is it PASCAL in Detail's file?"
+    )
+
+
 def test_the_repository_s_class_tables_agree_with_vocabularies_json():
     """PC59's classes are PC459's (diningtable = table) in PC459's order, as datasets/README.md
     says; ade847_ids.json gives one distinct ADE object id per ADE847 class."""
