@@ -60,6 +60,24 @@ def test_dry_run_lists_every_step_and_writes_the_json(tmp_path):
     assert "[dry-run] train_net" in done.stdout
 
 
+def test_paths_with_a_space_stay_one_argument(tmp_path):
+    """A fixtures folder or --model with a space in its path was split into two arguments when
+    the steps ran (bash -c of the command line)."""
+    require_fixtures()
+    fixtures, model = tmp_path / "my fixtures", tmp_path / "my model.json"
+    fixtures.symlink_to(FIXTURES)
+    model.symlink_to(os.path.join(FIXTURES, "tiny_clip.json"))
+    done = _run(tmp_path, CLIPTRASE_FIXTURES=str(fixtures), BENCHMARK_MODEL=str(model))
+    assert done.returncode == 0, done.stderr
+    with open(tmp_path / "check.json") as f:
+        steps = json.load(f)["steps"]
+    train = shlex.split(steps["train_net"]["command"])
+    assert train[train.index("MODEL.WEIGHTS") + 1] == f"{fixtures}/tiny_clip_openai.pt"
+    assert train[0] == sys.executable and str(model) in shlex.split(
+        steps["benchmark_fp32"]["command"]
+    )
+
+
 def test_missing_fixtures_are_named(tmp_path):
     done = _run(tmp_path, CLIPTRASE_FIXTURES=str(tmp_path / "nowhere"))
     assert done.returncode == 2 and "nowhere/tiny_clip.json is missing" in done.stderr
