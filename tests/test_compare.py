@@ -1,13 +1,17 @@
 """tools/compare.py: every head on a dataset in one run, one table."""
 
 import csv
+import dataclasses
 import json
 import os
 import sys
 
 import pytest
 
-from conftest import REPO, require_fixtures
+from conftest import FIXTURE_SPLITS, REPO, require_fixtures
+from cliptrase_d2.data.datasets import register_split
+from cliptrase_d2.errors import MissingFileError
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from cliptrase_d2.config import load_config
 from cliptrase_d2.engine.trainer import Trainer
 
@@ -198,3 +202,20 @@ def test_second_table_runs_each_peer_under_its_published_setting(tmp_path, monke
         assert [r[0] for r in csv.reader(f)] == ["head", "cliptrase", "sclip", "naclip"]
     assert compare.published_config("cliptrase", "cliptrase_fixtures_voc21") is None
     assert compare.published_config("sclip", "cliptrase_fixtures_pc59") is not None
+
+
+def test_a_dataset_without_its_files_is_named_before_the_first_run(tmp_path):
+    """--datasets A,B with B's folder missing evaluated every head on A (hours on a benchmark),
+    then ended on B's missing folder; now validate names it before any work."""
+    missing = dataclasses.replace(FIXTURE_SPLITS[2], name="cliptrase_test_missing_pc59")
+    register_split(missing, str(tmp_path / "nowhere"))
+    config = os.path.join(REPO, "configs", "paper", "voc21_224.yaml")
+    argv = ["--config-file", config, "--output", str(tmp_path / "out"), "--datasets"]
+    args = compare.get_parser().parse_args([*argv, f"cliptrase_fixtures_voc21,{missing.name}"])
+    try:
+        with pytest.raises(MissingFileError, match=f"'{missing.name}'.*nowhere/images"):
+            compare.validate(args)
+    finally:
+        DatasetCatalog.remove(missing.name)
+        MetadataCatalog.remove(missing.name)
+    assert not (tmp_path / "out").exists()
