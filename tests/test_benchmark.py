@@ -220,7 +220,7 @@ BAD_ARGUMENTS = [
     (["--batch-sizes", "4", "--cases", "paper_336"], "--batch-sizes needs the paper_224 case"),
     (["--model", "ViT-Q-99"], "--model ViT-Q-99: Unknown open_clip model 'ViT-Q-99'"),
     (["--model", "nowhere.json"], "--model nowhere.json: Model config nowhere.json not found"),
-    (["--weights", "nowhere.pt"], "--weights nowhere.pt: no such file"),
+    (["--weights", "nowhere.pt"], "--weights nowhere.pt: Weights file nowhere.pt not found"),
     (["--image", __file__], "test_benchmark.py"),
     (["--repeats", "0"], "--repeats must be at least 1, got 0"),
     (["--repeats", "two"], "argument --repeats: invalid int value: 'two'"),

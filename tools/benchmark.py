@@ -146,9 +146,7 @@ def check_arguments(args) -> None:
         open_clip_model_name(args.model)
     except WeightsError as error:
         raise ConfigError(f"--model {args.model}: {error}") from None
-    if args.weights and not os.path.isfile(args.weights):
-        raise ConfigError(f"--weights {args.weights}: no such file")
-    try:  # a damaged file, or one that does not fit --model, as evaluation reads it
+    try:  # a missing or damaged file, one that does not fit --model: as evaluation reads it
         if args.weights:
             build_clip(args.model, args.weights)
     except WeightsError as error:
