@@ -32,6 +32,11 @@ for needed in "$fixtures/tiny_clip.json" "$fixtures/tiny_clip_openai.pt" "$datas
     exit 2
   fi
 done
+if [[ -d "$output" || ! -w "$(dirname -- "$output")" || (-e "$output" && ! -w "$output") ]]; then
+  echo "device_check: cannot write $output (a folder, or its folder is missing or read-only):" \
+    "give another OUTPUT.json" >&2  # found now, not when the steps' results are to be kept
+  exit 2
+fi
 "$python" -c "import cliptrase_d2, torch" || { echo "device_check: $python cannot import cliptrase_d2 and torch" >&2; exit 2; }
 
 export CLIPTRASE_FIXTURES="$fixtures" DETECTRON2_DATASETS="$datasets" HF_HUB_OFFLINE=1
