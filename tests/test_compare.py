@@ -204,18 +204,25 @@ def test_second_table_runs_each_peer_under_its_published_setting(tmp_path, monke
     assert compare.published_config("sclip", "cliptrase_fixtures_pc59") is not None
 
 
-def test_a_dataset_without_its_files_is_named_before_the_first_run(tmp_path):
+@pytest.mark.parametrize("owner", ["cliptrase_d2", "detectron2"])
+def test_a_dataset_without_its_files_is_named_before_the_first_run(owner, tmp_path):
     """--datasets A,B with B's folder missing evaluated every head on A (hours on a benchmark),
-    then ended on B's missing folder; now validate names it before any work."""
-    missing = dataclasses.replace(FIXTURE_SPLITS[2], name="cliptrase_test_missing_pc59")
-    register_split(missing, str(tmp_path / "nowhere"))
+    then ended on B's missing folder (a traceback for Detectron2's own datasets); now validate
+    names it before any work."""
+    name = "cliptrase_test_missing"
+    if owner == "cliptrase_d2":
+        register_split(dataclasses.replace(FIXTURE_SPLITS[2], name=name), str(tmp_path / "x"))
+        message = f"Dataset '{name}': folder .*x/images does not exist"
+    else:  # Detectron2's loaders open their files: a bare FileNotFoundError
+        DatasetCatalog.register(name, lambda: open(tmp_path / "x.json"))
+        message = f"dataset '{name}': .*x.json': put its files there"
     config = os.path.join(REPO, "configs", "paper", "voc21_224.yaml")
     argv = ["--config-file", config, "--output", str(tmp_path / "out"), "--datasets"]
-    args = compare.get_parser().parse_args([*argv, f"cliptrase_fixtures_voc21,{missing.name}"])
+    args = compare.get_parser().parse_args([*argv, f"cliptrase_fixtures_voc21,{name}"])
     try:
-        with pytest.raises(MissingFileError, match=f"'{missing.name}'.*nowhere/images"):
+        with pytest.raises(MissingFileError, match=message):
             compare.validate(args)
     finally:
-        DatasetCatalog.remove(missing.name)
-        MetadataCatalog.remove(missing.name)
+        DatasetCatalog.remove(name)
+        MetadataCatalog.pop(name, None)
     assert not (tmp_path / "out").exists()

@@ -37,7 +37,7 @@ from cliptrase_d2.engine.trainer import Trainer
 from cliptrase_d2.atomic import atomic_write_text
 from cliptrase_d2.method.heads import HEADS
 from cliptrase_d2.vocabulary import peer_vocabulary_keys
-from cliptrase_d2.errors import ConfigError
+from cliptrase_d2.errors import ConfigError, MissingFileError, UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -217,7 +217,15 @@ def validate(args):
     check_num_processes(args.num_gpus, args.num_machines, args.machine_rank)
     load_config(args.config_file, args.opts)
     for dataset in datasets:  # a missing folder is named now, not after the datasets before it
-        DatasetCatalog.get(dataset)
+        try:
+            DatasetCatalog.get(dataset)
+        except UserError:  # this package's datasets name a missing folder and how to make it
+            raise
+        except FileNotFoundError as error:  # Detectron2's own: a bare OSError
+            raise MissingFileError(
+                f"dataset '{dataset}': {error}: put its files there (Detectron2's "
+                "datasets/README.md) or set $DETECTRON2_DATASETS to the folder holding them"
+            ) from None
     claim_output_dir(args.output, "--output", results=OUTPUTS, machine_rank=args.machine_rank)
 
 
