@@ -3,6 +3,7 @@
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, TINY_CONFIG, require_fixtures
+from conftest import REPO, TINY_CONFIG, TINY_WEIGHTS, require_fixtures
 from cliptrase_d2.method.preprocess import resize_and_center_crop
 from cliptrase_d2.modeling import vfm as vfm_module
 
@@ -219,11 +220,12 @@ BAD_ARGUMENTS = [
     (["--batch-sizes", "4", "--cases", "paper_336"], "--batch-sizes needs the paper_224 case"),
     (["--model", "ViT-Q-99"], "--model ViT-Q-99: Unknown open_clip model 'ViT-Q-99'"),
     (["--model", "nowhere.json"], "--model nowhere.json: Model config nowhere.json not found"),
-    (["--weights", "nowhere.pt"], "--weights nowhere.pt: no such file"),
+    (["--weights", "nowhere.pt"], "--weights nowhere.pt: Weights file nowhere.pt not found"),
     (["--image", __file__], "test_benchmark.py"),
     (["--repeats", "0"], "--repeats must be at least 1, got 0"),
     (["--repeats", "two"], "argument --repeats: invalid int value: 'two'"),
     (["--warmup", "-1"], "--warmup must be at least 0, got -1"),
+    (["--threads", "100000"], f"--threads must be from 0 (default) to the {os.cpu_count()} CPUs"),
     (["--precision", "fp8"], "argument --precision: invalid choice: 'fp8'"),
     (["--vfm", "dino_vitl14"], "argument --vfm: invalid choice: 'dino_vitl14'"),
 ]
@@ -257,6 +259,20 @@ def test_a_model_config_json_is_checked_as_evaluation_checks_it(
     )
 
 
+@pytest.mark.parametrize(
+    "content, problem",
+    [(b"not a checkpoint", "is not a readable checkpoint"), (None, "does not fit the model")],
+)
+def test_weights_are_read_as_evaluation_reads_them(content, problem, tmp_path, monkeypatch):
+    """A --weights file that is damaged, or another model's (here the tiny CLIP's for the default
+    ViT-B-16), ended in its one line only after models were built and photos read."""
+    require_fixtures()
+    path = tmp_path / "w.pt"
+    path.write_bytes(content) if content else shutil.copy(TINY_WEIGHTS, path)
+    message = f"--weights {path}: Weights file {path} {problem}"
+    test_bad_arguments_are_one_line_before_any_work(["--weights", str(path)], message, monkeypatch)
+
+
 def test_a_bad_argument_ends_the_command_with_one_line():
     done = subprocess.run(
         [sys.executable, SCRIPT, "--cases", "paper_999"], capture_output=True, text=True
@@ -271,6 +287,7 @@ def test_quoted_home_folder_paths_are_the_home_folder_s(tmp_path, monkeypatch):
     "~/w.pt" in 'no such file', for files that exist (evaluation reads such paths)."""
     monkeypatch.setenv("HOME", str(tmp_path))
     Image.new("RGB", (8, 8)).save(tmp_path / "photo.png")
-    (tmp_path / "w.pt").write_bytes(b"")
+    require_fixtures()
+    shutil.copy(TINY_WEIGHTS, tmp_path / "w.pt")  # read before any work: a real checkpoint
     args = arguments("--image", "~/photo.png", "--weights", "~/w.pt")
     assert (args.image, args.weights) == (str(tmp_path / "photo.png"), str(tmp_path / "w.pt"))

@@ -1,13 +1,17 @@
 """tools/compare.py: every head on a dataset in one run, one table."""
 
 import csv
+import dataclasses
 import json
 import os
 import sys
 
 import pytest
 
-from conftest import REPO, require_fixtures
+from conftest import FIXTURE_SPLITS, REPO, require_fixtures
+from cliptrase_d2.data.datasets import register_split
+from cliptrase_d2.errors import MissingFileError
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from cliptrase_d2.config import load_config
 from cliptrase_d2.engine.trainer import Trainer
 
@@ -198,3 +202,27 @@ def test_second_table_runs_each_peer_under_its_published_setting(tmp_path, monke
         assert [r[0] for r in csv.reader(f)] == ["head", "cliptrase", "sclip", "naclip"]
     assert compare.published_config("cliptrase", "cliptrase_fixtures_voc21") is None
     assert compare.published_config("sclip", "cliptrase_fixtures_pc59") is not None
+
+
+@pytest.mark.parametrize("owner", ["cliptrase_d2", "detectron2"])
+def test_a_dataset_without_its_files_is_named_before_the_first_run(owner, tmp_path):
+    """--datasets A,B with B's folder missing evaluated every head on A (hours on a benchmark),
+    then ended on B's missing folder (a traceback for Detectron2's own datasets); now validate
+    names it before any work."""
+    name = "cliptrase_test_missing"
+    if owner == "cliptrase_d2":
+        register_split(dataclasses.replace(FIXTURE_SPLITS[2], name=name), str(tmp_path / "x"))
+        message = f"Dataset '{name}': folder .*x/images does not exist"
+    else:  # Detectron2's loaders open their files: a bare FileNotFoundError
+        DatasetCatalog.register(name, lambda: open(tmp_path / "x.json"))
+        message = f"dataset '{name}': .*x.json': put its files there"
+    config = os.path.join(REPO, "configs", "paper", "voc21_224.yaml")
+    argv = ["--config-file", config, "--output", str(tmp_path / "out"), "--datasets"]
+    args = compare.get_parser().parse_args([*argv, f"cliptrase_fixtures_voc21,{name}"])
+    try:
+        with pytest.raises(MissingFileError, match=message):
+            compare.validate(args)
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.pop(name, None)
+    assert not (tmp_path / "out").exists()

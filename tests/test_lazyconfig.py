@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from detectron2.engine import default_argument_parser
 from PIL import Image
 
 from conftest import REPO, TINY_CONFIG, TINY_WEIGHTS, skip_outside_ci
@@ -107,6 +108,7 @@ def test_lazy_config_errors(tmp_path):
         num_gpus=1,
         num_machines=1,
         machine_rank=0,
+        resume=False,
     )
     with pytest.raises(ValueError, match="dataloader.test.batch_size must be .* got 0"):
         lazyconfig_train_net.validate(bad_batch)
@@ -137,10 +139,22 @@ def test_a_number_for_the_output_folder_or_the_device_is_named(override, message
         num_gpus=1,
         num_machines=1,
         machine_rank=0,
+        resume=False,
     )
     with pytest.raises(ValueError) as caught:
         lazyconfig_train_net.validate(args)
     assert str(caught.value).startswith(message)
+
+
+def test_resume_is_refused_not_ignored(tmp_path):
+    """--resume (Detectron2's parser takes it) was ignored: every image evaluated again, the
+    earlier results moved to previous/."""
+    config = os.path.join(REPO, "configs", "lazy", "sample_voc21_standard.py")
+    argv = ["--eval-only", "--resume", "--config-file", config]
+    args = default_argument_parser().parse_args([*argv, f"train.output_dir={tmp_path / 'out'}"])
+    with pytest.raises(ValueError, match="^--resume continues an evaluation of tools/train_net"):
+        lazyconfig_train_net.validate(args)
+    assert not (tmp_path / "out").exists()
 
 
 def test_lazy_paper_config_crops_in_the_loader_as_the_yaml_one_does():

@@ -33,7 +33,7 @@ from PIL import Image
 from torch.autograd import DeviceType
 from torch.utils.benchmark import Measurement, Timer
 
-from cliptrase_d2.clip_loading import PRECISIONS, open_clip_model_name  # ours -> open_clip's
+from cliptrase_d2.clip_loading import PRECISIONS, build_clip, open_clip_model_name
 from cliptrase_d2.config import check_argument, check_device, load_config
 from cliptrase_d2.data.dataset_mapper import SemSegTestMapper
 from cliptrase_d2.data.image_io import read_rgb
@@ -126,7 +126,9 @@ def check_arguments(args) -> None:
         raise ConfigError(f"--device {args.device}: CUDA is not available on this machine")
     check_argument("--repeats", args.repeats, int, 1)
     check_argument("--warmup", args.warmup, int, 0)
-    check_argument("--threads", args.threads, int, 0)
+    cpus = os.cpu_count() or 1  # more threads than CPUs time the scheduler (100000: a crash)
+    if not 0 <= args.threads <= cpus:
+        raise invalid_value("--threads", args.threads, f"from 0 (default) to the {cpus} CPUs")
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     check_argument("--cases", args.cases, choices=list(CASES))
     if not args.cases:
@@ -144,8 +146,11 @@ def check_arguments(args) -> None:
         open_clip_model_name(args.model)
     except WeightsError as error:
         raise ConfigError(f"--model {args.model}: {error}") from None
-    if args.weights and not os.path.isfile(args.weights):
-        raise ConfigError(f"--weights {args.weights}: no such file")
+    try:  # a missing or damaged file, one that does not fit --model: as evaluation reads it
+        if args.weights:
+            build_clip(args.model, args.weights)
+    except WeightsError as error:
+        raise ConfigError(f"--weights {args.weights}: {error}") from None
     if args.image:
         read_rgb(args.image)  # an InputError for anything Pillow cannot read as an image
 

@@ -37,7 +37,7 @@ from cliptrase_d2.engine.trainer import Trainer
 from cliptrase_d2.atomic import atomic_write_text
 from cliptrase_d2.method.heads import HEADS
 from cliptrase_d2.vocabulary import peer_vocabulary_keys
-from cliptrase_d2.errors import ConfigError
+from cliptrase_d2.errors import ConfigError, MissingFileError, UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -208,13 +208,24 @@ OUTPUTS += tuple(f"published/{pattern}" for pattern in OUTPUTS[2:])
 
 def validate(args):
     """The checks before any work (in the launching process): heads, datasets, process count,
-    the config file, its keys and values and the device; then machine 0 claims --output (a lock
-    against a concurrent comparison into it; the tables and results earlier comparisons wrote
-    there moved to its previous/<n>/ folder, the user's own files left alone)."""
+    the config file, its keys and values and the device, the datasets' files; then machine 0
+    claims --output (a lock against a concurrent comparison into it; the tables and results
+    earlier comparisons wrote there moved to its previous/<n>/ folder, the user's own files left
+    alone)."""
     parse_list(args.heads, HEADS, "head")
-    parse_list(args.datasets, DatasetCatalog.list(), "dataset")
+    datasets = parse_list(args.datasets, DatasetCatalog.list(), "dataset")
     check_num_processes(args.num_gpus, args.num_machines, args.machine_rank)
     load_config(args.config_file, args.opts)
+    for dataset in datasets:  # a missing folder is named now, not after the datasets before it
+        try:
+            DatasetCatalog.get(dataset)
+        except UserError:  # this package's datasets name a missing folder and how to make it
+            raise
+        except FileNotFoundError as error:  # Detectron2's own: a bare OSError
+            raise MissingFileError(
+                f"dataset '{dataset}': {error}: put its files there (Detectron2's "
+                "datasets/README.md) or set $DETECTRON2_DATASETS to the folder holding them"
+            ) from None
     claim_output_dir(args.output, "--output", results=OUTPUTS, machine_rank=args.machine_rank)
 
 

@@ -32,18 +32,23 @@ for needed in "$fixtures/tiny_clip.json" "$fixtures/tiny_clip_openai.pt" "$datas
     exit 2
   fi
 done
+if [[ -d "$output" || ! -w "$(dirname -- "$output")" || (-e "$output" && ! -w "$output") ]]; then
+  echo "device_check: cannot write $output (a folder, or its folder is missing or read-only):" \
+    "give another OUTPUT.json" >&2  # found now, not when the steps' results are to be kept
+  exit 2
+fi
 "$python" -c "import cliptrase_d2, torch" || { echo "device_check: $python cannot import cliptrase_d2 and torch" >&2; exit 2; }
 
 export CLIPTRASE_FIXTURES="$fixtures" DETECTRON2_DATASETS="$datasets" HF_HUB_OFFLINE=1
-benchmark=(tools/benchmark.py --device cuda --model "$model" --cases paper_224,paper_336,standard_512x683
+benchmark=(tools/benchmark.py --device cuda --model "${model@Q}" --cases paper_224,paper_336,standard_512x683
            --batch-sizes 1,32 --repeats 5 --no-memory --json)
-commands=(  # name|limit in seconds (8 minutes in all)|command
-  "tests|150|$python -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_dbscan.py"
-  "benchmark_fp32|120|$python ${benchmark[*]} --precision fp32"
-  "benchmark_fp16|120|$python ${benchmark[*]} --precision fp16"
-  "train_net|90|$python tools/train_net.py --eval-only --num-gpus 1 --config-file configs/sample/voc21_standard.yaml
-   MODEL.DEVICE cuda MODEL.CLIPTRASE.CLIP_MODEL $fixtures/tiny_clip.json MODEL.WEIGHTS $fixtures/tiny_clip_openai.pt
-   MODEL.CLIPTRASE.TEXT_CACHE_DIR none OUTPUT_DIR $work/train_net"
+commands=(  # name|limit in seconds (8 minutes in all)|command (paths quoted: a space in them)
+  "tests|150|${python@Q} -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_dbscan.py"
+  "benchmark_fp32|120|${python@Q} ${benchmark[*]} --precision fp32"
+  "benchmark_fp16|120|${python@Q} ${benchmark[*]} --precision fp16"
+  "train_net|90|${python@Q} tools/train_net.py --eval-only --num-gpus 1 --config-file configs/sample/voc21_standard.yaml
+   MODEL.DEVICE cuda MODEL.CLIPTRASE.CLIP_MODEL ${fixtures@Q}/tiny_clip.json MODEL.WEIGHTS ${fixtures@Q}/tiny_clip_openai.pt
+   MODEL.CLIPTRASE.TEXT_CACHE_DIR none OUTPUT_DIR ${work@Q}/train_net"
 )
 
 for entry in "${commands[@]}"; do

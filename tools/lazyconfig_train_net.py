@@ -27,6 +27,7 @@ from cliptrase_d2.engine.allocator import tune_cpu_allocator
 from cliptrase_d2.engine.checks import check_num_processes, claim_output_dir
 from cliptrase_d2.engine.launch import run_eval_only
 from cliptrase_d2.engine.trainer import log_model
+from cliptrase_d2.errors import ConfigError
 
 logger = logging.getLogger("cliptrase_d2")
 
@@ -45,6 +46,11 @@ def validate(args):
     """The checks before any work (in the launching process): process count, config file and
     overrides, device, batch size; then claims train.output_dir (a lock against a concurrent
     evaluation into it; earlier results moved to its previous/<n>/ folder)."""
+    if args.resume:  # Detectron2's parser takes it; it was ignored and every image evaluated
+        raise ConfigError(
+            "--resume continues an evaluation of tools/train_net.py (a YAML config); "
+            "tools/lazyconfig_train_net.py evaluates every image: run it without --resume"
+        )
     check_num_processes(args.num_gpus, args.num_machines, args.machine_rank)
     cfg = load(args.config_file, args.opts)
     check_device(cfg.train.get("device", "cuda"), "train.device")

@@ -9,6 +9,10 @@
 # checks the installation end to end in seconds; its mIoU means nothing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [[ "${SMOKE:-0}" != [01] ]]; then
+  echo "[main] ERROR: SMOKE=$SMOKE; use SMOKE=1 (the tiny test CLIP) or SMOKE=0 (the real one)" >&2
+  exit 1
+fi
 tools/setup_env.sh
 PY="${VENV:-.venv}/bin/python"
 "$PY" datasets/prepare_sample.py

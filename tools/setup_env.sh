@@ -27,7 +27,11 @@ want="$( (cat requirements/*.txt tools/setup_env.sh; echo "D2=$D2") | sha256sum 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
   exit 0
 fi
-[[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
+if [[ ! -x "$VENV/bin/python" ]] && ! "$PYTHON" -m venv "$VENV"; then
+  echo "[setup] ERROR: PYTHON=$PYTHON could not create VENV=$VENV (above): set VENV to a new" \
+    "folder (or an existing venv) and PYTHON to a Python 3 interpreter" >&2
+  exit 1
+fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check --quiet)
 
 install_detectron2_sdist() {

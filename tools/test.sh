@@ -6,6 +6,10 @@
 #   tools/test.sh [pytest args ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [[ "${OFFICIAL:-1}" != [01] ]]; then
+  echo "[test] ERROR: OFFICIAL=$OFFICIAL; use OFFICIAL=0 (skip detectron2 main) or OFFICIAL=1" >&2
+  exit 1
+fi
 tools/setup_env.sh
 PY="${VENV:-.venv}/bin/python"
 "$PY" datasets/prepare_sample.py
