@@ -13,7 +13,8 @@ from cliptrase_d2.data.datasets import register_split
 from cliptrase_d2.errors import MissingFileError
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from cliptrase_d2.config import load_config
-from cliptrase_d2.engine.trainer import Trainer
+from cliptrase_d2.engine.trainer import Trainer, validate
+from detectron2.engine import default_argument_parser
 
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import compare  # noqa: E402
@@ -204,11 +205,12 @@ def test_second_table_runs_each_peer_under_its_published_setting(tmp_path, monke
     assert compare.published_config("sclip", "cliptrase_fixtures_pc59") is not None
 
 
+@pytest.mark.parametrize("tool", ["compare", "train_net"])
 @pytest.mark.parametrize("owner", ["cliptrase_d2", "detectron2"])
-def test_a_dataset_without_its_files_is_named_before_the_first_run(owner, tmp_path):
-    """--datasets A,B with B's folder missing evaluated every head on A (hours on a benchmark),
-    then ended on B's missing folder (a traceback for Detectron2's own datasets); now validate
-    names it before any work."""
+def test_a_dataset_without_its_files_is_named_before_the_first_run(owner, tool, tmp_path):
+    """--datasets A,B (train_net: DATASETS.TEST (A, B)) with B's folder missing evaluated A (with
+    every head: hours on a benchmark), then ended on B's missing folder (a traceback for
+    Detectron2's own datasets); now validate names it before any work."""
     name = "cliptrase_test_missing"
     if owner == "cliptrase_d2":
         register_split(dataclasses.replace(FIXTURE_SPLITS[2], name=name), str(tmp_path / "x"))
@@ -217,11 +219,16 @@ def test_a_dataset_without_its_files_is_named_before_the_first_run(owner, tmp_pa
         DatasetCatalog.register(name, lambda: open(tmp_path / "x.json"))
         message = f"dataset '{name}': .*x.json': put its files there"
     config = os.path.join(REPO, "configs", "paper", "voc21_224.yaml")
-    argv = ["--config-file", config, "--output", str(tmp_path / "out"), "--datasets"]
-    args = compare.get_parser().parse_args([*argv, f"cliptrase_fixtures_voc21,{name}"])
+    if tool == "compare":
+        argv = ["--config-file", config, "--output", str(tmp_path / "out"), "--datasets"]
+        args = compare.get_parser().parse_args([*argv, f"cliptrase_fixtures_voc21,{name}"])
+    else:
+        argv = ["--eval-only", "--config-file", config, "OUTPUT_DIR", str(tmp_path / "out")]
+        tests = f"('cliptrase_fixtures_voc21', '{name}')"
+        args = default_argument_parser().parse_args([*argv, "DATASETS.TEST", tests])
     try:
         with pytest.raises(MissingFileError, match=message):
-            compare.validate(args)
+            (compare.validate if tool == "compare" else validate)(args)
     finally:
         DatasetCatalog.remove(name)
         MetadataCatalog.pop(name, None)

@@ -257,10 +257,12 @@ def test_command_line_errors_are_one_line(tmp_path):
             "x.yaml",
         ),
     ]
+    datasets = dict(os.environ, DETECTRON2_DATASETS=os.path.join(REPO, "datasets"))  # the sample
     for tool, argv, named in cases:
         completed = subprocess.run(
             [sys.executable, os.path.join(REPO, "tools", tool), *argv],
             cwd=tmp_path,
+            env=datasets,
             capture_output=True,
             text=True,
             timeout=300,

@@ -31,13 +31,14 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from cliptrase_d2.config import load_config
+from cliptrase_d2.data.datasets import require_registered
 from cliptrase_d2.engine.checks import check_num_processes, claim_output_dir
 from cliptrase_d2.engine.launch import run_launched
 from cliptrase_d2.engine.trainer import Trainer
 from cliptrase_d2.atomic import atomic_write_text
 from cliptrase_d2.method.heads import HEADS
 from cliptrase_d2.vocabulary import peer_vocabulary_keys
-from cliptrase_d2.errors import ConfigError, MissingFileError, UserError
+from cliptrase_d2.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -217,15 +218,7 @@ def validate(args):
     check_num_processes(args.num_gpus, args.num_machines, args.machine_rank)
     load_config(args.config_file, args.opts)
     for dataset in datasets:  # a missing folder is named now, not after the datasets before it
-        try:
-            DatasetCatalog.get(dataset)
-        except UserError:  # this package's datasets name a missing folder and how to make it
-            raise
-        except FileNotFoundError as error:  # Detectron2's own: a bare OSError
-            raise MissingFileError(
-                f"dataset '{dataset}': {error}: put its files there (Detectron2's "
-                "datasets/README.md) or set $DETECTRON2_DATASETS to the folder holding them"
-            ) from None
+        require_registered(dataset, files=True)
     claim_output_dir(args.output, "--output", results=OUTPUTS, machine_rank=args.machine_rank)
 
 

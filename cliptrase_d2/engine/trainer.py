@@ -81,7 +81,7 @@ def validate(args):
             "DATASETS.TEST \"('cliptrase_voc21_val',)\""
         )
     for name in cfg.DATASETS.TEST:
-        require_registered(name)
+        require_registered(name, files=True)
     check_device(cfg.MODEL.DEVICE)
     if args.resume and not cfg.TEST.SAVE_PREDICTIONS:
         raise ConfigError(

@@ -26,7 +26,7 @@ import cliptrase_d2.compat  # noqa: F401  (must run before detectron2 is importe
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
-from ...errors import InputError, MissingFileError, UnknownNameError
+from ...errors import InputError, MissingFileError, UnknownNameError, UserError
 from ...vocabulary import resolve_vocabulary
 
 logger = logging.getLogger(__name__)
@@ -300,8 +300,20 @@ def register_benchmark_datasets(root: Optional[str] = None) -> None:
         register_split(split, root)
 
 
-def require_registered(name: str):
-    """The Metadata of a registered dataset; KeyError listing this package's datasets otherwise."""
+def require_registered(name: str, files: bool = False):
+    """The Metadata of a registered dataset; KeyError listing this package's datasets otherwise.
+    ``files``: its file list is loaded too, so that a missing folder is named before any work
+    (a run with several datasets would meet it only after evaluating the ones before)."""
+    if files and name in DatasetCatalog.list():
+        try:
+            DatasetCatalog.get(name)
+        except UserError:  # this package's datasets name a missing folder and how to make it
+            raise
+        except FileNotFoundError as error:  # Detectron2's own datasets: a bare OSError
+            raise MissingFileError(
+                f"dataset '{name}': {error}: put its files there (Detectron2's "
+                "datasets/README.md) or set $DETECTRON2_DATASETS to the folder holding them"
+            ) from None
     if name not in DatasetCatalog.list():
         raise UnknownNameError(
             f"Dataset '{name}' is not registered. CLIPtrase datasets: "
