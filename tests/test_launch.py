@@ -184,6 +184,16 @@ def test_a_busy_port_is_refused_on_machine_0_only():
         assert check_launch(1, 2, 1, url) == url  # machine 1 connects there
 
 
+def test_more_processes_than_cpus_are_refused_without_cuda(monkeypatch):
+    """--num-gpus 100000 on a machine without CUDA started CPU processes until the machine gave
+    out, without a word; as with CUDA and its GPUs, the count is bounded by the CPUs."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    with pytest.raises(ConfigError, match="--num-gpus 5: without CUDA .* has 4 CPUs: give at"):
+        check_launch(5, 1, 0, "auto")
+    assert check_launch(4, 1, 0, "auto").startswith("tcp://127.0.0.1:")
+
+
 def test_an_unknown_host_is_refused():
     with pytest.raises(ConfigError, match="unknown host no-such-host.invalid"):
         check_launch(1, 2, 1, "tcp://no-such-host.invalid:29500")

@@ -5,7 +5,7 @@
     python tools/train_net.py --config-file configs/standard/ade150.yaml --eval-only --num-gpus 2 \
         MODEL.WEIGHTS weights/ViT-B-16.pt
 
-Without CUDA, --num-gpus N starts N CPU processes (gloo).
+Without CUDA, --num-gpus N starts N CPU processes (gloo), at most one per CPU.
 """
 
 import cliptrase_d2  # noqa: F401  (registers the meta-architecture and datasets; detectron2 shims)

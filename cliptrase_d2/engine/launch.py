@@ -117,6 +117,11 @@ def check_launch(num_processes: int, num_machines: int, machine_rank: int, dist_
         raise ConfigError(
             f"--num-gpus {num_processes}: this machine has {torch.cuda.device_count()} GPUs"
         )
+    if not torch.cuda.is_available() and num_processes > (os.cpu_count() or 1):
+        raise ConfigError(
+            f"--num-gpus {num_processes}: without CUDA each process is a CPU process, and this "
+            f"machine has {os.cpu_count() or 1} CPUs: give at most that many"
+        )
     if dist_url == "auto":
         if num_machines != 1:
             raise ConfigError(
