@@ -239,6 +239,12 @@ def check_config_file(config_file: str, chain=()) -> None:
             f"config file {config_file} {missing}: check the path (configs/ holds the project's "
             "configs, e.g. configs/paper/voc21_224.yaml)"
         )
+    if config_file.endswith(".py"):  # 'not valid YAML: fix the file' would mislead
+        raise ConfigError(
+            f"config file {config_file} is a Python LazyConfig: evaluate it with "
+            "tools/lazyconfig_train_net.py, or give a YAML config (e.g. configs/paper/"
+            "voc21_224.yaml)"
+        )
     try:
         with open(config_file, encoding="utf-8") as f:
             loaded = yaml.safe_load(f)

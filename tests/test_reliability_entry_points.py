@@ -133,6 +133,11 @@ def bad_configs(tmp_path):
             ConfigError,
             r"not_yaml\.yaml is not valid YAML .*line 3",
         ),
+        "lazy": (
+            os.path.join(REPO, "configs", "lazy", "common.py"),
+            ConfigError,
+            r"common\.py is a Python LazyConfig: evaluate it with tools/lazyconfig_train_net\.py",
+        ),
         "a_list": (str(tmp_path / "a_list.yaml"), ConfigError, r"a_list\.yaml holds a list"),
         "empty": (str(tmp_path / "empty.yaml"), ConfigError, r"empty\.yaml holds nothing"),
         "bad_base": (
@@ -150,7 +155,7 @@ def bad_configs(tmp_path):
 
 @pytest.mark.parametrize("entry", sorted(YAML_ENTRY_POINTS))
 @pytest.mark.parametrize(
-    "fault", ["missing", "folder", "not_yaml", "a_list", "empty", "bad_base", "bad_value"]
+    "fault", ["missing", "folder", "not_yaml", "lazy", "a_list", "empty", "bad_base", "bad_value"]
 )
 def test_bad_config_file_is_one_named_error_everywhere(entry, fault, bad_configs, tmp_path):
     config_file, kind, message = bad_configs[fault]
