@@ -271,7 +271,14 @@ def convert_pairs(
     """Copies each image that is to be copied and, for each label map whose outputs are not all
     there yet, reads it (``read``) and writes its outputs. A missing
     input image (``image_what``) or label map (``what``) is a warning naming it and ``source``, and
-    skipped: the label maps of a missing image are not written (the dataset could not load them)."""
+    skipped: the label maps of a missing image are not written (the dataset could not load them).
+    When none of the label maps is there, the folder is the wrong one: FileNotFoundError."""
+    if pairs and not any(pair.labels.is_file() for pair in pairs):  # e.g. the archive's top
+        raise FileNotFoundError(
+            f"none of the {len(pairs)} {what}s is in {pairs[0].labels.parent} (e.g. "
+            f"{pairs[0].labels.name}): give the folder that holds them (it comes from {source}; "
+            "see datasets/README.md)"
+        )
     for image, labels_file, image_copy, outputs in tqdm(pairs, desc=summary.name):
         if image_copy is not None and image.is_file():
             summary.write(copy_file(image, image_copy))

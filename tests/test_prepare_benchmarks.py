@@ -528,6 +528,23 @@ def test_an_alternative_label_map_without_image_is_named(root):
 # ---------------------------------------------------------------- bad paths: one line each
 
 
+def test_a_label_folder_holding_none_of_the_maps_is_an_error(root, monkeypatch):
+    """--stuffthingmaps naming the archive's top folder (its maps are in val2017/ below): every
+    map was a warning and the run ended done, with nothing written."""
+    write_image(root / "coco/val2017/000000000139.jpg", 1, 5)
+    write_image(root / "coco/val2017/000000000285.jpg", 1, 5)
+    top = root / "stuffthingmaps_trainval2017"
+    write_palette_png(top / "val2017/000000000139.png", [[0, 1, 2, 3, 4]])
+    message = _exit_message(
+        "prepare_coco_stuff", monkeypatch, "--root", root, "--stuffthingmaps", top
+    )
+    assert message.startswith(
+        f"error: none of the 2 COCO-Stuff maps is in {top} (e.g. 000000000139.png): give the "
+        "folder that holds them"
+    )
+    assert not (root / "coco/stuffthingmaps_detectron2").exists()
+
+
 def _exit_message(script_name, monkeypatch, *argv):
     script = prepare(script_name)
     monkeypatch.setattr("sys.argv", [f"{script_name}.py", *map(str, argv)])
