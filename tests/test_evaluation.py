@@ -623,3 +623,62 @@ def test_unreadable_ground_truth_is_one_named_error(make_dataset, evaluator_clas
         InputError, match=rf"cannot read ground truth '{records[0]['sem_seg_file_name']}'"
     ):
         evaluator.process([records[0]], [pred])
+
+
+# ---------------------------------------------------------------- a user's dataset (both)
+
+
+def _evaluator(evaluator_class, name, **kwargs):
+    kwargs = dict({"crop_size": 4} if evaluator_class is PaperSemSegEvaluator else {}, **kwargs)
+    return evaluator_class(name, distributed=False, **kwargs)
+
+
+@pytest.mark.parametrize("evaluator_class", [PaperSemSegEvaluator, StandardSemSegEvaluator])
+@pytest.mark.parametrize("ignore_label", [0, 1, "255", 2.0, "missing"])
+def test_ignore_label_missing_or_a_class_id_is_named(make_dataset, evaluator_class, ignore_label):
+    """ignore_label 0 silently left class 0 out of the paper protocol's mIoU; a missing one was
+    Detectron2's AttributeError, a string the standard protocol's TypeError."""
+    name, _ = make_dataset([np.zeros((4, 4), np.int64)], ["a", "b"], ignore_label=ignore_label)
+    if ignore_label == "missing":
+        delattr(MetadataCatalog.get(name), "ignore_label")
+    with pytest.raises(InputError, match=rf"'{name}': metadata ignore_label is .*ignore_label=255"):
+        _evaluator(evaluator_class, name)
+
+
+@pytest.mark.parametrize("evaluator_class", [PaperSemSegEvaluator, StandardSemSegEvaluator])
+def test_ignore_label_none_means_no_void(make_dataset, evaluator_class):
+    gt = np.array([[0, 1, 1, 1]] * 4, np.int64)
+    name, records = make_dataset([gt], ["a", "b"], ignore_label=None)
+    results = _run(_evaluator(evaluator_class, name), records, [gt], 2)["sem_seg"]
+    assert results["pACC" if evaluator_class is StandardSemSegEvaluator else "pAcc"] == 100.0
+
+
+@pytest.mark.parametrize("evaluator_class", [PaperSemSegEvaluator, StandardSemSegEvaluator])
+def test_repeated_class_names_are_refused(make_dataset, evaluator_class):
+    """Results are keyed by class name: the second 'a' overwrote the first's IoU unseen."""
+    name, _ = make_dataset([np.zeros((4, 4), np.int64)], ["a", "b", "a"])
+    with pytest.raises(InputError, match=rf"'{name}': metadata stuff_classes names \['a'\]"):
+        _evaluator(evaluator_class, name)
+
+
+@pytest.mark.parametrize("evaluator_class", [PaperSemSegEvaluator, StandardSemSegEvaluator])
+def test_a_record_without_ground_truth_is_named(make_dataset, evaluator_class):
+    """Detectron2's evaluator ended in KeyError: 'sem_seg_file_name'."""
+    name, records = make_dataset([np.zeros((4, 4), np.int64)] * 2, ["a", "b"])
+    del records[1]["sem_seg_file_name"]
+    with pytest.raises(InputError, match=r"img_1\.jpg' has no 'sem_seg_file_name'.*load_sem_seg"):
+        _evaluator(evaluator_class, name)
+
+
+@pytest.mark.parametrize("evaluator_class", [PaperSemSegEvaluator, StandardSemSegEvaluator])
+def test_predictions_saved_under_one_name_are_refused(make_dataset, evaluator_class, tmp_path):
+    """Two images of one stem in two folders: the second's label map overwrote the first's,
+    and a resumed run scored it for both."""
+    name, records = make_dataset([np.zeros((4, 4), np.int64)] * 2, ["a", "b"])
+    for index, record in enumerate(records):
+        del record["image_id"]
+        record["file_name"] = str(tmp_path / f"scene{index}" / "0001.jpg")
+    out = str(tmp_path / "out")
+    with pytest.raises(InputError, match=r"scene0/0001.jpg' and '.*scene1/0001.jpg' .*image_id"):
+        _evaluator(evaluator_class, name, output_dir=out, save_predictions=True)
+    _evaluator(evaluator_class, name, output_dir=out)  # nothing saved: nothing collides
