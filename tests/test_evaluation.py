@@ -682,3 +682,11 @@ def test_predictions_saved_under_one_name_are_refused(make_dataset, evaluator_cl
     with pytest.raises(InputError, match=r"scene0/0001.jpg' and '.*scene1/0001.jpg' .*image_id"):
         _evaluator(evaluator_class, name, output_dir=out, save_predictions=True)
     _evaluator(evaluator_class, name, output_dir=out)  # nothing saved: nothing collides
+
+
+@pytest.mark.parametrize("evaluator_class", [PaperSemSegEvaluator, StandardSemSegEvaluator])
+def test_no_images_give_no_results_and_write_none(make_dataset, evaluator_class, tmp_path):
+    """The standard protocol wrote a results JSON of nulls (Detectron2's NaN metric)."""
+    name, _ = make_dataset([], ["a", "b"])
+    assert _run(_evaluator(evaluator_class, name, output_dir=str(tmp_path)), [], [], 2) == {}
+    assert list(tmp_path.glob("*.json")) == []

@@ -350,10 +350,11 @@ class _CheckedSemSegEvaluator(SemSegEvaluator):
             self._logger.setLevel(level)
         if results is None:
             return None
-        if sum(counts) == 0:
+        if sum(counts) == 0:  # no results (Detectron2's would be NaN): none written either
             logger.warning(
                 "%s on %s received no predictions", type(self).__name__, self._dataset_name
             )
+            return OrderedDict()
         return self._protocol_results(results, sum(counts))
 
     def encode_json_sem_seg(self, sem_seg, input_file_name):
@@ -444,8 +445,6 @@ class PaperSemSegEvaluator(_CheckedSemSegEvaluator):
         """The paper's metric from Detectron2's confusion matrix, summed over the processes (its
         [:K, :K] block, with prediction rows, is the paper's (ground truth, prediction) matrix
         transposed)."""
-        if num_images == 0:
-            return OrderedDict()
         scores = paper_metric(self._conf_matrix[:-1, :-1].T)
         summary = OrderedDict((key, scores[key]) for key in SUMMARY_KEYS)
         results = OrderedDict(summary)
