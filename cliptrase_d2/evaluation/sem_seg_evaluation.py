@@ -163,18 +163,18 @@ def prediction_path(output_dir: str, dataset_name: str, dataset_dict: dict) -> s
 
 
 def saved_predictions(
-    output_dir: Optional[str], dataset_name: str, records: Optional[List[dict]] = None
+    output_dir: Optional[str], dataset_name: str, records: List[dict]
 ) -> Dict[str, str]:
-    """``file_name`` -> saved label map, for the records (default: the catalog's) whose
-    prediction a resumed evaluation takes over: listed in the ``resumed`` record of the claimed
-    folder holding ``output_dir`` (files an earlier run of the same settings wrote there, see
+    """``file_name`` -> saved label map, for the dataset's ``records`` whose prediction a
+    resumed evaluation takes over: listed in the ``resumed`` record of the claimed folder holding
+    ``output_dir`` (files an earlier run of the same settings wrote there, see
     ``claim_output_dir``) and present. Empty outside such a folder."""
     root = claimed_root(output_dir) if output_dir else None
     resumed = recorded_files(root, RESUMED_RECORD) if root else set()
     if not resumed:
         return {}
     saved = {}
-    for record in DatasetCatalog.get(dataset_name) if records is None else records:
+    for record in records:
         path = prediction_path(output_dir, dataset_name, record)
         if os.path.relpath(os.path.abspath(path), root) in resumed and os.path.isfile(path):
             saved[record["file_name"]] = path
@@ -205,9 +205,9 @@ class _CheckedSemSegEvaluator(SemSegEvaluator):
     def __init__(
         self,
         dataset_name: str,
-        *,
         distributed: bool = True,
         output_dir: Optional[str] = None,
+        *,
         save_predictions: bool = False,
         run_info: Optional[Dict] = None,
     ):
@@ -469,9 +469,6 @@ class StandardSemSegEvaluator(_CheckedSemSegEvaluator):
     """
 
     protocol = "standard"
-
-    def __init__(self, dataset_name: str, distributed: bool = True, output_dir=None, **kwargs):
-        super().__init__(dataset_name, distributed=distributed, output_dir=output_dir, **kwargs)
 
     def _load_ground_truth(self, path: str, dtype=np.int64) -> np.ndarray:
         """(H, W) label ids of one ground truth, checked: one channel, ids are classes or
