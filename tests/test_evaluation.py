@@ -690,3 +690,22 @@ def test_no_images_give_no_results_and_write_none(make_dataset, evaluator_class,
     name, _ = make_dataset([], ["a", "b"])
     assert _run(_evaluator(evaluator_class, name, output_dir=str(tmp_path)), [], [], 2) == {}
     assert list(tmp_path.glob("*.json")) == []
+
+
+@pytest.mark.parametrize("evaluator_class", [PaperSemSegEvaluator, StandardSemSegEvaluator])
+def test_jpeg_ground_truth_is_refused(make_dataset, evaluator_class):
+    """A JPEG label map's border pixels hold neighbouring ids (here still classes): the
+    evaluation lowered mIoU without a word."""
+    gt = np.full((16, 16), 100, np.uint8)
+    gt[:, 7:] = 150
+    name, records = make_dataset([None], [f"c{i}" for i in range(200)])
+    path = records[0]["sem_seg_file_name"]
+    Image.fromarray(gt).save(path, format="JPEG", quality=50)
+    assert set(np.unique(np.asarray(Image.open(path)))) - {100, 150}  # ids changed, classes all
+    evaluator = _evaluator(
+        evaluator_class,
+        name,
+        **({"crop_size": 16} if evaluator_class is PaperSemSegEvaluator else {}),
+    )
+    with pytest.raises(InputError, match=rf"'{path}' is a JPEG.*save label maps losslessly"):
+        _run(evaluator, [_with_size(records[0], 16, 16)], [gt], 200)

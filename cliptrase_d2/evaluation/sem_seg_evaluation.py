@@ -98,7 +98,13 @@ def check_ground_truth_size(gt_size: Tuple[int, int], dataset_dict: dict, path: 
 
 def label_ids(image: Image.Image, path: str) -> np.ndarray:
     """The int64 values of a label map; InputError naming the file when its pixels are floats
-    (a float TIFF, PIL mode 'F'), which are no class ids and would be truncated without a word."""
+    (a float TIFF, PIL mode 'F'), which are no class ids and would be truncated without a word,
+    or when it is a JPEG, whose compression changes the ids along region borders unseen."""
+    if image.format in ("JPEG", "MPO"):
+        raise InputError(
+            f"ground truth '{path}' is a JPEG, whose lossy compression changes class ids along "
+            "region borders; save label maps losslessly (PNG): re-run the dataset's prepare script"
+        )
     labels = np.asarray(image)
     if labels.dtype.kind == "f":
         raise InputError(
