@@ -623,3 +623,89 @@ def test_unreadable_ground_truth_is_one_named_error(make_dataset, evaluator_clas
         InputError, match=rf"cannot read ground truth '{records[0]['sem_seg_file_name']}'"
     ):
         evaluator.process([records[0]], [pred])
+
+
+# ---------------------------------------------------------------- a user's dataset (both)
+
+
+def _evaluator(evaluator_class, name, **kwargs):
+    kwargs = dict({"crop_size": 4} if evaluator_class is PaperSemSegEvaluator else {}, **kwargs)
+    return evaluator_class(name, distributed=False, **kwargs)
+
+
+@pytest.mark.parametrize("evaluator_class", [PaperSemSegEvaluator, StandardSemSegEvaluator])
+@pytest.mark.parametrize("ignore_label", [0, 1, "255", 2.0, "missing"])
+def test_ignore_label_missing_or_a_class_id_is_named(make_dataset, evaluator_class, ignore_label):
+    """ignore_label 0 silently left class 0 out of the paper protocol's mIoU; a missing one was
+    Detectron2's AttributeError, a string the standard protocol's TypeError."""
+    name, _ = make_dataset([np.zeros((4, 4), np.int64)], ["a", "b"], ignore_label=ignore_label)
+    if ignore_label == "missing":
+        delattr(MetadataCatalog.get(name), "ignore_label")
+    with pytest.raises(InputError, match=rf"'{name}': metadata ignore_label is .*ignore_label=255"):
+        _evaluator(evaluator_class, name)
+
+
+@pytest.mark.parametrize("evaluator_class", [PaperSemSegEvaluator, StandardSemSegEvaluator])
+def test_ignore_label_none_means_no_void(make_dataset, evaluator_class):
+    gt = np.array([[0, 1, 1, 1]] * 4, np.int64)
+    name, records = make_dataset([gt], ["a", "b"], ignore_label=None)
+    results = _run(_evaluator(evaluator_class, name), records, [gt], 2)["sem_seg"]
+    assert results["pACC" if evaluator_class is StandardSemSegEvaluator else "pAcc"] == 100.0
+
+
+@pytest.mark.parametrize("evaluator_class", [PaperSemSegEvaluator, StandardSemSegEvaluator])
+def test_repeated_class_names_are_refused(make_dataset, evaluator_class):
+    """Results are keyed by class name: the second 'a' overwrote the first's IoU unseen."""
+    name, _ = make_dataset([np.zeros((4, 4), np.int64)], ["a", "b", "a"])
+    with pytest.raises(InputError, match=rf"'{name}': metadata stuff_classes names \['a'\]"):
+        _evaluator(evaluator_class, name)
+
+
+@pytest.mark.parametrize("evaluator_class", [PaperSemSegEvaluator, StandardSemSegEvaluator])
+def test_a_record_without_ground_truth_is_named(make_dataset, evaluator_class):
+    """Detectron2's evaluator ended in KeyError: 'sem_seg_file_name'."""
+    name, records = make_dataset([np.zeros((4, 4), np.int64)] * 2, ["a", "b"])
+    del records[1]["sem_seg_file_name"]
+    with pytest.raises(InputError, match=r"img_1\.jpg' has no 'sem_seg_file_name'.*load_sem_seg"):
+        _evaluator(evaluator_class, name)
+
+
+@pytest.mark.parametrize("evaluator_class", [PaperSemSegEvaluator, StandardSemSegEvaluator])
+def test_predictions_saved_under_one_name_are_refused(make_dataset, evaluator_class, tmp_path):
+    """Two images of one stem in two folders: the second's label map overwrote the first's,
+    and a resumed run scored it for both."""
+    name, records = make_dataset([np.zeros((4, 4), np.int64)] * 2, ["a", "b"])
+    for index, record in enumerate(records):
+        del record["image_id"]
+        record["file_name"] = str(tmp_path / f"scene{index}" / "0001.jpg")
+    out = str(tmp_path / "out")
+    with pytest.raises(InputError, match=r"scene0/0001.jpg' and '.*scene1/0001.jpg' .*image_id"):
+        _evaluator(evaluator_class, name, output_dir=out, save_predictions=True)
+    _evaluator(evaluator_class, name, output_dir=out)  # nothing saved: nothing collides
+
+
+@pytest.mark.parametrize("evaluator_class", [PaperSemSegEvaluator, StandardSemSegEvaluator])
+def test_no_images_give_no_results_and_write_none(make_dataset, evaluator_class, tmp_path):
+    """The standard protocol wrote a results JSON of nulls (Detectron2's NaN metric)."""
+    name, _ = make_dataset([], ["a", "b"])
+    assert _run(_evaluator(evaluator_class, name, output_dir=str(tmp_path)), [], [], 2) == {}
+    assert list(tmp_path.glob("*.json")) == []
+
+
+@pytest.mark.parametrize("evaluator_class", [PaperSemSegEvaluator, StandardSemSegEvaluator])
+def test_jpeg_ground_truth_is_refused(make_dataset, evaluator_class):
+    """A JPEG label map's border pixels hold neighbouring ids (here still classes): the
+    evaluation lowered mIoU without a word."""
+    gt = np.full((16, 16), 100, np.uint8)
+    gt[:, 7:] = 150
+    name, records = make_dataset([None], [f"c{i}" for i in range(200)])
+    path = records[0]["sem_seg_file_name"]
+    Image.fromarray(gt).save(path, format="JPEG", quality=50)
+    assert set(np.unique(np.asarray(Image.open(path)))) - {100, 150}  # ids changed, classes all
+    evaluator = _evaluator(
+        evaluator_class,
+        name,
+        **({"crop_size": 16} if evaluator_class is PaperSemSegEvaluator else {}),
+    )
+    with pytest.raises(InputError, match=rf"'{path}' is a JPEG.*save label maps losslessly"):
+        _run(evaluator, [_with_size(records[0], 16, 16)], [gt], 200)

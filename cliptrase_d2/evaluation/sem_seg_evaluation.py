@@ -18,7 +18,7 @@ import inspect
 import itertools
 import logging
 import os
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -98,7 +98,13 @@ def check_ground_truth_size(gt_size: Tuple[int, int], dataset_dict: dict, path: 
 
 def label_ids(image: Image.Image, path: str) -> np.ndarray:
     """The int64 values of a label map; InputError naming the file when its pixels are floats
-    (a float TIFF, PIL mode 'F'), which are no class ids and would be truncated without a word."""
+    (a float TIFF, PIL mode 'F'), which are no class ids and would be truncated without a word,
+    or when it is a JPEG, whose compression changes the ids along region borders unseen."""
+    if image.format in ("JPEG", "MPO"):
+        raise InputError(
+            f"ground truth '{path}' is a JPEG, whose lossy compression changes class ids along "
+            "region borders; save label maps losslessly (PNG): re-run the dataset's prepare script"
+        )
     labels = np.asarray(image)
     if labels.dtype.kind == "f":
         raise InputError(
@@ -163,18 +169,18 @@ def prediction_path(output_dir: str, dataset_name: str, dataset_dict: dict) -> s
 
 
 def saved_predictions(
-    output_dir: Optional[str], dataset_name: str, records: Optional[List[dict]] = None
+    output_dir: Optional[str], dataset_name: str, records: List[dict]
 ) -> Dict[str, str]:
-    """``file_name`` -> saved label map, for the records (default: the catalog's) whose
-    prediction a resumed evaluation takes over: listed in the ``resumed`` record of the claimed
-    folder holding ``output_dir`` (files an earlier run of the same settings wrote there, see
+    """``file_name`` -> saved label map, for the dataset's ``records`` whose prediction a
+    resumed evaluation takes over: listed in the ``resumed`` record of the claimed folder holding
+    ``output_dir`` (files an earlier run of the same settings wrote there, see
     ``claim_output_dir``) and present. Empty outside such a folder."""
     root = claimed_root(output_dir) if output_dir else None
     resumed = recorded_files(root, RESUMED_RECORD) if root else set()
     if not resumed:
         return {}
     saved = {}
-    for record in DatasetCatalog.get(dataset_name) if records is None else records:
+    for record in records:
         path = prediction_path(output_dir, dataset_name, record)
         if os.path.relpath(os.path.abspath(path), root) in resumed and os.path.isfile(path):
             saved[record["file_name"]] = path
@@ -205,21 +211,55 @@ class _CheckedSemSegEvaluator(SemSegEvaluator):
     def __init__(
         self,
         dataset_name: str,
-        *,
         distributed: bool = True,
         output_dir: Optional[str] = None,
+        *,
         save_predictions: bool = False,
         run_info: Optional[Dict] = None,
     ):
         check_registered(dataset_name)
-        if not MetadataCatalog.get(dataset_name).get("stuff_classes"):
+        meta = MetadataCatalog.get(dataset_name)
+        if not meta.get("stuff_classes"):
             raise UnknownNameError(
                 f"Dataset '{dataset_name}' has no 'stuff_classes' in its metadata"
+            )
+        repeated = [name for name, count in Counter(meta.stuff_classes).items() if count > 1]
+        if repeated:  # the results are keyed by class name: one would hide the other
+            raise InputError(
+                f"Dataset '{dataset_name}': metadata stuff_classes names {repeated[:5]} more "
+                "than once; give each class a distinct name"
+            )
+        # void pixels are left out of the confusion matrix: a class id there would never count
+        ignore, num_classes = meta.get("ignore_label", "missing"), len(meta.stuff_classes)
+        if ignore is not None and not (
+            isinstance(ignore, (int, np.integer)) and not 0 <= ignore < num_classes
+        ):
+            raise InputError(
+                f"Dataset '{dataset_name}': metadata ignore_label is {ignore!r}, not the integer "
+                f"id of void pixels outside the {num_classes} class ids: set it with "
+                f"MetadataCatalog.get('{dataset_name}').set(ignore_label=255), 65535 with more "
+                "than 255 classes (None: no void pixels)"
             )
         if save_predictions and not output_dir:
             raise InputError(
                 "save_predictions=True needs an output_dir to write the predictions to"
             )
+        records, saved_as = DatasetCatalog.get(dataset_name), {}
+        for record in records:
+            if "sem_seg_file_name" not in record:
+                raise InputError(
+                    f"Dataset '{dataset_name}': the record of '{record.get('file_name')}' has no "
+                    "'sem_seg_file_name' (its ground-truth label map); register the dataset "
+                    "with detectron2's load_sem_seg or give every record one"
+                )
+            path = prediction_path(output_dir or "", dataset_name, record)
+            if save_predictions and saved_as.setdefault(path, record) is not record:
+                raise InputError(
+                    f"Dataset '{dataset_name}': the predictions of '{saved_as[path]['file_name']}'"
+                    f" and '{record['file_name']}' would both be saved as {path} (named by "
+                    "'image_id', else by the image's file stem); give the records distinct "
+                    "'image_id's"
+                )
         hook = {"sem_seg_loading_fn": self._load_ground_truth} if LIBRARY_LOADING_HOOK else {}
         # output_dir is kept here: Detectron2's own (non-atomic) dumps are not written
         super().__init__(dataset_name, distributed=distributed, output_dir=None, **hook)
@@ -228,7 +268,7 @@ class _CheckedSemSegEvaluator(SemSegEvaluator):
         self._results_dir = output_dir
         self._save_predictions = save_predictions
         self._prediction_dtype = prediction_png_dtype(self._num_classes)
-        self._saved = saved_predictions(output_dir, dataset_name)
+        self._saved = saved_predictions(output_dir, dataset_name, records)
         if self._saved:
             logger.info(
                 "%s: %d images already predicted in %s (resumed)",
@@ -316,10 +356,11 @@ class _CheckedSemSegEvaluator(SemSegEvaluator):
             self._logger.setLevel(level)
         if results is None:
             return None
-        if sum(counts) == 0:
+        if sum(counts) == 0:  # no results (Detectron2's would be NaN): none written either
             logger.warning(
                 "%s on %s received no predictions", type(self).__name__, self._dataset_name
             )
+            return OrderedDict()
         return self._protocol_results(results, sum(counts))
 
     def encode_json_sem_seg(self, sem_seg, input_file_name):
@@ -410,8 +451,6 @@ class PaperSemSegEvaluator(_CheckedSemSegEvaluator):
         """The paper's metric from Detectron2's confusion matrix, summed over the processes (its
         [:K, :K] block, with prediction rows, is the paper's (ground truth, prediction) matrix
         transposed)."""
-        if num_images == 0:
-            return OrderedDict()
         scores = paper_metric(self._conf_matrix[:-1, :-1].T)
         summary = OrderedDict((key, scores[key]) for key in SUMMARY_KEYS)
         results = OrderedDict(summary)
@@ -436,14 +475,6 @@ class StandardSemSegEvaluator(_CheckedSemSegEvaluator):
     """
 
     protocol = "standard"
-
-    def __init__(self, dataset_name: str, distributed: bool = True, output_dir=None, **kwargs):
-        super().__init__(dataset_name, distributed=distributed, output_dir=output_dir, **kwargs)
-        if 0 <= self._ignore_label < self._num_classes:
-            raise InputError(
-                f"Dataset '{dataset_name}': ignore_label {self._ignore_label} is also a class id "
-                f"(there are {self._num_classes} classes); use 65535 with more than 255 classes"
-            )
 
     def _load_ground_truth(self, path: str, dtype=np.int64) -> np.ndarray:
         """(H, W) label ids of one ground truth, checked: one channel, ids are classes or
