@@ -199,6 +199,30 @@ def test_the_check_command(root, monkeypatch, caplog):
     assert run()[1].endswith("cliptrase_ade150_val: FAILED: 2 images, official 2000\n")
 
 
+def test_the_check_command_names_a_user_dataset_s_bad_metadata(tmp_path, caplog):
+    """A dataset of one's own without ignore_label ended the check in Detectron2's raw
+    AttributeError; it is now checked as the evaluators check it."""
+    write_image(tmp_path / "a.jpg", 2, 2)
+    write_palette_png(tmp_path / "a.png", [[0, 1]] * 2)
+    record = {"file_name": str(tmp_path / "a.jpg"), "sem_seg_file_name": str(tmp_path / "a.png")}
+    DatasetCatalog.register("my_unchecked", lambda: [dict(record, height=2, width=2)])
+    MetadataCatalog.get("my_unchecked").set(stuff_classes=["road", "car"])
+    try:
+        with caplog.at_level(logging.INFO):
+            assert check.main(["my_unchecked"]) == 1
+        assert "my_unchecked: FAILED: Dataset 'my_unchecked': metadata ignore_label is " in (
+            caplog.text
+        )
+        MetadataCatalog.get("my_unchecked").set(ignore_label=255)
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            assert check.main(["my_unchecked"]) == 0
+        assert "my_unchecked: OK: 1 images" in caplog.text
+    finally:
+        DatasetCatalog.remove("my_unchecked")
+        MetadataCatalog.remove("my_unchecked")
+
+
 def test_a_tilde_in_the_check_root_or_detectron2_datasets_is_the_home_folder(root, monkeypatch):
     """check --root "~/datasets" (quoted) looked for a folder named '~' in the working folder, and
     so did the registration for DETECTRON2_DATASETS="~/datasets"."""

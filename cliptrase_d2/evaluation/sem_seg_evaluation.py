@@ -62,6 +62,34 @@ def check_registered(dataset_name: str) -> None:
         )
 
 
+def sem_seg_metadata(dataset_name: str):
+    """The Metadata of a registered semantic-segmentation dataset, checked: ``stuff_classes``
+    given, each name once (the results are keyed by name: one would hide the other), and
+    ``ignore_label`` the integer id of void pixels outside the class ids (a class id there would
+    never count), or None for no void pixels."""
+    check_registered(dataset_name)
+    meta = MetadataCatalog.get(dataset_name)
+    if not meta.get("stuff_classes"):
+        raise UnknownNameError(f"Dataset '{dataset_name}' has no 'stuff_classes' in its metadata")
+    repeated = [name for name, count in Counter(meta.stuff_classes).items() if count > 1]
+    if repeated:
+        raise InputError(
+            f"Dataset '{dataset_name}': metadata stuff_classes names {repeated[:5]} more "
+            "than once; give each class a distinct name"
+        )
+    ignore, num_classes = meta.get("ignore_label", "missing"), len(meta.stuff_classes)
+    if ignore is not None and not (
+        isinstance(ignore, (int, np.integer)) and not 0 <= ignore < num_classes
+    ):
+        raise InputError(
+            f"Dataset '{dataset_name}': metadata ignore_label is {ignore!r}, not the integer "
+            f"id of void pixels outside the {num_classes} class ids: set it with "
+            f"MetadataCatalog.get('{dataset_name}').set(ignore_label=255), 65535 with more "
+            "than 255 classes (None: no void pixels)"
+        )
+    return meta
+
+
 def open_label_map(path: str, dataset_name: str, load: bool = True) -> Image.Image:
     """A ground-truth image, decoded (or with ``load=False`` only its header read: its size);
     MissingFileError naming it when it is missing, InputError when it is not a readable image."""
@@ -217,29 +245,7 @@ class _CheckedSemSegEvaluator(SemSegEvaluator):
         save_predictions: bool = False,
         run_info: Optional[Dict] = None,
     ):
-        check_registered(dataset_name)
-        meta = MetadataCatalog.get(dataset_name)
-        if not meta.get("stuff_classes"):
-            raise UnknownNameError(
-                f"Dataset '{dataset_name}' has no 'stuff_classes' in its metadata"
-            )
-        repeated = [name for name, count in Counter(meta.stuff_classes).items() if count > 1]
-        if repeated:  # the results are keyed by class name: one would hide the other
-            raise InputError(
-                f"Dataset '{dataset_name}': metadata stuff_classes names {repeated[:5]} more "
-                "than once; give each class a distinct name"
-            )
-        # void pixels are left out of the confusion matrix: a class id there would never count
-        ignore, num_classes = meta.get("ignore_label", "missing"), len(meta.stuff_classes)
-        if ignore is not None and not (
-            isinstance(ignore, (int, np.integer)) and not 0 <= ignore < num_classes
-        ):
-            raise InputError(
-                f"Dataset '{dataset_name}': metadata ignore_label is {ignore!r}, not the integer "
-                f"id of void pixels outside the {num_classes} class ids: set it with "
-                f"MetadataCatalog.get('{dataset_name}').set(ignore_label=255), 65535 with more "
-                "than 255 classes (None: no void pixels)"
-            )
+        sem_seg_metadata(dataset_name)
         if save_predictions and not output_dir:
             raise InputError(
                 "save_predictions=True needs an output_dir to write the predictions to"

@@ -20,13 +20,12 @@ from PIL import Image
 
 from ...errors import InputError, UserError
 from ...evaluation.paper_metric import unknown_label_ids
-from ...evaluation.sem_seg_evaluation import label_ids
+from ...evaluation.sem_seg_evaluation import label_ids, sem_seg_metadata
 from .register_benchmarks import (
     BENCHMARK_SPLITS,
     OFFICIAL_SPLITS,
     datasets_root,
     register_benchmark_datasets,
-    require_registered,
 )
 from .register_sample import register_sample_datasets
 
@@ -57,7 +56,7 @@ def label_map_problem(record: dict, num_classes: int, ignore_label: int) -> Opti
 
 def check_dataset(name: str) -> Tuple[str, List[str]]:
     """(what was checked, the problems found) of one registered dataset."""
-    meta = require_registered(name)
+    meta = sem_seg_metadata(name)
     records = DatasetCatalog.get(name)
     official = next((s.official for s in BENCHMARK_SPLITS if s.name == name), None)
     expected = OFFICIAL_SPLITS[official]["images"] if official else len(records)
