@@ -10,7 +10,7 @@ import pytest
 
 from conftest import FIXTURE_SPLITS, REPO, require_fixtures
 from cliptrase_d2.data.datasets import register_split
-from cliptrase_d2.errors import MissingFileError
+from cliptrase_d2.errors import InputError, MissingFileError
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from cliptrase_d2.config import load_config
 from cliptrase_d2.engine.trainer import Trainer, validate
@@ -206,7 +206,7 @@ def test_second_table_runs_each_peer_under_its_published_setting(tmp_path, monke
 
 
 @pytest.mark.parametrize("tool", ["compare", "train_net"])
-@pytest.mark.parametrize("owner", ["cliptrase_d2", "detectron2"])
+@pytest.mark.parametrize("owner", ["cliptrase_d2", "detectron2", "empty"])
 def test_a_dataset_without_its_files_is_named_before_the_first_run(owner, tool, tmp_path):
     """--datasets A,B (train_net: DATASETS.TEST (A, B)) with B's folder missing evaluated A (with
     every head: hours on a benchmark), then ended on B's missing folder (a traceback for
@@ -215,9 +215,12 @@ def test_a_dataset_without_its_files_is_named_before_the_first_run(owner, tool, 
     if owner == "cliptrase_d2":
         register_split(dataclasses.replace(FIXTURE_SPLITS[2], name=name), str(tmp_path / "x"))
         message = f"Dataset '{name}': folder .*x/images does not exist"
-    else:  # Detectron2's loaders open their files: a bare FileNotFoundError
+    elif owner == "detectron2":  # Detectron2's loaders open their files: a bare FileNotFoundError
         DatasetCatalog.register(name, lambda: open(tmp_path / "x.json"))
         message = f"dataset '{name}': .*x.json': put its files there"
+    else:  # Detectron2's loader asserted: "Dataset 'x' is empty!", after the datasets before
+        DatasetCatalog.register(name, lambda: [])
+        message = f"Dataset '{name}' lists no images: register it with its records"
     config = os.path.join(REPO, "configs", "paper", "voc21_224.yaml")
     if tool == "compare":
         argv = ["--config-file", config, "--output", str(tmp_path / "out"), "--datasets"]
@@ -227,7 +230,7 @@ def test_a_dataset_without_its_files_is_named_before_the_first_run(owner, tool, 
         tests = f"('cliptrase_fixtures_voc21', '{name}')"
         args = default_argument_parser().parse_args([*argv, "DATASETS.TEST", tests])
     try:
-        with pytest.raises(MissingFileError, match=message):
+        with pytest.raises(MissingFileError if owner != "empty" else InputError, match=message):
             (compare.validate if tool == "compare" else validate)(args)
     finally:
         DatasetCatalog.remove(name)

@@ -306,7 +306,11 @@ def require_registered(name: str, files: bool = False):
     (a run with several datasets would meet it only after evaluating the ones before)."""
     if files and name in DatasetCatalog.list():
         try:
-            DatasetCatalog.get(name)
+            if not DatasetCatalog.get(name):  # Detectron2's loader: "Dataset 'x' is empty!"
+                raise InputError(
+                    f"Dataset '{name}' lists no images: register it with its records (e.g. "
+                    "detectron2's load_sem_seg over its image and label-map folders)"
+                )
         except UserError:  # this package's datasets name a missing folder and how to make it
             raise
         except FileNotFoundError as error:  # Detectron2's own datasets: a bare OSError
