@@ -3,6 +3,7 @@ its
 metadata, lazy loading with errors that name the missing file and the script that creates it, and
 each prepare script on tiny synthetic inputs (label values, idempotence, missing inputs)."""
 
+import dataclasses
 import importlib
 import io
 import json
@@ -27,6 +28,7 @@ from cliptrase_d2.data.datasets import (
     SAMPLE_SPLITS,
     register_benchmark_datasets,
     register_sample_datasets,
+    register_split,
     require_registered,
 )
 from cliptrase_d2.vocabulary import load_vocabularies
@@ -178,6 +180,12 @@ def test_require_registered(root):
     )
     assert "cliptrase_voc22_val" in str(error.value)
     assert ", ".join(ours) in str(error.value)
+    # a dataset registered with register_split and removed since is not listed
+    register_split(dataclasses.replace(BENCHMARK_SPLITS[0], name="cliptrase_gone"), str(root))
+    DatasetCatalog.remove("cliptrase_gone")
+    with pytest.raises(KeyError) as error:
+        require_registered("cliptrase_voc22_val")
+    assert ", ".join(ours) in str(error.value) and "cliptrase_gone" not in str(error.value)
 
 
 # ---------------------------------------------------------------- lazy loading

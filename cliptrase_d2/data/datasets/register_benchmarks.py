@@ -319,9 +319,9 @@ def require_registered(name: str, files: bool = False):
                 "datasets/README.md) or set $DETECTRON2_DATASETS to the folder holding them"
             ) from None
     if name not in DatasetCatalog.list():
+        ours = sorted(_registered_names & set(DatasetCatalog.list()))  # not those removed since
         raise UnknownNameError(
-            f"Dataset '{name}' is not registered. CLIPtrase datasets: "
-            f"{', '.join(sorted(_registered_names))} "
+            f"Dataset '{name}' is not registered. CLIPtrase datasets: {', '.join(ours)} "
             "(Detectron2's own are in DatasetCatalog.list()). Import cliptrase_d2 before using "
             "them."
         )
