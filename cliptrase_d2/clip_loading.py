@@ -34,6 +34,7 @@ the weights are a TorchScript archive (only OpenAI distributes CLIP that way). A
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import hashlib
 import io
@@ -56,6 +57,7 @@ from huggingface_hub import constants as hub_constants
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 from open_clip.factory import load_state_dict
+from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
 from .errors import WeightsError
 from .torchscript_archive import ArchiveError, pickled_code, read_torchscript, torchscript_root
@@ -251,6 +253,28 @@ def _register_config_json(path: str) -> _ModelSpec:
             f"Model config {path} is not an open_clip model config: it needs the keys "
             f"{list(required)} (see open_clip's model_configs/*.json for examples)."
         )
+    # open_clip's sizes (its config fields with a positive int default, image_size and ResNet
+    # layers also lists of them) and quick_gelu, whose string "false" would turn it on
+    sizes = {"embed_dim": config["embed_dim"]}
+    for section, fields in (("vision_cfg", CLIPVisionCfg), ("text_cfg", CLIPTextCfg)):
+        if not isinstance(config[section], dict):
+            raise WeightsError(
+                f"Model config {path}: {section} must be a JSON object; fix the file."
+            )
+        ints = {
+            f.name for f in dataclasses.fields(fields) if type(f.default) is int and f.default > 0
+        }
+        sizes.update(
+            {f"{section}.{k}": v for k, v in config[section].items() if k in ints and v is not None}
+        )
+    for key, value in sizes.items():
+        if not all(type(v) is int and v > 0 for v in (value if type(value) is list else [value])):
+            raise WeightsError(
+                f"Model config {path}: {key} must be a positive integer, got {value!r}; fix the "
+                "file (see open_clip's model_configs/*.json for examples)."
+            )
+    if not isinstance(config.get("quick_gelu", False), bool):
+        raise WeightsError(f"Model config {path}: quick_gelu must be true or false (no quotes).")
     name = file.stem
     if open_clip.get_model_config(name) != config:
         if name in open_clip.list_models():
@@ -331,14 +355,18 @@ def _existing_file(weights: str) -> Path:
     path = Path(weights).expanduser()
     if path.is_file():
         return path
-    hint = ""
+    problem, hint = "not found", ""
     if weights.startswith("hf-hub:"):
         hint = " ('hf-hub:' names are not supported: download the checkpoint and give its path.)"
     elif path.is_dir():
-        hint = " It is a directory: give the checkpoint file inside it."
+        problem = "is a directory: give the checkpoint file inside it"
+    elif path.exists():  # a pipe or device: no checkpoint, or one read forever
+        problem = "is not a regular file (a pipe or device): give the checkpoint file itself"
+    elif path.is_symlink():
+        hint = f" It is a link to {os.readlink(path)}, which does not exist."
     where = "" if path.is_absolute() else f" (relative paths start from {os.getcwd()})"
     raise WeightsError(
-        f"Weights file {weights} not found{where}.{hint} For OpenAI's ViT-B/16 run `python "
+        f"Weights file {weights} {problem}{where}.{hint} For OpenAI's ViT-B/16 run `python "
         f"{FETCH_TOOL} --model ViT-B-16 --dest {WEIGHTS_DIR}/` and set MODEL.WEIGHTS "
         f"{WEIGHTS_DIR}/ViT-B-16.pt; see {WEIGHTS_DIR}/README.md."
     )
@@ -632,6 +660,13 @@ def _load_exact(
             f"open_clip name or a model-config JSON), or MODEL.WEIGHTS to weights of {spec.name}."
         )
     for key, tensor in matched.items():
+        if expected[key].is_floating_point() and not tensor.is_floating_point():
+            # load_state_dict would cast integers, booleans or complex numbers without a word
+            raise WeightsError(
+                f"Weights file {checkpoint} holds tensor {key} as {tensor.dtype}, not floating "
+                "point, so it cannot be a weight: the file is damaged or was converted wrongly. "
+                "Use the model's checkpoint (for CLIP: OpenAI's or open_clip's)."
+            )
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             count = int((~torch.isfinite(tensor)).sum())
             raise WeightsError(
