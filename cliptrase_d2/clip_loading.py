@@ -568,6 +568,8 @@ def _read_tensors(path: Path, data: bytes) -> Tuple[Dict[str, torch.Tensor], boo
         ) from e
     except Exception as e:  # truncated zip, random bytes, not a torch file at all
         raise ArchiveError(f"{type(e).__name__}: {_first_line(str(e))}") from e
+    if isinstance(state_dict.get("model"), Mapping):  # Detectron2's checkpoints: {"model": ...}
+        state_dict = {k.removeprefix("module."): v for k, v in state_dict["model"].items()}
     tensors = {str(k): v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise WeightsError(

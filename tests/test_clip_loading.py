@@ -185,13 +185,14 @@ def test_torchscript_archive_turns_on_quick_gelu(tiny_archive, gelu_config, tiny
     )
 
 
-def test_open_clip_checkpoint_with_module_prefix(tiny_files, tiny_state_dict, tmp_path):
+@pytest.mark.parametrize("wrapper", ["state_dict", "model"])  # open_clip's, Detectron2's
+def test_open_clip_checkpoint_with_module_prefix(tiny_files, tiny_state_dict, tmp_path, wrapper):
     path = tmp_path / "open_clip_pytorch_model.bin"
     torch.save(
         {
             "epoch": 32,
             "name": "tiny",
-            "state_dict": {"module." + k: v for k, v in tiny_state_dict.items()},
+            wrapper: {"module." + k: v for k, v in tiny_state_dict.items()},
         },
         path,
     )
