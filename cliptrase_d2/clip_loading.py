@@ -661,13 +661,23 @@ def _load_exact(
             "MODEL.CLIPTRASE.CLIP_MODEL to the model these weights were trained as (a built-in "
             f"open_clip name or a model-config JSON), or MODEL.WEIGHTS to weights of {spec.name}."
         )
-    for key, tensor in matched.items():
-        if expected[key].is_floating_point() and not tensor.is_floating_point():
-            # load_state_dict would cast integers, booleans or complex numbers without a word
+    check_values(model, matched, checkpoint)
+    model.load_state_dict(matched, strict=True)
+
+
+def check_values(
+    model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], checkpoint
+) -> None:
+    """Refuses what ``load_state_dict`` would take without a word: a tensor of integers,
+    booleans or complex numbers for a floating-point one of ``model`` (it would be cast), NaN or
+    infinite values."""
+    expected = model.state_dict()
+    for key, tensor in state_dict.items():
+        if key in expected and expected[key].is_floating_point() and not tensor.is_floating_point():
             raise WeightsError(
                 f"Weights file {checkpoint} holds tensor {key} as {tensor.dtype}, not floating "
                 "point, so it cannot be a weight: the file is damaged or was converted wrongly. "
-                "Use the model's checkpoint (for CLIP: OpenAI's or open_clip's)."
+                "Use the model's original checkpoint."
             )
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             count = int((~torch.isfinite(tensor)).sum())
@@ -676,7 +686,6 @@ def _load_exact(
                 f"in tensor {key} {tuple(tensor.shape)}: the file is damaged or was saved from a "
                 "diverged training run. Download it again or use other weights."
             )
-    model.load_state_dict(matched, strict=True)
 
 
 def _describe_checkpoint(state_dict: Mapping[str, torch.Tensor]) -> str:
