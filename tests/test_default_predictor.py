@@ -120,8 +120,8 @@ def test_checkpointer_still_loads_other_files(tmp_path):
 def test_checkpointer_reads_other_files_as_clip_weights_are(tmp_path):
     """Another file is read as build_clip reads weights, not by torch.load: OpenAI's TorchScript
     archive (torch.load: a RuntimeError advising weights_only=False), {"state_dict": ...} (a
-    ValueError), Detectron2's own {"model": ...} load; a damaged or missing file is one
-    WeightsError naming it (before: KeyError: 101, AssertionError)."""
+    ValueError), Detectron2's own {"model": ...} load; a damaged or missing file or an integer
+    weight is one WeightsError naming it (before: KeyError: 101, AssertionError, cast silently)."""
     require_fixtures()
     import torch
     from detectron2.checkpoint import DetectionCheckpointer
@@ -148,3 +148,6 @@ def test_checkpointer_reads_other_files_as_clip_weights_are(tmp_path):
         checkpointer.load(str(tmp_path / "garbage.pt"))
     with pytest.raises(WeightsError, match="missing.pt not found"):
         checkpointer.load(str(tmp_path / "missing.pt"))
+    torch.save({**state, "visual.proj": state["visual.proj"].int()}, tmp_path / "int.pt")
+    with pytest.raises(WeightsError, match="int.pt holds tensor visual.proj as torch.int32"):
+        checkpointer.load(str(tmp_path / "int.pt"))

@@ -6,8 +6,9 @@ That source may be a tag (``openai``, which is no file) or OpenAI's TorchScript 
 ``torch.load`` refuses), so the checkpointer leaves the weights the model was built from to the
 model (``skip_built_weights``). Another file is read as ``build_clip`` reads weights (data only,
 zip CRCs checked, a TorchScript archive without running its code, one error naming a damaged
-file), not by ``torch.load``, and loaded by Detectron2; a CLIP state dict's keys are then CLIP's
-own (``visual.conv1.weight``), read as ``clip_model``'s (``read_clip_keys``).
+file or a NaN or integer weight), not by ``torch.load``, and loaded by Detectron2; a CLIP state
+dict's keys are then CLIP's own (``visual.conv1.weight``), read as ``clip_model``'s
+(``read_clip_keys``).
 """
 
 import functools
@@ -16,7 +17,7 @@ import logging
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
-from ..clip_loading import _existing_file, read_weights
+from ..clip_loading import _existing_file, check_values, read_weights
 
 __all__ = ["read_clip_keys", "skip_built_weights"]
 
@@ -54,6 +55,8 @@ def skip_built_weights(load):
             return load(self, path, *args, **kwargs)
         logger.info("Loading weights %s", path)
         tensors = read_weights(_existing_file(path))[0]
+        for module in (model, model.clip_model):  # Detectron2's key names, CLIP's own
+            check_values(module, tensors, path)
         self._log_incompatible_keys(self._load_model({"model": tensors}))
         return {}
 
