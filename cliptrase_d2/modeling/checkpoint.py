@@ -17,7 +17,7 @@ import logging
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
-from ..clip_loading import _existing_file, check_values, read_weights
+from ..clip_loading import OPENAI_EXTRA_KEYS, _existing_file, check_values, read_weights
 
 __all__ = ["read_clip_keys", "skip_built_weights"]
 
@@ -34,7 +34,7 @@ def read_clip_keys(model: nn.Module, state_dict, prefix: str, *_) -> None:
         name = key[len(prefix) :]
         if name in clip_keys:
             state_dict[f"{prefix}clip_model.{name}"] = state_dict.pop(key)
-        elif name in ("input_resolution", "context_length", "vocab_size"):
+        elif name in OPENAI_EXTRA_KEYS:
             del state_dict[key]
 
 
