@@ -34,6 +34,7 @@ the weights are a TorchScript archive (only OpenAI distributes CLIP that way). A
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import hashlib
 import io
@@ -56,6 +57,7 @@ from huggingface_hub import constants as hub_constants
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 from open_clip.factory import load_state_dict
+from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
 from .errors import WeightsError
 from .torchscript_archive import ArchiveError, pickled_code, read_torchscript, torchscript_root
@@ -251,6 +253,28 @@ def _register_config_json(path: str) -> _ModelSpec:
             f"Model config {path} is not an open_clip model config: it needs the keys "
             f"{list(required)} (see open_clip's model_configs/*.json for examples)."
         )
+    # open_clip's sizes (its config fields with a positive int default, image_size and ResNet
+    # layers also lists of them) and quick_gelu, whose string "false" would turn it on
+    sizes = {"embed_dim": config["embed_dim"]}
+    for section, fields in (("vision_cfg", CLIPVisionCfg), ("text_cfg", CLIPTextCfg)):
+        if not isinstance(config[section], dict):
+            raise WeightsError(
+                f"Model config {path}: {section} must be a JSON object; fix the file."
+            )
+        ints = {
+            f.name for f in dataclasses.fields(fields) if type(f.default) is int and f.default > 0
+        }
+        sizes.update(
+            {f"{section}.{k}": v for k, v in config[section].items() if k in ints and v is not None}
+        )
+    for key, value in sizes.items():
+        if not all(type(v) is int and v > 0 for v in (value if type(value) is list else [value])):
+            raise WeightsError(
+                f"Model config {path}: {key} must be a positive integer, got {value!r}; fix the "
+                "file (see open_clip's model_configs/*.json for examples)."
+            )
+    if not isinstance(config.get("quick_gelu", False), bool):
+        raise WeightsError(f"Model config {path}: quick_gelu must be true or false (no quotes).")
     name = file.stem
     if open_clip.get_model_config(name) != config:
         if name in open_clip.list_models():
@@ -331,14 +355,18 @@ def _existing_file(weights: str) -> Path:
     path = Path(weights).expanduser()
     if path.is_file():
         return path
-    hint = ""
+    problem, hint = "not found", ""
     if weights.startswith("hf-hub:"):
         hint = " ('hf-hub:' names are not supported: download the checkpoint and give its path.)"
     elif path.is_dir():
-        hint = " It is a directory: give the checkpoint file inside it."
+        problem = "is a directory: give the checkpoint file inside it"
+    elif path.exists():  # a pipe or device: no checkpoint, or one read forever
+        problem = "is not a regular file (a pipe or device): give the checkpoint file itself"
+    elif path.is_symlink():
+        hint = f" It is a link to {os.readlink(path)}, which does not exist."
     where = "" if path.is_absolute() else f" (relative paths start from {os.getcwd()})"
     raise WeightsError(
-        f"Weights file {weights} not found{where}.{hint} For OpenAI's ViT-B/16 run `python "
+        f"Weights file {weights} {problem}{where}.{hint} For OpenAI's ViT-B/16 run `python "
         f"{FETCH_TOOL} --model ViT-B-16 --dest {WEIGHTS_DIR}/` and set MODEL.WEIGHTS "
         f"{WEIGHTS_DIR}/ViT-B-16.pt; see {WEIGHTS_DIR}/README.md."
     )
@@ -540,6 +568,8 @@ def _read_tensors(path: Path, data: bytes) -> Tuple[Dict[str, torch.Tensor], boo
         ) from e
     except Exception as e:  # truncated zip, random bytes, not a torch file at all
         raise ArchiveError(f"{type(e).__name__}: {_first_line(str(e))}") from e
+    if isinstance(state_dict.get("model"), Mapping):  # Detectron2's checkpoints: {"model": ...}
+        state_dict = {k.removeprefix("module."): v for k, v in state_dict["model"].items()}
     tensors = {str(k): v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise WeightsError(
@@ -631,7 +661,24 @@ def _load_exact(
             "MODEL.CLIPTRASE.CLIP_MODEL to the model these weights were trained as (a built-in "
             f"open_clip name or a model-config JSON), or MODEL.WEIGHTS to weights of {spec.name}."
         )
-    for key, tensor in matched.items():
+    check_values(model, matched, checkpoint)
+    model.load_state_dict(matched, strict=True)
+
+
+def check_values(
+    model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], checkpoint
+) -> None:
+    """Refuses what ``load_state_dict`` would take without a word: a tensor of integers,
+    booleans or complex numbers for a floating-point one of ``model`` (it would be cast), NaN or
+    infinite values."""
+    expected = model.state_dict()
+    for key, tensor in state_dict.items():
+        if key in expected and expected[key].is_floating_point() and not tensor.is_floating_point():
+            raise WeightsError(
+                f"Weights file {checkpoint} holds tensor {key} as {tensor.dtype}, not floating "
+                "point, so it cannot be a weight: the file is damaged or was converted wrongly. "
+                "Use the model's original checkpoint."
+            )
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             count = int((~torch.isfinite(tensor)).sum())
             raise WeightsError(
@@ -639,7 +686,6 @@ def _load_exact(
                 f"in tensor {key} {tuple(tensor.shape)}: the file is damaged or was saved from a "
                 "diverged training run. Download it again or use other weights."
             )
-    model.load_state_dict(matched, strict=True)
 
 
 def _describe_checkpoint(state_dict: Mapping[str, torch.Tensor]) -> str:

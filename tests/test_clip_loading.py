@@ -185,13 +185,14 @@ def test_torchscript_archive_turns_on_quick_gelu(tiny_archive, gelu_config, tiny
     )
 
 
-def test_open_clip_checkpoint_with_module_prefix(tiny_files, tiny_state_dict, tmp_path):
+@pytest.mark.parametrize("wrapper", ["state_dict", "model"])  # open_clip's, Detectron2's
+def test_open_clip_checkpoint_with_module_prefix(tiny_files, tiny_state_dict, tmp_path, wrapper):
     path = tmp_path / "open_clip_pytorch_model.bin"
     torch.save(
         {
             "epoch": 32,
             "name": "tiny",
-            "state_dict": {"module." + k: v for k, v in tiny_state_dict.items()},
+            wrapper: {"module." + k: v for k, v in tiny_state_dict.items()},
         },
         path,
     )
@@ -304,6 +305,57 @@ def test_bad_model_config_json(tiny_files, tmp_path, content, match):
         build_clip(str(path), tiny_files[1])
     assert str(path) in str(error.value)
     assert "custom_clip" not in open_clip.list_models()  # a bad file is never registered
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (("vision_cfg", "layers", "12"), r"vision_cfg.layers must be a positive integer, got '12'"),
+        (("vision_cfg", "width", -128), "vision_cfg.width must be a positive integer, got -128"),
+        (("text_cfg", "context_length", 77.0), "text_cfg.context_length must be a positive int"),
+        ((None, "embed_dim", "64"), "embed_dim must be a positive integer"),
+        ((None, "vision_cfg", [1]), "vision_cfg must be a JSON object"),
+        ((None, "quick_gelu", "false"), "quick_gelu must be true or false"),
+    ],
+)
+def test_model_config_values_of_the_wrong_type_are_named(tiny_files, tmp_path, change, match):
+    """Before, these ended in open_clip's TypeError/RuntimeError, a string "false" turned
+    QuickGELU on, and a vision_cfg list stayed registered and broke every later misfit message."""
+    config = json.loads(Path(tiny_files[0]).read_text())
+    section, key, value = change
+    (config[section] if section else config)[key] = value
+    path = tmp_path / f"bad_{key}.json"
+    path.write_text(json.dumps(config))
+    with pytest.raises(WeightsError, match=match) as error:
+        build_clip(str(path), tiny_files[1])
+    assert str(path) in str(error.value)
+    assert path.stem not in open_clip.list_models()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "dangling link"])
+def test_weights_that_are_no_regular_file_say_what_they_are(tiny_files, tmp_path, kind):
+    path = tmp_path / "ViT-B-16.pt"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        path = Path("/dev/zero")
+    else:
+        path.symlink_to(tmp_path / "gone.pt")
+    what = "a link to .*gone.pt, which does not exist" if kind == "dangling link" else "a pipe"
+    with pytest.raises(WeightsError, match=f"{path} .*{what}"):
+        build_clip(tiny_files[0], str(path))
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.bool, torch.complex64])
+def test_a_weight_stored_as_integers_is_refused_naming_it(
+    tiny_files, tiny_state_dict, tmp_path, dtype
+):
+    """Before, load_state_dict cast it into the float parameter without a word."""
+    key = "visual.conv1.weight"
+    path = tmp_path / "cast.pt"
+    torch.save(dict(tiny_state_dict, **{key: tiny_state_dict[key].to(dtype)}), path)
+    with pytest.raises(WeightsError, match=f"{path} holds tensor {key} as {dtype}, not float"):
+        build_clip(tiny_files[0], str(path))
 
 
 @pytest.mark.parametrize("weights", ["weights/ViT-B-16.pt", "missing.bin", "./ViT-B-16"])

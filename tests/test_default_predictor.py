@@ -115,3 +115,39 @@ def test_checkpointer_still_loads_other_files(tmp_path):
     torch.save(state, tmp_path / "zeros.pth")
     DetectionCheckpointer(model).load(str(tmp_path / "zeros.pth"))
     assert all(not v.any() for v in model.clip_model.state_dict().values())
+
+
+def test_checkpointer_reads_other_files_as_clip_weights_are(tmp_path):
+    """Another file is read as build_clip reads weights, not by torch.load: OpenAI's TorchScript
+    archive (torch.load: a RuntimeError advising weights_only=False), {"state_dict": ...} (a
+    ValueError), Detectron2's own {"model": ...} load; a damaged or missing file or an integer
+    weight is one WeightsError naming it (before: KeyError: 101, AssertionError, cast silently)."""
+    require_fixtures()
+    import torch
+    from detectron2.checkpoint import DetectionCheckpointer
+    from test_clip_loading import _save_torchscript
+
+    from cliptrase_d2.errors import WeightsError
+
+    model = _predictor("paper", "clip").model
+    state = {k: v.clone() for k, v in model.clip_model.state_dict().items()}
+    checkpointer = DetectionCheckpointer(model)
+    files = {"archive.pt": None, "wrapped.pth": {"state_dict": state}}
+    files["d2.pth"] = {"model": {f"clip_model.{k}": v for k, v in state.items()}, "iteration": 3}
+    for name, content in files.items():
+        path = tmp_path / name
+        if content is None:
+            _save_torchscript(model.clip_model, path)
+        else:
+            torch.save(content, path)
+        model.clip_model.visual.proj.data.zero_()
+        checkpointer.load(str(path))
+        assert torch.equal(model.clip_model.visual.proj, state["visual.proj"]), name
+    (tmp_path / "garbage.pt").write_bytes(b"hello")
+    with pytest.raises(WeightsError, match="garbage.pt is not a readable checkpoint"):
+        checkpointer.load(str(tmp_path / "garbage.pt"))
+    with pytest.raises(WeightsError, match="missing.pt not found"):
+        checkpointer.load(str(tmp_path / "missing.pt"))
+    torch.save({**state, "visual.proj": state["visual.proj"].int()}, tmp_path / "int.pt")
+    with pytest.raises(WeightsError, match="int.pt holds tensor visual.proj as torch.int32"):
+        checkpointer.load(str(tmp_path / "int.pt"))

@@ -343,6 +343,13 @@ def test_bad_settings_are_named(tiny_opts, key, value, message):
         _model(tiny_opts, **{key: value})
 
 
+def test_a_stride_over_the_window_is_named_when_the_model_is_built(tiny_opts):
+    """Before, the model was built and every image ended in the method's ValueError, which names
+    no setting."""
+    with pytest.raises(ValueError, match="WINDOW_STRIDE 500 is larger than WINDOW_SIZE 224.*224"):
+        _model(tiny_opts, STANDARD, WINDOW_STRIDE=500)
+
+
 def test_each_record_brings_its_vocabulary_and_image_too_small(tiny_opts):
     model = _model(tiny_opts, REFINE="none")
     image = torch.zeros(3, 64, 64, dtype=torch.uint8)

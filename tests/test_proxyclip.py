@@ -282,6 +282,37 @@ def test_vfm_weights_are_read_as_clip_weights_are(tmp_path, monkeypatch):
         build_vfm("dino_vitb8", str(good), **small)
 
 
+@pytest.mark.parametrize("change", ["nan", "int"])
+def test_vfm_weights_that_load_state_dict_would_take_silently_are_refused(tmp_path, change):
+    """Before, NaN weights loaded and integer ones were cast, without a word (CLIP's were
+    refused)."""
+    small = dict(depth=1, embed_dim=16, num_heads=2)
+    state = build_vfm("dino_vitb8", "random", **small).backbone.state_dict()
+    key = "patch_embed.proj.weight"
+    state[key] = state[key].int() if change == "int" else torch.full_like(state[key], torch.nan)
+    torch.save(state, tmp_path / "vfm.pth")
+    what = "as torch.int32, not floating point" if change == "int" else "NaN or infinite values"
+    with pytest.raises(WeightsError, match=f"VFM_WEIGHTS.*vfm.pth holds .*{what}"):
+        build_vfm("dino_vitb8", str(tmp_path / "vfm.pth"), **small)
+
+
+def test_online_vfm_weights_without_network_say_what_to_download(monkeypatch):
+    """Before, urllib's URLError (SAM) or huggingface_hub's LocalEntryNotFoundError (DINO, the
+    default VFM_WEIGHTS 'online') ended the run."""
+    import urllib.error
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(
+        WeightsError,
+        match=r"sam_vit_b weights.*VFM_WEIGHTS 'online'.*URLError.*"
+        r"download them from https://dl.fbaipublicfiles.com/.*VFM_WEIGHTS to the",
+    ):
+        build_vfm("sam_vit_b", "online", depth=1, embed_dim=16, num_heads=2)
+
+
 # (short side, window, stride, prob_thd) of ProxyCLIP's configs/cfg_<dataset>.py
 PUBLISHED = {
     "voc21": (336, 336, 112, 0.2),

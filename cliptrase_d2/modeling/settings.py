@@ -137,6 +137,12 @@ def check_settings(model, refinement: RefinementSettings, pearl_kk_weight: float
                 f"MODEL.CLIPTRASE.{key} must be at least {frame.patch}"
                 f"{' (one CLIP patch)' if frame.patch > 1 else ''}, got {value}"
             )
+    if frame.protocol == "standard" and 0 < frame.window < frame.stride:
+        raise ConfigError(
+            f"MODEL.CLIPTRASE.WINDOW_STRIDE {frame.stride} is larger than WINDOW_SIZE "
+            f"{frame.window}: the pixels between windows would not be predicted; set it to at "
+            f"most {frame.window}"
+        )
     if model.window_padding not in PADDINGS:
         raise ConfigError(
             f"MODEL.CLIPTRASE.WINDOW_PADDING {model.window_padding!r}: choose one of "

@@ -3,6 +3,7 @@ encoder through ``segment-anything``; weights from a checkpoint file (the author
 timm's, read as CLIP's are: no pickled code run, zip CRCs checked), online, or none (random, for
 tests)."""
 
+import contextlib
 import os
 from functools import partial
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..clip_loading import read_weights
+from ..clip_loading import check_values, read_weights
 from ..errors import ConfigError, MissingFileError, WeightsError
 from ..method.proxyclip import VisionFoundationModel
 
@@ -65,7 +66,8 @@ def build_vfm(
         backbone = ImageEncoderViT(**{**SAM_VIT_B, **architecture})
         state_dict = None
         if weights == "online":
-            state_dict = torch.hub.load_state_dict_from_url(source, weights_only=True)
+            with _download(name, source):
+                state_dict = torch.hub.load_state_dict_from_url(source, weights_only=True)
         elif is_file:
             state_dict = _read(weights)
         if state_dict is not None:  # a whole SAM checkpoint: its image encoder's part
@@ -79,13 +81,29 @@ def build_vfm(
         import timm
         from timm.models.vision_transformer import checkpoint_filter_fn
 
-        backbone = timm.create_model(
-            source, pretrained=weights == "online", num_classes=0, **architecture
-        )
+        with _download(name, f"https://huggingface.co/timm/{source}"):
+            backbone = timm.create_model(
+                source, pretrained=weights == "online", num_classes=0, **architecture
+            )
         if is_file:  # DINO's and DINOv2's own key names converted as timm does
             _load(backbone, checkpoint_filter_fn(_read(weights), backbone), weights)
     backbone = backbone.to(dtype).eval().requires_grad_(False)
     return VisionFoundationModel(kind, backbone)
+
+
+@contextlib.contextmanager
+def _download(name: str, source: str):
+    """VFM_WEIGHTS 'online' without network (or a failed download): one error saying what to
+    download instead of the library's."""
+    try:
+        yield
+    except OSError as error:  # huggingface_hub's cache miss offline, urllib's errors
+        raise WeightsError(
+            f"Cannot download the {name} weights (MODEL.CLIPTRASE.PROXYCLIP.VFM_WEIGHTS "
+            f"'online'): {type(error).__name__}: {str(error).strip().splitlines()[0]}. To run "
+            f"offline, download them from {source} on a machine with internet and set "
+            "MODEL.CLIPTRASE.PROXYCLIP.VFM_WEIGHTS to the file."
+        ) from error
 
 
 def _read(path: str) -> dict:
@@ -101,7 +119,12 @@ def _read(path: str) -> dict:
 def _load(backbone: nn.Module, state_dict: dict, weights: str) -> None:
     state_dict = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
     try:
+        check_values(backbone, state_dict, weights)
         backbone.load_state_dict(state_dict)
+    except WeightsError as error:  # NaN, or integers cast into a weight
+        raise WeightsError(
+            f"VFM weights (MODEL.CLIPTRASE.PROXYCLIP.VFM_WEIGHTS): {error}"
+        ) from None
     except RuntimeError as error:  # its first line names the model, the next ones the keys
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         raise WeightsError(
