@@ -282,6 +282,9 @@ def check_config_file(config_file: str, chain=()) -> None:
     check_config_file(path, chain)
 
 
+_KINDS = {bool: "True or False", int: "a whole number", float: "a decimal number", str: "text"}
+
+
 def _merge(cfg, merge, source: str):
     try:
         merge()
@@ -289,11 +292,22 @@ def _merge(cfg, merge, source: str):
         if "Type mismatch" not in str(error):
             raise
         key = str(error).rsplit("config key: ", 1)[-1]
-        if isinstance(functools.reduce(getattr, key.split("."), cfg), CN):  # (a dump of it all)
+        default = functools.reduce(getattr, key.split("."), cfg)
+        if isinstance(default, CN):  # (yacs's message: a dump of it all)
             raise ConfigError(
                 f"{source}: {key} is a group of keys, not a value: set its keys ({key}.<KEY>)"
             ) from None
-        raise ConfigError(f"{source}: {error}") from None
+        # "Type mismatch (<default's type> vs. <given type>) with values (<default> vs. <given>)"
+        given = str(error).split(" with values (", 1)[-1].rsplit(")", 1)[0].split(" vs. ", 1)[-1]
+        fix = ""
+        if isinstance(default, float) and given.lstrip("-").isdigit():
+            fix = f": write {given}.0"
+        elif isinstance(default, tuple) and "vs. <class 'str'>)" in str(error):  # one name
+            fix = f": write \"('{given}',)\"" if "," not in given else ""
+        kind = _KINDS.get(type(default), f"a {type(default).__name__}")
+        raise ConfigError(
+            f"{source}: {key} takes {kind} (now {default!r}), not {given}{fix}"
+        ) from None
     except (KeyError, AssertionError) as error:
         # yacs: KeyError from files, AssertionError from lists
         message = str(error).strip("'\"")

@@ -139,6 +139,25 @@ def test_a_value_for_a_group_of_keys_is_one_line_not_a_dump_of_the_group(tmp_pat
     assert _one_line(caught) == f"command-line options: {fix}"
 
 
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("MODEL.CLIPTRASE.DBSCAN_EPS", "0", "takes a decimal number (now 0.7), not 0: write 0.0"),
+        ("MODEL.CLIPTRASE.PAPER_SIZE", "2.5", "takes a whole number (now 224), not 2.5"),
+        (
+            "DATASETS.TEST",
+            "cliptrase_voc21_val",
+            "takes a tuple (now ()), not cliptrase_voc21_val: write \"('cliptrase_voc21_val',)\"",
+        ),
+    ],
+)
+def test_a_value_of_another_type_says_what_the_key_takes(key, value, message):
+    # yacs: "Type mismatch (<class 'float'> vs. <class 'int'>) with values (0.7 vs. 0) ..."
+    with pytest.raises(ConfigError) as caught:
+        load_config(PAPER, [key, value])
+    assert _one_line(caught) == f"command-line options: {key} {message}"
+
+
 def test_an_override_without_a_value_is_named():
     # yacs: an AssertionError traceback printing the whole list (tools/demo.py --opts MODEL.WEIGHTS)
     with pytest.raises(ConfigError) as caught:
