@@ -26,7 +26,7 @@ def get_config_file(name: str) -> str:
     if relative.parts and relative.parts[0] == "configs":
         relative = Path(*relative.parts[1:])
     path = config_root() / relative
-    if relative.is_absolute() or not path.is_file():
+    if relative.is_absolute() or ".." in relative.parts or not path.is_file():
         raise MissingFileError(
             f"no project config named {name!r} under {config_root()}: give a path relative to "
             "configs/, such as 'paper/voc21_224.yaml' or 'standard/Base-standard.yaml'"

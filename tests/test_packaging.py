@@ -23,7 +23,7 @@ def test_get_config_file_in_a_checkout():
     assert get_config_file("configs/paper/voc21_224.yaml") == path  # the docs' paths as names
 
 
-@pytest.mark.parametrize("name", ["paper/no_such.yaml", "/etc/passwd", "paper"])
+@pytest.mark.parametrize("name", ["paper/no_such.yaml", "/etc/passwd", "paper", "../setup.py"])
 def test_unknown_config_name_is_named(name):
     with pytest.raises(MissingFileError, match="paper/voc21_224.yaml"):
         get_config_file(name)

@@ -56,9 +56,12 @@ def build_vfm(
     kind, source = VFMS[name]
     is_file = weights not in ("online", "random")
     if is_file and not os.path.isfile(weights):
+        problem = "does not exist"
+        if os.path.exists(weights):  # a folder, a pipe or a device
+            problem = "is a folder" if os.path.isdir(weights) else "is no regular file"
         raise MissingFileError(
-            f"VFM weights file {weights!r} (MODEL.CLIPTRASE.PROXYCLIP.VFM_WEIGHTS) does not "
-            f"exist; give the {name} checkpoint's path, or 'online' to download it"
+            f"VFM weights file {weights!r} (MODEL.CLIPTRASE.PROXYCLIP.VFM_WEIGHTS) {problem}; "
+            f"give the {name} checkpoint's path, or 'online' to download it"
         )
     if kind == "sam":
         from segment_anything.modeling import ImageEncoderViT
