@@ -132,7 +132,7 @@ class Vocabulary:
                         f"{kind} {name!r} is not valid text (undecodable bytes, e.g. from a "
                         "terminal in another encoding): write it in UTF-8"
                     ) from None
-        if self.background and "background" in (name.strip().lower() for name in self.classes):
+        if self.background and "background" in map(_name_key, self.classes):
             raise InputError(
                 "a class is named 'background' and background words are given too: the "
                 "background words already form the output class 'background'; drop that "
@@ -140,10 +140,7 @@ class Vocabulary:
             )
         seen = {}
         for name in self.classes + extra + self.background:
-            # as the name reads: fullwidth and combined letters folded, invisible characters
-            # (zero-width space, BOM) dropped, case ignored
-            key = unicodedata.normalize("NFKC", name)
-            key = "".join(c for c in key if unicodedata.category(c) != "Cf").strip().casefold()
+            key = _name_key(name)
             if key in seen and not self._is_benchmark_quirk(name):
                 raise InputError(
                     f"duplicate name {name!r} in the vocabulary (also given as {seen[key]!r}); "
@@ -223,10 +220,17 @@ def _with_background(
     extra_names: Tuple[Tuple[str, ...], ...] = (),
 ) -> Vocabulary:
     """Classes with their own background words plus ``extra`` ones (those not already there)."""
-    words = tuple(own) + tuple(
-        w for w in extra if w.strip().lower() not in {o.strip().lower() for o in own}
-    )
+    present = set(map(_name_key, own))
+    words = tuple(own) + tuple(w for w in extra if _name_key(w) not in present)
     return Vocabulary(tuple(classes), words, extra_names)
+
+
+def _name_key(name: str) -> str:
+    """A name as it reads, for telling names apart: fullwidth and combined letters folded,
+    invisible characters (a zero-width space, a BOM) dropped, surrounding spaces and case
+    ignored."""
+    name = unicodedata.normalize("NFKC", name)
+    return "".join(c for c in name if unicodedata.category(c) != "Cf").strip().casefold()
 
 
 def _key_form(text: str) -> str:

@@ -115,6 +115,14 @@ def test_empty_vocabulary_file(tmp_path):
         resolve_vocabulary(str(empty))
 
 
+def test_a_background_word_already_there_is_not_added_again():
+    """Added words are compared with the vocabulary's own as names are compared everywhere:
+    'ＳＫＹ' or 'sky' with a zero-width space is VOC21's 'sky', as 'Sky' is."""
+    voc21 = resolve_vocabulary("voc21")
+    for word in ("Sky", "\uff33\uff2b\uff39", "sky\u200b"):
+        assert resolve_vocabulary(voc21, [word, "moon"]).background == (*voc21.background, "moon")
+
+
 def test_duplicate_between_classes_and_background():
     with pytest.raises(ValueError, match="duplicate name 'sky'"):
         Vocabulary(("sky", "dog"), ("sky",))
@@ -158,6 +166,8 @@ def test_background_words_add_to_a_keys_own():
 def test_a_class_named_background_with_background_words_is_an_error():
     with pytest.raises(ValueError, match="named 'background'"):
         resolve_vocabulary("cat, Background", background=["sky"])
+    with pytest.raises(ValueError, match="named 'background'"):  # fullwidth: reads the same
+        resolve_vocabulary("cat, \uff42ackground", background=["sky"])
     assert resolve_vocabulary("cat, background").class_names == [
         "cat",
         "background",
