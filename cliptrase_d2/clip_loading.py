@@ -351,19 +351,26 @@ def _is_path(weights: str) -> bool:
     )
 
 
+def not_a_file(path: Path) -> str:
+    """What stands at ``path``, which is no regular file, as a message says it."""
+    if path.is_dir():
+        return "is a folder"
+    if path.exists():  # a pipe or device: no checkpoint, or one read forever
+        return "is not a regular file (a pipe or device)"
+    if path.is_symlink():
+        return f"is a link to {os.readlink(path)}, which does not exist"
+    return "not found"
+
+
 def _existing_file(weights: str) -> Path:
     path = Path(weights).expanduser()
     if path.is_file():
         return path
-    problem, hint = "not found", ""
+    problem, hint = not_a_file(path), ""
     if weights.startswith("hf-hub:"):
         hint = " ('hf-hub:' names are not supported: download the checkpoint and give its path.)"
-    elif path.is_dir():
-        problem = "is a directory: give the checkpoint file inside it"
-    elif path.exists():  # a pipe or device: no checkpoint, or one read forever
-        problem = "is not a regular file (a pipe or device): give the checkpoint file itself"
-    elif path.is_symlink():
-        hint = f" It is a link to {os.readlink(path)}, which does not exist."
+    elif path.exists():
+        hint = " Give the checkpoint file (inside it)."
     where = "" if path.is_absolute() else f" (relative paths start from {os.getcwd()})"
     raise WeightsError(
         f"Weights file {weights} {problem}{where}.{hint} For OpenAI's ViT-B/16 run `python "
@@ -661,17 +668,16 @@ def _load_exact(
             "MODEL.CLIPTRASE.CLIP_MODEL to the model these weights were trained as (a built-in "
             f"open_clip name or a model-config JSON), or MODEL.WEIGHTS to weights of {spec.name}."
         )
-    check_values(model, matched, checkpoint)
+    check_values(expected, matched, checkpoint)
     model.load_state_dict(matched, strict=True)
 
 
 def check_values(
-    model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], checkpoint
+    expected: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor], checkpoint
 ) -> None:
     """Refuses what ``load_state_dict`` would take without a word: a tensor of integers,
-    booleans or complex numbers for a floating-point one of ``model`` (it would be cast), NaN or
-    infinite values."""
-    expected = model.state_dict()
+    booleans or complex numbers for a floating-point one of ``expected`` (the model's state
+    dict: it would be cast), NaN or infinite values."""
     for key, tensor in state_dict.items():
         if key in expected and expected[key].is_floating_point() and not tensor.is_floating_point():
             raise WeightsError(

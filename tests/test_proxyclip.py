@@ -246,9 +246,14 @@ def test_half_precision_runs_the_vfm_and_the_attention_in_fp16(tiny_clip, tmp_pa
 def test_bad_vfm_settings_are_named(tmp_path):
     with pytest.raises(ConfigError, match="unknown VFM 'dino_vitl14'.*dino_vitb8"):
         build_vfm("dino_vitl14", "random")
-    with pytest.raises(MissingFileError, match="PROXYCLIP.VFM_WEIGHTS\\) does not exist"):
+    with pytest.raises(MissingFileError, match="PROXYCLIP.VFM_WEIGHTS\\) not found"):
         build_vfm("dino_vitb8", str(tmp_path / "missing.pth"))
-    for other, problem in ((tmp_path, "is a folder"), ("/dev/zero", "is no regular file")):
+    (tmp_path / "link.pth").symlink_to(tmp_path / "gone.pth")
+    for other, problem in (
+        (tmp_path, "is a folder"),
+        ("/dev/zero", "is not a regular file \\(a pipe or device\\)"),
+        (tmp_path / "link.pth", "is a link to .*gone.pth, which does not exist"),
+    ):
         with pytest.raises(MissingFileError, match=f"PROXYCLIP.VFM_WEIGHTS\\) {problem}; give"):
             build_vfm("dino_vitb8", str(other))
     wrong = tmp_path / "wrong.pth"

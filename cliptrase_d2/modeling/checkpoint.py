@@ -55,8 +55,8 @@ def skip_built_weights(load):
             return load(self, path, *args, **kwargs)
         logger.info("Loading weights %s", path)
         tensors = read_weights(_existing_file(path))[0]
-        for module in (model, model.clip_model):  # Detectron2's key names, CLIP's own
-            check_values(module, tensors, path)
+        # Detectron2's key names and CLIP's own: each tensor checked once
+        check_values({**model.clip_model.state_dict(), **model.state_dict()}, tensors, path)
         self._log_incompatible_keys(self._load_model({"model": tensors}))
         return {}
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..clip_loading import check_values, read_weights
+from ..clip_loading import check_values, not_a_file, read_weights
 from ..errors import ConfigError, MissingFileError, WeightsError
 from ..method.proxyclip import VisionFoundationModel
 
@@ -56,12 +56,10 @@ def build_vfm(
     kind, source = VFMS[name]
     is_file = weights not in ("online", "random")
     if is_file and not os.path.isfile(weights):
-        problem = "does not exist"
-        if os.path.exists(weights):  # a folder, a pipe or a device
-            problem = "is a folder" if os.path.isdir(weights) else "is no regular file"
         raise MissingFileError(
-            f"VFM weights file {weights!r} (MODEL.CLIPTRASE.PROXYCLIP.VFM_WEIGHTS) {problem}; "
-            f"give the {name} checkpoint's path, or 'online' to download it"
+            f"VFM weights file {weights!r} (MODEL.CLIPTRASE.PROXYCLIP.VFM_WEIGHTS) "
+            f"{not_a_file(Path(weights))}; give the {name} checkpoint's path, or 'online' to "
+            "download it"
         )
     if kind == "sam":
         from segment_anything.modeling import ImageEncoderViT
@@ -122,7 +120,7 @@ def _read(path: str) -> dict:
 def _load(backbone: nn.Module, state_dict: dict, weights: str) -> None:
     state_dict = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
     try:
-        check_values(backbone, state_dict, weights)
+        check_values(backbone.state_dict(), state_dict, weights)
         backbone.load_state_dict(state_dict)
     except WeightsError as error:  # NaN, or integers cast into a weight
         raise WeightsError(
