@@ -304,20 +304,6 @@ def require_registered(name: str, files: bool = False):
     """The Metadata of a registered dataset; KeyError listing this package's datasets otherwise.
     ``files``: its file list is loaded too, so that a missing folder is named before any work
     (a run with several datasets would meet it only after evaluating the ones before)."""
-    if files and name in DatasetCatalog.list():
-        try:
-            if not DatasetCatalog.get(name):  # Detectron2's loader: "Dataset 'x' is empty!"
-                raise InputError(
-                    f"Dataset '{name}' lists no images: register it with its records (e.g. "
-                    "detectron2's load_sem_seg over its image and label-map folders)"
-                )
-        except UserError:  # this package's datasets name a missing folder and how to make it
-            raise
-        except FileNotFoundError as error:  # Detectron2's own datasets: a bare OSError
-            raise MissingFileError(
-                f"dataset '{name}': {error}: put its files there (Detectron2's "
-                "datasets/README.md) or set $DETECTRON2_DATASETS to the folder holding them"
-            ) from None
     if name not in DatasetCatalog.list():
         ours = sorted(_registered_names & set(DatasetCatalog.list()))  # not those removed since
         raise UnknownNameError(
@@ -325,6 +311,21 @@ def require_registered(name: str, files: bool = False):
             "(Detectron2's own are in DatasetCatalog.list()). Import cliptrase_d2 before using "
             "them."
         )
+    if files:
+        try:
+            records = DatasetCatalog.get(name)
+        except UserError:  # this package's datasets name a missing folder and how to make it
+            raise
+        except FileNotFoundError as error:  # Detectron2's own datasets: a bare OSError
+            raise MissingFileError(
+                f"dataset '{name}': {error}: put its files there (Detectron2's "
+                "datasets/README.md) or set $DETECTRON2_DATASETS to the folder holding them"
+            ) from None
+        if not records:  # Detectron2's loader: "Dataset 'x' is empty!"
+            raise InputError(
+                f"Dataset '{name}' lists no images: register it with its records (e.g. "
+                "detectron2's load_sem_seg over its image and label-map folders)"
+            )
     return MetadataCatalog.get(name)
 
 
