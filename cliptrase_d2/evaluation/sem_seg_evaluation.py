@@ -258,8 +258,10 @@ class _CheckedSemSegEvaluator(SemSegEvaluator):
                     "'sem_seg_file_name' (its ground-truth label map); register the dataset "
                     "with detectron2's load_sem_seg or give every record one"
                 )
-            path = prediction_path(output_dir or "", dataset_name, record)
-            if save_predictions and saved_as.setdefault(path, record) is not record:
+            if not save_predictions:
+                continue
+            path = prediction_path(output_dir, dataset_name, record)
+            if saved_as.setdefault(path, record) is not record:
                 raise InputError(
                     f"Dataset '{dataset_name}': the predictions of '{saved_as[path]['file_name']}'"
                     f" and '{record['file_name']}' would both be saved as {path} (named by "
