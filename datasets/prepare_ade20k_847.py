@@ -129,7 +129,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             f"{index_file} lists no validation images (ADE_val_*.jpg)\n  It comes from {SOURCE}."
         )
     summary = Summary("ADE20K-847 val", "ade847", len(val))
-    for folder, filename in tqdm(val, desc="ADE20K-847 val"):
+    for folder, filename in tqdm(val, desc=summary.name):
         stem = Path(filename).stem
         image_out, label_out = out_images / f"{stem}.jpg", out_labels / f"{stem}.tif"
         if image_out.exists() and label_out.exists():

@@ -71,20 +71,15 @@ def argument_parser(
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Optional[List[str]]) -> argparse.Namespace:
-    """The parsed arguments, ``root`` resolved and checked before any work."""
+    """The parsed arguments, ``root`` resolved (``--root``, else ``$DETECTRON2_DATASETS``, else
+    ``./datasets``, as Detectron2 and the dataset registration use) and checked before any work:
+    NotADirectoryError / PermissionError naming it when it is a file, lies under a file, or cannot
+    be written (nor created in its nearest existing parent)."""
     args = parser.parse_args(argv)
-    args.root = resolve_root(args.root)
-    return args
-
-
-def resolve_root(root: Optional[Path]) -> Path:
-    """The dataset root (``--root``, else ``$DETECTRON2_DATASETS``, else ``./datasets``, as
-    Detectron2 and the dataset registration use), checked: NotADirectoryError / PermissionError
-    naming it when it is a file, lies under a file, or cannot be written (nor created in its
-    nearest existing parent)."""
-    root = Path(os.getenv("DETECTRON2_DATASETS", "datasets") if root is None else root).expanduser()
-    what = f"dataset root (--root or $DETECTRON2_DATASETS) {root}"
-    existing = root
+    root = os.getenv("DETECTRON2_DATASETS", "datasets") if args.root is None else args.root
+    args.root = Path(root).expanduser()
+    what = f"dataset root (--root or $DETECTRON2_DATASETS) {args.root}"
+    existing = args.root
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if existing.exists() and not existing.is_dir():
@@ -95,7 +90,7 @@ def resolve_root(root: Optional[Path]) -> Path:
         raise PermissionError(
             f"{what} is not writable ({existing} denies writing); give a folder you can write to"
         )
-    return root
+    return args
 
 
 def require(path: Path, what: str, source: str, folder: bool = False) -> Path:

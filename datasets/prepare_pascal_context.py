@@ -198,12 +198,13 @@ def val_ids(source: Path, out: Path, detail, pc59_maps: Optional[Path]) -> Tuple
 
 def write_list(path: Path, ids: List[str]) -> bool:
     """Writes the val ids, one a line; keeps an existing list (a warning when it differs)."""
-    if path.is_file() and read_ids(path) != ids:
+    listed = read_ids(path) if path.is_file() else ids
+    if listed != ids:
         logger.warning(
             "warning: %s lists %d ids, this run's val images are %d: kept as it is (delete it "
             "and run the script again to replace it)",
             path,
-            len(read_ids(path)),
+            len(listed),
             len(ids),
         )
     return write_atomic(path, lambda tmp: tmp.write_text("".join(f"{i}\n" for i in ids)))
@@ -295,7 +296,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     differing_pixels = differing_images = compared_pixels = 0
     if published:
         summary.write(write_list(root / LIST, image_ids))
-    for image_id in tqdm(image_ids, desc="PASCAL Context val"):
+    for image_id in tqdm(image_ids, desc=summary.name):
         image = images_dir / f"{image_id}.jpg"
         if not image.is_file():  # no label maps either: they would have no image
             summary.missing_file(image, "VOC2010 image", VOC2010_SOURCE)
@@ -317,8 +318,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     mat, "a PASCAL Context label map", CONTEXT_SOURCE, read_label_mat, MAT_FAULTS
                 ).astype(np.int64)
                 pc459 = np.where(label_map > 0, label_map - 1, VOID_16BIT)
-                if "pc459" in targets:
-                    summary.save(pc459, targets["pc459"], VOID_16BIT)
+                summary.save(pc459, targets["pc459"], VOID_16BIT)
             else:
                 summary.missing_file(mat, "PASCAL Context label map", CONTEXT_SOURCE)
         if pc59_source is None or (targets["pc59"].exists() and targets["pc60"].exists()):

@@ -165,7 +165,7 @@ def official_labels(png: bytes, jpeg: bytes, name: str) -> np.ndarray:
     if (
         mode not in ("P", "L")
         or labels.shape != (size[1], size[0])
-        or not values <= set(range(21)) | {255}
+        or not values <= set(VOC21_LABELS)
     ):
         raise ValueError(
             f"{name}: expected a {size[0]}x{size[1]} VOC class map (palette PNG, values 0..20 and "
