@@ -71,8 +71,8 @@ def openai_archive(model: str) -> Tuple[str, str]:
 def download_verified(
     url: str, dest: Path, sha256: str, *, timeout: float = 60.0, progress: bool = True
 ) -> Path:
-    """Downloads ``url`` (any URL urllib opens: https://, file://) to ``dest`` and returns
-    ``dest``, unless ``dest`` already has content with this hex ``sha256``.
+    """Downloads ``url`` (any URL urllib opens: https://, file://) to ``dest``, unless ``dest``
+    already has content with this hex ``sha256``; returns ``dest``.
 
     The bytes go to a temporary file in ``dest``'s folder, hashed on the way, and are renamed to
     ``dest`` (atomically) only when the hash matches; on any failure the temporary file is removed.
