@@ -68,29 +68,14 @@ def openai_archive(model: str) -> Tuple[str, str]:
     return url, sha256
 
 
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file's content."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def download_verified(
     url: str, dest: Path, sha256: str, *, timeout: float = 60.0, progress: bool = True
 ) -> Path:
-    """Downloads ``url`` to ``dest`` unless ``dest`` already has content with this sha256.
+    """Downloads ``url`` (any URL urllib opens: https://, file://) to ``dest``, unless ``dest``
+    already has content with this hex ``sha256``; returns ``dest``.
 
     The bytes go to a temporary file in ``dest``'s folder, hashed on the way, and are renamed to
     ``dest`` (atomically) only when the hash matches; on any failure the temporary file is removed.
-
-    Args:
-        url: any URL urllib opens (https://, file://).
-        dest: the final file path.
-        sha256: expected hex digest of the file.
-        timeout: seconds to wait for the server before giving up.
-        progress: show a tqdm progress bar.
-
-    Returns:
-        ``dest``.
 
     Raises:
         FetchError: ``dest`` exists with other content (it is kept), the URL cannot be read
@@ -102,7 +87,8 @@ def download_verified(
         if not dest.is_file():
             raise FetchError(f"{dest} exists and is not a file; choose another --dest.")
         try:
-            actual = sha256_of(dest)
+            with open(dest, "rb") as f:
+                actual = hashlib.file_digest(f, "sha256").hexdigest()
         except OSError as e:
             raise FetchError(
                 f"Cannot read the existing {dest} ({e.strerror or e}); choose another "

@@ -17,7 +17,6 @@ from ..method.proxyclip import VisionFoundationModel
 
 __all__ = ["VFMS", "build_vfm"]
 
-SAM_VIT_B_URL = "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth"
 # name (the authors' torch.hub names) -> (kind, timm model with its online weights, or SAM's URL)
 VFMS = {
     "dino_vits16": ("dino", "vit_small_patch16_224.dino"),
@@ -25,7 +24,7 @@ VFMS = {
     "dino_vitb8": ("dino", "vit_base_patch8_224.dino"),
     "dinov2_vits14_reg": ("dinov2", "vit_small_patch14_reg4_dinov2.lvd142m"),
     "dinov2_vitb14_reg": ("dinov2", "vit_base_patch14_reg4_dinov2.lvd142m"),
-    "sam_vit_b": ("sam", SAM_VIT_B_URL),
+    "sam_vit_b": ("sam", "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth"),
 }
 # SAM ViT-B's image encoder: ImageEncoderViT's defaults are ViT-B's (1024 px, 16 px patches,
 # width 768, 12 blocks and heads, 256 output channels); segment_anything.build_sam's "vit_b"
