@@ -70,18 +70,14 @@ class _MissingCppOps(types.ModuleType):
         )
 
 
-def _install_cpp_stub():
-    # (find_spec answers from sys.modules for a module already imported, the stub included)
-    if importlib.util.find_spec("detectron2._C") is None:
-        stub = _MissingCppOps("detectron2._C")
-        stub.__spec__ = importlib.machinery.ModuleSpec("detectron2._C", loader=None)
-        sys.modules["detectron2._C"] = stub
-
-
 if uses_removed_names(_detectron2_source(os.path.join("data", "transforms", "transform.py"))):
     if not hasattr(Image, "LINEAR"):
         Image.LINEAR = Image.BILINEAR
     for alias, builtin in NUMPY_ALIASES:
         if alias not in np.__dict__:
             setattr(np, alias, builtin)
-_install_cpp_stub()
+# (find_spec answers from sys.modules for a module already imported, the stub included)
+if importlib.util.find_spec("detectron2._C") is None:
+    _stub = _MissingCppOps("detectron2._C")
+    _stub.__spec__ = importlib.machinery.ModuleSpec("detectron2._C", loader=None)
+    sys.modules["detectron2._C"] = _stub

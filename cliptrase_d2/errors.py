@@ -71,10 +71,10 @@ class WeightsError(UserError, RuntimeError):
     """A model or weights value that cannot be used; the message names it and how to fix it."""
 
 
-def invalid_value(name: str, value, expected: str, fix: str = "", error=None) -> UserError:
-    """The one-line error for a setting, option or argument ``name`` given a ``value`` it cannot
-    take: '<name> must be <expected>, got <value><fix>' (a ConfigError unless ``error`` says)."""
-    return (error or ConfigError)(f"{name} must be {expected}, got {value!r}{fix}")
+def invalid_value(name: str, value, expected: str, fix: str = "") -> ConfigError:
+    """The one-line ConfigError for a setting, option or argument ``name`` given a ``value`` it
+    cannot take: '<name> must be <expected>, got <value><fix>'."""
+    return ConfigError(f"{name} must be {expected}, got {value!r}{fix}")
 
 
 def exit_on_user_error(main, *args):

@@ -24,8 +24,8 @@ from ..method.text import text_embeddings
 from ..vocabulary import Vocabulary, resolve_vocabulary, template_set, vocabulary_of_dataset
 from ..errors import InputError
 from .checkpoint import read_clip_keys
-from .settings import check_dataset_classes, check_settings, check_single_names
-from .settings import configured_head, published_setting, refinement_settings
+from .settings import check_dataset_classes, check_published, check_settings, check_single_names
+from .settings import configured_head, refinement_settings
 
 __all__ = ["CLIPtrase"]
 
@@ -146,7 +146,7 @@ class CLIPtrase(nn.Module):
         from .vfm import build_vfm
 
         c = cfg.MODEL.CLIPTRASE
-        published_setting(cfg)
+        check_published(cfg)
         # what needs no CLIP first: a mistyped vocabulary or template set fails before it loads
         vocabulary = c.VOCABULARY and resolve_vocabulary(
             c.VOCABULARY, tuple(c.BACKGROUND_WORDS), c.PAPER_VOCABULARY_QUIRKS

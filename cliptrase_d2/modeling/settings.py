@@ -21,10 +21,10 @@ from ..vocabulary import Vocabulary, peer_vocabulary_keys
 __all__ = [
     "PROTOCOLS",
     "check_dataset_classes",
+    "check_published",
     "check_settings",
     "check_single_names",
     "configured_head",
-    "published_setting",
     "refinement_settings",
 ]
 
@@ -85,20 +85,17 @@ def report_unused_settings(
         log_first_n(logging.WARNING, message, name=__name__, key="message")
 
 
-def published_setting(cfg) -> str:
-    """MODEL.CLIPTRASE.PUBLISHED checked: a benchmark the configured peer head reported."""
+def check_published(cfg) -> None:
+    """MODEL.CLIPTRASE.PUBLISHED, when set: a benchmark the configured peer head reported."""
     published, head = cfg.MODEL.CLIPTRASE.PUBLISHED, cfg.MODEL.CLIPTRASE.HEAD
-    if not published:
-        return ""
     reported = [key for key in peer_vocabulary_keys() if key.startswith(f"{head}/")]
-    if published not in reported:
+    if published and published not in reported:
         raise ConfigError(
             f"MODEL.CLIPTRASE.PUBLISHED {published!r}: head {head!r} has no published "
             f"setting for that benchmark; its published settings are "
             f"{', '.join(reported) or 'none'} "
             "(configs/<head>/published/<benchmark>.yaml)"
         )
-    return published
 
 
 def check_settings(model, refinement: RefinementSettings, pearl_kk_weight: float) -> None:
