@@ -125,7 +125,6 @@ def claimed_root(folder: str) -> Optional[str]:
 
 def records(root: str, patterns=(RESUMED_RECORD, WRITTEN_RECORD + ".*")) -> List[str]:
     """The record files of ``root`` that ``patterns`` (glob patterns in its STATE_DIR) match."""
-    patterns = (patterns,) if isinstance(patterns, str) else patterns
     return [path for p in patterns for path in glob.glob(os.path.join(root, STATE_DIR, p))]
 
 

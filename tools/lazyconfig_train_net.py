@@ -32,16 +32,6 @@ from cliptrase_d2.errors import ConfigError
 logger = logging.getLogger("cliptrase_d2")
 
 
-def do_test(cfg, model):
-    loader = instantiate(cfg.dataloader.test)
-    evaluator = instantiate(cfg.dataloader.evaluator)
-    results = inference_on_dataset(model, loader, evaluator)
-    if results and comm.is_main_process():
-        logger.info("Evaluation results in csv format:")
-        print_csv_format(results)
-    return results
-
-
 def validate(args):
     """The checks before any work (in the launching process): process count, config file and
     overrides, device, batch size; then claims train.output_dir (a lock against a concurrent
@@ -69,7 +59,13 @@ def main(args):
     default_setup(cfg, args)
     model = instantiate(cfg.model).to(device).eval()
     log_model(model, cfg.model.clip_model.model, cfg.model.clip_model.weights, device)
-    return do_test(cfg, model)
+    loader = instantiate(cfg.dataloader.test)
+    evaluator = instantiate(cfg.dataloader.evaluator)
+    results = inference_on_dataset(model, loader, evaluator)
+    if results and comm.is_main_process():
+        logger.info("Evaluation results in csv format:")
+        print_csv_format(results)
+    return results
 
 
 if __name__ == "__main__":

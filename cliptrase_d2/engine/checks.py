@@ -173,7 +173,7 @@ def _move_earlier_results(folder: str, present) -> None:
 
 def _keep_for_resume(folder: str, ours) -> None:
     """Merges the records into one ``resumed`` record: the files this run continues from."""
-    written = records(folder, WRITTEN_RECORD + ".*")
+    written = records(folder, (WRITTEN_RECORD + ".*",))
     with atomic_open(os.path.join(folder, STATE_DIR, RESUMED_RECORD)) as f:
         f.write(b"".join(os.fsencode(path) + b"\n" for path in sorted(ours)))
     for record in written:

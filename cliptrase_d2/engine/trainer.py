@@ -141,7 +141,6 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        output_dir = output_folder or cfg.OUTPUT_DIR
         c = cfg.MODEL.CLIPTRASE
         run_info = {
             "head": c.HEAD,
@@ -152,24 +151,18 @@ class Trainer(DefaultTrainer):
             "templates": c.TEMPLATES,
             "vocabulary": c.VOCABULARY or "the dataset's",
         }
+        given = dict(
+            output_dir=output_folder or cfg.OUTPUT_DIR, save_predictions=cfg.TEST.SAVE_PREDICTIONS
+        )
         if c.PROTOCOL == "paper":
             run_info["paper_size"] = c.PAPER_SIZE
             return PaperSemSegEvaluator(
-                dataset_name,
-                crop_size=c.PAPER_SIZE,
-                output_dir=output_dir,
-                save_predictions=cfg.TEST.SAVE_PREDICTIONS,
-                run_info=run_info,
+                dataset_name, crop_size=c.PAPER_SIZE, run_info=run_info, **given
             )
         run_info.update(
             short_side=c.STANDARD_SHORT_SIDE, window=c.WINDOW_SIZE, stride=c.WINDOW_STRIDE
         )
-        return StandardSemSegEvaluator(
-            dataset_name,
-            output_dir=output_dir,
-            save_predictions=cfg.TEST.SAVE_PREDICTIONS,
-            run_info=run_info,
-        )
+        return StandardSemSegEvaluator(dataset_name, run_info=run_info, **given)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

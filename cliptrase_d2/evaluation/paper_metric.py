@@ -46,10 +46,9 @@ def paper_metric(confusion: np.ndarray) -> Dict[str, object]:
     """The paper's metric, in percent, from the (ground truth, prediction) confusion matrix of
     the counted pixels.
 
-    Returns a dict with ``pAcc``, ``mAcc``, ``fwIoU``, ``mIoU`` (unrounded floats), the
+    Returns a dict with ``pAcc``, ``mAcc``, ``fwIoU``, ``mIoU`` (unrounded floats) and the
     ``per_class_IoU`` (``num_classes`` floats, NaN for classes absent from the ground truth,
-    which mIoU leaves out) and ``class_present`` (bool mask of those counted). ``pAcc`` and
-    ``mIoU`` are NaN when no pixel has been counted.
+    which mIoU leaves out). ``pAcc`` and ``mIoU`` are NaN when no pixel has been counted.
     """
     confusion = np.asarray(confusion, dtype=np.float64)
     tp = np.diag(confusion)
@@ -68,5 +67,4 @@ def paper_metric(confusion: np.ndarray) -> Dict[str, object]:
     }
     metrics = {key: float(value) for key, value in metrics.items()}
     metrics["per_class_IoU"] = np.where(present, 100.0 * iou, np.nan)
-    metrics["class_present"] = present
     return metrics

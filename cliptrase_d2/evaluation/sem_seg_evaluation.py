@@ -52,22 +52,18 @@ SUMMARY_KEYS = ("mIoU", "fwIoU", "mAcc", "pAcc")
 LIBRARY_LOADING_HOOK = "sem_seg_loading_fn" in inspect.signature(SemSegEvaluator).parameters
 
 
-def check_registered(dataset_name: str) -> None:
-    """KeyError listing the registered datasets when ``dataset_name`` is not one of them."""
+def sem_seg_metadata(dataset_name: str):
+    """The Metadata of a registered semantic-segmentation dataset, checked: registered (else a
+    KeyError listing every registered dataset, Detectron2's own and the user's included),
+    ``stuff_classes`` given, each name once (the results are keyed by name: one would hide the
+    other), and ``ignore_label`` the integer id of void pixels outside the class ids (a class id
+    there would never count), or None for no void pixels."""
     registered = DatasetCatalog.list()
     if dataset_name not in registered:
         raise UnknownNameError(
             f"Dataset '{dataset_name}' is not registered. Registered datasets: "
             f"{', '.join(sorted(registered)) or '(none)'}"
         )
-
-
-def sem_seg_metadata(dataset_name: str):
-    """The Metadata of a registered semantic-segmentation dataset, checked: ``stuff_classes``
-    given, each name once (the results are keyed by name: one would hide the other), and
-    ``ignore_label`` the integer id of void pixels outside the class ids (a class id there would
-    never count), or None for no void pixels."""
-    check_registered(dataset_name)
     meta = MetadataCatalog.get(dataset_name)
     if not meta.get("stuff_classes"):
         raise UnknownNameError(f"Dataset '{dataset_name}' has no 'stuff_classes' in its metadata")
@@ -204,7 +200,7 @@ def saved_predictions(
     ``output_dir`` (files an earlier run of the same settings wrote there, see
     ``claim_output_dir``) and present. Empty outside such a folder."""
     root = claimed_root(output_dir) if output_dir else None
-    resumed = recorded_files(root, RESUMED_RECORD) if root else set()
+    resumed = recorded_files(root, (RESUMED_RECORD,)) if root else set()
     if not resumed:
         return {}
     saved = {}
