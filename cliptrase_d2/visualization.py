@@ -36,19 +36,15 @@ def draw_labels(image: np.ndarray, labels: np.ndarray, class_names: Sequence[str
     return Visualizer(image, metadata).draw_sem_seg(labels).get_image()
 
 
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
-        return ImageFont.load_default()
-
-
 def with_legend(
     image: np.ndarray, rows: Sequence[Tuple[int, str]], row_height: int = 20
 ) -> Image.Image:
     """``image`` with a legend column on its right: one swatch of class index's ``palette``
     colour and one line of text per (class index, text) row."""
-    font = _font(row_height - 6)
+    try:
+        font = ImageFont.load_default(size=row_height - 6)
+    except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
+        font = ImageFont.load_default()
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     text_width = max([int(probe.textlength(text, font=font)) for _, text in rows] + [60])
     width = row_height + 12 + text_width

@@ -27,7 +27,6 @@ import cliptrase_d2  # noqa: F401  (first: detectron2 0.6 shims, registrations)
 import numpy as np
 import open_clip
 import torch
-import torch.nn.functional as F
 from detectron2.modeling import build_model
 from PIL import Image
 from torch.autograd import DeviceType
@@ -219,11 +218,9 @@ def loader_inputs(cfg, files: List[str], device="cpu") -> List[Dict]:
     return [{**x, "image": x["image"].to(device)} for x in map(mapper, records)]
 
 
-def paper_crops(cfg, files: List[str], size: int, device) -> torch.Tensor:
-    """The test mapper's paper crops of ``files`` as (B, 3, S, S) float 0-255 (an image the mapper
-    passes whole, one it would enlarge, resized to S x S)."""
-    frames = [x["image"][None].float() for x in loader_inputs(cfg, files)]
-    return torch.cat([F.interpolate(x, size=(size, size)) for x in frames]).to(device)
+def paper_crops(cfg, files: List[str], device) -> torch.Tensor:
+    """The test mapper's paper crops of ``files`` as (B, 3, S, S) float 0-255."""
+    return torch.stack([x["image"] for x in loader_inputs(cfg, files)]).float().to(device)
 
 
 def whole_photo(file: str, cfg, device) -> Dict:
@@ -360,7 +357,7 @@ def measure_memory(case: str, args) -> Dict:
         if case.startswith("plain_"):
             size = int(case.split("_")[1])
             cfg = case_config(f"paper_{size}", args)
-            run, crops = plain_forward(args, size), paper_crops(cfg, files[None][:1], size, device)
+            run, crops = plain_forward(args, size), paper_crops(cfg, files[None][:1], device)
             work = functools.partial(run, crops)
         else:
             model, cfg = build_case(case, args)
@@ -410,8 +407,8 @@ def measure(args, photos: Dict[object, List[str]]) -> Dict:
         "photos": len(photos[None]),
     }
     runs, models, crops = {}, {}, {}
-    for size in PLAIN_SIZES:  # the paper crops of every photo, as uint8 (B, 3, S, S)
-        crops[size] = paper_crops(case_config(f"paper_{size}", args), photos[None], size, device)
+    for size in PLAIN_SIZES:  # the paper crops of every photo
+        crops[size] = paper_crops(case_config(f"paper_{size}", args), photos[None], device)
         runs[f"plain_{size}"] = functools.partial(plain_forward(args, size), crops[size][:1])
     for case in args.cases:
         model, cfg = models[case] = build_case(case, args)

@@ -39,6 +39,7 @@ from cliptrase_d2.atomic import atomic_write_text
 from cliptrase_d2.method.heads import HEADS
 from cliptrase_d2.vocabulary import peer_vocabulary_keys
 from cliptrase_d2.errors import ConfigError
+from benchmark import markdown_table
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -154,11 +155,7 @@ def tables(heads, datasets, cells, num_processes, title: str = ""):
         [h] + [cell(h, d, 0, ".2f") for d in datasets] + [cell(h, d, 1, ".3f") for d in datasets]
         for h in heads
     ]
-    markdown = "\n".join(
-        ([title, ""] if title else [])
-        + ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        + ["| " + " | ".join(r) + " |" for r in rows]
-    )
+    markdown = "\n".join(([title, ""] if title else []) + markdown_table(header, rows))
     markdown += (
         "\n\nTime per image: wall-clock inference of the whole dataset / images, "
         f"{num_processes} process(es).\n"
