@@ -99,6 +99,15 @@ def test_peer_heads_run_without_refinement_by_default():
     assert compare.head_opts("sclip", "vote")[-1] == "vote"
 
 
+@pytest.mark.parametrize("head", sorted(compare.HEADS))
+def test_each_head_runs_with_the_refinement_of_its_own_config(head):
+    """By default a peer head runs with the REFINE of configs/<head>/standard.yaml (PEARL's TLP);
+    CLIPtrase keeps the protocol config's own."""
+    own = load_config(os.path.join(REPO, "configs", head, "standard.yaml")).MODEL.CLIPTRASE.REFINE
+    expected = [] if head == "cliptrase" else ["MODEL.CLIPTRASE.REFINE", own]
+    assert compare.head_opts(head, "default") == ["MODEL.CLIPTRASE.HEAD", head, *expected]
+
+
 def test_unused_settings_reported_once(tiny_opts, project_log):
     require_fixtures()
     import logging

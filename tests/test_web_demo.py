@@ -164,6 +164,20 @@ def test_busy_port_is_a_one_line_error():
             web_demo.main(["--host", host])
 
 
+@pytest.mark.parametrize("protocol", ["standard", "paper"])
+def test_each_head_runs_with_its_authors_refinement(protocol):
+    """The page's head runs as tools/compare.py runs it: PEARL with its TLP, the other peers
+    without refinement, CLIPtrase with the protocol's own (no override)."""
+    models = web_demo.Models("", ["MODEL.DEVICE", "cpu"])
+    for head in sorted(web_demo.HEADS):
+        refine = {"cliptrase": [], "pearl": ["tlp"]}.get(head, ["none"])
+        assert models.options(head, protocol) == [
+            *("MODEL.DEVICE", "cpu", "MODEL.CLIPTRASE.HEAD", head),
+            *("MODEL.CLIPTRASE.PROTOCOL", protocol),
+            *(["MODEL.CLIPTRASE.REFINE", *refine] if refine else []),
+        ]
+
+
 def test_simultaneous_users_keep_their_own_vocabulary(tiny_opts):
     """Two users' requests interleaved on one model: each gets exactly its sequential result."""
     require_fixtures()

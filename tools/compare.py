@@ -37,6 +37,7 @@ from cliptrase_d2.engine.launch import run_launched
 from cliptrase_d2.engine.trainer import Trainer
 from cliptrase_d2.atomic import atomic_write_text
 from cliptrase_d2.method.heads import HEADS
+from cliptrase_d2.modeling.settings import head_refinement
 from cliptrase_d2.vocabulary import peer_vocabulary_keys
 from cliptrase_d2.errors import ConfigError
 from benchmark import markdown_table
@@ -95,11 +96,8 @@ def parse_list(text: str, allowed, what: str):
 
 
 # --refine default: each head's own refinement (None: the config's); heads not named: "none"
-DEFAULT_REFINE = {"cliptrase": None, "pearl": "tlp"}
-
-
 def head_opts(head: str, refine: str):
-    chosen = refine if refine != "default" else DEFAULT_REFINE.get(head, "none")
+    chosen = refine if refine != "default" else head_refinement(head)
     return ["MODEL.CLIPTRASE.HEAD", head] + (["MODEL.CLIPTRASE.REFINE", chosen] if chosen else [])
 
 

@@ -36,6 +36,7 @@ from cliptrase_d2.config import check_argument, check_opts
 from cliptrase_d2.engine.allocator import tune_cpu_allocator
 from cliptrase_d2.errors import ConfigError, InputError, UserError
 from cliptrase_d2.method.heads import HEADS
+from cliptrase_d2.modeling.settings import head_refinement
 from cliptrase_d2.visualization import draw_labels, palette
 from cliptrase_d2.vocabulary import benchmark_keys, resolve_vocabulary
 from demo import PROTOCOL_CONFIGS, split_names
@@ -161,9 +162,8 @@ class Models:
         check_argument("head", head, choices=sorted(HEADS))
         check_argument("protocol", protocol, choices=sorted(PROTOCOL_CONFIGS))
         options = ["MODEL.CLIPTRASE.HEAD", head, "MODEL.CLIPTRASE.PROTOCOL", protocol]
-        # the peer heads' own configs (configs/<head>/standard.yaml) turn region refinement off
-        refine = [] if head == "cliptrase" else ["MODEL.CLIPTRASE.REFINE", "none"]
-        return self.opts + options + refine
+        refine = head_refinement(head)  # the head's authors' (PEARL's TLP), as compare runs it
+        return self.opts + options + (["MODEL.CLIPTRASE.REFINE", refine] if refine else [])
 
     def get(self, head: str, protocol: str) -> Tuple[Segmenter, threading.Lock]:
         key = (head, protocol)

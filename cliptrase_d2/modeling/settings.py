@@ -4,7 +4,7 @@ method layer names none), and the mapping of MODEL.CLIPTRASE's keys to the metho
 import dataclasses
 import logging
 import re
-from typing import Sequence
+from typing import Optional, Sequence
 
 from detectron2.data import MetadataCatalog
 from detectron2.utils.logger import log_first_n
@@ -25,6 +25,7 @@ __all__ = [
     "check_settings",
     "check_single_names",
     "configured_head",
+    "head_refinement",
     "refinement_settings",
 ]
 
@@ -59,6 +60,13 @@ def refinement_settings(c, auto_eps: float, auto_min_samples: int) -> Refinement
             rf"\b({fields})\b", lambda field: f"MODEL.CLIPTRASE.{field[1].upper()}", str(error)
         )
         raise ConfigError(message.replace(", tlp", ", tlp, pamr")) from None
+
+
+def head_refinement(head: str) -> Optional[str]:
+    """The REFINE a head's authors run it with, as its configs/<head>/standard.yaml sets it:
+    'tlp' for PEARL, 'none' for the other peers (no region refinement); None for CLIPtrase,
+    whose refinement is the protocol's (the config's own)."""
+    return None if head == "cliptrase" else "tlp" if head == "pearl" else "none"
 
 
 def report_unused_settings(
