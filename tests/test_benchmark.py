@@ -210,6 +210,24 @@ def test_proxyclip_floor_is_clip_and_the_vfm_on_every_window(monkeypatch):
     assert f"| {case} | 150 | " in benchmark.format_table(report)
 
 
+def test_precision_agreement_compares_models_of_the_same_weights(monkeypatch):
+    """--precision's agreement holds a case's model against the fp32 one of the same weights:
+    the proxyclip case's random VFM too (seeded), not a second random draw."""
+    require_fixtures()
+    build_vfm = vfm_module.build_vfm
+    tiny = dict(depth=1, embed_dim=16, num_heads=2)
+    monkeypatch.setattr(vfm_module, "build_vfm", lambda *a: build_vfm(*a, **tiny))
+    args = arguments(
+        "--weights", TINY_WEIGHTS, "--cases", "proxyclip_512x683", "--precision", "bf16"
+    )
+    model = benchmark.build_case("proxyclip_512x683", args)[0]
+    reference = benchmark.build_case("proxyclip_512x683", args, "fp32")[0]
+    for (name, value), expected in zip(
+        model.vfm.state_dict().items(), reference.vfm.state_dict().values()
+    ):
+        torch.testing.assert_close(value.float(), expected.to(value.dtype).float(), msg=name)
+
+
 BAD_ARGUMENTS = [
     (["--cases", "paper_224,paper_999"], "--cases must be one of paper_224, "),
     (["--cases", ","], "--cases must name at least one of paper_224"),

@@ -5,8 +5,9 @@
     python tools/benchmark.py --device cuda --json # one JSON object on stdout
     python tools/benchmark.py --stages             # also: where the time goes, stage by stage
 
-Each case's model and input are what evaluation builds (its config, Detectron2's
-``build_model``, the test mapper; random open_clip weights, seeded, unless --weights).
+Each case's model and input are what evaluation builds (its config with ViLD's 14 templates,
+Detectron2's ``build_model``, the test mapper; random open_clip weights unless --weights, and a
+random VFM, both seeded).
 docs/SPEED.md defines every figure, says how each is measured and records the measurements.
 """
 
@@ -183,8 +184,10 @@ def case_config(case: str, args, precision: str = ""):
 
 
 def build_case(case: str, args, precision: str = ""):
-    """(model, config) as evaluation builds them for ``case``, in eval mode."""
+    """(model, config) as evaluation builds them for ``case``, in eval mode (its random VFM the
+    same at every build: the fp32 reference of --precision has the same weights)."""
     cfg = case_config(case, args, precision)
+    torch.manual_seed(0)
     return build_model(cfg).eval(), cfg
 
 
