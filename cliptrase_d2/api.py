@@ -21,6 +21,7 @@ from .atomic import atomic_write_png
 from .config import check_images_per_batch
 from .data.dataset_mapper import SemSegTestMapper, rgb_pixels
 from .data.image_io import read_rgb, to_rgb
+from .evaluation.sem_seg_evaluation import prediction_png_dtype
 from .vocabulary import Vocabulary, resolve_vocabulary
 from .errors import InputError
 
@@ -73,10 +74,9 @@ class SegmentationResult:
         return {self.class_names[i]: float(counts[i]) / total for i in order if counts[i] > 0}
 
     def save_labels(self, path: str) -> None:
-        """Writes ``labels`` as a PNG, atomically: 8-bit, 16-bit when there are more than 255
-        classes."""
-        dtype = np.uint16 if len(self.class_names) > 255 else np.uint8
-        atomic_write_png(path, self.labels.astype(dtype))
+        """Writes ``labels`` as a PNG, atomically, of the type evaluation saves them in
+        (``prediction_png_dtype``: 8-bit, 16-bit beyond 255 classes)."""
+        atomic_write_png(path, self.labels.astype(prediction_png_dtype(len(self.class_names))))
 
 
 class Segmenter:

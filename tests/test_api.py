@@ -214,3 +214,19 @@ def test_result_image_and_labels_are_those_of_the_whole_image_call(tiny_opts, co
     np.testing.assert_array_equal(result.labels, labels.numpy())
     frame = segmenter.model.frame
     np.testing.assert_array_equal(result.image, frame(image) if "paper" in config else image)
+
+
+def test_saved_labels_take_the_evaluations_png_type(tmp_path):
+    from cliptrase_d2.api import SegmentationResult
+    from cliptrase_d2.errors import InputError
+
+    def saved(num_classes):
+        labels = np.array([[0, num_classes - 1]], dtype=np.int64)
+        result = SegmentationResult(labels, None, [f"c{i}" for i in range(num_classes)], None)
+        result.save_labels(str(tmp_path / "labels.png"))
+        return np.asarray(Image.open(tmp_path / "labels.png"))
+
+    assert saved(255).dtype == np.uint8 and saved(256).dtype == np.uint16
+    np.testing.assert_array_equal(saved(65535), [[0, 65534]])
+    with pytest.raises(InputError, match="65537 classes do not fit in a 16-bit PNG"):
+        saved(65537)  # refused as evaluation refuses it, not label 65536 written as 0
