@@ -2,12 +2,12 @@
 as the YAML configs they mirror, on the VOC sample; and their errors."""
 
 import argparse
-import json
 import os
 import sys
 
 import numpy as np
 import pytest
+from detectron2.config import instantiate
 from detectron2.engine import default_argument_parser
 from PIL import Image
 
@@ -126,10 +126,7 @@ def test_lazy_config_errors(tmp_path):
     )
     # the tokenizer and the text cache follow the CLIP model (interpolation), as in the YAML configs
     assert cfg.model.tokenizer.model == cfg.model.text_cache.model == "tiny.json"
-    assert (
-        json.loads(json.dumps(dict(cfg.dataloader.evaluator.run_info)))["vocabulary"]
-        == "the dataset's"
-    )
+    assert instantiate(cfg.dataloader.evaluator.run_info)["vocabulary"] == "the dataset's"
 
 
 @pytest.mark.parametrize(
@@ -186,8 +183,6 @@ def test_a_config_yaml_no_run_wrote_is_refused_as_by_tools_train_net(tmp_path):
 def test_lazy_paper_config_crops_in_the_loader_as_the_yaml_one_does():
     """The LazyConfigs' mapper makes the model's frame (its protocol, size and MAX_PIXELS follow
     the model by interpolation): the paper crop, or the standard keep-ratio frame."""
-    from detectron2.config import instantiate
-
     paper = lazyconfig_train_net.load(
         os.path.join(REPO, "configs", "lazy", "sample_voc21_paper_224.py"),
         ["model.paper_size=336", "model.max_pixels=1000000"],
@@ -200,3 +195,19 @@ def test_lazy_paper_config_crops_in_the_loader_as_the_yaml_one_does():
     )
     frame = instantiate(standard.dataloader.test.mapper).frame
     assert (frame.protocol, frame.short_side, frame.long_side) == ("standard", 336, 2048)
+
+
+@pytest.mark.parametrize("lazy, yaml", TWINS)
+def test_results_record_the_run_as_the_yaml_route_does(lazy, yaml, monkeypatch, tmp_path):
+    """The "run" of results.json names the vocabulary given (it said "the dataset's")."""
+    _require_sample(monkeypatch)
+    cfg = lazyconfig_train_net.load(
+        os.path.join(REPO, "configs", "lazy", lazy),
+        ["model.vocabulary=voc21", f"train.output_dir={tmp_path}"],
+    )
+    recorded = instantiate(cfg.dataloader.evaluator)._run_info
+    options = ["MODEL.CLIPTRASE.VOCABULARY", "voc21", "OUTPUT_DIR", str(tmp_path)]
+    yaml_cfg = load_config(os.path.join(REPO, "configs", "sample", yaml), options)
+    expected = Trainer.build_evaluator(yaml_cfg, "cliptrase_sample_voc21")._run_info
+    assert recorded == expected
+    assert recorded["vocabulary"] == "voc21"

@@ -28,6 +28,7 @@ from .checks import RESULT_PATTERNS, check_num_processes, claim_output_dir
 
 __all__ = [
     "RUN_OUTPUTS",
+    "evaluated_run",
     "Trainer",
     "log_model",
     "save_config",
@@ -152,6 +153,23 @@ def log_model(model, clip_model: str, weights: str, device: str) -> None:
     )
 
 
+def evaluated_run(
+    head, refine, clip_model, weights, precision, templates, vocabulary, **protocol
+) -> dict:
+    """The "run" that results.json records beside the numbers (configs/lazy/common.py's too):
+    an empty ``weights`` is the tag "openai", an empty ``vocabulary`` the dataset's own."""
+    return dict(
+        head=head,
+        refine=refine,
+        clip_model=clip_model,
+        weights=weights or "openai",
+        precision=precision,
+        templates=templates,
+        vocabulary=vocabulary or "the dataset's",
+        **protocol,
+    )
+
+
 class Trainer(DefaultTrainer):
     """Only evaluation: evaluators chosen by MODEL.CLIPTRASE.PROTOCOL, loaders of
     TEST.IMS_PER_BATCH images."""
@@ -165,15 +183,8 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         c = cfg.MODEL.CLIPTRASE
-        run_info = {
-            "head": c.HEAD,
-            "refine": c.REFINE,
-            "clip_model": c.CLIP_MODEL,
-            "weights": cfg.MODEL.WEIGHTS or "openai",
-            "precision": c.PRECISION,
-            "templates": c.TEMPLATES,
-            "vocabulary": c.VOCABULARY or "the dataset's",
-        }
+        info = (c.HEAD, c.REFINE, c.CLIP_MODEL, cfg.MODEL.WEIGHTS, c.PRECISION, c.TEMPLATES)
+        run_info = evaluated_run(*info, c.VOCABULARY)
         given = dict(
             output_dir=output_folder or cfg.OUTPUT_DIR, save_predictions=cfg.TEST.SAVE_PREDICTIONS
         )
