@@ -2,17 +2,19 @@
 as the YAML configs they mirror, on the VOC sample; and their errors."""
 
 import argparse
-import json
 import os
 import sys
 
 import numpy as np
 import pytest
+from detectron2.config import instantiate
 from detectron2.engine import default_argument_parser
 from PIL import Image
 
 from conftest import REPO, TINY_CONFIG, TINY_WEIGHTS, skip_outside_ci
+from cliptrase_d2.atomic import recorded_files
 from cliptrase_d2.engine.trainer import Trainer, load_config
+from cliptrase_d2.errors import OutputExistsError
 
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import lazyconfig_train_net  # noqa: E402
@@ -65,6 +67,8 @@ def test_lazy_config_predicts_exactly_what_the_yaml_config_does(
         config_file=os.path.join(REPO, "configs", "lazy", lazy),
         eval_only=True,
         num_gpus=1,
+        num_machines=1,
+        machine_rank=0,
         resume=False,
         opts=[
             f"model.clip_model.model={TINY_CONFIG}",
@@ -78,6 +82,7 @@ def test_lazy_config_predicts_exactly_what_the_yaml_config_does(
             f"dataloader.test.dataset.names={DATASET}",
         ],
     )
+    lazyconfig_train_net.validate(args)  # claims train.output_dir, as the tool does
     results = lazyconfig_train_net.main(args)["sem_seg"]
 
     assert results.keys() == expected.keys()
@@ -89,6 +94,8 @@ def test_lazy_config_predicts_exactly_what_the_yaml_config_does(
     for name, labels in yaml_maps.items():
         np.testing.assert_array_equal(lazy_maps[name], labels, err_msg=name)
     assert len({labels.tobytes() for labels in yaml_maps.values()}) >= 2  # not one map four times
+    # config.yaml is the run's, as tools/train_net.py's: the next run moves it with the results
+    assert "config.yaml" in recorded_files(str(tmp_path / "lazy"))
 
 
 def test_lazy_config_errors(tmp_path):
@@ -119,10 +126,7 @@ def test_lazy_config_errors(tmp_path):
     )
     # the tokenizer and the text cache follow the CLIP model (interpolation), as in the YAML configs
     assert cfg.model.tokenizer.model == cfg.model.text_cache.model == "tiny.json"
-    assert (
-        json.loads(json.dumps(dict(cfg.dataloader.evaluator.run_info)))["vocabulary"]
-        == "the dataset's"
-    )
+    assert instantiate(cfg.dataloader.evaluator.run_info)["vocabulary"] == "the dataset's"
 
 
 @pytest.mark.parametrize(
@@ -157,11 +161,28 @@ def test_resume_is_refused_not_ignored(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_config_yaml_no_run_wrote_is_refused_as_by_tools_train_net(tmp_path):
+    """The run writes config.yaml in train.output_dir: a file there that no run wrote is
+    refused before any work, as OUTPUT_DIR's is (it was overwritten)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.yaml").write_text("# my notes\n")
+    args = argparse.Namespace(
+        config_file=os.path.join(REPO, "configs", "lazy", "sample_voc21_standard.py"),
+        opts=[f"train.output_dir={out}"],
+        num_gpus=1,
+        num_machines=1,
+        machine_rank=0,
+        resume=False,
+    )
+    with pytest.raises(OutputExistsError, match=r"that no evaluation wrote there \(config.yaml\)"):
+        lazyconfig_train_net.validate(args)
+    assert (out / "config.yaml").read_text() == "# my notes\n"
+
+
 def test_lazy_paper_config_crops_in_the_loader_as_the_yaml_one_does():
     """The LazyConfigs' mapper makes the model's frame (its protocol, size and MAX_PIXELS follow
     the model by interpolation): the paper crop, or the standard keep-ratio frame."""
-    from detectron2.config import instantiate
-
     paper = lazyconfig_train_net.load(
         os.path.join(REPO, "configs", "lazy", "sample_voc21_paper_224.py"),
         ["model.paper_size=336", "model.max_pixels=1000000"],
@@ -174,3 +195,19 @@ def test_lazy_paper_config_crops_in_the_loader_as_the_yaml_one_does():
     )
     frame = instantiate(standard.dataloader.test.mapper).frame
     assert (frame.protocol, frame.short_side, frame.long_side) == ("standard", 336, 2048)
+
+
+@pytest.mark.parametrize("lazy, yaml", TWINS)
+def test_results_record_the_run_as_the_yaml_route_does(lazy, yaml, monkeypatch, tmp_path):
+    """The "run" of results.json names the vocabulary given (it said "the dataset's")."""
+    _require_sample(monkeypatch)
+    cfg = lazyconfig_train_net.load(
+        os.path.join(REPO, "configs", "lazy", lazy),
+        ["model.vocabulary=voc21", f"train.output_dir={tmp_path}"],
+    )
+    recorded = instantiate(cfg.dataloader.evaluator)._run_info
+    options = ["MODEL.CLIPTRASE.VOCABULARY", "voc21", "OUTPUT_DIR", str(tmp_path)]
+    yaml_cfg = load_config(os.path.join(REPO, "configs", "sample", yaml), options)
+    expected = Trainer.build_evaluator(yaml_cfg, "cliptrase_sample_voc21")._run_info
+    assert recorded == expected
+    assert recorded["vocabulary"] == "voc21"

@@ -12,21 +12,20 @@ Training-free: --eval-only is the only mode. Without CUDA, train.device falls ba
 --num-gpus N starts N CPU processes (gloo), as tools/train_net.py does.
 """
 
+import functools
 import logging
 
 import cliptrase_d2  # noqa: F401  (registers the datasets; detectron2 shims)
-from detectron2.config import instantiate
-from detectron2.engine import default_argument_parser, default_setup
+from detectron2.config import LazyConfig, instantiate
+from detectron2.engine import default_argument_parser
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
 
 from cliptrase_d2.config import available_device, check_device, check_images_per_batch
 from cliptrase_d2.config import load_lazy_config as load
-from cliptrase_d2.engine.allocator import tune_cpu_allocator
 from cliptrase_d2.engine.checks import check_num_processes, claim_output_dir
 from cliptrase_d2.engine.launch import run_eval_only
-from cliptrase_d2.engine.trainer import log_model
+from cliptrase_d2.engine.trainer import RUN_OUTPUTS, log_model, save_config, start_logging
 from cliptrase_d2.errors import ConfigError
 
 logger = logging.getLogger("cliptrase_d2")
@@ -45,18 +44,16 @@ def validate(args):
     cfg = load(args.config_file, args.opts)
     check_device(cfg.train.get("device", "cuda"), "train.device")
     check_images_per_batch(cfg.dataloader.test.get("batch_size", 1), "dataloader.test.batch_size")
-    claim_output_dir(
-        cfg.train.get("output_dir", ""), "train.output_dir", machine_rank=args.machine_rank
-    )
+    output_dir = cfg.train.get("output_dir", "")
+    claim_output_dir(output_dir, "train.output_dir", RUN_OUTPUTS, machine_rank=args.machine_rank)
     return cfg
 
 
 def main(args):
     cfg = load(args.config_file, args.opts)
-    setup_logger(output=cfg.train.output_dir, distributed_rank=comm.get_rank(), name="cliptrase_d2")
-    tune_cpu_allocator()
+    start_logging(cfg.train.output_dir)  # as tools/train_net.py's setup
     device = cfg.train.device = available_device(cfg.train.get("device", "cuda"), "train.device")
-    default_setup(cfg, args)
+    save_config(cfg.train.output_dir, args, functools.partial(LazyConfig.save, cfg))
     model = instantiate(cfg.model).to(device).eval()
     log_model(model, cfg.model.clip_model.model, cfg.model.clip_model.weights, device)
     loader = instantiate(cfg.dataloader.test)

@@ -4,6 +4,7 @@ protocol, and the checks before an evaluation starts (``validate``)."""
 import logging
 import os
 import sys
+from pathlib import Path
 
 import yaml
 from detectron2.config import CfgNode
@@ -14,7 +15,7 @@ from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..atomic import atomic_write_text, recorded_files
+from ..atomic import atomic_paths, recorded_files
 from ..config import check_device, load_config, resolve_device
 from ..data.dataset_mapper import SemSegTestMapper
 from ..data.loader import build_test_loader
@@ -25,10 +26,22 @@ from ..errors import ConfigError
 from .allocator import tune_cpu_allocator
 from .checks import RESULT_PATTERNS, check_num_processes, claim_output_dir
 
-__all__ = ["Trainer", "log_model", "setup", "validate"]
+__all__ = [
+    "RUN_OUTPUTS",
+    "evaluated_run",
+    "Trainer",
+    "log_model",
+    "save_config",
+    "setup",
+    "start_logging",
+    "validate",
+]
 
 logger = logging.getLogger("cliptrase_d2")
 
+
+# what an evaluation writes in its output folder (config.yaml: save_config), claimed by each tool
+RUN_OUTPUTS = (*RESULT_PATTERNS, "config.yaml")
 
 # settings a resumed run may change: they do not change a prediction
 RESUMABLE_CHANGES = ("MODEL.DEVICE", "DATALOADER.NUM_WORKERS", "TEST.IMS_PER_BATCH")
@@ -91,29 +104,40 @@ def validate(args):
         )
     if args.resume and args.machine_rank == 0:
         check_resumable(cfg)
-    outputs = (*RESULT_PATTERNS, "config.yaml")  # setup writes config.yaml through the record
-    claim_output_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR", outputs, args.resume, args.machine_rank)
+    claim_output_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR", RUN_OUTPUTS, args.resume, args.machine_rank)
     return cfg
 
 
 def setup(args):
-    """Config from command-line args, frozen; logging of detectron2 and of this project on the
-    console and in OUTPUT_DIR/log.txt (log.txt.rank<N> for the other processes), coloured only
-    on a terminal; the config saved to OUTPUT_DIR/config.yaml, not dumped into the log.
+    """Config from command-line args, frozen, with ``start_logging`` and ``save_config``.
     ``validate`` checked the config before the processes started."""
     cfg = load_config(args.config_file, args.opts, resolve=False)
-    color = sys.stdout.isatty()
-    for name in ("detectron2", "fvcore", "cliptrase_d2"):
-        setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), color=color, name=name)
-    tune_cpu_allocator()
+    start_logging(cfg.OUTPUT_DIR)
     resolve_device(cfg)
     cfg.freeze()
+    save_config(cfg.OUTPUT_DIR, args, lambda path: Path(path).write_text(cfg.dump(), "utf-8"))
+    return cfg
+
+
+def start_logging(output_dir: str) -> None:
+    """Logging of detectron2, fvcore and this project on the console and in output_dir/log.txt
+    (log.txt.rank<N> for the other processes), coloured only on a terminal."""
+    color = sys.stdout.isatty()
+    for name in ("detectron2", "fvcore", "cliptrase_d2"):
+        setup_logger(output_dir, distributed_rank=comm.get_rank(), color=color, name=name)
+    tune_cpu_allocator()
+
+
+def save_config(output_dir: str, args, save) -> None:
+    """Logs ``args``; in the main process, the config that ``save(path)`` writes becomes
+    output_dir/config.yaml through the record (one of RUN_OUTPUTS: a later run moves it to
+    previous/<n>/ with the results it describes), not dumped into the log."""
     logger.info("Command line arguments: %s", args)
     if comm.is_main_process():
-        path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
-        atomic_write_text(path, cfg.dump())
+        path = os.path.join(output_dir, "config.yaml")
+        with atomic_paths([path]) as (temporary,):
+            save(temporary)
         logger.info("Full config saved to %s", path)
-    return cfg
 
 
 def log_model(model, clip_model: str, weights: str, device: str) -> None:
@@ -126,6 +150,23 @@ def log_model(model, clip_model: str, weights: str, device: str) -> None:
         clip_model,
         weights,
         device,
+    )
+
+
+def evaluated_run(
+    head, refine, clip_model, weights, precision, templates, vocabulary, **protocol
+) -> dict:
+    """The "run" that results.json records beside the numbers (configs/lazy/common.py's too):
+    an empty ``weights`` is the tag "openai", an empty ``vocabulary`` the dataset's own."""
+    return dict(
+        head=head,
+        refine=refine,
+        clip_model=clip_model,
+        weights=weights or "openai",
+        precision=precision,
+        templates=templates,
+        vocabulary=vocabulary or "the dataset's",
+        **protocol,
     )
 
 
@@ -142,15 +183,8 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         c = cfg.MODEL.CLIPTRASE
-        run_info = {
-            "head": c.HEAD,
-            "refine": c.REFINE,
-            "clip_model": c.CLIP_MODEL,
-            "weights": cfg.MODEL.WEIGHTS or "openai",
-            "precision": c.PRECISION,
-            "templates": c.TEMPLATES,
-            "vocabulary": c.VOCABULARY or "the dataset's",
-        }
+        info = (c.HEAD, c.REFINE, c.CLIP_MODEL, cfg.MODEL.WEIGHTS, c.PRECISION, c.TEMPLATES)
+        run_info = evaluated_run(*info, c.VOCABULARY)
         given = dict(
             output_dir=output_folder or cfg.OUTPUT_DIR, save_predictions=cfg.TEST.SAVE_PREDICTIONS
         )

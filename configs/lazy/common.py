@@ -10,10 +10,12 @@ cache follow ``model.clip_model`` by interpolation.
 
 from detectron2.config import LazyCall as L
 from detectron2.data import get_detection_dataset_dicts
+from omegaconf import OmegaConf
 
 from cliptrase_d2.clip_loading import build_clip, get_tokenizer
 from cliptrase_d2.data.dataset_mapper import ProtocolFrame, SemSegTestMapper
 from cliptrase_d2.data.loader import build_test_loader
+from cliptrase_d2.engine.trainer import evaluated_run
 from cliptrase_d2.evaluation import StandardSemSegEvaluator
 from cliptrase_d2.method.pipeline import RefinementSettings
 from cliptrase_d2.modeling.meta_arch import CLIPtrase
@@ -56,14 +58,14 @@ model = L(CLIPtrase)(
 )
 
 # What results.json records of the run, under either protocol (a private name: not a config key)
-_run_info = dict(
+_run_info = L(evaluated_run)(
     head="${model.head}",
     refine="${model.refinement.refine}",
     clip_model="${model.clip_model.model}",
     weights="${model.clip_model.weights}",
     precision="${model.clip_model.precision}",
     templates="${model.templates.name}",
-    vocabulary="the dataset's",
+    vocabulary="${model.vocabulary}",
 )
 
 dataloader = dict(
@@ -92,11 +94,13 @@ dataloader = dict(
         dataset_name="${..test.dataset.names}",
         output_dir="${train.output_dir}",
         save_predictions=False,
-        run_info=dict(
+        run_info=OmegaConf.merge(
             _run_info,
-            short_side="${model.standard_short_side}",
-            window="${model.window_size}",
-            stride="${model.window_stride}",
+            dict(
+                short_side="${model.standard_short_side}",
+                window="${model.window_size}",
+                stride="${model.window_stride}",
+            ),
         ),
     ),
 )
