@@ -7,6 +7,7 @@ import os
 import sys
 
 import pytest
+import yaml
 
 from conftest import FIXTURE_SPLITS, REPO, require_fixtures
 from cliptrase_d2.data.datasets import register_split
@@ -97,6 +98,48 @@ def test_peer_heads_run_without_refinement_by_default():
     ]
     assert compare.head_opts("cliptrase", "default") == ["MODEL.CLIPTRASE.HEAD", "cliptrase"]
     assert compare.head_opts("sclip", "vote")[-1] == "vote"
+
+
+BENCHMARK_CONFIGS = sorted(
+    os.path.join(protocol, name)
+    for protocol in ("paper", "standard")
+    for name in os.listdir(os.path.join(REPO, "configs", protocol))
+    if not name.startswith("Base-")
+)
+
+
+@pytest.mark.parametrize("config", BENCHMARK_CONFIGS)
+def test_each_dataset_runs_with_the_settings_of_its_benchmarks_config(config, monkeypatch):
+    """A dataset compared under a protocol's base config runs as its benchmark's own config does
+    (e.g. Cityscapes at 560, VOC20 with image-logit weighting); the command line still wins."""
+    own = load_config(os.path.join(REPO, "configs", config))
+    base = os.path.join(REPO, "configs", config.split(os.sep)[0], own_base(config))
+    base_cfg, loaded = load_config(base), []
+
+    def load(config_file, opts=()):  # the evaluation's config, then stop before the model
+        loaded.append(load_config(config_file, opts))
+        if opts:
+            raise StopIteration
+        return loaded[-1]
+
+    monkeypatch.setattr(compare, "load_config", load)
+    for keys in ([], own_keys(config)):  # then the command line sets each key the base's way
+        opts = [x for k in keys for x in (f"MODEL.CLIPTRASE.{k}", str(base_cfg.MODEL.CLIPTRASE[k]))]
+        args = compare.get_parser().parse_args(["--config-file", base, "--datasets", "x", *opts])
+        with pytest.raises(StopIteration):
+            compare.evaluate("cliptrase", own.DATASETS.TEST[0], args)
+        expected = base_cfg if keys else own
+        assert loaded[-1].MODEL.CLIPTRASE == expected.MODEL.CLIPTRASE
+
+
+def own_base(config):
+    with open(os.path.join(REPO, "configs", config)) as f:
+        return yaml.safe_load(f)["_BASE_"]
+
+
+def own_keys(config):
+    with open(os.path.join(REPO, "configs", config)) as f:
+        return list(((yaml.safe_load(f).get("MODEL") or {}).get("CLIPTRASE") or {}))
 
 
 @pytest.mark.parametrize("head", sorted(compare.HEADS))

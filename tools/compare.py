@@ -10,6 +10,9 @@ mIoU and time per image.
 By default CLIPtrase keeps the config's refinement and the other heads run as their authors
 run them: PEARL with its TLP (REFINE tlp), the others without refinement; --refine
 vote|mean|none|tlp applies one refinement to every head.
+Each dataset gets the settings the protocol fixes for its benchmark, as the benchmark's config in
+configs/<protocol>/ sets them (Cityscapes' shorter side 560, COCO-Stuff's 448, VOC20's image-logit
+weighting under the paper protocol); the command line's overrides win.
 Time per image is wall-clock inference time (text embeddings computed beforehand) divided by
 the number of images, with all processes working in parallel.
 
@@ -24,6 +27,8 @@ import io
 import logging
 import os
 import time
+
+import yaml
 
 import cliptrase_d2  # noqa: F401  (first: detectron2 0.6 shims, registrations)
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -101,10 +106,29 @@ def head_opts(head: str, refine: str):
     return ["MODEL.CLIPTRASE.HEAD", head] + (["MODEL.CLIPTRASE.REFINE", chosen] if chosen else [])
 
 
+def benchmark_opts(config_file: str, dataset: str):
+    """KEY VALUE of the MODEL.CLIPTRASE settings that the protocol of ``config_file`` fixes for
+    the dataset's benchmark, as the benchmark's own config sets them over the protocol's base
+    (configs/standard/<benchmark>.yaml, configs/paper/<benchmark>_<S>.yaml): Cityscapes' and
+    COCO-Stuff's shorter side, VOC20's image-logit weighting under the paper protocol."""
+    c = load_config(config_file).MODEL.CLIPTRASE
+    benchmark = MetadataCatalog.get(dataset).get("vocabulary", None)
+    size = f"_{c.PAPER_SIZE}" if c.PROTOCOL == "paper" else ""
+    path = os.path.join(REPO, "configs", c.PROTOCOL, f"{benchmark}{size}.yaml")
+    if not isinstance(benchmark, str) or not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        own = (yaml.safe_load(f).get("MODEL") or {}).get("CLIPTRASE") or {}
+    return [item for key, value in own.items() for item in (f"MODEL.CLIPTRASE.{key}", str(value))]
+
+
 def evaluate(head: str, dataset: str, args):
-    """(mIoU, seconds per image) of one head on one dataset; only the main process gets numbers."""
-    opts = head_opts(head, args.refine)
-    return timed_test(args.config_file, opts, dataset, os.path.join(args.output, head), args)
+    """(mIoU, seconds per image) of one head on one dataset, with the settings the protocol
+    fixes for its benchmark (overridden by the command line's); only the main process gets
+    numbers."""
+    fixed = benchmark_opts(args.config_file, dataset)
+    output = os.path.join(args.output, head)
+    return timed_test(args.config_file, head_opts(head, args.refine), dataset, output, args, fixed)
 
 
 def published_config(head: str, dataset: str):
@@ -122,12 +146,13 @@ def evaluate_published(head: str, dataset: str, args):
     return timed_test(published_config(head, dataset), [], dataset, output, args)
 
 
-def timed_test(config_file: str, opts, dataset: str, output: str, args):
-    """(mIoU, seconds per image) of one evaluation on ``dataset`` (``config_file``, the command
-    line's overrides, then ``opts``), its results in ``output``; None on the other processes."""
+def timed_test(config_file: str, opts, dataset: str, output: str, args, fixed=()):
+    """(mIoU, seconds per image) of one evaluation on ``dataset`` (``config_file``, ``fixed``, the
+    command line's overrides, then ``opts``), its results in ``output``; None on the other
+    processes."""
     cfg = load_config(
         config_file,
-        list(args.opts) + opts + ["DATASETS.TEST", f"('{dataset}',)", "OUTPUT_DIR", output],
+        [*fixed, *args.opts, *opts, "DATASETS.TEST", f"('{dataset}',)", "OUTPUT_DIR", output],
     )
     model = Trainer.build_model(cfg)
     model.text_embeddings(model.vocabulary_for({"dataset_name": dataset}))  # encoded before timing
