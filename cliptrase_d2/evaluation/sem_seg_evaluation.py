@@ -120,6 +120,20 @@ def check_ground_truth_size(gt_size: Tuple[int, int], dataset_dict: dict, path: 
         )
 
 
+def ground_truth_records(dataset_name: str) -> List[dict]:
+    """The records of a registered dataset; InputError naming one without ``sem_seg_file_name``
+    (its ground-truth label map)."""
+    records = DatasetCatalog.get(dataset_name)
+    for record in records:
+        if "sem_seg_file_name" not in record:
+            raise InputError(
+                f"Dataset '{dataset_name}': the record of '{record.get('file_name')}' has no "
+                "'sem_seg_file_name' (its ground-truth label map); register the dataset "
+                "with detectron2's load_sem_seg or give every record one"
+            )
+    return records
+
+
 def label_ids(image: Image.Image, path: str) -> np.ndarray:
     """The int64 values of a label map; InputError naming the file when its pixels are floats
     (a float TIFF, PIL mode 'F'), which are no class ids and would be truncated without a word,
@@ -246,16 +260,8 @@ class _CheckedSemSegEvaluator(SemSegEvaluator):
             raise InputError(
                 "save_predictions=True needs an output_dir to write the predictions to"
             )
-        records, saved_as = DatasetCatalog.get(dataset_name), {}
-        for record in records:
-            if "sem_seg_file_name" not in record:
-                raise InputError(
-                    f"Dataset '{dataset_name}': the record of '{record.get('file_name')}' has no "
-                    "'sem_seg_file_name' (its ground-truth label map); register the dataset "
-                    "with detectron2's load_sem_seg or give every record one"
-                )
-            if not save_predictions:
-                continue
+        records, saved_as = ground_truth_records(dataset_name), {}
+        for record in records if save_predictions else ():
             path = prediction_path(output_dir, dataset_name, record)
             if saved_as.setdefault(path, record) is not record:
                 raise InputError(

@@ -15,12 +15,11 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional, Tuple
 
-from detectron2.data import DatasetCatalog
 from PIL import Image
 
 from ...errors import InputError, UserError
 from ...evaluation.paper_metric import unknown_label_ids
-from ...evaluation.sem_seg_evaluation import label_ids, sem_seg_metadata
+from ...evaluation.sem_seg_evaluation import ground_truth_records, label_ids, sem_seg_metadata
 from .register_benchmarks import (
     BENCHMARK_SPLITS,
     OFFICIAL_SPLITS,
@@ -35,15 +34,19 @@ logger = logging.getLogger(__name__)
 
 def label_map_problem(record: dict, num_classes: int, ignore_label: int) -> Optional[str]:
     """What is wrong with one record's label map (its size, its values), or None."""
-    path = record["sem_seg_file_name"]
+    path, size = record["sem_seg_file_name"], (record.get("height"), record.get("width"))
     try:
         with Image.open(path) as image:
             labels = label_ids(image, path)
+        if None in size:  # Detectron2's load_sem_seg: evaluation's mapper reads the image's
+            path = record["file_name"]
+            with Image.open(path) as image:
+                size = (image.height, image.width)
     except InputError as error:
         return str(error)
     except (OSError, Image.DecompressionBombError) as error:
         return f"{path} cannot be read ({error})"
-    height, width = record["height"], record["width"]
+    path, (height, width) = record["sem_seg_file_name"], size
     if labels.ndim != 2:
         return f"{path} has {labels.shape[2]} channels; a label map has one"
     if labels.shape != (height, width):
@@ -57,7 +60,7 @@ def label_map_problem(record: dict, num_classes: int, ignore_label: int) -> Opti
 def check_dataset(name: str) -> Tuple[str, List[str]]:
     """(what was checked, the problems found) of one registered dataset."""
     meta = sem_seg_metadata(name)
-    records = DatasetCatalog.get(name)
+    records = ground_truth_records(name)
     official = next((s.official for s in BENCHMARK_SPLITS if s.name == name), None)
     expected = OFFICIAL_SPLITS[official]["images"] if official else len(records)
     problems = [] if len(records) == expected else [f"{len(records)} images, official {expected}"]
