@@ -10,12 +10,14 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_sem_seg
 from PIL import Image
 
 from cliptrase_d2.data.datasets import OFFICIAL_SPLITS, check
 from cliptrase_d2.errors import InputError, MissingFileError
+from cliptrase_d2.evaluation import StandardSemSegEvaluator
 from cliptrase_d2.vocabulary import vocabulary_of_dataset
 from test_datasets import (  # noqa: F401  (root: a pytest fixture used by name)
     REPO,
@@ -255,6 +257,27 @@ def test_the_check_command_reads_detectron2_load_sem_seg_records_as_the_evaluati
     finally:
         DatasetCatalog.remove("my_d2_val")
         MetadataCatalog.remove("my_d2_val")
+
+
+def test_a_label_map_too_large_to_decode_is_named_alike_by_the_check_and_the_evaluation(
+    root, monkeypatch, caplog
+):
+    """Past Pillow's decompression-bomb limit, the evaluators stopped in Pillow's bare
+    DecompressionBombError, which names no file; the check and the evaluators now read label maps
+    through one function (open_label_map), which names it."""
+    write_image(root / SAMPLE_IMAGES / "photo.jpg", 2, 2)
+    write_palette_png(root / SAMPLE_MAPS / "photo.png", [[0, 20, 255, 0, 0, 0]] * 4)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # refused at twice the limit: 24 > 20
+    path = root / SAMPLE_MAPS / "photo.png"
+    said = f"cannot read ground truth '{path}' of dataset 'cliptrase_sample_voc21': Image size"
+    with caplog.at_level(logging.INFO):
+        assert check.main(["cliptrase_sample_voc21"]) == 1
+    assert f"cliptrase_sample_voc21: FAILED: {said}" in caplog.text
+    evaluator = StandardSemSegEvaluator("cliptrase_sample_voc21", distributed=False)
+    evaluator.reset()
+    (record,) = DatasetCatalog.get("cliptrase_sample_voc21")
+    with pytest.raises(InputError, match=re.escape(said)):
+        evaluator.process([record], [{"sem_seg": torch.zeros(21, 2, 2)}])
 
 
 def test_a_tilde_in_the_check_root_or_detectron2_datasets_is_the_home_folder(root, monkeypatch):

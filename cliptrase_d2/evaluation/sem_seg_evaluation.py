@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tabulate import tabulate
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -99,7 +99,7 @@ def open_label_map(path: str, dataset_name: str, load: bool = True) -> Image.Ima
         raise MissingFileError(
             f"ground truth '{path}' of dataset '{dataset_name}' not found"
         ) from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise InputError(
             f"cannot read ground truth '{path}' of dataset '{dataset_name}': {error}. Check that "
             "it is a complete label image (PNG/TIFF) and not truncated; re-run the prepare script"
