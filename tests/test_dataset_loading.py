@@ -10,11 +10,14 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_sem_seg
 from PIL import Image
 
 from cliptrase_d2.data.datasets import OFFICIAL_SPLITS, check
 from cliptrase_d2.errors import InputError, MissingFileError
+from cliptrase_d2.evaluation import StandardSemSegEvaluator
 from cliptrase_d2.vocabulary import vocabulary_of_dataset
 from test_datasets import (  # noqa: F401  (root: a pytest fixture used by name)
     REPO,
@@ -221,6 +224,60 @@ def test_the_check_command_names_a_user_dataset_s_bad_metadata(tmp_path, caplog)
     finally:
         DatasetCatalog.remove("my_unchecked")
         MetadataCatalog.remove("my_unchecked")
+
+
+def test_the_check_command_reads_detectron2_load_sem_seg_records_as_the_evaluation(
+    tmp_path, caplog
+):
+    """Records of Detectron2's load_sem_seg (Detectron2's own sem-seg datasets too) have no
+    height/width: the evaluation's mapper takes the size from the image, and the check ended in
+    KeyError 'height'. A record without a label map ended it in KeyError 'sem_seg_file_name'
+    where the evaluators name it."""
+    write_image(tmp_path / "images/a.jpg", 4, 6)
+    write_palette_png(tmp_path / "labels/a.png", [[0, 1, 255, 0, 0, 0]] * 3)  # one row short
+    records = load_sem_seg(str(tmp_path / "labels"), str(tmp_path / "images"))
+    DatasetCatalog.register("my_d2_val", lambda: [dict(record) for record in records])
+    MetadataCatalog.get("my_d2_val").set(stuff_classes=["road", "car"], ignore_label=255)
+    try:
+        with caplog.at_level(logging.INFO):
+            assert check.main(["my_d2_val"]) == 1
+        assert f"my_d2_val: FAILED: {records[0]['sem_seg_file_name']} is 6x3, its image 6x4" in (
+            caplog.text
+        )
+        write_palette_png(tmp_path / "labels/a.png", [[0, 1, 255, 0, 0, 0]] * 4)
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            assert check.main(["my_d2_val"]) == 0
+        assert "my_d2_val: OK: 1 images" in caplog.text
+        del records[0]["sem_seg_file_name"]
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            assert check.main(["my_d2_val"]) == 1
+        assert "a.jpg' has no 'sem_seg_file_name' (its ground-truth label map)" in caplog.text
+    finally:
+        DatasetCatalog.remove("my_d2_val")
+        MetadataCatalog.remove("my_d2_val")
+
+
+def test_a_label_map_too_large_to_decode_is_named_alike_by_the_check_and_the_evaluation(
+    root, monkeypatch, caplog
+):
+    """Past Pillow's decompression-bomb limit, the evaluators stopped in Pillow's bare
+    DecompressionBombError, which names no file; the check and the evaluators now read label maps
+    through one function (open_label_map), which names it."""
+    write_image(root / SAMPLE_IMAGES / "photo.jpg", 2, 2)
+    write_palette_png(root / SAMPLE_MAPS / "photo.png", [[0, 20, 255, 0, 0, 0]] * 4)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # refused at twice the limit: 24 > 20
+    path = root / SAMPLE_MAPS / "photo.png"
+    said = f"cannot read ground truth '{path}' of dataset 'cliptrase_sample_voc21': Image size"
+    with caplog.at_level(logging.INFO):
+        assert check.main(["cliptrase_sample_voc21"]) == 1
+    assert f"cliptrase_sample_voc21: FAILED: {said}" in caplog.text
+    evaluator = StandardSemSegEvaluator("cliptrase_sample_voc21", distributed=False)
+    evaluator.reset()
+    (record,) = DatasetCatalog.get("cliptrase_sample_voc21")
+    with pytest.raises(InputError, match=re.escape(said)):
+        evaluator.process([record], [{"sem_seg": torch.zeros(21, 2, 2)}])
 
 
 def test_a_tilde_in_the_check_root_or_detectron2_datasets_is_the_home_folder(root, monkeypatch):

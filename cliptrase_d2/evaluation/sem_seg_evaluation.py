@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tabulate import tabulate
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -99,7 +99,7 @@ def open_label_map(path: str, dataset_name: str, load: bool = True) -> Image.Ima
         raise MissingFileError(
             f"ground truth '{path}' of dataset '{dataset_name}' not found"
         ) from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise InputError(
             f"cannot read ground truth '{path}' of dataset '{dataset_name}': {error}. Check that "
             "it is a complete label image (PNG/TIFF) and not truncated; re-run the prepare script"
@@ -118,6 +118,20 @@ def check_ground_truth_size(gt_size: Tuple[int, int], dataset_dict: dict, path: 
             f"'{dataset_dict['file_name']}' is {image_size[0]}x{image_size[1]} (height x width); "
             "a label map must have its image's size"
         )
+
+
+def ground_truth_records(dataset_name: str) -> List[dict]:
+    """The records of a registered dataset; InputError naming one without ``sem_seg_file_name``
+    (its ground-truth label map)."""
+    records = DatasetCatalog.get(dataset_name)
+    for record in records:
+        if "sem_seg_file_name" not in record:
+            raise InputError(
+                f"Dataset '{dataset_name}': the record of '{record.get('file_name')}' has no "
+                "'sem_seg_file_name' (its ground-truth label map); register the dataset "
+                "with detectron2's load_sem_seg or give every record one"
+            )
+    return records
 
 
 def label_ids(image: Image.Image, path: str) -> np.ndarray:
@@ -246,16 +260,8 @@ class _CheckedSemSegEvaluator(SemSegEvaluator):
             raise InputError(
                 "save_predictions=True needs an output_dir to write the predictions to"
             )
-        records, saved_as = DatasetCatalog.get(dataset_name), {}
-        for record in records:
-            if "sem_seg_file_name" not in record:
-                raise InputError(
-                    f"Dataset '{dataset_name}': the record of '{record.get('file_name')}' has no "
-                    "'sem_seg_file_name' (its ground-truth label map); register the dataset "
-                    "with detectron2's load_sem_seg or give every record one"
-                )
-            if not save_predictions:
-                continue
+        records, saved_as = ground_truth_records(dataset_name), {}
+        for record in records if save_predictions else ():
             path = prediction_path(output_dir, dataset_name, record)
             if saved_as.setdefault(path, record) is not record:
                 raise InputError(

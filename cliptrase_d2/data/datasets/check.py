@@ -15,12 +15,15 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional, Tuple
 
-from detectron2.data import DatasetCatalog
-from PIL import Image
-
-from ...errors import InputError, UserError
+from ...errors import UserError
 from ...evaluation.paper_metric import unknown_label_ids
-from ...evaluation.sem_seg_evaluation import label_ids, sem_seg_metadata
+from ...evaluation.sem_seg_evaluation import (
+    ground_truth_records,
+    label_ids,
+    open_label_map,
+    sem_seg_metadata,
+)
+from ..image_io import read_rgb
 from .register_benchmarks import (
     BENCHMARK_SPLITS,
     OFFICIAL_SPLITS,
@@ -33,17 +36,19 @@ SHOWN = 3  # problems quoted per dataset
 logger = logging.getLogger(__name__)
 
 
-def label_map_problem(record: dict, num_classes: int, ignore_label: int) -> Optional[str]:
+def label_map_problem(
+    record: dict, dataset_name: str, num_classes: int, ignore_label: int
+) -> Optional[str]:
     """What is wrong with one record's label map (its size, its values), or None."""
     path = record["sem_seg_file_name"]
     try:
-        with Image.open(path) as image:
-            labels = label_ids(image, path)
-    except InputError as error:
+        labels = label_ids(open_label_map(path, dataset_name), path)
+        if "height" in record and "width" in record:
+            height, width = record["height"], record["width"]
+        else:  # Detectron2's load_sem_seg: evaluation's mapper takes the image's size
+            height, width = read_rgb(record["file_name"], exif_orientation=False).shape[:2]
+    except UserError as error:
         return str(error)
-    except (OSError, Image.DecompressionBombError) as error:
-        return f"{path} cannot be read ({error})"
-    height, width = record["height"], record["width"]
     if labels.ndim != 2:
         return f"{path} has {labels.shape[2]} channels; a label map has one"
     if labels.shape != (height, width):
@@ -57,13 +62,15 @@ def label_map_problem(record: dict, num_classes: int, ignore_label: int) -> Opti
 def check_dataset(name: str) -> Tuple[str, List[str]]:
     """(what was checked, the problems found) of one registered dataset."""
     meta = sem_seg_metadata(name)
-    records = DatasetCatalog.get(name)
+    records = ground_truth_records(name)
     official = next((s.official for s in BENCHMARK_SPLITS if s.name == name), None)
     expected = OFFICIAL_SPLITS[official]["images"] if official else len(records)
     problems = [] if len(records) == expected else [f"{len(records)} images, official {expected}"]
     num_classes = len(meta.stuff_classes)
     with ThreadPoolExecutor(4) as pool:
-        found = pool.map(lambda r: label_map_problem(r, num_classes, meta.ignore_label), records)
+        found = pool.map(
+            lambda r: label_map_problem(r, name, num_classes, meta.ignore_label), records
+        )
         problems += [problem for problem in found if problem]
     checked = (
         f"{len(records)} images{' (the official count)' if official else ''}, label maps of "
