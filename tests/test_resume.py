@@ -126,7 +126,9 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     ):
         _validate("--resume", *opts, "MODEL.CLIPTRASE.HEAD", "clip")
     assert sorted(os.listdir(output)) == [STATE_DIR, "config.yaml"]  # refused before the claim
-    # what does not change a prediction may change
+    # what does not change a prediction may change; the folder may have moved since
+    cfg.OUTPUT_DIR = str(tmp_path / "moved" / ".." / "out")
+    atomic_write_text(output / "config.yaml", cfg.dump())
     _validate("--resume", *opts, "DATALOADER.NUM_WORKERS", "0", "TEST.IMS_PER_BATCH", "2")
 
 

@@ -43,8 +43,9 @@ logger = logging.getLogger("cliptrase_d2")
 # what an evaluation writes in its output folder (config.yaml: save_config), claimed by each tool
 RUN_OUTPUTS = (*RESULT_PATTERNS, "config.yaml")
 
-# settings a resumed run may change: they do not change a prediction
-RESUMABLE_CHANGES = ("MODEL.DEVICE", "DATALOADER.NUM_WORKERS", "TEST.IMS_PER_BATCH")
+# settings a resumed run may change: they do not change a prediction (OUTPUT_DIR: the config.yaml
+# compared is that folder's own, however the path is spelled and wherever the folder moved)
+RESUMABLE_CHANGES = ("MODEL.DEVICE", "DATALOADER.NUM_WORKERS", "TEST.IMS_PER_BATCH", "OUTPUT_DIR")
 
 
 def _flat(cfg: CfgNode) -> dict:
