@@ -126,8 +126,24 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     ):
         _validate("--resume", *opts, "MODEL.CLIPTRASE.HEAD", "clip")
     assert sorted(os.listdir(output)) == [STATE_DIR, "config.yaml"]  # refused before the claim
-    # what does not change a prediction may change
+    # what does not change a prediction may change; the folder may have moved since
+    cfg.OUTPUT_DIR = str(tmp_path / "moved" / ".." / "out")
+    atomic_write_text(output / "config.yaml", cfg.dump())
     _validate("--resume", *opts, "DATALOADER.NUM_WORKERS", "0", "TEST.IMS_PER_BATCH", "2")
+
+
+def test_resume_of_a_config_yaml_without_a_key_reads_the_key_s_default(tmp_path):
+    """A config.yaml that another detectron2 version wrote lacks the keys this one adds (0.6's
+    lacks main's DATALOADER.REPEAT_SQRT): such a key had its default value in that run."""
+    output = tmp_path / "out"
+    opts = ["--config-file", SAMPLE_CONFIG, "OUTPUT_DIR", str(output)]
+    cfg = load_config(SAMPLE_CONFIG, ["OUTPUT_DIR", str(output)], resolve=False)
+    del cfg.DATALOADER["ASPECT_RATIO_GROUPING"]
+    (output / STATE_DIR).mkdir(parents=True)
+    atomic_write_text(output / "config.yaml", cfg.dump())
+    with pytest.raises(ConfigError, match=r"DATALOADER\.ASPECT_RATIO_GROUPING True -> False"):
+        _validate("--resume", *opts, "DATALOADER.ASPECT_RATIO_GROUPING", "False")
+    _validate("--resume", *opts)
 
 
 def test_resume_without_saved_predictions_is_refused(tmp_path):

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from detectron2.config import CfgNode
+from detectron2.config import CfgNode, get_cfg
 from detectron2.data import get_detection_dataset_dicts
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation.testing import flatten_results_dict
@@ -16,7 +16,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..atomic import atomic_paths, recorded_files
-from ..config import check_device, load_config, resolve_device
+from ..config import add_cliptrase_config, check_device, load_config, resolve_device
 from ..data.dataset_mapper import SemSegTestMapper
 from ..data.loader import build_test_loader
 from ..data.datasets import require_registered
@@ -43,8 +43,9 @@ logger = logging.getLogger("cliptrase_d2")
 # what an evaluation writes in its output folder (config.yaml: save_config), claimed by each tool
 RUN_OUTPUTS = (*RESULT_PATTERNS, "config.yaml")
 
-# settings a resumed run may change: they do not change a prediction
-RESUMABLE_CHANGES = ("MODEL.DEVICE", "DATALOADER.NUM_WORKERS", "TEST.IMS_PER_BATCH")
+# settings a resumed run may change: they do not change a prediction (OUTPUT_DIR: the config.yaml
+# compared is that folder's own, however the path is spelled and wherever the folder moved)
+RESUMABLE_CHANGES = ("MODEL.DEVICE", "DATALOADER.NUM_WORKERS", "TEST.IMS_PER_BATCH", "OUTPUT_DIR")
 
 
 def _flat(cfg: CfgNode) -> dict:
@@ -68,7 +69,11 @@ def check_resumable(cfg) -> None:
             f"--resume: {saved}, the settings of the run it would continue, cannot be read "
             f"({reason}): run without --resume (its files then move to OUTPUT_DIR/previous/)"
         ) from None
-    now = _flat(CfgNode.load_cfg(cfg.dump()))  # both through YAML: lists and tuples alike
+    defaults = get_cfg()
+    add_cliptrase_config(defaults)
+    # a key the earlier config lacks (another detectron2 version wrote it) had its default
+    earlier = {**_flat(CfgNode.load_cfg(defaults.dump())), **earlier}
+    now = _flat(CfgNode.load_cfg(cfg.dump()))  # all through YAML: lists and tuples alike
     changed = [
         f"{key} {earlier.get(key)!r} -> {value!r}"
         for key, value in now.items()
