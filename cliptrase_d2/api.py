@@ -130,7 +130,8 @@ class Segmenter:
         scores=False: the same labels without the (K, H, W) soft scores (``result.scores`` is
         None), which for large photos under the standard protocol saves gigabytes. batch_size:
         at most that many images per model call (None: the Segmenter's own); any batch size
-        gives the same results.
+        gives the same results (but in the last digits of PEARL's TLP scores under the paper
+        protocol: docs/EVALUATION.md, "Batches and data loading").
         """
         if batch_size is not None:
             check_images_per_batch(batch_size, "batch_size")
