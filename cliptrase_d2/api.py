@@ -128,10 +128,10 @@ class Segmenter:
         vocabulary, background: see ``resolve_vocabulary``; they belong to this call only (the
         model keeps no vocabulary between calls, only text embeddings per vocabulary).
         scores=False: the same labels without the (K, H, W) soft scores (``result.scores`` is
-        None), which for large photos under the standard protocol saves gigabytes. batch_size:
-        at most that many images per model call (None: the Segmenter's own); any batch size
-        gives the same results (but in the last digits of PEARL's TLP scores under the paper
-        protocol: docs/EVALUATION.md, "Batches and data loading").
+        None), which for large photos under the standard protocol saves gigabytes (but at
+        near-ties: docs/SPEED.md, "Labels only"). batch_size: at most that many images per model
+        call (None: the Segmenter's own); any batch size gives the same results (but in the last
+        digits of PEARL's TLP scores under the paper protocol: docs/EVALUATION.md).
         """
         if batch_size is not None:
             check_images_per_batch(batch_size, "batch_size")
