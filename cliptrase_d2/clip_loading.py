@@ -128,8 +128,7 @@ def build_clip(
     spec = _resolve_model(model)
     checkpoint, tag_quick_gelu = _resolve_weights(spec, weights, cache_dir)
     tensors, sha256, torchscript = read_weights(checkpoint)
-    if torchscript:
-        _check_release(checkpoint, spec, sha256)
+    _check_release(checkpoint, spec, sha256)
 
     quick_gelu = _needs_quick_gelu(
         spec, weights, checkpoint, tag_quick_gelu=tag_quick_gelu, torchscript=torchscript
@@ -588,8 +587,8 @@ def _read_tensors(path: Path, data: bytes) -> Tuple[Dict[str, torch.Tensor], boo
 
 
 def _check_release(path: Path, spec: _ModelSpec, actual: str) -> None:
-    """An archive named like OpenAI's release of the model must have the published sha256 (the
-    second-to-last segment of OpenAI's download URL, as in open_clip's registry)."""
+    """A file named like OpenAI's release of the model (in any format, as fetch_weights decides)
+    must have the published sha256 (the second-to-last segment of OpenAI's download URL)."""
     url = open_clip.get_pretrained_url(spec.name, "openai") if spec.builtin else ""
     if "openaipublic" not in url or path.name != os.path.basename(url):
         return
@@ -597,9 +596,9 @@ def _check_release(path: Path, spec: _ModelSpec, actual: str) -> None:
     if actual != expected:
         raise WeightsError(
             f"Weights file {path} is named like OpenAI's {spec.name} release, but its sha256 is "
-            f"{actual}, not the published {expected}: it is damaged or another file. Download it "
-            f"again (`python {FETCH_TOOL} --model {spec.name}` checks it), or rename your own "
-            "archive."
+            f"{actual}, not the published {expected}: it is damaged or another file. Delete it and "
+            f"download it again (`python {FETCH_TOOL} --model {spec.name} --dest {path}` checks "
+            "it), or rename your own file."
         )
 
 

@@ -664,6 +664,22 @@ def test_openai_archive_with_a_wrong_sha256_is_refused(tiny_archive, tmp_path):
     assert "tools/fetch_weights.py" in message
 
 
+@pytest.mark.parametrize("format", ["torchscript", "state dict"])
+def test_any_file_named_like_an_openai_release_needs_its_sha256(
+    tiny_files, tiny_archive, tmp_path, monkeypatch, format
+):
+    """fetch_weights refuses any file under the release's name whose sha256 differs; the loader
+    checked only TorchScript archives, so such a state dict loaded (and without QuickGELU)."""
+    build_clip(*tiny_files)  # registers tiny_clip.json: 'tiny_clip' is a built-in name from now
+    url = f"https://openaipublic.azureedge.net/clip/models/{'0' * 64}/tiny_clip.pt"
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, "tiny_clip", {"openai": {"url": url}})
+    path = tmp_path / "tiny_clip.pt"
+    source = tiny_archive if format == "torchscript" else Path(tiny_files[1])
+    path.write_bytes(source.read_bytes())
+    with pytest.raises(WeightsError, match=f"{path} is named like OpenAI's tiny_clip release"):
+        build_clip("tiny_clip", str(path))
+
+
 @pytest.mark.parametrize("protocol", [0, 2, 4, 5])
 def test_pickled_code_is_reported_as_refused_code(tiny_files, tmp_path, protocol):
     marker = tmp_path / "marker"
