@@ -128,7 +128,6 @@ def build_clip(
     spec = _resolve_model(model)
     checkpoint, tag_quick_gelu = _resolve_weights(spec, weights, cache_dir)
     tensors, sha256, torchscript = read_weights(checkpoint)
-    _check_release(checkpoint, spec, sha256)
 
     quick_gelu = _needs_quick_gelu(
         spec, weights, checkpoint, tag_quick_gelu=tag_quick_gelu, torchscript=torchscript
@@ -529,6 +528,7 @@ def read_weights(path: Path) -> Tuple[Dict[str, torch.Tensor], str, bool]:
         raise _unreadable(path, f"torch's weights-only reader stopped at: {detail}") from e
     except ArchiveError as e:
         raise _unreadable(path, str(e)) from e
+    _check_release(path, sha256)
     return tensors, sha256, torchscript
 
 
@@ -586,18 +586,22 @@ def _read_tensors(path: Path, data: bytes) -> Tuple[Dict[str, torch.Tensor], boo
     return tensors, False
 
 
-def _check_release(path: Path, spec: _ModelSpec, actual: str) -> None:
-    """A file named like OpenAI's release of the model (in any format, as fetch_weights decides)
-    must have the published sha256 (the second-to-last segment of OpenAI's download URL)."""
-    url = open_clip.get_pretrained_url(spec.name, "openai") if spec.builtin else ""
-    if "openaipublic" not in url or path.name != os.path.basename(url):
+def _check_release(path: Path, actual: str) -> None:
+    """A file named like one of OpenAI's releases in open_clip's registry (in any format, as
+    fetch_weights decides; for any reader: CLIP's, the checkpointer's, the VFM's) must have its
+    published sha256 (the second-to-last segment of OpenAI's download URL)."""
+    for name, tag in open_clip.list_pretrained():
+        url = open_clip.get_pretrained_url(name, tag) if tag == "openai" else ""
+        if "openaipublic" in url and path.name == os.path.basename(url):
+            break
+    else:
         return
     expected = url.split("/")[-2]
     if actual != expected:
         raise WeightsError(
-            f"Weights file {path} is named like OpenAI's {spec.name} release, but its sha256 is "
+            f"Weights file {path} is named like OpenAI's {name} release, but its sha256 is "
             f"{actual}, not the published {expected}: it is damaged or another file. Delete it and "
-            f"download it again (`python {FETCH_TOOL} --model {spec.name} --dest {path}` checks "
+            f"download it again (`python {FETCH_TOOL} --model {name} --dest {path}` checks "
             "it), or rename your own file."
         )
 

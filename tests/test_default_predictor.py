@@ -151,3 +151,7 @@ def test_checkpointer_reads_other_files_as_clip_weights_are(tmp_path):
     torch.save({**state, "visual.proj": state["visual.proj"].int()}, tmp_path / "int.pt")
     with pytest.raises(WeightsError, match="int.pt holds tensor visual.proj as torch.int32"):
         checkpointer.load(str(tmp_path / "int.pt"))
+    # a file named like OpenAI's release is held to its published sha256, as build_clip holds it
+    torch.save(state, tmp_path / "ViT-B-16.pt")
+    with pytest.raises(WeightsError, match="ViT-B-16.pt is named like OpenAI's ViT-B-16 release"):
+        checkpointer.load(str(tmp_path / "ViT-B-16.pt"))
