@@ -5,10 +5,10 @@ MODEL.WEIGHTS into the whole model after ``build_model`` has built CLIP from tha
 That source may be a tag (``openai``, which is no file) or OpenAI's TorchScript archive (which
 ``torch.load`` refuses), so the checkpointer leaves the weights the model was built from to the
 model (``skip_built_weights``). Another file is read as ``build_clip`` reads weights (data only,
-zip CRCs checked, a TorchScript archive without running its code, a file named like
-OpenAI's release held to its sha256, one error naming a damaged file or a NaN or integer weight), not by ``torch.load``, and loaded by Detectron2; a CLIP state
-dict's keys are then CLIP's own (``visual.conv1.weight``), read as ``clip_model``'s
-(``read_clip_keys``).
+zip CRCs checked, a TorchScript archive without running its code, a file named like OpenAI's
+release held to its sha256, one error naming a damaged file or a NaN or integer weight), not by
+``torch.load``, and loaded by Detectron2; a CLIP state dict's keys are then CLIP's own
+(``visual.conv1.weight``), read as ``clip_model``'s (``read_clip_keys``).
 """
 
 import functools
