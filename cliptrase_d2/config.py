@@ -129,7 +129,7 @@ def add_cliptrase_config(cfg):
     c.PAPER_VOCABULARY_QUIRKS = False
     # Extra background words for a user vocabulary, merged into one "background" class.
     c.BACKGROUND_WORDS = []
-    # Prompt template set in vocabularies.json: "imagenet80" (paper) or "vild14".
+    # Prompt template set: "imagenet80" (open_clip's, the paper's) or "vild14" (vocabularies.json).
     c.TEMPLATES = "imagenet80"
     # Multiply each class map by that class's image-level ([CLS]) logit (the paper does it for
     # VOC20).
