@@ -121,7 +121,9 @@ class Vocabulary:
                         f"{kind} {name!r} has no letter or digit: CLIP cannot segment "
                         "punctuation or symbols; give words (e.g. 'cat, dog')"
                     )
-                if any(unicodedata.category(character) == "Cc" for character in name):
+                # Cc, and U+2028/U+2029: every character str.splitlines (the web page's, the
+                # demo's --background) breaks a line at
+                if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name):
                     raise InputError(
                         f"{kind} {name!r} has a line break, tab or other control character: "
                         "separate names by commas, e.g. 'cat, dog', or give a list"
