@@ -121,8 +121,7 @@ class Vocabulary:
                         f"{kind} {name!r} has no letter or digit: CLIP cannot segment "
                         "punctuation or symbols; give words (e.g. 'cat, dog')"
                     )
-                # Cc, and U+2028/U+2029: every character str.splitlines (the web page's, the
-                # demo's --background) breaks a line at
+                # Cc, and U+2028/U+2029: the web page's split (str.splitlines) breaks at them
                 if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name):
                     raise InputError(
                         f"{kind} {name!r} has a line break, tab or other control character: "
