@@ -27,6 +27,7 @@ __all__ = [
     "peer_vocabulary_keys",
     "template_set",
     "resolve_vocabulary",
+    "refuse_near_key",
     "vocabulary_of_dataset",
 ]
 
@@ -120,7 +121,8 @@ class Vocabulary:
                         f"{kind} {name!r} has no letter or digit: CLIP cannot segment "
                         "punctuation or symbols; give words (e.g. 'cat, dog')"
                     )
-                if any(unicodedata.category(character) == "Cc" for character in name):
+                # Cc, and U+2028/U+2029: the web page's split (str.splitlines) breaks at them
+                if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name):
                     raise InputError(
                         f"{kind} {name!r} has a line break, tab or other control character: "
                         "separate names by commas, e.g. 'cat, dog', or give a list"
@@ -375,8 +377,17 @@ def _entry_of_string(spec: str, paper_quirks: bool, files: bool) -> Dict:
             f"vocabulary {spec!r} has no class names; give a benchmark key "
             f"({', '.join(sorted(benchmarks))}), a comma-separated list or a file"
         )
+    refuse_near_key(spec, names)
+    return {"classes": names}
+
+
+def refuse_near_key(spec: str, names: Sequence[str]) -> None:
+    """Refuses ``spec`` read as the single name ``names[0]`` when it looks like a benchmark key
+    (``voc-21``, ``VOC 21``, ``voc21,``): the key was meant, not one class for every pixel."""
+    benchmarks = load_vocabularies()["benchmarks"]
     if len(names) == 1:
         near = [k for k in benchmarks if _key_form(k) == _key_form(names[0])]
+        key = spec.strip().lower()
         near = near or difflib.get_close_matches(key, list(benchmarks), n=1, cutoff=0.8)
         if near:
             raise InputError(
@@ -384,7 +395,6 @@ def _entry_of_string(spec: str, paper_quirks: bool, files: bool) -> Dict:
                 f"(keys: {', '.join(sorted(benchmarks))}). For one class of that name, "
                 "pass it as a list"
             )
-    return {"classes": names}
 
 
 def vocabulary_of_dataset(name: str, paper_quirks: bool = False) -> Vocabulary:

@@ -249,7 +249,14 @@ def test_a_folder_or_a_missing_path_is_named_as_such_and_slashes_in_names_pass(t
 
 @pytest.mark.parametrize(
     "spec, background, bad",
-    [("cat\ndog", (), "cat\ndog"), ("cat\tdog, sky", (), "cat\tdog"), ("cat", ["a\nb"], "a\nb")],
+    [
+        ("cat\ndog", (), "cat\ndog"),
+        ("cat\tdog, sky", (), "cat\tdog"),
+        ("cat", ["a\nb"], "a\nb"),
+        # a line separator: the web page (split_names) reads two names, so it is not one name
+        ("cat\u2028dog", (), "cat\u2028dog"),
+        ("cat", ["a\u2029b"], "a\u2029b"),
+    ],
 )
 def test_names_with_a_line_break_or_control_character_are_an_error(spec, background, bad):
     # such a name reached CLIP as it was, and the demo's legend failed on it after segmenting

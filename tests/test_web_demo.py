@@ -65,6 +65,10 @@ def test_parse_vocabulary():
         # background words are encoded as classes are: 21 of them are refused as 21 classes are
         ("cup", ", ".join(f"word{i}" for i in range(21)), "21 background words: .* at most 20"),
         ("background, cup", "wall", "background"),
+        # a near miss of a key is refused as the demo and the API refuse it, not one class
+        ("VOC 21", "", "did you mean 'voc21'"),
+        ("voc21,", "sky", "did you mean 'voc21'"),
+        ("coco-object", "", "did you mean 'coco_object80'"),
     ]:
         with pytest.raises(ValueError, match=message):
             web_demo.parse_vocabulary(text, background, 20)

@@ -38,7 +38,7 @@ from cliptrase_d2.errors import ConfigError, InputError, UserError
 from cliptrase_d2.method.heads import HEADS
 from cliptrase_d2.modeling.settings import head_refinement
 from cliptrase_d2.visualization import draw_labels, palette
-from cliptrase_d2.vocabulary import benchmark_keys, resolve_vocabulary
+from cliptrase_d2.vocabulary import benchmark_keys, refuse_near_key, resolve_vocabulary
 from demo import PROTOCOL_CONFIGS, split_names
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from an offline box
@@ -191,6 +191,8 @@ def parse_vocabulary(
             f"such as voc21; keys: {', '.join(benchmark_keys())})."
         )
     spec = text.lower() if text.lower() in benchmark_keys() else split_names(text)
+    if isinstance(spec, list):  # 'voc-21' is refused as the demo and the API refuse it
+        refuse_near_key(text, spec)
     for name in ([] if isinstance(spec, str) else spec) + background:
         if len(name) > MAX_NAME_LENGTH:
             raise InputError(
