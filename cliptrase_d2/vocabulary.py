@@ -384,17 +384,18 @@ def _entry_of_string(spec: str, paper_quirks: bool, files: bool) -> Dict:
 def refuse_near_key(spec: str, names: Sequence[str]) -> None:
     """Refuses ``spec`` read as the single name ``names[0]`` when it looks like a benchmark key
     (``voc-21``, ``VOC 21``, ``voc21,``): the key was meant, not one class for every pixel."""
+    if len(names) != 1:
+        return
     benchmarks = load_vocabularies()["benchmarks"]
-    if len(names) == 1:
-        near = [k for k in benchmarks if _key_form(k) == _key_form(names[0])]
-        key = spec.strip().lower()
-        near = near or difflib.get_close_matches(key, list(benchmarks), n=1, cutoff=0.8)
-        if near:
-            raise InputError(
-                f"vocabulary {spec!r} is not a benchmark key: did you mean {near[0]!r}? "
-                f"(keys: {', '.join(sorted(benchmarks))}). For one class of that name, "
-                "pass it as a list"
-            )
+    near = [k for k in benchmarks if _key_form(k) == _key_form(names[0])]
+    key = spec.strip().lower()
+    near = near or difflib.get_close_matches(key, list(benchmarks), n=1, cutoff=0.8)
+    if near:
+        raise InputError(
+            f"vocabulary {spec!r} is not a benchmark key: did you mean {near[0]!r}? "
+            f"(keys: {', '.join(sorted(benchmarks))}). For one class of that name, "
+            "pass it as a list"
+        )
 
 
 def vocabulary_of_dataset(name: str, paper_quirks: bool = False) -> Vocabulary:
